@@ -1,0 +1,18 @@
+//! sluice: a user-space load balancer for Kubernetes NodePort traffic.
+//!
+//! Module map (arrows point to what a module may use):
+//! - [`model`]: the vocabulary (std only).
+//! - [`stats`]: single-writer per-worker counters (leaf, std + crossbeam).
+//! - [`config`]: TOML file → [`model::Model`], with file:line:column errors.
+//! - [`table`]: stable hash, Maglev, [`table::RoutingSnapshot`] (model, stats).
+//! - [`publish`]: the one atomic pointer to the current snapshot (table).
+//! - [`dataplane`]: connection state machine, workers, io_uring driver (model, stats, table, publish).
+//! - [`demo`]: the built-in demo pods and Service.
+
+pub mod config;
+pub mod dataplane;
+pub mod demo;
+pub mod model;
+pub mod publish;
+pub mod stats;
+pub mod table;

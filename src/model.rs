@@ -1,0 +1,251 @@
+//! The vocabulary of sluice: Services, their ports, endpoints, and the node-wide settings.
+//!
+//! A [`Model`] is what every configuration source (TOML file today; Kubernetes manifests
+//! and the API watch later) produces after validation. It is plain data: it owns no
+//! sockets, no threads, and it must not depend on any other module of the crate (std only).
+//! Values in a `Model` are already valid — sources reject bad input before building one.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// The default NodePort range of Kubernetes (`--service-node-port-range`).
+pub const DEFAULT_NODE_PORT_RANGE: NodePortRange = NodePortRange {
+    first: 30000,
+    last: 32767,
+};
+
+/// The default Maglev lookup-table size: a prime, as the algorithm requires.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
+
+/// The whole desired state of the node: settings plus every Service port to serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub settings: Settings,
+    /// One entry per (Service, port). Sorted by (namespace, name, port name) by sources.
+    pub services: Vec<ServicePort>,
+}
+
+/// Node-wide settings: how the data plane runs, independent of any one Service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Number of worker threads; `None` means one per online CPU.
+    pub workers: Option<usize>,
+    /// Pin each worker to one CPU (worker i → i-th allowed CPU).
+    pub pin_workers: bool,
+    /// Where NodePorts are served.
+    pub listen: ListenAddresses,
+    /// The range NodePorts must lie in, and allocation draws from.
+    pub node_port_range: NodePortRange,
+    /// Stop accepting on a worker while it holds this many client connections.
+    pub max_connections_per_worker: u32,
+    /// How bytes are moved between the two sockets of a connection.
+    pub relay: RelayMode,
+    /// Listen backlog for each NodePort socket.
+    pub backlog: u32,
+    /// Defaults applied to Services that do not set their own.
+    pub defaults: ServiceDefaults,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            workers: None,
+            pin_workers: true,
+            listen: ListenAddresses::All,
+            node_port_range: DEFAULT_NODE_PORT_RANGE,
+            max_connections_per_worker: 4096,
+            relay: RelayMode::Splice,
+            backlog: 4096,
+            defaults: ServiceDefaults::default(),
+        }
+    }
+}
+
+/// Per-Service tunables that have node-wide defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceDefaults {
+    pub timeouts: Timeouts,
+    /// How many *other* endpoints a connection tries after a refused or timed-out connect.
+    pub connect_retries: u32,
+    pub maglev_table_size: u32,
+}
+
+impl Default for ServiceDefaults {
+    fn default() -> Self {
+        ServiceDefaults {
+            timeouts: Timeouts::default(),
+            connect_retries: 2,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+        }
+    }
+}
+
+/// Which node addresses NodePorts are served on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddresses {
+    /// Every local address, IPv4 and IPv6 (one dual-stack wildcard socket, or `0.0.0.0`
+    /// when the host has no IPv6).
+    All,
+    /// Exactly these local addresses.
+    Only(Vec<IpAddr>),
+}
+
+/// An inclusive range of ports, e.g. `30000-32767`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl NodePortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// Number of ports in the range.
+    pub fn size(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Size of the "static band" at the bottom of the range that automatic allocation
+    /// avoids while the upper band has room (Kubernetes: `min(max(16, size/32), 128)`).
+    pub fn static_band_size(&self) -> u32 {
+        (self.size() / 32).clamp(16, 128).min(self.size())
+    }
+}
+
+impl fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// How bytes move between client and backend sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// splice(2) through a pooled pipe: the bytes never enter user space.
+    Splice,
+    /// read/write through a pooled user-space buffer.
+    Copy,
+}
+
+/// Transport protocol of a Service port. Only TCP is served today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protocol::Tcp => f.write_str("TCP"),
+        }
+    }
+}
+
+/// `namespace/name` of a Kubernetes Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Identity of one Service port: stable across reloads, used to carry state (allocated
+/// NodePorts, counters) from one configuration to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortKey {
+    pub service: ServiceName,
+    /// The Service port's name (`""` when unnamed, as in Kubernetes).
+    pub port_name: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port_name.is_empty() {
+            write!(f, "{}", self.service)
+        } else {
+            write!(f, "{}:{}", self.service, self.port_name)
+        }
+    }
+}
+
+/// One port of one Service, with everything needed to serve it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePort {
+    pub key: ServicePortKey,
+    /// The Service (cluster) port, e.g. 80. Informational for a NodePort balancer.
+    pub port: u16,
+    /// The NodePort this Service port is served on.
+    pub node_port: u16,
+    /// True when `node_port` was allocated by sluice rather than given.
+    pub node_port_allocated: bool,
+    /// The endpoints' port when an endpoint does not carry its own.
+    pub target_port: u16,
+    /// Deduplicated by address; in a deterministic order.
+    pub endpoints: Vec<Endpoint>,
+    pub policy: Policy,
+    pub timeouts: Timeouts,
+    pub connect_retries: u32,
+    pub maglev_table_size: u32,
+}
+
+/// A backend (pod) address with a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Relative share of new connections; 0 means "never pick" (kept for draining).
+    pub weight: u32,
+}
+
+/// Default endpoint weight.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Backend selection policy of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Maglev consistent hashing on the given key.
+    Maglev { key: HashKey },
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::Maglev {
+            key: HashKey::ClientIpPort,
+        }
+    }
+}
+
+/// What part of the client's address Maglev hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    /// Client IP and source port: spreads one client's connections over endpoints.
+    ClientIpPort,
+    /// Client IP only: one client always lands on the same endpoint (while it exists).
+    ClientIp,
+}
+
+/// Time limits of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long one connect attempt to an endpoint may take.
+    pub connect: Duration,
+    /// A connection with no bytes moving in either direction for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            idle: Duration::from_secs(3600),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Counters written by exactly one worker thread and read by anyone, without locks.
+//!
+//! Each counted thing (a Service port, an endpoint) owns one [`StatsBlock`]: an array of
+//! cache-padded counter sets, one per worker. Worker `w` writes only slot `w` (plain
+//! load + store, no read-modify-write), so the hot path never contends on a cache line;
+//! readers sum the slots at scrape time. Blocks are `Arc`-shared and carried from one
+//! routing snapshot to the next by identity, so counters survive reloads.
+//!
+//! This module is a leaf like `model`: std and crossbeam only.
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of one worker for one Service port or endpoint.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    /// Client connections accepted (Service) or backend connections opened (endpoint).
+    pub opened: Counter,
+    /// Connections finished, whatever the outcome.
+    pub closed: Counter,
+    /// Connections that failed: no endpoint, every connect attempt failed, or a reset.
+    pub failed: Counter,
+    /// Connect attempts that were retried on another endpoint.
+    pub retries: Counter,
+    /// Bytes from client to backend.
+    pub bytes_to_backend: Counter,
+    /// Bytes from backend to client.
+    pub bytes_to_client: Counter,
+}
+
+/// A sum of [`ConnCounters`] over all workers, as plain numbers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTotals {
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+impl ConnTotals {
+    /// Connections open right now (opened minus closed; momentarily approximate).
+    pub fn active(&self) -> u64 {
+        self.opened.saturating_sub(self.closed)
+    }
+}
+
+/// One counter set per worker for one counted thing.
+#[derive(Debug)]
+pub struct StatsBlock {
+    per_worker: Box<[CachePadded<ConnCounters>]>,
+}
+
+impl StatsBlock {
+    pub fn new(workers: usize) -> StatsBlock {
+        StatsBlock {
+            per_worker: (0..workers.max(1)).map(|_| CachePadded::default()).collect(),
+        }
+    }
+
+    /// The slot worker `w` writes. Panics if `w` is not a worker index of this process.
+    #[inline]
+    pub fn worker(&self, w: usize) -> &ConnCounters {
+        &self.per_worker[w]
+    }
+
+    pub fn workers(&self) -> usize {
+        self.per_worker.len()
+    }
+
+    /// Sum over all workers.
+    pub fn totals(&self) -> ConnTotals {
+        let mut t = ConnTotals::default();
+        for c in self.per_worker.iter() {
+            t.opened += c.opened.get();
+            t.closed += c.closed.get();
+            t.failed += c.failed.get();
+            t.retries += c.retries.get();
+            t.bytes_to_backend += c.bytes_to_backend.get();
+            t.bytes_to_client += c.bytes_to_client.get();
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_every_worker_slot() {
+        let b = StatsBlock::new(3);
+        b.worker(0).opened.add(2);
+        b.worker(2).opened.add(5);
+        b.worker(2).closed.add(1);
+        b.worker(1).bytes_to_client.add(100);
+        let t = b.totals();
+        assert_eq!(t.opened, 7);
+        assert_eq!(t.active(), 6);
+        assert_eq!(t.bytes_to_client, 100);
+    }
+}
