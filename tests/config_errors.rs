@@ -36,6 +36,7 @@ macro_rules! svc {
     };
 }
 
+#[rustfmt::skip]
 const ROWS: &[Row] = &[
     // Shape: keys and TOML types.
     row("unknown top-level key", "workers = 2\nbogus = 1\n", (2, 1),

@@ -321,6 +321,20 @@ endpoints = []
     }
 
     #[test]
+    fn every_toml_example_in_the_docs_parses() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut blocks = 0;
+        for (i, chunk) in doc.split("```toml\n").enumerate().skip(1) {
+            let block = chunk.split("```").next().unwrap();
+            if let Err(e) = parse(block, &format!("docs block {i}"), None) {
+                panic!("{e}\n{block}");
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 3, "only {blocks} toml blocks found");
+    }
+
+    #[test]
     fn empty_file_is_a_valid_empty_model() {
         let model = parse("", "empty.toml", None).unwrap();
         assert_eq!(model.settings, Settings::default());
@@ -400,6 +414,12 @@ endpoints = []
             "{shown}"
         );
         assert_eq!(lines.len(), 6, "{shown}");
+        let text = text.replace("port = 8080", "port = 8080\nidle_timeout = \"30s\"");
+        let shown = render_check(&parse(&text, "happy.toml", None).unwrap());
+        assert!(
+            shown.ends_with("\ndefault/helloworld sets its own: idle timeout 30s\n"),
+            "{shown}"
+        );
         assert!(
             lines[5].ends_with("127.0.0.2:9000, 127.0.0.3:9000, 127.0.0.4:9000"),
             "{shown}"

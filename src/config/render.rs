@@ -72,15 +72,30 @@ pub(super) fn render(model: &Model) -> String {
     for r in &rows {
         line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
     }
-    // Per-service tunables, only where they differ from the node-wide defaults.
+    // Per-service tunables, only those that differ from the node-wide defaults.
     for p in &model.services {
-        let own = ServiceDefaults {
-            timeouts: p.timeouts,
-            connect_retries: p.connect_retries,
-            maglev_table_size: p.maglev_table_size,
-        };
-        if own != s.defaults {
-            let _ = writeln!(out, "{}: {}", p.key, tunables(&own));
+        let d = &s.defaults;
+        let mut own = Vec::new();
+        if p.timeouts.connect != d.timeouts.connect {
+            own.push(format!(
+                "connect timeout {}",
+                humantime::format_duration(p.timeouts.connect)
+            ));
+        }
+        if p.timeouts.idle != d.timeouts.idle {
+            own.push(format!(
+                "idle timeout {}",
+                humantime::format_duration(p.timeouts.idle)
+            ));
+        }
+        if p.connect_retries != d.connect_retries {
+            own.push(plural(p.connect_retries as usize, "connect retry"));
+        }
+        if p.maglev_table_size != d.maglev_table_size {
+            own.push(format!("maglev table {}", p.maglev_table_size));
+        }
+        if !own.is_empty() {
+            let _ = writeln!(out, "{} sets its own: {}", p.key, own.join(", "));
         }
     }
     out
