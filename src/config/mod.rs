@@ -2,18 +2,21 @@
 //! errors.
 //!
 //! This module owns the file format described in `docs/configuration.md`: reading the TOML
-//! ([`file`]), judging every value and building the model ([`validate`]), giving NodePorts to
-//! Service ports that have none ([`allocate`]), and the summary `sluice check` prints
-//! ([`render`]). It uses only [`crate::model`] and must not touch sockets, threads or any
+//! (`file`), judging single values (`values`) and node-wide settings (`settings`),
+//! building the model with the checks across Service ports (`validate`), giving NodePorts
+//! to Service ports that have none (`allocate`), and the summary `sluice check` prints
+//! (`render`). It uses only [`crate::model`] and must not touch sockets, threads or any
 //! other module: a configuration is data in, data (or one precise error) out.
 //!
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
-//! to keep the NodePorts it allocated (see [`allocate`]).
+//! to keep the NodePorts it allocated (see the `allocate` module).
 
 mod allocate;
 mod file;
 mod render;
+mod settings;
 mod validate;
+mod values;
 
 use crate::model::Model;
 use std::ops::Range;
