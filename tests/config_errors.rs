@@ -43,6 +43,8 @@ const ROWS: &[Row] = &[
         "unknown key `bogus` at the top level; expected one of `workers`"),
     row("unknown service key", svc!("nodeport = 30000\n"), (4, 1),
         "unknown key `nodeport` in [[service]]; expected one of `name`"),
+    row("node-wide key after a service", svc!("relay = \"copy\"\n"), (4, 1),
+        "unknown key `relay` in [[service]]; expected one of `name`"),
     row("unknown endpoint key", svc!("endpoints = [{ address = \"10.0.0.1\", wieght = 2 }]\n"), (4, 38),
         "unknown key `wieght` in an endpoint table"),
     row("missing name", "[[service]]\nport = 80\n", (1, 1), "missing key `name` in [[service]]"),

@@ -126,6 +126,15 @@ impl Source<'_> {
                 Some((head, known)) => format!("{head} {}; expected {known}", table_of(raw)),
                 None => format!("{message} {}", table_of(raw)),
             };
+            let node_wide = NODE_WIDE_ONLY
+                .iter()
+                .any(|key| raw.starts_with(&format!("unknown field `{key}`")));
+            if node_wide && table_of(raw) == "in [[service]]" {
+                message.push_str(
+                    " (node-wide keys must come before the first [[service]]: after it, they \
+                     belong to that table)",
+                );
+            }
         } else if raw.starts_with("invalid type") || raw.starts_with("invalid value") {
             if let Some(key) = self.key_before(span.start) {
                 message = format!("`{key}`: {message}");
@@ -145,6 +154,18 @@ impl Source<'_> {
         (!key.is_empty()).then_some(key)
     }
 }
+
+/// Top-level keys that a `[[service]]` table does not have: written after a `[[service]]`
+/// header by mistake, they land in that table.
+const NODE_WIDE_ONLY: &[&str] = &[
+    "workers",
+    "pin_workers",
+    "listen_addresses",
+    "node_port_range",
+    "max_connections_per_worker",
+    "relay",
+    "backlog",
+];
 
 /// Which table an unknown/missing-key message from serde is about, told by the keys it knows.
 fn table_of(message: &str) -> &'static str {
@@ -335,6 +356,65 @@ endpoints = []
             blocks += 1;
         }
         assert!(blocks >= 3, "only {blocks} toml blocks found");
+    }
+
+    #[test]
+    fn same_file_same_ports_and_reload_keeps_them() {
+        let two = "[[service]]\nname = \"b\"\nport = 80\n[[service]]\nname = \"c\"\nport = 80\n";
+        let first = parse(two, "r.toml", None).unwrap();
+        assert_eq!(first, parse(two, "r.toml", None).unwrap());
+        let ports: Vec<u16> = first.services.iter().map(|s| s.node_port).collect();
+
+        // Reload: a new Service that sorts first asks explicitly for c's port, and another
+        // one needs a port. b keeps its port; c must move (explicit ports win), d is new.
+        let taken = ports[1];
+        let more = format!(
+            "[[service]]\nname = \"a\"\nport = 80\nnode_port = {taken}\n{two}\
+             [[service]]\nname = \"d\"\nport = 80\n"
+        );
+        let second = parse(&more, "r.toml", Some(&first)).unwrap();
+        let by_name = |m: &Model, n: &str| {
+            m.services
+                .iter()
+                .find(|s| s.key.service.name == n)
+                .map(|s| (s.node_port, s.node_port_allocated))
+                .unwrap()
+        };
+        assert_eq!(by_name(&second, "a"), (taken, false));
+        assert_eq!(by_name(&second, "b"), (ports[0], true));
+        assert_ne!(by_name(&second, "c").0, taken);
+
+        // Removing an explicit node_port keeps the port the running model serves it on.
+        let without = more.replace(&format!("node_port = {taken}\n"), "");
+        let third = parse(&without, "r.toml", Some(&second)).unwrap();
+        assert_eq!(by_name(&third, "a"), (taken, true));
+        for n in ["b", "c", "d"] {
+            assert_eq!(by_name(&third, n).0, by_name(&second, n).0, "{n} moved");
+        }
+    }
+
+    #[test]
+    fn node_wide_key_after_a_service_gets_a_hint() {
+        let e = parse(
+            "[[service]]\nname = \"a\"\nport = 80\nworkers = 2\n",
+            "h.toml",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (4, 1));
+        assert!(
+            e.message.contains("must come before the first [[service]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn both_wildcards_may_be_listed() {
+        let m = parse("listen_addresses = [\"0.0.0.0\", \"::\"]\n", "w.toml", None).unwrap();
+        assert_eq!(
+            m.settings.listen,
+            ListenAddresses::Only(vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()])
+        );
     }
 
     #[test]
