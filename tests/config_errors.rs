@@ -103,6 +103,7 @@ const ROWS: &[Row] = &[
     row("port 0", "[[service]]\nname = \"a\"\nport = 0\n", (3, 8), "port 0 is out of range: must be 1..=65535"),
     row("port too big", svc!("target_port = 70000\n"), (4, 15), "target_port 70000 is out of range"),
     row("node_port 0", svc!("node_port = 0\n"), (4, 13), "omit `node_port` to have one allocated"),
+    row("node_port not a port", svc!("node_port = 99999\n"), (4, 13), "node_port 99999 is outside node_port_range 30000-32767"),
     row("node_port outside the default range", svc!("node_port = 8080\n"), (4, 13),
         "node_port 8080 is outside node_port_range 30000-32767 (the default"),
     row("node_port outside a set range", concat!("node_port_range = \"40000-40999\"\n", svc!("node_port = 30000\n")), (5, 13),

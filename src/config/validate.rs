@@ -97,19 +97,11 @@ pub(super) fn build(
     let services = checked
         .into_iter()
         .zip(ports)
-        .map(
-            |(
-                c,
-                Allocation {
-                    node_port,
-                    allocated,
-                },
-            )| ServicePort {
-                node_port,
-                node_port_allocated: allocated,
-                ..c.port
-            },
-        )
+        .map(|(c, a): (Checked, Allocation)| ServicePort {
+            node_port: a.node_port,
+            node_port_allocated: a.allocated,
+            ..c.port
+        })
         .collect();
     Ok(Model { settings, services })
 }
@@ -154,17 +146,11 @@ fn service(
         Some(t) => int(src, t, "target_port", 1, 65535, "")?,
         None => port,
     };
-    let node_port: u16 = match &e.node_port {
-        Some(n) => int(
-            src,
-            n,
-            "node_port",
-            1,
-            65535,
-            "omit `node_port` to have one allocated",
-        )?,
-        None => 0,
-    };
+    // Judged against `node_port_range` by the caller; anything that is not a port is out of it.
+    let node_port = e
+        .node_port
+        .as_ref()
+        .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
     if let Some(p) = &e.policy {
         choice(src, p, "policy", &[("maglev", ())])?;
     }
@@ -261,10 +247,11 @@ fn check_node_port_in_range(
         Some(span) => format!("set at line {}", src.line(span.start)),
         None => "the default; set `node_port_range` to change it".to_owned(),
     };
-    Err(src.error(
-        &node_port.span(),
-        format!("node_port {value} is outside node_port_range {range} ({whence})"),
-    ))
+    let mut message = format!("node_port {value} is outside node_port_range {range} ({whence})");
+    if value == 0 {
+        message.push_str("; omit `node_port` to have one allocated");
+    }
+    Err(src.error(&node_port.span(), message))
 }
 
 /// Kubernetes: when a Service has several ports, every one of them must be named.
