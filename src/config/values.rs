@@ -12,11 +12,12 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Upper bound of an endpoint's `weight`, so that weight sums cannot overflow.
-pub(super) const MAX_WEIGHT: i64 = 65535;
+const MAX_WEIGHT: i64 = 65535;
 /// Bounds of `maglev_table_size` (both prime).
 const MIN_TABLE_SIZE: i64 = 1009;
 const MAX_TABLE_SIZE: i64 = 1_000_003;
 
+/// One element of `endpoints` → an [`Endpoint`], its port defaulting to `target_port`.
 pub(super) fn endpoint(
     src: &Source,
     entry: &Spanned<EndpointEntry>,
