@@ -134,14 +134,10 @@ fn serve(model: Model) -> anyhow::Result<()> {
     for s in &model.services {
         tracing::info!(
             service = %s.key,
-            node_port = s.node_port,
+            node_port = %format_args!("{}/{}", s.node_port, s.key.protocol),
             allocated = s.node_port_allocated,
             endpoints = s.endpoints.len(),
-            "serving {}/{} on NodePort {}{}",
-            s.key.service,
-            s.key.protocol,
-            s.node_port,
-            if s.node_port_allocated { " (allocated)" } else { "" }
+            "serving"
         );
     }
     tracing::info!(workers = dataplane.workers(), addresses = ?dataplane.listen_addrs(), "sluice is serving");
