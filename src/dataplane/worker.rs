@@ -91,8 +91,10 @@ pub struct Worker {
     index: usize,
     ring: Uring,
     listeners: Vec<Listener>,
-    /// Whether each listener's multishot accept is armed.
-    accepting: Vec<bool>,
+    /// Per listener: the generation of its armed multishot accept, if one is armed.
+    accepting: Vec<Option<u32>>,
+    /// Per listener: the generation the next arm gets.
+    accept_arms: Vec<u32>,
     /// No accepts until then (fd exhaustion backoff).
     backoff_until: Option<Instant>,
     backoff: Duration,
@@ -122,7 +124,8 @@ impl Worker {
             index: setup.index,
             ring,
             listeners: setup.listeners,
-            accepting: vec![false; n],
+            accepting: vec![None; n],
+            accept_arms: vec![0; n],
             backoff_until: None,
             backoff: BACKOFF_MIN,
             max_connections: setup.max_connections.max(1),
@@ -189,12 +192,17 @@ impl Worker {
         match c {
             Completion::Accepted {
                 listener,
+                generation,
                 result,
                 rearm,
             } => {
-                if rearm {
-                    self.accepting[listener as usize] = false;
+                // Only the current arm's end changes the state; a cancelled earlier arm
+                // may still report accepted connections, which are served all the same.
+                let current = self.accepting[listener as usize] == Some(generation);
+                if rearm && current {
+                    self.accepting[listener as usize] = None;
                 }
+                let rearm = rearm && current;
                 match result {
                     Ok(fd) => {
                         self.backoff = BACKOFF_MIN;
@@ -625,10 +633,12 @@ impl Worker {
     }
 
     fn arm_accept(&mut self, i: usize) -> io::Result<()> {
-        if !self.accepting[i] {
+        if self.accepting[i].is_none() {
+            let generation = self.accept_arms[i];
+            self.accept_arms[i] = generation.wrapping_add(1);
             self.ring
-                .accept(i as u32, self.listeners[i].socket.as_fd())?;
-            self.accepting[i] = true;
+                .accept(i as u32, generation, self.listeners[i].socket.as_fd())?;
+            self.accepting[i] = Some(generation);
         }
         Ok(())
     }
@@ -645,9 +655,8 @@ impl Worker {
 
     fn pause_accepting(&mut self) -> io::Result<()> {
         for i in 0..self.listeners.len() {
-            if self.accepting[i] {
-                self.ring.cancel_accept(i as u32)?;
-                self.accepting[i] = false;
+            if let Some(generation) = self.accepting[i].take() {
+                self.ring.cancel_accept(i as u32, generation)?;
             }
         }
         Ok(())

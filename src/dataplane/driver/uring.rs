@@ -78,6 +78,7 @@ pub enum Completion {
     /// ended and must be submitted again to keep accepting.
     Accepted {
         listener: u32,
+        generation: u32,
         result: io::Result<OwnedFd>,
         rearm: bool,
     },
@@ -179,8 +180,9 @@ impl Uring {
         }
     }
 
-    /// Start (or restart) a multishot accept on `listener`.
-    pub fn accept(&mut self, listener: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// Start (or restart) a multishot accept on `listener`; `generation` tells this arm's
+    /// completions from those of an earlier, cancelled one.
+    pub fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
         let entry = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
@@ -188,19 +190,20 @@ impl Uring {
                 UserData {
                     kind: Kind::Accept,
                     slot: listener,
-                    generation: 0,
+                    generation,
                 }
                 .encode(),
             );
         self.push(entry)
     }
 
-    /// Stop the multishot accept of `listener` (a final completion reports it ended).
-    pub fn cancel_accept(&mut self, listener: u32) -> io::Result<()> {
+    /// Stop the multishot accept of `listener` armed as `generation` (a final completion
+    /// reports it ended).
+    pub fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
         let target = UserData {
             kind: Kind::Accept,
             slot: listener,
-            generation: 0,
+            generation,
         }
         .encode();
         self.cancel(target)
@@ -386,6 +389,7 @@ impl Uring {
                 Kind::Ignore => continue,
                 Kind::Accept => Completion::Accepted {
                     listener: tag.slot,
+                    generation: tag.generation,
                     result: if res >= 0 {
                         // SAFETY: a non-negative accept result is a new fd that nothing
                         // else owns.
