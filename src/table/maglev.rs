@@ -15,11 +15,11 @@
 //! `ip:port` text ([`super::hash::EndpointName`]). Turns proceed in rounds; in round `r`
 //! (1, 2, …) endpoint `i` accumulates `w_i` and, each time its accumulator reaches
 //! `max_w`, claims its next free slot along its permutation. So its `k`-th claim comes in
-//! round `⌈k·max_w / w_i⌉`; ties inside a round go in canonical order. We schedule claims
-//! with a binary heap keyed by (round, canonical position) — O(M log N) whatever the
-//! weights — instead of katran's round loop, which spins O(M·N) when one weight dwarfs the
-//! rest. When all weights are equal the schedule is plain round-robin and we take a
-//! heap-free fast path; the two produce identical tables (property-tested).
+//! round `⌈k·max_w / w_i⌉`; ties inside a round go in canonical order. Three loops carry
+//! out that one schedule and produce identical tables (property-tested): plain round-robin
+//! when all weights are equal; katran's round loop when it is cheap (it costs about
+//! `M·max_w/mean_w` visits); and a binary heap keyed by (round, canonical position),
+//! O(M log N), when one weight dwarfs the mean and the round loop would spin O(M·N).
 
 use super::hash::{stable_hash, EndpointName, MAGLEV_OFFSET_SEED, MAGLEV_SKIP_SEED};
 use crate::model::{Endpoint, DEFAULT_MAGLEV_TABLE_SIZE};
@@ -268,10 +268,21 @@ fn fill<E: Entry>(
     let max_w = weights.iter().copied().max().unwrap_or(1);
     if weights.iter().all(|&w| w == max_w) {
         filler.round_robin();
+    } else if rounds_are_cheap(weights, max_w, m) {
+        filler.rounds(weights);
     } else {
         filler.scheduled(weights);
     }
     filler.table
+}
+
+/// Whether katran's round loop, which visits every endpoint in every round, costs at most
+/// a few visits per slot. It needs about `M·max_w/Σw` rounds of `N` visits each, i.e.
+/// `M·max_w/mean_w` visits: cheap unless one weight dwarfs the mean.
+fn rounds_are_cheap(weights: &[u32], max_w: u32, m: u32) -> bool {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let visits = u64::from(m) * u64::from(max_w) * weights.len() as u64 / total.max(1);
+    visits <= 8 * u64::from(m)
 }
 
 /// The state of one fill: the table so far and each permutation's next candidate slot.
@@ -325,8 +336,36 @@ impl<'a, E: Entry> Filler<'a, E> {
         }
     }
 
-    /// Any weights > 0: the k-th claim of position j comes in round ⌈k·max_w / w_j⌉,
-    /// ties in canonical order.
+    /// Any weights > 0, katran's way: each round, every position in canonical order adds
+    /// its weight to an accumulator and claims a slot when that reaches `max_w`. The k-th
+    /// claim of position j thus comes in round ⌈k·max_w / w_j⌉ — the same schedule as
+    /// [`Filler::scheduled`], at a cost of N visits per round.
+    fn rounds(&mut self, weights: &[u32]) {
+        let max_w = weights.iter().copied().max().unwrap_or(1);
+        let mut acc = vec![0u32; self.order.len()];
+        let mut filled = 0u32;
+        loop {
+            for j in 0..self.order.len() {
+                // acc < max_w and w ≤ max_w, so this cannot overflow u64 and, after the
+                // subtraction, fits u32 again.
+                let a = u64::from(acc[j]) + u64::from(weights[j]);
+                if a >= u64::from(max_w) {
+                    acc[j] = (a - u64::from(max_w)) as u32;
+                    self.claim(j);
+                    filled += 1;
+                    if filled == self.m {
+                        return;
+                    }
+                } else {
+                    acc[j] = a as u32;
+                }
+            }
+        }
+    }
+
+    /// Any weights > 0, the same schedule as [`Filler::rounds`] from a heap: the k-th
+    /// claim of position j comes in round ⌈k·max_w / w_j⌉, ties in canonical order.
+    /// O(M log N) whatever the weights.
     fn scheduled(&mut self, weights: &[u32]) {
         let max_w = u64::from(weights.iter().copied().max().unwrap_or(1));
         let round = |k: u64, w: u32| (k * max_w).div_ceil(u64::from(w));
@@ -441,7 +480,8 @@ mod tests {
         ];
         let t = MaglevTable::build(&eps, TableSize::new(65537));
         assert_eq!(t.fingerprint(), 0x3700_3e84_d732_af69);
-        assert_eq!(t.slots(3), 0);
+        let slots: Vec<u32> = (0..4).map(|i| t.slots(i)).collect();
+        assert_eq!(slots, [10923, 21846, 32768, 0]);
     }
 
     #[test]
@@ -508,6 +548,57 @@ mod tests {
         assert_eq!(s1, s2);
     }
 
+    fn fill_all_ways(weights: &[u32], m: u32) -> [(Box<[u32]>, Vec<u32>); 2] {
+        let n = weights.len();
+        let eps = endpoints(n, |i| weights[i]);
+        let order: Vec<u32> = (0..n as u32).collect();
+        let perms: Vec<Permutation> = eps.iter().map(|e| Permutation::new(e.addr, m)).collect();
+        let (mut s1, mut s2) = (vec![0; n], vec![0; n]);
+        let mut a = Filler::<u32>::new(&order, &perms, m, &mut s1);
+        a.rounds(weights);
+        let mut b = Filler::<u32>::new(&order, &perms, m, &mut s2);
+        b.scheduled(weights);
+        let (ta, tb) = (a.table, b.table);
+        [(ta, s1), (tb, s2)]
+    }
+
+    #[test]
+    fn round_loop_is_cheap_unless_one_weight_dwarfs_the_mean() {
+        assert!(rounds_are_cheap(&[1, 2, 3, 4], 4, 65537));
+        assert!(!rounds_are_cheap(
+            &[1000, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+            1000,
+            65537
+        ));
+    }
+
+    /// Over every possible victim, removing one endpoint moves on average well under 1%
+    /// of the table beyond the victim's own slots.
+    #[test]
+    fn removal_disrupts_under_1pct_on_average() {
+        let size = TableSize::new(65537);
+        for n in [5usize, 15, 24] {
+            let eps = endpoints(n, |_| 1);
+            let before = owners(&MaglevTable::build(&eps, size), &eps);
+            let mut total = 0;
+            for victim in &eps {
+                let after_eps: Vec<Endpoint> = eps
+                    .iter()
+                    .copied()
+                    .filter(|e| e.addr != victim.addr)
+                    .collect();
+                let after = owners(&MaglevTable::build(&after_eps, size), &after_eps);
+                total += before
+                    .iter()
+                    .zip(&after)
+                    .filter(|(b, a)| **b != victim.addr && b != a)
+                    .count();
+            }
+            let mean = total as f64 / n as f64 / f64::from(size.get());
+            assert!(mean < 0.01, "n={n}: mean extra disruption {mean}");
+        }
+    }
+
     fn small_prime_at_least(n: u32) -> TableSize {
         TableSize::new(n)
     }
@@ -549,6 +640,13 @@ mod tests {
             }
         }
 
+        /// The round loop and the heap carry out the same schedule.
+        #[test]
+        fn round_loop_and_heap_fill_identically(ws in prop::collection::vec(1u32..50, 1..40)) {
+            let [a, b] = fill_all_ways(&ws, 2003);
+            prop_assert_eq!(a, b);
+        }
+
         /// The table is a function of the endpoint *set*: any input order gives the same
         /// slot → address mapping.
         #[test]
@@ -568,10 +666,10 @@ mod tests {
             );
         }
 
-        /// Removing one of N endpoints moves its own slots, and few others: Maglev is not
-        /// perfectly minimal. Measured at M = 65537 (mean / worst over victims): N=10
-        /// 0.26% / 0.32%, N=20 0.43% / 1.29%, N=40 0.43% / 0.62%, N=655 0.78% / 0.84% of
-        /// the table. Bound: 1.5%.
+        /// Removing one of N endpoints moves its own slots, and few others: Maglev is
+        /// near-minimal, not minimal. Measured at M = 65537 over every victim for
+        /// N = 2..60: mean 0.45% of the table, worst 1.84% (N = 15; one victim). Bound 2%
+        /// here; the average is held to 1% by `removal_disrupts_under_1pct_on_average`.
         #[test]
         fn removal_disrupts_little(n in 2usize..40, victim in any::<prop::sample::Index>()) {
             let size = TableSize::new(65537);
@@ -582,11 +680,12 @@ mod tests {
             let before = owners(&MaglevTable::build(&before_eps, size), &before_eps);
             let after = owners(&MaglevTable::build(&after_eps, size), &after_eps);
             let extra = before.iter().zip(&after).filter(|(b, a)| **b != gone && b != a).count();
-            let bound = 0.015 * f64::from(size.get());
+            let bound = 0.02 * f64::from(size.get());
             prop_assert!((extra as f64) <= bound, "n={n}: {extra} extra slots moved");
         }
 
-        /// Adding one endpoint moves the slots it takes, and few others (bound as above).
+        /// Adding one endpoint moves the slots it takes, and few others: measured at most
+        /// 0.5% of the table for N = 2..60. Bound 1%.
         #[test]
         fn addition_disrupts_little(n in 1usize..40) {
             let size = TableSize::new(65537);
@@ -596,7 +695,7 @@ mod tests {
             let before = owners(&MaglevTable::build(&before_eps, size), &before_eps);
             let after = owners(&MaglevTable::build(&after_eps, size), &after_eps);
             let extra = before.iter().zip(&after).filter(|(b, a)| **a != new && b != a).count();
-            let bound = 0.015 * f64::from(size.get());
+            let bound = 0.01 * f64::from(size.get());
             prop_assert!((extra as f64) <= bound, "n={n}: {extra} extra slots moved");
         }
     }
