@@ -12,8 +12,9 @@
 use super::hash::{canonical_addr, client_hash};
 use super::maglev::{MaglevTable, TableSize};
 use super::registry::StatsRegistry;
-use crate::model::{Endpoint, Model, Policy, Protocol, ServicePort};
+use crate::model::{Endpoint, Model, Policy, Protocol, ServicePort, ServicePortKey};
 use crate::stats::StatsBlock;
+use ahash::AHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -42,7 +43,8 @@ pub struct ServiceEntry {
     pub port: ServicePort,
     pub stats: Arc<StatsBlock>,
     endpoints: Vec<EndpointEntry>,
-    table: MaglevTable,
+    /// Shared with later snapshots whose endpoints and table size did not change.
+    table: Arc<MaglevTable>,
 }
 
 impl ServiceEntry {
@@ -134,12 +136,29 @@ impl RoutingSnapshot {
     /// (protocol, NodePort) the first in the model wins `lookup` (the other stays in
     /// [`services`](Self::services)).
     pub fn build(model: &Model, generation: u64, stats: &mut StatsRegistry) -> Self {
+        Self::empty().rebuild(model, generation, stats)
+    }
+
+    /// Like [`build`](Self::build), but reuses this snapshot's Maglev table for every
+    /// Service port (same key) whose canonical endpoints and table size did not change,
+    /// instead of filling it again (~1–3 ms each at M = 65537). The result is identical to
+    /// `build`'s; only the time to get it differs. The control plane passes the snapshot
+    /// published now.
+    pub fn rebuild(&self, model: &Model, generation: u64, stats: &mut StatsRegistry) -> Self {
+        let previous: AHashMap<&ServicePortKey, &ServiceEntry> =
+            self.services.iter().map(|s| (&s.port.key, s)).collect();
         stats.begin();
         let mut by_port = vec![0u32; PORTS * Protocol::COUNT].into_boxed_slice();
         let mut services = Vec::with_capacity(model.services.len());
         for (i, port) in model.services.iter().enumerate() {
             let endpoints = canonical_endpoints(&port.endpoints);
-            let table = MaglevTable::build(&endpoints, TableSize::new(port.maglev_table_size));
+            let size = TableSize::new(port.maglev_table_size);
+            let table = match previous.get(&port.key) {
+                Some(prev) if prev.table.size() == size && prev.port.endpoints == endpoints => {
+                    Arc::clone(&prev.table)
+                }
+                _ => Arc::new(MaglevTable::build(&endpoints, size)),
+            };
             let service_stats = stats.service_block(&port.key);
             let entries = endpoints
                 .iter()
@@ -491,6 +510,40 @@ mod tests {
         let s3 = RoutingSnapshot::build(&m1, 3, &mut reg);
         assert!(!Arc::ptr_eq(&s3.service(ServiceId(1)).stats, &b_stats));
         assert!(Arc::ptr_eq(&s3.service(ServiceId(0)).stats, &a2.stats));
+    }
+
+    #[test]
+    fn rebuild_reuses_unchanged_tables_and_equals_build() {
+        let mut reg = StatsRegistry::new(1);
+        let m1 = model(vec![
+            service("a", 30001, &[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]),
+            service("b", 30002, &[("10.0.0.3:80", 1), ("10.0.0.4:80", 1)]),
+        ]);
+        let s1 = RoutingSnapshot::build(&m1, 1, &mut reg);
+        // "a" unchanged but listed in another order; "b" re-weighted.
+        let m2 = model(vec![
+            service("a", 30001, &[("10.0.0.2:80", 1), ("10.0.0.1:80", 1)]),
+            service("b", 30002, &[("10.0.0.3:80", 2), ("10.0.0.4:80", 1)]),
+        ]);
+        let s2 = s1.rebuild(&m2, 2, &mut reg);
+        assert!(Arc::ptr_eq(
+            &s1.service(ServiceId(0)).table,
+            &s2.service(ServiceId(0)).table
+        ));
+        assert!(!Arc::ptr_eq(
+            &s1.service(ServiceId(1)).table,
+            &s2.service(ServiceId(1)).table
+        ));
+        let fresh = RoutingSnapshot::build(&m2, 2, &mut reg);
+        for ((_, a), (_, b)) in s2.services().zip(fresh.services()) {
+            assert_eq!(a.table().fingerprint(), b.table().fingerprint());
+            assert_eq!(a.port, b.port);
+        }
+        // A changed table size is not reused.
+        let mut m3 = m2.clone();
+        m3.services[0].maglev_table_size = 2003;
+        let s3 = s2.rebuild(&m3, 3, &mut reg);
+        assert_eq!(s3.service(ServiceId(0)).table().size().get(), 2003);
     }
 
     #[test]
