@@ -68,6 +68,10 @@ fn maglev_build(c: &mut Criterion) {
             b.iter(|| MaglevTable::build(black_box(eps), size))
         });
     }
+    let skewed = endpoints(1000, |i| if i == 0 { 1000 } else { 1 });
+    g.bench_function("one_weight_1000_rest_1/1000", |b| {
+        b.iter(|| MaglevTable::build(black_box(&skewed), size))
+    });
     g.finish();
 }
 
@@ -89,6 +93,12 @@ fn pick(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             svc.pick(black_box(client(i)), &[])
+        })
+    });
+    g.bench_function("client_hash_only", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            sluice::table::hash::client_hash(HashKey::ClientIpPort, black_box(client(i)))
         })
     });
     let tried = [EndpointId(3), EndpointId(17)];
