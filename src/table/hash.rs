@@ -84,7 +84,8 @@ const NAME_CAPACITY: usize = 48;
 ///   e.g. `[fd00::7]:8080`. Scope ids are not part of the name.
 ///
 /// Written here rather than with `SocketAddr`'s `Display` so the bytes cannot change with
-/// the Rust version (std's IPv6 text did change once, in 1.59-era RFC 5952 work).
+/// the Rust version: std documents its IPv6 text as RFC 5952 but does not freeze it (and a
+/// property test checks we agree with today's std).
 #[derive(Clone, Copy)]
 pub struct EndpointName {
     buf: [u8; NAME_CAPACITY],

@@ -135,6 +135,10 @@ impl MaglevTable {
         } else {
             Entries::Wide(fill::<u32>(&order, &perms, &weights, m, &mut slots))
         };
+        debug_assert_eq!(
+            slots.iter().map(|&s| u64::from(s)).sum::<u64>(),
+            u64::from(m)
+        );
         let usable = slots.iter().filter(|&&s| s > 0).count() as u32;
         MaglevTable {
             size,
