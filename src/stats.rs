@@ -19,8 +19,10 @@ impl Counter {
     /// Add `n`. Only the owning worker may call this (single writer).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -73,7 +75,9 @@ pub struct StatsBlock {
 impl StatsBlock {
     pub fn new(workers: usize) -> StatsBlock {
         StatsBlock {
-            per_worker: (0..workers.max(1)).map(|_| CachePadded::default()).collect(),
+            per_worker: (0..workers.max(1))
+                .map(|_| CachePadded::default())
+                .collect(),
         }
     }
 

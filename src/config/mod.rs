@@ -1,27 +1,511 @@
-//! Configuration file (TOML) → validated [`crate::model::Model`]. STUB — being written.
+//! Configuration file (TOML) → validated [`crate::model::Model`], with `FILE:LINE:COLUMN`
+//! errors.
+//!
+//! This module owns the file format described in `docs/configuration.md`: reading the TOML
+//! (`file`), judging single values (`values`) and node-wide settings (`settings`),
+//! building the model with the checks across Service ports (`validate`), giving NodePorts
+//! to Service ports that have none (`allocate`), and the summary `sluice check` prints
+//! (`render`). It uses only [`crate::model`] and must not touch sockets, threads or any
+//! other module: a configuration is data in, data (or one precise error) out.
+//!
+//! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
+//! to keep the NodePorts it allocated (see the `allocate` module).
+
+mod allocate;
+mod file;
+mod render;
+mod settings;
+mod validate;
+mod values;
+
 use crate::model::Model;
+use std::ops::Range;
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{origin}:{line}:{column}: {message}")]
+/// Why a configuration was rejected, and where.
+///
+/// Displays as `FILE:LINE:COLUMN: message` (1-based, pointing at the offending key or value),
+/// or `FILE: message` when the file could not be read at all (`line` and `column` are then 0).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{} {message}", position(.line, .column))]
 pub struct ConfigError {
+    /// The file name given to [`parse`] or [`load_file`].
     pub origin: String,
+    /// 1-based line of the offending key or value; 0 when the file could not be read.
     pub line: usize,
+    /// 1-based column (in characters) of the offending key or value; 0 with `line`.
     pub column: usize,
+    /// What is wrong, in words an operator can act on.
     pub message: String,
 }
 
+/// Reads and parses the file at `path`. `previous` is the model currently running, if any:
+/// Service ports it gave a NodePort keep that port (see [`parse`]).
 pub fn load_file(path: &Path, previous: Option<&Model>) -> Result<Model, ConfigError> {
+    let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: path.display().to_string(), line: 0, column: 0, message: e.to_string(),
+        origin: origin.clone(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
     })?;
-    parse(&text, &path.display().to_string(), previous)
+    parse(&text, &origin, previous)
 }
 
-pub fn parse(_text: &str, origin: &str, _previous: Option<&Model>) -> Result<Model, ConfigError> {
-    Err(ConfigError { origin: origin.into(), line: 1, column: 1, message: "config parser not written yet".into() })
+/// Parses configuration `text`; `origin` names it in error messages.
+///
+/// Service ports without a `node_port` get one allocated: the one they had in `previous` when
+/// it is still free and in range, otherwise one derived from a hash of their identity, so the
+/// same text always yields the same model.
+pub fn parse(text: &str, origin: &str, previous: Option<&Model>) -> Result<Model, ConfigError> {
+    let source = Source { origin, text };
+    let file: file::ConfigFile = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+    validate::build(&source, file, previous)
 }
 
+/// The human-readable summary `sluice check --config FILE` prints for a valid configuration.
 pub fn render_check(model: &Model) -> String {
-    format!("{model:#?}")
+    render::render(model)
+}
+
+fn position(line: &usize, column: &usize) -> String {
+    if *line == 0 {
+        String::new()
+    } else {
+        format!("{line}:{column}:")
+    }
+}
+
+/// The text being parsed, to turn byte offsets into `LINE:COLUMN` errors.
+pub(super) struct Source<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error pointing at the start of `span` (a byte range of the text).
+    fn error(&self, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.line_column(span.start);
+        ConfigError {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// 1-based line of a byte offset, for messages that refer to another place in the file.
+    fn line(&self, offset: usize) -> usize {
+        self.line_column(offset).0
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    /// Rewords a TOML/serde error: "field" becomes "key", Rust type names become TOML ones,
+    /// the table is named, and a wrong value is prefixed with its key when one precedes it.
+    fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let raw = error.message().trim_end();
+        let mut message = raw
+            .replace("expected i64", "expected an integer")
+            .replace("expected a boolean", "expected true or false")
+            .replace("unknown field", "unknown key")
+            .replace("missing field", "missing key");
+        if raw.starts_with("unknown field") || raw.starts_with("missing field") {
+            message = match message.split_once(", expected ") {
+                Some((head, known)) => format!("{head} {}; expected {known}", table_of(raw)),
+                None => format!("{message} {}", table_of(raw)),
+            };
+            let node_wide = NODE_WIDE_ONLY
+                .iter()
+                .any(|key| raw.starts_with(&format!("unknown field `{key}`")));
+            if node_wide && table_of(raw) == "in [[service]]" {
+                message.push_str(
+                    " (node-wide keys must come before the first [[service]]: after it, they \
+                     belong to that table)",
+                );
+            }
+        } else if raw.starts_with("invalid type") || raw.starts_with("invalid value") {
+            if let Some(key) = self.key_before(span.start) {
+                message = format!("`{key}`: {message}");
+            }
+        }
+        self.error(&span, message)
+    }
+
+    /// The bare key of `key = value` when `offset` is where the value starts.
+    fn key_before(&self, offset: usize) -> Option<&str> {
+        let before = self.text.get(..offset)?.trim_end_matches([' ', '\t']);
+        let before = before.strip_suffix('=')?.trim_end_matches([' ', '\t']);
+        let start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        let key = &before[start..];
+        (!key.is_empty()).then_some(key)
+    }
+}
+
+/// Top-level keys that a `[[service]]` table does not have: written after a `[[service]]`
+/// header by mistake, they land in that table.
+const NODE_WIDE_ONLY: &[&str] = &[
+    "workers",
+    "pin_workers",
+    "listen_addresses",
+    "node_port_range",
+    "max_connections_per_worker",
+    "relay",
+    "backlog",
+];
+
+/// Which table an unknown/missing-key message from serde is about, told by the keys it knows.
+fn table_of(message: &str) -> &'static str {
+    if message.contains("`address`") {
+        "in an endpoint table"
+    } else if message.contains("`node_port`")
+        || message == "missing field `name`"
+        || message == "missing field `port`"
+    {
+        "in [[service]]"
+    } else {
+        "at the top level"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    const HAPPY: &str = r#"
+[[service]]
+name = "myfrontend"
+namespace = "workshop"
+node_port = 30000
+port = 80
+target_port = 9000
+endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+"#;
+
+    fn ep(addr: &str, weight: u32) -> Endpoint {
+        Endpoint {
+            addr: addr.parse::<SocketAddr>().unwrap(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn happy_config_from_the_brief() {
+        let model = parse(HAPPY, "happy.toml", None).unwrap();
+        assert_eq!(model.settings, Settings::default());
+        assert_eq!(
+            model.services,
+            vec![ServicePort {
+                key: ServicePortKey {
+                    service: ServiceName {
+                        namespace: "workshop".into(),
+                        name: "myfrontend".into(),
+                    },
+                    port_name: String::new(),
+                    protocol: Protocol::Tcp,
+                },
+                port: 80,
+                node_port: 30000,
+                node_port_allocated: false,
+                target_port: 9000,
+                endpoints: vec![
+                    ep("127.0.0.2:9000", 1),
+                    ep("127.0.0.3:9000", 1),
+                    ep("127.0.0.4:9000", 1),
+                ],
+                policy: Policy::Maglev {
+                    key: HashKey::ClientIpPort,
+                },
+                timeouts: Timeouts::default(),
+                connect_retries: 2,
+                maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            }]
+        );
+    }
+
+    #[test]
+    fn every_key_set() {
+        let text = r#"
+workers = 3
+pin_workers = false
+listen_addresses = ["10.0.0.1", "::1"]
+node_port_range = "20000-20999"
+max_connections_per_worker = 100
+relay = "copy"
+backlog = 128
+connect_timeout = "500ms"
+idle_timeout = "10m"
+connect_retries = 1
+maglev_table_size = 1009
+
+[[service]]
+name = "web"
+port_name = "http"
+protocol = "TCP"
+port = 8080
+node_port = 20001
+endpoints = [
+  "10.1.0.2",
+  "10.1.0.1:81",
+  "[fd00::1]:82",
+  { address = "fd00::2", port = 83, weight = 0 },
+  { address = "10.1.0.3", weight = 5 },
+]
+policy = "maglev"
+hash_key = "client-ip"
+connect_timeout = "1s"
+connect_retries = 0
+maglev_table_size = 65537
+
+[[service]]
+name = "web"
+port_name = "admin"
+port = 9090
+target_port = 9091
+idle_timeout = "1h 30m"
+endpoints = []
+"#;
+        let model = parse(text, "all.toml", None).unwrap();
+        let s = &model.settings;
+        assert_eq!(s.workers, Some(3));
+        assert!(!s.pin_workers);
+        assert_eq!(
+            s.listen,
+            ListenAddresses::Only(vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()])
+        );
+        assert_eq!(
+            s.node_port_range,
+            NodePortRange {
+                first: 20000,
+                last: 20999
+            }
+        );
+        assert_eq!(s.max_connections_per_worker, 100);
+        assert_eq!(s.relay, RelayMode::Copy);
+        assert_eq!(s.backlog, 128);
+        assert_eq!(s.defaults.timeouts.connect, Duration::from_millis(500));
+        assert_eq!(s.defaults.timeouts.idle, Duration::from_secs(600));
+        assert_eq!(s.defaults.connect_retries, 1);
+        assert_eq!(s.defaults.maglev_table_size, 1009);
+
+        // Sorted by port name: "admin" before "http".
+        let [admin, http] = &model.services[..] else {
+            panic!("two service ports expected, got {:?}", model.services)
+        };
+        assert_eq!(admin.key.port_name, "admin");
+        assert_eq!(admin.key.service.namespace, "default");
+        assert_eq!(admin.target_port, 9091);
+        assert!(admin.endpoints.is_empty());
+        assert!(admin.node_port_allocated);
+        assert!((20000..=20999).contains(&admin.node_port));
+        assert_eq!(admin.timeouts.connect, Duration::from_millis(500));
+        assert_eq!(admin.timeouts.idle, Duration::from_secs(5400));
+        assert_eq!(admin.connect_retries, 1);
+        assert_eq!(admin.maglev_table_size, 1009);
+
+        assert_eq!(http.node_port, 20001);
+        assert!(!http.node_port_allocated);
+        assert_eq!(http.target_port, 8080);
+        assert_eq!(
+            http.policy,
+            Policy::Maglev {
+                key: HashKey::ClientIp
+            }
+        );
+        assert_eq!(http.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(http.timeouts.idle, Duration::from_secs(600));
+        assert_eq!(http.connect_retries, 0);
+        assert_eq!(http.maglev_table_size, 65537);
+        assert_eq!(
+            http.endpoints,
+            vec![
+                ep("10.1.0.1:81", 1),
+                ep("10.1.0.2:8080", 1),
+                ep("10.1.0.3:8080", 5),
+                ep("[fd00::1]:82", 1),
+                ep("[fd00::2]:83", 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_toml_example_in_the_docs_parses() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut blocks = 0;
+        for (i, chunk) in doc.split("```toml\n").enumerate().skip(1) {
+            let block = chunk.split("```").next().unwrap();
+            if let Err(e) = parse(block, &format!("docs block {i}"), None) {
+                panic!("{e}\n{block}");
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 3, "only {blocks} toml blocks found");
+    }
+
+    #[test]
+    fn same_file_same_ports_and_reload_keeps_them() {
+        let two = "[[service]]\nname = \"b\"\nport = 80\n[[service]]\nname = \"c\"\nport = 80\n";
+        let first = parse(two, "r.toml", None).unwrap();
+        assert_eq!(first, parse(two, "r.toml", None).unwrap());
+        let ports: Vec<u16> = first.services.iter().map(|s| s.node_port).collect();
+
+        // Reload: a new Service that sorts first asks explicitly for c's port, and another
+        // one needs a port. b keeps its port; c must move (explicit ports win), d is new.
+        let taken = ports[1];
+        let more = format!(
+            "[[service]]\nname = \"a\"\nport = 80\nnode_port = {taken}\n{two}\
+             [[service]]\nname = \"d\"\nport = 80\n"
+        );
+        let second = parse(&more, "r.toml", Some(&first)).unwrap();
+        let by_name = |m: &Model, n: &str| {
+            m.services
+                .iter()
+                .find(|s| s.key.service.name == n)
+                .map(|s| (s.node_port, s.node_port_allocated))
+                .unwrap()
+        };
+        assert_eq!(by_name(&second, "a"), (taken, false));
+        assert_eq!(by_name(&second, "b"), (ports[0], true));
+        assert_ne!(by_name(&second, "c").0, taken);
+
+        // Removing an explicit node_port keeps the port the running model serves it on.
+        let without = more.replace(&format!("node_port = {taken}\n"), "");
+        let third = parse(&without, "r.toml", Some(&second)).unwrap();
+        assert_eq!(by_name(&third, "a"), (taken, true));
+        for n in ["b", "c", "d"] {
+            assert_eq!(by_name(&third, n).0, by_name(&second, n).0, "{n} moved");
+        }
+    }
+
+    #[test]
+    fn node_wide_key_after_a_service_gets_a_hint() {
+        let e = parse(
+            "[[service]]\nname = \"a\"\nport = 80\nworkers = 2\n",
+            "h.toml",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (4, 1));
+        assert!(
+            e.message.contains("must come before the first [[service]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn both_wildcards_may_be_listed() {
+        let m = parse("listen_addresses = [\"0.0.0.0\", \"::\"]\n", "w.toml", None).unwrap();
+        assert_eq!(
+            m.settings.listen,
+            ListenAddresses::Only(vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn empty_file_is_a_valid_empty_model() {
+        let model = parse("", "empty.toml", None).unwrap();
+        assert_eq!(model.settings, Settings::default());
+        assert!(model.services.is_empty());
+    }
+
+    #[test]
+    fn error_display_has_file_line_column() {
+        let e = parse("workers = 2\nbogus = 1\n", "x.toml", None).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("x.toml:2:1: unknown key `bogus` at the top level"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let e = parse(
+            "# é\n[[service]]\nname = \"é\"\nport = 80\n",
+            "u.toml",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (3, 8), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_has_no_position() {
+        let path = Path::new("/nonexistent/sluice/config.toml");
+        let e = load_file(path, None).unwrap_err();
+        assert_eq!((e.line, e.column), (0, 0));
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/sluice/config.toml: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[[service]]\nname = \"a\"\nport = \"80\"\n", "t.toml", None).unwrap_err();
+        assert_eq!((e.line, e.column), (3, 8));
+        assert_eq!(
+            e.message,
+            "`port`: invalid type: string \"80\", expected an integer"
+        );
+    }
+
+    #[test]
+    fn render_check_of_the_happy_config() {
+        let text = format!(
+            "{HAPPY}\n[[service]]\nname = \"helloworld\"\nport = 8080\nendpoints = [{{ address = \"10.0.0.9\", weight = 0 }}]\n"
+        );
+        let model = parse(&text, "happy.toml", None).unwrap();
+        let shown = render_check(&model);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(
+            lines[0],
+            "config OK: 2 service ports, 4 endpoints, served on all addresses (IPv4 and IPv6)"
+        );
+        assert!(lines[1].contains("workers: one per online CPU"), "{shown}");
+        assert!(lines[1].contains("relay: splice"), "{shown}");
+        assert!(lines[1].contains("node-port range: 30000-32767"), "{shown}");
+        assert!(
+            lines[2].starts_with("service defaults: connect timeout 3s"),
+            "{shown}"
+        );
+        assert!(lines[3].starts_with("SERVICE"), "{shown}");
+        assert!(lines[4].starts_with("default/helloworld"), "{shown}");
+        assert!(lines[4].contains("(allocated)"), "{shown}");
+        assert!(lines[4].contains("10.0.0.9:8080 (weight 0)"), "{shown}");
+        assert!(lines[5].starts_with("workshop/myfrontend"), "{shown}");
+        assert!(
+            lines[5].contains("30000/TCP ") && !lines[5].contains("allocated"),
+            "{shown}"
+        );
+        assert_eq!(lines.len(), 6, "{shown}");
+        let text = text.replace("port = 8080", "port = 8080\nidle_timeout = \"30s\"");
+        let shown = render_check(&parse(&text, "happy.toml", None).unwrap());
+        assert!(
+            shown.ends_with("\ndefault/helloworld sets its own: idle timeout 30s\n"),
+            "{shown}"
+        );
+        assert!(
+            lines[5].ends_with("127.0.0.2:9000, 127.0.0.3:9000, 127.0.0.4:9000"),
+            "{shown}"
+        );
+    }
 }

@@ -48,7 +48,10 @@ pub struct StatsRegistry {
 
 impl StatsRegistry {
     pub fn new(workers: usize) -> Self {
-        StatsRegistry { workers, ..Default::default() }
+        StatsRegistry {
+            workers,
+            ..Default::default()
+        }
     }
 }
 
@@ -61,19 +64,40 @@ pub struct RoutingSnapshot {
 
 impl RoutingSnapshot {
     pub fn empty() -> Self {
-        RoutingSnapshot { generation: 0, services: Vec::new(), by_port: HashMap::new() }
+        RoutingSnapshot {
+            generation: 0,
+            services: Vec::new(),
+            by_port: HashMap::new(),
+        }
     }
     pub fn build(model: &Model, generation: u64, stats: &mut StatsRegistry) -> Self {
         let mut s = Self::empty();
         s.generation = generation;
         for (i, p) in model.services.iter().enumerate() {
-            let sst = stats.services.entry(p.key.clone()).or_insert_with(|| Arc::new(StatsBlock::new(stats.workers))).clone();
-            let eps = p.endpoints.iter().map(|e| EndpointEntry {
-                endpoint: *e,
-                stats: stats.endpoints.entry((p.key.clone(), e.addr)).or_insert_with(|| Arc::new(StatsBlock::new(stats.workers))).clone(),
-            }).collect();
-            s.by_port.insert((p.key.protocol, p.node_port), ServiceId(i as u32));
-            s.services.push(ServiceEntry { port: p.clone(), stats: sst, endpoints: eps });
+            let sst = stats
+                .services
+                .entry(p.key.clone())
+                .or_insert_with(|| Arc::new(StatsBlock::new(stats.workers)))
+                .clone();
+            let eps = p
+                .endpoints
+                .iter()
+                .map(|e| EndpointEntry {
+                    endpoint: *e,
+                    stats: stats
+                        .endpoints
+                        .entry((p.key.clone(), e.addr))
+                        .or_insert_with(|| Arc::new(StatsBlock::new(stats.workers)))
+                        .clone(),
+                })
+                .collect();
+            s.by_port
+                .insert((p.key.protocol, p.node_port), ServiceId(i as u32));
+            s.services.push(ServiceEntry {
+                port: p.clone(),
+                stats: sst,
+                endpoints: eps,
+            });
         }
         s
     }
@@ -87,6 +111,9 @@ impl RoutingSnapshot {
         &self.services[id.0 as usize]
     }
     pub fn services(&self) -> impl Iterator<Item = (ServiceId, &ServiceEntry)> {
-        self.services.iter().enumerate().map(|(i, s)| (ServiceId(i as u32), s))
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (ServiceId(i as u32), s))
     }
 }

@@ -1,0 +1,123 @@
+//! The configuration file exactly as written: serde types that mirror the TOML keys.
+//!
+//! These types only check shapes (which keys exist, which TOML types they hold) and keep the
+//! byte span of every value so that later checks can point at it. They hold no defaults and
+//! make no semantic judgement: `validate` turns them into a [`crate::model::Model`]. Integers
+//! are read as `i64` so that a range error can name the value instead of a Rust type.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::fmt;
+
+/// The whole file: node-wide settings, service defaults, and the `[[service]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigFile {
+    pub workers: Option<Spanned<i64>>,
+    pub pin_workers: Option<bool>,
+    pub listen_addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub node_port_range: Option<Spanned<String>>,
+    pub max_connections_per_worker: Option<Spanned<i64>>,
+    pub relay: Option<Spanned<String>>,
+    pub backlog: Option<Spanned<i64>>,
+    pub connect_timeout: Option<Spanned<DurationText>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
+    pub connect_retries: Option<Spanned<i64>>,
+    pub maglev_table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub service: Vec<ServiceEntry>,
+}
+
+/// One `[[service]]` table: one port of one Kubernetes Service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServiceEntry {
+    pub name: Spanned<String>,
+    pub namespace: Option<Spanned<String>>,
+    pub port_name: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub port: Spanned<i64>,
+    pub target_port: Option<Spanned<i64>>,
+    pub node_port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<EndpointEntry>>,
+    pub policy: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<DurationText>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
+    pub connect_retries: Option<Spanned<i64>>,
+    pub maglev_table_size: Option<Spanned<i64>>,
+}
+
+/// One element of `endpoints`: either `"IP"`, `"IP:PORT"`, `"[IPv6]:PORT"`, or an inline
+/// table `{ address = "IP", port = 9000, weight = 2 }`.
+#[derive(Debug)]
+pub(super) enum EndpointEntry {
+    Text(String),
+    Table(EndpointTable),
+}
+
+/// The inline-table form of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EndpointTable {
+    pub address: Spanned<String>,
+    pub port: Option<Spanned<i64>>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// A duration written as a humantime string (`"3s"`, `"500ms"`, `"1h 30m"`), kept as text so
+/// that `validate` can judge it with the key's name in the message.
+#[derive(Debug)]
+pub(super) struct DurationText(pub String);
+
+impl<'de> Deserialize<'de> for EndpointEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = EndpointEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an endpoint: a string \"IP\", \"IP:PORT\" or \"[IPv6]:PORT\", \
+                     or an inline table { address = \"IP\", port = PORT, weight = N }",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(EndpointEntry::Text(value.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                // Hand the same map to the derived table type, so that its fields keep their
+                // spans and unknown keys are rejected with the usual message.
+                EndpointTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointEntry::Table)
+            }
+        }
+
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"3s\", \"500ms\" or \"1h\"")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(DurationText(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}

@@ -1,0 +1,162 @@
+//! The summary `sluice check --config FILE` prints for a valid configuration.
+//!
+//! Plain text for a human: one headline, one line of node-wide settings, then one row per
+//! Service port with its endpoints. Allocated NodePorts are marked so that an operator knows
+//! which ones came from sluice rather than the file. Nothing here is meant to be parsed.
+
+use crate::model::{
+    Endpoint, HashKey, ListenAddresses, Model, Policy, ServiceDefaults, ServicePort,
+};
+use std::fmt::Write;
+
+pub(super) fn render(model: &Model) -> String {
+    let s = &model.settings;
+    let endpoint_count: usize = model.services.iter().map(|p| p.endpoints.len()).sum();
+    let listen = match &s.listen {
+        ListenAddresses::All => "all addresses (IPv4 and IPv6)".to_owned(),
+        ListenAddresses::Only(ips) => ips
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "config OK: {}, {}, served on {listen}",
+        plural(model.services.len(), "service port"),
+        plural(endpoint_count, "endpoint"),
+    );
+    let workers = match s.workers {
+        Some(n) => n.to_string(),
+        None => "one per online CPU".to_owned(),
+    };
+    let pinned = if s.pin_workers {
+        "pinned"
+    } else {
+        "not pinned"
+    };
+    let relay = match s.relay {
+        crate::model::RelayMode::Splice => "splice",
+        crate::model::RelayMode::Copy => "copy",
+    };
+    let _ = writeln!(
+        out,
+        "workers: {workers} ({pinned})   relay: {relay}   node-port range: {}   \
+         max connections per worker: {}   backlog: {}",
+        s.node_port_range, s.max_connections_per_worker, s.backlog
+    );
+    let _ = writeln!(out, "service defaults: {}", tunables(&s.defaults));
+
+    let header = ["SERVICE", "PORT", "NODEPORT", "POLICY", "ENDPOINTS"];
+    let rows: Vec<[String; 5]> = model.services.iter().map(row).collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: [&str; 5]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$} ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    }
+    // Per-service tunables, only those that differ from the node-wide defaults.
+    for p in &model.services {
+        let d = &s.defaults;
+        let mut own = Vec::new();
+        if p.timeouts.connect != d.timeouts.connect {
+            own.push(format!(
+                "connect timeout {}",
+                humantime::format_duration(p.timeouts.connect)
+            ));
+        }
+        if p.timeouts.idle != d.timeouts.idle {
+            own.push(format!(
+                "idle timeout {}",
+                humantime::format_duration(p.timeouts.idle)
+            ));
+        }
+        if p.connect_retries != d.connect_retries {
+            own.push(plural(p.connect_retries as usize, "connect retry"));
+        }
+        if p.maglev_table_size != d.maglev_table_size {
+            own.push(format!("maglev table {}", p.maglev_table_size));
+        }
+        if !own.is_empty() {
+            let _ = writeln!(out, "{} sets its own: {}", p.key, own.join(", "));
+        }
+    }
+    out
+}
+
+fn row(p: &ServicePort) -> [String; 5] {
+    let node_port = if p.node_port_allocated {
+        format!("{}/{} (allocated)", p.node_port, p.key.protocol)
+    } else {
+        format!("{}/{}", p.node_port, p.key.protocol)
+    };
+    let policy = match p.policy {
+        Policy::Maglev {
+            key: HashKey::ClientIpPort,
+        } => "maglev(ip+port)",
+        Policy::Maglev {
+            key: HashKey::ClientIp,
+        } => "maglev(ip)",
+    };
+    let endpoints = if p.endpoints.is_empty() {
+        "(none: connections are reset)".to_owned()
+    } else {
+        p.endpoints
+            .iter()
+            .map(endpoint)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    [
+        p.key.to_string(),
+        format!("{}/{}", p.port, p.key.protocol),
+        node_port,
+        policy.to_owned(),
+        endpoints,
+    ]
+}
+
+fn endpoint(e: &Endpoint) -> String {
+    if e.weight == crate::model::DEFAULT_WEIGHT {
+        e.addr.to_string()
+    } else {
+        format!("{} (weight {})", e.addr, e.weight)
+    }
+}
+
+fn tunables(d: &ServiceDefaults) -> String {
+    format!(
+        "connect timeout {}, idle timeout {}, {}, maglev table {}",
+        humantime::format_duration(d.timeouts.connect),
+        humantime::format_duration(d.timeouts.idle),
+        plural(d.connect_retries as usize, "connect retry"),
+        d.maglev_table_size
+    )
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else if let Some(stem) = noun.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -1,0 +1,161 @@
+//! Node-wide settings: the top-level keys of the file → [`Settings`].
+//!
+//! Owns the checks of `workers`, `listen_addresses`, `node_port_range`, the data-plane knobs
+//! and the service defaults. Knows nothing about `[[service]]` tables.
+
+use super::file::ConfigFile;
+use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
+use super::{ConfigError, Source};
+use crate::model::{
+    ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings, Timeouts,
+    DEFAULT_NODE_PORT_RANGE,
+};
+use serde_spanned::Spanned;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// Upper bound of `workers`: far above any machine sluice runs on, low enough to catch typos.
+const MAX_WORKERS: i64 = 1024;
+
+pub(super) fn settings(
+    src: &Source,
+    f: &ConfigFile,
+) -> Result<(Settings, Option<Range<usize>>), ConfigError> {
+    let base = Settings::default();
+    let workers = match &f.workers {
+        Some(w) => Some(int(
+            src,
+            w,
+            "workers",
+            1,
+            MAX_WORKERS,
+            "omit `workers` for one per online CPU",
+        )?),
+        None => None,
+    };
+    let listen = match &f.listen_addresses {
+        Some(list) => listen_addresses(src, list)?,
+        None => ListenAddresses::All,
+    };
+    let node_port_range = match &f.node_port_range {
+        Some(r) => node_port_range(src, r)?,
+        None => DEFAULT_NODE_PORT_RANGE,
+    };
+    let max_connections_per_worker = match &f.max_connections_per_worker {
+        Some(v) => int(src, v, "max_connections_per_worker", 1, u32::MAX.into(), "")?,
+        None => base.max_connections_per_worker,
+    };
+    let relay = match &f.relay {
+        Some(r) => choice(
+            src,
+            r,
+            "relay",
+            &[("splice", RelayMode::Splice), ("copy", RelayMode::Copy)],
+        )?,
+        None => base.relay,
+    };
+    let backlog = match &f.backlog {
+        Some(b) => int(src, b, "backlog", 1, i32::MAX.into(), "")?,
+        None => base.backlog,
+    };
+    let fallback = ServiceDefaults::default();
+    let defaults = ServiceDefaults {
+        timeouts: Timeouts {
+            connect: opt_duration(
+                src,
+                &f.connect_timeout,
+                "connect_timeout",
+                fallback.timeouts.connect,
+            )?,
+            idle: opt_duration(src, &f.idle_timeout, "idle_timeout", fallback.timeouts.idle)?,
+        },
+        connect_retries: opt_retries(src, &f.connect_retries, fallback.connect_retries)?,
+        maglev_table_size: opt_table_size(src, &f.maglev_table_size, fallback.maglev_table_size)?,
+    };
+    let settings = Settings {
+        workers,
+        pin_workers: f.pin_workers.unwrap_or(base.pin_workers),
+        listen,
+        node_port_range,
+        max_connections_per_worker,
+        relay,
+        backlog,
+        defaults,
+    };
+    Ok((settings, f.node_port_range.as_ref().map(Spanned::span)))
+}
+
+fn listen_addresses(
+    src: &Source,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> Result<ListenAddresses, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(src.error(
+            &list.span(),
+            "`listen_addresses` is empty, so nothing would be served; omit the key to serve \
+             on all addresses",
+        ));
+    }
+    let mut seen: Vec<(IpAddr, Range<usize>)> = Vec::new();
+    for text in list.get_ref() {
+        let ip: IpAddr = text.get_ref().trim().parse().map_err(|_| {
+            src.error(
+                &text.span(),
+                format!(
+                    "listen address {:?} is not an IP address (CIDRs and host names are not \
+                     supported)",
+                    text.get_ref()
+                ),
+            )
+        })?;
+        for (other, span) in &seen {
+            if *other == ip {
+                return Err(src.error(
+                    &text.span(),
+                    format!(
+                        "listen address {ip} is listed twice (first at line {})",
+                        src.line(span.start)
+                    ),
+                ));
+            }
+            if other.is_ipv4() == ip.is_ipv4() && (other.is_unspecified() || ip.is_unspecified()) {
+                return Err(src.error(
+                    &text.span(),
+                    format!(
+                        "listen address {ip} overlaps {other} (line {}): a wildcard address \
+                         already covers every address of its family",
+                        src.line(span.start)
+                    ),
+                ));
+            }
+        }
+        seen.push((ip, text.span()));
+    }
+    Ok(ListenAddresses::Only(
+        seen.into_iter().map(|(ip, _)| ip).collect(),
+    ))
+}
+
+fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
+    let malformed = |why: &str| {
+        src.error(
+            &text.span(),
+            format!(
+                "node_port_range {:?} is malformed: {why}; expected \"FIRST-LAST\", e.g. \"30000-32767\"",
+                text.get_ref()
+            ),
+        )
+    };
+    let (first, last) = text
+        .get_ref()
+        .split_once('-')
+        .ok_or_else(|| malformed("no '-'"))?;
+    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
+    let first =
+        port(first).ok_or_else(|| malformed("the first port is not a number in 1..=65535"))?;
+    let last = port(last).ok_or_else(|| malformed("the last port is not a number in 1..=65535"))?;
+    if first > last {
+        return Err(malformed("the first port is above the last"));
+    }
+    Ok(NodePortRange { first, last })
+}

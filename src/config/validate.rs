@@ -1,0 +1,279 @@
+//! Judges every value of a parsed file and builds the [`Model`] from it.
+//!
+//! Each check turns a spanned file value into a model value or into a [`ConfigError`] that
+//! points at it ("parse, don't validate"): after this module nothing needs checking again.
+//! Checks that involve several Service ports (duplicate identities, NodePort collisions) name
+//! the earlier entry by its line. NodePort allocation itself is the `allocate` module's job.
+
+use super::allocate::{self, Allocation, Request};
+use super::file::{ConfigFile, ServiceEntry};
+use super::settings::settings;
+use super::values::{
+    choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
+};
+use super::{ConfigError, Source};
+use crate::model::{
+    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceDefaults, ServiceName,
+    ServicePort, ServicePortKey, Timeouts,
+};
+use serde_spanned::Spanned;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// Builds the model: settings first (services need their defaults and the NodePort range),
+/// then each `[[service]]` in file order, then the checks across services, then allocation.
+pub(super) fn build(
+    src: &Source,
+    file: ConfigFile,
+    previous: Option<&Model>,
+) -> Result<Model, ConfigError> {
+    let (settings, range_span) = settings(src, &file)?;
+    let mut checked: Vec<Checked> = Vec::with_capacity(file.service.len());
+    let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
+    let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
+    for entry in &file.service {
+        let this = service(src, entry, &settings.defaults)?;
+        if let Some(&first) = by_key.get(&this.port.key) {
+            return Err(src.error(
+                &this.name_span,
+                format!(
+                    "{} is defined twice (first at line {}); a Service's ports need \
+                     distinct `port_name`s",
+                    describe(&this.port.key),
+                    src.line(checked[first].name_span.start)
+                ),
+            ));
+        }
+        if let Some(node_port) = &this.node_port {
+            check_node_port_in_range(src, node_port, settings.node_port_range, &range_span)?;
+            let wanted = (this.port.key.protocol, this.port.node_port);
+            if let Some(&first) = by_node_port.get(&wanted) {
+                let other = &checked[first];
+                return Err(src.error(
+                    &node_port.span(),
+                    format!(
+                        "node_port {}/{} of {} is already used by {} (line {})",
+                        wanted.1,
+                        wanted.0,
+                        this.port.key,
+                        other.port.key,
+                        src.line(other.node_port.as_ref().map_or(0, |p| p.span().start))
+                    ),
+                ));
+            }
+            by_node_port.insert(wanted, checked.len());
+        }
+        by_key.insert(this.port.key.clone(), checked.len());
+        checked.push(this);
+    }
+    check_port_names(src, &checked)?;
+
+    checked.sort_by(|a, b| a.port.key.cmp(&b.port.key));
+    let requests: Vec<Request> = checked
+        .iter()
+        .map(|c| Request {
+            key: &c.port.key,
+            explicit: c.node_port.as_ref().map(|_| c.port.node_port),
+        })
+        .collect();
+    let allocated = allocate::allocate(settings.node_port_range, &requests, previous);
+    let ports = match allocated {
+        Ok(ports) => ports,
+        Err(exhausted) => {
+            let c = &checked[exhausted.index];
+            return Err(src.error(
+                &c.name_span,
+                format!(
+                    "no free node port left for {}: all {} ports of node_port_range {} are \
+                     used; widen the range or give some services explicit node ports",
+                    describe(&c.port.key),
+                    settings.node_port_range.size(),
+                    settings.node_port_range
+                ),
+            ));
+        }
+    };
+    let services = checked
+        .into_iter()
+        .zip(ports)
+        .map(|(c, a): (Checked, Allocation)| ServicePort {
+            node_port: a.node_port,
+            node_port_allocated: a.allocated,
+            ..c.port
+        })
+        .collect();
+    Ok(Model { settings, services })
+}
+
+/// One `[[service]]` entry after its own checks, with the spans later checks point at.
+struct Checked {
+    /// `node_port` is 0 here until allocation when the file gives none.
+    port: ServicePort,
+    name_span: Range<usize>,
+    node_port: Option<Spanned<i64>>,
+}
+
+fn describe(key: &ServicePortKey) -> String {
+    if key.port_name.is_empty() {
+        format!("Service {}", key.service)
+    } else {
+        format!("port `{}` of Service {}", key.port_name, key.service)
+    }
+}
+
+fn service(
+    src: &Source,
+    e: &ServiceEntry,
+    defaults: &ServiceDefaults,
+) -> Result<Checked, ConfigError> {
+    let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
+    let namespace = match &e.namespace {
+        Some(ns) => dns_label(src, ns, "namespace", DnsLabel::Rfc1123)?,
+        None => "default".to_owned(),
+    };
+    let port_name = match &e.port_name {
+        Some(p) if p.get_ref().is_empty() => String::new(),
+        Some(p) => dns_label(src, p, "port_name", DnsLabel::Rfc1123)?,
+        None => String::new(),
+    };
+    let protocol = match &e.protocol {
+        Some(p) => protocol(src, p)?,
+        None => Protocol::Tcp,
+    };
+    let port: u16 = int(src, &e.port, "port", 1, 65535, "")?;
+    let target_port: u16 = match &e.target_port {
+        Some(t) => int(src, t, "target_port", 1, 65535, "")?,
+        None => port,
+    };
+    // Judged against `node_port_range` by the caller; anything that is not a port is out of it.
+    let node_port = e
+        .node_port
+        .as_ref()
+        .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
+    if let Some(p) = &e.policy {
+        choice(src, p, "policy", &[("maglev", ())])?;
+    }
+    let key = match &e.hash_key {
+        Some(k) => choice(
+            src,
+            k,
+            "hash_key",
+            &[
+                ("client-ip-port", HashKey::ClientIpPort),
+                ("client-ip", HashKey::ClientIp),
+            ],
+        )?,
+        None => HashKey::ClientIpPort,
+    };
+    let timeouts = Timeouts {
+        connect: opt_duration(
+            src,
+            &e.connect_timeout,
+            "connect_timeout",
+            defaults.timeouts.connect,
+        )?,
+        idle: opt_duration(src, &e.idle_timeout, "idle_timeout", defaults.timeouts.idle)?,
+    };
+    let connect_retries = opt_retries(src, &e.connect_retries, defaults.connect_retries)?;
+    let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
+
+    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
+    let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for entry in &e.endpoints {
+        let ep = endpoint(src, entry, target_port)?;
+        if let Some(&first) = first_seen.get(&ep.addr) {
+            return Err(src.error(
+                &entry.span(),
+                format!(
+                    "endpoint {} is listed twice in {namespace}/{name} (first at line {})",
+                    ep.addr,
+                    src.line(first)
+                ),
+            ));
+        }
+        first_seen.insert(ep.addr, entry.span().start);
+        endpoints.push(ep);
+    }
+    endpoints.sort_by_key(|ep| ep.addr);
+    if endpoints.len() >= maglev_table_size as usize {
+        let span = e
+            .maglev_table_size
+            .as_ref()
+            .map_or(e.name.span(), Spanned::span);
+        return Err(src.error(
+            &span,
+            format!(
+                "maglev_table_size {maglev_table_size} is too small for {} endpoints: Maglev \
+                 needs more table slots than endpoints (100 times more keeps shares even)",
+                endpoints.len()
+            ),
+        ));
+    }
+
+    Ok(Checked {
+        port: ServicePort {
+            key: ServicePortKey {
+                service: ServiceName { namespace, name },
+                port_name,
+                protocol,
+            },
+            port,
+            node_port,
+            node_port_allocated: false,
+            target_port,
+            endpoints,
+            policy: Policy::Maglev { key },
+            timeouts,
+            connect_retries,
+            maglev_table_size,
+        },
+        name_span: e.name.span(),
+        node_port: e.node_port.clone(),
+    })
+}
+
+fn check_node_port_in_range(
+    src: &Source,
+    node_port: &Spanned<i64>,
+    range: NodePortRange,
+    range_span: &Option<Range<usize>>,
+) -> Result<(), ConfigError> {
+    let value = *node_port.get_ref();
+    if (i64::from(range.first)..=i64::from(range.last)).contains(&value) {
+        return Ok(());
+    }
+    let whence = match range_span {
+        Some(span) => format!("set at line {}", src.line(span.start)),
+        None => "the default; set `node_port_range` to change it".to_owned(),
+    };
+    let mut message = format!("node_port {value} is outside node_port_range {range} ({whence})");
+    if value == 0 {
+        message.push_str("; omit `node_port` to have one allocated");
+    }
+    Err(src.error(&node_port.span(), message))
+}
+
+/// Kubernetes: when a Service has several ports, every one of them must be named.
+fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError> {
+    let mut ports: BTreeMap<&ServiceName, Vec<&Checked>> = BTreeMap::new();
+    for c in checked {
+        ports.entry(&c.port.key.service).or_default().push(c);
+    }
+    for (service, list) in ports {
+        if list.len() < 2 {
+            continue;
+        }
+        if let Some(unnamed) = list.iter().find(|c| c.port.key.port_name.is_empty()) {
+            return Err(src.error(
+                &unnamed.name_span,
+                format!(
+                    "Service {service} has {} ports, so each needs a `port_name` (as in \
+                     Kubernetes); this one has none",
+                    list.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,731 @@
+//! The life of one proxied TCP connection, as a pure state machine (sans-IO).
+//!
+//! A [`Conn`] owns no socket, no clock and no randomness: the driver feeds it [`Event`]s
+//! (with `now` passed in) and drains [`Op`]s from [`Conn::poll_op`] until it returns `None`,
+//! executing each op and feeding the result back as an event before asking for the next.
+//! The same core runs under every driver and in the simulator (`sim` tests).
+//!
+//! ```text
+//!  accepted ──Connect──▶ Connecting ──Connected──▶ Relaying ──both directions done──▶ Closed
+//!                  ▲          │ ConnectFailed                  │ error / reset / idle
+//!                  └─retry────┘ (bounded)  ──no retries left──▶ Closed (client reset)
+//! ```
+//!
+//! Bytes of each direction move in two steps, `Receive` (source socket → the direction's
+//! holder: a pipe for splice, a buffer for copy) and `Send` (holder → destination socket).
+//! The core only counts held bytes; the driver owns the holders. Readiness is edge-triggered:
+//! a side stays `readable`/`writable` until an operation on it reports `WouldBlock`, which is
+//! how both io_uring multishot poll and epoll (EPOLLET) report it.
+//!
+//! TCP semantics kept here: a FIN from one side is passed on as `ShutdownWrite` to the other
+//! once every held byte of that direction is sent, and the other direction keeps flowing
+//! (half-close); an error or reset on one side resets the other (RST propagation); a
+//! connection with no bytes moving for `idle_timeout` is closed.
+
+use std::time::{Duration, Instant};
+
+/// Which socket of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Client = 0,
+    Backend = 1,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    ToBackend = 0,
+    ToClient = 1,
+}
+
+impl Dir {
+    pub const BOTH: [Dir; 2] = [Dir::ToBackend, Dir::ToClient];
+
+    /// The socket this direction reads from.
+    pub fn src(self) -> Side {
+        match self {
+            Dir::ToBackend => Side::Client,
+            Dir::ToClient => Side::Backend,
+        }
+    }
+
+    /// The socket this direction writes to.
+    pub fn dst(self) -> Side {
+        self.src().other()
+    }
+}
+
+/// Why a connect attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The endpoint answered with a reset (nothing listens).
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// Any other network error (unreachable, …).
+    Network,
+    /// This node could not open a socket (fd limit, memory).
+    Local,
+}
+
+/// What happened, as told by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The backend connection is established.
+    Connected,
+    /// The connect attempt failed.
+    ConnectFailed(ConnectFailure),
+    /// `Op::Connect` found no endpoint left to try (none usable, or all tried).
+    NoEndpoint,
+    /// Readiness reported for one socket. Flags are ORed into what is known.
+    Ready {
+        side: Side,
+        readable: bool,
+        writable: bool,
+    },
+    /// `Op::Receive(dir)` moved `bytes` into the holder; 0 means the source sent FIN.
+    Received { dir: Dir, bytes: usize },
+    /// `Op::Send(dir)` moved `bytes` out of the holder.
+    Sent { dir: Dir, bytes: usize },
+    /// `Op::Receive(dir)` could not move anything now.
+    ReceiveWouldBlock { dir: Dir },
+    /// `Op::Send(dir)` could not move anything now.
+    SendWouldBlock { dir: Dir },
+    /// An operation on `side` failed; `reset` when the peer reset the connection.
+    Failed { side: Side, reset: bool },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Pick an endpoint not yet tried, open a backend socket and connect it (with the
+    /// Service's connect timeout). Answer with `Connected`, `ConnectFailed` or `NoEndpoint`.
+    Connect,
+    /// Start reporting readiness of both sockets.
+    Watch,
+    /// Move bytes from `dir.src()` into the direction's holder, at most `max`.
+    Receive { dir: Dir, max: usize },
+    /// Move the `held` bytes of the direction's holder to `dir.dst()`.
+    Send { dir: Dir, held: usize },
+    /// Pass a FIN on: shut down writing on `side`.
+    ShutdownWrite(Side),
+    /// The work budget of this turn is spent: run this connection again after the other
+    /// ready ones (fairness between connections on one worker).
+    Yield,
+    /// Close both sockets; `reset` = abort with RST instead of FIN. Terminal.
+    Close {
+        reset_client: bool,
+        reset_backend: bool,
+        reason: CloseReason,
+    },
+}
+
+/// Why a connection ended, for counters and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions finished with FIN.
+    Done,
+    /// No bytes moved for the idle timeout.
+    IdleTimeout,
+    /// Every connect attempt failed; carries the last failure.
+    ConnectFailed(ConnectFailure),
+    /// No usable endpoint.
+    NoEndpoint,
+    /// `side` reset the connection or failed; the other side was reset too.
+    Broken(Side),
+    /// The worker is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// True for outcomes counted as failed connections.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, CloseReason::Done | CloseReason::IdleTimeout)
+    }
+}
+
+/// Per-connection settings fixed at accept time (from the Service of the snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnConfig {
+    pub idle_timeout: Duration,
+    /// Connect attempts after the first one.
+    pub connect_retries: u32,
+    /// Bytes one holder can take (pipe or buffer capacity).
+    pub holder_capacity: usize,
+}
+
+/// Ops one turn may emit before yielding: bounds the time one busy connection holds the
+/// worker (with 64 KiB holders, 32 ops move at most ~1 MiB).
+const TURN_BUDGET: u32 = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Relaying,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flow {
+    /// Bytes in the holder, received but not yet sent.
+    held: usize,
+    /// The source sent FIN.
+    eof: bool,
+    /// FIN passed on to the destination.
+    shut: bool,
+    /// A `Receive` would-block while bytes were held: the holder may be full (a pipe's
+    /// capacity is in pages, not bytes), so wait for `Send` progress before trying again.
+    stalled: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Readiness {
+    readable: bool,
+    writable: bool,
+}
+
+/// One proxied connection: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    phase: Phase,
+    config: ConnConfig,
+    flows: [Flow; 2],
+    ready: [Readiness; 2],
+    retries_left: u32,
+    last_activity: Instant,
+    pending: Option<Op>,
+    budget: u32,
+    /// Direction served first in the next turn (alternates, so neither starves).
+    first: Dir,
+    reason: Option<CloseReason>,
+}
+
+impl Conn {
+    /// A connection just accepted: its first op is `Connect`.
+    pub fn new(now: Instant, config: ConnConfig) -> Conn {
+        Conn {
+            phase: Phase::Connecting,
+            config,
+            flows: [Flow::default(); 2],
+            ready: [Readiness::default(); 2],
+            retries_left: config.connect_retries,
+            last_activity: now,
+            pending: Some(Op::Connect),
+            budget: TURN_BUDGET,
+            first: Dir::ToBackend,
+            reason: None,
+        }
+    }
+
+    /// Feed one event. Events for a closed connection are ignored.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        match event {
+            Event::Connected => {
+                debug_assert_eq!(self.phase, Phase::Connecting);
+                self.phase = Phase::Relaying;
+                self.last_activity = now;
+                // A fresh socket has send buffer space; readability comes from the watch.
+                self.ready[Side::Client as usize].writable = true;
+                self.ready[Side::Backend as usize].writable = true;
+                self.pending = Some(Op::Watch);
+            }
+            Event::ConnectFailed(failure) => {
+                if self.retries_left > 0 && failure != ConnectFailure::Local {
+                    self.retries_left -= 1;
+                    self.pending = Some(Op::Connect);
+                } else {
+                    self.close(true, true, CloseReason::ConnectFailed(failure));
+                }
+            }
+            Event::NoEndpoint => self.close(true, true, CloseReason::NoEndpoint),
+            Event::Ready {
+                side,
+                readable,
+                writable,
+            } => {
+                let r = &mut self.ready[side as usize];
+                r.readable |= readable;
+                r.writable |= writable;
+            }
+            Event::Received { dir, bytes: 0 } => {
+                let f = &mut self.flows[dir as usize];
+                f.eof = true;
+                self.ready[dir.src() as usize].readable = false;
+            }
+            Event::Received { dir, bytes } => {
+                self.flows[dir as usize].held += bytes;
+                debug_assert!(self.flows[dir as usize].held <= self.config.holder_capacity);
+                self.last_activity = now;
+            }
+            Event::Sent { dir, bytes } => {
+                let f = &mut self.flows[dir as usize];
+                debug_assert!(bytes <= f.held);
+                f.held -= bytes.min(f.held);
+                if bytes > 0 {
+                    f.stalled = false;
+                    self.last_activity = now;
+                }
+            }
+            Event::ReceiveWouldBlock { dir } => {
+                if self.flows[dir as usize].held == 0 {
+                    self.ready[dir.src() as usize].readable = false;
+                } else {
+                    self.flows[dir as usize].stalled = true;
+                }
+            }
+            Event::SendWouldBlock { dir } => {
+                self.ready[dir.dst() as usize].writable = false;
+            }
+            Event::Failed { side, .. } => {
+                // Whatever broke one side, the other learns it by a reset, never by a
+                // clean FIN that would make a truncated stream look complete.
+                self.close(true, true, CloseReason::Broken(side));
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// The next operation to execute, or `None` when the connection waits for an event.
+    pub fn poll_op(&mut self) -> Option<Op> {
+        if let Some(op) = self.pending.take() {
+            return Some(op);
+        }
+        if self.phase != Phase::Relaying {
+            return None;
+        }
+        let order = [self.first, other_dir(self.first)];
+        for dir in order {
+            let cap = self.config.holder_capacity;
+            let f = self.flows[dir as usize];
+            let can_send = f.held > 0 && self.ready[dir.dst() as usize].writable;
+            let can_receive =
+                !f.eof && !f.stalled && f.held < cap && self.ready[dir.src() as usize].readable;
+            if can_send || can_receive {
+                if self.budget == 0 {
+                    self.budget = TURN_BUDGET;
+                    return Some(Op::Yield);
+                }
+                self.budget -= 1;
+                self.first = other_dir(dir);
+                return Some(if can_send {
+                    Op::Send { dir, held: f.held }
+                } else {
+                    Op::Receive {
+                        dir,
+                        max: cap - f.held,
+                    }
+                });
+            }
+            if f.eof && f.held == 0 && !f.shut {
+                self.flows[dir as usize].shut = true;
+                return Some(Op::ShutdownWrite(dir.dst()));
+            }
+        }
+        if self.flows.iter().all(|f| f.shut) {
+            self.close(false, false, CloseReason::Done);
+            return self.pending.take();
+        }
+        self.budget = TURN_BUDGET;
+        None
+    }
+
+    /// When the idle timer fires, if nothing moves before then.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Relaying => Some(self.last_activity + self.config.idle_timeout),
+            Phase::Connecting | Phase::Closed => None,
+        }
+    }
+
+    /// Tell the connection the time; closes it if its idle deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.deadline() {
+            if now >= deadline {
+                self.close(false, false, CloseReason::IdleTimeout);
+            }
+        }
+    }
+
+    /// Abort the connection (worker shutdown): both sides reset.
+    pub fn abort(&mut self) {
+        if self.phase != Phase::Closed {
+            self.close(true, true, CloseReason::Shutdown);
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.phase == Phase::Connecting
+    }
+
+    /// Why the connection closed (once closed).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason
+    }
+
+    /// Bytes held for `dir` (received, not yet sent).
+    pub fn held(&self, dir: Dir) -> usize {
+        self.flows[dir as usize].held
+    }
+
+    fn close(&mut self, reset_client: bool, reset_backend: bool, reason: CloseReason) {
+        self.phase = Phase::Closed;
+        self.reason = Some(reason);
+        self.pending = Some(Op::Close {
+            reset_client,
+            reset_backend,
+            reason,
+        });
+    }
+
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            for f in &self.flows {
+                assert!(f.held <= self.config.holder_capacity, "holder overfilled");
+                assert!(!f.shut || (f.eof && f.held == 0), "FIN passed on early");
+            }
+        }
+    }
+}
+
+fn other_dir(d: Dir) -> Dir {
+    match d {
+        Dir::ToBackend => Dir::ToClient,
+        Dir::ToClient => Dir::ToBackend,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: usize = 1000;
+
+    fn cfg() -> ConnConfig {
+        ConnConfig {
+            idle_timeout: Duration::from_secs(10),
+            connect_retries: 2,
+            holder_capacity: CAP,
+        }
+    }
+
+    fn connected(now: Instant) -> Conn {
+        let mut c = Conn::new(now, cfg());
+        assert_eq!(c.poll_op(), Some(Op::Connect));
+        c.handle(now, Event::Connected);
+        assert_eq!(c.poll_op(), Some(Op::Watch));
+        assert_eq!(c.poll_op(), None);
+        c
+    }
+
+    /// Feeds `events`, then expects exactly `ops` (answering none of them).
+    macro_rules! trace {
+        ($c:expr, $now:expr; $($ev:expr),* => $($op:expr),*) => {{
+            $( $c.handle($now, $ev); )*
+            $( assert_eq!($c.poll_op(), Some($op)); )*
+        }};
+    }
+
+    #[test]
+    fn first_op_is_connect_then_watch() {
+        let now = Instant::now();
+        connected(now);
+    }
+
+    #[test]
+    fn client_bytes_flow_to_backend() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 300 }
+            => Op::Send { dir: Dir::ToBackend, held: 300 });
+        trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 300 }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        c.handle(
+            now,
+            Event::ReceiveWouldBlock {
+                dir: Dir::ToBackend,
+            },
+        );
+        assert_eq!(c.poll_op(), None);
+    }
+
+    #[test]
+    fn partial_send_keeps_rest_and_waits_for_writable() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 1000 }
+            => Op::Send { dir: Dir::ToBackend, held: 1000 });
+        trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 400 }
+            => Op::Send { dir: Dir::ToBackend, held: 600 });
+        c.handle(
+            now,
+            Event::SendWouldBlock {
+                dir: Dir::ToBackend,
+            },
+        );
+        // Holder has room, client still readable: keep receiving up to the room left.
+        assert_eq!(
+            c.poll_op(),
+            Some(Op::Receive {
+                dir: Dir::ToBackend,
+                max: 400
+            })
+        );
+        c.handle(
+            now,
+            Event::Received {
+                dir: Dir::ToBackend,
+                bytes: 400,
+            },
+        );
+        assert_eq!(c.poll_op(), None, "holder full and backend not writable");
+        trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+            => Op::Send { dir: Dir::ToBackend, held: 1000 });
+    }
+
+    #[test]
+    fn would_block_with_bytes_held_waits_for_send_progress() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        c.handle(
+            now,
+            Event::Received {
+                dir: Dir::ToBackend,
+                bytes: 10,
+            },
+        );
+        c.handle(
+            now,
+            Event::SendWouldBlock {
+                dir: Dir::ToBackend,
+            },
+        );
+        trace!(c, now; => Op::Receive { dir: Dir::ToBackend, max: CAP - 10 });
+        c.handle(
+            now,
+            Event::ReceiveWouldBlock {
+                dir: Dir::ToBackend,
+            },
+        );
+        assert_eq!(c.poll_op(), None, "no retry until the holder drains");
+        trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+            => Op::Send { dir: Dir::ToBackend, held: 10 });
+        trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 10 }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+    }
+
+    #[test]
+    fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 5 }
+            => Op::Send { dir: Dir::ToBackend, held: 5 });
+        c.handle(
+            now,
+            Event::SendWouldBlock {
+                dir: Dir::ToBackend,
+            },
+        );
+        trace!(c, now; => Op::Receive { dir: Dir::ToBackend, max: CAP - 5 });
+        c.handle(
+            now,
+            Event::Received {
+                dir: Dir::ToBackend,
+                bytes: 0,
+            },
+        );
+        assert_eq!(c.poll_op(), None, "FIN waits for the 5 held bytes");
+        trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+            => Op::Send { dir: Dir::ToBackend, held: 5 });
+        c.handle(
+            now,
+            Event::Sent {
+                dir: Dir::ToBackend,
+                bytes: 5,
+            },
+        );
+        c.handle(
+            now,
+            Event::Ready {
+                side: Side::Backend,
+                readable: true,
+                writable: false,
+            },
+        );
+        // The FIN is passed on, and the reply direction is served.
+        let mut ops = vec![];
+        while let Some(op) = c.poll_op() {
+            ops.push(op);
+            if let Op::Receive { dir, .. } = op {
+                c.handle(now, Event::Received { dir, bytes: 7 });
+            }
+            if let Op::Send { dir, held } = op {
+                c.handle(now, Event::Sent { dir, bytes: held });
+                c.handle(now, Event::ReceiveWouldBlock { dir });
+            }
+        }
+        assert!(ops.contains(&Op::ShutdownWrite(Side::Backend)));
+        assert!(ops.contains(&Op::Send {
+            dir: Dir::ToClient,
+            held: 7
+        }));
+        assert!(!c.is_closed(), "backend→client still open");
+        // Backend finishes too: close gracefully.
+        c.handle(
+            now,
+            Event::Ready {
+                side: Side::Backend,
+                readable: true,
+                writable: false,
+            },
+        );
+        trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
+        c.handle(
+            now,
+            Event::Received {
+                dir: Dir::ToClient,
+                bytes: 0,
+            },
+        );
+        assert_eq!(c.poll_op(), Some(Op::ShutdownWrite(Side::Client)));
+        assert_eq!(
+            c.poll_op(),
+            Some(Op::Close {
+                reset_client: false,
+                reset_backend: false,
+                reason: CloseReason::Done
+            })
+        );
+        assert_eq!(c.poll_op(), None);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn reset_on_one_side_resets_the_other() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Failed { side: Side::Backend, reset: true }
+            => Op::Close { reset_client: true, reset_backend: true, reason: CloseReason::Broken(Side::Backend) });
+        assert!(c.is_closed());
+        c.handle(
+            now,
+            Event::Ready {
+                side: Side::Client,
+                readable: true,
+                writable: true,
+            },
+        );
+        assert_eq!(c.poll_op(), None, "closed connections ignore events");
+    }
+
+    #[test]
+    fn refused_connect_retries_then_gives_up_with_reset() {
+        let now = Instant::now();
+        let mut c = Conn::new(now, cfg());
+        assert_eq!(c.poll_op(), Some(Op::Connect));
+        for _ in 0..2 {
+            trace!(c, now; Event::ConnectFailed(ConnectFailure::Refused) => Op::Connect);
+        }
+        trace!(c, now; Event::ConnectFailed(ConnectFailure::TimedOut)
+            => Op::Close { reset_client: true, reset_backend: true,
+                           reason: CloseReason::ConnectFailed(ConnectFailure::TimedOut) });
+    }
+
+    #[test]
+    fn local_failure_is_not_retried() {
+        let now = Instant::now();
+        let mut c = Conn::new(now, cfg());
+        c.poll_op();
+        c.handle(now, Event::ConnectFailed(ConnectFailure::Local));
+        assert!(matches!(c.poll_op(), Some(Op::Close { .. })));
+    }
+
+    #[test]
+    fn no_endpoint_resets_client() {
+        let now = Instant::now();
+        let mut c = Conn::new(now, cfg());
+        c.poll_op();
+        trace!(c, now; Event::NoEndpoint
+            => Op::Close { reset_client: true, reset_backend: true, reason: CloseReason::NoEndpoint });
+    }
+
+    #[test]
+    fn idle_deadline_moves_with_activity_and_closes_gracefully() {
+        let t0 = Instant::now();
+        let mut c = connected(t0);
+        assert_eq!(c.deadline(), Some(t0 + Duration::from_secs(10)));
+        let t1 = t0 + Duration::from_secs(6);
+        c.handle(
+            t1,
+            Event::Ready {
+                side: Side::Client,
+                readable: true,
+                writable: false,
+            },
+        );
+        c.poll_op();
+        c.handle(
+            t1,
+            Event::Received {
+                dir: Dir::ToBackend,
+                bytes: 1,
+            },
+        );
+        assert_eq!(c.deadline(), Some(t1 + Duration::from_secs(10)));
+        c.handle_timeout(t0 + Duration::from_secs(11));
+        assert!(!c.is_closed());
+        c.handle_timeout(t1 + Duration::from_secs(10));
+        assert!(c.is_closed());
+        assert_eq!(c.close_reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn busy_connection_yields_after_its_budget() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        c.handle(
+            now,
+            Event::Ready {
+                side: Side::Client,
+                readable: true,
+                writable: false,
+            },
+        );
+        let mut yielded = false;
+        for _ in 0..100 {
+            match c.poll_op() {
+                Some(Op::Receive { dir, .. }) => c.handle(now, Event::Received { dir, bytes: 100 }),
+                Some(Op::Send { dir, held }) => c.handle(now, Event::Sent { dir, bytes: held }),
+                Some(Op::Yield) => {
+                    yielded = true;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(yielded);
+    }
+}

@@ -1,0 +1,462 @@
+//! The io_uring driver: turns the worker's requests (accept, watch, connect, cancel) into
+//! submission entries, submits them in batches, and decodes completions.
+//!
+//! What it uses, as measured in shared/design/KERNEL.md: multishot ACCEPT per listener,
+//! multishot POLL for readiness (edge-triggered: a CQE per wake-up), CONNECT linked to a
+//! LINK_TIMEOUT for a real connect timeout, POLL_REMOVE / ASYNC_CANCEL to stop them. It does
+//! NOT use IORING_OP_SPLICE for sockets (executed by io-wq helper threads on this kernel):
+//! bytes are moved by the worker with nonblocking splice(2) when a poll says a socket is ready.
+//!
+//! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
+//! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
+//! that finished after its connection was gone) can never be applied to a new one.
+//!
+//! Lifetimes: the kernel reads an entry's fd number and pointed-to arguments when the entry
+//! is *submitted*. Connect arguments live in buffers this driver owns until the submit that
+//! sent them; callers must keep fds open until [`Uring::submit_and_wait`] returned (the worker
+//! defers closes until after the submit).
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// What a completion is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Accept = 1,
+    PollClient = 2,
+    PollBackend = 3,
+    Connect = 4,
+    Wake = 5,
+    /// Completions nobody waits for (link timeouts, cancels).
+    Ignore = 6,
+}
+
+/// The 64-bit tag of an entry: kind (8 bits) | slot (24 bits) | generation (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserData {
+    pub kind: Kind,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl UserData {
+    pub fn encode(self) -> u64 {
+        (self.kind as u64) << 56
+            | (u64::from(self.slot) & 0xFF_FFFF) << 32
+            | u64::from(self.generation)
+    }
+
+    pub fn decode(v: u64) -> Option<UserData> {
+        let kind = match (v >> 56) as u8 {
+            1 => Kind::Accept,
+            2 => Kind::PollClient,
+            3 => Kind::PollBackend,
+            4 => Kind::Connect,
+            5 => Kind::Wake,
+            6 => Kind::Ignore,
+            _ => return None,
+        };
+        Some(UserData {
+            kind,
+            slot: ((v >> 32) & 0xFF_FFFF) as u32,
+            generation: v as u32,
+        })
+    }
+}
+
+/// Most slots a worker can address (24 bits of the user data).
+pub const MAX_SLOTS: u32 = 1 << 24;
+
+/// A decoded completion.
+#[derive(Debug)]
+pub enum Completion {
+    /// A listener accepted a connection (or failed to). `rearm` when the multishot accept
+    /// ended and must be submitted again to keep accepting.
+    Accepted {
+        listener: u32,
+        generation: u32,
+        result: io::Result<OwnedFd>,
+        rearm: bool,
+    },
+    /// Readiness of a connection's socket (`client` or backend). `ended` when the multishot
+    /// poll stopped (it must be re-armed if the connection still lives).
+    Ready {
+        slot: u32,
+        generation: u32,
+        client: bool,
+        readable: bool,
+        writable: bool,
+        ended: bool,
+    },
+    /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).
+    Connected {
+        slot: u32,
+        generation: u32,
+        result: io::Result<()>,
+    },
+    /// The worker's eventfd was signalled; `ended` as for `Ready`.
+    Wake { ended: bool },
+}
+
+struct ConnectArgs {
+    addr: socket2::SockAddr,
+    timeout: types::Timespec,
+}
+
+/// One io_uring instance, owned by one worker thread.
+pub struct Uring {
+    ring: IoUring,
+    /// Connect arguments referenced by entries not yet submitted.
+    args_pending: Vec<Box<ConnectArgs>>,
+    /// Reusable argument buffers (no allocation per connect after warm-up).
+    args_free: Vec<Box<ConnectArgs>>,
+    raw: Vec<(u64, i32, u32)>,
+}
+
+const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
+
+impl Uring {
+    /// A ring with `entries` submission slots (a power of two) and 4× as many completion slots.
+    pub fn new(entries: u32) -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        Ok(Uring {
+            ring,
+            args_pending: Vec::new(),
+            args_free: Vec::new(),
+            raw: Vec::with_capacity(entries as usize * 4),
+        })
+    }
+
+    /// Probe that the operations sluice relies on are supported by this kernel.
+    pub fn probe() -> io::Result<()> {
+        let ring = IoUring::new(8)?;
+        let mut probe = io_uring::register::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (name, code) in [
+            ("ACCEPT", opcode::AcceptMulti::CODE),
+            ("POLL_ADD", opcode::PollAdd::CODE),
+            ("POLL_REMOVE", opcode::PollRemove::CODE),
+            ("CONNECT", opcode::Connect::CODE),
+            ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
+            ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring operation {name} is not supported by this kernel"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the entry names fds the caller keeps open until the submit after this
+            // push (see module docs) and, for connects, argument buffers this driver keeps in
+            // `args_pending` until that submit.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            // Queue full: submit what is there (fds stay open until the next full submit
+            // returns, which is later than this one) and retry.
+            self.submit_pending()?;
+        }
+    }
+
+    fn submit_pending(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Start (or restart) a multishot accept on `listener`; `generation` tells this arm's
+    /// completions from those of an earlier, cancelled one.
+    pub fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(
+                UserData {
+                    kind: Kind::Accept,
+                    slot: listener,
+                    generation,
+                }
+                .encode(),
+            );
+        self.push(entry)
+    }
+
+    /// Stop the multishot accept of `listener` armed as `generation` (a final completion
+    /// reports it ended).
+    pub fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
+        let target = UserData {
+            kind: Kind::Accept,
+            slot: listener,
+            generation,
+        }
+        .encode();
+        self.cancel(target)
+    }
+
+    fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        self.push(entry)
+    }
+
+    /// Report readiness of a connection's socket until `unwatch`.
+    pub fn watch(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let kind = if client {
+            Kind::PollClient
+        } else {
+            Kind::PollBackend
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), POLL_MASK)
+            .multi(true)
+            .build()
+            .user_data(
+                UserData {
+                    kind,
+                    slot,
+                    generation,
+                }
+                .encode(),
+            );
+        self.push(entry)
+    }
+
+    /// Stop reporting readiness of a connection's socket.
+    pub fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
+        let kind = if client {
+            Kind::PollClient
+        } else {
+            Kind::PollBackend
+        };
+        let entry = opcode::PollRemove::new(
+            UserData {
+                kind,
+                slot,
+                generation,
+            }
+            .encode(),
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(ignore_tag());
+        self.push(entry)
+    }
+
+    /// Connect `fd` to `addr`, giving up after `timeout`.
+    pub fn connect(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        fd: BorrowedFd<'_>,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let mut args = self.args_free.pop().unwrap_or_else(|| {
+            Box::new(ConnectArgs {
+                addr: socket2::SockAddr::from(addr),
+                timeout: types::Timespec::new(),
+            })
+        });
+        args.addr = socket2::SockAddr::from(addr);
+        args.timeout = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let connect = opcode::Connect::new(
+            types::Fd(fd.as_raw_fd()),
+            args.addr.as_ptr().cast(),
+            args.addr.len(),
+        )
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(
+            UserData {
+                kind: Kind::Connect,
+                slot,
+                generation,
+            }
+            .encode(),
+        );
+        let timeout = opcode::LinkTimeout::new(&args.timeout)
+            .build()
+            .user_data(ignore_tag());
+        // The two entries must be adjacent in the queue for the link to hold.
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < 2 {
+            self.submit_pending()?;
+        }
+        self.args_pending.push(args);
+        self.push(connect)?;
+        self.push(timeout)
+    }
+
+    /// Cancel an in-flight connect of a connection that is going away.
+    pub fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()> {
+        self.cancel(
+            UserData {
+                kind: Kind::Connect,
+                slot,
+                generation,
+            }
+            .encode(),
+        )
+    }
+
+    /// Report when `fd` (an eventfd) becomes readable.
+    pub fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(
+                UserData {
+                    kind: Kind::Wake,
+                    slot: 0,
+                    generation: 0,
+                }
+                .encode(),
+            );
+        self.push(entry)
+    }
+
+    /// Submit everything queued and wait for at least one completion, or until `timeout`
+    /// (`Some(ZERO)`: do not wait).
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args).map(|_| ())
+            }
+            None => self.ring.submit_and_wait(1).map(|_| ()),
+        };
+        // Submitted (or failed before reading them): argument buffers may be reused.
+        self.args_free.append(&mut self.args_pending);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decode every completion available now into `out` (cleared first).
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        self.raw.clear();
+        for cqe in self.ring.completion() {
+            self.raw.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        for &(ud, res, flags) in &self.raw {
+            let Some(tag) = UserData::decode(ud) else {
+                continue;
+            };
+            let more = cqueue::more(flags);
+            let c = match tag.kind {
+                Kind::Ignore => continue,
+                Kind::Accept => Completion::Accepted {
+                    listener: tag.slot,
+                    generation: tag.generation,
+                    result: if res >= 0 {
+                        // SAFETY: a non-negative accept result is a new fd that nothing
+                        // else owns.
+                        Ok(unsafe { OwnedFd::from_raw_fd(res) })
+                    } else {
+                        Err(io::Error::from_raw_os_error(-res))
+                    },
+                    rearm: !more,
+                },
+                Kind::PollClient | Kind::PollBackend => {
+                    let mask = if res >= 0 { res as u32 } else { 0 };
+                    let err = res < 0 || mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
+                    Completion::Ready {
+                        slot: tag.slot,
+                        generation: tag.generation,
+                        client: tag.kind == Kind::PollClient,
+                        readable: err || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
+                        writable: err || mask & libc::POLLOUT as u32 != 0,
+                        ended: !more,
+                    }
+                }
+                Kind::Connect => Completion::Connected {
+                    slot: tag.slot,
+                    generation: tag.generation,
+                    result: match res {
+                        0.. => Ok(()),
+                        r if -r == libc::ECANCELED => Err(io::Error::from(io::ErrorKind::TimedOut)),
+                        r => Err(io::Error::from_raw_os_error(-r)),
+                    },
+                },
+                Kind::Wake => Completion::Wake { ended: !more },
+            };
+            out.push(c);
+        }
+    }
+}
+
+fn ignore_tag() -> u64 {
+    UserData {
+        kind: Kind::Ignore,
+        slot: 0,
+        generation: 0,
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for kind in [
+            Kind::Accept,
+            Kind::PollClient,
+            Kind::PollBackend,
+            Kind::Connect,
+            Kind::Wake,
+            Kind::Ignore,
+        ] {
+            let u = UserData {
+                kind,
+                slot: MAX_SLOTS - 1,
+                generation: u32::MAX,
+            };
+            assert_eq!(UserData::decode(u.encode()), Some(u));
+        }
+        assert_eq!(UserData::decode(0), None);
+    }
+}

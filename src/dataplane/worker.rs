@@ -1,0 +1,725 @@
+//! One worker thread: its io_uring ring, its own listening socket per NodePort (in the
+//! SO_REUSEPORT group), its connection slab, holder pools, snapshot pins and counters.
+//!
+//! Shared-nothing: a worker never locks and never touches another worker's state. It reads
+//! routing state only through the published snapshot (one atomic load per accept, through a
+//! cache that re-loads only when the pointer changed), and writes only its own slot of each
+//! counter block. A connection keeps the snapshot it was routed with ("pinned") until it
+//! ends, so a newly published snapshot affects new connections only.
+//!
+//! The loop, per iteration: submit queued entries and wait (bounded by the next timer),
+//! decode completions, feed them to the connections' state machines, execute their ops,
+//! run connections that yielded, check idle deadlines incrementally (a slice of the slab per
+//! tick, every connection about once a second — never a stop-the-world sweep), and close the
+//! fds of finished connections after the submit that removed their polls.
+//!
+//! Accepting stops (the multishot accepts are cancelled, never accept-then-drop) while the
+//! worker holds `max_connections_per_worker` connections, and for a backoff period when the
+//! process runs out of fds; existing connections keep being served meanwhile.
+
+use super::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
+use super::driver::uring::{Completion, Uring, MAX_SLOTS};
+use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
+use super::sys;
+use crate::model::{Protocol, RelayMode};
+use crate::publish::Publisher;
+use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
+use socket2::{Domain, SockRef, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One listening socket of this worker.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: Socket,
+    pub protocol: Protocol,
+    pub node_port: u16,
+}
+
+/// What a worker is told at start.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub listeners: Vec<Listener>,
+    pub max_connections: u32,
+    pub relay: RelayMode,
+    pub publisher: Publisher,
+    pub wake: Arc<OwnedFd>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How often the loop wakes at the latest, and the idle-check tick.
+const TICK: Duration = Duration::from_millis(100);
+/// Ticks per full pass of the idle check over the slab.
+const IDLE_PASS_TICKS: usize = 10;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+struct Pin {
+    snapshot: Arc<RoutingSnapshot>,
+    live: u32,
+}
+
+/// A connection's resources besides its state machine.
+struct Live {
+    conn: Conn,
+    client: OwnedFd,
+    client_addr: SocketAddr,
+    backend: Option<OwnedFd>,
+    pin: usize,
+    service: ServiceId,
+    endpoint: Option<EndpointId>,
+    /// The endpoint this connection is connected to (counted as opened there).
+    connected: bool,
+    connect_in_flight: bool,
+    watching: bool,
+    tried: Vec<EndpointId>,
+    holders: [Holder; 2],
+}
+
+struct Slot {
+    generation: u32,
+    live: Option<Live>,
+}
+
+/// The state of one worker; see the module documentation.
+pub struct Worker {
+    index: usize,
+    ring: Uring,
+    listeners: Vec<Listener>,
+    /// Per listener: the generation of its armed multishot accept, if one is armed.
+    accepting: Vec<Option<u32>>,
+    /// Per listener: the generation the next arm gets.
+    accept_arms: Vec<u32>,
+    /// No accepts until then (fd exhaustion backoff).
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    max_connections: u32,
+    active: u32,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    pins: Vec<Option<Pin>>,
+    current_pin: Option<usize>,
+    reader: arc_swap::Cache<Arc<arc_swap::ArcSwap<RoutingSnapshot>>, Arc<RoutingSnapshot>>,
+    pool: HolderPool,
+    runq: Vec<u32>,
+    to_close: Vec<OwnedFd>,
+    idle_cursor: usize,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    now: Instant,
+    /// Tried-lists of finished connections, reused (no allocation per connection).
+    spare_tried: Vec<Vec<EndpointId>>,
+}
+
+impl Worker {
+    pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
+        let ring = Uring::new(1024)?;
+        let n = setup.listeners.len();
+        Ok(Worker {
+            index: setup.index,
+            ring,
+            listeners: setup.listeners,
+            accepting: vec![None; n],
+            accept_arms: vec![0; n],
+            backoff_until: None,
+            backoff: BACKOFF_MIN,
+            max_connections: setup.max_connections.max(1),
+            active: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            pins: Vec::new(),
+            current_pin: None,
+            reader: setup.publisher.reader(),
+            pool: HolderPool::new(setup.relay),
+            runq: Vec::new(),
+            to_close: Vec::new(),
+            idle_cursor: 0,
+            wake: setup.wake,
+            stop: setup.stop,
+            now: Instant::now(),
+            spare_tried: Vec::new(),
+        })
+    }
+
+    /// Run until told to stop. Connections still open then are reset.
+    pub fn run(mut self) -> io::Result<()> {
+        self.ring.watch_wake(self.wake.as_fd())?;
+        self.resume_accepting()?;
+        let mut completions = Vec::new();
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = if self.runq.is_empty() {
+                let mut w = TICK;
+                if let Some(until) = self.backoff_until {
+                    w = w.min(until.saturating_duration_since(self.now));
+                }
+                Some(w)
+            } else {
+                Some(Duration::ZERO)
+            };
+            self.ring.submit_and_wait(wait)?;
+            // Entries naming these fds are submitted now (polls removed): safe to close.
+            self.to_close.clear();
+            self.now = Instant::now();
+            self.ring.completions(&mut completions);
+            for c in completions.drain(..) {
+                self.on_completion(c)?;
+            }
+            for slot in std::mem::take(&mut self.runq) {
+                self.drive(slot)?;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if self.now.duration_since(last_tick) >= TICK {
+                last_tick = self.now;
+                self.check_idle_slice()?;
+                if self.backoff_until.is_some_and(|t| self.now >= t) {
+                    self.backoff_until = None;
+                    self.resume_accepting()?;
+                }
+            }
+        }
+        self.shutdown()
+    }
+
+    fn on_completion(&mut self, c: Completion) -> io::Result<()> {
+        match c {
+            Completion::Accepted {
+                listener,
+                generation,
+                result,
+                rearm,
+            } => {
+                // Only the current arm's end changes the state; a cancelled earlier arm
+                // may still report accepted connections, which are served all the same.
+                let current = self.accepting[listener as usize] == Some(generation);
+                if rearm && current {
+                    self.accepting[listener as usize] = None;
+                }
+                let rearm = rearm && current;
+                match result {
+                    Ok(fd) => {
+                        self.backoff = BACKOFF_MIN;
+                        self.on_accept(listener as usize, fd)?;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                    Err(e) if sys::is_resource_exhaustion(&e) => self.enter_backoff(&e)?,
+                    Err(e) => tracing::debug!(worker = self.index, error = %e, "accept failed"),
+                }
+                if rearm && self.may_accept() {
+                    self.arm_accept(listener as usize)?;
+                }
+            }
+            Completion::Ready {
+                slot,
+                generation,
+                client,
+                readable,
+                writable,
+                ended,
+            } => {
+                let now = self.now;
+                let Some(live) = self
+                    .slots
+                    .get_mut(slot as usize)
+                    .filter(|s| s.generation == generation)
+                    .and_then(|s| s.live.as_mut())
+                else {
+                    return Ok(());
+                };
+                let side = if client { Side::Client } else { Side::Backend };
+                live.conn.handle(
+                    now,
+                    Event::Ready {
+                        side,
+                        readable,
+                        writable,
+                    },
+                );
+                if ended && live.watching {
+                    let fd = if client {
+                        &live.client
+                    } else {
+                        live.backend.as_ref().expect("watched backend")
+                    };
+                    self.ring.watch(slot, generation, client, fd.as_fd())?;
+                }
+                self.drive(slot)?;
+            }
+            Completion::Connected {
+                slot,
+                generation,
+                result,
+            } => {
+                let worker = self.index;
+                let now = self.now;
+                let Some(live) = self.live_mut(slot, generation) else {
+                    return Ok(());
+                };
+                live.connect_in_flight = false;
+                let pin = live.pin;
+                let (service, endpoint) = (
+                    live.service,
+                    live.endpoint.expect("connecting to an endpoint"),
+                );
+                let event = match result {
+                    Ok(()) => {
+                        live.connected = true;
+                        Event::Connected
+                    }
+                    Err(e) => {
+                        let failure = match e.raw_os_error() {
+                            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+                            _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+                            _ => ConnectFailure::Network,
+                        };
+                        tracing::debug!(worker, error = %e, ?failure, "connect to endpoint failed");
+                        Event::ConnectFailed(failure)
+                    }
+                };
+                live.conn.handle(now, event);
+                let ep = self.service_of(pin, service).endpoint(endpoint);
+                let c = ep.stats.worker(worker);
+                if event == Event::Connected {
+                    c.opened.add(1);
+                } else {
+                    c.failed.add(1);
+                }
+                self.drive(slot)?;
+            }
+            Completion::Wake { ended } => {
+                sys::eventfd_drain(self.wake.as_fd());
+                if ended {
+                    self.ring.watch_wake(self.wake.as_fd())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, listener: usize, fd: OwnedFd) -> io::Result<()> {
+        let (protocol, node_port) = (
+            self.listeners[listener].protocol,
+            self.listeners[listener].node_port,
+        );
+        let pin = self.pin_current();
+        let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
+        let client_addr = SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        let (Some(service), Some(client_addr)) =
+            (snapshot.lookup(protocol, node_port), client_addr)
+        else {
+            // Port no longer served (a reload removed it) or the client is already gone.
+            let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+            self.to_close.push(fd);
+            return Ok(());
+        };
+        let entry = snapshot.service(service);
+        entry.stats.worker(self.index).opened.add(1);
+        let config = ConnConfig {
+            idle_timeout: entry.port.timeouts.idle,
+            connect_retries: entry.port.connect_retries,
+            holder_capacity: HOLDER_CAPACITY,
+        };
+        let mut tried = self.spare_tried.pop().unwrap_or_default();
+        tried.clear();
+        let live = Live {
+            conn: Conn::new(self.now, config),
+            client: fd,
+            client_addr,
+            backend: None,
+            pin,
+            service,
+            endpoint: None,
+            connected: false,
+            connect_in_flight: false,
+            watching: false,
+            tried,
+            holders: [Holder::Empty, Holder::Empty],
+        };
+        self.pins[pin].as_mut().expect("current pin").live += 1;
+        self.active += 1;
+        if self.active >= self.max_connections {
+            self.pause_accepting()?;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize].live = Some(live);
+                s
+            }
+            None => {
+                if self.slots.len() as u32 >= MAX_SLOTS {
+                    // Unreachable in practice (the connection limit is far lower).
+                    self.active -= 1;
+                    return Ok(());
+                }
+                self.slots.push(Slot {
+                    generation: 0,
+                    live: Some(live),
+                });
+                self.slots.len() as u32 - 1
+            }
+        };
+        self.drive(slot)
+    }
+
+    /// Execute a connection's ops until it waits, yields or closes.
+    fn drive(&mut self, slot: u32) -> io::Result<()> {
+        let generation = self.slots[slot as usize].generation;
+        let Some(mut live) = self.slots[slot as usize].live.take() else {
+            return Ok(());
+        };
+        match self.drive_live(slot, generation, &mut live) {
+            Ok(true) => self.finish(slot, live),
+            Ok(false) => {
+                self.slots[slot as usize].live = Some(live);
+                Ok(())
+            }
+            Err(e) => {
+                self.slots[slot as usize].live = Some(live);
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns Ok(true) when the connection closed.
+    fn drive_live(&mut self, slot: u32, generation: u32, live: &mut Live) -> io::Result<bool> {
+        let now = self.now;
+        while let Some(op) = live.conn.poll_op() {
+            match op {
+                Op::Connect => {
+                    let event = self.start_connect(slot, generation, live)?;
+                    if let Some(event) = event {
+                        live.conn.handle(now, event);
+                    }
+                }
+                Op::Watch => {
+                    live.watching = true;
+                    self.ring
+                        .watch(slot, generation, true, live.client.as_fd())?;
+                    let backend = live.backend.as_ref().expect("connected backend");
+                    self.ring.watch(slot, generation, false, backend.as_fd())?;
+                }
+                Op::Receive { dir, max } => {
+                    let src = side_fd(&live.client, &live.backend, dir.src());
+                    let event = relay::receive(
+                        &mut self.pool,
+                        &mut live.holders[dir as usize],
+                        src,
+                        dir,
+                        max,
+                    );
+                    live.conn.handle(now, event);
+                }
+                Op::Send { dir, held } => {
+                    let dst = side_fd(&live.client, &live.backend, dir.dst());
+                    let event = relay::send(&mut live.holders[dir as usize], dst, dir, held);
+                    if let Event::Sent { bytes, .. } = event {
+                        self.count_bytes(live, dir, bytes as u64);
+                    }
+                    live.conn.handle(now, event);
+                    if live.conn.held(dir) == 0 {
+                        let h = std::mem::take(&mut live.holders[dir as usize]);
+                        self.pool.give(h, 0);
+                    }
+                }
+                Op::ShutdownWrite(side) => {
+                    if let Err(e) = SockRef::from(&side_fd(&live.client, &live.backend, side))
+                        .shutdown(std::net::Shutdown::Write)
+                    {
+                        live.conn.handle(
+                            now,
+                            Event::Failed {
+                                side,
+                                reset: sys::is_reset(&e),
+                            },
+                        );
+                    }
+                }
+                Op::Yield => {
+                    self.runq.push(slot);
+                    return Ok(false);
+                }
+                Op::Close {
+                    reset_client,
+                    reset_backend,
+                    ..
+                } => {
+                    if reset_client {
+                        let _ = SockRef::from(&live.client).set_linger(Some(Duration::ZERO));
+                    }
+                    if let (true, Some(b)) = (reset_backend, live.backend.as_ref()) {
+                        let _ = SockRef::from(b).set_linger(Some(Duration::ZERO));
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Pick an endpoint and start connecting; returns an event when the attempt could not
+    /// even start.
+    fn start_connect(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        live: &mut Live,
+    ) -> io::Result<Option<Event>> {
+        let worker = self.index;
+        let entry = self.service_of(live.pin, live.service);
+        let Some(endpoint) = entry.pick(live.client_addr, &live.tried) else {
+            return Ok(Some(Event::NoEndpoint));
+        };
+        if !live.tried.is_empty() {
+            entry.stats.worker(worker).retries.add(1);
+        }
+        let addr = entry.endpoint(endpoint).endpoint.addr;
+        let timeout = entry.port.timeouts.connect;
+        live.tried.push(endpoint);
+        live.endpoint = Some(endpoint);
+        if let Some(old) = live.backend.take() {
+            self.to_close.push(old);
+        }
+        let socket = match Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            None,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                if sys::is_resource_exhaustion(&e) {
+                    self.enter_backoff(&e)?;
+                }
+                return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let fd: OwnedFd = socket.into();
+        self.ring
+            .connect(slot, generation, fd.as_fd(), addr, timeout)?;
+        live.backend = Some(fd);
+        live.connect_in_flight = true;
+        Ok(None)
+    }
+
+    /// Release everything of a closed connection and free its slot.
+    fn finish(&mut self, slot: u32, mut live: Live) -> io::Result<()> {
+        let generation = self.slots[slot as usize].generation;
+        if live.watching {
+            self.ring.unwatch(slot, generation, true)?;
+            self.ring.unwatch(slot, generation, false)?;
+        }
+        if live.connect_in_flight {
+            self.ring.cancel_connect(slot, generation)?;
+        }
+        let reason = live.conn.close_reason().unwrap_or(CloseReason::Shutdown);
+        let worker = self.index;
+        let entry = self.service_of(live.pin, live.service);
+        let sc = entry.stats.worker(worker);
+        sc.closed.add(1);
+        if reason.is_failure() {
+            sc.failed.add(1);
+        }
+        if live.connected {
+            let ec = entry
+                .endpoint(live.endpoint.expect("connected endpoint"))
+                .stats
+                .worker(worker);
+            ec.closed.add(1);
+            if matches!(reason, CloseReason::Broken(_)) {
+                ec.failed.add(1);
+            }
+        }
+        for dir in Dir::BOTH {
+            let h = std::mem::take(&mut live.holders[dir as usize]);
+            self.pool.give(h, live.conn.held(dir));
+        }
+        self.to_close.push(live.client);
+        if let Some(b) = live.backend.take() {
+            self.to_close.push(b);
+        }
+        self.spare_tried.push(std::mem::take(&mut live.tried));
+        self.unpin(live.pin);
+        let s = &mut self.slots[slot as usize];
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.active -= 1;
+        if self.active < self.max_connections && self.may_accept() {
+            self.resume_accepting()?;
+        }
+        Ok(())
+    }
+
+    fn count_bytes(&self, live: &Live, dir: Dir, bytes: u64) {
+        let entry = self.service_of(live.pin, live.service);
+        let ep = entry.endpoint(live.endpoint.expect("relaying to an endpoint"));
+        for c in [entry.stats.worker(self.index), ep.stats.worker(self.index)] {
+            match dir {
+                Dir::ToBackend => c.bytes_to_backend.add(bytes),
+                Dir::ToClient => c.bytes_to_client.add(bytes),
+            }
+        }
+    }
+
+    fn service_of(&self, pin: usize, service: ServiceId) -> &ServiceEntry {
+        self.pins[pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(service)
+    }
+
+    fn live_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Live> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.generation != generation {
+            return None;
+        }
+        s.live.as_mut()
+    }
+
+    /// The pin of the currently published snapshot (pinning it if it is new).
+    fn pin_current(&mut self) -> usize {
+        let snapshot = self.reader.load();
+        if let Some(i) = self.current_pin {
+            if Arc::ptr_eq(
+                &self.pins[i].as_ref().expect("current pin").snapshot,
+                snapshot,
+            ) {
+                return i;
+            }
+        }
+        let pin = Pin {
+            snapshot: Arc::clone(snapshot),
+            live: 0,
+        };
+        let i = match self.pins.iter().position(Option::is_none) {
+            Some(i) => {
+                self.pins[i] = Some(pin);
+                i
+            }
+            None => {
+                self.pins.push(Some(pin));
+                self.pins.len() - 1
+            }
+        };
+        let old = self.current_pin.replace(i);
+        if let Some(old) = old {
+            if self.pins[old].as_ref().is_some_and(|p| p.live == 0) {
+                self.pins[old] = None;
+            }
+        }
+        i
+    }
+
+    fn unpin(&mut self, pin: usize) {
+        let p = self.pins[pin].as_mut().expect("pinned snapshot");
+        p.live -= 1;
+        if p.live == 0 && self.current_pin != Some(pin) {
+            self.pins[pin] = None;
+        }
+    }
+
+    fn may_accept(&self) -> bool {
+        self.backoff_until.is_none() && self.active < self.max_connections
+    }
+
+    fn arm_accept(&mut self, i: usize) -> io::Result<()> {
+        if self.accepting[i].is_none() {
+            let generation = self.accept_arms[i];
+            self.accept_arms[i] = generation.wrapping_add(1);
+            self.ring
+                .accept(i as u32, generation, self.listeners[i].socket.as_fd())?;
+            self.accepting[i] = Some(generation);
+        }
+        Ok(())
+    }
+
+    fn resume_accepting(&mut self) -> io::Result<()> {
+        if !self.may_accept() {
+            return Ok(());
+        }
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i)?;
+        }
+        Ok(())
+    }
+
+    fn pause_accepting(&mut self) -> io::Result<()> {
+        for i in 0..self.listeners.len() {
+            if let Some(generation) = self.accepting[i].take() {
+                self.ring.cancel_accept(i as u32, generation)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn enter_backoff(&mut self, e: &io::Error) -> io::Result<()> {
+        if self.backoff_until.is_none() {
+            tracing::warn!(
+                worker = self.index,
+                error = %e,
+                fd_limit = sys::fd_limit(),
+                active = self.active,
+                backoff_ms = self.backoff.as_millis() as u64,
+                "out of resources: not accepting new connections for a while; existing ones keep running"
+            );
+        }
+        self.backoff_until = Some(self.now + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.pause_accepting()
+    }
+
+    /// Check the idle deadline of a slice of the slab (all of it once per IDLE_PASS_TICKS).
+    fn check_idle_slice(&mut self) -> io::Result<()> {
+        let n = self.slots.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let step = n.div_ceil(IDLE_PASS_TICKS);
+        for _ in 0..step {
+            let slot = (self.idle_cursor % n) as u32;
+            self.idle_cursor = (self.idle_cursor + 1) % n;
+            let now = self.now;
+            if let Some(live) = self.slots[slot as usize].live.as_mut() {
+                if live.conn.deadline().is_some_and(|d| now >= d) {
+                    live.conn.handle_timeout(now);
+                    self.drive(slot)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown(mut self) -> io::Result<()> {
+        for slot in 0..self.slots.len() as u32 {
+            if let Some(live) = self.slots[slot as usize].live.as_mut() {
+                live.conn.abort();
+                self.drive(slot)?;
+            }
+        }
+        self.pause_accepting()?;
+        self.ring.submit_and_wait(Some(Duration::ZERO))?;
+        self.to_close.clear();
+        Ok(())
+    }
+}
+
+fn side_fd<'a>(
+    client: &'a OwnedFd,
+    backend: &'a Option<OwnedFd>,
+    side: Side,
+) -> std::os::fd::BorrowedFd<'a> {
+    match side {
+        Side::Client => client.as_fd(),
+        Side::Backend => backend.as_ref().expect("backend socket").as_fd(),
+    }
+}

@@ -1,0 +1,189 @@
+//! Bad configuration files and the exact error each must give: `LINE:COLUMN` of the
+//! offending key or value, and words an operator can act on.
+//!
+//! One table row per mistake. Most rows start from the same three-line service (`[[service]]`,
+//! `name = "a"`, `port = 80`) so the interesting line is line 4.
+
+use sluice::config::parse;
+
+struct Row {
+    what: &'static str,
+    text: &'static str,
+    line: usize,
+    column: usize,
+    message: &'static str,
+}
+
+const fn row(
+    what: &'static str,
+    text: &'static str,
+    (line, column): (usize, usize),
+    message: &'static str,
+) -> Row {
+    Row {
+        what,
+        text,
+        line,
+        column,
+        message,
+    }
+}
+
+/// `[[service]]`, `name = "a"`, `port = 80`: lines 1–3 of most rows.
+macro_rules! svc {
+    ($($rest:literal)*) => {
+        concat!("[[service]]\nname = \"a\"\nport = 80\n" $(, $rest)*)
+    };
+}
+
+#[rustfmt::skip]
+const ROWS: &[Row] = &[
+    // Shape: keys and TOML types.
+    row("unknown top-level key", "workers = 2\nbogus = 1\n", (2, 1),
+        "unknown key `bogus` at the top level; expected one of `workers`"),
+    row("unknown service key", svc!("nodeport = 30000\n"), (4, 1),
+        "unknown key `nodeport` in [[service]]; expected one of `name`"),
+    row("node-wide key after a service", svc!("relay = \"copy\"\n"), (4, 1),
+        "unknown key `relay` in [[service]]; expected one of `name`"),
+    row("unknown endpoint key", svc!("endpoints = [{ address = \"10.0.0.1\", wieght = 2 }]\n"), (4, 38),
+        "unknown key `wieght` in an endpoint table"),
+    row("missing name", "[[service]]\nport = 80\n", (1, 1), "missing key `name` in [[service]]"),
+    row("missing port", "[[service]]\nname = \"a\"\n", (1, 1), "missing key `port` in [[service]]"),
+    row("missing endpoint address", svc!("endpoints = [{ port = 9000 }]\n"), (4, 14),
+        "missing key `address` in an endpoint table"),
+    row("port as a string", svc!("target_port = \"http\"\n"), (4, 15),
+        "`target_port`: invalid type: string \"http\", expected an integer"),
+    row("bool as a string", "pin_workers = \"yes\"\n", (1, 15),
+        "`pin_workers`: invalid type: string \"yes\", expected true or false"),
+    row("service as a table", "[service]\nname = \"a\"\nport = 80\n", (1, 1),
+        "invalid type: map, expected a sequence"),
+    row("endpoint as a number", svc!("endpoints = [\"10.0.0.1\", 5]\n"), (4, 26),
+        "expected an endpoint: a string \"IP\""),
+    row("TOML syntax error", svc!("node_port = \n"), (4, 13), "invalid string"),
+    // Node-wide settings.
+    row("workers = 0", "workers = 0\n", (1, 11), "workers 0 is out of range: must be 1..=1024"),
+    row("node_port_range without dash", "node_port_range = \"30000\"\n", (1, 19),
+        "node_port_range \"30000\" is malformed: no '-'"),
+    row("node_port_range reversed", "node_port_range = \"32767-30000\"\n", (1, 19),
+        "the first port is above the last"),
+    row("node_port_range not numbers", "node_port_range = \"a-b\"\n", (1, 19),
+        "the first port is not a number in 1..=65535"),
+    row("unknown relay", "relay = \"sendfile\"\n", (1, 9),
+        "relay \"sendfile\" is not accepted; expected one of \"splice\", \"copy\""),
+    row("bad listen address", "listen_addresses = [\"10.0.0.1\", \"10.0.0.0/8\"]\n", (1, 33),
+        "listen address \"10.0.0.0/8\" is not an IP address"),
+    row("empty listen_addresses", "listen_addresses = []\n", (1, 20), "`listen_addresses` is empty"),
+    row("duplicate listen address", "listen_addresses = [\"::1\", \"::1\"]\n", (1, 28),
+        "listen address ::1 is listed twice (first at line 1)"),
+    row("wildcard beside a specific address", "listen_addresses = [\"0.0.0.0\", \"10.0.0.1\"]\n", (1, 32),
+        "overlaps 0.0.0.0"),
+    row("bad top-level duration", "\nidle_timeout = \"forever\"\n", (2, 16),
+        "idle_timeout \"forever\" is not a duration"),
+    row("duration as a number", "connect_timeout = 3\n", (1, 19),
+        "`connect_timeout`: invalid type: integer `3`, expected a duration string such as \"3s\""),
+    row("zero duration", svc!("connect_timeout = \"0s\"\n"), (4, 19),
+        "connect_timeout must be longer than zero"),
+    row("non-prime table size", "maglev_table_size = 65536\n", (1, 21),
+        "maglev_table_size 65536 is not a prime; Maglev needs a prime table size (nearest primes: 65521, 65537)"),
+    row("table size too small", svc!("maglev_table_size = 1000\n"), (4, 21),
+        "maglev_table_size 1000 is out of range: must be 1009..=1000003"),
+    row("negative retries", "connect_retries = -1\n", (1, 19), "connect_retries -1 is out of range"),
+    // One service.
+    row("upper-case name", "[[service]]\nname = \"MyFrontend\"\nport = 80\n", (2, 8),
+        "name \"MyFrontend\" is not a DNS-1035 label: it contains 'M'"),
+    row("name starting with a digit", "[[service]]\nname = \"1web\"\nport = 80\n", (2, 8),
+        "must start with a lower-case letter"),
+    row("bad namespace", svc!("namespace = \"work_shop\"\n"), (4, 13),
+        "namespace \"work_shop\" is not a DNS-1123 label: it contains '_'"),
+    row("port name ending in dash", svc!("port_name = \"http-\"\n"), (4, 13),
+        "must end with a letter or digit"),
+    row("UDP", svc!("protocol = \"UDP\"\n"), (4, 12),
+        "protocol \"UDP\" is not served: sluice serves only TCP so far"),
+    row("lower-case tcp", svc!("protocol = \"tcp\"\n"), (4, 12), "expected \"TCP\""),
+    row("port 0", "[[service]]\nname = \"a\"\nport = 0\n", (3, 8), "port 0 is out of range: must be 1..=65535"),
+    row("port too big", svc!("target_port = 70000\n"), (4, 15), "target_port 70000 is out of range"),
+    row("node_port 0", svc!("node_port = 0\n"), (4, 13), "omit `node_port` to have one allocated"),
+    row("node_port not a port", svc!("node_port = 99999\n"), (4, 13), "node_port 99999 is outside node_port_range 30000-32767"),
+    row("node_port outside the default range", svc!("node_port = 8080\n"), (4, 13),
+        "node_port 8080 is outside node_port_range 30000-32767 (the default"),
+    row("node_port outside a set range", concat!("node_port_range = \"40000-40999\"\n", svc!("node_port = 30000\n")), (5, 13),
+        "node_port 30000 is outside node_port_range 40000-40999 (set at line 1)"),
+    row("unknown policy", svc!("policy = \"round-robin\"\n"), (4, 10),
+        "policy \"round-robin\" is not accepted; expected \"maglev\""),
+    row("unknown hash key", svc!("hash_key = \"source-ip\"\n"), (4, 12),
+        "expected one of \"client-ip-port\", \"client-ip\""),
+    row("bad endpoint address", svc!("endpoints = [\"127.0.0.2\", \"127.0.0.300\"]\n"), (4, 27),
+        "\"127.0.0.300\" is not an endpoint address"),
+    row("host name endpoint", svc!("endpoints = [\"pod-a:8080\"]\n"), (4, 14), "host names are not resolved"),
+    row("endpoint port 0", svc!("endpoints = [\"10.0.0.1:0\"]\n"), (4, 14), "has port 0"),
+    row("unspecified endpoint", svc!("endpoints = [{ address = \"0.0.0.0\" }]\n"), (4, 26),
+        "endpoint address 0.0.0.0 is the unspecified address"),
+    row("endpoint table with a port in address", svc!("endpoints = [{ address = \"10.0.0.1:80\" }]\n"), (4, 26),
+        "give the port in `port`"),
+    row("negative weight", svc!("endpoints = [{ address = \"10.0.0.1\", weight = -1 }]\n"), (4, 47),
+        "weight -1 is out of range: must be 0..=65535"),
+    row("duplicate endpoint", svc!("target_port = 9000\n" "endpoints = [\n" "  \"10.0.0.1\",\n" "  \"10.0.0.1:9000\",\n" "]\n"), (7, 3),
+        "endpoint 10.0.0.1:9000 is listed twice in default/a (first at line 6)"),
+    // Across services.
+    row("node_port taken", concat!(
+            "[[service]]\nname = \"a\"\nnamespace = \"workshop\"\nport = 80\nnode_port = 30000\n\n",
+            "[[service]]\nname = \"b\"\nnamespace = \"workshop\"\nport = 80\nnode_port = 30000\n"),
+        (11, 13), "node_port 30000/TCP of workshop/b is already used by workshop/a (line 5)"),
+    row("same service twice", concat!(svc!(), "\n[[service]]\nname = \"a\"\nport = 81\n"), (6, 8),
+        "Service default/a is defined twice (first at line 2)"),
+    row("same named port twice", concat!(svc!("port_name = \"http\"\n"), "[[service]]\nname = \"a\"\nport_name = \"http\"\nport = 81\n"), (6, 8),
+        "port `http` of Service default/a is defined twice (first at line 2)"),
+    row("unnamed port beside a named one", concat!(svc!("port_name = \"http\"\n"), "[[service]]\nname = \"a\"\nport = 81\n"), (6, 8),
+        "Service default/a has 2 ports, so each needs a `port_name`"),
+    row("node ports exhausted", concat!(
+            "node_port_range = \"30000-30000\"\n",
+            "[[service]]\nname = \"a\"\nport = 80\nnode_port = 30000\n",
+            "[[service]]\nname = \"b\"\nport = 80\n"),
+        (7, 8), "no free node port left for Service default/b: all 1 ports of node_port_range 30000-30000 are used"),
+];
+
+#[test]
+fn every_bad_config_gives_its_exact_error() {
+    assert!(ROWS.len() >= 15);
+    let mut failures = Vec::new();
+    for row in ROWS {
+        match parse(row.text, "bad.toml", None) {
+            Ok(model) => failures.push(format!("{}: accepted, gave {model:?}", row.what)),
+            Err(e) => {
+                let position_ok = (e.line, e.column) == (row.line, row.column);
+                let message_ok = e.message.contains(row.message);
+                let display_ok =
+                    e.to_string() == format!("bad.toml:{}:{}: {}", e.line, e.column, e.message);
+                if !(position_ok && message_ok && display_ok) {
+                    failures.push(format!(
+                        "{}: expected {}:{} containing {:?}\n    got {e}",
+                        row.what, row.line, row.column, row.message
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        ROWS.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_brief_example_is_accepted() {
+    let text = r#"
+[[service]]
+name = "myfrontend"
+namespace = "workshop"
+node_port = 30000
+port = 80
+target_port = 9000
+endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+"#;
+    let model = parse(text, "ok.toml", None).expect("the example must parse");
+    assert_eq!(model.services.len(), 1);
+    assert_eq!(model.services[0].endpoints.len(), 3);
+}

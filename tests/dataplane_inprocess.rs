@@ -1,0 +1,149 @@
+//! The data plane driven as a library, without the CLI or the config parser: a Model built
+//! in code, real sockets on loopback. The black-box suites (tests/*.rs using the binary)
+//! cover the rest; these check the library API other crates and the control side use.
+
+use sluice::dataplane::Dataplane;
+use sluice::model::*;
+use sluice::publish::Publisher;
+use sluice::table::{RoutingSnapshot, StatsRegistry};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A backend that answers each connection with its name, after reading the request line.
+fn name_backend(ip: &str, name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(name.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
+    Model {
+        settings: Settings {
+            workers: Some(2),
+            listen: ListenAddresses::Only(vec!["127.0.0.1".parse().unwrap()]),
+            node_port_range: NodePortRange {
+                first: node_port,
+                last: node_port,
+            },
+            relay,
+            ..Settings::default()
+        },
+        services: vec![ServicePort {
+            key: ServicePortKey {
+                service: ServiceName {
+                    namespace: "test".into(),
+                    name: "inproc".into(),
+                },
+                port_name: String::new(),
+                protocol: Protocol::Tcp,
+            },
+            port: 80,
+            node_port,
+            node_port_allocated: false,
+            target_port: 0,
+            endpoints: endpoints
+                .iter()
+                .map(|&addr| Endpoint {
+                    addr,
+                    weight: DEFAULT_WEIGHT,
+                })
+                .collect(),
+            policy: Policy::default(),
+            timeouts: Timeouts::default(),
+            connect_retries: 2,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+        }],
+    }
+}
+
+fn start(model: &Model) -> (Dataplane, Publisher, StatsRegistry) {
+    let mut reg = StatsRegistry::new(model.settings.workers.unwrap());
+    let publisher = Publisher::new(RoutingSnapshot::build(model, 1, &mut reg));
+    let ports = model
+        .services
+        .iter()
+        .map(|s| (s.key.protocol, s.node_port))
+        .collect();
+    let dp = Dataplane::start(&model.settings, &ports, &publisher).expect("data plane starts");
+    (dp, publisher, reg)
+}
+
+fn ask(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn every_connection_is_answered_by_one_of_the_endpoints_and_counted() {
+    for relay in [RelayMode::Splice, RelayMode::Copy] {
+        let eps = [
+            name_backend("127.0.0.2", "a"),
+            name_backend("127.0.0.3", "b"),
+            name_backend("127.0.0.4", "c"),
+        ];
+        let port = free_port();
+        let m = model(port, &eps, relay);
+        let (dp, publisher, _reg) = start(&m);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..300 {
+            *seen.entry(ask(port)).or_insert(0) += 1;
+        }
+        assert_eq!(seen.values().sum::<i32>(), 300);
+        assert_eq!(seen.len(), 3, "all three endpoints used: {seen:?}");
+        dp.stop().unwrap();
+        let snap = publisher.current();
+        let (_, svc) = snap.services().next().unwrap();
+        let t = svc.stats.totals();
+        assert_eq!(t.opened, 300);
+        assert_eq!(t.closed, 300);
+        assert_eq!(t.failed, 0);
+        assert_eq!(t.bytes_to_client, 300);
+        assert_eq!(t.bytes_to_backend, 300 * 18);
+    }
+}
+
+#[test]
+fn half_close_from_client_lets_the_reply_through() {
+    let l = TcpListener::bind("127.0.0.2:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap(); // until the client's FIN arrives
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .unwrap();
+    });
+    let port = free_port();
+    let (dp, _p, _r) = start(&model(port, &[backend], RelayMode::Splice));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&[7u8; 100_000]).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got 100000 bytes");
+    dp.stop().unwrap();
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs sluice's whole test suite on a fresh machine: installs what the tests need (Debian
+# packages, as root), then builds and runs every test once.
+#   ./tests/run-all.sh            # everything
+#   ./tests/run-all.sh integrity  # only tests whose name contains "integrity" (cargo filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use as real peers or tools. Installed only when missing.
+PACKAGES=(iproute2)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "warning: missing packages ${missing[*]} (run as root to install them)" >&2
+  fi
+fi
+
+# The suite opens a few thousand sockets per process; it needs more than the usual 1024.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --profile ci --all-targets "$@"
