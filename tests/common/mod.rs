@@ -192,6 +192,7 @@ impl Sluice {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+        cmd.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -772,11 +773,12 @@ impl SinkServer {
             "sink",
             Arc::new(|mut s: TcpStream, st: &BackendState| {
                 let (bytes, digest, ended) = hash_to_end(&mut s);
+                // Report first, so a client holding the answer can rely on the report.
+                st.report(Report { bytes, digest: Some(digest.clone()), data: Vec::new(), ended });
                 if ended == Ended::Eof {
                     let _ = s.write_all(format!("{digest}\n").as_bytes());
                     let _ = s.shutdown(Shutdown::Write);
                 }
-                st.report(Report { bytes, digest: Some(digest), data: Vec::new(), ended });
             }),
         )
     }
@@ -919,4 +921,50 @@ impl BlackHole {
         }
         BlackHole { addr, _listener: sock, _fillers: fillers }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Private network namespace
+// ---------------------------------------------------------------------------------------
+
+/// Runs `f` on a new thread that first moves into a fresh network namespace with only
+/// loopback (brought up). Sockets that thread opens and processes it spawns live there, so a
+/// test can use addresses the product fixes (the demo's 127.0.0.1:30000, 127.0.0.2:9000)
+/// without colliding with anything else on the machine. `Err` when the namespace cannot be
+/// made (no CAP_SYS_ADMIN); a panic in `f` is re-raised here.
+pub fn in_private_netns<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let handle = std::thread::spawn(move || -> io::Result<T> {
+        // SAFETY: unshare(CLONE_NEWNET) affects only this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        loopback_up()?;
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn loopback_up() -> io::Result<()> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain data; the ioctls read/write only that struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
