@@ -1,7 +1,8 @@
 //! Many connections at once: 2,000 client connections held open together, each echoing its
-//! own distinct payload. Alone in its test binary because of its fd budget: this process
-//! holds ~4,000 fds (2,000 client sockets + 2,000 backend sockets) and sluice ~4,000–12,000
-//! (2 sockets + up to 2 pipes per connection), under the 20,000 limit of this machine.
+//! own distinct payload, once per relay mode (one after the other, never both at once).
+//! Alone in its test binary because of its fd budget: this process holds ~4,000 fds (2,000
+//! client sockets + 2,000 backend sockets); sluice holds ~12,000 with `splice` (2 sockets +
+//! 2 pipes of 2 fds per connection) and ~4,000 with `copy`, under the 20,000 limit here.
 
 mod common;
 use common::*;
@@ -20,6 +21,11 @@ fn payload(i: usize) -> Vec<u8> {
 
 #[test]
 fn two_thousand_concurrent_connections_each_echo_their_own_payload() {
+    concurrent_echo("splice");
+    concurrent_echo("copy");
+}
+
+fn concurrent_echo(relay: &str) {
     let echos = [
         EchoServer::start("127.0.0.2"),
         EchoServer::start("127.0.0.3"),
@@ -27,7 +33,8 @@ fn two_thousand_concurrent_connections_each_echo_their_own_payload() {
     ];
     let port = free_port();
     let eps: Vec<String> = echos.iter().map(|e| ep(e.addr)).collect();
-    let mut lb = Sluice::run(&one_service(port, "workers = 2", &eps, ""));
+    let top = format!("workers = 2\nrelay = \"{relay}\"");
+    let mut lb = Sluice::run(&one_service(port, &top, &eps, ""));
     lb.wait_ready_echo(node_addr(port));
     let before: usize = echos.iter().map(|e| e.connections()).sum();
 
@@ -36,7 +43,7 @@ fn two_thousand_concurrent_connections_each_echo_their_own_payload() {
     for i in 0..CONNECTIONS {
         match connect(node_addr(port)) {
             Ok(s) => conns.push(s),
-            Err(e) => panic!("connection {i} of {CONNECTIONS} failed: {e}"),
+            Err(e) => panic!("{relay}: connection {i} of {CONNECTIONS} failed: {e}"),
         }
     }
     // Each sends its payload (small enough to sit in socket buffers), then all are read.
@@ -53,13 +60,13 @@ fn two_thousand_concurrent_connections_each_echo_their_own_payload() {
             Err(e) => bad.push(format!("connection {i}: {e}")),
         }
     }
-    assert!(bad.is_empty(), "{} of {CONNECTIONS} failed, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(bad.is_empty(), "{relay}: {} of {CONNECTIONS} failed, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
 
     // The backends really held them all at the same time.
     let accepted: usize = echos.iter().map(|e| e.connections()).sum::<usize>() - before;
     let active: usize = echos.iter().map(|e| e.active()).sum();
     assert_eq!(accepted, CONNECTIONS);
     assert!(active >= CONNECTIONS, "backends hold {active} connections");
-    eprintln!("sluice holds {} fds with {CONNECTIONS} connections open", lb.fd_count());
+    eprintln!("{relay}: sluice holds {} fds with {CONNECTIONS} connections open", lb.fd_count());
     lb.assert_alive();
 }
