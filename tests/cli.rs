@@ -122,3 +122,17 @@ fn demo_scenario() {
         (demo.stdout() + &demo.stderr()).contains("curl 127.0.0.1:30000").then_some(())
     });
 }
+
+/// systemd and Kubernetes stop sluice with SIGTERM: it must exit by itself, successfully.
+#[test]
+fn sigterm_stops_run_cleanly() {
+    let echo = EchoServer::start("127.0.0.3");
+    let port = free_port();
+    let mut lb = Sluice::run(&one_service(port, "workers = 1", &[ep(echo.addr)], ""));
+    lb.wait_ready_echo(node_addr(port));
+    let _open = connect(node_addr(port)).unwrap(); // an open connection must not block exit
+    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(lb.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = lb.wait_exit(SOON);
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", lb.stderr_tail(20));
+}

@@ -37,6 +37,7 @@ fn count_names(node: SocketAddr, total: usize) -> BTreeMap<String, usize> {
         }
         failures.extend(f);
     }
+    eprintln!("{total} connections: {counts:?}");
     assert!(
         failures.is_empty(),
         "{} of {total} connections not answered, first: {:?}",
