@@ -1,0 +1,608 @@
+//! Black-box test harness: runs the `sluice` binary against real loopback peers.
+//!
+//! Owns: temp dirs and config files, the [`Sluice`] process guard (killed by PID on drop, its
+//! stderr kept in a file and printed when a test fails), and the backends a test points
+//! sluice at — all on 127.0.0.x with kernel-chosen ports. It must not use fixed ports,
+//! must not sleep to synchronise (every wait is a polled condition with a deadline), and
+//! must not leave a process or thread behind when a test panics.
+//!
+//! Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
+
+mod backends;
+pub use backends::*;
+
+use sha2::{Digest, Sha256};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::fmt::Write as _;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Upper bound for "this should happen soon" waits. Generous: CI has 2 shared cores.
+pub const SOON: Duration = Duration::from_secs(15);
+/// Read/write timeout put on every client socket, so no test blocks forever.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------------------
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` naming `what`.
+/// Bounded in time and in number of polls (poll interval grows from 5 ms to 100 ms).
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    for _ in 0..100_000 {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= deadline {
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    panic!("timed out after {deadline:?} waiting for {what}");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Temp dir and config
+// ---------------------------------------------------------------------------------------
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "sluice-itest-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago (kernel-chosen). Used as a NodePort.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// The node-level lines every test config starts with: serve only on 127.0.0.1, and a
+/// NodePort range holding exactly `node_port`. `extra` is more top-level TOML.
+pub fn node_toml(node_port: u16, extra: &str) -> String {
+    format!(
+        "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{node_port}-{node_port}\"\n{extra}\n"
+    )
+}
+
+/// One `[[service]]` table. `endpoints` are TOML values (see [`ep`], [`ep_weighted`]);
+/// `extra` are more keys of the table (e.g. `idle_timeout = "1s"`).
+pub fn service_toml(name: &str, node_port: u16, endpoints: &[String], extra: &str) -> String {
+    format!(
+        "\n[[service]]\nname = \"{name}\"\nnamespace = \"itest\"\nport = 80\ntarget_port = 80\nnode_port = {node_port}\nendpoints = [{}]\n{extra}\n",
+        endpoints.join(", ")
+    )
+}
+
+/// `"IP:PORT"` as a TOML endpoint.
+pub fn ep(addr: SocketAddr) -> String {
+    format!("\"{addr}\"")
+}
+
+/// `{ address, port, weight }` as a TOML endpoint.
+pub fn ep_weighted(addr: SocketAddr, weight: u32) -> String {
+    format!("{{ address = \"{}\", port = {}, weight = {weight} }}", addr.ip(), addr.port())
+}
+
+/// A whole config with one service on `node_port`.
+pub fn one_service(node_port: u16, top: &str, endpoints: &[String], service_extra: &str) -> String {
+    node_toml(node_port, top) + &service_toml("svc", node_port, endpoints, service_extra)
+}
+
+/// The NodePort address clients use.
+pub fn node_addr(node_port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node_port))
+}
+
+// ---------------------------------------------------------------------------------------
+// The sluice process
+// ---------------------------------------------------------------------------------------
+
+/// How to start sluice.
+#[derive(Default, Clone)]
+pub struct Launch {
+    /// Extra environment (RUST_LOG defaults to `info`).
+    pub env: Vec<(String, String)>,
+    /// Set RLIMIT_NOFILE (soft and hard) of the child to this.
+    pub nofile: Option<u64>,
+}
+
+/// A running `sluice` process. Dropping it kills it by PID (SIGKILL) and reaps it; when the
+/// test is panicking, the tail of sluice's stderr is printed (libtest shows it).
+pub struct Sluice {
+    child: Child,
+    dir: TempDir,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+    pub config_path: Option<PathBuf>,
+}
+
+impl Sluice {
+    /// `sluice run --config FILE` with `config` written to a temp file. Not yet ready: call
+    /// one of the `wait_*` methods.
+    pub fn run(config: &str) -> Sluice {
+        Sluice::run_with(config, Launch::default())
+    }
+
+    pub fn run_with(config: &str, launch: Launch) -> Sluice {
+        let dir = TempDir::new("run");
+        let path = dir.write("sluice.toml", config);
+        let args = ["run".to_string(), "--config".to_string(), path.display().to_string()];
+        let mut s = Sluice::spawn_in(dir, &args, launch);
+        s.config_path = Some(path);
+        s
+    }
+
+    /// Any sluice command line, e.g. `["demo"]`.
+    pub fn spawn(args: &[&str], launch: Launch) -> Sluice {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Sluice::spawn_in(TempDir::new("spawn"), &args, launch)
+    }
+
+    fn spawn_in(dir: TempDir, args: &[String], launch: Launch) -> Sluice {
+        use std::os::unix::process::CommandExt;
+        let stderr_path = dir.path().join("stderr.log");
+        let stdout_path = dir.path().join("stdout.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+        cmd.env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let nofile = launch.nofile;
+        // SAFETY: runs in the forked child before exec; only async-signal-safe syscalls
+        // (prctl, setrlimit) and no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the thread that spawned us, should the test process be killed
+                // before the guard's Drop runs.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn sluice binary");
+        Sluice { child, dir, stderr_path, stdout_path, config_path: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// The last `n` lines of stderr.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let all = self.stderr();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Panics (with stderr) if the process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "sluice exited early with {status}\n--- sluice stderr (tail) ---\n{}\n--- stdout ---\n{}",
+                self.stderr_tail(60),
+                self.stdout()
+            );
+        }
+    }
+
+    /// Waits until `probe` succeeds (it is given nothing; it connects where it likes),
+    /// checking in between that sluice is still running.
+    pub fn wait_until(&mut self, what: &str, mut probe: impl FnMut() -> bool) {
+        let start = Instant::now();
+        let deadline = Duration::from_secs(30);
+        let mut pause = Duration::from_millis(5);
+        for _ in 0..10_000 {
+            self.assert_alive();
+            if probe() {
+                return;
+            }
+            if start.elapsed() > deadline {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        panic!(
+            "sluice not ready after {deadline:?}: {what}\n--- sluice stderr (tail) ---\n{}",
+            self.stderr_tail(60)
+        );
+    }
+
+    /// Ready = the NodePort accepts a connection and an echo through it comes back.
+    pub fn wait_ready_echo(&mut self, node: SocketAddr) {
+        self.wait_until(&format!("echo through {node}"), || probe_echo(node));
+    }
+
+    /// Ready = the NodePort accepts a connection and a name request is answered.
+    pub fn wait_ready_name(&mut self, node: SocketAddr) {
+        self.wait_until(&format!("name request through {node}"), || ask_name(node).is_ok());
+    }
+
+    /// Ready = the NodePort accepts TCP connections (for services that cannot answer).
+    pub fn wait_ready_accepting(&mut self, node: SocketAddr) {
+        self.wait_until(&format!("TCP accept on {node}"), || {
+            TcpStream::connect_timeout(&node, Duration::from_secs(1)).is_ok()
+        });
+    }
+
+    /// Number of open fds of the sluice process (from /proc).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits for the process to exit by itself (for short-lived commands like `check`).
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("sluice to exit", deadline, || child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- sluice stderr (last 80 lines) ---\n{}\n--- sluice stdout ---\n{}\n--- end ---",
+                self.stderr_tail(80),
+                self.stdout()
+            );
+        }
+        let _ = &self.dir;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client helpers
+// ---------------------------------------------------------------------------------------
+
+/// Connects with timeouts on connect and on every read/write.
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Connects from a chosen local IP (port picked by the kernel).
+pub fn connect_from(src: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    sock.connect_timeout(&SockAddr::from(addr), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Sends `payload`, reads exactly as many bytes back, and checks they are the same.
+pub fn echo_roundtrip(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    s.write_all(payload)?;
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back)?;
+    if back != payload {
+        return Err(io::Error::new(ErrorKind::InvalidData, "echo returned different bytes"));
+    }
+    Ok(())
+}
+
+/// One short echo through `addr`, with short timeouts; true when it came back intact.
+pub fn probe_echo(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    echo_roundtrip(&mut s, b"ready?").is_ok()
+}
+
+/// The request [`NameServer`] answers.
+pub const NAME_REQUEST: &[u8] = b"GET /name HTTP/1.1\r\nHost: itest\r\n\r\n";
+
+/// Asks a [`NameServer`] (directly or through sluice) for its name.
+pub fn ask_name(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ask_name_on(&mut s)
+}
+
+/// One name request on an open connection (keep-alive).
+pub fn ask_name_on(s: &mut TcpStream) -> io::Result<String> {
+    s.write_all(NAME_REQUEST)?;
+    read_http_body(s)
+}
+
+/// Reads one `Content-Length` HTTP response and returns its body, trimmed.
+pub fn read_http_body(s: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(io::Error::new(ErrorKind::InvalidData, "response head too long"));
+        }
+        match s.read(&mut byte)? {
+            0 => return Err(io::Error::new(ErrorKind::UnexpectedEof, "EOF in response head")),
+            _ => head.push(byte[0]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::new(ErrorKind::InvalidData, format!("bad status: {head}")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "no Content-Length"))?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).trim().to_string())
+}
+
+/// How a connection ended, as seen by the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Clean EOF (FIN).
+    Eof,
+    /// ECONNRESET (RST).
+    Reset,
+    /// Nothing happened before the read timeout.
+    TimedOut,
+    /// Another error.
+    Error(ErrorKind),
+}
+
+/// Reads until EOF, error or `timeout` (per read). Returns the bytes and how it ended.
+pub fn read_to_end_outcome(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Ended) {
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (data, Ended::Eof),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return (data, classify(&e)),
+        }
+    }
+}
+
+pub fn classify(e: &io::Error) -> Ended {
+    match e.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Ended::Reset
+        }
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Ended::TimedOut,
+        k => Ended::Error(k),
+    }
+}
+
+/// Closes `s` with an RST: SO_LINGER 0, then close.
+pub fn reset_close(s: TcpStream) {
+    let sock = Socket::from(s);
+    sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+    drop(sock);
+}
+
+/// Opens up to `n` connections to `addr` (stops at the first failure and returns what it
+/// has, plus the error).
+pub fn open_many(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Option<io::Error>) {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        match connect(addr) {
+            Ok(s) => v.push(s),
+            Err(e) => return (v, Some(e)),
+        }
+    }
+    (v, None)
+}
+
+/// Length of the accept queue of the TCP listener on `port` (any local address), from
+/// /proc/net/tcp: the connections the kernel has completed but nobody has accepted yet.
+pub fn accept_queue_len(port: u16) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let want = format!(":{port:04X}");
+    let mut total = None;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || !f[1].ends_with(&want) || f[3] != "0A" {
+            continue;
+        }
+        let rx = f[4].split(':').nth(1)?;
+        *total.get_or_insert(0) += u32::from_str_radix(rx, 16).ok()?;
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic data
+// ---------------------------------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (splitmix64), produced in 64 KiB blocks.
+pub struct Pattern {
+    state: u64,
+}
+
+pub const PATTERN_BLOCK: usize = 64 * 1024;
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern { state: seed }
+    }
+
+    /// Fills `buf` (length a multiple of 8) with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        assert_eq!(buf.len() % 8, 0);
+        for chunk in buf.chunks_exact_mut(8) {
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+    }
+
+    /// Writes `len` bytes of the pattern for `seed` to `w`; returns their SHA-256 (hex).
+    pub fn write_to(seed: u64, len: u64, w: &mut impl Write) -> io::Result<String> {
+        let mut p = Pattern::new(seed);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; PATTERN_BLOCK];
+        let mut left = len;
+        while left > 0 {
+            p.fill(&mut buf);
+            let n = left.min(PATTERN_BLOCK as u64) as usize;
+            h.update(&buf[..n]);
+            w.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(hex(&h.finalize()))
+    }
+
+    /// SHA-256 (hex) of the first `len` bytes of the pattern for `seed`.
+    pub fn sha256(seed: u64, len: u64) -> String {
+        Pattern::write_to(seed, len, &mut io::sink()).unwrap()
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Reads `r` to EOF; returns (bytes, SHA-256 hex, how it ended).
+pub fn hash_to_end(r: &mut TcpStream) -> (u64, String, Ended) {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    let ended = loop {
+        match r.read(&mut buf) {
+            Ok(0) => break Ended::Eof,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => break classify(&e),
+        }
+    };
+    (total, hex(&h.finalize()), ended)
+}
+
+// ---------------------------------------------------------------------------------------
+// Private network namespace
+// ---------------------------------------------------------------------------------------
+
+/// Runs `f` on a new thread that first moves into a fresh network namespace with only
+/// loopback (brought up). Sockets that thread opens and processes it spawns live there, so a
+/// test can use addresses the product fixes (the demo's 127.0.0.1:30000, 127.0.0.2:9000)
+/// without colliding with anything else on the machine. `Err` when the namespace cannot be
+/// made (no CAP_SYS_ADMIN); a panic in `f` is re-raised here.
+pub fn in_private_netns<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let handle = std::thread::spawn(move || -> io::Result<T> {
+        // SAFETY: unshare(CLONE_NEWNET) affects only this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        loopback_up()?;
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn loopback_up() -> io::Result<()> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain data; the ioctls read/write only that struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
