@@ -182,6 +182,16 @@ impl Rng {
         self.range(lo, top.clamp(lo, hi))
     }
 
+    /// How many of `most` bytes one transfer moves: all of them half of the time, else
+    /// uniform in `1..=most`.
+    fn amount(&mut self, most: usize) -> usize {
+        if self.chance(1, 2) {
+            most
+        } else {
+            self.range(1, most)
+        }
+    }
+
     /// `n` bytes of random content.
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
@@ -450,6 +460,8 @@ struct World {
     pending: Vec<(usize, Event)>,
     /// Connections that yielded.
     runq: VecDeque<usize>,
+    /// Next link whose idle deadline is checked.
+    deadline_cursor: usize,
     stats: Stats,
     trace: Option<usize>,
 }
@@ -469,6 +481,7 @@ impl World {
             active: Vec::new(),
             pending: Vec::new(),
             runq: VecDeque::new(),
+            deadline_cursor: 0,
             stats: Stats {
                 connections: n as u64,
                 ..Stats::default()
@@ -538,7 +551,7 @@ impl World {
             self.now = self
                 .now
                 .max(deadline.expect("idle connections have deadlines"));
-            self.check_deadlines();
+            self.check_deadlines(self.links.len().div_ceil(10));
         }
     }
 
@@ -549,7 +562,7 @@ impl World {
             self.accept();
         } else if roll < 5 {
             self.now += Duration::from_micros(self.rng.range(1, 50_000) as u64);
-            self.check_deadlines();
+            self.check_deadlines(self.links.len().div_ceil(10));
         } else if roll < 6 {
             return self.spurious_ready();
         } else if roll < 35 && !self.pending.is_empty() {
@@ -578,8 +591,12 @@ impl World {
         self.drive(c);
     }
 
-    fn check_deadlines(&mut self) {
-        for c in 0..self.links.len() {
+    /// Checks the idle deadlines of the next `count` links (the worker checks a slice of its
+    /// slab per tick, not all of it).
+    fn check_deadlines(&mut self, count: usize) {
+        for _ in 0..count.min(self.links.len()) {
+            let c = self.deadline_cursor;
+            self.deadline_cursor = (c + 1) % self.links.len();
             let l = &mut self.links[c];
             if l.closed.is_none() && l.conn.deadline().is_some_and(|d| self.now >= d) {
                 l.conn.handle_timeout(self.now);
@@ -776,7 +793,7 @@ impl World {
                 self.stats.spurious_would_blocks += 1;
                 return Event::ReceiveWouldBlock { dir };
             }
-            let n = self.rng.range(1, max.min(s.rx.len()));
+            let n = self.rng.amount(max.min(s.rx.len()));
             holder.extend_from_slice(&s.rx[..n]);
             s.rx.drain(..n);
             return Event::Received { dir, bytes: n };
@@ -811,11 +828,7 @@ impl World {
             return Event::SendWouldBlock { dir };
         }
         let most = held.min(room);
-        let n = if self.rng.chance(1, 2) {
-            most
-        } else {
-            self.rng.range(1, most)
-        };
+        let n = self.rng.amount(most);
         s.tx.extend_from_slice(&holder[..n]);
         holder.drain(..n);
         self.stats.bytes += n as u64;
@@ -956,11 +969,19 @@ impl World {
             if moves == 0 {
                 continue;
             }
-            let options: Vec<u8> = [Self::READ, Self::WRITE, Self::FIN, Self::FAIL]
-                .into_iter()
-                .filter(|m| moves & m != 0)
-                .collect();
-            match options[self.rng.range(0, options.len() - 1)] {
+            // A random one of the possible moves.
+            let mut k = self.rng.range(1, moves.count_ones() as usize);
+            let mut pick = 0;
+            for m in [Self::READ, Self::WRITE, Self::FIN, Self::FAIL] {
+                if moves & m != 0 {
+                    k -= 1;
+                    if k == 0 {
+                        pick = m;
+                        break;
+                    }
+                }
+            }
+            match pick {
                 Self::READ => self.peer_read(c, p),
                 Self::WRITE => self.peer_write(c, p),
                 Self::FIN => self.peer_fin(c, p),
@@ -1025,7 +1046,7 @@ impl World {
             self.trace(c, || format!("{p:?} peer reads EOF"));
             return;
         }
-        let n = self.rng.range(1, s.tx.len());
+        let n = self.rng.amount(s.tx.len());
         let expect = &other.out[peer.received..(peer.received + n).min(other.out.len())];
         assert!(
             s.tx[..n] == *expect,
@@ -1047,7 +1068,7 @@ impl World {
         let peer = &mut l.peers[p as usize];
         let s = &mut l.sockets[p as usize];
         let most = (peer.write_limit - peer.written).min(s.rx_cap - s.rx.len());
-        let n = self.rng.range(1, most);
+        let n = self.rng.amount(most);
         s.rx.extend_from_slice(&peer.out[peer.written..peer.written + n]);
         peer.written += n;
         self.edge(c, p, true);
