@@ -76,8 +76,11 @@
 //!
 //! Real kernel buffer accounting (pipe pages, TCP windows, coalescing), partial failures of
 //! `Watch`, the driver's holder pool and fd limits, connect timeouts (a `TimedOut` result just
-//! arrives), worker shutdown (`abort`), peers that stop reading (a stuck reader), several
-//! connections sharing one endpoint, and anything multi-threaded.
+//! arrives), worker shutdown (`abort`), several connections sharing one endpoint, and
+//! anything multi-threaded. Peers always keep reading: with a stuck reader, an idle timeout
+//! would close while bytes are still held, and the core closes idle connections with FIN on
+//! both sides, so the reader would see a clean end of a truncated stream — whether that
+//! should be a reset is a semantics question left open here.
 
 use sluice::dataplane::conn::{
     CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side,
@@ -120,7 +123,7 @@ fn a_seed_replays_exactly() {
 
 /// Runs one seed to quiescence and checks every connection's outcome.
 fn run_seed(seed: u64, conns: usize) -> Stats {
-    let _hint = ReplayHint(seed);
+    let _hint = ReplayHint(seed, conns);
     let trace = env_u64("SLUICE_SIM_TRACE").map(|id| id as usize);
     let mut world = World::new(seed, conns, trace);
     world.run();
@@ -134,14 +137,19 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Prints how to replay the seed when the test panics.
-struct ReplayHint(u64);
+struct ReplayHint(u64, usize);
 
 impl Drop for ReplayHint {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let conns = if self.1 == DEFAULT_CONNS {
+                String::new()
+            } else {
+                format!("SLUICE_SIM_CONNS={} ", self.1)
+            };
             eprintln!(
                 "\nconn_simulation failed with seed {seed}; replay it with:\n  \
-                 SLUICE_SIM_SEED={seed} cargo test --test conn_simulation\n\
+                 {conns}SLUICE_SIM_SEED={seed} cargo test --test conn_simulation\n\
                  (add SLUICE_SIM_TRACE=<connection id> to trace one connection)\n",
                 seed = self.0
             );
