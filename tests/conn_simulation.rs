@@ -1,0 +1,1331 @@
+//! A seeded, replayable simulation of many interleaved proxied connections, driving the
+//! sans-IO core ([`sluice::dataplane::conn::Conn`]) the way `worker.rs` does — drain
+//! `poll_op()` until `None`, execute each op, feed its result back — but against a simulated
+//! world instead of sockets: no syscalls, no clock, no threads. Everything random comes from
+//! one splitmix64 stream seeded per run, so a seed replays exactly.
+//!
+//! # The world
+//!
+//! Each connection has two peers (the client and the backend), each with a random byte
+//! stream to send (0..~200 KB) and a plan:
+//! - *done*: both peers write everything and half-close (FIN) at random points — right away,
+//!   or only after having received some or all of the other stream — so either side may
+//!   FIN first while the other direction keeps flowing;
+//! - *reset*: one peer resets (or fails without RST) mid-stream; whatever the core was
+//!   holding towards it is lost, and the bytes it queued but the proxy has not read are
+//!   discarded, as a kernel does on RST;
+//! - *idle*: both peers stop writing at random points without closing, and the connection
+//!   has a short idle timeout.
+//!
+//! The proxy's two sockets are modelled as a receive queue (peer → proxy) and a send queue
+//! (proxy → peer), each with a small random capacity so that would-block is frequent, plus
+//! FIN and error flags. The driver's holders are byte queues of the connection's
+//! `holder_capacity`. Ops are executed with the semantics the real driver reports:
+//! - `Receive{dir,max}` → `Received{1..=min(max, queued)}`, `Received{0}` once the peer's
+//!   FIN is reached, `ReceiveWouldBlock` when nothing is queued, and — while the holder is
+//!   not empty — sometimes `ReceiveWouldBlock` although bytes are queued (the pipe-full
+//!   ambiguity of splice); `Failed` once the peer reset.
+//! - `Send{dir,held}` → `Sent{1..=min(held, room)}`, `SendWouldBlock` when the send queue is
+//!   full, `Failed` once the peer reset.
+//! - `ShutdownWrite(side)` queues a FIN behind the bytes already sent to that peer.
+//! - `Connect` follows a per-connection script of `Connected`, `ConnectFailed(..)` (both
+//!   delivered later, like an io_uring completion) and `NoEndpoint` / `ConnectFailed(Local)`
+//!   (answered at once, like a connect that could not even start).
+//! - `Watch` reports the current state of both sockets once.
+//! - `Yield` puts the connection at the back of a run queue.
+//! - `Close` makes the peers see a RST, or a FIN behind what was sent.
+//!
+//! Readiness is edge-triggered and stingy: after a would-block, a `Ready` for that side is
+//! delivered only once the peer actually made progress (wrote, half-closed, read, reset),
+//! and a reset is reported as readable+writable (as POLLERR is by the io_uring driver).
+//! Spurious `Ready` events (with any flags) are injected too.
+//!
+//! A scheduler picks, step by step and at random, which connection is accepted, which peer
+//! makes progress, which pending event (readiness or connect completion) is delivered —
+//! delivering an event runs that connection's driver turn, as in the worker — when a yielded
+//! connection runs again, and when time advances (then idle deadlines are checked). When
+//! nothing can happen any more but idle deadlines are pending, time jumps to the earliest.
+//!
+//! # What is asserted
+//!
+//! - Every byte arrives at its peer exactly once, in order, unmodified (each read is compared
+//!   with the sender's stream at the reader's offset), and the core's `held` always equals
+//!   the bytes really in the holder.
+//! - A FIN reaches a peer only after every byte the other peer wrote, and only after that
+//!   peer's own FIN when it comes from `ShutdownWrite`; no `Send` after `ShutdownWrite`, no
+//!   `Receive` after EOF was reported.
+//! - Each connection ends with exactly the `Close` its plan calls for: `Done` (no reset) when
+//!   both directions finished, with both streams complete; `Broken(side)` resetting both
+//!   sides after a failure on `side`; `IdleTimeout` for idle ones, never before
+//!   `idle_timeout` without a byte moved; `ConnectFailed(last)` resetting both sides after
+//!   exactly `1 + connect_retries` failed attempts (or at once for `Local`); `NoEndpoint`.
+//! - No op after `Close` (also when events keep arriving for it); `Receive` never with
+//!   `max == 0` or more than the holder's room, `Send` never with `held == 0`.
+//! - No stall: the world reaches quiescence with every connection closed and every peer
+//!   done, within a step bound (livelock) and without waiting for an event that never comes.
+//!
+//! # Running it
+//!
+//! `cargo test --test conn_simulation` runs 50 seeds of 200 connections. Environment:
+//! `SLUICE_SIM_SEEDS=N` runs seeds `0..N`, `SLUICE_SIM_SEED=S` runs one seed,
+//! `SLUICE_SIM_CONNS=N` sets the connections per seed, `SLUICE_SIM_TRACE=ID` prints every op
+//! and event of connection `ID` (use it with `SLUICE_SIM_SEED`). A failure prints the seed
+//! and the command that replays it.
+//!
+//! # Not modelled
+//!
+//! Real kernel buffer accounting (pipe pages, TCP windows, coalescing), partial failures of
+//! `Watch`, the driver's holder pool and fd limits, connect timeouts (a `TimedOut` result just
+//! arrives), worker shutdown (`abort`), several connections sharing one endpoint, and
+//! anything multi-threaded. Peers always keep reading: with a stuck reader, an idle timeout
+//! would close while bytes are still held, and the core closes idle connections with FIN on
+//! both sides, so the reader would see a clean end of a truncated stream — whether that
+//! should be a reset is a semantics question left open here.
+
+use sluice::dataplane::conn::{
+    CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side,
+};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+const DEFAULT_SEEDS: u64 = 50;
+const DEFAULT_CONNS: usize = 200;
+/// Idle timeout of connections not meant to go idle: longer than any simulated run.
+const LONG_IDLE: Duration = Duration::from_secs(7 * 86_400);
+const SIDES: [Side; 2] = [Side::Client, Side::Backend];
+
+#[test]
+fn interleaved_connections_deliver_every_byte_once_and_close_as_planned() {
+    let conns = env_u64("SLUICE_SIM_CONNS").map_or(DEFAULT_CONNS, |n| n as usize);
+    let seeds: Vec<u64> = match env_u64("SLUICE_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("SLUICE_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+    };
+    let mut total = Stats::default();
+    for &seed in &seeds {
+        total.add(&run_seed(seed, conns));
+    }
+    eprintln!("{} seeds x {conns} connections: {total}", seeds.len());
+    // The run must exercise what it claims to test.
+    assert!(total.closed_done > 0 && total.closed_broken > 0 && total.closed_idle > 0);
+    assert!(total.connect_failures > 0 && total.spurious_would_blocks > 0);
+    assert!(total.yields > 0 && total.bytes_after_half_close > 0);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = run_seed(7, 40);
+    let b = run_seed(7, 40);
+    assert_eq!(a, b);
+    assert_ne!(a, run_seed(8, 40));
+}
+
+/// Runs one seed to quiescence and checks every connection's outcome.
+fn run_seed(seed: u64, conns: usize) -> Stats {
+    let _hint = ReplayHint(seed, conns);
+    let trace = env_u64("SLUICE_SIM_TRACE").map(|id| id as usize);
+    let mut world = World::new(seed, conns, trace);
+    world.run();
+    world.check_outcomes();
+    world.stats
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
+}
+
+/// Prints how to replay the seed when the test panics.
+struct ReplayHint(u64, usize);
+
+impl Drop for ReplayHint {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let conns = if self.1 == DEFAULT_CONNS {
+                String::new()
+            } else {
+                format!("SLUICE_SIM_CONNS={} ", self.1)
+            };
+            eprintln!(
+                "\nconn_simulation failed with seed {seed}; replay it with:\n  \
+                 {conns}SLUICE_SIM_SEED={seed} cargo test --test conn_simulation\n\
+                 (add SLUICE_SIM_TRACE=<connection id> to trace one connection)\n",
+                seed = self.0
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Randomness
+
+/// splitmix64: tiny, fast, and good enough to schedule a simulation.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        debug_assert!(lo <= hi);
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// True with probability `num / den`.
+    fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.next_u64() % den < num
+    }
+
+    /// Roughly log-uniform in `lo..=hi`: small values are as likely as large magnitudes.
+    fn log_range(&mut self, lo: usize, hi: usize) -> usize {
+        let bits = usize::BITS - hi.leading_zeros();
+        let top = 1usize << self.range(0, bits as usize);
+        self.range(lo, top.clamp(lo, hi))
+    }
+
+    /// How many of `most` bytes one transfer moves: all of them half of the time, else
+    /// uniform in `1..=most`.
+    fn amount(&mut self, most: usize) -> usize {
+        if self.chance(1, 2) {
+            most
+        } else {
+            self.range(1, most)
+        }
+    }
+
+    /// `n` bytes of random content.
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plans: what each connection is going to do, decided up front from the seed
+
+/// How the relaying part of a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Both peers send everything and FIN.
+    Done,
+    /// This peer fails mid-stream.
+    Broken(Side),
+    /// Both peers stop sending without closing.
+    Idle,
+}
+
+/// One answer to `Op::Connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectResult {
+    Connected,
+    Failed(ConnectFailure),
+    NoEndpoint,
+}
+
+/// The `Close` a connection must end with, and how many connect attempts lead there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expected {
+    close: Op,
+    connect_attempts: usize,
+}
+
+impl Expected {
+    /// What the core must do with a connect script and an ending (the spec, restated).
+    fn of(script: &[ConnectResult], retries: u32, ending: Ending) -> Expected {
+        let reset = |reason| Op::Close {
+            reset_client: true,
+            reset_backend: true,
+            reason,
+        };
+        for (i, result) in script.iter().enumerate() {
+            let connect_attempts = i + 1;
+            let close = match *result {
+                ConnectResult::Connected => match ending {
+                    Ending::Done => Op::Close {
+                        reset_client: false,
+                        reset_backend: false,
+                        reason: CloseReason::Done,
+                    },
+                    Ending::Idle => Op::Close {
+                        reset_client: false,
+                        reset_backend: false,
+                        reason: CloseReason::IdleTimeout,
+                    },
+                    Ending::Broken(side) => reset(CloseReason::Broken(side)),
+                },
+                ConnectResult::NoEndpoint => reset(CloseReason::NoEndpoint),
+                ConnectResult::Failed(f) if f == ConnectFailure::Local || i as u32 == retries => {
+                    reset(CloseReason::ConnectFailed(f))
+                }
+                ConnectResult::Failed(_) => continue,
+            };
+            return Expected {
+                close,
+                connect_attempts,
+            };
+        }
+        unreachable!("connect scripts end with a final answer")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Peers and sockets
+
+/// The program at one end of a connection: a client, or a backend.
+#[derive(Debug)]
+struct Peer {
+    /// Everything this peer means to send.
+    out: Vec<u8>,
+    /// Bytes of `out` written into the proxy's socket so far.
+    written: usize,
+    /// Stops writing here (`out.len()` unless the connection goes idle).
+    write_limit: usize,
+    /// Half-closes once everything is written and this many bytes were received.
+    fin_after_received: Option<usize>,
+    fin_sent: bool,
+    /// Fails once this many bytes are written: (`written`, with RST?).
+    fail_at: Option<(usize, bool)>,
+    failed: bool,
+    /// Bytes received from the proxy (checked against the other peer's `out`).
+    received: usize,
+    /// Saw the proxy's FIN.
+    eof: bool,
+    /// Saw the proxy's RST.
+    reset: bool,
+}
+
+impl Peer {
+    fn new(out: Vec<u8>) -> Peer {
+        Peer {
+            write_limit: out.len(),
+            out,
+            written: 0,
+            fin_after_received: None,
+            fin_sent: false,
+            fail_at: None,
+            failed: false,
+            received: 0,
+            eof: false,
+            reset: false,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        !self.failed && !self.reset
+    }
+}
+
+/// The proxy's socket towards one peer, with the network and the peer's kernel folded in.
+#[derive(Debug, Default)]
+struct Socket {
+    /// Written by the peer, not yet received by the proxy.
+    rx: Vec<u8>,
+    rx_cap: usize,
+    /// The peer's FIN, behind `rx`.
+    rx_fin: bool,
+    /// `Received{0}` was reported.
+    eof_reported: bool,
+    /// Sent by the proxy, not yet read by the peer.
+    tx: Vec<u8>,
+    tx_cap: usize,
+    /// The proxy's FIN, behind `tx`; `by_shutdown` when it came from `ShutdownWrite`.
+    tx_fin: bool,
+    by_shutdown: bool,
+    /// The peer failed: (with RST?).
+    error: Option<bool>,
+    /// The core saw a would-block and waits for an edge.
+    read_armed: bool,
+    write_armed: bool,
+}
+
+impl Socket {
+    fn readable_now(&self) -> bool {
+        !self.rx.is_empty() || self.rx_fin || self.error.is_some()
+    }
+}
+
+/// One simulated connection: the core under test and everything around it.
+#[derive(Debug)]
+struct Link {
+    conn: Conn,
+    config: ConnConfig,
+    ending: Ending,
+    script: Vec<ConnectResult>,
+    expected: Expected,
+    accepted: bool,
+    connect_attempts: usize,
+    connected: bool,
+    watching: bool,
+    peers: [Peer; 2],
+    sockets: [Socket; 2],
+    holders: [Vec<u8>; 2],
+    /// When the core last saw a byte move (or connected): for the idle check.
+    last_move: Instant,
+    closed: Option<Op>,
+    /// Removed from the scheduler's active list.
+    finished: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Stats {
+    connections: u64,
+    bytes: u64,
+    ops: u64,
+    receive_would_blocks: u64,
+    spurious_would_blocks: u64,
+    send_would_blocks: u64,
+    readiness_edges: u64,
+    spurious_ready: u64,
+    yields: u64,
+    connect_failures: u64,
+    bytes_after_half_close: u64,
+    closed_done: u64,
+    closed_broken: u64,
+    closed_idle: u64,
+    closed_connect: u64,
+    steps: u64,
+    /// Digest of (connection, close, time) for the replay test.
+    outcome_digest: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.connections += o.connections;
+        self.bytes += o.bytes;
+        self.ops += o.ops;
+        self.receive_would_blocks += o.receive_would_blocks;
+        self.spurious_would_blocks += o.spurious_would_blocks;
+        self.send_would_blocks += o.send_would_blocks;
+        self.readiness_edges += o.readiness_edges;
+        self.spurious_ready += o.spurious_ready;
+        self.yields += o.yields;
+        self.connect_failures += o.connect_failures;
+        self.bytes_after_half_close += o.bytes_after_half_close;
+        self.closed_done += o.closed_done;
+        self.closed_broken += o.closed_broken;
+        self.closed_idle += o.closed_idle;
+        self.closed_connect += o.closed_connect;
+        self.steps += o.steps;
+        self.outcome_digest ^= o.outcome_digest;
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} conns, {} bytes relayed, {} ops, {} steps; would-block: {} receive ({} spurious), \
+             {} send; {} readiness edges, {} spurious Ready, {} yields, {} connect failures, \
+             {} bytes after a half-close; closed: {} done, {} broken, {} idle, {} connect/no endpoint",
+            self.connections,
+            self.bytes,
+            self.ops,
+            self.steps,
+            self.receive_would_blocks,
+            self.spurious_would_blocks,
+            self.send_would_blocks,
+            self.readiness_edges,
+            self.spurious_ready,
+            self.yields,
+            self.connect_failures,
+            self.bytes_after_half_close,
+            self.closed_done,
+            self.closed_broken,
+            self.closed_idle,
+            self.closed_connect,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The world
+
+struct World {
+    seed: u64,
+    rng: Rng,
+    start: Instant,
+    now: Instant,
+    links: Vec<Link>,
+    /// Next link to accept.
+    next_accept: usize,
+    /// Links that may still do something (not closed, or peers still reading).
+    active: Vec<usize>,
+    /// Events waiting to be delivered, in no particular order.
+    pending: Vec<(usize, Event)>,
+    /// Connections that yielded.
+    runq: VecDeque<usize>,
+    /// Next link whose idle deadline is checked.
+    deadline_cursor: usize,
+    stats: Stats,
+    trace: Option<usize>,
+}
+
+impl World {
+    fn new(seed: u64, n: usize, trace: Option<usize>) -> World {
+        let mut rng = Rng(seed ^ 0x51ce_5eed_0000_0000);
+        let start = Instant::now();
+        let links = (0..n).map(|_| plan_link(&mut rng, start)).collect();
+        World {
+            seed,
+            rng,
+            start,
+            now: start,
+            links,
+            next_accept: 0,
+            active: Vec::new(),
+            pending: Vec::new(),
+            runq: VecDeque::new(),
+            deadline_cursor: 0,
+            stats: Stats {
+                connections: n as u64,
+                ..Stats::default()
+            },
+            trace,
+        }
+    }
+
+    fn trace(&self, c: usize, what: impl FnOnce() -> String) {
+        if self.trace == Some(c) {
+            eprintln!("[{:>12?}] #{c} {}", self.now - self.start, what());
+        }
+    }
+
+    /// Runs until nothing can happen any more.
+    fn run(&mut self) {
+        let total: usize = self
+            .links
+            .iter()
+            .map(|l| l.peers[0].out.len() + l.peers[1].out.len())
+            .sum();
+        let bound = 2_000_000 + 40 * total as u64;
+        let mut idle_steps = 0usize;
+        loop {
+            self.stats.steps += 1;
+            assert!(
+                self.stats.steps <= bound,
+                "seed {}: no quiescence after {bound} steps (livelock?)\n{}",
+                self.seed,
+                self.describe_open()
+            );
+            if self.step() {
+                idle_steps = 0;
+                continue;
+            }
+            idle_steps += 1;
+            let all_accepted = self.next_accept == self.links.len();
+            if !all_accepted || !self.pending.is_empty() || !self.runq.is_empty() {
+                continue;
+            }
+            if idle_steps < 4 * self.active.len() + 16 {
+                continue;
+            }
+            idle_steps = 0;
+            // Nothing was scheduled for a while: look at everything.
+            self.active.retain(|&c| !self.links[c].finished);
+            let can_act = self
+                .active
+                .iter()
+                .any(|&c| SIDES.iter().any(|&p| self.peer_moves(c, p) != 0));
+            if can_act {
+                continue;
+            }
+            // Only connections meant to go idle may wait for their deadline.
+            let open: Vec<&Link> = self.links.iter().filter(|l| l.closed.is_none()).collect();
+            if open.is_empty() {
+                return;
+            }
+            assert!(
+                open.iter()
+                    .all(|l| l.ending == Ending::Idle && l.conn.deadline().is_some()),
+                "seed {}: stalled — nothing can happen but connections are open\n{}",
+                self.seed,
+                self.describe_open()
+            );
+            let deadline = open.iter().filter_map(|l| l.conn.deadline()).min();
+            self.now = self
+                .now
+                .max(deadline.expect("idle connections have deadlines"));
+            self.check_deadlines(self.links.len().div_ceil(10));
+        }
+    }
+
+    /// One random step; false when it found nothing to do.
+    fn step(&mut self) -> bool {
+        let roll = self.rng.range(0, 99);
+        if roll < 3 && self.next_accept < self.links.len() {
+            self.accept();
+        } else if roll < 5 {
+            self.now += Duration::from_micros(self.rng.range(1, 50_000) as u64);
+            self.check_deadlines(self.links.len().div_ceil(10));
+        } else if roll < 6 {
+            return self.spurious_ready();
+        } else if roll < 35 && !self.pending.is_empty() {
+            let i = self.rng.range(0, self.pending.len() - 1);
+            let (c, event) = self.pending.swap_remove(i);
+            self.deliver(c, event);
+        } else if roll < 45 && !self.runq.is_empty() {
+            let c = self.runq.pop_front().expect("not empty");
+            self.trace(c, || "runs again after yielding".into());
+            self.drive(c);
+        } else {
+            return self.peer_step();
+        }
+        true
+    }
+
+    fn accept(&mut self) {
+        let c = self.next_accept;
+        self.next_accept += 1;
+        let l = &mut self.links[c];
+        l.accepted = true;
+        l.conn = Conn::new(self.now, l.config);
+        l.last_move = self.now;
+        self.active.push(c);
+        self.trace(c, || format!("accepted: {:?}", self.links[c].expected));
+        self.drive(c);
+    }
+
+    /// Checks the idle deadlines of the next `count` links (the worker checks a slice of its
+    /// slab per tick, not all of it).
+    fn check_deadlines(&mut self, count: usize) {
+        for _ in 0..count.min(self.links.len()) {
+            let c = self.deadline_cursor;
+            self.deadline_cursor = (c + 1) % self.links.len();
+            let l = &mut self.links[c];
+            if l.closed.is_none() && l.conn.deadline().is_some_and(|d| self.now >= d) {
+                l.conn.handle_timeout(self.now);
+                self.trace(c, || "idle deadline passed".into());
+                self.drive(c);
+            }
+        }
+    }
+
+    fn spurious_ready(&mut self) -> bool {
+        if self.active.is_empty() {
+            return false;
+        }
+        let c = self.active[self.rng.range(0, self.active.len() - 1)];
+        if !self.links[c].watching || self.links[c].closed.is_some() {
+            return false;
+        }
+        let side = SIDES[self.rng.range(0, 1)];
+        let event = Event::Ready {
+            side,
+            readable: self.rng.chance(1, 2),
+            writable: self.rng.chance(1, 2),
+        };
+        self.stats.spurious_ready += 1;
+        self.pending.push((c, event));
+        true
+    }
+
+    /// Delivers one event and runs the connection's turn, as the worker does.
+    fn deliver(&mut self, c: usize, event: Event) {
+        self.trace(c, || format!("event {event:?}"));
+        let now = self.now;
+        let l = &mut self.links[c];
+        if l.closed.is_some() {
+            l.conn.handle(now, event);
+            assert_eq!(
+                l.conn.poll_op(),
+                None,
+                "#{c}: op after Close (on {event:?})"
+            );
+            return;
+        }
+        if event == Event::Connected {
+            l.connected = true;
+            l.last_move = now;
+        }
+        self.feed(c, event);
+        self.drive(c);
+    }
+
+    /// Feeds an event to the core and checks its bookkeeping against the world's.
+    fn feed(&mut self, c: usize, event: Event) {
+        let now = self.now;
+        let l = &mut self.links[c];
+        match event {
+            Event::Received { bytes, .. } | Event::Sent { bytes, .. } if bytes > 0 => {
+                l.last_move = now;
+            }
+            _ => {}
+        }
+        l.conn.handle(now, event);
+        for dir in Dir::BOTH {
+            assert_eq!(
+                l.conn.held(dir),
+                l.holders[dir as usize].len(),
+                "#{c}: core's held({dir:?}) differs from the holder after {event:?}"
+            );
+        }
+    }
+
+    /// A driver turn: executes ops until the core waits, yields or closes.
+    fn drive(&mut self, c: usize) {
+        for _ in 0..100_000 {
+            let Some(op) = self.links[c].conn.poll_op() else {
+                return;
+            };
+            self.stats.ops += 1;
+            self.trace(c, || format!("op {op:?}"));
+            assert!(
+                self.links[c].closed.is_none(),
+                "#{c}: op {op:?} after Close"
+            );
+            if let Some(event) = self.execute(c, op) {
+                self.trace(c, || format!("  -> {event:?}"));
+                self.feed(c, event);
+            }
+            match op {
+                Op::Yield => {
+                    self.stats.yields += 1;
+                    self.runq.push_back(c);
+                    return;
+                }
+                Op::Close { .. } => {
+                    assert_eq!(self.links[c].conn.poll_op(), None, "#{c}: op after Close");
+                    return;
+                }
+                _ => {}
+            }
+        }
+        panic!("#{c}: a driver turn never ends (100000 ops without yielding)");
+    }
+
+    /// Executes one op against the world; returns its result, if it has one now.
+    fn execute(&mut self, c: usize, op: Op) -> Option<Event> {
+        match op {
+            Op::Connect => self.connect(c),
+            Op::Watch => {
+                self.watch(c);
+                None
+            }
+            Op::Receive { dir, max } => Some(self.receive(c, dir, max)),
+            Op::Send { dir, held } => Some(self.send(c, dir, held)),
+            Op::ShutdownWrite(side) => self.shutdown_write(c, side),
+            Op::Yield => None,
+            Op::Close { .. } => {
+                self.close(c, op);
+                None
+            }
+        }
+    }
+
+    fn connect(&mut self, c: usize) -> Option<Event> {
+        let l = &mut self.links[c];
+        assert!(!l.connected, "#{c}: Connect while connected");
+        l.connect_attempts += 1;
+        let attempt = l.connect_attempts;
+        assert!(
+            attempt <= l.script.len() && attempt <= 1 + l.config.connect_retries as usize,
+            "#{c}: connect attempt {attempt} with {} retries allowed, after {:?}",
+            l.config.connect_retries,
+            &l.script[..l.script.len().min(attempt - 1)]
+        );
+        match l.script[attempt - 1] {
+            ConnectResult::NoEndpoint => Some(Event::NoEndpoint),
+            ConnectResult::Failed(ConnectFailure::Local) => {
+                self.stats.connect_failures += 1;
+                Some(Event::ConnectFailed(ConnectFailure::Local))
+            }
+            ConnectResult::Failed(f) => {
+                self.stats.connect_failures += 1;
+                self.pending.push((c, Event::ConnectFailed(f)));
+                None
+            }
+            ConnectResult::Connected => {
+                self.pending.push((c, Event::Connected));
+                None
+            }
+        }
+    }
+
+    /// A multishot poll reports the current state once, then edges.
+    fn watch(&mut self, c: usize) {
+        let l = &mut self.links[c];
+        assert!(l.connected && !l.watching, "#{c}: Watch out of place");
+        l.watching = true;
+        for side in SIDES {
+            let s = &mut l.sockets[side as usize];
+            s.read_armed = true;
+            if s.readable_now() {
+                s.read_armed = false;
+                let writable = s.error.is_some();
+                self.pending.push((
+                    c,
+                    Event::Ready {
+                        side,
+                        readable: true,
+                        writable,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn receive(&mut self, c: usize, dir: Dir, max: usize) -> Event {
+        let l = &mut self.links[c];
+        let holder = &mut l.holders[dir as usize];
+        assert!(max > 0, "#{c}: Receive with max 0");
+        assert!(
+            holder.len() + max <= l.config.holder_capacity,
+            "#{c}: Receive of {max} into a holder with {} of {} bytes",
+            holder.len(),
+            l.config.holder_capacity
+        );
+        let side = dir.src();
+        let s = &mut l.sockets[side as usize];
+        assert!(!s.eof_reported, "#{c}: Receive({dir:?}) after EOF");
+        if let Some(reset) = s.error {
+            return Event::Failed { side, reset };
+        }
+        if !s.rx.is_empty() {
+            if !holder.is_empty() && self.rng.chance(1, 4) {
+                // The holder may look full to the kernel (pipe pages): no edge follows.
+                self.stats.receive_would_blocks += 1;
+                self.stats.spurious_would_blocks += 1;
+                return Event::ReceiveWouldBlock { dir };
+            }
+            let n = self.rng.amount(max.min(s.rx.len()));
+            holder.extend_from_slice(&s.rx[..n]);
+            s.rx.drain(..n);
+            return Event::Received { dir, bytes: n };
+        }
+        if s.rx_fin {
+            s.eof_reported = true;
+            return Event::Received { dir, bytes: 0 };
+        }
+        self.stats.receive_would_blocks += 1;
+        s.read_armed = true;
+        Event::ReceiveWouldBlock { dir }
+    }
+
+    fn send(&mut self, c: usize, dir: Dir, held: usize) -> Event {
+        let l = &mut self.links[c];
+        let holder = &mut l.holders[dir as usize];
+        assert!(held > 0, "#{c}: Send with held 0");
+        assert_eq!(held, holder.len(), "#{c}: Send({dir:?}) of a wrong count");
+        let side = dir.dst();
+        let s = &mut l.sockets[side as usize];
+        assert!(
+            !s.tx_fin,
+            "#{c}: Send({dir:?}) after ShutdownWrite({side:?})"
+        );
+        if let Some(reset) = s.error {
+            return Event::Failed { side, reset };
+        }
+        let room = s.tx_cap - s.tx.len();
+        if room == 0 {
+            self.stats.send_would_blocks += 1;
+            s.write_armed = true;
+            return Event::SendWouldBlock { dir };
+        }
+        let most = held.min(room);
+        let n = self.rng.amount(most);
+        s.tx.extend_from_slice(&holder[..n]);
+        holder.drain(..n);
+        self.stats.bytes += n as u64;
+        Event::Sent { dir, bytes: n }
+    }
+
+    fn shutdown_write(&mut self, c: usize, side: Side) -> Option<Event> {
+        let l = &mut self.links[c];
+        let dir = if side == Side::Backend {
+            Dir::ToBackend
+        } else {
+            Dir::ToClient
+        };
+        assert!(
+            l.holders[dir as usize].is_empty() && l.sockets[dir.src() as usize].eof_reported,
+            "#{c}: ShutdownWrite({side:?}) before every byte of {dir:?} was sent"
+        );
+        let s = &mut l.sockets[side as usize];
+        assert!(!s.tx_fin, "#{c}: ShutdownWrite({side:?}) twice");
+        if let Some(reset) = s.error {
+            return Some(Event::Failed { side, reset });
+        }
+        s.tx_fin = true;
+        s.by_shutdown = true;
+        None
+    }
+
+    fn close(&mut self, c: usize, op: Op) {
+        let now = self.now;
+        let l = &mut self.links[c];
+        let Op::Close {
+            reset_client,
+            reset_backend,
+            reason,
+        } = op
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            op, l.expected.close,
+            "#{c}: closed unexpectedly (plan {:?}, connect script {:?}, retries {})",
+            l.ending, l.script, l.config.connect_retries
+        );
+        assert_eq!(
+            l.connect_attempts, l.expected.connect_attempts,
+            "#{c}: wrong number of connect attempts"
+        );
+        assert_eq!(l.conn.close_reason(), Some(reason));
+        assert!(l.conn.is_closed());
+        match reason {
+            CloseReason::Done => {
+                self.stats.closed_done += 1;
+                for dir in Dir::BOTH {
+                    assert!(
+                        l.sockets[dir.dst() as usize].tx_fin,
+                        "#{c}: Done before {dir:?} was shut"
+                    );
+                }
+            }
+            CloseReason::IdleTimeout => {
+                self.stats.closed_idle += 1;
+                assert!(
+                    now >= l.last_move + l.config.idle_timeout,
+                    "#{c}: idle close {:?} after the last byte moved (timeout {:?})",
+                    now - l.last_move,
+                    l.config.idle_timeout
+                );
+            }
+            CloseReason::Broken(_) => self.stats.closed_broken += 1,
+            _ => self.stats.closed_connect += 1,
+        }
+        l.closed = Some(op);
+        for (side, reset) in [(Side::Client, reset_client), (Side::Backend, reset_backend)] {
+            let exists = side == Side::Client || l.connected;
+            if reset && exists {
+                l.peers[side as usize].reset = true;
+            } else {
+                // close(2): a FIN behind whatever was already sent.
+                l.sockets[side as usize].tx_fin = true;
+            }
+        }
+        let elapsed = (now - self.start).as_micros() as u64;
+        self.stats.outcome_digest ^= (c as u64 + 1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left((elapsed % 64) as u32)
+            ^ elapsed;
+    }
+
+    // -- peers ---------------------------------------------------------------------------
+
+    const READ: u8 = 1;
+    const WRITE: u8 = 2;
+    const FIN: u8 = 4;
+    const FAIL: u8 = 8;
+
+    /// What peer `p` of link `c` could do now (a set of the flags above).
+    fn peer_moves(&self, c: usize, p: Side) -> u8 {
+        let l = &self.links[c];
+        let peer = &l.peers[p as usize];
+        let s = &l.sockets[p as usize];
+        let exists = l.accepted && (p == Side::Client || l.connected);
+        if !exists || !peer.alive() {
+            return 0;
+        }
+        let mut moves = 0;
+        if !s.tx.is_empty() || (s.tx_fin && !peer.eof) {
+            moves |= Self::READ;
+        }
+        if l.closed.is_some() {
+            return moves;
+        }
+        if peer.written < peer.write_limit && s.rx.len() < s.rx_cap {
+            moves |= Self::WRITE;
+        }
+        let all_written = peer.written == peer.out.len();
+        if !peer.fin_sent
+            && all_written
+            && peer.fin_after_received.is_some_and(|n| peer.received >= n)
+        {
+            moves |= Self::FIN;
+        }
+        if l.watching && peer.fail_at.is_some_and(|(k, _)| k == peer.written) {
+            moves |= Self::FAIL;
+        }
+        moves
+    }
+
+    /// A random peer of a random active link makes progress; false when it could not.
+    fn peer_step(&mut self) -> bool {
+        if self.active.is_empty() {
+            return false;
+        }
+        let i = self.rng.range(0, self.active.len() - 1);
+        let c = self.active[i];
+        let first = SIDES[self.rng.range(0, 1)];
+        for p in [first, first.other()] {
+            let moves = self.peer_moves(c, p);
+            if moves == 0 {
+                continue;
+            }
+            // A random one of the possible moves.
+            let mut k = self.rng.range(1, moves.count_ones() as usize);
+            let mut pick = 0;
+            for m in [Self::READ, Self::WRITE, Self::FIN, Self::FAIL] {
+                if moves & m != 0 {
+                    k -= 1;
+                    if k == 0 {
+                        pick = m;
+                        break;
+                    }
+                }
+            }
+            match pick {
+                Self::READ => self.peer_read(c, p),
+                Self::WRITE => self.peer_write(c, p),
+                Self::FIN => self.peer_fin(c, p),
+                _ => self.peer_fail(c, p),
+            }
+            return true;
+        }
+        if self.links[c].closed.is_some() {
+            self.links[c].finished = true;
+            self.active.swap_remove(i);
+        }
+        false
+    }
+
+    /// An edge for `side`, if the core waits for one.
+    fn edge(&mut self, c: usize, side: Side, readable: bool) {
+        let l = &mut self.links[c];
+        if l.closed.is_some() || !l.watching {
+            return;
+        }
+        let s = &mut l.sockets[side as usize];
+        let armed = if readable {
+            &mut s.read_armed
+        } else {
+            &mut s.write_armed
+        };
+        if *armed {
+            *armed = false;
+            self.stats.readiness_edges += 1;
+            self.pending.push((
+                c,
+                Event::Ready {
+                    side,
+                    readable,
+                    writable: !readable,
+                },
+            ));
+        }
+    }
+
+    fn peer_read(&mut self, c: usize, p: Side) {
+        let l = &mut self.links[c];
+        let [client, backend] = &mut l.peers;
+        let (peer, other) = match p {
+            Side::Client => (client, &*backend),
+            Side::Backend => (backend, &*client),
+        };
+        let s = &mut l.sockets[p as usize];
+        if s.tx.is_empty() {
+            // The proxy's FIN, behind every byte it sent.
+            assert!(
+                peer.received == other.written,
+                "#{c}: {p:?} got FIN after {} of the {} bytes the other peer wrote",
+                peer.received,
+                other.written
+            );
+            assert!(
+                !s.by_shutdown || other.fin_sent,
+                "#{c}: FIN passed on to {p:?} but the other peer never sent one"
+            );
+            peer.eof = true;
+            self.trace(c, || format!("{p:?} peer reads EOF"));
+            return;
+        }
+        let n = self.rng.amount(s.tx.len());
+        let expect = &other.out[peer.received..(peer.received + n).min(other.out.len())];
+        assert!(
+            s.tx[..n] == *expect,
+            "#{c}: {p:?} received bytes {}..{} that differ from what was sent",
+            peer.received,
+            peer.received + n
+        );
+        peer.received += n;
+        s.tx.drain(..n);
+        let half_closed = l.sockets[p.other() as usize].by_shutdown;
+        if half_closed {
+            self.stats.bytes_after_half_close += n as u64;
+        }
+        self.edge(c, p, false);
+    }
+
+    fn peer_write(&mut self, c: usize, p: Side) {
+        let l = &mut self.links[c];
+        let peer = &mut l.peers[p as usize];
+        let s = &mut l.sockets[p as usize];
+        let most = (peer.write_limit - peer.written).min(s.rx_cap - s.rx.len());
+        let n = self.rng.amount(most);
+        s.rx.extend_from_slice(&peer.out[peer.written..peer.written + n]);
+        peer.written += n;
+        self.edge(c, p, true);
+    }
+
+    fn peer_fin(&mut self, c: usize, p: Side) {
+        let l = &mut self.links[c];
+        l.peers[p as usize].fin_sent = true;
+        l.sockets[p as usize].rx_fin = true;
+        self.trace(c, || format!("{p:?} peer sends FIN"));
+        self.edge(c, p, true);
+    }
+
+    fn peer_fail(&mut self, c: usize, p: Side) {
+        let l = &mut self.links[c];
+        let (_, reset) = l.peers[p as usize].fail_at.expect("planned");
+        l.peers[p as usize].failed = true;
+        let s = &mut l.sockets[p as usize];
+        s.error = Some(reset);
+        if reset {
+            // A RST discards what the proxy had not read yet.
+            s.rx.clear();
+        }
+        self.trace(c, || format!("{p:?} peer fails (reset: {reset})"));
+        // POLLERR is an edge of its own, reported as readable and writable.
+        self.stats.readiness_edges += 1;
+        self.pending.push((
+            c,
+            Event::Ready {
+                side: p,
+                readable: true,
+                writable: true,
+            },
+        ));
+    }
+
+    // -- the end -------------------------------------------------------------------------
+
+    fn check_outcomes(&self) {
+        for (c, l) in self.links.iter().enumerate() {
+            assert_eq!(
+                l.closed,
+                Some(l.expected.close),
+                "#{c}: ended open or differently"
+            );
+            for p in SIDES {
+                let peer = &l.peers[p as usize];
+                let other = &l.peers[p.other() as usize];
+                if peer.failed || !(p == Side::Client || l.connected) {
+                    continue;
+                }
+                let Op::Close {
+                    reset_client,
+                    reset_backend,
+                    reason,
+                } = l.expected.close
+                else {
+                    unreachable!()
+                };
+                let reset = if p == Side::Client {
+                    reset_client
+                } else {
+                    reset_backend
+                };
+                if reset {
+                    assert!(peer.reset, "#{c}: {p:?} was not reset");
+                } else {
+                    assert!(peer.eof, "#{c}: {p:?} never saw the end of its stream");
+                    assert_eq!(peer.received, other.written, "#{c}: {p:?} missed bytes");
+                }
+                if reason == CloseReason::Done {
+                    assert_eq!(peer.received, other.out.len(), "#{c}: {p:?} stream cut");
+                }
+            }
+        }
+    }
+
+    fn describe_open(&self) -> String {
+        let mut out = String::new();
+        for (c, l) in self
+            .links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.closed.is_none())
+        {
+            let peer = |p: &Peer| {
+                format!(
+                    "written {}/{} (limit {}), fin {}, failed {}, received {}",
+                    p.written,
+                    p.out.len(),
+                    p.write_limit,
+                    p.fin_sent,
+                    p.failed,
+                    p.received
+                )
+            };
+            let socket = |s: &Socket| {
+                format!(
+                    "rx {}/{} fin {} eof_reported {}, tx {}/{} fin {}, error {:?}, armed r {} w {}",
+                    s.rx.len(),
+                    s.rx_cap,
+                    s.rx_fin,
+                    s.eof_reported,
+                    s.tx.len(),
+                    s.tx_cap,
+                    s.tx_fin,
+                    s.error,
+                    s.read_armed,
+                    s.write_armed
+                )
+            };
+            out += &format!(
+                "#{c} plan {:?}, expected {:?}\n  core {:?}\n  client: {}; socket {}\n  \
+                 backend: {}; socket {}\n  holders {} / {}\n",
+                l.ending,
+                l.expected,
+                l.conn,
+                peer(&l.peers[0]),
+                socket(&l.sockets[0]),
+                peer(&l.peers[1]),
+                socket(&l.sockets[1]),
+                l.holders[0].len(),
+                l.holders[1].len(),
+            );
+        }
+        out
+    }
+}
+
+/// Draws one connection's plan.
+fn plan_link(rng: &mut Rng, now: Instant) -> Link {
+    let holder_capacity = if rng.chance(1, 20) {
+        rng.range(1, 512)
+    } else {
+        rng.range(4 << 10, 64 << 10)
+    };
+    let connect_retries = rng.range(0, 3) as u32;
+    let ending = match rng.range(0, 99) {
+        0..=74 => Ending::Done,
+        75..=87 => Ending::Broken(SIDES[rng.range(0, 1)]),
+        _ => Ending::Idle,
+    };
+    let idle_timeout = if ending == Ending::Idle {
+        Duration::from_secs(rng.range(20, 60) as u64)
+    } else {
+        LONG_IDLE
+    };
+    let config = ConnConfig {
+        idle_timeout,
+        connect_retries,
+        holder_capacity,
+    };
+
+    let mut script = Vec::new();
+    for _ in 0..=connect_retries {
+        let result = match rng.range(0, 99) {
+            0..=79 => ConnectResult::Connected,
+            80..=87 => ConnectResult::Failed(ConnectFailure::Refused),
+            88..=93 => ConnectResult::Failed(ConnectFailure::TimedOut),
+            94..=96 => ConnectResult::Failed(ConnectFailure::Network),
+            97..=98 => ConnectResult::Failed(ConnectFailure::Local),
+            _ => ConnectResult::NoEndpoint,
+        };
+        script.push(result);
+        if matches!(
+            result,
+            ConnectResult::Connected
+                | ConnectResult::NoEndpoint
+                | ConnectResult::Failed(ConnectFailure::Local)
+        ) {
+            break;
+        }
+    }
+    let expected = Expected::of(&script, connect_retries, ending);
+
+    let stream = |rng: &mut Rng| {
+        let len = if rng.chance(1, 10) {
+            0
+        } else {
+            rng.log_range(1, 200_000)
+        };
+        rng.bytes(len)
+    };
+    let mut peers = [Peer::new(stream(rng)), Peer::new(stream(rng))];
+    match ending {
+        Ending::Done => {
+            for p in [0, 1] {
+                let other_len = peers[1 - p].out.len();
+                peers[p].fin_after_received = Some(if rng.chance(1, 2) {
+                    0
+                } else {
+                    rng.range(0, other_len)
+                });
+            }
+        }
+        Ending::Broken(side) => {
+            let p = side as usize;
+            if peers[p].out.is_empty() {
+                let len = rng.range(1, 5000);
+                peers[p] = Peer::new(rng.bytes(len));
+            }
+            let at = rng.range(0, peers[p].out.len() - 1);
+            peers[p].fail_at = Some((at, rng.chance(3, 4)));
+            peers[p].write_limit = at;
+            if rng.chance(1, 2) {
+                peers[1 - p].fin_after_received = Some(0);
+            }
+        }
+        Ending::Idle => {
+            // At most one peer half-closes; neither closes the connection.
+            let closer = rng.range(0, 2);
+            for (p, peer) in peers.iter_mut().enumerate() {
+                if p == closer {
+                    peer.fin_after_received = Some(0);
+                } else {
+                    peer.write_limit = rng.range(0, peer.out.len());
+                }
+            }
+        }
+    }
+
+    let socket = |rng: &mut Rng, stream_len: usize| {
+        // Tiny buffers only for short streams, to keep the run short.
+        let lo = if stream_len < 4096 { 1 } else { 64 };
+        Socket {
+            rx_cap: rng.log_range(lo, 64 << 10),
+            tx_cap: rng.log_range(lo, 64 << 10),
+            ..Socket::default()
+        }
+    };
+    let sockets = [
+        socket(rng, peers[0].out.len().max(peers[1].out.len())),
+        socket(rng, peers[0].out.len().max(peers[1].out.len())),
+    ];
+    Link {
+        conn: Conn::new(now, config),
+        config,
+        ending,
+        script,
+        expected,
+        accepted: false,
+        connect_attempts: 0,
+        connected: false,
+        watching: false,
+        peers,
+        sockets,
+        holders: [Vec::new(), Vec::new()],
+        last_move: now,
+        closed: None,
+        finished: false,
+    }
+}
