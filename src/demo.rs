@@ -37,7 +37,9 @@ pub fn demo_model() -> Model {
     let endpoints = DEMO_POD_ADDRS
         .iter()
         .map(|a| Endpoint {
-            addr: a.parse().expect("DEMO_POD_ADDRS are valid socket addresses"),
+            addr: a
+                .parse()
+                .expect("DEMO_POD_ADDRS are valid socket addresses"),
             weight: DEFAULT_WEIGHT,
         })
         .collect();
@@ -73,7 +75,8 @@ pub fn demo_pods() -> Vec<(String, SocketAddr)> {
         .map(|(i, a)| {
             (
                 format!("pod-{}", i + 1),
-                a.parse().expect("DEMO_POD_ADDRS are valid socket addresses"),
+                a.parse()
+                    .expect("DEMO_POD_ADDRS are valid socket addresses"),
             )
         })
         .collect()
@@ -252,7 +255,11 @@ fn serve_connection(mut stream: TcpStream, body: &[u8]) -> io::Result<()> {
             }
             to_skip -= n as u64;
         }
-        let connection = if request.keep_alive { "keep-alive" } else { "close" };
+        let connection = if request.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
             body.len()
@@ -328,7 +335,9 @@ mod tests {
     }
 
     /// Reads one HTTP response (status line, headers, Content-Length body).
-    fn read_response(reader: &mut io::BufReader<TcpStream>) -> (String, Vec<(String, String)>, String) {
+    fn read_response(
+        reader: &mut io::BufReader<TcpStream>,
+    ) -> (String, Vec<(String, String)>, String) {
         let mut status = String::new();
         reader.read_line(&mut status).unwrap();
         let mut headers = Vec::new();
@@ -351,7 +360,11 @@ mod tests {
             .unwrap();
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).unwrap();
-        (status.trim_end().to_string(), headers, String::from_utf8(body).unwrap())
+        (
+            status.trim_end().to_string(),
+            headers,
+            String::from_utf8(body).unwrap(),
+        )
     }
 
     fn connect(pods: &DemoPods) -> (TcpStream, io::BufReader<TcpStream>) {
@@ -368,7 +381,10 @@ mod tests {
         assert_eq!(model.services.len(), 1);
         let svc = &model.services[0];
         assert_eq!(svc.key.to_string(), "workshop/myfrontend:http");
-        assert_eq!((svc.port, svc.target_port, svc.node_port), (80, 9000, 30000));
+        assert_eq!(
+            (svc.port, svc.target_port, svc.node_port),
+            (80, 9000, 30000)
+        );
         assert!(!svc.node_port_allocated);
         assert!(model.settings.node_port_range.contains(svc.node_port));
         let addrs: Vec<String> = svc.endpoints.iter().map(|e| e.addr.to_string()).collect();
@@ -376,7 +392,10 @@ mod tests {
         assert!(svc.endpoints.iter().all(|e| e.weight == DEFAULT_WEIGHT));
         assert_eq!(svc.policy, Policy::default());
         assert_eq!(svc.timeouts, ServiceDefaults::default().timeouts);
-        assert_eq!(svc.connect_retries, ServiceDefaults::default().connect_retries);
+        assert_eq!(
+            svc.connect_retries,
+            ServiceDefaults::default().connect_retries
+        );
     }
 
     #[test]
@@ -402,7 +421,10 @@ mod tests {
         // A request with a body, pipelined with a second request.
         s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
             .unwrap();
-        assert_eq!(read_response(&mut r).2, format!("hello from pod-7 ({bound})\n"));
+        assert_eq!(
+            read_response(&mut r).2,
+            format!("hello from pod-7 ({bound})\n")
+        );
         let (_, headers, _) = read_response(&mut r);
         assert!(headers.contains(&("connection".into(), "close".into())));
         let mut rest = Vec::new();

@@ -23,7 +23,10 @@ endpoints = ["127.0.0.2", "127.0.0.3:9001", { address = "127.0.0.4", port = 9000
 fn check(text: &str) -> (std::process::ExitStatus, String, String) {
     let dir = TempDir::new("check");
     let path = dir.write("cfg.toml", text);
-    let mut s = Sluice::spawn(&["check", "--config", path.to_str().unwrap()], Launch::default());
+    let mut s = Sluice::spawn(
+        &["check", "--config", path.to_str().unwrap()],
+        Launch::default(),
+    );
     let status = s.wait_exit(SOON);
     (status, s.stdout() + &s.stderr(), path.display().to_string())
 }
@@ -36,17 +39,31 @@ fn assert_located(output: &str, path: &str, line: usize) {
         .unwrap_or_else(|| panic!("no `{prefix}COL:` in output:\n{output}"));
     let rest = &output[at + prefix.len()..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let col: usize = digits.parse().unwrap_or_else(|_| panic!("no column after `{prefix}`:\n{output}"));
+    let col: usize = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no column after `{prefix}`:\n{output}"));
     assert!(col >= 1, "column {col}");
-    assert!(rest[digits.len()..].starts_with(':'), "`{prefix}{col}` not followed by `:`:\n{output}");
+    assert!(
+        rest[digits.len()..].starts_with(':'),
+        "`{prefix}{col}` not followed by `:`:\n{output}"
+    );
 }
 
 #[test]
 fn check_accepts_a_good_file_and_prints_the_service() {
     let (status, out, _) = check(GOOD);
-    assert!(status.success(), "check failed on a good file: {status}\n{out}");
-    assert!(out.contains("myfrontend"), "summary does not name the service:\n{out}");
-    assert!(out.contains("30080"), "summary does not show the NodePort:\n{out}");
+    assert!(
+        status.success(),
+        "check failed on a good file: {status}\n{out}"
+    );
+    assert!(
+        out.contains("myfrontend"),
+        "summary does not name the service:\n{out}"
+    );
+    assert!(
+        out.contains("30080"),
+        "summary does not show the NodePort:\n{out}"
+    );
 }
 
 #[test]
@@ -61,7 +78,10 @@ fn check_rejects_a_type_error_with_file_line_col() {
 fn check_rejects_a_node_port_outside_the_range_with_file_line_col() {
     let bad = GOOD.replace("node_port = 30080", "node_port = 31000");
     let (status, out, path) = check(&bad);
-    assert!(!status.success(), "check accepted NodePort 31000 outside 30000-30100:\n{out}");
+    assert!(
+        !status.success(),
+        "check accepted NodePort 31000 outside 30000-30100:\n{out}"
+    );
     assert_located(&out, &path, 10);
 }
 
@@ -88,7 +108,12 @@ fn demo_is_answered_by_all_three_pods() {
 }
 
 fn demo_scenario() {
-    for a in ["127.0.0.1:30000", "127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000"] {
+    for a in [
+        "127.0.0.1:30000",
+        "127.0.0.2:9000",
+        "127.0.0.3:9000",
+        "127.0.0.4:9000",
+    ] {
         let addr: SocketAddr = a.parse().unwrap();
         if let Err(e) = TcpListener::bind(addr) {
             panic!("{a} is in use ({e}): is another `sluice demo` running on this machine?");
@@ -107,19 +132,31 @@ fn demo_scenario() {
     let mut seen = BTreeSet::new();
     for _ in 0..300 {
         let body = ask().expect("demo request answered");
-        assert!(body.starts_with("hello from pod-"), "unexpected body {body:?}");
+        assert!(
+            body.starts_with("hello from pod-"),
+            "unexpected body {body:?}"
+        );
         seen.insert(body);
         if seen.len() == 3 {
             break;
         }
     }
     let seen: Vec<String> = seen.into_iter().collect();
-    assert_eq!(seen.len(), 3, "pods that answered in 300 requests: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "pods that answered in 300 requests: {seen:?}"
+    );
     for ip in ["127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000"] {
-        assert!(seen.iter().any(|b| b.contains(ip)), "no answer names {ip}: {seen:?}");
+        assert!(
+            seen.iter().any(|b| b.contains(ip)),
+            "no answer names {ip}: {seen:?}"
+        );
     }
     wait_for("the hint `curl 127.0.0.1:30000` printed", SOON, || {
-        (demo.stdout() + &demo.stderr()).contains("curl 127.0.0.1:30000").then_some(())
+        (demo.stdout() + &demo.stderr())
+            .contains("curl 127.0.0.1:30000")
+            .then_some(())
     });
 }
 
@@ -131,8 +168,15 @@ fn sigterm_stops_run_cleanly() {
     let mut lb = Sluice::run(&one_service(port, "workers = 1", &[ep(echo.addr)], ""));
     lb.wait_ready_echo(node_addr(port));
     let _open = connect(node_addr(port)).unwrap(); // an open connection must not block exit
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(lb.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+                                                   // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(lb.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
     let status = lb.wait_exit(SOON);
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", lb.stderr_tail(20));
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        lb.stderr_tail(20)
+    );
 }

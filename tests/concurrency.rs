@@ -6,8 +6,8 @@
 
 mod common;
 use common::*;
-use std::net::TcpStream;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 
 const CONNECTIONS: usize = 2000;
 
@@ -48,7 +48,8 @@ fn concurrent_echo(relay: &str) {
     }
     // Each sends its payload (small enough to sit in socket buffers), then all are read.
     for (i, s) in conns.iter_mut().enumerate() {
-        s.write_all(&payload(i)).unwrap_or_else(|e| panic!("write on connection {i}: {e}"));
+        s.write_all(&payload(i))
+            .unwrap_or_else(|e| panic!("write on connection {i}: {e}"));
     }
     let mut bad = Vec::new();
     for (i, s) in conns.iter_mut().enumerate() {
@@ -60,13 +61,21 @@ fn concurrent_echo(relay: &str) {
             Err(e) => bad.push(format!("connection {i}: {e}")),
         }
     }
-    assert!(bad.is_empty(), "{relay}: {} of {CONNECTIONS} failed, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{relay}: {} of {CONNECTIONS} failed, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
 
     // The backends really held them all at the same time.
     let accepted: usize = echos.iter().map(|e| e.connections()).sum::<usize>() - before;
     let active: usize = echos.iter().map(|e| e.active()).sum();
     assert_eq!(accepted, CONNECTIONS);
     assert!(active >= CONNECTIONS, "backends hold {active} connections");
-    eprintln!("{relay}: sluice holds {} fds with {CONNECTIONS} connections open", lb.fd_count());
+    eprintln!(
+        "{relay}: sluice holds {} fds with {CONNECTIONS} connections open",
+        lb.fd_count()
+    );
     lb.assert_alive();
 }

@@ -72,7 +72,12 @@ fn new_connections_spread_evenly_over_three_endpoints() {
     }
     // The backends agree: each accepted at least what its clients counted.
     for p in &pods {
-        assert!(p.connections() >= counts[p.name()], "{}: {}", p.name(), p.connections());
+        assert!(
+            p.connections() >= counts[p.name()],
+            "{}: {}",
+            p.name(),
+            p.connections()
+        );
     }
 }
 
@@ -84,8 +89,11 @@ fn weights_1_2_3_give_proportional_shares() {
         NameServer::start("127.0.0.4", "w3"),
     ];
     let port = free_port();
-    let eps: Vec<String> =
-        pods.iter().zip([1, 2, 3]).map(|(p, w)| ep_weighted(p.addr, w)).collect();
+    let eps: Vec<String> = pods
+        .iter()
+        .zip([1, 2, 3])
+        .map(|(p, w)| ep_weighted(p.addr, w))
+        .collect();
     let mut lb = Sluice::run(&one_service(port, "workers = 2", &eps, ""));
     lb.wait_ready_name(node_addr(port));
 
@@ -107,10 +115,18 @@ fn weights_1_2_3_give_proportional_shares() {
 #[test]
 fn refused_endpoint_is_retried_on_another() {
     let dead = ClosedPort::new("127.0.0.2");
-    let live = [NameServer::start("127.0.0.3", "live-1"), NameServer::start("127.0.0.4", "live-2")];
+    let live = [
+        NameServer::start("127.0.0.3", "live-1"),
+        NameServer::start("127.0.0.4", "live-2"),
+    ];
     let port = free_port();
     let eps = vec![ep(dead.addr), ep(live[0].addr), ep(live[1].addr)];
-    let mut lb = Sluice::run(&one_service(port, "workers = 2", &eps, "connect_retries = 2"));
+    let mut lb = Sluice::run(&one_service(
+        port,
+        "workers = 2",
+        &eps,
+        "connect_retries = 2",
+    ));
     lb.wait_ready_name(node_addr(port));
 
     let total = 300;

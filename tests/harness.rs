@@ -16,7 +16,9 @@ fn name_server_answers_keep_alive_and_counts_connections() {
     for _ in 0..3 {
         assert_eq!(ask_name_on(&mut s).unwrap(), "alpha");
     }
-    wait_for("2 connections counted", SOON, || (b.connections() == 2).then_some(()));
+    wait_for("2 connections counted", SOON, || {
+        (b.connections() == 2).then_some(())
+    });
 }
 
 #[test]
@@ -89,7 +91,9 @@ fn observer_sees_client_reset() {
     let b = ObserverServer::start("127.0.0.2");
     let mut s = connect(b.addr).unwrap();
     s.write_all(b"abc").unwrap();
-    wait_for("observer to read", SOON, || (b.connections() == 1).then_some(()));
+    wait_for("observer to read", SOON, || {
+        (b.connections() == 1).then_some(())
+    });
     reset_close(s);
     let r = &b.wait_reports(1, SOON)[0];
     assert_eq!(r.ended, Ended::Reset);
@@ -108,7 +112,10 @@ fn black_hole_swallows_syns() {
     let start = Instant::now();
     let e = TcpStream::connect_timeout(&h.addr, Duration::from_millis(500)).unwrap_err();
     assert!(
-        matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock),
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
         "{e}"
     );
     assert!(start.elapsed() >= Duration::from_millis(450));
@@ -121,7 +128,9 @@ fn accept_queue_len_sees_unaccepted_connections() {
     assert_eq!(accept_queue_len(port), Some(0));
     let (_held, err) = open_many(l.local_addr().unwrap(), 3);
     assert!(err.is_none());
-    wait_for("3 queued", SOON, || (accept_queue_len(port) == Some(3)).then_some(()));
+    wait_for("3 queued", SOON, || {
+        (accept_queue_len(port) == Some(3)).then_some(())
+    });
     let _ = l.accept().unwrap();
     assert_eq!(accept_queue_len(port), Some(2));
 }

@@ -19,7 +19,9 @@ fn upload(relay: &str, seed: u64) {
 
     // Readiness probe for a sink: send nothing, FIN, expect the digest of nothing.
     lb.wait_until("sink answers through sluice", || {
-        let Ok(mut s) = connect(node_addr(port)) else { return false };
+        let Ok(mut s) = connect(node_addr(port)) else {
+            return false;
+        };
         let _ = s.shutdown(Shutdown::Write);
         let (reply, _) = read_to_end_outcome(&mut s, Duration::from_secs(2));
         String::from_utf8_lossy(&reply).trim() == Pattern::sha256(0, 0)
@@ -29,9 +31,21 @@ fn upload(relay: &str, seed: u64) {
     let sent = Pattern::write_to(seed, VOLUME, &mut s).expect("upload through sluice");
     s.shutdown(Shutdown::Write).unwrap();
     let (reply, ended) = read_to_end_outcome(&mut s, Duration::from_secs(60));
-    assert_eq!(ended, Ended::Eof, "client sees the sink's FIN after its answer");
-    assert_eq!(String::from_utf8_lossy(&reply).trim(), sent, "digest of what the backend read");
-    let report = sink.reports().into_iter().find(|r| r.bytes > 0).expect("sink report");
+    assert_eq!(
+        ended,
+        Ended::Eof,
+        "client sees the sink's FIN after its answer"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply).trim(),
+        sent,
+        "digest of what the backend read"
+    );
+    let report = sink
+        .reports()
+        .into_iter()
+        .find(|r| r.bytes > 0)
+        .expect("sink report");
     assert_eq!(report.bytes, VOLUME);
 }
 
@@ -44,7 +58,9 @@ fn download(relay: &str, seed: u64) {
     let mut head = [0u8; 8];
     Pattern::new(seed).fill(&mut head);
     lb.wait_until("source answers through sluice", || {
-        let Ok(mut s) = connect(node_addr(port)) else { return false };
+        let Ok(mut s) = connect(node_addr(port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut got = [0u8; 8];
         let ok = std::io::Read::read_exact(&mut s, &mut got).is_ok() && got == head;
@@ -56,7 +72,11 @@ fn download(relay: &str, seed: u64) {
     let (n, digest, ended) = hash_to_end(&mut s);
     assert_eq!(ended, Ended::Eof, "download ends with a clean FIN");
     assert_eq!(n, VOLUME, "byte count");
-    assert_eq!(digest, Pattern::sha256(seed, VOLUME), "SHA-256 of the download");
+    assert_eq!(
+        digest,
+        Pattern::sha256(seed, VOLUME),
+        "SHA-256 of the download"
+    );
 }
 
 #[test]

@@ -14,7 +14,9 @@ fn client_half_close_backend_still_answers() {
     let mut lb = Sluice::run(&one_service(port, "workers = 1", &[ep(sink.addr)], ""));
     lb.wait_ready_accepting(node_addr(port));
     lb.wait_until("sink answers", || {
-        let Ok(mut s) = connect(node_addr(port)) else { return false };
+        let Ok(mut s) = connect(node_addr(port)) else {
+            return false;
+        };
         let _ = s.shutdown(Shutdown::Write);
         let (reply, _) = read_to_end_outcome(&mut s, Duration::from_secs(2));
         !reply.is_empty()
@@ -23,11 +25,15 @@ fn client_half_close_backend_still_answers() {
     let mut s = connect(node_addr(port)).unwrap();
     let sent = Pattern::write_to(5, 300_000, &mut s).unwrap();
     s.shutdown(Shutdown::Write).unwrap(); // FIN client → backend
-    // The backend sees EOF, and only then sends its answer, which must still arrive.
+                                          // The backend sees EOF, and only then sends its answer, which must still arrive.
     let (reply, ended) = read_to_end_outcome(&mut s, Duration::from_secs(15));
     assert_eq!(String::from_utf8_lossy(&reply).trim(), sent);
     assert_eq!(ended, Ended::Eof);
-    let r = sink.reports().into_iter().find(|r| r.bytes == 300_000).expect("sink report");
+    let r = sink
+        .reports()
+        .into_iter()
+        .find(|r| r.bytes == 300_000)
+        .expect("sink report");
     assert_eq!(r.ended, Ended::Eof, "backend saw a clean EOF");
 }
 
@@ -38,7 +44,9 @@ fn backend_half_close_client_keeps_sending() {
     let mut lb = Sluice::run(&one_service(port, "workers = 1", &[ep(peer.addr)], ""));
     lb.wait_ready_accepting(node_addr(port));
     lb.wait_until("banner through sluice", || {
-        let Ok(mut s) = connect(node_addr(port)) else { return false };
+        let Ok(mut s) = connect(node_addr(port)) else {
+            return false;
+        };
         let mut b = [0u8; 20];
         s.set_read_timeout(Some(Duration::from_secs(2))).is_ok() && s.read_exact(&mut b).is_ok()
     });
@@ -47,13 +55,18 @@ fn backend_half_close_client_keeps_sending() {
     s.read_exact(&mut banner).unwrap();
     assert_eq!(&banner, b"server-done-writing\n");
     let (rest, ended) = read_to_end_outcome(&mut s, Duration::from_secs(15));
-    assert_eq!((rest.len(), ended), (0, Ended::Eof), "client sees the backend's FIN");
+    assert_eq!(
+        (rest.len(), ended),
+        (0, Ended::Eof),
+        "client sees the backend's FIN"
+    );
 
     // The other direction still flows.
     let mut sent = Vec::new();
     for i in 0..50 {
         let chunk = format!("line {i} after the backend's FIN\n").repeat(100);
-        s.write_all(chunk.as_bytes()).expect("client can still write after backend FIN");
+        s.write_all(chunk.as_bytes())
+            .expect("client can still write after backend FIN");
         sent.extend_from_slice(chunk.as_bytes());
     }
     s.shutdown(Shutdown::Write).unwrap();
@@ -62,7 +75,10 @@ fn backend_half_close_client_keeps_sending() {
         peer.reports().into_iter().find(|r| !r.data.is_empty())
     });
     assert_eq!(r.data.len(), sent.len());
-    assert!(r.data == sent, "backend received exactly what the client sent after the FIN");
+    assert!(
+        r.data == sent,
+        "backend received exactly what the client sent after the FIN"
+    );
     assert_eq!(r.ended, Ended::Eof);
 }
 
@@ -74,7 +90,9 @@ fn backend_reset_reaches_client_as_reset() {
     lb.wait_ready_accepting(node_addr(port));
     lb.wait_until("backend reached through sluice", || {
         let before = rst.reports().len();
-        let Ok(mut s) = connect(node_addr(port)) else { return false };
+        let Ok(mut s) = connect(node_addr(port)) else {
+            return false;
+        };
         let _ = s.write_all(b"ping");
         let _ = read_to_end_outcome(&mut s, Duration::from_secs(2));
         rst.reports().len() > before
@@ -85,7 +103,11 @@ fn backend_reset_reaches_client_as_reset() {
         s.write_all(b"ping").unwrap();
         let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(10));
         assert!(data.is_empty());
-        assert_eq!(ended, Ended::Reset, "attempt {i}: backend RST must reach the client as RST, not {ended:?}");
+        assert_eq!(
+            ended,
+            Ended::Reset,
+            "attempt {i}: backend RST must reach the client as RST, not {ended:?}"
+        );
     }
 }
 
@@ -100,21 +122,32 @@ fn client_reset_reaches_backend_promptly() {
         let _ = connect(node_addr(port)).map(|mut s| s.write_all(b"."));
         obs.connections() > 0
     });
-    wait_for("probes to end", SOON, || (obs.reports().len() == obs.connections()).then_some(()));
+    wait_for("probes to end", SOON, || {
+        (obs.reports().len() == obs.connections()).then_some(())
+    });
     let baseline = obs.connections();
 
     let mut s = connect(node_addr(port)).unwrap();
     s.write_all(b"abc").unwrap();
-    wait_for("backend connection", SOON, || (obs.connections() > baseline).then_some(()));
+    wait_for("backend connection", SOON, || {
+        (obs.connections() > baseline).then_some(())
+    });
     let start = Instant::now();
     reset_close(s);
-    let r = obs.wait_reports(baseline + 1, Duration::from_secs(5)).pop().unwrap();
+    let r = obs
+        .wait_reports(baseline + 1, Duration::from_secs(5))
+        .pop()
+        .unwrap();
     assert!(
         matches!(r.ended, Ended::Reset | Ended::Eof),
         "backend should see reset/EOF, saw {:?}",
         r.ended
     );
-    eprintln!("backend saw {:?} {:?} after client RST", r.ended, start.elapsed());
+    eprintln!(
+        "backend saw {:?} {:?} after client RST",
+        r.ended,
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -136,8 +169,14 @@ fn black_hole_endpoint_times_out_after_connect_timeout() {
     let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(10));
     let took = start.elapsed();
     assert!(data.is_empty());
-    assert!(matches!(ended, Ended::Eof | Ended::Reset), "client not closed within 10 s: {ended:?}");
-    assert!(took >= Duration::from_millis(300), "closed after {took:?}: before the 500ms connect timeout");
+    assert!(
+        matches!(ended, Ended::Eof | Ended::Reset),
+        "client not closed within 10 s: {ended:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed after {took:?}: before the 500ms connect timeout"
+    );
 }
 
 #[test]
@@ -153,9 +192,16 @@ fn no_endpoints_closes_client_at_once() {
         let _ = s.write_all(b"hello?");
         let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(5));
         assert!(data.is_empty());
-        assert!(matches!(ended, Ended::Reset | Ended::Eof), "attempt {i}: {ended:?}");
+        assert!(
+            matches!(ended, Ended::Reset | Ended::Eof),
+            "attempt {i}: {ended:?}"
+        );
         // Not after some timeout: well before the 5 s connect timeout.
-        assert!(start.elapsed() < Duration::from_millis(2500), "attempt {i}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(2500),
+            "attempt {i}: {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -163,7 +209,12 @@ fn no_endpoints_closes_client_at_once() {
 fn idle_connection_is_closed_active_one_is_not() {
     let echo = EchoServer::start("127.0.0.4");
     let port = free_port();
-    let cfg = one_service(port, "workers = 1", &[ep(echo.addr)], "idle_timeout = \"1s\"");
+    let cfg = one_service(
+        port,
+        "workers = 1",
+        &[ep(echo.addr)],
+        "idle_timeout = \"1s\"",
+    );
     let mut lb = Sluice::run(&cfg);
     lb.wait_ready_echo(node_addr(port));
 
@@ -184,8 +235,17 @@ fn idle_connection_is_closed_active_one_is_not() {
     let (data, ended) = read_to_end_outcome(&mut idle, Duration::from_secs(10));
     let idle_for = last_activity.elapsed();
     assert!(data.is_empty());
-    assert!(matches!(ended, Ended::Eof | Ended::Reset), "idle connection not closed: {ended:?}");
-    assert!(idle_for >= Duration::from_millis(700), "closed after {idle_for:?} of idleness (timeout 1s)");
+    assert!(
+        matches!(ended, Ended::Eof | Ended::Reset),
+        "idle connection not closed: {ended:?}"
+    );
+    assert!(
+        idle_for >= Duration::from_millis(700),
+        "closed after {idle_for:?} of idleness (timeout 1s)"
+    );
 
-    active.join().unwrap().expect("active connection must survive the idle timeout");
+    active
+        .join()
+        .unwrap()
+        .expect("active connection must survive the idle timeout");
 }

@@ -263,6 +263,7 @@ impl Conn {
                 let f = &mut self.flows[dir as usize];
                 f.eof = true;
                 self.ready[dir.src() as usize].readable = false;
+                self.last_activity = now;
             }
             Event::Received { dir, bytes } => {
                 self.flows[dir as usize].held += bytes;
@@ -350,10 +351,15 @@ impl Conn {
     }
 
     /// Tell the connection the time; closes it if its idle deadline has passed.
+    ///
+    /// An idle connection with no bytes in flight ends with FIN both ways. If bytes are
+    /// still held (a peer stopped reading), they are lost: both sides are reset, so neither
+    /// peer mistakes a truncated stream for a complete one.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(deadline) = self.deadline() {
             if now >= deadline {
-                self.close(false, false, CloseReason::IdleTimeout);
+                let lost = self.flows.iter().any(|f| f.held > 0);
+                self.close(lost, lost, CloseReason::IdleTimeout);
             }
         }
     }
@@ -700,6 +706,34 @@ mod tests {
         c.handle_timeout(t1 + Duration::from_secs(10));
         assert!(c.is_closed());
         assert_eq!(c.close_reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn idle_timeout_with_bytes_held_resets_both_sides() {
+        let t0 = Instant::now();
+        let mut c = connected(t0);
+        trace!(c, t0; Event::Ready { side: Side::Backend, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToClient, max: CAP });
+        c.handle(
+            t0,
+            Event::Received {
+                dir: Dir::ToClient,
+                bytes: 50,
+            },
+        );
+        trace!(c, t0; => Op::Send { dir: Dir::ToClient, held: 50 });
+        c.handle(t0, Event::SendWouldBlock { dir: Dir::ToClient }); // the client stopped reading
+        c.handle(t0, Event::ReceiveWouldBlock { dir: Dir::ToClient });
+        assert_eq!(c.poll_op(), None);
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(
+            c.poll_op(),
+            Some(Op::Close {
+                reset_client: true,
+                reset_backend: true,
+                reason: CloseReason::IdleTimeout
+            })
+        );
     }
 
     #[test]

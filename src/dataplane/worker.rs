@@ -76,6 +76,8 @@ struct Live {
     /// The endpoint this connection is connected to (counted as opened there).
     connected: bool,
     connect_in_flight: bool,
+    /// Since when this connection waits for an fd to open its backend socket.
+    parked_since: Option<Instant>,
     watching: bool,
     tried: Vec<EndpointId>,
     holders: [Holder; 2],
@@ -107,6 +109,8 @@ pub struct Worker {
     reader: arc_swap::Cache<Arc<arc_swap::ArcSwap<RoutingSnapshot>>, Arc<RoutingSnapshot>>,
     pool: HolderPool,
     runq: Vec<u32>,
+    /// Connections waiting for fds to open their backend socket: (slot, generation).
+    parked: std::collections::VecDeque<(u32, u32)>,
     to_close: Vec<OwnedFd>,
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
@@ -137,6 +141,7 @@ impl Worker {
             reader: setup.publisher.reader(),
             pool: HolderPool::new(setup.relay),
             runq: Vec::new(),
+            parked: std::collections::VecDeque::new(),
             to_close: Vec::new(),
             idle_cursor: 0,
             wake: setup.wake,
@@ -164,8 +169,12 @@ impl Worker {
             };
             self.ring.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
+            let freed = !self.to_close.is_empty();
             self.to_close.clear();
             self.now = Instant::now();
+            if freed && !self.parked.is_empty() {
+                self.retry_parked()?;
+            }
             self.ring.completions(&mut completions);
             for c in completions.drain(..) {
                 self.on_completion(c)?;
@@ -182,6 +191,9 @@ impl Worker {
                 if self.backoff_until.is_some_and(|t| self.now >= t) {
                     self.backoff_until = None;
                     self.resume_accepting()?;
+                }
+                if !self.parked.is_empty() {
+                    self.retry_parked()?;
                 }
             }
         }
@@ -341,6 +353,7 @@ impl Worker {
             endpoint: None,
             connected: false,
             connect_in_flight: false,
+            parked_since: None,
             watching: false,
             tried,
             holders: [Holder::Empty, Holder::Empty],
@@ -475,33 +488,50 @@ impl Worker {
         live: &mut Live,
     ) -> io::Result<Option<Event>> {
         let worker = self.index;
+        let now = self.now;
         let entry = self.service_of(live.pin, live.service);
         let Some(endpoint) = entry.pick(live.client_addr, &live.tried) else {
             return Ok(Some(Event::NoEndpoint));
         };
-        if !live.tried.is_empty() {
-            entry.stats.worker(worker).retries.add(1);
-        }
         let addr = entry.endpoint(endpoint).endpoint.addr;
         let timeout = entry.port.timeouts.connect;
-        live.tried.push(endpoint);
-        live.endpoint = Some(endpoint);
-        if let Some(old) = live.backend.take() {
-            self.to_close.push(old);
-        }
+        let retry = !live.tried.is_empty();
         let socket = match Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking().cloexec(),
             None,
         ) {
             Ok(s) => s,
-            Err(e) => {
-                if sys::is_resource_exhaustion(&e) {
-                    self.enter_backoff(&e)?;
+            Err(e) if sys::is_resource_exhaustion(&e) => {
+                // Out of fds: the client waits (parked) instead of being reset, until fds
+                // free up or its connect timeout has passed.
+                self.enter_backoff(&e)?;
+                let since = *live.parked_since.get_or_insert(now);
+                if now.duration_since(since) >= timeout {
+                    live.parked_since = None;
+                    return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
                 }
+                self.parked.push_back((slot, generation));
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::debug!(worker, error = %e, "cannot open a backend socket");
                 return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
             }
         };
+        live.parked_since = None;
+        if retry {
+            self.service_of(live.pin, live.service)
+                .stats
+                .worker(worker)
+                .retries
+                .add(1);
+        }
+        live.tried.push(endpoint);
+        live.endpoint = Some(endpoint);
+        if let Some(old) = live.backend.take() {
+            self.to_close.push(old);
+        }
         let _ = socket.set_nodelay(true);
         let fd: OwnedFd = socket.into();
         self.ring
@@ -509,6 +539,36 @@ impl Worker {
         live.backend = Some(fd);
         live.connect_in_flight = true;
         Ok(None)
+    }
+
+    /// Try again to connect the connections parked for lack of fds, oldest first; stop at
+    /// the first that is still short of fds.
+    fn retry_parked(&mut self) -> io::Result<()> {
+        let now = self.now;
+        for _ in 0..self.parked.len() {
+            let Some((slot, generation)) = self.parked.pop_front() else {
+                break;
+            };
+            let s = &mut self.slots[slot as usize];
+            if s.generation != generation {
+                continue;
+            }
+            let Some(mut live) = s.live.take() else {
+                continue;
+            };
+            let result = self.start_connect(slot, generation, &mut live);
+            let still_parked = live.parked_since.is_some();
+            if let Ok(Some(event)) = result {
+                live.conn.handle(now, event);
+            }
+            self.slots[slot as usize].live = Some(live);
+            result?;
+            self.drive(slot)?;
+            if still_parked {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Release everything of a closed connection and free its slot.

@@ -90,18 +90,24 @@ impl Backend {
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
                 let h = Arc::clone(&handler);
                 let st2 = Arc::clone(&st);
-                let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-                    h(stream, &st2);
-                    lock(&st2.open).remove(&id);
-                    st2.active.fetch_sub(1, Ordering::SeqCst);
-                });
+                let spawned = std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        h(stream, &st2);
+                        lock(&st2.open).remove(&id);
+                        st2.active.fetch_sub(1, Ordering::SeqCst);
+                    });
                 if spawned.is_err() {
                     lock(&st.open).remove(&id);
                     st.active.fetch_sub(1, Ordering::SeqCst);
                 }
             })
             .expect("spawn backend thread");
-        Backend { addr, state, acceptor: Some(acceptor) }
+        Backend {
+            addr,
+            state,
+            acceptor: Some(acceptor),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -128,9 +134,18 @@ impl Backend {
         let mut g = lock(&self.state.reports);
         while g.len() < n {
             let left = deadline.checked_sub(start.elapsed()).unwrap_or_else(|| {
-                panic!("backend {}: {} of {n} reports after {deadline:?}", self.state.name, g.len())
+                panic!(
+                    "backend {}: {} of {n} reports after {deadline:?}",
+                    self.state.name,
+                    g.len()
+                )
             });
-            g = self.state.reported.wait_timeout(g, left).unwrap_or_else(|p| p.into_inner()).0;
+            g = self
+                .state
+                .reported
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         g.clone()
     }
@@ -208,7 +223,12 @@ impl EchoServer {
                     }
                 };
                 let _ = s.shutdown(Shutdown::Write);
-                st.report(Report { bytes: total, digest: None, data: Vec::new(), ended });
+                st.report(Report {
+                    bytes: total,
+                    digest: None,
+                    data: Vec::new(),
+                    ended,
+                });
             }),
         )
     }
@@ -225,7 +245,12 @@ impl SinkServer {
             Arc::new(|mut s: TcpStream, st: &BackendState| {
                 let (bytes, digest, ended) = hash_to_end(&mut s);
                 // Report first, so a client holding the answer can rely on the report.
-                st.report(Report { bytes, digest: Some(digest.clone()), data: Vec::new(), ended });
+                st.report(Report {
+                    bytes,
+                    digest: Some(digest.clone()),
+                    data: Vec::new(),
+                    ended,
+                });
                 if ended == Ended::Eof {
                     let _ = s.write_all(format!("{digest}\n").as_bytes());
                     let _ = s.shutdown(Shutdown::Write);
@@ -270,7 +295,12 @@ impl FinFirstServer {
                 let _ = s.write_all(banner);
                 let _ = s.shutdown(Shutdown::Write);
                 let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(30));
-                st.report(Report { bytes: data.len() as u64, digest: None, data, ended });
+                st.report(Report {
+                    bytes: data.len() as u64,
+                    digest: None,
+                    data,
+                    ended,
+                });
             }),
         )
     }
@@ -297,7 +327,12 @@ impl ResetServer {
                         }
                     }
                 }
-                st.report(Report { bytes: data.len() as u64, digest: None, data, ended });
+                st.report(Report {
+                    bytes: data.len() as u64,
+                    digest: None,
+                    data,
+                    ended,
+                });
                 reset_close(s);
             }),
         )
@@ -314,7 +349,12 @@ impl ObserverServer {
             "observer",
             Arc::new(|mut s: TcpStream, st: &BackendState| {
                 let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(60));
-                st.report(Report { bytes: data.len() as u64, digest: None, data, ended });
+                st.report(Report {
+                    bytes: data.len() as u64,
+                    digest: None,
+                    data,
+                    ended,
+                });
             }),
         )
     }
@@ -370,7 +410,10 @@ impl BlackHole {
             Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {}
             other => panic!("black hole {addr} is not black: connect gave {other:?}"),
         }
-        BlackHole { addr, _listener: sock, _fillers: fillers }
+        BlackHole {
+            addr,
+            _listener: sock,
+            _fillers: fillers,
+        }
     }
 }
-

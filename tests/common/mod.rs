@@ -126,7 +126,11 @@ pub fn ep(addr: SocketAddr) -> String {
 
 /// `{ address, port, weight }` as a TOML endpoint.
 pub fn ep_weighted(addr: SocketAddr, weight: u32) -> String {
-    format!("{{ address = \"{}\", port = {}, weight = {weight} }}", addr.ip(), addr.port())
+    format!(
+        "{{ address = \"{}\", port = {}, weight = {weight} }}",
+        addr.ip(),
+        addr.port()
+    )
 }
 
 /// A whole config with one service on `node_port`.
@@ -172,7 +176,11 @@ impl Sluice {
     pub fn run_with(config: &str, launch: Launch) -> Sluice {
         let dir = TempDir::new("run");
         let path = dir.write("sluice.toml", config);
-        let args = ["run".to_string(), "--config".to_string(), path.display().to_string()];
+        let args = [
+            "run".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+        ];
         let mut s = Sluice::spawn_in(dir, &args, launch);
         s.config_path = Some(path);
         s
@@ -207,9 +215,18 @@ impl Sluice {
             cmd.pre_exec(move || {
                 // Die with the thread that spawned us, should the test process be killed
                 // before the guard's Drop runs.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 if let Some(n) = nofile {
-                    let lim = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(io::Error::last_os_error());
                     }
@@ -218,7 +235,13 @@ impl Sluice {
             });
         }
         let child = cmd.spawn().expect("spawn sluice binary");
-        Sluice { child, dir, stderr_path, stdout_path, config_path: None }
+        Sluice {
+            child,
+            dir,
+            stderr_path,
+            stdout_path,
+            config_path: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -281,7 +304,9 @@ impl Sluice {
 
     /// Ready = the NodePort accepts a connection and a name request is answered.
     pub fn wait_ready_name(&mut self, node: SocketAddr) {
-        self.wait_until(&format!("name request through {node}"), || ask_name(node).is_ok());
+        self.wait_until(&format!("name request through {node}"), || {
+            ask_name(node).is_ok()
+        });
     }
 
     /// Ready = the NodePort accepts TCP connections (for services that cannot answer).
@@ -301,7 +326,9 @@ impl Sluice {
     /// Waits for the process to exit by itself (for short-lived commands like `check`).
     pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;
-        wait_for("sluice to exit", deadline, || child.try_wait().ok().flatten())
+        wait_for("sluice to exit", deadline, || {
+            child.try_wait().ok().flatten()
+        })
     }
 }
 
@@ -351,7 +378,10 @@ pub fn echo_roundtrip(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     let mut back = vec![0u8; payload.len()];
     s.read_exact(&mut back)?;
     if back != payload {
-        return Err(io::Error::new(ErrorKind::InvalidData, "echo returned different bytes"));
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            "echo returned different bytes",
+        ));
     }
     Ok(())
 }
@@ -387,22 +417,34 @@ pub fn read_http_body(s: &mut TcpStream) -> io::Result<String> {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 8192 {
-            return Err(io::Error::new(ErrorKind::InvalidData, "response head too long"));
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "response head too long",
+            ));
         }
         match s.read(&mut byte)? {
-            0 => return Err(io::Error::new(ErrorKind::UnexpectedEof, "EOF in response head")),
+            0 => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "EOF in response head",
+                ))
+            }
             _ => head.push(byte[0]),
         }
     }
     let head = String::from_utf8_lossy(&head).to_string();
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::new(ErrorKind::InvalidData, format!("bad status: {head}")));
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("bad status: {head}"),
+        ));
     }
     let len: usize = head
         .lines()
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "no Content-Length"))?;
     let mut body = vec![0u8; len];
