@@ -43,6 +43,7 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         timeouts: Timeouts::default(),
         connect_retries: 2,
         maglev_table_size: table_size,
+        forwarding: Default::default(),
     }
 }
 

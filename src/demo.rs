@@ -63,6 +63,7 @@ pub fn demo_model() -> Model {
             timeouts: defaults.timeouts,
             connect_retries: defaults.connect_retries,
             maglev_table_size: defaults.maglev_table_size,
+            forwarding: Default::default(),
         }],
     }
 }

@@ -195,6 +195,31 @@ pub struct ServicePort {
     pub timeouts: Timeouts,
     pub connect_retries: u32,
     pub maglev_table_size: u32,
+    /// How the pod learns the client's address.
+    pub forwarding: Forwarding,
+}
+
+/// How the pod learns who the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// The pod sees the node's address (like kube-proxy with externalTrafficPolicy=Cluster).
+    #[default]
+    None,
+    /// A PROXY protocol v1 text line before any client byte.
+    ProxyV1,
+    /// A PROXY protocol v2 binary header before any client byte.
+    ProxyV2(ProxyV2Options),
+    /// The backend connection leaves from the client's own address (IP_TRANSPARENT).
+    Transparent,
+}
+
+/// Optional parts of a PROXY v2 header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyV2Options {
+    /// Add a PP2_TYPE_UNIQUE_ID TLV naming the connection.
+    pub unique_id: bool,
+    /// Custom TLVs (type 0xE0..=0xEF, value) added to every header.
+    pub tlvs: Vec<(u8, Vec<u8>)>,
 }
 
 /// A backend (pod) address with a weight.

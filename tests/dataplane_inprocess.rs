@@ -71,6 +71,7 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             timeouts: Timeouts::default(),
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            forwarding: Default::default(),
         }],
     }
 }

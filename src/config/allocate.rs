@@ -177,6 +177,7 @@ mod tests {
                 timeouts: Default::default(),
                 connect_retries: 2,
                 maglev_table_size: crate::model::DEFAULT_MAGLEV_TABLE_SIZE,
+                forwarding: Default::default(),
             })
             .collect();
         Model {

@@ -235,6 +235,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 timeouts: Timeouts::default(),
                 connect_retries: 2,
                 maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+                forwarding: Default::default(),
             }]
         );
     }

@@ -227,6 +227,7 @@ fn service(
             timeouts,
             connect_retries,
             maglev_table_size,
+            forwarding: Default::default(),
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),

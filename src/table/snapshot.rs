@@ -304,6 +304,7 @@ mod tests {
             timeouts: Timeouts::default(),
             connect_retries: 2,
             maglev_table_size: 1009,
+            forwarding: Default::default(),
         }
     }
 
