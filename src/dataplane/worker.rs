@@ -23,21 +23,46 @@ use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use super::sys;
 use crate::model::{Protocol, RelayMode};
 use crate::publish::Publisher;
+use crate::stats::LoopStats;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+/// Which (address, NodePort) a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl ListenerKey {
+    pub fn node_port(&self) -> u16 {
+        self.addr.port()
+    }
+}
 
 /// One listening socket of this worker.
 #[derive(Debug)]
 pub struct Listener {
+    pub key: ListenerKey,
     pub socket: Socket,
-    pub protocol: Protocol,
-    pub node_port: u16,
+}
+
+/// What the rest of the process can ask of a running worker (through its queue + eventfd).
+#[derive(Debug)]
+pub enum Command {
+    /// Start accepting on these new listeners (a reload added NodePorts or addresses).
+    AddListeners(Vec<Listener>),
+    /// Stop accepting on these listeners and close them.
+    RemoveListeners(Vec<ListenerKey>),
+    /// Stop accepting; end once no connection is left, or at `deadline` (resetting the rest).
+    Drain { deadline: Instant },
+    /// End now, resetting open connections.
+    Stop,
 }
 
 /// What a worker is told at start.
@@ -49,7 +74,26 @@ pub struct WorkerSetup {
     pub relay: RelayMode,
     pub publisher: Publisher,
     pub wake: Arc<OwnedFd>,
-    pub stop: Arc<AtomicBool>,
+    pub commands: mpsc::Receiver<Command>,
+    pub loop_stats: Arc<LoopStats>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// Connections still open at the end, reset.
+    pub reset: u64,
+}
+
+/// A listener slot: its key stays after the socket is closed, so that a connection the
+/// kernel accepted just before the close is still routed by its NodePort.
+struct ListenerSlot {
+    key: ListenerKey,
+    socket: Option<Socket>,
+    /// Generation of the armed multishot accept, if armed.
+    accepting: Option<u32>,
+    /// Generation the next arm gets.
+    arms: u32,
 }
 
 /// How often the loop wakes at the latest, and the idle-check tick.
@@ -92,11 +136,12 @@ struct Slot {
 pub struct Worker {
     index: usize,
     ring: Uring,
-    listeners: Vec<Listener>,
-    /// Per listener: the generation of its armed multishot accept, if one is armed.
-    accepting: Vec<Option<u32>>,
-    /// Per listener: the generation the next arm gets.
-    accept_arms: Vec<u32>,
+    listeners: Vec<ListenerSlot>,
+    /// Set by `Drain`: no accepting, end when empty or at this deadline.
+    draining: Option<Instant>,
+    exit_now: bool,
+    commands: mpsc::Receiver<Command>,
+    loop_stats: Arc<LoopStats>,
     /// No accepts until then (fd exhaustion backoff).
     backoff_until: Option<Instant>,
     backoff: Duration,
@@ -114,7 +159,6 @@ pub struct Worker {
     to_close: Vec<OwnedFd>,
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
     now: Instant,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
@@ -123,13 +167,23 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
         let ring = Uring::new(1024)?;
-        let n = setup.listeners.len();
         Ok(Worker {
             index: setup.index,
             ring,
-            listeners: setup.listeners,
-            accepting: vec![None; n],
-            accept_arms: vec![0; n],
+            listeners: setup
+                .listeners
+                .into_iter()
+                .map(|l| ListenerSlot {
+                    key: l.key,
+                    socket: Some(l.socket),
+                    accepting: None,
+                    arms: 0,
+                })
+                .collect(),
+            draining: None,
+            exit_now: false,
+            commands: setup.commands,
+            loop_stats: setup.loop_stats,
             backoff_until: None,
             backoff: BACKOFF_MIN,
             max_connections: setup.max_connections.max(1),
@@ -145,14 +199,13 @@ impl Worker {
             to_close: Vec::new(),
             idle_cursor: 0,
             wake: setup.wake,
-            stop: setup.stop,
             now: Instant::now(),
             spare_tried: Vec::new(),
         })
     }
 
-    /// Run until told to stop. Connections still open then are reset.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Run until told to stop or drained. Connections still open then are reset.
+    pub fn run(mut self) -> io::Result<WorkerExit> {
         self.ring.watch_wake(self.wake.as_fd())?;
         self.resume_accepting()?;
         let mut completions = Vec::new();
@@ -176,14 +229,22 @@ impl Worker {
                 self.retry_parked()?;
             }
             self.ring.completions(&mut completions);
+            self.loop_stats.iterations.add(1);
+            self.loop_stats.completions.add(completions.len() as u64);
             for c in completions.drain(..) {
                 self.on_completion(c)?;
             }
             for slot in std::mem::take(&mut self.runq) {
                 self.drive(slot)?;
             }
-            if self.stop.load(Ordering::Acquire) {
+            self.loop_stats.set_active(u64::from(self.active));
+            if self.exit_now {
                 break;
+            }
+            if let Some(deadline) = self.draining {
+                if self.active == 0 || self.now >= deadline {
+                    break;
+                }
             }
             if self.now.duration_since(last_tick) >= TICK {
                 last_tick = self.now;
@@ -210,9 +271,9 @@ impl Worker {
             } => {
                 // Only the current arm's end changes the state; a cancelled earlier arm
                 // may still report accepted connections, which are served all the same.
-                let current = self.accepting[listener as usize] == Some(generation);
+                let current = self.listeners[listener as usize].accepting == Some(generation);
                 if rearm && current {
-                    self.accepting[listener as usize] = None;
+                    self.listeners[listener as usize].accepting = None;
                 }
                 let rearm = rearm && current;
                 match result {
@@ -310,16 +371,51 @@ impl Worker {
                 if ended {
                     self.ring.watch_wake(self.wake.as_fd())?;
                 }
+                while let Ok(command) = self.commands.try_recv() {
+                    self.on_command(command)?;
+                }
             }
         }
         Ok(())
     }
 
+    fn on_command(&mut self, command: Command) -> io::Result<()> {
+        match command {
+            Command::AddListeners(listeners) => {
+                for l in listeners {
+                    self.listeners.push(ListenerSlot {
+                        key: l.key,
+                        socket: Some(l.socket),
+                        accepting: None,
+                        arms: 0,
+                    });
+                }
+                self.resume_accepting()?;
+            }
+            Command::RemoveListeners(keys) => {
+                for i in 0..self.listeners.len() {
+                    if self.listeners[i].socket.is_some() && keys.contains(&self.listeners[i].key) {
+                        if let Some(generation) = self.listeners[i].accepting.take() {
+                            self.ring.cancel_accept(i as u32, generation)?;
+                        }
+                        let socket = self.listeners[i].socket.take().expect("open listener");
+                        self.to_close.push(socket.into());
+                    }
+                }
+            }
+            Command::Drain { deadline } => {
+                self.draining = Some(deadline);
+                self.pause_accepting()?;
+            }
+            Command::Stop => self.exit_now = true,
+        }
+        Ok(())
+    }
+
     fn on_accept(&mut self, listener: usize, fd: OwnedFd) -> io::Result<()> {
-        let (protocol, node_port) = (
-            self.listeners[listener].protocol,
-            self.listeners[listener].node_port,
-        );
+        self.loop_stats.accepted.add(1);
+        let key = self.listeners[listener].key;
+        let (protocol, node_port) = (key.protocol, key.node_port());
         let pin = self.pin_current();
         let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
         let client_addr = SockRef::from(&fd)
@@ -689,17 +785,20 @@ impl Worker {
     }
 
     fn may_accept(&self) -> bool {
-        self.backoff_until.is_none() && self.active < self.max_connections
+        self.backoff_until.is_none()
+            && self.draining.is_none()
+            && self.active < self.max_connections
     }
 
     fn arm_accept(&mut self, i: usize) -> io::Result<()> {
-        if self.accepting[i].is_none() {
-            let generation = self.accept_arms[i];
-            self.accept_arms[i] = generation.wrapping_add(1);
-            self.ring
-                .accept(i as u32, generation, self.listeners[i].socket.as_fd())?;
-            self.accepting[i] = Some(generation);
+        let l = &mut self.listeners[i];
+        if let (None, Some(socket)) = (l.accepting, l.socket.as_ref()) {
+            let generation = l.arms;
+            l.arms = generation.wrapping_add(1);
+            l.accepting = Some(generation);
+            self.ring.accept(i as u32, generation, socket.as_fd())?;
         }
+        self.loop_stats.set_accepting(true);
         Ok(())
     }
 
@@ -715,10 +814,11 @@ impl Worker {
 
     fn pause_accepting(&mut self) -> io::Result<()> {
         for i in 0..self.listeners.len() {
-            if let Some(generation) = self.accepting[i].take() {
+            if let Some(generation) = self.listeners[i].accepting.take() {
                 self.ring.cancel_accept(i as u32, generation)?;
             }
         }
+        self.loop_stats.set_accepting(false);
         Ok(())
     }
 
@@ -759,17 +859,21 @@ impl Worker {
         Ok(())
     }
 
-    fn shutdown(mut self) -> io::Result<()> {
+    fn shutdown(mut self) -> io::Result<WorkerExit> {
+        self.draining = Some(self.now);
+        self.pause_accepting()?;
+        let mut reset = 0;
         for slot in 0..self.slots.len() as u32 {
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
                 live.conn.abort();
+                reset += 1;
                 self.drive(slot)?;
             }
         }
-        self.pause_accepting()?;
         self.ring.submit_and_wait(Some(Duration::ZERO))?;
         self.to_close.clear();
-        Ok(())
+        self.loop_stats.set_active(0);
+        Ok(WorkerExit { reset })
     }
 }
 
