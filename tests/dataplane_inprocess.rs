@@ -282,3 +282,78 @@ fn drain_lets_open_connections_finish_then_resets_the_rest() {
         "expected a reset, got {r:?}"
     );
 }
+
+/// A backend that reads a PROXY header, replies with what it decoded, then echoes.
+fn proxy_reading_backend(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 512];
+                let (header, used) = loop {
+                    let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "EOF before a whole PROXY header");
+                    buf.extend_from_slice(&chunk[..n]);
+                    match sluice::proxy_protocol::decode(&buf) {
+                        Ok(h) => break h,
+                        Err(sluice::proxy_protocol::DecodeError::Incomplete) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                let (src, dst) = header.addrs.expect("addresses in the header");
+                let line = format!(
+                    "v{} {src} {dst} tlvs={}\n",
+                    header.version,
+                    header.tlvs.len()
+                );
+                s.write_all(line.as_bytes()).unwrap();
+                s.write_all(&buf[used..]).unwrap();
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn proxy_headers_name_the_client_and_the_node_port_before_any_client_byte() {
+    let backend = proxy_reading_backend("127.0.0.7");
+    for (forwarding, version, tlvs) in [
+        (Forwarding::ProxyV1, 1, 0),
+        (Forwarding::ProxyV2(ProxyV2Options::default()), 2, 0),
+        (
+            Forwarding::ProxyV2(ProxyV2Options {
+                unique_id: true,
+                tlvs: vec![(0xE0, b"test/inproc".to_vec())],
+            }),
+            2,
+            2,
+        ),
+    ] {
+        let port = free_port();
+        let mut m = model(port, &[backend], RelayMode::Splice);
+        m.services[0].forwarding = forwarding;
+        let (dp, _p, _r) = start(&m);
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client
+            .bind(&"127.0.0.9:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        client
+            .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        let me = client.local_addr().unwrap().as_socket().unwrap();
+        let mut c: TcpStream = client.into();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"payload").unwrap();
+        let want = format!("v{version} {me} 127.0.0.1:{port} tlvs={tlvs}\npayload");
+        let mut got = vec![0u8; want.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        dp.stop().unwrap();
+    }
+}

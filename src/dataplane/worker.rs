@@ -21,7 +21,7 @@ use super::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op,
 use super::driver::uring::{Completion, Uring, MAX_SLOTS};
 use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use super::sys;
-use crate::model::{Protocol, RelayMode};
+use crate::model::{Forwarding, Protocol, RelayMode};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
@@ -102,6 +102,8 @@ const TICK: Duration = Duration::from_millis(100);
 const IDLE_PASS_TICKS: usize = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one transparent-mode routing hint per worker per this period.
+const HINT_EVERY: Duration = Duration::from_secs(10);
 
 struct Pin {
     snapshot: Arc<RoutingSnapshot>,
@@ -110,6 +112,8 @@ struct Pin {
 
 /// A connection's resources besides its state machine.
 struct Live {
+    /// Number of this connection on its worker (PROXY v2 unique id, logs).
+    id: u64,
     conn: Conn,
     client: OwnedFd,
     client_addr: SocketAddr,
@@ -160,6 +164,12 @@ pub struct Worker {
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
     now: Instant,
+    /// Connections accepted so far (ids).
+    next_id: u64,
+    /// Reused buffer for PROXY headers.
+    header: Vec<u8>,
+    /// When the transparent-mode routing hint was last logged (rate limit).
+    last_hint: Option<Instant>,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
 }
@@ -201,6 +211,9 @@ impl Worker {
             wake: setup.wake,
             now: Instant::now(),
             spare_tried: Vec::new(),
+            next_id: 0,
+            header: Vec::with_capacity(256),
+            last_hint: None,
         })
     }
 
@@ -329,43 +342,7 @@ impl Worker {
                 slot,
                 generation,
                 result,
-            } => {
-                let worker = self.index;
-                let now = self.now;
-                let Some(live) = self.live_mut(slot, generation) else {
-                    return Ok(());
-                };
-                live.connect_in_flight = false;
-                let pin = live.pin;
-                let (service, endpoint) = (
-                    live.service,
-                    live.endpoint.expect("connecting to an endpoint"),
-                );
-                let event = match result {
-                    Ok(()) => {
-                        live.connected = true;
-                        Event::Connected
-                    }
-                    Err(e) => {
-                        let failure = match e.raw_os_error() {
-                            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
-                            _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
-                            _ => ConnectFailure::Network,
-                        };
-                        tracing::debug!(worker, error = %e, ?failure, "connect to endpoint failed");
-                        Event::ConnectFailed(failure)
-                    }
-                };
-                live.conn.handle(now, event);
-                let ep = self.service_of(pin, service).endpoint(endpoint);
-                let c = ep.stats.worker(worker);
-                if event == Event::Connected {
-                    c.opened.add(1);
-                } else {
-                    c.failed.add(1);
-                }
-                self.drive(slot)?;
-            }
+            } => self.on_connected(slot, generation, result)?,
             Completion::Wake { ended } => {
                 sys::eventfd_drain(self.wake.as_fd());
                 if ended {
@@ -377,6 +354,82 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// A connect finished: tell the endpoint's PROXY header if the Service wants one, count,
+    /// and let the connection go on (relay, or retry elsewhere).
+    fn on_connected(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        result: io::Result<()>,
+    ) -> io::Result<()> {
+        let worker = self.index;
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        if s.generation != generation {
+            return Ok(());
+        }
+        let Some(mut live) = s.live.take() else {
+            return Ok(());
+        };
+        live.connect_in_flight = false;
+        let endpoint = live.endpoint.expect("connecting to an endpoint");
+        // Borrow only `pins` (not all of self): the header buffer and hint clock are used below.
+        let entry = self.pins[live.pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(live.service);
+        let addr = entry.endpoint(endpoint).endpoint.addr;
+        let event = match result {
+            Ok(()) => {
+                live.connected = true;
+                match write_proxy_header(&mut self.header, &entry.port.forwarding, &live, worker) {
+                    Ok(()) => Event::Connected,
+                    Err(e) => {
+                        tracing::debug!(worker, endpoint = %addr, error = %e, "cannot send the PROXY header");
+                        Event::Failed {
+                            side: Side::Backend,
+                            reset: sys::is_reset(&e),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let failure = match e.raw_os_error() {
+                    Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+                    _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+                    _ => ConnectFailure::Network,
+                };
+                tracing::debug!(worker, endpoint = %addr, error = %e, ?failure, "connect to endpoint failed");
+                if failure == ConnectFailure::TimedOut
+                    && matches!(entry.port.forwarding, Forwarding::Transparent)
+                    && self
+                        .last_hint
+                        .is_none_or(|t| now.duration_since(t) >= HINT_EVERY)
+                {
+                    self.last_hint = Some(now);
+                    tracing::warn!(
+                        worker,
+                        service = %entry.port.key,
+                        endpoint = %addr,
+                        client = %live.client_addr,
+                        "transparent forwarding: connect to the endpoint timed out. Replies to the client's address must come back to this node: apply the rules `sluice tproxy-rules` prints, and route the pod's default route through this node (see docs/client-address.md)"
+                    );
+                }
+                Event::ConnectFailed(failure)
+            }
+        };
+        let c = entry.endpoint(endpoint).stats.worker(worker);
+        if event == Event::Connected {
+            c.opened.add(1);
+        } else {
+            c.failed.add(1);
+        }
+        live.conn.handle(now, event);
+        self.slots[slot as usize].live = Some(live);
+        self.drive(slot)
     }
 
     fn on_command(&mut self, command: Command) -> io::Result<()> {
@@ -439,7 +492,9 @@ impl Worker {
         };
         let mut tried = self.spare_tried.pop().unwrap_or_default();
         tried.clear();
+        self.next_id += 1;
         let live = Live {
+            id: self.next_id,
             conn: Conn::new(self.now, config),
             client: fd,
             client_addr,
@@ -616,6 +671,17 @@ impl Worker {
             }
         };
         live.parked_since = None;
+        let transparent = matches!(
+            self.service_of(live.pin, live.service).port.forwarding,
+            Forwarding::Transparent
+        );
+        if transparent {
+            if let Err(e) = bind_to_client(&socket, live.client_addr, addr) {
+                tracing::warn!(worker, client = %live.client_addr, endpoint = %addr, error = %e,
+                    "transparent forwarding: cannot leave from the client's address (needs CAP_NET_ADMIN and a client of the endpoint's address family)");
+                return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
+            }
+        }
         if retry {
             self.service_of(live.pin, live.service)
                 .stats
@@ -732,14 +798,6 @@ impl Worker {
             .expect("pinned snapshot")
             .snapshot
             .service(service)
-    }
-
-    fn live_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Live> {
-        let s = self.slots.get_mut(slot as usize)?;
-        if s.generation != generation {
-            return None;
-        }
-        s.live.as_mut()
     }
 
     /// The pin of the currently published snapshot (pinning it if it is new).
@@ -886,4 +944,53 @@ fn side_fd<'a>(
         Side::Client => client.as_fd(),
         Side::Backend => backend.as_ref().expect("backend socket").as_fd(),
     }
+}
+
+/// Write the PROXY header the Service calls for (if any) to the just-connected backend, in
+/// one send, before any client byte. A fresh connection's send buffer is empty, so anything
+/// short of the whole header is an error: the connection is then reset, and no client byte
+/// ever follows a partial header.
+fn write_proxy_header(
+    buf: &mut Vec<u8>,
+    forwarding: &Forwarding,
+    live: &Live,
+    worker: usize,
+) -> io::Result<()> {
+    if !matches!(forwarding, Forwarding::ProxyV1 | Forwarding::ProxyV2(_)) {
+        return Ok(());
+    }
+    let dst = SockRef::from(&live.client)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("client socket has no IP address"))?;
+    let mut unique_id = [0u8; 16];
+    unique_id[..8].copy_from_slice(&(worker as u64).to_be_bytes());
+    unique_id[8..].copy_from_slice(&live.id.to_be_bytes());
+    buf.clear();
+    crate::proxy_protocol::encode(forwarding, live.client_addr, dst, &unique_id, buf);
+    let backend = live.backend.as_ref().expect("connected backend");
+    match sys::write(backend.as_fd(), buf)? {
+        sys::Transfer::Moved(n) if n == buf.len() => Ok(()),
+        _ => Err(io::Error::other("PROXY header not sent whole")),
+    }
+}
+
+/// Make `socket` leave from the client's IP (port chosen by the kernel): IP_TRANSPARENT +
+/// bind. The client's IPv4-mapped address (dual-stack listener) is bound as IPv4.
+fn bind_to_client(socket: &Socket, client: SocketAddr, endpoint: SocketAddr) -> io::Result<()> {
+    let ip = match client.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if ip.is_ipv4() != endpoint.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "client and endpoint are of different address families",
+        ));
+    }
+    sys::set_transparent(socket.as_fd(), ip.is_ipv6())?;
+    socket.bind(&SocketAddr::new(ip, 0).into())
 }
