@@ -32,6 +32,9 @@ enum Command {
         /// Worker threads (overrides the config; default one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Kernel interface of the workers (overrides the config's `driver`).
+        #[arg(long, value_enum)]
+        driver: Option<DriverArg>,
     },
     /// Validate a config file and print what would be served.
     Check {
@@ -47,7 +50,27 @@ enum Command {
     Demo {
         #[arg(long)]
         workers: Option<usize>,
+        #[arg(long, value_enum)]
+        driver: Option<DriverArg>,
     },
+}
+
+/// `--driver` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DriverArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<DriverArg> for sluice::model::DriverSetting {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Auto => Self::Auto,
+            DriverArg::Uring => Self::Uring,
+            DriverArg::Epoll => Self::Epoll,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,10 +98,17 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Run { config, workers } => match sluice::config::load_file(&config, None) {
+        Command::Run {
+            config,
+            workers,
+            driver,
+        } => match sluice::config::load_file(&config, None) {
             Ok(mut model) => {
                 if workers.is_some() {
                     model.settings.workers = workers;
+                }
+                if let Some(d) = driver {
+                    model.settings.driver = d.into();
                 }
                 if sluice::tproxy::uses_transparent(&model) {
                     if let Err(e) = sluice::tproxy::check_transparent_capability() {
@@ -103,7 +133,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Demo { workers } => demo(workers),
+        Command::Demo { workers, driver } => demo(workers, driver),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,7 +144,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(workers: Option<usize>) -> anyhow::Result<()> {
+fn demo(workers: Option<usize>, driver: Option<DriverArg>) -> anyhow::Result<()> {
     let pods: Vec<(String, std::net::SocketAddr)> = sluice::demo::DEMO_POD_ADDRS
         .iter()
         .enumerate()
@@ -123,6 +153,9 @@ fn demo(workers: Option<usize>) -> anyhow::Result<()> {
     let _pods = sluice::demo::DemoPods::start(&pods).context("starting the demo pods")?;
     let mut model = sluice::demo::demo_model();
     model.settings.workers = workers.or(model.settings.workers);
+    if let Some(d) = driver {
+        model.settings.driver = d.into();
+    }
     println!(
         "demo pods: {}",
         pods.iter()
@@ -167,7 +200,12 @@ fn serve(model: Model) -> anyhow::Result<()> {
             "serving"
         );
     }
-    tracing::info!(workers = dataplane.workers(), addresses = ?dataplane.listen_addrs(), "sluice is serving");
+    tracing::info!(
+        workers = dataplane.workers(),
+        driver = %dataplane.monitor().driver(),
+        addresses = ?dataplane.listen_addrs(),
+        "sluice is serving"
+    );
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "stopping");
     }

@@ -45,6 +45,20 @@ pub struct Settings {
     pub backlog: u32,
     /// Defaults applied to Services that do not set their own.
     pub defaults: ServiceDefaults,
+    /// Which kernel interface the workers use.
+    pub driver: DriverSetting,
+}
+
+/// Which kernel interface the data plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverSetting {
+    /// io_uring when this kernel and sandbox allow every operation sluice uses, else epoll.
+    #[default]
+    Auto,
+    /// io_uring, or refuse to start (saying why).
+    Uring,
+    /// epoll (through mio).
+    Epoll,
 }
 
 impl Default for Settings {
@@ -58,6 +72,7 @@ impl Default for Settings {
             relay: RelayMode::Splice,
             backlog: 4096,
             defaults: ServiceDefaults::default(),
+            driver: DriverSetting::Auto,
         }
     }
 }

@@ -45,6 +45,11 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
                 last: node_port,
             },
             relay,
+            driver: match std::env::var("SLUICE_TEST_DRIVER").as_deref() {
+                Ok("epoll") => DriverSetting::Epoll,
+                Ok("uring") => DriverSetting::Uring,
+                _ => DriverSetting::Auto,
+            },
             ..Settings::default()
         },
         services: vec![ServicePort {

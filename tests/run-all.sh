@@ -25,4 +25,11 @@ fi
 # The suite opens a few thousand sockets per process; it needs more than the usual 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Everything once (unit tests, simulations, integration tests on the default driver:
+# io_uring where the kernel allows it), then the integration tests again on each driver
+# explicitly, so that both drivers pass the same suite.
 cargo test --profile ci --all-targets "$@"
+for driver in uring epoll; do
+  echo "=== integration tests with --driver $driver ==="
+  SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
+done

@@ -20,6 +20,7 @@ pub(super) struct ConfigFile {
     pub node_port_range: Option<Spanned<String>>,
     pub max_connections_per_worker: Option<Spanned<i64>>,
     pub relay: Option<Spanned<String>>,
+    pub driver: Option<Spanned<String>>,
     pub backlog: Option<Spanned<i64>>,
     pub connect_timeout: Option<Spanned<DurationText>>,
     pub idle_timeout: Option<Spanned<DurationText>>,

@@ -165,6 +165,7 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "node_port_range",
     "max_connections_per_worker",
     "relay",
+    "driver",
     "backlog",
 ];
 

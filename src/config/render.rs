@@ -40,9 +40,14 @@ pub(super) fn render(model: &Model) -> String {
         crate::model::RelayMode::Splice => "splice",
         crate::model::RelayMode::Copy => "copy",
     };
+    let driver = match s.driver {
+        crate::model::DriverSetting::Auto => "auto",
+        crate::model::DriverSetting::Uring => "uring",
+        crate::model::DriverSetting::Epoll => "epoll",
+    };
     let _ = writeln!(
         out,
-        "workers: {workers} ({pinned})   relay: {relay}   node-port range: {}   \
+        "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
          max connections per worker: {}   backlog: {}",
         s.node_port_range, s.max_connections_per_worker, s.backlog
     );

@@ -7,7 +7,7 @@ use super::file::ConfigFile;
 use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
-    ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings, Timeouts,
+    DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings, Timeouts,
     DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
@@ -54,6 +54,19 @@ pub(super) fn settings(
         )?,
         None => base.relay,
     };
+    let driver = match &f.driver {
+        Some(d) => choice(
+            src,
+            d,
+            "driver",
+            &[
+                ("auto", DriverSetting::Auto),
+                ("uring", DriverSetting::Uring),
+                ("epoll", DriverSetting::Epoll),
+            ],
+        )?,
+        None => base.driver,
+    };
     let backlog = match &f.backlog {
         Some(b) => int(src, b, "backlog", 1, i32::MAX.into(), "")?,
         None => base.backlog,
@@ -81,6 +94,7 @@ pub(super) fn settings(
         relay,
         backlog,
         defaults,
+        driver,
     };
     Ok((settings, f.node_port_range.as_ref().map(Spanned::span)))
 }

@@ -17,9 +17,12 @@ pub mod relay;
 pub mod sys;
 pub mod worker;
 
-use crate::model::{ListenAddresses, Protocol, Settings};
+use crate::model::{DriverSetting, ListenAddresses, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
+use driver::epoll::Epoll;
+use driver::uring::Uring;
+use driver::{Driver, DriverChoice};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,8 +44,8 @@ pub enum StartError {
         protocol: Protocol,
         source: io::Error,
     },
-    /// io_uring is unavailable or lacks an operation sluice needs.
-    #[error("io_uring is unavailable: {0}")]
+    /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
+    #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
@@ -160,7 +163,7 @@ impl Dataplane {
         node_ports: &NodePorts,
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
-        driver::uring::Uring::probe().map_err(StartError::Uring)?;
+        let driver = choose_driver(settings.driver)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
@@ -198,7 +201,10 @@ impl Dataplane {
             let tx = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-w{index}"))
-                .spawn(move || run_worker(setup, tx))
+                .spawn(move || match driver {
+                    DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
+                    DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
+                })
                 .map_err(|source| StartError::Worker { index, source })?;
             workers.push(WorkerHandle {
                 wake,
@@ -213,7 +219,7 @@ impl Dataplane {
             open,
             monitor: DataplaneMonitor {
                 loops: loops.into(),
-                driver: "io_uring",
+                driver: driver.name(),
             },
         };
         for _ in 0..n {
@@ -345,9 +351,28 @@ impl Drop for Dataplane {
     }
 }
 
-fn run_worker(
+/// Resolve the driver setting: `Auto` probes io_uring once and falls back to epoll with one
+/// log line saying why; `Uring` refuses to start with that reason instead.
+pub fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
+    match setting {
+        DriverSetting::Epoll => Ok(DriverChoice::Epoll),
+        DriverSetting::Uring => Uring::probe()
+            .map(|()| DriverChoice::Uring)
+            .map_err(StartError::Uring),
+        DriverSetting::Auto => match Uring::probe() {
+            Ok(()) => Ok(DriverChoice::Uring),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); using the epoll driver");
+                Ok(DriverChoice::Epoll)
+            }
+        },
+    }
+}
+
+fn run_worker<D: Driver>(
     setup: WorkerSetup,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
+    driver: impl FnOnce() -> io::Result<D>,
 ) -> io::Result<WorkerExit> {
     let index = setup.index;
     if let Some(cpu) = setup.cpu {
@@ -355,7 +380,7 @@ fn run_worker(
             tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
         }
     }
-    let worker = match Worker::new(setup) {
+    let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
             w

@@ -18,7 +18,7 @@
 //! process runs out of fds; existing connections keep being served meanwhile.
 
 use super::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
-use super::driver::uring::{Completion, Uring, MAX_SLOTS};
+use super::driver::{Completion, Driver, MAX_SLOTS};
 use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use super::sys;
 use crate::model::{Forwarding, Protocol, RelayMode};
@@ -137,9 +137,9 @@ struct Slot {
 }
 
 /// The state of one worker; see the module documentation.
-pub struct Worker {
+pub struct Worker<D: Driver> {
     index: usize,
-    ring: Uring,
+    ring: D,
     listeners: Vec<ListenerSlot>,
     /// Set by `Drain`: no accepting, end when empty or at this deadline.
     draining: Option<Instant>,
@@ -174,9 +174,8 @@ pub struct Worker {
     spare_tried: Vec<Vec<EndpointId>>,
 }
 
-impl Worker {
-    pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
-        let ring = Uring::new(1024)?;
+impl<D: Driver> Worker<D> {
+    pub fn new(setup: WorkerSetup, ring: D) -> io::Result<Worker<D>> {
         Ok(Worker {
             index: setup.index,
             ring,
