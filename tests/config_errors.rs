@@ -208,7 +208,11 @@ fn all_tlvs_together_may_not_exceed_768_bytes() {
     );
     let e = parse(&text, "bad.toml", None).unwrap_err();
     assert_eq!(e.line, 9, "{e}");
-    assert!(e.message.contains("proxy_tlvs take 812 bytes up to here; at most 768"), "{e}");
+    assert!(
+        e.message
+            .contains("proxy_tlvs take 812 bytes up to here; at most 768"),
+        "{e}"
+    );
     // Three of them fit.
     let three = text.replace(&format!(",\n{}", tlvs[3]), "");
     parse(&three, "ok.toml", None).expect("three 200-byte TLVs fit");

@@ -27,7 +27,21 @@ fn sluice_for(node_port: u16, v6: bool, backend: SocketAddr, service_extra: &str
     );
     let mut s = Sluice::run(&config);
     s.wait_ready_accepting(SocketAddr::from(([127, 0, 0, 1], node_port)));
+    if v6 {
+        s.wait_ready_accepting(SocketAddr::new(loopback(true), node_port));
+    }
     s
+}
+
+/// A port free on both 127.0.0.1 and, when `v6`, [::1] a moment ago.
+fn free_port_for(v6: bool) -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        if !v6 || std::net::TcpListener::bind((loopback(true), p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
 }
 
 /// The families to try: IPv4 always, IPv6 when [::1] can be bound (said loudly otherwise).
@@ -62,19 +76,30 @@ fn nginx_sees_client(forwarding: &str) {
         return;
     }
     for v6 in families() {
-        let backend = SocketAddr::new(loopback(v6), free_port());
+        let backend = SocketAddr::new(loopback(v6), free_port_for(v6));
         let nginx = start_nginx(&[NginxServer {
             listen: backend,
             proxy_protocol: true,
             log: "pod.log".into(),
         }]);
-        let node_port = free_port();
-        let _sluice = sluice_for(node_port, v6, backend, &format!("forwarding = \"{forwarding}\""));
+        let node_port = free_port_for(v6);
+        let _sluice = sluice_for(
+            node_port,
+            v6,
+            backend,
+            &format!("forwarding = \"{forwarding}\""),
+        );
         let node = SocketAddr::new(loopback(v6), node_port);
         let (me, resp) = http_get_from(client_ip(v6), node);
-        assert!(resp.starts_with("HTTP/1.1 200"), "{forwarding} v6={v6}: {resp:?}");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "{forwarding} v6={v6}: {resp:?}"
+        );
         wait_logged(&nginx, "pod.log", me);
-        eprintln!("nginx logged {me} ({forwarding}, {})", if v6 { "IPv6" } else { "IPv4" });
+        eprintln!(
+            "nginx logged {me} ({forwarding}, {})",
+            if v6 { "IPv6" } else { "IPv4" }
+        );
     }
 }
 
@@ -83,9 +108,9 @@ fn haproxy_sees_client(forwarding: &str, extra: &str) {
         return;
     }
     for v6 in families() {
-        let backend = SocketAddr::new(loopback(v6), free_port());
+        let backend = SocketAddr::new(loopback(v6), free_port_for(v6));
         let haproxy = start_haproxy(&[backend]);
-        let node_port = free_port();
+        let node_port = free_port_for(v6);
         let _sluice = sluice_for(
             node_port,
             v6,
@@ -94,9 +119,15 @@ fn haproxy_sees_client(forwarding: &str, extra: &str) {
         );
         let node = SocketAddr::new(loopback(v6), node_port);
         let (me, resp) = http_get_from(client_ip(v6), node);
-        assert!(resp.starts_with("HTTP/1.1 200"), "{forwarding} v6={v6}: {resp:?}");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "{forwarding} v6={v6}: {resp:?}"
+        );
         wait_logged(&haproxy, "stdout.log", me);
-        eprintln!("haproxy logged {me} ({forwarding}, {})", if v6 { "IPv6" } else { "IPv4" });
+        eprintln!(
+            "haproxy logged {me} ({forwarding}, {})",
+            if v6 { "IPv6" } else { "IPv4" }
+        );
     }
 }
 
@@ -139,10 +170,16 @@ fn nginx_rejects_a_connection_without_the_header() {
     }]);
     let node_port = free_port();
     let _sluice = sluice_for(node_port, false, backend, "forwarding = \"none\"");
-    let (_, resp) = http_get_from(client_ip(false), SocketAddr::new(loopback(false), node_port));
+    let (_, resp) = http_get_from(
+        client_ip(false),
+        SocketAddr::new(loopback(false), node_port),
+    );
     assert!(!resp.starts_with("HTTP/1.1 200"), "{resp:?}");
     wait_for("nginx to log a broken header", SOON, || {
-        nginx.file("error.log").contains("broken header").then_some(())
+        nginx
+            .file("error.log")
+            .contains("broken header")
+            .then_some(())
     });
 }
 
@@ -236,7 +273,12 @@ fn seed_scenario(fixed_port: Option<u16>) {
     }
     for (s, log) in servers.iter().zip(&logs) {
         let n = log.lines().count();
-        assert!(n > 0, "{} ({}) saw no connection:\n{logs:#?}", s.log, s.listen);
+        assert!(
+            n > 0,
+            "{} ({}) saw no connection:\n{logs:#?}",
+            s.log,
+            s.listen
+        );
         eprintln!("{} ({}) logged {n} connections", s.log, s.listen);
     }
     drop(sluice);

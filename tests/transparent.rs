@@ -58,8 +58,12 @@ impl Topology {
             ip(&["netns", "add", ns]);
         }
         let (c, n, p) = (t.client.as_str(), t.node.as_str(), t.pod.as_str());
-        ip(&["link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "n0", "netns", n]);
-        ip(&["link", "add", "n1", "netns", n, "type", "veth", "peer", "name", "p0", "netns", p]);
+        ip(&[
+            "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "n0", "netns", n,
+        ]);
+        ip(&[
+            "link", "add", "n1", "netns", n, "type", "veth", "peer", "name", "p0", "netns", p,
+        ]);
         let steps: &[(&str, &[&str])] = &[
             (c, &["addr", "add", "198.18.1.2/24", "dev", "c0"]),
             (n, &["addr", "add", "198.18.1.1/24", "dev", "n0"]),
@@ -179,7 +183,10 @@ fn transparent_pod_sees_the_client_only_with_the_node_rules() {
     // 1. No node rules: the pod's SYN-ACK to the client's address never reaches sluice's
     //    socket, the connect times out, and sluice says what is missing.
     let resp = get_from_client(&t);
-    assert!(!resp.starts_with("HTTP/1.1 200"), "answered without rules: {resp:?}");
+    assert!(
+        !resp.starts_with("HTTP/1.1 200"),
+        "answered without rules: {resp:?}"
+    );
     wait_for("sluice's transparent-mode hint", SOON, || {
         let err = sluice.stderr();
         (err.contains("sluice tproxy-rules") && err.contains("docs/client-address.md"))
@@ -204,7 +211,11 @@ fn transparent_pod_sees_the_client_only_with_the_node_rules() {
         .arg(&path)
         .output()
         .expect("sluice tproxy-rules");
-    assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stderr));
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stderr)
+    );
     let script = String::from_utf8(rules.stdout).unwrap();
     let applied = Command::new("ip")
         .args(["netns", "exec", &t.node, "sh", "-e", "-c", &script])
@@ -268,7 +279,10 @@ fn transparent_without_cap_net_admin_is_refused_at_load() {
     let check = without_caps(&["check", "--config"]);
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{err}");
-    assert!(err.starts_with("warning: ") && err.contains("CAP_NET_ADMIN"), "{err}");
+    assert!(
+        err.starts_with("warning: ") && err.contains("CAP_NET_ADMIN"),
+        "{err}"
+    );
     assert!(String::from_utf8_lossy(&check.stdout).contains(" transparent "));
 }
 
@@ -283,7 +297,16 @@ fn tproxy_rules_subcommand_prints_commands_for_both_families() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("#   tproxy/web on NodePort 30000/TCP -> 198.18.2.2:80"), "{text}");
-    assert!(text.contains("\nip rule add fwmark 1 lookup 100\n"), "{text}");
-    assert!(text.contains("\nip -6 route add local ::/0 dev lo table 100\n"), "{text}");
+    assert!(
+        text.contains("#   tproxy/web on NodePort 30000/TCP -> 198.18.2.2:80"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nip rule add fwmark 1 lookup 100\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nip -6 route add local ::/0 dev lo table 100\n"),
+        "{text}"
+    );
 }
