@@ -124,6 +124,31 @@ const ROWS: &[Row] = &[
         "weight -1 is out of range: must be 0..=65535"),
     row("duplicate endpoint", svc!("target_port = 9000\n" "endpoints = [\n" "  \"10.0.0.1\",\n" "  \"10.0.0.1:9000\",\n" "]\n"), (7, 3),
         "endpoint 10.0.0.1:9000 is listed twice in default/a (first at line 6)"),
+    // Forwarding (how the pod learns the client's address).
+    row("unknown forwarding", svc!("forwarding = \"proxy\"\n"), (4, 14),
+        "forwarding \"proxy\" is not accepted; expected one of \"none\", \"proxy-v1\", \"proxy-v2\", \"transparent\""),
+    row("unknown top-level forwarding", "forwarding = \"PROXY-V2\"\n", (1, 14),
+        "forwarding \"PROXY-V2\" is not accepted"),
+    row("v2 option on a v1 service", svc!("forwarding = \"proxy-v1\"\n" "proxy_unique_id = true\n"), (5, 19),
+        "`proxy_unique_id` is a PROXY v2 option, but this Service's forwarding is \"proxy-v1\"; set forwarding = \"proxy-v2\""),
+    row("v2 option without forwarding", svc!("proxy_tlvs = [{ type = 0xE0, value = \"x\" }]\n"), (4, 14),
+        "`proxy_tlvs` is a PROXY v2 option, but this Service's forwarding is \"none\" (the default)"),
+    row("v2 option under a top-level transparent", concat!("forwarding = \"transparent\"\n", svc!("proxy_unique_id = false\n")), (5, 19),
+        "forwarding is \"transparent\" (the default set at line 1)"),
+    row("TLV type below the custom range", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0x05, value = \"id\" }]\n"), (5, 24),
+        "proxy_tlvs type 0x05 is not a custom TLV type: write 0xE0..=0xEF (the range the PROXY protocol leaves to applications); for a unique connection id set `proxy_unique_id = true`"),
+    row("TLV type above a byte", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 480, value = \"x\" }]\n"), (5, 24),
+        "proxy_tlvs type 480 is not a custom TLV type"),
+    row("TLV type twice", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [\n" "  { type = 0xE0, value = \"a\" },\n" "  { type = 0xE0, value = \"b\" },\n" "]\n"), (7, 12),
+        "proxy_tlvs type 0xE0 is listed twice (first at line 6)"),
+    row("TLV value too long", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE1, value = \"" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" "\" }]\n"), (5, 38),
+        "proxy_tlvs value of type 0xE1 is 256 bytes long; at most 255 are allowed"),
+    row("unknown TLV key", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE0, data = \"x\" }]\n"), (5, 30),
+        "unknown key `data` in a proxy_tlvs table"),
+    row("TLV value as a number", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE0, value = 7 }]\n"), (5, 38),
+        "`value`: invalid type: integer `7`, expected a string"),
     // Across services.
     row("node_port taken", concat!(
             "[[service]]\nname = \"a\"\nnamespace = \"workshop\"\nport = 80\nnode_port = 30000\n\n",
@@ -170,6 +195,27 @@ fn every_bad_config_gives_its_exact_error() {
         ROWS.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn all_tlvs_together_may_not_exceed_768_bytes() {
+    let tlvs: Vec<String> = (0..4)
+        .map(|i| format!("{{ type = 0xE{i}, value = \"{}\" }}", "x".repeat(200)))
+        .collect();
+    let text = format!(
+        "[[service]]\nname = \"a\"\nport = 80\nforwarding = \"proxy-v2\"\nproxy_tlvs = [\n{}\n]\n",
+        tlvs.join(",\n")
+    );
+    let e = parse(&text, "bad.toml", None).unwrap_err();
+    assert_eq!(e.line, 9, "{e}");
+    assert!(
+        e.message
+            .contains("proxy_tlvs take 812 bytes up to here; at most 768"),
+        "{e}"
+    );
+    // Three of them fit.
+    let three = text.replace(&format!(",\n{}", tlvs[3]), "");
+    parse(&three, "ok.toml", None).expect("three 200-byte TLVs fit");
 }
 
 #[test]

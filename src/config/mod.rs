@@ -423,6 +423,53 @@ endpoints = []
     }
 
     #[test]
+    fn forwarding_keys() {
+        let text = r#"
+forwarding = "proxy-v1"
+
+[[service]]
+name = "a"
+port = 80
+
+[[service]]
+name = "b"
+port = 80
+forwarding = "proxy-v2"
+proxy_unique_id = true
+proxy_tlvs = [{ type = 0xE0, value = "workshop/myfrontend" }, { type = 0xEF, value = "" }]
+
+[[service]]
+name = "c"
+port = 80
+forwarding = "transparent"
+
+[[service]]
+name = "d"
+port = 80
+forwarding = "none"
+"#;
+        let model = parse(text, "f.toml", None).unwrap();
+        let f: Vec<&Forwarding> = model.services.iter().map(|s| &s.forwarding).collect();
+        assert_eq!(
+            f,
+            [
+                &Forwarding::ProxyV1,
+                &Forwarding::ProxyV2(ProxyV2Options {
+                    unique_id: true,
+                    tlvs: vec![(0xE0, b"workshop/myfrontend".to_vec()), (0xEF, Vec::new())],
+                }),
+                &Forwarding::Transparent,
+                &Forwarding::None,
+            ]
+        );
+        let shown = render_check(&model);
+        assert!(shown.contains("FORWARDING"), "{shown}");
+        assert!(shown.contains(" proxy-v2(unique-id,0xE0,0xEF) "), "{shown}");
+        assert!(shown.contains(" transparent "), "{shown}");
+        assert!(shown.contains(" proxy-v1 "), "{shown}");
+    }
+
+    #[test]
     fn empty_file_is_a_valid_empty_model() {
         let model = parse("", "empty.toml", None).unwrap();
         assert_eq!(model.settings, Settings::default());

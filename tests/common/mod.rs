@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 mod backends;
+pub mod peers;
+#[allow(unused_imports)]
 pub use backends::*;
 
 use sha2::{Digest, Sha256};
