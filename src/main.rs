@@ -181,16 +181,11 @@ fn serve(model: Model) -> anyhow::Result<()> {
     let mut registry = StatsRegistry::new(workers);
     let snapshot = RoutingSnapshot::build(&model, 1, &mut registry);
     let publisher = Publisher::new(snapshot);
-    let mut node_ports: Vec<_> = model
-        .services
-        .iter()
-        .map(|s| (s.key.protocol, s.node_port))
-        .collect();
-    node_ports.sort_unstable();
-    node_ports.dedup();
+    let node_ports = sluice::dataplane::node_ports(&model);
     let mut settings = model.settings.clone();
     settings.workers = Some(workers);
-    let dataplane = Dataplane::start(&settings, &node_ports, &publisher)?;
+    let mut dataplane = Dataplane::start(&settings, &node_ports, &publisher)?;
+    dataplane.steer_client_ips(&sluice::dataplane::client_ip_ports(&model));
     for s in &model.services {
         tracing::info!(
             service = %s.key,

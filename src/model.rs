@@ -253,7 +253,23 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub enum Policy {
     /// Maglev consistent hashing on the given key.
     Maglev { key: HashKey },
+    /// Kubernetes `sessionAffinity: ClientIP`: a client IP keeps its endpoint while it opens
+    /// a connection at least every `timeout` (the timer restarts at each new connection);
+    /// new clients, and clients whose endpoint left or is unusable, are placed by Maglev on
+    /// the client IP. At most `max_entries` clients are remembered per worker.
+    ClientIp { timeout: Duration, max_entries: u32 },
+    /// Weighted round-robin (smooth: no bursts to one endpoint).
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// The less loaded (active connections / weight) of two weighted-random endpoints.
+    LeastConnections,
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+/// Default bound on remembered clients per worker and Service port.
+pub const DEFAULT_AFFINITY_MAX_ENTRIES: u32 = 65536;
 
 impl Default for Policy {
     fn default() -> Self {

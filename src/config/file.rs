@@ -45,6 +45,8 @@ pub(super) struct ServiceEntry {
     #[serde(default)]
     pub endpoints: Vec<Spanned<EndpointEntry>>,
     pub policy: Option<Spanned<String>>,
+    pub affinity_timeout_seconds: Option<Spanned<i64>>,
+    pub affinity_max_entries: Option<Spanned<i64>>,
     pub hash_key: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<DurationText>>,
     pub idle_timeout: Option<Spanned<DurationText>>,

@@ -122,10 +122,14 @@ fn row(p: &ServicePort) -> [String; 6] {
     let policy = match p.policy {
         Policy::Maglev {
             key: HashKey::ClientIpPort,
-        } => "maglev(ip+port)",
+        } => "maglev(ip+port)".to_owned(),
         Policy::Maglev {
             key: HashKey::ClientIp,
-        } => "maglev(ip)",
+        } => "maglev(ip)".to_owned(),
+        Policy::ClientIp { timeout, .. } => format!("client-ip({}s)", timeout.as_secs()),
+        Policy::RoundRobin => "round-robin".to_owned(),
+        Policy::Random => "random".to_owned(),
+        Policy::LeastConnections => "least-connections".to_owned(),
     };
     let endpoints = if p.endpoints.is_empty() {
         "(none: connections are reset)".to_owned()

@@ -11,13 +11,15 @@
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
 //! (syscall wrappers; with the driver, the only `unsafe` code).
 
+pub mod affinity;
 pub mod conn;
 pub mod driver;
 pub mod relay;
+pub mod select;
 pub mod sys;
 pub mod worker;
 
-use crate::model::{DriverSetting, ListenAddresses, Protocol, Settings};
+use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 use driver::epoll::Epoll;
@@ -60,6 +62,8 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     /// Listeners open now, in every worker.
     open: Vec<ListenerKey>,
+    /// Listener groups whose connections are steered to workers by client IP.
+    steered: Vec<ListenerKey>,
     monitor: DataplaneMonitor,
 }
 
@@ -217,6 +221,7 @@ impl Dataplane {
         let dp = Dataplane {
             workers,
             open,
+            steered: Vec::new(),
             monitor: DataplaneMonitor {
                 loops: loops.into(),
                 driver: driver.name(),
@@ -283,6 +288,7 @@ impl Dataplane {
             self.open.push(key);
         }
         self.open.retain(|k| !plan.remove.contains(k));
+        self.steered.retain(|k| !plan.remove.contains(k));
         for (w, listeners) in self.workers.iter().zip(per_worker) {
             if !listeners.is_empty() {
                 let _ = w.commands.send(Command::AddListeners(listeners));
@@ -292,6 +298,42 @@ impl Dataplane {
                     .commands
                     .send(Command::RemoveListeners(plan.remove.clone()));
             }
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Steer the connections of these NodePorts to workers by client IP (a classic-BPF
+    /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
+    /// affinity table; other NodePorts go back to the kernel's 4-tuple hash. Call after
+    /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
+    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
+        let wanted: Vec<ListenerKey> = self
+            .open
+            .iter()
+            .filter(|k| ports.contains(&(k.protocol, k.node_port())))
+            .copied()
+            .collect();
+        let attach: Vec<ListenerKey> = wanted
+            .iter()
+            .filter(|k| !self.steered.contains(k))
+            .copied()
+            .collect();
+        let detach: Vec<ListenerKey> = self
+            .steered
+            .iter()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        if attach.is_empty() && detach.is_empty() {
+            return;
+        }
+        self.steered = wanted;
+        if let Some(w) = self.workers.first() {
+            let _ = w.commands.send(Command::Steer {
+                attach,
+                detach,
+                groups: self.workers.len() as u32,
+            });
             let _ = sys::eventfd_signal(w.wake.as_fd());
         }
     }
@@ -395,6 +437,31 @@ fn run_worker<D: Driver>(
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
     }
     result
+}
+
+/// The NodePorts a model serves.
+pub fn node_ports(model: &Model) -> NodePorts {
+    let mut ports: NodePorts = model
+        .services
+        .iter()
+        .map(|s| (s.key.protocol, s.node_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The NodePorts whose Service uses ClientIP affinity (to steer by client IP).
+pub fn client_ip_ports(model: &Model) -> NodePorts {
+    let mut ports: NodePorts = model
+        .services
+        .iter()
+        .filter(|s| matches!(s.policy, Policy::ClientIp { .. }))
+        .map(|s| (s.key.protocol, s.node_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Every (address, NodePort) the settings and ports call for.

@@ -16,8 +16,16 @@ impl<D: Driver> Worker<D> {
     ) -> io::Result<Option<Event>> {
         let worker = self.index;
         let now = self.now;
-        let entry = self.service_of(live.pin, live.service);
-        let Some(endpoint) = entry.pick(live.client_addr, &live.tried) else {
+        // Borrow `pins` and `selector` separately (not all of self).
+        let entry = self.pins[live.pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(live.service);
+        let Some(endpoint) = self
+            .selector
+            .choose(entry, live.client_addr, &live.tried, now)
+        else {
             return Ok(Some(Event::NoEndpoint));
         };
         let addr = entry.endpoint(endpoint).endpoint.addr;

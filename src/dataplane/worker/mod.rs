@@ -26,6 +26,7 @@ pub use accept::{Listener, ListenerKey};
 use crate::dataplane::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
 use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
+use crate::dataplane::select::Selector;
 use crate::dataplane::sys;
 use crate::model::{Forwarding, Protocol, RelayMode};
 use crate::publish::Publisher;
@@ -49,6 +50,13 @@ pub enum Command {
     Drain { deadline: Instant },
     /// End now, resetting open connections.
     Stop,
+    /// Attach (or detach) the client-IP steering program to these listener groups, through
+    /// this worker's member socket; `groups` is the number of sockets per group (workers).
+    Steer {
+        attach: Vec<ListenerKey>,
+        detach: Vec<ListenerKey>,
+        groups: u32,
+    },
 }
 
 /// What a worker is told at start.
@@ -139,6 +147,8 @@ pub struct Worker<D: Driver> {
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
     now: Instant,
+    /// Per-worker state of the balancing policies (affinity, round-robin, PRNG).
+    selector: Selector,
     /// Connections accepted so far (ids).
     next_id: u64,
     /// Reused buffer for PROXY headers.
@@ -186,6 +196,12 @@ impl<D: Driver> Worker<D> {
             now: Instant::now(),
             spare_tried: Vec::new(),
             next_id: 0,
+            selector: Selector::new(
+                (setup.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
             header: Vec::with_capacity(256),
             last_hint: None,
         })
@@ -359,6 +375,27 @@ impl<D: Driver> Worker<D> {
                 self.pause_accepting()?;
             }
             Command::Stop => self.exit_now = true,
+            Command::Steer {
+                attach,
+                detach,
+                groups,
+            } => {
+                for l in &self.listeners {
+                    let Some(socket) = l.socket.as_ref() else {
+                        continue;
+                    };
+                    let result = if attach.contains(&l.key) {
+                        sys::attach_client_ip_steering(socket.as_fd(), groups)
+                    } else if detach.contains(&l.key) {
+                        sys::detach_steering(socket.as_fd())
+                    } else {
+                        continue;
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(listener = %l.key.addr, error = %e, "cannot change client-IP steering; affinity tables of different workers may disagree");
+                    }
+                }
+            }
         }
         Ok(())
     }
