@@ -7,9 +7,12 @@
 //! - [`table`]: stable hash, Maglev, [`table::RoutingSnapshot`] (model, stats).
 //! - [`publish`]: the one atomic pointer to the current snapshot (table).
 //! - [`dataplane`]: connection state machine, workers, io_uring driver (model, stats, table, publish).
+//! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (everything but
+//!   data-plane internals).
 //! - [`demo`]: the built-in demo pods and Service.
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod model;

@@ -25,6 +25,14 @@ pub(super) struct ConfigFile {
     pub idle_timeout: Option<Spanned<DurationText>>,
     pub connect_retries: Option<Spanned<i64>>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub control_socket: Option<Spanned<String>>,
+    pub control_socket_mode: Option<Spanned<i64>>,
+    pub control_socket_group: Option<Spanned<i64>>,
+    pub control_allowed_uids: Option<Vec<Spanned<i64>>>,
+    pub control_allowed_gids: Option<Vec<Spanned<i64>>>,
+    pub metrics_address: Option<Spanned<String>>,
+    pub health_address: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<DurationText>>,
     #[serde(default)]
     pub service: Vec<ServiceEntry>,
 }
