@@ -52,10 +52,6 @@ impl Notifier {
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
-    pub fn status(&self, status: &str) {
-        send(&[NotifyState::Status(status)]);
-    }
-
     pub fn watchdog(&self) {
         send(&[NotifyState::Watchdog]);
     }

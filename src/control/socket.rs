@@ -120,10 +120,6 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if self.listener.is_none() && std::fs::metadata(&self.path).map(|m| m.ino()) != Ok(self.inode)
-        {
-            return;
-        }
         // Only remove the file if it is still ours (not replaced by a newer daemon).
         if let Ok(m) = std::fs::metadata(&self.path) {
             if m.ino() == self.inode {
@@ -169,8 +165,7 @@ async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
     let mut line = Vec::with_capacity(256);
     loop {
         line.clear();
-        let limited = (&mut read).take(MAX_REQUEST_BYTES as u64 + 1);
-        let mut limited = limited;
+        let mut limited = (&mut read).take(MAX_REQUEST_BYTES as u64 + 1);
         let n = match tokio::time::timeout(CLIENT_TIMEOUT, limited.read_until(b'\n', &mut line))
             .await
         {
