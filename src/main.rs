@@ -38,6 +38,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the node's ip/nft commands that Services with forwarding = "transparent" need.
+    TproxyRules {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
         #[arg(long)]
@@ -190,6 +195,11 @@ fn main() -> ExitCode {
         Command::Check { config } => match sluice::config::load_file(&config, None) {
             Ok(model) => {
                 print!("{}", sluice::config::render_check(&model));
+                if sluice::tproxy::uses_transparent(&model) {
+                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                        eprintln!("warning: {e}");
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -198,6 +208,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, workers } => {
+            if let Ok(model) = sluice::config::load_file(&config, None) {
+                if sluice::tproxy::uses_transparent(&model) {
+                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                        eprintln!("{}: {e}", config.display());
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             match control::run(control::Options {
                 config: ConfigSource::File(config),
                 workers,
@@ -212,6 +230,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { workers } => demo(workers, log_filter),
+        Command::TproxyRules { config } => match sluice::config::load_file(&config, None) {
+            Ok(model) => {
+                print!("{}", sluice::tproxy::rules(&model));
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

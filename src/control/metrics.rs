@@ -266,15 +266,17 @@ pub fn render(sources: &Sources) -> String {
 
     let w_iter = counter_family(&mut reg, "sluice_worker_loop_iterations", "Event-loop iterations per worker");
     let w_compl = counter_family(&mut reg, "sluice_worker_completions", "Completions handled per worker");
+    let w_accepted = counter_family(&mut reg, "sluice_worker_accepted", "Client connections accepted per worker");
     let w_active = gauge_family(&mut reg, "sluice_worker_connections_active", "Client connections held per worker");
     let w_accepting = gauge_family(&mut reg, "sluice_worker_accepting", "1 while the worker accepts new connections");
     let w_beat = gauge_family(&mut reg, "sluice_worker_heartbeat", "Heartbeat counter per worker (advances while its loop runs)");
     let beats = sources.monitor.heartbeats();
-    for (i, w) in sources.monitor.worker_loops().iter().enumerate() {
+    for (i, w) in sources.monitor.worker_stats().iter().enumerate() {
         let l: Labels = vec![("worker", i.to_string())];
         w_iter.get_or_create(&l).inc_by(w.iterations);
         w_compl.get_or_create(&l).inc_by(w.completions);
-        w_active.get_or_create(&l).set(w.active_connections as i64);
+        w_accepted.get_or_create(&l).inc_by(w.accepted);
+        w_active.get_or_create(&l).set(w.active as i64);
         w_accepting.get_or_create(&l).set(i64::from(w.accepting));
         w_beat
             .get_or_create(&l)
