@@ -7,13 +7,13 @@ use super::file::ConfigFile;
 use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
-    ControlSettings, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings, Timeouts,
-    DEFAULT_NODE_PORT_RANGE,
+    ControlSettings, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings,
+    Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::ops::Range;
+use std::path::PathBuf;
 
 /// Upper bound of `workers`: far above any machine sluice runs on, low enough to catch typos.
 const MAX_WORKERS: i64 = 1024;
@@ -180,10 +180,7 @@ fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError>
             if !path.is_absolute() {
                 return Err(src.error(
                     &p.span(),
-                    format!(
-                        "control_socket {:?} is not an absolute path",
-                        p.get_ref()
-                    ),
+                    format!("control_socket {:?} is not an absolute path", p.get_ref()),
                 ));
             }
             Some(path)
@@ -202,7 +199,14 @@ fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError>
         None => base.mode,
     };
     let group = match &f.control_socket_group {
-        Some(g) => Some(int(src, g, "control_socket_group", 0, MAX_ID, "a numeric gid")?),
+        Some(g) => Some(int(
+            src,
+            g,
+            "control_socket_group",
+            0,
+            MAX_ID,
+            "a numeric gid",
+        )?),
         None => None,
     };
     let ids = |list: &Option<Vec<Spanned<i64>>>, key: &str| -> Result<Vec<u32>, ConfigError> {

@@ -32,10 +32,12 @@ pub fn run(socket: &Path, json: bool, request: &Request) -> u8 {
         return if response.ok { 0 } else { 1 };
     }
     if !response.ok {
-        let e = response.error.unwrap_or_else(|| super::protocol::ErrorBody {
-            kind: "unknown".into(),
-            message: "no error given".into(),
-        });
+        let e = response
+            .error
+            .unwrap_or_else(|| super::protocol::ErrorBody {
+                kind: "unknown".into(),
+                message: "no error given".into(),
+            });
         eprintln!("Error ({}): {}", e.kind, e.message);
         return 1;
     }
@@ -57,9 +59,15 @@ pub fn exchange(socket: &Path, request: &Request) -> std::io::Result<Response> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(request_line(request).as_bytes())?;
+    // A refused peer gets its refusal before the daemon reads anything: a failed write is
+    // not the end, the answer may be waiting.
+    let written = stream.write_all(request_line(request).as_bytes());
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    let read = BufReader::new(stream).read_line(&mut line);
+    if line.is_empty() {
+        written?;
+        read?;
+    }
     if line.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,

@@ -87,8 +87,8 @@ pub async fn serve(listener: TcpListener, what: Endpoints, sources: Sources) {
         };
         let sources = sources.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), http(stream, what, &sources))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), http(stream, what, &sources)).await;
             drop(permit);
         });
     }
@@ -210,18 +210,66 @@ pub fn render(sources: &Sources) -> String {
     let mut reg = Registry::default();
     let snapshot = sources.publisher.current();
 
-    let svc_conns = counter_family(&mut reg, "sluice_service_connections", "Client connections accepted per Service port");
-    let svc_failed = counter_family(&mut reg, "sluice_service_connection_failures", "Client connections that failed (no endpoint, every connect failed, reset)");
-    let svc_retries = counter_family(&mut reg, "sluice_service_connect_retries", "Connect attempts retried on another endpoint");
-    let svc_bytes = counter_family(&mut reg, "sluice_service_bytes", "Bytes relayed, by direction");
-    let svc_active = gauge_family(&mut reg, "sluice_service_connections_active", "Client connections open now");
-    let svc_usable = gauge_family(&mut reg, "sluice_service_endpoints_usable", "Endpoints with weight > 0");
-    let ep_conns = counter_family(&mut reg, "sluice_endpoint_connections", "Backend connections opened per endpoint");
-    let ep_failed = counter_family(&mut reg, "sluice_endpoint_connection_failures", "Backend connections that failed per endpoint");
-    let ep_retries = counter_family(&mut reg, "sluice_endpoint_connect_retries", "Failed connects to this endpoint that were retried elsewhere");
-    let ep_bytes = counter_family(&mut reg, "sluice_endpoint_bytes", "Bytes relayed per endpoint, by direction");
-    let ep_active = gauge_family(&mut reg, "sluice_endpoint_connections_active", "Backend connections open now per endpoint");
-    let ep_weight = gauge_family(&mut reg, "sluice_endpoint_weight", "Routing weight in use (0 = draining or disabled)");
+    let svc_conns = counter_family(
+        &mut reg,
+        "sluice_service_connections",
+        "Client connections accepted per Service port",
+    );
+    let svc_failed = counter_family(
+        &mut reg,
+        "sluice_service_connection_failures",
+        "Client connections that failed (no endpoint, every connect failed, reset)",
+    );
+    let svc_retries = counter_family(
+        &mut reg,
+        "sluice_service_connect_retries",
+        "Connect attempts retried on another endpoint",
+    );
+    let svc_bytes = counter_family(
+        &mut reg,
+        "sluice_service_bytes",
+        "Bytes relayed, by direction",
+    );
+    let svc_active = gauge_family(
+        &mut reg,
+        "sluice_service_connections_active",
+        "Client connections open now",
+    );
+    let svc_usable = gauge_family(
+        &mut reg,
+        "sluice_service_endpoints_usable",
+        "Endpoints with weight > 0",
+    );
+    let ep_conns = counter_family(
+        &mut reg,
+        "sluice_endpoint_connections",
+        "Backend connections opened per endpoint",
+    );
+    let ep_failed = counter_family(
+        &mut reg,
+        "sluice_endpoint_connection_failures",
+        "Backend connections that failed per endpoint",
+    );
+    let ep_retries = counter_family(
+        &mut reg,
+        "sluice_endpoint_connect_retries",
+        "Failed connects to this endpoint that were retried elsewhere",
+    );
+    let ep_bytes = counter_family(
+        &mut reg,
+        "sluice_endpoint_bytes",
+        "Bytes relayed per endpoint, by direction",
+    );
+    let ep_active = gauge_family(
+        &mut reg,
+        "sluice_endpoint_connections_active",
+        "Backend connections open now per endpoint",
+    );
+    let ep_weight = gauge_family(
+        &mut reg,
+        "sluice_endpoint_weight",
+        "Routing weight in use (0 = draining or disabled)",
+    );
 
     for (_, s) in snapshot.services() {
         let k = &s.port.key;
@@ -243,9 +291,12 @@ pub fn render(sources: &Sources) -> String {
         with(&labels, "direction", "to_client", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
         });
-        svc_usable
-            .get_or_create(&labels)
-            .set(s.endpoints().iter().filter(|e| e.endpoint.weight > 0).count() as i64);
+        svc_usable.get_or_create(&labels).set(
+            s.endpoints()
+                .iter()
+                .filter(|e| e.endpoint.weight > 0)
+                .count() as i64,
+        );
         for e in s.endpoints() {
             let mut l = labels.clone();
             l.push(("endpoint", e.endpoint.addr.to_string()));
@@ -254,7 +305,9 @@ pub fn render(sources: &Sources) -> String {
             ep_failed.get_or_create(&l).inc_by(t.failed);
             ep_retries.get_or_create(&l).inc_by(t.retries);
             ep_active.get_or_create(&l).set(t.active() as i64);
-            ep_weight.get_or_create(&l).set(i64::from(e.endpoint.weight));
+            ep_weight
+                .get_or_create(&l)
+                .set(i64::from(e.endpoint.weight));
             with(&l, "direction", "to_backend", |l| {
                 ep_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
             });
@@ -264,12 +317,36 @@ pub fn render(sources: &Sources) -> String {
         }
     }
 
-    let w_iter = counter_family(&mut reg, "sluice_worker_loop_iterations", "Event-loop iterations per worker");
-    let w_compl = counter_family(&mut reg, "sluice_worker_completions", "Completions handled per worker");
-    let w_accepted = counter_family(&mut reg, "sluice_worker_accepted", "Client connections accepted per worker");
-    let w_active = gauge_family(&mut reg, "sluice_worker_connections_active", "Client connections held per worker");
-    let w_accepting = gauge_family(&mut reg, "sluice_worker_accepting", "1 while the worker accepts new connections");
-    let w_beat = gauge_family(&mut reg, "sluice_worker_heartbeat", "Heartbeat counter per worker (advances while its loop runs)");
+    let w_iter = counter_family(
+        &mut reg,
+        "sluice_worker_loop_iterations",
+        "Event-loop iterations per worker",
+    );
+    let w_compl = counter_family(
+        &mut reg,
+        "sluice_worker_completions",
+        "Completions handled per worker",
+    );
+    let w_accepted = counter_family(
+        &mut reg,
+        "sluice_worker_accepted",
+        "Client connections accepted per worker",
+    );
+    let w_active = gauge_family(
+        &mut reg,
+        "sluice_worker_connections_active",
+        "Client connections held per worker",
+    );
+    let w_accepting = gauge_family(
+        &mut reg,
+        "sluice_worker_accepting",
+        "1 while the worker accepts new connections",
+    );
+    let w_beat = gauge_family(
+        &mut reg,
+        "sluice_worker_heartbeat",
+        "Heartbeat counter per worker (advances while its loop runs)",
+    );
     let beats = sources.monitor.heartbeats();
     for (i, w) in sources.monitor.worker_stats().iter().enumerate() {
         let l: Labels = vec![("worker", i.to_string())];
@@ -291,15 +368,31 @@ pub fn render(sources: &Sources) -> String {
     reloads
         .get_or_create(&vec![("result", "failure".to_owned())])
         .inc_by(h.reloads_failed);
-    let last_ok = gauge_family(&mut reg, "sluice_last_reload_success", "1 if the last reload succeeded (1 before any reload)");
-    last_ok.get_or_create(&vec![]).set(i64::from(h.last_reload_ok));
-    let last_at = float_gauge(&mut reg, "sluice_last_reload_timestamp_seconds", "Unix time of the last reload attempt (0 before any)");
+    let last_ok = Gauge::<i64>::default();
+    reg.register(
+        "sluice_last_reload_success",
+        "1 if the last reload succeeded (1 before any reload)",
+        last_ok.clone(),
+    );
+    last_ok.set(i64::from(h.last_reload_ok));
+    let last_at = float_gauge(
+        &mut reg,
+        "sluice_last_reload_timestamp_seconds",
+        "Unix time of the last reload attempt (0 before any)",
+    );
     last_at.set(h.last_reload_at.map_or(0.0, unix_seconds));
-    let generation = gauge_family(&mut reg, "sluice_snapshot_generation", "Generation of the routing snapshot being served");
-    generation
-        .get_or_create(&vec![])
-        .set(snapshot.generation() as i64);
-    let info = gauge_family(&mut reg, "sluice_build_info", "Version and data-plane driver of this daemon");
+    let generation = Gauge::<i64>::default();
+    reg.register(
+        "sluice_snapshot_generation",
+        "Generation of the routing snapshot being served",
+        generation.clone(),
+    );
+    generation.set(snapshot.generation() as i64);
+    let info = gauge_family(
+        &mut reg,
+        "sluice_build_info",
+        "Version and data-plane driver of this daemon",
+    );
     info.get_or_create(&vec![
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("driver", sources.monitor.driver().to_owned()),

@@ -254,9 +254,18 @@ fn second_signal() -> ! {
 
 fn log_reload(outcome: &ReloadOutcome, by: &str) {
     if outcome.ok {
-        tracing::info!(by, generation = outcome.generation, changes = outcome.changes.len(), "reloaded");
+        tracing::info!(
+            by,
+            generation = outcome.generation,
+            changes = outcome.changes.len(),
+            "reloaded"
+        );
     } else {
-        tracing::error!(by, error = outcome.error.as_deref().unwrap_or("?"), "reload failed; still serving the previous configuration");
+        tracing::error!(
+            by,
+            error = outcome.error.as_deref().unwrap_or("?"),
+            "reload failed; still serving the previous configuration"
+        );
     }
 }
 
@@ -359,10 +368,8 @@ impl Daemon {
                 if outcome.ok {
                     Response::ok(json!(outcome))
                 } else {
-                    let mut r = Response::error(
-                        "reload-failed",
-                        outcome.error.clone().unwrap_or_default(),
-                    );
+                    let mut r =
+                        Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
                     r.result = Some(json!(outcome));
                     r
                 }
@@ -401,7 +408,10 @@ impl Daemon {
             return Response::error("invalid", "`endpoint weight` needs a weight");
         }
         if let Some(w) = weight.filter(|w| *w > 65535) {
-            return Response::error("invalid", format!("weight {w} is out of range: must be 0..=65535"));
+            return Response::error(
+                "invalid",
+                format!("weight {w} is out of range: must be 0..=65535"),
+            );
         }
         let mut overrides = self.overrides.clone();
         let hit = overrides.set(&self.model, &sel, |o| match action {
@@ -420,7 +430,11 @@ impl Daemon {
             .iter()
             .map(|(key, addr)| {
                 let o = self.overrides.get(key, *addr).unwrap_or_default();
-                format!("{key} {addr} {}{}", o.state.as_str(), o.weight.map(|w| format!(" weight {w}")).unwrap_or_default())
+                format!(
+                    "{key} {addr} {}{}",
+                    o.state.as_str(),
+                    o.weight.map(|w| format!(" weight {w}")).unwrap_or_default()
+                )
             })
             .collect();
         tracing::info!(?action, service, address, "endpoint override set");
@@ -435,10 +449,10 @@ impl Daemon {
     fn republish(&mut self) {
         let effective = self.overrides.apply(&self.model);
         self.generation += 1;
-        let next = self
-            .publisher
-            .current()
-            .rebuild(&effective, self.generation, &mut self.registry);
+        let next =
+            self.publisher
+                .current()
+                .rebuild(&effective, self.generation, &mut self.registry);
         self.publisher.publish(next);
         let mut h = self.lock_health();
         h.generation = self.generation;
@@ -495,7 +509,9 @@ impl Daemon {
         let path = match &self.source {
             ConfigSource::File(p) => p.clone(),
             ConfigSource::Fixed(_) => {
-                return Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
+                return Err(
+                    "this daemon runs a built-in configuration (demo): nothing to reload".into(),
+                )
             }
         };
         let mut next = config::load_file(&path, Some(&self.model)).map_err(|e| e.to_string())?;

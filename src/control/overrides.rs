@@ -64,7 +64,9 @@ impl Selector {
             None => (rest.to_owned(), None),
         };
         if name.is_empty() {
-            return Err(format!("{service:?} is not a Service: expected [NAMESPACE/]NAME[:PORT_NAME]"));
+            return Err(format!(
+                "{service:?} is not a Service: expected [NAMESPACE/]NAME[:PORT_NAME]"
+            ));
         }
         let (ip, port) = if let Ok(sa) = address.parse::<SocketAddr>() {
             (sa.ip(), Some(sa.port()))
@@ -87,7 +89,10 @@ impl Selector {
     fn matches_service(&self, key: &ServicePortKey) -> bool {
         key.service.namespace == self.namespace
             && key.service.name == self.name
-            && self.port_name.as_ref().map_or(true, |p| *p == key.port_name)
+            && self
+                .port_name
+                .as_ref()
+                .map_or(true, |p| *p == key.port_name)
     }
 
     fn matches_addr(&self, addr: SocketAddr) -> bool {
@@ -114,7 +119,10 @@ impl Overrides {
                 "no Service {}/{}{} is configured",
                 sel.namespace,
                 sel.name,
-                sel.port_name.as_deref().map(|p| format!(":{p}")).unwrap_or_default()
+                sel.port_name
+                    .as_deref()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
             ));
         }
         let mut hit = Vec::new();
@@ -237,7 +245,11 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("no Service default/web"), "{e}");
         let e = o
-            .set(&m, &Selector::parse("shop/web", "10.0.0.9:80").unwrap(), |_| {})
+            .set(
+                &m,
+                &Selector::parse("shop/web", "10.0.0.9:80").unwrap(),
+                |_| {},
+            )
             .unwrap_err();
         assert!(e.contains("no endpoint 10.0.0.9:80"), "{e}");
         assert!(Selector::parse("shop/web", "nope").is_err());

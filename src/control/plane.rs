@@ -5,7 +5,7 @@
 //! It only forwards to [`Dataplane`]; it owns no sockets of its own.
 
 use crate::dataplane::{
-    DataplaneMonitor, Dataplane, DrainReport, ListenerPlan, NodePorts, StartError,
+    Dataplane, DataplaneMonitor, DrainReport, ListenerPlan, NodePorts, StartError,
 };
 use crate::model::Settings;
 use crate::publish::Publisher;

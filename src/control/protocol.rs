@@ -316,7 +316,10 @@ mod tests {
         ];
         for r in all {
             let line = request_line(&r);
-            assert!(line.ends_with('\n') && line.contains("\"version\":1"), "{line}");
+            assert!(
+                line.ends_with('\n') && line.contains("\"version\":1"),
+                "{line}"
+            );
             assert_eq!(parse_request(line.trim_end()).unwrap(), r);
         }
     }
@@ -328,9 +331,15 @@ mod tests {
         assert_eq!(kind("[1]"), "malformed");
         assert_eq!(kind(r#"{"command":"status"}"#), "version");
         assert_eq!(kind(r#"{"version":2,"command":"status"}"#), "version");
-        assert_eq!(kind(r#"{"version":1,"command":"launch"}"#), "unknown-command");
+        assert_eq!(
+            kind(r#"{"version":1,"command":"launch"}"#),
+            "unknown-command"
+        );
         assert_eq!(kind(r#"{"version":1}"#), "malformed");
-        assert_eq!(kind(r#"{"version":1,"command":"status","x":1}"#), "malformed");
+        assert_eq!(
+            kind(r#"{"version":1,"command":"status","x":1}"#),
+            "malformed"
+        );
         assert_eq!(kind(r#"{"version":1,"command":"describe"}"#), "malformed");
     }
 }

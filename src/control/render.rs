@@ -206,7 +206,10 @@ pub fn describe(ports: &[ServicePortInfo]) -> String {
         };
         field("Port", &format!("{name}  {}/{}", p.port, p.protocol));
         field("TargetPort", &format!("{}/{}", p.target_port, p.protocol));
-        field("NodePort", &format!("{name}  {}/{}", p.node_port, p.protocol));
+        field(
+            "NodePort",
+            &format!("{name}  {}/{}", p.node_port, p.protocol),
+        );
         field("Endpoints", &kubectl_endpoints(p));
     }
     let affinity = if ports.iter().any(|p| p.policy == "maglev(client-ip)") {

@@ -157,8 +157,11 @@ async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
             "forbidden",
             format!("uid {uid} (gid {gid}) is not allowed to use this control socket"),
         );
-        let _ = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(refusal.to_line().as_bytes()))
-            .await;
+        let _ = tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            write.write_all(refusal.to_line().as_bytes()),
+        )
+        .await;
         return;
     }
     let mut read = BufReader::new(read);
@@ -199,8 +202,11 @@ async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
                 }
             }
         };
-        let sent = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(response.to_line().as_bytes()))
-            .await;
+        let sent = tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            write.write_all(response.to_line().as_bytes()),
+        )
+        .await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
