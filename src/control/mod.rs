@@ -233,18 +233,26 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     jobs.close();
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
-    tokio::select! {
-        done = &mut drain => {
-            match done {
-                Ok(Ok(report)) => tracing::info!(finished = report.finished, reset = report.reset, "drained; bye"),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+    loop {
+        tokio::select! {
+            done = &mut drain => {
+                match done {
+                    Ok(Ok(report)) => tracing::info!(finished = report.finished, reset = report.reset, "drained; bye"),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+                }
+                return Ok(());
+            }
+            _ = sigterm.recv() => second_signal(),
+            _ = sigint.recv() => second_signal(),
+            // The drain is bounded by `drain_timeout`: keep the watchdog fed meanwhile.
+            _ = ticker.tick() => {
+                if daemon.notifier.watchdog_interval().is_some() {
+                    daemon.notifier.watchdog();
+                }
             }
         }
-        _ = sigterm.recv() => second_signal(),
-        _ = sigint.recv() => second_signal(),
     }
-    Ok(())
 }
 
 fn second_signal() -> ! {
