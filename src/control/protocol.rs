@@ -179,7 +179,15 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         Some(serde_json::Value::String(_)) => {}
         _ => return Err(ProtocolError::Malformed("no string `command`".into())),
     }
-    serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    let keys: Vec<String> = object.keys().cloned().collect();
+    let request: Request =
+        serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    // serde ignores unknown keys of argument-less commands: catch them here.
+    let known = serde_json::to_value(&request).expect("requests always serialise");
+    if let Some(extra) = keys.iter().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(ProtocolError::Malformed(format!("unknown key `{extra}`")));
+    }
+    Ok(request)
 }
 
 /// The line `sluice ctl` sends for `request`.
