@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The default NodePort range of Kubernetes (`--service-node-port-range`).
@@ -47,6 +48,15 @@ pub struct Settings {
     pub defaults: ServiceDefaults,
     /// Which kernel interface the workers use.
     pub driver: DriverSetting,
+    /// How operators reach the daemon (`sluice ctl`).
+    pub control: ControlSettings,
+    /// Where `/metrics`, `/healthz` and `/livez` are served (HTTP); `None` = off.
+    pub metrics_address: Option<SocketAddr>,
+    /// Where only `/healthz` and `/livez` are served (kube-proxy's `--healthz-bind-address`);
+    /// `None` = off.
+    pub health_address: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT: how long live connections may take to finish before they are reset.
+    pub drain_timeout: Duration,
 }
 
 /// Which kernel interface the data plane uses.
@@ -61,6 +71,46 @@ pub enum DriverSetting {
     Epoll,
 }
 
+/// The default control socket path (under systemd's `RuntimeDirectory=sluice`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sluice/control.sock";
+
+/// The control socket: where it is, who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Socket path; `None` = [`DEFAULT_CONTROL_SOCKET`], where failing to bind is only a
+    /// warning (an explicit path that cannot be bound stops the daemon).
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (default `0o600`).
+    pub mode: u32,
+    /// Group (gid) the socket file is given, e.g. to let a group reach it with mode `0o660`.
+    pub group: Option<u32>,
+    /// Peers allowed besides root and the daemon's own uid (checked with SO_PEERCRED).
+    pub allowed_uids: Vec<u32>,
+    /// Peers whose primary gid is one of these are allowed too.
+    pub allowed_gids: Vec<u32>,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            socket: None,
+            mode: 0o600,
+            group: None,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+        }
+    }
+}
+
+impl ControlSettings {
+    /// The path to bind: the configured one or the default.
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -73,6 +123,10 @@ impl Default for Settings {
             backlog: 4096,
             defaults: ServiceDefaults::default(),
             driver: DriverSetting::Auto,
+            control: ControlSettings::default(),
+            metrics_address: None,
+            health_address: None,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

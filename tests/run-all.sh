@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use as real peers or tools. Installed only when missing.
-PACKAGES=(iproute2 nginx haproxy nftables)
+PACKAGES=(iproute2 nginx haproxy nftables systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -167,6 +167,14 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "relay",
     "driver",
     "backlog",
+    "control_socket",
+    "control_socket_mode",
+    "control_socket_group",
+    "control_allowed_uids",
+    "control_allowed_gids",
+    "metrics_address",
+    "health_address",
+    "drain_timeout",
 ];
 
 /// Which table an unknown/missing-key message from serde is about, told by the keys it knows.
