@@ -306,6 +306,7 @@ impl Dataplane {
     /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
     /// affinity table; other NodePorts go back to the kernel's 4-tuple hash. Call after
     /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
+    /// Returns once the change is in place (or after a second, if the worker is wedged).
     pub fn steer_client_ips(&mut self, ports: &NodePorts) {
         let wanted: Vec<ListenerKey> = self
             .open
@@ -329,12 +330,15 @@ impl Dataplane {
         }
         self.steered = wanted;
         if let Some(w) = self.workers.first() {
+            let (done, applied) = mpsc::channel();
             let _ = w.commands.send(Command::Steer {
                 attach,
                 detach,
                 groups: self.workers.len() as u32,
+                done,
             });
             let _ = sys::eventfd_signal(w.wake.as_fd());
+            let _ = applied.recv_timeout(Duration::from_secs(1));
         }
     }
 

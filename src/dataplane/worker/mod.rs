@@ -56,6 +56,8 @@ pub enum Command {
         attach: Vec<ListenerKey>,
         detach: Vec<ListenerKey>,
         groups: u32,
+        /// Told when the change is applied.
+        done: mpsc::Sender<()>,
     },
 }
 
@@ -371,14 +373,23 @@ impl<D: Driver> Worker<D> {
                 }
             }
             Command::Drain { deadline } => {
+                // Close the listeners too, not only stop accepting: new clients are refused
+                // at once (and retry elsewhere) instead of waiting in an accept queue
+                // until the drain ends.
                 self.draining = Some(deadline);
                 self.pause_accepting()?;
+                for l in &mut self.listeners {
+                    if let Some(socket) = l.socket.take() {
+                        self.to_close.push(socket.into());
+                    }
+                }
             }
             Command::Stop => self.exit_now = true,
             Command::Steer {
                 attach,
                 detach,
                 groups,
+                done,
             } => {
                 for l in &self.listeners {
                     let Some(socket) = l.socket.as_ref() else {
@@ -395,6 +406,7 @@ impl<D: Driver> Worker<D> {
                         tracing::warn!(listener = %l.key.addr, error = %e, "cannot change client-IP steering; affinity tables of different workers may disagree");
                     }
                 }
+                let _ = done.send(());
             }
         }
         Ok(())
