@@ -183,7 +183,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         );
     }
     let listen = daemon.plane().listen_addrs();
-    tracing::info!(workers, addresses = ?listen, "sluice is serving");
+    tracing::info!(workers, driver = %monitor.driver(), addresses = ?listen, "sluice is serving");
     daemon.notifier.ready(&daemon.summary());
 
     let tick = daemon
