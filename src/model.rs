@@ -197,6 +197,10 @@ pub enum RelayMode {
     Splice,
     /// read/write through a pooled user-space buffer.
     Copy,
+    /// Per direction: a buffer while transfers are small (a short read then proves the
+    /// source drained, saving the EAGAIN call), a pipe (splice) once a read fills the
+    /// buffer (bulk data).
+    Auto,
 }
 
 /// Transport protocol of a Service port. Only TCP is served today.

@@ -23,6 +23,7 @@ fn payload(i: usize) -> Vec<u8> {
 fn two_thousand_concurrent_connections_each_echo_their_own_payload() {
     concurrent_echo("splice");
     concurrent_echo("copy");
+    concurrent_echo("auto");
 }
 
 fn concurrent_echo(relay: &str) {

@@ -390,6 +390,7 @@ struct Stats {
     send_would_blocks: u64,
     readiness_edges: u64,
     spurious_ready: u64,
+    drained_reads: u64,
     yields: u64,
     connect_failures: u64,
     bytes_after_half_close: u64,
@@ -802,8 +803,16 @@ impl World {
                 return Event::ReceiveWouldBlock { dir };
             }
             let n = self.rng.amount(max.min(s.rx.len()));
+            let took_all = n == s.rx.len() && n < max;
             holder.extend_from_slice(&s.rx[..n]);
             s.rx.drain(..n);
+            if took_all && self.rng.chance(1, 2) {
+                // A short read(2) (copy holder): the driver reports the source drained, and
+                // the core waits for the next edge instead of reading EAGAIN.
+                s.read_armed = true;
+                self.stats.drained_reads += 1;
+                return Event::ReceivedDrained { dir, bytes: n };
+            }
             return Event::Received { dir, bytes: n };
         }
         if s.rx_fin {
@@ -1088,6 +1097,19 @@ impl World {
         l.sockets[p as usize].rx_fin = true;
         self.trace(c, || format!("{p:?} peer sends FIN"));
         self.edge(c, p, true);
+        // A FIN wakes the poller whatever state it is in (POLLRDHUP / EPOLLRDHUP): the
+        // driver reports the hang-up, which is what lets the core trust short reads.
+        if l_watching(&self.links[c]) {
+            self.pending.push((
+                c,
+                Event::Ready {
+                    side: p,
+                    readable: true,
+                    writable: false,
+                },
+            ));
+            self.pending.push((c, Event::HangUp { side: p }));
+        }
     }
 
     fn peer_fail(&mut self, c: usize, p: Side) {
@@ -1328,4 +1350,8 @@ fn plan_link(rng: &mut Rng, now: Instant) -> Link {
         closed: None,
         finished: false,
     }
+}
+
+fn l_watching(l: &Link) -> bool {
+    l.watching && l.closed.is_none()
 }

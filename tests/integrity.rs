@@ -98,3 +98,13 @@ fn download_256_mib_splice() {
 fn download_256_mib_copy() {
     download("copy", 22);
 }
+
+#[test]
+fn upload_256_mib_auto() {
+    upload("auto", 13);
+}
+
+#[test]
+fn download_256_mib_auto() {
+    download("auto", 23);
+}

@@ -39,6 +39,7 @@ pub(super) fn render(model: &Model) -> String {
     let relay = match s.relay {
         crate::model::RelayMode::Splice => "splice",
         crate::model::RelayMode::Copy => "copy",
+        crate::model::RelayMode::Auto => "auto",
     };
     let driver = match s.driver {
         crate::model::DriverSetting::Auto => "auto",

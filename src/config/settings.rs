@@ -51,7 +51,11 @@ pub(super) fn settings(
             src,
             r,
             "relay",
-            &[("splice", RelayMode::Splice), ("copy", RelayMode::Copy)],
+            &[
+                ("splice", RelayMode::Splice),
+                ("copy", RelayMode::Copy),
+                ("auto", RelayMode::Auto),
+            ],
         )?,
         None => base.relay,
     };

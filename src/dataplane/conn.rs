@@ -92,8 +92,17 @@ pub enum Event {
         readable: bool,
         writable: bool,
     },
+    /// The peer of `side` shut down its sending side (or the socket failed): reported with
+    /// readiness. From then on a short read is not taken as "drained" on that side — the
+    /// FIN is still to be read, and no further readiness report will announce it.
+    HangUp { side: Side },
     /// `Op::Receive(dir)` moved `bytes` into the holder; 0 means the source sent FIN.
     Received { dir: Dir, bytes: usize },
+    /// `Op::Receive(dir)` moved `bytes` (> 0) and that was all the source had: a short
+    /// read(2). The source is not tried again until readiness is reported, which saves the
+    /// read that would only say EAGAIN. (Not used for splice: a short splice can also mean
+    /// the pipe ran out of buffer slots.)
+    ReceivedDrained { dir: Dir, bytes: usize },
     /// `Op::Send(dir)` moved `bytes` out of the holder.
     Sent { dir: Dir, bytes: usize },
     /// `Op::Receive(dir)` could not move anything now.
@@ -191,6 +200,8 @@ struct Flow {
 struct Readiness {
     readable: bool,
     writable: bool,
+    /// The peer shut down sending (sticky): its FIN may be waiting behind the data.
+    hung_up: bool,
 }
 
 /// One proxied connection: see the module documentation.
@@ -269,6 +280,21 @@ impl Conn {
                 self.flows[dir as usize].held += bytes;
                 debug_assert!(self.flows[dir as usize].held <= self.config.holder_capacity);
                 self.last_activity = now;
+            }
+            Event::ReceivedDrained { dir, bytes } => {
+                debug_assert!(bytes > 0, "a drained receive moved bytes (0 is EOF)");
+                self.flows[dir as usize].held += bytes;
+                debug_assert!(self.flows[dir as usize].held <= self.config.holder_capacity);
+                let src = &mut self.ready[dir.src() as usize];
+                if !src.hung_up {
+                    src.readable = false;
+                }
+                self.last_activity = now;
+            }
+            Event::HangUp { side } => {
+                let r = &mut self.ready[side as usize];
+                r.hung_up = true;
+                r.readable = true;
             }
             Event::Sent { dir, bytes } => {
                 let f = &mut self.flows[dir as usize];
@@ -470,6 +496,67 @@ mod tests {
             },
         );
         assert_eq!(c.poll_op(), None);
+    }
+
+    #[test]
+    fn a_drained_receive_waits_for_readiness_instead_of_reading_again() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+        trace!(c, now; Event::ReceivedDrained { dir: Dir::ToBackend, bytes: 100 }
+            => Op::Send { dir: Dir::ToBackend, held: 100 });
+        c.handle(
+            now,
+            Event::Sent {
+                dir: Dir::ToBackend,
+                bytes: 100,
+            },
+        );
+        assert_eq!(c.poll_op(), None, "no EAGAIN read after a short one");
+        trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+            => Op::Receive { dir: Dir::ToBackend, max: CAP });
+    }
+
+    #[test]
+    fn after_a_hang_up_a_short_read_is_not_taken_as_drained() {
+        let now = Instant::now();
+        let mut c = connected(now);
+        // Data and FIN arrived together: one readiness report, with the hang-up.
+        c.handle(
+            now,
+            Event::Ready {
+                side: Side::Backend,
+                readable: true,
+                writable: false,
+            },
+        );
+        c.handle(
+            now,
+            Event::HangUp {
+                side: Side::Backend,
+            },
+        );
+        trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
+        trace!(c, now; Event::ReceivedDrained { dir: Dir::ToClient, bytes: 64 }
+            => Op::Send { dir: Dir::ToClient, held: 64 });
+        c.handle(
+            now,
+            Event::Sent {
+                dir: Dir::ToClient,
+                bytes: 64,
+            },
+        );
+        // The FIN is read without waiting for another report that would never come.
+        trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
+        c.handle(
+            now,
+            Event::Received {
+                dir: Dir::ToClient,
+                bytes: 0,
+            },
+        );
+        assert_eq!(c.poll_op(), Some(Op::ShutdownWrite(Side::Client)));
     }
 
     #[test]

@@ -54,8 +54,15 @@ impl HolderPool {
         }
     }
 
-    fn take(&mut self) -> Holder {
-        if self.mode == RelayMode::Splice {
+    /// An empty holder for a direction; `bulk` = that direction has seen a read fill a
+    /// whole buffer (only `Auto` looks at it).
+    fn take(&mut self, bulk: bool) -> Holder {
+        let splice = match self.mode {
+            RelayMode::Splice => true,
+            RelayMode::Copy => false,
+            RelayMode::Auto => bulk,
+        };
+        if splice {
             if let Some(p) = self.pipes.pop() {
                 return Holder::Pipe(p);
             }
@@ -91,19 +98,22 @@ impl HolderPool {
 }
 
 /// Execute `Op::Receive { dir, max }`: move up to `max` bytes from `src` into `holder`.
+/// `bulk` is the direction's flag for `RelayMode::Auto`: set when a read fills the buffer
+/// (the next holder of this direction is then a pipe).
 pub fn receive(
     pool: &mut HolderPool,
     holder: &mut Holder,
+    bulk: &mut bool,
     src: BorrowedFd<'_>,
     dir: Dir,
     max: usize,
 ) -> Event {
     if matches!(holder, Holder::Empty) {
-        *holder = pool.take();
+        *holder = pool.take(*bulk);
     }
-    let result = match holder {
+    let (result, room) = match holder {
         Holder::Empty => unreachable!("just filled"),
-        Holder::Pipe(p) => sys::splice(src, p.write.as_fd(), max),
+        Holder::Pipe(p) => (sys::splice(src, p.write.as_fd(), max), None),
         Holder::Buffer { buf, start, end } => {
             if *end == buf.len() && *start > 0 {
                 buf.copy_within(*start..*end, 0);
@@ -115,13 +125,22 @@ pub fn receive(
             if let Ok(Transfer::Moved(n)) = r {
                 *end += n;
             }
-            r
+            (r, Some(room))
         }
     };
-    match result {
-        Ok(Transfer::Moved(bytes)) => Event::Received { dir, bytes },
-        Ok(Transfer::WouldBlock) => Event::ReceiveWouldBlock { dir },
-        Err(e) => Event::Failed {
+    match (result, room) {
+        // A short read(2) from a TCP socket took everything it had.
+        (Ok(Transfer::Moved(bytes)), Some(room)) if bytes > 0 && bytes < room => {
+            Event::ReceivedDrained { dir, bytes }
+        }
+        (Ok(Transfer::Moved(bytes)), room) => {
+            if room.is_some_and(|r| bytes == r && r == HOLDER_CAPACITY) {
+                *bulk = true;
+            }
+            Event::Received { dir, bytes }
+        }
+        (Ok(Transfer::WouldBlock), _) => Event::ReceiveWouldBlock { dir },
+        (Err(e), _) => Event::Failed {
             side: dir.src(),
             reset: sys::is_reset(&e),
         },

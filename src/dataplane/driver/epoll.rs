@@ -310,6 +310,7 @@ impl Driver for Epoll {
                         client: tag.kind == Kind::PollClient,
                         readable: error || event.is_readable() || event.is_read_closed(),
                         writable: error || event.is_writable() || event.is_write_closed(),
+                        hangup: error || event.is_read_closed(),
                         ended: false,
                     });
                 }

@@ -58,6 +58,8 @@ pub enum Completion {
         client: bool,
         readable: bool,
         writable: bool,
+        /// The peer shut down sending, or the socket failed (POLLRDHUP/POLLHUP/POLLERR).
+        hangup: bool,
         ended: bool,
     },
     /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).

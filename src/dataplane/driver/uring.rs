@@ -385,6 +385,7 @@ impl Driver for Uring {
                         client: tag.kind == Kind::PollClient,
                         readable: err || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
                         writable: err || mask & libc::POLLOUT as u32 != 0,
+                        hangup: err || mask & libc::POLLRDHUP as u32 != 0,
                         ended: !more,
                     }
                 }

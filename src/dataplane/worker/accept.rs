@@ -83,6 +83,7 @@ impl<D: Driver> Worker<D> {
             watching: false,
             tried,
             holders: [Holder::Empty, Holder::Empty],
+            bulk: [false; 2],
         };
         self.pins[pin].as_mut().expect("current pin").live += 1;
         self.active += 1;

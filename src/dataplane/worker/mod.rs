@@ -114,6 +114,8 @@ struct Live {
     watching: bool,
     tried: Vec<EndpointId>,
     holders: [Holder; 2],
+    /// Per direction: a read filled a whole buffer (`RelayMode::Auto` then uses a pipe).
+    bulk: [bool; 2],
 }
 
 struct Slot {
@@ -300,6 +302,7 @@ impl<D: Driver> Worker<D> {
                 client,
                 readable,
                 writable,
+                hangup,
                 ended,
             } => {
                 let now = self.now;
@@ -320,6 +323,9 @@ impl<D: Driver> Worker<D> {
                         writable,
                     },
                 );
+                if hangup {
+                    live.conn.handle(now, Event::HangUp { side });
+                }
                 if ended && live.watching {
                     let fd = if client {
                         &live.client
@@ -454,6 +460,7 @@ impl<D: Driver> Worker<D> {
                     let event = relay::receive(
                         &mut self.pool,
                         &mut live.holders[dir as usize],
+                        &mut live.bulk[dir as usize],
                         src,
                         dir,
                         max,
