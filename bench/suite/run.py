@@ -233,7 +233,8 @@ def start_pods(topo, tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="smoke test: 1 repetition, 2 s per run")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 repetition, 1 s per run, no warm-up, scale 1 and 10000")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick: 1)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per run (default 8; quick: 2)")
     ap.add_argument("--sluice", default="target/release/sluice")
@@ -243,8 +244,9 @@ def main():
     ap.add_argument("--scale", default=None, help="Service counts for the scale run (default 1,1000,10000; 'none' to skip)")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
-    args.duration = args.duration or (2 if args.quick else 8)
-    scale_counts = [] if args.scale == "none" else [int(x) for x in (args.scale or "1,1000,10000").split(",")]
+    args.duration = args.duration or (1 if args.quick else 8)
+    default_scale = "1,10000" if args.quick else "1,1000,10000"
+    scale_counts = [] if args.scale == "none" else [int(x) for x in (args.scale or default_scale).split(",")]
     args.sluice = os.path.abspath(args.sluice)
     workloads = args.workloads.split(",")
     out = args.out or os.path.join(HERE, "..", "results",
@@ -280,7 +282,8 @@ def main():
                     if lb.kind in ("sluice", "haproxy", "nginx") and not lb_pids:
                         raise RuntimeError(f"{lb.name}: no process in the node namespace")
                     # warm-up (not measured): connections, caches, page cache of the files
-                    run_wrk(topo, lb.target[0], lb.target[1], WORKLOADS["keepalive"][1], 1)
+                    if not args.quick:
+                        run_wrk(topo, lb.target[0], lb.target[1], WORKLOADS["keepalive"][1], 1)
                     for w in workloads:
                         res = measure(topo, lb, w, args.duration, lb_pids, pod_pids)
                         res.update({"lb": lb.name, "kind": lb.kind, "workload": w, "rep": rep, "services": 1})
@@ -316,7 +319,8 @@ def main():
                         wait_ready(topo, lb, timeout=120)
                         startup = time.time() - t0
                         lb_pids = topo.pids(topo.node)
-                        run_wrk(topo, NODE_IP, HTTP_NODEPORT, WORKLOADS["keepalive"][1], 1)
+                        if not args.quick:
+                            run_wrk(topo, NODE_IP, HTTP_NODEPORT, WORKLOADS["keepalive"][1], 1)
                         res = measure(topo, lb, "keepalive", args.duration, lb_pids, pod_pids)
                         res.update({"lb": lb.name, "kind": "sluice", "workload": "scale-keepalive",
                                     "rep": rep, "services": count, "startup_s": startup})
