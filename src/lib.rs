@@ -8,11 +8,15 @@
 //! - [`publish`]: the one atomic pointer to the current snapshot (table).
 //! - [`dataplane`]: connection state machine, workers, io_uring driver (model, stats, table, publish).
 //! - [`demo`]: the built-in demo pods and Service.
+//! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
+//! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
 
 pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod model;
+pub mod proxy_protocol;
 pub mod publish;
 pub mod stats;
 pub mod table;
+pub mod tproxy;

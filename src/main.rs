@@ -38,6 +38,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the node's ip/nft commands that Services with forwarding = "transparent" need.
+    TproxyRules {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
         #[arg(long)]
@@ -58,6 +63,11 @@ fn main() -> ExitCode {
         Command::Check { config } => match sluice::config::load_file(&config, None) {
             Ok(model) => {
                 print!("{}", sluice::config::render_check(&model));
+                if sluice::tproxy::uses_transparent(&model) {
+                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                        eprintln!("warning: {e}");
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -70,7 +80,23 @@ fn main() -> ExitCode {
                 if workers.is_some() {
                     model.settings.workers = workers;
                 }
+                if sluice::tproxy::uses_transparent(&model) {
+                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                        eprintln!("{}: {e}", config.display());
+                        return ExitCode::from(1);
+                    }
+                }
                 serve(model)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        Command::TproxyRules { config } => match sluice::config::load_file(&config, None) {
+            Ok(model) => {
+                print!("{}", sluice::tproxy::rules(&model));
+                Ok(())
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -106,6 +106,31 @@ impl StatsBlock {
     }
 }
 
+/// What one worker's event loop reports about itself; written by that worker only.
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    /// Loop iterations: the heartbeat (advances at least every 100 ms while the worker runs).
+    pub iterations: Counter,
+    /// Completions processed.
+    pub completions: Counter,
+    /// Connections accepted by this worker.
+    pub accepted: Counter,
+    /// Client connections open now (a gauge, stored).
+    pub active: AtomicU64,
+    /// 1 while the worker accepts new connections, 0 while paused (limit, fd backoff, drain).
+    pub accepting: AtomicU64,
+}
+
+impl LoopStats {
+    pub fn set_active(&self, n: u64) {
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_accepting(&self, on: bool) {
+        self.accepting.store(u64::from(on), Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

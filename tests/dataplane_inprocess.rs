@@ -148,3 +148,212 @@ fn half_close_from_client_lets_the_reply_through() {
     assert_eq!(reply, "got 100000 bytes");
     dp.stop().unwrap();
 }
+
+fn echo_backend(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+fn echo_once(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    assert_eq!(got, msg);
+    Ok(())
+}
+
+/// Wait (bounded) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn listeners_follow_a_reload_and_established_connections_survive_it() {
+    let echo = echo_backend("127.0.0.5");
+    let (p1, p2) = (free_port(), free_port());
+    let mut m = model(p1, &[echo], RelayMode::Splice);
+    m.settings.node_port_range = NodePortRange {
+        first: 1024,
+        last: 65535,
+    };
+    let (mut dp, publisher, mut reg) = start(&m);
+    let mut established = TcpStream::connect(("127.0.0.1", p1)).unwrap();
+    established
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    echo_once(&mut established, b"before").unwrap();
+
+    // Reload: the Service moves from p1 to p2.
+    let mut m2 = m.clone();
+    m2.services[0].node_port = p2;
+    let ports2 = vec![(Protocol::Tcp, p2)];
+    let plan = dp.prepare_listeners(&m2.settings, &ports2).unwrap();
+    assert_eq!(plan.added().len(), 1);
+    assert_eq!(plan.removed().len(), 1);
+    publisher.publish(RoutingSnapshot::build(&m2, 2, &mut reg));
+    dp.commit_listeners(plan);
+
+    eventually("the new NodePort answers", || {
+        TcpStream::connect(("127.0.0.1", p2))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                echo_once(&mut s, b"new")
+            })
+            .is_ok()
+    });
+    eventually("the removed NodePort is closed", || {
+        TcpStream::connect(("127.0.0.1", p1)).is_err()
+    });
+    // The connection made before the reload still works.
+    echo_once(&mut established, b"after the reload").unwrap();
+
+    // A listener that cannot be opened fails the prepare and changes nothing.
+    let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = blocker.local_addr().unwrap().port();
+    let err = dp.prepare_listeners(
+        &m2.settings,
+        &vec![(Protocol::Tcp, p2), (Protocol::Tcp, taken)],
+    );
+    assert!(
+        err.is_err(),
+        "binding a port held by another socket must fail"
+    );
+    echo_once(&mut established, b"still").unwrap();
+    dp.stop().unwrap();
+}
+
+#[test]
+fn drain_lets_open_connections_finish_then_resets_the_rest() {
+    let echo = echo_backend("127.0.0.6");
+    let port = free_port();
+    let (dp, _p, _r) = start(&model(port, &[echo], RelayMode::Splice));
+    let monitor = dp.monitor();
+    let mut finishing = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut lingering = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for s in [&mut finishing, &mut lingering] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        echo_once(s, b"hello").unwrap();
+    }
+    eventually("both connections counted active", || monitor.active() == 2);
+    let beats = monitor.heartbeats();
+    eventually("heartbeats advance while idle", || {
+        monitor
+            .heartbeats()
+            .iter()
+            .zip(&beats)
+            .all(|(now, before)| now > before)
+    });
+
+    let drainer = std::thread::spawn(move || dp.drain(Duration::from_millis(1500)).unwrap());
+    eventually("accepting stopped", || {
+        monitor.worker_stats().iter().all(|w| !w.accepting)
+    });
+    // During the drain, open connections keep working; one finishes cleanly.
+    echo_once(&mut finishing, b"during drain").unwrap();
+    finishing.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    finishing.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let report = drainer.join().unwrap();
+    assert_eq!(report.reset, 1, "{report:?}");
+    assert_eq!(report.finished, 1, "{report:?}");
+    // The lingering one was reset at the deadline.
+    let mut buf = [0u8; 1];
+    let r = lingering.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {r:?}"
+    );
+}
+
+/// A backend that reads a PROXY header, replies with what it decoded, then echoes.
+fn proxy_reading_backend(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 512];
+                let (header, used) = loop {
+                    let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "EOF before a whole PROXY header");
+                    buf.extend_from_slice(&chunk[..n]);
+                    match sluice::proxy_protocol::decode(&buf) {
+                        Ok(h) => break h,
+                        Err(sluice::proxy_protocol::DecodeError::Incomplete) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                let (src, dst) = header.addrs.expect("addresses in the header");
+                let line = format!(
+                    "v{} {src} {dst} tlvs={}\n",
+                    header.version,
+                    header.tlvs.len()
+                );
+                s.write_all(line.as_bytes()).unwrap();
+                s.write_all(&buf[used..]).unwrap();
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn proxy_headers_name_the_client_and_the_node_port_before_any_client_byte() {
+    let backend = proxy_reading_backend("127.0.0.7");
+    for (forwarding, version, tlvs) in [
+        (Forwarding::ProxyV1, 1, 0),
+        (Forwarding::ProxyV2(ProxyV2Options::default()), 2, 0),
+        (
+            Forwarding::ProxyV2(ProxyV2Options {
+                unique_id: true,
+                tlvs: vec![(0xE0, b"test/inproc".to_vec())],
+            }),
+            2,
+            2,
+        ),
+    ] {
+        let port = free_port();
+        let mut m = model(port, &[backend], RelayMode::Splice);
+        m.services[0].forwarding = forwarding;
+        let (dp, _p, _r) = start(&m);
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client
+            .bind(&"127.0.0.9:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        client
+            .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        let me = client.local_addr().unwrap().as_socket().unwrap();
+        let mut c: TcpStream = client.into();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"payload").unwrap();
+        let want = format!("v{version} {me} 127.0.0.1:{port} tlvs={tlvs}\npayload");
+        let mut got = vec![0u8; want.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        dp.stop().unwrap();
+    }
+}

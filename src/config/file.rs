@@ -25,6 +25,7 @@ pub(super) struct ConfigFile {
     pub idle_timeout: Option<Spanned<DurationText>>,
     pub connect_retries: Option<Spanned<i64>>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub forwarding: Option<Spanned<String>>,
     #[serde(default)]
     pub service: Vec<ServiceEntry>,
 }
@@ -48,6 +49,18 @@ pub(super) struct ServiceEntry {
     pub idle_timeout: Option<Spanned<DurationText>>,
     pub connect_retries: Option<Spanned<i64>>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub forwarding: Option<Spanned<String>>,
+    pub proxy_unique_id: Option<Spanned<bool>>,
+    pub proxy_tlvs: Option<Spanned<Vec<Spanned<TlvEntry>>>>,
+}
+
+/// One element of `proxy_tlvs`: `{ type = 0xE0, value = "workshop/myfrontend" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlvEntry {
+    #[serde(rename = "type")]
+    pub kind: Spanned<i64>,
+    pub value: Spanned<String>,
 }
 
 /// One element of `endpoints`: either `"IP"`, `"IP:PORT"`, `"[IPv6]:PORT"`, or an inline

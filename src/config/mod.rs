@@ -13,6 +13,7 @@
 
 mod allocate;
 mod file;
+mod forwarding;
 mod render;
 mod settings;
 mod validate;
@@ -171,6 +172,8 @@ const NODE_WIDE_ONLY: &[&str] = &[
 fn table_of(message: &str) -> &'static str {
     if message.contains("`address`") {
         "in an endpoint table"
+    } else if message.contains("`value`") {
+        "in a proxy_tlvs table"
     } else if message.contains("`node_port`")
         || message == "missing field `name`"
         || message == "missing field `port`"

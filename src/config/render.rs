@@ -48,15 +48,22 @@ pub(super) fn render(model: &Model) -> String {
     );
     let _ = writeln!(out, "service defaults: {}", tunables(&s.defaults));
 
-    let header = ["SERVICE", "PORT", "NODEPORT", "POLICY", "ENDPOINTS"];
-    let rows: Vec<[String; 5]> = model.services.iter().map(row).collect();
+    let header = [
+        "SERVICE",
+        "PORT",
+        "NODEPORT",
+        "POLICY",
+        "FORWARDING",
+        "ENDPOINTS",
+    ];
+    let rows: Vec<[String; 6]> = model.services.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut line = |cells: [&str; 5]| {
+    let mut line = |cells: [&str; 6]| {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -70,7 +77,7 @@ pub(super) fn render(model: &Model) -> String {
     };
     line(header);
     for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
     }
     // Per-service tunables, only those that differ from the node-wide defaults.
     for p in &model.services {
@@ -101,7 +108,7 @@ pub(super) fn render(model: &Model) -> String {
     out
 }
 
-fn row(p: &ServicePort) -> [String; 5] {
+fn row(p: &ServicePort) -> [String; 6] {
     let node_port = if p.node_port_allocated {
         format!("{}/{} (allocated)", p.node_port, p.key.protocol)
     } else {
@@ -129,6 +136,7 @@ fn row(p: &ServicePort) -> [String; 5] {
         format!("{}/{}", p.port, p.key.protocol),
         node_port,
         policy.to_owned(),
+        super::forwarding::describe(&p.forwarding),
         endpoints,
     ]
 }

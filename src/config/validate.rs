@@ -7,6 +7,7 @@
 
 use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
+use super::forwarding;
 use super::settings::settings;
 use super::values::{
     choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
@@ -29,11 +30,12 @@ pub(super) fn build(
     previous: Option<&Model>,
 ) -> Result<Model, ConfigError> {
     let (settings, range_span) = settings(src, &file)?;
+    let default_forwarding = forwarding::default(src, &file.forwarding)?;
     let mut checked: Vec<Checked> = Vec::with_capacity(file.service.len());
     let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
     for entry in &file.service {
-        let this = service(src, entry, &settings.defaults)?;
+        let this = service(src, entry, &settings.defaults, &default_forwarding)?;
         if let Some(&first) = by_key.get(&this.port.key) {
             return Err(src.error(
                 &this.name_span,
@@ -126,6 +128,7 @@ fn service(
     src: &Source,
     e: &ServiceEntry,
     defaults: &ServiceDefaults,
+    default_forwarding: &forwarding::Default,
 ) -> Result<Checked, ConfigError> {
     let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
     let namespace = match &e.namespace {
@@ -177,6 +180,7 @@ fn service(
     };
     let connect_retries = opt_retries(src, &e.connect_retries, defaults.connect_retries)?;
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
+    let forwarding = forwarding::service(src, e, default_forwarding)?;
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -227,7 +231,7 @@ fn service(
             timeouts,
             connect_retries,
             maglev_table_size,
-            forwarding: Default::default(),
+            forwarding,
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),

@@ -19,16 +19,18 @@ pub mod worker;
 
 use crate::model::{ListenAddresses, Protocol, Settings};
 use crate::publish::Publisher;
+use crate::stats::LoopStats;
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use worker::{Listener, Worker, WorkerSetup};
+use std::time::{Duration, Instant};
+pub use worker::ListenerKey;
+use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
 
-/// Errors starting the data plane.
+/// Errors starting the data plane or opening listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A NodePort could not be opened on an address (in use, not a local address, …).
@@ -53,13 +55,102 @@ pub type NodePorts = Vec<(Protocol, u16)>;
 /// A running data plane.
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
-    listen_addrs: Vec<SocketAddr>,
+    /// Listeners open now, in every worker.
+    open: Vec<ListenerKey>,
+    monitor: DataplaneMonitor,
 }
 
 struct WorkerHandle {
     wake: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<io::Result<WorkerExit>>>,
+}
+
+/// Listener changes opened by [`Dataplane::prepare_listeners`], applied by
+/// [`Dataplane::commit_listeners`].
+#[derive(Debug)]
+pub struct ListenerPlan {
+    /// New keys, each with one socket per worker.
+    add: Vec<(ListenerKey, Vec<Socket>)>,
+    remove: Vec<ListenerKey>,
+}
+
+impl ListenerPlan {
+    /// (address, NodePort) pairs the plan opens.
+    pub fn added(&self) -> Vec<ListenerKey> {
+        self.add.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// (address, NodePort) pairs the plan closes.
+    pub fn removed(&self) -> &[ListenerKey] {
+        &self.remove
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections open when the drain began that finished on their own.
+    pub finished: u64,
+    /// Connections still open at the drain deadline, reset.
+    pub reset: u64,
+}
+
+/// A cheap, clonable view of the workers for other threads (watchdog, metrics, status).
+#[derive(Debug, Clone)]
+pub struct DataplaneMonitor {
+    loops: Arc<[Arc<LoopStats>]>,
+    driver: &'static str,
+}
+
+/// One worker's loop statistics, as numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub iterations: u64,
+    pub completions: u64,
+    pub accepted: u64,
+    pub active: u64,
+    pub accepting: bool,
+}
+
+impl DataplaneMonitor {
+    /// Per worker: a counter that advances at every loop iteration (at least every 100 ms
+    /// while the worker is healthy). A worker whose heartbeat stops is wedged.
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.loops.iter().map(|l| l.iterations.get()).collect()
+    }
+
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.loops
+            .iter()
+            .map(|l| WorkerStats {
+                iterations: l.iterations.get(),
+                completions: l.completions.get(),
+                accepted: l.accepted.get(),
+                active: l.active.load(Relaxed),
+                accepting: l.accepting.load(Relaxed) != 0,
+            })
+            .collect()
+    }
+
+    /// Client connections open now, all workers.
+    pub fn active(&self) -> u64 {
+        self.worker_stats().iter().map(|w| w.active).sum()
+    }
+
+    /// The driver in use: "io_uring" or "epoll".
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    pub fn workers(&self) -> usize {
+        self.loops.len()
+    }
 }
 
 impl Dataplane {
@@ -72,36 +163,22 @@ impl Dataplane {
         driver::uring::Uring::probe().map_err(StartError::Uring)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
-        let addrs = listen_addresses(&settings.listen);
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
-        let mut bound = Vec::new();
-        for &(protocol, node_port) in node_ports {
-            for &ip in &addrs {
-                let addr = SocketAddr::new(ip, node_port);
-                for listeners in per_worker.iter_mut() {
-                    let socket = open_listener(addr, settings.backlog).map_err(|source| {
-                        StartError::Listen {
-                            addr,
-                            node_port,
-                            protocol,
-                            source,
-                        }
-                    })?;
-                    listeners.push(Listener {
-                        socket,
-                        protocol,
-                        node_port,
-                    });
-                }
-                bound.push(addr);
+        let mut open = Vec::new();
+        for (key, sockets) in open_listeners(settings, node_ports, &[], n)? {
+            for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
+                listeners.push(Listener { key, socket });
             }
+            open.push(key);
         }
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut workers = Vec::with_capacity(n);
+        let mut loops = Vec::with_capacity(n);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let wake =
                 Arc::new(sys::eventfd().map_err(|source| StartError::Worker { index, source })?);
-            let stop = Arc::new(AtomicBool::new(false));
+            let (commands, queue) = mpsc::channel();
+            let loop_stats = Arc::new(LoopStats::default());
             let cpu = if settings.pin_workers && !cpus.is_empty() {
                 Some(cpus[index % cpus.len()])
             } else {
@@ -115,7 +192,8 @@ impl Dataplane {
                 relay: settings.relay,
                 publisher: publisher.clone(),
                 wake: Arc::clone(&wake),
-                stop: Arc::clone(&stop),
+                commands: queue,
+                loop_stats: Arc::clone(&loop_stats),
             };
             let tx = ready_tx.clone();
             let thread = std::thread::Builder::new()
@@ -124,14 +202,19 @@ impl Dataplane {
                 .map_err(|source| StartError::Worker { index, source })?;
             workers.push(WorkerHandle {
                 wake,
-                stop,
+                commands,
                 thread: Some(thread),
             });
+            loops.push(loop_stats);
         }
         drop(ready_tx);
         let dp = Dataplane {
             workers,
-            listen_addrs: bound,
+            open,
+            monitor: DataplaneMonitor {
+                loops: loops.into(),
+                driver: "io_uring",
+            },
         };
         for _ in 0..n {
             match ready_rx.recv() {
@@ -154,25 +237,96 @@ impl Dataplane {
     }
 
     /// The (address, NodePort) pairs listened on.
-    pub fn listen_addrs(&self) -> &[SocketAddr] {
-        &self.listen_addrs
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.open.iter().map(|k| k.addr).collect()
     }
 
-    /// Stop every worker (open connections are reset) and wait for them.
-    pub fn stop(mut self) -> io::Result<()> {
-        self.stop_workers()
+    /// A handle for other threads: heartbeats, loop statistics, driver.
+    pub fn monitor(&self) -> DataplaneMonitor {
+        self.monitor.clone()
     }
 
-    fn stop_workers(&mut self) -> io::Result<()> {
-        for w in &self.workers {
-            w.stop.store(true, Ordering::Release);
-            let _ = sys::eventfd_signal(std::os::fd::AsFd::as_fd(&*w.wake));
+    /// Open sockets for the (address, NodePort) pairs of `settings.listen` × `node_ports`
+    /// that are not open yet. Nothing changes for the workers until [`Self::commit_listeners`];
+    /// on error nothing was changed (sockets opened so far are closed).
+    pub fn prepare_listeners(
+        &self,
+        settings: &Settings,
+        node_ports: &NodePorts,
+    ) -> Result<ListenerPlan, StartError> {
+        let wanted = wanted_keys(settings, node_ports);
+        let add = open_listeners(settings, node_ports, &self.open, self.workers.len())?;
+        let remove = self
+            .open
+            .iter()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        Ok(ListenerPlan { add, remove })
+    }
+
+    /// Hand the plan's new listeners to the workers and close the removed ones. Call it
+    /// after publishing the snapshot that routes the new NodePorts.
+    pub fn commit_listeners(&mut self, plan: ListenerPlan) {
+        let mut per_worker: Vec<Vec<Listener>> =
+            (0..self.workers.len()).map(|_| Vec::new()).collect();
+        for (key, sockets) in plan.add {
+            for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
+                listeners.push(Listener { key, socket });
+            }
+            self.open.push(key);
         }
-        let mut result = Ok(());
+        self.open.retain(|k| !plan.remove.contains(k));
+        for (w, listeners) in self.workers.iter().zip(per_worker) {
+            if !listeners.is_empty() {
+                let _ = w.commands.send(Command::AddListeners(listeners));
+            }
+            if !plan.remove.is_empty() {
+                let _ = w
+                    .commands
+                    .send(Command::RemoveListeners(plan.remove.clone()));
+            }
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Stop accepting everywhere, let open connections finish until `timeout`, then reset
+    /// the rest; returns once every worker has ended.
+    pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
+        let before = self.monitor.active();
+        let deadline = Instant::now() + timeout;
+        self.send_all(|| Command::Drain { deadline });
+        let reset = self.join()?;
+        Ok(DrainReport {
+            finished: before.saturating_sub(reset),
+            reset,
+        })
+    }
+
+    /// Stop every worker now (open connections are reset) and wait for them.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.send_all(|| Command::Stop);
+        self.join().map(|_| ())
+    }
+
+    fn send_all(&self, command: impl Fn() -> Command) {
+        for w in &self.workers {
+            let _ = w.commands.send(command());
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Wait for every worker; returns how many connections they reset at the end.
+    fn join(&mut self) -> io::Result<u64> {
+        let mut result = Ok(0);
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
                 match t.join() {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(exit)) => {
+                        if let Ok(n) = &mut result {
+                            *n += exit.reset;
+                        }
+                    }
                     Ok(Err(e)) => result = Err(e),
                     Err(_) => result = Err(io::Error::other("worker panicked")),
                 }
@@ -184,11 +338,17 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        let _ = self.stop_workers();
+        if self.workers.iter().any(|w| w.thread.is_some()) {
+            self.send_all(|| Command::Stop);
+            let _ = self.join();
+        }
     }
 }
 
-fn run_worker(setup: WorkerSetup, ready: mpsc::Sender<(usize, io::Result<()>)>) -> io::Result<()> {
+fn run_worker(
+    setup: WorkerSetup,
+    ready: mpsc::Sender<(usize, io::Result<()>)>,
+) -> io::Result<WorkerExit> {
     let index = setup.index;
     if let Some(cpu) = setup.cpu {
         if let Err(e) = sys::pin_current_thread(cpu) {
@@ -210,6 +370,47 @@ fn run_worker(setup: WorkerSetup, ready: mpsc::Sender<(usize, io::Result<()>)>) 
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
     }
     result
+}
+
+/// Every (address, NodePort) the settings and ports call for.
+fn wanted_keys(settings: &Settings, node_ports: &NodePorts) -> Vec<ListenerKey> {
+    let addrs = listen_addresses(&settings.listen);
+    let mut keys = Vec::new();
+    for &(protocol, node_port) in node_ports {
+        for &ip in &addrs {
+            keys.push(ListenerKey {
+                addr: SocketAddr::new(ip, node_port),
+                protocol,
+            });
+        }
+    }
+    keys
+}
+
+/// Open `workers` reuseport sockets for every wanted key not in `open`. All or nothing.
+fn open_listeners(
+    settings: &Settings,
+    node_ports: &NodePorts,
+    open: &[ListenerKey],
+    workers: usize,
+) -> Result<Vec<(ListenerKey, Vec<Socket>)>, StartError> {
+    let mut out = Vec::new();
+    for key in wanted_keys(settings, node_ports) {
+        if open.contains(&key) {
+            continue;
+        }
+        let sockets = (0..workers)
+            .map(|_| open_listener(key.addr, settings.backlog))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| StartError::Listen {
+                addr: key.addr,
+                node_port: key.node_port(),
+                protocol: key.protocol,
+                source,
+            })?;
+        out.push((key, sockets));
+    }
+    Ok(out)
 }
 
 /// The addresses to bind for a listen setting: `All` → one dual-stack `[::]` socket when

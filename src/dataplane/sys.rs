@@ -212,3 +212,29 @@ pub fn is_reset(err: &io::Error) -> bool {
         Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED | libc::ETIMEDOUT)
     )
 }
+
+/// Set IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6) on a socket, so it can bind to a
+/// non-local address (the client's). Needs CAP_NET_ADMIN.
+pub fn set_transparent(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = if ipv6 {
+        (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+    } else {
+        (libc::SOL_IP, libc::IP_TRANSPARENT)
+    };
+    // SAFETY: passes a pointer to a c_int on the stack with its exact size; the fd is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -21,23 +21,48 @@ use super::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op,
 use super::driver::uring::{Completion, Uring, MAX_SLOTS};
 use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use super::sys;
-use crate::model::{Protocol, RelayMode};
+use crate::model::{Forwarding, Protocol, RelayMode};
 use crate::publish::Publisher;
+use crate::stats::LoopStats;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+/// Which (address, NodePort) a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl ListenerKey {
+    pub fn node_port(&self) -> u16 {
+        self.addr.port()
+    }
+}
 
 /// One listening socket of this worker.
 #[derive(Debug)]
 pub struct Listener {
+    pub key: ListenerKey,
     pub socket: Socket,
-    pub protocol: Protocol,
-    pub node_port: u16,
+}
+
+/// What the rest of the process can ask of a running worker (through its queue + eventfd).
+#[derive(Debug)]
+pub enum Command {
+    /// Start accepting on these new listeners (a reload added NodePorts or addresses).
+    AddListeners(Vec<Listener>),
+    /// Stop accepting on these listeners and close them.
+    RemoveListeners(Vec<ListenerKey>),
+    /// Stop accepting; end once no connection is left, or at `deadline` (resetting the rest).
+    Drain { deadline: Instant },
+    /// End now, resetting open connections.
+    Stop,
 }
 
 /// What a worker is told at start.
@@ -49,7 +74,26 @@ pub struct WorkerSetup {
     pub relay: RelayMode,
     pub publisher: Publisher,
     pub wake: Arc<OwnedFd>,
-    pub stop: Arc<AtomicBool>,
+    pub commands: mpsc::Receiver<Command>,
+    pub loop_stats: Arc<LoopStats>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// Connections still open at the end, reset.
+    pub reset: u64,
+}
+
+/// A listener slot: its key stays after the socket is closed, so that a connection the
+/// kernel accepted just before the close is still routed by its NodePort.
+struct ListenerSlot {
+    key: ListenerKey,
+    socket: Option<Socket>,
+    /// Generation of the armed multishot accept, if armed.
+    accepting: Option<u32>,
+    /// Generation the next arm gets.
+    arms: u32,
 }
 
 /// How often the loop wakes at the latest, and the idle-check tick.
@@ -58,6 +102,8 @@ const TICK: Duration = Duration::from_millis(100);
 const IDLE_PASS_TICKS: usize = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one transparent-mode routing hint per worker per this period.
+const HINT_EVERY: Duration = Duration::from_secs(10);
 
 struct Pin {
     snapshot: Arc<RoutingSnapshot>,
@@ -66,6 +112,8 @@ struct Pin {
 
 /// A connection's resources besides its state machine.
 struct Live {
+    /// Number of this connection on its worker (PROXY v2 unique id, logs).
+    id: u64,
     conn: Conn,
     client: OwnedFd,
     client_addr: SocketAddr,
@@ -92,11 +140,12 @@ struct Slot {
 pub struct Worker {
     index: usize,
     ring: Uring,
-    listeners: Vec<Listener>,
-    /// Per listener: the generation of its armed multishot accept, if one is armed.
-    accepting: Vec<Option<u32>>,
-    /// Per listener: the generation the next arm gets.
-    accept_arms: Vec<u32>,
+    listeners: Vec<ListenerSlot>,
+    /// Set by `Drain`: no accepting, end when empty or at this deadline.
+    draining: Option<Instant>,
+    exit_now: bool,
+    commands: mpsc::Receiver<Command>,
+    loop_stats: Arc<LoopStats>,
     /// No accepts until then (fd exhaustion backoff).
     backoff_until: Option<Instant>,
     backoff: Duration,
@@ -114,8 +163,13 @@ pub struct Worker {
     to_close: Vec<OwnedFd>,
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
     now: Instant,
+    /// Connections accepted so far (ids).
+    next_id: u64,
+    /// Reused buffer for PROXY headers.
+    header: Vec<u8>,
+    /// When the transparent-mode routing hint was last logged (rate limit).
+    last_hint: Option<Instant>,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
 }
@@ -123,13 +177,23 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
         let ring = Uring::new(1024)?;
-        let n = setup.listeners.len();
         Ok(Worker {
             index: setup.index,
             ring,
-            listeners: setup.listeners,
-            accepting: vec![None; n],
-            accept_arms: vec![0; n],
+            listeners: setup
+                .listeners
+                .into_iter()
+                .map(|l| ListenerSlot {
+                    key: l.key,
+                    socket: Some(l.socket),
+                    accepting: None,
+                    arms: 0,
+                })
+                .collect(),
+            draining: None,
+            exit_now: false,
+            commands: setup.commands,
+            loop_stats: setup.loop_stats,
             backoff_until: None,
             backoff: BACKOFF_MIN,
             max_connections: setup.max_connections.max(1),
@@ -145,14 +209,16 @@ impl Worker {
             to_close: Vec::new(),
             idle_cursor: 0,
             wake: setup.wake,
-            stop: setup.stop,
             now: Instant::now(),
             spare_tried: Vec::new(),
+            next_id: 0,
+            header: Vec::with_capacity(256),
+            last_hint: None,
         })
     }
 
-    /// Run until told to stop. Connections still open then are reset.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Run until told to stop or drained. Connections still open then are reset.
+    pub fn run(mut self) -> io::Result<WorkerExit> {
         self.ring.watch_wake(self.wake.as_fd())?;
         self.resume_accepting()?;
         let mut completions = Vec::new();
@@ -176,14 +242,22 @@ impl Worker {
                 self.retry_parked()?;
             }
             self.ring.completions(&mut completions);
+            self.loop_stats.iterations.add(1);
+            self.loop_stats.completions.add(completions.len() as u64);
             for c in completions.drain(..) {
                 self.on_completion(c)?;
             }
             for slot in std::mem::take(&mut self.runq) {
                 self.drive(slot)?;
             }
-            if self.stop.load(Ordering::Acquire) {
+            self.loop_stats.set_active(u64::from(self.active));
+            if self.exit_now {
                 break;
+            }
+            if let Some(deadline) = self.draining {
+                if self.active == 0 || self.now >= deadline {
+                    break;
+                }
             }
             if self.now.duration_since(last_tick) >= TICK {
                 last_tick = self.now;
@@ -210,9 +284,9 @@ impl Worker {
             } => {
                 // Only the current arm's end changes the state; a cancelled earlier arm
                 // may still report accepted connections, which are served all the same.
-                let current = self.accepting[listener as usize] == Some(generation);
+                let current = self.listeners[listener as usize].accepting == Some(generation);
                 if rearm && current {
-                    self.accepting[listener as usize] = None;
+                    self.listeners[listener as usize].accepting = None;
                 }
                 let rearm = rearm && current;
                 match result {
@@ -268,58 +342,133 @@ impl Worker {
                 slot,
                 generation,
                 result,
-            } => {
-                let worker = self.index;
-                let now = self.now;
-                let Some(live) = self.live_mut(slot, generation) else {
-                    return Ok(());
-                };
-                live.connect_in_flight = false;
-                let pin = live.pin;
-                let (service, endpoint) = (
-                    live.service,
-                    live.endpoint.expect("connecting to an endpoint"),
-                );
-                let event = match result {
-                    Ok(()) => {
-                        live.connected = true;
-                        Event::Connected
-                    }
-                    Err(e) => {
-                        let failure = match e.raw_os_error() {
-                            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
-                            _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
-                            _ => ConnectFailure::Network,
-                        };
-                        tracing::debug!(worker, error = %e, ?failure, "connect to endpoint failed");
-                        Event::ConnectFailed(failure)
-                    }
-                };
-                live.conn.handle(now, event);
-                let ep = self.service_of(pin, service).endpoint(endpoint);
-                let c = ep.stats.worker(worker);
-                if event == Event::Connected {
-                    c.opened.add(1);
-                } else {
-                    c.failed.add(1);
-                }
-                self.drive(slot)?;
-            }
+            } => self.on_connected(slot, generation, result)?,
             Completion::Wake { ended } => {
                 sys::eventfd_drain(self.wake.as_fd());
                 if ended {
                     self.ring.watch_wake(self.wake.as_fd())?;
+                }
+                while let Ok(command) = self.commands.try_recv() {
+                    self.on_command(command)?;
                 }
             }
         }
         Ok(())
     }
 
+    /// A connect finished: tell the endpoint's PROXY header if the Service wants one, count,
+    /// and let the connection go on (relay, or retry elsewhere).
+    fn on_connected(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        result: io::Result<()>,
+    ) -> io::Result<()> {
+        let worker = self.index;
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        if s.generation != generation {
+            return Ok(());
+        }
+        let Some(mut live) = s.live.take() else {
+            return Ok(());
+        };
+        live.connect_in_flight = false;
+        let endpoint = live.endpoint.expect("connecting to an endpoint");
+        // Borrow only `pins` (not all of self): the header buffer and hint clock are used below.
+        let entry = self.pins[live.pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(live.service);
+        let addr = entry.endpoint(endpoint).endpoint.addr;
+        let event = match result {
+            Ok(()) => {
+                live.connected = true;
+                match write_proxy_header(&mut self.header, &entry.port.forwarding, &live, worker) {
+                    Ok(()) => Event::Connected,
+                    Err(e) => {
+                        tracing::debug!(worker, endpoint = %addr, error = %e, "cannot send the PROXY header");
+                        Event::Failed {
+                            side: Side::Backend,
+                            reset: sys::is_reset(&e),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let failure = match e.raw_os_error() {
+                    Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+                    _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+                    _ => ConnectFailure::Network,
+                };
+                tracing::debug!(worker, endpoint = %addr, error = %e, ?failure, "connect to endpoint failed");
+                if failure == ConnectFailure::TimedOut
+                    && matches!(entry.port.forwarding, Forwarding::Transparent)
+                    && self
+                        .last_hint
+                        .is_none_or(|t| now.duration_since(t) >= HINT_EVERY)
+                {
+                    self.last_hint = Some(now);
+                    tracing::warn!(
+                        worker,
+                        service = %entry.port.key,
+                        endpoint = %addr,
+                        client = %live.client_addr,
+                        "transparent forwarding: connect to the endpoint timed out. Replies to the client's address must come back to this node: apply the rules `sluice tproxy-rules` prints, and route the pod's default route through this node (see docs/client-address.md)"
+                    );
+                }
+                Event::ConnectFailed(failure)
+            }
+        };
+        let c = entry.endpoint(endpoint).stats.worker(worker);
+        if event == Event::Connected {
+            c.opened.add(1);
+        } else {
+            c.failed.add(1);
+        }
+        live.conn.handle(now, event);
+        self.slots[slot as usize].live = Some(live);
+        self.drive(slot)
+    }
+
+    fn on_command(&mut self, command: Command) -> io::Result<()> {
+        match command {
+            Command::AddListeners(listeners) => {
+                for l in listeners {
+                    self.listeners.push(ListenerSlot {
+                        key: l.key,
+                        socket: Some(l.socket),
+                        accepting: None,
+                        arms: 0,
+                    });
+                }
+                self.resume_accepting()?;
+            }
+            Command::RemoveListeners(keys) => {
+                for i in 0..self.listeners.len() {
+                    if self.listeners[i].socket.is_some() && keys.contains(&self.listeners[i].key) {
+                        if let Some(generation) = self.listeners[i].accepting.take() {
+                            self.ring.cancel_accept(i as u32, generation)?;
+                        }
+                        let socket = self.listeners[i].socket.take().expect("open listener");
+                        self.to_close.push(socket.into());
+                    }
+                }
+            }
+            Command::Drain { deadline } => {
+                self.draining = Some(deadline);
+                self.pause_accepting()?;
+            }
+            Command::Stop => self.exit_now = true,
+        }
+        Ok(())
+    }
+
     fn on_accept(&mut self, listener: usize, fd: OwnedFd) -> io::Result<()> {
-        let (protocol, node_port) = (
-            self.listeners[listener].protocol,
-            self.listeners[listener].node_port,
-        );
+        self.loop_stats.accepted.add(1);
+        let key = self.listeners[listener].key;
+        let (protocol, node_port) = (key.protocol, key.node_port());
         let pin = self.pin_current();
         let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
         let client_addr = SockRef::from(&fd)
@@ -343,7 +492,9 @@ impl Worker {
         };
         let mut tried = self.spare_tried.pop().unwrap_or_default();
         tried.clear();
+        self.next_id += 1;
         let live = Live {
+            id: self.next_id,
             conn: Conn::new(self.now, config),
             client: fd,
             client_addr,
@@ -520,6 +671,17 @@ impl Worker {
             }
         };
         live.parked_since = None;
+        let transparent = matches!(
+            self.service_of(live.pin, live.service).port.forwarding,
+            Forwarding::Transparent
+        );
+        if transparent {
+            if let Err(e) = bind_to_client(&socket, live.client_addr, addr) {
+                tracing::warn!(worker, client = %live.client_addr, endpoint = %addr, error = %e,
+                    "transparent forwarding: cannot leave from the client's address (needs CAP_NET_ADMIN and a client of the endpoint's address family)");
+                return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
+            }
+        }
         if retry {
             self.service_of(live.pin, live.service)
                 .stats
@@ -638,14 +800,6 @@ impl Worker {
             .service(service)
     }
 
-    fn live_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Live> {
-        let s = self.slots.get_mut(slot as usize)?;
-        if s.generation != generation {
-            return None;
-        }
-        s.live.as_mut()
-    }
-
     /// The pin of the currently published snapshot (pinning it if it is new).
     fn pin_current(&mut self) -> usize {
         let snapshot = self.reader.load();
@@ -689,17 +843,20 @@ impl Worker {
     }
 
     fn may_accept(&self) -> bool {
-        self.backoff_until.is_none() && self.active < self.max_connections
+        self.backoff_until.is_none()
+            && self.draining.is_none()
+            && self.active < self.max_connections
     }
 
     fn arm_accept(&mut self, i: usize) -> io::Result<()> {
-        if self.accepting[i].is_none() {
-            let generation = self.accept_arms[i];
-            self.accept_arms[i] = generation.wrapping_add(1);
-            self.ring
-                .accept(i as u32, generation, self.listeners[i].socket.as_fd())?;
-            self.accepting[i] = Some(generation);
+        let l = &mut self.listeners[i];
+        if let (None, Some(socket)) = (l.accepting, l.socket.as_ref()) {
+            let generation = l.arms;
+            l.arms = generation.wrapping_add(1);
+            l.accepting = Some(generation);
+            self.ring.accept(i as u32, generation, socket.as_fd())?;
         }
+        self.loop_stats.set_accepting(true);
         Ok(())
     }
 
@@ -715,10 +872,11 @@ impl Worker {
 
     fn pause_accepting(&mut self) -> io::Result<()> {
         for i in 0..self.listeners.len() {
-            if let Some(generation) = self.accepting[i].take() {
+            if let Some(generation) = self.listeners[i].accepting.take() {
                 self.ring.cancel_accept(i as u32, generation)?;
             }
         }
+        self.loop_stats.set_accepting(false);
         Ok(())
     }
 
@@ -759,17 +917,21 @@ impl Worker {
         Ok(())
     }
 
-    fn shutdown(mut self) -> io::Result<()> {
+    fn shutdown(mut self) -> io::Result<WorkerExit> {
+        self.draining = Some(self.now);
+        self.pause_accepting()?;
+        let mut reset = 0;
         for slot in 0..self.slots.len() as u32 {
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
                 live.conn.abort();
+                reset += 1;
                 self.drive(slot)?;
             }
         }
-        self.pause_accepting()?;
         self.ring.submit_and_wait(Some(Duration::ZERO))?;
         self.to_close.clear();
-        Ok(())
+        self.loop_stats.set_active(0);
+        Ok(WorkerExit { reset })
     }
 }
 
@@ -782,4 +944,53 @@ fn side_fd<'a>(
         Side::Client => client.as_fd(),
         Side::Backend => backend.as_ref().expect("backend socket").as_fd(),
     }
+}
+
+/// Write the PROXY header the Service calls for (if any) to the just-connected backend, in
+/// one send, before any client byte. A fresh connection's send buffer is empty, so anything
+/// short of the whole header is an error: the connection is then reset, and no client byte
+/// ever follows a partial header.
+fn write_proxy_header(
+    buf: &mut Vec<u8>,
+    forwarding: &Forwarding,
+    live: &Live,
+    worker: usize,
+) -> io::Result<()> {
+    if !matches!(forwarding, Forwarding::ProxyV1 | Forwarding::ProxyV2(_)) {
+        return Ok(());
+    }
+    let dst = SockRef::from(&live.client)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("client socket has no IP address"))?;
+    let mut unique_id = [0u8; 16];
+    unique_id[..8].copy_from_slice(&(worker as u64).to_be_bytes());
+    unique_id[8..].copy_from_slice(&live.id.to_be_bytes());
+    buf.clear();
+    crate::proxy_protocol::encode(forwarding, live.client_addr, dst, &unique_id, buf);
+    let backend = live.backend.as_ref().expect("connected backend");
+    match sys::write(backend.as_fd(), buf)? {
+        sys::Transfer::Moved(n) if n == buf.len() => Ok(()),
+        _ => Err(io::Error::other("PROXY header not sent whole")),
+    }
+}
+
+/// Make `socket` leave from the client's IP (port chosen by the kernel): IP_TRANSPARENT +
+/// bind. The client's IPv4-mapped address (dual-stack listener) is bound as IPv4.
+fn bind_to_client(socket: &Socket, client: SocketAddr, endpoint: SocketAddr) -> io::Result<()> {
+    let ip = match client.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if ip.is_ipv4() != endpoint.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "client and endpoint are of different address families",
+        ));
+    }
+    sys::set_transparent(socket.as_fd(), ip.is_ipv6())?;
+    socket.bind(&SocketAddr::new(ip, 0).into())
 }

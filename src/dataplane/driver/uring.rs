@@ -108,6 +108,9 @@ struct ConnectArgs {
 }
 
 /// One io_uring instance, owned by one worker thread.
+// The connect arguments are boxed on purpose: entries hold raw pointers into them until
+// the next submit, so they must not move when the vectors grow.
+#[allow(clippy::vec_box)]
 pub struct Uring {
     ring: IoUring,
     /// Connect arguments referenced by entries not yet submitted.
