@@ -21,15 +21,28 @@ POD_PROXY_PORT = 9001  # the pods' nginx also accepts PROXY-protocol connections
 POD_IPERF_PORT = 5201
 SCALE_FILLER_BASE = 20000  # scale run: Services 2..N get NodePorts 20000, 20001, ...
 
-# name, top-level settings, per-service keys (HTTP Service only), extra `sluice run` args.
-# The epoll driver (config `driver = "epoll"`) and the forwarding modes of issue 5 slot in as
-# one more line each, e.g.
+# Node-namespace commands that sluice's transparent forwarding needs (see docs/client-address.md;
+# `sluice` prints them for a config). Applied only while that variant runs: the nft hook would
+# otherwise cost every other LB a little too.
+TPROXY_SETUP = ["ip rule add fwmark 1 lookup 100", "ip route add local 0.0.0.0/0 dev lo table 100",
+                "nft add table ip sluice_tproxy",
+                "nft add chain ip sluice_tproxy pre { type filter hook prerouting priority mangle ; policy accept ; }",
+                "nft add rule ip sluice_tproxy pre meta l4proto tcp socket transparent 1 meta mark set 0x1"]
+TPROXY_TEARDOWN = ["ip rule del fwmark 1 lookup 100", "ip route flush table 100", "nft delete table ip sluice_tproxy"]
+
+# One line per sluice variant:
+#   (name, top-level settings, per-service keys (HTTP Service), extra `sluice run` args,
+#    optional (node setup commands, node teardown commands))
+# The epoll driver slots in as one more line when it lands on main, e.g.
 #   ("sluice-epoll-splice", {"driver": "epoll", "pin_workers": False}, {}, []),
-#   ("sluice-proxyv2", {"pin_workers": False}, {"forwarding": "proxy-v2", "target_port": POD_PROXY_PORT}, []),
 SLUICE_VARIANTS = [
     ("sluice-uring-splice", {"relay": "splice", "pin_workers": False}, {}, []),
     ("sluice-uring-splice-pinned", {"relay": "splice", "pin_workers": True}, {}, []),
     ("sluice-uring-copy", {"relay": "copy", "pin_workers": False}, {}, []),
+    ("sluice-proxy-v2", {"relay": "splice", "pin_workers": False},
+     {"forwarding": "proxy-v2", "target_port": POD_PROXY_PORT}, []),
+    ("sluice-transparent", {"relay": "splice", "pin_workers": False}, {"forwarding": "transparent"}, [],
+     (TPROXY_SETUP, TPROXY_TEARDOWN)),
 ]
 
 # The sluice variant used for the Service-count scale run (one worker: see scale notes).

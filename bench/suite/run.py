@@ -71,12 +71,22 @@ def make_lbs(args):
     direct = (PODS[0], POD_HTTP_PORT, PODS[0], POD_IPERF_PORT)
     out.append(LB("direct", "direct", lambda t, d: None, target=direct))
 
-    for name, settings, service, extra in SLUICE_VARIANTS:
-        def start(t, d, name=name, settings=settings, service=service, extra=extra):
+    for name, settings, service, extra, *node in SLUICE_VARIANTS:
+        setup, teardown = node[0] if node else ([], [])
+
+        def start(t, d, name=name, settings=settings, service=service, extra=extra, setup=setup):
+            for c in setup:
+                t.exec(t.node, *c.split())
             cfg = write(f"{d}/{name}.toml", lbs.sluice_config(settings, service))
             return t.spawn(t.node, [args.sluice, "--log-level", "warn", "run", "--config", cfg, *extra],
                            f"{d}/{name}.log")
-        out.append(LB(name, "sluice", start))
+
+        def stop(t, h, teardown=teardown):
+            if h is not None:
+                t.stop(h)
+            for c in teardown:
+                t.exec(t.node, *c.split(), check=False)
+        out.append(LB(name, "sluice", start, stop))
 
     for threads in (1, 2):
         def start(t, d, threads=threads):
@@ -236,7 +246,7 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 repetition, 1 s per run, no warm-up, scale 1 and 10000")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick: 1)")
-    ap.add_argument("--duration", type=float, default=None, help="seconds per run (default 8; quick: 2)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per run (default 6; quick: 1)")
     ap.add_argument("--sluice", default="target/release/sluice")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/DATE-TIME)")
     ap.add_argument("--only", default=None, help="comma-separated LB names (direct always runs)")
@@ -244,7 +254,7 @@ def main():
     ap.add_argument("--scale", default=None, help="Service counts for the scale run (default 1,1000,10000; 'none' to skip)")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
-    args.duration = args.duration or (1 if args.quick else 8)
+    args.duration = args.duration or (1 if args.quick else 6)
     default_scale = "1,10000" if args.quick else "1,1000,10000"
     scale_counts = [] if args.scale == "none" else [int(x) for x in (args.scale or default_scale).split(",")]
     args.sluice = os.path.abspath(args.sluice)
@@ -298,12 +308,11 @@ def main():
                     failures.append(f"{lb.name} rep {rep}: {e}")
                     print(f"!! {lb.name} rep {rep}: {e}", flush=True)
                 finally:
-                    if handle is not None:
-                        lb.stop(topo, handle)
+                    lb.stop(topo, handle)  # also undoes a variant's node setup
                     time.sleep(0.3)
             # Scale run: same keep-alive workload, 1 / 1000 / 10000 Services configured.
             for count in scale_counts:
-                for name, settings, service, extra in SLUICE_VARIANTS:
+                for name, settings, service, extra, *_ in SLUICE_VARIANTS:
                     if name != SCALE_VARIANT:
                         continue
                     lb = LB(f"{name}-1w", "sluice", None)
