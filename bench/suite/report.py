@@ -249,7 +249,7 @@ def write_markdown(out, info, runs, failures, workloads):
 def svg_panels(title, panels, log=False):
     """panels: [(panel title, unit, rows)], rows: [(label, kind, [(series, med, lo, hi)])]."""
     W, LW, BW = 860, 210, 520
-    y = 40
+    y = 62
     parts = []
     series_colors = ["1.0", "0.65", "0.35"]
     for ptitle, unit, rows in panels:
@@ -288,7 +288,8 @@ def svg_panels(title, panels, log=False):
         y += 22
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{y}" font-family="sans-serif">'
             f'<rect width="100%" height="100%" fill="white"/>'
-            f'<text x="10" y="20" font-size="16" font-weight="bold">{html.escape(title)}</text>')
+            f'<text x="10" y="20" font-size="16" font-weight="bold">{html.escape(title.split(" — ")[0])}</text>'
+            f'<text x="10" y="38" font-size="11" fill="#555">{html.escape(" — ".join(title.split(" — ")[1:]))}</text>')
     return head + "".join(parts) + "</svg>\n"
 
 
@@ -348,3 +349,15 @@ def sanity(runs):
         if r["requests"] and r.get("errors", 0) > 0.02 * r["requests"]:
             bad.append(f"{tag}: {r['errors']} errors for {r['requests']} requests ({ed})")
     return bad
+
+
+if __name__ == "__main__":
+    # Re-render a results folder from its runs.json: python3 bench/suite/report.py DIR
+    import json
+    import sys
+    d = sys.argv[1]
+    with open(f"{d}/runs.json") as f:
+        data = json.load(f)
+    wls = [w for w in UNITS if w != "scale-keepalive" and any(r["workload"] == w for r in data["runs"])]
+    write_all(d, data["meta"], data["runs"], data["failures"], wls)
+    print(f"wrote {d}/summary.md and charts")
