@@ -7,11 +7,14 @@
 //! - [`table`]: stable hash, Maglev, [`table::RoutingSnapshot`] (model, stats).
 //! - [`publish`]: the one atomic pointer to the current snapshot (table).
 //! - [`dataplane`]: connection state machine, workers, io_uring driver (model, stats, table, publish).
+//! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (everything but
+//!   data-plane internals).
 //! - [`demo`]: the built-in demo pods and Service.
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod model;

@@ -1,13 +1,13 @@
 //! The `sluice` command line: wiring only. Everything it does lives in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use sluice::dataplane::Dataplane;
-use sluice::model::Model;
-use sluice::publish::Publisher;
-use sluice::table::{RoutingSnapshot, StatsRegistry};
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::control::protocol::{EndpointAction, Request};
+use sluice::control::{self, ConfigSource, LogFilterSetter};
+use sluice::model::DEFAULT_CONTROL_SOCKET;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,9 @@ enum Command {
         /// Worker threads (overrides the config; default one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Kernel interface of the workers (overrides the config's `driver`).
+        #[arg(long, value_enum)]
+        driver: Option<DriverArg>,
     },
     /// Validate a config file and print what would be served.
     Check {
@@ -47,19 +50,171 @@ enum Command {
     Demo {
         #[arg(long)]
         workers: Option<usize>,
+        #[arg(long, value_enum)]
+        driver: Option<DriverArg>,
     },
+    /// Talk to a running daemon through its control socket.
+    Ctl {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Human)]
+        output: Output,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Version, uptime, driver, workers, config generation, last reload.
+    Status,
+    /// One line per Service port.
+    Services,
+    /// A Service in `kubectl describe service` form: `describe service NAME [-n NAMESPACE]`.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Endpoints of every Service, or of one (`[NAMESPACE/]NAME`).
+    Endpoints { service: Option<String> },
+    /// Counters per Service port and endpoint.
+    Stats,
+    /// Re-read the configuration file and apply it; exits non-zero when it fails.
+    Reload,
+    /// Runtime endpoint overrides (kept across reloads while the endpoint exists).
+    Endpoint {
+        #[command(subcommand)]
+        action: EndpointCommand,
+    },
+    /// Change the log filter (e.g. `debug`, `sluice=trace,info`).
+    LogLevel { level: String },
+}
+
+#[derive(Subcommand)]
+enum DescribeWhat {
+    /// `describe service NAME [-n NAMESPACE]`.
+    #[command(alias = "svc")]
+    Service {
+        name: String,
+        #[arg(short = 'n', long = "namespace", default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// No new connections to ADDR; open ones continue.
+    Drain { service: String, address: String },
+    /// Take ADDR out of service (no new connections; open ones continue).
+    Disable { service: String, address: String },
+    /// Undo drain/disable.
+    Enable { service: String, address: String },
+    /// Override ADDR's weight (0..=65535).
+    Weight {
+        service: String,
+        address: String,
+        weight: u32,
+    },
+}
+
+impl CtlCommand {
+    fn request(self) -> Request {
+        let ep = |action, service, address, weight| Request::Endpoint {
+            action,
+            service,
+            address,
+            weight,
+        };
+        match self {
+            CtlCommand::Status => Request::Status,
+            CtlCommand::Services => Request::Services,
+            CtlCommand::Describe {
+                what: DescribeWhat::Service { name, namespace },
+            } => Request::Describe {
+                service: name,
+                namespace: Some(namespace),
+            },
+            CtlCommand::Endpoints { service } => Request::Endpoints { service },
+            CtlCommand::Stats => Request::Stats,
+            CtlCommand::Reload => Request::Reload,
+            CtlCommand::Endpoint { action } => match action {
+                EndpointCommand::Drain { service, address } => {
+                    ep(EndpointAction::Drain, service, address, None)
+                }
+                EndpointCommand::Disable { service, address } => {
+                    ep(EndpointAction::Disable, service, address, None)
+                }
+                EndpointCommand::Enable { service, address } => {
+                    ep(EndpointAction::Enable, service, address, None)
+                }
+                EndpointCommand::Weight {
+                    service,
+                    address,
+                    weight,
+                } => ep(EndpointAction::Weight, service, address, Some(weight)),
+            },
+            CtlCommand::LogLevel { level } => Request::LogLevel { level },
+        }
+    }
+}
+
+/// `--driver` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DriverArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<DriverArg> for sluice::model::DriverSetting {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Auto => Self::Auto,
+            DriverArg::Uring => Self::Uring,
+            DriverArg::Epoll => Self::Epoll,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Ctl {
+        socket,
+        output,
+        command,
+    } = cli.command
+    {
+        return ExitCode::from(control::client::run(
+            &socket,
+            output == Output::Json,
+            &command.request(),
+        ));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let log_filter: LogFilterSetter = Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
     let result = match cli.command {
+        Command::Ctl { .. } => unreachable!("handled above"),
         Command::Check { config } => match sluice::config::load_file(&config, None) {
             Ok(model) => {
                 print!("{}", sluice::config::render_check(&model));
@@ -75,24 +230,34 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Run { config, workers } => match sluice::config::load_file(&config, None) {
-            Ok(mut model) => {
-                if workers.is_some() {
-                    model.settings.workers = workers;
-                }
+        Command::Run {
+            config,
+            workers,
+            driver,
+        } => {
+            if let Ok(model) = sluice::config::load_file(&config, None) {
                 if sluice::tproxy::uses_transparent(&model) {
                     if let Err(e) = sluice::tproxy::check_transparent_capability() {
                         eprintln!("{}: {e}", config.display());
                         return ExitCode::from(1);
                     }
                 }
-                serve(model)
             }
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(1);
+            match control::run(control::Options {
+                config: ConfigSource::File(config),
+                workers,
+                driver: driver.map(Into::into),
+                log_filter: Some(log_filter),
+            }) {
+                Ok(()) => Ok(()),
+                Err(control::ControlError::Config(e)) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+                Err(e) => Err(e.into()),
             }
-        },
+        }
+        Command::Demo { workers, driver } => demo(workers, driver, log_filter),
         Command::TproxyRules { config } => match sluice::config::load_file(&config, None) {
             Ok(model) => {
                 print!("{}", sluice::tproxy::rules(&model));
@@ -103,7 +268,6 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Demo { workers } => demo(workers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,7 +278,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(workers: Option<usize>) -> anyhow::Result<()> {
+fn demo(
+    workers: Option<usize>,
+    driver: Option<DriverArg>,
+    log_filter: LogFilterSetter,
+) -> anyhow::Result<()> {
     let pods: Vec<(String, std::net::SocketAddr)> = sluice::demo::DEMO_POD_ADDRS
         .iter()
         .enumerate()
@@ -123,6 +291,9 @@ fn demo(workers: Option<usize>) -> anyhow::Result<()> {
     let _pods = sluice::demo::DemoPods::start(&pods).context("starting the demo pods")?;
     let mut model = sluice::demo::demo_model();
     model.settings.workers = workers.or(model.settings.workers);
+    if let Some(d) = driver {
+        model.settings.driver = d.into();
+    }
     println!(
         "demo pods: {}",
         pods.iter()
@@ -131,46 +302,11 @@ fn demo(workers: Option<usize>) -> anyhow::Result<()> {
             .join(", ")
     );
     println!("serving workshop/myfrontend on NodePort 30000 — try:  curl 127.0.0.1:30000   (Ctrl-C to stop)");
-    serve(model)
-}
-
-/// Serve `model` until SIGINT or SIGTERM.
-fn serve(model: Model) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    let workers = model
-        .settings
-        .workers
-        .unwrap_or_else(|| sluice::dataplane::sys::allowed_cpus().len().max(1));
-    let mut registry = StatsRegistry::new(workers);
-    let snapshot = RoutingSnapshot::build(&model, 1, &mut registry);
-    let publisher = Publisher::new(snapshot);
-    let mut node_ports: Vec<_> = model
-        .services
-        .iter()
-        .map(|s| (s.key.protocol, s.node_port))
-        .collect();
-    node_ports.sort_unstable();
-    node_ports.dedup();
-    let mut settings = model.settings.clone();
-    settings.workers = Some(workers);
-    let dataplane = Dataplane::start(&settings, &node_ports, &publisher)?;
-    for s in &model.services {
-        tracing::info!(
-            service = %s.key,
-            node_port = %format_args!("{}/{}", s.node_port, s.key.protocol),
-            allocated = s.node_port_allocated,
-            endpoints = s.endpoints.len(),
-            "serving"
-        );
-    }
-    tracing::info!(workers = dataplane.workers(), addresses = ?dataplane.listen_addrs(), "sluice is serving");
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
-    }
-    dataplane.stop()?;
+    control::run(control::Options {
+        config: ConfigSource::Fixed(Box::new(model)),
+        workers: None,
+        driver: None,
+        log_filter: Some(log_filter),
+    })?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The default NodePort range of Kubernetes (`--service-node-port-range`).
@@ -45,6 +46,69 @@ pub struct Settings {
     pub backlog: u32,
     /// Defaults applied to Services that do not set their own.
     pub defaults: ServiceDefaults,
+    /// Which kernel interface the workers use.
+    pub driver: DriverSetting,
+    /// How operators reach the daemon (`sluice ctl`).
+    pub control: ControlSettings,
+    /// Where `/metrics`, `/healthz` and `/livez` are served (HTTP); `None` = off.
+    pub metrics_address: Option<SocketAddr>,
+    /// Where only `/healthz` and `/livez` are served (kube-proxy's `--healthz-bind-address`);
+    /// `None` = off.
+    pub health_address: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT: how long live connections may take to finish before they are reset.
+    pub drain_timeout: Duration,
+}
+
+/// Which kernel interface the data plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverSetting {
+    /// io_uring when this kernel and sandbox allow every operation sluice uses, else epoll.
+    #[default]
+    Auto,
+    /// io_uring, or refuse to start (saying why).
+    Uring,
+    /// epoll (through mio).
+    Epoll,
+}
+
+/// The default control socket path (under systemd's `RuntimeDirectory=sluice`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sluice/control.sock";
+
+/// The control socket: where it is, who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Socket path; `None` = [`DEFAULT_CONTROL_SOCKET`], where failing to bind is only a
+    /// warning (an explicit path that cannot be bound stops the daemon).
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (default `0o600`).
+    pub mode: u32,
+    /// Group (gid) the socket file is given, e.g. to let a group reach it with mode `0o660`.
+    pub group: Option<u32>,
+    /// Peers allowed besides root and the daemon's own uid (checked with SO_PEERCRED).
+    pub allowed_uids: Vec<u32>,
+    /// Peers whose primary gid is one of these are allowed too.
+    pub allowed_gids: Vec<u32>,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            socket: None,
+            mode: 0o600,
+            group: None,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+        }
+    }
+}
+
+impl ControlSettings {
+    /// The path to bind: the configured one or the default.
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +122,11 @@ impl Default for Settings {
             relay: RelayMode::Splice,
             backlog: 4096,
             defaults: ServiceDefaults::default(),
+            driver: DriverSetting::Auto,
+            control: ControlSettings::default(),
+            metrics_address: None,
+            health_address: None,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -238,7 +307,23 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub enum Policy {
     /// Maglev consistent hashing on the given key.
     Maglev { key: HashKey },
+    /// Kubernetes `sessionAffinity: ClientIP`: a client IP keeps its endpoint while it opens
+    /// a connection at least every `timeout` (the timer restarts at each new connection);
+    /// new clients, and clients whose endpoint left or is unusable, are placed by Maglev on
+    /// the client IP. At most `max_entries` clients are remembered per worker.
+    ClientIp { timeout: Duration, max_entries: u32 },
+    /// Weighted round-robin (smooth: no bursts to one endpoint).
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// The less loaded (active connections / weight) of two weighted-random endpoints.
+    LeastConnections,
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+/// Default bound on remembered clients per worker and Service port.
+pub const DEFAULT_AFFINITY_MAX_ENTRIES: u32 = 65536;
 
 impl Default for Policy {
     fn default() -> Self {

@@ -91,6 +91,17 @@ impl StatsBlock {
         self.per_worker.len()
     }
 
+    /// Connections open now, summed over all workers (opened − closed; relaxed reads, so
+    /// momentarily approximate). Cheaper than `totals()` for the least-connections policy.
+    pub fn active(&self) -> u64 {
+        let (mut opened, mut closed) = (0u64, 0u64);
+        for c in self.per_worker.iter() {
+            opened += c.opened.get();
+            closed += c.closed.get();
+        }
+        opened.saturating_sub(closed)
+    }
+
     /// Sum over all workers.
     pub fn totals(&self) -> ConnTotals {
         let mut t = ConnTotals::default();

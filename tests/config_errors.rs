@@ -79,6 +79,20 @@ const ROWS: &[Row] = &[
         "overlaps 0.0.0.0"),
     row("bad top-level duration", "\nidle_timeout = \"forever\"\n", (2, 16),
         "idle_timeout \"forever\" is not a duration"),
+    row("relative control_socket", "control_socket = \"ctl.sock\"\n", (1, 18),
+        "control_socket \"ctl.sock\" is not an absolute path"),
+    row("control_socket_mode too big", "control_socket_mode = 0o1777\n", (1, 23),
+        "control_socket_mode 1023 is out of range: must be 0..=511"),
+    row("negative control uid", "control_allowed_uids = [0, -1]\n", (1, 28),
+        "control_allowed_uids -1 is out of range"),
+    row("metrics_address without port", "metrics_address = \"127.0.0.1\"\n", (1, 19),
+        "metrics_address \"127.0.0.1\" is not an address with a port"),
+    row("health_address not an address", "health_address = \"localhost:10256\"\n", (1, 18),
+        "health_address \"localhost:10256\" is not an address with a port"),
+    row("bad drain_timeout", "drain_timeout = \"soon\"\n", (1, 17),
+        "drain_timeout \"soon\" is not a duration"),
+    row("drain_timeout after a service", svc!("drain_timeout = \"5s\"\n"), (4, 1),
+        "must come before the first [[service]]"),
     row("duration as a number", "connect_timeout = 3\n", (1, 19),
         "`connect_timeout`: invalid type: integer `3`, expected a duration string such as \"3s\""),
     row("zero duration", svc!("connect_timeout = \"0s\"\n"), (4, 19),
@@ -108,8 +122,16 @@ const ROWS: &[Row] = &[
         "node_port 8080 is outside node_port_range 30000-32767 (the default"),
     row("node_port outside a set range", concat!("node_port_range = \"40000-40999\"\n", svc!("node_port = 30000\n")), (5, 13),
         "node_port 30000 is outside node_port_range 40000-40999 (set at line 1)"),
-    row("unknown policy", svc!("policy = \"round-robin\"\n"), (4, 10),
-        "policy \"round-robin\" is not accepted; expected \"maglev\""),
+    row("unknown policy", svc!("policy = \"least-loaded\"\n"), (4, 10),
+        "policy \"least-loaded\" is not accepted; expected one of \"maglev\", \"client-ip\", \"round-robin\", \"random\", \"least-connections\""),
+    row("affinity timeout too long", svc!("policy = \"client-ip\"\naffinity_timeout_seconds = 86401\n"), (5, 28),
+        "affinity_timeout_seconds"),
+    row("affinity timeout zero", svc!("policy = \"client-ip\"\naffinity_timeout_seconds = 0\n"), (5, 28),
+        "affinity_timeout_seconds"),
+    row("affinity key without client-ip", svc!("affinity_timeout_seconds = 60\n"), (4, 28),
+        "applies to policy = \"client-ip\" only"),
+    row("hash key with round-robin", svc!("policy = \"round-robin\"\nhash_key = \"client-ip\"\n"), (5, 12),
+        "`hash_key` applies to policy = \"maglev\" only"),
     row("unknown hash key", svc!("hash_key = \"source-ip\"\n"), (4, 12),
         "expected one of \"client-ip-port\", \"client-ip\""),
     row("bad endpoint address", svc!("endpoints = [\"127.0.0.2\", \"127.0.0.300\"]\n"), (4, 27),
@@ -124,6 +146,31 @@ const ROWS: &[Row] = &[
         "weight -1 is out of range: must be 0..=65535"),
     row("duplicate endpoint", svc!("target_port = 9000\n" "endpoints = [\n" "  \"10.0.0.1\",\n" "  \"10.0.0.1:9000\",\n" "]\n"), (7, 3),
         "endpoint 10.0.0.1:9000 is listed twice in default/a (first at line 6)"),
+    // Forwarding (how the pod learns the client's address).
+    row("unknown forwarding", svc!("forwarding = \"proxy\"\n"), (4, 14),
+        "forwarding \"proxy\" is not accepted; expected one of \"none\", \"proxy-v1\", \"proxy-v2\", \"transparent\""),
+    row("unknown top-level forwarding", "forwarding = \"PROXY-V2\"\n", (1, 14),
+        "forwarding \"PROXY-V2\" is not accepted"),
+    row("v2 option on a v1 service", svc!("forwarding = \"proxy-v1\"\n" "proxy_unique_id = true\n"), (5, 19),
+        "`proxy_unique_id` is a PROXY v2 option, but this Service's forwarding is \"proxy-v1\"; set forwarding = \"proxy-v2\""),
+    row("v2 option without forwarding", svc!("proxy_tlvs = [{ type = 0xE0, value = \"x\" }]\n"), (4, 14),
+        "`proxy_tlvs` is a PROXY v2 option, but this Service's forwarding is \"none\" (the default)"),
+    row("v2 option under a top-level transparent", concat!("forwarding = \"transparent\"\n", svc!("proxy_unique_id = false\n")), (5, 19),
+        "forwarding is \"transparent\" (the default set at line 1)"),
+    row("TLV type below the custom range", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0x05, value = \"id\" }]\n"), (5, 24),
+        "proxy_tlvs type 0x05 is not a custom TLV type: write 0xE0..=0xEF (the range the PROXY protocol leaves to applications); for a unique connection id set `proxy_unique_id = true`"),
+    row("TLV type above a byte", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 480, value = \"x\" }]\n"), (5, 24),
+        "proxy_tlvs type 480 is not a custom TLV type"),
+    row("TLV type twice", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [\n" "  { type = 0xE0, value = \"a\" },\n" "  { type = 0xE0, value = \"b\" },\n" "]\n"), (7, 12),
+        "proxy_tlvs type 0xE0 is listed twice (first at line 6)"),
+    row("TLV value too long", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE1, value = \"" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" "\" }]\n"), (5, 38),
+        "proxy_tlvs value of type 0xE1 is 256 bytes long; at most 255 are allowed"),
+    row("unknown TLV key", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE0, data = \"x\" }]\n"), (5, 30),
+        "unknown key `data` in a proxy_tlvs table"),
+    row("TLV value as a number", svc!("forwarding = \"proxy-v2\"\n" "proxy_tlvs = [{ type = 0xE0, value = 7 }]\n"), (5, 38),
+        "`value`: invalid type: integer `7`, expected a string"),
     // Across services.
     row("node_port taken", concat!(
             "[[service]]\nname = \"a\"\nnamespace = \"workshop\"\nport = 80\nnode_port = 30000\n\n",
@@ -170,6 +217,27 @@ fn every_bad_config_gives_its_exact_error() {
         ROWS.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn all_tlvs_together_may_not_exceed_768_bytes() {
+    let tlvs: Vec<String> = (0..4)
+        .map(|i| format!("{{ type = 0xE{i}, value = \"{}\" }}", "x".repeat(200)))
+        .collect();
+    let text = format!(
+        "[[service]]\nname = \"a\"\nport = 80\nforwarding = \"proxy-v2\"\nproxy_tlvs = [\n{}\n]\n",
+        tlvs.join(",\n")
+    );
+    let e = parse(&text, "bad.toml", None).unwrap_err();
+    assert_eq!(e.line, 9, "{e}");
+    assert!(
+        e.message
+            .contains("proxy_tlvs take 812 bytes up to here; at most 768"),
+        "{e}"
+    );
+    // Three of them fit.
+    let three = text.replace(&format!(",\n{}", tlvs[3]), "");
+    parse(&three, "ok.toml", None).expect("three 200-byte TLVs fit");
 }
 
 #[test]

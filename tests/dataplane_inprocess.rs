@@ -45,6 +45,11 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
                 last: node_port,
             },
             relay,
+            driver: match std::env::var("SLUICE_TEST_DRIVER").as_deref() {
+                Ok("epoll") => DriverSetting::Epoll,
+                Ok("uring") => DriverSetting::Uring,
+                _ => DriverSetting::Auto,
+            },
             ..Settings::default()
         },
         services: vec![ServicePort {
@@ -356,4 +361,54 @@ fn proxy_headers_name_the_client_and_the_node_port_before_any_client_byte() {
         assert_eq!(String::from_utf8_lossy(&got), want);
         dp.stop().unwrap();
     }
+}
+
+#[test]
+fn client_ip_steering_sends_every_client_to_one_worker() {
+    let eps = [
+        name_backend("127.0.0.2", "a"),
+        name_backend("127.0.0.3", "b"),
+    ];
+    let port = free_port();
+    let mut m = model(port, &eps, RelayMode::Splice);
+    m.services[0].policy = Policy::ClientIp {
+        timeout: Duration::from_secs(60),
+        max_entries: 1000,
+    };
+    let (mut dp, _p, _r) = start(&m);
+    dp.steer_client_ips(&sluice::dataplane::client_ip_ports(&m));
+    let monitor = dp.monitor();
+    let accepted = || -> Vec<u64> { monitor.worker_stats().iter().map(|w| w.accepted).collect() };
+    let mut workers_used = std::collections::HashSet::new();
+    for c in 10..40u8 {
+        let before = accepted();
+        for _ in 0..10 {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, c], 0)).into())
+                .unwrap();
+            s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .unwrap();
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"hi").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+        }
+        eventually("the worker counted the accepts", || {
+            accepted().iter().sum::<u64>() == before.iter().sum::<u64>() + 10
+        });
+        let delta: Vec<u64> = accepted().iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert!(
+            delta.contains(&10),
+            "client 127.0.0.{c} spread over workers: {delta:?}"
+        );
+        workers_used.insert(delta.iter().position(|&d| d == 10).unwrap());
+    }
+    assert_eq!(
+        workers_used.len(),
+        2,
+        "30 clients all steered to one worker"
+    );
+    dp.stop().unwrap();
 }

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use as real peers or tools. Installed only when missing.
 # The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
 # iperf3 and nftables in network namespaces.
-PACKAGES=(iproute2 haproxy nginx libnginx-mod-stream wrk iperf3 nftables curl python3)
+PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,7 +28,14 @@ fi
 # The suite opens a few thousand sockets per process; it needs more than the usual 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Everything once (unit tests, simulations, integration tests on the default driver:
+# io_uring where the kernel allows it), then the integration tests again on each driver
+# explicitly, so that both drivers pass the same suite.
 cargo test --profile ci --all-targets "$@"
+for driver in uring epoll; do
+  echo "=== integration tests with --driver $driver ==="
+  SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
+done
 
 # Benchmark smoke test: every load balancer of the suite must serve every workload without
 # errors (it never fails on performance numbers). Hard bound 3 minutes; needs root for network

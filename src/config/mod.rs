@@ -165,7 +165,16 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "node_port_range",
     "max_connections_per_worker",
     "relay",
+    "driver",
     "backlog",
+    "control_socket",
+    "control_socket_mode",
+    "control_socket_group",
+    "control_allowed_uids",
+    "control_allowed_gids",
+    "metrics_address",
+    "health_address",
+    "drain_timeout",
 ];
 
 /// Which table an unknown/missing-key message from serde is about, told by the keys it knows.
@@ -419,6 +428,53 @@ endpoints = []
             m.settings.listen,
             ListenAddresses::Only(vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()])
         );
+    }
+
+    #[test]
+    fn forwarding_keys() {
+        let text = r#"
+forwarding = "proxy-v1"
+
+[[service]]
+name = "a"
+port = 80
+
+[[service]]
+name = "b"
+port = 80
+forwarding = "proxy-v2"
+proxy_unique_id = true
+proxy_tlvs = [{ type = 0xE0, value = "workshop/myfrontend" }, { type = 0xEF, value = "" }]
+
+[[service]]
+name = "c"
+port = 80
+forwarding = "transparent"
+
+[[service]]
+name = "d"
+port = 80
+forwarding = "none"
+"#;
+        let model = parse(text, "f.toml", None).unwrap();
+        let f: Vec<&Forwarding> = model.services.iter().map(|s| &s.forwarding).collect();
+        assert_eq!(
+            f,
+            [
+                &Forwarding::ProxyV1,
+                &Forwarding::ProxyV2(ProxyV2Options {
+                    unique_id: true,
+                    tlvs: vec![(0xE0, b"workshop/myfrontend".to_vec()), (0xEF, Vec::new())],
+                }),
+                &Forwarding::Transparent,
+                &Forwarding::None,
+            ]
+        );
+        let shown = render_check(&model);
+        assert!(shown.contains("FORWARDING"), "{shown}");
+        assert!(shown.contains(" proxy-v2(unique-id,0xE0,0xEF) "), "{shown}");
+        assert!(shown.contains(" transparent "), "{shown}");
+        assert!(shown.contains(" proxy-v1 "), "{shown}");
     }
 
     #[test]

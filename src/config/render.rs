@@ -40,9 +40,14 @@ pub(super) fn render(model: &Model) -> String {
         crate::model::RelayMode::Splice => "splice",
         crate::model::RelayMode::Copy => "copy",
     };
+    let driver = match s.driver {
+        crate::model::DriverSetting::Auto => "auto",
+        crate::model::DriverSetting::Uring => "uring",
+        crate::model::DriverSetting::Epoll => "epoll",
+    };
     let _ = writeln!(
         out,
-        "workers: {workers} ({pinned})   relay: {relay}   node-port range: {}   \
+        "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
          max connections per worker: {}   backlog: {}",
         s.node_port_range, s.max_connections_per_worker, s.backlog
     );
@@ -117,10 +122,14 @@ fn row(p: &ServicePort) -> [String; 6] {
     let policy = match p.policy {
         Policy::Maglev {
             key: HashKey::ClientIpPort,
-        } => "maglev(ip+port)",
+        } => "maglev(ip+port)".to_owned(),
         Policy::Maglev {
             key: HashKey::ClientIp,
-        } => "maglev(ip)",
+        } => "maglev(ip)".to_owned(),
+        Policy::ClientIp { timeout, .. } => format!("client-ip({}s)", timeout.as_secs()),
+        Policy::RoundRobin => "round-robin".to_owned(),
+        Policy::Random => "random".to_owned(),
+        Policy::LeastConnections => "least-connections".to_owned(),
     };
     let endpoints = if p.endpoints.is_empty() {
         "(none: connections are reset)".to_owned()

@@ -7,12 +7,13 @@ use super::file::ConfigFile;
 use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
-    ListenAddresses, NodePortRange, RelayMode, ServiceDefaults, Settings, Timeouts,
-    DEFAULT_NODE_PORT_RANGE,
+    ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
+    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::PathBuf;
 
 /// Upper bound of `workers`: far above any machine sluice runs on, low enough to catch typos.
 const MAX_WORKERS: i64 = 1024;
@@ -54,6 +55,19 @@ pub(super) fn settings(
         )?,
         None => base.relay,
     };
+    let driver = match &f.driver {
+        Some(d) => choice(
+            src,
+            d,
+            "driver",
+            &[
+                ("auto", DriverSetting::Auto),
+                ("uring", DriverSetting::Uring),
+                ("epoll", DriverSetting::Epoll),
+            ],
+        )?,
+        None => base.driver,
+    };
     let backlog = match &f.backlog {
         Some(b) => int(src, b, "backlog", 1, i32::MAX.into(), "")?,
         None => base.backlog,
@@ -72,6 +86,10 @@ pub(super) fn settings(
         connect_retries: opt_retries(src, &f.connect_retries, fallback.connect_retries)?,
         maglev_table_size: opt_table_size(src, &f.maglev_table_size, fallback.maglev_table_size)?,
     };
+    let control = control(src, f)?;
+    let metrics_address = opt_socket_addr(src, &f.metrics_address, "metrics_address")?;
+    let health_address = opt_socket_addr(src, &f.health_address, "health_address")?;
+    let drain_timeout = opt_duration(src, &f.drain_timeout, "drain_timeout", base.drain_timeout)?;
     let settings = Settings {
         workers,
         pin_workers: f.pin_workers.unwrap_or(base.pin_workers),
@@ -81,6 +99,11 @@ pub(super) fn settings(
         relay,
         backlog,
         defaults,
+        driver,
+        control,
+        metrics_address,
+        health_address,
+        drain_timeout,
     };
     Ok((settings, f.node_port_range.as_ref().map(Spanned::span)))
 }
@@ -158,4 +181,79 @@ fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange
         return Err(malformed("the first port is above the last"));
     }
     Ok(NodePortRange { first, last })
+}
+
+/// Upper bound of uids and gids: the kernel's (uid_t is 32 bits; -1 is "no id").
+const MAX_ID: i64 = u32::MAX as i64 - 1;
+
+fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
+    let base = ControlSettings::default();
+    let socket = match &f.control_socket {
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                return Err(src.error(
+                    &p.span(),
+                    format!("control_socket {:?} is not an absolute path", p.get_ref()),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let mode = match &f.control_socket_mode {
+        Some(m) => int(
+            src,
+            m,
+            "control_socket_mode",
+            0,
+            0o777,
+            "write it in octal, e.g. 0o660",
+        )?,
+        None => base.mode,
+    };
+    let group = match &f.control_socket_group {
+        Some(g) => Some(int(
+            src,
+            g,
+            "control_socket_group",
+            0,
+            MAX_ID,
+            "a numeric gid",
+        )?),
+        None => None,
+    };
+    let ids = |list: &Option<Vec<Spanned<i64>>>, key: &str| -> Result<Vec<u32>, ConfigError> {
+        list.iter()
+            .flatten()
+            .map(|v| int(src, v, key, 0, MAX_ID, "a numeric id"))
+            .collect()
+    };
+    Ok(ControlSettings {
+        socket,
+        mode,
+        group,
+        allowed_uids: ids(&f.control_allowed_uids, "control_allowed_uids")?,
+        allowed_gids: ids(&f.control_allowed_gids, "control_allowed_gids")?,
+    })
+}
+
+fn opt_socket_addr(
+    src: &Source,
+    value: &Option<Spanned<String>>,
+    key: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    value.get_ref().trim().parse().map(Some).map_err(|_| {
+        src.error(
+            &value.span(),
+            format!(
+                "{key} {:?} is not an address with a port: expected \"IP:PORT\" or \"[IPv6]:PORT\", \
+                 e.g. \"127.0.0.1:10256\"",
+                value.get_ref()
+            ),
+        )
+    })
 }

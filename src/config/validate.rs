@@ -15,7 +15,7 @@ use super::values::{
 use super::{ConfigError, Source};
 use crate::model::{
     Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceDefaults, ServiceName,
-    ServicePort, ServicePortKey, Timeouts,
+    ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
 };
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -154,9 +154,65 @@ fn service(
         .node_port
         .as_ref()
         .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
-    if let Some(p) = &e.policy {
-        choice(src, p, "policy", &[("maglev", ())])?;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Maglev,
+        ClientIp,
+        RoundRobin,
+        Random,
+        LeastConnections,
     }
+    let kind = match &e.policy {
+        Some(p) => choice(
+            src,
+            p,
+            "policy",
+            &[
+                ("maglev", Kind::Maglev),
+                ("client-ip", Kind::ClientIp),
+                ("round-robin", Kind::RoundRobin),
+                ("random", Kind::Random),
+                ("least-connections", Kind::LeastConnections),
+            ],
+        )?,
+        None => Kind::Maglev,
+    };
+    if kind != Kind::Maglev {
+        if let Some(k) = &e.hash_key {
+            return Err(src.error(
+                &k.span(),
+                "`hash_key` applies to policy = \"maglev\" only (client-ip always keys on the client IP)",
+            ));
+        }
+    }
+    if kind != Kind::ClientIp {
+        for (key, v) in [
+            ("affinity_timeout_seconds", &e.affinity_timeout_seconds),
+            ("affinity_max_entries", &e.affinity_max_entries),
+        ] {
+            if let Some(v) = v {
+                return Err(src.error(
+                    &v.span(),
+                    format!("`{key}` applies to policy = \"client-ip\" only"),
+                ));
+            }
+        }
+    }
+    let timeout_seconds: u64 = match &e.affinity_timeout_seconds {
+        Some(t) => int(
+            src,
+            t,
+            "affinity_timeout_seconds",
+            1,
+            86400,
+            " (Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range)",
+        )?,
+        None => DEFAULT_AFFINITY_TIMEOUT.as_secs(),
+    };
+    let max_entries: u32 = match &e.affinity_max_entries {
+        Some(m) => int(src, m, "affinity_max_entries", 1, 1 << 24, "")?,
+        None => DEFAULT_AFFINITY_MAX_ENTRIES,
+    };
     let key = match &e.hash_key {
         Some(k) => choice(
             src,
@@ -227,7 +283,16 @@ fn service(
             node_port_allocated: false,
             target_port,
             endpoints,
-            policy: Policy::Maglev { key },
+            policy: match kind {
+                Kind::Maglev => Policy::Maglev { key },
+                Kind::ClientIp => Policy::ClientIp {
+                    timeout: std::time::Duration::from_secs(timeout_seconds),
+                    max_entries,
+                },
+                Kind::RoundRobin => Policy::RoundRobin,
+                Kind::Random => Policy::Random,
+                Kind::LeastConnections => Policy::LeastConnections,
+            },
             timeouts,
             connect_retries,
             maglev_table_size,

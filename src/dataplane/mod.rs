@@ -11,15 +11,20 @@
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
 //! (syscall wrappers; with the driver, the only `unsafe` code).
 
+pub mod affinity;
 pub mod conn;
 pub mod driver;
 pub mod relay;
+pub mod select;
 pub mod sys;
 pub mod worker;
 
-use crate::model::{ListenAddresses, Protocol, Settings};
+use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
+use driver::epoll::Epoll;
+use driver::uring::Uring;
+use driver::{Driver, DriverChoice};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,8 +46,8 @@ pub enum StartError {
         protocol: Protocol,
         source: io::Error,
     },
-    /// io_uring is unavailable or lacks an operation sluice needs.
-    #[error("io_uring is unavailable: {0}")]
+    /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
+    #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
@@ -57,6 +62,8 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     /// Listeners open now, in every worker.
     open: Vec<ListenerKey>,
+    /// Listener groups whose connections are steered to workers by client IP.
+    steered: Vec<ListenerKey>,
     monitor: DataplaneMonitor,
 }
 
@@ -160,7 +167,7 @@ impl Dataplane {
         node_ports: &NodePorts,
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
-        driver::uring::Uring::probe().map_err(StartError::Uring)?;
+        let driver = choose_driver(settings.driver)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
@@ -198,7 +205,10 @@ impl Dataplane {
             let tx = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-w{index}"))
-                .spawn(move || run_worker(setup, tx))
+                .spawn(move || match driver {
+                    DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
+                    DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
+                })
                 .map_err(|source| StartError::Worker { index, source })?;
             workers.push(WorkerHandle {
                 wake,
@@ -211,9 +221,10 @@ impl Dataplane {
         let dp = Dataplane {
             workers,
             open,
+            steered: Vec::new(),
             monitor: DataplaneMonitor {
                 loops: loops.into(),
-                driver: "io_uring",
+                driver: driver.name(),
             },
         };
         for _ in 0..n {
@@ -277,6 +288,7 @@ impl Dataplane {
             self.open.push(key);
         }
         self.open.retain(|k| !plan.remove.contains(k));
+        self.steered.retain(|k| !plan.remove.contains(k));
         for (w, listeners) in self.workers.iter().zip(per_worker) {
             if !listeners.is_empty() {
                 let _ = w.commands.send(Command::AddListeners(listeners));
@@ -287,6 +299,46 @@ impl Dataplane {
                     .send(Command::RemoveListeners(plan.remove.clone()));
             }
             let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Steer the connections of these NodePorts to workers by client IP (a classic-BPF
+    /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
+    /// affinity table; other NodePorts go back to the kernel's 4-tuple hash. Call after
+    /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
+    /// Returns once the change is in place (or after a second, if the worker is wedged).
+    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
+        let wanted: Vec<ListenerKey> = self
+            .open
+            .iter()
+            .filter(|k| ports.contains(&(k.protocol, k.node_port())))
+            .copied()
+            .collect();
+        let attach: Vec<ListenerKey> = wanted
+            .iter()
+            .filter(|k| !self.steered.contains(k))
+            .copied()
+            .collect();
+        let detach: Vec<ListenerKey> = self
+            .steered
+            .iter()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        if attach.is_empty() && detach.is_empty() {
+            return;
+        }
+        self.steered = wanted;
+        if let Some(w) = self.workers.first() {
+            let (done, applied) = mpsc::channel();
+            let _ = w.commands.send(Command::Steer {
+                attach,
+                detach,
+                groups: self.workers.len() as u32,
+                done,
+            });
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+            let _ = applied.recv_timeout(Duration::from_secs(1));
         }
     }
 
@@ -345,9 +397,28 @@ impl Drop for Dataplane {
     }
 }
 
-fn run_worker(
+/// Resolve the driver setting: `Auto` probes io_uring once and falls back to epoll with one
+/// log line saying why; `Uring` refuses to start with that reason instead.
+pub fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
+    match setting {
+        DriverSetting::Epoll => Ok(DriverChoice::Epoll),
+        DriverSetting::Uring => Uring::probe()
+            .map(|()| DriverChoice::Uring)
+            .map_err(StartError::Uring),
+        DriverSetting::Auto => match Uring::probe() {
+            Ok(()) => Ok(DriverChoice::Uring),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); using the epoll driver");
+                Ok(DriverChoice::Epoll)
+            }
+        },
+    }
+}
+
+fn run_worker<D: Driver>(
     setup: WorkerSetup,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
+    driver: impl FnOnce() -> io::Result<D>,
 ) -> io::Result<WorkerExit> {
     let index = setup.index;
     if let Some(cpu) = setup.cpu {
@@ -355,7 +426,7 @@ fn run_worker(
             tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker to its CPU");
         }
     }
-    let worker = match Worker::new(setup) {
+    let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
             w
@@ -370,6 +441,31 @@ fn run_worker(
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
     }
     result
+}
+
+/// The NodePorts a model serves.
+pub fn node_ports(model: &Model) -> NodePorts {
+    let mut ports: NodePorts = model
+        .services
+        .iter()
+        .map(|s| (s.key.protocol, s.node_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The NodePorts whose Service uses ClientIP affinity (to steer by client IP).
+pub fn client_ip_ports(model: &Model) -> NodePorts {
+    let mut ports: NodePorts = model
+        .services
+        .iter()
+        .filter(|s| matches!(s.policy, Policy::ClientIp { .. }))
+        .map(|s| (s.key.protocol, s.node_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Every (address, NodePort) the settings and ports call for.

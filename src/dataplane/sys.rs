@@ -238,3 +238,143 @@ pub fn set_transparent(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// accept4(2) on a nonblocking listener: `Ok(None)` when no connection is waiting. The new
+/// socket is nonblocking and close-on-exec.
+pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
+    loop {
+        // SAFETY: null address pointers are allowed (the peer address is not wanted); the
+        // caller keeps `listener` open for the duration of the call.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Take the pending error of a socket (SO_ERROR): how a nonblocking connect ended.
+pub fn socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the c_int on the stack; the caller
+    // keeps `fd` open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Classic BPF opcodes (linux/filter.h), spelled out so the program below reads as a listing.
+mod bpf {
+    pub const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    pub const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+    pub const ALU_RSH_K: u16 = 0x04 | 0x70;
+    pub const ALU_MUL_K: u16 = 0x04 | 0x20;
+    pub const ALU_MOD_K: u16 = 0x04 | 0x90;
+    pub const ALU_XOR_X: u16 = 0x04 | 0xa0 | 0x08;
+    pub const JMP_JA: u16 = 0x05;
+    pub const JMP_JEQ_K: u16 = 0x05 | 0x10;
+    pub const MISC_TAX: u16 = 0x07;
+    pub const RET_A: u16 = 0x06 | 0x10;
+    /// SKF_NET_OFF: the program runs with the packet pointer at the TCP payload; the IP
+    /// header is reached through this negative base (a plain offset reads the payload).
+    pub const NET: u32 = 0xFFF0_0000;
+}
+
+/// The SO_REUSEPORT program that sends every connection from one client IP to the same
+/// socket of the group: index = (hash of the source address) mod `groups`. IPv4: the source
+/// word; IPv6: the four source words XORed. (shared/design/KERNEL.md, verified on this
+/// kernel for IPv4; the index is the socket's position in the group = order of listen().)
+fn client_ip_steering_program(groups: u32) -> Vec<libc::sock_filter> {
+    use bpf::*;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_B_ABS, 0, 0, NET),            // 0: A = first byte of the IP header
+        op(ALU_RSH_K, 0, 0, 4),             // 1: A = IP version
+        op(JMP_JEQ_K, 0, 2, 4),             // 2: IPv4 → 3, else → 5
+        op(LD_W_ABS, 0, 0, NET + 12),       // 3: A = IPv4 source address
+        op(JMP_JA, 0, 0, 10),               // 4: → 15
+        op(LD_W_ABS, 0, 0, NET + 8),        // 5: IPv6 source, word 0
+        op(MISC_TAX, 0, 0, 0),              // 6
+        op(LD_W_ABS, 0, 0, NET + 12),       // 7: word 1
+        op(ALU_XOR_X, 0, 0, 0),             // 8
+        op(MISC_TAX, 0, 0, 0),              // 9
+        op(LD_W_ABS, 0, 0, NET + 16),       // 10: word 2
+        op(ALU_XOR_X, 0, 0, 0),             // 11
+        op(MISC_TAX, 0, 0, 0),              // 12
+        op(LD_W_ABS, 0, 0, NET + 20),       // 13: word 3
+        op(ALU_XOR_X, 0, 0, 0),             // 14
+        op(ALU_MUL_K, 0, 0, 0x9E37_79B1),   // 15: spread the bits
+        op(ALU_RSH_K, 0, 0, 16),            // 16
+        op(ALU_MOD_K, 0, 0, groups.max(1)), // 17
+        op(RET_A, 0, 0, 0),                 // 18: index into the group
+    ]
+}
+
+/// Attach the client-IP steering program to the SO_REUSEPORT group `fd` belongs to (it
+/// applies to the whole group; attach again when the group's size changes).
+pub fn attach_client_ip_steering(fd: BorrowedFd<'_>, groups: u32) -> io::Result<()> {
+    let mut program = client_ip_steering_program(groups);
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: the kernel copies the program during the call; `program` outlives it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Remove the steering program of `fd`'s group (back to the kernel's 4-tuple hash).
+pub fn detach_steering(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let zero: libc::c_int = 0;
+    // SAFETY: passes a c_int on the stack with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_REUSEPORT_BPF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -12,7 +12,7 @@
 use super::hash::{canonical_addr, client_hash};
 use super::maglev::{MaglevTable, TableSize};
 use super::registry::StatsRegistry;
-use crate::model::{Endpoint, Model, Policy, Protocol, ServicePort, ServicePortKey};
+use crate::model::{Endpoint, HashKey, Model, Policy, Protocol, ServicePort, ServicePortKey};
 use crate::stats::StatsBlock;
 use ahash::AHashMap;
 use std::net::SocketAddr;
@@ -45,6 +45,13 @@ pub struct ServiceEntry {
     endpoints: Vec<EndpointEntry>,
     /// Shared with later snapshots whose endpoints and table size did not change.
     table: Arc<MaglevTable>,
+    /// A hash of the Service port's key: the same in every snapshot, so workers can keep
+    /// state per Service port (affinity, round-robin position) across reloads.
+    stable_id: u64,
+    /// Weighted round-robin order of endpoint indices (smooth WRR), for `RoundRobin`.
+    schedule: Box<[u32]>,
+    /// Running sums of weights in endpoint order, for weighted random choices.
+    cumulative: Box<[u64]>,
 }
 
 impl ServiceEntry {
@@ -64,6 +71,56 @@ impl ServiceEntry {
         &self.table
     }
 
+    /// Identity of the Service port that stays the same across snapshots.
+    pub fn stable_id(&self) -> u64 {
+        self.stable_id
+    }
+
+    /// The endpoint with this address (IPv4-mapped or not), if it is one of this Service's.
+    pub fn endpoint_by_addr(&self, addr: SocketAddr) -> Option<EndpointId> {
+        let want = canonical_addr(addr);
+        self.endpoints
+            .binary_search_by(|e| canonical_addr(e.endpoint.addr).cmp(&want))
+            .ok()
+            .map(|i| EndpointId(i as u32))
+    }
+
+    /// Whether new connections may go to `id` (weight > 0).
+    pub fn usable(&self, id: EndpointId) -> bool {
+        self.endpoints
+            .get(id.0 as usize)
+            .is_some_and(|e| e.endpoint.weight > 0)
+    }
+
+    /// Weighted round-robin: the endpoint at `position` of the smooth-WRR schedule, or the
+    /// next one not in `tried`. `None` when nothing usable is left.
+    pub fn round_robin(&self, position: usize, tried: &[EndpointId]) -> Option<EndpointId> {
+        let n = self.schedule.len();
+        (0..n)
+            .map(|k| EndpointId(self.schedule[(position + k) % n]))
+            .find(|id| !tried.contains(id))
+    }
+
+    /// Length of the round-robin schedule (0 when nothing is usable).
+    pub fn schedule_len(&self) -> usize {
+        self.schedule.len()
+    }
+
+    /// Weighted random: the endpoint that owns `r` (any u64) in the cumulative weights, or
+    /// the next usable one not in `tried`.
+    pub fn weighted(&self, r: u64, tried: &[EndpointId]) -> Option<EndpointId> {
+        let total = *self.cumulative.last()?;
+        if total == 0 {
+            return None;
+        }
+        let point = r % total;
+        let first = self.cumulative.partition_point(|&c| c <= point);
+        let n = self.endpoints.len();
+        (0..n)
+            .map(|k| EndpointId(((first + k) % n) as u32))
+            .find(|&id| self.usable(id) && !tried.contains(&id))
+    }
+
     /// The endpoint a new connection from `client` goes to, skipping those in `tried`
     /// (already tried by this connection after a failed connect).
     ///
@@ -81,6 +138,9 @@ impl ServiceEntry {
         }
         let hash = match self.port.policy {
             Policy::Maglev { key } => client_hash(key, client),
+            // Affinity places new clients by their IP, so every worker and node agrees.
+            Policy::ClientIp { .. } => client_hash(HashKey::ClientIp, client),
+            _ => client_hash(HashKey::ClientIpPort, client),
         };
         self.table
             .walk(hash, |e| !tried.contains(&EndpointId(e)))
@@ -173,6 +233,9 @@ impl RoutingSnapshot {
                 *slot = i as u32 + 1;
             }
             services.push(ServiceEntry {
+                stable_id: stable_id(&port.key),
+                schedule: smooth_wrr(&endpoints),
+                cumulative: cumulative_weights(&endpoints),
                 port: ServicePort {
                     endpoints,
                     ..port.clone()
@@ -256,6 +319,62 @@ fn port_index(protocol: Protocol, node_port: u16) -> usize {
 
 /// Endpoints sorted by canonical address, one per canonical address (the highest weight
 /// wins), so the list, the `EndpointId`s and the Maglev table depend only on the set.
+/// xxh3 of the Service port's key text (namespace/name:port/protocol).
+fn stable_id(key: &ServicePortKey) -> u64 {
+    let text = format!(
+        "{}/{}:{}/{}",
+        key.service.namespace, key.service.name, key.port_name, key.protocol
+    );
+    super::hash::stable_hash(text.as_bytes(), 0)
+}
+
+/// Most entries of a round-robin schedule; larger weight sums are scaled down to fit.
+const SCHEDULE_MAX: u64 = 1 << 16;
+
+/// Smooth weighted round-robin (as nginx does it): each endpoint appears `weight` times per
+/// cycle, spread out rather than in bursts. Weights are scaled down (keeping ≥ 1) when their
+/// sum exceeds [`SCHEDULE_MAX`].
+fn smooth_wrr(endpoints: &[Endpoint]) -> Box<[u32]> {
+    let sum: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    if sum == 0 {
+        return Box::new([]);
+    }
+    let weights: Vec<i64> = endpoints
+        .iter()
+        .map(|e| match e.weight {
+            0 => 0,
+            w if sum > SCHEDULE_MAX => ((u64::from(w) * SCHEDULE_MAX / sum).max(1)) as i64,
+            w => i64::from(w),
+        })
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out.into_boxed_slice()
+}
+
+fn cumulative_weights(endpoints: &[Endpoint]) -> Box<[u64]> {
+    let mut sum = 0u64;
+    endpoints
+        .iter()
+        .map(|e| {
+            sum += u64::from(e.weight);
+            sum
+        })
+        .collect()
+}
+
 fn canonical_endpoints(given: &[Endpoint]) -> Vec<Endpoint> {
     let mut eps = given.to_vec();
     eps.sort_by(|a, b| {

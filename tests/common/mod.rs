@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 mod backends;
+pub mod peers;
+#[allow(unused_imports)]
 pub use backends::*;
 
 use sha2::{Digest, Sha256};
@@ -154,6 +156,19 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Set RLIMIT_NOFILE (soft and hard) of the child to this.
     pub nofile: Option<u64>,
+    /// Make io_uring_setup fail with EPERM in the child (a seccomp filter, like a container
+    /// runtime's default profile).
+    pub block_io_uring: bool,
+    /// Do not add `--driver $SLUICE_TEST_DRIVER` (tests that choose the driver themselves).
+    pub own_driver: bool,
+}
+
+/// The driver the suite runs under: `SLUICE_TEST_DRIVER` (`uring`, `epoll`, `auto`), or the
+/// default (`auto`) when unset. `tests/run-all.sh` runs the integration suite once per driver.
+pub fn test_driver() -> Option<String> {
+    std::env::var("SLUICE_TEST_DRIVER")
+        .ok()
+        .filter(|d| !d.is_empty())
 }
 
 /// A running `sluice` process. Dropping it kills it by PID (SIGKILL) and reaps it; when the
@@ -194,6 +209,13 @@ impl Sluice {
 
     fn spawn_in(dir: TempDir, args: &[String], launch: Launch) -> Sluice {
         use std::os::unix::process::CommandExt;
+        let mut args = args.to_vec();
+        if let (Some(driver), false) = (test_driver(), launch.own_driver) {
+            if matches!(args.first().map(String::as_str), Some("run" | "demo")) {
+                args.push("--driver".into());
+                args.push(driver);
+            }
+        }
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -209,6 +231,7 @@ impl Sluice {
             cmd.env(k, v);
         }
         let nofile = launch.nofile;
+        let block_io_uring = launch.block_io_uring;
         // SAFETY: runs in the forked child before exec; only async-signal-safe syscalls
         // (prctl, setrlimit) and no allocation.
         unsafe {
@@ -222,6 +245,9 @@ impl Sluice {
                     0,
                     0,
                 );
+                if block_io_uring {
+                    block_io_uring_setup()?;
+                }
                 if let Some(n) = nofile {
                     let lim = libc::rlimit {
                         rlim_cur: n as libc::rlim_t,
@@ -643,6 +669,76 @@ fn loopback_up() -> io::Result<()> {
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Install a seccomp filter in the calling process that makes io_uring_setup(2) fail with
+/// EPERM (what Docker's default profile does) and allows everything else. For pre_exec:
+/// only prctl, no allocation.
+fn block_io_uring_setup() -> io::Result<()> {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const NR_IO_URING_SETUP: u32 = 425;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let filter = [
+        // A = seccomp_data.arch; other architectures are left alone.
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 3,
+            k: AUDIT_ARCH_X86_64,
+        },
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: NR_IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with a filter program that lives on this stack for the duration of the
+    // call (the kernel copies it).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
     }

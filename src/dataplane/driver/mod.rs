@@ -1,2 +1,108 @@
-//! Drivers execute the requests of the worker loop against the kernel. Today: io_uring.
+//! Drivers execute the worker loop's requests against the kernel and report completions.
+//!
+//! The worker (and the connection core below it) never branches on the driver: it speaks
+//! only the [`Driver`] trait. Two implementations:
+//! - [`uring::Uring`] (default): multishot accept and poll, connect linked to a timeout,
+//!   batched submissions — see its module docs.
+//! - [`epoll::Epoll`] (fallback when io_uring is unavailable: `kernel.io_uring_disabled`, a
+//!   container seccomp profile, an old kernel): mio/epoll readiness, edge-triggered, with
+//!   accept4/connect(2) done by the driver and connect timeouts kept in a timer heap.
+//!
+//! Both report readiness edge-triggered (a completion per wake-up), which is what the
+//! connection core expects. Bytes are moved by the worker with splice(2)/read/write under
+//! either driver.
+
+pub mod epoll;
 pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+/// Most connection slots a worker can address (24 bits of a completion tag).
+pub const MAX_SLOTS: u32 = 1 << 24;
+
+/// Which driver to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    Uring,
+    Epoll,
+}
+
+impl DriverChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverChoice::Uring => "io_uring",
+            DriverChoice::Epoll => "epoll",
+        }
+    }
+}
+
+/// A decoded completion.
+#[derive(Debug)]
+pub enum Completion {
+    /// A listener accepted a connection (or failed to). `rearm` when the multishot accept
+    /// ended and must be submitted again to keep accepting.
+    Accepted {
+        listener: u32,
+        generation: u32,
+        result: io::Result<OwnedFd>,
+        rearm: bool,
+    },
+    /// Readiness of a connection's socket (`client` or backend). `ended` when the multishot
+    /// poll stopped (it must be re-armed if the connection still lives).
+    Ready {
+        slot: u32,
+        generation: u32,
+        client: bool,
+        readable: bool,
+        writable: bool,
+        ended: bool,
+    },
+    /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).
+    Connected {
+        slot: u32,
+        generation: u32,
+        result: io::Result<()>,
+    },
+    /// The worker's eventfd was signalled; `ended` as for `Ready`.
+    Wake { ended: bool },
+}
+
+/// The operations a worker needs from its event source. Fds passed in must stay open until
+/// the next [`Driver::submit_and_wait`] has returned (the worker defers closes until then).
+pub trait Driver {
+    /// "io_uring" or "epoll".
+    fn name(&self) -> &'static str;
+    /// Start accepting on listener `listener`; `generation` tells this arm from earlier ones.
+    fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// Stop accepting on the listener armed as `generation`.
+    fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()>;
+    /// Report readiness of a connection's socket until `unwatch` (or the fd is closed).
+    fn watch(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()>;
+    fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()>;
+    /// Connect `fd` (nonblocking) to `addr`, reporting `Completion::Connected` within `timeout`.
+    fn connect(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        fd: BorrowedFd<'_>,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<()>;
+    /// Forget an in-flight connect of a connection that is going away.
+    fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()>;
+    /// Report when `fd` (the worker's eventfd) becomes readable.
+    fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// Submit what is queued and wait for something to report, at most `timeout`.
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Move every completion available now into `out` (cleared first).
+    fn completions(&mut self, out: &mut Vec<Completion>);
+}

@@ -16,6 +16,7 @@
 //! sent them; callers must keep fds open until [`Uring::submit_and_wait`] returned (the worker
 //! defers closes until after the submit).
 
+use super::{Completion, Driver};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
@@ -68,40 +69,6 @@ impl UserData {
     }
 }
 
-/// Most slots a worker can address (24 bits of the user data).
-pub const MAX_SLOTS: u32 = 1 << 24;
-
-/// A decoded completion.
-#[derive(Debug)]
-pub enum Completion {
-    /// A listener accepted a connection (or failed to). `rearm` when the multishot accept
-    /// ended and must be submitted again to keep accepting.
-    Accepted {
-        listener: u32,
-        generation: u32,
-        result: io::Result<OwnedFd>,
-        rearm: bool,
-    },
-    /// Readiness of a connection's socket (`client` or backend). `ended` when the multishot
-    /// poll stopped (it must be re-armed if the connection still lives).
-    Ready {
-        slot: u32,
-        generation: u32,
-        client: bool,
-        readable: bool,
-        writable: bool,
-        ended: bool,
-    },
-    /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).
-    Connected {
-        slot: u32,
-        generation: u32,
-        result: io::Result<()>,
-    },
-    /// The worker's eventfd was signalled; `ended` as for `Ready`.
-    Wake { ended: bool },
-}
-
 struct ConnectArgs {
     addr: socket2::SockAddr,
     timeout: types::Timespec,
@@ -140,7 +107,8 @@ impl Uring {
 
     /// Probe that the operations sluice relies on are supported by this kernel.
     pub fn probe() -> io::Result<()> {
-        let ring = IoUring::new(8)?;
+        // The exact setup the workers use, then every opcode they submit.
+        let ring = Uring::new(8)?.ring;
         let mut probe = io_uring::register::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (name, code) in [
@@ -183,9 +151,23 @@ impl Uring {
         }
     }
 
+    fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        self.push(entry)
+    }
+}
+
+impl Driver for Uring {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
     /// Start (or restart) a multishot accept on `listener`; `generation` tells this arm's
     /// completions from those of an earlier, cancelled one.
-    pub fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+    fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
         let entry = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
@@ -202,7 +184,7 @@ impl Uring {
 
     /// Stop the multishot accept of `listener` armed as `generation` (a final completion
     /// reports it ended).
-    pub fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
+    fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
         let target = UserData {
             kind: Kind::Accept,
             slot: listener,
@@ -212,16 +194,8 @@ impl Uring {
         self.cancel(target)
     }
 
-    fn cancel(&mut self, target: u64) -> io::Result<()> {
-        let entry = opcode::AsyncCancel::new(target)
-            .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(ignore_tag());
-        self.push(entry)
-    }
-
     /// Report readiness of a connection's socket until `unwatch`.
-    pub fn watch(
+    fn watch(
         &mut self,
         slot: u32,
         generation: u32,
@@ -248,7 +222,7 @@ impl Uring {
     }
 
     /// Stop reporting readiness of a connection's socket.
-    pub fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
+    fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
         let kind = if client {
             Kind::PollClient
         } else {
@@ -269,7 +243,7 @@ impl Uring {
     }
 
     /// Connect `fd` to `addr`, giving up after `timeout`.
-    pub fn connect(
+    fn connect(
         &mut self,
         slot: u32,
         generation: u32,
@@ -319,7 +293,7 @@ impl Uring {
     }
 
     /// Cancel an in-flight connect of a connection that is going away.
-    pub fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()> {
+    fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()> {
         self.cancel(
             UserData {
                 kind: Kind::Connect,
@@ -331,7 +305,7 @@ impl Uring {
     }
 
     /// Report when `fd` (an eventfd) becomes readable.
-    pub fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -348,7 +322,7 @@ impl Uring {
 
     /// Submit everything queued and wait for at least one completion, or until `timeout`
     /// (`Some(ZERO)`: do not wait).
-    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let result = match timeout {
             Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
             Some(t) => {
@@ -377,7 +351,7 @@ impl Uring {
     }
 
     /// Decode every completion available now into `out` (cleared first).
-    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+    fn completions(&mut self, out: &mut Vec<Completion>) {
         out.clear();
         self.raw.clear();
         for cqe in self.ring.completion() {
@@ -455,7 +429,7 @@ mod tests {
         ] {
             let u = UserData {
                 kind,
-                slot: MAX_SLOTS - 1,
+                slot: super::super::MAX_SLOTS - 1,
                 generation: u32::MAX,
             };
             assert_eq!(UserData::decode(u.encode()), Some(u));

@@ -17,10 +17,17 @@
 //! worker holds `max_connections_per_worker` connections, and for a backoff period when the
 //! process runs out of fds; existing connections keep being served meanwhile.
 
-use super::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
-use super::driver::uring::{Completion, Uring, MAX_SLOTS};
-use super::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
-use super::sys;
+mod accept;
+mod connect;
+
+use accept::ListenerSlot;
+pub use accept::{Listener, ListenerKey};
+
+use crate::dataplane::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
+use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
+use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
+use crate::dataplane::select::Selector;
+use crate::dataplane::sys;
 use crate::model::{Forwarding, Protocol, RelayMode};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
@@ -31,26 +38,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-
-/// Which (address, NodePort) a listening socket serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenerKey {
-    pub addr: SocketAddr,
-    pub protocol: Protocol,
-}
-
-impl ListenerKey {
-    pub fn node_port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-/// One listening socket of this worker.
-#[derive(Debug)]
-pub struct Listener {
-    pub key: ListenerKey,
-    pub socket: Socket,
-}
 
 /// What the rest of the process can ask of a running worker (through its queue + eventfd).
 #[derive(Debug)]
@@ -63,6 +50,15 @@ pub enum Command {
     Drain { deadline: Instant },
     /// End now, resetting open connections.
     Stop,
+    /// Attach (or detach) the client-IP steering program to these listener groups, through
+    /// this worker's member socket; `groups` is the number of sockets per group (workers).
+    Steer {
+        attach: Vec<ListenerKey>,
+        detach: Vec<ListenerKey>,
+        groups: u32,
+        /// Told when the change is applied.
+        done: mpsc::Sender<()>,
+    },
 }
 
 /// What a worker is told at start.
@@ -83,17 +79,6 @@ pub struct WorkerSetup {
 pub struct WorkerExit {
     /// Connections still open at the end, reset.
     pub reset: u64,
-}
-
-/// A listener slot: its key stays after the socket is closed, so that a connection the
-/// kernel accepted just before the close is still routed by its NodePort.
-struct ListenerSlot {
-    key: ListenerKey,
-    socket: Option<Socket>,
-    /// Generation of the armed multishot accept, if armed.
-    accepting: Option<u32>,
-    /// Generation the next arm gets.
-    arms: u32,
 }
 
 /// How often the loop wakes at the latest, and the idle-check tick.
@@ -137,9 +122,9 @@ struct Slot {
 }
 
 /// The state of one worker; see the module documentation.
-pub struct Worker {
+pub struct Worker<D: Driver> {
     index: usize,
-    ring: Uring,
+    ring: D,
     listeners: Vec<ListenerSlot>,
     /// Set by `Drain`: no accepting, end when empty or at this deadline.
     draining: Option<Instant>,
@@ -164,6 +149,8 @@ pub struct Worker {
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
     now: Instant,
+    /// Per-worker state of the balancing policies (affinity, round-robin, PRNG).
+    selector: Selector,
     /// Connections accepted so far (ids).
     next_id: u64,
     /// Reused buffer for PROXY headers.
@@ -174,9 +161,8 @@ pub struct Worker {
     spare_tried: Vec<Vec<EndpointId>>,
 }
 
-impl Worker {
-    pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
-        let ring = Uring::new(1024)?;
+impl<D: Driver> Worker<D> {
+    pub fn new(setup: WorkerSetup, ring: D) -> io::Result<Worker<D>> {
         Ok(Worker {
             index: setup.index,
             ring,
@@ -212,6 +198,12 @@ impl Worker {
             now: Instant::now(),
             spare_tried: Vec::new(),
             next_id: 0,
+            selector: Selector::new(
+                (setup.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
             header: Vec::with_capacity(256),
             last_hint: None,
         })
@@ -356,82 +348,6 @@ impl Worker {
         Ok(())
     }
 
-    /// A connect finished: tell the endpoint's PROXY header if the Service wants one, count,
-    /// and let the connection go on (relay, or retry elsewhere).
-    fn on_connected(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        result: io::Result<()>,
-    ) -> io::Result<()> {
-        let worker = self.index;
-        let now = self.now;
-        let s = &mut self.slots[slot as usize];
-        if s.generation != generation {
-            return Ok(());
-        }
-        let Some(mut live) = s.live.take() else {
-            return Ok(());
-        };
-        live.connect_in_flight = false;
-        let endpoint = live.endpoint.expect("connecting to an endpoint");
-        // Borrow only `pins` (not all of self): the header buffer and hint clock are used below.
-        let entry = self.pins[live.pin]
-            .as_ref()
-            .expect("pinned snapshot")
-            .snapshot
-            .service(live.service);
-        let addr = entry.endpoint(endpoint).endpoint.addr;
-        let event = match result {
-            Ok(()) => {
-                live.connected = true;
-                match write_proxy_header(&mut self.header, &entry.port.forwarding, &live, worker) {
-                    Ok(()) => Event::Connected,
-                    Err(e) => {
-                        tracing::debug!(worker, endpoint = %addr, error = %e, "cannot send the PROXY header");
-                        Event::Failed {
-                            side: Side::Backend,
-                            reset: sys::is_reset(&e),
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let failure = match e.raw_os_error() {
-                    Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
-                    _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
-                    _ => ConnectFailure::Network,
-                };
-                tracing::debug!(worker, endpoint = %addr, error = %e, ?failure, "connect to endpoint failed");
-                if failure == ConnectFailure::TimedOut
-                    && matches!(entry.port.forwarding, Forwarding::Transparent)
-                    && self
-                        .last_hint
-                        .is_none_or(|t| now.duration_since(t) >= HINT_EVERY)
-                {
-                    self.last_hint = Some(now);
-                    tracing::warn!(
-                        worker,
-                        service = %entry.port.key,
-                        endpoint = %addr,
-                        client = %live.client_addr,
-                        "transparent forwarding: connect to the endpoint timed out. Replies to the client's address must come back to this node: apply the rules `sluice tproxy-rules` prints, and route the pod's default route through this node (see docs/client-address.md)"
-                    );
-                }
-                Event::ConnectFailed(failure)
-            }
-        };
-        let c = entry.endpoint(endpoint).stats.worker(worker);
-        if event == Event::Connected {
-            c.opened.add(1);
-        } else {
-            c.failed.add(1);
-        }
-        live.conn.handle(now, event);
-        self.slots[slot as usize].live = Some(live);
-        self.drive(slot)
-    }
-
     fn on_command(&mut self, command: Command) -> io::Result<()> {
         match command {
             Command::AddListeners(listeners) => {
@@ -457,82 +373,43 @@ impl Worker {
                 }
             }
             Command::Drain { deadline } => {
+                // Close the listeners too, not only stop accepting: new clients are refused
+                // at once (and retry elsewhere) instead of waiting in an accept queue
+                // until the drain ends.
                 self.draining = Some(deadline);
                 self.pause_accepting()?;
+                for l in &mut self.listeners {
+                    if let Some(socket) = l.socket.take() {
+                        self.to_close.push(socket.into());
+                    }
+                }
             }
             Command::Stop => self.exit_now = true,
+            Command::Steer {
+                attach,
+                detach,
+                groups,
+                done,
+            } => {
+                for l in &self.listeners {
+                    let Some(socket) = l.socket.as_ref() else {
+                        continue;
+                    };
+                    let result = if attach.contains(&l.key) {
+                        sys::attach_client_ip_steering(socket.as_fd(), groups)
+                    } else if detach.contains(&l.key) {
+                        sys::detach_steering(socket.as_fd())
+                    } else {
+                        continue;
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(listener = %l.key.addr, error = %e, "cannot change client-IP steering; affinity tables of different workers may disagree");
+                    }
+                }
+                let _ = done.send(());
+            }
         }
         Ok(())
-    }
-
-    fn on_accept(&mut self, listener: usize, fd: OwnedFd) -> io::Result<()> {
-        self.loop_stats.accepted.add(1);
-        let key = self.listeners[listener].key;
-        let (protocol, node_port) = (key.protocol, key.node_port());
-        let pin = self.pin_current();
-        let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let client_addr = SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket());
-        let (Some(service), Some(client_addr)) =
-            (snapshot.lookup(protocol, node_port), client_addr)
-        else {
-            // Port no longer served (a reload removed it) or the client is already gone.
-            let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-            self.to_close.push(fd);
-            return Ok(());
-        };
-        let entry = snapshot.service(service);
-        entry.stats.worker(self.index).opened.add(1);
-        let config = ConnConfig {
-            idle_timeout: entry.port.timeouts.idle,
-            connect_retries: entry.port.connect_retries,
-            holder_capacity: HOLDER_CAPACITY,
-        };
-        let mut tried = self.spare_tried.pop().unwrap_or_default();
-        tried.clear();
-        self.next_id += 1;
-        let live = Live {
-            id: self.next_id,
-            conn: Conn::new(self.now, config),
-            client: fd,
-            client_addr,
-            backend: None,
-            pin,
-            service,
-            endpoint: None,
-            connected: false,
-            connect_in_flight: false,
-            parked_since: None,
-            watching: false,
-            tried,
-            holders: [Holder::Empty, Holder::Empty],
-        };
-        self.pins[pin].as_mut().expect("current pin").live += 1;
-        self.active += 1;
-        if self.active >= self.max_connections {
-            self.pause_accepting()?;
-        }
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize].live = Some(live);
-                s
-            }
-            None => {
-                if self.slots.len() as u32 >= MAX_SLOTS {
-                    // Unreachable in practice (the connection limit is far lower).
-                    self.active -= 1;
-                    return Ok(());
-                }
-                self.slots.push(Slot {
-                    generation: 0,
-                    live: Some(live),
-                });
-                self.slots.len() as u32 - 1
-            }
-        };
-        self.drive(slot)
     }
 
     /// Execute a connection's ops until it waits, yields or closes.
@@ -628,109 +505,6 @@ impl Worker {
             }
         }
         Ok(false)
-    }
-
-    /// Pick an endpoint and start connecting; returns an event when the attempt could not
-    /// even start.
-    fn start_connect(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        live: &mut Live,
-    ) -> io::Result<Option<Event>> {
-        let worker = self.index;
-        let now = self.now;
-        let entry = self.service_of(live.pin, live.service);
-        let Some(endpoint) = entry.pick(live.client_addr, &live.tried) else {
-            return Ok(Some(Event::NoEndpoint));
-        };
-        let addr = entry.endpoint(endpoint).endpoint.addr;
-        let timeout = entry.port.timeouts.connect;
-        let retry = !live.tried.is_empty();
-        let socket = match Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.nonblocking().cloexec(),
-            None,
-        ) {
-            Ok(s) => s,
-            Err(e) if sys::is_resource_exhaustion(&e) => {
-                // Out of fds: the client waits (parked) instead of being reset, until fds
-                // free up or its connect timeout has passed.
-                self.enter_backoff(&e)?;
-                let since = *live.parked_since.get_or_insert(now);
-                if now.duration_since(since) >= timeout {
-                    live.parked_since = None;
-                    return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
-                }
-                self.parked.push_back((slot, generation));
-                return Ok(None);
-            }
-            Err(e) => {
-                tracing::debug!(worker, error = %e, "cannot open a backend socket");
-                return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
-            }
-        };
-        live.parked_since = None;
-        let transparent = matches!(
-            self.service_of(live.pin, live.service).port.forwarding,
-            Forwarding::Transparent
-        );
-        if transparent {
-            if let Err(e) = bind_to_client(&socket, live.client_addr, addr) {
-                tracing::warn!(worker, client = %live.client_addr, endpoint = %addr, error = %e,
-                    "transparent forwarding: cannot leave from the client's address (needs CAP_NET_ADMIN and a client of the endpoint's address family)");
-                return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
-            }
-        }
-        if retry {
-            self.service_of(live.pin, live.service)
-                .stats
-                .worker(worker)
-                .retries
-                .add(1);
-        }
-        live.tried.push(endpoint);
-        live.endpoint = Some(endpoint);
-        if let Some(old) = live.backend.take() {
-            self.to_close.push(old);
-        }
-        let _ = socket.set_nodelay(true);
-        let fd: OwnedFd = socket.into();
-        self.ring
-            .connect(slot, generation, fd.as_fd(), addr, timeout)?;
-        live.backend = Some(fd);
-        live.connect_in_flight = true;
-        Ok(None)
-    }
-
-    /// Try again to connect the connections parked for lack of fds, oldest first; stop at
-    /// the first that is still short of fds.
-    fn retry_parked(&mut self) -> io::Result<()> {
-        let now = self.now;
-        for _ in 0..self.parked.len() {
-            let Some((slot, generation)) = self.parked.pop_front() else {
-                break;
-            };
-            let s = &mut self.slots[slot as usize];
-            if s.generation != generation {
-                continue;
-            }
-            let Some(mut live) = s.live.take() else {
-                continue;
-            };
-            let result = self.start_connect(slot, generation, &mut live);
-            let still_parked = live.parked_since.is_some();
-            if let Ok(Some(event)) = result {
-                live.conn.handle(now, event);
-            }
-            self.slots[slot as usize].live = Some(live);
-            result?;
-            self.drive(slot)?;
-            if still_parked {
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// Release everything of a closed connection and free its slot.
@@ -842,60 +616,6 @@ impl Worker {
         }
     }
 
-    fn may_accept(&self) -> bool {
-        self.backoff_until.is_none()
-            && self.draining.is_none()
-            && self.active < self.max_connections
-    }
-
-    fn arm_accept(&mut self, i: usize) -> io::Result<()> {
-        let l = &mut self.listeners[i];
-        if let (None, Some(socket)) = (l.accepting, l.socket.as_ref()) {
-            let generation = l.arms;
-            l.arms = generation.wrapping_add(1);
-            l.accepting = Some(generation);
-            self.ring.accept(i as u32, generation, socket.as_fd())?;
-        }
-        self.loop_stats.set_accepting(true);
-        Ok(())
-    }
-
-    fn resume_accepting(&mut self) -> io::Result<()> {
-        if !self.may_accept() {
-            return Ok(());
-        }
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i)?;
-        }
-        Ok(())
-    }
-
-    fn pause_accepting(&mut self) -> io::Result<()> {
-        for i in 0..self.listeners.len() {
-            if let Some(generation) = self.listeners[i].accepting.take() {
-                self.ring.cancel_accept(i as u32, generation)?;
-            }
-        }
-        self.loop_stats.set_accepting(false);
-        Ok(())
-    }
-
-    fn enter_backoff(&mut self, e: &io::Error) -> io::Result<()> {
-        if self.backoff_until.is_none() {
-            tracing::warn!(
-                worker = self.index,
-                error = %e,
-                fd_limit = sys::fd_limit(),
-                active = self.active,
-                backoff_ms = self.backoff.as_millis() as u64,
-                "out of resources: not accepting new connections for a while; existing ones keep running"
-            );
-        }
-        self.backoff_until = Some(self.now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.pause_accepting()
-    }
-
     /// Check the idle deadline of a slice of the slab (all of it once per IDLE_PASS_TICKS).
     fn check_idle_slice(&mut self) -> io::Result<()> {
         let n = self.slots.len();
@@ -944,53 +664,4 @@ fn side_fd<'a>(
         Side::Client => client.as_fd(),
         Side::Backend => backend.as_ref().expect("backend socket").as_fd(),
     }
-}
-
-/// Write the PROXY header the Service calls for (if any) to the just-connected backend, in
-/// one send, before any client byte. A fresh connection's send buffer is empty, so anything
-/// short of the whole header is an error: the connection is then reset, and no client byte
-/// ever follows a partial header.
-fn write_proxy_header(
-    buf: &mut Vec<u8>,
-    forwarding: &Forwarding,
-    live: &Live,
-    worker: usize,
-) -> io::Result<()> {
-    if !matches!(forwarding, Forwarding::ProxyV1 | Forwarding::ProxyV2(_)) {
-        return Ok(());
-    }
-    let dst = SockRef::from(&live.client)
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("client socket has no IP address"))?;
-    let mut unique_id = [0u8; 16];
-    unique_id[..8].copy_from_slice(&(worker as u64).to_be_bytes());
-    unique_id[8..].copy_from_slice(&live.id.to_be_bytes());
-    buf.clear();
-    crate::proxy_protocol::encode(forwarding, live.client_addr, dst, &unique_id, buf);
-    let backend = live.backend.as_ref().expect("connected backend");
-    match sys::write(backend.as_fd(), buf)? {
-        sys::Transfer::Moved(n) if n == buf.len() => Ok(()),
-        _ => Err(io::Error::other("PROXY header not sent whole")),
-    }
-}
-
-/// Make `socket` leave from the client's IP (port chosen by the kernel): IP_TRANSPARENT +
-/// bind. The client's IPv4-mapped address (dual-stack listener) is bound as IPv4.
-fn bind_to_client(socket: &Socket, client: SocketAddr, endpoint: SocketAddr) -> io::Result<()> {
-    let ip = match client.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(std::net::IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    if ip.is_ipv4() != endpoint.is_ipv4() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "client and endpoint are of different address families",
-        ));
-    }
-    sys::set_transparent(socket.as_fd(), ip.is_ipv6())?;
-    socket.bind(&SocketAddr::new(ip, 0).into())
 }

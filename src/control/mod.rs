@@ -1,0 +1,743 @@
+//! The control plane: one thread running a tokio current-thread runtime that owns the
+//! configuration, the reload transaction, the control socket, the metrics/health listeners,
+//! signals and sd_notify. It never touches a data-plane connection.
+//!
+//! Submodules: [`protocol`] (the versioned JSON-lines protocol), `socket` (the Unix socket
+//! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]
+//! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
+//! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
+//! plane), [`client`] (what `sluice ctl` runs).
+//!
+//! # The reload transaction
+//! `sluice ctl reload`, SIGHUP and `ExecReload` all run [`Daemon::reload`]:
+//! parse + validate (with the running model, so allocated NodePorts stay) → keep the settings
+//! that only apply at start → re-apply overrides → open new listeners (`Plane::prepare`) →
+//! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
+//! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
+//! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
+//! snapshot they were routed with, so a reload never cuts one.
+
+pub mod client;
+mod metrics;
+mod notify;
+pub mod overrides;
+mod plane;
+pub mod protocol;
+pub mod render;
+mod socket;
+
+use crate::config::{self, ConfigError};
+use crate::dataplane::StartError;
+use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
+use crate::publish::Publisher;
+use crate::stats::ConnTotals;
+use crate::table::{RoutingSnapshot, StatsRegistry};
+use overrides::{AdminState, Overrides, Selector};
+use plane::Plane;
+use protocol::{
+    Counters, EndpointAction, EndpointInfo, OverrideOutcome, ReloadOutcome, Request, Response,
+    ServiceList, ServicePortInfo, Status,
+};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Where the configuration comes from.
+pub enum ConfigSource {
+    /// A TOML file, re-read on each reload.
+    File(PathBuf),
+    /// A model built in (the demo); reloads are refused.
+    Fixed(Box<Model>),
+}
+
+/// Changes the log filter at run time (`sluice ctl log-level`).
+pub type LogFilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// How `sluice run` starts the daemon.
+pub struct Options {
+    pub config: ConfigSource,
+    /// `--workers`: wins over the file.
+    pub workers: Option<usize>,
+    /// `--driver`: wins over the file.
+    pub driver: Option<crate::model::DriverSetting>,
+    pub log_filter: Option<LogFilterSetter>,
+}
+
+/// Why the daemon could not start (or stopped on an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The configuration file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The data plane could not start (a NodePort in use, no io_uring, …).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The control socket could not be opened.
+    #[error("control socket {0}")]
+    Socket(#[from] socket::SocketError),
+    /// The metrics or health listener could not be opened.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Http {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The runtime, a signal handler or the data plane failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and a graceful drain (or a second signal).
+pub fn run(options: Options) -> Result<(), ControlError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: Options) -> Result<(), ControlError> {
+    // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload".
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let mut model = match &options.config {
+        ConfigSource::File(path) => config::load_file(path, None)?,
+        ConfigSource::Fixed(m) => (**m).clone(),
+    };
+    let workers = options
+        .workers
+        .or(model.settings.workers)
+        .unwrap_or_else(|| crate::dataplane::sys::allowed_cpus().len().max(1));
+    model.settings.workers = Some(workers);
+    if let Some(d) = options.driver {
+        model.settings.driver = d;
+    }
+    let settings = model.settings.clone();
+
+    let control_socket = match socket::ControlSocket::bind(&settings.control) {
+        Ok(s) => Some(s),
+        Err(e) if settings.control.socket.is_none() => {
+            tracing::warn!(error = %e, "no control socket (set `control_socket` to make this fatal)");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
+    let health_listener = bind_http(settings.health_address, "health_address").await?;
+
+    let mut registry = StatsRegistry::new(workers);
+    let overrides = Overrides::default();
+    let snapshot = RoutingSnapshot::build(&model, 1, &mut registry);
+    let publisher = Publisher::new(snapshot);
+    let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
+    plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
+    let monitor = plane.monitor();
+    let health = Arc::new(Mutex::new(metrics::Health::new(1)));
+
+    let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
+    if let Some(s) = control_socket {
+        tracing::info!(path = %s.path().display(), "control socket ready");
+        tokio::spawn(s.serve(settings.control.clone(), jobs_tx.clone()));
+    }
+    drop(jobs_tx);
+    let sources = metrics::Sources {
+        publisher: publisher.clone(),
+        monitor: monitor.clone(),
+        health: Arc::clone(&health),
+    };
+    for (listener, what) in [
+        (metrics_listener, metrics::Endpoints::MetricsAndHealth),
+        (health_listener, metrics::Endpoints::HealthOnly),
+    ] {
+        if let Some(l) = listener {
+            tokio::spawn(metrics::serve(l, what, sources.clone()));
+        }
+    }
+
+    let mut daemon = Daemon {
+        source: options.config,
+        model,
+        overrides,
+        registry,
+        publisher,
+        plane: Some(plane),
+        generation: 1,
+        started: Instant::now(),
+        reloads: 0,
+        last_reload: None,
+        health,
+        notifier: notify::Notifier::from_env(),
+        log_filter: options.log_filter,
+    };
+    for s in &daemon.model.services {
+        tracing::info!(
+            service = %s.key,
+            node_port = %format_args!("{}/{}", s.node_port, s.key.protocol),
+            allocated = s.node_port_allocated,
+            endpoints = s.endpoints.len(),
+            "serving"
+        );
+    }
+    let listen = daemon.plane().listen_addrs();
+    tracing::info!(workers, addresses = ?listen, "sluice is serving");
+    daemon.notifier.ready(&daemon.summary());
+
+    let tick = daemon
+        .notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gate = notify::HeartbeatGate::default();
+    let jobs_open = true;
+    let mut jobs_open = jobs_open;
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                let outcome = daemon.reload();
+                log_reload(&outcome, "SIGHUP");
+            }
+            job = jobs.recv(), if jobs_open => match job {
+                Some((request, reply)) => {
+                    let response = daemon.handle(request);
+                    let _ = reply.send(response);
+                }
+                None => jobs_open = false,
+            },
+            _ = ticker.tick() => {
+                let beats = monitor.heartbeats();
+                let stuck = gate.stuck(&beats);
+                let alive = gate.all_advanced(beats);
+                daemon.lock_health().workers_alive = alive;
+                if alive {
+                    if daemon.notifier.watchdog_interval().is_some() {
+                        daemon.notifier.watchdog();
+                    }
+                } else {
+                    tracing::error!(workers = ?stuck, "worker heartbeat stalled: withholding WATCHDOG=1");
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop accepting, drain, exit; a second signal ends at once.
+    let timeout = daemon.model.settings.drain_timeout;
+    tracing::info!(?timeout, "stopping: draining live connections");
+    daemon.lock_health().stopping = true;
+    daemon.notifier.stopping(&format!(
+        "draining connections (up to {})",
+        humantime::format_duration(timeout)
+    ));
+    jobs.close();
+    let plane = daemon.plane.take().expect("the plane runs until shutdown");
+    let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
+    loop {
+        tokio::select! {
+            done = &mut drain => {
+                match done {
+                    Ok(Ok(report)) => tracing::info!(finished = report.finished, reset = report.reset, "drained; bye"),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+                }
+                return Ok(());
+            }
+            _ = sigterm.recv() => second_signal(),
+            _ = sigint.recv() => second_signal(),
+            // The drain is bounded by `drain_timeout`: keep the watchdog fed meanwhile.
+            _ = ticker.tick() => {
+                if daemon.notifier.watchdog_interval().is_some() {
+                    daemon.notifier.watchdog();
+                }
+            }
+        }
+    }
+}
+
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(1)
+}
+
+fn log_reload(outcome: &ReloadOutcome, by: &str) {
+    if outcome.ok {
+        tracing::info!(
+            by,
+            generation = outcome.generation,
+            changes = outcome.changes.len(),
+            "reloaded"
+        );
+    } else {
+        tracing::error!(
+            by,
+            error = outcome.error.as_deref().unwrap_or("?"),
+            "reload failed; still serving the previous configuration"
+        );
+    }
+}
+
+async fn bind_http(
+    addr: Option<std::net::SocketAddr>,
+    what: &'static str,
+) -> Result<Option<tokio::net::TcpListener>, ControlError> {
+    let Some(addr) = addr else { return Ok(None) };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ControlError::Http { what, addr, source })?;
+    tracing::info!(address = %l.local_addr().unwrap_or(addr), what, "HTTP listener ready");
+    Ok(Some(l))
+}
+
+use crate::dataplane::node_ports;
+
+/// Everything the control thread owns.
+struct Daemon {
+    source: ConfigSource,
+    /// The configuration as written (no overrides), with the settings in effect.
+    model: Model,
+    overrides: Overrides,
+    registry: StatsRegistry,
+    publisher: Publisher,
+    plane: Option<Plane>,
+    generation: u64,
+    started: Instant,
+    reloads: u64,
+    last_reload: Option<ReloadOutcome>,
+    health: metrics::SharedHealth,
+    notifier: notify::Notifier,
+    log_filter: Option<LogFilterSetter>,
+}
+
+impl Daemon {
+    fn plane(&self) -> &Plane {
+        self.plane.as_ref().expect("the plane runs until shutdown")
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, metrics::Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "serving {} service ports on {} listeners, generation {}",
+            self.model.services.len(),
+            self.plane().listen_addrs().len(),
+            self.generation
+        )
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(json!(self.status())),
+            Request::Services | Request::Stats => Response::ok(json!(self.service_list(|_| true))),
+            Request::Endpoints { service } => {
+                let list = self.service_list(|p| {
+                    service.as_ref().map_or(true, |s| {
+                        let sel = s.split_once('/');
+                        match sel {
+                            Some((ns, n)) => p.namespace == ns && p.name == n,
+                            None => p.name == *s,
+                        }
+                    })
+                });
+                if list.services.is_empty() && service.is_some() {
+                    return Response::error(
+                        "not-found",
+                        format!("services {:?} not found", service.unwrap_or_default()),
+                    );
+                }
+                Response::ok(json!(list))
+            }
+            Request::Describe { service, namespace } => {
+                let ns = namespace.unwrap_or_else(|| "default".to_owned());
+                let list = self.service_list(|p| p.namespace == ns && p.name == service);
+                if list.services.is_empty() {
+                    return Response::error(
+                        "not-found",
+                        format!("services {service:?} not found in namespace {ns:?}"),
+                    );
+                }
+                Response::ok(json!(list))
+            }
+            Request::Reload => {
+                let outcome = self.reload();
+                log_reload(&outcome, "control socket");
+                if outcome.ok {
+                    Response::ok(json!(outcome))
+                } else {
+                    let mut r =
+                        Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
+                    r.result = Some(json!(outcome));
+                    r
+                }
+            }
+            Request::Endpoint {
+                action,
+                service,
+                address,
+                weight,
+            } => self.endpoint_override(action, &service, &address, weight),
+            Request::LogLevel { level } => match &self.log_filter {
+                Some(set) => match set(&level) {
+                    Ok(()) => {
+                        tracing::info!(%level, "log level changed");
+                        Response::ok(json!({ "level": level }))
+                    }
+                    Err(e) => Response::error("invalid", e),
+                },
+                None => Response::error("invalid", "this daemon cannot change its log level"),
+            },
+        }
+    }
+
+    fn endpoint_override(
+        &mut self,
+        action: EndpointAction,
+        service: &str,
+        address: &str,
+        weight: Option<u32>,
+    ) -> Response {
+        let sel = match Selector::parse(service, address) {
+            Ok(s) => s,
+            Err(e) => return Response::error("invalid", e),
+        };
+        if action == EndpointAction::Weight && weight.is_none() {
+            return Response::error("invalid", "`endpoint weight` needs a weight");
+        }
+        if let Some(w) = weight.filter(|w| *w > 65535) {
+            return Response::error(
+                "invalid",
+                format!("weight {w} is out of range: must be 0..=65535"),
+            );
+        }
+        let mut overrides = self.overrides.clone();
+        let hit = overrides.set(&self.model, &sel, |o| match action {
+            EndpointAction::Drain => o.state = AdminState::Draining,
+            EndpointAction::Disable => o.state = AdminState::Disabled,
+            EndpointAction::Enable => o.state = AdminState::Enabled,
+            EndpointAction::Weight => o.weight = weight,
+        });
+        let hit = match hit {
+            Ok(h) => h,
+            Err(e) => return Response::error("not-found", e),
+        };
+        self.overrides = overrides;
+        self.republish();
+        let affected = hit
+            .iter()
+            .map(|(key, addr)| {
+                let o = self.overrides.get(key, *addr).unwrap_or_default();
+                format!(
+                    "{key} {addr} {}{}",
+                    o.state.as_str(),
+                    o.weight.map(|w| format!(" weight {w}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        tracing::info!(?action, service, address, "endpoint override set");
+        Response::ok(json!(OverrideOutcome {
+            generation: self.generation,
+            affected,
+        }))
+    }
+
+    /// Builds and publishes a snapshot of the current model with the current overrides
+    /// (no listener changes: the NodePorts are the same).
+    fn republish(&mut self) {
+        let effective = self.overrides.apply(&self.model);
+        self.generation += 1;
+        let next =
+            self.publisher
+                .current()
+                .rebuild(&effective, self.generation, &mut self.registry);
+        self.publisher.publish(next);
+        let mut h = self.lock_health();
+        h.generation = self.generation;
+        h.last_updated = SystemTime::now();
+    }
+
+    /// The reload transaction (see the module docs). Never leaves a half-applied state.
+    fn reload(&mut self) -> ReloadOutcome {
+        self.notifier.reloading();
+        let at = SystemTime::now();
+        let result = self.try_reload();
+        self.reloads += 1;
+        let outcome = match result {
+            Ok((changes, needs_restart)) => ReloadOutcome {
+                ok: true,
+                at_unix: metrics::unix_seconds(at),
+                generation: self.generation,
+                error: None,
+                changes,
+                needs_restart,
+            },
+            Err(error) => ReloadOutcome {
+                ok: false,
+                at_unix: metrics::unix_seconds(at),
+                generation: self.generation,
+                error: Some(error),
+                changes: Vec::new(),
+                needs_restart: Vec::new(),
+            },
+        };
+        {
+            let mut h = self.lock_health();
+            if outcome.ok {
+                h.reloads_ok += 1;
+                h.last_updated = SystemTime::now();
+            } else {
+                h.reloads_failed += 1;
+            }
+            h.last_reload_ok = outcome.ok;
+            h.last_reload_at = Some(at);
+            h.generation = self.generation;
+        }
+        self.last_reload = Some(outcome.clone());
+        let summary = if outcome.ok {
+            self.summary()
+        } else {
+            format!("{}; last reload FAILED", self.summary())
+        };
+        self.notifier.ready(&summary);
+        outcome
+    }
+
+    fn try_reload(&mut self) -> Result<(Vec<String>, Vec<String>), String> {
+        let path = match &self.source {
+            ConfigSource::File(p) => p.clone(),
+            ConfigSource::Fixed(_) => {
+                return Err(
+                    "this daemon runs a built-in configuration (demo): nothing to reload".into(),
+                )
+            }
+        };
+        let mut next = config::load_file(&path, Some(&self.model)).map_err(|e| e.to_string())?;
+        let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
+        let mut overrides = self.overrides.clone();
+        overrides.retain_existing(&next);
+        let effective = overrides.apply(&next);
+        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
+        let plan = plane
+            .prepare(&effective.settings, &node_ports(&effective))
+            .map_err(|e| e.to_string())?;
+        // Nothing can fail from here on.
+        let generation = self.generation + 1;
+        let snapshot = self
+            .publisher
+            .current()
+            .rebuild(&effective, generation, &mut self.registry);
+        self.publisher.publish(snapshot);
+        plane.commit(plan);
+        plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
+        let changes = diff(&self.model, &next);
+        self.model = next;
+        self.overrides = overrides;
+        self.generation = generation;
+        Ok((changes, needs_restart))
+    }
+
+    fn status(&self) -> Status {
+        let monitor = self.plane().monitor();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            driver: monitor.driver().to_owned(),
+            workers: monitor.workers(),
+            generation: self.generation,
+            config: match &self.source {
+                ConfigSource::File(p) => Some(p.display().to_string()),
+                ConfigSource::Fixed(_) => None,
+            },
+            service_ports: self.model.services.len(),
+            listen: self
+                .plane()
+                .listen_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            reloads: self.reloads,
+            last_reload: self.last_reload.clone(),
+        }
+    }
+
+    /// Every served Service port `keep` accepts, with endpoints, state and counters.
+    fn service_list(&self, keep: impl Fn(&ServicePortInfo) -> bool) -> ServiceList {
+        let snapshot = self.publisher.current();
+        let mut services = Vec::new();
+        for (_, s) in snapshot.services() {
+            let p = &s.port;
+            let configured = self.model.services.iter().find(|c| c.key == p.key);
+            let endpoints: Vec<EndpointInfo> = s
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    let addr = e.endpoint.addr;
+                    let configured_weight = configured
+                        .and_then(|c| c.endpoints.iter().find(|x| x.addr == addr))
+                        .map_or(e.endpoint.weight, |x| x.weight);
+                    let o = self.overrides.get(&p.key, addr);
+                    let state = match o.map(|o| o.state) {
+                        Some(AdminState::Draining) => "draining",
+                        Some(AdminState::Disabled) => "disabled",
+                        _ if e.endpoint.weight == 0 => "draining",
+                        _ => "enabled",
+                    };
+                    EndpointInfo {
+                        address: addr.to_string(),
+                        configured_weight,
+                        weight: e.endpoint.weight,
+                        state: state.to_owned(),
+                        overridden: o.is_some(),
+                        counters: counters(e.stats.totals()),
+                    }
+                })
+                .collect();
+            let info = ServicePortInfo {
+                namespace: p.key.service.namespace.clone(),
+                name: p.key.service.name.clone(),
+                port_name: p.key.port_name.clone(),
+                protocol: p.key.protocol.to_string(),
+                port: p.port,
+                target_port: p.target_port,
+                node_port: p.node_port,
+                node_port_allocated: p.node_port_allocated,
+                policy: match p.policy {
+                    Policy::Maglev {
+                        key: HashKey::ClientIpPort,
+                    } => "maglev(client-ip-port)".to_owned(),
+                    Policy::Maglev {
+                        key: HashKey::ClientIp,
+                    } => "maglev(client-ip)".to_owned(),
+                    Policy::ClientIp { timeout, .. } => {
+                        format!("client-ip({}s)", timeout.as_secs())
+                    }
+                    Policy::RoundRobin => "round-robin".to_owned(),
+                    Policy::Random => "random".to_owned(),
+                    Policy::LeastConnections => "least-connections".to_owned(),
+                },
+                forwarding: match &p.forwarding {
+                    Forwarding::None => "none",
+                    Forwarding::ProxyV1 => "proxy-v1",
+                    Forwarding::ProxyV2(_) => "proxy-v2",
+                    Forwarding::Transparent => "transparent",
+                }
+                .to_owned(),
+                endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
+                endpoints_total: endpoints.len(),
+                counters: counters(s.stats.totals()),
+                endpoints,
+            };
+            if keep(&info) {
+                services.push(info);
+            }
+        }
+        ServiceList {
+            generation: snapshot.generation(),
+            services,
+        }
+    }
+}
+
+fn counters(t: ConnTotals) -> Counters {
+    Counters {
+        connections_total: t.opened,
+        connections_active: t.active(),
+        connections_failed: t.failed,
+        connect_retries: t.retries,
+        bytes_to_backend: t.bytes_to_backend,
+        bytes_to_client: t.bytes_to_client,
+    }
+}
+
+/// Copies into `next` the settings that only apply when the daemon starts; returns the
+/// names of those that differed (reported as "applies after a restart").
+fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<String> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident => $name:literal),* $(,)?) => {$(
+            if next.$field != running.$field {
+                changed.push($name.to_owned());
+                next.$field = running.$field.clone();
+            }
+        )*};
+    }
+    // `workers` in the running model is the resolved count; compare only what the file says.
+    if next.workers.is_some() && next.workers != running.workers {
+        changed.push("workers".to_owned());
+    }
+    next.workers = running.workers;
+    keep!(
+        pin_workers => "pin_workers",
+        max_connections_per_worker => "max_connections_per_worker",
+        relay => "relay",
+        driver => "driver",
+        control => "control_socket*",
+        metrics_address => "metrics_address",
+        health_address => "health_address",
+    );
+    changed
+}
+
+/// One line per change between two models, for the reload report.
+fn diff(old: &Model, new: &Model) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in &new.services {
+        match old.services.iter().find(|o| o.key == n.key) {
+            None => out.push(format!(
+                "+ service {} on {}/{} ({} endpoints)",
+                n.key,
+                n.node_port,
+                n.key.protocol,
+                n.endpoints.len()
+            )),
+            Some(o) => {
+                if o.node_port != n.node_port {
+                    out.push(format!(
+                        "~ service {}: NodePort {} → {}",
+                        n.key, o.node_port, n.node_port
+                    ));
+                }
+                for e in &n.endpoints {
+                    match o.endpoints.iter().find(|x| x.addr == e.addr) {
+                        None => out.push(format!("+ endpoint {} {}", n.key, e.addr)),
+                        Some(x) if x.weight != e.weight => out.push(format!(
+                            "~ endpoint {} {}: weight {} → {}",
+                            n.key, e.addr, x.weight, e.weight
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                for e in &o.endpoints {
+                    if !n.endpoints.iter().any(|x| x.addr == e.addr) {
+                        out.push(format!("- endpoint {} {}", n.key, e.addr));
+                    }
+                }
+                if o.policy != n.policy
+                    || o.timeouts != n.timeouts
+                    || o.connect_retries != n.connect_retries
+                    || o.forwarding != n.forwarding
+                    || o.maglev_table_size != n.maglev_table_size
+                {
+                    out.push(format!("~ service {}: settings changed", n.key));
+                }
+            }
+        }
+    }
+    for o in &old.services {
+        if !new.services.iter().any(|n| n.key == o.key) {
+            out.push(format!(
+                "- service {} (was on {}/{})",
+                o.key, o.node_port, o.key.protocol
+            ));
+        }
+    }
+    out
+}

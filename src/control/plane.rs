@@ -1,0 +1,66 @@
+//! The control plane's view of the data plane: the few calls a reload, a drain and the
+//! watchdog make, in one place, so the rest of `control` does not depend on how the data
+//! plane spells them.
+//!
+//! It only forwards to [`Dataplane`]; it owns no sockets of its own.
+
+use crate::dataplane::{
+    Dataplane, DataplaneMonitor, DrainReport, ListenerPlan, NodePorts, StartError,
+};
+use crate::model::Settings;
+use crate::publish::Publisher;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The running data plane, as the control plane drives it.
+pub struct Plane {
+    dp: Dataplane,
+}
+
+/// Listeners opened for a reload, not yet handed to workers.
+pub type Plan = ListenerPlan;
+
+/// A cheap, `Send` handle to read worker heartbeats and loop stats from other threads.
+pub type Monitor = DataplaneMonitor;
+
+impl Plane {
+    pub fn start(
+        settings: &Settings,
+        node_ports: &NodePorts,
+        publisher: &Publisher,
+    ) -> Result<Plane, StartError> {
+        Ok(Plane {
+            dp: Dataplane::start(settings, node_ports, publisher)?,
+        })
+    }
+
+    /// Opens the listeners `node_ports` needs that are not open yet; nothing changes for the
+    /// workers until [`commit`](Self::commit). An error means nothing changed.
+    pub fn prepare(&self, settings: &Settings, node_ports: &NodePorts) -> Result<Plan, StartError> {
+        self.dp.prepare_listeners(settings, node_ports)
+    }
+
+    /// After publishing: hands new listeners to the workers and closes removed ones.
+    pub fn commit(&mut self, plan: Plan) {
+        self.dp.commit_listeners(plan)
+    }
+
+    /// Steers the connections of these NodePorts to workers by client IP (affinity).
+    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
+        self.dp.steer_client_ips(ports)
+    }
+
+    /// Stops accepting, lets live connections finish until `timeout`, resets the rest.
+    pub fn drain(self, timeout: Duration) -> io::Result<DrainReport> {
+        self.dp.drain(timeout)
+    }
+
+    pub fn monitor(&self) -> Monitor {
+        self.dp.monitor()
+    }
+
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.dp.listen_addrs()
+    }
+}

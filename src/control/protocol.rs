@@ -1,0 +1,353 @@
+//! The control protocol, version 1: the request and response types exchanged as JSON lines on
+//! the control socket (documented in `docs/control-protocol.md`).
+//!
+//! One request per line, one response line per request. This module only defines the types
+//! and turns a line into a [`Request`] (or a precise [`ProtocolError`]); it does no IO and
+//! knows nothing of the daemon's state. `sluice ctl` and the daemon both use it, so the two
+//! cannot disagree on the shape of a message.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. A request carrying another version is refused.
+pub const VERSION: u32 = 1;
+
+/// Longest request line accepted, newline included. Longer ones get an error and the
+/// connection is closed (it cannot be re-synchronised).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// One request: `{"version": 1, "command": "...", ...arguments}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Daemon version, uptime, driver, workers, generation, last reload.
+    Status,
+    /// One line per Service port.
+    Services,
+    /// Every port of one Service (what `describe service` renders).
+    Describe {
+        service: String,
+        #[serde(default)]
+        namespace: Option<String>,
+    },
+    /// Endpoints of every Service port, or of one Service.
+    Endpoints {
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Counters per Service port and endpoint.
+    Stats,
+    /// Re-read the configuration file; the response is the outcome.
+    Reload,
+    /// A runtime override of one endpoint.
+    Endpoint {
+        action: EndpointAction,
+        /// `[NAMESPACE/]NAME[:PORT_NAME]`.
+        service: String,
+        /// `IP:PORT`, or `IP` for every port of that IP.
+        address: String,
+        /// Only with `action = "weight"`.
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    /// Change the log filter (tracing `EnvFilter` syntax, e.g. `debug` or `sluice=trace`).
+    LogLevel { level: String },
+}
+
+/// What `endpoint ...` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointAction {
+    /// No new connections; open ones continue.
+    Drain,
+    /// Out of service (like HAProxy's maintenance): no new connections; open ones continue.
+    Disable,
+    /// Clear drain/disable (a weight override stays).
+    Enable,
+    /// Override the configured weight.
+    Weight,
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `malformed`, `too-large`, `unknown-command`, `version`,
+    /// `forbidden`, `not-found`, `invalid`, `reload-failed`, `busy`, `timeout`.
+    pub kind: String,
+    pub message: String,
+}
+
+impl Response {
+    pub fn ok(result: serde_json::Value) -> Response {
+        Response {
+            version: VERSION,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn error(kind: &str, message: impl Into<String>) -> Response {
+        Response {
+            version: VERSION,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                kind: kind.to_owned(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    pub fn failed(e: &ProtocolError) -> Response {
+        Response::error(e.kind(), e.to_string())
+    }
+
+    /// The response as one line (with its newline).
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("responses always serialise");
+        s.push('\n');
+        s
+    }
+}
+
+/// Why a request line could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not JSON, not an object, or wrong argument types.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// `command` names nothing this daemon knows.
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+    /// `version` missing or not one this daemon speaks.
+    #[error("unsupported protocol version {0} (this daemon speaks version {VERSION})")]
+    Version(String),
+    /// Longer than [`MAX_REQUEST_BYTES`].
+    #[error("request longer than {MAX_REQUEST_BYTES} bytes")]
+    TooLarge,
+}
+
+impl ProtocolError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProtocolError::Malformed(_) => "malformed",
+            ProtocolError::UnknownCommand(_) => "unknown-command",
+            ProtocolError::Version(_) => "version",
+            ProtocolError::TooLarge => "too-large",
+        }
+    }
+}
+
+const COMMANDS: &[&str] = &[
+    "status",
+    "services",
+    "describe",
+    "endpoints",
+    "stats",
+    "reload",
+    "endpoint",
+    "log-level",
+];
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| ProtocolError::Malformed("a request is a JSON object".into()))?;
+    match object.remove("version") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
+        Some(other) => return Err(ProtocolError::Version(other.to_string())),
+        None => return Err(ProtocolError::Version("(missing)".into())),
+    }
+    match object.get("command") {
+        Some(serde_json::Value::String(c)) if !COMMANDS.contains(&c.as_str()) => {
+            return Err(ProtocolError::UnknownCommand(c.clone()))
+        }
+        Some(serde_json::Value::String(_)) => {}
+        _ => return Err(ProtocolError::Malformed("no string `command`".into())),
+    }
+    let keys: Vec<String> = object.keys().cloned().collect();
+    let request: Request =
+        serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    // serde ignores unknown keys of argument-less commands: catch them here.
+    let known = serde_json::to_value(&request).expect("requests always serialise");
+    if let Some(extra) = keys.iter().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(ProtocolError::Malformed(format!("unknown key `{extra}`")));
+    }
+    Ok(request)
+}
+
+/// The line `sluice ctl` sends for `request`.
+pub fn request_line(request: &Request) -> String {
+    let mut value = serde_json::to_value(request).expect("requests always serialise");
+    if let Some(o) = value.as_object_mut() {
+        o.insert("version".into(), VERSION.into());
+    }
+    let mut s = value.to_string();
+    s.push('\n');
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------
+
+/// Result of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub driver: String,
+    pub workers: usize,
+    pub generation: u64,
+    pub config: Option<String>,
+    pub service_ports: usize,
+    pub listen: Vec<String>,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// What a reload did (`reload`, and `status.last_reload`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// Seconds since the Unix epoch.
+    pub at_unix: f64,
+    /// Generation serving after the attempt.
+    pub generation: u64,
+    /// On failure: the error (`FILE:LINE:COLUMN: message` for a config error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On success: one line per change (`+ service ...`, `- endpoint ...`).
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// Settings that changed in the file but apply only after a restart.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
+}
+
+/// Counters of a Service port or endpoint, summed over workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub connections_failed: u64,
+    pub connect_retries: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+/// One endpoint as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub address: String,
+    /// The weight from the configuration.
+    pub configured_weight: u32,
+    /// The weight routing uses (0 when draining/disabled).
+    pub weight: u32,
+    /// `enabled`, `draining` or `disabled`.
+    pub state: String,
+    /// Whether a runtime override applies.
+    pub overridden: bool,
+    pub counters: Counters,
+}
+
+/// One Service port as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePortInfo {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub protocol: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: u16,
+    pub node_port_allocated: bool,
+    pub policy: String,
+    pub forwarding: String,
+    pub endpoints_usable: usize,
+    pub endpoints_total: usize,
+    pub counters: Counters,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// Result of `services`, `describe`, `endpoints` and `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub generation: u64,
+    pub services: Vec<ServicePortInfo>,
+}
+
+/// Result of `endpoint ...`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverrideOutcome {
+    pub generation: u64,
+    /// The endpoints affected, as `SERVICE ADDR STATE weight W`.
+    pub affected: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let all = [
+            Request::Status,
+            Request::Describe {
+                service: "myfrontend".into(),
+                namespace: Some("workshop".into()),
+            },
+            Request::Endpoint {
+                action: EndpointAction::Weight,
+                service: "a".into(),
+                address: "10.0.0.1:80".into(),
+                weight: Some(3),
+            },
+            Request::LogLevel {
+                level: "debug".into(),
+            },
+        ];
+        for r in all {
+            let line = request_line(&r);
+            assert!(
+                line.ends_with('\n') && line.contains("\"version\":1"),
+                "{line}"
+            );
+            assert_eq!(parse_request(line.trim_end()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_told_apart() {
+        let kind = |l: &str| parse_request(l).unwrap_err().kind();
+        assert_eq!(kind("hello"), "malformed");
+        assert_eq!(kind("[1]"), "malformed");
+        assert_eq!(kind(r#"{"command":"status"}"#), "version");
+        assert_eq!(kind(r#"{"version":2,"command":"status"}"#), "version");
+        assert_eq!(
+            kind(r#"{"version":1,"command":"launch"}"#),
+            "unknown-command"
+        );
+        assert_eq!(kind(r#"{"version":1}"#), "malformed");
+        assert_eq!(
+            kind(r#"{"version":1,"command":"status","x":1}"#),
+            "malformed"
+        );
+        assert_eq!(kind(r#"{"version":1,"command":"describe"}"#), "malformed");
+    }
+}

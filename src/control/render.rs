@@ -1,0 +1,361 @@
+//! Human output of `sluice ctl`: tables, and `describe service` in the exact layout
+//! `kubectl describe service` prints.
+//!
+//! Pure functions from protocol results to text; no IO.
+
+use super::protocol::{OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status};
+use std::fmt::Write as _;
+
+/// `status`.
+pub fn status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "sluice {} (pid {})", s.version, s.pid);
+    let _ = writeln!(out, "uptime:       {}", uptime(s.uptime_seconds));
+    let _ = writeln!(out, "driver:       {}", s.driver);
+    let _ = writeln!(out, "workers:      {}", s.workers);
+    let _ = writeln!(out, "generation:   {}", s.generation);
+    let _ = writeln!(
+        out,
+        "config:       {}",
+        s.config.as_deref().unwrap_or("(built in)")
+    );
+    let _ = writeln!(out, "services:     {} ports", s.service_ports);
+    let _ = writeln!(out, "listening on: {}", join_or_none(&s.listen));
+    let last = match &s.last_reload {
+        None => "none yet".to_owned(),
+        Some(r) if r.ok => format!("ok at {} (generation {})", when(r.at_unix), r.generation),
+        Some(r) => format!(
+            "FAILED at {}: {}",
+            when(r.at_unix),
+            r.error.as_deref().unwrap_or("?")
+        ),
+    };
+    let _ = writeln!(out, "reloads:      {} (last: {last})", s.reloads);
+    out
+}
+
+/// `reload`.
+pub fn reload(r: &ReloadOutcome) -> String {
+    let mut out = String::new();
+    if r.ok {
+        let _ = writeln!(out, "reloaded: generation {}", r.generation);
+        if r.changes.is_empty() {
+            let _ = writeln!(out, "no changes");
+        }
+        for c in &r.changes {
+            let _ = writeln!(out, "  {c}");
+        }
+        for s in &r.needs_restart {
+            let _ = writeln!(out, "  ! {s} changed: applies after a restart");
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "reload failed, still serving generation {}: {}",
+            r.generation,
+            r.error.as_deref().unwrap_or("?")
+        );
+    }
+    out
+}
+
+/// `services`: one line per Service port.
+pub fn services(list: &ServiceList) -> String {
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "NAME".to_owned(),
+        "PORT".to_owned(),
+        "PROTOCOL".to_owned(),
+        "NODEPORT".to_owned(),
+        "POLICY".to_owned(),
+        "ENDPOINTS".to_owned(),
+        "ACTIVE".to_owned(),
+    ]];
+    for s in &list.services {
+        rows.push([
+            s.namespace.clone(),
+            s.name.clone(),
+            if s.port_name.is_empty() {
+                s.port.to_string()
+            } else {
+                format!("{}:{}", s.port_name, s.port)
+            },
+            s.protocol.clone(),
+            s.node_port.to_string(),
+            s.policy.clone(),
+            format!("{}/{}", s.endpoints_usable, s.endpoints_total),
+            s.counters.connections_active.to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// `endpoints`: one line per endpoint.
+pub fn endpoints(list: &ServiceList) -> String {
+    let mut rows = vec![[
+        "SERVICE".to_owned(),
+        "ENDPOINT".to_owned(),
+        "STATE".to_owned(),
+        "WEIGHT".to_owned(),
+        "ACTIVE".to_owned(),
+        "TOTAL".to_owned(),
+        "FAILED".to_owned(),
+    ]];
+    for s in &list.services {
+        for e in &s.endpoints {
+            rows.push([
+                port_key(s),
+                e.address.clone(),
+                if e.overridden {
+                    format!("{} (override)", e.state)
+                } else {
+                    e.state.clone()
+                },
+                if e.weight == e.configured_weight {
+                    e.weight.to_string()
+                } else {
+                    format!("{} (configured {})", e.weight, e.configured_weight)
+                },
+                e.counters.connections_active.to_string(),
+                e.counters.connections_total.to_string(),
+                e.counters.connections_failed.to_string(),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+/// `stats`: counters per Service port, then per endpoint (indented).
+pub fn stats(list: &ServiceList) -> String {
+    let mut rows = vec![[
+        "SERVICE / ENDPOINT".to_owned(),
+        "TOTAL".to_owned(),
+        "ACTIVE".to_owned(),
+        "FAILED".to_owned(),
+        "RETRIES".to_owned(),
+        "BYTES IN".to_owned(),
+        "BYTES OUT".to_owned(),
+    ]];
+    for s in &list.services {
+        let row = |name: String, c: &super::protocol::Counters| {
+            [
+                name,
+                c.connections_total.to_string(),
+                c.connections_active.to_string(),
+                c.connections_failed.to_string(),
+                c.connect_retries.to_string(),
+                c.bytes_to_backend.to_string(),
+                c.bytes_to_client.to_string(),
+            ]
+        };
+        rows.push(row(port_key(s), &s.counters));
+        for e in &s.endpoints {
+            rows.push(row(format!("  {}", e.address), &e.counters));
+        }
+    }
+    table(&rows) + "(bytes in: client → endpoint; bytes out: endpoint → client)\n"
+}
+
+/// `endpoint ...`.
+pub fn override_outcome(o: &OverrideOutcome) -> String {
+    let mut out = String::new();
+    for a in &o.affected {
+        let _ = writeln!(out, "{a}");
+    }
+    let _ = writeln!(out, "serving generation {}", o.generation);
+    out
+}
+
+/// `describe service`: every port of one Service, laid out as `kubectl describe service`.
+/// Fields sluice has no source for (labels, selector, cluster IPs, events) show `<none>`.
+pub fn describe(ports: &[ServicePortInfo]) -> String {
+    let Some(first) = ports.first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut field = |label: &str, value: &str| {
+        let _ = writeln!(out, "{:<26}{value}", format!("{label}:"));
+    };
+    field("Name", &first.name);
+    field("Namespace", &first.namespace);
+    field("Labels", "<none>");
+    field("Annotations", "<none>");
+    field("Selector", "<none>");
+    field("Type", "NodePort");
+    let (v4, v6) = ports
+        .iter()
+        .flat_map(|p| &p.endpoints)
+        .fold((false, false), |(a, b), e| {
+            let v6 = e.address.starts_with('[');
+            (a || !v6, b || v6)
+        });
+    let (policy, families) = match (v4, v6) {
+        (true, true) => ("PreferDualStack", "IPv4,IPv6"),
+        (false, true) => ("SingleStack", "IPv6"),
+        _ => ("SingleStack", "IPv4"),
+    };
+    field("IP Family Policy", policy);
+    field("IP Families", families);
+    field("IP", "<none>");
+    field("IPs", "<none>");
+    for p in ports {
+        let name = if p.port_name.is_empty() {
+            "<unset>"
+        } else {
+            &p.port_name
+        };
+        field("Port", &format!("{name}  {}/{}", p.port, p.protocol));
+        field("TargetPort", &format!("{}/{}", p.target_port, p.protocol));
+        field(
+            "NodePort",
+            &format!("{name}  {}/{}", p.node_port, p.protocol),
+        );
+        field("Endpoints", &kubectl_endpoints(p));
+    }
+    let affinity = if ports.iter().any(|p| p.policy.starts_with("client-ip(")) {
+        "ClientIP"
+    } else {
+        "None"
+    };
+    field("Session Affinity", affinity);
+    field("External Traffic Policy", "Cluster");
+    field("Events", "<none>");
+    out
+}
+
+/// Ready endpoints as kubectl shows them: the first three, then `+ N more...`.
+fn kubectl_endpoints(p: &ServicePortInfo) -> String {
+    let usable: Vec<&str> = p
+        .endpoints
+        .iter()
+        .filter(|e| e.weight > 0)
+        .map(|e| e.address.as_str())
+        .collect();
+    if usable.is_empty() {
+        return "<none>".to_owned();
+    }
+    let mut s = usable[..usable.len().min(3)].join(",");
+    if usable.len() > 3 {
+        let _ = write!(s, " + {} more...", usable.len() - 3);
+    }
+    s
+}
+
+fn port_key(s: &ServicePortInfo) -> String {
+    if s.port_name.is_empty() {
+        format!("{}/{}", s.namespace, s.name)
+    } else {
+        format!("{}/{}:{}", s.namespace, s.name, s.port_name)
+    }
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                let _ = write!(line, "{c:<w$}   ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn join_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "<none>".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn uptime(secs: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+}
+
+fn when(unix: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::protocol::{Counters, EndpointInfo};
+    use super::*;
+
+    fn ep(a: &str) -> EndpointInfo {
+        EndpointInfo {
+            address: a.into(),
+            configured_weight: 1,
+            weight: 1,
+            state: "enabled".into(),
+            overridden: false,
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn describe_matches_the_seed_layout() {
+        let p = ServicePortInfo {
+            namespace: "workshop".into(),
+            name: "myfrontend".into(),
+            port_name: "http".into(),
+            protocol: "TCP".into(),
+            port: 80,
+            target_port: 9000,
+            node_port: 30000,
+            node_port_allocated: false,
+            policy: "maglev(client-ip-port)".into(),
+            forwarding: "none".into(),
+            endpoints_usable: 3,
+            endpoints_total: 3,
+            counters: Counters::default(),
+            endpoints: vec![
+                ep("192.168.7.8:9000"),
+                ep("192.168.45.127:9000"),
+                ep("192.168.66.254:9000"),
+            ],
+        };
+        let text = describe(&[p]);
+        let seed = "\
+Name:                     myfrontend
+Namespace:                workshop
+Labels:                   <none>
+Annotations:              <none>
+Selector:                 <none>
+Type:                     NodePort
+IP Family Policy:         SingleStack
+IP Families:              IPv4
+IP:                       <none>
+IPs:                      <none>
+Port:                     http  80/TCP
+TargetPort:               9000/TCP
+NodePort:                 http  30000/TCP
+Endpoints:                192.168.7.8:9000,192.168.45.127:9000,192.168.66.254:9000
+Session Affinity:         None
+External Traffic Policy:  Cluster
+Events:                   <none>
+";
+        assert_eq!(text, seed);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&[
+            ["A".to_owned(), "B".to_owned()],
+            ["long".to_owned(), "x".to_owned()],
+        ]);
+        assert_eq!(t, "A      B\nlong   x\n");
+    }
+}
