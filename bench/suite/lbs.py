@@ -33,16 +33,15 @@ TPROXY_TEARDOWN = ["ip rule del fwmark 1 lookup 100", "ip route flush table 100"
 # One line per sluice variant:
 #   (name, top-level settings, per-service keys (HTTP Service), extra `sluice run` args,
 #    optional (node setup commands, node teardown commands))
-# The epoll driver slots in as one more line when it lands on main, e.g.
-#   ("sluice-epoll-splice", {"driver": "epoll", "pin_workers": False}, {}, []),
 SLUICE_VARIANTS = [
-    ("sluice-uring-splice", {"relay": "splice", "pin_workers": False}, {}, []),
-    ("sluice-uring-splice-pinned", {"relay": "splice", "pin_workers": True}, {}, []),
-    ("sluice-uring-copy", {"relay": "copy", "pin_workers": False}, {}, []),
-    ("sluice-proxy-v2", {"relay": "splice", "pin_workers": False},
+    ("sluice-uring-splice", {"driver": "uring", "relay": "splice", "pin_workers": False}, {}, []),
+    ("sluice-uring-splice-pinned", {"driver": "uring", "relay": "splice", "pin_workers": True}, {}, []),
+    ("sluice-uring-copy", {"driver": "uring", "relay": "copy", "pin_workers": False}, {}, []),
+    ("sluice-epoll-splice", {"driver": "epoll", "relay": "splice", "pin_workers": False}, {}, []),
+    ("sluice-proxy-v2", {"driver": "uring", "relay": "splice", "pin_workers": False},
      {"forwarding": "proxy-v2", "target_port": POD_PROXY_PORT}, []),
-    ("sluice-transparent", {"relay": "splice", "pin_workers": False}, {"forwarding": "transparent"}, [],
-     (TPROXY_SETUP, TPROXY_TEARDOWN)),
+    ("sluice-transparent", {"driver": "uring", "relay": "splice", "pin_workers": False},
+     {"forwarding": "transparent"}, [], (TPROXY_SETUP, TPROXY_TEARDOWN)),
 ]
 
 # The sluice variant used for the Service-count scale run (one worker: see scale notes).
