@@ -2,12 +2,15 @@
 # Runs sluice's whole test suite on a fresh machine: installs what the tests need (Debian
 # packages, as root), then builds and runs every test once.
 #   ./tests/run-all.sh            # everything
-#   ./tests/run-all.sh integrity  # only tests whose name contains "integrity" (cargo filter)
+#   ./tests/run-all.sh integrity  # only tests whose name contains "integrity" (cargo filter;
+#                                 # skips the benchmark smoke test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use as real peers or tools. Installed only when missing.
-PACKAGES=(iproute2 nginx haproxy nftables systemd)
+# The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
+# iperf3 and nftables in network namespaces.
+PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,3 +36,15 @@ for driver in uring epoll; do
   echo "=== integration tests with --driver $driver ==="
   SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
 done
+
+# Benchmark smoke test: every load balancer of the suite must serve every workload without
+# errors (it never fails on performance numbers). Hard bound 3 minutes; needs root for network
+# namespaces. Uses the binary the tests just built (ci profile: debug assertions on).
+if [ $# -eq 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    [ -x target/ci/sluice ] || cargo build --profile ci --bin sluice
+    timeout --kill-after=15 180 bench/run.sh --quick --sluice target/ci/sluice --out target/bench-quick
+  else
+    echo "skipping the benchmark smoke test (bench/run.sh --quick needs root)" >&2
+  fi
+fi
