@@ -119,7 +119,7 @@ impl Default for Settings {
             listen: ListenAddresses::All,
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             max_connections_per_worker: 4096,
-            relay: RelayMode::Splice,
+            relay: RelayMode::Auto,
             backlog: 4096,
             defaults: ServiceDefaults::default(),
             driver: DriverSetting::Auto,

@@ -34,6 +34,7 @@ TPROXY_TEARDOWN = ["ip rule del fwmark 1 lookup 100", "ip route flush table 100"
 #   (name, top-level settings, per-service keys (HTTP Service), extra `sluice run` args,
 #    optional (node setup commands, node teardown commands))
 SLUICE_VARIANTS = [
+    ("sluice-uring-auto", {"driver": "uring", "relay": "auto", "pin_workers": False}, {}, []),
     ("sluice-uring-splice", {"driver": "uring", "relay": "splice", "pin_workers": False}, {}, []),
     ("sluice-uring-splice-pinned", {"driver": "uring", "relay": "splice", "pin_workers": True}, {}, []),
     ("sluice-uring-copy", {"driver": "uring", "relay": "copy", "pin_workers": False}, {}, []),
@@ -45,7 +46,7 @@ SLUICE_VARIANTS = [
 ]
 
 # The sluice variant used for the Service-count scale run (one worker: see scale notes).
-SCALE_VARIANT = "sluice-uring-splice"
+SCALE_VARIANT = "sluice-uring-auto"
 
 
 def toml_value(v):

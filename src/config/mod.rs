@@ -541,7 +541,7 @@ forwarding = "none"
             "config OK: 2 service ports, 4 endpoints, served on all addresses (IPv4 and IPv6)"
         );
         assert!(lines[1].contains("workers: one per online CPU"), "{shown}");
-        assert!(lines[1].contains("relay: splice"), "{shown}");
+        assert!(lines[1].contains("relay: auto"), "{shown}");
         assert!(lines[1].contains("node-port range: 30000-32767"), "{shown}");
         assert!(
             lines[2].starts_with("service defaults: connect timeout 3s"),
