@@ -126,6 +126,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
+    check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;
 
@@ -740,4 +741,21 @@ fn diff(old: &Model, new: &Model) -> Vec<String> {
         }
     }
     out
+}
+
+/// Warn when `net.ipv4.tcp_migrate_req` is 0 in this network namespace: then connections
+/// waiting in the accept queue of a listener that a reload closes (or a worker's listener
+/// closed on drain) are reset instead of moving to another listener of the group. sluice
+/// does not change node settings itself; `systemd/99-sluice.conf` sets it.
+fn check_tcp_migrate_req() {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "0" => tracing::warn!(
+            "net.ipv4.tcp_migrate_req is 0: connections queued on a listener that a reload \
+             removes are reset instead of moving to another listener; set it to 1 \
+             (systemd/99-sluice.conf does, see docs/operations.md)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read {PATH}"),
+    }
 }
