@@ -33,6 +33,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # explicitly, so that both drivers pass the same suite.
 cargo test --profile ci --all-targets "$@"
 for driver in uring epoll; do
+  if [ "$driver" = uring ] && [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]; then
+    echo "=== SKIPPED: integration tests with --driver uring (kernel.io_uring_disabled is set) ==="
+    continue
+  fi
   echo "=== integration tests with --driver $driver ==="
   SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
 done
