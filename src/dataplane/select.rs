@@ -92,6 +92,19 @@ impl Selector {
         }
     }
 
+    /// Forget the state of Service ports that are not in `snapshot` (removed by a reload),
+    /// so that churning Services does not grow it without bound. Called when a worker pins
+    /// a new snapshot.
+    pub fn retain_services(&mut self, snapshot: &crate::table::RoutingSnapshot) {
+        if self.positions.is_empty() && self.affinity.is_empty() {
+            return;
+        }
+        let live: std::collections::HashSet<u64, ahash::RandomState> =
+            snapshot.services().map(|(_, s)| s.stable_id()).collect();
+        self.positions.retain(|id, _| live.contains(id));
+        self.affinity.retain(|id, _| live.contains(id));
+    }
+
     /// Clients remembered for affinity, all Service ports (for stats and tests).
     pub fn affinity_entries(&self) -> usize {
         self.affinity.values().map(AffinityTable::len).sum()
@@ -112,5 +125,68 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use crate::table::{RoutingSnapshot, StatsRegistry};
+
+    fn model(names: &[&str], policy: Policy) -> Model {
+        Model {
+            settings: Settings::default(),
+            services: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ServicePort {
+                    key: ServicePortKey {
+                        service: ServiceName {
+                            namespace: "t".into(),
+                            name: (*name).into(),
+                        },
+                        port_name: String::new(),
+                        protocol: Protocol::Tcp,
+                    },
+                    port: 80,
+                    node_port: 30000 + i as u16,
+                    node_port_allocated: false,
+                    target_port: 80,
+                    endpoints: vec![Endpoint {
+                        addr: SocketAddr::from(([10, 0, 0, 1], 80)),
+                        weight: 1,
+                    }],
+                    policy,
+                    timeouts: Timeouts::default(),
+                    connect_retries: 0,
+                    maglev_table_size: 1009,
+                    forwarding: Forwarding::None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn state_of_removed_services_is_forgotten() {
+        let policy = Policy::ClientIp {
+            timeout: std::time::Duration::from_secs(60),
+            max_entries: 10,
+        };
+        let mut reg = StatsRegistry::new(1);
+        let both = RoutingSnapshot::build(&model(&["a", "b"], policy), 1, &mut reg);
+        let mut sel = Selector::new(7);
+        let client = SocketAddr::from(([127, 0, 0, 10], 5000));
+        for (_, entry) in both.services() {
+            assert!(sel.choose(entry, client, &[], Instant::now()).is_some());
+        }
+        assert_eq!(sel.affinity_entries(), 2);
+        let only_a = RoutingSnapshot::build(&model(&["a"], policy), 2, &mut reg);
+        sel.retain_services(&only_a);
+        assert_eq!(
+            sel.affinity_entries(),
+            1,
+            "b's affinity table is dropped, a's kept"
+        );
     }
 }

@@ -592,6 +592,7 @@ impl<D: Driver> Worker<D> {
                 return i;
             }
         }
+        self.selector.retain_services(snapshot);
         let pin = Pin {
             snapshot: Arc::clone(snapshot),
             live: 0,
