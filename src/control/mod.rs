@@ -340,7 +340,7 @@ impl Daemon {
             Request::Services | Request::Stats => Response::ok(json!(self.service_list(|_| true))),
             Request::Endpoints { service } => {
                 let list = self.service_list(|p| {
-                    service.as_ref().map_or(true, |s| {
+                    service.as_ref().is_none_or(|s| {
                         let sel = s.split_once('/');
                         match sel {
                             Some((ns, n)) => p.namespace == ns && p.name == n,

@@ -89,14 +89,11 @@ impl Selector {
     fn matches_service(&self, key: &ServicePortKey) -> bool {
         key.service.namespace == self.namespace
             && key.service.name == self.name
-            && self
-                .port_name
-                .as_ref()
-                .map_or(true, |p| *p == key.port_name)
+            && self.port_name.as_ref().is_none_or(|p| *p == key.port_name)
     }
 
     fn matches_addr(&self, addr: SocketAddr) -> bool {
-        addr.ip() == self.ip && self.port.map_or(true, |p| p == addr.port())
+        addr.ip() == self.ip && self.port.is_none_or(|p| p == addr.port())
     }
 }
 

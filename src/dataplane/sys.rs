@@ -289,8 +289,10 @@ pub fn socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
 
 /// Classic BPF opcodes (linux/filter.h), spelled out so the program below reads as a listing.
 mod bpf {
-    pub const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-    pub const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+    // BPF_LD (0x00) | BPF_W (0x00) | BPF_ABS (0x20)
+    pub const LD_W_ABS: u16 = 0x20;
+    // BPF_LD (0x00) | BPF_B (0x10) | BPF_ABS (0x20)
+    pub const LD_B_ABS: u16 = 0x10 | 0x20;
     pub const ALU_RSH_K: u16 = 0x04 | 0x70;
     pub const ALU_MUL_K: u16 = 0x04 | 0x20;
     pub const ALU_MOD_K: u16 = 0x04 | 0x90;
