@@ -353,6 +353,10 @@ pub struct Timeouts {
     pub connect: Duration,
     /// A connection with no bytes moving in either direction for this long is closed.
     pub idle: Duration,
+    /// When the Service has no usable endpoint: how long a new connection may wait for one
+    /// (scale-from-zero, kubernetes#484). `None`: reset at once, like kube-proxy's REJECT.
+    /// Waiting connections count against `max_connections_per_worker`.
+    pub hold_when_empty: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -360,6 +364,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(3),
             idle: Duration::from_secs(3600),
+            hold_when_empty: None,
         }
     }
 }

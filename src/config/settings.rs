@@ -86,6 +86,15 @@ pub(super) fn settings(
                 fallback.timeouts.connect,
             )?,
             idle: opt_duration(src, &f.idle_timeout, "idle_timeout", fallback.timeouts.idle)?,
+            hold_when_empty: match &f.hold_when_empty {
+                Some(_) => Some(opt_duration(
+                    src,
+                    &f.hold_when_empty,
+                    "hold_when_empty",
+                    std::time::Duration::ZERO,
+                )?),
+                None => None,
+            },
         },
         connect_retries: opt_retries(src, &f.connect_retries, fallback.connect_retries)?,
         maglev_table_size: opt_table_size(src, &f.maglev_table_size, fallback.maglev_table_size)?,

@@ -233,6 +233,15 @@ fn service(
             defaults.timeouts.connect,
         )?,
         idle: opt_duration(src, &e.idle_timeout, "idle_timeout", defaults.timeouts.idle)?,
+        hold_when_empty: match &e.hold_when_empty {
+            Some(_) => Some(opt_duration(
+                src,
+                &e.hold_when_empty,
+                "hold_when_empty",
+                std::time::Duration::ZERO,
+            )?),
+            None => defaults.timeouts.hold_when_empty,
+        },
     };
     let connect_retries = opt_retries(src, &e.connect_retries, defaults.connect_retries)?;
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;

@@ -80,6 +80,8 @@ impl<D: Driver> Worker<D> {
             connected: false,
             connect_in_flight: false,
             parked_since: None,
+            held_since: None,
+            listener: key,
             watching: false,
             tried,
             holders: [Holder::Empty, Holder::Empty],

@@ -26,8 +26,19 @@ impl<D: Driver> Worker<D> {
             .selector
             .choose(entry, live.client_addr, &live.tried, now)
         else {
+            // No usable endpoint at all (not: every endpoint tried and failed): the Service
+            // may hold the connection until one appears (scale from zero).
+            if let (Some(hold), true) = (entry.port.timeouts.hold_when_empty, live.tried.is_empty())
+            {
+                let since = *live.held_since.get_or_insert(now);
+                if now.duration_since(since) < hold {
+                    self.holding.push((slot, generation));
+                    return Ok(None);
+                }
+            }
             return Ok(Some(Event::NoEndpoint));
         };
+        live.held_since = None;
         let addr = entry.endpoint(endpoint).endpoint.addr;
         let timeout = entry.port.timeouts.connect;
         let retry = !live.tried.is_empty();
@@ -85,6 +96,46 @@ impl<D: Driver> Worker<D> {
         live.backend = Some(fd);
         live.connect_in_flight = true;
         Ok(None)
+    }
+
+    /// Try the held connections again (every tick): each moves to the snapshot published
+    /// now, finds its Service again by NodePort, and connects if an endpoint is usable; it is
+    /// reset once its hold time has passed or its NodePort is no longer served.
+    pub(super) fn retry_held(&mut self) -> io::Result<()> {
+        let now = self.now;
+        for (slot, generation) in std::mem::take(&mut self.holding) {
+            let s = &mut self.slots[slot as usize];
+            if s.generation != generation {
+                continue;
+            }
+            let Some(mut live) = s.live.take() else {
+                continue;
+            };
+            let current = self.pin_current();
+            if current != live.pin {
+                self.pins[current].as_mut().expect("current pin").live += 1;
+                self.unpin(live.pin);
+                live.pin = current;
+                let snapshot = &self.pins[current].as_ref().expect("current pin").snapshot;
+                match snapshot.lookup(live.listener.protocol, live.listener.node_port()) {
+                    Some(service) => live.service = service,
+                    None => {
+                        live.conn.handle(now, Event::NoEndpoint);
+                        self.slots[slot as usize].live = Some(live);
+                        self.drive(slot)?;
+                        continue;
+                    }
+                }
+            }
+            let result = self.start_connect(slot, generation, &mut live);
+            if let Ok(Some(event)) = result {
+                live.conn.handle(now, event);
+            }
+            self.slots[slot as usize].live = Some(live);
+            result?;
+            self.drive(slot)?;
+        }
+        Ok(())
     }
 
     /// Try again to connect the connections parked for lack of fds, oldest first; stop at

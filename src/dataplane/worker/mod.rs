@@ -111,6 +111,10 @@ struct Live {
     connect_in_flight: bool,
     /// Since when this connection waits for an fd to open its backend socket.
     parked_since: Option<Instant>,
+    /// Since when this connection waits for its Service to have a usable endpoint.
+    held_since: Option<Instant>,
+    /// The NodePort the client connected to (to find its Service again in a newer snapshot).
+    listener: ListenerKey,
     watching: bool,
     tried: Vec<EndpointId>,
     holders: [Holder; 2],
@@ -147,6 +151,8 @@ pub struct Worker<D: Driver> {
     runq: Vec<u32>,
     /// Connections waiting for fds to open their backend socket: (slot, generation).
     parked: std::collections::VecDeque<(u32, u32)>,
+    /// Connections waiting for their Service to have a usable endpoint (hold_when_empty).
+    holding: Vec<(u32, u32)>,
     to_close: Vec<OwnedFd>,
     idle_cursor: usize,
     wake: Arc<OwnedFd>,
@@ -194,6 +200,7 @@ impl<D: Driver> Worker<D> {
             pool: HolderPool::new(setup.relay),
             runq: Vec::new(),
             parked: std::collections::VecDeque::new(),
+            holding: Vec::new(),
             to_close: Vec::new(),
             idle_cursor: 0,
             wake: setup.wake,
@@ -262,6 +269,9 @@ impl<D: Driver> Worker<D> {
                 }
                 if !self.parked.is_empty() {
                     self.retry_parked()?;
+                }
+                if !self.holding.is_empty() {
+                    self.retry_held()?;
                 }
             }
         }
