@@ -624,6 +624,11 @@ impl Daemon {
                     Policy::Random => "random".to_owned(),
                     Policy::LeastConnections => "least-connections".to_owned(),
                 },
+                session_affinity: match p.policy {
+                    Policy::ClientIp { .. } => "ClientIP",
+                    _ => "None",
+                }
+                .to_owned(),
                 forwarding: match &p.forwarding {
                     Forwarding::None => "none",
                     Forwarding::ProxyV1 => "proxy-v1",

@@ -278,6 +278,8 @@ pub struct ServicePortInfo {
     pub node_port: u16,
     pub node_port_allocated: bool,
     pub policy: String,
+    /// Kubernetes' `sessionAffinity`: `"ClientIP"` for the client-ip policy, else `"None"`.
+    pub session_affinity: String,
     pub forwarding: String,
     pub endpoints_usable: usize,
     pub endpoints_total: usize,

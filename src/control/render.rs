@@ -212,7 +212,7 @@ pub fn describe(ports: &[ServicePortInfo]) -> String {
         );
         field("Endpoints", &kubectl_endpoints(p));
     }
-    let affinity = if ports.iter().any(|p| p.policy.starts_with("client-ip(")) {
+    let affinity = if ports.iter().any(|p| p.session_affinity == "ClientIP") {
         "ClientIP"
     } else {
         "None"
@@ -317,6 +317,7 @@ mod tests {
             node_port: 30000,
             node_port_allocated: false,
             policy: "maglev(client-ip-port)".into(),
+            session_affinity: "None".into(),
             forwarding: "none".into(),
             endpoints_usable: 3,
             endpoints_total: 3,

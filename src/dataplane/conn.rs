@@ -401,10 +401,6 @@ impl Conn {
         self.phase == Phase::Closed
     }
 
-    pub fn is_connecting(&self) -> bool {
-        self.phase == Phase::Connecting
-    }
-
     /// Why the connection closed (once closed).
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.reason
