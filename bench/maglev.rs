@@ -15,9 +15,12 @@ use std::net::SocketAddr;
 
 fn endpoints(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Endpoint> {
     (0..n)
-        .map(|i| Endpoint {
-            addr: SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 8080)),
-            weight: weight(i),
+        .map(|i| {
+            Endpoint::new(SocketAddr::from((
+                [10, 1, (i / 256) as u8, (i % 256) as u8],
+                8080,
+            )))
+            .with_weight(weight(i))
         })
         .collect()
 }
@@ -44,6 +47,9 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         connect_retries: 2,
         maglev_table_size: table_size,
         forwarding: Default::default(),
+        traffic_policy: Default::default(),
+        health: Default::default(),
+        meta: None,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::model::{
     Endpoint, Model, Policy, Protocol, ServiceDefaults, ServiceName, ServicePort, ServicePortKey,
-    Settings, DEFAULT_WEIGHT,
+    Settings,
 };
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -36,11 +36,11 @@ pub fn demo_model() -> Model {
     let defaults = ServiceDefaults::default();
     let endpoints = DEMO_POD_ADDRS
         .iter()
-        .map(|a| Endpoint {
-            addr: a
-                .parse()
-                .expect("DEMO_POD_ADDRS are valid socket addresses"),
-            weight: DEFAULT_WEIGHT,
+        .map(|a| {
+            Endpoint::new(
+                a.parse()
+                    .expect("DEMO_POD_ADDRS are valid socket addresses"),
+            )
         })
         .collect();
     Model {
@@ -64,6 +64,9 @@ pub fn demo_model() -> Model {
             connect_retries: defaults.connect_retries,
             maglev_table_size: defaults.maglev_table_size,
             forwarding: Default::default(),
+            traffic_policy: Default::default(),
+            health: Default::default(),
+            meta: None,
         }],
     }
 }
@@ -390,7 +393,10 @@ mod tests {
         assert!(model.settings.node_port_range.contains(svc.node_port));
         let addrs: Vec<String> = svc.endpoints.iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(addrs, DEMO_POD_ADDRS);
-        assert!(svc.endpoints.iter().all(|e| e.weight == DEFAULT_WEIGHT));
+        assert!(svc
+            .endpoints
+            .iter()
+            .all(|e| e.weight == crate::model::DEFAULT_WEIGHT));
         assert_eq!(svc.policy, Policy::default());
         assert_eq!(svc.timeouts, ServiceDefaults::default().timeouts);
         assert_eq!(

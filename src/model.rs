@@ -270,6 +270,88 @@ pub struct ServicePort {
     pub maglev_table_size: u32,
     /// How the pod learns the client's address.
     pub forwarding: Forwarding,
+    /// Which endpoints new connections may go to (Kubernetes `externalTrafficPolicy`).
+    pub traffic_policy: TrafficPolicy,
+    /// Active and passive health checking of this port's endpoints.
+    pub health: HealthConfig,
+    /// Where the Service came from in Kubernetes (manifests or the API), for `describe`
+    /// and the healthCheckNodePort server; `None` for TOML Services.
+    pub meta: Option<std::sync::Arc<ServiceMeta>>,
+}
+
+/// Kubernetes `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster; if none, serving-and-terminating ones.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node ([`Endpoint::local`]): ready ones, else local
+    /// serving-and-terminating ones, else none.
+    Local,
+}
+
+/// How a Service port's endpoints are checked. Off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthConfig {
+    /// Probes sent by the control plane; `None` = no active checks.
+    pub active: Option<ActiveCheck>,
+    /// Outlier ejection from the connect failures workers see; `None` = off.
+    pub passive: Option<PassiveCheck>,
+    /// Reset established connections to an endpoint when it is marked down (HAProxy's
+    /// `on-marked-down shutdown-sessions`).
+    pub shutdown_sessions: bool,
+}
+
+/// An active health check (HAProxy's defaults: every 2 s, up after 2, down after 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that mark a down endpoint up.
+    pub rise: u32,
+    /// Consecutive failures that mark an up endpoint down.
+    pub fall: u32,
+    /// Port probed instead of the endpoint's own.
+    pub port: Option<u16>,
+}
+
+/// What one probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect (after a PROXY v2 LOCAL header where the Service speaks PROXY v2).
+    Tcp,
+    /// `GET path` over HTTP/1.1; success when the status is in `expect` (inclusive).
+    Http { path: String, expect: (u16, u16) },
+}
+
+/// Passive outlier ejection: an endpoint that fails `consecutive_failures` connects in a
+/// row (no success between) is ejected for `ejection_time`, then tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveCheck {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+}
+
+/// A Kubernetes Service as written (for `describe`), shared by all its ports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceMeta {
+    /// `spec.type`: NodePort or LoadBalancer.
+    pub service_type: String,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+    pub selector: Vec<(String, String)>,
+    pub cluster_ips: Vec<String>,
+    pub ip_families: Vec<String>,
+    pub ip_family_policy: Option<String>,
+    pub external_ips: Vec<String>,
+    pub load_balancer_ingress: Vec<String>,
+    /// Per port name: the targetPort as written (`9000` or `http-server`).
+    pub target_ports: Vec<(String, String)>,
+    /// `spec.healthCheckNodePort` (LoadBalancer + Local only).
+    pub health_check_node_port: Option<u16>,
+    /// Annotation problems found the last time the Service was read, for operators.
+    pub warnings: Vec<String>,
 }
 
 /// How the pod learns who the client is.
@@ -301,6 +383,50 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Relative share of new connections; 0 means "never pick" (kept for draining).
     pub weight: u32,
+    /// Kubernetes endpoint conditions (ready/serving/terminating).
+    pub conditions: Conditions,
+    /// On this node (the endpoint's `nodeName` is this node's); TOML endpoints are local.
+    pub local: bool,
+    /// False while health checking holds the endpoint down (set by the control plane on
+    /// the effective model; sources always give `true`).
+    pub healthy: bool,
+}
+
+impl Endpoint {
+    /// A ready, local, healthy endpoint of weight 1.
+    pub fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            weight: DEFAULT_WEIGHT,
+            conditions: Conditions::default(),
+            local: true,
+            healthy: true,
+        }
+    }
+
+    /// The same endpoint with `weight`.
+    pub fn with_weight(self, weight: u32) -> Endpoint {
+        Endpoint { weight, ..self }
+    }
+}
+
+/// EndpointSlice conditions, with Kubernetes' defaults for unset ones (ready and serving
+/// true, terminating false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions {
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
 }
 
 /// Default endpoint weight.

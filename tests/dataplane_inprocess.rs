@@ -67,16 +67,16 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             target_port: 0,
             endpoints: endpoints
                 .iter()
-                .map(|&addr| Endpoint {
-                    addr,
-                    weight: DEFAULT_WEIGHT,
-                })
+                .map(|&addr| Endpoint::new(addr).with_weight(DEFAULT_WEIGHT))
                 .collect(),
             policy: Policy::default(),
             timeouts: Timeouts::default(),
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             forwarding: Default::default(),
+            traffic_policy: Default::default(),
+            health: Default::default(),
+            meta: None,
         }],
     }
 }

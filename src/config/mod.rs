@@ -14,6 +14,7 @@
 mod allocate;
 mod file;
 mod forwarding;
+pub mod k8s;
 mod render;
 mod settings;
 mod validate;
@@ -211,10 +212,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 "#;
 
     fn ep(addr: &str, weight: u32) -> Endpoint {
-        Endpoint {
-            addr: addr.parse::<SocketAddr>().unwrap(),
-            weight,
-        }
+        Endpoint::new(addr.parse::<SocketAddr>().unwrap()).with_weight(weight)
     }
 
     #[test]
@@ -248,6 +246,9 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 connect_retries: 2,
                 maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
                 forwarding: Default::default(),
+                traffic_policy: Default::default(),
+                health: Default::default(),
+                meta: None,
             }]
         );
     }

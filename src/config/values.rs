@@ -88,10 +88,7 @@ pub(super) fn endpoint(
             format!("endpoint address {ip} is {what}; a backend needs a unicast address"),
         ));
     }
-    Ok(Endpoint {
-        addr: SocketAddr::new(ip, port),
-        weight,
-    })
+    Ok(Endpoint::new(SocketAddr::new(ip, port)).with_weight(weight))
 }
 
 /// `"IP"`, `"IP:PORT"`, `"[IPv6]"` or `"[IPv6]:PORT"` → address and port if given.

@@ -238,7 +238,7 @@ pub fn render(sources: &Sources) -> String {
     let svc_usable = gauge_family(
         &mut reg,
         "sluice_service_endpoints_usable",
-        "Endpoints with weight > 0",
+        "Endpoints new connections may go to (routing weight > 0)",
     );
     let ep_conns = counter_family(
         &mut reg,
@@ -268,7 +268,7 @@ pub fn render(sources: &Sources) -> String {
     let ep_weight = gauge_family(
         &mut reg,
         "sluice_endpoint_weight",
-        "Routing weight in use (0 = draining or disabled)",
+        "Routing weight in use (0 = draining, disabled, down, or not chosen by the endpoint conditions)",
     );
 
     for (_, s) in snapshot.services() {
@@ -294,7 +294,7 @@ pub fn render(sources: &Sources) -> String {
         svc_usable.get_or_create(&labels).set(
             s.endpoints()
                 .iter()
-                .filter(|e| e.endpoint.weight > 0)
+                .filter(|e| e.routing_weight > 0)
                 .count() as i64,
         );
         for e in s.endpoints() {
@@ -305,9 +305,7 @@ pub fn render(sources: &Sources) -> String {
             ep_failed.get_or_create(&l).inc_by(t.failed);
             ep_retries.get_or_create(&l).inc_by(t.retries);
             ep_active.get_or_create(&l).set(t.active() as i64);
-            ep_weight
-                .get_or_create(&l)
-                .set(i64::from(e.endpoint.weight));
+            ep_weight.get_or_create(&l).set(i64::from(e.routing_weight));
             with(&l, "direction", "to_backend", |l| {
                 ep_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
             });

@@ -53,6 +53,17 @@ pub enum ConfigSource {
     Fixed(Box<Model>),
 }
 
+/// Something a background task of the control plane (health checks, a Kubernetes watch)
+/// tells the daemon's loop.
+#[derive(Debug)]
+pub enum Event {
+    /// The health state of some endpoint changed: build and publish a new snapshot.
+    HealthChanged,
+    /// The configuration source has new content (e.g. watched objects changed):
+    /// reload from it. `since` is when the first unapplied change arrived.
+    SourceChanged { since: Instant },
+}
+
 /// Changes the log filter at run time (`sluice ctl log-level`).
 pub type LogFilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
 
@@ -132,13 +143,14 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
-    let snapshot = RoutingSnapshot::build(&model, 1, &mut registry);
+    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
     let publisher = Publisher::new(snapshot);
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
     let monitor = plane.monitor();
     let health = Arc::new(Mutex::new(metrics::Health::new(1)));
 
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
     if let Some(s) = control_socket {
         tracing::info!(path = %s.path().display(), "control socket ready");
@@ -173,7 +185,9 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         health,
         notifier: notify::Notifier::from_env(),
         log_filter: options.log_filter,
+        events: events_tx,
     };
+    daemon.after_publish();
     for s in &daemon.model.services {
         tracing::info!(
             service = %s.key,
@@ -206,6 +220,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 let outcome = daemon.reload();
                 log_reload(&outcome, "SIGHUP");
             }
+            Some(event) = events.recv() => daemon.on_event(event),
             job = jobs.recv(), if jobs_open => match job {
                 Some((request, reply)) => {
                     let response = daemon.handle(request);
@@ -314,6 +329,9 @@ struct Daemon {
     health: metrics::SharedHealth,
     notifier: notify::Notifier,
     log_filter: Option<LogFilterSetter>,
+    /// For background tasks to reach the daemon's loop.
+    #[allow(dead_code)]
+    events: mpsc::UnboundedSender<Event>,
 }
 
 impl Daemon {
@@ -332,6 +350,40 @@ impl Daemon {
             self.plane().listen_addrs().len(),
             self.generation
         )
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::HealthChanged => self.republish(),
+            Event::SourceChanged { since } => {
+                let outcome = self.reload();
+                log_reload(&outcome, "source change");
+                tracing::debug!(latency = ?since.elapsed(), "source change applied");
+            }
+        }
+    }
+
+    /// The model routing uses: the configured one with operator overrides applied (and,
+    /// later in the pipeline, health state).
+    fn effective(&self, model: &Model, overrides: &Overrides) -> Model {
+        overrides.apply(model)
+    }
+
+    /// After each publish: brings what follows the served model (listeners of the
+    /// control plane, health checks) in line with it.
+    fn after_publish(&mut self) {}
+
+    /// The next model from the configuration source; `self.model` is passed in so
+    /// allocated NodePorts (and other carried state) stay.
+    fn load_next(&self) -> Result<Model, String> {
+        match &self.source {
+            ConfigSource::File(path) => {
+                config::load_file(path, Some(&self.model)).map_err(|e| e.to_string())
+            }
+            ConfigSource::Fixed(_) => {
+                Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
+            }
+        }
     }
 
     fn handle(&mut self, request: Request) -> Response {
@@ -452,16 +504,19 @@ impl Daemon {
     /// Builds and publishes a snapshot of the current model with the current overrides
     /// (no listener changes: the NodePorts are the same).
     fn republish(&mut self) {
-        let effective = self.overrides.apply(&self.model);
+        let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
         let next =
             self.publisher
                 .current()
                 .rebuild(&effective, self.generation, &mut self.registry);
         self.publisher.publish(next);
-        let mut h = self.lock_health();
-        h.generation = self.generation;
-        h.last_updated = SystemTime::now();
+        {
+            let mut h = self.lock_health();
+            h.generation = self.generation;
+            h.last_updated = SystemTime::now();
+        }
+        self.after_publish();
     }
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
@@ -511,19 +566,11 @@ impl Daemon {
     }
 
     fn try_reload(&mut self) -> Result<(Vec<String>, Vec<String>), String> {
-        let path = match &self.source {
-            ConfigSource::File(p) => p.clone(),
-            ConfigSource::Fixed(_) => {
-                return Err(
-                    "this daemon runs a built-in configuration (demo): nothing to reload".into(),
-                )
-            }
-        };
-        let mut next = config::load_file(&path, Some(&self.model)).map_err(|e| e.to_string())?;
+        let mut next = self.load_next()?;
         let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
         let mut overrides = self.overrides.clone();
         overrides.retain_existing(&next);
-        let effective = overrides.apply(&next);
+        let effective = self.effective(&next, &overrides);
         let plane = self.plane.as_mut().expect("the plane runs until shutdown");
         let plan = plane
             .prepare(&effective.settings, &node_ports(&effective))
@@ -541,6 +588,7 @@ impl Daemon {
         self.model = next;
         self.overrides = overrides;
         self.generation = generation;
+        self.after_publish();
         Ok((changes, needs_restart))
     }
 
@@ -594,9 +642,14 @@ impl Daemon {
                     EndpointInfo {
                         address: addr.to_string(),
                         configured_weight,
-                        weight: e.endpoint.weight,
+                        weight: e.routing_weight,
                         state: state.to_owned(),
                         overridden: o.is_some(),
+                        ready: e.endpoint.conditions.ready,
+                        serving: e.endpoint.conditions.serving,
+                        terminating: e.endpoint.conditions.terminating,
+                        local: e.endpoint.local,
+                        health: if e.endpoint.healthy { "up" } else { "down" }.to_owned(),
                         counters: counters(e.stats.totals()),
                     }
                 })
@@ -718,6 +771,16 @@ fn diff(old: &Model, new: &Model) -> Vec<String> {
                             "~ endpoint {} {}: weight {} → {}",
                             n.key, e.addr, x.weight, e.weight
                         )),
+                        Some(x) if x.conditions != e.conditions || x.local != e.local => {
+                            out.push(format!(
+                                "~ endpoint {} {}: {:?} → {:?}{}",
+                                n.key,
+                                e.addr,
+                                x.conditions,
+                                e.conditions,
+                                if e.local { " (local)" } else { "" }
+                            ))
+                        }
                         Some(_) => {}
                     }
                 }
@@ -731,6 +794,8 @@ fn diff(old: &Model, new: &Model) -> Vec<String> {
                     || o.connect_retries != n.connect_retries
                     || o.forwarding != n.forwarding
                     || o.maglev_table_size != n.maglev_table_size
+                    || o.traffic_policy != n.traffic_policy
+                    || o.health != n.health
                 {
                     out.push(format!("~ service {}: settings changed", n.key));
                 }

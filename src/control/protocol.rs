@@ -257,12 +257,26 @@ pub struct EndpointInfo {
     pub address: String,
     /// The weight from the configuration.
     pub configured_weight: u32,
-    /// The weight routing uses (0 when draining/disabled).
+    /// The weight routing uses (0 when draining/disabled, down, not ready while others are,
+    /// or remote under externalTrafficPolicy Local).
     pub weight: u32,
     /// `enabled`, `draining` or `disabled`.
     pub state: String,
     /// Whether a runtime override applies.
     pub overridden: bool,
+    /// Kubernetes conditions (TOML endpoints are ready and serving).
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub serving: bool,
+    #[serde(default)]
+    pub terminating: bool,
+    /// On this node.
+    #[serde(default)]
+    pub local: bool,
+    /// `up`, or `down` while health checks hold the endpoint out.
+    #[serde(default)]
+    pub health: String,
     pub counters: Counters,
 }
 

@@ -301,6 +301,11 @@ mod tests {
             weight: 1,
             state: "enabled".into(),
             overridden: false,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: true,
+            health: "up".into(),
             counters: Counters::default(),
         }
     }

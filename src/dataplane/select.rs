@@ -83,7 +83,7 @@ impl Selector {
                     let e = entry.endpoint(id);
                     (
                         u128::from(e.stats.active()),
-                        u128::from(e.endpoint.weight.max(1)),
+                        u128::from(e.routing_weight.max(1)),
                     )
                 };
                 let ((la, wa), (lb, wb)) = (load(a), load(b));
@@ -153,15 +153,17 @@ mod tests {
                     node_port: 30000 + i as u16,
                     node_port_allocated: false,
                     target_port: 80,
-                    endpoints: vec![Endpoint {
-                        addr: SocketAddr::from(([10, 0, 0, 1], 80)),
-                        weight: 1,
-                    }],
+                    endpoints: vec![
+                        Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 80))).with_weight(1)
+                    ],
                     policy,
                     timeouts: Timeouts::default(),
                     connect_retries: 0,
                     maglev_table_size: 1009,
                     forwarding: Forwarding::None,
+                    traffic_policy: Default::default(),
+                    health: Default::default(),
+                    meta: None,
                 })
                 .collect(),
         }

@@ -422,18 +422,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn ep(addr: &str, weight: u32) -> Endpoint {
-        Endpoint {
-            addr: addr.parse().unwrap(),
-            weight,
-        }
+        Endpoint::new(addr.parse().unwrap()).with_weight(weight)
     }
 
     /// Endpoints 10.0.<i/256>.<i%256>:8080, weight `w(i)`.
     fn endpoints(n: usize, w: impl Fn(usize) -> u32) -> Vec<Endpoint> {
         (0..n)
-            .map(|i| Endpoint {
-                addr: SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 8080)),
-                weight: w(i),
+            .map(|i| {
+                Endpoint::new(SocketAddr::from((
+                    [10, 0, (i / 256) as u8, (i % 256) as u8],
+                    8080,
+                )))
+                .with_weight(w(i))
             })
             .collect()
     }
@@ -524,9 +524,9 @@ mod tests {
     #[test]
     fn wide_entries_above_65535_endpoints() {
         let eps: Vec<Endpoint> = (0..70_000u32)
-            .map(|i| Endpoint {
-                addr: SocketAddr::from((i.to_be_bytes(), 80)),
-                weight: u32::from(i >= 69_990),
+            .map(|i| {
+                Endpoint::new(SocketAddr::from((i.to_be_bytes(), 80)))
+                    .with_weight(u32::from(i >= 69_990))
             })
             .collect();
         let t = MaglevTable::build(&eps, TableSize::new(1009));

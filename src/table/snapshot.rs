@@ -12,6 +12,7 @@
 use super::hash::{canonical_addr, client_hash};
 use super::maglev::{MaglevTable, TableSize};
 use super::registry::StatsRegistry;
+use super::usable::{routing_weights, Tier};
 use crate::model::{Endpoint, HashKey, Model, Policy, Protocol, ServicePort, ServicePortKey};
 use crate::stats::StatsBlock;
 use ahash::AHashMap;
@@ -32,6 +33,9 @@ pub struct EndpointId(pub u32);
 #[derive(Debug)]
 pub struct EndpointEntry {
     pub endpoint: Endpoint,
+    /// The weight new connections see: `endpoint.weight` when the endpoint is chosen by
+    /// the condition/policy/health rules (see `usable`), else 0.
+    pub routing_weight: u32,
     pub stats: Arc<StatsBlock>,
 }
 
@@ -48,6 +52,8 @@ pub struct ServiceEntry {
     /// A hash of the Service port's key: the same in every snapshot, so workers can keep
     /// state per Service port (affinity, round-robin position) across reloads.
     stable_id: u64,
+    /// Which endpoints carry traffic: ready ones, terminating ones as a fallback, or none.
+    tier: Tier,
     /// Weighted round-robin order of endpoint indices (smooth WRR), for `RoundRobin`.
     schedule: Box<[u32]>,
     /// Running sums of weights in endpoint order, for weighted random choices.
@@ -55,7 +61,9 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// Every endpoint, including weight-0 (draining) ones; `EndpointId(i)` is `[i]`.
+    /// Every endpoint, including those new connections do not go to (routing weight 0:
+    /// draining, down, terminating while others are ready, remote under Local policy);
+    /// `EndpointId(i)` is `[i]`.
     pub fn endpoints(&self) -> &[EndpointEntry] {
         &self.endpoints
     }
@@ -64,6 +72,11 @@ impl ServiceEntry {
     /// (a programming error, never client input); use `endpoints().get()` when unsure.
     pub fn endpoint(&self, id: EndpointId) -> &EndpointEntry {
         &self.endpoints[id.0 as usize]
+    }
+
+    /// Which tier of endpoints carries new connections.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// The Maglev table `pick` reads.
@@ -85,11 +98,11 @@ impl ServiceEntry {
             .map(|i| EndpointId(i as u32))
     }
 
-    /// Whether new connections may go to `id` (weight > 0).
+    /// Whether new connections may go to `id` (routing weight > 0).
     pub fn usable(&self, id: EndpointId) -> bool {
         self.endpoints
             .get(id.0 as usize)
-            .is_some_and(|e| e.endpoint.weight > 0)
+            .is_some_and(|e| e.routing_weight > 0)
     }
 
     /// Weighted round-robin: the endpoint at `position` of the smooth-WRR schedule, or the
@@ -212,18 +225,34 @@ impl RoutingSnapshot {
         let mut services = Vec::with_capacity(model.services.len());
         for (i, port) in model.services.iter().enumerate() {
             let endpoints = canonical_endpoints(&port.endpoints);
+            let (weights, tier) = routing_weights(port.traffic_policy, &endpoints);
+            let routed: Vec<Endpoint> = endpoints
+                .iter()
+                .zip(&weights)
+                .map(|(e, &w)| e.with_weight(w))
+                .collect();
             let size = TableSize::new(port.maglev_table_size);
+            let same_routing = |prev: &ServiceEntry| {
+                prev.endpoints.len() == routed.len()
+                    && prev
+                        .endpoints
+                        .iter()
+                        .zip(&routed)
+                        .all(|(p, r)| p.endpoint.addr == r.addr && p.routing_weight == r.weight)
+            };
             let table = match previous.get(&port.key) {
-                Some(prev) if prev.table.size() == size && prev.port.endpoints == endpoints => {
+                Some(prev) if prev.table.size() == size && same_routing(prev) => {
                     Arc::clone(&prev.table)
                 }
-                _ => Arc::new(MaglevTable::build(&endpoints, size)),
+                _ => Arc::new(MaglevTable::build(&routed, size)),
             };
             let service_stats = stats.service_block(&port.key);
             let entries = endpoints
                 .iter()
-                .map(|&endpoint| EndpointEntry {
+                .zip(&weights)
+                .map(|(&endpoint, &routing_weight)| EndpointEntry {
                     endpoint,
+                    routing_weight,
                     stats: stats.endpoint_block(&port.key, endpoint.addr),
                 })
                 .collect();
@@ -234,8 +263,9 @@ impl RoutingSnapshot {
             }
             services.push(ServiceEntry {
                 stable_id: stable_id(&port.key),
-                schedule: smooth_wrr(&endpoints),
-                cumulative: cumulative_weights(&endpoints),
+                tier,
+                schedule: smooth_wrr(&routed),
+                cumulative: cumulative_weights(&routed),
                 port: ServicePort {
                     endpoints,
                     ..port.clone()
@@ -412,10 +442,7 @@ mod tests {
             target_port: 8080,
             endpoints: endpoints
                 .iter()
-                .map(|(a, w)| Endpoint {
-                    addr: a.parse().unwrap(),
-                    weight: *w,
-                })
+                .map(|(a, w)| Endpoint::new(a.parse().unwrap()).with_weight(*w))
                 .collect(),
             policy: Policy::Maglev {
                 key: HashKey::ClientIpPort,
@@ -424,6 +451,9 @@ mod tests {
             connect_retries: 2,
             maglev_table_size: 1009,
             forwarding: Default::default(),
+            traffic_policy: Default::default(),
+            health: Default::default(),
+            meta: None,
         }
     }
 
