@@ -709,4 +709,63 @@ mod tests {
         assert_eq!(snap.service(ServiceId(1)).table().size().get(), 1009);
         assert!(snap.service(ServiceId(0)).pick(client(3), &[]).is_some());
     }
+
+    /// The snapshot builder applies the endpoint-condition rules (`usable`): each row gives
+    /// a traffic policy and endpoints (R ready, S serving, T terminating, L local), and the
+    /// endpoints that 2,000 clients are picked onto, by Maglev, round-robin and random.
+    #[test]
+    fn builder_routes_by_conditions_and_locality() {
+        use crate::model::{Conditions, TrafficPolicy};
+        #[rustfmt::skip]
+        let rows: &[(TrafficPolicy, &[&str], &[usize], Tier)] = &[
+            (TrafficPolicy::Cluster, &["RSL", "RS", "ST"], &[0, 1], Tier::Ready),
+            (TrafficPolicy::Cluster, &["ST", "STL", "T"], &[0, 1], Tier::Terminating),
+            (TrafficPolicy::Cluster, &["T", "S"], &[], Tier::None),
+            (TrafficPolicy::Local, &["RS", "RSL", "STL"], &[1], Tier::Ready),
+            (TrafficPolicy::Local, &["RS", "STL", "ST"], &[1], Tier::Terminating),
+            (TrafficPolicy::Local, &["RS", "RS"], &[], Tier::None),
+        ];
+        for policy in [Policy::default(), Policy::RoundRobin, Policy::Random] {
+            for (row, (traffic, spec, want, tier)) in rows.iter().enumerate() {
+                let mut p = service("a", 30001, &[]);
+                p.policy = policy;
+                p.traffic_policy = *traffic;
+                p.endpoints = spec
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let mut e = Endpoint::new(([10, 0, 0, i as u8 + 1], 80).into());
+                        e.conditions = Conditions {
+                            ready: s.contains('R'),
+                            serving: s.contains('S'),
+                            terminating: s.contains('T'),
+                        };
+                        e.local = s.contains('L');
+                        e
+                    })
+                    .collect();
+                let snap = RoutingSnapshot::build(&model(vec![p]), 1, &mut StatsRegistry::new(1));
+                let svc = snap.service(ServiceId(0));
+                assert_eq!(svc.tier(), *tier, "row {row}");
+                let mut got = std::collections::BTreeSet::new();
+                for c in 0..2000u16 {
+                    let chosen = match policy {
+                        Policy::RoundRobin => svc.round_robin(c as usize, &[]),
+                        Policy::Random => {
+                            svc.weighted(u64::from(c).wrapping_mul(0x9e37_79b9_7f4a_7c15), &[])
+                        }
+                        _ => svc.pick(client(u32::from(c)), &[]),
+                    };
+                    if let Some(id) = chosen {
+                        got.insert(id.0 as usize);
+                    }
+                }
+                // Endpoints are in canonical (address) order, the same as the row's here.
+                let want: std::collections::BTreeSet<usize> = want.iter().copied().collect();
+                assert_eq!(got, want, "row {row} {policy:?} {traffic:?} {spec:?}");
+                // Unchosen endpoints stay in the snapshot (their connections live on).
+                assert_eq!(svc.endpoints().len(), spec.len());
+            }
+        }
+    }
 }
