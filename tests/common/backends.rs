@@ -59,6 +59,17 @@ pub struct Backend {
 impl Backend {
     pub fn start(ip: &str, name: &str, handler: Handler) -> Backend {
         let listener = TcpListener::bind((ip, 0)).expect("bind backend on 127.0.0.x:0");
+        Backend::serve(listener, name, handler)
+    }
+
+    /// Like [`Backend::start`] on exactly `addr` (e.g. to reopen a closed backend's port).
+    pub fn start_at(addr: SocketAddr, name: &str, handler: Handler) -> Backend {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
+        Backend::serve(listener, name, handler)
+    }
+
+    fn serve(listener: TcpListener, name: &str, handler: Handler) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
@@ -151,13 +162,21 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
+impl Backend {
+    /// Closes the listening socket (new connects are refused) but lets the connections
+    /// already accepted run to their end.
+    pub fn close_listener(&mut self) {
         self.state.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(h) = self.acceptor.take() {
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.close_listener();
         for s in lock(&self.state.open).values() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -169,21 +188,75 @@ impl Drop for Backend {
 pub struct NameServer;
 impl NameServer {
     pub fn start(ip: &str, name: &str) -> Backend {
-        Backend::start(
+        Backend::start(ip, name, NameServer::handler())
+    }
+
+    /// A name server on exactly `addr` (reopening a port a closed one had).
+    pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
+        Backend::start_at(addr, name, NameServer::handler())
+    }
+
+    fn handler() -> Handler {
+        Arc::new(|mut s: TcpStream, st: &BackendState| {
+            let body = format!("{}\n", st.name);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..p + 4);
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if buf.len() > 64 * 1024 {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// An HTTP/1.1 server answering every request (keep-alive unless it asks `Connection:
+/// close`) with the status set by [`StatusServer::set_status`] (200 at first) and its name
+/// as the body. Keeps every request head it received.
+pub struct StatusServer {
+    pub backend: Backend,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl StatusServer {
+    pub fn start(ip: &str, name: &str) -> StatusServer {
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (st_status, st_heads) = (Arc::clone(&status), Arc::clone(&heads));
+        let backend = Backend::start(
             ip,
             name,
-            Arc::new(|mut s: TcpStream, st: &BackendState| {
-                let body = format!("{}\n", st.name);
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+            Arc::new(move |mut s: TcpStream, st: &BackendState| {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 loop {
                     while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p + 4]).into_owned();
                         buf.drain(..p + 4);
-                        if s.write_all(resp.as_bytes()).is_err() {
+                        let close = head.to_ascii_lowercase().contains("connection: close");
+                        lock(&st_heads).push(head);
+                        let body = format!("{}\n", st.name);
+                        let code = st_status.load(Ordering::SeqCst);
+                        let resp = format!(
+                            "HTTP/1.1 {code} Status\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).is_err() || close {
                             return;
                         }
                     }
@@ -196,7 +269,21 @@ impl NameServer {
                     }
                 }
             }),
-        )
+        );
+        StatusServer {
+            backend,
+            status,
+            heads,
+        }
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Every request head received so far.
+    pub fn heads(&self) -> Vec<String> {
+        lock(&self.heads).clone()
     }
 }
 
