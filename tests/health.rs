@@ -41,13 +41,21 @@ struct Node {
 impl Node {
     /// One Service `itest/svc` on a free NodePort with `endpoints` and `service_extra` keys.
     fn start(endpoints: &[SocketAddr], service_extra: &str) -> Node {
+        Node::start_with(endpoints, "", service_extra)
+    }
+
+    /// Like [`Node::start`] with more top-level keys.
+    fn start_with(endpoints: &[SocketAddr], top_extra: &str, service_extra: &str) -> Node {
         let dir = TempDir::new("health");
         let sock = dir.path().join("ctl.sock");
         let port = free_port();
         let eps: Vec<String> = endpoints.iter().map(|a| ep(*a)).collect();
         let config = node_toml(
             port,
-            &format!("workers = 2\ncontrol_socket = \"{}\"", sock.display()),
+            &format!(
+                "workers = 2\ncontrol_socket = \"{}\"\n{top_extra}",
+                sock.display()
+            ),
         ) + &service_toml("svc", port, &eps, service_extra);
         let mut sluice = Sluice::run(&config);
         let node = node_addr(port);
@@ -60,6 +68,22 @@ impl Node {
             node,
             _dir: dir,
         }
+    }
+
+    /// `sluice ctl ARGS...`, which must succeed.
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["ctl", "--socket"])
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("run sluice ctl");
+        assert!(
+            out.status.success(),
+            "sluice ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `(health, reason)` of every endpoint, by address, from `sluice ctl -o json endpoints`.
@@ -312,9 +336,9 @@ fn flapping_endpoint_keeps_other_clients_in_place() {
             "round {round}: {} clients of other endpoints moved (allowed {allowed}): {moved:?}",
             moved.len()
         );
-        for i in 0..clients.len() {
+        for (i, e) in during.iter().enumerate() {
             assert_ne!(
-                during[i], flapped,
+                e, flapped,
                 "round {round}: client {i} still on the down endpoint"
             );
         }
@@ -514,4 +538,87 @@ fn shutdown_sessions_resets_only_the_downed_endpoints_connections() {
             assert_eq!(ask_name_on(s).expect("connection to a survives"), "a");
         }
     }
+}
+
+/// GET `path` from an HTTP listener; the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = connect(addr).expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// An operator `disable` counts the endpoint down (and stops its checks), `enable` brings
+/// it back; a reload keeps the state of unchanged endpoints; transitions show in
+/// `/metrics` and in `sluice ctl endpoints`.
+#[test]
+fn disable_counts_down_reload_keeps_state_and_metrics_count_transitions() {
+    let a = NameServer::start("127.0.7.2", "a");
+    let mut b = NameServer::start("127.0.7.3", "b");
+    let b_addr = b.addr;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut n = Node::start_with(
+        &[a.addr, b_addr],
+        &format!("metrics_address = \"{metrics}\""),
+        &check_keys("tcp"),
+    );
+    n.wait_health(b_addr, "up");
+    n.ctl(&["endpoint", "disable", "itest/svc", &a.addr.to_string()]);
+    let (_, reason) = n.wait_health(a.addr, "down");
+    assert_eq!(reason.as_deref(), Some("disabled by an operator"));
+    let table = n.ctl(&["endpoints"]);
+    assert!(table.contains("HEALTH"), "{table}");
+    assert!(table.contains("down (disabled by an operator)"), "{table}");
+    // No checks while disabled: the backend sees no new connection for a few intervals.
+    let seen = a.connections();
+    std::thread::sleep(INTERVAL * 4);
+    assert_eq!(a.connections(), seen, "checks went on while disabled");
+    n.ctl(&["endpoint", "enable", "itest/svc", &a.addr.to_string()]);
+    n.wait_health(a.addr, "up");
+
+    // b goes down; a reload of the same file keeps it down (not restarted as new, up).
+    b.close_listener();
+    n.wait_health(b_addr, "down");
+    n.ctl(&["reload"]);
+    assert_eq!(n.health()[&b_addr].0, "down", "a reload reset b's health");
+
+    let body = http_get(metrics, "/metrics");
+    let line = |name: &str, addr: SocketAddr, extra: &str| -> Option<String> {
+        body.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(&format!("endpoint=\"{addr}\""))
+                    && l.contains(extra)
+            })
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        line("sluice_endpoint_up{", b_addr, "")
+            .as_deref()
+            .map(|l| l.ends_with(" 0")),
+        Some(true),
+        "{body}"
+    );
+    assert_eq!(
+        line("sluice_endpoint_up{", a.addr, "")
+            .as_deref()
+            .map(|l| l.ends_with(" 1")),
+        Some(true),
+        "{body}"
+    );
+    let transitions = |addr, to| {
+        line(
+            "sluice_endpoint_health_transitions_total{",
+            addr,
+            &format!("to=\"{to}\""),
+        )
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(transitions(a.addr, "down"), Some(1), "{body}");
+    assert_eq!(transitions(a.addr, "up"), Some(1), "{body}");
+    assert_eq!(transitions(b_addr, "down"), Some(1), "{body}");
+    assert_eq!(transitions(b_addr, "up"), Some(0), "{body}");
 }

@@ -663,7 +663,7 @@ health_check_status_unused = 1
                 "`health_check_path` applies to health_check = \"http\", but this Service's health_check is \"tcp\""),
             (format!("health_check = \"tcp\"\n{svc}health_check_path = \"/x\"\n"), (5, 21),
                 "health_check is \"tcp\" (the default set at line 1)"),
-            (format!("health_check = \"tcp\"\nhealth_check_path = \"/x\"\n"), (2, 21),
+            ("health_check = \"tcp\"\nhealth_check_path = \"/x\"\n".to_owned(), (2, 21),
                 "`health_check_path` applies to health_check = \"http\", but health_check is \"tcp\" (line 1)"),
             (format!("{svc}health_check_interval = \"1s\"\n"), (4, 25),
                 "`health_check_interval` has no effect: this Service has no active health check (the default)"),
@@ -685,7 +685,7 @@ health_check_status_unused = 1
                 "outlier_ejection_time must be longer than zero"),
             (format!("{svc}shutdown_sessions = true\n"), (4, 21),
                 "`shutdown_sessions` has no effect"),
-            (format!("outlier_ejection = false\noutlier_ejection_time = \"3s\"\n"), (2, 25),
+            ("outlier_ejection = false\noutlier_ejection_time = \"3s\"\n".to_owned(), (2, 25),
                 "`outlier_ejection_time` has no effect: outlier_ejection = false (line 1)"),
             // Top-level tuning values are judged even when no Service uses them.
             (format!("health_check_fall = 0\n{svc}"), (1, 21),

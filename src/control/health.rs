@@ -38,7 +38,7 @@ use crate::model::{
 };
 use crate::stats::StatsBlock;
 use crate::table::RoutingSnapshot;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -357,10 +357,13 @@ impl HealthTracker {
         {
             let mut st = self.shared.lock();
             let st = &mut *st;
-            let mut seen: HashMap<Target, ()> = HashMap::new();
+            let mut seen: HashSet<Target> = HashSet::new();
             for (_, s) in snapshot.services() {
                 let port = &s.port;
                 let health = &port.health;
+                if health.active.is_none() && health.passive.is_none() {
+                    continue;
+                }
                 let preamble = match (&port.forwarding, health.active.as_ref()) {
                     (_, Some(a)) if a.port.is_some() => Preamble::None,
                     (Forwarding::ProxyV2(_), _) => Preamble::ProxyV2Local,
@@ -430,10 +433,10 @@ impl HealthTracker {
                         "configuration changed"
                     };
                     st.settle_one(&target, now, why);
-                    seen.insert(target, ());
+                    seen.insert(target);
                 }
             }
-            st.targets.retain(|t, _| seen.contains_key(t));
+            st.targets.retain(|t, _| seen.contains(t));
         }
         self.probes
             .retain(|t, p| wanted.get(t).is_some_and(|c| *c == p.config));
@@ -462,7 +465,7 @@ impl Shared {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Health of one endpoint (`None`: not tracked, i.e. up).
+    /// Health of one endpoint (`None`: not tracked: its Service has no health checking).
     pub fn report(&self, key: &ServicePortKey, addr: SocketAddr) -> Option<Report> {
         let st = self.lock();
         let t = st.targets.get(&(key.clone(), addr))?;

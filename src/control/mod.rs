@@ -667,9 +667,13 @@ impl Daemon {
                         terminating: e.endpoint.conditions.terminating,
                         local: e.endpoint.local,
                         health: if e.endpoint.healthy { "up" } else { "down" }.to_owned(),
-                        health_reason: report
-                            .and_then(|r| r.reason)
-                            .filter(|_| !e.endpoint.healthy),
+                        health_reason: if e.endpoint.healthy {
+                            None
+                        } else if state == "disabled" {
+                            Some("disabled by an operator".to_owned())
+                        } else {
+                            report.and_then(|r| r.reason)
+                        },
                         counters: counters(e.stats.totals()),
                     }
                 })
