@@ -352,7 +352,6 @@ impl HealthTracker {
     /// (up), removed ones stop, unchanged ones keep their state; operator-disabled targets
     /// are not probed.
     pub fn sync(&mut self, snapshot: &RoutingSnapshot, overrides: &Overrides) {
-        let now = Instant::now();
         let mut wanted: HashMap<Target, ProbeConfig> = HashMap::new();
         {
             let mut st = self.shared.lock();
@@ -432,7 +431,7 @@ impl HealthTracker {
                     } else {
                         "configuration changed"
                     };
-                    st.settle_one(&target, now, why);
+                    st.settle_one(&target, why);
                     seen.insert(target);
                 }
             }
@@ -511,8 +510,7 @@ impl TargetHealth {
 impl State {
     /// Re-evaluates `target` after a change; logs, counts and tells the daemon about a
     /// transition. `why` names the cause of an up transition.
-    fn settle_one(&mut self, target: &Target, now: Instant, why: &str) {
-        let _ = now;
+    fn settle_one(&mut self, target: &Target, why: &str) {
         let Some(t) = self.targets.get_mut(target) else {
             return;
         };
@@ -548,7 +546,7 @@ impl State {
     }
 
     /// One active check result for `target`.
-    fn record_check(&mut self, target: &Target, result: Result<(), String>, now: Instant) {
+    fn record_check(&mut self, target: &Target, result: Result<(), String>) {
         let Some(t) = self.targets.get_mut(target) else {
             return;
         };
@@ -569,20 +567,17 @@ impl State {
         }
         a.counter.record(ok);
         let why = format!("{} checks passed", a.config.rise);
-        self.settle_one(target, now, &why);
+        self.settle_one(target, &why);
     }
 
     /// Reads every passively checked target's counters; ejects and returns targets.
     fn poll_passive(&mut self, now: Instant) {
         let mut changed: Vec<(Target, String)> = Vec::new();
         for (target, t) in self.targets.iter_mut() {
-            if t.disabled {
-                continue;
-            }
-            let counts = connect_counts(&t.stats);
-            let Some((config, ejection)) = t.passive.as_mut() else {
+            let Some((config, ejection)) = t.passive.as_mut().filter(|_| !t.disabled) else {
                 continue;
             };
+            let counts = connect_counts(&t.stats);
             match ejection.poll(now, config, counts) {
                 None => {}
                 Some(EjectionChange::Ejected { failures, time }) => {
@@ -599,7 +594,7 @@ impl State {
             }
         }
         for (target, why) in changed {
-            self.settle_one(&target, now, &why);
+            self.settle_one(&target, &why);
         }
     }
 }
@@ -629,7 +624,7 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
     loop {
         tick.tick().await;
         let result = probe(addr, &config).await;
-        shared.lock().record_check(&target, result, Instant::now());
+        shared.lock().record_check(&target, result);
     }
 }
 

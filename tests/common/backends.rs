@@ -34,6 +34,8 @@ pub struct BackendState {
     connections: AtomicUsize,
     active: AtomicUsize,
     stopping: AtomicBool,
+    /// The local address of `close_listener`'s wake-up connection.
+    wake_from: Mutex<Option<SocketAddr>>,
     reports: Mutex<Vec<Report>>,
     reported: Condvar,
     open: Mutex<HashMap<usize, TcpStream>>,
@@ -76,6 +78,7 @@ impl Backend {
             connections: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            wake_from: Mutex::new(None),
             reports: Mutex::new(Vec::new()),
             reported: Condvar::new(),
             open: Mutex::new(HashMap::new()),
@@ -86,38 +89,56 @@ impl Backend {
             .spawn(move || loop {
                 let accepted = listener.accept();
                 if st.stopping.load(Ordering::SeqCst) {
+                    // `close_listener`: serve what was accepted besides the wake-up
+                    // connection, and what still waits in the accept queue, then close.
+                    let Some(wake) = *lock(&st.wake_from) else {
+                        return;
+                    };
+                    let _ = listener.set_nonblocking(true);
+                    let mut next = accepted;
+                    while let Ok((stream, peer)) = next {
+                        if peer != wake && stream.set_nonblocking(false).is_ok() {
+                            Backend::handle(&st, &handler, stream);
+                        }
+                        next = listener.accept();
+                    }
                     return;
                 }
                 let Ok((stream, _)) = accepted else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                let id = st.connections.fetch_add(1, Ordering::SeqCst);
-                st.active.fetch_add(1, Ordering::SeqCst);
-                if let Ok(c) = stream.try_clone() {
-                    lock(&st.open).insert(id, c);
-                }
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-                let h = Arc::clone(&handler);
-                let st2 = Arc::clone(&st);
-                let spawned = std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || {
-                        h(stream, &st2);
-                        lock(&st2.open).remove(&id);
-                        st2.active.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    lock(&st.open).remove(&id);
-                    st.active.fetch_sub(1, Ordering::SeqCst);
-                }
+                Backend::handle(&st, &handler, stream);
             })
             .expect("spawn backend thread");
         Backend {
             addr,
             state,
             acceptor: Some(acceptor),
+        }
+    }
+
+    /// Runs `handler` on its own thread for one accepted connection.
+    fn handle(st: &Arc<BackendState>, handler: &Handler, stream: TcpStream) {
+        let id = st.connections.fetch_add(1, Ordering::SeqCst);
+        st.active.fetch_add(1, Ordering::SeqCst);
+        if let Ok(c) = stream.try_clone() {
+            lock(&st.open).insert(id, c);
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+        let h = Arc::clone(handler);
+        let st2 = Arc::clone(st);
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                h(stream, &st2);
+                lock(&st2.open).remove(&id);
+                st2.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            lock(&st.open).remove(&id);
+            st.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -165,7 +186,37 @@ impl Backend {
 impl Backend {
     /// Closes the listening socket (new connects are refused) but lets the connections
     /// already accepted run to their end.
+    /// Connections that completed their handshake before the listener closed are served
+    /// too (as a server that stops listening does), so that only connects made after the
+    /// close are refused.
     pub fn close_listener(&mut self) {
+        let Some(h) = self.acceptor.take() else {
+            return;
+        };
+        // Tell the acceptor which connection is ours: bind first to know its address.
+        let wake = Socket::new(Domain::for_address(self.addr), Type::STREAM, None).and_then(|s| {
+            s.bind(&SockAddr::from(SocketAddr::new(self.addr.ip(), 0)))?;
+            Ok(s)
+        });
+        if let Ok(from) = wake
+            .as_ref()
+            .map(|s| s.local_addr().ok().and_then(|a| a.as_socket()))
+        {
+            *lock(&self.state.wake_from) = from;
+        }
+        self.state.stopping.store(true, Ordering::SeqCst);
+        match &wake {
+            Ok(s) => {
+                let _ = s.connect_timeout(&SockAddr::from(self.addr), Duration::from_secs(1));
+            }
+            Err(_) => {
+                let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            }
+        }
+        let _ = h.join();
+    }
+
+    fn stop_accepting(&mut self) {
         self.state.stopping.store(true, Ordering::SeqCst);
         if let Some(h) = self.acceptor.take() {
             let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
@@ -176,7 +227,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.close_listener();
+        self.stop_accepting();
         for s in lock(&self.state.open).values() {
             let _ = s.shutdown(Shutdown::Both);
         }
