@@ -132,12 +132,14 @@ impl Default for Settings {
 }
 
 /// Per-Service tunables that have node-wide defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceDefaults {
     pub timeouts: Timeouts,
     /// How many *other* endpoints a connection tries after a refused or timed-out connect.
     pub connect_retries: u32,
     pub maglev_table_size: u32,
+    /// Health checking of Services that do not configure their own (off by default).
+    pub health: HealthConfig,
 }
 
 impl Default for ServiceDefaults {
@@ -146,6 +148,7 @@ impl Default for ServiceDefaults {
             timeouts: Timeouts::default(),
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -326,12 +329,25 @@ pub enum CheckKind {
 }
 
 /// Passive outlier ejection: an endpoint that fails `consecutive_failures` connects in a
-/// row (no success between) is ejected for `ejection_time`, then tried again.
+/// row (no success between) is ejected for `ejection_time`, then tried again. An endpoint
+/// ejected again before a connect to it succeeded stays out twice as long each time, up to
+/// [`MAX_EJECTION_FACTOR`] × `ejection_time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassiveCheck {
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
 }
+
+/// Defaults of an active check: HAProxy's `inter 2s rise 2 fall 3`; the timeout is the
+/// interval (HAProxy's, when `timeout check` is not set).
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_CHECK_RISE: u32 = 2;
+pub const DEFAULT_CHECK_FALL: u32 = 3;
+/// Defaults of passive outlier ejection.
+pub const DEFAULT_EJECTION_FAILURES: u32 = 5;
+pub const DEFAULT_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// Repeated ejections double up to this factor of the ejection time.
+pub const MAX_EJECTION_FACTOR: u32 = 8;
 
 /// A Kubernetes Service as written (for `describe`), shared by all its ports.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -31,6 +31,23 @@ impl Counter {
     }
 }
 
+/// A value with a single writer that may go down as well as up (plain store).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The counters of one worker for one Service port or endpoint.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
@@ -46,6 +63,27 @@ pub struct ConnCounters {
     pub bytes_to_backend: Counter,
     /// Bytes from backend to client.
     pub bytes_to_client: Counter,
+    /// Endpoint only: connect attempts that failed (refused, timed out, unreachable).
+    pub connect_failed: Counter,
+    /// Endpoint only: failed connects since this worker's last successful one (passive
+    /// health checking reads the sum over workers).
+    pub connect_failures_in_row: Gauge,
+}
+
+impl ConnCounters {
+    /// Endpoint only: a connect attempt to the endpoint finished (`ok` = TCP connected).
+    #[inline]
+    pub fn count_connect(&self, ok: bool) {
+        if ok {
+            if self.connect_failures_in_row.get() != 0 {
+                self.connect_failures_in_row.set(0);
+            }
+        } else {
+            self.connect_failed.add(1);
+            self.connect_failures_in_row
+                .set(self.connect_failures_in_row.get() + 1);
+        }
+    }
 }
 
 /// A sum of [`ConnCounters`] over all workers, as plain numbers.
@@ -57,6 +95,9 @@ pub struct ConnTotals {
     pub retries: u64,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    pub connect_failed: u64,
+    /// Sum over workers of the failed connects since each one's last success.
+    pub connect_failures_in_row: u64,
 }
 
 impl ConnTotals {
@@ -67,9 +108,16 @@ impl ConnTotals {
 }
 
 /// One counter set per worker for one counted thing.
+///
+/// An endpoint's block also carries its *shutdown epoch*: the control plane bumps it when
+/// the endpoint is marked down and its Service resets sessions on that
+/// (`shutdown_sessions`). Each connection remembers the epoch it connected under; a worker
+/// resets, in its periodic sweep, the connections whose endpoint's epoch moved. The only
+/// writer is the control thread; workers read it with one relaxed load.
 #[derive(Debug)]
 pub struct StatsBlock {
     per_worker: Box<[CachePadded<ConnCounters>]>,
+    shutdown_epoch: CachePadded<AtomicU64>,
 }
 
 impl StatsBlock {
@@ -78,7 +126,19 @@ impl StatsBlock {
             per_worker: (0..workers.max(1))
                 .map(|_| CachePadded::default())
                 .collect(),
+            shutdown_epoch: CachePadded::default(),
         }
+    }
+
+    /// The endpoint's shutdown epoch (see the type's documentation).
+    #[inline]
+    pub fn shutdown_epoch(&self) -> u64 {
+        self.shutdown_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Control plane only: connections opened before now are to be reset by their workers.
+    pub fn bump_shutdown_epoch(&self) {
+        self.shutdown_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The slot worker `w` writes. Panics if `w` is not a worker index of this process.
@@ -112,6 +172,8 @@ impl StatsBlock {
             t.retries += c.retries.get();
             t.bytes_to_backend += c.bytes_to_backend.get();
             t.bytes_to_client += c.bytes_to_client.get();
+            t.connect_failed += c.connect_failed.get();
+            t.connect_failures_in_row += c.connect_failures_in_row.get();
         }
         t
     }
@@ -157,5 +219,22 @@ mod tests {
         assert_eq!(t.opened, 7);
         assert_eq!(t.active(), 6);
         assert_eq!(t.bytes_to_client, 100);
+    }
+
+    #[test]
+    fn connect_failures_in_row_restart_at_each_success_per_worker() {
+        let b = StatsBlock::new(2);
+        for ok in [false, false, true, false] {
+            b.worker(0).count_connect(ok);
+        }
+        b.worker(1).count_connect(false);
+        let t = b.totals();
+        assert_eq!(t.connect_failed, 4);
+        assert_eq!(t.connect_failures_in_row, 2);
+        b.worker(1).count_connect(true);
+        assert_eq!(b.totals().connect_failures_in_row, 1);
+        assert_eq!(b.shutdown_epoch(), 0);
+        b.bump_shutdown_epoch();
+        assert_eq!(b.shutdown_epoch(), 1);
     }
 }

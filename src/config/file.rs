@@ -36,6 +36,18 @@ pub(super) struct ConfigFile {
     pub health_address: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<DurationText>>,
     pub forwarding: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<String>>,
+    pub health_check_path: Option<Spanned<String>>,
+    pub health_check_status: Option<Spanned<IntOrText>>,
+    pub health_check_interval: Option<Spanned<DurationText>>,
+    pub health_check_timeout: Option<Spanned<DurationText>>,
+    pub health_check_rise: Option<Spanned<i64>>,
+    pub health_check_fall: Option<Spanned<i64>>,
+    pub health_check_port: Option<Spanned<i64>>,
+    pub outlier_ejection: Option<Spanned<bool>>,
+    pub outlier_consecutive_failures: Option<Spanned<i64>>,
+    pub outlier_ejection_time: Option<Spanned<DurationText>>,
+    pub shutdown_sessions: Option<Spanned<bool>>,
     #[serde(default)]
     pub service: Vec<ServiceEntry>,
 }
@@ -65,6 +77,18 @@ pub(super) struct ServiceEntry {
     pub forwarding: Option<Spanned<String>>,
     pub proxy_unique_id: Option<Spanned<bool>>,
     pub proxy_tlvs: Option<Spanned<Vec<Spanned<TlvEntry>>>>,
+    pub health_check: Option<Spanned<String>>,
+    pub health_check_path: Option<Spanned<String>>,
+    pub health_check_status: Option<Spanned<IntOrText>>,
+    pub health_check_interval: Option<Spanned<DurationText>>,
+    pub health_check_timeout: Option<Spanned<DurationText>>,
+    pub health_check_rise: Option<Spanned<i64>>,
+    pub health_check_fall: Option<Spanned<i64>>,
+    pub health_check_port: Option<Spanned<i64>>,
+    pub outlier_ejection: Option<Spanned<bool>>,
+    pub outlier_consecutive_failures: Option<Spanned<i64>>,
+    pub outlier_ejection_time: Option<Spanned<DurationText>>,
+    pub shutdown_sessions: Option<Spanned<bool>>,
 }
 
 /// One element of `proxy_tlvs`: `{ type = 0xE0, value = "workshop/myfrontend" }`.
@@ -125,6 +149,42 @@ impl<'de> Deserialize<'de> for EndpointEntry {
         }
 
         deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+/// A value written either as an integer or as a string (`health_check_status = 200` or
+/// `"200-399"`), judged by `validate`.
+#[derive(Debug)]
+pub(super) enum IntOrText {
+    Int(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntOrTextVisitor;
+
+        impl Visitor<'_> for IntOrTextVisitor {
+            type Value = IntOrText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status code such as 200, or a range such as \"200-399\"")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(IntOrText::Int(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(IntOrText::Int(i64::try_from(value).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(IntOrText::Text(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(IntOrTextVisitor)
     }
 }
 

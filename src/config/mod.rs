@@ -14,6 +14,7 @@
 mod allocate;
 mod file;
 mod forwarding;
+mod health;
 pub mod k8s;
 mod render;
 mod settings;

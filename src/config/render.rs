@@ -107,6 +107,9 @@ pub(super) fn render(model: &Model) -> String {
         if p.maglev_table_size != d.maglev_table_size {
             own.push(format!("maglev table {}", p.maglev_table_size));
         }
+        if p.health != d.health {
+            own.push(format!("health {}", super::health::describe(&p.health)));
+        }
         if !own.is_empty() {
             let _ = writeln!(out, "{} sets its own: {}", p.key, own.join(", "));
         }
@@ -160,13 +163,17 @@ fn endpoint(e: &Endpoint) -> String {
 }
 
 fn tunables(d: &ServiceDefaults) -> String {
-    format!(
+    let mut text = format!(
         "connect timeout {}, idle timeout {}, {}, maglev table {}",
         humantime::format_duration(d.timeouts.connect),
         humantime::format_duration(d.timeouts.idle),
         plural(d.connect_retries as usize, "connect retry"),
         d.maglev_table_size
-    )
+    );
+    if d.health != Default::default() {
+        let _ = write!(text, ", health {}", super::health::describe(&d.health));
+    }
+    text
 }
 
 fn plural(n: usize, noun: &str) -> String {

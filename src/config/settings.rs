@@ -98,6 +98,7 @@ pub(super) fn settings(
         },
         connect_retries: opt_retries(src, &f.connect_retries, fallback.connect_retries)?,
         maglev_table_size: opt_table_size(src, &f.maglev_table_size, fallback.maglev_table_size)?,
+        health: super::health::defaults(src, super::health::HealthKeys::of_file(f))?,
     };
     let control = control(src, f)?;
     let metrics_address = opt_socket_addr(src, &f.metrics_address, "metrics_address")?;

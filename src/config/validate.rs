@@ -8,6 +8,7 @@
 use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
+use super::health::{self, HealthKeys};
 use super::settings::settings;
 use super::values::{
     choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
@@ -34,8 +35,15 @@ pub(super) fn build(
     let mut checked: Vec<Checked> = Vec::with_capacity(file.service.len());
     let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
+    let top_health = HealthKeys::of_file(&file);
     for entry in &file.service {
-        let this = service(src, entry, &settings.defaults, &default_forwarding)?;
+        let this = service(
+            src,
+            entry,
+            &settings.defaults,
+            &default_forwarding,
+            top_health,
+        )?;
         if let Some(&first) = by_key.get(&this.port.key) {
             return Err(src.error(
                 &this.name_span,
@@ -129,6 +137,7 @@ fn service(
     e: &ServiceEntry,
     defaults: &ServiceDefaults,
     default_forwarding: &forwarding::Default,
+    top_health: HealthKeys,
 ) -> Result<Checked, ConfigError> {
     let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
     let namespace = match &e.namespace {
@@ -246,6 +255,7 @@ fn service(
     let connect_retries = opt_retries(src, &e.connect_retries, defaults.connect_retries)?;
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
     let forwarding = forwarding::service(src, e, default_forwarding)?;
+    let health = health::service(src, HealthKeys::of_service(e), top_health)?;
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -307,7 +317,7 @@ fn service(
             maglev_table_size,
             forwarding,
             traffic_policy: Default::default(),
-            health: Default::default(),
+            health,
             meta: None,
         },
         name_span: e.name.span(),

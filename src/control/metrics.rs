@@ -68,6 +68,8 @@ pub struct Sources {
     pub publisher: Publisher,
     pub monitor: Monitor,
     pub health: SharedHealth,
+    /// Endpoint health (transitions).
+    pub endpoint_health: super::health::Shared,
 }
 
 fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
@@ -271,6 +273,22 @@ pub fn render(sources: &Sources) -> String {
         "Routing weight in use (0 = draining, disabled, down, or not chosen by the endpoint conditions)",
     );
 
+    let ep_connect_failed = counter_family(
+        &mut reg,
+        "sluice_endpoint_connect_failures",
+        "Connect attempts to this endpoint that failed (refused, timed out, unreachable)",
+    );
+    let ep_up = gauge_family(
+        &mut reg,
+        "sluice_endpoint_up",
+        "1 while health checks (and operators) let the endpoint take connections, 0 while it is down",
+    );
+    let ep_transitions = counter_family(
+        &mut reg,
+        "sluice_endpoint_health_transitions",
+        "Endpoint health changes, by the state entered",
+    );
+
     for (_, s) in snapshot.services() {
         let k = &s.port.key;
         let labels: Labels = vec![
@@ -306,6 +324,18 @@ pub fn render(sources: &Sources) -> String {
             ep_retries.get_or_create(&l).inc_by(t.retries);
             ep_active.get_or_create(&l).set(t.active() as i64);
             ep_weight.get_or_create(&l).set(i64::from(e.routing_weight));
+            ep_connect_failed.get_or_create(&l).inc_by(t.connect_failed);
+            ep_up.get_or_create(&l).set(i64::from(e.endpoint.healthy));
+            let r = sources
+                .endpoint_health
+                .report(k, e.endpoint.addr)
+                .unwrap_or_default();
+            with(&l, "to", "down", |l| {
+                ep_transitions.get_or_create(&l).inc_by(r.downs);
+            });
+            with(&l, "to", "up", |l| {
+                ep_transitions.get_or_create(&l).inc_by(r.ups);
+            });
             with(&l, "direction", "to_backend", |l| {
                 ep_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
             });

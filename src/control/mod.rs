@@ -18,6 +18,7 @@
 //! snapshot they were routed with, so a reload never cuts one.
 
 pub mod client;
+pub mod health;
 mod metrics;
 mod notify;
 pub mod overrides;
@@ -151,6 +152,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let health = Arc::new(Mutex::new(metrics::Health::new(1)));
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let endpoint_health = health::HealthTracker::new(events_tx.clone());
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
     if let Some(s) = control_socket {
         tracing::info!(path = %s.path().display(), "control socket ready");
@@ -161,6 +163,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         publisher: publisher.clone(),
         monitor: monitor.clone(),
         health: Arc::clone(&health),
+        endpoint_health: endpoint_health.shared(),
     };
     for (listener, what) in [
         (metrics_listener, metrics::Endpoints::MetricsAndHealth),
@@ -186,6 +189,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         notifier: notify::Notifier::from_env(),
         log_filter: options.log_filter,
         events: events_tx,
+        endpoint_health,
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -332,6 +336,8 @@ struct Daemon {
     /// For background tasks to reach the daemon's loop.
     #[allow(dead_code)]
     events: mpsc::UnboundedSender<Event>,
+    /// Active checks and passive ejection of endpoints (`health`).
+    endpoint_health: health::HealthTracker,
 }
 
 impl Daemon {
@@ -354,7 +360,11 @@ impl Daemon {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::HealthChanged => self.republish(),
+            Event::HealthChanged => {
+                self.endpoint_health.acknowledge();
+                self.republish();
+                self.endpoint_health.shut_down_sessions();
+            }
             Event::SourceChanged { since } => {
                 let outcome = self.reload();
                 log_reload(&outcome, "source change");
@@ -363,15 +373,20 @@ impl Daemon {
         }
     }
 
-    /// The model routing uses: the configured one with operator overrides applied (and,
-    /// later in the pipeline, health state).
+    /// The model routing uses: the configured one with operator overrides applied and
+    /// endpoints that health checks hold down (or operators disabled) marked unhealthy.
     fn effective(&self, model: &Model, overrides: &Overrides) -> Model {
-        overrides.apply(model)
+        let mut m = overrides.apply(model);
+        self.endpoint_health.mark_down(&mut m, overrides);
+        m
     }
 
     /// After each publish: brings what follows the served model (listeners of the
     /// control plane, health checks) in line with it.
-    fn after_publish(&mut self) {}
+    fn after_publish(&mut self) {
+        let snapshot = self.publisher.current();
+        self.endpoint_health.sync(&snapshot, &self.overrides);
+    }
 
     /// The next model from the configuration source; `self.model` is passed in so
     /// allocated NodePorts (and other carried state) stay.
@@ -620,6 +635,7 @@ impl Daemon {
     /// Every served Service port `keep` accepts, with endpoints, state and counters.
     fn service_list(&self, keep: impl Fn(&ServicePortInfo) -> bool) -> ServiceList {
         let snapshot = self.publisher.current();
+        let health = self.endpoint_health.shared();
         let mut services = Vec::new();
         for (_, s) in snapshot.services() {
             let p = &s.port;
@@ -633,6 +649,7 @@ impl Daemon {
                         .and_then(|c| c.endpoints.iter().find(|x| x.addr == addr))
                         .map_or(e.endpoint.weight, |x| x.weight);
                     let o = self.overrides.get(&p.key, addr);
+                    let report = health.report(&p.key, addr);
                     let state = match o.map(|o| o.state) {
                         Some(AdminState::Draining) => "draining",
                         Some(AdminState::Disabled) => "disabled",
@@ -650,6 +667,13 @@ impl Daemon {
                         terminating: e.endpoint.conditions.terminating,
                         local: e.endpoint.local,
                         health: if e.endpoint.healthy { "up" } else { "down" }.to_owned(),
+                        health_reason: if e.endpoint.healthy {
+                            None
+                        } else if state == "disabled" {
+                            Some("disabled by an operator".to_owned())
+                        } else {
+                            report.and_then(|r| r.reason)
+                        },
                         counters: counters(e.stats.totals()),
                     }
                 })

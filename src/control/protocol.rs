@@ -274,9 +274,13 @@ pub struct EndpointInfo {
     /// On this node.
     #[serde(default)]
     pub local: bool,
-    /// `up`, or `down` while health checks hold the endpoint out.
+    /// `up`, or `down` while health checks hold the endpoint out (or it is disabled).
     #[serde(default)]
     pub health: String,
+    /// Why it is down (`3 failed checks: connection refused`, `ejected: …`, `disabled by
+    /// an operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     pub counters: Counters,
 }
 

@@ -100,6 +100,7 @@ pub fn endpoints(list: &ServiceList) -> String {
         "ACTIVE".to_owned(),
         "TOTAL".to_owned(),
         "FAILED".to_owned(),
+        "HEALTH".to_owned(),
     ]];
     for s in &list.services {
         for e in &s.endpoints {
@@ -119,6 +120,10 @@ pub fn endpoints(list: &ServiceList) -> String {
                 e.counters.connections_active.to_string(),
                 e.counters.connections_total.to_string(),
                 e.counters.connections_failed.to_string(),
+                match &e.health_reason {
+                    Some(why) => format!("{} ({why})", e.health),
+                    None => e.health.clone(),
+                },
             ]);
         }
     }
@@ -306,6 +311,7 @@ mod tests {
             terminating: false,
             local: true,
             health: "up".into(),
+            health_reason: None,
             counters: Counters::default(),
         }
     }

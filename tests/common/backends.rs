@@ -34,6 +34,8 @@ pub struct BackendState {
     connections: AtomicUsize,
     active: AtomicUsize,
     stopping: AtomicBool,
+    /// The local address of `close_listener`'s wake-up connection.
+    wake_from: Mutex<Option<SocketAddr>>,
     reports: Mutex<Vec<Report>>,
     reported: Condvar,
     open: Mutex<HashMap<usize, TcpStream>>,
@@ -59,12 +61,24 @@ pub struct Backend {
 impl Backend {
     pub fn start(ip: &str, name: &str, handler: Handler) -> Backend {
         let listener = TcpListener::bind((ip, 0)).expect("bind backend on 127.0.0.x:0");
+        Backend::serve(listener, name, handler)
+    }
+
+    /// Like [`Backend::start`] on exactly `addr` (e.g. to reopen a closed backend's port).
+    pub fn start_at(addr: SocketAddr, name: &str, handler: Handler) -> Backend {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
+        Backend::serve(listener, name, handler)
+    }
+
+    fn serve(listener: TcpListener, name: &str, handler: Handler) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
             connections: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            wake_from: Mutex::new(None),
             reports: Mutex::new(Vec::new()),
             reported: Condvar::new(),
             open: Mutex::new(HashMap::new()),
@@ -75,38 +89,56 @@ impl Backend {
             .spawn(move || loop {
                 let accepted = listener.accept();
                 if st.stopping.load(Ordering::SeqCst) {
+                    // `close_listener`: serve what was accepted besides the wake-up
+                    // connection, and what still waits in the accept queue, then close.
+                    let Some(wake) = *lock(&st.wake_from) else {
+                        return;
+                    };
+                    let _ = listener.set_nonblocking(true);
+                    let mut next = accepted;
+                    while let Ok((stream, peer)) = next {
+                        if peer != wake && stream.set_nonblocking(false).is_ok() {
+                            Backend::handle(&st, &handler, stream);
+                        }
+                        next = listener.accept();
+                    }
                     return;
                 }
                 let Ok((stream, _)) = accepted else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                let id = st.connections.fetch_add(1, Ordering::SeqCst);
-                st.active.fetch_add(1, Ordering::SeqCst);
-                if let Ok(c) = stream.try_clone() {
-                    lock(&st.open).insert(id, c);
-                }
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-                let h = Arc::clone(&handler);
-                let st2 = Arc::clone(&st);
-                let spawned = std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || {
-                        h(stream, &st2);
-                        lock(&st2.open).remove(&id);
-                        st2.active.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    lock(&st.open).remove(&id);
-                    st.active.fetch_sub(1, Ordering::SeqCst);
-                }
+                Backend::handle(&st, &handler, stream);
             })
             .expect("spawn backend thread");
         Backend {
             addr,
             state,
             acceptor: Some(acceptor),
+        }
+    }
+
+    /// Runs `handler` on its own thread for one accepted connection.
+    fn handle(st: &Arc<BackendState>, handler: &Handler, stream: TcpStream) {
+        let id = st.connections.fetch_add(1, Ordering::SeqCst);
+        st.active.fetch_add(1, Ordering::SeqCst);
+        if let Ok(c) = stream.try_clone() {
+            lock(&st.open).insert(id, c);
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+        let h = Arc::clone(handler);
+        let st2 = Arc::clone(st);
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                h(stream, &st2);
+                lock(&st2.open).remove(&id);
+                st2.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            lock(&st.open).remove(&id);
+            st.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -151,13 +183,51 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
+impl Backend {
+    /// Closes the listening socket (new connects are refused) but lets the connections
+    /// already accepted run to their end.
+    /// Connections that completed their handshake before the listener closed are served
+    /// too (as a server that stops listening does), so that only connects made after the
+    /// close are refused.
+    pub fn close_listener(&mut self) {
+        let Some(h) = self.acceptor.take() else {
+            return;
+        };
+        // Tell the acceptor which connection is ours: bind first to know its address.
+        let wake = Socket::new(Domain::for_address(self.addr), Type::STREAM, None).and_then(|s| {
+            s.bind(&SockAddr::from(SocketAddr::new(self.addr.ip(), 0)))?;
+            Ok(s)
+        });
+        if let Ok(from) = wake
+            .as_ref()
+            .map(|s| s.local_addr().ok().and_then(|a| a.as_socket()))
+        {
+            *lock(&self.state.wake_from) = from;
+        }
         self.state.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        match &wake {
+            Ok(s) => {
+                let _ = s.connect_timeout(&SockAddr::from(self.addr), Duration::from_secs(1));
+            }
+            Err(_) => {
+                let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            }
+        }
+        let _ = h.join();
+    }
+
+    fn stop_accepting(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
         if let Some(h) = self.acceptor.take() {
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop_accepting();
         for s in lock(&self.state.open).values() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -169,21 +239,75 @@ impl Drop for Backend {
 pub struct NameServer;
 impl NameServer {
     pub fn start(ip: &str, name: &str) -> Backend {
-        Backend::start(
+        Backend::start(ip, name, NameServer::handler())
+    }
+
+    /// A name server on exactly `addr` (reopening a port a closed one had).
+    pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
+        Backend::start_at(addr, name, NameServer::handler())
+    }
+
+    fn handler() -> Handler {
+        Arc::new(|mut s: TcpStream, st: &BackendState| {
+            let body = format!("{}\n", st.name);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..p + 4);
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if buf.len() > 64 * 1024 {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// An HTTP/1.1 server answering every request (keep-alive unless it asks `Connection:
+/// close`) with the status set by [`StatusServer::set_status`] (200 at first) and its name
+/// as the body. Keeps every request head it received.
+pub struct StatusServer {
+    pub backend: Backend,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl StatusServer {
+    pub fn start(ip: &str, name: &str) -> StatusServer {
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (st_status, st_heads) = (Arc::clone(&status), Arc::clone(&heads));
+        let backend = Backend::start(
             ip,
             name,
-            Arc::new(|mut s: TcpStream, st: &BackendState| {
-                let body = format!("{}\n", st.name);
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+            Arc::new(move |mut s: TcpStream, st: &BackendState| {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 loop {
                     while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p + 4]).into_owned();
                         buf.drain(..p + 4);
-                        if s.write_all(resp.as_bytes()).is_err() {
+                        let close = head.to_ascii_lowercase().contains("connection: close");
+                        lock(&st_heads).push(head);
+                        let body = format!("{}\n", st.name);
+                        let code = st_status.load(Ordering::SeqCst);
+                        let resp = format!(
+                            "HTTP/1.1 {code} Status\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).is_err() || close {
                             return;
                         }
                     }
@@ -196,7 +320,21 @@ impl NameServer {
                     }
                 }
             }),
-        )
+        );
+        StatusServer {
+            backend,
+            status,
+            heads,
+        }
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Every request head received so far.
+    pub fn heads(&self) -> Vec<String> {
+        lock(&self.heads).clone()
     }
 }
 

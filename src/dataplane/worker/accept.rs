@@ -78,6 +78,7 @@ impl<D: Driver> Worker<D> {
             service,
             endpoint: None,
             connected: false,
+            shutdown_epoch: 0,
             connect_in_flight: false,
             parked_since: None,
             held_since: None,

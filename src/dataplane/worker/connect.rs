@@ -194,6 +194,7 @@ impl<D: Driver> Worker<D> {
             .snapshot
             .service(live.service);
         let addr = entry.endpoint(endpoint).endpoint.addr;
+        let tcp_connected = result.is_ok();
         let event = match result {
             Ok(()) => {
                 live.connected = true;
@@ -233,7 +234,10 @@ impl<D: Driver> Worker<D> {
                 Event::ConnectFailed(failure)
             }
         };
-        let c = entry.endpoint(endpoint).stats.worker(worker);
+        let stats = &entry.endpoint(endpoint).stats;
+        let c = stats.worker(worker);
+        c.count_connect(tcp_connected);
+        live.shutdown_epoch = stats.shutdown_epoch();
         if event == Event::Connected {
             c.opened.add(1);
         } else {

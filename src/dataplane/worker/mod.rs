@@ -108,6 +108,9 @@ struct Live {
     endpoint: Option<EndpointId>,
     /// The endpoint this connection is connected to (counted as opened there).
     connected: bool,
+    /// The endpoint's shutdown epoch when the connect completed: when it moves, the
+    /// endpoint was marked down with `shutdown_sessions` and the sweep resets us.
+    shutdown_epoch: u64,
     connect_in_flight: bool,
     /// Since when this connection waits for an fd to open its backend socket.
     parked_since: Option<Instant>,
@@ -634,7 +637,9 @@ impl<D: Driver> Worker<D> {
         }
     }
 
-    /// Check the idle deadline of a slice of the slab (all of it once per IDLE_PASS_TICKS).
+    /// Check the idle deadline of a slice of the slab (all of it once per IDLE_PASS_TICKS),
+    /// and reset the connections whose endpoint was marked down with `shutdown_sessions`
+    /// since they connected (its shutdown epoch moved: one relaxed load per connection).
     fn check_idle_slice(&mut self) -> io::Result<()> {
         let n = self.slots.len();
         if n == 0 {
@@ -645,11 +650,29 @@ impl<D: Driver> Worker<D> {
             let slot = (self.idle_cursor % n) as u32;
             self.idle_cursor = (self.idle_cursor + 1) % n;
             let now = self.now;
-            if let Some(live) = self.slots[slot as usize].live.as_mut() {
-                if live.conn.deadline().is_some_and(|d| now >= d) {
-                    live.conn.handle_timeout(now);
+            let Some(live) = self.slots[slot as usize].live.as_mut() else {
+                continue;
+            };
+            if live.connected && !live.conn.is_closed() {
+                let endpoint = live.endpoint.expect("connected endpoint");
+                let stats = &self.pins[live.pin]
+                    .as_ref()
+                    .expect("pinned snapshot")
+                    .snapshot
+                    .service(live.service)
+                    .endpoint(endpoint)
+                    .stats;
+                if stats.shutdown_epoch() != live.shutdown_epoch {
+                    tracing::debug!(worker = self.index, client = %live.client_addr,
+                        "endpoint marked down (shutdown_sessions): resetting the connection");
+                    live.conn.abort();
                     self.drive(slot)?;
+                    continue;
                 }
+            }
+            if live.conn.deadline().is_some_and(|d| now >= d) {
+                live.conn.handle_timeout(now);
+                self.drive(slot)?;
             }
         }
         Ok(())

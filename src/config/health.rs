@@ -1,0 +1,700 @@
+//! The health keys: active checks (`health_check*`), passive outlier ejection (`outlier_*`)
+//! and `shutdown_sessions`, at the top level (node-wide defaults) and in `[[service]]`.
+//!
+//! Each key a `[[service]]` table does not write is taken from the top level, key by key,
+//! so a node can set `health_check_interval = "1s"` once and let each Service choose
+//! `health_check = "tcp"` or `"http"`. A key written in a `[[service]]` table that has no
+//! effect there (a path with a TCP check, timing with checks off) is an error pointing at
+//! it; at the top level the tuning keys are defaults and always accepted, except those that
+//! contradict the top-level `health_check`/`outlier_ejection` written beside them.
+
+use super::file::{ConfigFile, DurationText, IntOrText, ServiceEntry};
+use super::values::{choice, int, opt_duration};
+use super::{ConfigError, Source};
+use crate::model::{
+    ActiveCheck, CheckKind, HealthConfig, PassiveCheck, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTERVAL,
+    DEFAULT_CHECK_RISE, DEFAULT_EJECTION_FAILURES, DEFAULT_EJECTION_TIME,
+};
+use serde_spanned::Spanned;
+use std::ops::Range;
+use std::time::Duration;
+
+/// Shortest accepted check interval: shorter ones would keep the control thread busy.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Bounds of `health_check_rise`/`health_check_fall`.
+const MAX_RISE_FALL: i64 = 100;
+/// Bound of `outlier_consecutive_failures`.
+const MAX_FAILURES: i64 = 10_000;
+/// Longest accepted `health_check_path`.
+const MAX_PATH: usize = 1024;
+/// HAProxy's `http-check expect` default: any 2xx or 3xx.
+pub(super) const DEFAULT_EXPECT: (u16, u16) = (200, 399);
+
+/// The health keys of one table (the file's top level or one `[[service]]`), as written.
+#[derive(Default, Clone, Copy)]
+pub(super) struct HealthKeys<'a> {
+    check: Option<&'a Spanned<String>>,
+    path: Option<&'a Spanned<String>>,
+    status: Option<&'a Spanned<IntOrText>>,
+    interval: Option<&'a Spanned<DurationText>>,
+    timeout: Option<&'a Spanned<DurationText>>,
+    rise: Option<&'a Spanned<i64>>,
+    fall: Option<&'a Spanned<i64>>,
+    port: Option<&'a Spanned<i64>>,
+    outlier: Option<&'a Spanned<bool>>,
+    failures: Option<&'a Spanned<i64>>,
+    ejection_time: Option<&'a Spanned<DurationText>>,
+    shutdown_sessions: Option<&'a Spanned<bool>>,
+}
+
+macro_rules! keys_of {
+    ($t:expr) => {
+        HealthKeys {
+            check: $t.health_check.as_ref(),
+            path: $t.health_check_path.as_ref(),
+            status: $t.health_check_status.as_ref(),
+            interval: $t.health_check_interval.as_ref(),
+            timeout: $t.health_check_timeout.as_ref(),
+            rise: $t.health_check_rise.as_ref(),
+            fall: $t.health_check_fall.as_ref(),
+            port: $t.health_check_port.as_ref(),
+            outlier: $t.outlier_ejection.as_ref(),
+            failures: $t.outlier_consecutive_failures.as_ref(),
+            ejection_time: $t.outlier_ejection_time.as_ref(),
+            shutdown_sessions: $t.shutdown_sessions.as_ref(),
+        }
+    };
+}
+
+impl<'a> HealthKeys<'a> {
+    pub(super) fn of_file(f: &'a ConfigFile) -> Self {
+        keys_of!(f)
+    }
+
+    pub(super) fn of_service(e: &'a ServiceEntry) -> Self {
+        keys_of!(e)
+    }
+
+    /// Every key of `self`, and of `fallback` where `self` has none.
+    fn or(self, fallback: HealthKeys<'a>) -> HealthKeys<'a> {
+        HealthKeys {
+            check: self.check.or(fallback.check),
+            path: self.path.or(fallback.path),
+            status: self.status.or(fallback.status),
+            interval: self.interval.or(fallback.interval),
+            timeout: self.timeout.or(fallback.timeout),
+            rise: self.rise.or(fallback.rise),
+            fall: self.fall.or(fallback.fall),
+            port: self.port.or(fallback.port),
+            outlier: self.outlier.or(fallback.outlier),
+            failures: self.failures.or(fallback.failures),
+            ejection_time: self.ejection_time.or(fallback.ejection_time),
+            shutdown_sessions: self.shutdown_sessions.or(fallback.shutdown_sessions),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    None,
+    Tcp,
+    Http,
+}
+
+/// The node-wide defaults: what a Service that writes no health key gets. Judges every
+/// top-level value, so a bad one is reported even when no Service uses it.
+pub(super) fn defaults(src: &Source, top: HealthKeys) -> Result<HealthConfig, ConfigError> {
+    let kind = kind(src, top.check)?;
+    if let Some(k) = top.check.filter(|_| kind != Kind::Http) {
+        for (key, span) in [
+            ("health_check_path", top.path.map(Spanned::span)),
+            ("health_check_status", top.status.map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                return Err(not_http(src, &span, key, k));
+            }
+        }
+    }
+    if let Some(o) = top.outlier.filter(|o| !*o.get_ref()) {
+        for (key, span) in [
+            (
+                "outlier_consecutive_failures",
+                top.failures.map(Spanned::span),
+            ),
+            (
+                "outlier_ejection_time",
+                top.ejection_time.map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                return Err(src.error(
+                    &span,
+                    format!(
+                        "`{key}` has no effect: outlier_ejection = false (line {})",
+                        src.line(o.span().start)
+                    ),
+                ));
+            }
+        }
+    }
+    // Judge every tuning value as if a Service turned both kinds of checking on.
+    let mut probe = top;
+    let on = Spanned::new(0..0, true);
+    probe.outlier = Some(&on);
+    active(src, Kind::Http, probe)?;
+    passive(src, probe)?;
+    resolve(src, top, HealthKeys::default(), false)
+}
+
+/// The health configuration of one `[[service]]`: its own keys, the top level's for the
+/// others.
+pub(super) fn service(
+    src: &Source,
+    own: HealthKeys,
+    top: HealthKeys,
+) -> Result<HealthConfig, ConfigError> {
+    resolve(src, own, top, true)
+}
+
+/// `strict`: keys written in `own` that have no effect are errors.
+fn resolve(
+    src: &Source,
+    own: HealthKeys,
+    top: HealthKeys,
+    strict: bool,
+) -> Result<HealthConfig, ConfigError> {
+    let keys = own.or(top);
+    let kind = kind(src, keys.check)?;
+    let outlier = keys.outlier.is_some_and(|o| *o.get_ref());
+    if strict {
+        let whence = |written: Option<&Spanned<String>>| match (written, own.check) {
+            (Some(_), Some(_)) => String::new(),
+            (Some(t), None) => format!(" (the default set at line {})", src.line(t.span().start)),
+            (None, _) => " (the default)".to_owned(),
+        };
+        if kind != Kind::Http {
+            for (key, span) in [
+                ("health_check_path", own.path.map(Spanned::span)),
+                ("health_check_status", own.status.map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    let current = keys.check.map_or("none", |c| c.get_ref().as_str());
+                    return Err(src.error(
+                        &span,
+                        format!(
+                            "`{key}` applies to health_check = \"http\", but this Service's \
+                             health_check is {current:?}{}",
+                            whence(keys.check)
+                        ),
+                    ));
+                }
+            }
+        }
+        if kind == Kind::None {
+            let tuning = [
+                ("health_check_interval", own.interval.map(Spanned::span)),
+                ("health_check_timeout", own.timeout.map(Spanned::span)),
+                ("health_check_rise", own.rise.map(Spanned::span)),
+                ("health_check_fall", own.fall.map(Spanned::span)),
+                ("health_check_port", own.port.map(Spanned::span)),
+            ];
+            for (key, span) in tuning {
+                if let Some(span) = span {
+                    return Err(src.error(
+                        &span,
+                        format!(
+                            "`{key}` has no effect: this Service has no active health check{}; \
+                             set health_check = \"tcp\" or \"http\"",
+                            whence(keys.check)
+                        ),
+                    ));
+                }
+            }
+        }
+        if !outlier {
+            for (key, span) in [
+                (
+                    "outlier_consecutive_failures",
+                    own.failures.map(Spanned::span),
+                ),
+                (
+                    "outlier_ejection_time",
+                    own.ejection_time.map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    return Err(src.error(
+                        &span,
+                        format!(
+                            "`{key}` has no effect: outlier ejection is off for this Service; \
+                             set outlier_ejection = true"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = own.shutdown_sessions.filter(|s| *s.get_ref()) {
+            if kind == Kind::None && !outlier {
+                return Err(src.error(
+                    &s.span(),
+                    "`shutdown_sessions` has no effect: this Service has no health checking \
+                     (set health_check or outlier_ejection)",
+                ));
+            }
+        }
+    }
+    Ok(HealthConfig {
+        active: match kind {
+            Kind::None => None,
+            k => Some(active(src, k, keys)?),
+        },
+        passive: if outlier {
+            Some(passive(src, keys)?)
+        } else {
+            None
+        },
+        shutdown_sessions: keys.shutdown_sessions.is_some_and(|s| *s.get_ref()),
+    })
+}
+
+/// How `sluice check` shows a health configuration, e.g. `http GET /healthz expect 200-399
+/// every 2s (timeout 2s, rise 2, fall 3) + outlier ejection (5 failures, 30s)`.
+pub(super) fn describe(h: &HealthConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = &h.active {
+        let what = match &a.kind {
+            CheckKind::Tcp => "tcp".to_owned(),
+            CheckKind::Http { path, expect } if expect.0 == expect.1 => {
+                format!("http GET {path} expect {}", expect.0)
+            }
+            CheckKind::Http { path, expect } => {
+                format!("http GET {path} expect {}-{}", expect.0, expect.1)
+            }
+        };
+        let port = a.port.map(|p| format!(", port {p}")).unwrap_or_default();
+        parts.push(format!(
+            "{what} every {} (timeout {}, rise {}, fall {}{port})",
+            humantime::format_duration(a.interval),
+            humantime::format_duration(a.timeout),
+            a.rise,
+            a.fall
+        ));
+    }
+    if let Some(p) = &h.passive {
+        parts.push(format!(
+            "outlier ejection ({} failures, {})",
+            p.consecutive_failures,
+            humantime::format_duration(p.ejection_time)
+        ));
+    }
+    if h.shutdown_sessions && !parts.is_empty() {
+        parts.push("shutdown sessions".to_owned());
+    }
+    if parts.is_empty() {
+        "off".to_owned()
+    } else {
+        parts.join(" + ")
+    }
+}
+
+fn kind(src: &Source, check: Option<&Spanned<String>>) -> Result<Kind, ConfigError> {
+    match check {
+        Some(c) => choice(
+            src,
+            c,
+            "health_check",
+            &[
+                ("none", Kind::None),
+                ("tcp", Kind::Tcp),
+                ("http", Kind::Http),
+            ],
+        ),
+        None => Ok(Kind::None),
+    }
+}
+
+fn not_http(src: &Source, span: &Range<usize>, key: &str, check: &Spanned<String>) -> ConfigError {
+    src.error(
+        span,
+        format!(
+            "`{key}` applies to health_check = \"http\", but health_check is {:?} (line {})",
+            check.get_ref(),
+            src.line(check.span().start)
+        ),
+    )
+}
+
+fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, ConfigError> {
+    let interval = opt_duration(
+        src,
+        &k.interval.map(clone_duration),
+        "health_check_interval",
+        DEFAULT_CHECK_INTERVAL,
+    )?;
+    if interval < MIN_INTERVAL {
+        let span = k.interval.map_or(0..0, Spanned::span);
+        return Err(src.error(
+            &span,
+            format!(
+                "health_check_interval {} is too short: at least {} is needed",
+                humantime::format_duration(interval),
+                humantime::format_duration(MIN_INTERVAL)
+            ),
+        ));
+    }
+    let timeout = opt_duration(
+        src,
+        &k.timeout.map(clone_duration),
+        "health_check_timeout",
+        interval,
+    )?;
+    if timeout > interval {
+        let span = k.timeout.map_or(0..0, Spanned::span);
+        return Err(src.error(
+            &span,
+            format!(
+                "health_check_timeout {} is longer than health_check_interval {}: a check must \
+                 end before the next one starts",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let rise = match k.rise {
+        Some(r) => int(src, r, "health_check_rise", 1, MAX_RISE_FALL, "")?,
+        None => DEFAULT_CHECK_RISE,
+    };
+    let fall = match k.fall {
+        Some(f) => int(src, f, "health_check_fall", 1, MAX_RISE_FALL, "")?,
+        None => DEFAULT_CHECK_FALL,
+    };
+    let port = match k.port {
+        Some(p) => Some(int(src, p, "health_check_port", 1, 65535, "")?),
+        None => None,
+    };
+    let kind = match kind {
+        Kind::Http => CheckKind::Http {
+            path: match k.path {
+                Some(p) => path(src, p)?,
+                None => "/".to_owned(),
+            },
+            expect: match k.status {
+                Some(s) => status(src, s)?,
+                None => DEFAULT_EXPECT,
+            },
+        },
+        _ => CheckKind::Tcp,
+    };
+    Ok(ActiveCheck {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+    })
+}
+
+fn passive(src: &Source, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
+    Ok(PassiveCheck {
+        consecutive_failures: match k.failures {
+            Some(f) => int(src, f, "outlier_consecutive_failures", 1, MAX_FAILURES, "")?,
+            None => DEFAULT_EJECTION_FAILURES,
+        },
+        ejection_time: opt_duration(
+            src,
+            &k.ejection_time.map(clone_duration),
+            "outlier_ejection_time",
+            DEFAULT_EJECTION_TIME,
+        )?,
+    })
+}
+
+fn clone_duration(d: &Spanned<DurationText>) -> Spanned<DurationText> {
+    Spanned::new(d.span(), DurationText(d.get_ref().0.clone()))
+}
+
+/// A request path: starts with `/`, visible ASCII only (it goes into the request line as is).
+fn path(src: &Source, p: &Spanned<String>) -> Result<String, ConfigError> {
+    let s = p.get_ref();
+    let problem = if !s.starts_with('/') {
+        Some("must start with '/'".to_owned())
+    } else if s.len() > MAX_PATH {
+        Some(format!("is longer than {MAX_PATH} bytes"))
+    } else {
+        s.chars().find(|c| !c.is_ascii_graphic()).map(|c| {
+            format!("contains {c:?}; only visible ASCII is allowed (percent-encode the rest)")
+        })
+    };
+    match problem {
+        None => Ok(s.clone()),
+        Some(problem) => Err(src.error(&p.span(), format!("health_check_path {s:?} {problem}"))),
+    }
+}
+
+/// `200`, `"200"` or `"200-399"` → an inclusive range of HTTP status codes.
+fn status(src: &Source, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigError> {
+    let bad = |why: &str| {
+        src.error(
+            &v.span(),
+            format!(
+                "health_check_status {} {why}; expected a status such as 200 or a range such \
+                 as \"200-399\" (codes 100..=599)",
+                match v.get_ref() {
+                    IntOrText::Int(i) => i.to_string(),
+                    IntOrText::Text(t) => format!("{t:?}"),
+                }
+            ),
+        )
+    };
+    let code = |n: i64| u16::try_from(n).ok().filter(|c| (100..=599).contains(c));
+    let parse = |t: &str| t.trim().parse::<i64>().ok().and_then(code);
+    let (lo, hi) = match v.get_ref() {
+        IntOrText::Int(i) => {
+            let c = code(*i).ok_or_else(|| bad("is not an HTTP status code"))?;
+            (c, c)
+        }
+        IntOrText::Text(t) => match t.split_once('-') {
+            Some((a, b)) => (
+                parse(a).ok_or_else(|| bad("does not start with a status code"))?,
+                parse(b).ok_or_else(|| bad("does not end with a status code"))?,
+            ),
+            None => {
+                let c = parse(t).ok_or_else(|| bad("is not an HTTP status code"))?;
+                (c, c)
+            }
+        },
+    };
+    if lo > hi {
+        return Err(bad("is an empty range"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use crate::model::*;
+    use std::time::Duration;
+
+    fn health_of(text: &str) -> Vec<HealthConfig> {
+        parse(text, "h.toml", None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .services
+            .into_iter()
+            .map(|s| s.health)
+            .collect()
+    }
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        let e = parse(text, "h.toml", None).unwrap_err();
+        (e.line, e.column, e.message)
+    }
+
+    #[test]
+    fn haproxy_defaults_and_timeout_is_the_interval() {
+        let h = health_of("[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"tcp\"\n");
+        assert_eq!(
+            h[0].active,
+            Some(ActiveCheck {
+                kind: CheckKind::Tcp,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                rise: 2,
+                fall: 3,
+                port: None,
+            })
+        );
+        assert_eq!(h[0].passive, None);
+        assert!(!h[0].shutdown_sessions);
+        let h = health_of(
+            "[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"http\"\nhealth_check_interval = \"500ms\"\n",
+        );
+        let a = h[0].active.as_ref().unwrap();
+        assert_eq!(a.timeout, Duration::from_millis(500));
+        assert_eq!(
+            a.kind,
+            CheckKind::Http {
+                path: "/".into(),
+                expect: (200, 399)
+            }
+        );
+    }
+
+    #[test]
+    fn off_by_default() {
+        let h = health_of("[[service]]\nname = \"a\"\nport = 80\n");
+        assert_eq!(h[0], HealthConfig::default());
+    }
+
+    #[test]
+    fn every_key_and_node_wide_defaults() {
+        let text = r#"
+health_check_interval = "1s"
+health_check_rise = 4
+outlier_ejection = true
+outlier_ejection_time = "10s"
+
+[[service]]
+name = "a"
+port = 80
+health_check = "http"
+health_check_path = "/healthz?full=1"
+health_check_status = 204
+health_check_timeout = "300ms"
+health_check_fall = 1
+health_check_port = 8081
+outlier_consecutive_failures = 3
+shutdown_sessions = true
+
+[[service]]
+name = "b"
+port = 80
+health_check = "tcp"
+health_check_status_unused = 1
+"#;
+        // An unknown key is still an unknown key.
+        assert!(error_of(text)
+            .2
+            .contains("unknown key `health_check_status_unused`"));
+        let text = text.replace(
+            "health_check_status_unused = 1\n",
+            "outlier_ejection = false\n",
+        );
+        let h = health_of(&text);
+        assert_eq!(
+            h[0],
+            HealthConfig {
+                active: Some(ActiveCheck {
+                    kind: CheckKind::Http {
+                        path: "/healthz?full=1".into(),
+                        expect: (204, 204),
+                    },
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_millis(300),
+                    rise: 4,
+                    fall: 1,
+                    port: Some(8081),
+                }),
+                passive: Some(PassiveCheck {
+                    consecutive_failures: 3,
+                    ejection_time: Duration::from_secs(10),
+                }),
+                shutdown_sessions: true,
+            }
+        );
+        assert_eq!(
+            h[1],
+            HealthConfig {
+                active: Some(ActiveCheck {
+                    kind: CheckKind::Tcp,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                    rise: 4,
+                    fall: 3,
+                    port: None,
+                }),
+                passive: None,
+                shutdown_sessions: false,
+            }
+        );
+        let m = parse(&text, "h.toml", None).unwrap();
+        let shown = crate::config::render_check(&m);
+        assert!(
+            shown.contains(
+                "default/a sets its own: health http GET /healthz?full=1 expect 204 every 1s \
+                 (timeout 300ms, rise 4, fall 1, port 8081) + outlier ejection (3 failures, 10s) \
+                 + shutdown sessions"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("maglev table 65537, health outlier ejection (5 failures, 10s)\n"),
+            "{shown}"
+        );
+        assert_eq!(m.settings.defaults.health.active, None);
+        assert_eq!(
+            m.settings.defaults.health.passive,
+            Some(PassiveCheck {
+                consecutive_failures: 5,
+                ejection_time: Duration::from_secs(10),
+            })
+        );
+    }
+
+    #[test]
+    fn a_service_can_turn_the_default_off() {
+        let h = health_of(
+            "health_check = \"tcp\"\nshutdown_sessions = true\n[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"none\"\n",
+        );
+        assert_eq!(h[0].active, None);
+        // shutdown_sessions inherited, harmless without checks.
+        assert!(h[0].shutdown_sessions);
+    }
+
+    #[test]
+    fn status_ranges() {
+        let svc = |v: &str| {
+            format!("[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"http\"\nhealth_check_status = {v}\n")
+        };
+        let expect = |v: &str| match &health_of(&svc(v))[0].active.as_ref().unwrap().kind {
+            CheckKind::Http { expect, .. } => *expect,
+            CheckKind::Tcp => unreachable!(),
+        };
+        assert_eq!(expect("\"200-299\""), (200, 299));
+        assert_eq!(expect("\"301\""), (301, 301));
+        assert_eq!(expect("200"), (200, 200));
+        for bad in ["99", "600", "\"2xx\"", "\"300-200\"", "\"200-\""] {
+            let (line, col, msg) = error_of(&svc(bad));
+            assert_eq!((line, col), (5, 23), "{bad}: {msg}");
+            assert!(msg.starts_with("health_check_status "), "{bad}: {msg}");
+        }
+    }
+
+    /// Each row: TOML, the error's line and column, and a part of its message.
+    #[test]
+    fn errors_point_at_the_value() {
+        let svc = "[[service]]\nname = \"a\"\nport = 80\n";
+        #[rustfmt::skip]
+        let rows: &[(String, (usize, usize), &str)] = &[
+            (format!("{svc}health_check = \"udp\"\n"), (4, 16),
+                "health_check \"udp\" is not accepted; expected one of \"none\", \"tcp\", \"http\""),
+            (format!("{svc}health_check = \"tcp\"\nhealth_check_path = \"/x\"\n"), (5, 21),
+                "`health_check_path` applies to health_check = \"http\", but this Service's health_check is \"tcp\""),
+            (format!("health_check = \"tcp\"\n{svc}health_check_path = \"/x\"\n"), (5, 21),
+                "health_check is \"tcp\" (the default set at line 1)"),
+            ("health_check = \"tcp\"\nhealth_check_path = \"/x\"\n".to_owned(), (2, 21),
+                "`health_check_path` applies to health_check = \"http\", but health_check is \"tcp\" (line 1)"),
+            (format!("{svc}health_check_interval = \"1s\"\n"), (4, 25),
+                "`health_check_interval` has no effect: this Service has no active health check (the default)"),
+            (format!("{svc}health_check = \"tcp\"\nhealth_check_interval = \"5ms\"\n"), (5, 25),
+                "health_check_interval 5ms is too short: at least 10ms is needed"),
+            (format!("{svc}health_check = \"tcp\"\nhealth_check_interval = \"1s\"\nhealth_check_timeout = \"2s\"\n"), (6, 24),
+                "health_check_timeout 2s is longer than health_check_interval 1s"),
+            (format!("{svc}health_check = \"tcp\"\nhealth_check_rise = 0\n"), (5, 21),
+                "health_check_rise 0 is out of range: must be 1..=100"),
+            (format!("{svc}health_check = \"tcp\"\nhealth_check_port = 70000\n"), (5, 21),
+                "health_check_port 70000 is out of range: must be 1..=65535"),
+            (format!("{svc}health_check = \"http\"\nhealth_check_path = \"healthz\"\n"), (5, 21),
+                "health_check_path \"healthz\" must start with '/'"),
+            (format!("{svc}health_check = \"http\"\nhealth_check_path = \"/a b\"\n"), (5, 21),
+                "health_check_path \"/a b\" contains ' '"),
+            (format!("{svc}outlier_consecutive_failures = 3\n"), (4, 32),
+                "`outlier_consecutive_failures` has no effect: outlier ejection is off for this Service"),
+            (format!("{svc}outlier_ejection = true\noutlier_ejection_time = \"0s\"\n"), (5, 25),
+                "outlier_ejection_time must be longer than zero"),
+            (format!("{svc}shutdown_sessions = true\n"), (4, 21),
+                "`shutdown_sessions` has no effect"),
+            ("outlier_ejection = false\noutlier_ejection_time = \"3s\"\n".to_owned(), (2, 25),
+                "`outlier_ejection_time` has no effect: outlier_ejection = false (line 1)"),
+            // Top-level tuning values are judged even when no Service uses them.
+            (format!("health_check_fall = 0\n{svc}"), (1, 21),
+                "health_check_fall 0 is out of range"),
+        ];
+        for (text, pos, want) in rows {
+            let (line, col, msg) = error_of(text);
+            assert!(msg.contains(want), "{text}\ngot {msg:?}\nwant {want:?}");
+            assert_eq!((line, col), *pos, "{text}\n{msg}");
+        }
+    }
+}
