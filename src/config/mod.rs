@@ -15,6 +15,7 @@ mod allocate;
 mod file;
 mod forwarding;
 pub mod k8s;
+pub mod manifests;
 mod render;
 mod settings;
 mod validate;
