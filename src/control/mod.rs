@@ -51,6 +51,8 @@ pub enum ConfigSource {
     File(PathBuf),
     /// A model built in (the demo); reloads are refused.
     Fixed(Box<Model>),
+    /// Kubernetes manifests in a directory (`--manifests`), re-read on each reload.
+    Manifests(config::manifests::Manifests),
 }
 
 /// Something a background task of the control plane (health checks, a Kubernetes watch)
@@ -118,6 +120,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut model = match &options.config {
         ConfigSource::File(path) => config::load_file(path, None)?,
         ConfigSource::Fixed(m) => (**m).clone(),
+        ConfigSource::Manifests(m) => {
+            let (model, problems) = m.load(None)?;
+            log_problems(&problems);
+            model
+        }
     };
     let workers = options
         .workers
@@ -299,6 +306,13 @@ fn log_reload(outcome: &ReloadOutcome, by: &str) {
     }
 }
 
+/// Problems with single Kubernetes objects: logged naming the object; the rest is served.
+fn log_problems(problems: &[config::k8s::Problem]) {
+    for p in problems {
+        tracing::warn!(object = %p.object, "{}", p.message);
+    }
+}
+
 async fn bind_http(
     addr: Option<std::net::SocketAddr>,
     what: &'static str,
@@ -382,6 +396,11 @@ impl Daemon {
             }
             ConfigSource::Fixed(_) => {
                 Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
+            }
+            ConfigSource::Manifests(m) => {
+                let (model, problems) = m.load(Some(&self.model)).map_err(|e| e.to_string())?;
+                log_problems(&problems);
+                Ok(model)
             }
         }
     }
@@ -604,6 +623,7 @@ impl Daemon {
             config: match &self.source {
                 ConfigSource::File(p) => Some(p.display().to_string()),
                 ConfigSource::Fixed(_) => None,
+                ConfigSource::Manifests(m) => Some(m.dir.display().to_string()),
             },
             service_ports: self.model.services.len(),
             listen: self
