@@ -18,6 +18,7 @@
 //! snapshot they were routed with, so a reload never cuts one.
 
 pub mod client;
+mod hcnp;
 mod metrics;
 mod notify;
 pub mod overrides;
@@ -178,6 +179,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
     }
 
+    let health_check_node_ports = hcnp::HealthCheckServers::new(Arc::clone(&health));
     let mut daemon = Daemon {
         source: options.config,
         model,
@@ -193,6 +195,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         notifier: notify::Notifier::from_env(),
         log_filter: options.log_filter,
         events: events_tx,
+        health_check_node_ports,
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -346,6 +349,8 @@ struct Daemon {
     /// For background tasks to reach the daemon's loop.
     #[allow(dead_code)]
     events: mpsc::UnboundedSender<Event>,
+    /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
+    health_check_node_ports: hcnp::HealthCheckServers,
 }
 
 impl Daemon {
@@ -385,7 +390,9 @@ impl Daemon {
 
     /// After each publish: brings what follows the served model (listeners of the
     /// control plane, health checks) in line with it.
-    fn after_publish(&mut self) {}
+    fn after_publish(&mut self) {
+        self.health_check_node_ports.sync(&self.model);
+    }
 
     /// The next model from the configuration source; `self.model` is passed in so
     /// allocated NodePorts (and other carried state) stay.
