@@ -720,6 +720,7 @@ impl Daemon {
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
                 endpoints,
+                kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
             };
             if keep(&info) {
                 services.push(info);
@@ -729,6 +730,36 @@ impl Daemon {
             generation: snapshot.generation(),
             services,
         }
+    }
+}
+
+/// The Kubernetes fields of `describe` for one Service port.
+fn kubernetes_info(
+    m: &crate::model::ServiceMeta,
+    p: &crate::model::ServicePort,
+) -> protocol::KubernetesInfo {
+    protocol::KubernetesInfo {
+        service_type: m.service_type.clone(),
+        labels: m.labels.clone(),
+        annotations: m.annotations.clone(),
+        selector: m.selector.clone(),
+        ip_family_policy: m.ip_family_policy.clone(),
+        ip_families: m.ip_families.clone(),
+        cluster_ips: m.cluster_ips.clone(),
+        external_ips: m.external_ips.clone(),
+        load_balancer_ingress: m.load_balancer_ingress.clone(),
+        target_port: m
+            .target_ports
+            .iter()
+            .find(|(name, _)| *name == p.key.port_name)
+            .map_or_else(|| p.target_port.to_string(), |(_, t)| t.clone()),
+        external_traffic_policy: match p.traffic_policy {
+            crate::model::TrafficPolicy::Cluster => "Cluster",
+            crate::model::TrafficPolicy::Local => "Local",
+        }
+        .to_owned(),
+        health_check_node_port: m.health_check_node_port,
+        warnings: m.warnings.clone(),
     }
 }
 
