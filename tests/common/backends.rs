@@ -58,7 +58,14 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(ip: &str, name: &str, handler: Handler) -> Backend {
-        let listener = TcpListener::bind((ip, 0)).expect("bind backend on 127.0.0.x:0");
+        let ip: std::net::IpAddr = ip.parse().expect("backend IP");
+        Backend::start_at(SocketAddr::new(ip, 0), name, handler)
+    }
+
+    /// A backend on a given address (a port a test needs, e.g. inside a private netns).
+    pub fn start_at(addr: SocketAddr, name: &str, handler: Handler) -> Backend {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
@@ -169,8 +176,13 @@ impl Drop for Backend {
 pub struct NameServer;
 impl NameServer {
     pub fn start(ip: &str, name: &str) -> Backend {
-        Backend::start(
-            ip,
+        let ip: std::net::IpAddr = ip.parse().expect("backend IP");
+        NameServer::start_at(SocketAddr::new(ip, 0), name)
+    }
+
+    pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
+        Backend::start_at(
+            addr,
             name,
             Arc::new(|mut s: TcpStream, st: &BackendState| {
                 let body = format!("{}\n", st.name);
