@@ -96,7 +96,7 @@ pub fn build_model(
     let index = EndpointIndex::new(objects, &mut problems);
 
     let mut services: Vec<&Service> = objects.services.iter().map(|s| &**s).collect();
-    services.sort_by(|a, b| object_name(&a.metadata).cmp(&object_name(&b.metadata)));
+    services.sort_by_key(|s| object_name(&s.metadata));
     let mut ports: Vec<Candidate> = Vec::new();
     let mut seen: Option<ServiceName> = None;
     for svc in services {
@@ -552,7 +552,7 @@ impl EndpointIndex {
     fn new(objects: &Objects, problems: &mut Vec<Problem>) -> EndpointIndex {
         let mut slices: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
         let mut sorted: Vec<&EndpointSlice> = objects.slices.iter().map(|s| &**s).collect();
-        sorted.sort_by(|a, b| object_name(&a.metadata).cmp(&object_name(&b.metadata)));
+        sorted.sort_by_key(|s| object_name(&s.metadata));
         for slice in sorted {
             let id = object_name(&slice.metadata);
             let object = format!("EndpointSlice {id}");

@@ -392,7 +392,7 @@ fn load_balancer_services() {
         "/status/loadBalancer",
         json!({"ingress": [{"ip": "203.0.113.10", "ipMode": "VIP"}, {"hostname": "lb.example.com"}]}),
     );
-    let (model, problems) = build_with(&[svc.clone()], &node("n1"), None);
+    let (model, problems) = build_with(std::slice::from_ref(&svc), &node("n1"), None);
     assert_eq!(problems, []);
     let p = one(&model);
     assert_eq!(p.node_port, 30000);
@@ -518,7 +518,7 @@ fn session_affinity_client_ip() {
         "/spec/sessionAffinity",
         json!("ClientIP"),
     );
-    let (m, problems) = build(&[svc.clone()]);
+    let (m, problems) = build(std::slice::from_ref(&svc));
     assert_eq!(problems, []);
     let default = Policy::ClientIp {
         timeout: Duration::from_secs(10800),
