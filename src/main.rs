@@ -25,10 +25,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every Service of a config file on its NodePort.
+    /// Serve every Service of a config file (or of Kubernetes manifests) on its NodePort.
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// TOML config; with --manifests: node settings only.
+        #[arg(long, short, required_unless_present = "manifests")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        manifests: ManifestArgs,
         /// Worker threads (overrides the config; default one per CPU).
         #[arg(long)]
         workers: Option<usize>,
@@ -36,10 +39,12 @@ enum Command {
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
     },
-    /// Validate a config file and print what would be served.
+    /// Validate a config file (or manifests) and print what would be served.
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "manifests")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        manifests: ManifestArgs,
     },
     /// Print the node's ip/nft commands that Services with forwarding = "transparent" need.
     TproxyRules {
@@ -64,6 +69,58 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+/// `--manifests DIR` and what goes with it (docs/kubernetes.md).
+#[derive(clap::Args)]
+struct ManifestArgs {
+    /// Serve the Services of the Kubernetes YAML/JSON files in DIR (Services,
+    /// EndpointSlices, Endpoints); reloads re-read it.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// This node's name, for externalTrafficPolicy: Local (default: $NODE_NAME).
+    #[arg(long, requires = "manifests")]
+    node_name: Option<String>,
+}
+
+impl ManifestArgs {
+    /// The manifest source, when `--manifests` is given.
+    fn source(&self, config: &Option<PathBuf>) -> Option<sluice::config::manifests::Manifests> {
+        let dir = self.manifests.clone()?;
+        let node_name = self
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty());
+        Some(sluice::config::manifests::Manifests {
+            dir,
+            config: config.clone(),
+            options: sluice::config::k8s::K8sOptions {
+                node_name,
+                proxy_name: None,
+            },
+        })
+    }
+}
+
+/// Loads what `check` and `run` validate: the manifests, or the config file. Problems
+/// with single objects are printed as warnings when `warn` (the daemon logs its own).
+fn load_model(
+    config: &Option<PathBuf>,
+    manifests: &ManifestArgs,
+    warn: bool,
+) -> Result<sluice::model::Model, sluice::config::ConfigError> {
+    match (manifests.source(config), config) {
+        (Some(m), _) => {
+            let (model, problems) = m.load(None)?;
+            for p in problems.iter().filter(|_| warn) {
+                eprintln!("warning: {p}");
+            }
+            Ok(model)
+        }
+        (None, Some(path)) => sluice::config::load_file(path, None),
+        (None, None) => unreachable!("clap requires --config or --manifests"),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,7 +272,7 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Ctl { .. } => unreachable!("handled above"),
-        Command::Check { config } => match sluice::config::load_file(&config, None) {
+        Command::Check { config, manifests } => match load_model(&config, &manifests, true) {
             Ok(model) => {
                 print!("{}", sluice::config::render_check(&model));
                 if sluice::tproxy::uses_transparent(&model) {
@@ -232,19 +289,25 @@ fn main() -> ExitCode {
         },
         Command::Run {
             config,
+            manifests,
             workers,
             driver,
         } => {
-            if let Ok(model) = sluice::config::load_file(&config, None) {
+            let source = match manifests.source(&config) {
+                Some(m) => ConfigSource::Manifests(m),
+                None => ConfigSource::File(config.clone().expect("clap requires --config")),
+            };
+            let whence = manifests.manifests.as_ref().or(config.as_ref());
+            if let (Ok(model), Some(whence)) = (load_model(&config, &manifests, false), whence) {
                 if sluice::tproxy::uses_transparent(&model) {
                     if let Err(e) = sluice::tproxy::check_transparent_capability() {
-                        eprintln!("{}: {e}", config.display());
+                        eprintln!("{}: {e}", whence.display());
                         return ExitCode::from(1);
                     }
                 }
             }
             match control::run(control::Options {
-                config: ConfigSource::File(config),
+                config: source,
                 workers,
                 driver: driver.map(Into::into),
                 log_filter: Some(log_filter),

@@ -109,6 +109,21 @@ pub(super) fn service(
     })
 }
 
+/// One forwarding mode written as text (the `sluice.io/forwarding` annotation): the same
+/// names and message as the `forwarding` key; PROXY v2 without options.
+pub(super) fn mode(
+    src: &Source,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<Forwarding, ConfigError> {
+    Ok(match choice(src, value, key, MODES)? {
+        Mode::None => Forwarding::None,
+        Mode::ProxyV1 => Forwarding::ProxyV1,
+        Mode::ProxyV2 => Forwarding::ProxyV2(ProxyV2Options::default()),
+        Mode::Transparent => Forwarding::Transparent,
+    })
+}
+
 fn tlvs(
     src: &Source,
     list: &Spanned<Vec<Spanned<TlvEntry>>>,

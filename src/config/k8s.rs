@@ -1,13 +1,50 @@
 //! Kubernetes objects → [`Model`]: the one conversion shared by manifest files
 //! (`--manifests`) and the API watch (`--kubernetes`), so both give the same model for the
-//! same objects.
+//! same objects. API types: k8s-openapi 0.29 with feature `v1_34` (Kubernetes 1.34).
 //!
-//! STUB: the interface is fixed here; the conversion is being written (issue #7).
+//! What it implements (shared/design/SEMANTICS.md, docs/kubernetes.md):
+//! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP; UDP and
+//!   SCTP are reported and skipped). ClusterIP/ExternalName and headless Services, and
+//!   Services labelled `service.kubernetes.io/service-proxy-name` with another proxy's name,
+//!   are skipped quietly, as kube-proxy does.
+//! - A port without `nodePort` gets one the way the TOML path allocates it (upper band
+//!   first, stable across reloads through `previous`); two Service ports asking for the
+//!   same nodePort: the later one (sorted order) is skipped with a [`Problem`] naming both.
+//! - Endpoints from the EndpointSlices labelled `kubernetes.io/service-name`, matched to the
+//!   Service port by port name and protocol, each slice with its own port number (this is
+//!   how a named targetPort is resolved); kube-proxy's condition defaults; `nodeName` equal
+//!   to this node's name makes an endpoint local; deduplicated by IP:port (a local copy
+//!   wins). Legacy `v1/Endpoints` only for a Service no EndpointSlice names.
+//! - `externalTrafficPolicy`, `sessionAffinity` and the `sluice.io/*` annotations
+//!   (`annotations` module); an invalid value keeps the last good one from `previous`.
+//!
+//! Nothing here fails as a whole: an object that cannot be served is skipped with a
+//! [`Problem`] and the rest is served. It uses only `model` and the config helpers.
 
-use crate::model::{Model, Settings};
+mod annotations;
+#[cfg(test)]
+mod tests;
+
+use super::allocate::{self, Request};
+use crate::model::{
+    Conditions, Endpoint, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort,
+    ServicePortKey, Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT,
+};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use annotations::{default_forwarding, FORWARDING, HASH_KEY, HOLD_WHEN_EMPTY, POLICY};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label that hands a Service to another proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 /// The objects a model is built from. `Arc`s, so a watch's stores can lend theirs
 /// without copying.
@@ -23,7 +60,8 @@ pub struct Objects {
 #[derive(Debug, Clone, Default)]
 pub struct K8sOptions {
     /// This node's name (`--node-name`, `NODE_NAME`): endpoints whose `nodeName` is this
-    /// are local (externalTrafficPolicy: Local).
+    /// are local (externalTrafficPolicy: Local). `None`: no endpoint is local (as
+    /// kube-proxy without a hostname); Local Services then get a [`Problem`].
     pub node_name: Option<String>,
     /// The `service.kubernetes.io/service-proxy-name` value this instance serves; Services
     /// labelled with another value (or any value, when `None`) are skipped.
@@ -47,18 +85,667 @@ impl std::fmt::Display for Problem {
 /// Builds the model for `objects` with `settings`. `previous` (the model serving now)
 /// keeps allocated NodePorts and the last good value of a Service's invalid annotation.
 /// Never fails as a whole: an object that cannot be served is skipped with a [`Problem`].
+/// Service ports come out sorted by (namespace, name, port name, protocol).
 pub fn build_model(
     settings: Settings,
     objects: &Objects,
     options: &K8sOptions,
     previous: Option<&Model>,
 ) -> (Model, Vec<Problem>) {
-    let _ = (objects, options, previous);
-    (
-        Model {
-            settings,
-            services: Vec::new(),
-        },
-        Vec::new(),
-    )
+    let mut problems = Vec::new();
+    let index = EndpointIndex::new(objects, &mut problems);
+
+    let mut services: Vec<&Service> = objects.services.iter().map(|s| &**s).collect();
+    services.sort_by_key(|s| object_name(&s.metadata));
+    let mut ports: Vec<Candidate> = Vec::new();
+    let mut seen: Option<ServiceName> = None;
+    for svc in services {
+        let name = object_name(&svc.metadata);
+        if seen.as_ref() == Some(&name) {
+            problems.push(Problem {
+                object: format!("Service {name}"),
+                message: "defined twice; the first definition is served".into(),
+            });
+            continue;
+        }
+        seen = Some(name.clone());
+        convert_service(
+            &name,
+            svc,
+            &index,
+            &settings,
+            options,
+            previous,
+            &mut ports,
+            &mut problems,
+        );
+    }
+    ports.sort_by(|a, b| a.port.key.cmp(&b.port.key));
+
+    // Explicit nodePorts: unique per protocol; the later Service port loses.
+    let mut taken: HashMap<(Protocol, u16), ServicePortKey> = HashMap::new();
+    ports.retain(|c| {
+        let Some(p) = c.explicit else { return true };
+        let key = (c.port.key.protocol, p);
+        if let Some(first) = taken.get(&key) {
+            problems.push(Problem {
+                object: format!("Service {}", c.port.key.service),
+                message: format!(
+                    "nodePort {p}/{} of {} is already used by {}; this port is not served",
+                    c.port.key.protocol,
+                    port_label(&c.port.key),
+                    port_label(first)
+                ),
+            });
+            return false;
+        }
+        taken.insert(key, c.port.key.clone());
+        true
+    });
+
+    // Allocation for ports without one; a port left without (range full) is skipped.
+    let allocated = loop {
+        let requests: Vec<Request> = ports
+            .iter()
+            .map(|c| Request {
+                key: &c.port.key,
+                explicit: c.explicit,
+            })
+            .collect();
+        match allocate::allocate(settings.node_port_range, &requests, previous) {
+            Ok(a) => break a,
+            Err(exhausted) => {
+                let c = ports.remove(exhausted.index);
+                problems.push(Problem {
+                    object: format!("Service {}", c.port.key.service),
+                    message: format!(
+                        "no free nodePort left in {} for {}; this port is not served",
+                        settings.node_port_range,
+                        port_label(&c.port.key)
+                    ),
+                });
+            }
+        }
+    };
+    let services = ports
+        .into_iter()
+        .zip(allocated)
+        .map(|(c, a)| ServicePort {
+            node_port: a.node_port,
+            node_port_allocated: a.allocated,
+            ..c.port
+        })
+        .collect();
+    (Model { settings, services }, problems)
+}
+
+/// A Service port before NodePort allocation.
+struct Candidate {
+    port: ServicePort,
+    explicit: Option<u16>,
+}
+
+fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ServiceName {
+    ServiceName {
+        namespace: meta
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+fn port_label(key: &ServicePortKey) -> String {
+    if key.port_name.is_empty() {
+        format!("Service {}", key.service)
+    } else {
+        format!("port {:?} of Service {}", key.port_name, key.service)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert_service(
+    name: &ServiceName,
+    svc: &Service,
+    index: &EndpointIndex,
+    settings: &Settings,
+    options: &K8sOptions,
+    previous: Option<&Model>,
+    out: &mut Vec<Candidate>,
+    problems: &mut Vec<Problem>,
+) {
+    let object = format!("Service {name}");
+    if name.name.is_empty() {
+        problems.push(Problem {
+            object: "Service (no name)".into(),
+            message: "metadata.name is missing; skipped".into(),
+        });
+        return;
+    }
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    if let Some(proxy) = labels.get(SERVICE_PROXY_NAME_LABEL) {
+        if options.proxy_name.as_deref() != Some(proxy.as_str()) {
+            tracing::debug!(service = %name, proxy, "skipped: handled by another proxy");
+            return;
+        }
+    }
+    let Some(spec) = &svc.spec else {
+        problems.push(Problem {
+            object,
+            message: "has no spec; skipped".into(),
+        });
+        return;
+    };
+    let service_type = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+    if service_type != "NodePort" && service_type != "LoadBalancer" {
+        tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer");
+        return;
+    }
+    if spec.cluster_ip.as_deref() == Some("None") {
+        tracing::debug!(service = %name, "skipped: headless");
+        return;
+    }
+    // Problems of this Service: logged by the caller, and shown by `describe`.
+    let report = |message: String, problems: &mut Vec<Problem>, warnings: &mut Vec<String>| {
+        warnings.push(message.clone());
+        problems.push(Problem {
+            object: object.clone(),
+            message,
+        });
+    };
+    let mut warnings = Vec::new();
+    let before: Vec<&ServicePort> = previous
+        .map(|m| {
+            m.services
+                .iter()
+                .filter(|s| s.key.service == *name)
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let traffic_policy = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => TrafficPolicy::Cluster,
+        Some("Local") => TrafficPolicy::Local,
+        Some(other) => {
+            report(
+                format!(
+                    "externalTrafficPolicy {other:?} is not \"Cluster\" or \"Local\"; using Cluster"
+                ),
+                problems,
+                &mut warnings,
+            );
+            TrafficPolicy::Cluster
+        }
+    };
+    if traffic_policy == TrafficPolicy::Local && options.node_name.is_none() {
+        report(
+            "externalTrafficPolicy is Local but this node's name is unknown (set --node-name \
+             or NODE_NAME): no endpoint counts as local, so this Service has no usable \
+             endpoint on this node"
+                .into(),
+            problems,
+            &mut warnings,
+        );
+    }
+    let affinity = session_affinity(spec, &before, &mut |m| report(m, problems, &mut warnings));
+    let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+    let settings_from_annotations = annotations::read(
+        &annotations,
+        traffic_policy,
+        affinity.is_some(),
+        &before,
+        settings,
+    );
+    for m in settings_from_annotations.problems {
+        report(m, problems, &mut warnings);
+    }
+    let policy = affinity.unwrap_or(settings_from_annotations.policy);
+
+    let skip_without_node_port =
+        service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
+    let mut target_ports = Vec::new();
+    let mut port_names: Vec<String> = Vec::new();
+    let mut keys = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let protocol_text = p.protocol.as_deref().unwrap_or("TCP");
+        let what = if port_name.is_empty() {
+            format!("port {}", p.port)
+        } else {
+            format!("port {port_name:?}")
+        };
+        target_ports.push((
+            port_name.clone(),
+            match &p.target_port {
+                Some(IntOrString::Int(i)) => i.to_string(),
+                Some(IntOrString::String(s)) => s.clone(),
+                None => p.port.to_string(),
+            },
+        ));
+        let protocol = match protocol_text {
+            "TCP" => Protocol::Tcp,
+            "UDP" | "SCTP" => {
+                report(
+                    format!("{what} is {protocol_text}: sluice serves only TCP; not served"),
+                    problems,
+                    &mut warnings,
+                );
+                continue;
+            }
+            other => {
+                report(
+                    format!("{what} has unknown protocol {other:?}; not served"),
+                    problems,
+                    &mut warnings,
+                );
+                continue;
+            }
+        };
+        if port_names.contains(&port_name) {
+            report(
+                format!("{what} is listed twice; the first one is served"),
+                problems,
+                &mut warnings,
+            );
+            continue;
+        }
+        port_names.push(port_name.clone());
+        let Ok(port) =
+            u16::try_from(p.port)
+                .map_err(drop)
+                .and_then(|v| if v == 0 { Err(()) } else { Ok(v) })
+        else {
+            report(
+                format!("{what}: port {} is not a port number; not served", p.port),
+                problems,
+                &mut warnings,
+            );
+            continue;
+        };
+        let explicit = match p.node_port {
+            None | Some(0) if skip_without_node_port => {
+                tracing::debug!(service = %name, port = %what, "no nodePort (allocateLoadBalancerNodePorts: false): not served");
+                continue;
+            }
+            None | Some(0) => None,
+            Some(n) => match u16::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    report(
+                        format!("{what}: nodePort {n} is not a port number; not served"),
+                        problems,
+                        &mut warnings,
+                    );
+                    continue;
+                }
+            },
+        };
+        let target_port = match &p.target_port {
+            None => port,
+            Some(IntOrString::Int(i)) => u16::try_from(*i).unwrap_or(0),
+            // Resolved per endpoint from its slice; the Service itself has no number.
+            Some(IntOrString::String(_)) => 0,
+        };
+        let endpoints = index.endpoints(name, &port_name, protocol_text, options);
+        let key = ServicePortKey {
+            service: name.clone(),
+            port_name,
+            protocol,
+        };
+        if endpoints.len() >= settings.defaults.maglev_table_size as usize {
+            report(
+                format!(
+                    "{what} has {} endpoints, more than the Maglev table ({}) holds; not served",
+                    endpoints.len(),
+                    settings.defaults.maglev_table_size
+                ),
+                problems,
+                &mut warnings,
+            );
+            continue;
+        }
+        keys.push(out.len());
+        out.push(Candidate {
+            port: ServicePort {
+                key,
+                port,
+                node_port: 0,
+                node_port_allocated: false,
+                target_port,
+                endpoints,
+                policy,
+                timeouts: settings_from_annotations.timeouts,
+                connect_retries: settings.defaults.connect_retries,
+                maglev_table_size: settings.defaults.maglev_table_size,
+                forwarding: settings_from_annotations.forwarding.clone(),
+                traffic_policy,
+                health: settings.defaults.health.clone(),
+                meta: None,
+            },
+            explicit,
+        });
+    }
+    let meta = Arc::new(service_meta(svc, service_type, target_ports, warnings));
+    for i in keys {
+        out[i].port.meta = Some(Arc::clone(&meta));
+    }
+}
+
+/// `sessionAffinity: ClientIP` → [`Policy::ClientIp`] (timeout 1..=86400 s, default 10800);
+/// `None` when the Service has no affinity. An invalid timeout keeps the last good one.
+fn session_affinity(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    before: &[&ServicePort],
+    report: &mut dyn FnMut(String),
+) -> Option<Policy> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => return None,
+        Some("ClientIP") => {}
+        Some(other) => {
+            report(format!(
+                "sessionAffinity {other:?} is not \"None\" or \"ClientIP\"; using None"
+            ));
+            return None;
+        }
+    }
+    let written = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    let timeout = match written {
+        None => DEFAULT_AFFINITY_TIMEOUT,
+        Some(t @ 1..=86400) => Duration::from_secs(t as u64),
+        Some(t) => {
+            let last = before.iter().find_map(|p| match p.policy {
+                Policy::ClientIp { timeout, .. } => Some(timeout),
+                _ => None,
+            });
+            let kept = last.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+            report(format!(
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range (1..=86400); \
+                 keeping {}s",
+                kept.as_secs()
+            ));
+            kept
+        }
+    };
+    Some(Policy::ClientIp {
+        timeout,
+        max_entries: DEFAULT_AFFINITY_MAX_ENTRIES,
+    })
+}
+
+fn service_meta(
+    svc: &Service,
+    service_type: String,
+    target_ports: Vec<(String, String)>,
+    warnings: Vec<String>,
+) -> ServiceMeta {
+    let pairs = |m: &Option<BTreeMap<String, String>>| -> Vec<(String, String)> {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let spec = svc.spec.as_ref();
+    let cluster_ips = spec
+        .and_then(|s| s.cluster_ips.clone())
+        .filter(|v| !v.is_empty())
+        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+        .unwrap_or_default();
+    let load_balancer_ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect();
+    ServiceMeta {
+        service_type,
+        labels: pairs(&svc.metadata.labels),
+        annotations: pairs(&svc.metadata.annotations),
+        selector: pairs(&spec.and_then(|s| s.selector.clone())),
+        cluster_ips,
+        ip_families: spec.and_then(|s| s.ip_families.clone()).unwrap_or_default(),
+        ip_family_policy: spec.and_then(|s| s.ip_family_policy.clone()),
+        external_ips: spec
+            .and_then(|s| s.external_ips.clone())
+            .unwrap_or_default(),
+        load_balancer_ingress,
+        target_ports,
+        health_check_node_port: spec
+            .and_then(|s| s.health_check_node_port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
+        warnings,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Endpoints
+// ---------------------------------------------------------------------------------------
+
+/// One endpoint address as a slice (or legacy subset) gives it, already checked.
+struct ParsedEndpoint {
+    ip: IpAddr,
+    conditions: Conditions,
+    node_name: Option<String>,
+}
+
+/// A slice or legacy subset: its ports (name, protocol, number) and endpoints.
+struct ParsedGroup {
+    ports: Vec<(String, String, u16)>,
+    endpoints: Vec<ParsedEndpoint>,
+}
+
+/// Every slice and legacy subset, checked once and grouped by the Service they name.
+struct EndpointIndex {
+    slices: HashMap<ServiceName, Vec<ParsedGroup>>,
+    legacy: HashMap<ServiceName, Vec<ParsedGroup>>,
+}
+
+impl EndpointIndex {
+    fn new(objects: &Objects, problems: &mut Vec<Problem>) -> EndpointIndex {
+        let mut slices: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
+        let mut sorted: Vec<&EndpointSlice> = objects.slices.iter().map(|s| &**s).collect();
+        sorted.sort_by_key(|s| object_name(&s.metadata));
+        for slice in sorted {
+            let id = object_name(&slice.metadata);
+            let object = format!("EndpointSlice {id}");
+            let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .filter(|s| !s.is_empty())
+            else {
+                problems.push(Problem {
+                    object,
+                    message: format!(
+                        "has no {SERVICE_NAME_LABEL} label, so it belongs to no Service; ignored"
+                    ),
+                });
+                continue;
+            };
+            let family_v6 = match slice.address_type.as_str() {
+                "IPv4" => false,
+                "IPv6" => true,
+                "FQDN" => {
+                    tracing::debug!(slice = %id, "skipped: addressType FQDN");
+                    continue;
+                }
+                other => {
+                    problems.push(Problem {
+                        object,
+                        message: format!("unknown addressType {other:?}; ignored"),
+                    });
+                    continue;
+                }
+            };
+            let ports = slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let number = p
+                        .port
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| *n != 0);
+                    let Some(number) = number else {
+                        problems.push(Problem {
+                            object: object.clone(),
+                            message: format!(
+                                "port {:?} has no valid port number; ignored",
+                                p.name.as_deref().unwrap_or("")
+                            ),
+                        });
+                        return None;
+                    };
+                    Some((
+                        p.name.clone().unwrap_or_default(),
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        number,
+                    ))
+                })
+                .collect();
+            let mut endpoints = Vec::new();
+            for ep in &slice.endpoints {
+                // Like kube-proxy: the first address is the endpoint's address.
+                let Some(text) = ep.addresses.first() else {
+                    continue;
+                };
+                let Some(ip) = unicast(text).filter(|ip| ip.is_ipv6() == family_v6) else {
+                    problems.push(Problem {
+                        object: object.clone(),
+                        message: format!(
+                            "endpoint address {text:?} is not a unicast {} address; ignored",
+                            slice.address_type
+                        ),
+                    });
+                    continue;
+                };
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                endpoints.push(ParsedEndpoint {
+                    ip,
+                    conditions: Conditions {
+                        ready,
+                        serving: c.and_then(|c| c.serving).unwrap_or(true),
+                        terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                    },
+                    node_name: ep.node_name.clone(),
+                });
+            }
+            let key = ServiceName {
+                namespace: id.namespace.clone(),
+                name: service.clone(),
+            };
+            slices
+                .entry(key)
+                .or_default()
+                .push(ParsedGroup { ports, endpoints });
+        }
+
+        let mut legacy: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
+        for eps in &objects.endpoints {
+            let id = object_name(&eps.metadata);
+            let object = format!("Endpoints {id}");
+            for subset in eps.subsets.iter().flatten() {
+                let ports = subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let n = u16::try_from(p.port).ok().filter(|n| *n != 0)?;
+                        Some((
+                            p.name.clone().unwrap_or_default(),
+                            p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            n,
+                        ))
+                    })
+                    .collect();
+                let mut endpoints = Vec::new();
+                for (list, ready) in [
+                    (&subset.addresses, true),
+                    (&subset.not_ready_addresses, false),
+                ] {
+                    for a in list.iter().flatten() {
+                        let Some(ip) = unicast(&a.ip) else {
+                            problems.push(Problem {
+                                object: object.clone(),
+                                message: format!(
+                                    "address {:?} is not a unicast IP address; ignored",
+                                    a.ip
+                                ),
+                            });
+                            continue;
+                        };
+                        endpoints.push(ParsedEndpoint {
+                            ip,
+                            conditions: Conditions {
+                                ready,
+                                serving: ready,
+                                terminating: false,
+                            },
+                            node_name: a.node_name.clone(),
+                        });
+                    }
+                }
+                legacy
+                    .entry(id.clone())
+                    .or_default()
+                    .push(ParsedGroup { ports, endpoints });
+            }
+        }
+        EndpointIndex { slices, legacy }
+    }
+
+    /// The endpoints of one Service port, deduplicated by IP:port and sorted by address.
+    fn endpoints(
+        &self,
+        service: &ServiceName,
+        port_name: &str,
+        protocol: &str,
+        options: &K8sOptions,
+    ) -> Vec<Endpoint> {
+        let groups = self
+            .slices
+            .get(service)
+            .or_else(|| self.legacy.get(service))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+        for g in groups {
+            let Some(&(_, _, number)) = g
+                .ports
+                .iter()
+                .find(|(n, p, _)| n == port_name && p == protocol)
+            else {
+                continue;
+            };
+            for e in &g.endpoints {
+                let addr = SocketAddr::new(e.ip, number);
+                let local = options.node_name.is_some() && e.node_name == options.node_name;
+                let mut endpoint = Endpoint::new(addr);
+                endpoint.conditions = e.conditions;
+                endpoint.local = local;
+                // kube-proxy: the first copy stays unless a later one is local.
+                if !by_addr.contains_key(&addr) || local {
+                    by_addr.insert(addr, endpoint);
+                }
+            }
+        }
+        by_addr.into_values().collect()
+    }
+}
+
+/// `text` as an IP address a backend can have.
+fn unicast(text: &str) -> Option<IpAddr> {
+    let ip: IpAddr = text.trim().parse().ok()?;
+    let bad = ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]);
+    (!bad).then_some(ip)
 }

@@ -18,6 +18,7 @@
 //! snapshot they were routed with, so a reload never cuts one.
 
 pub mod client;
+mod hcnp;
 pub mod health;
 mod metrics;
 mod notify;
@@ -52,6 +53,8 @@ pub enum ConfigSource {
     File(PathBuf),
     /// A model built in (the demo); reloads are refused.
     Fixed(Box<Model>),
+    /// Kubernetes manifests in a directory (`--manifests`), re-read on each reload.
+    Manifests(config::manifests::Manifests),
 }
 
 /// Something a background task of the control plane (health checks, a Kubernetes watch)
@@ -119,6 +122,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut model = match &options.config {
         ConfigSource::File(path) => config::load_file(path, None)?,
         ConfigSource::Fixed(m) => (**m).clone(),
+        ConfigSource::Manifests(m) => {
+            let (model, problems) = m.load(None)?;
+            log_problems(&problems);
+            model
+        }
     };
     let workers = options
         .workers
@@ -174,6 +182,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
     }
 
+    let health_check_node_ports = hcnp::HealthCheckServers::new(Arc::clone(&health));
     let mut daemon = Daemon {
         source: options.config,
         model,
@@ -190,6 +199,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         log_filter: options.log_filter,
         events: events_tx,
         endpoint_health,
+        health_check_node_ports,
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -303,6 +313,13 @@ fn log_reload(outcome: &ReloadOutcome, by: &str) {
     }
 }
 
+/// Problems with single Kubernetes objects: logged naming the object; the rest is served.
+fn log_problems(problems: &[config::k8s::Problem]) {
+    for p in problems {
+        tracing::warn!(object = %p.object, "{}", p.message);
+    }
+}
+
 async fn bind_http(
     addr: Option<std::net::SocketAddr>,
     what: &'static str,
@@ -338,6 +355,8 @@ struct Daemon {
     events: mpsc::UnboundedSender<Event>,
     /// Active checks and passive ejection of endpoints (`health`).
     endpoint_health: health::HealthTracker,
+    /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
+    health_check_node_ports: hcnp::HealthCheckServers,
 }
 
 impl Daemon {
@@ -386,6 +405,7 @@ impl Daemon {
     fn after_publish(&mut self) {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
+        self.health_check_node_ports.sync(&self.model);
     }
 
     /// The next model from the configuration source; `self.model` is passed in so
@@ -397,6 +417,11 @@ impl Daemon {
             }
             ConfigSource::Fixed(_) => {
                 Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
+            }
+            ConfigSource::Manifests(m) => {
+                let (model, problems) = m.load(Some(&self.model)).map_err(|e| e.to_string())?;
+                log_problems(&problems);
+                Ok(model)
             }
         }
     }
@@ -619,6 +644,7 @@ impl Daemon {
             config: match &self.source {
                 ConfigSource::File(p) => Some(p.display().to_string()),
                 ConfigSource::Fixed(_) => None,
+                ConfigSource::Manifests(m) => Some(m.dir.display().to_string()),
             },
             service_ports: self.model.services.len(),
             listen: self
@@ -717,6 +743,7 @@ impl Daemon {
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
                 endpoints,
+                kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
             };
             if keep(&info) {
                 services.push(info);
@@ -726,6 +753,36 @@ impl Daemon {
             generation: snapshot.generation(),
             services,
         }
+    }
+}
+
+/// The Kubernetes fields of `describe` for one Service port.
+fn kubernetes_info(
+    m: &crate::model::ServiceMeta,
+    p: &crate::model::ServicePort,
+) -> protocol::KubernetesInfo {
+    protocol::KubernetesInfo {
+        service_type: m.service_type.clone(),
+        labels: m.labels.clone(),
+        annotations: m.annotations.clone(),
+        selector: m.selector.clone(),
+        ip_family_policy: m.ip_family_policy.clone(),
+        ip_families: m.ip_families.clone(),
+        cluster_ips: m.cluster_ips.clone(),
+        external_ips: m.external_ips.clone(),
+        load_balancer_ingress: m.load_balancer_ingress.clone(),
+        target_port: m
+            .target_ports
+            .iter()
+            .find(|(name, _)| *name == p.key.port_name)
+            .map_or_else(|| p.target_port.to_string(), |(_, t)| t.clone()),
+        external_traffic_policy: match p.traffic_policy {
+            crate::model::TrafficPolicy::Cluster => "Cluster",
+            crate::model::TrafficPolicy::Local => "Local",
+        }
+        .to_owned(),
+        health_check_node_port: m.health_check_node_port,
+        warnings: m.warnings.clone(),
     }
 }
 

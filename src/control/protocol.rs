@@ -303,6 +303,33 @@ pub struct ServicePortInfo {
     pub endpoints_total: usize,
     pub counters: Counters,
     pub endpoints: Vec<EndpointInfo>,
+    /// The Kubernetes Service as written (manifests or the API); absent for TOML Services
+    /// (and from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesInfo>,
+}
+
+/// What `kubectl describe service` shows of a Kubernetes Service, beyond the port itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubernetesInfo {
+    /// `NodePort` or `LoadBalancer`.
+    pub service_type: String,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+    pub selector: Vec<(String, String)>,
+    pub ip_family_policy: Option<String>,
+    pub ip_families: Vec<String>,
+    pub cluster_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+    pub load_balancer_ingress: Vec<String>,
+    /// This port's targetPort as written (`9000` or `http-server`).
+    pub target_port: String,
+    /// `Cluster` or `Local`.
+    pub external_traffic_policy: String,
+    pub health_check_node_port: Option<u16>,
+    /// Problems found reading the Service (invalid annotations, skipped ports).
+    pub warnings: Vec<String>,
 }
 
 /// Result of `services`, `describe`, `endpoints` and `stats`.

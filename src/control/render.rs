@@ -172,45 +172,89 @@ pub fn override_outcome(o: &OverrideOutcome) -> String {
 }
 
 /// `describe service`: every port of one Service, laid out as `kubectl describe service`.
-/// Fields sluice has no source for (labels, selector, cluster IPs, events) show `<none>`.
+/// Services from Kubernetes (manifests, the API) show what the objects say; TOML Services
+/// show `<none>` where they have no source (labels, selector, cluster IPs, events).
 pub fn describe(ports: &[ServicePortInfo]) -> String {
     let Some(first) = ports.first() else {
         return String::new();
     };
+    let k8s = first.kubernetes.as_ref();
     let mut out = String::new();
     let mut field = |label: &str, value: &str| {
         let _ = writeln!(out, "{:<26}{value}", format!("{label}:"));
     };
     field("Name", &first.name);
     field("Namespace", &first.namespace);
-    field("Labels", "<none>");
-    field("Annotations", "<none>");
-    field("Selector", "<none>");
-    field("Type", "NodePort");
-    let (v4, v6) = ports
-        .iter()
-        .flat_map(|p| &p.endpoints)
-        .fold((false, false), |(a, b), e| {
-            let v6 = e.address.starts_with('[');
-            (a || !v6, b || v6)
-        });
-    let (policy, families) = match (v4, v6) {
-        (true, true) => ("PreferDualStack", "IPv4,IPv6"),
-        (false, true) => ("SingleStack", "IPv6"),
-        _ => ("SingleStack", "IPv4"),
-    };
-    field("IP Family Policy", policy);
-    field("IP Families", families);
-    field("IP", "<none>");
-    field("IPs", "<none>");
+    field(
+        "Labels",
+        &multiline(k8s.map(|k| &k.labels[..]).unwrap_or(&[]), &[]),
+    );
+    field(
+        "Annotations",
+        &multiline(
+            k8s.map(|k| &k.annotations[..]).unwrap_or(&[]),
+            &["kubectl.kubernetes.io/last-applied-configuration"],
+        ),
+    );
+    let selector = k8s
+        .map(|k| {
+            k.selector
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty());
+    field("Selector", selector.as_deref().unwrap_or("<none>"));
+    field("Type", k8s.map_or("NodePort", |k| &k.service_type));
+    match k8s {
+        Some(k) => {
+            field(
+                "IP Family Policy",
+                k.ip_family_policy.as_deref().unwrap_or("<none>"),
+            );
+            field("IP Families", &or_none(&k.ip_families.join(",")));
+            field("IP", k.cluster_ips.first().map_or("<none>", String::as_str));
+            field("IPs", &or_none(&k.cluster_ips.join(",")));
+            if !k.external_ips.is_empty() {
+                field("External IPs", &k.external_ips.join(","));
+            }
+            if !k.load_balancer_ingress.is_empty() {
+                field("LoadBalancer Ingress", &k.load_balancer_ingress.join(", "));
+            }
+        }
+        None => {
+            let (v4, v6) =
+                ports
+                    .iter()
+                    .flat_map(|p| &p.endpoints)
+                    .fold((false, false), |(a, b), e| {
+                        let v6 = e.address.starts_with('[');
+                        (a || !v6, b || v6)
+                    });
+            let (policy, families) = match (v4, v6) {
+                (true, true) => ("PreferDualStack", "IPv4,IPv6"),
+                (false, true) => ("SingleStack", "IPv6"),
+                _ => ("SingleStack", "IPv4"),
+            };
+            field("IP Family Policy", policy);
+            field("IP Families", families);
+            field("IP", "<none>");
+            field("IPs", "<none>");
+        }
+    }
     for p in ports {
         let name = if p.port_name.is_empty() {
             "<unset>"
         } else {
             &p.port_name
         };
+        let target = p
+            .kubernetes
+            .as_ref()
+            .map_or_else(|| p.target_port.to_string(), |k| k.target_port.clone());
         field("Port", &format!("{name}  {}/{}", p.port, p.protocol));
-        field("TargetPort", &format!("{}/{}", p.target_port, p.protocol));
+        field("TargetPort", &format!("{target}/{}", p.protocol));
         field(
             "NodePort",
             &format!("{name}  {}/{}", p.node_port, p.protocol),
@@ -223,17 +267,58 @@ pub fn describe(ports: &[ServicePortInfo]) -> String {
         "None"
     };
     field("Session Affinity", affinity);
-    field("External Traffic Policy", "Cluster");
-    field("Events", "<none>");
+    field(
+        "External Traffic Policy",
+        k8s.map_or("Cluster", |k| &k.external_traffic_policy),
+    );
+    if let Some(port) = k8s.and_then(|k| k.health_check_node_port) {
+        field("HealthCheck NodePort", &port.to_string());
+    }
+    let warnings: Vec<&String> = k8s.iter().flat_map(|k| &k.warnings).collect();
+    if warnings.is_empty() {
+        field("Events", "<none>");
+    } else {
+        out.push_str(
+            "Events:\n  Type     Reason   From    Message\n  ----     ------   ----    -------\n",
+        );
+        for w in warnings {
+            let _ = writeln!(out, "  Warning  Problem  sluice  {w}");
+        }
+    }
     out
+}
+
+/// kubectl's multi-line `key=value` list: one per line, aligned; `<none>` when empty.
+fn multiline(pairs: &[(String, String)], hidden: &[&str]) -> String {
+    let shown: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| !hidden.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if shown.is_empty() {
+        return "<none>".to_owned();
+    }
+    shown.join(&format!("\n{:26}", ""))
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Ready endpoints as kubectl shows them: the first three, then `+ N more...`.
 fn kubectl_endpoints(p: &ServicePortInfo) -> String {
+    // Kubernetes Services: the ready endpoints (kubectl's view); TOML: those routing uses.
     let usable: Vec<&str> = p
         .endpoints
         .iter()
-        .filter(|e| e.weight > 0)
+        .filter(|e| match p.kubernetes {
+            Some(_) => e.ready,
+            None => e.weight > 0,
+        })
         .map(|e| e.address.as_str())
         .collect();
     if usable.is_empty() {
@@ -296,7 +381,7 @@ fn when(unix: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::protocol::{Counters, EndpointInfo};
+    use super::super::protocol::{Counters, EndpointInfo, KubernetesInfo};
     use super::*;
 
     fn ep(a: &str) -> EndpointInfo {
@@ -338,6 +423,7 @@ mod tests {
                 ep("192.168.45.127:9000"),
                 ep("192.168.66.254:9000"),
             ],
+            kubernetes: None,
         };
         let text = describe(&[p]);
         let seed = "\
@@ -360,6 +446,79 @@ External Traffic Policy:  Cluster
 Events:                   <none>
 ";
         assert_eq!(text, seed);
+    }
+
+    /// A Service read from Kubernetes objects: the EKS seed's `kubectl describe` output, to
+    /// the byte.
+    #[test]
+    fn describe_of_a_kubernetes_service_matches_the_seed() {
+        let k = KubernetesInfo {
+            service_type: "NodePort".into(),
+            labels: vec![("app".into(), "myfrontend".into())],
+            annotations: vec![(
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "{...}".into(),
+            )],
+            selector: vec![("app".into(), "frontend".into())],
+            ip_family_policy: Some("SingleStack".into()),
+            ip_families: vec!["IPv4".into()],
+            cluster_ips: vec!["10.100.13.81".into()],
+            target_port: "9000".into(),
+            external_traffic_policy: "Cluster".into(),
+            ..Default::default()
+        };
+        let mut not_ready = ep("192.168.99.1:9000");
+        not_ready.ready = false;
+        let p = ServicePortInfo {
+            namespace: "workshop".into(),
+            name: "myfrontend".into(),
+            port_name: "http".into(),
+            protocol: "TCP".into(),
+            port: 80,
+            target_port: 9000,
+            node_port: 30000,
+            node_port_allocated: false,
+            policy: "maglev(client-ip-port)".into(),
+            session_affinity: "None".into(),
+            forwarding: "none".into(),
+            endpoints_usable: 3,
+            endpoints_total: 4,
+            counters: Counters::default(),
+            endpoints: vec![
+                ep("192.168.7.8:9000"),
+                ep("192.168.45.127:9000"),
+                ep("192.168.66.254:9000"),
+                not_ready,
+            ],
+            kubernetes: Some(k.clone()),
+        };
+        let seed = include_str!("../../tests/fixtures/k8s/describe-myfrontend.txt");
+        assert_eq!(describe(std::slice::from_ref(&p)), seed);
+
+        // The OpenShift seed's named targetPort; a LoadBalancer with Local policy.
+        let mut hello = p.clone();
+        hello.port_name = String::new();
+        let mut k2 = k.clone();
+        k2.target_port = "http-server".into();
+        k2.service_type = "LoadBalancer".into();
+        k2.external_traffic_policy = "Local".into();
+        k2.health_check_node_port = Some(32100);
+        k2.load_balancer_ingress = vec!["203.0.113.10".into()];
+        k2.labels.push(("tier".into(), "web".into()));
+        k2.warnings = vec!["annotation sluice.io/policy \"x\" is not accepted".into()];
+        hello.kubernetes = Some(k2);
+        let text = describe(&[hello]);
+        for line in [
+            "Labels:                   app=myfrontend\n                          tier=web\n",
+            "Type:                     LoadBalancer\n",
+            "LoadBalancer Ingress:     203.0.113.10\nPort:                     <unset>  80/TCP\n",
+            "TargetPort:               http-server/TCP\n",
+            "External Traffic Policy:  Local\nHealthCheck NodePort:     32100\n",
+            "Events:\n  Type     Reason   From    Message\n",
+            "  Warning  Problem  sluice  annotation sluice.io/policy \"x\" is not accepted\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
     }
 
     #[test]

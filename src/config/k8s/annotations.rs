@@ -1,0 +1,217 @@
+//! The `sluice.io/*` annotations of a Service: per-Service options the Kubernetes API has
+//! no field for. Values are judged by the same functions as the TOML keys of the same
+//! meaning (so the accepted words and the messages are the same); an invalid value is a
+//! problem naming the annotation and the value, and the Service keeps its last good
+//! setting (from the model serving now), or the default if it never had one.
+
+use super::super::file::DurationText;
+use super::super::forwarding;
+use super::super::values::{choice, opt_duration};
+use super::super::{ConfigError, Source};
+use crate::model::{Forwarding, HashKey, Policy, ServicePort, Settings, Timeouts, TrafficPolicy};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+
+/// `none`, `proxy-v1`, `proxy-v2` or `transparent` (the TOML `forwarding` values).
+pub const FORWARDING: &str = "sluice.io/forwarding";
+/// `maglev`, `round-robin`, `random` or `least-connections` (`client-ip` comes from
+/// `sessionAffinity: ClientIP`).
+pub const POLICY: &str = "sluice.io/policy";
+/// `client-ip-port` or `client-ip` (Maglev only).
+pub const HASH_KEY: &str = "sluice.io/hash-key";
+/// A duration (`"30s"`): hold new connections that long while no endpoint is usable.
+pub const HOLD_WHEN_EMPTY: &str = "sluice.io/hold-when-empty";
+
+/// What the annotations (and the traffic policy's defaults) give a Service.
+pub(super) struct FromAnnotations {
+    pub policy: Policy,
+    pub forwarding: Forwarding,
+    pub timeouts: Timeouts,
+    /// One message per invalid or ignored annotation.
+    pub problems: Vec<String>,
+}
+
+/// The forwarding a Service gets without the annotation: Local Services preserve the
+/// client address transparently (what kube-proxy's Local gives pods), others use none.
+pub fn default_forwarding(traffic_policy: TrafficPolicy) -> Forwarding {
+    match traffic_policy {
+        TrafficPolicy::Cluster => Forwarding::None,
+        TrafficPolicy::Local => Forwarding::Transparent,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Maglev,
+    RoundRobin,
+    Random,
+    LeastConnections,
+}
+
+const KINDS: &[(&str, Kind)] = &[
+    ("maglev", Kind::Maglev),
+    ("round-robin", Kind::RoundRobin),
+    ("random", Kind::Random),
+    ("least-connections", Kind::LeastConnections),
+];
+
+const KEYS: &[(&str, HashKey)] = &[
+    ("client-ip-port", HashKey::ClientIpPort),
+    ("client-ip", HashKey::ClientIp),
+];
+
+/// Reads the annotations. `before` are this Service's ports in the model serving now
+/// (for last good values); `affinity` is true when `sessionAffinity: ClientIP` decides
+/// the policy.
+pub(super) fn read(
+    annotations: &BTreeMap<String, String>,
+    traffic_policy: TrafficPolicy,
+    affinity: bool,
+    before: &[&ServicePort],
+    settings: &Settings,
+) -> FromAnnotations {
+    let mut problems = Vec::new();
+    let last = before.first();
+    let invalid =
+        |e: ConfigError, kept: String| format!("annotation {}; keeping {kept}", e.message);
+
+    let forwarding = match annotations.get(FORWARDING) {
+        None => default_forwarding(traffic_policy),
+        Some(v) => {
+            let (src, value) = spanned(v);
+            match forwarding::mode(&src, &value, FORWARDING) {
+                Ok(f) => f,
+                Err(e) => {
+                    let kept = last
+                        .map(|p| p.forwarding.clone())
+                        .unwrap_or_else(|| default_forwarding(traffic_policy));
+                    problems.push(invalid(e, forwarding_name(&kept).into()));
+                    kept
+                }
+            }
+        }
+    };
+
+    let last_kind = last.and_then(|p| match p.policy {
+        Policy::Maglev { .. } => Some(Kind::Maglev),
+        Policy::RoundRobin => Some(Kind::RoundRobin),
+        Policy::Random => Some(Kind::Random),
+        Policy::LeastConnections => Some(Kind::LeastConnections),
+        Policy::ClientIp { .. } => None,
+    });
+    let kind = match annotations.get(POLICY) {
+        None => Kind::Maglev,
+        Some(v) if affinity => {
+            problems.push(format!(
+                "annotation {POLICY} {v:?} is ignored: sessionAffinity: ClientIP chooses the \
+                 policy (client-ip)"
+            ));
+            Kind::Maglev
+        }
+        Some(v) if v == "client-ip" => {
+            let kept = last_kind.unwrap_or(Kind::Maglev);
+            problems.push(format!(
+                "annotation {POLICY} \"client-ip\" is not accepted: set the Service's \
+                 sessionAffinity: ClientIP instead; keeping {}",
+                kind_name(kept)
+            ));
+            kept
+        }
+        Some(v) => {
+            let (src, value) = spanned(v);
+            match choice(&src, &value, POLICY, KINDS) {
+                Ok(k) => k,
+                Err(e) => {
+                    let kept = last_kind.unwrap_or(Kind::Maglev);
+                    problems.push(invalid(e, kind_name(kept).into()));
+                    kept
+                }
+            }
+        }
+    };
+
+    let last_key = last.and_then(|p| match p.policy {
+        Policy::Maglev { key } => Some(key),
+        _ => None,
+    });
+    let key = match annotations.get(HASH_KEY) {
+        None => HashKey::ClientIpPort,
+        Some(v) if affinity || kind != Kind::Maglev => {
+            problems.push(format!(
+                "annotation {HASH_KEY} {v:?} is ignored: it applies to the maglev policy only"
+            ));
+            HashKey::ClientIpPort
+        }
+        Some(v) => {
+            let (src, value) = spanned(v);
+            match choice(&src, &value, HASH_KEY, KEYS) {
+                Ok(k) => k,
+                Err(e) => {
+                    let kept = last_key.unwrap_or(HashKey::ClientIpPort);
+                    let name = KEYS
+                        .iter()
+                        .find(|(_, k)| *k == kept)
+                        .map_or("?", |(n, _)| n);
+                    problems.push(invalid(e, name.into()));
+                    kept
+                }
+            }
+        }
+    };
+
+    let mut timeouts = settings.defaults.timeouts;
+    if let Some(v) = annotations.get(HOLD_WHEN_EMPTY) {
+        let (src, value) = spanned(v);
+        let value = Some(Spanned::new(value.span(), DurationText(value.into_inner())));
+        match opt_duration(&src, &value, HOLD_WHEN_EMPTY, std::time::Duration::ZERO) {
+            Ok(d) => timeouts.hold_when_empty = Some(d),
+            Err(e) => {
+                let kept = last.map_or(timeouts.hold_when_empty, |p| p.timeouts.hold_when_empty);
+                let shown = kept.map_or("no hold".to_owned(), |d| {
+                    humantime::format_duration(d).to_string()
+                });
+                problems.push(invalid(e, shown));
+                timeouts.hold_when_empty = kept;
+            }
+        }
+    }
+
+    FromAnnotations {
+        policy: match kind {
+            Kind::Maglev => Policy::Maglev { key },
+            Kind::RoundRobin => Policy::RoundRobin,
+            Kind::Random => Policy::Random,
+            Kind::LeastConnections => Policy::LeastConnections,
+        },
+        forwarding,
+        timeouts,
+        problems,
+    }
+}
+
+/// An annotation value as a one-line "file", so the TOML value checks can judge it.
+fn spanned(v: &str) -> (Source<'_>, Spanned<String>) {
+    (
+        Source {
+            origin: "annotation",
+            text: v,
+        },
+        Spanned::new(0..v.len(), v.to_owned()),
+    )
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("?", |(n, _)| n)
+}
+
+fn forwarding_name(f: &Forwarding) -> &'static str {
+    match f {
+        Forwarding::None => "none",
+        Forwarding::ProxyV1 => "proxy-v1",
+        Forwarding::ProxyV2(_) => "proxy-v2",
+        Forwarding::Transparent => "transparent",
+    }
+}

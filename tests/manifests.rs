@@ -1,0 +1,437 @@
+//! Manifest mode end to end (`sluice run --manifests DIR`): the seeds' Service YAML
+//! verbatim with EndpointSlices as the controller writes them, traffic to the pods, the
+//! named targetPort and an allocated nodePort, reloads that follow the directory (pods
+//! added, terminating pods as the fallback, a broken file, a deleted Service), the
+//! healthCheckNodePort's bytes, and `describe`.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn ctl(sock: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run sluice ctl")
+}
+
+fn ctl_ok(sock: &Path, args: &[&str]) -> String {
+    let out = ctl(sock, args);
+    assert!(
+        out.status.success(),
+        "sluice ctl {args:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Clone, Copy)]
+enum Pod {
+    Ready,
+    Terminating,
+}
+
+/// An EndpointSlice as the EndpointSlice controller writes it: one port, pods as
+/// (IP, node, state).
+fn slice(
+    service: &str,
+    ns: &str,
+    suffix: &str,
+    port: (&str, u16),
+    pods: &[(&str, &str, Pod)],
+) -> String {
+    let mut endpoints = String::new();
+    for (i, (ip, node, state)) in pods.iter().enumerate() {
+        let (ready, serving, terminating) = match state {
+            Pod::Ready => (true, true, false),
+            Pod::Terminating => (false, true, true),
+        };
+        endpoints.push_str(&format!(
+            "- addresses:\n  - {ip}\n  conditions:\n    ready: {ready}\n    serving: {serving}\n    terminating: {terminating}\n  nodeName: {node}\n  targetRef:\n    kind: Pod\n    name: {service}-6d4cf56db6-{i}x{suffix}\n    namespace: {ns}\n    uid: 5b1f{i}c1e-0d43-4b7e-9a55-2f63c0e1a7{i}d\n  zone: zone-a\n"
+        ));
+    }
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  generateName: {service}-\n  name: {service}-{suffix}\n  namespace: {ns}\n  labels:\n    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n    kubernetes.io/service-name: {service}\n  ownerReferences:\n  - apiVersion: v1\n    blockOwnerDeletion: true\n    controller: true\n    kind: Service\n    name: {service}\n    uid: 2a6c3e0f-6f0b-4c4e-8f5e-0c9d1b7a3e21\naddressType: IPv4\nports:\n- name: \"{}\"\n  port: {}\n  protocol: TCP\nendpoints:\n{endpoints}",
+        port.0, port.1
+    )
+}
+
+/// Node settings for manifest mode: loopback only, a control socket in `dir`.
+fn node_settings(dir: &TempDir, range: &str) -> (PathBuf, PathBuf) {
+    let sock = dir.path().join("ctl.sock");
+    let toml = dir.write(
+        "node.toml",
+        &format!(
+            "listen_addresses = [\"127.0.0.1\"]\nworkers = 2\nnode_port_range = \"{range}\"\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    );
+    (toml, sock)
+}
+
+fn run_manifests(dir: &TempDir, toml: &Path, node_name: &str) -> Sluice {
+    Sluice::spawn(
+        &[
+            "run",
+            "--manifests",
+            &dir.path().display().to_string(),
+            "--config",
+            &toml.display().to_string(),
+            "--node-name",
+            node_name,
+        ],
+        Launch::default(),
+    )
+}
+
+/// Names of the pods that answered `n` connections (stops early once `all` answered).
+fn answering(node: SocketAddr, n: usize, all: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(ask_name(node).expect("request through sluice answered"));
+        if seen.len() == all {
+            break;
+        }
+    }
+    seen
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The seeds as written: `myfrontend` on nodePort 30000 in front of three pods on
+/// 127.0.0.{2,3,4}:9000, and `helloworld` with `targetPort: http-server` and no nodePort.
+/// Fixed ports, so it runs in a private network namespace when it can (like the demo).
+#[test]
+fn seeds_verbatim_serve_their_pods() {
+    match in_private_netns(seeds_scenario) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("NOTE: no private network namespace ({e}); running on the host");
+            seeds_scenario();
+        }
+    }
+}
+
+fn seeds_scenario() {
+    let pods: Vec<Backend> = (2..=4)
+        .map(|i| {
+            let addr: SocketAddr = format!("127.0.0.{i}:9000").parse().unwrap();
+            NameServer::start_at(addr, &format!("frontend-{i}"))
+        })
+        .collect();
+    let hello = NameServer::start("127.0.0.5", "helloworld-pod");
+    let dir = TempDir::new("manifests");
+    dir.write(
+        "myfrontend-service.yaml",
+        include_str!("fixtures/k8s/myfrontend-service.yaml"),
+    );
+    dir.write(
+        "myfrontend-slice.yaml",
+        &slice(
+            "myfrontend",
+            "workshop",
+            "x7k2q",
+            ("http", 9000),
+            &[
+                ("127.0.0.2", "node-a", Pod::Ready),
+                ("127.0.0.3", "node-b", Pod::Ready),
+                ("127.0.0.4", "node-c", Pod::Ready),
+            ],
+        ),
+    );
+    dir.write(
+        "helloworld-service-nodeport.yaml",
+        include_str!("fixtures/k8s/helloworld-service-nodeport.yaml"),
+    );
+    // The named targetPort resolves to the port the slice gives (the pod's `http-server`).
+    dir.write(
+        "helloworld-slice.yaml",
+        &slice(
+            "helloworld",
+            "default",
+            "9xq4w",
+            ("", hello.addr.port()),
+            &[("127.0.0.5", "node-a", Pod::Ready)],
+        ),
+    );
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, "30000-32767");
+    let mut lb = run_manifests(&dir, &toml, "node-a");
+    let node: SocketAddr = "127.0.0.1:30000".parse().unwrap();
+    lb.wait_ready_name(node);
+    assert_eq!(
+        answering(node, 300, 3),
+        set(&["frontend-2", "frontend-3", "frontend-4"])
+    );
+    assert!(pods.iter().all(|p| p.connections() > 0));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&sock, &["-o", "json", "services"])).unwrap();
+    let hello_port = list["result"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "helloworld")
+        .expect("helloworld served");
+    assert_eq!(hello_port["namespace"], "default");
+    assert_eq!(hello_port["node_port_allocated"], true);
+    let port = hello_port["node_port"].as_u64().unwrap() as u16;
+    assert!(
+        (30086..=32767).contains(&port),
+        "allocated {port}: not the upper band"
+    );
+    assert_eq!(
+        ask_name(SocketAddr::from(([127, 0, 0, 1], port))).unwrap(),
+        "helloworld-pod"
+    );
+
+    let describe = ctl_ok(
+        &sock,
+        &["describe", "service", "myfrontend", "-n", "workshop"],
+    );
+    assert_eq!(
+        describe,
+        "\
+Name:                     myfrontend
+Namespace:                workshop
+Labels:                   app=myfrontend
+Annotations:              <none>
+Selector:                 app=frontend
+Type:                     NodePort
+IP Family Policy:         <none>
+IP Families:              <none>
+IP:                       <none>
+IPs:                      <none>
+Port:                     http  80/TCP
+TargetPort:               9000/TCP
+NodePort:                 http  30000/TCP
+Endpoints:                127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000
+Session Affinity:         None
+External Traffic Policy:  Cluster
+Events:                   <none>
+"
+    );
+    let describe = ctl_ok(&sock, &["describe", "service", "helloworld"]);
+    assert!(
+        describe.contains("\nPort:                     <unset>  8080/TCP\nTargetPort:               http-server/TCP\n"),
+        "{describe}"
+    );
+}
+
+/// Reloads follow the directory: a pod added is served; a terminating pod only when no
+/// ready one is left; a broken file is refused naming it (the old config keeps serving);
+/// a deleted Service's nodePort closes.
+#[test]
+fn reload_follows_the_directory() {
+    let a = NameServer::start("127.0.0.2", "pod-a");
+    let b = NameServer::start("127.0.0.3", "pod-b");
+    let p = free_port();
+    let dir = TempDir::new("manifests");
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: itest\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http-server\n    nodePort: {p}\n"
+    );
+    dir.write("service.yaml", &service);
+    // Pods on kernel-chosen ports: one slice each (the controller splits slices by port).
+    let slice_of = |pod: &Backend, suffix: &str, state: Pod| {
+        let ip = pod.addr.ip().to_string();
+        slice(
+            "web",
+            "itest",
+            suffix,
+            ("http", pod.addr.port()),
+            &[(&ip, "node-a", state)],
+        )
+    };
+    dir.write("slice-a.yaml", &slice_of(&a, "aaaaa", Pod::Ready));
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, &format!("{p}-{p}"));
+    let mut lb = run_manifests(&dir, &toml, "node-a");
+    let node = node_addr(p);
+    lb.wait_ready_name(node);
+    assert_eq!(answering(node, 20, 2), set(&["pod-a"]));
+
+    // A pod added.
+    dir.write("slice-b.yaml", &slice_of(&b, "bbbbb", Pod::Ready));
+    let out = ctl_ok(&sock, &["reload"]);
+    assert!(
+        out.contains(&format!("+ endpoint itest/web:http {}", b.addr)),
+        "{out}"
+    );
+    assert_eq!(answering(node, 300, 2), set(&["pod-a", "pod-b"]));
+
+    // pod-a terminating: only pod-b while it is ready; pod-a once it is the only one left.
+    dir.write("slice-a.yaml", &slice_of(&a, "aaaaa", Pod::Terminating));
+    ctl_ok(&sock, &["reload"]);
+    assert_eq!(answering(node, 50, 3), set(&["pod-b"]));
+    std::fs::remove_file(dir.path().join("slice-b.yaml")).unwrap();
+    ctl_ok(&sock, &["reload"]);
+    assert_eq!(answering(node, 20, 2), set(&["pod-a"]));
+
+    // A broken file: refused, named, and the running config keeps serving.
+    dir.write(
+        "zz-broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+    );
+    let out = ctl(&sock, &["reload"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("zz-broken.yaml:3:"), "{text}");
+    assert_eq!(answering(node, 10, 2), set(&["pod-a"]));
+
+    // The Service deleted: its nodePort closes.
+    std::fs::remove_file(dir.path().join("zz-broken.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("service.yaml")).unwrap();
+    let out = ctl_ok(&sock, &["reload"]);
+    assert!(out.contains("- service itest/web:http"), "{out}");
+    wait_for("the deleted Service's nodePort to close", SOON, || {
+        TcpStream::connect_timeout(&node, Duration::from_secs(1))
+            .is_err()
+            .then_some(())
+    });
+    lb.assert_alive();
+}
+
+/// One HTTP response (head and Content-Length body) from `s`.
+fn read_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map_or(0, |v| v.parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return buf;
+            }
+        }
+        let n = s.read(&mut chunk).expect("read health-check response");
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The Date header's value replaced by a marker (the rest must match to the byte).
+fn without_date(response: &[u8]) -> String {
+    let text = String::from_utf8(response.to_vec()).unwrap();
+    let start = text.find("\r\nDate: ").expect("Date header") + 8;
+    let end = start + text[start..].find("\r\n").unwrap();
+    let date = &text[start..end];
+    assert!(date.ends_with(" GMT") && date.len() == 29, "Date {date:?}");
+    format!("{}<DATE>{}", &text[..start], &text[end..])
+}
+
+fn golden(code: &str, count: usize) -> String {
+    let body = format!(
+        "{{\n\t\"service\": {{\n\t\t\"namespace\": \"itest\",\n\t\t\"name\": \"lb\"\n\t}},\n\t\"localEndpoints\": {count},\n\t\"serviceProxyHealthy\": true\n}}"
+    );
+    format!(
+        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nDate: <DATE>\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A LoadBalancer Service with externalTrafficPolicy Local: the healthCheckNodePort answers
+/// like kube-proxy (any path, 200 with the local ready endpoints, 503 without), the
+/// nodePort sends only to this node's pod, and the port closes with the Service.
+#[test]
+fn health_check_node_port_answers_like_kube_proxy() {
+    let local = NameServer::start("127.0.0.2", "local-pod");
+    let remote = NameServer::start("127.0.0.3", "remote-pod");
+    let (p, h) = (free_port(), free_port());
+    let dir = TempDir::new("manifests");
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\n  namespace: itest\n  annotations:\n    sluice.io/forwarding: none\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {h}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: {p}\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n"
+    );
+    dir.write("lb.yaml", &service);
+    let slices = |state: Pod| {
+        let l = local.addr.ip().to_string();
+        let r = remote.addr.ip().to_string();
+        slice(
+            "lb",
+            "itest",
+            "lllll",
+            ("http", local.addr.port()),
+            &[(&l, "node-a", state)],
+        ) + "---\n"
+            + &slice(
+                "lb",
+                "itest",
+                "rrrrr",
+                ("http", remote.addr.port()),
+                &[(&r, "node-b", Pod::Ready)],
+            )
+    };
+    dir.write("slices.yaml", &slices(Pod::Ready));
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, &format!("{p}-{p}"));
+    let mut lb = run_manifests(&dir, &toml, "node-a");
+    let node = node_addr(p);
+    lb.wait_ready_name(node);
+    assert_eq!(
+        answering(node, 50, 2),
+        set(&["local-pod"]),
+        "Local: this node's pod only"
+    );
+
+    let hc = node_addr(h);
+    let ask = |request: &[u8]| {
+        let mut s = TcpStream::connect_timeout(&hc, Duration::from_secs(2)).expect("connect hcnp");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(request).unwrap();
+        let first = read_response(&mut s);
+        // Keep-alive, as Go's server: a second request on the same connection.
+        s.write_all(b"POST /anything HTTP/1.1\r\nHost: lb\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap();
+        let second = read_response(&mut s);
+        (without_date(&first), without_date(&second))
+    };
+    let (first, second) =
+        ask(b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:32100\r\nUser-Agent: GoogleHC/1.0\r\n\r\n");
+    assert_eq!(first, golden("200 OK", 1));
+    assert_eq!(second, first);
+
+    // The local pod terminating: no local ready endpoint → 503.
+    dir.write("slices.yaml", &slices(Pod::Terminating));
+    ctl_ok(&sock, &["reload"]);
+    let (first, _) = ask(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(first, golden("503 Service Unavailable", 0));
+
+    let describe = ctl_ok(&sock, &["describe", "service", "lb", "-n", "itest"]);
+    for line in [
+        "Type:                     LoadBalancer\n",
+        "LoadBalancer Ingress:     203.0.113.10\n",
+        "External Traffic Policy:  Local\n",
+        &format!("HealthCheck NodePort:     {h}\n"),
+    ] {
+        assert!(describe.contains(line), "{line:?} not in\n{describe}");
+    }
+
+    // The Service deleted: the health-check port closes too.
+    std::fs::remove_file(dir.path().join("lb.yaml")).unwrap();
+    ctl_ok(&sock, &["reload"]);
+    wait_for("the healthCheckNodePort to close", SOON, || {
+        TcpStream::connect_timeout(&hc, Duration::from_secs(1))
+            .is_err()
+            .then_some(())
+    });
+    lb.assert_alive();
+}
