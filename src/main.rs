@@ -25,10 +25,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every Service of a config file on its NodePort.
+    /// Serve every Service of a config file on its NodePort (or, with --kubernetes, every
+    /// Service the Kubernetes API has).
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The config file; with --kubernetes, node settings only (no `[[service]]`).
+        #[arg(long, short, required_unless_present = "kubernetes")]
+        config: Option<PathBuf>,
+        /// Watch Services and EndpointSlices on the Kubernetes API (docs/kubernetes-watch.md).
+        #[arg(long)]
+        kubernetes: bool,
+        /// This node's name, for externalTrafficPolicy: Local (default: $NODE_NAME).
+        #[arg(long, requires = "kubernetes")]
+        node_name: Option<String>,
+        /// Watch only this namespace (repeatable; default: cluster-wide).
+        #[arg(long = "namespace", value_name = "NAMESPACE", requires = "kubernetes")]
+        namespaces: Vec<String>,
+        /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
+        /// (default: only Services without that label).
+        #[arg(long, requires = "kubernetes")]
+        proxy_name: Option<String>,
         /// Worker threads (overrides the config; default one per CPU).
         #[arg(long)]
         workers: Option<usize>,
@@ -231,10 +249,48 @@ fn main() -> ExitCode {
             }
         },
         Command::Run {
+            kubernetes: true,
             config,
+            node_name,
+            namespaces,
+            kubeconfig,
+            proxy_name,
             workers,
             driver,
         } => {
+            let options = sluice::watch::Options {
+                kubeconfig,
+                namespaces,
+                settings_file: config,
+                k8s: sluice::config::k8s::K8sOptions {
+                    node_name: node_name
+                        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
+                    proxy_name,
+                },
+                window: Default::default(),
+            };
+            let source = match sluice::watch::Source::new(options) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            control::run(control::Options {
+                config: ConfigSource::Kubernetes(Box::new(source)),
+                workers,
+                driver: driver.map(Into::into),
+                log_filter: Some(log_filter),
+            })
+            .map_err(Into::into)
+        }
+        Command::Run {
+            config,
+            workers,
+            driver,
+            ..
+        } => {
+            let config = config.expect("clap requires --config without --kubernetes");
             if let Ok(model) = sluice::config::load_file(&config, None) {
                 if sluice::tproxy::uses_transparent(&model) {
                     if let Err(e) = sluice::tproxy::check_transparent_capability() {

@@ -51,6 +51,9 @@ pub enum ConfigSource {
     File(PathBuf),
     /// A model built in (the demo); reloads are refused.
     Fixed(Box<Model>),
+    /// Services and EndpointSlices watched on the Kubernetes API (`--kubernetes`); a change
+    /// reloads from the watch's stores, an explicit reload also re-reads the node settings.
+    Kubernetes(Box<crate::watch::Source>),
 }
 
 /// Something a background task of the control plane (health checks, a Kubernetes watch)
@@ -99,6 +102,9 @@ pub enum ControlError {
     /// The runtime, a signal handler or the data plane failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The Kubernetes watch could not start (kubeconfig, node settings).
+    #[error("{0}")]
+    Kubernetes(#[from] crate::watch::WatchError),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT and a graceful drain (or a second signal).
@@ -115,9 +121,29 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let mut model = match &options.config {
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut source = options.config;
+    let mut source_metrics = None;
+    let mut model = match &mut source {
         ConfigSource::File(path) => config::load_file(path, None)?,
         ConfigSource::Fixed(m) => (**m).clone(),
+        ConfigSource::Kubernetes(k) => {
+            let tx = events_tx.clone();
+            k.start(move |since| {
+                let _ = tx.send(Event::SourceChanged { since });
+            })
+            .await?;
+            source_metrics = Some(metrics::SourceMetrics::new(k.status()));
+            // READY (and the NodePorts) only after the first full list: see
+            // docs/kubernetes-watch.md, "Startup".
+            tracing::info!("waiting for the first list of Services and EndpointSlices");
+            tokio::select! {
+                _ = k.wait_synced() => {}
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+            k.load(None, false).map_err(std::io::Error::other)?
+        }
     };
     let workers = options
         .workers
@@ -150,7 +176,6 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let monitor = plane.monitor();
     let health = Arc::new(Mutex::new(metrics::Health::new(1)));
 
-    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
     if let Some(s) = control_socket {
         tracing::info!(path = %s.path().display(), "control socket ready");
@@ -161,6 +186,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         publisher: publisher.clone(),
         monitor: monitor.clone(),
         health: Arc::clone(&health),
+        source: source_metrics.clone(),
     };
     for (listener, what) in [
         (metrics_listener, metrics::Endpoints::MetricsAndHealth),
@@ -172,7 +198,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     }
 
     let mut daemon = Daemon {
-        source: options.config,
+        source,
+        source_metrics,
         model,
         overrides,
         registry,
@@ -220,7 +247,15 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 let outcome = daemon.reload();
                 log_reload(&outcome, "SIGHUP");
             }
-            Some(event) = events.recv() => daemon.on_event(event),
+            Some(event) = events.recv() => {
+                // Events that queued up while the last one was handled are merged: one
+                // reload covers them all.
+                let mut merged = vec![event];
+                while let Ok(e) = events.try_recv() {
+                    merged.push(e);
+                }
+                daemon.on_events(merged);
+            }
             job = jobs.recv(), if jobs_open => match job {
                 Some((request, reply)) => {
                     let response = daemon.handle(request);
@@ -332,6 +367,8 @@ struct Daemon {
     /// For background tasks to reach the daemon's loop.
     #[allow(dead_code)]
     events: mpsc::UnboundedSender<Event>,
+    /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
+    source_metrics: Option<metrics::SourceMetrics>,
 }
 
 impl Daemon {
@@ -352,14 +389,39 @@ impl Daemon {
         )
     }
 
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::HealthChanged => self.republish(),
-            Event::SourceChanged { since } => {
-                let outcome = self.reload();
-                log_reload(&outcome, "source change");
-                tracing::debug!(latency = ?since.elapsed(), "source change applied");
+    /// Handles the events that arrived together: one source reload for every
+    /// `SourceChanged` (measured from the earliest), else one republish for health changes.
+    fn on_events(&mut self, events: Vec<Event>) {
+        let since = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SourceChanged { since } => Some(*since),
+                Event::HealthChanged => None,
+            })
+            .min();
+        match since {
+            Some(since) => {
+                // A reload publishes health state too.
+                let outcome = self.reload_with(false);
+                if outcome.ok {
+                    tracing::debug!(
+                        generation = outcome.generation,
+                        changes = outcome.changes.len(),
+                        latency = ?since.elapsed(),
+                        "applied a change of the configuration source"
+                    );
+                    for c in &outcome.changes {
+                        tracing::debug!("{c}");
+                    }
+                    if let Some(m) = &self.source_metrics {
+                        m.synced(since.elapsed(), SystemTime::now());
+                    }
+                } else {
+                    log_reload(&outcome, "source change");
+                }
             }
+            None if !events.is_empty() => self.republish(),
+            None => {}
         }
     }
 
@@ -375,7 +437,9 @@ impl Daemon {
 
     /// The next model from the configuration source; `self.model` is passed in so
     /// allocated NodePorts (and other carried state) stay.
-    fn load_next(&self) -> Result<Model, String> {
+    /// `reread`: read files again (explicit reloads); a watched source's change reloads
+    /// from what the watch holds.
+    fn load_next(&self, reread: bool) -> Result<Model, String> {
         match &self.source {
             ConfigSource::File(path) => {
                 config::load_file(path, Some(&self.model)).map_err(|e| e.to_string())
@@ -383,6 +447,7 @@ impl Daemon {
             ConfigSource::Fixed(_) => {
                 Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
             }
+            ConfigSource::Kubernetes(k) => k.load(Some(&self.model), reread),
         }
     }
 
@@ -521,9 +586,14 @@ impl Daemon {
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
     fn reload(&mut self) -> ReloadOutcome {
+        self.reload_with(true)
+    }
+
+    /// [`reload`](Self::reload); `reread`: see [`load_next`](Self::load_next).
+    fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
-        let result = self.try_reload();
+        let result = self.try_reload(reread);
         self.reloads += 1;
         let outcome = match result {
             Ok((changes, needs_restart)) => ReloadOutcome {
@@ -565,8 +635,8 @@ impl Daemon {
         outcome
     }
 
-    fn try_reload(&mut self) -> Result<(Vec<String>, Vec<String>), String> {
-        let mut next = self.load_next()?;
+    fn try_reload(&mut self, reread: bool) -> Result<(Vec<String>, Vec<String>), String> {
+        let mut next = self.load_next(reread)?;
         let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
         let mut overrides = self.overrides.clone();
         overrides.retain_existing(&next);
@@ -604,6 +674,7 @@ impl Daemon {
             config: match &self.source {
                 ConfigSource::File(p) => Some(p.display().to_string()),
                 ConfigSource::Fixed(_) => None,
+                ConfigSource::Kubernetes(k) => Some(k.describe()),
             },
             service_ports: self.model.services.len(),
             listen: self
