@@ -13,7 +13,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -87,8 +87,10 @@ impl SourceMetrics {
     pub fn new(watch: crate::watch::status::WatchStatus) -> SourceMetrics {
         SourceMetrics {
             watch,
-            // 5 ms … ~20 s.
-            sync_latency: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
+            // Every sync waits at least the coalescing quiet time (100 ms): finer there.
+            sync_latency: Histogram::new([
+                0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+            ]),
             last_sync: Gauge::default(),
         }
     }

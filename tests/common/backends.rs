@@ -6,7 +6,7 @@
 use super::{classify, hash_to_end, lock, read_to_end_outcome, reset_close, Ended, Pattern};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -59,6 +59,15 @@ pub struct Backend {
 impl Backend {
     pub fn start(ip: &str, name: &str, handler: Handler) -> Backend {
         let listener = TcpListener::bind((ip, 0)).expect("bind backend on 127.0.0.x:0");
+        Backend::serve(listener, name, handler)
+    }
+
+    /// Like [`start`](Self::start) on a given address (e.g. several pods on one port).
+    pub fn try_start_at(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Backend> {
+        Ok(Backend::serve(TcpListener::bind(addr)?, name, handler))
+    }
+
+    fn serve(listener: TcpListener, name: &str, handler: Handler) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
@@ -169,34 +178,39 @@ impl Drop for Backend {
 pub struct NameServer;
 impl NameServer {
     pub fn start(ip: &str, name: &str) -> Backend {
-        Backend::start(
-            ip,
-            name,
-            Arc::new(|mut s: TcpStream, st: &BackendState| {
-                let body = format!("{}\n", st.name);
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..p + 4);
-                        if s.write_all(resp.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if buf.len() > 64 * 1024 {
+        Backend::start(ip, name, Self::handler())
+    }
+
+    /// On a given address; `Err` when it cannot be bound.
+    pub fn try_start_at(addr: SocketAddr, name: &str) -> io::Result<Backend> {
+        Backend::try_start_at(addr, name, Self::handler())
+    }
+
+    fn handler() -> Handler {
+        Arc::new(|mut s: TcpStream, st: &BackendState| {
+            let body = format!("{}\n", st.name);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..p + 4);
+                    if s.write_all(resp.as_bytes()).is_err() {
                         return;
                     }
                 }
-            }),
-        )
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if buf.len() > 64 * 1024 {
+                    return;
+                }
+            }
+        })
     }
 }
 
