@@ -584,14 +584,18 @@ fn metrics_and_status_show_the_watch() {
         &[ready("127.0.0.2")],
     ));
     let mut n = start_node(&api, (p, p), &[], Launch::default());
-    n.sluice.wait_ready_name(node_addr(p));
+    // Only the watch machinery: the stores and metrics, whatever the conversion serves.
+    let m = n.metrics;
+    n.sluice.wait_until("both stores synced", || {
+        TcpStream::connect(m).is_ok()
+            && metric_at(m, "sluice_kubernetes_objects{kind=\"EndpointSlice\"") == Some(1.0)
+    });
     api.apply(slice(
         "workshop",
         "myfrontend",
         pod_port,
         &[ready("127.0.0.2"), terminating("127.0.0.3")],
     ));
-    let m = n.metrics;
     n.sluice.wait_until("a synced change is measured", || {
         metric_at(m, "sluice_kubernetes_sync_latency_seconds_count").unwrap_or(0.0) >= 1.0
     });
@@ -756,5 +760,197 @@ fn bad_startup_input_is_refused_clearly() {
             .contains(&format!("kubeconfig {}", kubeconfig.display())),
         "{}",
         s.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale benchmark (not a test: `bench/k8s-scale.sh` runs it and docs/benchmarks.md has the
+// numbers). Ignored by default.
+// ---------------------------------------------------------------------------------------
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// `n` sequential connections (connect, one request, close) through `node`: mean wall
+/// time per connection and sluice's CPU ticks per 1000 connections.
+fn connection_cost(pid: u32, node: SocketAddr, n: u32) -> (Duration, f64) {
+    let t0 = Instant::now();
+    let c0 = cpu_ticks(pid);
+    for i in 0..n {
+        let mut s = connect_from(IpAddr::from([127, 0, 3, (i % 250) as u8 + 1]), node).unwrap();
+        ask_name_on(&mut s).unwrap();
+    }
+    let wall = t0.elapsed() / n;
+    let ticks = (cpu_ticks(pid) - c0) as f64 * 1000.0 / f64::from(n);
+    (wall, ticks)
+}
+
+#[test]
+#[ignore = "benchmark: run by bench/k8s-scale.sh"]
+fn scale_services_bench() {
+    let services: u16 = std::env::var("SLUICE_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let table: u32 = std::env::var("SLUICE_BENCH_MAGLEV")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1009);
+    let first_port: u16 = 20_000;
+    let ips: Vec<&'static str> = (2..12)
+        .map(|i| &*Box::leak(format!("127.0.0.{i}").into_boxed_str()))
+        .collect();
+    let (_pods, pod_port) = pods(&ips);
+    let all: Vec<Pod> = ips.iter().map(|ip| ready(ip)).collect();
+    let api = FakeApi::start_new();
+    let node = node_addr(first_port);
+    let dir = TempDir::new("kube-scale");
+    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
+    let sock = dir.path().join("ctl.sock");
+    let run = |n: u16| -> Sluice {
+        let settings = dir.write(
+            &format!("node-{n}.toml"),
+            &format!(
+                "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{first_port}-{}\"\nworkers = 1\nmaglev_table_size = {table}\ncontrol_socket = \"{}\"\n",
+                first_port + services - 1,
+                sock.display()
+            ),
+        );
+        let args = [
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--config",
+            settings.to_str().unwrap(),
+        ];
+        Sluice::spawn(&args, Launch::default())
+    };
+    let generation = || -> Option<u64> {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["ctl", "-o", "json", "--socket"])
+            .arg(&sock)
+            .arg("status")
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["result"]["generation"].as_u64()
+    };
+
+    // Baseline: one Service.
+    api.apply(frontend_service("bench", "svc-0", first_port));
+    api.apply(slice("bench", "svc-0", pod_port, &all));
+    let mut one = run(1);
+    one.wait_ready_name(node);
+    let _ = connection_cost(one.pid(), node, 200);
+    let (wall1, cpu1) = connection_cost(one.pid(), node, 3000);
+    println!(
+        "BENCH services=1 conn_wall_us={:.1} sluice_cpu_ticks_per_1000_conns={cpu1:.1} rss_kib={}",
+        wall1.as_secs_f64() * 1e6,
+        rss_kib(one.pid())
+    );
+    drop(one);
+
+    // Scale: `services` Services × 10 endpoints.
+    let t = Instant::now();
+    api.apply_all((1..services).flat_map(|i| {
+        let name = format!("svc-{i}");
+        [
+            frontend_service("bench", &name, first_port + i),
+            slice("bench", &name, pod_port, &all),
+        ]
+    }));
+    println!(
+        "BENCH fake API filled with {} objects in {:?}",
+        2 * u32::from(services),
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let mut big = run(services);
+    let last = node_addr(first_port + services - 1);
+    big.wait_until("the last NodePort serves", || ask_name(last).is_ok());
+    let startup = t.elapsed();
+    let g0 = wait_for("generation", SOON, &generation);
+    println!(
+        "BENCH services={services} maglev={table} startup_to_last_nodeport_s={:.2} rss_kib={} generation={g0}",
+        startup.as_secs_f64(),
+        rss_kib(big.pid())
+    );
+    // Let the start-up reload (the first sync's own change event) settle.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // One change (an endpoint leaves one Service): from the API event to the new snapshot.
+    let mut latencies = Vec::new();
+    for round in 0..5u16 {
+        let g = wait_for("generation", SOON, &generation);
+        let target = 1 + round * 997 % (services - 1);
+        let name = format!("svc-{target}");
+        let t = Instant::now();
+        api.apply(slice(
+            "bench",
+            &name,
+            pod_port,
+            &all[..9 - round as usize % 2],
+        ));
+        wait_for(
+            "the change to be published",
+            Duration::from_secs(60),
+            || generation().filter(|&n| n > g),
+        );
+        latencies.push(t.elapsed());
+    }
+    println!(
+        "BENCH one_change_to_published_ms={:?}",
+        latencies.iter().map(|l| l.as_millis()).collect::<Vec<_>>()
+    );
+
+    // A burst: every Service's slice changes (10,000 events), then how long after the last
+    // API event the snapshot with all of them serves.
+    let g = wait_for("generation", SOON, &generation);
+    let t_burst = Instant::now();
+    api.apply_all((0..services).map(|i| slice("bench", &format!("svc-{i}"), pod_port, &all[..8])));
+    let after_last = Instant::now();
+    let burst_write = after_last - t_burst;
+    // Published when the generation stops moving and the endpoint count is the new one.
+    let probe = ips[9];
+    wait_for("the burst to be applied", Duration::from_secs(120), || {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["ctl", "-o", "json", "--socket"])
+            .arg(&sock)
+            .args(["endpoints", &format!("bench/svc-{}", services - 1)])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!text.is_empty() && !text.contains(probe) && !text.contains(ips[8])).then_some(())
+    });
+    let applied = after_last.elapsed();
+    println!(
+        "BENCH burst events={services} write_ms={} last_event_to_served_ms={} reloads={} rss_kib={}",
+        burst_write.as_millis(),
+        applied.as_millis(),
+        generation().unwrap_or(0) - g,
+        rss_kib(big.pid())
+    );
+
+    let _ = connection_cost(big.pid(), node, 200);
+    let (wall, cpu) = connection_cost(big.pid(), node, 3000);
+    println!(
+        "BENCH services={services} conn_wall_us={:.1} sluice_cpu_ticks_per_1000_conns={cpu:.1}",
+        wall.as_secs_f64() * 1e6
     );
 }

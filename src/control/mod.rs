@@ -819,8 +819,12 @@ fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<Stri
 /// One line per change between two models, for the reload report.
 fn diff(old: &Model, new: &Model) -> Vec<String> {
     let mut out = Vec::new();
+    // By key: with 10,000 Services (a watched cluster) a scan per Service is seconds.
+    let old_by_key: std::collections::HashMap<_, _> =
+        old.services.iter().map(|o| (&o.key, o)).collect();
+    let new_keys: std::collections::HashSet<_> = new.services.iter().map(|n| &n.key).collect();
     for n in &new.services {
-        match old.services.iter().find(|o| o.key == n.key) {
+        match old_by_key.get(&n.key).copied() {
             None => out.push(format!(
                 "+ service {} on {}/{} ({} endpoints)",
                 n.key,
@@ -874,7 +878,7 @@ fn diff(old: &Model, new: &Model) -> Vec<String> {
         }
     }
     for o in &old.services {
-        if !new.services.iter().any(|n| n.key == o.key) {
+        if !new_keys.contains(&o.key) {
             out.push(format!(
                 "- service {} (was on {}/{})",
                 o.key, o.node_port, o.key.protocol
