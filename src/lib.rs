@@ -12,6 +12,8 @@
 //! - [`demo`]: the built-in demo pods and Service.
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
+//! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
+//!   EndpointSlices, coalesced change notifications (config, model).
 
 pub mod config;
 pub mod control;
@@ -23,3 +25,4 @@ pub mod publish;
 pub mod stats;
 pub mod table;
 pub mod tproxy;
+pub mod watch;

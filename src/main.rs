@@ -25,13 +25,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every Service of a config file (or of Kubernetes manifests) on its NodePort.
+    /// Serve every Service of a config file, of Kubernetes manifests, or of the Kubernetes
+    /// API (--kubernetes) on its NodePort.
     Run {
-        /// TOML config; with --manifests: node settings only.
-        #[arg(long, short, required_unless_present = "manifests")]
+        /// TOML config; with --manifests or --kubernetes: node settings only (no `[[service]]`).
+        #[arg(long, short, required_unless_present_any = ["manifests", "kubernetes"])]
         config: Option<PathBuf>,
         #[command(flatten)]
         manifests: ManifestArgs,
+        /// Watch Services and EndpointSlices on the Kubernetes API (docs/kubernetes-watch.md).
+        #[arg(long, conflicts_with = "manifests")]
+        kubernetes: bool,
+        /// Watch only this namespace (repeatable; default: cluster-wide).
+        #[arg(long = "namespace", value_name = "NAMESPACE", requires = "kubernetes")]
+        namespaces: Vec<String>,
+        /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
+        /// (default: only Services without that label).
+        #[arg(long, requires = "kubernetes")]
+        proxy_name: Option<String>,
         /// Worker threads (overrides the config; default one per CPU).
         #[arg(long)]
         workers: Option<usize>,
@@ -78,20 +92,25 @@ struct ManifestArgs {
     /// EndpointSlices, Endpoints); reloads re-read it.
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
-    /// This node's name, for externalTrafficPolicy: Local (default: $NODE_NAME).
-    #[arg(long, requires = "manifests")]
+    /// This node's name, for externalTrafficPolicy: Local, with --manifests or
+    /// --kubernetes (default: $NODE_NAME).
+    #[arg(long)]
     node_name: Option<String>,
 }
 
 impl ManifestArgs {
+    /// `--node-name`, else `$NODE_NAME` (empty = unset).
+    fn node_name(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+    }
+
     /// The manifest source, when `--manifests` is given.
     fn source(&self, config: &Option<PathBuf>) -> Option<sluice::config::manifests::Manifests> {
         let dir = self.manifests.clone()?;
-        let node_name = self
-            .node_name
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok())
-            .filter(|n| !n.is_empty());
+        let node_name = self.node_name();
         Some(sluice::config::manifests::Manifests {
             dir,
             config: config.clone(),
@@ -288,10 +307,46 @@ fn main() -> ExitCode {
             }
         },
         Command::Run {
+            kubernetes: true,
+            config,
+            manifests,
+            namespaces,
+            kubeconfig,
+            proxy_name,
+            workers,
+            driver,
+        } => {
+            let options = sluice::watch::Options {
+                kubeconfig,
+                namespaces,
+                settings_file: config,
+                k8s: sluice::config::k8s::K8sOptions {
+                    node_name: manifests.node_name(),
+                    proxy_name,
+                },
+                window: Default::default(),
+            };
+            let source = match sluice::watch::Source::new(options) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            control::run(control::Options {
+                config: ConfigSource::Kubernetes(Box::new(source)),
+                workers,
+                driver: driver.map(Into::into),
+                log_filter: Some(log_filter),
+            })
+            .map_err(Into::into)
+        }
+        Command::Run {
             config,
             manifests,
             workers,
             driver,
+            ..
         } => {
             let source = match manifests.source(&config) {
                 Some(m) => ConfigSource::Manifests(m),

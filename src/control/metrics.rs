@@ -13,6 +13,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,37 @@ pub struct Sources {
     pub health: SharedHealth,
     /// Endpoint health (transitions).
     pub endpoint_health: super::health::Shared,
+    /// With a watched configuration source (`--kubernetes`).
+    pub source: Option<SourceMetrics>,
+}
+
+/// What a watched configuration source exports: its streams' status, and the latency from
+/// the first unapplied change to the snapshot serving it. The histogram and gauge live
+/// here (shared, not rebuilt at each scrape) because they accumulate.
+#[derive(Clone, Debug)]
+pub struct SourceMetrics {
+    pub watch: crate::watch::status::WatchStatus,
+    sync_latency: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
+}
+
+impl SourceMetrics {
+    pub fn new(watch: crate::watch::status::WatchStatus) -> SourceMetrics {
+        SourceMetrics {
+            watch,
+            // Every sync waits at least the coalescing quiet time (100 ms): finer there.
+            sync_latency: Histogram::new([
+                0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            last_sync: Gauge::default(),
+        }
+    }
+
+    /// A change of the source was published, `latency` after it arrived.
+    pub fn synced(&self, latency: Duration, now: SystemTime) {
+        self.sync_latency.observe(latency.as_secs_f64());
+        self.last_sync.set(unix_seconds(now));
+    }
 }
 
 fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
@@ -427,9 +459,64 @@ pub fn render(sources: &Sources) -> String {
     ])
     .set(1);
 
+    if let Some(source) = &sources.source {
+        render_source(&mut reg, source);
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding into a String cannot fail");
     out
+}
+
+fn render_source(reg: &mut Registry, m: &SourceMetrics) {
+    reg.register(
+        "sluice_kubernetes_sync_latency_seconds",
+        "From the first unapplied watch event to the routing snapshot serving it",
+        m.sync_latency.clone(),
+    );
+    reg.register(
+        "sluice_kubernetes_last_sync_timestamp_seconds",
+        "Unix time a change from the Kubernetes API was last published (0 before any)",
+        m.last_sync.clone(),
+    );
+    let up = gauge_family(
+        reg,
+        "sluice_kubernetes_watch_up",
+        "1 while the stream is listed and watching, 0 while connecting, listing or retrying",
+    );
+    let objects = gauge_family(
+        reg,
+        "sluice_kubernetes_objects",
+        "Objects in the watch's store",
+    );
+    let lists = counter_family(
+        reg,
+        "sluice_kubernetes_watch_lists",
+        "Full lists completed (the first, then one per relist: 410 Gone, API server restart)",
+    );
+    let errors = counter_family(
+        reg,
+        "sluice_kubernetes_watch_errors",
+        "Failed list/watch requests, broken streams and error events (410 Gone included)",
+    );
+    let events = counter_family(
+        reg,
+        "sluice_kubernetes_watch_events",
+        "Object events applied to the store (listed objects included)",
+    );
+    for s in m.watch.streams() {
+        let l: Labels = vec![
+            ("kind", s.kind.to_owned()),
+            ("namespace", s.namespace.clone().unwrap_or_default()),
+        ];
+        up.get_or_create(&l).set(i64::from(
+            s.state == crate::watch::status::StreamState::Synced,
+        ));
+        objects.get_or_create(&l).set(s.objects as i64);
+        lists.get_or_create(&l).inc_by(s.lists);
+        errors.get_or_create(&l).inc_by(s.errors);
+        events.get_or_create(&l).inc_by(s.events);
+    }
 }
 
 fn with(labels: &Labels, k: &'static str, v: &str, f: impl FnOnce(Labels)) {

@@ -55,6 +55,9 @@ pub enum ConfigSource {
     Fixed(Box<Model>),
     /// Kubernetes manifests in a directory (`--manifests`), re-read on each reload.
     Manifests(config::manifests::Manifests),
+    /// Services and EndpointSlices watched on the Kubernetes API (`--kubernetes`); a change
+    /// reloads from the watch's stores, an explicit reload also re-reads the node settings.
+    Kubernetes(Box<crate::watch::Source>),
 }
 
 /// Something a background task of the control plane (health checks, a Kubernetes watch)
@@ -103,6 +106,9 @@ pub enum ControlError {
     /// The runtime, a signal handler or the data plane failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The Kubernetes watch could not start (kubeconfig, node settings).
+    #[error("{0}")]
+    Kubernetes(#[from] crate::watch::WatchError),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT and a graceful drain (or a second signal).
@@ -119,13 +125,33 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let mut model = match &options.config {
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut source = options.config;
+    let mut source_metrics = None;
+    let mut model = match &mut source {
         ConfigSource::File(path) => config::load_file(path, None)?,
         ConfigSource::Fixed(m) => (**m).clone(),
         ConfigSource::Manifests(m) => {
             let (model, problems) = m.load(None)?;
             log_problems(&problems);
             model
+        }
+        ConfigSource::Kubernetes(k) => {
+            let tx = events_tx.clone();
+            k.start(move |since| {
+                let _ = tx.send(Event::SourceChanged { since });
+            })
+            .await?;
+            source_metrics = Some(metrics::SourceMetrics::new(k.status()));
+            // READY (and the NodePorts) only after the first full list: see
+            // docs/kubernetes-watch.md, "Startup".
+            tracing::info!("waiting for the first list of Services and EndpointSlices");
+            tokio::select! {
+                _ = k.wait_synced() => {}
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+            k.load(None, false).map_err(std::io::Error::other)?
         }
     };
     let workers = options
@@ -159,7 +185,6 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let monitor = plane.monitor();
     let health = Arc::new(Mutex::new(metrics::Health::new(1)));
 
-    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
     if let Some(s) = control_socket {
@@ -172,6 +197,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         monitor: monitor.clone(),
         health: Arc::clone(&health),
         endpoint_health: endpoint_health.shared(),
+        source: source_metrics.clone(),
     };
     for (listener, what) in [
         (metrics_listener, metrics::Endpoints::MetricsAndHealth),
@@ -184,7 +210,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let health_check_node_ports = hcnp::HealthCheckServers::new(Arc::clone(&health));
     let mut daemon = Daemon {
-        source: options.config,
+        source,
+        source_metrics,
         model,
         overrides,
         registry,
@@ -234,7 +261,15 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 let outcome = daemon.reload();
                 log_reload(&outcome, "SIGHUP");
             }
-            Some(event) = events.recv() => daemon.on_event(event),
+            Some(event) = events.recv() => {
+                // Events that queued up while the last one was handled are merged: one
+                // reload covers them all.
+                let mut merged = vec![event];
+                while let Ok(e) = events.try_recv() {
+                    merged.push(e);
+                }
+                daemon.on_events(merged);
+            }
             job = jobs.recv(), if jobs_open => match job {
                 Some((request, reply)) => {
                     let response = daemon.handle(request);
@@ -357,6 +392,8 @@ struct Daemon {
     endpoint_health: health::HealthTracker,
     /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
     health_check_node_ports: hcnp::HealthCheckServers,
+    /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
+    source_metrics: Option<metrics::SourceMetrics>,
 }
 
 impl Daemon {
@@ -377,18 +414,50 @@ impl Daemon {
         )
     }
 
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::HealthChanged => {
-                self.endpoint_health.acknowledge();
-                self.republish();
-                self.endpoint_health.shut_down_sessions();
+    /// Handles the events that arrived together: one source reload for every
+    /// `SourceChanged` (measured from the earliest; it publishes health state too), else
+    /// one republish for health changes; then the sessions of endpoints marked down are
+    /// shut down where the Service asks for it.
+    fn on_events(&mut self, events: Vec<Event>) {
+        let health = events.iter().any(|e| matches!(e, Event::HealthChanged));
+        if health {
+            self.endpoint_health.acknowledge();
+        }
+        let since = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SourceChanged { since } => Some(*since),
+                Event::HealthChanged => None,
+            })
+            .min();
+        match since {
+            Some(since) => {
+                let outcome = self.reload_with(false);
+                if outcome.ok {
+                    tracing::debug!(
+                        generation = outcome.generation,
+                        changes = outcome.changes.len(),
+                        latency = ?since.elapsed(),
+                        "applied a change of the configuration source"
+                    );
+                    for c in &outcome.changes {
+                        tracing::debug!("{c}");
+                    }
+                    if let Some(m) = &self.source_metrics {
+                        m.synced(since.elapsed(), SystemTime::now());
+                    }
+                } else {
+                    log_reload(&outcome, "source change");
+                    if health {
+                        self.republish();
+                    }
+                }
             }
-            Event::SourceChanged { since } => {
-                let outcome = self.reload();
-                log_reload(&outcome, "source change");
-                tracing::debug!(latency = ?since.elapsed(), "source change applied");
-            }
+            None if health => self.republish(),
+            None => {}
+        }
+        if health {
+            self.endpoint_health.shut_down_sessions();
         }
     }
 
@@ -410,7 +479,9 @@ impl Daemon {
 
     /// The next model from the configuration source; `self.model` is passed in so
     /// allocated NodePorts (and other carried state) stay.
-    fn load_next(&self) -> Result<Model, String> {
+    /// `reread`: read files again (explicit reloads); a watched source's change reloads
+    /// from what the watch holds.
+    fn load_next(&self, reread: bool) -> Result<Model, String> {
         match &self.source {
             ConfigSource::File(path) => {
                 config::load_file(path, Some(&self.model)).map_err(|e| e.to_string())
@@ -423,6 +494,7 @@ impl Daemon {
                 log_problems(&problems);
                 Ok(model)
             }
+            ConfigSource::Kubernetes(k) => k.load(Some(&self.model), reread),
         }
     }
 
@@ -561,9 +633,14 @@ impl Daemon {
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
     fn reload(&mut self) -> ReloadOutcome {
+        self.reload_with(true)
+    }
+
+    /// [`reload`](Self::reload); `reread`: see [`load_next`](Self::load_next).
+    fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
-        let result = self.try_reload();
+        let result = self.try_reload(reread);
         self.reloads += 1;
         let outcome = match result {
             Ok((changes, needs_restart)) => ReloadOutcome {
@@ -605,8 +682,8 @@ impl Daemon {
         outcome
     }
 
-    fn try_reload(&mut self) -> Result<(Vec<String>, Vec<String>), String> {
-        let mut next = self.load_next()?;
+    fn try_reload(&mut self, reread: bool) -> Result<(Vec<String>, Vec<String>), String> {
+        let mut next = self.load_next(reread)?;
         let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
         let mut overrides = self.overrides.clone();
         overrides.retain_existing(&next);
@@ -645,6 +722,7 @@ impl Daemon {
                 ConfigSource::File(p) => Some(p.display().to_string()),
                 ConfigSource::Fixed(_) => None,
                 ConfigSource::Manifests(m) => Some(m.dir.display().to_string()),
+                ConfigSource::Kubernetes(k) => Some(k.describe()),
             },
             service_ports: self.model.services.len(),
             listen: self
@@ -829,8 +907,12 @@ fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<Stri
 /// One line per change between two models, for the reload report.
 fn diff(old: &Model, new: &Model) -> Vec<String> {
     let mut out = Vec::new();
+    // By key: with 10,000 Services (a watched cluster) a scan per Service is seconds.
+    let old_by_key: std::collections::HashMap<_, _> =
+        old.services.iter().map(|o| (&o.key, o)).collect();
+    let new_keys: std::collections::HashSet<_> = new.services.iter().map(|n| &n.key).collect();
     for n in &new.services {
-        match old.services.iter().find(|o| o.key == n.key) {
+        match old_by_key.get(&n.key).copied() {
             None => out.push(format!(
                 "+ service {} on {}/{} ({} endpoints)",
                 n.key,
@@ -884,7 +966,7 @@ fn diff(old: &Model, new: &Model) -> Vec<String> {
         }
     }
     for o in &old.services {
-        if !new.services.iter().any(|n| n.key == o.key) {
+        if !new_keys.contains(&o.key) {
             out.push(format!(
                 "- service {} (was on {}/{})",
                 o.key, o.node_port, o.key.protocol

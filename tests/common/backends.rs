@@ -6,7 +6,7 @@
 use super::{classify, hash_to_end, lock, read_to_end_outcome, reset_close, Ended, Pattern};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -69,6 +69,11 @@ impl Backend {
         let listener =
             TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
         Backend::serve(listener, name, handler)
+    }
+
+    /// Like [`start`](Self::start) on a given address (e.g. several pods on one port).
+    pub fn try_start_at(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Backend> {
+        Ok(Backend::serve(TcpListener::bind(addr)?, name, handler))
     }
 
     fn serve(listener: TcpListener, name: &str, handler: Handler) -> Backend {
@@ -245,6 +250,11 @@ impl NameServer {
     /// A name server on exactly `addr` (reopening a port a closed one had).
     pub fn start_at(addr: SocketAddr, name: &str) -> Backend {
         Backend::start_at(addr, name, NameServer::handler())
+    }
+
+    /// On a given address; `Err` when it cannot be bound.
+    pub fn try_start_at(addr: SocketAddr, name: &str) -> io::Result<Backend> {
+        Backend::try_start_at(addr, name, Self::handler())
     }
 
     fn handler() -> Handler {

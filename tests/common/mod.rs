@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod backends;
+pub mod fake_api;
 pub mod peers;
 #[allow(unused_imports)]
 pub use backends::*;

@@ -1,0 +1,373 @@
+//! `sluice run --kubernetes`: Services and EndpointSlices from the Kubernetes API, kept in
+//! local stores, turned into the model by [`crate::config::k8s::build_model`].
+//!
+//! It owns the API client (kubeconfig or in-cluster), one kube-rs `watcher` + reflector
+//! store per (kind, namespace), the status of each stream ([`status`]) and the coalescing of
+//! bursts of changes into reloads ([`coalesce`]). It must not build snapshots or touch
+//! listeners: it tells the control plane "the source changed" (a callback), and the control
+//! plane's reload transaction calls [`Source::load`], which snapshots the stores (`Arc`s,
+//! no copies) and converts them.
+//!
+//! # Failure behaviour
+//! kube-rs's watcher lists (paginated, 500 per page), then watches from the list's
+//! `resourceVersion` with bookmarks. A dropped or ended watch resumes from the last seen
+//! version; `410 Gone` (version too old, e.g. after an API server restart that lost its
+//! watch cache) relists; failed requests are retried with kube's `default_backoff()`
+//! (client-go's: 0.8 s doubling to 30 s, with jitter). A relist fills a side buffer that
+//! replaces the store only when complete, so a model is never built from half a list.
+//! Meanwhile the stores keep their last content, and the model built from it keeps
+//! serving. Only transitions are logged (first sync, lost, recovered, relisted).
+//!
+//! # Startup
+//! [`Source::wait_synced`] waits until every stream has completed its first list; the
+//! daemon builds its first model, opens its NodePorts and tells systemd `READY=1` only
+//! then (docs/kubernetes-watch.md says why).
+
+pub mod coalesce;
+pub mod status;
+
+use crate::config::k8s::{self, K8sOptions, Objects, Problem};
+use crate::config::ConfigError;
+use crate::model::{Model, Settings};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use status::{Happened, StreamStatus, Transition, WatchStatus};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// How `sluice run --kubernetes` was asked to watch.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--kubeconfig`; `None`: kube's inference (`KUBECONFIG`, `~/.kube/config`, then the
+    /// in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// `--namespace` (repeatable); empty: cluster-wide.
+    pub namespaces: Vec<String>,
+    /// `--config`: node settings (TOML without `[[service]]`).
+    pub settings_file: Option<PathBuf>,
+    /// Node name and service-proxy-name.
+    pub k8s: K8sOptions,
+    /// How long bursts are coalesced.
+    pub window: coalesce::Window,
+}
+
+/// Why the watch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The kubeconfig given with `--kubeconfig` could not be read or used.
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    /// No kubeconfig was given and none could be inferred (no `KUBECONFIG`, no
+    /// `~/.kube/config`, not in a pod).
+    #[error("no Kubernetes API configuration (use --kubeconfig, KUBECONFIG, ~/.kube/config, or run in a pod): {0}")]
+    NoConfig(String),
+    /// The client could not be built from the configuration (e.g. a bad certificate).
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(String),
+    /// The node settings file is invalid.
+    #[error("{0}")]
+    Settings(#[from] ConfigError),
+    /// The node settings file declares Services: with `--kubernetes` they come from the API.
+    #[error("{file}: `[[service]]` tables cannot be used with --kubernetes (Services come from the API); keep only node settings in this file")]
+    ServicesInSettings { file: String },
+}
+
+/// The Kubernetes configuration source: options, node settings, and (once started) the
+/// stores and their status.
+pub struct Source {
+    options: Options,
+    settings: Mutex<Settings>,
+    services: Vec<Store<Service>>,
+    slices: Vec<Store<EndpointSlice>>,
+    status: WatchStatus,
+    /// Problems reported by the last conversion: each is logged once while it lasts.
+    problems: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Source {
+    /// Reads the node settings; nothing is contacted yet.
+    pub fn new(options: Options) -> Result<Source, WatchError> {
+        let settings = read_settings(&options)?;
+        Ok(Source {
+            options,
+            settings: Mutex::new(settings),
+            services: Vec::new(),
+            slices: Vec::new(),
+            status: WatchStatus::default(),
+            problems: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The node settings in effect (from `--config`, or the defaults).
+    pub fn settings(&self) -> Settings {
+        lock(&self.settings).clone()
+    }
+
+    /// Builds the client and spawns one watch task per (kind, namespace) and the coalescer,
+    /// which calls `on_change(first_change)` once per burst. Must run inside the control
+    /// plane's tokio runtime.
+    pub async fn start(
+        &mut self,
+        on_change: impl FnMut(Instant) + Send + 'static,
+    ) -> Result<(), WatchError> {
+        let client = client(&self.options).await?;
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let namespaces: Vec<Option<String>> = if self.options.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.options.namespaces.iter().cloned().map(Some).collect()
+        };
+        for ns in &namespaces {
+            self.services.push(spawn_stream::<Service>(
+                &client,
+                ns.clone(),
+                &self.status,
+                changes_tx.clone(),
+            ));
+            self.slices.push(spawn_stream::<EndpointSlice>(
+                &client,
+                ns.clone(),
+                &self.status,
+                changes_tx.clone(),
+            ));
+        }
+        drop(changes_tx);
+        tokio::spawn(coalesce::run(self.options.window, changes, on_change));
+        tracing::info!(
+            server = %client_url(&self.options),
+            scope = %self.scope(),
+            "watching Kubernetes Services and EndpointSlices"
+        );
+        Ok(())
+    }
+
+    /// Waits until every store has completed its first list (retrying meanwhile; see the
+    /// module docs).
+    pub async fn wait_synced(&self) {
+        for s in &self.services {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in &self.slices {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+
+    /// The objects in the stores now (shared, not copied).
+    pub fn objects(&self) -> Objects {
+        Objects {
+            services: self.services.iter().flat_map(Store::state).collect(),
+            slices: self.slices.iter().flat_map(Store::state).collect(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// The model for the stores' current content. `reread_settings`: read the `--config`
+    /// file again first (explicit reloads); otherwise the settings in effect are used, so a
+    /// file being edited never holds up endpoint changes. Problems with single objects are
+    /// logged (once while they last), never fatal.
+    pub fn load(&self, previous: Option<&Model>, reread_settings: bool) -> Result<Model, String> {
+        if reread_settings && self.options.settings_file.is_some() {
+            let s = read_settings(&self.options).map_err(|e| e.to_string())?;
+            *lock(&self.settings) = s;
+        }
+        let settings = self.settings();
+        let objects = self.objects();
+        let (model, problems) = k8s::build_model(settings, &objects, &self.options.k8s, previous);
+        self.report(&problems);
+        Ok(model)
+    }
+
+    /// Logs problems not reported by the previous conversion, and those that went away.
+    fn report(&self, problems: &[Problem]) {
+        let now: BTreeSet<(String, String)> = problems
+            .iter()
+            .map(|p| (p.object.clone(), p.message.clone()))
+            .collect();
+        let mut before = lock(&self.problems);
+        for (object, message) in now.difference(&before) {
+            tracing::warn!(%object, "{message}; the object is skipped");
+        }
+        for (object, message) in before.difference(&now) {
+            tracing::info!(%object, was = %message, "problem resolved");
+        }
+        *before = now;
+    }
+
+    /// Every stream's status.
+    pub fn status(&self) -> WatchStatus {
+        self.status.clone()
+    }
+
+    /// `kubernetes (cluster-wide)` / `kubernetes (namespaces a, b)`, for `ctl status`.
+    pub fn describe(&self) -> String {
+        format!("kubernetes ({})", self.scope())
+    }
+
+    fn scope(&self) -> String {
+        if self.options.namespaces.is_empty() {
+            "cluster-wide".to_owned()
+        } else {
+            format!("namespaces {}", self.options.namespaces.join(", "))
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_settings(options: &Options) -> Result<Settings, WatchError> {
+    let Some(path) = &options.settings_file else {
+        return Ok(Settings::default());
+    };
+    let model = crate::config::load_file(path, None)?;
+    if !model.services.is_empty() {
+        return Err(WatchError::ServicesInSettings {
+            file: path.display().to_string(),
+        });
+    }
+    Ok(model.settings)
+}
+
+fn client_url(options: &Options) -> String {
+    match &options.kubeconfig {
+        Some(p) => format!("from {}", p.display()),
+        None => "inferred".to_owned(),
+    }
+}
+
+async fn client(options: &Options) -> Result<Client, WatchError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let bad = |message: String| WatchError::Kubeconfig {
+                path: path.display().to_string(),
+                message,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| WatchError::NoConfig(e.to_string()))?,
+    };
+    tracing::debug!(url = %config.cluster_url, "Kubernetes API");
+    Client::try_from(config).map_err(|e| WatchError::Client(e.to_string()))
+}
+
+/// Spawns the task keeping one kind's store for one namespace (or the cluster); returns
+/// the store's reader.
+fn spawn_stream<K>(
+    client: &Client,
+    namespace: Option<String>,
+    status: &WatchStatus,
+    changes: mpsc::UnboundedSender<Instant>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+    K: 'static,
+    K: Resource<Scope = kube::core::NamespaceResourceScope> + k8s_openapi::Resource,
+{
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    let api: Api<K> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let writer = reflector::store::Writer::<K>::default();
+    let reader = writer.as_reader();
+    let index = status.add(StreamStatus::new(kind, namespace));
+    tokio::spawn(drive(api, writer, status.clone(), index, changes));
+    reader
+}
+
+/// Runs one watch forever: applies its events to the store, records and logs transitions,
+/// and reports changes to the coalescer. Objects listed during a (re)list are reported once,
+/// when the list completes and the store is swapped.
+async fn drive<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<K>,
+    status: WatchStatus,
+    index: usize,
+    changes: mpsc::UnboundedSender<Instant>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+    K: 'static,
+{
+    let reader = writer.as_reader();
+    let stream = watcher(api, watcher::Config::default())
+        // managedFields are most of an object's size and nothing reads them.
+        .modify(|o| o.managed_fields_mut().clear())
+        .default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(item) = stream.next().await {
+        let at = Instant::now();
+        match item {
+            Ok(event) => {
+                writer.apply_watcher_event(&event);
+                let (what, notify) = match &event {
+                    watcher::Event::Init => (Happened::ListStarted, false),
+                    watcher::Event::InitApply(_) => (Happened::Object, false),
+                    watcher::Event::InitDone => (Happened::ListDone, true),
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                        (Happened::Object, true)
+                    }
+                };
+                let objects = reader.len();
+                let (name, transitions) = status.update(index, |s| {
+                    (s.name(), s.on_event(what, objects, SystemTime::now()))
+                });
+                for t in transitions {
+                    match t {
+                        Transition::FirstSync => {
+                            tracing::info!(stream = %name, objects, "Kubernetes watch synced")
+                        }
+                        Transition::Recovered => tracing::info!(
+                            stream = %name,
+                            "Kubernetes API reachable again; watch resumed"
+                        ),
+                        Transition::Relisted => {
+                            tracing::info!(stream = %name, objects, "Kubernetes watch relisted")
+                        }
+                        Transition::Lost(_) => {}
+                    }
+                }
+                if notify && changes.send(at).is_err() {
+                    return;
+                }
+            }
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                // Not a failure: the watch fell behind (or the server restarted); the next
+                // step relists.
+                status.update(index, |s| s.errors += 1);
+                tracing::info!(
+                    stream = %status.update(index, |s| s.name()),
+                    reason = %s.message,
+                    "resource version expired (410 Gone): relisting"
+                );
+            }
+            Err(e) => {
+                let (name, t) = status.update(index, |s| (s.name(), s.on_error(e.to_string())));
+                match t {
+                    Some(_) => tracing::warn!(
+                        stream = %name,
+                        error = %e,
+                        "Kubernetes watch lost; retrying with backoff, serving the last good state"
+                    ),
+                    None => {
+                        tracing::debug!(stream = %name, error = %e, "Kubernetes watch still failing")
+                    }
+                }
+            }
+        }
+    }
+}
