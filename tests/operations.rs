@@ -8,33 +8,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `sluice ctl --socket SOCK ARGS...`.
-fn ctl(sock: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run sluice ctl")
-}
-
-fn ok(sock: &Path, args: &[&str]) -> String {
-    let out = ctl(sock, args);
-    assert!(
-        out.status.success(),
-        "sluice ctl {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// One raw request line on the socket; the response line.
 fn raw(sock: &Path, line: &[u8]) -> String {
     let mut s = UnixStream::connect(sock).expect("connect control socket");
@@ -111,14 +90,14 @@ fn ctl_commands_answer_for_humans_and_scripts() {
         ask_name(node_addr(port)).unwrap();
     }
 
-    let status = ok(&r.sock, &["status"]);
+    let status = ctl_ok(&r.sock, &["status"]);
     assert!(
         status.contains("driver:") && status.contains("workers:      2"),
         "{status}"
     );
     assert!(status.contains("generation:   1"), "{status}");
 
-    let services = ok(&r.sock, &["services"]);
+    let services = ctl_ok(&r.sock, &["services"]);
     let line = services.lines().nth(1).expect("one service line");
     for want in [
         "workshop",
@@ -131,7 +110,7 @@ fn ctl_commands_answer_for_humans_and_scripts() {
         assert!(line.contains(want), "{want} missing: {services}");
     }
 
-    let describe = ok(
+    let describe = ctl_ok(
         &r.sock,
         &["describe", "service", "myfrontend", "-n", "workshop"],
     );
@@ -149,20 +128,20 @@ fn ctl_commands_answer_for_humans_and_scripts() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 
-    let eps = ok(&r.sock, &["endpoints", "workshop/myfrontend"]);
+    let eps = ctl_ok(&r.sock, &["endpoints", "workshop/myfrontend"]);
     assert!(
         eps.contains(&a.addr.to_string()) && eps.contains(&b.addr.to_string()),
         "{eps}"
     );
 
-    let stats = ok(&r.sock, &["-o", "json", "stats"]);
+    let stats = ctl_ok(&r.sock, &["-o", "json", "stats"]);
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["ok"], true);
     let total = v["result"]["services"][0]["counters"]["connections_total"]
         .as_u64()
         .unwrap();
     assert!(total >= 4, "{stats}");
-    let human = ok(&r.sock, &["stats"]);
+    let human = ctl_ok(&r.sock, &["stats"]);
     assert!(
         human.contains("RETRIES") && human.contains(&a.addr.to_string()),
         "{human}"
@@ -191,7 +170,7 @@ fn ctl_commands_answer_for_humans_and_scripts() {
     assert!(lines.next().unwrap().unwrap().contains("endpoints_usable"));
     r.sluice.assert_alive();
     assert_eq!(ask_name(node_addr(port)).map(|_| ()).ok(), Some(()));
-    ok(&r.sock, &["log-level", "debug"]);
+    ctl_ok(&r.sock, &["log-level", "debug"]);
     assert_eq!(ctl(&r.sock, &["log-level", "[[["]).status.code(), Some(1));
 }
 
@@ -232,7 +211,7 @@ fn a_uid_that_is_not_allowed_is_refused() {
     // The socket file has the configured mode.
     let mode = std::fs::metadata(&r.sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
-    ok(&r.sock, &["status"]);
+    ctl_ok(&r.sock, &["status"]);
 }
 
 #[test]
@@ -267,7 +246,7 @@ fn reload_applies_changes_and_a_bad_file_keeps_the_old_config_serving() {
     // Add a Service on a new NodePort and change endpoints.
     let two = svc("one", "itest", p1, &[b.addr]) + &svc("two", "itest", p2, &[a.addr]);
     rewrite(&r, &config(&dir, range, "", &two));
-    let out = ok(&r.sock, &["reload"]);
+    let out = ctl_ok(&r.sock, &["reload"]);
     assert!(out.contains("reloaded: generation 2"), "{out}");
     assert!(out.contains("+ service itest/two"), "{out}");
     assert!(
@@ -287,7 +266,7 @@ fn reload_applies_changes_and_a_bad_file_keeps_the_old_config_serving() {
     let lines = bad.lines().count();
     assert!(err.contains(&format!("{path}:{lines}:1:")), "{err}");
     assert_eq!(ask_name(node_addr(p2)).unwrap(), "a");
-    let status = ok(&r.sock, &["status"]);
+    let status = ctl_ok(&r.sock, &["status"]);
     assert!(
         status.contains("FAILED") && status.contains("generation:   2"),
         "{status}"
@@ -306,7 +285,7 @@ fn reload_applies_changes_and_a_bad_file_keeps_the_old_config_serving() {
         text.contains("reload-failed") && text.contains(&busy.to_string()),
         "{text}"
     );
-    let services = ok(&r.sock, &["services"]);
+    let services = ctl_ok(&r.sock, &["services"]);
     assert!(!services.contains("three"), "{services}");
 
     // SIGHUP reloads too: remove Service two.
@@ -317,7 +296,7 @@ fn reload_applies_changes_and_a_bad_file_keeps_the_old_config_serving() {
     // SAFETY: kill with a child PID we own.
     unsafe { libc::kill(r.sluice.pid() as i32, libc::SIGHUP) };
     wait_for("SIGHUP reload", SOON, || {
-        ok(&r.sock, &["status"])
+        ctl_ok(&r.sock, &["status"])
             .contains("generation:   3")
             .then_some(())
     });
@@ -398,7 +377,7 @@ fn two_hundred_reloads_under_load_fail_no_request() {
         requests >= 200,
         "only {requests} requests ran during the reloads"
     );
-    let status = ok(&r.sock, &["status"]);
+    let status = ctl_ok(&r.sock, &["status"]);
     assert!(status.contains("generation:   201"), "{status}");
     r.sluice.assert_alive();
 }
@@ -432,7 +411,7 @@ fn a_drained_endpoint_gets_no_new_connections_keeps_open_ones_and_survives_reloa
         "no connection reached a"
     );
 
-    let out = ok(
+    let out = ctl_ok(
         &r.sock,
         &["endpoint", "drain", "itest/web", &a.addr.to_string()],
     );
@@ -463,22 +442,22 @@ fn a_drained_endpoint_gets_no_new_connections_keeps_open_ones_and_survives_reloa
             &svc("web", "itest", port, &[a.addr, b.addr, c.addr]),
         ),
     );
-    ok(&r.sock, &["reload"]);
-    let eps = ok(&r.sock, &["endpoints"]);
+    ctl_ok(&r.sock, &["reload"]);
+    let eps = ctl_ok(&r.sock, &["endpoints"]);
     assert!(eps.contains("draining (override)"), "{eps}");
     for _ in 0..30 {
         assert_ne!(ask_name(node_addr(port)).unwrap(), "a");
     }
     // Weight and enable.
-    ok(
+    ctl_ok(
         &r.sock,
         &["endpoint", "enable", "itest/web", &a.addr.to_string()],
     );
-    ok(
+    ctl_ok(
         &r.sock,
         &["endpoint", "weight", "itest/web", &b.addr.to_string(), "0"],
     );
-    ok(
+    ctl_ok(
         &r.sock,
         &["endpoint", "disable", "itest/web", &c.addr.to_string()],
     );
@@ -497,7 +476,7 @@ fn a_drained_endpoint_gets_no_new_connections_keeps_open_ones_and_survives_reloa
             &svc("web", "itest", port, &[a.addr, c.addr]),
         ),
     );
-    ok(&r.sock, &["reload"]);
+    ctl_ok(&r.sock, &["reload"]);
     rewrite(
         &r,
         &config(
@@ -507,8 +486,8 @@ fn a_drained_endpoint_gets_no_new_connections_keeps_open_ones_and_survives_reloa
             &svc("web", "itest", port, &[a.addr, b.addr, c.addr]),
         ),
     );
-    ok(&r.sock, &["reload"]);
-    let json = ok(&r.sock, &["-o", "json", "endpoints"]);
+    ctl_ok(&r.sock, &["reload"]);
+    let json = ctl_ok(&r.sock, &["-o", "json", "endpoints"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let eps = v["result"]["services"][0]["endpoints"].as_array().unwrap();
     let b_entry = eps
@@ -582,7 +561,7 @@ fn sd_notify_ready_reloading_watchdog_stopping() {
     notify.wait("WATCHDOG=1");
     notify.wait("WATCHDOG=1");
 
-    ok(&r.sock, &["reload"]);
+    ctl_ok(&r.sock, &["reload"]);
     let reloading = notify.wait("RELOADING=1");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     notify.wait("READY=1");
@@ -697,7 +676,7 @@ fn metrics_healthz_and_livez() {
     ] {
         assert!(body.contains(name), "{name} missing:\n{body}");
     }
-    ok(&r.sock, &["reload"]);
+    ctl_ok(&r.sock, &["reload"]);
     let (_, _, body) = http_get(maddr, "/metrics");
     assert!(
         body.contains("sluice_reloads_total{result=\"success\"} 1"),

@@ -745,3 +745,27 @@ fn block_io_uring_setup() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `sluice ctl --socket SOCK ARGS…`, its output whatever the exit status.
+pub fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run sluice ctl")
+}
+
+/// `sluice ctl`, which must succeed; its stdout.
+pub fn ctl_ok(sock: &Path, args: &[&str]) -> String {
+    let out = ctl(sock, args);
+    assert!(
+        out.status.success(),
+        "sluice ctl {args:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
