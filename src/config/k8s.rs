@@ -94,6 +94,12 @@ pub fn build_model(
 ) -> (Model, Vec<Problem>) {
     let mut problems = Vec::new();
     let index = EndpointIndex::new(objects, &mut problems);
+    // The serving model's ports by Service, found once: a scan per Service would be
+    // quadratic (10,000 Services: most of a reload's time).
+    let mut previous_ports: HashMap<&ServiceName, Vec<&ServicePort>> = HashMap::new();
+    for p in previous.iter().flat_map(|m| &m.services) {
+        previous_ports.entry(&p.key.service).or_default().push(p);
+    }
 
     let mut services: Vec<&Service> = objects.services.iter().map(|s| &**s).collect();
     services.sort_by_key(|s| object_name(&s.metadata));
@@ -115,7 +121,7 @@ pub fn build_model(
             &index,
             &settings,
             options,
-            previous,
+            previous_ports.get(&name).map_or(&[], Vec::as_slice),
             &mut ports,
             &mut problems,
         );
@@ -211,7 +217,7 @@ fn convert_service(
     index: &EndpointIndex,
     settings: &Settings,
     options: &K8sOptions,
-    previous: Option<&Model>,
+    before: &[&ServicePort],
     out: &mut Vec<Candidate>,
     problems: &mut Vec<Problem>,
 ) {
@@ -255,14 +261,6 @@ fn convert_service(
         });
     };
     let mut warnings = Vec::new();
-    let before: Vec<&ServicePort> = previous
-        .map(|m| {
-            m.services
-                .iter()
-                .filter(|s| s.key.service == *name)
-                .collect()
-        })
-        .unwrap_or_default();
 
     let traffic_policy = match spec.external_traffic_policy.as_deref() {
         None | Some("Cluster") => TrafficPolicy::Cluster,
@@ -288,13 +286,13 @@ fn convert_service(
             &mut warnings,
         );
     }
-    let affinity = session_affinity(spec, &before, &mut |m| report(m, problems, &mut warnings));
+    let affinity = session_affinity(spec, before, &mut |m| report(m, problems, &mut warnings));
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let settings_from_annotations = annotations::read(
         &annotations,
         traffic_policy,
         affinity.is_some(),
-        &before,
+        before,
         settings,
     );
     for m in settings_from_annotations.problems {
