@@ -746,7 +746,7 @@ impl Daemon {
     }
 
     /// Every served Service port `keep` accepts, with endpoints, state and counters.
-    fn service_list(&self, keep: impl Fn(&ServicePortInfo) -> bool) -> ServiceList {
+    fn service_list(&self, keep: impl Fn(&crate::model::ServiceName) -> bool) -> ServiceList {
         let snapshot = self.publisher.current();
         let health = self.endpoint_health.shared();
         let mut services = Vec::new();
@@ -755,6 +755,10 @@ impl Daemon {
             self.model.services.iter().map(|c| (&c.key, c)).collect();
         for (_, s) in snapshot.services() {
             let p = &s.port;
+            // Before anything is computed: `ctl endpoints NAME` of one Service in 10,000.
+            if !keep(&p.key.service) {
+                continue;
+            }
             let configured = configured_by_key.get(&p.key).copied();
             let endpoints: Vec<EndpointInfo> = s
                 .endpoints()
@@ -835,9 +839,7 @@ impl Daemon {
                 endpoints,
                 kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
             };
-            if keep(&info) {
-                services.push(info);
-            }
+            services.push(info);
         }
         ServiceList {
             generation: snapshot.generation(),
