@@ -1,6 +1,7 @@
 //! The control plane: one thread running a tokio current-thread runtime that owns the
 //! configuration, the reload transaction, the control socket, the metrics/health listeners,
-//! signals and sd_notify. It never touches a data-plane connection.
+//! signals and sd_notify. It never touches a data-plane connection. (A Kubernetes watch runs
+//! on its own thread and reaches this one through [`Event::SourceChanged`].)
 //!
 //! Submodules: [`protocol`] (the versioned JSON-lines protocol), `socket` (the Unix socket
 //! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]

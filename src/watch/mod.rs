@@ -6,7 +6,8 @@
 //! bursts of changes into reloads ([`coalesce`]). It must not build snapshots or touch
 //! listeners: it tells the control plane "the source changed" (a callback), and the control
 //! plane's reload transaction calls [`Source::load`], which snapshots the stores (`Arc`s,
-//! no copies) and converts them.
+//! no copies) and converts them. The client, streams and coalescer run on their own thread
+//! (`sluice-kube`, see [`Source::start`]), so a reload never holds up the streams.
 //!
 //! # Failure behaviour
 //! kube-rs's watcher lists (paginated, 500 per page), then watches from the list's
