@@ -3,7 +3,7 @@
 # test suite (tests/common/fake_api.rs) with N Services × 10 endpoints (default 10,000).
 # Prints BENCH lines: start-up to the last NodePort serving, RSS, time from one API event
 # (and from the last event of a burst touching every Service) to the snapshot serving it,
-# and the data-plane cost per connection at 1 vs N Services. Loopback only; ~3-5 minutes.
+# and the data-plane cost per connection at 1 vs N Services. Loopback only; ~30 s at 10,000 with the default table.
 #
 #   bench/k8s-scale.sh [SERVICES] [MAGLEV_TABLE_SIZE]
 #
