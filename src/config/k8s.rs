@@ -94,9 +94,15 @@ pub fn build_model(
 ) -> (Model, Vec<Problem>) {
     let mut problems = Vec::new();
     let index = EndpointIndex::new(objects, &mut problems);
+    // The serving model's ports by Service, found once: a scan per Service would be
+    // quadratic (10,000 Services: most of a reload's time).
+    let mut previous_ports: HashMap<&ServiceName, Vec<&ServicePort>> = HashMap::new();
+    for p in previous.iter().flat_map(|m| &m.services) {
+        previous_ports.entry(&p.key.service).or_default().push(p);
+    }
 
     let mut services: Vec<&Service> = objects.services.iter().map(|s| &**s).collect();
-    services.sort_by_key(|s| object_name(&s.metadata));
+    services.sort_by(|a, b| name_ref(&a.metadata).cmp(&name_ref(&b.metadata)));
     let mut ports: Vec<Candidate> = Vec::new();
     let mut seen: Option<ServiceName> = None;
     for svc in services {
@@ -115,7 +121,7 @@ pub fn build_model(
             &index,
             &settings,
             options,
-            previous,
+            previous_ports.get(&name).map_or(&[], Vec::as_slice),
             &mut ports,
             &mut problems,
         );
@@ -196,6 +202,17 @@ fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
     }
 }
 
+/// [`object_name`] borrowed, for sorting (the same order as [`ServiceName`]'s) without
+/// two allocations per comparison.
+fn name_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    (namespace, meta.name.as_deref().unwrap_or_default())
+}
+
 fn port_label(key: &ServicePortKey) -> String {
     if key.port_name.is_empty() {
         format!("Service {}", key.service)
@@ -211,7 +228,7 @@ fn convert_service(
     index: &EndpointIndex,
     settings: &Settings,
     options: &K8sOptions,
-    previous: Option<&Model>,
+    before: &[&ServicePort],
     out: &mut Vec<Candidate>,
     problems: &mut Vec<Problem>,
 ) {
@@ -255,14 +272,6 @@ fn convert_service(
         });
     };
     let mut warnings = Vec::new();
-    let before: Vec<&ServicePort> = previous
-        .map(|m| {
-            m.services
-                .iter()
-                .filter(|s| s.key.service == *name)
-                .collect()
-        })
-        .unwrap_or_default();
 
     let traffic_policy = match spec.external_traffic_policy.as_deref() {
         None | Some("Cluster") => TrafficPolicy::Cluster,
@@ -288,13 +297,13 @@ fn convert_service(
             &mut warnings,
         );
     }
-    let affinity = session_affinity(spec, &before, &mut |m| report(m, problems, &mut warnings));
+    let affinity = session_affinity(spec, before, &mut |m| report(m, problems, &mut warnings));
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let settings_from_annotations = annotations::read(
         &annotations,
         traffic_policy,
         affinity.is_some(),
-        &before,
+        before,
         settings,
     );
     for m in settings_from_annotations.problems {
@@ -552,7 +561,7 @@ impl EndpointIndex {
     fn new(objects: &Objects, problems: &mut Vec<Problem>) -> EndpointIndex {
         let mut slices: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
         let mut sorted: Vec<&EndpointSlice> = objects.slices.iter().map(|s| &**s).collect();
-        sorted.sort_by_key(|s| object_name(&s.metadata));
+        sorted.sort_by(|a, b| name_ref(&a.metadata).cmp(&name_ref(&b.metadata)));
         for slice in sorted {
             let id = object_name(&slice.metadata);
             let object = format!("EndpointSlice {id}");

@@ -326,6 +326,10 @@ impl HealthTracker {
     /// operator disabled.
     pub fn mark_down(&self, model: &mut Model, overrides: &Overrides) {
         let st = self.shared.lock();
+        if st.targets.is_empty() && overrides.is_empty() {
+            // Nothing is checked or disabled: skip a key copy per endpoint.
+            return;
+        }
         for s in &mut model.services {
             for e in &mut s.endpoints {
                 let target = (s.key.clone(), e.addr);

@@ -153,12 +153,16 @@ impl Overrides {
 
     /// Forgets overrides of endpoints `model` no longer has (call after a reload).
     pub fn retain_existing(&mut self, model: &Model) {
-        self.map.retain(|(key, addr), _| {
-            model
-                .services
-                .iter()
-                .any(|s| &s.key == key && s.endpoints.iter().any(|e| e.addr == *addr))
-        });
+        if self.map.is_empty() {
+            return;
+        }
+        let exists: std::collections::HashSet<(&ServicePortKey, SocketAddr)> = model
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (&s.key, e.addr)))
+            .collect();
+        self.map
+            .retain(|(key, addr), _| exists.contains(&(key, *addr)));
     }
 
     /// `model` with every override applied to endpoint weights (drained/disabled → 0).

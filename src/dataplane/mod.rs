@@ -26,6 +26,7 @@ use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
 use socket2::{Domain, Socket, Type};
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -265,7 +266,8 @@ impl Dataplane {
         settings: &Settings,
         node_ports: &NodePorts,
     ) -> Result<ListenerPlan, StartError> {
-        let wanted = wanted_keys(settings, node_ports);
+        // Sets: with 10,000 NodePorts a scan per listener is quadratic.
+        let wanted: HashSet<ListenerKey> = wanted_keys(settings, node_ports).into_iter().collect();
         let add = open_listeners(settings, node_ports, &self.open, self.workers.len())?;
         let remove = self
             .open
@@ -287,8 +289,9 @@ impl Dataplane {
             }
             self.open.push(key);
         }
-        self.open.retain(|k| !plan.remove.contains(k));
-        self.steered.retain(|k| !plan.remove.contains(k));
+        let removed: HashSet<&ListenerKey> = plan.remove.iter().collect();
+        self.open.retain(|k| !removed.contains(k));
+        self.steered.retain(|k| !removed.contains(k));
         for (w, listeners) in self.workers.iter().zip(per_worker) {
             if !listeners.is_empty() {
                 let _ = w.commands.send(Command::AddListeners(listeners));
@@ -308,21 +311,24 @@ impl Dataplane {
     /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
     /// Returns once the change is in place (or after a second, if the worker is wedged).
     pub fn steer_client_ips(&mut self, ports: &NodePorts) {
+        let ports: HashSet<&(Protocol, u16)> = ports.iter().collect();
         let wanted: Vec<ListenerKey> = self
             .open
             .iter()
             .filter(|k| ports.contains(&(k.protocol, k.node_port())))
             .copied()
             .collect();
+        let steered: HashSet<&ListenerKey> = self.steered.iter().collect();
         let attach: Vec<ListenerKey> = wanted
             .iter()
-            .filter(|k| !self.steered.contains(k))
+            .filter(|k| !steered.contains(k))
             .copied()
             .collect();
+        let wanted_set: HashSet<&ListenerKey> = wanted.iter().collect();
         let detach: Vec<ListenerKey> = self
             .steered
             .iter()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !wanted_set.contains(k))
             .copied()
             .collect();
         if attach.is_empty() && detach.is_empty() {
@@ -491,6 +497,7 @@ fn open_listeners(
     workers: usize,
 ) -> Result<Vec<(ListenerKey, Vec<Socket>)>, StartError> {
     let mut out = Vec::new();
+    let open: HashSet<&ListenerKey> = open.iter().collect();
     for key in wanted_keys(settings, node_ports) {
         if open.contains(&key) {
             continue;

@@ -6,7 +6,8 @@
 //! bursts of changes into reloads ([`coalesce`]). It must not build snapshots or touch
 //! listeners: it tells the control plane "the source changed" (a callback), and the control
 //! plane's reload transaction calls [`Source::load`], which snapshots the stores (`Arc`s,
-//! no copies) and converts them.
+//! no copies) and converts them. The client, streams and coalescer run on their own thread
+//! (`sluice-kube`, see [`Source::start`]), so a reload never holds up the streams.
 //!
 //! # Failure behaviour
 //! kube-rs's watcher lists (paginated, 500 per page), then watches from the list's
@@ -75,6 +76,9 @@ pub enum WatchError {
     /// The node settings file is invalid.
     #[error("{0}")]
     Settings(#[from] ConfigError),
+    /// The watch thread or its runtime could not start.
+    #[error("cannot start the Kubernetes watch: {0}")]
+    Runtime(String),
     /// The node settings file declares Services: with `--kubernetes` they come from the API.
     #[error("{file}: `[[service]]` tables cannot be used with --kubernetes (Services come from the API); keep only node settings in this file")]
     ServicesInSettings { file: String },
@@ -111,36 +115,85 @@ impl Source {
         lock(&self.settings).clone()
     }
 
-    /// Builds the client and spawns one watch task per (kind, namespace) and the coalescer,
-    /// which calls `on_change(first_change)` once per burst. Must run inside the control
-    /// plane's tokio runtime.
+    /// Starts the watch thread (`sluice-kube`): it builds the client and runs one watch
+    /// task per (kind, namespace) and the coalescer, which calls `on_change(first_change)`
+    /// once per burst. Returns when the client is built (or could not be).
+    ///
+    /// The watch has its own thread and runtime so that a reload on the control thread
+    /// (about a second with 10,000 Services) never stalls the streams: on a shared thread
+    /// a burst was read a few dozen events per reload and took minutes to apply
+    /// (docs/benchmarks.md, "Kubernetes watch at scale").
     pub async fn start(
         &mut self,
         on_change: impl FnMut(Instant) + Send + 'static,
     ) -> Result<(), WatchError> {
-        let client = client(&self.options).await?;
-        let (changes_tx, changes) = mpsc::unbounded_channel();
         let namespaces: Vec<Option<String>> = if self.options.namespaces.is_empty() {
             vec![None]
         } else {
             self.options.namespaces.iter().cloned().map(Some).collect()
         };
+        let mut service_writers = Vec::new();
+        let mut slice_writers = Vec::new();
         for ns in &namespaces {
-            self.services.push(spawn_stream::<Service>(
-                &client,
-                ns.clone(),
-                &self.status,
-                changes_tx.clone(),
-            ));
-            self.slices.push(spawn_stream::<EndpointSlice>(
-                &client,
-                ns.clone(),
-                &self.status,
-                changes_tx.clone(),
-            ));
+            let (writer, reader, index) = new_stream::<Service>(ns.clone(), &self.status);
+            self.services.push(reader);
+            service_writers.push((ns.clone(), writer, index));
+            let (writer, reader, index) = new_stream::<EndpointSlice>(ns.clone(), &self.status);
+            self.slices.push(reader);
+            slice_writers.push((ns.clone(), writer, index));
         }
-        drop(changes_tx);
-        tokio::spawn(coalesce::run(self.options.window, changes, on_change));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let options = self.options.clone();
+        let status = self.status.clone();
+        std::thread::Builder::new()
+            .name("sluice-kube".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(WatchError::Runtime(e.to_string())));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let client = match client(&options).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let (changes_tx, changes) = mpsc::unbounded_channel();
+                    for (ns, writer, index) in service_writers {
+                        tokio::spawn(drive(
+                            api::<Service>(&client, &ns),
+                            writer,
+                            status.clone(),
+                            index,
+                            changes_tx.clone(),
+                        ));
+                    }
+                    for (ns, writer, index) in slice_writers {
+                        tokio::spawn(drive(
+                            api::<EndpointSlice>(&client, &ns),
+                            writer,
+                            status.clone(),
+                            index,
+                            changes_tx.clone(),
+                        ));
+                    }
+                    drop(changes_tx);
+                    let _ = started_tx.send(Ok(()));
+                    coalesce::run(options.window, changes, on_change).await;
+                });
+            })
+            .map_err(|e| WatchError::Runtime(e.to_string()))?;
+        started
+            .await
+            .map_err(|_| WatchError::Runtime("the watch thread ended".into()))??;
         tracing::info!(
             server = %client_url(&self.options),
             scope = %self.scope(),
@@ -179,9 +232,20 @@ impl Source {
             *lock(&self.settings) = s;
         }
         let settings = self.settings();
+        let t = Instant::now();
         let objects = self.objects();
+        let snapshot = t.elapsed();
         let (model, problems) = k8s::build_model(settings, &objects, &self.options.k8s, previous);
+        let built = t.elapsed();
         self.report(&problems);
+        tracing::debug!(
+            services = objects.services.len(),
+            slices = objects.slices.len(),
+            ?snapshot,
+            convert = ?(built - snapshot),
+            report = ?(t.elapsed() - built),
+            "Kubernetes objects converted"
+        );
         Ok(model)
     }
 
@@ -265,29 +329,30 @@ async fn client(options: &Options) -> Result<Client, WatchError> {
     Client::try_from(config).map_err(|e| WatchError::Client(e.to_string()))
 }
 
-/// Spawns the task keeping one kind's store for one namespace (or the cluster); returns
-/// the store's reader.
-fn spawn_stream<K>(
-    client: &Client,
+/// The store (writer and reader) and status record of one kind's stream for one namespace
+/// (or the cluster).
+fn new_stream<K>(
     namespace: Option<String>,
     status: &WatchStatus,
-    changes: mpsc::UnboundedSender<Instant>,
-) -> Store<K>
+) -> (reflector::store::Writer<K>, Store<K>, usize)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
-    K: 'static,
-    K: Resource<Scope = kube::core::NamespaceResourceScope> + k8s_openapi::Resource,
+    K: Resource<DynamicType = ()> + Clone + k8s_openapi::Resource + 'static,
 {
     let kind = <K as k8s_openapi::Resource>::KIND;
-    let api: Api<K> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let writer = reflector::store::Writer::<K>::default();
     let reader = writer.as_reader();
     let index = status.add(StreamStatus::new(kind, namespace));
-    tokio::spawn(drive(api, writer, status.clone(), index, changes));
-    reader
+    (writer, reader, index)
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs one watch forever: applies its events to the store, records and logs transitions,

@@ -381,6 +381,7 @@ impl<D: Driver> Worker<D> {
                 self.resume_accepting()?;
             }
             Command::RemoveListeners(keys) => {
+                let keys: std::collections::HashSet<ListenerKey> = keys.into_iter().collect();
                 for i in 0..self.listeners.len() {
                     if self.listeners[i].socket.is_some() && keys.contains(&self.listeners[i].key) {
                         if let Some(generation) = self.listeners[i].accepting.take() {
@@ -410,6 +411,8 @@ impl<D: Driver> Worker<D> {
                 groups,
                 done,
             } => {
+                let attach: std::collections::HashSet<ListenerKey> = attach.into_iter().collect();
+                let detach: std::collections::HashSet<ListenerKey> = detach.into_iter().collect();
                 for l in &self.listeners {
                     let Some(socket) = l.socket.as_ref() else {
                         continue;
