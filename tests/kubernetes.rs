@@ -715,6 +715,23 @@ fn startup_waits_for_the_api_then_becomes_ready() {
     assert_eq!(ask_name(node_addr(p)).unwrap(), "127.0.0.2");
 }
 
+/// `sluice run --kubernetes` with these files, which must exit with an error.
+fn refused_start(kubeconfig: &std::path::Path, settings: &std::path::Path) -> Sluice {
+    let mut s = Sluice::spawn(
+        &[
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--config",
+            settings.to_str().unwrap(),
+        ],
+        Launch::default(),
+    );
+    assert!(!s.wait_exit(SOON).success());
+    s
+}
+
 #[test]
 fn bad_startup_input_is_refused_clearly() {
     let dir = TempDir::new("kube-bad");
@@ -723,18 +740,7 @@ fn bad_startup_input_is_refused_clearly() {
         "listen_addresses = [\"127.0.0.1\"]\n\n[[service]]\nname = \"x\"\nnode_port = 30000\nport = 80\ntarget_port = 80\nendpoints = [\"127.0.0.2\"]\n",
     );
     let kubeconfig = dir.write("kubeconfig", "this: is: not: a kubeconfig");
-    let mut s = Sluice::spawn(
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--config",
-            settings.to_str().unwrap(),
-        ],
-        Launch::default(),
-    );
-    assert!(!s.wait_exit(SOON).success());
+    let s = refused_start(&kubeconfig, &settings);
     assert!(
         s.stderr()
             .contains("node.toml: `[[service]]` tables cannot be used with --kubernetes"),
@@ -743,18 +749,7 @@ fn bad_startup_input_is_refused_clearly() {
     );
 
     let settings = dir.write("node2.toml", "listen_addresses = [\"127.0.0.1\"]\n");
-    let mut s = Sluice::spawn(
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--config",
-            settings.to_str().unwrap(),
-        ],
-        Launch::default(),
-    );
-    assert!(!s.wait_exit(SOON).success());
+    let s = refused_start(&kubeconfig, &settings);
     assert!(
         s.stderr()
             .contains(&format!("kubeconfig {}", kubeconfig.display())),
