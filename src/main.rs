@@ -62,8 +62,11 @@ enum Command {
     },
     /// Print the node's ip/nft commands that Services with forwarding = "transparent" need.
     TproxyRules {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// TOML config; with --manifests: node settings only.
+        #[arg(long, short, required_unless_present = "manifests")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        manifests: ManifestArgs,
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
@@ -376,7 +379,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { workers, driver } => demo(workers, driver, log_filter),
-        Command::TproxyRules { config } => match sluice::config::load_file(&config, None) {
+        Command::TproxyRules { config, manifests } => match load_model(&config, &manifests, true) {
             Ok(model) => {
                 print!("{}", sluice::tproxy::rules(&model));
                 Ok(())

@@ -187,3 +187,39 @@ fn sigterm_stops_run_cleanly() {
         lb.stderr_tail(20)
     );
 }
+
+/// `sluice tproxy-rules --manifests DIR` names the Services that forward transparently
+/// (externalTrafficPolicy: Local, by default) and only those.
+#[test]
+fn tproxy_rules_read_manifests() {
+    let dir = TempDir::new("tproxy-manifests");
+    dir.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: edge\n  namespace: shop\nspec:\n  \
+         type: NodePort\n  externalTrafficPolicy: Local\n  ports:\n  - name: http\n    port: 80\n    \
+         targetPort: 8080\n    nodePort: 31080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  \
+         name: plain\n  namespace: shop\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    \
+         targetPort: 8080\n    nodePort: 31081\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["tproxy-rules", "--manifests"])
+        .arg(dir.path())
+        .env_remove("NODE_NAME")
+        .output()
+        .expect("run sluice tproxy-rules");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("shop/edge:http on NodePort 31080/TCP"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("shop/plain"), "{stdout}");
+    assert!(
+        stdout.contains("socket transparent 1 meta mark set 0x1"),
+        "{stdout}"
+    );
+}
