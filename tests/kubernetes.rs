@@ -67,6 +67,15 @@ fn terminating(ip: &'static str) -> Pod {
 }
 
 /// The controller's EndpointSlice for Service `namespace/service` with `pods` on `port`.
+/// A fake API server holding the seed's `workshop/myfrontend` Service on `node_port` and
+/// one EndpointSlice with `pods` on `pod_port`.
+fn frontend_api(node_port: u16, pod_port: u16, pods: &[Pod]) -> FakeApi {
+    let api = FakeApi::start_new();
+    api.apply(frontend_service("workshop", "myfrontend", node_port));
+    api.apply(slice("workshop", "myfrontend", pod_port, pods));
+    api
+}
+
 fn slice(namespace: &str, service: &str, port: u16, pods: &[Pod]) -> Value {
     let mut s = fixture("myfrontend-slice.json");
     let template = s["endpoints"][0].clone();
@@ -266,14 +275,7 @@ fn refused(addr: SocketAddr) -> bool {
 fn pods_added_are_served_and_a_deleted_service_closes_its_node_port() {
     let (_pods, pod_port) = pods(&["127.0.0.2", "127.0.0.3"]);
     let (p1, p2) = (free_port(), free_port());
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p1));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2")],
-    ));
+    let api = frontend_api(p1, pod_port, &[ready("127.0.0.2")]);
     let mut n = start_node(&api, (p1, p2), &[], Launch::default());
     n.sluice.wait_ready_name(node_addr(p1));
     wait_answers(&mut n, node_addr(p1), &["127.0.0.2"]);
@@ -307,14 +309,7 @@ fn pods_added_are_served_and_a_deleted_service_closes_its_node_port() {
 fn a_terminating_pod_is_only_a_fallback() {
     let (_pods, pod_port) = pods(&["127.0.0.2", "127.0.0.3"]);
     let p = free_port();
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2"), terminating("127.0.0.3")],
-    ));
+    let api = frontend_api(p, pod_port, &[ready("127.0.0.2"), terminating("127.0.0.3")]);
     let mut n = start_node(&api, (p, p), &[], Launch::default());
     n.sluice.wait_ready_name(node_addr(p));
     // A ready pod exists: the terminating one gets nothing (24 distinct clients).
@@ -448,14 +443,7 @@ fn api_server_restart_drops_no_connection_and_later_changes_apply() {
 fn expired_watch_relists_and_converges() {
     let (_pods, pod_port) = pods(&["127.0.0.2", "127.0.0.3"]);
     let p = free_port();
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2")],
-    ));
+    let api = frontend_api(p, pod_port, &[ready("127.0.0.2")]);
     let mut n = start_node(&api, (p, p), &[], Launch::default());
     n.sluice.wait_ready_name(node_addr(p));
     wait_answers(&mut n, node_addr(p), &["127.0.0.2"]);
@@ -491,14 +479,7 @@ fn expired_watch_relists_and_converges() {
 fn dropped_watch_connections_resume_without_relisting() {
     let (_pods, pod_port) = pods(&["127.0.0.2", "127.0.0.3"]);
     let p = free_port();
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2")],
-    ));
+    let api = frontend_api(p, pod_port, &[ready("127.0.0.2")]);
     let mut n = start_node(&api, (p, p), &[], Launch::default());
     n.sluice.wait_ready_name(node_addr(p));
     let watches_before = api.count_requests("watch=true");
@@ -575,14 +556,7 @@ fn a_burst_of_200_changes_is_coalesced_into_few_reloads() {
 fn metrics_and_status_show_the_watch() {
     let (_pods, pod_port) = pods(&["127.0.0.2"]);
     let p = free_port();
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2")],
-    ));
+    let api = frontend_api(p, pod_port, &[ready("127.0.0.2")]);
     let mut n = start_node(&api, (p, p), &[], Launch::default());
     // Only the watch machinery: the stores and metrics, whatever the conversion serves.
     let m = n.metrics;
@@ -634,14 +608,7 @@ fn metrics_and_status_show_the_watch() {
 fn namespaces_limit_what_is_watched() {
     let (_pods, pod_port) = pods(&["127.0.0.2", "127.0.0.3"]);
     let (p1, p2) = (free_port(), free_port());
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", p1));
-    api.apply(slice(
-        "workshop",
-        "myfrontend",
-        pod_port,
-        &[ready("127.0.0.2")],
-    ));
+    let api = frontend_api(p1, pod_port, &[ready("127.0.0.2")]);
     api.apply(frontend_service("other", "elsewhere", p2));
     api.apply(slice("other", "elsewhere", pod_port, &[ready("127.0.0.3")]));
     let mut n = start_node(
