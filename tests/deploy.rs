@@ -653,3 +653,76 @@ fn request_info_follows_kubernetes() {
         t("events.k8s.io", "events", "patch")
     );
 }
+
+/// `kubectl kustomize` builds the base and an overlay with both components (where kubectl
+/// is installed; skipped loudly otherwise): the components apply to the DaemonSet.
+#[test]
+fn kustomize_builds_the_base_and_the_components() {
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIPPED: kubectl is not installed (kustomize builds not checked)");
+        return;
+    }
+    let build = |dir: &Path| -> Vec<Value> {
+        let out = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split("\n---\n")
+            .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
+            .collect()
+    };
+    let base = build(&deploy_dir());
+    assert_eq!(base.len(), 5);
+    // An overlay beside the repository's target directory, as an operator writes one.
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("kustomize-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../../deploy/kubernetes]\n\
+         components: [../../deploy/kubernetes/components/transparent, ../../deploy/kubernetes/components/all-services]\n\
+         images: [{name: localhost/sluice, newName: registry.example/sluice}]\n",
+    )
+    .unwrap();
+    let built = build(&overlay);
+    let _ = std::fs::remove_dir_all(&overlay);
+    let ds = built
+        .iter()
+        .find(|o| o["kind"] == "DaemonSet")
+        .expect("DaemonSet");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_BIND_SERVICE", "NET_ADMIN"])
+    );
+    assert!(
+        !c["args"].to_string().contains("--proxy-name"),
+        "{}",
+        c["args"]
+    );
+    assert!(c["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("registry.example/sluice:"));
+    // Everything still in kube-system, the ServiceAccount the binding names included.
+    for o in &built {
+        if o["kind"] != "ClusterRole" && o["kind"] != "ClusterRoleBinding" {
+            assert_eq!(o["metadata"]["namespace"], "kube-system", "{o}");
+        }
+    }
+}
