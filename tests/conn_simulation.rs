@@ -619,7 +619,10 @@ impl World {
             let l = &mut self.links[c];
             if l.closed.is_none() && l.conn.deadline().is_some_and(|d| self.now >= d) {
                 // What the driver asks the kernel (SIOCINQ / SIOCOUTQ of both sockets).
-                let queued = l.sockets.iter().any(|s| !s.rx.is_empty() || !s.tx.is_empty());
+                let queued = l
+                    .sockets
+                    .iter()
+                    .any(|s| !s.rx.is_empty() || !s.tx.is_empty());
                 // The spec: an idle close resets both sides when any byte is in flight.
                 if let Op::Close {
                     reason: CloseReason::IdleTimeout,

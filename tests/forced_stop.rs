@@ -75,7 +75,11 @@ fn the_drain_timeout_resets_a_download_it_cuts() {
     let started = Instant::now();
     signal(&lb, libc::SIGTERM);
     let status = lb.wait_exit(SOON);
-    assert_eq!(status.code(), Some(0), "a drain that ends at its timeout exits 0");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a drain that ends at its timeout exits 0"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_cut_with_reset(&mut client, "drain timeout");
 }

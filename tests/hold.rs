@@ -70,7 +70,8 @@ fn a_held_connection_is_reset_after_the_hold_time() {
 
 /// Expects `s` to be held: neither data nor a close within a short while.
 fn assert_held(s: &mut std::net::TcpStream, what: &str) {
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut byte = [0u8; 1];
     match s.read(&mut byte) {
         Err(e)
@@ -128,7 +129,10 @@ fn held_clients_do_not_take_the_slots_of_other_services() {
         });
         assert_eq!(name, "web");
     }
-    eprintln!("3 requests beside {CAP} held clients: {:?}", started.elapsed());
+    eprintln!(
+        "3 requests beside {CAP} held clients: {:?}",
+        started.elapsed()
+    );
     for (i, s) in held.iter_mut().enumerate().take(3) {
         assert_held(s, &format!("held client {i}"));
     }
@@ -137,8 +141,11 @@ fn held_clients_do_not_take_the_slots_of_other_services() {
 /// How many clients of `node_port` were refused a hold (budget spent), from `/metrics`.
 fn holds_refused(metrics: std::net::SocketAddr, node_port: u16) -> u64 {
     let mut s = connect(metrics).unwrap();
-    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let want = format!("node_port=\"{node_port}\"}}");
@@ -202,7 +209,10 @@ fn holds_beyond_the_budget_are_reset_at_once_and_counted() {
     over_budget(a_port, "the 6th client of `a` (max_held_per_service = 5)");
     // Per worker: 3 more on `b` make 8, the next one is reset.
     let _b = hold(b_port, 3);
-    over_budget(b_port, "the 9th held client of the worker (max_held_per_worker = 8)");
+    over_budget(
+        b_port,
+        "the 9th held client of the worker (max_held_per_worker = 8)",
+    );
     assert_eq!(holds_refused(metrics, a_port), 1);
     assert_eq!(holds_refused(metrics, b_port), 1);
     // Services with endpoints are not affected.

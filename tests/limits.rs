@@ -235,7 +235,10 @@ fn a_burst_beyond_the_connection_cap_waits_in_the_backlog() {
         taken <= CAP,
         "the worker took {taken} connections with max_connections_per_worker = {CAP}"
     );
-    assert!(settled, "not settled: {taken} taken, {at_backend} at the backend");
+    assert!(
+        settled,
+        "not settled: {taken} taken, {at_backend} at the backend"
+    );
     assert_eq!(taken, CAP, "the worker fills its slots");
     // The taken ones (the first in the queue) are served.
     for (i, c) in clients.iter_mut().enumerate().take(5) {
@@ -333,7 +336,8 @@ fn at_a_low_fd_limit_spare_pipes_give_way_to_connections() {
     // Their pipes go back to the pool.
     let mut downloads = Vec::new();
     for i in 0..BULK {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         sock.connect_timeout(&node_addr(bulk_port).into(), Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("download {i}: {e}"));
@@ -354,7 +358,10 @@ fn at_a_low_fd_limit_spare_pipes_give_way_to_connections() {
     let f1 = wait_for("the downloads to close", SOON, || {
         (source.active() == 0).then(|| lb.fd_count())
     });
-    eprintln!("after the downloads: {f1} fds ({} spare pipe fds)", f1.saturating_sub(f0));
+    eprintln!(
+        "after the downloads: {f1} fds ({} spare pipe fds)",
+        f1.saturating_sub(f0)
+    );
 
     // Phase 2: idle connections until the fds left are just the slack: that only fits if
     // the spare pipes give their fds back.
@@ -371,7 +378,10 @@ fn at_a_low_fd_limit_spare_pipes_give_way_to_connections() {
         });
         idle.push(s);
     }
-    eprintln!("{idle_n} idle connections: sluice holds {} fds of {NOFILE}", lb.fd_count());
+    eprintln!(
+        "{idle_n} idle connections: sluice holds {} fds of {NOFILE}",
+        lb.fd_count()
+    );
 
     // Phase 3: later requests, one after the other, are all served.
     let mut failed = Vec::new();

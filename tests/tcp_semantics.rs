@@ -188,16 +188,21 @@ fn median_time_to_reset(node: std::net::SocketAddr, tries: usize) -> Duration {
     for i in 0..tries {
         let start = Instant::now();
         // The reset may come before connect(2) has returned.
-        let (data, ended) = match std::net::TcpStream::connect_timeout(&node, Duration::from_secs(5)) {
-            Ok(mut s) => {
-                let _ = s.write_all(b"hello?");
-                read_to_end_outcome(&mut s, Duration::from_secs(5))
-            }
-            Err(e) => (Vec::new(), classify(&e)),
-        };
+        let (data, ended) =
+            match std::net::TcpStream::connect_timeout(&node, Duration::from_secs(5)) {
+                Ok(mut s) => {
+                    let _ = s.write_all(b"hello?");
+                    read_to_end_outcome(&mut s, Duration::from_secs(5))
+                }
+                Err(e) => (Vec::new(), classify(&e)),
+            };
         took.push(start.elapsed());
         assert!(data.is_empty(), "attempt {i}: served without an endpoint");
-        assert_eq!(ended, Ended::Reset, "attempt {i}: must be reset, not closed");
+        assert_eq!(
+            ended,
+            Ended::Reset,
+            "attempt {i}: must be reset, not closed"
+        );
     }
     took.sort();
     eprintln!("time to reset: {took:?}");
@@ -219,7 +224,9 @@ fn no_endpoints_resets_client_at_once() {
 
 #[test]
 fn refusing_endpoints_reset_client_as_soon_as_retries_are_spent() {
-    let closed: Vec<ClosedPort> = (2..=4).map(|i| ClosedPort::new(&format!("127.0.0.{i}"))).collect();
+    let closed: Vec<ClosedPort> = (2..=4)
+        .map(|i| ClosedPort::new(&format!("127.0.0.{i}")))
+        .collect();
     let port = free_port();
     let eps: Vec<String> = closed.iter().map(|c| ep(c.addr)).collect();
     let cfg = one_service(

@@ -97,7 +97,8 @@ impl<D: Driver> Worker<D> {
             let generation = l.arms;
             l.arms = generation.wrapping_add(1);
             l.watching = Some(generation);
-            self.ring.watch_listener(i as u32, generation, socket.as_fd())?;
+            self.ring
+                .watch_listener(i as u32, generation, socket.as_fd())?;
         }
         Ok(())
     }

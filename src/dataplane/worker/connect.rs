@@ -212,7 +212,9 @@ impl<D: Driver> Worker<D> {
                     .timeouts
                     .hold_when_empty
                     .unwrap_or_default();
-                let waited = live.held_since.map_or(Duration::MAX, |t| now.duration_since(t));
+                let waited = live
+                    .held_since
+                    .map_or(Duration::MAX, |t| now.duration_since(t));
                 self.slots[slot as usize].live = Some(live);
                 if waited < hold {
                     self.holding.push((slot, generation));

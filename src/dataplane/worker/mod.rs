@@ -229,11 +229,7 @@ impl<D: Driver> Worker<D> {
         Ok(Worker {
             index: setup.index,
             ring,
-            listeners: setup
-                .listeners
-                .into_iter()
-                .map(ListenerSlot::new)
-                .collect(),
+            listeners: setup.listeners.into_iter().map(ListenerSlot::new).collect(),
             draining: None,
             exit_now: false,
             commands: setup.commands,
@@ -284,16 +280,16 @@ impl<D: Driver> Worker<D> {
         loop {
             // Sockets to close wait for this submit (their polls are removed in it): do not
             // sleep on them, a reset must leave at once.
-            let wait = if self.runq.is_empty() && self.to_close.is_empty() && !self.accepts_pending()
-            {
-                let mut w = TICK;
-                if let Some(until) = self.backoff_until {
-                    w = w.min(until.saturating_duration_since(self.now));
-                }
-                Some(w)
-            } else {
-                Some(Duration::ZERO)
-            };
+            let wait =
+                if self.runq.is_empty() && self.to_close.is_empty() && !self.accepts_pending() {
+                    let mut w = TICK;
+                    if let Some(until) = self.backoff_until {
+                        w = w.min(until.saturating_duration_since(self.now));
+                    }
+                    Some(w)
+                } else {
+                    Some(Duration::ZERO)
+                };
             self.ring.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
             let freed = !self.to_close.is_empty();
@@ -715,7 +711,10 @@ impl<D: Driver> Worker<D> {
                 // Bytes still in the kernel's queues of either socket are as much "in flight"
                 // as those in a holder: the core resets both sides then.
                 let queued = sys::queued_bytes(live.client.as_fd())
-                    + live.backend.as_ref().map_or(0, |b| sys::queued_bytes(b.as_fd()));
+                    + live
+                        .backend
+                        .as_ref()
+                        .map_or(0, |b| sys::queued_bytes(b.as_fd()));
                 live.conn.handle_timeout_queued(now, queued > 0);
                 self.drive(slot)?;
             }
