@@ -935,7 +935,8 @@ impl Phases {
 
     fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
-        self.laps.push((name, now - self.at));
+        self.laps
+            .push((name, now.saturating_duration_since(self.at)));
         self.at = now;
     }
 }

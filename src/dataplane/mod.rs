@@ -352,7 +352,7 @@ impl Dataplane {
     /// the rest; returns once every worker has ended.
     pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
         let before = self.monitor.active();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         self.send_all(|| Command::Drain { deadline });
         let reset = self.join()?;
         Ok(DrainReport {
