@@ -465,7 +465,9 @@ fn session_affinity(
         .and_then(|c| c.timeout_seconds);
     let timeout = match written {
         None => DEFAULT_AFFINITY_TIMEOUT,
-        Some(t @ 1..=86400) => Duration::from_secs(t as u64),
+        Some(t) if super::limits::AFFINITY_TIMEOUT_SECONDS.contains(t.into()) => {
+            Duration::from_secs(t.unsigned_abs().into())
+        }
         Some(t) => {
             let last = before.iter().find_map(|p| match p.policy {
                 Policy::ClientIp { timeout, .. } => Some(timeout),
@@ -473,8 +475,10 @@ fn session_affinity(
             });
             let kept = last.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
             report(format!(
-                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range (1..=86400); \
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range ({}..={}); \
                  keeping {}s",
+                super::limits::AFFINITY_TIMEOUT_SECONDS.min,
+                super::limits::AFFINITY_TIMEOUT_SECONDS.max,
                 kept.as_secs()
             ));
             kept

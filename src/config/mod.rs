@@ -16,6 +16,7 @@ mod file;
 mod forwarding;
 mod health;
 pub mod k8s;
+pub mod limits;
 pub mod manifests;
 mod render;
 mod settings;

@@ -9,9 +9,11 @@ use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
 use super::health::{self, HealthKeys};
+use super::limits;
 use super::settings::settings;
 use super::values::{
-    choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
+    choice, count, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol,
+    DnsLabel,
 };
 use super::{ConfigError, Source};
 use crate::model::{
@@ -208,18 +210,23 @@ fn service(
         }
     }
     let timeout_seconds: u64 = match &e.affinity_timeout_seconds {
-        Some(t) => int(
+        Some(t) => count(
             src,
             t,
             "affinity_timeout_seconds",
-            1,
-            86400,
-            " (Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range)",
+            limits::AFFINITY_TIMEOUT_SECONDS,
+            "Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range",
         )?,
         None => DEFAULT_AFFINITY_TIMEOUT.as_secs(),
     };
     let max_entries: u32 = match &e.affinity_max_entries {
-        Some(m) => int(src, m, "affinity_max_entries", 1, 1 << 24, "")?,
+        Some(m) => count(
+            src,
+            m,
+            "affinity_max_entries",
+            limits::AFFINITY_MAX_ENTRIES,
+            "",
+        )?,
         None => DEFAULT_AFFINITY_MAX_ENTRIES,
     };
     let key = match &e.hash_key {
@@ -239,14 +246,22 @@ fn service(
             src,
             &e.connect_timeout,
             "connect_timeout",
+            limits::CONNECT_TIMEOUT,
             defaults.timeouts.connect,
         )?,
-        idle: opt_duration(src, &e.idle_timeout, "idle_timeout", defaults.timeouts.idle)?,
+        idle: opt_duration(
+            src,
+            &e.idle_timeout,
+            "idle_timeout",
+            limits::IDLE_TIMEOUT,
+            defaults.timeouts.idle,
+        )?,
         hold_when_empty: match &e.hold_when_empty {
             Some(_) => Some(opt_duration(
                 src,
                 &e.hold_when_empty,
                 "hold_when_empty",
+                limits::HOLD_WHEN_EMPTY,
                 std::time::Duration::ZERO,
             )?),
             None => defaults.timeouts.hold_when_empty,

@@ -577,10 +577,14 @@ impl Daemon {
         if action == EndpointAction::Weight && weight.is_none() {
             return Response::error("invalid", "`endpoint weight` needs a weight");
         }
-        if let Some(w) = weight.filter(|w| *w > 65535) {
+        let bound = config::limits::WEIGHT;
+        if let Some(w) = weight.filter(|w| !bound.contains(i64::from(*w))) {
             return Response::error(
                 "invalid",
-                format!("weight {w} is out of range: must be 0..=65535"),
+                format!(
+                    "weight {w} is out of range: must be {}..={}",
+                    bound.min, bound.max
+                ),
             );
         }
         let mut overrides = self.overrides.clone();

@@ -511,6 +511,45 @@ fn invalid_annotation_keeps_the_last_good_value() {
     );
 }
 
+/// `sluice.io/hold-when-empty` keeps the bound of `hold_when_empty`: above it, a problem
+/// naming the annotation, and the last good value stays.
+#[test]
+fn hold_annotation_above_its_bound_is_a_problem() {
+    let hold = |v: &str| {
+        let svc = set(
+            fixture("myfrontend-service"),
+            &format!(
+                "/metadata/annotations/{}",
+                HOLD_WHEN_EMPTY.replace('/', "~1")
+            ),
+            json!(v),
+        );
+        [svc, fixture("myfrontend-slice")]
+    };
+    let (first, problems) = build(&hold("1h"));
+    assert_eq!(problems, []);
+    assert_eq!(
+        one(&first).timeouts.hold_when_empty,
+        Some(Duration::from_secs(3600))
+    );
+    for bad in ["18446744073709551615s", "1h 1ns", "2days"] {
+        let (next, problems) = build_with(&hold(bad), &K8sOptions::default(), Some(&first));
+        assert_eq!(
+            one(&next).timeouts.hold_when_empty,
+            Some(Duration::from_secs(3600)),
+            "kept for {bad}"
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].message,
+            format!(
+                "annotation {HOLD_WHEN_EMPTY} {bad:?} is too long: at most 1h is accepted (see \
+                 \"Limits\" in docs/operations.md); keeping 1h"
+            )
+        );
+    }
+}
+
 #[test]
 fn session_affinity_client_ip() {
     let svc = set(
