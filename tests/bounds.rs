@@ -14,7 +14,6 @@ use proptest::prelude::*;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 /// The value of the report: u64::MAX seconds.
 const HUGE: &str = "\"18446744073709551615s\"";
