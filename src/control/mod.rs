@@ -7,7 +7,8 @@
 //! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]
 //! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
 //! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
-//! plane), [`client`] (what `sluice ctl` runs).
+//! plane), [`client`] (what `sluice ctl` runs), `fatal` (a dead worker takes the process
+//! down).
 //!
 //! # The reload transaction
 //! `sluice ctl reload`, SIGHUP and `ExecReload` all run [`Daemon::reload`]:
@@ -19,6 +20,7 @@
 //! snapshot they were routed with, so a reload never cuts one.
 
 pub mod client;
+mod fatal;
 mod hcnp;
 pub mod health;
 mod metrics;
@@ -35,6 +37,7 @@ use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
+pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
 use plane::Plane;
 use protocol::{
@@ -173,6 +176,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
+    fatal::take_the_process_down_on_worker_death(
+        control_socket.as_ref().map(socket::ControlSocket::file),
+        notify::Notifier::from_env(),
+    );
     check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;

@@ -9,10 +9,12 @@
 //!
 //! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code).
+//! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
+//! that dies reports, so that no half-deaf process is left behind).
 
 pub mod affinity;
 pub mod conn;
+pub mod death;
 pub mod driver;
 pub mod relay;
 pub mod select;
@@ -435,6 +437,8 @@ fn run_worker<D: Driver>(
     let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
+            // From here on a panic is a worker death (see `death`).
+            death::mark_worker(index);
             w
         }
         Err(e) => {
@@ -445,6 +449,10 @@ fn run_worker<D: Driver>(
     let result = worker.run();
     if let Err(e) = &result {
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
+        death::report(death::WorkerDeath {
+            worker: index,
+            cause: format!("stopped on an error: {e}"),
+        });
     }
     result
 }

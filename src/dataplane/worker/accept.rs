@@ -41,6 +41,17 @@ pub(super) struct ListenerSlot {
 
 impl<D: Driver> Worker<D> {
     pub(super) fn on_accept(&mut self, listener: usize, fd: OwnedFd) -> io::Result<()> {
+        match self.injected_death {
+            None => {}
+            Some(InjectedDeath::Panic) => {
+                panic!("injected worker panic (SLUICE_TEST_WORKER_DEATH)")
+            }
+            Some(InjectedDeath::Error) => {
+                return Err(io::Error::other(
+                    "injected worker error (SLUICE_TEST_WORKER_DEATH)",
+                ))
+            }
+        }
         self.loop_stats.accepted.add(1);
         let key = self.listeners[listener].key;
         let (protocol, node_port) = (key.protocol, key.node_port());
