@@ -10,6 +10,7 @@
 
 use super::notify::Notifier;
 use super::socket::SocketFile;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit status of a process taken down by a dead worker (`EX_SOFTWARE`, sysexits.h).
 pub const WORKER_DIED: i32 = 70;
@@ -17,7 +18,15 @@ pub const WORKER_DIED: i32 = 70;
 /// From now on, a worker that dies ends the process. `socket` is the control socket this
 /// daemon bound, if any.
 pub fn take_the_process_down_on_worker_death(socket: Option<SocketFile>, notifier: Notifier) {
+    static EXITING: AtomicBool = AtomicBool::new(false);
     crate::dataplane::death::on_worker_death(move |death| {
+        if EXITING.swap(true, Ordering::SeqCst) {
+            // Another worker died first and is taking the process down: wait for the end
+            // (two threads must not run `exit` at once).
+            loop {
+                std::thread::park();
+            }
+        }
         tracing::error!(
             worker = death.worker,
             cause = %death.cause,
