@@ -288,6 +288,8 @@ fn main() -> ExitCode {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
+    // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
+    sluice::config::set_local_addresses(sluice::dataplane::sys::local_addresses);
     let log_filter: LogFilterSetter = Box::new(move |level: &str| {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())

@@ -173,7 +173,7 @@ pub fn build_model(
             }
         }
     };
-    let services = ports
+    let mut services: Vec<ServicePort> = ports
         .into_iter()
         .zip(allocated)
         .map(|(c, a)| ServicePort {
@@ -182,6 +182,25 @@ pub fn build_model(
             ..c.port
         })
         .collect();
+    // An endpoint that is one of these NodePorts on this node would loop: skipped.
+    let served = super::self_loop::Served::new(
+        &services,
+        &settings.listen,
+        super::self_loop::local_addresses(),
+    );
+    for s in &mut services {
+        let object = format!("Service {}", s.key.service);
+        s.endpoints.retain(|e| match served.explain(e.addr) {
+            None => true,
+            Some(why) => {
+                problems.push(Problem {
+                    object: object.clone(),
+                    message: format!("{why}; this endpoint is skipped"),
+                });
+                false
+            }
+        });
+    }
     (Model { settings, services }, problems)
 }
 

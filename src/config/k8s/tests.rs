@@ -550,6 +550,34 @@ fn hold_annotation_above_its_bound_is_a_problem() {
     }
 }
 
+/// An endpoint that is this Service's own NodePort on this node (here a loopback address,
+/// which is this node's whatever the listen addresses) would loop: a problem, and skipped.
+#[test]
+fn an_endpoint_that_is_our_own_node_port_is_skipped() {
+    let slice = set(fixture("myfrontend-slice"), "/ports/0/port", json!(30000));
+    let slice = set(slice, "/endpoints/0/addresses/0", json!("127.0.0.1"));
+    let (m, problems) = build(&[fixture("myfrontend-service"), slice]);
+    let p = one(&m);
+    assert_eq!(p.node_port, 30000);
+    assert!(
+        !addrs(p).contains(&"127.0.0.1:30000".to_owned()),
+        "{:?}",
+        addrs(p)
+    );
+    assert_eq!(addrs(p).len(), 2, "{:?}", addrs(p));
+    assert_eq!(
+        problems,
+        [Problem {
+            object: "Service workshop/myfrontend".into(),
+            message: "endpoint 127.0.0.1:30000 is sluice's own NodePort 30000/TCP of \
+                      workshop/myfrontend:http on this node (sluice serves its NodePorts on \
+                      every address of this node): its connections would come straight back \
+                      into sluice; this endpoint is skipped"
+                .into(),
+        }]
+    );
+}
+
 #[test]
 fn session_affinity_client_ip() {
     let svc = set(
