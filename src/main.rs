@@ -330,6 +330,8 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
+    sluice::config::set_local_addresses(sluice::dataplane::sys::local_addresses);
     let result = match cli.command {
         Command::Ctl {
             socket,

@@ -7,7 +7,8 @@
 //! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]
 //! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
 //! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
-//! plane), [`client`] (what `sluice ctl` runs).
+//! plane), [`client`] (what `sluice ctl` runs), `fatal` (a dead worker takes the process
+//! down).
 //!
 //! # The reload transaction
 //! `sluice ctl reload`, SIGHUP and `ExecReload` all run [`Daemon::reload`]:
@@ -20,6 +21,7 @@
 
 mod changes;
 pub mod client;
+mod fatal;
 mod hcnp;
 pub mod health;
 mod metrics;
@@ -36,6 +38,7 @@ use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
+pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
 use plane::Plane;
 use protocol::{
@@ -174,6 +177,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
+    fatal::take_the_process_down_on_worker_death(
+        control_socket.as_ref().map(socket::ControlSocket::file),
+        notify::Notifier::from_env(),
+    );
     check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;
@@ -582,10 +589,14 @@ impl Daemon {
         if action == EndpointAction::Weight && weight.is_none() {
             return Response::error("invalid", "`endpoint weight` needs a weight");
         }
-        if let Some(w) = weight.filter(|w| *w > 65535) {
+        let bound = config::limits::WEIGHT;
+        if let Some(w) = weight.filter(|w| !bound.contains(i64::from(*w))) {
             return Response::error(
                 "invalid",
-                format!("weight {w} is out of range: must be 0..=65535"),
+                format!(
+                    "weight {w} is out of range: must be {}..={}",
+                    bound.min, bound.max
+                ),
             );
         }
         let mut overrides = self.overrides.clone();
@@ -942,7 +953,8 @@ impl Phases {
 
     fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
-        self.laps.push((name, now - self.at));
+        self.laps
+            .push((name, now.saturating_duration_since(self.at)));
         self.at = now;
     }
 }

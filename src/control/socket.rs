@@ -85,6 +85,15 @@ impl ControlSocket {
         &self.path
     }
 
+    /// The socket file as bound, to remove it where this value cannot be dropped (a process
+    /// exiting from another thread).
+    pub fn file(&self) -> SocketFile {
+        SocketFile {
+            path: self.path.clone(),
+            inode: self.inode,
+        }
+    }
+
     /// Serves clients until the task is dropped: each request line goes to `jobs`.
     pub async fn serve(mut self, settings: ControlSettings, jobs: mpsc::Sender<Job>) {
         let listener = self.listener.take().expect("serve is called once");
@@ -120,7 +129,20 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        // Only remove the file if it is still ours (not replaced by a newer daemon).
+        self.file().remove_if_ours();
+    }
+}
+
+/// A bound control socket's path and inode.
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl SocketFile {
+    /// Remove the file if it is still ours (not replaced by a newer daemon).
+    pub fn remove_if_ours(&self) {
         if let Ok(m) = std::fs::metadata(&self.path) {
             if m.ino() == self.inode {
                 let _ = std::fs::remove_file(&self.path);
