@@ -74,6 +74,7 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             forwarding: Default::default(),
+            udp_responses: None,
             traffic_policy: Default::default(),
             health: Default::default(),
             meta: None,

@@ -91,6 +91,18 @@ pub const MAX_CONNECTIONS_PER_WORKER: CountRange = CountRange {
     min: 1,
     max: 1 << 20,
 };
+/// `max_flows_per_worker`: each UDP flow holds one upstream socket (one fd), and a process
+/// may have at most `fs.nr_open` (1,048,576 by default) of them.
+pub const MAX_FLOWS_PER_WORKER: CountRange = CountRange {
+    min: 1,
+    max: 1 << 20,
+};
+/// `udp_responses`: counted per flow; a flow that answers more than a million times is a
+/// stream, which the idle timeout ends.
+pub const UDP_RESPONSES: CountRange = CountRange {
+    min: 1,
+    max: 1_000_000,
+};
 /// `backlog`: what `listen(2)` takes (the kernel caps it at `net.core.somaxconn`).
 pub const BACKLOG: CountRange = CountRange {
     min: 1,
@@ -136,6 +148,8 @@ pub const COUNTS: &[(&str, CountRange)] = &[
     ("affinity_timeout_seconds", AFFINITY_TIMEOUT_SECONDS),
     ("workers", WORKERS),
     ("max_connections_per_worker", MAX_CONNECTIONS_PER_WORKER),
+    ("max_flows_per_worker", MAX_FLOWS_PER_WORKER),
+    ("udp_responses", UDP_RESPONSES),
     ("backlog", BACKLOG),
     ("connect_retries", CONNECT_RETRIES),
     ("maglev_table_size", MAGLEV_TABLE_SIZE),
@@ -247,6 +261,10 @@ mod tests {
                 " }]\n",
             ),
             "health_check_timeout" => ("health_check_interval = \"1h\"\n", ""),
+            "udp_responses" => (
+                "[[service]]\nname = \"a\"\nport = 53\nprotocol = \"UDP\"\n",
+                "",
+            ),
             "hold_when_empty" | "connect_timeout" | "idle_timeout" | "connect_retries" => {
                 (SERVICE, "")
             }

@@ -108,16 +108,17 @@ fn endpoint_text(text: &str) -> Option<(IpAddr, Option<u16>)> {
 pub(super) fn protocol(src: &Source, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
     match p.get_ref().as_str() {
         "TCP" => Ok(Protocol::Tcp),
-        "UDP" | "SCTP" => Err(src.error(
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Err(src.error(
             &p.span(),
-            format!(
-                "protocol {:?} is not served: sluice serves only TCP so far",
-                p.get_ref()
-            ),
+            "protocol \"SCTP\" is not served: sluice serves TCP and UDP",
         )),
         other => Err(src.error(
             &p.span(),
-            format!("unknown protocol {other:?}: expected \"TCP\" (upper case, as in Kubernetes)"),
+            format!(
+                "unknown protocol {other:?}: expected \"TCP\" or \"UDP\" (upper case, as in \
+                 Kubernetes)"
+            ),
         )),
     }
 }

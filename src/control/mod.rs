@@ -238,7 +238,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         health_check_node_ports,
     };
     daemon.after_publish();
-    for s in &daemon.model.services {
+    for s in daemon
+        .model
+        .services
+        .iter()
+        .filter(|s| crate::dataplane::serves(s.key.protocol))
+    {
         tracing::info!(
             service = %s.key,
             node_port = %format_args!("{}/{}", s.node_port, s.key.protocol),

@@ -502,11 +502,32 @@ fn run_worker<D: Driver>(
     result
 }
 
-/// The NodePorts a model serves.
+/// Whether the workers serve UDP NodePorts. **The one switch for the UDP integration**:
+/// until the workers run the flow table ([`flow`]) with the UDP sockets of [`sys::udp`],
+/// UDP Services are read, checked and shown (`check`, `ctl services`, metrics), but their
+/// NodePorts are not opened — [`node_ports`] leaves them out and says so in one warning, at
+/// start and at every reload — so that the daemon never pretends to serve them.
+pub const SERVES_UDP: bool = false;
+
+/// Whether the data plane serves NodePorts of `protocol` (see [`SERVES_UDP`]).
+pub fn serves(protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Tcp => true,
+        Protocol::Udp => SERVES_UDP,
+    }
+}
+
+/// The NodePorts a model serves: listeners are opened for these. Service ports of a
+/// protocol the data plane does not serve yet are left out, with one warning naming them
+/// ([`unserved_warning`]); the control plane calls this at start and at each reload.
 pub fn node_ports(model: &Model) -> NodePorts {
+    if let Some(warning) = unserved_warning(model) {
+        tracing::warn!("{warning}");
+    }
     let mut ports: NodePorts = model
         .services
         .iter()
+        .filter(|s| serves(s.key.protocol))
         .map(|s| (s.key.protocol, s.node_port))
         .collect();
     ports.sort_unstable();
@@ -514,11 +535,37 @@ pub fn node_ports(model: &Model) -> NodePorts {
     ports
 }
 
+/// One line naming the NodePorts of `model` that the data plane does not serve (at most
+/// [`UNSERVED_NAMED`] of them, then a count), or `None` when it serves them all.
+pub fn unserved_warning(model: &Model) -> Option<String> {
+    let unserved: Vec<String> = model
+        .services
+        .iter()
+        .filter(|s| !serves(s.key.protocol))
+        .map(|s| format!("{}/{} ({})", s.node_port, s.key.protocol, s.key))
+        .collect();
+    if unserved.is_empty() {
+        return None;
+    }
+    let mut named = unserved[..unserved.len().min(UNSERVED_NAMED)].join(", ");
+    if unserved.len() > UNSERVED_NAMED {
+        named.push_str(&format!(" and {} more", unserved.len() - UNSERVED_NAMED));
+    }
+    Some(format!(
+        "UDP NodePorts are not served by this version (its data plane serves TCP only; UDP \
+         Services are read and checked): not listening on {named}"
+    ))
+}
+
+/// How many unserved NodePorts [`unserved_warning`] names before counting the rest.
+pub const UNSERVED_NAMED: usize = 8;
+
 /// The NodePorts whose Service uses ClientIP affinity (to steer by client IP).
 pub fn client_ip_ports(model: &Model) -> NodePorts {
     let mut ports: NodePorts = model
         .services
         .iter()
+        .filter(|s| serves(s.key.protocol))
         .filter(|s| matches!(s.policy, Policy::ClientIp { .. }))
         .map(|s| (s.key.protocol, s.node_port))
         .collect();

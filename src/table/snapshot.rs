@@ -334,10 +334,11 @@ trait ProtocolIndex {
 }
 
 impl ProtocolIndex for Protocol {
-    const COUNT: usize = 1;
+    const COUNT: usize = Protocol::ALL.len();
     fn index(self) -> usize {
         match self {
             Protocol::Tcp => 0,
+            Protocol::Udp => 1,
         }
     }
 }
@@ -451,6 +452,7 @@ mod tests {
             connect_retries: 2,
             maglev_table_size: 1009,
             forwarding: Default::default(),
+            udp_responses: None,
             traffic_policy: Default::default(),
             health: Default::default(),
             meta: None,
@@ -490,6 +492,22 @@ mod tests {
         let empty = RoutingSnapshot::empty();
         assert_eq!(empty.lookup(Protocol::Tcp, 30001), None);
         assert_eq!(empty.services().count(), 0);
+    }
+
+    /// TCP 53 and UDP 53 are two NodePorts: each protocol has its own index.
+    #[test]
+    fn the_same_node_port_number_is_one_service_per_protocol() {
+        let mut udp = service("dns-udp", 30053, &[("10.0.0.2:53", 1)]);
+        udp.key.protocol = Protocol::Udp;
+        let m = model(vec![service("dns-tcp", 30053, &[("10.0.0.1:53", 1)]), udp]);
+        let snap = RoutingSnapshot::build(&m, 1, &mut StatsRegistry::new(1));
+        assert_eq!(snap.lookup(Protocol::Tcp, 30053), Some(ServiceId(0)));
+        assert_eq!(snap.lookup(Protocol::Udp, 30053), Some(ServiceId(1)));
+        assert_eq!(snap.lookup(Protocol::Udp, 30054), None);
+        assert_ne!(
+            snap.service(ServiceId(0)).stable_id(),
+            snap.service(ServiceId(1)).stable_id()
+        );
     }
 
     #[test]
