@@ -412,3 +412,60 @@ fn health_check_node_port_answers_like_kube_proxy() {
     });
     lb.assert_alive();
 }
+
+/// The seeds' manifest style with a `protocol: UDP` port (kube-dns' shape: 53/TCP and 53/UDP
+/// on one nodePort): `check --manifests` converts both ports, each with its slice port, and
+/// says that this version does not serve the UDP one yet.
+#[test]
+fn a_udp_port_in_the_seeds_style_is_converted() {
+    let dir = TempDir::new("manifests-udp");
+    let (toml, _) = node_settings(&dir, "30000-32767");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("dns.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: kube-system\nspec:\n  type: NodePort\n  selector:\n    app: dns\n  ports:\n  - name: dns-tcp\n    port: 53\n    protocol: TCP\n    targetPort: 5353\n    nodePort: 30053\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n    nodePort: 30053\n",
+    )
+    .unwrap();
+    let tcp = slice(
+        "dns",
+        "kube-system",
+        "t1",
+        ("dns-tcp", 5353),
+        &[("10.0.0.5", "n1", Pod::Ready)],
+    );
+    let udp = slice(
+        "dns",
+        "kube-system",
+        "u1",
+        ("dns", 5354),
+        &[("10.0.0.5", "n1", Pod::Ready)],
+    )
+    .replace("protocol: TCP", "protocol: UDP");
+    std::fs::write(manifests.join("slices.yaml"), format!("{tcp}---\n{udp}")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&toml)
+        .arg("--manifests")
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let row = |proto: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!(" 30053/{proto} ")))
+            .unwrap_or_else(|| panic!("no 30053/{proto} row:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(row("TCP").ends_with("10.0.0.5:5353"), "{stdout}");
+    assert!(row("UDP").ends_with("10.0.0.5:5354"), "{stdout}");
+    assert!(
+        stderr.contains("not listening on 30053/UDP (kube-system/dns:dns)"),
+        "{stderr}"
+    );
+}
