@@ -18,6 +18,12 @@
 //!   than 128 bytes (the spec's limit) it is cut to 128.
 //! - Custom TLVs that would push the header length past 65535 are left out (configuration
 //!   checks keep them far below that: see `config`).
+//!
+//! Datagrams (UDP Services): [`encode_datagram`] writes the same v2 header with the DGRAM
+//! transport (family `0x12` / `0x22`), to be prepended to **every** datagram — stateless and
+//! loss-tolerant, as dnsdist does: the receiver never has to remember which datagram of a
+//! flow carried it. It costs 28 bytes per datagram over IPv4 (16 + 12) and 52 over IPv6
+//! (16 + 36), plus any TLVs ([`v2_len`]); v1 has no datagram form.
 
 use crate::model::{Forwarding, ProxyV2Options};
 use std::io::Write as _;
@@ -39,6 +45,10 @@ pub const FAM_UNSPEC: u8 = 0x00;
 pub const FAM_TCP4: u8 = 0x11;
 /// Family byte: TCP over IPv6.
 pub const FAM_TCP6: u8 = 0x21;
+/// Family byte: UDP over IPv4 (a header on a datagram).
+pub const FAM_UDP4: u8 = 0x12;
+/// Family byte: UDP over IPv6.
+pub const FAM_UDP6: u8 = 0x22;
 /// TLV type of the unique connection id.
 pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
 /// The spec's limit on the unique id's length.
@@ -92,9 +102,84 @@ pub fn encode_v1(src: SocketAddr, dst: SocketAddr, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends a v2 PROXY header (`0x21`): signature, command, family, length, addresses, ports,
-/// then the TLVs `opts` asks for (unique id first, then the custom ones in order).
+/// Which transport a v2 header announces: the low nibble of its family byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A TCP connection (`0x11`, `0x21`): the header is sent once, first.
+    Stream,
+    /// A UDP datagram (`0x12`, `0x22`): the header starts every datagram.
+    Datagram,
+}
+
+/// Appends a v2 PROXY header (`0x21`) for a TCP connection: signature, command, family,
+/// length, addresses, ports, then the TLVs `opts` asks for (unique id first, then the
+/// custom ones in order).
 pub fn encode_v2(
+    src: SocketAddr,
+    dst: SocketAddr,
+    opts: &ProxyV2Options,
+    unique_id: &[u8],
+    out: &mut Vec<u8>,
+) {
+    encode_v2_for(Transport::Stream, src, dst, opts, unique_id, out);
+}
+
+/// Appends the header [`Forwarding::ProxyV2`] puts before a UDP datagram from `src` (the
+/// client) to `dst` (node address and NodePort); returns false (and appends nothing) for
+/// every other mode — [`Forwarding::ProxyV1`] has no datagram form (configuration refuses
+/// it on UDP Services). Append the datagram's payload after it, or send both as two parts
+/// of one message.
+pub fn encode_datagram(
+    forwarding: &Forwarding,
+    src: SocketAddr,
+    dst: SocketAddr,
+    unique_id: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    match forwarding {
+        Forwarding::ProxyV2(opts) => {
+            encode_v2_for(Transport::Datagram, src, dst, opts, unique_id, out);
+            true
+        }
+        Forwarding::None | Forwarding::Transparent | Forwarding::ProxyV1 => false,
+    }
+}
+
+/// The length in bytes of the v2 header [`encode_v2`] or [`encode_datagram`] writes for
+/// these arguments (with a unique id of `unique_id_len` bytes): 28 for IPv4 and 52 for
+/// IPv6 without TLVs. What a datagram grows by, so what must fit under the largest UDP
+/// payload.
+pub fn v2_len(
+    src: SocketAddr,
+    dst: SocketAddr,
+    opts: &ProxyV2Options,
+    unique_id_len: usize,
+) -> usize {
+    let (src, _) = normalise(src, dst);
+    let addr_len: usize = if src.is_ipv4() { 12 } else { 36 };
+    let id_len = unique_id_len.min(UNIQUE_ID_MAX);
+    let with_id = opts.unique_id && id_len > 0;
+    let (len, _) = tlv_budget(addr_len + if with_id { 3 + id_len } else { 0 }, opts);
+    16 + len
+}
+
+/// The body length with the custom TLVs that fit under the 16-bit length (in order; the
+/// rest is left out), and how many fit.
+fn tlv_budget(mut len: usize, opts: &ProxyV2Options) -> (usize, usize) {
+    let mut fitting = 0;
+    for (_, value) in &opts.tlvs {
+        let more = 3 + value.len();
+        if len + more > usize::from(u16::MAX) {
+            break;
+        }
+        len += more;
+        fitting += 1;
+    }
+    (len, fitting)
+}
+
+fn encode_v2_for(
+    transport: Transport,
     src: SocketAddr,
     dst: SocketAddr,
     opts: &ProxyV2Options,
@@ -105,21 +190,19 @@ pub fn encode_v2(
     let addr_len: usize = if src.is_ipv4() { 12 } else { 36 };
     let unique_id = &unique_id[..unique_id.len().min(UNIQUE_ID_MAX)];
     let with_id = opts.unique_id && !unique_id.is_empty();
-    let mut len = addr_len + if with_id { 3 + unique_id.len() } else { 0 };
-    // Custom TLVs that fit under the 16-bit length, in order; the rest is left out.
-    let mut fitting = 0;
-    for (_, value) in &opts.tlvs {
-        let more = 3 + value.len();
-        if len + more > usize::from(u16::MAX) {
-            break;
-        }
-        len += more;
-        fitting += 1;
-    }
+    let (len, fitting) = tlv_budget(
+        addr_len + if with_id { 3 + unique_id.len() } else { 0 },
+        opts,
+    );
     out.reserve(16 + len);
     out.extend_from_slice(&V2_SIGNATURE);
     out.push(V2_PROXY);
-    out.push(if src.is_ipv4() { FAM_TCP4 } else { FAM_TCP6 });
+    out.push(match (src.is_ipv4(), transport) {
+        (true, Transport::Stream) => FAM_TCP4,
+        (false, Transport::Stream) => FAM_TCP6,
+        (true, Transport::Datagram) => FAM_UDP4,
+        (false, Transport::Datagram) => FAM_UDP6,
+    });
     // `len` ≤ u16::MAX by construction above.
     out.extend_from_slice(&(len as u16).to_be_bytes());
     match (src, dst) {
@@ -672,6 +755,110 @@ mod tests {
         assert!(out.starts_with(&V2_SIGNATURE));
     }
 
+    // --- datagrams (UDP Services) -------------------------------------------------------
+
+    /// The whole header of a DNS query from 192.0.2.1:53000 to the NodePort 203.0.113.7:30053,
+    /// byte for byte: 28 bytes, family 0x12 (IPv4, DGRAM).
+    #[test]
+    fn v2_datagram_ipv4_bytes() {
+        let mut out = Vec::new();
+        let f = Forwarding::ProxyV2(Default::default());
+        assert!(encode_datagram(
+            &f,
+            sa("192.0.2.1:53000"),
+            sa("203.0.113.7:30053"),
+            b"",
+            &mut out
+        ));
+        #[rustfmt::skip]
+        let want: [u8; 28] = [
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, // signature
+            0x21,                   // version 2, PROXY
+            0x12,                   // AF_INET, DGRAM
+            0x00, 0x0C,             // 12 bytes follow
+            192, 0, 2, 1,           // source address
+            203, 0, 113, 7,         // destination address
+            0xCF, 0x08,             // source port 53000
+            0x75, 0x65,             // destination port 30053
+        ];
+        assert_eq!(out, want);
+        assert_eq!(out.len(), 16 + 12);
+        assert_eq!(
+            v2_len(
+                sa("192.0.2.1:53000"),
+                sa("203.0.113.7:30053"),
+                &Default::default(),
+                0
+            ),
+            28
+        );
+        let (h, _) = decode(&out).unwrap();
+        assert_eq!((h.family, h.command), (FAM_UDP4, Command::Proxy));
+    }
+
+    /// IPv6: 52 bytes, family 0x22 (IPv6, DGRAM); a mapped IPv4 client is written as IPv4.
+    #[test]
+    fn v2_datagram_ipv6_bytes() {
+        let mut out = Vec::new();
+        let f = Forwarding::ProxyV2(Default::default());
+        assert!(encode_datagram(
+            &f,
+            sa("[2001:db8::1]:1234"),
+            sa("[2001:db8::ff]:30053"),
+            b"",
+            &mut out
+        ));
+        #[rustfmt::skip]
+        let want: [u8; 52] = [
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+            0x21, 0x22, 0x00, 0x24, // PROXY, AF_INET6 + DGRAM, 36 bytes follow
+            0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, // 2001:db8::1
+            0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, // 2001:db8::ff
+            0x04, 0xD2,             // 1234
+            0x75, 0x65,             // 30053
+        ];
+        assert_eq!(out, want);
+        assert_eq!(out.len(), 16 + 36);
+        out.clear();
+        encode_datagram(
+            &f,
+            sa("[::ffff:192.0.2.1]:1"),
+            sa("[::ffff:192.0.2.2]:2"),
+            b"",
+            &mut out,
+        );
+        assert_eq!((out.len(), out[13]), (28, FAM_UDP4));
+    }
+
+    /// v1 has no datagram form: nothing is written, as for none and transparent.
+    #[test]
+    fn datagram_headers_by_mode() {
+        let (s, d) = (sa("1.2.3.4:1"), sa("5.6.7.8:2"));
+        let mut out = Vec::new();
+        for f in [
+            Forwarding::None,
+            Forwarding::Transparent,
+            Forwarding::ProxyV1,
+        ] {
+            assert!(!encode_datagram(&f, s, d, b"id", &mut out), "{f:?}");
+        }
+        assert!(out.is_empty());
+        let with_id = Forwarding::ProxyV2(ProxyV2Options {
+            unique_id: true,
+            tlvs: vec![(0xE0, b"ns/dns".to_vec())],
+        });
+        assert!(encode_datagram(&with_id, s, d, &[7; 16], &mut out));
+        let opts = match &with_id {
+            Forwarding::ProxyV2(o) => o,
+            _ => unreachable!(),
+        };
+        assert_eq!(out.len(), 28 + (3 + 16) + (3 + 6));
+        assert_eq!(out.len(), v2_len(s, d, opts, 16));
+        let (h, _) = decode(&out).unwrap();
+        assert_eq!(h.tlv(PP2_TYPE_UNIQUE_ID), Some(&[7u8; 16][..]));
+        assert_eq!(h.tlv(0xE0), Some(&b"ns/dns"[..]));
+    }
+
     // --- decoder ------------------------------------------------------------------------
 
     #[test]
@@ -807,9 +994,11 @@ mod tests {
                          id in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut out = Vec::new();
             encode_v2(src, dst, &opts, &id, &mut out);
+            prop_assert_eq!(out.len(), v2_len(src, dst, &opts, id.len()));
             let (h, used) = decode(&out).unwrap();
             prop_assert_eq!(used, out.len());
             prop_assert_eq!(h.command, Command::Proxy);
+            prop_assert_eq!(h.family & 0x0F, 0x1, "STREAM");
             prop_assert_eq!(h.addrs, Some(normalise(src, dst)));
             let mut want = Vec::new();
             if opts.unique_id && !id.is_empty() {
@@ -821,6 +1010,32 @@ mod tests {
             for cut in [0, 1, 11, 12, 15, 16, out.len() - 1] {
                 prop_assert_eq!(decode(&out[..cut]).unwrap_err(), DecodeError::Incomplete);
             }
+        }
+
+        /// A datagram's header is the stream header with the DGRAM transport: same length
+        /// (as `v2_len` says), same addresses and TLVs, family 0x12 / 0x22; the payload
+        /// after it is left as it was.
+        #[test]
+        fn v2_datagram_round_trip(src in addr(), dst in addr(), opts in options(),
+                                  id in proptest::collection::vec(any::<u8>(), 0..200),
+                                  payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut stream = Vec::new();
+            encode_v2(src, dst, &opts, &id, &mut stream);
+            let mut out = Vec::new();
+            let forwarding = Forwarding::ProxyV2(opts.clone());
+            prop_assert!(encode_datagram(&forwarding, src, dst, &id, &mut out));
+            prop_assert_eq!(out.len(), v2_len(src, dst, &opts, id.len()));
+            prop_assert_eq!(out.len(), stream.len());
+            prop_assert_eq!(&out[..13], &stream[..13]);
+            prop_assert_eq!(out[13], stream[13] + 1, "DGRAM instead of STREAM");
+            prop_assert_eq!(&out[14..], &stream[14..]);
+            let header_len = out.len();
+            out.extend_from_slice(&payload);
+            let (h, used) = decode(&out).unwrap();
+            prop_assert_eq!(used, header_len);
+            prop_assert_eq!(h.family & 0x0F, 0x2);
+            prop_assert_eq!(h.addrs, Some(normalise(src, dst)));
+            prop_assert_eq!(&out[used..], &payload[..]);
         }
 
         #[test]
