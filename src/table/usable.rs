@@ -18,6 +18,11 @@
 //! checks. An endpoint an operator drained, or health checks hold down, does not count as
 //! ready, so when every ready endpoint is drained or down, serving-terminating endpoints
 //! take the traffic rather than nothing.
+//!
+//! Established UDP flows follow a rule of their own, [`keeps_flows`]: kube-proxy's since
+//! 1.32 (`pkg/proxy/conntrack/cleanup.go`: only entries whose endpoint no longer *serves*
+//! are cleared), plus health checks. A TCP connection never moves; a flow has no
+//! connection to keep, so it moves on its next datagram when this says no.
 
 use crate::model::{Endpoint, TrafficPolicy};
 
@@ -53,6 +58,20 @@ pub fn routing_weights(policy: TrafficPolicy, endpoints: &[Endpoint]) -> (Vec<u3
         .map(|e| if chosen(e) { e.weight } else { 0 })
         .collect();
     (weights, tier)
+}
+
+/// Whether an established UDP flow stays on `e`: while the endpoint is serving (a
+/// terminating pod that still serves keeps its flows, even while other endpoints are
+/// ready and take every new flow), health checking does not hold it down, and it is in the
+/// traffic policy's scope. An operator's drain or disable (weight 0) keeps flows, as it
+/// keeps TCP connections. An endpoint that left the Service keeps nothing (the caller finds
+/// no `e`).
+pub fn keeps_flows(policy: TrafficPolicy, e: &Endpoint) -> bool {
+    let in_scope = match policy {
+        TrafficPolicy::Cluster => true,
+        TrafficPolicy::Local => e.local,
+    };
+    (e.conditions.serving || e.conditions.ready) && e.healthy && in_scope
 }
 
 #[cfg(test)]
@@ -121,6 +140,31 @@ mod tests {
                 (&got[..], got_tier),
                 (*want, *tier),
                 "row {row}: {policy:?} {spec:?}"
+            );
+        }
+    }
+
+    /// Flows stay on serving endpoints — terminating ones included, unlike new flows —
+    /// and leave endpoints that stopped serving, are held down, or left the policy's scope.
+    #[test]
+    fn which_endpoints_keep_their_flows() {
+        #[rustfmt::skip]
+        let rows: &[(TrafficPolicy, &str, bool)] = &[
+            (Cluster, "RS", true),
+            (Cluster, "ST", true),   // terminating but serving: kept (kube-proxy ≥ 1.32)
+            (Cluster, "S", true),    // not ready, serving
+            (Cluster, "RS0", true),  // drained by an operator: kept, like TCP connections
+            (Cluster, "T", false),   // terminating, no longer serving
+            (Cluster, "", false),    // not ready, not serving
+            (Cluster, "RSD", false), // marked down by health checking
+            (Local, "RSL", true),
+            (Local, "RS", false),    // on another node
+        ];
+        for (policy, spec, keeps) in rows {
+            assert_eq!(
+                keeps_flows(*policy, &ep(1, spec)),
+                *keeps,
+                "{policy:?} {spec:?}"
             );
         }
     }
