@@ -7,7 +7,8 @@
 //! returns once every worker has set up its ring. Routing comes from the [`Publisher`]; this
 //! module never reads configuration files and never imports the control side.
 //!
-//! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
+//! Submodules: [`conn`] (the sans-IO connection core), [`flow`] (the sans-IO UDP flow
+//! table, integration pending: see [`SERVES_UDP`]), [`relay`] (pipes and buffers that hold
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
 //! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
 //! that dies reports, so that no half-deaf process is left behind).
@@ -16,6 +17,7 @@ pub mod affinity;
 pub mod conn;
 pub mod death;
 pub mod driver;
+pub mod flow;
 pub mod relay;
 pub mod select;
 pub mod sys;
