@@ -13,7 +13,7 @@
 //! and drains [`FlowOp`]s from [`FlowTable::poll_op`] until `None`, executing each in one
 //! `match` — before feeding the next datagram, because `SendUpstream` and `SendReply` mean
 //! "the datagram just handed in". The same code runs under both drivers and in the
-//! simulator (`tests/flow_simulation.rs`).
+//! seeded simulator (`simulation.rs`, on simulated time).
 //!
 //! ```text
 //!  client datagram, no flow ──room, endpoint chosen by the Service's policy──▶ Open + SendUpstream
@@ -59,6 +59,8 @@
 //! [`Selector`]: super::select::Selector
 //! [`keeps_flows`]: crate::table::usable::keeps_flows
 
+#[cfg(test)]
+mod simulation;
 mod slab;
 mod table;
 #[cfg(test)]
