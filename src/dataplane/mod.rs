@@ -21,6 +21,7 @@ pub mod flow;
 pub mod relay;
 pub mod select;
 pub mod sys;
+pub mod udp;
 pub mod worker;
 
 use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
@@ -509,7 +510,7 @@ fn run_worker<D: Driver>(
 /// UDP Services are read, checked and shown (`check`, `ctl services`, metrics), but their
 /// NodePorts are not opened — [`node_ports`] leaves them out and says so in one warning, at
 /// start and at every reload — so that the daemon never pretends to serve them.
-pub const SERVES_UDP: bool = false;
+pub const SERVES_UDP: bool = true;
 
 /// Whether the data plane serves NodePorts of `protocol` (see [`SERVES_UDP`]).
 pub fn serves(protocol: Protocol) -> bool {
@@ -605,7 +606,10 @@ fn open_listeners(
             continue;
         }
         let sockets = (0..workers)
-            .map(|_| open_listener(key.addr, settings.backlog))
+            .map(|_| match key.protocol {
+                Protocol::Tcp => open_listener(key.addr, settings.backlog),
+                Protocol::Udp => open_udp_socket(key.addr),
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| StartError::Listen {
                 addr: key.addr,
@@ -649,5 +653,23 @@ fn open_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket)
+}
+
+/// One member of a SO_REUSEPORT group of UDP NodePort sockets on `addr`, told to report the
+/// node address each datagram was sent to (replies must leave from it).
+fn open_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    sys::udp::set_recv_pktinfo(socket.as_fd(), addr.is_ipv6())?;
+    socket.bind(&addr.into())?;
     Ok(socket)
 }

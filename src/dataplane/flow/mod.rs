@@ -239,6 +239,22 @@ pub enum DropReason {
     StaleFlow,
 }
 
+impl DropReason {
+    /// Its position in [`crate::stats::DROP_REASONS`] (the metric label).
+    pub fn index(self) -> usize {
+        match self {
+            DropReason::Truncated => 0,
+            DropReason::NoService => 1,
+            DropReason::NoEndpoint => 2,
+            DropReason::TableFull => 3,
+            DropReason::TooLarge => 4,
+            DropReason::OpenFailed(_) => 5,
+            DropReason::SendFailed => 6,
+            DropReason::StaleFlow => 7,
+        }
+    }
+}
+
 /// Why an upstream socket could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpenFailure {

@@ -449,14 +449,13 @@ impl FlowTable {
         flow.resent = false;
         flow.proxy = proxy;
         flow.to_endpoint.add(len);
-        flow.service_stats
-            .worker(worker)
-            .bytes_to_backend
-            .add(len as u64);
-        flow.endpoint_stats
-            .worker(worker)
-            .bytes_to_backend
-            .add(len as u64);
+        for c in [
+            flow.service_stats.worker(worker),
+            flow.endpoint_stats.worker(worker),
+        ] {
+            c.bytes_to_backend.add(len as u64);
+            c.datagrams_to_backend.add(1);
+        }
         self.ops.push_back(FlowOp::SendUpstream { flow: id, proxy });
     }
 
@@ -473,12 +472,12 @@ impl FlowTable {
         }
         flow.last_active = now;
         flow.to_client.add(len);
-        flow.service_stats
-            .worker(worker)
-            .bytes_to_client
-            .add(len as u64);
+        let service = flow.service_stats.worker(worker);
+        service.bytes_to_client.add(len as u64);
+        service.datagrams_to_client.add(1);
         let endpoint = flow.endpoint_stats.worker(worker);
         endpoint.bytes_to_client.add(len as u64);
+        endpoint.datagrams_to_client.add(1);
         if !flow.replied {
             // The pod answers: a successful "connect" for passive health.
             flow.replied = true;

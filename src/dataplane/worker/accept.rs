@@ -67,6 +67,16 @@ impl ListenerSlot {
     }
 }
 
+impl crate::dataplane::udp::NodePortSockets for [ListenerSlot] {
+    fn udp_socket(&self, listener: u32) -> Option<(std::os::fd::BorrowedFd<'_>, SocketAddr)> {
+        let l = self.get(listener as usize)?;
+        if l.key.protocol != Protocol::Udp {
+            return None;
+        }
+        Some((l.socket.as_ref()?.as_fd(), l.key.addr))
+    }
+}
+
 impl<D: Driver> Worker<D> {
     /// Relayed connections: every live one but those held waiting for an endpoint.
     pub(super) fn relayed(&self) -> u32 {
@@ -136,7 +146,10 @@ impl<D: Driver> Worker<D> {
         if l.watching != Some(generation) {
             return Ok(()); // a report of an earlier, removed watch
         }
-        if !l.ready {
+        if l.key.protocol == Protocol::Udp {
+            // Datagrams, not connections: the UDP side reads them.
+            self.udp.nodeport_readable(listener);
+        } else if !l.ready {
             l.ready = true;
             self.ready.push_back(listener);
         }

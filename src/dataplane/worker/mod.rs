@@ -37,6 +37,7 @@ use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::select::Selector;
 use crate::dataplane::sys;
+use crate::dataplane::udp::{self, UdpPlane};
 use crate::model::{Forwarding, Protocol, RelayMode, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
@@ -99,6 +100,8 @@ pub struct WorkerLimits {
     pub max_held: u32,
     /// Connections held for an endpoint at most per Service port.
     pub max_held_per_service: u32,
+    /// UDP flows at most (`max_flows_per_worker`).
+    pub max_flows: u32,
 }
 
 impl WorkerLimits {
@@ -107,6 +110,7 @@ impl WorkerLimits {
             max_connections: settings.max_connections_per_worker.max(1),
             max_held: settings.max_held_per_worker,
             max_held_per_service: settings.max_held_per_service,
+            max_flows: settings.max_flows_per_worker,
         }
     }
 }
@@ -225,6 +229,8 @@ pub struct Worker<D: Driver> {
     spare_tried: Vec<Vec<EndpointId>>,
     /// Test builds only: die this way at the first accepted connection (`death`).
     injected_death: Option<InjectedDeath>,
+    /// The UDP NodePorts' flows (`dataplane::udp`).
+    udp: UdpPlane,
 }
 
 impl<D: Driver> Worker<D> {
@@ -236,7 +242,7 @@ impl<D: Driver> Worker<D> {
             draining: None,
             exit_now: false,
             commands: setup.commands,
-            loop_stats: setup.loop_stats,
+            loop_stats: Arc::clone(&setup.loop_stats),
             backoff_until: None,
             backoff: BACKOFF_MIN,
             max_connections: setup.limits.max_connections.max(1),
@@ -272,6 +278,12 @@ impl<D: Driver> Worker<D> {
             header: Vec::with_capacity(256),
             last_hint: None,
             injected_death: death::injected(setup.index),
+            udp: UdpPlane::new(
+                Instant::now(),
+                setup.index,
+                setup.limits.max_flows,
+                Arc::clone(&setup.loop_stats),
+            ),
         })
     }
 
@@ -284,16 +296,19 @@ impl<D: Driver> Worker<D> {
         loop {
             // Sockets to close wait for this submit (their polls are removed in it): do not
             // sleep on them, a reset must leave at once.
-            let wait =
-                if self.runq.is_empty() && self.to_close.is_empty() && !self.accepts_pending() {
-                    let mut w = TICK;
-                    if let Some(until) = self.backoff_until {
-                        w = w.min(until.saturating_duration_since(self.now));
-                    }
-                    Some(w)
-                } else {
-                    Some(Duration::ZERO)
-                };
+            let wait = if self.runq.is_empty()
+                && self.to_close.is_empty()
+                && !self.accepts_pending()
+                && !self.udp.pending()
+            {
+                let mut w = TICK;
+                if let Some(until) = self.backoff_until {
+                    w = w.min(until.saturating_duration_since(self.now));
+                }
+                Some(w)
+            } else {
+                Some(Duration::ZERO)
+            };
             self.ring.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
             let freed = !self.to_close.is_empty();
@@ -312,6 +327,7 @@ impl<D: Driver> Worker<D> {
                 self.drive(slot)?;
             }
             self.accept_ready()?;
+            self.run_udp(false)?;
             self.loop_stats.set_active(u64::from(self.active));
             self.loop_stats.set_accepting(self.may_accept());
             if self.exit_now {
@@ -325,6 +341,7 @@ impl<D: Driver> Worker<D> {
             if self.now.duration_since(last_tick) >= TICK {
                 last_tick = self.now;
                 self.check_idle_slice()?;
+                self.run_udp(true)?;
                 self.pool.tick();
                 if self.backoff_until.is_some_and(|t| self.now >= t) {
                     self.backoff_until = None;
@@ -392,6 +409,9 @@ impl<D: Driver> Worker<D> {
                 generation,
                 result,
             } => self.on_connected(slot, generation, result)?,
+            Completion::FlowReadable { flow, ended } => {
+                self.udp.flow_readable(&mut self.ring, flow, ended)?;
+            }
             Completion::Wake { ended } => {
                 sys::eventfd_drain(self.wake.as_fd());
                 if ended {
@@ -726,11 +746,46 @@ impl<D: Driver> Worker<D> {
         Ok(())
     }
 
+    /// A turn of the UDP side over its ready sockets, or (`tick`) its periodic sweep; does
+    /// nothing while there is neither.
+    fn run_udp(&mut self, tick: bool) -> io::Result<()> {
+        if !self.udp.pending() && !(tick && self.udp.flows() > 0) {
+            return Ok(());
+        }
+        let pin = self.pin_current();
+        let snapshot = Arc::clone(&self.pins[pin].as_ref().expect("current pin").snapshot);
+        let mut cx = udp::Context {
+            ring: &mut self.ring,
+            listeners: &self.listeners[..],
+            snapshot: &snapshot,
+            selector: &mut self.selector,
+            now: self.now,
+            to_close: &mut self.to_close,
+        };
+        if tick {
+            self.udp.tick(&mut cx)
+        } else {
+            self.udp.run(&mut cx)
+        }
+    }
+
     /// End: every connection still open is reset on both sides (SO_LINGER 0), never closed
     /// with a FIN, and every socket is closed before this returns.
     fn shutdown(mut self) -> io::Result<WorkerExit> {
         self.draining = Some(self.now);
         self.unwatch_listeners()?;
+        {
+            let snapshot = RoutingSnapshot::empty();
+            let mut cx = udp::Context {
+                ring: &mut self.ring,
+                listeners: &self.listeners[..],
+                snapshot: &snapshot,
+                selector: &mut self.selector,
+                now: self.now,
+                to_close: &mut self.to_close,
+            };
+            self.udp.close_all(&mut cx)?;
+        }
         let mut reset = 0;
         for slot in 0..self.slots.len() as u32 {
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
