@@ -465,7 +465,7 @@ fn a_udp_port_in_the_seeds_style_is_converted() {
     assert!(row("TCP").ends_with("10.0.0.5:5353"), "{stdout}");
     assert!(row("UDP").ends_with("10.0.0.5:5354"), "{stdout}");
     assert!(
-        stderr.contains("not listening on 30053/UDP (kube-system/dns:dns)"),
-        "{stderr}"
+        !stderr.contains("not listening on"),
+        "served, not skipped: {stderr}"
     );
 }

@@ -304,6 +304,16 @@ pub fn render(sources: &Sources) -> String {
         "sluice_endpoint_connections_active",
         "Backend connections open now per endpoint",
     );
+    let svc_datagrams = counter_family(
+        &mut reg,
+        "sluice_service_datagrams",
+        "UDP datagrams relayed per Service port, by direction",
+    );
+    let ep_datagrams = counter_family(
+        &mut reg,
+        "sluice_endpoint_datagrams",
+        "UDP datagrams relayed per endpoint, by direction",
+    );
     let ep_weight = gauge_family(
         &mut reg,
         "sluice_endpoint_weight",
@@ -349,6 +359,18 @@ pub fn render(sources: &Sources) -> String {
         with(&labels, "direction", "to_client", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
         });
+        if k.protocol == crate::model::Protocol::Udp {
+            with(&labels, "direction", "to_backend", |l| {
+                svc_datagrams
+                    .get_or_create(&l)
+                    .inc_by(t.datagrams_to_backend);
+            });
+            with(&labels, "direction", "to_client", |l| {
+                svc_datagrams
+                    .get_or_create(&l)
+                    .inc_by(t.datagrams_to_client);
+            });
+        }
         svc_usable.get_or_create(&labels).set(
             s.endpoints()
                 .iter()
@@ -382,6 +404,16 @@ pub fn render(sources: &Sources) -> String {
             with(&l, "direction", "to_client", |l| {
                 ep_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
             });
+            if k.protocol == crate::model::Protocol::Udp {
+                with(&l, "direction", "to_backend", |l| {
+                    ep_datagrams
+                        .get_or_create(&l)
+                        .inc_by(t.datagrams_to_backend);
+                });
+                with(&l, "direction", "to_client", |l| {
+                    ep_datagrams.get_or_create(&l).inc_by(t.datagrams_to_client);
+                });
+            }
         }
     }
 
@@ -426,6 +458,51 @@ pub fn render(sources: &Sources) -> String {
         w_beat
             .get_or_create(&l)
             .set(beats.get(i).copied().unwrap_or(0) as i64);
+    }
+
+    let flows = sources.monitor.flow_totals();
+    let udp_active = Gauge::<i64>::default();
+    reg.register(
+        "sluice_udp_flows_active",
+        "UDP flows live now, all workers",
+        udp_active.clone(),
+    );
+    udp_active.set(flows.active as i64);
+    for (name, help, value) in [
+        (
+            "sluice_udp_flows_created",
+            "UDP flows opened",
+            flows.created,
+        ),
+        (
+            "sluice_udp_flows_expired",
+            "UDP flows ended by their idle timeout",
+            flows.expired,
+        ),
+        (
+            "sluice_udp_flows_closed",
+            "UDP flows ended for any reason",
+            flows.closed,
+        ),
+        (
+            "sluice_udp_flows_refused",
+            "New UDP flows refused: flow table full (max_flows_per_worker) or no upstream socket",
+            flows.refused,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        reg.register(name, help, c.clone());
+        c.inc_by(value);
+    }
+    let drops = counter_family(
+        &mut reg,
+        "sluice_udp_datagrams_dropped",
+        "UDP datagrams not forwarded, by reason (icmp_refused counts ICMP port-unreachable reports from pods)",
+    );
+    for (reason, n) in crate::stats::DROP_REASONS.iter().zip(flows.drops) {
+        drops
+            .get_or_create(&vec![("reason", (*reason).to_owned())])
+            .inc_by(n);
     }
 
     let h = lock(&sources.health).clone();

@@ -183,6 +183,15 @@ impl DataplaneMonitor {
             .collect()
     }
 
+    /// UDP flow counters summed over the workers.
+    pub fn flow_totals(&self) -> crate::stats::FlowTotals {
+        let mut t = crate::stats::FlowTotals::default();
+        for l in self.loops.iter() {
+            t.add(&l.flows);
+        }
+        t
+    }
+
     /// Client connections open now, all workers.
     pub fn active(&self) -> u64 {
         self.worker_stats().iter().map(|w| w.active).sum()
