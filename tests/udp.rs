@@ -22,12 +22,15 @@ use std::time::Duration;
 /// How long a client waits for one reply before calling the datagram lost.
 const REPLY_WAIT: Duration = Duration::from_millis(300);
 
+/// A datagram a pod received: its source and bytes.
+type Datagram = (SocketAddr, Vec<u8>);
+
 /// A UDP pod: answers each datagram with `NAME LEN` (or, for a datagram ending with `BIG`,
 /// with 65,507 bytes), `replies` times, and records what it received.
 struct UdpPod {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    received: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    received: Arc<Mutex<Vec<Datagram>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -66,7 +69,7 @@ impl UdpPod {
         }
     }
 
-    fn received(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn received(&self) -> Vec<Datagram> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -348,7 +351,7 @@ fn an_idle_flow_expires_and_a_deleted_service_frees_its_flows() {
     wait_for("idle flows expire", Duration::from_secs(10), || {
         (setup.metric("sluice_udp_flows_active ") == 0).then_some(())
     });
-    assert!(setup.metric("sluice_udp_flows_expired_total ") >= expired + 1);
+    assert!(setup.metric("sluice_udp_flows_expired_total ") > expired);
 
     // A deleted Service: its flows go at the next sweep, not at their idle timeout.
     setup.reload(

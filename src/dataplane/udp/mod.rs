@@ -200,11 +200,11 @@ impl UdpPlane {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(false),
                 Err(e) => {
-                    // An ICMP error queued on the NodePort socket, ENOMEM, …: the
-                    // socket's next datagram is unaffected.
+                    // ENOMEM, a queued error, …: stop this turn (the next datagram's
+                    // arrival reports the socket again), never spin on it.
                     tracing::debug!(worker = self.worker, listener, error = %e,
                         "UDP NodePort receive failed");
-                    continue;
+                    return Ok(false);
                 }
             };
             // A socket bound to one address was sent to that one; a wildcard socket learns

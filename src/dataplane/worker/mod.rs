@@ -749,7 +749,7 @@ impl<D: Driver> Worker<D> {
     /// A turn of the UDP side over its ready sockets, or (`tick`) its periodic sweep; does
     /// nothing while there is neither.
     fn run_udp(&mut self, tick: bool) -> io::Result<()> {
-        if !self.udp.pending() && !(tick && self.udp.flows() > 0) {
+        if !(self.udp.pending() || tick && self.udp.flows() > 0) {
             return Ok(());
         }
         let pin = self.pin_current();
