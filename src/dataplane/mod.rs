@@ -8,7 +8,7 @@
 //! module never reads configuration files and never imports the control side.
 //!
 //! Submodules: [`conn`] (the sans-IO connection core), [`flow`] (the sans-IO UDP flow
-//! table, integration pending: see [`SERVES_UDP`]), [`relay`] (pipes and buffers that hold
+//! table), [`udp`] (its IO), [`relay`] (pipes and buffers that hold
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
 //! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
 //! that dies reports, so that no half-deaf process is left behind).
@@ -514,11 +514,9 @@ fn run_worker<D: Driver>(
     result
 }
 
-/// Whether the workers serve UDP NodePorts. **The one switch for the UDP integration**:
-/// until the workers run the flow table ([`flow`]) with the UDP sockets of [`sys::udp`],
-/// UDP Services are read, checked and shown (`check`, `ctl services`, metrics), but their
-/// NodePorts are not opened — [`node_ports`] leaves them out and says so in one warning, at
-/// start and at every reload — so that the daemon never pretends to serve them.
+/// Whether the workers serve UDP NodePorts: they do (the flow table [`flow`] with the IO of
+/// [`udp`]). Kept as the one switch that [`node_ports`] and [`unserved_warning`] read, so a
+/// build can take UDP out again in one place.
 pub const SERVES_UDP: bool = true;
 
 /// Whether the data plane serves NodePorts of `protocol` (see [`SERVES_UDP`]).
