@@ -99,6 +99,11 @@ struct ManifestArgs {
     /// --kubernetes (default: $NODE_NAME).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's zone (topology.kubernetes.io/zone), for EndpointSlice topology hints,
+    /// with --manifests (a Node object named --node-name in DIR wins; with --kubernetes the
+    /// zone comes from this node's Node object).
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 impl ManifestArgs {
@@ -120,6 +125,7 @@ impl ManifestArgs {
             options: sluice::config::k8s::K8sOptions {
                 node_name,
                 proxy_name: None,
+                zone: self.zone.clone().filter(|z| !z.is_empty()),
             },
         })
     }
@@ -319,6 +325,13 @@ fn main() -> ExitCode {
             workers,
             driver,
         } => {
+            if manifests.zone.is_some() {
+                eprintln!(
+                    "--zone applies to --manifests: with --kubernetes the zone is read from \
+                     this node's Node object (label topology.kubernetes.io/zone)"
+                );
+                return ExitCode::from(2);
+            }
             let options = sluice::watch::Options {
                 kubeconfig,
                 namespaces,
@@ -326,6 +339,7 @@ fn main() -> ExitCode {
                 k8s: sluice::config::k8s::K8sOptions {
                     node_name: manifests.node_name(),
                     proxy_name,
+                    zone: None,
                 },
                 window: Default::default(),
             };

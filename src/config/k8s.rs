@@ -27,8 +27,8 @@ mod tests;
 
 use super::allocate::{self, Request};
 use crate::model::{
-    Conditions, Endpoint, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort,
-    ServicePortKey, Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
+    Conditions, Endpoint, Families, Hint, Hints, Model, Policy, Protocol, ServiceMeta, ServiceName,
+    ServicePort, ServicePortKey, Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
     DEFAULT_AFFINITY_TIMEOUT,
 };
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -66,7 +66,13 @@ pub struct K8sOptions {
     /// The `service.kubernetes.io/service-proxy-name` value this instance serves; Services
     /// labelled with another value (or any value, when `None`) are skipped.
     pub proxy_name: Option<String>,
+    /// This node's zone (its Node's `topology.kubernetes.io/zone` label, or `--zone`):
+    /// EndpointSlice zone hints are compared with it. `None`: no hint names this zone.
+    pub zone: Option<String>,
 }
+
+/// The Node label that gives a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Something wrong with one object: logged (and reported) naming it; the rest is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +317,7 @@ fn convert_service(
     }
     let policy = affinity.unwrap_or(settings_from_annotations.policy);
 
+    let families = ip_families(spec);
     let skip_without_node_port =
         service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
     let mut target_ports = Vec::new();
@@ -429,6 +436,7 @@ fn convert_service(
                 maglev_table_size: settings.defaults.maglev_table_size,
                 forwarding: settings_from_annotations.forwarding.clone(),
                 traffic_policy,
+                families,
                 health: settings.defaults.health.clone(),
                 meta: None,
             },
@@ -438,6 +446,35 @@ fn convert_service(
     let meta = Arc::new(service_meta(svc, service_type, target_ports, warnings));
     for i in keys {
         out[i].port.meta = Some(Arc::clone(&meta));
+    }
+}
+
+/// The IP families a Service is served for, as kube-proxy's per-family proxiers decide it
+/// (`GetClusterIPByFamily`): the families in `ipFamilies`; without them, the family of
+/// `clusterIP`. Departure for hand-written manifests (the API server always fills both
+/// fields): `ipFamilies` listed without `clusterIPs` still count, and a Service with
+/// neither is served for both families (each routed to its own endpoints).
+fn ip_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Families {
+    let listed = spec.ip_families.as_deref().unwrap_or_default();
+    if !listed.is_empty() {
+        return Families {
+            v4: listed.iter().any(|f| f == "IPv4"),
+            v6: listed.iter().any(|f| f == "IPv6"),
+        };
+    }
+    let ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        return Families::default();
+    }
+    Families {
+        v4: ips.iter().any(IpAddr::is_ipv4),
+        v6: ips.iter().any(IpAddr::is_ipv6),
     }
 }
 
@@ -543,6 +580,10 @@ struct ParsedEndpoint {
     ip: IpAddr,
     conditions: Conditions,
     node_name: Option<String>,
+    /// `hints.forZones` names (`None`: no zone hints).
+    zones: Option<Vec<String>>,
+    /// `hints.forNodes` names (`None`: no node hints).
+    nodes: Option<Vec<String>>,
 }
 
 /// A slice or legacy subset: its ports (name, protocol, number) and endpoints.
@@ -647,6 +688,18 @@ impl EndpointIndex {
                         terminating: c.and_then(|c| c.terminating).unwrap_or(false),
                     },
                     node_name: ep.node_name.clone(),
+                    zones: ep
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_zones.as_ref())
+                        .filter(|z| !z.is_empty())
+                        .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                    nodes: ep
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .filter(|n| !n.is_empty())
+                        .map(|n| n.iter().map(|n| n.name.clone()).collect()),
                 });
             }
             let key = ServiceName {
@@ -701,6 +754,8 @@ impl EndpointIndex {
                                 terminating: false,
                             },
                             node_name: a.node_name.clone(),
+                            zones: None,
+                            nodes: None,
                         });
                     }
                 }
@@ -742,6 +797,10 @@ impl EndpointIndex {
                 let mut endpoint = Endpoint::new(addr);
                 endpoint.conditions = e.conditions;
                 endpoint.local = local;
+                endpoint.hints = Hints {
+                    zone: hint(e.zones.as_deref(), options.zone.as_deref()),
+                    node: hint(e.nodes.as_deref(), options.node_name.as_deref()),
+                };
                 // kube-proxy: the first copy stays unless a later one is local.
                 if !by_addr.contains_key(&addr) || local {
                     by_addr.insert(addr, endpoint);
@@ -749,6 +808,15 @@ impl EndpointIndex {
             }
         }
         by_addr.into_values().collect()
+    }
+}
+
+/// One kind of hint of an endpoint, compared with this node's zone or name.
+fn hint(names: Option<&[String]>, mine: Option<&str>) -> Hint {
+    match names {
+        None => Hint::Absent,
+        Some(n) if mine.is_some_and(|m| !m.is_empty() && n.iter().any(|x| x == m)) => Hint::Here,
+        Some(_) => Hint::Elsewhere,
     }
 }
 

@@ -22,6 +22,7 @@ pub mod client;
 mod hcnp;
 pub mod health;
 mod metrics;
+mod node;
 mod notify;
 pub mod overrides;
 mod plane;
@@ -179,7 +180,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
-    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
+    let node_addresses = node::addresses().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
+        Vec::new()
+    });
+    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
+        .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
@@ -699,10 +705,17 @@ impl Daemon {
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let snapshot = self
-            .publisher
-            .current()
-            .rebuild(&effective, generation, &mut self.registry);
+        let mut snapshot =
+            self.publisher
+                .current()
+                .rebuild(&effective, generation, &mut self.registry);
+        // The node's addresses may have changed (DHCP, an added VIP): read them again.
+        match node::addresses() {
+            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
+            }
+        }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
         plane.commit(plan);

@@ -80,6 +80,7 @@ fn node(name: &str) -> K8sOptions {
     K8sOptions {
         node_name: Some(name.into()),
         proxy_name: None,
+        zone: None,
     }
 }
 
@@ -357,6 +358,7 @@ fn skipped_services_and_ports() {
             options: K8sOptions {
                 node_name: None,
                 proxy_name: Some("other-proxy".into()),
+                zone: None,
             },
             served_ports: &["http"],
             problem: None,
