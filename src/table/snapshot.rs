@@ -744,4 +744,81 @@ mod tests {
             }
         }
     }
+
+    /// Dual-stack: each client family reaches only its own family's endpoints (never an
+    /// IPv4 client to an IPv6 pod); a family the Service does not serve has none. Local:
+    /// outside clients reach local endpoints only, the node itself the cluster ones.
+    #[test]
+    fn routes_per_family_and_origin() {
+        use crate::model::{Families, TrafficPolicy};
+        let mut p = service(
+            "a",
+            30001,
+            &[("10.0.0.1:80", 1), ("[fd00::1]:80", 1), ("[fd00::2]:80", 1)],
+        );
+        p.endpoints[1].local = false;
+        p.endpoints[0].local = false;
+        let snap = RoutingSnapshot::build(&model(vec![p.clone()]), 1, &mut StatsRegistry::new(1));
+        let s = snap.service(ServiceId(0));
+        let v4: std::collections::BTreeSet<String> = (0..500)
+            .filter_map(|i| s.pick(client(i), &[]))
+            .map(|id| addr_of(s, id))
+            .collect();
+        assert_eq!(v4, ["10.0.0.1:80".to_string()].into());
+        let v6client =
+            |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
+        let v6: std::collections::BTreeSet<String> = (0..500)
+            .filter_map(|i| s.pick(v6client(i), &[]))
+            .map(|id| addr_of(s, id))
+            .collect();
+        assert_eq!(v6.len(), 2, "{v6:?}");
+        assert!(v6.iter().all(|a| a.starts_with('[')));
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5".parse().unwrap();
+        assert_eq!(addr_of(s, s.pick(mapped, &[]).unwrap()), "10.0.0.1:80");
+
+        // IPv6 only (ipFamilies: [IPv6]): IPv4 clients find nothing.
+        let mut only6 = p.clone();
+        only6.families = Families {
+            v4: false,
+            v6: true,
+        };
+        let snap = RoutingSnapshot::build(&model(vec![only6]), 1, &mut StatsRegistry::new(1));
+        let s = snap.service(ServiceId(0));
+        assert_eq!(s.pick(client(1), &[]), None);
+        assert!(s.pick(v6client(1), &[]).is_some());
+
+        // Local: [fd00::2] is the only local endpoint.
+        let mut local = p;
+        local.traffic_policy = TrafficPolicy::Local;
+        let snap = RoutingSnapshot::build(&model(vec![local]), 1, &mut StatsRegistry::new(1))
+            .with_node_addresses(&["192.0.2.50".parse().unwrap()]);
+        let s = snap.service(ServiceId(0));
+        let policy = s.port.policy;
+        let outside4 = s.route(Family::V4, false);
+        assert_eq!(
+            outside4.pick(policy, client(1), &[]),
+            None,
+            "no local IPv4 pod"
+        );
+        let node4 = s.route(Family::V4, true);
+        assert_eq!(
+            addr_of(s, node4.pick(policy, client(1), &[]).unwrap()),
+            "10.0.0.1:80"
+        );
+        for i in 0..100 {
+            let id = s
+                .route(Family::V6, false)
+                .pick(policy, v6client(i), &[])
+                .unwrap();
+            assert_eq!(addr_of(s, id), "[fd00::2]:80");
+        }
+        assert!(snap.is_node_address("192.0.2.50".parse().unwrap()));
+        assert!(snap.is_node_address("::ffff:192.0.2.50".parse().unwrap()));
+        assert!(snap.is_node_address("127.0.0.9".parse().unwrap()));
+        assert!(snap.is_node_address("::1".parse().unwrap()));
+        assert!(!snap.is_node_address("192.0.2.51".parse().unwrap()));
+        // A rebuild keeps the node's addresses.
+        let again = snap.rebuild(&model(vec![]), 2, &mut StatsRegistry::new(1));
+        assert!(again.is_node_address("192.0.2.50".parse().unwrap()));
+    }
 }
