@@ -394,17 +394,41 @@ pub struct ServiceMeta {
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
     pub selector: Vec<(String, String)>,
+    /// `spec.clusterIP` as written (`""` when unset).
+    pub cluster_ip: String,
     pub cluster_ips: Vec<String>,
     pub ip_families: Vec<String>,
     pub ip_family_policy: Option<String>,
     pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress` as kubectl shows it (`IP`, `IP (VIP)`, or hostname).
     pub load_balancer_ingress: Vec<String>,
-    /// Per port name: the targetPort as written (`9000` or `http-server`).
-    pub target_ports: Vec<(String, String)>,
+    /// Every `spec.ports` entry, in spec order (also those sluice does not serve).
+    pub ports: Vec<SpecPort>,
+    /// `spec.sessionAffinity` as written (`None` when unset).
+    pub session_affinity: String,
+    /// `spec.externalTrafficPolicy` as written.
+    pub external_traffic_policy: Option<String>,
+    pub internal_traffic_policy: Option<String>,
+    pub traffic_distribution: Option<String>,
+    pub load_balancer_source_ranges: Vec<String>,
     /// `spec.healthCheckNodePort` (LoadBalancer + Local only).
     pub health_check_node_port: Option<u16>,
-    /// Annotation problems found the last time the Service was read, for operators.
-    pub warnings: Vec<String>,
+    /// Problems found the last time the Service was read: (reason, message).
+    pub warnings: Vec<(String, String)>,
+}
+
+/// One `spec.ports` entry as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SpecPort {
+    /// `""` when unnamed.
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+    /// `9000` or `http-server`.
+    pub target_port: String,
+    /// 0 when unset.
+    pub node_port: i32,
+    pub app_protocol: Option<String>,
 }
 
 /// How the pod learns who the client is.

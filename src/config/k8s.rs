@@ -28,7 +28,7 @@ mod tests;
 use super::allocate::{self, Request};
 use crate::model::{
     Conditions, Endpoint, Families, Hint, Hints, Model, Policy, Protocol, ServiceMeta, ServiceName,
-    ServicePort, ServicePortKey, Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
+    ServicePort, ServicePortKey, Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
     DEFAULT_AFFINITY_TIMEOUT,
 };
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -79,7 +79,28 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub struct Problem {
     /// `Service workshop/myfrontend`, `EndpointSlice workshop/myfrontend-abc12`, …
     pub object: String,
+    /// A PascalCase word for the kind of problem (the Kubernetes Event's `reason`):
+    /// `InvalidAnnotation`, `NodePortConflict`, `PortNotServed`, … ([`reason`]).
+    pub reason: &'static str,
     pub message: String,
+}
+
+/// The reasons a [`Problem`] has (Kubernetes Event reasons).
+pub mod reason {
+    /// A `sluice.io/*` annotation with a value that is not accepted, or that does not apply.
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// A field of the Service that sluice cannot use as written (kept or defaulted).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A Service port that is not served (protocol, number, size).
+    pub const PORT_NOT_SERVED: &str = "PortNotServed";
+    /// Two Service ports ask for the same nodePort: the later is not served.
+    pub const NODE_PORT_CONFLICT: &str = "NodePortConflict";
+    /// No nodePort left to allocate.
+    pub const NODE_PORT_RANGE_FULL: &str = "NodePortRangeFull";
+    /// externalTrafficPolicy: Local on a node whose name is unknown.
+    pub const NODE_NAME_UNKNOWN: &str = "NodeNameUnknown";
+    /// An object that cannot be read at all (no name, no spec, defined twice, no Service).
+    pub const INVALID_OBJECT: &str = "InvalidObject";
 }
 
 impl std::fmt::Display for Problem {
@@ -116,6 +137,7 @@ pub fn build_model(
         if seen.as_ref() == Some(&name) {
             problems.push(Problem {
                 object: format!("Service {name}"),
+                reason: reason::INVALID_OBJECT,
                 message: "defined twice; the first definition is served".into(),
             });
             continue;
@@ -142,6 +164,7 @@ pub fn build_model(
         if let Some(first) = taken.get(&key) {
             problems.push(Problem {
                 object: format!("Service {}", c.port.key.service),
+                reason: reason::NODE_PORT_CONFLICT,
                 message: format!(
                     "nodePort {p}/{} of {} is already used by {}; this port is not served",
                     c.port.key.protocol,
@@ -170,6 +193,7 @@ pub fn build_model(
                 let c = ports.remove(exhausted.index);
                 problems.push(Problem {
                     object: format!("Service {}", c.port.key.service),
+                    reason: reason::NODE_PORT_RANGE_FULL,
                     message: format!(
                         "no free nodePort left in {} for {}; this port is not served",
                         settings.node_port_range,
@@ -179,6 +203,34 @@ pub fn build_model(
             }
         }
     };
+    // Problems found after conversion (nodePort conflicts, a full range) belong to their
+    // Service's events too, so that `describe` shows why a port is not served.
+    let mut late: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+    for p in &problems {
+        if p.reason == reason::NODE_PORT_CONFLICT || p.reason == reason::NODE_PORT_RANGE_FULL {
+            if let Some(service) = p.object.strip_prefix("Service ") {
+                late.entry(service)
+                    .or_default()
+                    .push((p.reason.to_owned(), p.message.clone()));
+            }
+        }
+    }
+    let mut with_late: HashMap<ServiceName, Arc<ServiceMeta>> = HashMap::new();
+    for c in &mut ports {
+        let Some(meta) = &c.port.meta else { continue };
+        let key = c.port.key.service.to_string();
+        let Some(extra) = late.get(key.as_str()) else {
+            continue;
+        };
+        let updated = with_late
+            .entry(c.port.key.service.clone())
+            .or_insert_with(|| {
+                let mut m = (**meta).clone();
+                m.warnings.extend(extra.iter().cloned());
+                Arc::new(m)
+            });
+        c.port.meta = Some(Arc::clone(updated));
+    }
     let services = ports
         .into_iter()
         .zip(allocated)
@@ -242,6 +294,7 @@ fn convert_service(
     if name.name.is_empty() {
         problems.push(Problem {
             object: "Service (no name)".into(),
+            reason: reason::INVALID_OBJECT,
             message: "metadata.name is missing; skipped".into(),
         });
         return;
@@ -256,6 +309,7 @@ fn convert_service(
     let Some(spec) = &svc.spec else {
         problems.push(Problem {
             object,
+            reason: reason::INVALID_OBJECT,
             message: "has no spec; skipped".into(),
         });
         return;
@@ -270,10 +324,14 @@ fn convert_service(
         return;
     }
     // Problems of this Service: logged by the caller, and shown by `describe`.
-    let report = |message: String, problems: &mut Vec<Problem>, warnings: &mut Vec<String>| {
-        warnings.push(message.clone());
+    let report = |reason: &'static str,
+                  message: String,
+                  problems: &mut Vec<Problem>,
+                  warnings: &mut Vec<(String, String)>| {
+        warnings.push((reason.to_owned(), message.clone()));
         problems.push(Problem {
             object: object.clone(),
+            reason,
             message,
         });
     };
@@ -284,6 +342,7 @@ fn convert_service(
         Some("Local") => TrafficPolicy::Local,
         Some(other) => {
             report(
+                reason::INVALID_SPEC,
                 format!(
                     "externalTrafficPolicy {other:?} is not \"Cluster\" or \"Local\"; using Cluster"
                 ),
@@ -295,6 +354,7 @@ fn convert_service(
     };
     if traffic_policy == TrafficPolicy::Local && options.node_name.is_none() {
         report(
+            reason::NODE_NAME_UNKNOWN,
             "externalTrafficPolicy is Local but this node's name is unknown (set --node-name \
              or NODE_NAME): no endpoint counts as local, so this Service has no usable \
              endpoint on this node"
@@ -303,7 +363,9 @@ fn convert_service(
             &mut warnings,
         );
     }
-    let affinity = session_affinity(spec, before, &mut |m| report(m, problems, &mut warnings));
+    let affinity = session_affinity(spec, before, &mut |m| {
+        report(reason::INVALID_SPEC, m, problems, &mut warnings)
+    });
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let settings_from_annotations = annotations::read(
         &annotations,
@@ -313,14 +375,13 @@ fn convert_service(
         settings,
     );
     for m in settings_from_annotations.problems {
-        report(m, problems, &mut warnings);
+        report(reason::INVALID_ANNOTATION, m, problems, &mut warnings);
     }
     let policy = affinity.unwrap_or(settings_from_annotations.policy);
 
     let families = ip_families(spec);
     let skip_without_node_port =
         service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
-    let mut target_ports = Vec::new();
     let mut port_names: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -331,18 +392,11 @@ fn convert_service(
         } else {
             format!("port {port_name:?}")
         };
-        target_ports.push((
-            port_name.clone(),
-            match &p.target_port {
-                Some(IntOrString::Int(i)) => i.to_string(),
-                Some(IntOrString::String(s)) => s.clone(),
-                None => p.port.to_string(),
-            },
-        ));
         let protocol = match protocol_text {
             "TCP" => Protocol::Tcp,
             "UDP" | "SCTP" => {
                 report(
+                    reason::PORT_NOT_SERVED,
                     format!("{what} is {protocol_text}: sluice serves only TCP; not served"),
                     problems,
                     &mut warnings,
@@ -351,6 +405,7 @@ fn convert_service(
             }
             other => {
                 report(
+                    reason::PORT_NOT_SERVED,
                     format!("{what} has unknown protocol {other:?}; not served"),
                     problems,
                     &mut warnings,
@@ -360,6 +415,7 @@ fn convert_service(
         };
         if port_names.contains(&port_name) {
             report(
+                reason::INVALID_SPEC,
                 format!("{what} is listed twice; the first one is served"),
                 problems,
                 &mut warnings,
@@ -373,6 +429,7 @@ fn convert_service(
                 .and_then(|v| if v == 0 { Err(()) } else { Ok(v) })
         else {
             report(
+                reason::PORT_NOT_SERVED,
                 format!("{what}: port {} is not a port number; not served", p.port),
                 problems,
                 &mut warnings,
@@ -389,6 +446,7 @@ fn convert_service(
                 Ok(n) => Some(n),
                 Err(_) => {
                     report(
+                        reason::PORT_NOT_SERVED,
                         format!("{what}: nodePort {n} is not a port number; not served"),
                         problems,
                         &mut warnings,
@@ -411,6 +469,7 @@ fn convert_service(
         };
         if endpoints.len() >= settings.defaults.maglev_table_size as usize {
             report(
+                reason::PORT_NOT_SERVED,
                 format!(
                     "{what} has {} endpoints, more than the Maglev table ({}) holds; not served",
                     endpoints.len(),
@@ -443,7 +502,7 @@ fn convert_service(
             explicit,
         });
     }
-    let meta = Arc::new(service_meta(svc, service_type, target_ports, warnings));
+    let meta = Arc::new(service_meta(svc, service_type, warnings));
     for i in keys {
         out[i].port.meta = Some(Arc::clone(&meta));
     }
@@ -526,8 +585,7 @@ fn session_affinity(
 fn service_meta(
     svc: &Service,
     service_type: String,
-    target_ports: Vec<(String, String)>,
-    warnings: Vec<String>,
+    warnings: Vec<(String, String)>,
 ) -> ServiceMeta {
     let pairs = |m: &Option<BTreeMap<String, String>>| -> Vec<(String, String)> {
         m.iter()
@@ -536,11 +594,6 @@ fn service_meta(
             .collect()
     };
     let spec = svc.spec.as_ref();
-    let cluster_ips = spec
-        .and_then(|s| s.cluster_ips.clone())
-        .filter(|v| !v.is_empty())
-        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
-        .unwrap_or_default();
     let load_balancer_ingress = svc
         .status
         .as_ref()
@@ -548,21 +601,52 @@ fn service_meta(
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .map(|i| match (&i.ip, &i.ip_mode) {
+            (Some(ip), Some(mode)) if !ip.is_empty() => format!("{ip} ({mode})"),
+            (Some(ip), None) if !ip.is_empty() => ip.clone(),
+            _ => i.hostname.clone().unwrap_or_default(),
+        })
+        .collect();
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| SpecPort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: p.port,
+            target_port: match &p.target_port {
+                Some(IntOrString::Int(i)) => i.to_string(),
+                Some(IntOrString::String(s)) => s.clone(),
+                None => p.port.to_string(),
+            },
+            node_port: p.node_port.unwrap_or(0),
+            app_protocol: p.app_protocol.clone(),
+        })
         .collect();
     ServiceMeta {
         service_type,
         labels: pairs(&svc.metadata.labels),
         annotations: pairs(&svc.metadata.annotations),
         selector: pairs(&spec.and_then(|s| s.selector.clone())),
-        cluster_ips,
+        cluster_ip: spec.and_then(|s| s.cluster_ip.clone()).unwrap_or_default(),
+        cluster_ips: spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default(),
         ip_families: spec.and_then(|s| s.ip_families.clone()).unwrap_or_default(),
         ip_family_policy: spec.and_then(|s| s.ip_family_policy.clone()),
         external_ips: spec
             .and_then(|s| s.external_ips.clone())
             .unwrap_or_default(),
         load_balancer_ingress,
-        target_ports,
+        ports,
+        session_affinity: spec
+            .and_then(|s| s.session_affinity.clone())
+            .unwrap_or_else(|| "None".into()),
+        external_traffic_policy: spec.and_then(|s| s.external_traffic_policy.clone()),
+        internal_traffic_policy: spec.and_then(|s| s.internal_traffic_policy.clone()),
+        traffic_distribution: spec.and_then(|s| s.traffic_distribution.clone()),
+        load_balancer_source_ranges: spec
+            .and_then(|s| s.load_balancer_source_ranges.clone())
+            .unwrap_or_default(),
         health_check_node_port: spec
             .and_then(|s| s.health_check_node_port)
             .and_then(|p| u16::try_from(p).ok())
@@ -615,6 +699,7 @@ impl EndpointIndex {
             else {
                 problems.push(Problem {
                     object,
+                    reason: reason::INVALID_OBJECT,
                     message: format!(
                         "has no {SERVICE_NAME_LABEL} label, so it belongs to no Service; ignored"
                     ),
@@ -630,6 +715,7 @@ impl EndpointIndex {
                 }
                 other => {
                     problems.push(Problem {
+                        reason: reason::INVALID_OBJECT,
                         object,
                         message: format!("unknown addressType {other:?}; ignored"),
                     });
@@ -647,6 +733,7 @@ impl EndpointIndex {
                         .filter(|n| *n != 0);
                     let Some(number) = number else {
                         problems.push(Problem {
+                            reason: reason::INVALID_OBJECT,
                             object: object.clone(),
                             message: format!(
                                 "port {:?} has no valid port number; ignored",
@@ -670,6 +757,7 @@ impl EndpointIndex {
                 };
                 let Some(ip) = unicast(text).filter(|ip| ip.is_ipv6() == family_v6) else {
                     problems.push(Problem {
+                        reason: reason::INVALID_OBJECT,
                         object: object.clone(),
                         message: format!(
                             "endpoint address {text:?} is not a unicast {} address; ignored",
@@ -738,6 +826,7 @@ impl EndpointIndex {
                     for a in list.iter().flatten() {
                         let Some(ip) = unicast(&a.ip) else {
                             problems.push(Problem {
+                                reason: reason::INVALID_OBJECT,
                                 object: object.clone(),
                                 message: format!(
                                     "address {:?} is not a unicast IP address; ignored",

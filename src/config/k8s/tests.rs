@@ -114,7 +114,14 @@ fn seed_myfrontend_as_the_api_server_returns_it() {
     assert_eq!(meta.cluster_ips, ["10.100.13.81"]);
     assert_eq!(meta.ip_families, ["IPv4"]);
     assert_eq!(meta.ip_family_policy.as_deref(), Some("SingleStack"));
-    assert_eq!(meta.target_ports, [("http".into(), "9000".into())]);
+    assert_eq!(meta.ports.len(), 1);
+    assert_eq!(
+        (
+            meta.ports[0].name.as_str(),
+            meta.ports[0].target_port.as_str()
+        ),
+        ("http", "9000")
+    );
     assert_eq!(meta.health_check_node_port, None);
 }
 
@@ -141,9 +148,13 @@ fn named_target_port_is_resolved_per_slice_and_node_port_allocated() {
         "{} not in {upper:?}",
         p.node_port
     );
+    let meta = p.meta.as_deref().unwrap();
     assert_eq!(
-        p.meta.as_deref().unwrap().target_ports,
-        [(String::new(), "http-server".into())]
+        (
+            meta.ports[0].name.as_str(),
+            meta.ports[0].target_port.as_str()
+        ),
+        ("", "http-server")
     );
 }
 
@@ -403,7 +414,8 @@ fn load_balancer_services() {
     assert_eq!(meta.health_check_node_port, Some(32100));
     assert_eq!(
         meta.load_balancer_ingress,
-        ["203.0.113.10", "lb.example.com"]
+        ["203.0.113.10 (VIP)", "lb.example.com"],
+        "kubectl shows the ipMode"
     );
 
     // allocateLoadBalancerNodePorts: false and no nodePort: nothing to serve on this node.
