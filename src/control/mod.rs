@@ -109,7 +109,7 @@ pub enum ControlError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// The Kubernetes watch could not start (kubeconfig, node settings).
-    #[error("{0}")]
+    #[error(transparent)]
     Kubernetes(#[from] crate::watch::WatchError),
 }
 
