@@ -178,31 +178,34 @@ fn seeds_scenario() {
         &sock,
         &["describe", "service", "myfrontend", "-n", "workshop"],
     );
+    // kubectl describe of the object as written: fields the manifest leaves out (the
+    // API server would default them) are shown as kubectl shows them unset, the columns
+    // as wide as the widest label needs (Go's tabwriter).
     assert_eq!(
         describe,
         "\
-Name:                     myfrontend
-Namespace:                workshop
-Labels:                   app=myfrontend
-Annotations:              <none>
-Selector:                 app=frontend
-Type:                     NodePort
-IP Family Policy:         <none>
-IP Families:              <none>
-IP:                       <none>
-IPs:                      <none>
-Port:                     http  80/TCP
-TargetPort:               9000/TCP
-NodePort:                 http  30000/TCP
-Endpoints:                127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000
-Session Affinity:         None
-External Traffic Policy:  Cluster
-Events:                   <none>
+Name:              myfrontend
+Namespace:         workshop
+Labels:            app=myfrontend
+Annotations:       <none>
+Selector:          app=frontend
+Type:              NodePort
+IP Families:       <none>
+IP:                
+IPs:               <none>
+Port:              http  80/TCP
+TargetPort:        9000/TCP
+NodePort:          http  30000/TCP
+Endpoints:         127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000
+Session Affinity:  None
+Events:            <none>
 "
     );
     let describe = ctl_ok(&sock, &["describe", "service", "helloworld"]);
     assert!(
-        describe.contains("\nPort:                     <unset>  8080/TCP\nTargetPort:               http-server/TCP\n"),
+        describe.contains(
+            "\nPort:              <unset>  8080/TCP\nTargetPort:        http-server/TCP\n"
+        ),
         "{describe}"
     );
 }
@@ -363,10 +366,13 @@ fn health_check_node_port_answers_like_kube_proxy() {
     let mut lb = run_manifests(&dir, &toml, "node-a");
     let node = node_addr(p);
     lb.wait_ready_name(node);
+    // The clients here are on the node itself (loopback is a node address): kube-proxy
+    // routes host-originated traffic to a Local Service with the Cluster rules, so both
+    // pods answer (sluice sent only to the local one before, and reset it without one).
     assert_eq!(
         answering(node, 50, 2),
-        set(&["local-pod"]),
-        "Local: this node's pod only"
+        set(&["local-pod", "remote-pod"]),
+        "traffic from the node itself to a Local Service: Cluster rules"
     );
 
     let hc = node_addr(h);
@@ -386,9 +392,11 @@ fn health_check_node_port_answers_like_kube_proxy() {
     assert_eq!(first, golden("200 OK", 1));
     assert_eq!(second, first);
 
-    // The local pod terminating: no local ready endpoint → 503.
+    // The local pod terminating: no local ready endpoint → 503; the node itself still
+    // reaches the remote ready pod (cluster endpoints), as with kube-proxy.
     dir.write("slices.yaml", &slices(Pod::Terminating));
     ctl_ok(&sock, &["reload"]);
+    assert_eq!(answering(node, 50, 1), set(&["remote-pod"]));
     let (first, _) = ask(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(first, golden("503 Service Unavailable", 0));
 
