@@ -367,8 +367,8 @@ fn multiline_labels(title: &str, pairs: &[(String, String)]) -> String {
         return format!("{title}:\t<none>\n");
     }
     let mut out = format!("{title}:");
-    for (i, (k, v)) in sorted.iter().enumerate() {
-        let _ = writeln!(out, "{}{k}={v}", if i == 0 { "\t" } else { "\t" });
+    for (k, v) in sorted {
+        let _ = writeln!(out, "\t{k}={v}");
     }
     out
 }

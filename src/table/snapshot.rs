@@ -653,12 +653,12 @@ mod tests {
         ]);
         let s2 = s1.rebuild(&m2, 2, &mut reg);
         assert!(Arc::ptr_eq(
-            &s1.service(ServiceId(0)).primary().table_arc(),
-            &s2.service(ServiceId(0)).primary().table_arc()
+            s1.service(ServiceId(0)).primary().table_arc(),
+            s2.service(ServiceId(0)).primary().table_arc()
         ));
         assert!(!Arc::ptr_eq(
-            &s1.service(ServiceId(1)).primary().table_arc(),
-            &s2.service(ServiceId(1)).primary().table_arc()
+            s1.service(ServiceId(1)).primary().table_arc(),
+            s2.service(ServiceId(1)).primary().table_arc()
         ));
         let fresh = RoutingSnapshot::build(&m2, 2, &mut reg);
         for ((_, a), (_, b)) in s2.services().zip(fresh.services()) {
