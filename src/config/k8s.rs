@@ -31,7 +31,7 @@ use crate::model::{
     ServicePort, ServicePortKey, Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
     DEFAULT_AFFINITY_TIMEOUT,
 };
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +54,23 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Legacy `v1/Endpoints`, used for a Service only when no EndpointSlice names it.
     pub endpoints: Vec<Arc<Endpoints>>,
+    /// Node objects: the one named like this node gives its zone ([`node_zone`]).
+    pub nodes: Vec<Arc<Node>>,
+}
+
+/// This node's zone: the `topology.kubernetes.io/zone` label of the Node named
+/// `node_name` among `nodes` (`None` without such a Node or label).
+pub fn node_zone(nodes: &[Arc<Node>], node_name: Option<&str>) -> Option<String> {
+    let name = node_name?;
+    nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(ZONE_LABEL)
+        .filter(|z| !z.is_empty())
+        .cloned()
 }
 
 /// How this node reads the objects.

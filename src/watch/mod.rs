@@ -252,13 +252,10 @@ impl Source {
     /// This node's zone, from its Node object's `topology.kubernetes.io/zone` label
     /// (`None` while unknown: no Node object, or no label).
     pub fn zone(&self) -> Option<String> {
-        let node = self.node.as_ref()?.state().into_iter().next()?;
-        node.metadata
-            .labels
-            .as_ref()?
-            .get(k8s::ZONE_LABEL)
-            .filter(|z| !z.is_empty())
-            .cloned()
+        k8s::node_zone(
+            &self.node.as_ref()?.state(),
+            self.options.k8s.node_name.as_deref(),
+        )
     }
 
     /// The objects in the stores now (shared, not copied).
@@ -267,6 +264,7 @@ impl Source {
             services: self.services.iter().flat_map(Store::state).collect(),
             slices: self.slices.iter().flat_map(Store::state).collect(),
             endpoints: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 
