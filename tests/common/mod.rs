@@ -11,6 +11,7 @@
 
 mod backends;
 pub mod fake_api;
+pub mod kube;
 pub mod peers;
 #[allow(unused_imports)]
 pub use backends::*;
