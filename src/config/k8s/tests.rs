@@ -3,7 +3,7 @@
 //! changes what it is about and checks the model (or the problems) that come out.
 
 use super::*;
-use crate::model::{Forwarding, HashKey};
+use crate::model::{Conditions, Forwarding, HashKey};
 use crate::table::usable::{routing_weights, Tier};
 use serde_json::{json, Value};
 
