@@ -13,13 +13,20 @@
 //! - Endpoints from the EndpointSlices labelled `kubernetes.io/service-name`, matched to the
 //!   Service port by port name and protocol, each slice with its own port number (this is
 //!   how a named targetPort is resolved); kube-proxy's condition defaults; `nodeName` equal
-//!   to this node's name makes an endpoint local; deduplicated by IP:port (a local copy
-//!   wins). Legacy `v1/Endpoints` only for a Service no EndpointSlice names.
-//! - `externalTrafficPolicy`, `sessionAffinity` and the `sluice.io/*` annotations
-//!   (`annotations` module); an invalid value keeps the last good one from `previous`.
+//!   to this node's name makes an endpoint local; topology hints compared with this node's
+//!   zone and name ([`crate::model::Hints`]); deduplicated by IP:port (a local copy
+//!   wins). Legacy `v1/Endpoints` only for a Service no EndpointSlice names (`endpoints`
+//!   module).
+//! - `ipFamilies` (the families served; the snapshot routes each family to its own
+//!   endpoints), `externalTrafficPolicy`, `sessionAffinity` and the `sluice.io/*`
+//!   annotations (`annotations` module); an invalid value keeps the last good one from
+//!   `previous`.
+//! - The Service as written ([`ServiceMeta`]: every spec port, policies, ingress) for
+//!   `describe`, with its problems as (reason, message) Events.
 //!
 //! Nothing here fails as a whole: an object that cannot be served is skipped with a
-//! [`Problem`] and the rest is served. It uses only `model` and the config helpers.
+//! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
+//! config helpers.
 
 mod annotations;
 mod endpoints;

@@ -1,5 +1,7 @@
-//! `sluice run --kubernetes`: Services and EndpointSlices from the Kubernetes API, kept in
-//! local stores, turned into the model by [`crate::config::k8s::build_model`].
+//! `sluice run --kubernetes`: Services and EndpointSlices from the Kubernetes API (and this
+//! node's Node, by name, for its zone), kept in local stores, turned into the model by
+//! [`crate::config::k8s::build_model`]; problems with Services go back to the API as Events
+//! ([`events`]).
 //!
 //! It owns the API client (kubeconfig or in-cluster), one kube-rs `watcher` + reflector
 //! store per (kind, namespace), the status of each stream ([`status`]) and the coalescing of
@@ -17,7 +19,8 @@
 //! (client-go's: 0.8 s doubling to 30 s, with jitter). A relist fills a side buffer that
 //! replaces the store only when complete, so a model is never built from half a list.
 //! Meanwhile the stores keep their last content, and the model built from it keeps
-//! serving. Only transitions are logged (first sync, lost, recovered, relisted).
+//! serving. Only transitions are logged, once each (first sync, lost, recovered, relisted;
+//! a relist *attempt* is not an answer, see [`status`]).
 //!
 //! # Startup
 //! [`Source::wait_synced`] waits until every stream has completed its first list; the
