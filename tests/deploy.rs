@@ -521,10 +521,8 @@ fn granted(role: &ClusterRole) -> BTreeSet<Access> {
 /// Events (kube-rs's Recorder patches a repeat of the same Event within 6 minutes into a
 /// series; sluice posts one problem at most once per 10 minutes, so it only happens for
 /// two problems whose first 128 characters are the same).
-const GRANTED_NOT_NORMALLY_MADE: &[(&str, &str, &str)] = &[
-    ("", "nodes", "get"),
-    ("events.k8s.io", "events", "patch"),
-];
+const GRANTED_NOT_NORMALLY_MADE: &[(&str, &str, &str)] =
+    &[("", "nodes", "get"), ("events.k8s.io", "events", "patch")];
 
 #[test]
 fn the_cluster_role_allows_exactly_the_calls_sluice_makes() {
@@ -541,8 +539,10 @@ fn the_cluster_role_allows_exactly_the_calls_sluice_makes() {
     api.apply(service);
     api.apply(fixture("myfrontend-slice.json"));
     // This node, whose zone sluice watches by name (list, watch).
-    api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}));
+    api.apply(
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}),
+    );
 
     // The DaemonSet's arguments, pointed at the fake API and at loopback.
     let dir = TempDir::new("rbac");
