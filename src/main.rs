@@ -378,7 +378,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -549,7 +549,7 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -682,4 +682,20 @@ mod tests {
         .map(|_| ())
         .expect("the DaemonSet's arguments parse for check");
     }
+}
+
+/// An error and its causes, each said once: a cause whose text its error already includes
+/// (thiserror's `"...: {source}"` with `#[source]`) is not repeated, as `{:#}` would.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut said = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        said = text;
+    }
+    out
 }
