@@ -596,6 +596,22 @@ fn demo(
     Ok(())
 }
 
+/// An error and its causes, each said once: a cause whose text its error already includes
+/// (thiserror's `"...: {source}"` with `#[source]`) is not repeated, as `{:#}` would.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut said = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        said = text;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,20 +698,4 @@ mod tests {
         .map(|_| ())
         .expect("the DaemonSet's arguments parse for check");
     }
-}
-
-/// An error and its causes, each said once: a cause whose text its error already includes
-/// (thiserror's `"...: {source}"` with `#[source]`) is not repeated, as `{:#}` would.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    let mut said = out.clone();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !said.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        said = text;
-    }
-    out
 }
