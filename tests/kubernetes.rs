@@ -158,10 +158,11 @@ fn api_server_restart_drops_no_connection_and_later_changes_apply() {
         &[ready("127.0.0.2"), ready("127.0.0.3"), ready("127.0.0.4")],
     ));
     api.start();
-    wait_answers(
+    wait_answers_within(
         &mut n,
         node_addr(p),
         &["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        Duration::from_secs(45),
     );
     for s in &mut live {
         ask_name_on(s).expect("a connection opened before the outage failed after it");
