@@ -4,11 +4,16 @@
 //! Metrics are built at scrape time: a fresh `prometheus-client` registry is filled from the
 //! published snapshot's per-worker counter blocks (summed here, never on the hot path), the
 //! data plane's [`Monitor`] and the daemon's [`Health`] record, then encoded. The HTTP side
-//! is deliberately minimal (one GET per connection, bounded head, timeouts): it serves three
-//! paths and nothing else.
+//! is [`crate::http`]'s server (bounded connections, header-read timeout, keep-alive),
+//! serving three paths and nothing else.
 
 use super::plane::Monitor;
+use crate::http;
 use crate::publish::Publisher;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,8 +23,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// What the daemon records for health and reload metrics; shared with the HTTP tasks.
 #[derive(Debug, Clone)]
@@ -108,89 +112,52 @@ fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
     h.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves HTTP on `listener` until the task is dropped.
+/// Serves `/metrics` (with [`Endpoints::MetricsAndHealth`]), `/healthz` and `/livez` on
+/// `listener` until the task is dropped, within [`crate::http::Limits::DEFAULT`].
 pub async fn serve(listener: TcpListener, what: Endpoints, sources: Sources) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(16));
-    loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), http(stream, what, &sources)).await;
-            drop(permit);
-        });
-    }
+    let handler: http::Handler = Arc::new(move |request| answer(request, what, &sources));
+    http::serve(listener, http::Options::default(), handler, Arc::default()).await
 }
 
-async fn http(mut stream: TcpStream, what: Endpoints, sources: &Sources) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > 8192 {
-            return respond(&mut stream, 431, "text/plain", "request head too large\n").await;
-        }
+fn answer(
+    request: &Request<Incoming>,
+    what: Endpoints,
+    sources: &Sources,
+) -> Response<Full<Bytes>> {
+    const JSON: [(&str, &str); 2] = [
+        ("Content-Type", "application/json"),
+        ("X-Content-Type-Options", "nosniff"),
+    ];
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return http::response(
+            405,
+            &[("Content-Type", "text/plain"), ("Allow", "GET, HEAD")],
+            "only GET\n",
+        );
     }
-    let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "only GET\n").await;
-    }
-    match path {
-        "/metrics" if what == Endpoints::MetricsAndHealth => {
-            let body = render(sources);
-            respond(
-                &mut stream,
-                200,
+    match request.uri().path() {
+        "/metrics" if what == Endpoints::MetricsAndHealth => http::response(
+            200,
+            &[(
+                "Content-Type",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &body,
-            )
-            .await
-        }
+            )],
+            render(sources),
+        ),
         "/healthz" => {
             let (code, body) = healthz(&lock(&sources.health), SystemTime::now());
-            respond(&mut stream, code, "application/json", &body).await
+            http::response(code, &JSON, body)
         }
         "/livez" => {
             let (code, body) = livez(&lock(&sources.health), SystemTime::now());
-            respond(&mut stream, code, "application/json", &body).await
+            http::response(code, &JSON, body)
         }
-        _ => respond(&mut stream, 404, "text/plain", "404 page not found\n").await,
+        _ => http::response(
+            404,
+            &[("Content-Type", "text/plain")],
+            "404 page not found\n",
+        ),
     }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 fn rfc3339(t: SystemTime) -> String {
