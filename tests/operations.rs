@@ -693,8 +693,10 @@ fn metrics_healthz_and_livez() {
         let (code, head, body) = http_get(addr, "/healthz");
         assert_eq!(code, 200, "{head}");
         assert!(head.contains("Content-Type: application/json"), "{head}");
+        // kube-proxy's json.Marshal(ProxyHealth): docs/operations.md, "/healthz".
         assert!(
-            body.starts_with("{\"lastUpdated\": \"") && body.ends_with(", \"nodeEligible\": true}"),
+            body.starts_with("{\"lastUpdated\":\"")
+                && body.contains(",\"nodeEligible\":true,\"healthy\":true,\"status\":{\"IPv4\":{"),
             "{body}"
         );
         let (code, _, body) = http_get(addr, "/livez");

@@ -5,9 +5,10 @@
 //! balancer's health check cannot tell sluice from kube-proxy:
 //!
 //! ```text
-//! HTTP/1.1 200 OK                          (503 Service Unavailable: no local ready endpoint,
-//! Content-Type: application/json            or the proxy is unhealthy)
+//! HTTP/1.1 200 OK                           (503 Service Unavailable: no local ready
+//! Content-Type: application/json             endpoint, or the proxy is unhealthy)
 //! X-Content-Type-Options: nosniff
+//! X-Load-Balancing-Endpoint-Weight: 2
 //! Date: Mon, 02 Jan 2006 15:04:05 GMT
 //! Content-Length: 122
 //!
@@ -15,12 +16,15 @@
 //! ```
 //!
 //! `localEndpoints` counts the distinct IPs of the Service's local, ready endpoints across
-//! its ports (terminating ones do not count); `serviceProxyHealthy` is what `/healthz`
-//! reports (workers alive, not shutting down). Listeners follow the served model: opened and
+//! its ports (terminating ones do not count), and is also sent as
+//! `X-Load-Balancing-Endpoint-Weight` (kube-proxy since 1.28: weighted load balancers read
+//! it instead of the body); `serviceProxyHealthy` is kube-proxy's proxy health (no
+//! source change waiting past the health timeout, workers alive: [`super::healthz`]) and,
+//! unlike kube-proxy, false while sluice shuts down (it accepts no new connections then). Listeners follow the served model: opened and
 //! closed by [`HealthCheckServers::sync`] after each publish; a port that cannot be bound is
 //! logged and tried again at the next sync, never fatal. Owns only its sockets and tasks.
 
-use super::metrics::SharedHealth;
+use super::healthz::SharedHealth;
 use crate::http;
 use crate::model::{ListenAddresses, Model, ServiceName, TrafficPolicy};
 use bytes::Bytes;
@@ -31,7 +35,7 @@ use hyper::{Request, Response, Version};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -193,7 +197,8 @@ struct Handler {
 }
 
 impl Handler {
-    fn answer(&self) -> (u16, String) {
+    /// (status, body, local endpoints) as kube-proxy's handler computes them.
+    fn answer(&self) -> (u16, String, usize) {
         let count = self
             .counts
             .lock()
@@ -203,16 +208,16 @@ impl Handler {
             .unwrap_or(0);
         let healthy = {
             let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-            h.workers_alive && !h.stopping
+            h.healthy(Instant::now()) && !h.stopping
         };
         let code = if count != 0 && healthy { 200 } else { 503 };
-        (code, body(&self.name, count, healthy))
+        (code, body(&self.name, count, healthy), count)
     }
 
     /// The hyper answer to `request` at `now`.
     fn respond(&self, request: &Request<Incoming>, now: SystemTime) -> Response<Full<Bytes>> {
-        let (code, body) = self.answer();
-        response(request, code, body, now)
+        let (code, body, count) = self.answer();
+        response(request, code, body, count, now)
     }
 }
 
@@ -249,21 +254,25 @@ pub(super) fn body(name: &ServiceName, count: usize, healthy: bool) -> String {
     )
 }
 
-/// The answer Go's net/http writes for kube-proxy's handler: the handler's headers sorted,
-/// then `Date` and `Content-Length` (and `Connection`, which hyper appends after them:
-/// `close` when the client asked to close, `keep-alive` for HTTP/1.0 keep-alive). hyper
-/// writes the status line for the request's version and leaves the body out for HEAD.
+/// The answer Go's net/http writes for kube-proxy's handler: the handler's headers sorted
+/// (`X-Load-Balancing-Endpoint-Weight`: the local endpoints, since Kubernetes 1.28), then
+/// `Date` and `Content-Length` (and `Connection`, which hyper appends after them: `close`
+/// when the client asked to close, `keep-alive` for HTTP/1.0 keep-alive). hyper writes the
+/// status line for the request's version and leaves the body out for HEAD.
 fn response(
     request: &Request<Incoming>,
     code: u16,
     body: String,
+    count: usize,
     now: SystemTime,
 ) -> Response<Full<Bytes>> {
     let date = http_date(now);
     let length = body.len().to_string();
+    let weight = count.to_string();
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("X-Content-Type-Options", "nosniff"),
+        ("X-Load-Balancing-Endpoint-Weight", weight.as_str()),
         ("Date", date.as_str()),
         ("Content-Length", length.as_str()),
     ];
@@ -344,7 +353,7 @@ mod tests {
     /// The healthCheckNodePort server for `svc()` with `count` local endpoints, answering
     /// at a fixed time (2006-01-02 15:04:05 UTC, Go's reference time).
     fn server(count: usize) -> TestServer {
-        let health: SharedHealth = Arc::new(Mutex::new(super::super::metrics::Health::new(1)));
+        let health: SharedHealth = Arc::new(Mutex::new(super::super::healthz::Health::new(1)));
         let counts: Counts = Arc::default();
         counts.lock().unwrap().insert(svc(), count);
         let h = Handler {
@@ -391,6 +400,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\n\
 Content-Type: application/json\r\n\
 X-Content-Type-Options: nosniff\r\n\
+X-Load-Balancing-Endpoint-Weight: 2\r\n\
 Date: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
 Content-Length: 122\r\n\
 \r\n\
@@ -416,7 +426,7 @@ Content-Length: 122\r\n\
         let t = server(0);
         let mut s = connect(&t);
         let want = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-X-Content-Type-Options: nosniff\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
+X-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: 0\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
 Content-Length: 122\r\nConnection: close\r\n\r\n";
         let got = exchange(
             &mut s,
@@ -439,7 +449,7 @@ Content-Length: 122\r\nConnection: close\r\n\r\n";
         let t = server(2);
         let mut s = connect(&t);
         let want = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\
-X-Content-Type-Options: nosniff\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
+X-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: 2\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
 Content-Length: 122\r\nConnection: keep-alive\r\n\r\n";
         let request = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         let got = exchange(&mut s, request, want.len() + BODY_2.len());

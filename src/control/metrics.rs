@@ -7,6 +7,7 @@
 //! is [`crate::http`]'s server (bounded connections, header-read timeout, keep-alive),
 //! serving three paths and nothing else.
 
+use super::healthz;
 use super::plane::Monitor;
 use crate::http;
 use crate::publish::Publisher;
@@ -21,42 +22,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
-/// What the daemon records for health and reload metrics; shared with the HTTP tasks.
-#[derive(Debug, Clone)]
-pub struct Health {
-    /// When the routing state was last (re)published successfully.
-    pub last_updated: SystemTime,
-    pub generation: u64,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload_ok: bool,
-    pub last_reload_at: Option<SystemTime>,
-    /// Every worker's heartbeat advanced at the last check.
-    pub workers_alive: bool,
-    /// Set once shutdown began: `/healthz` turns 503 with `nodeEligible: false`.
-    pub stopping: bool,
-}
-
-impl Health {
-    pub fn new(generation: u64) -> Health {
-        Health {
-            last_updated: SystemTime::now(),
-            generation,
-            reloads_ok: 0,
-            reloads_failed: 0,
-            last_reload_ok: true,
-            last_reload_at: None,
-            workers_alive: true,
-            stopping: false,
-        }
-    }
-}
-
-pub type SharedHealth = Arc<Mutex<Health>>;
+pub use super::healthz::{Health, SharedHealth};
 
 /// What an HTTP listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,11 +115,13 @@ fn answer(
             render(sources),
         ),
         "/healthz" => {
-            let (code, body) = healthz(&lock(&sources.health), SystemTime::now());
+            let (code, body) =
+                healthz::healthz(&lock(&sources.health), SystemTime::now(), Instant::now());
             http::response(code, &JSON, body)
         }
         "/livez" => {
-            let (code, body) = livez(&lock(&sources.health), SystemTime::now());
+            let (code, body) =
+                healthz::livez(&lock(&sources.health), SystemTime::now(), Instant::now());
             http::response(code, &JSON, body)
         }
         _ => http::response(
@@ -158,32 +130,6 @@ fn answer(
             "404 page not found\n",
         ),
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
-}
-
-/// kube-proxy's `/healthz`: 200 while the workers run and the node is not shutting down.
-pub fn healthz(h: &Health, now: SystemTime) -> (u16, String) {
-    let eligible = !h.stopping;
-    let healthy = h.workers_alive && eligible;
-    let body = format!(
-        "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
-        rfc3339(h.last_updated),
-        rfc3339(now)
-    );
-    (if healthy { 200 } else { 503 }, body)
-}
-
-/// kube-proxy's `/livez`: like `/healthz` without `nodeEligible`; only the workers count.
-pub fn livez(h: &Health, now: SystemTime) -> (u16, String) {
-    let body = format!(
-        "{{\"lastUpdated\": {:?},\"currentTime\": {:?}}}",
-        rfc3339(h.last_updated),
-        rfc3339(now)
-    );
-    (if h.workers_alive { 200 } else { 503 }, body)
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -496,28 +442,4 @@ fn with(labels: &Labels, k: &'static str, v: &str, f: impl FnOnce(Labels)) {
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn healthz_body_has_kube_proxy_shape() {
-        let mut h = Health::new(1);
-        h.last_updated = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let now = h.last_updated + Duration::from_millis(1500);
-        let (code, body) = healthz(&h, now);
-        assert_eq!(code, 200);
-        assert_eq!(
-            body,
-            "{\"lastUpdated\": \"2023-11-14T22:13:20.000000000Z\",\"currentTime\": \"2023-11-14T22:13:21.500000000Z\", \"nodeEligible\": true}"
-        );
-        h.stopping = true;
-        assert_eq!(healthz(&h, now).0, 503);
-        assert_eq!(livez(&h, now).0, 200);
-        assert!(!livez(&h, now).1.contains("nodeEligible"));
-        h.workers_alive = false;
-        assert_eq!(livez(&h, now).0, 503);
-    }
 }

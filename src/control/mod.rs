@@ -21,6 +21,7 @@
 pub mod client;
 mod hcnp;
 pub mod health;
+mod healthz;
 mod metrics;
 mod notify;
 pub mod overrides;
@@ -127,6 +128,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sighup = signal(SignalKind::hangup())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let health = Arc::new(Mutex::new(healthz::Health::new(1)));
     let mut source = options.config;
     let mut source_metrics = None;
     let mut model = match &mut source {
@@ -139,7 +141,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         ConfigSource::Kubernetes(k) => {
             let tx = events_tx.clone();
+            let queued = Arc::clone(&health);
             k.start(move |since| {
+                // kube-proxy's QueuedUpdate: /healthz turns unhealthy if it stays unapplied.
+                lock_shared(&queued).queued(since);
                 let _ = tx.send(Event::SourceChanged { since });
             })
             .await?;
@@ -181,10 +186,13 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let overrides = Overrides::default();
     let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
     let publisher = Publisher::new(snapshot);
+    // The first sync: everything the source held is applied.
+    lock_shared(&health).updated(SystemTime::now(), true);
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
     let monitor = plane.monitor();
-    let health = Arc::new(Mutex::new(metrics::Health::new(1)));
+    lock_shared(&health).families =
+        healthz::families_of(&crate::dataplane::listen_addresses(&settings.listen));
 
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
@@ -370,6 +378,10 @@ async fn bind_http(
 
 use crate::dataplane::node_ports;
 
+fn lock_shared(h: &healthz::SharedHealth) -> std::sync::MutexGuard<'_, healthz::Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Everything the control thread owns.
 struct Daemon {
     source: ConfigSource,
@@ -383,7 +395,7 @@ struct Daemon {
     started: Instant,
     reloads: u64,
     last_reload: Option<ReloadOutcome>,
-    health: metrics::SharedHealth,
+    health: healthz::SharedHealth,
     notifier: notify::Notifier,
     log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -402,8 +414,8 @@ impl Daemon {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, metrics::Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::Health> {
+        lock_shared(&self.health)
     }
 
     fn summary(&self) -> String {
@@ -627,7 +639,8 @@ impl Daemon {
         {
             let mut h = self.lock_health();
             h.generation = self.generation;
-            h.last_updated = SystemTime::now();
+            // Published from the model held: a pending source change is still pending.
+            h.updated(SystemTime::now(), false);
         }
         self.after_publish();
     }
@@ -665,7 +678,7 @@ impl Daemon {
             let mut h = self.lock_health();
             if outcome.ok {
                 h.reloads_ok += 1;
-                h.last_updated = SystemTime::now();
+                h.updated(SystemTime::now(), true);
             } else {
                 h.reloads_failed += 1;
             }
