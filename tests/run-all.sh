@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use as real peers or tools. Installed only when missing.
 # The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
-# iperf3 and nftables in network namespaces.
-PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3)
+# iperf3 and nftables in network namespaces. tests/metrics.rs parses /metrics with the
+# Prometheus Python client (python3-prometheus-client).
+PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3 python3-prometheus-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

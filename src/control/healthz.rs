@@ -22,6 +22,7 @@
 //!
 //! Owns nothing but the record's shape and the bodies; the daemon writes the record.
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,10 @@ pub struct Health {
     pub stopping: bool,
     /// The IP families sluice serves (`"IPv4"`, `"IPv6"`): the keys of `status`.
     pub families: Vec<&'static str>,
+    /// How long each publish took (reloads and republishes): the metric comparable to
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`, with its buckets
+    /// (1 ms doubling to 16.4 s). Shared: clones observe into the same histogram.
+    pub sync_durations: Histogram,
 }
 
 pub type SharedHealth = Arc<Mutex<Health>>;
@@ -68,6 +73,7 @@ impl Health {
             workers_alive: true,
             stopping: false,
             families: vec!["IPv4"],
+            sync_durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         }
     }
 

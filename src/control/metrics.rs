@@ -1,11 +1,12 @@
-//! `/metrics` (Prometheus text format), `/healthz` and `/livez` (kube-proxy compatible) over a
-//! small HTTP/1.1 listener.
+//! `/metrics` (the Prometheus text format or OpenMetrics, by the `Accept` header:
+//! [`format`]), `/healthz` and `/livez` (kube-proxy's: [`super::healthz`]) on one listener.
 //!
 //! Metrics are built at scrape time: a fresh `prometheus-client` registry is filled from the
-//! published snapshot's per-worker counter blocks (summed here, never on the hot path), the
-//! data plane's [`Monitor`] and the daemon's [`Health`] record, then encoded. The HTTP side
-//! is [`crate::http`]'s server (bounded connections, header-read timeout, keep-alive),
-//! serving three paths and nothing else.
+//! published snapshot's per-worker counter blocks and histograms (summed here, never on the
+//! hot path: [`dataplane`]), the data plane's [`Monitor`], the daemon's [`Health`] record,
+//! the watched source's status and `/proc` ([`process`]), then encoded. Every metric is
+//! listed in docs/operations.md. The HTTP side is [`crate::http`]'s server (bounded
+//! connections, header-read timeout, keep-alive), serving three paths and nothing else.
 
 use super::healthz;
 use super::plane::Monitor;
@@ -27,6 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
 pub use super::healthz::{Health, SharedHealth};
+
+mod dataplane;
+pub mod format;
+mod process;
+
+use format::Format;
 
 /// What an HTTP listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +113,18 @@ fn answer(
         );
     }
     match request.uri().path() {
-        "/metrics" if what == Endpoints::MetricsAndHealth => http::response(
-            200,
-            &[(
-                "Content-Type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            render(sources),
-        ),
+        "/metrics" if what == Endpoints::MetricsAndHealth => {
+            let accept = request
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            http::response(
+                200,
+                &[("Content-Type", format.content_type())],
+                render(sources, format),
+            )
+        }
         "/healthz" => {
             let (code, body) =
                 healthz::healthz(&lock(&sources.health), SystemTime::now(), Instant::now());
@@ -132,15 +143,19 @@ fn answer(
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
 
-fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+pub(super) fn counter_family(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
     reg.register(name, help, f.clone());
     f
 }
 
-fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+pub(super) fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
     let f = Family::<Labels, Gauge>::default();
     reg.register(name, help, f.clone());
     f
@@ -152,186 +167,13 @@ fn float_gauge(reg: &mut Registry, name: &str, help: &str) -> Gauge<f64, AtomicU
     g
 }
 
-/// The whole `/metrics` body.
-pub fn render(sources: &Sources) -> String {
+/// The whole `/metrics` body in `format`.
+pub fn render(sources: &Sources, format: Format) -> String {
     let mut reg = Registry::default();
     let snapshot = sources.publisher.current();
 
-    let svc_conns = counter_family(
-        &mut reg,
-        "sluice_service_connections",
-        "Client connections accepted per Service port",
-    );
-    let svc_failed = counter_family(
-        &mut reg,
-        "sluice_service_connection_failures",
-        "Client connections that failed (no endpoint, every connect failed, reset)",
-    );
-    let svc_retries = counter_family(
-        &mut reg,
-        "sluice_service_connect_retries",
-        "Connect attempts retried on another endpoint",
-    );
-    let svc_bytes = counter_family(
-        &mut reg,
-        "sluice_service_bytes",
-        "Bytes relayed, by direction",
-    );
-    let svc_active = gauge_family(
-        &mut reg,
-        "sluice_service_connections_active",
-        "Client connections open now",
-    );
-    let svc_usable = gauge_family(
-        &mut reg,
-        "sluice_service_endpoints_usable",
-        "Endpoints new connections may go to (routing weight > 0)",
-    );
-    let ep_conns = counter_family(
-        &mut reg,
-        "sluice_endpoint_connections",
-        "Backend connections opened per endpoint",
-    );
-    let ep_failed = counter_family(
-        &mut reg,
-        "sluice_endpoint_connection_failures",
-        "Backend connections that failed per endpoint",
-    );
-    let ep_retries = counter_family(
-        &mut reg,
-        "sluice_endpoint_connect_retries",
-        "Failed connects to this endpoint that were retried elsewhere",
-    );
-    let ep_bytes = counter_family(
-        &mut reg,
-        "sluice_endpoint_bytes",
-        "Bytes relayed per endpoint, by direction",
-    );
-    let ep_active = gauge_family(
-        &mut reg,
-        "sluice_endpoint_connections_active",
-        "Backend connections open now per endpoint",
-    );
-    let ep_weight = gauge_family(
-        &mut reg,
-        "sluice_endpoint_weight",
-        "Routing weight in use (0 = draining, disabled, down, or not chosen by the endpoint conditions)",
-    );
-
-    let ep_connect_failed = counter_family(
-        &mut reg,
-        "sluice_endpoint_connect_failures",
-        "Connect attempts to this endpoint that failed (refused, timed out, unreachable)",
-    );
-    let ep_up = gauge_family(
-        &mut reg,
-        "sluice_endpoint_up",
-        "1 while health checks (and operators) let the endpoint take connections, 0 while it is down",
-    );
-    let ep_transitions = counter_family(
-        &mut reg,
-        "sluice_endpoint_health_transitions",
-        "Endpoint health changes, by the state entered",
-    );
-
-    for (_, s) in snapshot.services() {
-        let k = &s.port.key;
-        let labels: Labels = vec![
-            ("namespace", k.service.namespace.clone()),
-            ("service", k.service.name.clone()),
-            ("port_name", k.port_name.clone()),
-            ("protocol", k.protocol.to_string()),
-            ("node_port", s.port.node_port.to_string()),
-        ];
-        let t = s.stats.totals();
-        svc_conns.get_or_create(&labels).inc_by(t.opened);
-        svc_failed.get_or_create(&labels).inc_by(t.failed);
-        svc_retries.get_or_create(&labels).inc_by(t.retries);
-        svc_active.get_or_create(&labels).set(t.active() as i64);
-        with(&labels, "direction", "to_backend", |l| {
-            svc_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
-        });
-        with(&labels, "direction", "to_client", |l| {
-            svc_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
-        });
-        svc_usable.get_or_create(&labels).set(
-            s.endpoints()
-                .iter()
-                .filter(|e| e.routing_weight > 0)
-                .count() as i64,
-        );
-        for e in s.endpoints() {
-            let mut l = labels.clone();
-            l.push(("endpoint", e.endpoint.addr.to_string()));
-            let t = e.stats.totals();
-            ep_conns.get_or_create(&l).inc_by(t.opened);
-            ep_failed.get_or_create(&l).inc_by(t.failed);
-            ep_retries.get_or_create(&l).inc_by(t.retries);
-            ep_active.get_or_create(&l).set(t.active() as i64);
-            ep_weight.get_or_create(&l).set(i64::from(e.routing_weight));
-            ep_connect_failed.get_or_create(&l).inc_by(t.connect_failed);
-            ep_up.get_or_create(&l).set(i64::from(e.endpoint.healthy));
-            let r = sources
-                .endpoint_health
-                .report(k, e.endpoint.addr)
-                .unwrap_or_default();
-            with(&l, "to", "down", |l| {
-                ep_transitions.get_or_create(&l).inc_by(r.downs);
-            });
-            with(&l, "to", "up", |l| {
-                ep_transitions.get_or_create(&l).inc_by(r.ups);
-            });
-            with(&l, "direction", "to_backend", |l| {
-                ep_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
-            });
-            with(&l, "direction", "to_client", |l| {
-                ep_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
-            });
-        }
-    }
-
-    let w_iter = counter_family(
-        &mut reg,
-        "sluice_worker_loop_iterations",
-        "Event-loop iterations per worker",
-    );
-    let w_compl = counter_family(
-        &mut reg,
-        "sluice_worker_completions",
-        "Completions handled per worker",
-    );
-    let w_accepted = counter_family(
-        &mut reg,
-        "sluice_worker_accepted",
-        "Client connections accepted per worker",
-    );
-    let w_active = gauge_family(
-        &mut reg,
-        "sluice_worker_connections_active",
-        "Client connections held per worker",
-    );
-    let w_accepting = gauge_family(
-        &mut reg,
-        "sluice_worker_accepting",
-        "1 while the worker accepts new connections",
-    );
-    let w_beat = gauge_family(
-        &mut reg,
-        "sluice_worker_heartbeat",
-        "Heartbeat counter per worker (advances while its loop runs)",
-    );
-    let beats = sources.monitor.heartbeats();
-    for (i, w) in sources.monitor.worker_stats().iter().enumerate() {
-        let l: Labels = vec![("worker", i.to_string())];
-        w_iter.get_or_create(&l).inc_by(w.iterations);
-        w_compl.get_or_create(&l).inc_by(w.completions);
-        w_accepted.get_or_create(&l).inc_by(w.accepted);
-        w_active.get_or_create(&l).set(w.active as i64);
-        w_accepting.get_or_create(&l).set(i64::from(w.accepting));
-        w_beat
-            .get_or_create(&l)
-            .set(beats.get(i).copied().unwrap_or(0) as i64);
-    }
+    dataplane::register_services(&mut reg, &snapshot, &sources.endpoint_health);
+    dataplane::register_workers(&mut reg, &sources.monitor);
 
     let h = lock(&sources.health).clone();
     let reloads = counter_family(&mut reg, "sluice_reloads", "Reload attempts by result");
@@ -354,6 +196,11 @@ pub fn render(sources: &Sources) -> String {
         "Unix time of the last reload attempt (0 before any)",
     );
     last_at.set(h.last_reload_at.map_or(0.0, unix_seconds));
+    reg.register(
+        "sluice_sync_proxy_rules_duration_seconds",
+        "Time to apply a change to routing (a reload or a republish after health or operator changes), failed ones included; comparable to kube-proxy's kubeproxy_sync_proxy_rules_duration_seconds (same buckets)",
+        h.sync_durations.clone(),
+    );
     let generation = Gauge::<i64>::default();
     reg.register(
         "sluice_snapshot_generation",
@@ -376,9 +223,14 @@ pub fn render(sources: &Sources) -> String {
         render_source(&mut reg, source);
     }
 
+    process::ProcessStats::read().register(&mut reg);
+
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding into a String cannot fail");
-    out
+    match format {
+        Format::OpenMetrics => out,
+        Format::PrometheusText => format::to_prometheus_text(&out),
+    }
 }
 
 fn render_source(reg: &mut Registry, m: &SourceMetrics) {
@@ -432,7 +284,7 @@ fn render_source(reg: &mut Registry, m: &SourceMetrics) {
     }
 }
 
-fn with(labels: &Labels, k: &'static str, v: &str, f: impl FnOnce(Labels)) {
+pub(super) fn with(labels: &Labels, k: &'static str, v: &str, f: impl FnOnce(Labels)) {
     let mut l = labels.clone();
     l.push((k, v.to_owned()));
     f(l)

@@ -184,10 +184,15 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
+    let started = Instant::now();
     let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
     let publisher = Publisher::new(snapshot);
-    // The first sync: everything the source held is applied.
-    lock_shared(&health).updated(SystemTime::now(), true);
+    {
+        // The first sync: everything the source held is applied.
+        let mut h = lock_shared(&health);
+        h.updated(SystemTime::now(), true);
+        h.sync_durations.observe(started.elapsed().as_secs_f64());
+    }
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
     let monitor = plane.monitor();
@@ -629,6 +634,7 @@ impl Daemon {
     /// Builds and publishes a snapshot of the current model with the current overrides
     /// (no listener changes: the NodePorts are the same).
     fn republish(&mut self) {
+        let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
         let next =
@@ -643,6 +649,9 @@ impl Daemon {
             h.updated(SystemTime::now(), false);
         }
         self.after_publish();
+        self.lock_health()
+            .sync_durations
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
@@ -654,6 +663,7 @@ impl Daemon {
     fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
+        let started = Instant::now();
         let result = self.try_reload(reread);
         self.reloads += 1;
         let outcome = match result {
@@ -685,6 +695,7 @@ impl Daemon {
             h.last_reload_ok = outcome.ok;
             h.last_reload_at = Some(at);
             h.generation = self.generation;
+            h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
         self.last_reload = Some(outcome.clone());
         let summary = if outcome.ok {

@@ -12,6 +12,7 @@
 mod backends;
 pub mod fake_api;
 pub mod peers;
+pub mod scrape;
 #[allow(unused_imports)]
 pub use backends::*;
 

@@ -82,6 +82,8 @@ impl<D: Driver> Worker<D> {
             connect_in_flight: false,
             parked_since: None,
             held_since: None,
+            opened_at: self.now,
+            connect_started: self.now,
             listener: key,
             watching: false,
             tried,
