@@ -102,9 +102,15 @@ pub(super) fn register_services(
             ("protocol", k.protocol.to_string()),
             ("node_port", s.port.node_port.to_string()),
         ];
+        // Like a client library's labelled histogram, a series exists from its first
+        // observation: idle Services (most, in a large cluster) cost no bucket lines.
         if let Some((c, d)) = s.stats.histogram_totals() {
-            connect_latency.push(labels.clone(), c);
-            duration.push(labels.clone(), d);
+            if c.count() > 0 {
+                connect_latency.push(labels.clone(), c);
+            }
+            if d.count() > 0 {
+                duration.push(labels.clone(), d);
+            }
         }
         let t = s.stats.totals();
         svc_conns.get_or_create(&labels).inc_by(t.opened);
