@@ -167,6 +167,8 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "listen_addresses",
     "node_port_range",
     "max_connections_per_worker",
+    "max_held_per_worker",
+    "max_held_per_service",
     "relay",
     "driver",
     "backlog",

@@ -49,8 +49,12 @@ pub(super) fn render(model: &Model) -> String {
     let _ = writeln!(
         out,
         "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
-         max connections per worker: {}   backlog: {}",
-        s.node_port_range, s.max_connections_per_worker, s.backlog
+         max connections per worker: {} (held: {}, per Service: {})   backlog: {}",
+        s.node_port_range,
+        s.max_connections_per_worker,
+        s.max_held_per_worker,
+        s.max_held_per_service,
+        s.backlog
     );
     let _ = writeln!(out, "service defaults: {}", tunables(&s.defaults));
 

@@ -317,6 +317,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     ));
     jobs.close();
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
+    let aborter = plane.aborter();
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
     loop {
         tokio::select! {
@@ -328,8 +329,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 return Ok(());
             }
-            _ = sigterm.recv() => second_signal(),
-            _ = sigint.recv() => second_signal(),
+            _ = sigterm.recv() => second_signal(&aborter),
+            _ = sigint.recv() => second_signal(&aborter),
             // The drain is bounded by `drain_timeout`: keep the watchdog fed meanwhile.
             _ = ticker.tick() => {
                 if daemon.notifier.watchdog_interval().is_some() {
@@ -340,8 +341,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     }
 }
 
-fn second_signal() -> ! {
-    tracing::warn!("second signal: exiting at once");
+/// Exit at once, but first have the workers reset every connection (an exit would close
+/// them with a FIN, and a cut download would look complete to its client).
+fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
+    tracing::warn!("second signal: resetting every connection and exiting at once");
+    aborter.abort(Duration::from_secs(2));
     std::process::exit(1)
 }
 
@@ -934,6 +938,8 @@ fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<Stri
     keep!(
         pin_workers => "pin_workers",
         max_connections_per_worker => "max_connections_per_worker",
+        max_held_per_worker => "max_held_per_worker",
+        max_held_per_service => "max_held_per_service",
         relay => "relay",
         driver => "driver",
         control => "control_socket*",

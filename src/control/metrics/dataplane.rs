@@ -33,6 +33,11 @@ pub(super) fn register_services(
         "sluice_service_connect_retries",
         "Connect attempts retried on another endpoint",
     );
+    let svc_holds_refused = counter_family(
+        reg,
+        "sluice_service_holds_refused",
+        "Clients reset at once because a hold budget (max_held_per_service, max_held_per_worker) was spent",
+    );
     let svc_bytes = counter_family(reg, "sluice_service_bytes", "Bytes relayed, by direction");
     let svc_active = gauge_family(
         reg,
@@ -116,6 +121,9 @@ pub(super) fn register_services(
         svc_conns.get_or_create(&labels).inc_by(t.opened);
         svc_failed.get_or_create(&labels).inc_by(t.failed);
         svc_retries.get_or_create(&labels).inc_by(t.retries);
+        svc_holds_refused
+            .get_or_create(&labels)
+            .inc_by(t.holds_refused);
         svc_active.get_or_create(&labels).set(t.active() as i64);
         with(&labels, "direction", "to_backend", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);
