@@ -12,6 +12,7 @@
 //! - [`demo`]: the built-in demo pods and Service (http).
 //! - [`http`]: sluice's own HTTP/1.1 servers on hyper: bounded connections, header-read
 //!   timeout, keep-alive (leaf: hyper, tokio).
+//! - [`logging`]: the daemon's log format (text or JSON, journald-aware) and filter.
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
 //! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
@@ -22,6 +23,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod model;
 pub mod proxy_protocol;
 pub mod publish;

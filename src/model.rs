@@ -460,6 +460,21 @@ impl Default for Conditions {
     }
 }
 
+/// In words, for `ctl endpoints`, `check` and reload reports: `ready`, `ready, terminating`,
+/// `terminating, serving`, `terminating`, `not ready, serving` or `not ready`.
+impl std::fmt::Display for Conditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.ready, self.serving, self.terminating) {
+            (true, _, false) => "ready",
+            (true, _, true) => "ready, terminating",
+            (false, true, true) => "terminating, serving",
+            (false, false, true) => "terminating",
+            (false, true, false) => "not ready, serving",
+            (false, false, false) => "not ready",
+        })
+    }
+}
+
 /// Default endpoint weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
 

@@ -18,6 +18,7 @@
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
+mod changes;
 pub mod client;
 mod hcnp;
 pub mod health;
@@ -736,7 +737,7 @@ impl Daemon {
         plane.commit(plan);
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
         phases.lap("commit");
-        let changes = diff(&self.model, &next);
+        let changes = changes::diff(&self.model, &next);
         phases.lap("diff");
         self.model = next;
         self.overrides = overrides;
@@ -978,78 +979,6 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
-}
-
-/// One line per change between two models, for the reload report.
-fn diff(old: &Model, new: &Model) -> Vec<String> {
-    let mut out = Vec::new();
-    // By key: with 10,000 Services (a watched cluster) a scan per Service is seconds.
-    let old_by_key: std::collections::HashMap<_, _> =
-        old.services.iter().map(|o| (&o.key, o)).collect();
-    let new_keys: std::collections::HashSet<_> = new.services.iter().map(|n| &n.key).collect();
-    for n in &new.services {
-        match old_by_key.get(&n.key).copied() {
-            None => out.push(format!(
-                "+ service {} on {}/{} ({} endpoints)",
-                n.key,
-                n.node_port,
-                n.key.protocol,
-                n.endpoints.len()
-            )),
-            Some(o) => {
-                if o.node_port != n.node_port {
-                    out.push(format!(
-                        "~ service {}: NodePort {} → {}",
-                        n.key, o.node_port, n.node_port
-                    ));
-                }
-                for e in &n.endpoints {
-                    match o.endpoints.iter().find(|x| x.addr == e.addr) {
-                        None => out.push(format!("+ endpoint {} {}", n.key, e.addr)),
-                        Some(x) if x.weight != e.weight => out.push(format!(
-                            "~ endpoint {} {}: weight {} → {}",
-                            n.key, e.addr, x.weight, e.weight
-                        )),
-                        Some(x) if x.conditions != e.conditions || x.local != e.local => {
-                            out.push(format!(
-                                "~ endpoint {} {}: {:?} → {:?}{}",
-                                n.key,
-                                e.addr,
-                                x.conditions,
-                                e.conditions,
-                                if e.local { " (local)" } else { "" }
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for e in &o.endpoints {
-                    if !n.endpoints.iter().any(|x| x.addr == e.addr) {
-                        out.push(format!("- endpoint {} {}", n.key, e.addr));
-                    }
-                }
-                if o.policy != n.policy
-                    || o.timeouts != n.timeouts
-                    || o.connect_retries != n.connect_retries
-                    || o.forwarding != n.forwarding
-                    || o.maglev_table_size != n.maglev_table_size
-                    || o.traffic_policy != n.traffic_policy
-                    || o.health != n.health
-                {
-                    out.push(format!("~ service {}: settings changed", n.key));
-                }
-            }
-        }
-    }
-    for o in &old.services {
-        if !new_keys.contains(&o.key) {
-            out.push(format!(
-                "- service {} (was on {}/{})",
-                o.key, o.node_port, o.key.protocol
-            ));
-        }
-    }
-    out
 }
 
 /// Warn when `net.ipv4.tcp_migrate_req` is 0 in this network namespace: then connections
