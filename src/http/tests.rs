@@ -201,3 +201,38 @@ fn wait_until(mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A large answer read slowly is not cut by the header-read timeout of the next request.
+#[test]
+fn a_slow_reader_gets_a_large_answer_whole() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..Limits::DEFAULT
+    };
+    let big: Handler = Arc::new(|_req: &Request<Incoming>| {
+        response(200, &[("Content-Type", "text/plain")], vec![b'x'; 32 << 20])
+    });
+    let server = TestServer::start(
+        Options {
+            limits,
+            date_header: true,
+        },
+        big,
+    );
+    let mut s = connect(server.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < (32 << 20) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got} bytes, {:?}", t.elapsed());
+        got += n;
+        // The slow client's pace (not a wait for a condition): about 2.5 s for the whole
+        // answer, most of it beyond what the kernel's socket buffers hold, so hyper is
+        // still writing long after the 300 ms timeout.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
