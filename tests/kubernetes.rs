@@ -381,6 +381,14 @@ fn grafana_dashboard_queries_only_exported_metrics() {
     let node = node_addr(p);
     n.sluice.wait_ready_name(node);
     ask_name(node).unwrap();
+    // Closed and counted: the duration histogram's series exists from its first observation.
+    let m = n.metrics;
+    n.sluice
+        .wait_until("the connection's duration observed", || {
+            scrape(m, None)
+                .1
+                .contains("sluice_service_connection_duration_seconds_count{")
+        });
     let (_, body) = scrape(n.metrics, None);
     let exported = sample_names(&body);
     let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();

@@ -228,8 +228,16 @@ fn python_parse(format: &str, body: &str) -> Option<Vec<String>> {
 /// carry the same samples, and each passes its format's parser.
 #[test]
 fn accept_header_chooses_the_format() {
-    let n = start();
+    let mut n = start();
     ask_name(n.node).unwrap();
+    // Closed and counted: the duration histogram's series exists from here on.
+    let m = n.metrics;
+    n.sluice
+        .wait_until("the connections' durations observed", || {
+            let (_, body) = scrape(m, None);
+            sample(&body, "sluice_service_connections_active{") == Some(0.0)
+                && sample(&body, "sluice_service_connection_duration_seconds_count{").is_some()
+        });
     let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let (om_type, om) = scrape(n.metrics, Some(prometheus));
     assert_eq!(
