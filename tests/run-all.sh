@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
 # iperf3 and nftables in network namespaces. The package and image checks (below) use
 # dpkg-dev (dpkg-shlibdeps for the package's dependencies), binutils, podman and runc.
+# tests/metrics.rs parses /metrics with the Prometheus Python client.
 PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3
-          dpkg-dev binutils podman runc)
+          dpkg-dev binutils podman runc python3-prometheus-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,7 @@ mod changes;
 pub mod client;
 mod hcnp;
 pub mod health;
+mod healthz;
 mod metrics;
 mod node;
 mod notify;
@@ -129,6 +130,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sighup = signal(SignalKind::hangup())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let health = Arc::new(Mutex::new(healthz::Health::new(1)));
     let mut source = options.config;
     let mut source_metrics = None;
     let mut model = match &mut source {
@@ -141,7 +143,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         ConfigSource::Kubernetes(k) => {
             let tx = events_tx.clone();
+            let queued = Arc::clone(&health);
             k.start(move |since| {
+                // kube-proxy's QueuedUpdate: /healthz turns unhealthy if it stays unapplied.
+                lock_shared(&queued).queued(since);
                 let _ = tx.send(Event::SourceChanged { since });
             })
             .await?;
@@ -185,13 +190,21 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
         Vec::new()
     });
+    let started = Instant::now();
     let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
         .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
+    {
+        // The first sync: everything the source held is applied.
+        let mut h = lock_shared(&health);
+        h.updated(SystemTime::now(), true);
+        h.sync_durations.observe(started.elapsed().as_secs_f64());
+    }
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
     let monitor = plane.monitor();
-    let health = Arc::new(Mutex::new(metrics::Health::new(1)));
+    lock_shared(&health).families =
+        healthz::families_of(&crate::dataplane::listen_addresses(&settings.listen));
 
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
@@ -382,6 +395,10 @@ async fn bind_http(
 
 use crate::dataplane::node_ports;
 
+fn lock_shared(h: &healthz::SharedHealth) -> std::sync::MutexGuard<'_, healthz::Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Everything the control thread owns.
 struct Daemon {
     source: ConfigSource,
@@ -395,7 +412,7 @@ struct Daemon {
     started: Instant,
     reloads: u64,
     last_reload: Option<ReloadOutcome>,
-    health: metrics::SharedHealth,
+    health: healthz::SharedHealth,
     notifier: notify::Notifier,
     log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -418,8 +435,8 @@ impl Daemon {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, metrics::Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::Health> {
+        lock_shared(&self.health)
     }
 
     fn summary(&self) -> String {
@@ -645,6 +662,7 @@ impl Daemon {
     /// Builds and publishes a snapshot of the current model with the current overrides
     /// (no listener changes: the NodePorts are the same).
     fn republish(&mut self) {
+        let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
         let next =
@@ -655,9 +673,13 @@ impl Daemon {
         {
             let mut h = self.lock_health();
             h.generation = self.generation;
-            h.last_updated = SystemTime::now();
+            // Published from the model held: a pending source change is still pending.
+            h.updated(SystemTime::now(), false);
         }
         self.after_publish();
+        self.lock_health()
+            .sync_durations
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
@@ -669,6 +691,7 @@ impl Daemon {
     fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
+        let started = Instant::now();
         let result = self.try_reload(reread);
         self.reloads += 1;
         let outcome = match result {
@@ -693,13 +716,14 @@ impl Daemon {
             let mut h = self.lock_health();
             if outcome.ok {
                 h.reloads_ok += 1;
-                h.last_updated = SystemTime::now();
+                h.updated(SystemTime::now(), true);
             } else {
                 h.reloads_failed += 1;
             }
             h.last_reload_ok = outcome.ok;
             h.last_reload_at = Some(at);
             h.generation = self.generation;
+            h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
         self.last_reload = Some(outcome.clone());
         let summary = if outcome.ok {

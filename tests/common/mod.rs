@@ -13,6 +13,7 @@ mod backends;
 pub mod fake_api;
 pub mod kube;
 pub mod peers;
+pub mod scrape;
 #[allow(unused_imports)]
 pub use backends::*;
 

@@ -259,6 +259,8 @@ impl<D: Driver> Worker<D> {
             connect_in_flight: false,
             parked_since: None,
             held_since: None,
+            opened_at: self.now,
+            connect_started: self.now,
             held: false,
             listener: key,
             watching: false,

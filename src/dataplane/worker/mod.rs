@@ -155,6 +155,10 @@ struct Live {
     parked_since: Option<Instant>,
     /// Since when this connection waits for its Service to have a usable endpoint.
     held_since: Option<Instant>,
+    /// When the client connection was accepted (the Service's duration histogram).
+    opened_at: Instant,
+    /// When the last backend connect was started (the connect-latency histogram).
+    connect_started: Instant,
     /// Counted in the hold budgets (waiting for an endpoint, or for a free slot after one
     /// appeared).
     held: bool,
@@ -585,6 +589,12 @@ impl<D: Driver> Worker<D> {
         let entry = self.service_of(live.pin, live.service);
         let sc = entry.stats.worker(worker);
         sc.closed.add(1);
+        if let Some(h) = entry.stats.histograms(worker) {
+            h.duration.observe(
+                &crate::stats::DURATION_BOUNDS_NS,
+                self.now.saturating_duration_since(live.opened_at),
+            );
+        }
         if reason.is_failure() {
             sc.failed.add(1);
         }
