@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::control::protocol::{EndpointAction, Request};
 use sluice::control::{self, ConfigSource, LogFilterSetter};
-use sluice::model::DEFAULT_CONTROL_SOCKET;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::prelude::*;
@@ -74,12 +73,20 @@ enum Command {
         workers: Option<usize>,
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
+        /// Control socket to serve (default: the one `sluice ctl` finds by itself,
+        /// /run/sluice/control.sock for root, $XDG_RUNTIME_DIR/sluice/control.sock otherwise).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Talk to a running daemon through its control socket.
     Ctl {
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/sluice/control.sock for a
+        /// user other than root when it exists, else /run/sluice/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long to wait for the daemon's answer (connect, send, answer), e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        timeout: std::time::Duration,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -265,16 +272,26 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        // Until the control plane handles SIGHUP ("reload"), its default action would end
+        // the process: a reload asked for during start-up must not.
+        if let Err(e) = sluice::dataplane::sys::ignore_hangup() {
+            eprintln!("sluice: cannot ignore SIGHUP during start-up: {e}");
+        }
+    }
     if let Command::Ctl {
         socket,
+        timeout,
         output,
         command,
     } = cli.command
     {
+        let socket = socket.unwrap_or_else(control::client::default_socket);
         return ExitCode::from(control::client::run(
             &socket,
             output == Output::Json,
             &command.request(),
+            timeout,
         ));
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -288,6 +305,11 @@ fn main() -> ExitCode {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        "sluice starting"
+    );
     let log_filter: LogFilterSetter = Box::new(move |level: &str| {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
@@ -341,6 +363,7 @@ fn main() -> ExitCode {
                 workers,
                 driver: driver.map(Into::into),
                 log_filter: Some(log_filter),
+                on_ready: None,
             })
             .map_err(Into::into)
         }
@@ -369,6 +392,7 @@ fn main() -> ExitCode {
                 workers,
                 driver: driver.map(Into::into),
                 log_filter: Some(log_filter),
+                on_ready: None,
             }) {
                 Ok(()) => Ok(()),
                 Err(control::ControlError::Config(e)) => {
@@ -378,7 +402,11 @@ fn main() -> ExitCode {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Demo { workers, driver } => demo(workers, driver, log_filter),
+        Command::Demo {
+            workers,
+            driver,
+            socket,
+        } => demo(workers, driver, socket, log_filter),
         Command::TproxyRules { config, manifests } => match load_model(&config, &manifests, true) {
             Ok(model) => {
                 print!("{}", sluice::tproxy::rules(&model));
@@ -402,6 +430,7 @@ fn main() -> ExitCode {
 fn demo(
     workers: Option<usize>,
     driver: Option<DriverArg>,
+    socket: Option<PathBuf>,
     log_filter: LogFilterSetter,
 ) -> anyhow::Result<()> {
     let pods: Vec<(String, std::net::SocketAddr)> = sluice::demo::DEMO_POD_ADDRS
@@ -415,6 +444,7 @@ fn demo(
     if let Some(d) = driver {
         model.settings.driver = d.into();
     }
+    model.settings.control.socket = socket;
     println!(
         "demo pods: {}",
         pods.iter()
@@ -428,6 +458,15 @@ fn demo(
         workers: None,
         driver: None,
         log_filter: Some(log_filter),
+        on_ready: Some(Box::new(|socket| {
+            let Some(socket) = socket else { return };
+            let ctl = if socket == control::client::default_socket() {
+                "sluice ctl".to_owned()
+            } else {
+                format!("sluice ctl --socket {}", socket.display())
+            };
+            println!("inspect it with:  {ctl} services   (or: status, endpoints, stats)");
+        })),
     })?;
     Ok(())
 }
