@@ -1176,3 +1176,66 @@ fn check_tcp_migrate_req() {
         Err(e) => tracing::debug!(error = %e, "cannot read {PATH}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What anyhow's `{:#}` (and any chain-walking logger) prints: the message, then each
+    /// source's, joined by ": ".
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn every_error_names_its_cause_once() {
+        let in_use = || std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cause = in_use().to_string();
+        let addr: std::net::SocketAddr = "127.0.0.1:30000".parse().unwrap();
+        let errors: Vec<ControlError> = vec![
+            StartError::Listen {
+                addr,
+                node_port: 30000,
+                protocol: crate::model::Protocol::Tcp,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Worker {
+                index: 0,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Uring(in_use()).into(),
+            socket::SocketError::Io {
+                path: "/run/sluice/control.sock".into(),
+                cause: in_use(),
+            }
+            .into(),
+            ControlError::Http {
+                what: "metrics_address",
+                addr,
+                cause: in_use(),
+            },
+            in_use().into(),
+            std::io::Error::other(in_use()).into(),
+        ];
+        for e in &errors {
+            let shown = chain(e);
+            assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
+            assert_eq!(shown, e.to_string(), "Display alone says it all");
+        }
+        let config = ControlError::from(crate::watch::WatchError::Settings(ConfigError {
+            origin: "node.toml".into(),
+            line: 1,
+            column: 2,
+            message: "bad".into(),
+        }));
+        assert_eq!(chain(&config), "node.toml:1:2: bad");
+    }
+}

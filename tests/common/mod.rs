@@ -162,6 +162,8 @@ pub struct Launch {
     pub block_io_uring: bool,
     /// Do not add `--driver $SLUICE_TEST_DRIVER` (tests that choose the driver themselves).
     pub own_driver: bool,
+    /// Run as this uid (and the gid of the same number); needs root.
+    pub uid: Option<u32>,
 }
 
 /// The driver the suite runs under: `SLUICE_TEST_DRIVER` (`uring`, `epoll`, `auto`), or the
@@ -230,6 +232,9 @@ impl Sluice {
         }
         for (k, v) in &launch.env {
             cmd.env(k, v);
+        }
+        if let Some(uid) = launch.uid {
+            cmd.uid(uid).gid(uid);
         }
         let nofile = launch.nofile;
         let block_io_uring = launch.block_io_uring;
