@@ -398,17 +398,52 @@ fn a_second_instance_on_the_same_node_port_refuses_naming_the_first() {
 // ---------------------------------------------------------------------------------------
 
 /// SIGHUP from the first log line on (a `systemctl reload` racing the start) does not end
-/// sluice: it starts and serves.
+/// sluice: it starts and serves. Start-up is made long on purpose (manifests with 8 MB of
+/// ConfigMaps to parse) so that the signals land in it.
 #[test]
 fn sighup_during_start_up_does_not_end_sluice() {
     let a = NameServer::start("127.0.0.2", "a");
     let port = free_port();
-    let dir = TempDir::new("hup");
-    let mut s = Sluice::run(&config(dir.path(), port, "", &[ep(a.addr)]));
-    wait_for("sluice's first log line", SOON, || {
-        s.stderr().contains("sluice starting").then_some(())
-    });
-    let sock = dir.path().join("ctl.sock");
+    let settings = TempDir::new("hup-settings");
+    let sock = settings.path().join("ctl.sock");
+    let toml = settings.write(
+        "node.toml",
+        &format!(
+            "listen_addresses = [\"127.0.0.1\"]\nworkers = 1\nnode_port_range = \"{port}-{port}\"\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    );
+    let manifests = TempDir::new("hup-manifests");
+    manifests.write(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: itest}}\nspec:\n  type: NodePort\n  ports:\n  - {{name: http, port: 80, targetPort: {pod}, nodePort: {port}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: itest, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: {pod}}}]\nendpoints: [{{addresses: [\"127.0.0.2\"], conditions: {{ready: true}}}}]\n",
+            pod = a.addr.port()
+        ),
+    );
+    let filler = "x".repeat(1000);
+    let mut big = String::new();
+    for i in 0..8000 {
+        big += &format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\ndata: {{k: \"{filler}\"}}\n");
+    }
+    manifests.write("big.yaml", &big);
+    let mut s = Sluice::spawn(
+        &[
+            "run",
+            "--manifests",
+            manifests.path().to_str().unwrap(),
+            "--config",
+            toml.to_str().unwrap(),
+        ],
+        Launch::default(),
+    );
+    // As soon as main has started (a tight poll: the window is what is tested).
+    let started = std::time::Instant::now();
+    while !s.stderr().contains("sluice starting") {
+        s.assert_alive();
+        assert!(started.elapsed() < SOON, "no start-up log line");
+        std::thread::yield_now();
+    }
     let mut sent = 0u32;
     // Bounded: until the control socket answers, at most 100,000 signals.
     for _ in 0..100_000 {
@@ -421,7 +456,7 @@ fn sighup_during_start_up_does_not_end_sluice() {
         std::thread::yield_now();
     }
     s.wait_ready_name(node_addr(port));
-    assert!(sent > 0);
+    assert!(sent > 1, "the signals were sent during start-up: {sent}");
     s.assert_alive();
 }
 
