@@ -10,8 +10,10 @@
 //! How: the listening TCP sockets of this network namespace are in `/proc/self/net/tcp` and
 //! `tcp6` (with uid and socket inode). One on a port we are about to serve, on an
 //! overlapping address (the same, or a wildcard on either side), whose inode is not one of
-//! this process's fds (`/proc/self/fd`), belongs to someone else; its holder is the process
-//! with that inode among its fds. The check runs before listeners are opened, so no
+//! this process's fds (`/proc/self/fd`) but is among another process's, belongs to that
+//! process. (A listener no process holds is on its way out: closed, but still referenced by
+//! an io_uring accept being cancelled, ours after a reload or that of a process that just
+//! ended; it does not count.) The check runs before listeners are opened, so no
 //! connection ever reaches a second instance, and once more right after start: two
 //! instances started at the same moment see each other there, and both stop.
 //!
@@ -101,6 +103,16 @@ pub fn check(wanted: &[SocketAddr]) -> Result<(), PortTaken> {
     }
     let own = own_socket_inodes();
     candidates.retain(|l| !own.contains(&l.inode));
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A listener no process holds as an fd is on its way out: closed by its owner but still
+    // referenced by an io_uring accept being cancelled (ours, after a reload removed the
+    // NodePort), or by the ring of a process that just ended. Only processes this user
+    // cannot see (another uid, for a user other than root) leave that open: those count.
+    let holders = holders(candidates.iter().map(|l| l.inode).collect());
+    let me = crate::dataplane::sys::effective_uid();
+    candidates.retain(|l| holders.contains_key(&l.inode) || (me != 0 && l.uid != me));
     let Some(first) = candidates.first() else {
         return Ok(());
     };
@@ -115,7 +127,7 @@ pub fn check(wanted: &[SocketAddr]) -> Result<(), PortTaken> {
     Err(PortTaken {
         port: first.addr.port(),
         addr: first.addr,
-        holder: holder(first),
+        holder: describe(first, holders.get(&first.inode).map(String::as_str)),
         more,
     })
 }
@@ -228,34 +240,49 @@ fn own_socket_inodes() -> HashSet<u64> {
     socket_inodes("self").collect()
 }
 
-/// Names the process holding `l`: `pid 1234 (sluice run --config …)`, or its uid when this
-/// user cannot see its fds.
-fn holder(l: &Listening) -> String {
+/// The pid of the process holding each of `inodes` that some process this user can see
+/// holds (one pass over /proc; this process excluded).
+fn holders(mut inodes: HashSet<u64>) -> HashMap<u64, String> {
     let me = std::process::id().to_string();
+    let mut found = HashMap::new();
     let pids = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && *n != me);
     for pid in pids {
-        if socket_inodes(&pid).any(|i| i == l.inode) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let words: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .filter(|w| !w.is_empty())
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect();
-            let mut command = words.join(" ");
-            if command.chars().count() > 200 {
-                command = command.chars().take(200).collect::<String>() + "…";
+        for inode in socket_inodes(&pid) {
+            if inodes.remove(&inode) {
+                found.insert(inode, pid.clone());
             }
-            return format!("pid {pid} ({command}), uid {}", l.uid);
+        }
+        if inodes.is_empty() {
+            break;
         }
     }
-    format!(
-        "a process of uid {} that this user cannot see (socket inode {})",
-        l.uid, l.inode
-    )
+    found
+}
+
+/// Names the holder of `l`: `pid 1234 (sluice run --config …), uid 0`, or its uid when this
+/// user cannot see it.
+fn describe(l: &Listening, pid: Option<&str>) -> String {
+    let Some(pid) = pid else {
+        return format!(
+            "a process of uid {} that this user cannot see (socket inode {})",
+            l.uid, l.inode
+        );
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    let mut command = words.join(" ");
+    if command.chars().count() > 200 {
+        command = command.chars().take(200).collect::<String>() + "…";
+    }
+    format!("pid {pid} ({command}), uid {}", l.uid)
 }
 
 #[cfg(test)]
