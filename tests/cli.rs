@@ -121,7 +121,10 @@ fn demo_scenario() {
     }
     let dir = TempDir::new("demo");
     let sock = dir.path().join("ctl.sock");
-    let mut demo = Sluice::spawn(&["demo", "--socket", sock.to_str().unwrap()], Launch::default());
+    let mut demo = Sluice::spawn(
+        &["demo", "--socket", sock.to_str().unwrap()],
+        Launch::default(),
+    );
     let node: SocketAddr = "127.0.0.1:30000".parse().unwrap();
     let ask = move || -> std::io::Result<String> {
         let mut s = connect(node)?;

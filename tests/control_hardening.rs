@@ -256,10 +256,7 @@ fn a_fifo_or_endless_file_as_config_fails_the_reload_and_nothing_hangs() {
     let r = request(&mut s, "{\"version\":1,\"command\":\"reload\"}\n")
         .expect("the reload is answered");
     assert_eq!(kind(&r), "reload-failed", "{r}");
-    assert!(
-        r.contains(&format!("{}: is a FIFO", path.display())),
-        "{r}"
-    );
+    assert!(r.contains(&format!("{}: is a FIFO", path.display())), "{r}");
     assert_eq!(kind(&request(&mut s, STATUS).unwrap()), "ok");
     assert_eq!(ask_name(node_addr(port)).unwrap(), "a");
 
@@ -287,7 +284,11 @@ fn a_fifo_or_endless_file_as_config_fails_the_reload_and_nothing_hangs() {
         Launch::default(),
     );
     assert_eq!(check.wait_exit(SOON).code(), Some(1));
-    assert!(check.stderr().contains("larger than 64 MiB"), "{}", check.stderr());
+    assert!(
+        check.stderr().contains("larger than 64 MiB"),
+        "{}",
+        check.stderr()
+    );
 
     // Back to the good file: reloads work; still serving the whole time.
     std::fs::remove_file(&path).unwrap();
@@ -318,7 +319,8 @@ fn run_and_check_refuse_a_fifo_at_once() {
         let status = s.wait_exit(SOON);
         assert_eq!(status.code(), Some(1), "{args:?}: {}", s.stderr());
         assert!(
-            s.stderr().contains(&format!("{}: is a FIFO", path.display())),
+            s.stderr()
+                .contains(&format!("{}: is a FIFO", path.display())),
             "{args:?}: {}",
             s.stderr()
         );
@@ -367,16 +369,14 @@ fn a_second_instance_on_the_same_node_port_refuses_naming_the_first() {
     let mut third = start(other_port, "", &[ep(b.addr)]);
     third.sluice.wait_ready_name(node_addr(other_port));
     let path = first.sluice.config_path.clone().unwrap();
-    let both = config(first.dir.path(), port, "", &[ep(a.addr)])
-        .replace(
-            &format!("node_port_range = \"{port}-{port}\""),
-            &format!(
-                "node_port_range = \"{}-{}\"",
-                port.min(other_port),
-                port.max(other_port)
-            ),
-        )
-        + &service_toml("other", other_port, &[ep(a.addr)], "");
+    let both = config(first.dir.path(), port, "", &[ep(a.addr)]).replace(
+        &format!("node_port_range = \"{port}-{port}\""),
+        &format!(
+            "node_port_range = \"{}-{}\"",
+            port.min(other_port),
+            port.max(other_port)
+        ),
+    ) + &service_toml("other", other_port, &[ep(a.addr)], "");
     std::fs::write(&path, both).unwrap();
     let out = ctl(&first.sock, &["reload"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -488,7 +488,8 @@ endpoints:
 
     #[test]
     fn a_fifo_among_the_manifests_is_an_error_not_a_hang() {
-        let dir = std::env::temp_dir().join(format!("sluice-manifests-fifo-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sluice-manifests-fifo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.yaml"), SLICE).unwrap();

@@ -74,7 +74,10 @@ pub fn read_file(path: &Path, limit: u64) -> Result<String, ConfigError> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| fail(e.to_string()))?;
-    let kind = file.metadata().map_err(|e| fail(e.to_string()))?.file_type();
+    let kind = file
+        .metadata()
+        .map_err(|e| fail(e.to_string()))?
+        .file_type();
     let what = if kind.is_file() {
         None
     } else if kind.is_dir() {
@@ -129,7 +132,11 @@ pub fn parse(text: &str, origin: &str, previous: Option<&Model>) -> Result<Model
 #[cfg(test)]
 pub(crate) fn mkfifo(path: &Path) {
     let made = std::process::Command::new("mkfifo").arg(path).status();
-    assert!(matches!(made, Ok(s) if s.success()), "mkfifo {}: {made:?}", path.display());
+    assert!(
+        matches!(made, Ok(s) if s.success()),
+        "mkfifo {}: {made:?}",
+        path.display()
+    );
 }
 
 /// The human-readable summary `sluice check --config FILE` prints for a valid configuration.
@@ -595,9 +602,16 @@ forwarding = "none"
         let fifo = dir.join("fifo.toml");
         mkfifo(&fifo);
         let e = load_file(&fifo, None).unwrap_err();
-        assert!(e.to_string().ends_with("is a FIFO: configuration is read only from regular files"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("is a FIFO: configuration is read only from regular files"),
+            "{e}"
+        );
         let e = load_file(Path::new("/dev/zero"), None).unwrap_err();
-        assert_eq!(e.to_string(), "/dev/zero: is a character device: configuration is read only from regular files");
+        assert_eq!(
+            e.to_string(),
+            "/dev/zero: is a character device: configuration is read only from regular files"
+        );
         let e = load_file(&dir, None).unwrap_err();
         assert!(e.message.contains("is a directory"), "{e}");
         // Bounded: one byte over the limit is refused, the limit itself is read.
@@ -606,7 +620,10 @@ forwarding = "none"
         let e = read_file(&big, 2 * 1024 * 1024).unwrap_err();
         assert!(e.message.starts_with("larger than 2 MiB"), "{e}");
         std::fs::write(&big, "#".repeat(2 * 1024 * 1024)).unwrap();
-        assert_eq!(read_file(&big, 2 * 1024 * 1024).unwrap().len(), 2 * 1024 * 1024);
+        assert_eq!(
+            read_file(&big, 2 * 1024 * 1024).unwrap().len(),
+            2 * 1024 * 1024
+        );
         std::fs::write(&big, [b'a', 0xff]).unwrap();
         let e = read_file(&big, 10).unwrap_err();
         assert!(e.message.contains("not UTF-8"), "{e}");

@@ -109,7 +109,12 @@ pub fn exchange(socket: &Path, request: &Request, timeout: Duration) -> io::Resu
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(timed_out("no answer"));
             }
             Err(e) => break Err(e),

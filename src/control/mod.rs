@@ -427,10 +427,15 @@ enum ReloadWaiter {
 
 /// Logs a reload once and answers each client that asked for it.
 fn answer_reload(outcome: &ReloadOutcome, waiters: Vec<ReloadWaiter>) {
-    let by_client = waiters
-        .iter()
-        .any(|w| matches!(w, ReloadWaiter::Client(_)));
-    log_reload(outcome, if by_client { "control socket" } else { "SIGHUP" });
+    let by_client = waiters.iter().any(|w| matches!(w, ReloadWaiter::Client(_)));
+    log_reload(
+        outcome,
+        if by_client {
+            "control socket"
+        } else {
+            "SIGHUP"
+        },
+    );
     for w in waiters {
         if let ReloadWaiter::Client(reply) = w {
             let response = if outcome.ok {

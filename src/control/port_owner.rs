@@ -232,7 +232,11 @@ fn socket_inodes(pid: &str) -> impl Iterator<Item = u64> {
         .filter_map(|entry| {
             let target = std::fs::read_link(entry.ok()?.path()).ok()?;
             let target = target.to_str()?;
-            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
 }
 
@@ -361,7 +365,8 @@ mod tests {
         let e = check(&[SocketAddr::new(IpAddr::from([0, 0, 0, 0]), addr.port())]).unwrap_err();
         assert_eq!(e.port, addr.port());
         assert!(
-            e.holder.starts_with(&format!("pid {} (sleep 30)", child.0.id())),
+            e.holder
+                .starts_with(&format!("pid {} (sleep 30)", child.0.id())),
             "{e}"
         );
         assert!(e.to_string().contains("a second sluice"), "{e}");

@@ -276,11 +276,14 @@ struct Slots {
 
 impl Slots {
     fn take(&self, privileged: bool) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.shared).try_acquire_owned().ok().or_else(|| {
-            privileged
-                .then(|| Arc::clone(&self.reserved).try_acquire_owned().ok())
-                .flatten()
-        })
+        Arc::clone(&self.shared)
+            .try_acquire_owned()
+            .ok()
+            .or_else(|| {
+                privileged
+                    .then(|| Arc::clone(&self.reserved).try_acquire_owned().ok())
+                    .flatten()
+            })
     }
 }
 
@@ -446,7 +449,9 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let socket = runtime.block_on(async { ControlSocket::bind(&settings) }).unwrap();
+        let socket = runtime
+            .block_on(async { ControlSocket::bind(&settings) })
+            .unwrap();
         let mode = std::fs::metadata(base.join("sub")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o750);
         assert!(path.exists());
