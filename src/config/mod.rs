@@ -5,8 +5,9 @@
 //! (`read`: regular files only, at most [`MAX_CONFIG_BYTES`]), the TOML as written (`file`),
 //! judging single values (`values`) and node-wide settings (`settings`), building the model
 //! with the checks across Service ports (`validate`), giving NodePorts to Service ports that
-//! have none (`allocate`), and the summary `sluice check` prints (`render`). It uses only [`crate::model`] and must not touch sockets, threads or any
-//! other module: a configuration is data in, data (or one precise error) out.
+//! have none (`allocate`), and the summary `sluice check` prints (`render`). It uses only
+//! [`crate::model`] and must not touch sockets, threads or any other module: a configuration
+//! is data in, data (or one precise error) out.
 //!
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
 //! to keep the NodePorts it allocated (see the `allocate` module).
