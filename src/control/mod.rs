@@ -13,9 +13,9 @@
 //! # The reload transaction
 //! `sluice ctl reload`, SIGHUP and `ExecReload` all ask for a reload: the source's files are
 //! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
-//! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay) → keep the settings
-//! that only apply at start → re-apply overrides → check that no other process listens on new
-//! NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
+//! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
+//! → keep the settings that only apply at start → re-apply overrides → check that no other
+//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
 //! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
 //! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
@@ -198,7 +198,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         (_, input) => {
             return Err(std::io::Error::other(format!(
-                "internal error: read {input:?} for another kind of source"
+                "internal error: read {} for another kind of source",
+                input.kind()
             ))
             .into())
         }
@@ -637,7 +638,8 @@ impl Daemon {
                 k.load(Some(&self.model), false)
             }
             (_, input) => Err(format!(
-                "internal error: read {input:?} for another kind of source"
+                "internal error: read {} for another kind of source",
+                input.kind()
             )),
         }
     }

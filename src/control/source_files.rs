@@ -43,6 +43,18 @@ pub enum ReadInput {
     Settings(String),
 }
 
+impl ReadInput {
+    /// What kind of source it was read for (for messages: not the texts).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadInput::Nothing => "nothing",
+            ReadInput::File(_) => "a configuration file",
+            ReadInput::Manifests(_) => "manifests",
+            ReadInput::Settings(_) => "a settings file",
+        }
+    }
+}
+
 /// A read under way.
 pub type Reading = Pin<Box<dyn Future<Output = Result<ReadInput, ConfigError>> + Send>>;
 
