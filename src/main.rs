@@ -305,11 +305,13 @@ fn main() -> ExitCode {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        pid = std::process::id(),
-        "sluice starting"
-    );
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            pid = std::process::id(),
+            "sluice starting"
+        );
+    }
     let log_filter: LogFilterSetter = Box::new(move |level: &str| {
         let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
