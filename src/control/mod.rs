@@ -235,8 +235,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let listen = port_owner::wanted(&settings, &node_ports(&model));
     port_owner::check(&listen)?;
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
-    port_owner::check(&listen)?;
+    // Steering first: connections accepted before it is attached may meet a worker that
+    // does not hold their client's affinity.
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
+    port_owner::check(&listen)?;
     let monitor = plane.monitor();
     let health = Arc::new(Mutex::new(metrics::Health::new(1)));
 
