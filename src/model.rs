@@ -38,8 +38,14 @@ pub struct Settings {
     pub listen: ListenAddresses,
     /// The range NodePorts must lie in, and allocation draws from.
     pub node_port_range: NodePortRange,
-    /// Stop accepting on a worker while it holds this many client connections.
+    /// Stop accepting on a worker while it relays this many client connections (held ones,
+    /// waiting for an endpoint, do not count: they have the budgets below).
     pub max_connections_per_worker: u32,
+    /// Connections a worker holds at most for Services without a usable endpoint
+    /// (`hold_when_empty`), all Services together; beyond, new ones are reset at once.
+    pub max_held_per_worker: u32,
+    /// Connections a worker holds at most for one Service port without a usable endpoint.
+    pub max_held_per_service: u32,
     /// How bytes are moved between the two sockets of a connection.
     pub relay: RelayMode,
     /// Listen backlog for each NodePort socket.
@@ -70,6 +76,13 @@ pub enum DriverSetting {
     /// epoll (through mio).
     Epoll,
 }
+
+/// Default of `max_held_per_worker`.
+pub const DEFAULT_MAX_HELD_PER_WORKER: u32 = 1024;
+/// Default of `max_held_per_service`.
+pub const DEFAULT_MAX_HELD_PER_SERVICE: u32 = 256;
+/// Upper bound of the hold budgets: the most connections a worker can address.
+pub const MAX_HELD: u32 = 1 << 24;
 
 /// The default control socket path (under systemd's `RuntimeDirectory=sluice`) for root and
 /// for users without `$XDG_RUNTIME_DIR` (see `control::default_control_socket`).
@@ -112,6 +125,8 @@ impl Default for Settings {
             listen: ListenAddresses::All,
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             max_connections_per_worker: 4096,
+            max_held_per_worker: DEFAULT_MAX_HELD_PER_WORKER,
+            max_held_per_service: DEFAULT_MAX_HELD_PER_SERVICE,
             relay: RelayMode::Auto,
             backlog: 4096,
             defaults: ServiceDefaults::default(),
@@ -438,6 +453,21 @@ impl Default for Conditions {
     }
 }
 
+/// In words, for `ctl endpoints`, `check` and reload reports: `ready`, `ready, terminating`,
+/// `terminating, serving`, `terminating`, `not ready, serving` or `not ready`.
+impl std::fmt::Display for Conditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.ready, self.serving, self.terminating) {
+            (true, _, false) => "ready",
+            (true, _, true) => "ready, terminating",
+            (false, true, true) => "terminating, serving",
+            (false, false, true) => "terminating",
+            (false, true, false) => "not ready, serving",
+            (false, false, false) => "not ready",
+        })
+    }
+}
+
 /// Default endpoint weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -490,7 +520,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// When the Service has no usable endpoint: how long a new connection may wait for one
     /// (scale-from-zero, kubernetes#484). `None`: reset at once, like kube-proxy's REJECT.
-    /// Waiting connections count against `max_connections_per_worker`.
+    /// Waiting connections count against `max_held_per_service` and `max_held_per_worker`,
+    /// not against `max_connections_per_worker`.
     pub hold_when_empty: Option<Duration>,
 }
 

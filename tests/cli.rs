@@ -237,3 +237,109 @@ fn tproxy_rules_read_manifests() {
         "{stdout}"
     );
 }
+
+/// `--log-format`: text lines by default (timestamp, level, target, message, fields), JSON
+/// objects with `json`; under journald (JOURNAL_STREAM naming stderr) text lines start with
+/// the syslog priority and carry no timestamp of their own.
+#[test]
+fn log_formats_text_json_and_journald() {
+    for (format, journald) in [
+        ("text", false),
+        ("text", true),
+        ("json", false),
+        ("json", true),
+    ] {
+        let dir = TempDir::new("logs");
+        let config = dir.write("s.toml", &one_service(free_port(), "", &[], ""));
+        let mut s = Sluice::spawn(
+            &[
+                "run",
+                "--log-format",
+                format,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            Launch {
+                journal_stream: journald,
+                ..Launch::default()
+            },
+        );
+        let line = wait_for("the serving line", SOON, || {
+            s.stderr()
+                .lines()
+                .find(|l| l.contains("sluice is serving"))
+                .map(str::to_owned)
+        });
+        let what = format!("{format}, journald {journald}: {line}");
+        match (format, journald) {
+            ("text", false) => {
+                assert!(line.starts_with("20"), "{what}");
+                assert!(
+                    line.contains(" INFO sluice::control: sluice is serving workers="),
+                    "{what}"
+                );
+            }
+            ("text", true) => {
+                assert!(
+                    line.starts_with("<6> INFO sluice::control: sluice is serving workers="),
+                    "{what}"
+                );
+            }
+            _ => {
+                let v: serde_json::Value = serde_json::from_str(&line).expect(&what);
+                assert_eq!(v["message"], "sluice is serving", "{what}");
+                assert_eq!(v["level"], "INFO", "{what}");
+                assert!(v["workers"].is_number(), "{what}");
+                assert_eq!(v.get("timestamp").is_some(), !journald, "{what}");
+                // Every line is JSON.
+                for l in s.stderr().lines() {
+                    serde_json::from_str::<serde_json::Value>(l).expect(l);
+                }
+            }
+        }
+        s.assert_alive();
+    }
+}
+
+/// `sluice completions SHELL` prints a script for that shell; `sluice man DIR` writes one
+/// page per command.
+#[test]
+fn completions_and_man_pages() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef sluice"),
+        ("fish", "complete -c sluice"),
+    ] {
+        let mut s = Sluice::spawn(&["completions", shell], Launch::default());
+        assert!(s.wait_exit(SOON).success(), "{shell}: {}", s.stderr());
+        let out = s.stdout();
+        assert!(out.contains(marker), "{shell}: no {marker:?}");
+        assert!(
+            out.contains("endpoints") && out.contains("log-format"),
+            "{shell}: subcommands and flags"
+        );
+    }
+    let dir = TempDir::new("man");
+    let out = dir.path().join("man1");
+    let mut s = Sluice::spawn(&["man", out.to_str().unwrap()], Launch::default());
+    assert!(s.wait_exit(SOON).success(), "{}", s.stderr());
+    for page in [
+        "sluice.1",
+        "sluice-run.1",
+        "sluice-check.1",
+        "sluice-ctl.1",
+        "sluice-ctl-endpoint-drain.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: not a man page"
+        );
+    }
+    let run = std::fs::read_to_string(out.join("sluice-run.1")).unwrap();
+    assert!(
+        run.contains("kubernetes") && run.contains("log\\-format"),
+        "{run}"
+    );
+}

@@ -8,7 +8,7 @@ use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
     ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
-    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
+    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +46,27 @@ pub(super) fn settings(
         Some(v) => int(src, v, "max_connections_per_worker", 1, u32::MAX.into(), "")?,
         None => base.max_connections_per_worker,
     };
+    let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
+        Some(v) => int(
+            src,
+            v,
+            key,
+            0,
+            MAX_HELD.into(),
+            "0 turns holding off: clients of an empty Service are reset at once",
+        ),
+        None => Ok(default),
+    };
+    let max_held_per_worker = held(
+        &f.max_held_per_worker,
+        "max_held_per_worker",
+        base.max_held_per_worker,
+    )?;
+    let max_held_per_service = held(
+        &f.max_held_per_service,
+        "max_held_per_service",
+        base.max_held_per_service,
+    )?;
     let relay = match &f.relay {
         Some(r) => choice(
             src,
@@ -110,6 +131,8 @@ pub(super) fn settings(
         listen,
         node_port_range,
         max_connections_per_worker,
+        max_held_per_worker,
+        max_held_per_service,
         relay,
         backlog,
         defaults,

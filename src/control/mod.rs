@@ -21,6 +21,7 @@
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
+mod changes;
 pub mod client;
 mod hcnp;
 pub mod health;
@@ -380,6 +381,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     // Reloads still waiting for their files are answered "busy" (their reply is dropped).
     drop(reloads);
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
+    let aborter = plane.aborter();
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
     loop {
         tokio::select! {
@@ -391,8 +393,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 return Ok(());
             }
-            _ = sigterm.recv() => second_signal(),
-            _ = sigint.recv() => second_signal(),
+            _ = sigterm.recv() => second_signal(&aborter),
+            _ = sigint.recv() => second_signal(&aborter),
             // The drain is bounded by `drain_timeout`: keep the watchdog fed meanwhile.
             _ = ticker.tick() => {
                 if daemon.notifier.watchdog_interval().is_some() {
@@ -403,8 +405,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     }
 }
 
-fn second_signal() -> ! {
-    tracing::warn!("second signal: exiting at once");
+/// Exit at once, but first have the workers reset every connection (an exit would close
+/// them with a FIN, and a cut download would look complete to its client), and remove the
+/// control socket file.
+fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
+    tracing::warn!("second signal: resetting every connection and exiting at once");
+    aborter.abort(Duration::from_secs(2));
     remove_control_socket();
     std::process::exit(1)
 }
@@ -855,7 +861,7 @@ impl Daemon {
         plane.commit(plan);
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
         phases.lap("commit");
-        let changes = diff(&self.model, &next);
+        let changes = changes::diff(&self.model, &next);
         phases.lap("diff");
         self.model = next;
         self.overrides = overrides;
@@ -1057,6 +1063,8 @@ fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<Stri
     keep!(
         pin_workers => "pin_workers",
         max_connections_per_worker => "max_connections_per_worker",
+        max_held_per_worker => "max_held_per_worker",
+        max_held_per_service => "max_held_per_service",
         relay => "relay",
         driver => "driver",
         control => "control_socket*",
@@ -1095,78 +1103,6 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
-}
-
-/// One line per change between two models, for the reload report.
-fn diff(old: &Model, new: &Model) -> Vec<String> {
-    let mut out = Vec::new();
-    // By key: with 10,000 Services (a watched cluster) a scan per Service is seconds.
-    let old_by_key: std::collections::HashMap<_, _> =
-        old.services.iter().map(|o| (&o.key, o)).collect();
-    let new_keys: std::collections::HashSet<_> = new.services.iter().map(|n| &n.key).collect();
-    for n in &new.services {
-        match old_by_key.get(&n.key).copied() {
-            None => out.push(format!(
-                "+ service {} on {}/{} ({} endpoints)",
-                n.key,
-                n.node_port,
-                n.key.protocol,
-                n.endpoints.len()
-            )),
-            Some(o) => {
-                if o.node_port != n.node_port {
-                    out.push(format!(
-                        "~ service {}: NodePort {} → {}",
-                        n.key, o.node_port, n.node_port
-                    ));
-                }
-                for e in &n.endpoints {
-                    match o.endpoints.iter().find(|x| x.addr == e.addr) {
-                        None => out.push(format!("+ endpoint {} {}", n.key, e.addr)),
-                        Some(x) if x.weight != e.weight => out.push(format!(
-                            "~ endpoint {} {}: weight {} → {}",
-                            n.key, e.addr, x.weight, e.weight
-                        )),
-                        Some(x) if x.conditions != e.conditions || x.local != e.local => {
-                            out.push(format!(
-                                "~ endpoint {} {}: {:?} → {:?}{}",
-                                n.key,
-                                e.addr,
-                                x.conditions,
-                                e.conditions,
-                                if e.local { " (local)" } else { "" }
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for e in &o.endpoints {
-                    if !n.endpoints.iter().any(|x| x.addr == e.addr) {
-                        out.push(format!("- endpoint {} {}", n.key, e.addr));
-                    }
-                }
-                if o.policy != n.policy
-                    || o.timeouts != n.timeouts
-                    || o.connect_retries != n.connect_retries
-                    || o.forwarding != n.forwarding
-                    || o.maglev_table_size != n.maglev_table_size
-                    || o.traffic_policy != n.traffic_policy
-                    || o.health != n.health
-                {
-                    out.push(format!("~ service {}: settings changed", n.key));
-                }
-            }
-        }
-    }
-    for o in &old.services {
-        if !new_keys.contains(&o.key) {
-            out.push(format!(
-                "- service {} (was on {}/{})",
-                o.key, o.node_port, o.key.protocol
-            ));
-        }
-    }
-    out
 }
 
 /// Warn when `net.ipv4.tcp_migrate_req` is 0 in this network namespace: then connections

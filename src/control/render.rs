@@ -90,13 +90,18 @@ pub fn services(list: &ServiceList) -> String {
     table(&rows)
 }
 
-/// `endpoints`: one line per endpoint.
+/// `endpoints`: one line per endpoint. CONDITIONS are the Kubernetes endpoint conditions in
+/// words (`ready`, `terminating, serving`, `not ready`); NODE says whether the endpoint runs
+/// on this node (what externalTrafficPolicy: Local goes by; `-` for TOML Services, whose
+/// endpoints have no node).
 pub fn endpoints(list: &ServiceList) -> String {
     let mut rows = vec![[
         "SERVICE".to_owned(),
         "ENDPOINT".to_owned(),
         "STATE".to_owned(),
         "WEIGHT".to_owned(),
+        "CONDITIONS".to_owned(),
+        "NODE".to_owned(),
         "ACTIVE".to_owned(),
         "TOTAL".to_owned(),
         "FAILED".to_owned(),
@@ -104,6 +109,16 @@ pub fn endpoints(list: &ServiceList) -> String {
     ]];
     for s in &list.services {
         for e in &s.endpoints {
+            let conditions = crate::model::Conditions {
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            };
+            let node = match (&s.kubernetes, e.local) {
+                (None, _) => "-",
+                (Some(_), true) => "this",
+                (Some(_), false) => "other",
+            };
             rows.push([
                 port_key(s),
                 e.address.clone(),
@@ -117,6 +132,8 @@ pub fn endpoints(list: &ServiceList) -> String {
                 } else {
                     format!("{} (configured {})", e.weight, e.configured_weight)
                 },
+                conditions.to_string(),
+                node.to_owned(),
                 e.counters.connections_active.to_string(),
                 e.counters.connections_total.to_string(),
                 e.counters.connections_failed.to_string(),
@@ -381,7 +398,7 @@ fn when(unix: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::protocol::{Counters, EndpointInfo, KubernetesInfo};
+    use super::super::protocol::{Counters, EndpointInfo, KubernetesInfo, ServiceList};
     use super::*;
 
     fn ep(a: &str) -> EndpointInfo {
@@ -519,6 +536,70 @@ Events:                   <none>
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
+    }
+
+    /// Conditions and locality in words, not as booleans.
+    #[test]
+    fn endpoints_show_conditions_and_node_in_words() {
+        let mut terminating = ep("10.0.0.2:9000");
+        terminating.ready = false;
+        terminating.terminating = true;
+        terminating.local = false;
+        terminating.weight = 0;
+        let mut port = ServicePortInfo {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port_name: String::new(),
+            protocol: "TCP".into(),
+            port: 80,
+            target_port: 9000,
+            node_port: 30080,
+            node_port_allocated: false,
+            policy: "maglev(client-ip-port)".into(),
+            session_affinity: "None".into(),
+            forwarding: "none".into(),
+            endpoints_usable: 1,
+            endpoints_total: 2,
+            counters: Counters::default(),
+            endpoints: vec![ep("10.0.0.1:9000"), terminating],
+            kubernetes: Some(KubernetesInfo::default()),
+        };
+        let list = |p: &ServicePortInfo| ServiceList {
+            generation: 1,
+            services: vec![p.clone()],
+        };
+        let text = endpoints(&list(&port));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "SERVICE",
+                "ENDPOINT",
+                "STATE",
+                "WEIGHT",
+                "CONDITIONS",
+                "NODE",
+                "ACTIVE",
+                "TOTAL",
+                "FAILED",
+                "HEALTH"
+            ]
+        );
+        assert!(
+            lines[1].contains(" enabled   1                  ready                  this "),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains(" 0 (configured 1)   terminating, serving   other "),
+            "{text}"
+        );
+        // A TOML Service's endpoints have no node.
+        port.kubernetes = None;
+        let text = endpoints(&list(&port));
+        assert!(
+            text.lines().nth(1).unwrap().contains(" ready ") && text.contains("   -   "),
+            "{text}"
+        );
     }
 
     #[test]

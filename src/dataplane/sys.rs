@@ -1,12 +1,14 @@
 //! Thin, safe wrappers over the Linux syscalls the data plane uses outside io_uring:
-//! splice(2), pipes, read/write on raw fds, eventfd, CPU pinning, fd-limit queries (and,
-//! for the control plane, the effective uid and SIGHUP's disposition at start).
+//! splice(2), pipes, read/write on raw fds, accept4(2), socket queue sizes, eventfd, CPU
+//! pinning, fd-limit queries (and, for the control plane, the effective uid and SIGHUP's
+//! disposition at start).
 //!
 //! This is one of the two places in the crate that may contain `unsafe` (the other is the
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
 //! caller (`OwnedFd`), so no wrapper can close or leak a descriptor.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Result of a nonblocking transfer.
@@ -224,6 +226,11 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
+/// True for errors that mean "no fd left" (process or system limit).
+pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// True for errors that mean the peer reset or vanished.
 pub fn is_reset(err: &io::Error) -> bool {
     matches!(
@@ -258,31 +265,76 @@ pub fn set_transparent(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
     }
 }
 
-/// accept4(2) on a nonblocking listener: `Ok(None)` when no connection is waiting. The new
-/// socket is nonblocking and close-on-exec.
-pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
+/// accept4(2) on a nonblocking listener: the new socket (nonblocking, close-on-exec) and the
+/// client's address, or `Ok(None)` when no connection is waiting.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Option<SocketAddr>)>> {
     loop {
-        // SAFETY: null address pointers are allowed (the peer address is not wanted); the
-        // caller keeps `listener` open for the duration of the call.
-        let fd = unsafe {
-            libc::accept4(
-                listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
+        // SAFETY: `try_init` hands accept4 a zeroed sockaddr_storage and its length, which
+        // accept4 fills with at most that many bytes; the listener is borrowed, so open for
+        // the duration of the call.
+        let accepted = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let fd = libc::accept4(
+                    listener.as_raw_fd(),
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if fd >= 0 {
+                    Ok(fd)
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            })
         };
-        if fd >= 0 {
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return Ok(None),
-            _ => return Err(err),
+        match accepted {
+            Ok((fd, addr)) => {
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                return Ok(Some((fd, addr.as_socket())));
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(None),
+                _ => return Err(e),
+            },
         }
     }
+}
+
+/// True for accept4(2) errors that concern only the connection being accepted (it was reset
+/// or failed while queued): take the next one.
+pub fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+/// Bytes a socket still holds for the connection: unread in its receive queue plus not yet
+/// acknowledged by the peer in its send queue (SIOCINQ + SIOCOUTQ). Errors count as none.
+pub fn queued_bytes(fd: BorrowedFd<'_>) -> usize {
+    let mut total = 0usize;
+    for request in [libc::FIONREAD, libc::TIOCOUTQ] {
+        let mut n: libc::c_int = 0;
+        // SAFETY: both ioctls write one c_int to the pointer given; the fd is borrowed.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut n as *mut libc::c_int) };
+        if rc == 0 && n > 0 {
+            total += n as usize;
+        }
+    }
+    total
 }
 
 /// Take the pending error of a socket (SO_ERROR): how a nonblocking connect ended.

@@ -323,6 +323,20 @@ fn settings_from(path: &std::path::Path, text: &str) -> Result<Settings, WatchEr
     Ok(model.settings)
 }
 
+/// Loads a kubeconfig file the way `run --kubeconfig` does (its current context, the files
+/// it names) without contacting the API: for `sluice check`.
+pub fn check_kubeconfig(path: &std::path::Path) -> Result<(), WatchError> {
+    let options = Options {
+        kubeconfig: Some(path.to_owned()),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WatchError::Runtime(e.to_string()))?;
+    runtime.block_on(client(&options)).map(|_| ())
+}
+
 fn client_url(options: &Options) -> String {
     match &options.kubeconfig {
         Some(p) => format!("from {}", p.display()),

@@ -162,6 +162,9 @@ pub struct Launch {
     pub block_io_uring: bool,
     /// Do not add `--driver $SLUICE_TEST_DRIVER` (tests that choose the driver themselves).
     pub own_driver: bool,
+    /// Set JOURNAL_STREAM to the device and inode of the stderr file, as systemd does for a
+    /// service whose output goes to the journal.
+    pub journal_stream: bool,
     /// Run as this uid (and the gid of the same number); needs root.
     pub uid: Option<u32>,
 }
@@ -222,10 +225,16 @@ impl Sluice {
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        if launch.journal_stream {
+            use std::os::unix::fs::MetadataExt;
+            let m = stderr.metadata().expect("stderr file metadata");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+            .stderr(stderr);
         cmd.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
