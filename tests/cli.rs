@@ -348,8 +348,13 @@ fn completions_and_man_pages() {
 /// then the same cause again as its own line of the chain).
 #[test]
 fn a_start_error_names_its_cause_once() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    // Bound, not listening: sluice's bind fails (a listener would be named as another
+    // process serving the NodePort, before any bind).
+    let taken = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    taken
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = taken.local_addr().unwrap().as_socket().unwrap().port();
     let dir = TempDir::new("cli-inuse");
     let cfg = dir.write(
         "cfg.toml",
