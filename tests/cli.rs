@@ -119,7 +119,12 @@ fn demo_scenario() {
             panic!("{a} is in use ({e}): is another `sluice demo` running on this machine?");
         }
     }
-    let mut demo = Sluice::spawn(&["demo"], Launch::default());
+    let dir = TempDir::new("demo");
+    let sock = dir.path().join("ctl.sock");
+    let mut demo = Sluice::spawn(
+        &["demo", "--socket", sock.to_str().unwrap()],
+        Launch::default(),
+    );
     let node: SocketAddr = "127.0.0.1:30000".parse().unwrap();
     let ask = move || -> std::io::Result<String> {
         let mut s = connect(node)?;
@@ -158,6 +163,15 @@ fn demo_scenario() {
             .contains("curl 127.0.0.1:30000")
             .then_some(())
     });
+    // The demo serves a control socket and says how to use it; the line works as printed.
+    let hint = format!("sluice ctl --socket {} services", sock.display());
+    wait_for("the `sluice ctl` hint printed", SOON, || {
+        demo.stdout().contains(&hint).then_some(())
+    });
+    let out = ctl_ok(&sock, &["services"]);
+    assert!(out.contains("myfrontend"), "{out}");
+    let out = ctl_ok(&sock, &["status"]);
+    assert!(out.contains("(built in)"), "{out}");
 }
 
 /// systemd and Kubernetes stop sluice with SIGTERM: it must exit by itself, successfully.
@@ -334,8 +348,13 @@ fn completions_and_man_pages() {
 /// then the same cause again as its own line of the chain).
 #[test]
 fn a_start_error_names_its_cause_once() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    // Bound, not listening: sluice's bind fails (a listener would be named as another
+    // process serving the NodePort, before any bind).
+    let taken = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    taken
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = taken.local_addr().unwrap().as_socket().unwrap().port();
     let dir = TempDir::new("cli-inuse");
     let cfg = dir.write(
         "cfg.toml",

@@ -1,12 +1,13 @@
 //! Configuration file (TOML) → validated [`crate::model::Model`], with `FILE:LINE:COLUMN`
 //! errors.
 //!
-//! This module owns the file format described in `docs/configuration.md`: reading the TOML
-//! (`file`), judging single values (`values`) and node-wide settings (`settings`),
-//! building the model with the checks across Service ports (`validate`), giving NodePorts
-//! to Service ports that have none (`allocate`), and the summary `sluice check` prints
-//! (`render`). It uses only [`crate::model`] and must not touch sockets, threads or any
-//! other module: a configuration is data in, data (or one precise error) out.
+//! This module owns the file format described in `docs/configuration.md`: reading files
+//! (`read`: regular files only, at most [`MAX_CONFIG_BYTES`]), the TOML as written (`file`),
+//! judging single values (`values`) and node-wide settings (`settings`), building the model
+//! with the checks across Service ports (`validate`), giving NodePorts to Service ports that
+//! have none (`allocate`), and the summary `sluice check` prints (`render`). It uses only
+//! [`crate::model`] and must not touch sockets, threads or any other module: a configuration
+//! is data in, data (or one precise error) out.
 //!
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
 //! to keep the NodePorts it allocated (see the `allocate` module).
@@ -17,12 +18,16 @@ mod forwarding;
 mod health;
 pub mod k8s;
 pub mod manifests;
+mod read;
 mod render;
 mod settings;
 mod validate;
 mod values;
 
 use crate::model::Model;
+#[cfg(test)]
+pub(crate) use read::mkfifo;
+pub use read::{read_file, MAX_CONFIG_BYTES};
 use std::ops::Range;
 use std::path::Path;
 
@@ -43,17 +48,11 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Reads and parses the file at `path`. `previous` is the model currently running, if any:
-/// Service ports it gave a NodePort keep that port (see [`parse`]).
+/// Reads and parses the file at `path` (with [`read_file`]). `previous` is the model currently
+/// running, if any: Service ports it gave a NodePort keep that port (see [`parse`]).
 pub fn load_file(path: &Path, previous: Option<&Model>) -> Result<Model, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: origin.clone(),
-        line: 0,
-        column: 0,
-        message: e.to_string(),
-    })?;
-    parse(&text, &origin, previous)
+    let text = read_file(path, MAX_CONFIG_BYTES)?;
+    parse(&text, &path.display().to_string(), previous)
 }
 
 /// Parses configuration `text`; `origin` names it in error messages.

@@ -40,19 +40,19 @@ use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A NodePort could not be opened on an address (in use, not a local address, …).
-    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {source}")]
+    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {cause}")]
     Listen {
         addr: SocketAddr,
         node_port: u16,
         protocol: Protocol,
-        source: io::Error,
+        cause: io::Error,
     },
     /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
     #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
-    #[error("cannot start worker {index}: {source}")]
-    Worker { index: usize, source: io::Error },
+    #[error("cannot start worker {index}: {cause}")]
+    Worker { index: usize, cause: io::Error },
 }
 
 /// The NodePorts to open: (protocol, port) pairs.
@@ -216,7 +216,7 @@ impl Dataplane {
         let mut loops = Vec::with_capacity(n);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let wake =
-                Arc::new(sys::eventfd().map_err(|source| StartError::Worker { index, source })?);
+                Arc::new(sys::eventfd().map_err(|cause| StartError::Worker { index, cause })?);
             let (commands, queue) = mpsc::channel();
             let loop_stats = Arc::new(LoopStats::default());
             let cpu = if settings.pin_workers && !cpus.is_empty() {
@@ -243,7 +243,7 @@ impl Dataplane {
                     DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
-                .map_err(|source| StartError::Worker { index, source })?;
+                .map_err(|cause| StartError::Worker { index, cause })?;
             workers.push(WorkerHandle {
                 wake,
                 commands,
@@ -264,11 +264,11 @@ impl Dataplane {
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
-                Ok((index, Err(source))) => return Err(StartError::Worker { index, source }),
+                Ok((index, Err(cause))) => return Err(StartError::Worker { index, cause }),
                 Err(_) => {
                     return Err(StartError::Worker {
                         index: 0,
-                        source: io::Error::other("worker exited during start"),
+                        cause: io::Error::other("worker exited during start"),
                     })
                 }
             }
@@ -550,11 +550,11 @@ fn open_listeners(
         let sockets = (0..workers)
             .map(|_| open_listener(key.addr, settings.backlog))
             .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| StartError::Listen {
+            .map_err(|cause| StartError::Listen {
                 addr: key.addr,
                 node_port: key.node_port(),
                 protocol: key.protocol,
-                source,
+                cause,
             })?;
         out.push((key, sockets));
     }

@@ -191,6 +191,8 @@ pub struct Launch {
     /// Set JOURNAL_STREAM to the device and inode of the stderr file, as systemd does for a
     /// service whose output goes to the journal.
     pub journal_stream: bool,
+    /// Run as this uid (and the gid of the same number); needs root.
+    pub uid: Option<u32>,
 }
 
 /// The driver the suite runs under: `SLUICE_TEST_DRIVER` (`uring`, `epoll`, `auto`), or the
@@ -265,6 +267,9 @@ impl Sluice {
         }
         for (k, v) in &launch.env {
             cmd.env(k, v);
+        }
+        if let Some(uid) = launch.uid {
+            cmd.uid(uid).gid(uid);
         }
         let nofile = launch.nofile;
         let block_io_uring = launch.block_io_uring;
