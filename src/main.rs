@@ -46,8 +46,8 @@ enum Command {
         /// (default: only Services without that label).
         #[arg(long, requires = "kubernetes")]
         proxy_name: Option<String>,
-        /// Worker threads (overrides the config; default one per CPU).
-        #[arg(long)]
+        /// Worker threads (overrides the config; default one per CPU; 1..=1024).
+        #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         /// Kernel interface of the workers (overrides the config's `driver`).
         #[arg(long, value_enum)]
@@ -70,7 +70,7 @@ enum Command {
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
-        #[arg(long)]
+        #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
@@ -399,6 +399,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--workers N` within the bound of the `workers` key.
+fn workers_in_range(text: &str) -> Result<usize, String> {
+    let range = sluice::config::limits::WORKERS;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(*n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("must be a number in {}..={}", range.min, range.max))
 }
 
 fn demo(

@@ -90,6 +90,27 @@ fn check_refuses_an_endpoint_that_is_our_own_node_port() {
     );
 }
 
+/// `--workers` keeps the bound of the `workers` key (a typo must not start 100,000 threads).
+#[test]
+fn workers_flag_keeps_its_bound() {
+    for bad in ["0", "1025", "100000", "4294967297"] {
+        let mut s = Sluice::spawn(
+            &["run", "--config", "/nonexistent.toml", "--workers", bad],
+            Launch {
+                own_driver: true,
+                ..Launch::default()
+            },
+        );
+        let status = s.wait_exit(SOON);
+        assert_eq!(status.code(), Some(2), "--workers {bad}");
+        assert!(
+            s.stderr().contains("must be a number in 1..=1024"),
+            "--workers {bad}: {}",
+            s.stderr()
+        );
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_and_prints_the_service() {
     let (status, out, _) = check(GOOD);

@@ -254,7 +254,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         .notifier
         .watchdog_interval()
         .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(250));
+        .clamp(Duration::from_millis(250), crate::deadline::FAR_FUTURE);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
