@@ -11,6 +11,7 @@
 //! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (everything but
 //!   data-plane internals).
 //! - [`demo`]: the built-in demo pods and Service.
+//! - [`logging`]: the daemon's log format (text or JSON, journald-aware) and filter.
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
 //! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
@@ -21,6 +22,7 @@ pub mod control;
 pub mod dataplane;
 pub mod deadline;
 pub mod demo;
+pub mod logging;
 pub mod model;
 pub mod proxy_protocol;
 pub mod publish;

@@ -1,24 +1,24 @@
 //! The `sluice` command line: wiring only. Everything it does lives in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use sluice::control::protocol::{EndpointAction, Request};
 use sluice::control::{self, ConfigSource, LogFilterSetter};
 use sluice::model::DEFAULT_CONTROL_SOCKET;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(
     name = "sluice",
     version,
-    about = "A user-space load balancer for Kubernetes NodePort traffic"
+    about = "A user-space load balancer for Kubernetes NodePort traffic",
+    long_about = "A user-space load balancer for Kubernetes NodePort traffic: serves the \
+                  NodePorts of Services from a TOML file (--config), Kubernetes manifests \
+                  (--manifests) or the Kubernetes API (--kubernetes). Documentation: \
+                  /usr/share/doc/sluice/ (docs/ in the source)."
 )]
 struct Cli {
-    /// Log filter (tracing's EnvFilter syntax); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,39 +27,10 @@ struct Cli {
 enum Command {
     /// Serve every Service of a config file, of Kubernetes manifests, or of the Kubernetes
     /// API (--kubernetes) on its NodePort.
-    Run {
-        /// TOML config; with --manifests or --kubernetes: node settings only (no `[[service]]`).
-        #[arg(long, short, required_unless_present_any = ["manifests", "kubernetes"])]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        manifests: ManifestArgs,
-        /// Watch Services and EndpointSlices on the Kubernetes API (docs/kubernetes-watch.md).
-        #[arg(long, conflicts_with = "manifests")]
-        kubernetes: bool,
-        /// Watch only this namespace (repeatable; default: cluster-wide).
-        #[arg(long = "namespace", value_name = "NAMESPACE", requires = "kubernetes")]
-        namespaces: Vec<String>,
-        /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster).
-        #[arg(long, requires = "kubernetes")]
-        kubeconfig: Option<PathBuf>,
-        /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
-        /// (default: only Services without that label).
-        #[arg(long, requires = "kubernetes")]
-        proxy_name: Option<String>,
-        /// Worker threads (overrides the config; default one per CPU; 1..=1024).
-        #[arg(long, value_parser = workers_in_range)]
-        workers: Option<usize>,
-        /// Kernel interface of the workers (overrides the config's `driver`).
-        #[arg(long, value_enum)]
-        driver: Option<DriverArg>,
-    },
-    /// Validate a config file (or manifests) and print what would be served.
-    Check {
-        #[arg(long, short, required_unless_present = "manifests")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        manifests: ManifestArgs,
-    },
+    Run(RunArgs),
+    /// Check what `run` would be given, without serving: the same arguments as `run`; prints
+    /// what would be served (or FILE:LINE:COL: error) and warns about missing capabilities.
+    Check(RunArgs),
     /// Print the node's ip/nft commands that Services with forwarding = "transparent" need.
     TproxyRules {
         /// TOML config; with --manifests: node settings only.
@@ -70,10 +41,14 @@ enum Command {
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
+        /// Worker threads (default: one per CPU; 1..=1024).
         #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
+        /// Kernel interface of the workers.
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Talk to a running daemon through its control socket.
     Ctl {
@@ -86,6 +61,80 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// Print a shell completion script (e.g. `sluice completions bash >
+    /// /usr/share/bash-completion/completions/sluice`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (sluice.1, sluice-run.1, sluice-ctl-status.1, …) into DIR.
+    Man {
+        /// Directory to write the pages into (created when missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// What `run` is given (and `check` checks).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config; with --manifests or --kubernetes: node settings only (no `[[service]]`).
+    #[arg(long, short, required_unless_present_any = ["manifests", "kubernetes"])]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Watch Services and EndpointSlices on the Kubernetes API (docs/kubernetes-watch.md).
+    #[arg(long, conflicts_with = "manifests")]
+    kubernetes: bool,
+    /// Watch only this namespace (repeatable; default: cluster-wide).
+    #[arg(long = "namespace", value_name = "NAMESPACE", requires = "kubernetes")]
+    namespaces: Vec<String>,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
+    /// (default: only Services without that label).
+    #[arg(long, requires = "kubernetes")]
+    proxy_name: Option<String>,
+    /// Worker threads (overrides the config; default one per CPU; 1..=1024).
+    #[arg(long, value_parser = workers_in_range)]
+    workers: Option<usize>,
+    /// Kernel interface of the workers (overrides the config's `driver`).
+    #[arg(long, value_enum)]
+    driver: Option<DriverArg>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// How the daemon logs (stderr).
+#[derive(clap::Args)]
+struct LogArgs {
+    /// Log filter (tracing's EnvFilter syntax: `info`, `debug`, `sluice=debug,warn`);
+    /// RUST_LOG wins when set. `sluice ctl log-level` changes it at run time.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log_level: String,
+    /// Log line format: `text` (key=value, values with spaces quoted) or `json` (one object
+    /// per line). Under journald (JOURNAL_STREAM) lines carry no timestamp.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+}
+
+impl LogArgs {
+    fn init(&self) -> LogFilterSetter {
+        let format = match self.log_format {
+            LogFormatArg::Text => sluice::logging::LogFormat::Text,
+            LogFormatArg::Json => sluice::logging::LogFormat::Json,
+        };
+        sluice::logging::init(format, &self.log_level)
+    }
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 /// `--manifests DIR` and what goes with it (docs/kubernetes.md).
@@ -99,6 +148,11 @@ struct ManifestArgs {
     /// --kubernetes (default: $NODE_NAME).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's zone (topology.kubernetes.io/zone), for EndpointSlice topology hints,
+    /// with --manifests (a Node object named --node-name in DIR wins; with --kubernetes the
+    /// zone comes from this node's Node object).
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 impl ManifestArgs {
@@ -120,6 +174,7 @@ impl ManifestArgs {
             options: sluice::config::k8s::K8sOptions {
                 node_name,
                 proxy_name: None,
+                zone: self.zone.clone().filter(|z| !z.is_empty()),
             },
         })
     }
@@ -162,11 +217,16 @@ enum CtlCommand {
         #[command(subcommand)]
         what: DescribeWhat,
     },
-    /// Endpoints of every Service, or of one (`[NAMESPACE/]NAME`).
-    Endpoints { service: Option<String> },
+    /// Endpoints of every Service, or of one: state, weight, conditions, locality, health.
+    Endpoints {
+        /// Only this Service: `[NAMESPACE/]NAME` (default namespace `default`).
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+    },
     /// Counters per Service port and endpoint.
     Stats,
-    /// Re-read the configuration file and apply it; exits non-zero when it fails.
+    /// Re-read the configuration and apply it; prints what changed, exits non-zero when it
+    /// fails (the running configuration keeps serving).
     Reload,
     /// Runtime endpoint overrides (kept across reloads while the endpoint exists).
     Endpoint {
@@ -174,7 +234,11 @@ enum CtlCommand {
         action: EndpointCommand,
     },
     /// Change the log filter (e.g. `debug`, `sluice=trace,info`).
-    LogLevel { level: String },
+    LogLevel {
+        /// The new filter, in tracing's EnvFilter syntax.
+        #[arg(value_name = "FILTER")]
+        level: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,34 +246,49 @@ enum DescribeWhat {
     /// `describe service NAME [-n NAMESPACE]`.
     #[command(alias = "svc")]
     Service {
+        /// The Service's name.
         name: String,
+        /// The Service's namespace.
         #[arg(short = 'n', long = "namespace", default_value = "default")]
         namespace: String,
     },
 }
 
+/// The endpoint an override names.
+#[derive(clap::Args)]
+struct EndpointTarget {
+    /// The Service: `[NAMESPACE/]NAME[:PORT_NAME]` (without PORT_NAME: every port).
+    #[arg(value_name = "SERVICE")]
+    service: String,
+    /// The endpoint: `IP:PORT`, or `IP` for every port of that address.
+    #[arg(value_name = "ADDR")]
+    address: String,
+}
+
 #[derive(Subcommand)]
 enum EndpointCommand {
     /// No new connections to ADDR; open ones continue.
-    Drain { service: String, address: String },
-    /// Take ADDR out of service (no new connections; open ones continue).
-    Disable { service: String, address: String },
+    Drain(EndpointTarget),
+    /// Take ADDR out of service (no new connections; open ones continue; counted down for
+    /// health).
+    Disable(EndpointTarget),
     /// Undo drain/disable.
-    Enable { service: String, address: String },
-    /// Override ADDR's weight (0..=65535).
+    Enable(EndpointTarget),
+    /// Override ADDR's weight.
     Weight {
-        service: String,
-        address: String,
+        #[command(flatten)]
+        target: EndpointTarget,
+        /// The weight, 0..=65535 (0: no new connections).
         weight: u32,
     },
 }
 
 impl CtlCommand {
     fn request(self) -> Request {
-        let ep = |action, service, address, weight| Request::Endpoint {
+        let ep = |action, t: EndpointTarget, weight| Request::Endpoint {
             action,
-            service,
-            address,
+            service: t.service,
+            address: t.address,
             weight,
         };
         match self {
@@ -225,20 +304,12 @@ impl CtlCommand {
             CtlCommand::Stats => Request::Stats,
             CtlCommand::Reload => Request::Reload,
             CtlCommand::Endpoint { action } => match action {
-                EndpointCommand::Drain { service, address } => {
-                    ep(EndpointAction::Drain, service, address, None)
+                EndpointCommand::Drain(t) => ep(EndpointAction::Drain, t, None),
+                EndpointCommand::Disable(t) => ep(EndpointAction::Disable, t, None),
+                EndpointCommand::Enable(t) => ep(EndpointAction::Enable, t, None),
+                EndpointCommand::Weight { target, weight } => {
+                    ep(EndpointAction::Weight, target, Some(weight))
                 }
-                EndpointCommand::Disable { service, address } => {
-                    ep(EndpointAction::Disable, service, address, None)
-                }
-                EndpointCommand::Enable { service, address } => {
-                    ep(EndpointAction::Enable, service, address, None)
-                }
-                EndpointCommand::Weight {
-                    service,
-                    address,
-                    weight,
-                } => ep(EndpointAction::Weight, service, address, Some(weight)),
             },
             CtlCommand::LogLevel { level } => Request::LogLevel { level },
         }
@@ -265,140 +336,233 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Ctl {
-        socket,
-        output,
-        command,
-    } = cli.command
-    {
-        return ExitCode::from(control::client::run(
-            &socket,
-            output == Output::Json,
-            &command.request(),
-        ));
-    }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .init();
     // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
-    sluice::config::set_local_addresses(sluice::dataplane::sys::local_addresses);
-    let log_filter: LogFilterSetter = Box::new(move |level: &str| {
-        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(f).map_err(|e| e.to_string())
-    });
+    sluice::config::set_local_addresses(|| control::node::addresses().unwrap_or_default());
     let result = match cli.command {
-        Command::Ctl { .. } => unreachable!("handled above"),
-        Command::Check { config, manifests } => match load_model(&config, &manifests, true) {
-            Ok(model) => {
-                print!("{}", sluice::config::render_check(&model));
-                if sluice::tproxy::uses_transparent(&model) {
-                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
-                        eprintln!("warning: {e}");
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(1);
-            }
-        },
-        Command::Run {
-            kubernetes: true,
-            config,
-            manifests,
-            namespaces,
-            kubeconfig,
-            proxy_name,
+        Command::Ctl {
+            socket,
+            output,
+            command,
+        } => {
+            return ExitCode::from(control::client::run(
+                &socket,
+                output == Output::Json,
+                &command.request(),
+            ))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "sluice", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man_pages(&dir),
+        Command::Check(args) => return check(args),
+        Command::Run(args) => return run(args),
+        Command::Demo {
             workers,
             driver,
-        } => {
-            let options = sluice::watch::Options {
-                kubeconfig,
-                namespaces,
-                settings_file: config,
-                k8s: sluice::config::k8s::K8sOptions {
-                    node_name: manifests.node_name(),
-                    proxy_name,
-                },
-                window: Default::default(),
-            };
-            let source = match sluice::watch::Source::new(options) {
-                Ok(s) => s,
+            log,
+        } => demo(workers, driver, log.init()),
+        Command::TproxyRules { config, manifests } => {
+            let _ = sluice::logging::init(sluice::logging::LogFormat::Text, "info");
+            match load_model(&config, &manifests, true) {
+                Ok(model) => {
+                    print!("{}", sluice::tproxy::rules(&model));
+                    Ok(())
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(1);
                 }
-            };
-            control::run(control::Options {
-                config: ConfigSource::Kubernetes(Box::new(source)),
-                workers,
-                driver: driver.map(Into::into),
-                log_filter: Some(log_filter),
-            })
-            .map_err(Into::into)
+            }
         }
-        Command::Run {
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `sluice check`: what `sluice run` with the same arguments would load, without serving.
+fn check(args: RunArgs) -> ExitCode {
+    // Loading manifests logs what it skips (like `run`).
+    let _ = args.log.init();
+    if args.kubernetes {
+        if let Some(refused) = zone_with_kubernetes(&args) {
+            return refused;
+        }
+        return check_kubernetes(args);
+    }
+    match load_model(&args.config, &args.manifests, true) {
+        Ok(model) => {
+            print!("{}", sluice::config::render_check(&model));
+            if sluice::tproxy::uses_transparent(&model) {
+                if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                    eprintln!("warning: {e}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `sluice check --kubernetes`: the node settings file and the kubeconfig; the Services
+/// come from the API, which is not contacted. Local Services forward transparently by
+/// default, so a missing CAP_NET_ADMIN is a warning naming it.
+fn check_kubernetes(args: RunArgs) -> ExitCode {
+    let options = watch_options(&args);
+    let kubeconfig = options.kubeconfig.clone();
+    let node_name = options.k8s.node_name.clone();
+    let source = match sluice::watch::Source::new(options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(path) = &kubeconfig {
+        if let Err(e) = sluice::watch::check_kubeconfig(path) {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    }
+    let model = sluice::model::Model {
+        settings: source.settings(),
+        services: Vec::new(),
+    };
+    let summary = sluice::config::render_check(&model);
+    // The settings lines; the Services come from the API.
+    for line in summary.lines().skip(1).take(2) {
+        println!("{line}");
+    }
+    println!(
+        "services: from the Kubernetes API {}, node {}",
+        source
+            .describe()
+            .trim_start_matches("kubernetes ")
+            .to_owned(),
+        node_name
+            .as_deref()
+            .unwrap_or("(none: no endpoint is local)")
+    );
+    if node_name.is_none() {
+        eprintln!(
+            "warning: no node name (--node-name or NODE_NAME): Services with \
+             externalTrafficPolicy: Local will have no local endpoint on this node"
+        );
+    }
+    if let Err(e) = sluice::tproxy::check_transparent_capability() {
+        eprintln!(
+            "warning: Services with externalTrafficPolicy: Local forward transparently unless \
+             annotated sluice.io/forwarding: {e}"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--zone` with `--kubernetes` is refused: the zone is read from this node's Node object.
+fn zone_with_kubernetes(args: &RunArgs) -> Option<ExitCode> {
+    (args.kubernetes && args.manifests.zone.is_some()).then(|| {
+        eprintln!(
+            "--zone applies to --manifests: with --kubernetes the zone is read from this \
+             node's Node object (label topology.kubernetes.io/zone)"
+        );
+        ExitCode::from(2)
+    })
+}
+
+fn watch_options(args: &RunArgs) -> sluice::watch::Options {
+    sluice::watch::Options {
+        kubeconfig: args.kubeconfig.clone(),
+        namespaces: args.namespaces.clone(),
+        settings_file: args.config.clone(),
+        k8s: sluice::config::k8s::K8sOptions {
+            node_name: args.manifests.node_name(),
+            proxy_name: args.proxy_name.clone(),
+            zone: None,
+        },
+        window: Default::default(),
+    }
+}
+
+/// `sluice run`.
+fn run(args: RunArgs) -> ExitCode {
+    let log_filter = args.log.init();
+    if let Some(refused) = zone_with_kubernetes(&args) {
+        return refused;
+    }
+    let result: anyhow::Result<()> = if args.kubernetes {
+        let source = match sluice::watch::Source::new(watch_options(&args)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        control::run(control::Options {
+            config: ConfigSource::Kubernetes(Box::new(source)),
+            workers: args.workers,
+            driver: args.driver.map(Into::into),
+            log_filter: Some(log_filter),
+        })
+        .map_err(Into::into)
+    } else {
+        let RunArgs {
             config,
             manifests,
             workers,
             driver,
             ..
-        } => {
-            let source = match manifests.source(&config) {
-                Some(m) => ConfigSource::Manifests(m),
-                None => ConfigSource::File(config.clone().expect("clap requires --config")),
-            };
-            let whence = manifests.manifests.as_ref().or(config.as_ref());
-            if let (Ok(model), Some(whence)) = (load_model(&config, &manifests, false), whence) {
-                if sluice::tproxy::uses_transparent(&model) {
-                    if let Err(e) = sluice::tproxy::check_transparent_capability() {
-                        eprintln!("{}: {e}", whence.display());
-                        return ExitCode::from(1);
-                    }
-                }
-            }
-            match control::run(control::Options {
-                config: source,
-                workers,
-                driver: driver.map(Into::into),
-                log_filter: Some(log_filter),
-            }) {
-                Ok(()) => Ok(()),
-                Err(control::ControlError::Config(e)) => {
-                    eprintln!("{e}");
+        } = args;
+        let source = match manifests.source(&config) {
+            Some(m) => ConfigSource::Manifests(m),
+            None => ConfigSource::File(config.clone().expect("clap requires --config")),
+        };
+        let whence = manifests.manifests.as_ref().or(config.as_ref());
+        if let (Ok(model), Some(whence)) = (load_model(&config, &manifests, false), whence) {
+            if sluice::tproxy::uses_transparent(&model) {
+                if let Err(e) = sluice::tproxy::check_transparent_capability() {
+                    eprintln!("{}: {e}", whence.display());
                     return ExitCode::from(1);
                 }
-                Err(e) => Err(e.into()),
             }
         }
-        Command::Demo { workers, driver } => demo(workers, driver, log_filter),
-        Command::TproxyRules { config, manifests } => match load_model(&config, &manifests, true) {
-            Ok(model) => {
-                print!("{}", sluice::tproxy::rules(&model));
-                Ok(())
-            }
-            Err(e) => {
+        match control::run(control::Options {
+            config: source,
+            workers,
+            driver: driver.map(Into::into),
+            log_filter: Some(log_filter),
+        }) {
+            Ok(()) => Ok(()),
+            Err(control::ControlError::Config(e)) => {
                 eprintln!("{e}");
                 return ExitCode::from(1);
             }
-        },
+            Err(e) => Err(e.into()),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// `sluice man DIR`: one page per command and subcommand (`sluice-ctl-status.1`).
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing man pages into {}", dir.display()))?;
+    Ok(())
 }
 
 /// `--workers N` within the bound of the `workers` key.
@@ -443,4 +607,108 @@ fn demo(
         log_filter: Some(log_filter),
     })?;
     Ok(())
+}
+
+/// An error and its causes, each said once: a cause whose text its error already includes
+/// (thiserror's `"...: {source}"` with `#[source]`) is not repeated, as `{:#}` would.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut said = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        said = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and subcommand, with its path (`sluice ctl endpoint drain`).
+    fn commands() -> Vec<(String, clap::Command)> {
+        fn walk(path: String, cmd: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            for sub in cmd.get_subcommands() {
+                walk(format!("{path} {}", sub.get_name()), sub, out);
+            }
+            out.push((path, cmd.clone()));
+        }
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        walk("sluice".into(), &root, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--help`, the man pages and the completions show a line for every flag and argument.
+    #[test]
+    fn every_command_flag_and_argument_has_help_text() {
+        let mut missing = Vec::new();
+        for (path, cmd) in commands() {
+            if path != "sluice" && cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    /// No flag is global: each is defined (and shown in `--help`) only where it applies, so
+    /// `sluice ctl status --help` does not list the daemon's logging flags.
+    #[test]
+    fn no_flag_is_repeated_on_every_subcommand() {
+        for (path, cmd) in commands() {
+            for arg in cmd.get_arguments() {
+                assert!(!arg.is_global_set(), "{path}: --{} is global", arg.get_id());
+            }
+        }
+        let ctl_status = commands()
+            .into_iter()
+            .find(|(p, _)| p == "sluice ctl status")
+            .expect("ctl status")
+            .1;
+        let flags: Vec<String> = ctl_status
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(flags, ["help"], "ctl status takes no flags of its own");
+    }
+
+    /// `check` takes exactly what `run` takes, so a unit's (or a DaemonSet's) `run` line can
+    /// be checked as it is.
+    #[test]
+    fn check_takes_the_arguments_of_run() {
+        let args = |name: &str| -> Vec<String> {
+            let cmd = Cli::command();
+            let sub = cmd.find_subcommand(name).expect(name);
+            sub.get_arguments()
+                .map(|a| a.get_id().to_string())
+                .collect()
+        };
+        assert_eq!(args("run"), args("check"));
+        Cli::try_parse_from([
+            "sluice",
+            "check",
+            "--kubernetes",
+            "--config",
+            "/etc/sluice/sluice.toml",
+            "--log-format",
+            "json",
+        ])
+        .map(|_| ())
+        .expect("the DaemonSet's arguments parse for check");
+    }
 }

@@ -65,6 +65,9 @@ pub struct ConnCounters {
     pub bytes_to_client: Counter,
     /// Endpoint only: connect attempts that failed (refused, timed out, unreachable).
     pub connect_failed: Counter,
+    /// Service only: clients reset at once because a hold budget was spent
+    /// (`max_held_per_service`, `max_held_per_worker`).
+    pub holds_refused: Counter,
     /// Endpoint only: failed connects since this worker's last successful one (passive
     /// health checking reads the sum over workers).
     pub connect_failures_in_row: Gauge,
@@ -96,6 +99,7 @@ pub struct ConnTotals {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub connect_failed: u64,
+    pub holds_refused: u64,
     /// Sum over workers of the failed connects since each one's last success.
     pub connect_failures_in_row: u64,
 }
@@ -173,6 +177,7 @@ impl StatsBlock {
             t.bytes_to_backend += c.bytes_to_backend.get();
             t.bytes_to_client += c.bytes_to_client.get();
             t.connect_failed += c.connect_failed.get();
+            t.holds_refused += c.holds_refused.get();
             t.connect_failures_in_row += c.connect_failures_in_row.get();
         }
         t

@@ -65,7 +65,8 @@ fn check_refuses_an_endpoint_that_is_our_own_node_port() {
         "{out}"
     );
     // Listening everywhere: every address of the node, not only loopback ones.
-    let node_ip = sluice::dataplane::sys::local_addresses()
+    let node_ip = sluice::control::node::addresses()
+        .unwrap()
         .into_iter()
         .find(|ip| ip.is_ipv4() && !ip.is_loopback());
     let Some(node_ip) = node_ip else {
@@ -284,4 +285,138 @@ fn tproxy_rules_read_manifests() {
         stdout.contains("socket transparent 1 meta mark set 0x1"),
         "{stdout}"
     );
+}
+
+/// `--log-format`: text lines by default (timestamp, level, target, message, fields), JSON
+/// objects with `json`; under journald (JOURNAL_STREAM naming stderr) text lines start with
+/// the syslog priority and carry no timestamp of their own.
+#[test]
+fn log_formats_text_json_and_journald() {
+    for (format, journald) in [
+        ("text", false),
+        ("text", true),
+        ("json", false),
+        ("json", true),
+    ] {
+        let dir = TempDir::new("logs");
+        let config = dir.write("s.toml", &one_service(free_port(), "", &[], ""));
+        let mut s = Sluice::spawn(
+            &[
+                "run",
+                "--log-format",
+                format,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            Launch {
+                journal_stream: journald,
+                ..Launch::default()
+            },
+        );
+        let line = wait_for("the serving line", SOON, || {
+            s.stderr()
+                .lines()
+                .find(|l| l.contains("sluice is serving"))
+                .map(str::to_owned)
+        });
+        let what = format!("{format}, journald {journald}: {line}");
+        match (format, journald) {
+            ("text", false) => {
+                assert!(line.starts_with("20"), "{what}");
+                assert!(
+                    line.contains(" INFO sluice::control: sluice is serving workers="),
+                    "{what}"
+                );
+            }
+            ("text", true) => {
+                assert!(
+                    line.starts_with("<6> INFO sluice::control: sluice is serving workers="),
+                    "{what}"
+                );
+            }
+            _ => {
+                let v: serde_json::Value = serde_json::from_str(&line).expect(&what);
+                assert_eq!(v["message"], "sluice is serving", "{what}");
+                assert_eq!(v["level"], "INFO", "{what}");
+                assert!(v["workers"].is_number(), "{what}");
+                assert_eq!(v.get("timestamp").is_some(), !journald, "{what}");
+                // Every line is JSON.
+                for l in s.stderr().lines() {
+                    serde_json::from_str::<serde_json::Value>(l).expect(l);
+                }
+            }
+        }
+        s.assert_alive();
+    }
+}
+
+/// `sluice completions SHELL` prints a script for that shell; `sluice man DIR` writes one
+/// page per command.
+#[test]
+fn completions_and_man_pages() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef sluice"),
+        ("fish", "complete -c sluice"),
+    ] {
+        let mut s = Sluice::spawn(&["completions", shell], Launch::default());
+        assert!(s.wait_exit(SOON).success(), "{shell}: {}", s.stderr());
+        let out = s.stdout();
+        assert!(out.contains(marker), "{shell}: no {marker:?}");
+        assert!(
+            out.contains("endpoints") && out.contains("log-format"),
+            "{shell}: subcommands and flags"
+        );
+    }
+    let dir = TempDir::new("man");
+    let out = dir.path().join("man1");
+    let mut s = Sluice::spawn(&["man", out.to_str().unwrap()], Launch::default());
+    assert!(s.wait_exit(SOON).success(), "{}", s.stderr());
+    for page in [
+        "sluice.1",
+        "sluice-run.1",
+        "sluice-check.1",
+        "sluice-ctl.1",
+        "sluice-ctl-endpoint-drain.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: not a man page"
+        );
+    }
+    let run = std::fs::read_to_string(out.join("sluice-run.1")).unwrap();
+    assert!(
+        run.contains("kubernetes") && run.contains("log\\-format"),
+        "{run}"
+    );
+}
+
+/// A start-up error is said once: "Address already in use" was printed twice (the error,
+/// then the same cause again as its own line of the chain).
+#[test]
+fn a_start_error_names_its_cause_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("cli-inuse");
+    let cfg = dir.write(
+        "cfg.toml",
+        &format!(
+            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{port}-{port}\"\nworkers = 1\ncontrol_socket = \"{}\"\n\n[[service]]\nname = \"a\"\nport = 80\ntarget_port = 80\nnode_port = {port}\nendpoints = [\"127.0.0.2\"]\n",
+            dir.path().join("ctl.sock").display()
+        ),
+    );
+    let mut s = Sluice::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        Launch::default(),
+    );
+    assert!(!s.wait_exit(SOON).success());
+    let err = s.stderr();
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(taken);
 }

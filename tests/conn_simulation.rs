@@ -15,7 +15,8 @@
 //!   holding towards it is lost, and the bytes it queued but the proxy has not read are
 //!   discarded, as a kernel does on RST;
 //! - *idle*: both peers stop writing at random points without closing, and the connection
-//!   has a short idle timeout.
+//!   has a short idle timeout; sometimes one peer also stops reading at a random point (a
+//!   stuck reader), so bytes are still on their way when the timeout fires.
 //!
 //! The proxy's two sockets are modelled as a receive queue (peer → proxy) and a send queue
 //! (proxy → peer), each with a small random capacity so that would-block is frequent, plus
@@ -57,7 +58,10 @@
 //! - Each connection ends with exactly the `Close` its plan calls for: `Done` (no reset) when
 //!   both directions finished, with both streams complete; `Broken(side)` resetting both
 //!   sides after a failure on `side`; `IdleTimeout` for idle ones, never before
-//!   `idle_timeout` without a byte moved; `ConnectFailed(last)` resetting both sides after
+//!   `idle_timeout` without a byte moved, with FIN both ways when nothing was in flight and
+//!   with a reset of both sides when bytes were still held or queued in a socket (told to
+//!   the core as the driver does, from the kernel's queue sizes) — a reader must never take a
+//!   cut stream for a complete one; `ConnectFailed(last)` resetting both sides after
 //!   exactly `1 + connect_retries` failed attempts (or at once for `Local`); `NoEndpoint`.
 //! - No op after `Close` (also when events keep arriving for it); `Receive` never with
 //!   `max == 0` or more than the holder's room, `Send` never with `held == 0`.
@@ -77,10 +81,7 @@
 //! Real kernel buffer accounting (pipe pages, TCP windows, coalescing), partial failures of
 //! `Watch`, the driver's holder pool and fd limits, connect timeouts (a `TimedOut` result just
 //! arrives), worker shutdown (`abort`), several connections sharing one endpoint, and
-//! anything multi-threaded. Peers always keep reading: with a stuck reader, an idle timeout
-//! would close while bytes are still held, and the core closes idle connections with FIN on
-//! both sides, so the reader would see a clean end of a truncated stream — whether that
-//! should be a reset is a semantics question left open here.
+//! anything multi-threaded.
 
 use sluice::dataplane::conn::{
     CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side,
@@ -109,6 +110,7 @@ fn interleaved_connections_deliver_every_byte_once_and_close_as_planned() {
     eprintln!("{} seeds x {conns} connections: {total}", seeds.len());
     // The run must exercise what it claims to test.
     assert!(total.closed_done > 0 && total.closed_broken > 0 && total.closed_idle > 0);
+    assert!(total.closed_idle_reset > 0 && total.closed_idle_reset < total.closed_idle);
     assert!(total.connect_failures > 0 && total.spurious_would_blocks > 0);
     assert!(total.yields > 0 && total.bytes_after_half_close > 0);
 }
@@ -291,6 +293,8 @@ struct Peer {
     written: usize,
     /// Stops writing here (`out.len()` unless the connection goes idle).
     write_limit: usize,
+    /// Stops reading once this many bytes were received (a stuck reader).
+    read_limit: usize,
     /// Half-closes once everything is written and this many bytes were received.
     fin_after_received: Option<usize>,
     fin_sent: bool,
@@ -309,6 +313,7 @@ impl Peer {
     fn new(out: Vec<u8>) -> Peer {
         Peer {
             write_limit: out.len(),
+            read_limit: usize::MAX,
             out,
             written: 0,
             fin_after_received: None,
@@ -397,6 +402,8 @@ struct Stats {
     closed_done: u64,
     closed_broken: u64,
     closed_idle: u64,
+    /// Idle closes with bytes still in flight (both sides reset).
+    closed_idle_reset: u64,
     closed_connect: u64,
     steps: u64,
     /// Digest of (connection, close, time) for the replay test.
@@ -419,6 +426,7 @@ impl Stats {
         self.closed_done += o.closed_done;
         self.closed_broken += o.closed_broken;
         self.closed_idle += o.closed_idle;
+        self.closed_idle_reset += o.closed_idle_reset;
         self.closed_connect += o.closed_connect;
         self.steps += o.steps;
         self.outcome_digest ^= o.outcome_digest;
@@ -431,7 +439,8 @@ impl fmt::Display for Stats {
             f,
             "{} conns, {} bytes relayed, {} ops, {} steps; would-block: {} receive ({} spurious), \
              {} send; {} readiness edges, {} spurious Ready, {} yields, {} connect failures, \
-             {} bytes after a half-close; closed: {} done, {} broken, {} idle, {} connect/no endpoint",
+             {} bytes after a half-close; closed: {} done, {} broken, {} idle ({} with bytes in \
+             flight, reset), {} connect/no endpoint",
             self.connections,
             self.bytes,
             self.ops,
@@ -447,6 +456,7 @@ impl fmt::Display for Stats {
             self.closed_done,
             self.closed_broken,
             self.closed_idle,
+            self.closed_idle_reset,
             self.closed_connect,
         )
     }
@@ -608,7 +618,25 @@ impl World {
             self.deadline_cursor = (c + 1) % self.links.len();
             let l = &mut self.links[c];
             if l.closed.is_none() && l.conn.deadline().is_some_and(|d| self.now >= d) {
-                l.conn.handle_timeout(self.now);
+                // What the driver asks the kernel (SIOCINQ / SIOCOUTQ of both sockets).
+                let queued = l
+                    .sockets
+                    .iter()
+                    .any(|s| !s.rx.is_empty() || !s.tx.is_empty());
+                // The spec: an idle close resets both sides when any byte is in flight.
+                if let Op::Close {
+                    reason: CloseReason::IdleTimeout,
+                    ..
+                } = l.expected.close
+                {
+                    let lost = queued || l.holders.iter().any(|h| !h.is_empty());
+                    l.expected.close = Op::Close {
+                        reset_client: lost,
+                        reset_backend: lost,
+                        reason: CloseReason::IdleTimeout,
+                    };
+                }
+                l.conn.handle_timeout_queued(self.now, queued);
                 self.trace(c, || "idle deadline passed".into());
                 self.drive(c);
             }
@@ -907,6 +935,9 @@ impl World {
             }
             CloseReason::IdleTimeout => {
                 self.stats.closed_idle += 1;
+                if reset_client {
+                    self.stats.closed_idle_reset += 1;
+                }
                 assert!(
                     now >= l.last_move + l.config.idle_timeout,
                     "#{c}: idle close {:?} after the last byte moved (timeout {:?})",
@@ -951,7 +982,8 @@ impl World {
             return 0;
         }
         let mut moves = 0;
-        if !s.tx.is_empty() || (s.tx_fin && !peer.eof) {
+        let reads_data = !s.tx.is_empty() && peer.received < peer.read_limit;
+        if reads_data || (s.tx.is_empty() && s.tx_fin && !peer.eof) {
             moves |= Self::READ;
         }
         if l.closed.is_some() {
@@ -1063,7 +1095,9 @@ impl World {
             self.trace(c, || format!("{p:?} peer reads EOF"));
             return;
         }
-        let n = self.rng.amount(s.tx.len());
+        let n = self
+            .rng
+            .amount(s.tx.len().min(peer.read_limit - peer.received));
         let expect = &other.out[peer.received..(peer.received + n).min(other.out.len())];
         assert!(
             s.tx[..n] == *expect,
@@ -1316,6 +1350,12 @@ fn plan_link(rng: &mut Rng, now: Instant) -> Link {
                 } else {
                     peer.write_limit = rng.range(0, peer.out.len());
                 }
+            }
+            // Sometimes a peer stops reading too: bytes are in flight at the timeout.
+            if rng.chance(1, 3) {
+                let p = rng.range(0, 1);
+                let other_len = peers[1 - p].out.len();
+                peers[p].read_limit = rng.range(0, other_len);
             }
         }
     }

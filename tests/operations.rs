@@ -704,22 +704,43 @@ fn metrics_healthz_and_livez() {
 }
 
 #[test]
-fn the_systemd_unit_verifies() {
-    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sluice.service");
-    let text = std::fs::read_to_string(&unit).unwrap();
-    for want in [
-        "Type=notify",
-        "ExecStartPre=",
-        "ExecReload=/usr/local/bin/sluice ctl",
-        "Restart=on-failure",
-        "LimitNOFILE=1048576",
-        "RuntimeDirectory=sluice",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "WatchdogSec=",
-    ] {
-        assert!(text.contains(want), "{want} missing from the unit");
+fn the_systemd_units_verify() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let config_unit = std::fs::read_to_string(dir.join("sluice.service")).unwrap();
+    let kube_unit = std::fs::read_to_string(dir.join("sluice-kubernetes.service")).unwrap();
+    for text in [&config_unit, &kube_unit] {
+        for want in [
+            "Type=notify",
+            "ExecStartPre=sluice check ",
+            "ExecReload=sluice ctl",
+            "Restart=on-failure",
+            "LimitNOFILE=1048576",
+            "RuntimeDirectory=sluice",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "WatchdogSec=",
+            // Transparent forwarding's capability only through the drop-in.
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+        ] {
+            assert!(text.contains(want), "{want} missing from a unit:\n{text}");
+        }
     }
+    // The Kubernetes variant: the node name, and a kubeconfig the hardening does not hide.
+    for want in [
+        "ExecStart=sluice run --kubernetes ",
+        "Environment=NODE_NAME=%H",
+        "EnvironmentFile=-/etc/default/sluice-kubernetes",
+        "--kubeconfig /etc/sluice/kubeconfig",
+        "Conflicts=sluice.service",
+    ] {
+        assert!(
+            kube_unit.contains(want),
+            "{want} missing from sluice-kubernetes.service"
+        );
+    }
+    let dropin = std::fs::read_to_string(dir.join("transparent.conf")).unwrap();
+    assert!(dropin.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN"));
     if Command::new("systemd-analyze")
         .arg("--version")
         .output()
@@ -730,25 +751,28 @@ fn the_systemd_unit_verifies() {
         );
         return;
     }
-    // verify wants the ExecStart binary to exist: point a copy of the unit at ours.
-    let dir = TempDir::new("unit");
+    // verify wants the commands to exist: point copies of the units at our binary (the
+    // package's own install is verified by tests/package.sh).
+    let tmp = TempDir::new("unit");
     let bin = env!("CARGO_BIN_EXE_sluice");
-    let copy = dir.write(
-        "sluice.service",
-        &text.replace("/usr/local/bin/sluice", bin),
-    );
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let relevant: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("sluice.service") && !l.contains("Failed to connect"))
-        .collect();
-    assert!(
-        out.status.success() && relevant.is_empty(),
-        "systemd-analyze verify:\n{err}"
-    );
+    for (name, text) in [
+        ("sluice.service", &config_unit),
+        ("sluice-kubernetes.service", &kube_unit),
+    ] {
+        let copy = tmp.write(name, &text.replace("=sluice ", &format!("={bin} ")));
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let relevant: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(name) && !l.contains("Failed to connect"))
+            .collect();
+        assert!(
+            out.status.success() && relevant.is_empty(),
+            "systemd-analyze verify {name}:\n{err}"
+        );
+    }
 }

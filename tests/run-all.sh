@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use as real peers or tools. Installed only when missing.
 # The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
-# iperf3 and nftables in network namespaces.
-PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3)
+# iperf3 and nftables in network namespaces. The package and image checks (below) use
+# dpkg-dev (dpkg-shlibdeps for the package's dependencies), binutils, podman and runc.
+PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3
+          dpkg-dev binutils podman runc)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -69,5 +71,19 @@ if [ $# -eq 0 ]; then
     timeout --kill-after=15 180 bench/run.sh --quick --sluice target/ci/sluice --out target/bench-quick
   else
     echo "skipping the benchmark smoke test (bench/run.sh --quick needs root)" >&2
+  fi
+fi
+
+# Shipping: the Debian package (built, installed with dpkg, units verified, purged) and the
+# container image (built without a registry, contents checked, run with podman where it can
+# start containers). Needs root; the release build is the longest part (~5 min on 2 cores).
+if [ $# -eq 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "=== Debian package ==="
+    timeout --kill-after=15 1500 tests/package.sh
+    echo "=== container image ==="
+    timeout --kill-after=15 300 tests/image.sh target/release/sluice
+  else
+    echo "skipping the package and image checks (they install packages: run as root)" >&2
   fi
 fi

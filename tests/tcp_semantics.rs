@@ -179,30 +179,69 @@ fn black_hole_endpoint_times_out_after_connect_timeout() {
     );
 }
 
+/// How long a client waits for its reset, median of `tries` connections to `node`. The
+/// worker wakes at least every 100 ms: a reset that waits for that wake-up (issue 12: the
+/// close was deferred to the next loop turn) takes ~100 ms every time, one made at once takes
+/// well under a millisecond. The median of several tries keeps a loaded machine's hiccups out.
+fn median_time_to_reset(node: std::net::SocketAddr, tries: usize) -> Duration {
+    let mut took = Vec::new();
+    for i in 0..tries {
+        let start = Instant::now();
+        // The reset may come before connect(2) has returned.
+        let (data, ended) =
+            match std::net::TcpStream::connect_timeout(&node, Duration::from_secs(5)) {
+                Ok(mut s) => {
+                    let _ = s.write_all(b"hello?");
+                    read_to_end_outcome(&mut s, Duration::from_secs(5))
+                }
+                Err(e) => (Vec::new(), classify(&e)),
+            };
+        took.push(start.elapsed());
+        assert!(data.is_empty(), "attempt {i}: served without an endpoint");
+        assert_eq!(
+            ended,
+            Ended::Reset,
+            "attempt {i}: must be reset, not closed"
+        );
+    }
+    took.sort();
+    eprintln!("time to reset: {took:?}");
+    took[tries / 2]
+}
+
 #[test]
-fn no_endpoints_closes_client_at_once() {
+fn no_endpoints_resets_client_at_once() {
     let port = free_port();
     let cfg = one_service(port, "workers = 1", &[], "connect_timeout = \"5s\"");
     let mut lb = Sluice::run(&cfg);
     lb.wait_ready_accepting(node_addr(port));
+    let median = median_time_to_reset(node_addr(port), 9);
+    assert!(
+        median < Duration::from_millis(50),
+        "reset after {median:?} (median): not at once but at the worker's next tick"
+    );
+}
 
-    for i in 0..3 {
-        let mut s = connect(node_addr(port)).unwrap();
-        let start = Instant::now();
-        let _ = s.write_all(b"hello?");
-        let (data, ended) = read_to_end_outcome(&mut s, Duration::from_secs(5));
-        assert!(data.is_empty());
-        assert!(
-            matches!(ended, Ended::Reset | Ended::Eof),
-            "attempt {i}: {ended:?}"
-        );
-        // Not after some timeout: well before the 5 s connect timeout.
-        assert!(
-            start.elapsed() < Duration::from_millis(2500),
-            "attempt {i}: {:?}",
-            start.elapsed()
-        );
-    }
+#[test]
+fn refusing_endpoints_reset_client_as_soon_as_retries_are_spent() {
+    let closed: Vec<ClosedPort> = (2..=4)
+        .map(|i| ClosedPort::new(&format!("127.0.0.{i}")))
+        .collect();
+    let port = free_port();
+    let eps: Vec<String> = closed.iter().map(|c| ep(c.addr)).collect();
+    let cfg = one_service(
+        port,
+        "workers = 1",
+        &eps,
+        "connect_timeout = \"5s\"\nconnect_retries = 2",
+    );
+    let mut lb = Sluice::run(&cfg);
+    lb.wait_ready_accepting(node_addr(port));
+    let median = median_time_to_reset(node_addr(port), 9);
+    assert!(
+        median < Duration::from_millis(50),
+        "reset after {median:?} (median): three refused connects take microseconds"
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ def make_lbs(args):
             for c in setup:
                 t.exec(t.node, *c.split())
             cfg = write(f"{d}/{name}.toml", lbs.sluice_config(settings, service))
-            return t.spawn(t.node, [args.sluice, "--log-level", "warn", "run", "--config", cfg, *extra],
+            return t.spawn(t.node, [args.sluice, "run", "--log-level", "warn", "--config", cfg, *extra],
                            f"{d}/{name}.log")
 
         def stop(t, h, teardown=teardown):
@@ -323,7 +323,7 @@ def main():
                         cfg = write(f"{tmp}/scale-{count}.toml",
                                     lbs.sluice_config(settings, service, services=count, workers=1, maglev=1009))
                         t0 = time.time()
-                        handle = topo.spawn(topo.node, [args.sluice, "--log-level", "warn", "run", "--config", cfg, *extra],
+                        handle = topo.spawn(topo.node, [args.sluice, "run", "--log-level", "warn", "--config", cfg, *extra],
                                             f"{tmp}/scale-{count}.log")
                         wait_ready(topo, lb, timeout=120)
                         startup = time.time() - t0

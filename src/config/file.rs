@@ -19,6 +19,8 @@ pub(super) struct ConfigFile {
     pub listen_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub node_port_range: Option<Spanned<String>>,
     pub max_connections_per_worker: Option<Spanned<i64>>,
+    pub max_held_per_worker: Option<Spanned<i64>>,
+    pub max_held_per_service: Option<Spanned<i64>>,
     pub relay: Option<Spanned<String>>,
     pub driver: Option<Spanned<String>>,
     pub backlog: Option<Spanned<i64>>,

@@ -91,6 +91,12 @@ pub const MAX_CONNECTIONS_PER_WORKER: CountRange = CountRange {
     min: 1,
     max: 1 << 20,
 };
+/// `max_held_per_worker` and `max_held_per_service`: connections held for Services without
+/// a usable endpoint (`hold_when_empty`); 0 turns holding off.
+pub const HELD_CONNECTIONS: CountRange = CountRange {
+    min: 0,
+    max: crate::model::MAX_HELD as i64,
+};
 /// `backlog`: what `listen(2)` takes (the kernel caps it at `net.core.somaxconn`).
 pub const BACKLOG: CountRange = CountRange {
     min: 1,
@@ -136,6 +142,8 @@ pub const COUNTS: &[(&str, CountRange)] = &[
     ("affinity_timeout_seconds", AFFINITY_TIMEOUT_SECONDS),
     ("workers", WORKERS),
     ("max_connections_per_worker", MAX_CONNECTIONS_PER_WORKER),
+    ("max_held_per_worker", HELD_CONNECTIONS),
+    ("max_held_per_service", HELD_CONNECTIONS),
     ("backlog", BACKLOG),
     ("connect_retries", CONNECT_RETRIES),
     ("maglev_table_size", MAGLEV_TABLE_SIZE),

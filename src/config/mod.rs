@@ -205,6 +205,8 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "listen_addresses",
     "node_port_range",
     "max_connections_per_worker",
+    "max_held_per_worker",
+    "max_held_per_service",
     "relay",
     "driver",
     "backlog",
@@ -287,6 +289,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
                 forwarding: Default::default(),
                 traffic_policy: Default::default(),
+                families: Default::default(),
                 health: Default::default(),
                 meta: None,
             }]
@@ -607,6 +610,57 @@ forwarding = "none"
         assert!(
             lines[5].ends_with("127.0.0.2:9000, 127.0.0.3:9000, 127.0.0.4:9000"),
             "{shown}"
+        );
+    }
+
+    /// `check` shows the endpoints as routing uses them: conditions and the traffic policy
+    /// decide which take new connections (the same function as the data plane's snapshot).
+    #[test]
+    fn render_check_endpoints_follow_conditions_and_traffic_policy() {
+        use crate::model::{Conditions, TrafficPolicy};
+        let text = "[[service]]\nname = \"web\"\nport = 80\nnode_port = 30080\n\
+                    endpoints = [\"10.0.0.1\", \"10.0.0.2\", \"10.0.0.3\"]\n";
+        let mut model = parse(text, "t.toml", None).unwrap();
+        let row = |m: &Model| render_check(m).lines().nth(4).unwrap().to_owned();
+        assert!(
+            row(&model).ends_with("10.0.0.1:80, 10.0.0.2:80, 10.0.0.3:80"),
+            "{}",
+            row(&model)
+        );
+        let terminating = Conditions {
+            ready: false,
+            serving: true,
+            terminating: true,
+        };
+        let eps = &mut model.services[0].endpoints;
+        eps[0].conditions = terminating;
+        eps[1].conditions.ready = false;
+        assert!(
+            row(&model).ends_with(
+                "10.0.0.3:80, 10.0.0.1:80 (terminating, serving: not used), \
+                 10.0.0.2:80 (not ready, serving: not used)"
+            ),
+            "{}",
+            row(&model)
+        );
+        // Local: only this node's endpoints; the terminating local one is the fallback.
+        model.services[0].traffic_policy = TrafficPolicy::Local;
+        model.services[0].endpoints[2].local = false;
+        assert!(
+            row(&model).ends_with(
+                "10.0.0.1:80 (terminating, serving: used while none is ready), \
+                 10.0.0.2:80 (not ready, serving: not used), \
+                 10.0.0.3:80 (on another node: not used)"
+            ),
+            "{}",
+            row(&model)
+        );
+        model.services[0].endpoints[0].local = false;
+        assert!(
+            row(&model)
+                .contains("(none usable: connections are reset) 10.0.0.1:80 (on another node"),
+            "{}",
+            row(&model)
         );
     }
 }

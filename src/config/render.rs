@@ -5,8 +5,9 @@
 //! which ones came from sluice rather than the file. Nothing here is meant to be parsed.
 
 use crate::model::{
-    Endpoint, HashKey, ListenAddresses, Model, Policy, ServiceDefaults, ServicePort,
+    HashKey, ListenAddresses, Model, Policy, ServiceDefaults, ServicePort, TrafficPolicy,
 };
+use crate::table::usable::{routing_weights, Tier};
 use std::fmt::Write;
 
 pub(super) fn render(model: &Model) -> String {
@@ -49,8 +50,12 @@ pub(super) fn render(model: &Model) -> String {
     let _ = writeln!(
         out,
         "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
-         max connections per worker: {}   backlog: {}",
-        s.node_port_range, s.max_connections_per_worker, s.backlog
+         max connections per worker: {} (held: {}, per Service: {})   backlog: {}",
+        s.node_port_range,
+        s.max_connections_per_worker,
+        s.max_held_per_worker,
+        s.max_held_per_service,
+        s.backlog
     );
     let _ = writeln!(out, "service defaults: {}", tunables(&s.defaults));
 
@@ -135,15 +140,7 @@ fn row(p: &ServicePort) -> [String; 6] {
         Policy::Random => "random".to_owned(),
         Policy::LeastConnections => "least-connections".to_owned(),
     };
-    let endpoints = if p.endpoints.is_empty() {
-        "(none: connections are reset)".to_owned()
-    } else {
-        p.endpoints
-            .iter()
-            .map(endpoint)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let endpoints = endpoints(p);
     [
         p.key.to_string(),
         format!("{}/{}", p.port, p.key.protocol),
@@ -154,12 +151,55 @@ fn row(p: &ServicePort) -> [String; 6] {
     ]
 }
 
-fn endpoint(e: &Endpoint) -> String {
-    if e.weight == crate::model::DEFAULT_WEIGHT {
-        e.addr.to_string()
-    } else {
-        format!("{} (weight {})", e.addr, e.weight)
+/// The endpoints as routing will use them ([`crate::table::usable::routing_weights`]:
+/// conditions, traffic policy, weights): those that take new connections first, then
+/// those that do not, each with why.
+fn endpoints(p: &ServicePort) -> String {
+    let (weights, tier) = routing_weights(p.traffic_policy, &p.endpoints);
+    let mut used = Vec::new();
+    let mut unused = Vec::new();
+    for (e, &w) in p.endpoints.iter().zip(&weights) {
+        let mut notes = Vec::new();
+        if e.weight != crate::model::DEFAULT_WEIGHT {
+            notes.push(format!("weight {}", e.weight));
+        }
+        if w > 0 {
+            if tier == Tier::Terminating {
+                notes.push(format!("{}: used while none is ready", e.conditions));
+            }
+        } else if e.weight > 0 {
+            notes.push(if p.traffic_policy == TrafficPolicy::Local && !e.local {
+                "on another node: not used".to_owned()
+            } else {
+                format!("{}: not used", e.conditions)
+            });
+        }
+        let text = if notes.is_empty() {
+            e.addr.to_string()
+        } else {
+            format!("{} ({})", e.addr, notes.join(", "))
+        };
+        if w > 0 {
+            used.push(text);
+        } else {
+            unused.push(text);
+        }
     }
+    let none = match p.timeouts.hold_when_empty {
+        None => "none usable: connections are reset".to_owned(),
+        Some(d) => format!(
+            "none usable: connections wait up to {} for one",
+            humantime::format_duration(d)
+        ),
+    };
+    if tier == Tier::None {
+        if p.endpoints.is_empty() {
+            return format!("({none})");
+        }
+        return format!("({none}) {}", unused.join(", "));
+    }
+    used.extend(unused);
+    used.join(", ")
 }
 
 fn tunables(d: &ServiceDefaults) -> String {

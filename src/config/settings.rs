@@ -49,6 +49,26 @@ pub(super) fn settings(
         )?,
         None => base.max_connections_per_worker,
     };
+    let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
+        Some(v) => count(
+            src,
+            v,
+            key,
+            limits::HELD_CONNECTIONS,
+            "0 turns holding off: clients of an empty Service are reset at once",
+        ),
+        None => Ok(default),
+    };
+    let max_held_per_worker = held(
+        &f.max_held_per_worker,
+        "max_held_per_worker",
+        base.max_held_per_worker,
+    )?;
+    let max_held_per_service = held(
+        &f.max_held_per_service,
+        "max_held_per_service",
+        base.max_held_per_service,
+    )?;
     let relay = match &f.relay {
         Some(r) => choice(
             src,
@@ -127,6 +147,8 @@ pub(super) fn settings(
         listen,
         node_port_range,
         max_connections_per_worker,
+        max_held_per_worker,
+        max_held_per_service,
         relay,
         backlog,
         defaults,

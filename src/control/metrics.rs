@@ -259,6 +259,11 @@ pub fn render(sources: &Sources) -> String {
         "sluice_service_connect_retries",
         "Connect attempts retried on another endpoint",
     );
+    let svc_holds_refused = counter_family(
+        &mut reg,
+        "sluice_service_holds_refused",
+        "Clients reset at once because a hold budget (max_held_per_service, max_held_per_worker) was spent",
+    );
     let svc_bytes = counter_family(
         &mut reg,
         "sluice_service_bytes",
@@ -334,6 +339,9 @@ pub fn render(sources: &Sources) -> String {
         svc_conns.get_or_create(&labels).inc_by(t.opened);
         svc_failed.get_or_create(&labels).inc_by(t.failed);
         svc_retries.get_or_create(&labels).inc_by(t.retries);
+        svc_holds_refused
+            .get_or_create(&labels)
+            .inc_by(t.holds_refused);
         svc_active.get_or_create(&labels).set(t.active() as i64);
         with(&labels, "direction", "to_backend", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);

@@ -19,11 +19,13 @@
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
+mod changes;
 pub mod client;
 mod fatal;
 mod hcnp;
 pub mod health;
 mod metrics;
+pub mod node;
 mod notify;
 pub mod overrides;
 mod plane;
@@ -111,7 +113,7 @@ pub enum ControlError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// The Kubernetes watch could not start (kubeconfig, node settings).
-    #[error("{0}")]
+    #[error(transparent)]
     Kubernetes(#[from] crate::watch::WatchError),
 }
 
@@ -186,7 +188,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
-    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
+    let node_addresses = node::addresses().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
+        Vec::new()
+    });
+    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
+        .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
@@ -235,6 +242,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         events: events_tx,
         endpoint_health,
         health_check_node_ports,
+        problems_since: std::collections::HashMap::new(),
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -311,6 +319,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     ));
     jobs.close();
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
+    let aborter = plane.aborter();
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
     loop {
         tokio::select! {
@@ -322,8 +331,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 return Ok(());
             }
-            _ = sigterm.recv() => second_signal(),
-            _ = sigint.recv() => second_signal(),
+            _ = sigterm.recv() => second_signal(&aborter),
+            _ = sigint.recv() => second_signal(&aborter),
             // The drain is bounded by `drain_timeout`: keep the watchdog fed meanwhile.
             _ = ticker.tick() => {
                 if daemon.notifier.watchdog_interval().is_some() {
@@ -334,8 +343,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     }
 }
 
-fn second_signal() -> ! {
-    tracing::warn!("second signal: exiting at once");
+/// Exit at once, but first have the workers reset every connection (an exit would close
+/// them with a FIN, and a cut download would look complete to its client).
+fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
+    tracing::warn!("second signal: resetting every connection and exiting at once");
+    aborter.abort(Duration::from_secs(2));
     std::process::exit(1)
 }
 
@@ -402,6 +414,10 @@ struct Daemon {
     health_check_node_ports: hcnp::HealthCheckServers,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
+    /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
+    /// for the Age column of `describe`'s Events.
+    problems_since:
+        std::collections::HashMap<(crate::model::ServiceName, String, String), SystemTime>,
 }
 
 impl Daemon {
@@ -483,6 +499,18 @@ impl Daemon {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
         self.health_check_node_ports.sync(&self.model);
+        // First-seen times of the problems the model carries (dropped when they go).
+        let now = SystemTime::now();
+        let mut seen = std::collections::HashMap::new();
+        for p in &self.model.services {
+            let Some(meta) = &p.meta else { continue };
+            for (reason, message) in &meta.warnings {
+                let key = (p.key.service.clone(), reason.clone(), message.clone());
+                let since = self.problems_since.get(&key).copied().unwrap_or(now);
+                seen.insert(key, since);
+            }
+        }
+        self.problems_since = seen;
     }
 
     /// The next model from the configuration source; `self.model` is passed in so
@@ -710,16 +738,23 @@ impl Daemon {
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let snapshot = self
-            .publisher
-            .current()
-            .rebuild(&effective, generation, &mut self.registry);
+        let mut snapshot =
+            self.publisher
+                .current()
+                .rebuild(&effective, generation, &mut self.registry);
+        // The node's addresses may have changed (DHCP, an added VIP): read them again.
+        match node::addresses() {
+            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
+            }
+        }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
         plane.commit(plan);
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
         phases.lap("commit");
-        let changes = diff(&self.model, &next);
+        let changes = changes::diff(&self.model, &next);
         phases.lap("diff");
         self.model = next;
         self.overrides = overrides;
@@ -765,6 +800,17 @@ impl Daemon {
         // By key: a scan per Service is quadratic (10,000 Services: seconds per request).
         let configured_by_key: std::collections::HashMap<_, _> =
             self.model.services.iter().map(|c| (&c.key, c)).collect();
+        // Served nodePorts by Service and port name (describe shows allocated ones).
+        let mut served_node_ports: std::collections::HashMap<
+            &crate::model::ServiceName,
+            std::collections::HashMap<&str, u16>,
+        > = std::collections::HashMap::new();
+        for c in self.model.services.iter().filter(|c| keep(&c.key.service)) {
+            served_node_ports
+                .entry(&c.key.service)
+                .or_default()
+                .insert(c.key.port_name.as_str(), c.node_port);
+        }
         for (_, s) in snapshot.services() {
             let p = &s.port;
             // Before anything is computed: `ctl endpoints NAME` of one Service in 10,000.
@@ -849,7 +895,19 @@ impl Daemon {
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
                 endpoints,
-                kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
+                kubernetes: p.meta.as_deref().map(|m| {
+                    let served = served_node_ports
+                        .get(&p.key.service)
+                        .cloned()
+                        .unwrap_or_default();
+                    let age = |reason: &str, message: &str| {
+                        self.problems_since
+                            .get(&(p.key.service.clone(), reason.to_owned(), message.to_owned()))
+                            .and_then(|t| t.elapsed().ok())
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    kubernetes_info(m, p, &served, &age)
+                }),
             };
             services.push(info);
         }
@@ -860,10 +918,13 @@ impl Daemon {
     }
 }
 
-/// The Kubernetes fields of `describe` for one Service port.
+/// The Kubernetes fields of `describe` for one Service port. `age`: seconds since a
+/// problem of the Service was first seen.
 fn kubernetes_info(
     m: &crate::model::ServiceMeta,
     p: &crate::model::ServicePort,
+    served: &std::collections::HashMap<&str, u16>,
+    age: &dyn Fn(&str, &str) -> u64,
 ) -> protocol::KubernetesInfo {
     protocol::KubernetesInfo {
         service_type: m.service_type.clone(),
@@ -872,21 +933,45 @@ fn kubernetes_info(
         selector: m.selector.clone(),
         ip_family_policy: m.ip_family_policy.clone(),
         ip_families: m.ip_families.clone(),
+        cluster_ip: m.cluster_ip.clone(),
         cluster_ips: m.cluster_ips.clone(),
         external_ips: m.external_ips.clone(),
         load_balancer_ingress: m.load_balancer_ingress.clone(),
-        target_port: m
-            .target_ports
+        ports: m
+            .ports
             .iter()
-            .find(|(name, _)| *name == p.key.port_name)
-            .map_or_else(|| p.target_port.to_string(), |(_, t)| t.clone()),
-        external_traffic_policy: match p.traffic_policy {
-            crate::model::TrafficPolicy::Cluster => "Cluster",
-            crate::model::TrafficPolicy::Local => "Local",
-        }
-        .to_owned(),
+            .map(|sp| protocol::SpecPortInfo {
+                name: sp.name.clone(),
+                protocol: sp.protocol.clone(),
+                port: sp.port,
+                target_port: sp.target_port.clone(),
+                // An allocated nodePort (manifests) is the one served.
+                node_port: match served.get(sp.name.as_str()) {
+                    Some(&n) if sp.node_port == 0 && sp.protocol == p.key.protocol.to_string() => {
+                        i32::from(n)
+                    }
+                    _ => sp.node_port,
+                },
+                app_protocol: sp.app_protocol.clone(),
+            })
+            .collect(),
+        session_affinity: m.session_affinity.clone(),
+        external_traffic_policy: m.external_traffic_policy.clone(),
+        internal_traffic_policy: m.internal_traffic_policy.clone(),
+        traffic_distribution: m.traffic_distribution.clone(),
+        load_balancer_source_ranges: m.load_balancer_source_ranges.clone(),
         health_check_node_port: m.health_check_node_port,
-        warnings: m.warnings.clone(),
+        events: m
+            .warnings
+            .iter()
+            .map(|(reason, message)| protocol::EventInfo {
+                type_: "Warning".into(),
+                reason: reason.clone(),
+                age_seconds: age(reason, message),
+                from: "sluice".into(),
+                message: message.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -921,6 +1006,8 @@ fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<Stri
     keep!(
         pin_workers => "pin_workers",
         max_connections_per_worker => "max_connections_per_worker",
+        max_held_per_worker => "max_held_per_worker",
+        max_held_per_service => "max_held_per_service",
         relay => "relay",
         driver => "driver",
         control => "control_socket*",
@@ -960,78 +1047,6 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
-}
-
-/// One line per change between two models, for the reload report.
-fn diff(old: &Model, new: &Model) -> Vec<String> {
-    let mut out = Vec::new();
-    // By key: with 10,000 Services (a watched cluster) a scan per Service is seconds.
-    let old_by_key: std::collections::HashMap<_, _> =
-        old.services.iter().map(|o| (&o.key, o)).collect();
-    let new_keys: std::collections::HashSet<_> = new.services.iter().map(|n| &n.key).collect();
-    for n in &new.services {
-        match old_by_key.get(&n.key).copied() {
-            None => out.push(format!(
-                "+ service {} on {}/{} ({} endpoints)",
-                n.key,
-                n.node_port,
-                n.key.protocol,
-                n.endpoints.len()
-            )),
-            Some(o) => {
-                if o.node_port != n.node_port {
-                    out.push(format!(
-                        "~ service {}: NodePort {} → {}",
-                        n.key, o.node_port, n.node_port
-                    ));
-                }
-                for e in &n.endpoints {
-                    match o.endpoints.iter().find(|x| x.addr == e.addr) {
-                        None => out.push(format!("+ endpoint {} {}", n.key, e.addr)),
-                        Some(x) if x.weight != e.weight => out.push(format!(
-                            "~ endpoint {} {}: weight {} → {}",
-                            n.key, e.addr, x.weight, e.weight
-                        )),
-                        Some(x) if x.conditions != e.conditions || x.local != e.local => {
-                            out.push(format!(
-                                "~ endpoint {} {}: {:?} → {:?}{}",
-                                n.key,
-                                e.addr,
-                                x.conditions,
-                                e.conditions,
-                                if e.local { " (local)" } else { "" }
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for e in &o.endpoints {
-                    if !n.endpoints.iter().any(|x| x.addr == e.addr) {
-                        out.push(format!("- endpoint {} {}", n.key, e.addr));
-                    }
-                }
-                if o.policy != n.policy
-                    || o.timeouts != n.timeouts
-                    || o.connect_retries != n.connect_retries
-                    || o.forwarding != n.forwarding
-                    || o.maglev_table_size != n.maglev_table_size
-                    || o.traffic_policy != n.traffic_policy
-                    || o.health != n.health
-                {
-                    out.push(format!("~ service {}: settings changed", n.key));
-                }
-            }
-        }
-    }
-    for o in &old.services {
-        if !new_keys.contains(&o.key) {
-            out.push(format!(
-                "- service {} (was on {}/{})",
-                o.key, o.node_port, o.key.protocol
-            ));
-        }
-    }
-    out
 }
 
 /// Warn when `net.ipv4.tcp_migrate_req` is 0 in this network namespace: then connections

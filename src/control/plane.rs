@@ -5,7 +5,7 @@
 //! It only forwards to [`Dataplane`]; it owns no sockets of its own.
 
 use crate::dataplane::{
-    Dataplane, DataplaneMonitor, DrainReport, ListenerPlan, NodePorts, StartError,
+    Aborter, Dataplane, DataplaneMonitor, DrainReport, ListenerPlan, NodePorts, StartError,
 };
 use crate::model::Settings;
 use crate::publish::Publisher;
@@ -54,6 +54,12 @@ impl Plane {
     /// Stops accepting, lets live connections finish until `timeout`, resets the rest.
     pub fn drain(self, timeout: Duration) -> io::Result<DrainReport> {
         self.dp.drain(timeout)
+    }
+
+    /// A handle that resets every connection and closes every socket of the workers, even
+    /// during [`drain`](Self::drain): for a process that exits at once (second signal).
+    pub fn aborter(&self) -> Aborter {
+        self.dp.aborter()
     }
 
     pub fn monitor(&self) -> Monitor {

@@ -385,15 +385,23 @@ impl Conn {
     /// still held (a peer stopped reading), they are lost: both sides are reset, so neither
     /// peer mistakes a truncated stream for a complete one.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_queued(now, false);
+    }
+
+    /// [`Self::handle_timeout`], told whether the kernel still queues bytes of this
+    /// connection (unread in, or unsent from, either socket): those are in flight too, so
+    /// the idle close resets both sides then.
+    pub fn handle_timeout_queued(&mut self, now: Instant, queued_in_kernel: bool) {
         if let Some(deadline) = self.deadline() {
             if now >= deadline {
-                let lost = self.flows.iter().any(|f| f.held > 0);
+                let lost = queued_in_kernel || self.flows.iter().any(|f| f.held > 0);
                 self.close(lost, lost, CloseReason::IdleTimeout);
             }
         }
     }
 
-    /// Abort the connection (worker shutdown): both sides reset.
+    /// Abort the connection (worker shutdown, drain timeout, second signal): both sides
+    /// reset, never a FIN that would make a cut stream look complete.
     pub fn abort(&mut self) {
         if self.phase != Phase::Closed {
             self.close(true, true, CloseReason::Shutdown);
@@ -832,6 +840,24 @@ mod tests {
         c.handle(t0, Event::ReceiveWouldBlock { dir: Dir::ToClient });
         assert_eq!(c.poll_op(), None);
         c.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(
+            c.poll_op(),
+            Some(Op::Close {
+                reset_client: true,
+                reset_backend: true,
+                reason: CloseReason::IdleTimeout
+            })
+        );
+    }
+
+    #[test]
+    fn idle_timeout_with_bytes_queued_in_the_kernel_resets_both_sides() {
+        let t0 = Instant::now();
+        let mut c = connected(t0);
+        // Everything was handed to the kernel (nothing held), but the kernel still has it.
+        c.handle_timeout_queued(t0 + Duration::from_secs(9), true);
+        assert_eq!(c.poll_op(), None, "not idle yet");
+        c.handle_timeout_queued(t0 + Duration::from_secs(10), true);
         assert_eq!(
             c.poll_op(),
             Some(Op::Close {

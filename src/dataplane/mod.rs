@@ -36,7 +36,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 pub use worker::ListenerKey;
-use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
+use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
 
 /// Errors starting the data plane or opening listeners.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,38 @@ pub struct DrainReport {
     pub finished: u64,
     /// Connections still open at the drain deadline, reset.
     pub reset: u64,
+}
+
+/// Aborts the workers from another thread (see [`Dataplane::aborter`]).
+#[derive(Debug, Clone)]
+pub struct Aborter {
+    workers: Vec<(mpsc::Sender<Command>, Arc<OwnedFd>)>,
+}
+
+impl Aborter {
+    /// Make every worker reset its connections (both sides, SO_LINGER 0) and close every
+    /// socket it has, now; returns once all have, or after `wait` at the latest (a wedged
+    /// worker). For a process about to exit: an exit closes sockets with a FIN, which would
+    /// make every cut stream look complete to its client. Returns how many workers
+    /// confirmed.
+    pub fn abort(&self, wait: Duration) -> usize {
+        let (done, confirmed) = mpsc::channel();
+        for (commands, wake) in &self.workers {
+            let _ = commands.send(Command::Abort { done: done.clone() });
+            let _ = sys::eventfd_signal(wake.as_fd());
+        }
+        drop(done);
+        let deadline = crate::deadline::after(Instant::now(), wait);
+        let mut n = 0;
+        while n < self.workers.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match confirmed.recv_timeout(left) {
+                Ok(()) => n += 1,
+                Err(_) => break,
+            }
+        }
+        n
+    }
 }
 
 /// A cheap, clonable view of the workers for other threads (watchdog, metrics, status).
@@ -198,7 +230,8 @@ impl Dataplane {
                 index,
                 cpu,
                 listeners,
-                max_connections: settings.max_connections_per_worker,
+                limits: WorkerLimits::of(settings),
+                spare_pipes: relay::spare_pipes_for(sys::fd_limit(), n),
                 relay: settings.relay,
                 publisher: publisher.clone(),
                 wake: Arc::clone(&wake),
@@ -258,6 +291,18 @@ impl Dataplane {
     /// A handle for other threads: heartbeats, loop statistics, driver.
     pub fn monitor(&self) -> DataplaneMonitor {
         self.monitor.clone()
+    }
+
+    /// A handle that can abort every worker from another thread, even while
+    /// [`Self::drain`] runs (a second signal).
+    pub fn aborter(&self) -> Aborter {
+        Aborter {
+            workers: self
+                .workers
+                .iter()
+                .map(|w| (w.commands.clone(), Arc::clone(&w.wake)))
+                .collect(),
+        }
     }
 
     /// Open sockets for the (address, NodePort) pairs of `settings.listen` × `node_ports`

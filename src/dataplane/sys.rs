@@ -1,12 +1,13 @@
 //! Thin, safe wrappers over the Linux syscalls the data plane uses outside io_uring:
-//! splice(2), pipes, read/write on raw fds, eventfd, CPU pinning, fd-limit queries, the
-//! node's interface addresses.
+//! splice(2), pipes, read/write on raw fds, accept4(2), socket queue sizes, eventfd, CPU
+//! pinning, fd-limit queries.
 //!
 //! This is one of the two places in the crate that may contain `unsafe` (the other is the
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
 //! caller (`OwnedFd`), so no wrapper can close or leak a descriptor.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Result of a nonblocking transfer.
@@ -197,51 +198,6 @@ pub fn fd_limit() -> u64 {
     }
 }
 
-/// The IP addresses of this node's interfaces (getifaddrs(3)), as the kernel has them now;
-/// empty when they cannot be read.
-pub fn local_addresses() -> Vec<std::net::IpAddr> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list and stores its head in `list`; on failure it
-    // stores nothing and `list` stays null.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; its
-        // `ifa_addr` is null or points at a sockaddr whose family says which struct it is
-        // (sockaddr_in / sockaddr_in6, read unaligned).
-        unsafe {
-            let entry = &*cur;
-            let addr = entry.ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = entry.ifa_next;
-        }
-    }
-    // SAFETY: `list` came from a successful getifaddrs and is freed once; no reference into
-    // it outlives this line (the addresses were copied out).
-    unsafe { libc::freeifaddrs(list) };
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 /// True for errors that mean "this process or node ran out of a resource" (fds, memory,
 /// buffers): back off, do not spin.
 pub fn is_resource_exhaustion(err: &io::Error) -> bool {
@@ -249,6 +205,11 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// True for errors that mean "no fd left" (process or system limit).
+pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// True for errors that mean the peer reset or vanished.
@@ -285,31 +246,76 @@ pub fn set_transparent(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
     }
 }
 
-/// accept4(2) on a nonblocking listener: `Ok(None)` when no connection is waiting. The new
-/// socket is nonblocking and close-on-exec.
-pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
+/// accept4(2) on a nonblocking listener: the new socket (nonblocking, close-on-exec) and the
+/// client's address, or `Ok(None)` when no connection is waiting.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Option<SocketAddr>)>> {
     loop {
-        // SAFETY: null address pointers are allowed (the peer address is not wanted); the
-        // caller keeps `listener` open for the duration of the call.
-        let fd = unsafe {
-            libc::accept4(
-                listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
+        // SAFETY: `try_init` hands accept4 a zeroed sockaddr_storage and its length, which
+        // accept4 fills with at most that many bytes; the listener is borrowed, so open for
+        // the duration of the call.
+        let accepted = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let fd = libc::accept4(
+                    listener.as_raw_fd(),
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if fd >= 0 {
+                    Ok(fd)
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            })
         };
-        if fd >= 0 {
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return Ok(None),
-            _ => return Err(err),
+        match accepted {
+            Ok((fd, addr)) => {
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                return Ok(Some((fd, addr.as_socket())));
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(None),
+                _ => return Err(e),
+            },
         }
     }
+}
+
+/// True for accept4(2) errors that concern only the connection being accepted (it was reset
+/// or failed while queued): take the next one.
+pub fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+/// Bytes a socket still holds for the connection: unread in its receive queue plus not yet
+/// acknowledged by the peer in its send queue (SIOCINQ + SIOCOUTQ). Errors count as none.
+pub fn queued_bytes(fd: BorrowedFd<'_>) -> usize {
+    let mut total = 0usize;
+    for request in [libc::FIONREAD, libc::TIOCOUTQ] {
+        let mut n: libc::c_int = 0;
+        // SAFETY: both ioctls write one c_int to the pointer given; the fd is borrowed.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut n as *mut libc::c_int) };
+        if rc == 0 && n > 0 {
+            total += n as usize;
+        }
+    }
+    total
 }
 
 /// Take the pending error of a socket (SO_ERROR): how a nonblocking connect ended.
@@ -424,19 +430,5 @@ pub fn detach_steering(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_addresses_include_loopback() {
-        let addrs = local_addresses();
-        assert!(
-            addrs.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
-            "{addrs:?}"
-        );
     }
 }

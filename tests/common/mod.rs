@@ -11,6 +11,7 @@
 
 mod backends;
 pub mod fake_api;
+pub mod kube;
 pub mod peers;
 #[allow(unused_imports)]
 pub use backends::*;
@@ -162,6 +163,9 @@ pub struct Launch {
     pub block_io_uring: bool,
     /// Do not add `--driver $SLUICE_TEST_DRIVER` (tests that choose the driver themselves).
     pub own_driver: bool,
+    /// Set JOURNAL_STREAM to the device and inode of the stderr file, as systemd does for a
+    /// service whose output goes to the journal.
+    pub journal_stream: bool,
 }
 
 /// The driver the suite runs under: `SLUICE_TEST_DRIVER` (`uring`, `epoll`, `auto`), or the
@@ -220,10 +224,16 @@ impl Sluice {
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        if launch.journal_stream {
+            use std::os::unix::fs::MetadataExt;
+            let m = stderr.metadata().expect("stderr file metadata");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+            .stderr(stderr);
         cmd.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -653,6 +663,24 @@ pub fn in_private_netns<T: Send + 'static>(
     match handle.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs `f` on a thread that has joined the named network namespace `ns`
+/// (`/run/netns/NS`, made with `ip netns add`); processes it spawns live there too.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    let h = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    });
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
     }
 }
 

@@ -1,10 +1,8 @@
 //! The epoll driver (through mio): the fallback when io_uring is unavailable.
 //!
 //! It gives the worker the same completions as the io_uring driver, built from readiness:
-//! - accept: the listener is registered for readability (edge-triggered); on an edge the
-//!   driver calls accept4(2) until EAGAIN, at most [`ACCEPT_BATCH`] per listener per round
-//!   (a listener with more waiting stays on a ready list, so nothing waits for an edge that
-//!   already happened);
+//! - listeners: registered for readability (edge-triggered); an edge is reported as
+//!   `Acceptable` and the worker accepts (as many as it may) until EAGAIN;
 //! - readiness of connection sockets: registered readable + writable, edge-triggered, like
 //!   io_uring's multishot poll; `unwatch` needs no syscall because closing the fd (which the
 //!   worker does right after) removes it from the epoll set;
@@ -27,9 +25,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// Connections accepted per listener per round before other work runs.
-pub const ACCEPT_BATCH: usize = 16;
-
 struct Connecting {
     generation: u32,
     fd: RawFd,
@@ -39,10 +34,8 @@ struct Connecting {
 pub struct Epoll {
     poll: Poll,
     events: Events,
-    /// Per listener index: (generation, fd) while accepting.
+    /// Per listener index: (generation, fd) while watched.
     listeners: Vec<Option<(u32, RawFd)>>,
-    /// Listeners that may have connections waiting (an edge was seen, EAGAIN not yet).
-    ready_listeners: Vec<u32>,
     connecting: HashMap<u32, Connecting, ahash::RandomState>,
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Completions known without waiting (a connect that finished or failed at once).
@@ -55,7 +48,6 @@ impl Epoll {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             listeners: Vec::new(),
-            ready_listeners: Vec::new(),
             connecting: HashMap::default(),
             deadlines: BinaryHeap::new(),
             pending: Vec::new(),
@@ -71,49 +63,6 @@ impl Epoll {
             }
             .encode() as usize,
         )
-    }
-
-    fn accept_ready(&mut self, out: &mut Vec<Completion>) {
-        let mut still_ready = Vec::new();
-        for listener in std::mem::take(&mut self.ready_listeners) {
-            let Some((generation, fd)) = self.listeners.get(listener as usize).copied().flatten()
-            else {
-                continue;
-            };
-            let mut drained = false;
-            for _ in 0..ACCEPT_BATCH {
-                match sys::accept(fd) {
-                    Ok(Some(conn)) => out.push(Completion::Accepted {
-                        listener,
-                        generation,
-                        result: Ok(conn),
-                        rearm: false,
-                    }),
-                    Ok(None) => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) => {
-                        let exhausted = sys::is_resource_exhaustion(&e);
-                        out.push(Completion::Accepted {
-                            listener,
-                            generation,
-                            result: Err(e),
-                            rearm: false,
-                        });
-                        if exhausted {
-                            // The worker backs off and cancels; do not spin on EMFILE.
-                            drained = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            if !drained {
-                still_ready.push(listener);
-            }
-        }
-        self.ready_listeners = still_ready;
     }
 
     fn finish_connect(
@@ -150,7 +99,12 @@ impl Driver for Epoll {
         "epoll"
     }
 
-    fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+    fn watch_listener(
+        &mut self,
+        listener: u32,
+        generation: u32,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
         let raw = fd.as_raw_fd();
         let i = listener as usize;
         if self.listeners.len() <= i {
@@ -169,12 +123,11 @@ impl Driver for Epoll {
         Ok(())
     }
 
-    fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
+    fn unwatch_listener(&mut self, listener: u32, generation: u32) -> io::Result<()> {
         if let Some(entry) = self.listeners.get_mut(listener as usize) {
             if let Some((g, fd)) = *entry {
                 if g == generation {
                     *entry = None;
-                    self.ready_listeners.retain(|&l| l != listener);
                     self.poll.registry().deregister(&mut SourceFd(&fd))?;
                 }
             }
@@ -276,7 +229,7 @@ impl Driver for Epoll {
 
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let mut wait = timeout;
-        if !self.pending.is_empty() || !self.ready_listeners.is_empty() {
+        if !self.pending.is_empty() {
             wait = Some(Duration::ZERO);
         } else if let Some(Reverse((deadline, _, _))) = self.deadlines.peek() {
             let until = deadline.saturating_duration_since(Instant::now());
@@ -299,10 +252,12 @@ impl Driver for Epoll {
             match tag.kind {
                 Kind::Accept => {
                     let current = self.listeners.get(tag.slot as usize).copied().flatten();
-                    if current.is_some_and(|(g, _)| g == tag.generation)
-                        && !self.ready_listeners.contains(&tag.slot)
-                    {
-                        self.ready_listeners.push(tag.slot);
+                    if current.is_some_and(|(g, _)| g == tag.generation) {
+                        out.push(Completion::Acceptable {
+                            listener: tag.slot,
+                            generation: tag.generation,
+                            ended: false,
+                        });
                     }
                 }
                 Kind::PollClient | Kind::PollBackend => {
@@ -333,6 +288,5 @@ impl Driver for Epoll {
             self.deadlines.pop();
             self.finish_connect(slot, generation, true, out);
         }
-        self.accept_ready(out);
     }
 }

@@ -2,22 +2,26 @@
 //!
 //! The worker (and the connection core below it) never branches on the driver: it speaks
 //! only the [`Driver`] trait. Two implementations:
-//! - [`uring::Uring`] (default): multishot accept and poll, connect linked to a timeout,
-//!   batched submissions — see its module docs.
+//! - [`uring::Uring`] (default): multishot poll, connect linked to a timeout, batched
+//!   submissions — see its module docs.
 //! - [`epoll::Epoll`] (fallback when io_uring is unavailable: `kernel.io_uring_disabled`, a
 //!   container seccomp profile, an old kernel): mio/epoll readiness, edge-triggered, with
-//!   accept4/connect(2) done by the driver and connect timeouts kept in a timer heap.
+//!   connect(2) done by the driver and connect timeouts kept in a timer heap.
 //!
 //! Both report readiness edge-triggered (a completion per wake-up), which is what the
 //! connection core expects. Bytes are moved by the worker with splice(2)/read/write under
-//! either driver.
+//! either driver, and connections are accepted by the worker with accept4(2) when a
+//! listener is reported [`Completion::Acceptable`]: only the worker knows how many more it
+//! may take (`max_connections_per_worker`), so no driver accepts on its own. (A multishot
+//! ACCEPT keeps accepting until it is cancelled — a burst of 2,000 connects was taken whole
+//! with a limit of 200 — and there is no way to give it a budget.)
 
 pub mod epoll;
 pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 /// Most connection slots a worker can address (24 bits of a completion tag).
@@ -42,13 +46,12 @@ impl DriverChoice {
 /// A decoded completion.
 #[derive(Debug)]
 pub enum Completion {
-    /// A listener accepted a connection (or failed to). `rearm` when the multishot accept
-    /// ended and must be submitted again to keep accepting.
-    Accepted {
+    /// A listener may have connections waiting to be accepted. `ended` when the multishot
+    /// poll stopped (it must be armed again to keep being told).
+    Acceptable {
         listener: u32,
         generation: u32,
-        result: io::Result<OwnedFd>,
-        rearm: bool,
+        ended: bool,
     },
     /// Readiness of a connection's socket (`client` or backend). `ended` when the multishot
     /// poll stopped (it must be re-armed if the connection still lives).
@@ -77,10 +80,17 @@ pub enum Completion {
 pub trait Driver {
     /// "io_uring" or "epoll".
     fn name(&self) -> &'static str;
-    /// Start accepting on listener `listener`; `generation` tells this arm from earlier ones.
-    fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()>;
-    /// Stop accepting on the listener armed as `generation`.
-    fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()>;
+    /// Report when listener `listener` has connections waiting (`Completion::Acceptable`,
+    /// edge-triggered: once per wake-up, and at once if some are waiting already) until
+    /// `unwatch_listener`; `generation` tells this arm from earlier ones.
+    fn watch_listener(
+        &mut self,
+        listener: u32,
+        generation: u32,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()>;
+    /// Stop reporting the listener armed as `generation`.
+    fn unwatch_listener(&mut self, listener: u32, generation: u32) -> io::Result<()>;
     /// Report readiness of a connection's socket until `unwatch` (or the fd is closed).
     fn watch(
         &mut self,

@@ -1,11 +1,14 @@
-//! The io_uring driver: turns the worker's requests (accept, watch, connect, cancel) into
+//! The io_uring driver: turns the worker's requests (watch, connect, cancel) into
 //! submission entries, submits them in batches, and decodes completions.
 //!
-//! What it uses, as measured in shared/design/KERNEL.md: multishot ACCEPT per listener,
-//! multishot POLL for readiness (edge-triggered: a CQE per wake-up), CONNECT linked to a
+//! What it uses, as measured in shared/design/KERNEL.md: multishot POLL for readiness of
+//! connection sockets and listeners (edge-triggered: a CQE per wake-up), CONNECT linked to a
 //! LINK_TIMEOUT for a real connect timeout, POLL_REMOVE / ASYNC_CANCEL to stop them. It does
 //! NOT use IORING_OP_SPLICE for sockets (executed by io-wq helper threads on this kernel):
 //! bytes are moved by the worker with nonblocking splice(2) when a poll says a socket is ready.
+//! Nor does it use multishot ACCEPT: that takes every connection of a burst before the worker
+//! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
+//! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
 //!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
@@ -20,19 +23,20 @@ use super::{Completion, Driver};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 /// What a completion is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// Readiness of a listener (its accept queue is not empty).
     Accept = 1,
     PollClient = 2,
     PollBackend = 3,
     Connect = 4,
     Wake = 5,
-    /// Completions nobody waits for (link timeouts, cancels).
+    /// Completions nobody waits for (link timeouts, cancels, poll removals).
     Ignore = 6,
 }
 
@@ -112,7 +116,6 @@ impl Uring {
         let mut probe = io_uring::register::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (name, code) in [
-            ("ACCEPT", opcode::AcceptMulti::CODE),
             ("POLL_ADD", opcode::PollAdd::CODE),
             ("POLL_REMOVE", opcode::PollRemove::CODE),
             ("CONNECT", opcode::Connect::CODE),
@@ -165,11 +168,15 @@ impl Driver for Uring {
         "io_uring"
     }
 
-    /// Start (or restart) a multishot accept on `listener`; `generation` tells this arm's
-    /// completions from those of an earlier, cancelled one.
-    fn accept(&mut self, listener: u32, generation: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
-        let entry = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+    /// Report (multishot poll) when `listener`'s accept queue is not empty.
+    fn watch_listener(
+        &mut self,
+        listener: u32,
+        generation: u32,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
             .build()
             .user_data(
                 UserData {
@@ -182,16 +189,20 @@ impl Driver for Uring {
         self.push(entry)
     }
 
-    /// Stop the multishot accept of `listener` armed as `generation` (a final completion
-    /// reports it ended).
-    fn cancel_accept(&mut self, listener: u32, generation: u32) -> io::Result<()> {
-        let target = UserData {
-            kind: Kind::Accept,
-            slot: listener,
-            generation,
-        }
-        .encode();
-        self.cancel(target)
+    /// Stop the poll of `listener` armed as `generation`.
+    fn unwatch_listener(&mut self, listener: u32, generation: u32) -> io::Result<()> {
+        let entry = opcode::PollRemove::new(
+            UserData {
+                kind: Kind::Accept,
+                slot: listener,
+                generation,
+            }
+            .encode(),
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(ignore_tag());
+        self.push(entry)
     }
 
     /// Report readiness of a connection's socket until `unwatch`.
@@ -363,17 +374,10 @@ impl Driver for Uring {
             let more = cqueue::more(flags);
             let c = match tag.kind {
                 Kind::Ignore => continue,
-                Kind::Accept => Completion::Accepted {
+                Kind::Accept => Completion::Acceptable {
                     listener: tag.slot,
                     generation: tag.generation,
-                    result: if res >= 0 {
-                        // SAFETY: a non-negative accept result is a new fd that nothing
-                        // else owns.
-                        Ok(unsafe { OwnedFd::from_raw_fd(res) })
-                    } else {
-                        Err(io::Error::from_raw_os_error(-res))
-                    },
-                    rearm: !more,
+                    ended: !more,
                 },
                 Kind::PollClient | Kind::PollBackend => {
                     let mask = if res >= 0 { res as u32 } else { 0 };

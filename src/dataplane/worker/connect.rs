@@ -1,7 +1,16 @@
 //! Connecting to an endpoint: picking one not tried yet, opening the backend socket
-//! (IP_TRANSPARENT + bind to the client for transparent forwarding), parking a connection
-//! when the process is out of fds, and what happens when the connect completes (the PROXY
-//! header, counters, the transparent-mode routing hint).
+//! (IP_TRANSPARENT + bind to the client for transparent forwarding), holding a connection
+//! while its Service has no usable endpoint (`hold_when_empty`, within the hold budgets),
+//! parking a connection when the process is out of fds, and what happens when the connect
+//! completes (the PROXY header, counters, the transparent-mode routing hint).
+//!
+//! Hold budgets: a worker holds at most `max_held_per_service` connections per Service port
+//! and `max_held_per_worker` in all. Held connections are not relayed ones: they do not count
+//! against `max_connections_per_worker`, so clients waiting on an empty Service never keep
+//! the clients of other Services in the accept queue. A client beyond a budget is reset at
+//! once, as without `hold_when_empty`, and counted (`holds_refused`). A held connection
+//! whose Service gets an endpoint becomes a relayed one when a relayed slot is free, and
+//! waits held (within its hold time) until then.
 
 use super::*;
 
@@ -22,23 +31,36 @@ impl<D: Driver> Worker<D> {
             .expect("pinned snapshot")
             .snapshot
             .service(live.service);
-        let Some(endpoint) = self
-            .selector
-            .choose(entry, live.client_addr, &live.tried, now)
+        let Some(endpoint) =
+            self.selector
+                .choose(entry, live.client_addr, live.from_node, &live.tried, now)
         else {
             // No usable endpoint at all (not: every endpoint tried and failed): the Service
             // may hold the connection until one appears (scale from zero).
-            if let (Some(hold), true) = (entry.port.timeouts.hold_when_empty, live.tried.is_empty())
-            {
+            let hold = entry.port.timeouts.hold_when_empty;
+            if let (Some(hold), true) = (hold, live.tried.is_empty()) {
                 let since = *live.held_since.get_or_insert(now);
                 if now.duration_since(since) < hold {
-                    self.holding.push((slot, generation));
-                    return Ok(None);
+                    if self.take_hold(live) {
+                        self.holding.push((slot, generation));
+                        return Ok(None);
+                    }
+                    self.service_of(live.pin, live.service)
+                        .stats
+                        .worker(worker)
+                        .holds_refused
+                        .add(1);
                 }
             }
             return Ok(Some(Event::NoEndpoint));
         };
+        self.release_hold(live);
         live.held_since = None;
+        let entry = self.pins[live.pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(live.service);
         let addr = entry.endpoint(endpoint).endpoint.addr;
         let timeout = entry.port.timeouts.connect;
         let retry = !live.tried.is_empty();
@@ -48,17 +70,19 @@ impl<D: Driver> Worker<D> {
             None,
         ) {
             Ok(s) => s,
-            Err(e) if sys::is_resource_exhaustion(&e) => {
-                // Out of fds: the client waits (parked) instead of being reset, until fds
-                // free up or its connect timeout has passed.
-                self.enter_backoff(&e)?;
-                let since = *live.parked_since.get_or_insert(now);
-                if now.duration_since(since) >= timeout {
-                    live.parked_since = None;
-                    return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
+            Err(e) if sys::is_fd_exhaustion(&e) && self.release_spare_fds() > 0 => {
+                // The spare pipes gave their fds back: try again at once.
+                match Socket::new(
+                    Domain::for_address(addr),
+                    Type::STREAM.nonblocking().cloexec(),
+                    None,
+                ) {
+                    Ok(s) => s,
+                    Err(e) => return self.park(slot, generation, live, &e, timeout),
                 }
-                self.parked.push_back((slot, generation));
-                return Ok(None);
+            }
+            Err(e) if sys::is_resource_exhaustion(&e) => {
+                return self.park(slot, generation, live, &e, timeout)
             }
             Err(e) => {
                 tracing::debug!(worker, error = %e, "cannot open a backend socket");
@@ -98,9 +122,62 @@ impl<D: Driver> Worker<D> {
         Ok(None)
     }
 
+    /// Out of resources opening a backend socket: the client waits (parked) instead of being
+    /// reset, until fds free up or its connect timeout has passed.
+    fn park(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        live: &mut Live,
+        e: &io::Error,
+        timeout: Duration,
+    ) -> io::Result<Option<Event>> {
+        self.enter_backoff(e);
+        let since = *live.parked_since.get_or_insert(self.now);
+        if self.now.duration_since(since) >= timeout {
+            live.parked_since = None;
+            return Ok(Some(Event::ConnectFailed(ConnectFailure::Local)));
+        }
+        self.parked.push_back((slot, generation));
+        Ok(None)
+    }
+
+    /// Count `live` in the hold budgets (if it is not yet); false when a budget is spent.
+    fn take_hold(&mut self, live: &mut Live) -> bool {
+        if live.held {
+            return true;
+        }
+        let port = (live.listener.protocol, live.listener.node_port());
+        let of_service = self.held_per_port.get(&port).copied().unwrap_or(0);
+        if self.held >= self.max_held || of_service >= self.max_held_per_service {
+            return false;
+        }
+        self.held += 1;
+        self.held_per_port.insert(port, of_service + 1);
+        live.held = true;
+        true
+    }
+
+    /// Take `live` out of the hold budgets (it connects, or it ends).
+    pub(super) fn release_hold(&mut self, live: &mut Live) {
+        if !live.held {
+            return;
+        }
+        live.held = false;
+        self.held -= 1;
+        let port = (live.listener.protocol, live.listener.node_port());
+        if let Some(n) = self.held_per_port.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_per_port.remove(&port);
+            }
+        }
+    }
+
     /// Try the held connections again (every tick): each moves to the snapshot published
-    /// now, finds its Service again by NodePort, and connects if an endpoint is usable; it is
-    /// reset once its hold time has passed or its NodePort is no longer served.
+    /// now, finds its Service again by NodePort, and connects if an endpoint is usable and a
+    /// relayed slot is free; it is reset once its hold time has passed or its NodePort is no
+    /// longer served.
     pub(super) fn retry_held(&mut self) -> io::Result<()> {
         let now = self.now;
         for (slot, generation) in std::mem::take(&mut self.holding) {
@@ -126,6 +203,27 @@ impl<D: Driver> Worker<D> {
                         continue;
                     }
                 }
+            }
+            if self.relayed() >= self.max_connections {
+                // No relayed slot for it yet: it keeps waiting, within its hold time.
+                let hold = self
+                    .service_of(live.pin, live.service)
+                    .port
+                    .timeouts
+                    .hold_when_empty
+                    .unwrap_or_default();
+                let waited = live
+                    .held_since
+                    .map_or(Duration::MAX, |t| now.duration_since(t));
+                self.slots[slot as usize].live = Some(live);
+                if waited < hold {
+                    self.holding.push((slot, generation));
+                } else {
+                    let live = self.slots[slot as usize].live.as_mut().expect("just put");
+                    live.conn.handle(now, Event::NoEndpoint);
+                    self.drive(slot)?;
+                }
+                continue;
             }
             let result = self.start_connect(slot, generation, &mut live);
             if let Ok(Some(event)) = result {

@@ -13,9 +13,17 @@
 //! tick, every connection about once a second — never a stop-the-world sweep), and close the
 //! fds of finished connections after the submit that removed their polls.
 //!
-//! Accepting stops (the multishot accepts are cancelled, never accept-then-drop) while the
-//! worker holds `max_connections_per_worker` connections, and for a backoff period when the
-//! process runs out of fds; existing connections keep being served meanwhile.
+//! Accepting stops (connections wait in the kernel's accept queue, never accept-then-drop)
+//! while the worker holds `max_connections_per_worker` relayed connections, and for a backoff
+//! period when the process runs out of fds; existing connections keep being served meanwhile.
+//! Connections held for an endpoint (`hold_when_empty`) have their own budget, per Service and
+//! per worker, beside the relayed ones (see `accept.rs` and `connect.rs`).
+//!
+//! Every connection cut before both directions finished is reset on both sides, never closed
+//! with a FIN that would make a truncated stream look complete: the core asks for it (errors,
+//! idle timeout with bytes held), the worker adds the bytes still in the kernel's socket
+//! queues at an idle timeout, and a worker that ends (drain timeout, stop, abort) resets every
+//! connection it still has.
 
 mod accept;
 mod connect;
@@ -29,7 +37,7 @@ use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::select::Selector;
 use crate::dataplane::sys;
-use crate::model::{Forwarding, Protocol, RelayMode};
+use crate::model::{Forwarding, Protocol, RelayMode, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
@@ -51,6 +59,9 @@ pub enum Command {
     Drain { deadline: Instant },
     /// End now, resetting open connections.
     Stop,
+    /// End now, resetting open connections, and say so on `done` once every socket of this
+    /// worker is closed (the process is about to exit).
+    Abort { done: mpsc::Sender<()> },
     /// Attach (or detach) the client-IP steering program to these listener groups, through
     /// this worker's member socket; `groups` is the number of sockets per group (workers).
     Steer {
@@ -67,12 +78,37 @@ pub struct WorkerSetup {
     pub index: usize,
     pub cpu: Option<usize>,
     pub listeners: Vec<Listener>,
-    pub max_connections: u32,
+    /// The data-plane limits: `max_connections_per_worker`, `max_held_per_worker`,
+    /// `max_held_per_service`.
+    pub limits: WorkerLimits,
+    /// Spare pipes a worker may keep (see `relay::HolderPool`).
+    pub spare_pipes: usize,
     pub relay: RelayMode,
     pub publisher: Publisher,
     pub wake: Arc<OwnedFd>,
     pub commands: mpsc::Receiver<Command>,
     pub loop_stats: Arc<LoopStats>,
+}
+
+/// A worker's connection budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Relayed (not held) connections at most; beyond, new ones wait in the accept queue.
+    pub max_connections: u32,
+    /// Connections held for an endpoint (`hold_when_empty`) at most, all Services together.
+    pub max_held: u32,
+    /// Connections held for an endpoint at most per Service port.
+    pub max_held_per_service: u32,
+}
+
+impl WorkerLimits {
+    pub fn of(settings: &Settings) -> WorkerLimits {
+        WorkerLimits {
+            max_connections: settings.max_connections_per_worker.max(1),
+            max_held: settings.max_held_per_worker,
+            max_held_per_service: settings.max_held_per_service,
+        }
+    }
 }
 
 /// How a worker ended.
@@ -103,6 +139,9 @@ struct Live {
     conn: Conn,
     client: OwnedFd,
     client_addr: SocketAddr,
+    /// The client is an address of this node (decided at accept): Local Services route
+    /// it with the cluster endpoints.
+    from_node: bool,
     backend: Option<OwnedFd>,
     pin: usize,
     service: ServiceId,
@@ -117,6 +156,9 @@ struct Live {
     parked_since: Option<Instant>,
     /// Since when this connection waits for its Service to have a usable endpoint.
     held_since: Option<Instant>,
+    /// Counted in the hold budgets (waiting for an endpoint, or for a free slot after one
+    /// appeared).
+    held: bool,
     /// The NodePort the client connected to (to find its Service again in a newer snapshot).
     listener: ListenerKey,
     watching: bool,
@@ -145,7 +187,20 @@ pub struct Worker<D: Driver> {
     backoff_until: Option<Instant>,
     backoff: Duration,
     max_connections: u32,
+    max_held: u32,
+    max_held_per_service: u32,
+    /// Live connections, held ones included.
     active: u32,
+    /// Held connections (counted in `active` too).
+    held: u32,
+    /// Held connections per Service port (by NodePort).
+    held_per_port: std::collections::HashMap<(Protocol, u16), u32, ahash::RandomState>,
+    /// Listeners that may have connections waiting, in turn order.
+    ready: std::collections::VecDeque<u32>,
+    /// Reused buffer of one turn's accepted sockets.
+    accepted: Vec<(OwnedFd, Option<SocketAddr>)>,
+    /// Told once this worker has closed every socket (`Command::Abort`).
+    aborted: Option<mpsc::Sender<()>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     pins: Vec<Option<Pin>>,
@@ -180,30 +235,28 @@ impl<D: Driver> Worker<D> {
         Ok(Worker {
             index: setup.index,
             ring,
-            listeners: setup
-                .listeners
-                .into_iter()
-                .map(|l| ListenerSlot {
-                    key: l.key,
-                    socket: Some(l.socket),
-                    accepting: None,
-                    arms: 0,
-                })
-                .collect(),
+            listeners: setup.listeners.into_iter().map(ListenerSlot::new).collect(),
             draining: None,
             exit_now: false,
             commands: setup.commands,
             loop_stats: setup.loop_stats,
             backoff_until: None,
             backoff: BACKOFF_MIN,
-            max_connections: setup.max_connections.max(1),
+            max_connections: setup.limits.max_connections.max(1),
+            max_held: setup.limits.max_held,
+            max_held_per_service: setup.limits.max_held_per_service,
             active: 0,
+            held: 0,
+            held_per_port: Default::default(),
+            ready: std::collections::VecDeque::new(),
+            accepted: Vec::new(),
+            aborted: None,
             slots: Vec::new(),
             free: Vec::new(),
             pins: Vec::new(),
             current_pin: None,
             reader: setup.publisher.reader(),
-            pool: HolderPool::new(setup.relay),
+            pool: HolderPool::new(setup.relay, setup.spare_pipes),
             runq: Vec::new(),
             parked: std::collections::VecDeque::new(),
             holding: Vec::new(),
@@ -228,19 +281,22 @@ impl<D: Driver> Worker<D> {
     /// Run until told to stop or drained. Connections still open then are reset.
     pub fn run(mut self) -> io::Result<WorkerExit> {
         self.ring.watch_wake(self.wake.as_fd())?;
-        self.resume_accepting()?;
+        self.watch_listeners()?;
         let mut completions = Vec::new();
         let mut last_tick = Instant::now();
         loop {
-            let wait = if self.runq.is_empty() {
-                let mut w = TICK;
-                if let Some(until) = self.backoff_until {
-                    w = w.min(until.saturating_duration_since(self.now));
-                }
-                Some(w)
-            } else {
-                Some(Duration::ZERO)
-            };
+            // Sockets to close wait for this submit (their polls are removed in it): do not
+            // sleep on them, a reset must leave at once.
+            let wait =
+                if self.runq.is_empty() && self.to_close.is_empty() && !self.accepts_pending() {
+                    let mut w = TICK;
+                    if let Some(until) = self.backoff_until {
+                        w = w.min(until.saturating_duration_since(self.now));
+                    }
+                    Some(w)
+                } else {
+                    Some(Duration::ZERO)
+                };
             self.ring.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
             let freed = !self.to_close.is_empty();
@@ -258,7 +314,9 @@ impl<D: Driver> Worker<D> {
             for slot in std::mem::take(&mut self.runq) {
                 self.drive(slot)?;
             }
+            self.accept_ready()?;
             self.loop_stats.set_active(u64::from(self.active));
+            self.loop_stats.set_accepting(self.may_accept());
             if self.exit_now {
                 break;
             }
@@ -270,9 +328,9 @@ impl<D: Driver> Worker<D> {
             if self.now.duration_since(last_tick) >= TICK {
                 last_tick = self.now;
                 self.check_idle_slice()?;
+                self.pool.tick();
                 if self.backoff_until.is_some_and(|t| self.now >= t) {
                     self.backoff_until = None;
-                    self.resume_accepting()?;
                 }
                 if !self.parked.is_empty() {
                     self.retry_parked()?;
@@ -287,32 +345,11 @@ impl<D: Driver> Worker<D> {
 
     fn on_completion(&mut self, c: Completion) -> io::Result<()> {
         match c {
-            Completion::Accepted {
+            Completion::Acceptable {
                 listener,
                 generation,
-                result,
-                rearm,
-            } => {
-                // Only the current arm's end changes the state; a cancelled earlier arm
-                // may still report accepted connections, which are served all the same.
-                let current = self.listeners[listener as usize].accepting == Some(generation);
-                if rearm && current {
-                    self.listeners[listener as usize].accepting = None;
-                }
-                let rearm = rearm && current;
-                match result {
-                    Ok(fd) => {
-                        self.backoff = BACKOFF_MIN;
-                        self.on_accept(listener as usize, fd)?;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-                    Err(e) if sys::is_resource_exhaustion(&e) => self.enter_backoff(&e)?,
-                    Err(e) => tracing::debug!(worker = self.index, error = %e, "accept failed"),
-                }
-                if rearm && self.may_accept() {
-                    self.arm_accept(listener as usize)?;
-                }
-            }
+                ended,
+            } => self.on_acceptable(listener, generation, ended)?,
             Completion::Ready {
                 slot,
                 generation,
@@ -375,22 +412,15 @@ impl<D: Driver> Worker<D> {
         match command {
             Command::AddListeners(listeners) => {
                 for l in listeners {
-                    self.listeners.push(ListenerSlot {
-                        key: l.key,
-                        socket: Some(l.socket),
-                        accepting: None,
-                        arms: 0,
-                    });
+                    self.listeners.push(ListenerSlot::new(l));
                 }
-                self.resume_accepting()?;
+                self.watch_listeners()?;
             }
             Command::RemoveListeners(keys) => {
                 let keys: std::collections::HashSet<ListenerKey> = keys.into_iter().collect();
                 for i in 0..self.listeners.len() {
                     if self.listeners[i].socket.is_some() && keys.contains(&self.listeners[i].key) {
-                        if let Some(generation) = self.listeners[i].accepting.take() {
-                            self.ring.cancel_accept(i as u32, generation)?;
-                        }
+                        self.unwatch_listener(i)?;
                         let socket = self.listeners[i].socket.take().expect("open listener");
                         self.to_close.push(socket.into());
                     }
@@ -401,7 +431,7 @@ impl<D: Driver> Worker<D> {
                 // at once (and retry elsewhere) instead of waiting in an accept queue
                 // until the drain ends.
                 self.draining = Some(deadline);
-                self.pause_accepting()?;
+                self.unwatch_listeners()?;
                 for l in &mut self.listeners {
                     if let Some(socket) = l.socket.take() {
                         self.to_close.push(socket.into());
@@ -409,6 +439,10 @@ impl<D: Driver> Worker<D> {
                 }
             }
             Command::Stop => self.exit_now = true,
+            Command::Abort { done } => {
+                self.exit_now = true;
+                self.aborted = Some(done);
+            }
             Command::Steer {
                 attach,
                 detach,
@@ -486,6 +520,11 @@ impl<D: Driver> Worker<D> {
                         max,
                     );
                     live.conn.handle(now, event);
+                    if live.conn.held(dir) == 0 {
+                        // Drained (nothing came, or EOF): an idle direction holds no pipe.
+                        let h = std::mem::take(&mut live.holders[dir as usize]);
+                        self.pool.give(h, 0);
+                    }
                 }
                 Op::Send { dir, held } => {
                     let dst = side_fd(&live.client, &live.backend, dir.dst());
@@ -544,6 +583,7 @@ impl<D: Driver> Worker<D> {
         if live.connect_in_flight {
             self.ring.cancel_connect(slot, generation)?;
         }
+        self.release_hold(&mut live);
         let reason = live.conn.close_reason().unwrap_or(CloseReason::Shutdown);
         let worker = self.index;
         let entry = self.service_of(live.pin, live.service);
@@ -576,9 +616,6 @@ impl<D: Driver> Worker<D> {
         s.generation = s.generation.wrapping_add(1);
         self.free.push(slot);
         self.active -= 1;
-        if self.active < self.max_connections && self.may_accept() {
-            self.resume_accepting()?;
-        }
         Ok(())
     }
 
@@ -678,16 +715,25 @@ impl<D: Driver> Worker<D> {
                 }
             }
             if live.conn.deadline().is_some_and(|d| now >= d) {
-                live.conn.handle_timeout(now);
+                // Bytes still in the kernel's queues of either socket are as much "in flight"
+                // as those in a holder: the core resets both sides then.
+                let queued = sys::queued_bytes(live.client.as_fd())
+                    + live
+                        .backend
+                        .as_ref()
+                        .map_or(0, |b| sys::queued_bytes(b.as_fd()));
+                live.conn.handle_timeout_queued(now, queued > 0);
                 self.drive(slot)?;
             }
         }
         Ok(())
     }
 
+    /// End: every connection still open is reset on both sides (SO_LINGER 0), never closed
+    /// with a FIN, and every socket is closed before this returns.
     fn shutdown(mut self) -> io::Result<WorkerExit> {
         self.draining = Some(self.now);
-        self.pause_accepting()?;
+        self.unwatch_listeners()?;
         let mut reset = 0;
         for slot in 0..self.slots.len() as u32 {
             if let Some(live) = self.slots[slot as usize].live.as_mut() {
@@ -698,7 +744,17 @@ impl<D: Driver> Worker<D> {
         }
         self.ring.submit_and_wait(Some(Duration::ZERO))?;
         self.to_close.clear();
+        for l in &mut self.listeners {
+            l.socket = None;
+        }
         self.loop_stats.set_active(0);
+        self.loop_stats.set_accepting(false);
+        if let Some(done) = self.aborted.take() {
+            // The ring (which may still reference sockets) goes first: with SO_LINGER 0 set,
+            // their last reference going away sends the RST.
+            drop(self.ring);
+            let _ = done.send(());
+        }
         Ok(WorkerExit { reset })
     }
 }
