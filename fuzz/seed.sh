@@ -9,6 +9,9 @@ mkdir -p corpus/config corpus/control_request corpus/k8s_objects corpus/manifest
 awk '/^```toml$/ { n++; out = sprintf("corpus/config/docs-%02d.toml", n); inside = 1; next }
      /^```/      { inside = 0 }
      inside      { print > out }' ../docs/configuration.md
+for f in ../deploy/deb/*.toml; do
+  [ -e "$f" ] && cp "$f" "corpus/config/deploy-$(basename "$f")"
+done
 printf '[[service]]\nname = "a"\nport = 80\nendpoints = ["10.0.0.1"]\n' > corpus/config/smallest.toml
 printf 'listen_addresses = ["127.0.0.1"]\nnode_port_range = "30000-30009"\nidle_timeout = "7days"\ndrain_timeout = "1day"\n[[service]]\nname = "a"\nport = 80\nnode_port = 30000\npolicy = "client-ip"\naffinity_timeout_seconds = 86400\nendpoints = [{ address = "127.0.0.2", port = 9000, weight = 65535 }]\n' > corpus/config/bounds.toml
 
