@@ -2,6 +2,7 @@
 //!
 //! Module map (arrows point to what a module may use):
 //! - [`model`]: the vocabulary (std only).
+//! - [`deadline`]: time arithmetic that saturates instead of panicking (leaf, std only).
 //! - [`stats`]: single-writer per-worker counters (leaf, std + crossbeam).
 //! - [`config`]: TOML file → [`model::Model`], with file:line:column errors.
 //! - [`table`]: stable hash, Maglev, [`table::RoutingSnapshot`] (model, stats).
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod deadline;
 pub mod demo;
 pub mod http;
 pub mod logging;

@@ -40,8 +40,8 @@ enum Command {
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
-        /// Worker threads (default: one per CPU).
-        #[arg(long)]
+        /// Worker threads (default: one per CPU; 1..=1024).
+        #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         /// Kernel interface of the workers.
         #[arg(long, value_enum)]
@@ -104,8 +104,8 @@ struct RunArgs {
     /// (default: only Services without that label).
     #[arg(long, requires = "kubernetes")]
     proxy_name: Option<String>,
-    /// Worker threads (overrides the config; default one per CPU).
-    #[arg(long)]
+    /// Worker threads (overrides the config; default one per CPU; 1..=1024).
+    #[arg(long, value_parser = workers_in_range)]
     workers: Option<usize>,
     /// Kernel interface of the workers (overrides the config's `driver`).
     #[arg(long, value_enum)]
@@ -350,6 +350,8 @@ fn main() -> ExitCode {
             eprintln!("sluice: cannot ignore SIGHUP during start-up: {e}");
         }
     }
+    // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
+    sluice::config::set_local_addresses(|| control::node::addresses().unwrap_or_default());
     let result = match cli.command {
         Command::Ctl {
             socket,
@@ -592,6 +594,17 @@ fn starting(log_filter: LogFilterSetter) -> LogFilterSetter {
         "sluice starting"
     );
     log_filter
+}
+
+/// `--workers N` within the bound of the `workers` key.
+fn workers_in_range(text: &str) -> Result<usize, String> {
+    let range = sluice::config::limits::WORKERS;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(*n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("must be a number in {}..={}", range.min, range.max))
 }
 
 fn demo(

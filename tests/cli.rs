@@ -49,6 +49,69 @@ fn assert_located(output: &str, path: &str, line: usize) {
     );
 }
 
+/// An endpoint that is sluice's own NodePort on this node would loop every connection back
+/// into sluice: `check` refuses it at the endpoint, for a listen address and, with the
+/// wildcard, for any address of this node (read from its interfaces).
+#[test]
+fn check_refuses_an_endpoint_that_is_our_own_node_port() {
+    let text = GOOD.replace("\"127.0.0.2\", ", "\"127.0.0.2\", \"127.0.0.1:30080\", ");
+    let (status, out, path) = check(&text);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:11:27: endpoint 127.0.0.1:30080 is sluice's own NodePort 30080/TCP of \
+             workshop/myfrontend on this node (listen address 127.0.0.1)"
+        )),
+        "{out}"
+    );
+    // Listening everywhere: every address of the node, not only loopback ones.
+    let node_ip = sluice::control::node::addresses()
+        .unwrap()
+        .into_iter()
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+    let Some(node_ip) = node_ip else {
+        eprintln!("SKIPPED the wildcard half: this node has no non-loopback IPv4 address");
+        return;
+    };
+    let text = GOOD
+        .replace("listen_addresses = [\"127.0.0.1\"]\n", "")
+        .replace(
+            "\"127.0.0.2\", ",
+            &format!("\"127.0.0.2\", \"{node_ip}:30080\", "),
+        );
+    let (status, out, path) = check(&text);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:10:27: endpoint {node_ip}:30080 is sluice's own NodePort 30080/TCP of \
+             workshop/myfrontend on this node (sluice serves its NodePorts on every address \
+             of this node)"
+        )),
+        "{out}"
+    );
+}
+
+/// `--workers` keeps the bound of the `workers` key (a typo must not start 100,000 threads).
+#[test]
+fn workers_flag_keeps_its_bound() {
+    for bad in ["0", "1025", "100000", "4294967297"] {
+        let mut s = Sluice::spawn(
+            &["run", "--config", "/nonexistent.toml", "--workers", bad],
+            Launch {
+                own_driver: true,
+                ..Launch::default()
+            },
+        );
+        let status = s.wait_exit(SOON);
+        assert_eq!(status.code(), Some(2), "--workers {bad}");
+        assert!(
+            s.stderr().contains("must be a number in 1..=1024"),
+            "--workers {bad}: {}",
+            s.stderr()
+        );
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_and_prints_the_service() {
     let (status, out, _) = check(GOOD);

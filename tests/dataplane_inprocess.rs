@@ -413,3 +413,64 @@ fn client_ip_steering_sends_every_client_to_one_worker() {
     );
     dp.stop().unwrap();
 }
+
+/// Durations no clock can reach (beyond the configuration's bounds: a bug in a bound, a
+/// future source) must not panic a worker or the drain: the connect timeout (a deadline in
+/// the epoll timer heap, a kernel timespec under io_uring), the idle deadline and the drain
+/// deadline saturate to a far future instead of overflowing.
+#[test]
+fn durations_beyond_any_clock_saturate_under_both_drivers() {
+    let mut drivers = vec![DriverSetting::Epoll];
+    match sluice::dataplane::driver::uring::Uring::probe() {
+        Ok(()) => drivers.push(DriverSetting::Uring),
+        Err(e) => eprintln!("SKIPPED under io_uring (unavailable here: {e}); epoll only"),
+    }
+    for driver in drivers {
+        let eps = [name_backend("127.0.0.2", "a")];
+        let port = free_port();
+        let mut m = model(port, &eps, RelayMode::Copy);
+        m.settings.driver = driver;
+        m.services[0].timeouts = Timeouts {
+            connect: Duration::MAX,
+            idle: Duration::MAX,
+            hold_when_empty: Some(Duration::MAX),
+        };
+        let (dp, publisher, _reg) = start(&m);
+        for i in 0..20 {
+            assert_eq!(ask(port), "a", "{driver:?}, connection {i}");
+        }
+        // One connection stays open across a few idle checks (one per ~100 ms loop tick):
+        // wait until every worker's loop went round five more times.
+        let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let monitor = dp.monitor();
+        let before = monitor.heartbeats();
+        eventually("every worker ran five more loop iterations", || {
+            monitor
+                .heartbeats()
+                .iter()
+                .zip(&before)
+                .all(|(now, was)| *now >= was + 5)
+        });
+        open.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        open.read_to_string(&mut out).unwrap();
+        assert_eq!(
+            out, "a",
+            "{driver:?}: the connection held across idle checks"
+        );
+        drop(open);
+        // Nothing is open: the drain ends at once (its deadline is only computed).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(dp.drain(Duration::MAX)));
+        let report = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the drain ends once no connection is open")
+            .expect("workers end cleanly");
+        assert_eq!(report.reset, 0, "{driver:?}");
+        let snap = publisher.current();
+        let (_, svc) = snap.services().next().unwrap();
+        let t = svc.stats.totals();
+        assert_eq!((t.opened, t.failed), (21, 0), "{driver:?}");
+    }
+}

@@ -44,6 +44,25 @@ for driver in uring epoll; do
   SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
 done
 
+# Fuzz smoke test: every cargo-fuzz target (fuzz/README.md) for 20 s on its seed corpus;
+# any crash fails the run. Needs the nightly toolchain; cargo-fuzz is installed when missing
+# (about 1 min of CPU). The first build of the instrumented targets takes about 10 min of CPU
+# (fuzz/ is a crate of its own, with its own target directory).
+if [ $# -eq 0 ]; then
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+      echo "installing cargo-fuzz"
+      cargo install cargo-fuzz --locked
+    fi
+    for target in decode roundtrip config control_request k8s_objects manifests; do
+      echo "=== fuzz smoke: $target (20 s) ==="
+      fuzz/run.sh "$target" -max_total_time=20
+    done
+  else
+    echo "=== SKIPPED: fuzz smoke test (no nightly toolchain; see fuzz/README.md) ===" >&2
+  fi
+fi
+
 # Benchmark smoke test: every load balancer of the suite must serve every workload without
 # errors (it never fails on performance numbers). Hard bound 3 minutes; needs root for network
 # namespaces. Uses the binary the tests just built (ci profile: debug assertions on).

@@ -126,6 +126,8 @@ pub mod reason {
     pub const NODE_NAME_UNKNOWN: &str = "NodeNameUnknown";
     /// An object that cannot be read at all (no name, no spec, defined twice, no Service).
     pub const INVALID_OBJECT: &str = "InvalidObject";
+    /// An endpoint that is one of sluice's own NodePorts on this node: skipped.
+    pub const ENDPOINT_LOOPS: &str = "EndpointLoops";
 }
 
 impl std::fmt::Display for Problem {
@@ -256,7 +258,7 @@ pub fn build_model(
             });
         c.port.meta = Some(Arc::clone(updated));
     }
-    let services = ports
+    let mut services: Vec<ServicePort> = ports
         .into_iter()
         .zip(allocated)
         .map(|(c, a)| ServicePort {
@@ -265,6 +267,26 @@ pub fn build_model(
             ..c.port
         })
         .collect();
+    // An endpoint that is one of these NodePorts on this node would loop: skipped.
+    let served = super::self_loop::Served::new(
+        &services,
+        &settings.listen,
+        super::self_loop::local_addresses(),
+    );
+    for s in &mut services {
+        let object = format!("Service {}", s.key.service);
+        s.endpoints.retain(|e| match served.explain(e.addr) {
+            None => true,
+            Some(why) => {
+                problems.push(Problem {
+                    object: object.clone(),
+                    reason: reason::ENDPOINT_LOOPS,
+                    message: format!("{why}; this endpoint is skipped"),
+                });
+                false
+            }
+        });
+    }
     (Model { settings, services }, problems)
 }
 
@@ -586,7 +608,9 @@ fn session_affinity(
         .and_then(|c| c.timeout_seconds);
     let timeout = match written {
         None => DEFAULT_AFFINITY_TIMEOUT,
-        Some(t @ 1..=86400) => Duration::from_secs(t as u64),
+        Some(t) if super::limits::AFFINITY_TIMEOUT_SECONDS.contains(t.into()) => {
+            Duration::from_secs(t.unsigned_abs().into())
+        }
         Some(t) => {
             let last = before.iter().find_map(|p| match p.policy {
                 Policy::ClientIp { timeout, .. } => Some(timeout),
@@ -594,8 +618,10 @@ fn session_affinity(
             });
             let kept = last.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
             report(format!(
-                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range (1..=86400); \
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range ({}..={}); \
                  keeping {}s",
+                super::limits::AFFINITY_TIMEOUT_SECONDS.min,
+                super::limits::AFFINITY_TIMEOUT_SECONDS.max,
                 kept.as_secs()
             ));
             kept

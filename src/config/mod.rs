@@ -17,9 +17,12 @@ mod file;
 mod forwarding;
 mod health;
 pub mod k8s;
+pub mod limits;
+pub use self_loop::set_local_addresses;
 pub mod manifests;
 mod read;
 mod render;
+mod self_loop;
 mod settings;
 mod validate;
 mod values;
@@ -119,6 +122,9 @@ impl Source<'_> {
     fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span().unwrap_or(0..0);
         let raw = error.message().trim_end();
+        if raw.is_empty() {
+            return self.unexplained_toml_error(span.start);
+        }
         let mut message = raw
             .replace("expected i64", "expected an integer")
             .replace("expected a boolean", "expected true or false")
@@ -144,6 +150,38 @@ impl Source<'_> {
             }
         }
         self.error(&span, message)
+    }
+
+    /// For a TOML error without a message (a control character in a comment inside an
+    /// array, found by fuzzing): the first control character of the line up to `offset`
+    /// (TOML allows none but tab and line ends), else the character at `offset`.
+    fn unexplained_toml_error(&self, offset: usize) -> ConfigError {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..]
+            .chars()
+            .next()
+            .map_or(offset, |c| offset + c.len_utf8());
+        let control = self.text[line_start..end]
+            .char_indices()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+        let (at, message) = match control {
+            Some((i, c)) => (
+                line_start + i,
+                format!("invalid TOML: the control character {c:?} is not allowed here"),
+            ),
+            None => match self.text[offset..].chars().next() {
+                Some(c) => (offset, format!("invalid TOML: unexpected {c:?}")),
+                None => (
+                    offset,
+                    "invalid TOML: unexpected end of the file".to_owned(),
+                ),
+            },
+        };
+        self.error(&(at..at), message)
     }
 
     /// The bare key of `key = value` when `offset` is where the value starts.

@@ -200,9 +200,9 @@ impl Ejection {
             return None;
         }
         let factor = 1u32 << self.ejections.min(16);
-        let time = config.ejection_time * factor.min(MAX_EJECTION_FACTOR);
+        let time = crate::deadline::times(config.ejection_time, factor.min(MAX_EJECTION_FACTOR));
         self.ejections = self.ejections.saturating_add(1);
-        self.until = Some(now + time);
+        self.until = Some(crate::deadline::after(now, time));
         let failures = self.streak;
         self.streak = 0;
         Some(EjectionChange::Ejected { failures, time })
@@ -617,7 +617,7 @@ fn connect_counts(stats: &StatsBlock) -> ConnectCounts {
 /// Probes `target` every interval until aborted. The first probe comes after a fraction
 /// of the interval derived from the address, so that many targets do not probe at once.
 async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
-    let interval = config.check.interval;
+    let interval = crate::deadline::cap(config.check.interval);
     let addr = SocketAddr::new(target.1.ip(), config.check.port.unwrap_or(target.1.port()));
     let spread = {
         use std::hash::{Hash, Hasher};
@@ -625,7 +625,8 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
         target.hash(&mut h);
         interval.mul_f64((h.finish() % 1000) as f64 / 1000.0)
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + spread, interval);
+    let start = crate::deadline::after(std::time::Instant::now(), spread);
+    let mut tick = tokio::time::interval_at(start.into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -762,6 +763,29 @@ mod tests {
                 time: Duration::from_secs(10)
             })
         );
+    }
+
+    /// An ejection time no clock can reach, doubled, must neither overflow `Duration * n`
+    /// nor `Instant + Duration` (either panicked the health task).
+    #[test]
+    fn ejection_times_beyond_any_clock_saturate() {
+        let t0 = Instant::now();
+        for ejection_time in [Duration::MAX, Duration::from_secs(u64::MAX / 4)] {
+            let cfg = PassiveCheck {
+                consecutive_failures: 1,
+                ejection_time,
+            };
+            let mut e = Ejection::new(counts(0, 0, 0));
+            let Some(EjectionChange::Ejected { time, .. }) = e.poll(t0, &cfg, counts(0, 1, 1))
+            else {
+                panic!("one failure ejects");
+            };
+            assert!(time >= Duration::from_secs(50 * 365 * 86400), "{time:?}");
+            assert!(e.is_ejected());
+            let later = t0 + Duration::from_secs(365 * 86400);
+            assert_eq!(e.poll(later, &cfg, counts(0, 1, 1)), None);
+            assert!(e.is_ejected());
+        }
     }
 
     #[test]

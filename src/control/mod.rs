@@ -8,7 +8,8 @@
 //! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
 //! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
 //! plane), [`client`] (what `sluice ctl` runs), `source_files` (reading the configuration's
-//! files off the loop), `port_owner` (one sluice per NodePort).
+//! files off the loop), `port_owner` (one sluice per NodePort), `fatal` (a dead worker takes
+//! the process down).
 //!
 //! # The reload transaction
 //! `sluice ctl reload`, SIGHUP and `ExecReload` all ask for a reload: the source's files are
@@ -23,11 +24,12 @@
 
 mod changes;
 pub mod client;
+mod fatal;
 mod hcnp;
 pub mod health;
 mod healthz;
 mod metrics;
-mod node;
+pub mod node;
 mod notify;
 pub mod overrides;
 mod plane;
@@ -49,6 +51,7 @@ use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
+pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
 use plane::Plane;
 use protocol::{
@@ -229,6 +232,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
+    fatal::take_the_process_down_on_worker_death(notify::Notifier::from_env());
     check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;
@@ -333,7 +337,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         .notifier
         .watchdog_interval()
         .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(250));
+        .clamp(Duration::from_millis(250), crate::deadline::FAR_FUTURE);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
@@ -763,10 +767,14 @@ impl Daemon {
         if action == EndpointAction::Weight && weight.is_none() {
             return Response::error("invalid", "`endpoint weight` needs a weight");
         }
-        if let Some(w) = weight.filter(|w| *w > 65535) {
+        let bound = config::limits::WEIGHT;
+        if let Some(w) = weight.filter(|w| !bound.contains(i64::from(*w))) {
             return Response::error(
                 "invalid",
-                format!("weight {w} is out of range: must be 0..=65535"),
+                format!(
+                    "weight {w} is out of range: must be {}..={}",
+                    bound.min, bound.max
+                ),
             );
         }
         let mut overrides = self.overrides.clone();
@@ -1194,7 +1202,8 @@ impl Phases {
 
     fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
-        self.laps.push((name, now - self.at));
+        self.laps
+            .push((name, now.saturating_duration_since(self.at)));
         self.at = now;
     }
 }

@@ -9,10 +9,12 @@
 //!
 //! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code).
+//! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
+//! that dies reports, so that no half-deaf process is left behind).
 
 pub mod affinity;
 pub mod conn;
+pub mod death;
 pub mod driver;
 pub mod relay;
 pub mod select;
@@ -127,7 +129,7 @@ impl Aborter {
             let _ = sys::eventfd_signal(wake.as_fd());
         }
         drop(done);
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline::after(Instant::now(), wait);
         let mut n = 0;
         while n < self.workers.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -397,7 +399,7 @@ impl Dataplane {
     /// the rest; returns once every worker has ended.
     pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
         let before = self.monitor.active();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         self.send_all(|| Command::Drain { deadline });
         let reset = self.join()?;
         Ok(DrainReport {
@@ -480,6 +482,8 @@ fn run_worker<D: Driver>(
     let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
+            // From here on a panic is a worker death (see `death`).
+            death::mark_worker(index);
             w
         }
         Err(e) => {
@@ -490,6 +494,10 @@ fn run_worker<D: Driver>(
     let result = worker.run();
     if let Err(e) = &result {
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
+        death::report(death::WorkerDeath {
+            worker: index,
+            cause: format!("stopped on an error: {e}"),
+        });
     }
     result
 }

@@ -311,8 +311,8 @@ impl Source {
             services = objects.services.len(),
             slices = objects.slices.len(),
             ?snapshot,
-            convert = ?(built - snapshot),
-            report = ?(t.elapsed() - built),
+            convert = ?built.saturating_sub(snapshot),
+            report = ?t.elapsed().saturating_sub(built),
             "Kubernetes objects converted"
         );
         Ok(model)

@@ -32,6 +32,7 @@ use accept::ListenerSlot;
 pub use accept::{Listener, ListenerKey};
 
 use crate::dataplane::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
+use crate::dataplane::death::{self, InjectedDeath};
 use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::select::Selector;
@@ -229,6 +230,8 @@ pub struct Worker<D: Driver> {
     last_hint: Option<Instant>,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
+    /// Test builds only: die this way at the first accepted connection (`death`).
+    injected_death: Option<InjectedDeath>,
 }
 
 impl<D: Driver> Worker<D> {
@@ -275,6 +278,7 @@ impl<D: Driver> Worker<D> {
             ),
             header: Vec::with_capacity(256),
             last_hint: None,
+            injected_death: death::injected(setup.index),
         })
     }
 
