@@ -31,18 +31,19 @@ fi
 # The suite opens a few thousand sockets per process; it needs more than the usual 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Everything once (unit tests, simulations, integration tests on the default driver:
-# io_uring where the kernel allows it), then the integration tests again on each driver
-# explicitly, so that both drivers pass the same suite.
-cargo test --profile ci --all-targets "$@"
-for driver in uring epoll; do
-  if [ "$driver" = uring ] && [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]; then
-    echo "=== SKIPPED: integration tests with --driver uring (kernel.io_uring_disabled is set) ==="
-    continue
-  fi
-  echo "=== integration tests with --driver $driver ==="
-  SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
-done
+# Everything once (unit tests, simulations, benches' tests and the integration tests) with the
+# io_uring driver, then the integration tests again with epoll, so that both drivers pass the
+# same suite. Where the kernel has io_uring disabled, everything runs once with epoll.
+if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]; then
+  echo "=== SKIPPED: integration tests with --driver uring (kernel.io_uring_disabled is set) ==="
+  echo "=== all tests with --driver epoll ==="
+  SLUICE_TEST_DRIVER=epoll cargo test --profile ci --all-targets "$@"
+else
+  echo "=== all tests with --driver uring ==="
+  SLUICE_TEST_DRIVER=uring cargo test --profile ci --all-targets "$@"
+  echo "=== integration tests with --driver epoll ==="
+  SLUICE_TEST_DRIVER=epoll cargo test --profile ci --tests "$@"
+fi
 
 # Fuzz smoke test: every cargo-fuzz target (fuzz/README.md) for 20 s on its seed corpus;
 # any crash fails the run. Needs the nightly toolchain; cargo-fuzz is installed when missing
