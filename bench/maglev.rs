@@ -49,6 +49,7 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         forwarding: Default::default(),
         udp_responses: None,
         traffic_policy: Default::default(),
+        families: Default::default(),
         health: Default::default(),
         meta: None,
     }

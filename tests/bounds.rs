@@ -11,9 +11,11 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
+use sluice::config::limits::DurationRange;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// The value of the report: u64::MAX seconds.
 const HUGE: &str = "\"18446744073709551615s\"";
@@ -262,36 +264,59 @@ fn outlier_ejection_time_past_its_bound_is_refused_and_its_bound_ejects() {
 // ---------------------------------------------------------------------------------------
 
 /// The duration keys, each with its bound (from the library, so the test follows it).
-fn keys() -> Vec<(&'static str, sluice::config::limits::DurationRange)> {
+fn keys() -> Vec<(&'static str, DurationRange)> {
     sluice::config::limits::DURATIONS.to_vec()
 }
 
-/// Extreme texts for a key: the edges of its range, just past them, zero-ish, and values no
-/// clock holds.
-fn extreme(range: sluice::config::limits::DurationRange) -> impl Strategy<Value = String> {
-    let show = sluice::config::limits::show;
-    let max = range.max;
+/// A value inside a key's range, favouring its edges.
+fn inside(range: DurationRange) -> impl Strategy<Value = Duration> {
+    let (min, max) = (range.min, range.max);
     prop_oneof![
-        Just("1ns".to_owned()),
-        Just(show(range.min)),
-        Just(show(max)),
-        Just(format!("{}s 1ns", max.as_secs())),
-        Just("18446744073709551615s".to_owned()),
-        Just("18446744073709551615s 999999999ns".to_owned()),
-        Just("584942417355years".to_owned()),
-        (0..u64::MAX).prop_map(|s| format!("{s}s")),
-        (1..max.as_millis() as u64).prop_map(|ms| format!("{ms}ms")),
+        Just(min),
+        Just(max),
+        (min.as_nanos() as u64..=max.as_nanos() as u64).prop_map(Duration::from_nanos),
     ]
 }
 
-/// One case: a value per duration key (or none), and whether the per-Service keys go into
-/// the `[[service]]` table instead of the top level.
-fn case() -> impl Strategy<Value = (Vec<Option<String>>, bool)> {
+/// A text outside a key's range, or no duration at all: just past the bound, values no
+/// clock holds, numbers humantime cannot hold.
+fn outside(range: DurationRange) -> impl Strategy<Value = String> {
+    let past = range.max + Duration::from_nanos(1);
+    prop_oneof![
+        Just(format!("{}s {}ns", past.as_secs(), past.subsec_nanos())),
+        Just("18446744073709551615s".to_owned()),
+        Just("18446744073709551615s 999999999ns".to_owned()),
+        Just("584942417355years".to_owned()),
+        Just("99999999999999999999999s".to_owned()),
+        (range.max.as_secs() + 1..u64::MAX).prop_map(|s| format!("{s}s")),
+    ]
+}
+
+/// One case: a value inside its range for some keys (the file is served), one key's text
+/// outside its range (the same file with it is refused), and whether the per-Service keys go
+/// into the `[[service]]` table instead of the top level.
+type Case = (Vec<Option<String>>, (usize, String), bool);
+
+fn case() -> impl Strategy<Value = Case> {
+    let show = sluice::config::limits::show;
     let per_key: Vec<_> = keys()
         .into_iter()
-        .map(|(_, r)| proptest::option::weighted(0.7, extreme(r)))
+        .map(|(_, r)| proptest::option::weighted(0.8, inside(r)))
         .collect();
-    (per_key, any::<bool>())
+    let bad = (0..keys().len()).prop_flat_map(|i| (Just(i), outside(keys()[i].1)));
+    (per_key, bad, any::<bool>()).prop_map(move |(mut values, bad, in_service)| {
+        // A check must end before the next: the timeout at most the interval.
+        let at = |k: &str| keys().iter().position(|(key, _)| *key == k).unwrap();
+        let interval = values[at("health_check_interval")].unwrap_or(Duration::from_secs(2));
+        if let Some(t) = &mut values[at("health_check_timeout")] {
+            *t = (*t).min(interval);
+        }
+        (
+            values.into_iter().map(|v| v.map(show)).collect(),
+            bad,
+            in_service,
+        )
+    })
 }
 
 fn config_of(values: &[Option<String>], in_service: bool, port: u16, echo: SocketAddr) -> String {
@@ -317,47 +342,54 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// check → run → a little traffic → SIGTERM: whatever the values, no panic; a refused
-    /// file is refused alike by `check` and `run`, at a FILE:LINE:COLUMN; an accepted one is
-    /// served and stops with status 0.
+    /// check → run → a little traffic → SIGTERM, under both drivers: a file with every
+    /// duration inside its range is accepted, served and stops with status 0; the same file
+    /// with one duration past its bound is refused alike by `check` and `run`, at a
+    /// FILE:LINE:COLUMN naming the key. No panic either way.
     #[test]
-    fn extreme_durations_never_panic((values, in_service) in case()) {
+    fn extreme_durations_never_panic((values, (bad, bad_text), in_service) in case()) {
         let echo = EchoServer::start("127.0.0.3");
+        let mut refused = values.clone();
+        refused[bad] = Some(bad_text);
+        let bad_key = keys()[bad].0;
         for driver in drivers() {
-            let port = free_port();
-            let text = format!("driver = \"{driver}\"\n{}", config_of(&values, in_service, port, echo.addr));
-            let dir = TempDir::new("extreme");
-            let path = dir.write("x.toml", &text);
-            let (accepted, stderr) = check(&path);
-            prop_assert!(!stderr.contains("panicked"), "{}\n{}", text, stderr);
-            let mut lb = Sluice::run_with(&text, Launch { own_driver: true, ..Launch::default() });
-            if !accepted {
-                let at = format!("{}:", path.display());
-                let line = stderr.lines().find(|l| l.contains(&at));
-                prop_assert!(line.is_some(), "no FILE:LINE:COLUMN error:\n{}\n{}", text, stderr);
+            for (values, served) in [(&values, true), (&refused, false)] {
+                let port = free_port();
+                let text = format!("driver = \"{driver}\"\n{}", config_of(values, in_service, port, echo.addr));
+                let dir = TempDir::new("extreme");
+                let path = dir.write("x.toml", &text);
+                let (accepted, stderr) = check(&path);
+                prop_assert!(!stderr.contains("panicked"), "{}\n{}", text, stderr);
+                prop_assert_eq!(accepted, served, "{}\n{}", text, stderr);
+                let mut lb = Sluice::run_with(&text, Launch { own_driver: true, ..Launch::default() });
+                if !served {
+                    let at = format!("{}:", path.display());
+                    let line = stderr.lines().find(|l| l.contains(&at) && l.contains(bad_key));
+                    prop_assert!(line.is_some(), "no FILE:LINE:COLUMN error naming {}:\n{}\n{}", bad_key, text, stderr);
+                    let status = lb.wait_exit(SOON);
+                    let log = lb.stderr();
+                    prop_assert!(!status.success(), "run served what check refused:\n{}", text);
+                    prop_assert!(!log.contains("panicked"), "{}\n{}", text, log);
+                    let shown = line.unwrap().split_once(": ").map(|(_, m)| m.to_owned()).unwrap_or_default();
+                    prop_assert!(log.contains(&shown), "run and check differ: {}\n{}", shown, log);
+                    continue;
+                }
+                lb.wait_ready_accepting(node_addr(port));
+                // Traffic may fail with such values (a 1 ns idle or connect timeout): only a
+                // panic or an unclean exit is a failure.
+                for i in 0..5 {
+                    if let Ok(mut s) = connect(node_addr(port)) {
+                        let _ = echo_roundtrip(&mut s, format!("{i}").as_bytes());
+                    }
+                }
+                lb.assert_alive();
+                // SAFETY: kill with a child PID we own.
+                unsafe { libc::kill(lb.pid() as i32, libc::SIGTERM) };
                 let status = lb.wait_exit(SOON);
                 let log = lb.stderr();
-                prop_assert!(!status.success(), "run served what check refused:\n{}", text);
                 prop_assert!(!log.contains("panicked"), "{}\n{}", text, log);
-                let shown = line.unwrap().split_once(": ").map(|(_, m)| m.to_owned()).unwrap_or_default();
-                prop_assert!(log.contains(&shown), "run and check differ: {}\n{}", shown, log);
-                continue;
+                prop_assert_eq!(status.code(), Some(0), "{}\n{}", text, log);
             }
-            lb.wait_ready_accepting(node_addr(port));
-            // Traffic may fail with such values (a 1 ns idle or connect timeout): only a
-            // panic or an unclean exit is a failure.
-            for i in 0..5 {
-                if let Ok(mut s) = connect(node_addr(port)) {
-                    let _ = echo_roundtrip(&mut s, format!("{i}").as_bytes());
-                }
-            }
-            lb.assert_alive();
-            // SAFETY: kill with a child PID we own.
-            unsafe { libc::kill(lb.pid() as i32, libc::SIGTERM) };
-            let status = lb.wait_exit(SOON);
-            let log = lb.stderr();
-            prop_assert!(!log.contains("panicked"), "{}\n{}", text, log);
-            prop_assert_eq!(status.code(), Some(0), "{}\n{}", text, log);
         }
     }
 }

@@ -65,7 +65,8 @@ fn check_refuses_an_endpoint_that_is_our_own_node_port() {
         "{out}"
     );
     // Listening everywhere: every address of the node, not only loopback ones.
-    let node_ip = sluice::dataplane::sys::local_addresses()
+    let node_ip = sluice::control::node::addresses()
+        .unwrap()
         .into_iter()
         .find(|ip| ip.is_ipv4() && !ip.is_loopback());
     let Some(node_ip) = node_ip else {
@@ -88,6 +89,27 @@ fn check_refuses_an_endpoint_that_is_our_own_node_port() {
         )),
         "{out}"
     );
+}
+
+/// `--workers` keeps the bound of the `workers` key (a typo must not start 100,000 threads).
+#[test]
+fn workers_flag_keeps_its_bound() {
+    for bad in ["0", "1025", "100000", "4294967297"] {
+        let mut s = Sluice::spawn(
+            &["run", "--config", "/nonexistent.toml", "--workers", bad],
+            Launch {
+                own_driver: true,
+                ..Launch::default()
+            },
+        );
+        let status = s.wait_exit(SOON);
+        assert_eq!(status.code(), Some(2), "--workers {bad}");
+        assert!(
+            s.stderr().contains("must be a number in 1..=1024"),
+            "--workers {bad}: {}",
+            s.stderr()
+        );
+    }
 }
 
 #[test]
@@ -160,7 +182,12 @@ fn demo_scenario() {
             panic!("{a} is in use ({e}): is another `sluice demo` running on this machine?");
         }
     }
-    let mut demo = Sluice::spawn(&["demo"], Launch::default());
+    let dir = TempDir::new("demo");
+    let sock = dir.path().join("ctl.sock");
+    let mut demo = Sluice::spawn(
+        &["demo", "--socket", sock.to_str().unwrap()],
+        Launch::default(),
+    );
     let node: SocketAddr = "127.0.0.1:30000".parse().unwrap();
     let ask = move || -> std::io::Result<String> {
         let mut s = connect(node)?;
@@ -199,6 +226,15 @@ fn demo_scenario() {
             .contains("curl 127.0.0.1:30000")
             .then_some(())
     });
+    // The demo serves a control socket and says how to use it; the line works as printed.
+    let hint = format!("sluice ctl --socket {} services", sock.display());
+    wait_for("the `sluice ctl` hint printed", SOON, || {
+        demo.stdout().contains(&hint).then_some(())
+    });
+    let out = ctl_ok(&sock, &["services"]);
+    assert!(out.contains("myfrontend"), "{out}");
+    let out = ctl_ok(&sock, &["status"]);
+    assert!(out.contains("(built in)"), "{out}");
 }
 
 /// systemd and Kubernetes stop sluice with SIGTERM: it must exit by itself, successfully.
@@ -369,4 +405,37 @@ fn completions_and_man_pages() {
         run.contains("kubernetes") && run.contains("log\\-format"),
         "{run}"
     );
+}
+
+/// A start-up error is said once: "Address already in use" was printed twice (the error,
+/// then the same cause again as its own line of the chain).
+#[test]
+fn a_start_error_names_its_cause_once() {
+    // Bound, not listening: sluice's bind fails (a listener would be named as another
+    // process serving the NodePort, before any bind).
+    let taken = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    taken
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = taken.local_addr().unwrap().as_socket().unwrap().port();
+    let dir = TempDir::new("cli-inuse");
+    let cfg = dir.write(
+        "cfg.toml",
+        &format!(
+            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{port}-{port}\"\nworkers = 1\ncontrol_socket = \"{}\"\n\n[[service]]\nname = \"a\"\nport = 80\ntarget_port = 80\nnode_port = {port}\nendpoints = [\"127.0.0.2\"]\n",
+            dir.path().join("ctl.sock").display()
+        ),
+    );
+    let mut s = Sluice::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        Launch::default(),
+    );
+    assert!(!s.wait_exit(SOON).success());
+    let err = s.stderr();
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(taken);
 }

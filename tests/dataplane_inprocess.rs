@@ -76,6 +76,7 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             forwarding: Default::default(),
             udp_responses: None,
             traffic_policy: Default::default(),
+            families: Default::default(),
             health: Default::default(),
             meta: None,
         }],

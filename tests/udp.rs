@@ -428,8 +428,18 @@ fn the_flow_cap_refuses_new_flows_and_keeps_the_live_ones() {
 fn proxy_v2_goes_before_every_datagram_and_the_largest_datagrams_pass_whole() {
     let pod_port = free_udp_port();
     let a = UdpPod::start(pod_addr("127.0.0.2", pod_port), "a", 1);
+    // IPv6 clients go to IPv6 pods only (one proxier per family, like kube-proxy).
+    let a6 = UdpSocket::bind("[::1]:0").ok().map(|_| {
+        UdpPod::start(
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, pod_port)),
+            "a6",
+            1,
+        )
+    });
     let setup = Setup::new();
-    let _sluice = setup.start(&setup.config("", &[a.addr], "forwarding = \"proxy-v2\""));
+    let mut pods = vec![a.addr];
+    pods.extend(a6.as_ref().map(|p| p.addr));
+    let _sluice = setup.start(&setup.config("", &pods, "forwarding = \"proxy-v2\""));
     let c = client("127.0.0.9");
     let node = SocketAddr::from(([127, 0, 0, 8], setup.node_port));
     for _ in 0..2 {
@@ -452,11 +462,11 @@ fn proxy_v2_goes_before_every_datagram_and_the_largest_datagrams_pass_whole() {
     assert_eq!(got, vec![want.clone(), want], "the header on each datagram");
 
     // IPv6 (when the host has it): family 0x22, 52 bytes of header.
-    if let Ok(c6) = UdpSocket::bind("[::1]:0") {
+    if let (Some(a6), Ok(c6)) = (&a6, UdpSocket::bind("[::1]:0")) {
         c6.set_read_timeout(Some(REPLY_WAIT)).unwrap();
         let node6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, setup.node_port));
-        assert!(ask(&c6, node6, b"six").is_some());
-        let d = a
+        assert_eq!(name(&ask(&c6, node6, b"six").unwrap().0), "a6");
+        let d = a6
             .received()
             .into_iter()
             .find(|(_, d)| d.ends_with(b"six"))

@@ -180,6 +180,7 @@ mod tests {
                 forwarding: Default::default(),
                 udp_responses: None,
                 traffic_policy: Default::default(),
+                families: Default::default(),
                 health: Default::default(),
                 meta: None,
             })

@@ -103,6 +103,12 @@ pub const UDP_RESPONSES: CountRange = CountRange {
     min: 1,
     max: 1_000_000,
 };
+/// `max_held_per_worker` and `max_held_per_service`: connections held for Services without
+/// a usable endpoint (`hold_when_empty`); 0 turns holding off.
+pub const HELD_CONNECTIONS: CountRange = CountRange {
+    min: 0,
+    max: crate::model::MAX_HELD as i64,
+};
 /// `backlog`: what `listen(2)` takes (the kernel caps it at `net.core.somaxconn`).
 pub const BACKLOG: CountRange = CountRange {
     min: 1,
@@ -150,6 +156,8 @@ pub const COUNTS: &[(&str, CountRange)] = &[
     ("max_connections_per_worker", MAX_CONNECTIONS_PER_WORKER),
     ("max_flows_per_worker", MAX_FLOWS_PER_WORKER),
     ("udp_responses", UDP_RESPONSES),
+    ("max_held_per_worker", HELD_CONNECTIONS),
+    ("max_held_per_service", HELD_CONNECTIONS),
     ("backlog", BACKLOG),
     ("connect_retries", CONNECT_RETRIES),
     ("maglev_table_size", MAGLEV_TABLE_SIZE),

@@ -9,7 +9,7 @@ use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_siz
 use super::{ConfigError, Source};
 use crate::model::{
     ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
-    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
+    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
@@ -60,12 +60,11 @@ pub(super) fn settings(
         None => base.max_flows_per_worker,
     };
     let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
-        Some(v) => int(
+        Some(v) => count(
             src,
             v,
             key,
-            0,
-            MAX_HELD.into(),
+            limits::HELD_CONNECTIONS,
             "0 turns holding off: clients of an empty Service are reset at once",
         ),
         None => Ok(default),

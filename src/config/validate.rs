@@ -388,6 +388,7 @@ fn service(
             forwarding,
             udp_responses,
             traffic_policy: Default::default(),
+            families: Default::default(),
             health,
             meta: None,
         },

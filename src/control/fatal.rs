@@ -9,15 +9,13 @@
 //! `Restart=on-failure` then restarts sluice (docs/operations.md, "When a worker dies").
 
 use super::notify::Notifier;
-use super::socket::SocketFile;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit status of a process taken down by a dead worker (`EX_SOFTWARE`, sysexits.h).
 pub const WORKER_DIED: i32 = 70;
 
-/// From now on, a worker that dies ends the process. `socket` is the control socket this
-/// daemon bound, if any.
-pub fn take_the_process_down_on_worker_death(socket: Option<SocketFile>, notifier: Notifier) {
+/// From now on, a worker that dies ends the process.
+pub fn take_the_process_down_on_worker_death(notifier: Notifier) {
     static EXITING: AtomicBool = AtomicBool::new(false);
     crate::dataplane::death::on_worker_death(move |death| {
         if EXITING.swap(true, Ordering::SeqCst) {
@@ -35,9 +33,7 @@ pub fn take_the_process_down_on_worker_death(socket: Option<SocketFile>, notifie
             death.worker
         );
         notifier.failing(&format!("worker {} died: {}", death.worker, death.cause));
-        if let Some(s) = &socket {
-            s.remove_if_ours();
-        }
+        super::socket::remove_control_socket();
         std::process::exit(WORKER_DIED);
     });
 }

@@ -4,8 +4,8 @@
 //! State is kept per (Service port, endpoint address), a *target*:
 //!
 //! - **Active checks** ([`ActiveCheck`]): one task per target connects every `interval`
-//!   (TCP) or sends `GET path` and reads the status line (HTTP), within `timeout`. Where the
-//!   Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
+//!   (TCP) or sends `GET path` and reads the status (HTTP, with hyper's client: [`probe`]),
+//!   within `timeout`. Where the Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
 //!   (`PROXY UNKNOWN`), unless it probes another port (`health_check_port`). Results feed a
 //!   [`CheckCounter`], HAProxy's health counter: `fall` failures in a row mark an up target
 //!   down, `rise` successes in a row mark a down one up. A new target starts up but
@@ -34,7 +34,7 @@
 use super::overrides::{AdminState, Overrides};
 use super::Event;
 use crate::model::{
-    ActiveCheck, CheckKind, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
+    ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
 };
 use crate::stats::StatsBlock;
 use crate::table::RoutingSnapshot;
@@ -42,8 +42,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+mod probe;
+use probe::probe;
 
 /// How often passive ejection reads the workers' connect counters.
 pub const PASSIVE_POLL: Duration = Duration::from_millis(250);
@@ -633,119 +635,6 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
     }
 }
 
-/// One check of `addr`: Ok, or why it failed.
-async fn probe(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let timeout = config.check.timeout;
-    match tokio::time::timeout(timeout, probe_unbounded(addr, config)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
-    }
-}
-
-async fn probe_unbounded(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| io_reason("connect", &e))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = Vec::with_capacity(128);
-    match config.preamble {
-        Preamble::None => {}
-        Preamble::ProxyV1Unknown => request.extend_from_slice(b"PROXY UNKNOWN\r\n"),
-        Preamble::ProxyV2Local => crate::proxy_protocol::encode_v2_local(&mut request),
-    }
-    let expect = match &config.check.kind {
-        CheckKind::Tcp => None,
-        CheckKind::Http { path, expect } => {
-            request.extend_from_slice(
-                format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-health-check\r\n\
-                     Connection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            Some(*expect)
-        }
-    };
-    if !request.is_empty() {
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| io_reason("send", &e))?;
-    }
-    let Some((lo, hi)) = expect else {
-        let _ = stream.shutdown().await;
-        return Ok(());
-    };
-    let status = read_status(&mut stream).await?;
-    if (lo..=hi).contains(&status) {
-        Ok(())
-    } else if lo == hi {
-        Err(format!("HTTP status {status} (expected {lo})"))
-    } else {
-        Err(format!("HTTP status {status} (expected {lo}-{hi})"))
-    }
-}
-
-/// Reads the status line of an HTTP response and returns its code.
-async fn read_status(stream: &mut tokio::net::TcpStream) -> Result<u16, String> {
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !line.contains(&b'\n') {
-        if line.len() > 1024 {
-            return Err("no HTTP status line in the first 1024 bytes".to_owned());
-        }
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| io_reason("receive", &e))?;
-        if n == 0 {
-            return Err(if line.is_empty() {
-                "connection closed without an answer".to_owned()
-            } else {
-                "connection closed in the status line".to_owned()
-            });
-        }
-        line.extend_from_slice(&buf[..n]);
-    }
-    parse_status(&line).ok_or_else(|| {
-        let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
-        format!(
-            "not an HTTP response: {:?}",
-            String::from_utf8_lossy(&line[..end.min(80)]).trim_end()
-        )
-    })
-}
-
-/// `HTTP/1.x NNN ...` → NNN.
-fn parse_status(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let rest = rest.get(1..)?.strip_prefix(b" ")?;
-    let code = rest.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit)
-        || rest.get(3).is_some_and(|b| *b != b' ' && *b != b'\r')
-    {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
-}
-
-fn io_reason(what: &str, e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "connection refused".to_owned(),
-        ConnectionReset => format!("connection reset ({what})"),
-        TimedOut => format!("{what} timed out"),
-        _ => match e.raw_os_error() {
-            Some(libc::EHOSTUNREACH) => "host unreachable".to_owned(),
-            Some(libc::ENETUNREACH) => "network unreachable".to_owned(),
-            _ => format!("{what}: {e}"),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,19 +800,5 @@ mod tests {
         for i in 1..50u64 {
             assert_eq!(e.poll(t0, &cfg, counts(i, i, 0)), None, "poll {i}");
         }
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
-            Some(503)
-        );
-        assert_eq!(parse_status(b"HTTP/1.1 204\r\n"), Some(204));
-        assert_eq!(parse_status(b"HTTP/2 200\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 20x OK\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
     }
 }

@@ -7,13 +7,16 @@
 //! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]
 //! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
 //! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
-//! plane), [`client`] (what `sluice ctl` runs), `fatal` (a dead worker takes the process
-//! down).
+//! plane), [`client`] (what `sluice ctl` runs), `source_files` (reading the configuration's
+//! files off the loop), `port_owner` (one sluice per NodePort), `fatal` (a dead worker takes
+//! the process down).
 //!
 //! # The reload transaction
-//! `sluice ctl reload`, SIGHUP and `ExecReload` all run [`Daemon::reload`]:
-//! parse + validate (with the running model, so allocated NodePorts stay) → keep the settings
-//! that only apply at start → re-apply overrides → open new listeners (`Plane::prepare`) →
+//! `sluice ctl reload`, SIGHUP and `ExecReload` all ask for a reload: the source's files are
+//! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
+//! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
+//! → keep the settings that only apply at start → re-apply overrides → check that no other
+//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
 //! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
 //! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
@@ -24,13 +27,23 @@ pub mod client;
 mod fatal;
 mod hcnp;
 pub mod health;
+mod healthz;
 mod metrics;
+pub mod node;
 mod notify;
 pub mod overrides;
 mod plane;
+mod port_owner;
 pub mod protocol;
 pub mod render;
 mod socket;
+mod source_files;
+
+pub use port_owner::PortTaken;
+pub use socket::{
+    default_path as default_control_socket, default_paths as default_control_sockets,
+    remove_control_socket,
+};
 
 use crate::config::{self, ConfigError};
 use crate::dataplane::StartError;
@@ -46,11 +59,12 @@ use protocol::{
     ServiceList, ServicePortInfo, Status,
 };
 use serde_json::json;
-use std::path::PathBuf;
+use source_files::{ReadInput, ReadPlan, Reloads};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Where the configuration comes from.
 pub enum ConfigSource {
@@ -87,63 +101,97 @@ pub struct Options {
     /// `--driver`: wins over the file.
     pub driver: Option<crate::model::DriverSetting>,
     pub log_filter: Option<LogFilterSetter>,
+    /// Called once when sluice serves, with the control socket's path when it has one
+    /// (the demo prints the `sluice ctl` line to try).
+    pub on_ready: Option<ReadyHook>,
 }
 
+/// See [`Options::on_ready`].
+pub type ReadyHook = Box<dyn FnOnce(Option<&Path>) + Send>;
+
 /// Why the daemon could not start (or stopped on an error).
+///
+/// Like every error of the crate, its message is complete and names each cause once: a
+/// variant that adds words prints its cause and does not also return it from `source()`; a
+/// variant that adds nothing is `transparent` (docs/architecture.md, "Errors").
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The configuration file is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// The data plane could not start (a NodePort in use, no io_uring, …).
     #[error(transparent)]
     Start(#[from] StartError),
     /// The control socket could not be opened.
-    #[error("control socket {0}")]
+    #[error(transparent)]
     Socket(#[from] socket::SocketError),
     /// The metrics or health listener could not be opened.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {cause}")]
     Http {
         what: &'static str,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The runtime, a signal handler or the data plane failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The Kubernetes watch could not start (kubeconfig, node settings).
-    #[error("{0}")]
+    #[error(transparent)]
     Kubernetes(#[from] crate::watch::WatchError),
+    /// Another process listens on a NodePort to serve (another sluice).
+    #[error(transparent)]
+    NodePortTaken(#[from] PortTaken),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT and a graceful drain (or a second signal).
+///
+/// On every way out (done, an error at start or later) the control socket file is removed;
+/// the second signal's immediate exit removes it too, and anything else that ends the process
+/// early can call [`remove_control_socket`]. A read of the configuration stuck in the kernel
+/// is not waited for.
 pub fn run(options: Options) -> Result<(), ControlError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(options))
+    let result = runtime.block_on(serve(options));
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    remove_control_socket();
+    result
 }
 
 async fn serve(options: Options) -> Result<(), ControlError> {
-    // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload".
+    // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload" (before this,
+    // `main` has SIGHUP ignored, so a reload asked for during start-up cannot end sluice).
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let health = Arc::new(Mutex::new(healthz::Health::new(1)));
     let mut source = options.config;
     let mut source_metrics = None;
-    let mut model = match &mut source {
-        ConfigSource::File(path) => config::load_file(path, None)?,
-        ConfigSource::Fixed(m) => (**m).clone(),
-        ConfigSource::Manifests(m) => {
-            let (model, problems) = m.load(None)?;
+    // The files are read off this loop: a stuck read does not make SIGTERM wait.
+    let input = tokio::select! {
+        read = read_plan(&source, false).start() => read?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
+    let mut model = match (&mut source, input) {
+        (ConfigSource::File(path), ReadInput::File(text)) => {
+            config::parse(&text, &path.display().to_string(), None)?
+        }
+        (ConfigSource::Fixed(m), _) => (**m).clone(),
+        (ConfigSource::Manifests(m), ReadInput::Manifests(files)) => {
+            let (model, problems) = m.build(&files, None)?;
             log_problems(&problems);
             model
         }
-        ConfigSource::Kubernetes(k) => {
+        (ConfigSource::Kubernetes(k), _) => {
             let tx = events_tx.clone();
+            let queued = Arc::clone(&health);
             k.start(move |since| {
+                // kube-proxy's QueuedUpdate: /healthz turns unhealthy if it stays unapplied.
+                lock_shared(&queued).queued(since);
                 let _ = tx.send(Event::SourceChanged { since });
             })
             .await?;
@@ -157,6 +205,13 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 _ = sigint.recv() => return Ok(()),
             }
             k.load(None, false).map_err(std::io::Error::other)?
+        }
+        (_, input) => {
+            return Err(std::io::Error::other(format!(
+                "internal error: read {} for another kind of source",
+                input.kind()
+            ))
+            .into())
         }
     };
     let workers = options
@@ -177,30 +232,53 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
-    fatal::take_the_process_down_on_worker_death(
-        control_socket.as_ref().map(socket::ControlSocket::file),
-        notify::Notifier::from_env(),
-    );
+    fatal::take_the_process_down_on_worker_death(notify::Notifier::from_env());
     check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
-    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
+    let node_addresses = node::addresses().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
+        Vec::new()
+    });
+    let started = Instant::now();
+    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
+        .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
+    // One sluice per NodePort: refuse before listening, and look again once listening (two
+    // instances started at the same moment both stop).
+    let listen = port_owner::wanted(&settings, &node_ports(&model));
+    port_owner::check(&listen)?;
+    {
+        // The first sync: everything the source held is applied.
+        let mut h = lock_shared(&health);
+        h.updated(SystemTime::now(), true);
+        h.sync_durations.observe(started.elapsed().as_secs_f64());
+    }
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
+    // Steering first: connections accepted before it is attached may meet a worker that
+    // does not hold their client's affinity.
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
+    port_owner::check(&listen)?;
     let monitor = plane.monitor();
-    let health = Arc::new(Mutex::new(metrics::Health::new(1)));
+    lock_shared(&health).families =
+        healthz::families_of(&crate::dataplane::listen_addresses(&settings.listen));
 
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
+    let (priority_tx, mut priority_jobs) = mpsc::channel::<socket::Job>(64);
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
+    let control_path = control_socket.as_ref().map(|s| s.path().to_path_buf());
     if let Some(s) = control_socket {
         tracing::info!(path = %s.path().display(), "control socket ready");
-        tokio::spawn(s.serve(settings.control.clone(), jobs_tx.clone()));
+        let queues = socket::Queues {
+            priority: priority_tx.clone(),
+            normal: jobs_tx.clone(),
+        };
+        tokio::spawn(s.serve(settings.control.clone(), queues));
     }
-    drop(jobs_tx);
+    drop((priority_tx, jobs_tx));
     let sources = metrics::Sources {
         publisher: publisher.clone(),
         monitor: monitor.clone(),
@@ -236,6 +314,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         events: events_tx,
         endpoint_health,
         health_check_node_ports,
+        problems_since: std::collections::HashMap::new(),
     };
     daemon.after_publish();
     for s in daemon
@@ -255,25 +334,32 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let listen = daemon.plane().listen_addrs();
     tracing::info!(workers, driver = %monitor.driver(), addresses = ?listen, "sluice is serving");
     daemon.notifier.ready(&daemon.summary());
+    if let Some(ready) = options.on_ready {
+        ready(control_path.as_deref());
+    }
 
     let tick = daemon
         .notifier
         .watchdog_interval()
         .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(250));
+        .clamp(Duration::from_millis(250), crate::deadline::FAR_FUTURE);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
-    let jobs_open = true;
-    let mut jobs_open = jobs_open;
+    let mut jobs_open = true;
+    let mut reloads = Reloads::<ReloadWaiter>::default();
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                let outcome = daemon.reload();
-                log_reload(&outcome, "SIGHUP");
+                reloads.request(ReloadWaiter::Signal, || read_plan(&daemon.source, true));
+            }
+            read = reloads.read(), if reloads.is_reading() => {
+                let waiters = reloads.finished(|| read_plan(&daemon.source, true));
+                let outcome = daemon.reload_with(read);
+                answer_reload(&outcome, waiters);
             }
             Some(event) = events.recv() => {
                 // Events that queued up while the last one was handled are merged: one
@@ -284,7 +370,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 daemon.on_events(merged);
             }
-            job = jobs.recv(), if jobs_open => match job {
+            // Root's and the daemon's own requests first (socket.rs, "Fairness").
+            job = next_job(&mut priority_jobs, &mut jobs), if jobs_open => match job {
+                Some((Request::Reload, reply)) => {
+                    reloads.request(ReloadWaiter::Client(reply), || read_plan(&daemon.source, true));
+                }
                 Some((request, reply)) => {
                     let response = daemon.handle(request);
                     let _ = reply.send(response);
@@ -315,7 +405,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         "draining connections (up to {})",
         humantime::format_duration(timeout)
     ));
+    priority_jobs.close();
     jobs.close();
+    // Reloads still waiting for their files are answered "busy" (their reply is dropped).
+    drop(reloads);
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
     let aborter = plane.aborter();
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
@@ -342,11 +435,72 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 }
 
 /// Exit at once, but first have the workers reset every connection (an exit would close
-/// them with a FIN, and a cut download would look complete to its client).
+/// them with a FIN, and a cut download would look complete to its client), and remove the
+/// control socket file.
 fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
     tracing::warn!("second signal: resetting every connection and exiting at once");
     aborter.abort(Duration::from_secs(2));
+    remove_control_socket();
     std::process::exit(1)
+}
+
+/// The next request for the daemon: root's and the daemon's own uid's first; `None` when
+/// the control socket is gone.
+async fn next_job(
+    priority: &mut mpsc::Receiver<socket::Job>,
+    normal: &mut mpsc::Receiver<socket::Job>,
+) -> Option<socket::Job> {
+    tokio::select! {
+        biased;
+        Some(job) = priority.recv() => Some(job),
+        job = normal.recv() => job,
+    }
+}
+
+/// Who asked for a reload, to be told how it went.
+enum ReloadWaiter {
+    Signal,
+    Client(oneshot::Sender<Response>),
+}
+
+/// Logs a reload once and answers each client that asked for it.
+fn answer_reload(outcome: &ReloadOutcome, waiters: Vec<ReloadWaiter>) {
+    let by_client = waiters.iter().any(|w| matches!(w, ReloadWaiter::Client(_)));
+    log_reload(
+        outcome,
+        if by_client {
+            "control socket"
+        } else {
+            "SIGHUP"
+        },
+    );
+    for w in waiters {
+        if let ReloadWaiter::Client(reply) = w {
+            let response = if outcome.ok {
+                Response::ok(json!(outcome))
+            } else {
+                let mut r =
+                    Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
+                r.result = Some(json!(outcome));
+                r
+            };
+            let _ = reply.send(response);
+        }
+    }
+}
+
+/// What a (re)load of `source` reads. `reread`: explicit reloads read a watched source's
+/// settings file again (its changes reload from what the watch holds).
+fn read_plan(source: &ConfigSource, reread: bool) -> ReadPlan {
+    match source {
+        ConfigSource::File(path) => ReadPlan::File(path.clone()),
+        ConfigSource::Fixed(_) => ReadPlan::Nothing,
+        ConfigSource::Manifests(m) => ReadPlan::Manifests(m.clone()),
+        ConfigSource::Kubernetes(k) => match k.settings_file() {
+            Some(path) if reread => ReadPlan::Settings(path.to_path_buf()),
+            _ => ReadPlan::Nothing,
+        },
+    }
 }
 
 fn log_reload(outcome: &ReloadOutcome, by: &str) {
@@ -380,12 +534,16 @@ async fn bind_http(
     let Some(addr) = addr else { return Ok(None) };
     let l = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ControlError::Http { what, addr, source })?;
+        .map_err(|cause| ControlError::Http { what, addr, cause })?;
     tracing::info!(address = %l.local_addr().unwrap_or(addr), what, "HTTP listener ready");
     Ok(Some(l))
 }
 
 use crate::dataplane::node_ports;
+
+fn lock_shared(h: &healthz::SharedHealth) -> std::sync::MutexGuard<'_, healthz::Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Everything the control thread owns.
 struct Daemon {
@@ -400,7 +558,7 @@ struct Daemon {
     started: Instant,
     reloads: u64,
     last_reload: Option<ReloadOutcome>,
-    health: metrics::SharedHealth,
+    health: healthz::SharedHealth,
     notifier: notify::Notifier,
     log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -412,6 +570,10 @@ struct Daemon {
     health_check_node_ports: hcnp::HealthCheckServers,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
+    /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
+    /// for the Age column of `describe`'s Events.
+    problems_since:
+        std::collections::HashMap<(crate::model::ServiceName, String, String), SystemTime>,
 }
 
 impl Daemon {
@@ -419,8 +581,8 @@ impl Daemon {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, metrics::Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::Health> {
+        lock_shared(&self.health)
     }
 
     fn summary(&self) -> String {
@@ -450,7 +612,7 @@ impl Daemon {
             .min();
         match since {
             Some(since) => {
-                let outcome = self.reload_with(false);
+                let outcome = self.reload_with(Ok(ReadInput::Nothing));
                 if outcome.ok {
                     tracing::debug!(
                         generation = outcome.generation,
@@ -493,26 +655,49 @@ impl Daemon {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
         self.health_check_node_ports.sync(&self.model);
+        // First-seen times of the problems the model carries (dropped when they go).
+        let now = SystemTime::now();
+        let mut seen = std::collections::HashMap::new();
+        for p in &self.model.services {
+            let Some(meta) = &p.meta else { continue };
+            for (reason, message) in &meta.warnings {
+                let key = (p.key.service.clone(), reason.clone(), message.clone());
+                let since = self.problems_since.get(&key).copied().unwrap_or(now);
+                seen.insert(key, since);
+            }
+        }
+        self.problems_since = seen;
     }
 
-    /// The next model from the configuration source; `self.model` is passed in so
-    /// allocated NodePorts (and other carried state) stay.
-    /// `reread`: read files again (explicit reloads); a watched source's change reloads
-    /// from what the watch holds.
-    fn load_next(&self, reread: bool) -> Result<Model, String> {
-        match &self.source {
-            ConfigSource::File(path) => {
-                config::load_file(path, Some(&self.model)).map_err(|e| e.to_string())
+    /// The next model from what was read of the configuration source (`self.model` is
+    /// passed in so allocated NodePorts and other carried state stay). A watched source
+    /// without new settings reloads from what the watch holds.
+    fn load_next(&self, input: ReadInput) -> Result<Model, String> {
+        match (&self.source, input) {
+            (ConfigSource::File(path), ReadInput::File(text)) => {
+                config::parse(&text, &path.display().to_string(), Some(&self.model))
+                    .map_err(|e| e.to_string())
             }
-            ConfigSource::Fixed(_) => {
+            (ConfigSource::Fixed(_), _) => {
                 Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
             }
-            ConfigSource::Manifests(m) => {
-                let (model, problems) = m.load(Some(&self.model)).map_err(|e| e.to_string())?;
+            (ConfigSource::Manifests(m), ReadInput::Manifests(files)) => {
+                let (model, problems) = m
+                    .build(&files, Some(&self.model))
+                    .map_err(|e| e.to_string())?;
                 log_problems(&problems);
                 Ok(model)
             }
-            ConfigSource::Kubernetes(k) => k.load(Some(&self.model), reread),
+            (ConfigSource::Kubernetes(k), input) => {
+                if let ReadInput::Settings(text) = input {
+                    k.use_settings_text(&text)?;
+                }
+                k.load(Some(&self.model), false)
+            }
+            (_, input) => Err(format!(
+                "internal error: read {} for another kind of source",
+                input.kind()
+            )),
         }
     }
 
@@ -549,18 +734,11 @@ impl Daemon {
                 }
                 Response::ok(json!(list))
             }
-            Request::Reload => {
-                let outcome = self.reload();
-                log_reload(&outcome, "control socket");
-                if outcome.ok {
-                    Response::ok(json!(outcome))
-                } else {
-                    let mut r =
-                        Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
-                    r.result = Some(json!(outcome));
-                    r
-                }
-            }
+            // The loop queues reloads: they read files off the loop first (`serve`).
+            Request::Reload => Response::error(
+                "invalid",
+                "internal error: a reload reached the request handler",
+            ),
             Request::Endpoint {
                 action,
                 service,
@@ -638,6 +816,7 @@ impl Daemon {
     /// Builds and publishes a snapshot of the current model with the current overrides
     /// (no listener changes: the NodePorts are the same).
     fn republish(&mut self) {
+        let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
         let next =
@@ -648,21 +827,24 @@ impl Daemon {
         {
             let mut h = self.lock_health();
             h.generation = self.generation;
-            h.last_updated = SystemTime::now();
+            // Published from the model held: a pending source change is still pending.
+            h.updated(SystemTime::now(), false);
         }
         self.after_publish();
+        self.lock_health()
+            .sync_durations
+            .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The reload transaction (see the module docs). Never leaves a half-applied state.
-    fn reload(&mut self) -> ReloadOutcome {
-        self.reload_with(true)
-    }
-
-    /// [`reload`](Self::reload); `reread`: see [`load_next`](Self::load_next).
-    fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
+    /// The reload transaction (see the module docs), with what was read of the source (or
+    /// why it could not be read). Never leaves a half-applied state.
+    fn reload_with(&mut self, read: Result<ReadInput, ConfigError>) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
-        let result = self.try_reload(reread);
+        let started = Instant::now();
+        let result = read
+            .map_err(|e| e.to_string())
+            .and_then(|input| self.try_reload(input));
         self.reloads += 1;
         let outcome = match result {
             Ok((changes, needs_restart)) => ReloadOutcome {
@@ -686,13 +868,14 @@ impl Daemon {
             let mut h = self.lock_health();
             if outcome.ok {
                 h.reloads_ok += 1;
-                h.last_updated = SystemTime::now();
+                h.updated(SystemTime::now(), true);
             } else {
                 h.reloads_failed += 1;
             }
             h.last_reload_ok = outcome.ok;
             h.last_reload_at = Some(at);
             h.generation = self.generation;
+            h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
         self.last_reload = Some(outcome.clone());
         let summary = if outcome.ok {
@@ -704,9 +887,9 @@ impl Daemon {
         outcome
     }
 
-    fn try_reload(&mut self, reread: bool) -> Result<(Vec<String>, Vec<String>), String> {
+    fn try_reload(&mut self, input: ReadInput) -> Result<(Vec<String>, Vec<String>), String> {
         let mut phases = Phases::new();
-        let mut next = self.load_next(reread)?;
+        let mut next = self.load_next(input)?;
         phases.lap("load");
         let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
         let mut overrides = self.overrides.clone();
@@ -714,16 +897,32 @@ impl Daemon {
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
         let plane = self.plane.as_mut().expect("the plane runs until shutdown");
+        let open: std::collections::HashSet<std::net::SocketAddr> =
+            plane.listen_addrs().into_iter().collect();
+        let new: Vec<std::net::SocketAddr> =
+            port_owner::wanted(&effective.settings, &node_ports(&effective))
+                .into_iter()
+                .filter(|a| !open.contains(a))
+                .collect();
+        port_owner::check(&new).map_err(|e| e.to_string())?;
+        phases.lap("port_owner");
         let plan = plane
             .prepare(&effective.settings, &node_ports(&effective))
             .map_err(|e| e.to_string())?;
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let snapshot = self
-            .publisher
-            .current()
-            .rebuild(&effective, generation, &mut self.registry);
+        let mut snapshot =
+            self.publisher
+                .current()
+                .rebuild(&effective, generation, &mut self.registry);
+        // The node's addresses may have changed (DHCP, an added VIP): read them again.
+        match node::addresses() {
+            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
+            }
+        }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
         plane.commit(plan);
@@ -775,6 +974,17 @@ impl Daemon {
         // By key: a scan per Service is quadratic (10,000 Services: seconds per request).
         let configured_by_key: std::collections::HashMap<_, _> =
             self.model.services.iter().map(|c| (&c.key, c)).collect();
+        // Served nodePorts by Service and port name (describe shows allocated ones).
+        let mut served_node_ports: std::collections::HashMap<
+            &crate::model::ServiceName,
+            std::collections::HashMap<&str, u16>,
+        > = std::collections::HashMap::new();
+        for c in self.model.services.iter().filter(|c| keep(&c.key.service)) {
+            served_node_ports
+                .entry(&c.key.service)
+                .or_default()
+                .insert(c.key.port_name.as_str(), c.node_port);
+        }
         for (_, s) in snapshot.services() {
             let p = &s.port;
             // Before anything is computed: `ctl endpoints NAME` of one Service in 10,000.
@@ -859,7 +1069,19 @@ impl Daemon {
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
                 endpoints,
-                kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
+                kubernetes: p.meta.as_deref().map(|m| {
+                    let served = served_node_ports
+                        .get(&p.key.service)
+                        .cloned()
+                        .unwrap_or_default();
+                    let age = |reason: &str, message: &str| {
+                        self.problems_since
+                            .get(&(p.key.service.clone(), reason.to_owned(), message.to_owned()))
+                            .and_then(|t| t.elapsed().ok())
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    kubernetes_info(m, p, &served, &age)
+                }),
             };
             services.push(info);
         }
@@ -870,10 +1092,13 @@ impl Daemon {
     }
 }
 
-/// The Kubernetes fields of `describe` for one Service port.
+/// The Kubernetes fields of `describe` for one Service port. `age`: seconds since a
+/// problem of the Service was first seen.
 fn kubernetes_info(
     m: &crate::model::ServiceMeta,
     p: &crate::model::ServicePort,
+    served: &std::collections::HashMap<&str, u16>,
+    age: &dyn Fn(&str, &str) -> u64,
 ) -> protocol::KubernetesInfo {
     protocol::KubernetesInfo {
         service_type: m.service_type.clone(),
@@ -882,21 +1107,45 @@ fn kubernetes_info(
         selector: m.selector.clone(),
         ip_family_policy: m.ip_family_policy.clone(),
         ip_families: m.ip_families.clone(),
+        cluster_ip: m.cluster_ip.clone(),
         cluster_ips: m.cluster_ips.clone(),
         external_ips: m.external_ips.clone(),
         load_balancer_ingress: m.load_balancer_ingress.clone(),
-        target_port: m
-            .target_ports
+        ports: m
+            .ports
             .iter()
-            .find(|(name, _)| *name == p.key.port_name)
-            .map_or_else(|| p.target_port.to_string(), |(_, t)| t.clone()),
-        external_traffic_policy: match p.traffic_policy {
-            crate::model::TrafficPolicy::Cluster => "Cluster",
-            crate::model::TrafficPolicy::Local => "Local",
-        }
-        .to_owned(),
+            .map(|sp| protocol::SpecPortInfo {
+                name: sp.name.clone(),
+                protocol: sp.protocol.clone(),
+                port: sp.port,
+                target_port: sp.target_port.clone(),
+                // An allocated nodePort (manifests) is the one served.
+                node_port: match served.get(sp.name.as_str()) {
+                    Some(&n) if sp.node_port == 0 && sp.protocol == p.key.protocol.to_string() => {
+                        i32::from(n)
+                    }
+                    _ => sp.node_port,
+                },
+                app_protocol: sp.app_protocol.clone(),
+            })
+            .collect(),
+        session_affinity: m.session_affinity.clone(),
+        external_traffic_policy: m.external_traffic_policy.clone(),
+        internal_traffic_policy: m.internal_traffic_policy.clone(),
+        traffic_distribution: m.traffic_distribution.clone(),
+        load_balancer_source_ranges: m.load_balancer_source_ranges.clone(),
         health_check_node_port: m.health_check_node_port,
-        warnings: m.warnings.clone(),
+        events: m
+            .warnings
+            .iter()
+            .map(|(reason, message)| protocol::EventInfo {
+                type_: "Warning".into(),
+                reason: reason.clone(),
+                age_seconds: age(reason, message),
+                from: "sluice".into(),
+                message: message.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -988,5 +1237,68 @@ fn check_tcp_migrate_req() {
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "cannot read {PATH}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What anyhow's `{:#}` (and any chain-walking logger) prints: the message, then each
+    /// source's, joined by ": ".
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn every_error_names_its_cause_once() {
+        let in_use = || std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cause = in_use().to_string();
+        let addr: std::net::SocketAddr = "127.0.0.1:30000".parse().unwrap();
+        let errors: Vec<ControlError> = vec![
+            StartError::Listen {
+                addr,
+                node_port: 30000,
+                protocol: crate::model::Protocol::Tcp,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Worker {
+                index: 0,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Uring(in_use()).into(),
+            socket::SocketError::Io {
+                path: "/run/sluice/control.sock".into(),
+                cause: in_use(),
+            }
+            .into(),
+            ControlError::Http {
+                what: "metrics_address",
+                addr,
+                cause: in_use(),
+            },
+            in_use().into(),
+            std::io::Error::other(in_use()).into(),
+        ];
+        for e in &errors {
+            let shown = chain(e);
+            assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
+            assert_eq!(shown, e.to_string(), "Display alone says it all");
+        }
+        let config = ControlError::from(crate::watch::WatchError::Settings(ConfigError {
+            origin: "node.toml".into(),
+            line: 1,
+            column: 2,
+            message: "bad".into(),
+        }));
+        assert_eq!(chain(&config), "node.toml:1:2: bad");
     }
 }

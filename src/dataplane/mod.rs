@@ -45,19 +45,19 @@ use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A NodePort could not be opened on an address (in use, not a local address, …).
-    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {source}")]
+    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {cause}")]
     Listen {
         addr: SocketAddr,
         node_port: u16,
         protocol: Protocol,
-        source: io::Error,
+        cause: io::Error,
     },
     /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
     #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
-    #[error("cannot start worker {index}: {source}")]
-    Worker { index: usize, source: io::Error },
+    #[error("cannot start worker {index}: {cause}")]
+    Worker { index: usize, cause: io::Error },
 }
 
 /// The NodePorts to open: (protocol, port) pairs.
@@ -132,7 +132,7 @@ impl Aborter {
             let _ = sys::eventfd_signal(wake.as_fd());
         }
         drop(done);
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline::after(Instant::now(), wait);
         let mut n = 0;
         while n < self.workers.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -230,7 +230,7 @@ impl Dataplane {
         let mut loops = Vec::with_capacity(n);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let wake =
-                Arc::new(sys::eventfd().map_err(|source| StartError::Worker { index, source })?);
+                Arc::new(sys::eventfd().map_err(|cause| StartError::Worker { index, cause })?);
             let (commands, queue) = mpsc::channel();
             let loop_stats = Arc::new(LoopStats::default());
             let cpu = if settings.pin_workers && !cpus.is_empty() {
@@ -257,7 +257,7 @@ impl Dataplane {
                     DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
-                .map_err(|source| StartError::Worker { index, source })?;
+                .map_err(|cause| StartError::Worker { index, cause })?;
             workers.push(WorkerHandle {
                 wake,
                 commands,
@@ -278,11 +278,11 @@ impl Dataplane {
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
-                Ok((index, Err(source))) => return Err(StartError::Worker { index, source }),
+                Ok((index, Err(cause))) => return Err(StartError::Worker { index, cause }),
                 Err(_) => {
                     return Err(StartError::Worker {
                         index: 0,
-                        source: io::Error::other("worker exited during start"),
+                        cause: io::Error::other("worker exited during start"),
                     })
                 }
             }
@@ -618,11 +618,11 @@ fn open_listeners(
                 Protocol::Udp => open_udp_socket(key.addr),
             })
             .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| StartError::Listen {
+            .map_err(|cause| StartError::Listen {
                 addr: key.addr,
                 node_port: key.node_port(),
                 protocol: key.protocol,
-                source,
+                cause,
             })?;
         out.push((key, sockets));
     }

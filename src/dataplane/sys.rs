@@ -1,7 +1,7 @@
 //! Thin, safe wrappers over the Linux syscalls the data plane uses outside io_uring:
 //! splice(2), pipes, read/write on raw fds, accept4(2), socket queue sizes, eventfd, CPU
-//! pinning, fd-limit queries, the node's interface addresses; UDP datagrams with packet info
-//! in [`udp`].
+//! pinning, fd-limit queries (and, for the control plane, the effective uid and SIGHUP's
+//! disposition at start); UDP datagrams with packet info in [`udp`].
 //!
 //! This is one of the two places in the crate that may contain `unsafe` (the other is the
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
@@ -201,49 +201,22 @@ pub fn fd_limit() -> u64 {
     }
 }
 
-/// The IP addresses of this node's interfaces (getifaddrs(3)), as the kernel has them now;
-/// empty when they cannot be read.
-pub fn local_addresses() -> Vec<std::net::IpAddr> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list and stores its head in `list`; on failure it
-    // stores nothing and `list` stays null.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Vec::new();
+/// The effective uid of this process (the owner of the files it creates).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Ignores SIGHUP until a handler is installed (the control plane's, which replaces this):
+/// a reload request that arrives while sluice is still starting must not end it, which is
+/// SIGHUP's default action.
+pub fn ignore_hangup() -> io::Result<()> {
+    // SAFETY: sets the disposition of one signal to SIG_IGN; no handler code is involved.
+    if unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) } == libc::SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
-    let mut out = Vec::new();
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; its
-        // `ifa_addr` is null or points at a sockaddr whose family says which struct it is
-        // (sockaddr_in / sockaddr_in6, read unaligned).
-        unsafe {
-            let entry = &*cur;
-            let addr = entry.ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = entry.ifa_next;
-        }
-    }
-    // SAFETY: `list` came from a successful getifaddrs and is freed once; no reference into
-    // it outlives this line (the addresses were copied out).
-    unsafe { libc::freeifaddrs(list) };
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// True for errors that mean "this process or node ran out of a resource" (fds, memory,
@@ -478,19 +451,5 @@ pub fn detach_steering(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_addresses_include_loopback() {
-        let addrs = local_addresses();
-        assert!(
-            addrs.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
-            "{addrs:?}"
-        );
     }
 }

@@ -8,7 +8,7 @@ use super::{
     UpstreamError, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, SWEEP_PERIOD, TICK, UNIQUE_ID_LEN,
 };
 use crate::dataplane::select::Selector;
-use crate::model::{Forwarding, Protocol};
+use crate::model::{Forwarding, Protocol, TrafficPolicy};
 use crate::stats::StatsBlock;
 use crate::table::usable::keeps_flows;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
@@ -67,6 +67,10 @@ struct Checked {
 struct Flow {
     key: FlowKey,
     listener: u32,
+    /// The client is an address of this node: a Local Service routes it with the cluster
+    /// endpoints (as kube-proxy routes host-originated traffic), so its flow keeps a
+    /// remote endpoint too.
+    from_node: bool,
     /// The Service port's stable id (the same in every snapshot).
     service: u64,
     endpoint: SocketAddr,
@@ -345,7 +349,8 @@ impl FlowTable {
             self.drop_datagram(DropReason::TableFull, Some(sid));
             return;
         }
-        let Some(eid) = selector.choose(entry, d.client, &[], now) else {
+        let from_node = snapshot.is_node_address(d.client.ip());
+        let Some(eid) = selector.choose(entry, d.client, from_node, &[], now) else {
             self.drop_datagram(DropReason::NoEndpoint, Some(sid));
             return;
         };
@@ -353,7 +358,7 @@ impl FlowTable {
             self.drop_datagram(DropReason::TooLarge, Some(sid));
             return;
         }
-        let id = self.open(now, snapshot, sid, entry, eid, d);
+        let id = self.open(now, snapshot, sid, entry, eid, d, from_node);
         self.forward(id, now, d.len, proxy);
     }
 
@@ -371,9 +376,14 @@ impl FlowTable {
         if flow.checked.generation == snapshot.generation() {
             return true;
         }
-        let kept = entry.endpoint_by_addr(flow.endpoint).is_some_and(|eid| {
-            keeps_flows(entry.port.traffic_policy, &entry.endpoint(eid).endpoint)
-        });
+        let policy = if flow.from_node {
+            TrafficPolicy::Cluster
+        } else {
+            entry.port.traffic_policy
+        };
+        let kept = entry
+            .endpoint_by_addr(flow.endpoint)
+            .is_some_and(|eid| keeps_flows(policy, &entry.endpoint(eid).endpoint));
         if kept {
             // Its idle timeout and reply limit stay those it was opened with: like a TCP
             // connection's, a reload's new values apply to new flows.
@@ -396,6 +406,7 @@ impl FlowTable {
         entry: &ServiceEntry,
         eid: EndpointId,
         d: ClientDatagram,
+        from_node: bool,
     ) -> FlowId {
         let endpoint = entry.endpoint(eid);
         let source = match entry.port.forwarding {
@@ -408,6 +419,7 @@ impl FlowTable {
                 node: d.node,
             },
             listener: d.listener,
+            from_node,
             service: entry.stable_id(),
             endpoint: endpoint.endpoint.addr,
             idle: entry.port.timeouts.idle,

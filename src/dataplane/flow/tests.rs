@@ -39,6 +39,7 @@ pub(super) fn udp_service(endpoints: Vec<Endpoint>) -> ServicePort {
         forwarding: Forwarding::None,
         udp_responses: None,
         traffic_policy: Default::default(),
+        families: Default::default(),
         health: Default::default(),
         meta: None,
     }

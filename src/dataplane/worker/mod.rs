@@ -143,6 +143,9 @@ struct Live {
     conn: Conn,
     client: OwnedFd,
     client_addr: SocketAddr,
+    /// The client is an address of this node (decided at accept): Local Services route
+    /// it with the cluster endpoints.
+    from_node: bool,
     backend: Option<OwnedFd>,
     pin: usize,
     service: ServiceId,
@@ -157,6 +160,10 @@ struct Live {
     parked_since: Option<Instant>,
     /// Since when this connection waits for its Service to have a usable endpoint.
     held_since: Option<Instant>,
+    /// When the client connection was accepted (the Service's duration histogram).
+    opened_at: Instant,
+    /// When the last backend connect was started (the connect-latency histogram).
+    connect_started: Instant,
     /// Counted in the hold budgets (waiting for an endpoint, or for a free slot after one
     /// appeared).
     held: bool,
@@ -606,6 +613,12 @@ impl<D: Driver> Worker<D> {
         let entry = self.service_of(live.pin, live.service);
         let sc = entry.stats.worker(worker);
         sc.closed.add(1);
+        if let Some(h) = entry.stats.histograms(worker) {
+            h.duration.observe(
+                &crate::stats::DURATION_BOUNDS_NS,
+                self.now.saturating_duration_since(live.opened_at),
+            );
+        }
         if reason.is_failure() {
             sc.failed.add(1);
         }
