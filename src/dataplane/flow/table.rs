@@ -11,7 +11,7 @@ use crate::dataplane::select::Selector;
 use crate::model::{Forwarding, Protocol, TrafficPolicy};
 use crate::stats::StatsBlock;
 use crate::table::usable::keeps_flows;
-use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
+use crate::table::{EndpointId, RoutingSnapshot, ServiceId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -358,7 +358,7 @@ impl FlowTable {
             self.drop_datagram(DropReason::TooLarge, Some(sid));
             return;
         }
-        let id = self.open(now, snapshot, sid, entry, eid, d, from_node);
+        let id = self.open(now, snapshot, sid, eid, d, from_node);
         self.forward(id, now, d.len, proxy);
     }
 
@@ -403,11 +403,11 @@ impl FlowTable {
         now: Instant,
         snapshot: &RoutingSnapshot,
         sid: ServiceId,
-        entry: &ServiceEntry,
         eid: EndpointId,
         d: ClientDatagram,
         from_node: bool,
     ) -> FlowId {
+        let entry = snapshot.service(sid);
         let endpoint = entry.endpoint(eid);
         let source = match entry.port.forwarding {
             Forwarding::Transparent => Source::Client(d.client),
