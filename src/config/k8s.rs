@@ -35,8 +35,9 @@ mod tests;
 
 use super::allocate::{self, Request};
 use crate::model::{
-    Families, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort, ServicePortKey,
-    Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
+    Cidr, Families, Model, Policy, Protocol, ServiceAddresses, ServiceMeta, ServiceName,
+    ServicePort, ServicePortKey, Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT,
 };
 use endpoints::EndpointIndex;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
@@ -94,6 +95,44 @@ pub struct K8sOptions {
     /// This node's zone (its Node's `topology.kubernetes.io/zone` label, or `--zone`):
     /// EndpointSlice zone hints are compared with it. `None`: no hint names this zone.
     pub zone: Option<String>,
+    /// This node's primary addresses ([`node_primary_ips`]): `listen_addresses =
+    /// ["primary"]` serves NodePorts on them. Empty while unknown.
+    pub primary_ips: Vec<IpAddr>,
+}
+
+/// This node's primary addresses as kube-proxy finds them (`GetNodeHostIPs`): among the
+/// `status.addresses` of the Node named `node_name`, InternalIPs first then ExternalIPs,
+/// the first one, and the first of the other family after it. Empty without such a Node
+/// or address.
+pub fn node_primary_ips(nodes: &[Arc<Node>], node_name: Option<&str>) -> Vec<IpAddr> {
+    let Some(name) = node_name else {
+        return Vec::new();
+    };
+    let Some(addresses) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+    else {
+        return Vec::new();
+    };
+    let all: Vec<IpAddr> = ["InternalIP", "ExternalIP"]
+        .iter()
+        .flat_map(|kind| {
+            addresses
+                .iter()
+                .filter(move |a| a.type_ == *kind)
+                .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+        })
+        .collect();
+    let Some(&first) = all.first() else {
+        return Vec::new();
+    };
+    let mut out = vec![first];
+    if let Some(&other) = all.iter().find(|ip| ip.is_ipv4() != first.is_ipv4()) {
+        out.push(other);
+    }
+    out
 }
 
 /// The Node label that gives a node's zone.
@@ -204,6 +243,9 @@ pub fn build_model(
     });
 
     // Allocation for ports without one; a port left without (range full) is skipped.
+    // Ports served without a NodePort take no part.
+    let (mut ports, mut addressed_only): (Vec<Candidate>, Vec<Candidate>) =
+        ports.into_iter().partition(|c| !c.no_node_port);
     let allocated = loop {
         let requests: Vec<Request> = ports
             .iter()
@@ -241,7 +283,7 @@ pub fn build_model(
         }
     }
     let mut with_late: HashMap<ServiceName, Arc<ServiceMeta>> = HashMap::new();
-    for c in &mut ports {
+    for c in ports.iter_mut().chain(addressed_only.iter_mut()) {
         let Some(meta) = &c.port.meta else { continue };
         let key = c.port.key.service.to_string();
         let Some(extra) = late.get(key.as_str()) else {
@@ -256,7 +298,7 @@ pub fn build_model(
             });
         c.port.meta = Some(Arc::clone(updated));
     }
-    let services = ports
+    let mut services: Vec<ServicePort> = ports
         .into_iter()
         .zip(allocated)
         .map(|(c, a)| ServicePort {
@@ -264,14 +306,25 @@ pub fn build_model(
             node_port_allocated: a.allocated,
             ..c.port
         })
+        .chain(addressed_only.into_iter().map(|c| c.port))
         .collect();
-    (Model { settings, services }, problems)
+    services.sort_by(|a, b| a.key.cmp(&b.key));
+    (
+        Model {
+            settings,
+            services,
+            primary_ips: options.primary_ips.clone(),
+        },
+        problems,
+    )
 }
 
 /// A Service port before NodePort allocation.
 struct Candidate {
     port: ServicePort,
     explicit: Option<u16>,
+    /// Served without a NodePort (only at the Service's addresses): nothing to allocate.
+    no_node_port: bool,
 }
 
 fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ServiceName {
@@ -340,8 +393,11 @@ fn convert_service(
         return;
     };
     let service_type = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
-    if service_type != "NodePort" && service_type != "LoadBalancer" {
-        tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer");
+    // kube-proxy serves externalIPs of every Service type but ExternalName (and headless).
+    let has_external_ips = spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
+    let with_node_ports = service_type == "NodePort" || service_type == "LoadBalancer";
+    if !with_node_ports && !(service_type == "ClusterIP" && has_external_ips) {
+        tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer, no externalIPs");
         return;
     }
     if spec.cluster_ip.as_deref() == Some("None") {
@@ -405,8 +461,12 @@ fn convert_service(
     let policy = affinity.unwrap_or(settings_from_annotations.policy);
 
     let families = ip_families(spec);
-    let skip_without_node_port =
-        service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
+    let addresses = service_addresses(svc, families, &mut |m| {
+        report(reason::INVALID_SPEC, m, problems, &mut warnings)
+    });
+    // Ports without a nodePort get none allocated: served at the Service's addresses only.
+    let no_node_ports = !with_node_ports
+        || (service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false));
     let mut port_names: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -462,11 +522,12 @@ fn convert_service(
             continue;
         };
         let explicit = match p.node_port {
-            None | Some(0) if skip_without_node_port => {
-                tracing::debug!(service = %name, port = %what, "no nodePort (allocateLoadBalancerNodePorts: false): not served");
+            None | Some(0) if no_node_ports && addresses.is_empty() => {
+                tracing::debug!(service = %name, port = %what, "no nodePort and no external or LoadBalancer IP: not served");
                 continue;
             }
             None | Some(0) => None,
+            Some(_) if !with_node_ports => None,
             Some(n) => match u16::try_from(n) {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -523,13 +584,74 @@ fn convert_service(
                 families,
                 health: settings.defaults.health.clone(),
                 meta: None,
+                addresses: addresses.clone(),
             },
             explicit,
+            no_node_port: explicit.is_none() && no_node_ports,
         });
     }
     let meta = Arc::new(service_meta(svc, service_type, warnings));
     for i in keys {
         out[i].port.meta = Some(Arc::clone(&meta));
+    }
+}
+
+/// The Service's addresses of its own, as kube-proxy reads them (`newBaseServiceInfo`):
+/// `spec.externalIPs` and the `status.loadBalancer.ingress` IPs in VIP mode (`ipMode` unset
+/// or `VIP`; a `Proxy` one is a proxying balancer's, not served), each of a family the
+/// Service serves (kube-proxy's per-family filter); `spec.loadBalancerSourceRanges`
+/// trimmed (validation lets whitespace through). Unparsable entries are reported and left
+/// out.
+fn service_addresses(
+    svc: &Service,
+    families: Families,
+    report: &mut dyn FnMut(String),
+) -> ServiceAddresses {
+    let spec = svc.spec.as_ref();
+    let mut ip = |what: &str, text: &str, out: &mut Vec<IpAddr>| match text.trim().parse() {
+        Ok(ip) => {
+            let ip = crate::model::canonical_ip(ip);
+            if families.serves(ip) && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        Err(_) => report(format!("{what} {text:?} is not an IP address; ignored")),
+    };
+    let mut external_ips = Vec::new();
+    for text in spec.and_then(|s| s.external_ips.as_ref()).into_iter().flatten() {
+        ip("externalIPs entry", text, &mut external_ips);
+    }
+    let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for i in ingress.into_iter().flatten() {
+        let vip = matches!(i.ip_mode.as_deref(), None | Some("VIP"));
+        if let (Some(text), true) = (i.ip.as_deref().filter(|t| !t.is_empty()), vip) {
+            ip("status.loadBalancer.ingress IP", text, &mut load_balancer_ips);
+        }
+    }
+    let mut source_ranges = Vec::new();
+    for text in spec
+        .and_then(|s| s.load_balancer_source_ranges.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let t = text.trim();
+        match t.contains('/').then(|| t.parse::<Cidr>().ok()).flatten() {
+            Some(c) if !source_ranges.contains(&c) => source_ranges.push(c),
+            Some(_) => {}
+            None => report(format!(
+                "loadBalancerSourceRanges entry {text:?} is not a CIDR; ignored"
+            )),
+        }
+    }
+    ServiceAddresses {
+        external_ips,
+        load_balancer_ips,
+        source_ranges,
     }
 }
 

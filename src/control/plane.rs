@@ -5,7 +5,8 @@
 //! It only forwards to [`Dataplane`]; it owns no sockets of its own.
 
 use crate::dataplane::{
-    Aborter, Dataplane, DataplaneMonitor, DrainReport, ListenerPlan, NodePorts, StartError,
+    Aborter, Dataplane, DataplaneMonitor, DrainReport, ListenerKey, ListenerPlan, Listeners,
+    StartError,
 };
 use crate::model::Settings;
 use crate::publish::Publisher;
@@ -25,20 +26,22 @@ pub type Plan = ListenerPlan;
 pub type Monitor = DataplaneMonitor;
 
 impl Plane {
+    /// Starts the workers with the listeners `keys` (all of them, or an error).
     pub fn start(
         settings: &Settings,
-        node_ports: &NodePorts,
+        keys: &[ListenerKey],
         publisher: &Publisher,
     ) -> Result<Plane, StartError> {
         Ok(Plane {
-            dp: Dataplane::start(settings, node_ports, publisher)?,
+            dp: Dataplane::start(settings, keys, publisher)?,
         })
     }
 
-    /// Opens the listeners `node_ports` needs that are not open yet; nothing changes for the
-    /// workers until [`commit`](Self::commit). An error means nothing changed.
-    pub fn prepare(&self, settings: &Settings, node_ports: &NodePorts) -> Result<Plan, StartError> {
-        self.dp.prepare_listeners(settings, node_ports)
+    /// Opens the `wanted` listeners that are not open yet (with `backlog`); nothing changes
+    /// for the workers until [`commit`](Self::commit). An error (a required listener)
+    /// means nothing changed; optional ones that failed are in [`Plan::failed`].
+    pub fn prepare(&self, backlog: u32, wanted: &Listeners) -> Result<Plan, StartError> {
+        self.dp.prepare_listeners(backlog, wanted)
     }
 
     /// After publishing: hands new listeners to the workers and closes removed ones.
@@ -46,9 +49,9 @@ impl Plane {
         self.dp.commit_listeners(plan)
     }
 
-    /// Steers the connections of these NodePorts to workers by client IP (affinity).
-    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
-        self.dp.steer_client_ips(ports)
+    /// Steers the connections of these listeners to workers by client IP (affinity).
+    pub fn steer_client_ips(&mut self, keys: &[ListenerKey]) {
+        self.dp.steer_client_ips(keys)
     }
 
     /// Stops accepting, lets live connections finish until `timeout`, resets the rest.

@@ -223,18 +223,41 @@ impl<D: Driver> Worker<D> {
         self.loop_stats.accepted.add(1);
         self.backoff = BACKOFF_MIN;
         let key = self.listeners[listener].key;
-        let (protocol, node_port) = (key.protocol, key.node_port());
         let pin = self.pin_current();
         let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let (Some(service), Some(client_addr)) =
-            (snapshot.lookup(protocol, node_port), client_addr)
+        let (Some(reached), Some(client_addr)) = (snapshot.lookup(key.protocol, key.addr), client_addr)
         else {
             // Port no longer served (a reload removed it), or not an IP client.
             let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
             self.to_close.push(fd);
             return Ok(());
         };
+        let service = reached.service;
         let entry = snapshot.service(service);
+        if !snapshot.admits(reached, client_addr.ip()) {
+            // loadBalancerSourceRanges: refused before any backend work, with a reset.
+            entry.stats.worker(self.index).source_refused.add(1);
+            self.refused_since_log += 1;
+            if self
+                .last_refusal_log
+                .is_none_or(|t| self.now.duration_since(t) >= REFUSAL_LOG_EVERY)
+            {
+                tracing::warn!(
+                    worker = self.index,
+                    service = %entry.port.key,
+                    client = %client_addr.ip(),
+                    listener = %key.addr,
+                    refused = self.refused_since_log,
+                    "connection refused: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
+                    REFUSAL_LOG_EVERY.as_secs()
+                );
+                self.last_refusal_log = Some(self.now);
+                self.refused_since_log = 0;
+            }
+            let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+            self.to_close.push(fd);
+            return Ok(());
+        }
         entry.stats.worker(self.index).opened.add(1);
         let config = ConnConfig {
             idle_timeout: entry.port.timeouts.idle,
@@ -259,7 +282,7 @@ impl<D: Driver> Worker<D> {
             connect_in_flight: false,
             parked_since: None,
             held_since: None,
-            held: false,
+            held: None,
             listener: key,
             watching: false,
             tried,

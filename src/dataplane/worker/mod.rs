@@ -125,6 +125,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one transparent-mode routing hint per worker per this period.
 const HINT_EVERY: Duration = Duration::from_secs(10);
+/// At most one line per worker per this period about clients refused by source ranges.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 struct Pin {
     snapshot: Arc<RoutingSnapshot>,
@@ -156,9 +158,9 @@ struct Live {
     /// Since when this connection waits for its Service to have a usable endpoint.
     held_since: Option<Instant>,
     /// Counted in the hold budgets (waiting for an endpoint, or for a free slot after one
-    /// appeared).
-    held: bool,
-    /// The NodePort the client connected to (to find its Service again in a newer snapshot).
+    /// appeared): the stable id of the Service port it is counted against.
+    held: Option<u64>,
+    /// The listener the client connected to (to find its Service again in a newer snapshot).
     listener: ListenerKey,
     watching: bool,
     tried: Vec<EndpointId>,
@@ -192,8 +194,8 @@ pub struct Worker<D: Driver> {
     active: u32,
     /// Held connections (counted in `active` too).
     held: u32,
-    /// Held connections per Service port (by NodePort).
-    held_per_port: std::collections::HashMap<(Protocol, u16), u32, ahash::RandomState>,
+    /// Held connections per Service port (by its stable id).
+    held_per_port: std::collections::HashMap<u64, u32, ahash::RandomState>,
     /// Listeners that may have connections waiting, in turn order.
     ready: std::collections::VecDeque<u32>,
     /// Reused buffer of one turn's accepted sockets.
@@ -223,6 +225,10 @@ pub struct Worker<D: Driver> {
     header: Vec<u8>,
     /// When the transparent-mode routing hint was last logged (rate limit).
     last_hint: Option<Instant>,
+    /// When a client refused by source ranges was last logged (rate limit), and how many
+    /// were refused since.
+    last_refusal_log: Option<Instant>,
+    refused_since_log: u64,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
 }
@@ -271,6 +277,8 @@ impl<D: Driver> Worker<D> {
             ),
             header: Vec::with_capacity(256),
             last_hint: None,
+            last_refusal_log: None,
+            refused_since_log: 0,
         })
     }
 
@@ -408,7 +416,21 @@ impl<D: Driver> Worker<D> {
         match command {
             Command::AddListeners(listeners) => {
                 for l in listeners {
-                    self.listeners.push(ListenerSlot::new(l));
+                    // A closed slot is reused (listeners come and go with Services'
+                    // addresses); its watch generations go on, so a late report of the
+                    // closed listener's watch is never taken for the new one's.
+                    let closed = self
+                        .listeners
+                        .iter()
+                        .position(|s| s.socket.is_none() && s.watching.is_none());
+                    match closed {
+                        Some(i) => {
+                            let arms = self.listeners[i].arms;
+                            self.listeners[i] = ListenerSlot::new(l);
+                            self.listeners[i].arms = arms;
+                        }
+                        None => self.listeners.push(ListenerSlot::new(l)),
+                    }
                 }
                 self.watch_listeners()?;
             }
