@@ -202,19 +202,20 @@ impl ListenAddresses {
     /// else a sorted list without duplicates (possibly empty: no CIDR matches yet).
     /// `node`: the node's interface addresses now; `primary`: its primary addresses.
     pub fn resolve(&self, node: &[IpAddr], primary: &[IpAddr]) -> Option<Vec<IpAddr>> {
-        let mut out = match self {
-            ListenAddresses::All => return None,
-            ListenAddresses::Only(list) => list.clone(),
-            ListenAddresses::Matching { addresses, cidrs } => {
-                let mut out = addresses.clone();
-                out.extend(node.iter().map(|&ip| canonical_ip(ip)).filter(|&ip| {
-                    !is_ipv6_link_local(ip) && cidrs.iter().any(|c| c.contains(ip))
-                }));
-                out
-            }
-            ListenAddresses::Primary if primary.is_empty() => return None,
-            ListenAddresses::Primary => primary.to_vec(),
-        };
+        let mut out =
+            match self {
+                ListenAddresses::All => return None,
+                ListenAddresses::Only(list) => list.clone(),
+                ListenAddresses::Matching { addresses, cidrs } => {
+                    let mut out = addresses.clone();
+                    out.extend(node.iter().map(|&ip| canonical_ip(ip)).filter(|&ip| {
+                        !is_ipv6_link_local(ip) && cidrs.iter().any(|c| c.contains(ip))
+                    }));
+                    out
+                }
+                ListenAddresses::Primary if primary.is_empty() => return None,
+                ListenAddresses::Primary => primary.to_vec(),
+            };
         out.sort_unstable();
         out.dedup();
         Some(out)
@@ -278,7 +279,9 @@ impl Cidr {
     /// Whether `ip` (IPv4-mapped counts as IPv4) is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical_ip(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask32(self.prefix) == u32::from(net),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 u128::from(ip) & mask128(self.prefix) == u128::from(net)
             }

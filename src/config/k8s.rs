@@ -466,7 +466,8 @@ fn convert_service(
     });
     // Ports without a nodePort get none allocated: served at the Service's addresses only.
     let no_node_ports = !with_node_ports
-        || (service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false));
+        || (service_type == "LoadBalancer"
+            && spec.allocate_load_balancer_node_ports == Some(false));
     let mut port_names: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -618,7 +619,11 @@ fn service_addresses(
         Err(_) => report(format!("{what} {text:?} is not an IP address; ignored")),
     };
     let mut external_ips = Vec::new();
-    for text in spec.and_then(|s| s.external_ips.as_ref()).into_iter().flatten() {
+    for text in spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+    {
         ip("externalIPs entry", text, &mut external_ips);
     }
     let mut load_balancer_ips = Vec::new();
@@ -630,7 +635,11 @@ fn service_addresses(
     for i in ingress.into_iter().flatten() {
         let vip = matches!(i.ip_mode.as_deref(), None | Some("VIP"));
         if let (Some(text), true) = (i.ip.as_deref().filter(|t| !t.is_empty()), vip) {
-            ip("status.loadBalancer.ingress IP", text, &mut load_balancer_ips);
+            ip(
+                "status.loadBalancer.ingress IP",
+                text,
+                &mut load_balancer_ips,
+            );
         }
     }
     let mut source_ranges = Vec::new();

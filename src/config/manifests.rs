@@ -465,6 +465,7 @@ endpoints:
                     node_name: Some("me".into()),
                     proxy_name: None,
                     zone: zone.map(Into::into),
+                    primary_ips: Vec::new(),
                 },
             };
             let (model, problems) = m.load(None).unwrap();

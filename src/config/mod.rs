@@ -256,6 +256,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 families: Default::default(),
                 health: Default::default(),
                 meta: None,
+                addresses: Default::default(),
             }]
         );
     }

@@ -23,7 +23,11 @@ pub(super) fn render(model: &Model) -> String {
         ListenAddresses::Matching { addresses, cidrs } => addresses
             .iter()
             .map(|ip| ip.to_string())
-            .chain(cidrs.iter().map(|c| format!("this node's addresses in {c}")))
+            .chain(
+                cidrs
+                    .iter()
+                    .map(|c| format!("this node's addresses in {c}")),
+            )
             .collect::<Vec<_>>()
             .join(", "),
         ListenAddresses::Primary => "this node's primary addresses".to_owned(),
@@ -144,15 +148,26 @@ fn addresses(p: &ServicePort, ranges_on_node_ports: bool) -> Option<String> {
     for ip in &a.load_balancer_ips {
         at.push(format!("{} (LoadBalancer IP)", ip_port(ip)));
     }
-    for ip in a.external_ips.iter().filter(|ip| !a.load_balancer_ips.contains(ip)) {
+    for ip in a
+        .external_ips
+        .iter()
+        .filter(|ip| !a.load_balancer_ips.contains(ip))
+    {
         at.push(format!("{} (external IP)", ip_port(ip)));
     }
     let mut text = String::new();
     if !at.is_empty() {
-        let _ = write!(text, "is reached at {}, where local to the node", at.join(", "));
+        let _ = write!(
+            text,
+            "is reached at {}, where local to the node",
+            at.join(", ")
+        );
     }
     let ranges: Vec<String> = a.source_ranges.iter().map(|c| c.to_string()).collect();
-    let gates = match (a.load_balancer_ips.is_empty(), ranges_on_node_ports && p.node_port != 0) {
+    let gates = match (
+        a.load_balancer_ips.is_empty(),
+        ranges_on_node_ports && p.node_port != 0,
+    ) {
         (false, true) => Some("at the LoadBalancer IPs and the NodePort"),
         (false, false) => Some("at the LoadBalancer IPs"),
         (true, true) => Some("at the NodePort"),

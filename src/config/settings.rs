@@ -7,8 +7,8 @@ use super::file::ConfigFile;
 use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
-    Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
-    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
+    Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
+    ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
@@ -157,7 +157,11 @@ fn listen_addresses(
              on all addresses",
         ));
     }
-    if let Some(primary) = list.get_ref().iter().find(|t| t.get_ref().trim() == "primary") {
+    if let Some(primary) = list
+        .get_ref()
+        .iter()
+        .find(|t| t.get_ref().trim() == "primary")
+    {
         if list.get_ref().len() > 1 {
             return Err(src.error(
                 &primary.span(),

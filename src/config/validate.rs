@@ -39,13 +39,7 @@ pub(super) fn build(
     let top_health = HealthKeys::of_file(&file);
     let mut claims = addresses::Claims::default();
     for entry in &file.service {
-        let this = service(
-            src,
-            entry,
-            &settings,
-            &default_forwarding,
-            top_health,
-        )?;
+        let this = service(src, entry, &settings, &default_forwarding, top_health)?;
         claims.claim(src, entry, &this.port.key, this.port.port)?;
         if let Some(&first) = by_key.get(&this.port.key) {
             return Err(src.error(

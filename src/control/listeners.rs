@@ -8,7 +8,7 @@
 //! a Service's own addresses are optional (they follow the Service's status, and one that
 //! cannot be bound must not hold up the rest: it is logged and tried again).
 
-use crate::dataplane::{node_port_keys, node_ports, Listeners, ListenerKey};
+use crate::dataplane::{node_port_keys, node_ports, ListenerKey, Listeners};
 use crate::model::{canonical_ip, Model, Policy};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -254,7 +254,11 @@ mod tests {
         assert_eq!(w.listeners.required, [key("[::]:30080"), key("[::]:30081")]);
         assert_eq!(
             w.listeners.optional,
-            [key("10.0.0.5:8443"), key("10.0.0.5:30080"), key("127.0.0.5:80")]
+            [
+                key("10.0.0.5:8443"),
+                key("10.0.0.5:30080"),
+                key("127.0.0.5:80")
+            ]
         );
         assert_eq!(w.node_port_addresses, None);
     }

@@ -788,7 +788,10 @@ impl Daemon {
             }
             self.listen_failures.insert(key, error);
         }
-        for key in before.keys().filter(|k| !self.listen_failures.contains_key(k)) {
+        for key in before
+            .keys()
+            .filter(|k| !self.listen_failures.contains_key(k))
+        {
             tracing::info!(address = %key.addr, protocol = %key.protocol, "listening now, or no longer wanted");
         }
     }
@@ -1024,7 +1027,12 @@ impl Daemon {
                 endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
-                external_ips: p.addresses.external_ips.iter().map(|ip| ip.to_string()).collect(),
+                external_ips: p
+                    .addresses
+                    .external_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
                 load_balancer_ips: p
                     .addresses
                     .load_balancer_ips

@@ -615,6 +615,10 @@ mod tests {
             endpoints_usable: 3,
             endpoints_total: 3,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![
                 ep("192.168.7.8:9000"),
                 ep("192.168.45.127:9000"),
@@ -690,6 +694,10 @@ Events:                   <none>
             endpoints_usable: 3,
             endpoints_total: 4,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![
                 ep("192.168.7.8:9000"),
                 ep("192.168.45.127:9000"),
@@ -790,6 +798,10 @@ Events:                   <none>
             endpoints_usable: 5,
             endpoints_total: 6,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints,
             kubernetes: Some(k),
         };
@@ -845,6 +857,10 @@ Events:                   <none>
             endpoints_usable: 1,
             endpoints_total: 2,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![ep("10.0.0.1:9000"), terminating],
             kubernetes: Some(KubernetesInfo::default()),
         };

@@ -566,7 +566,13 @@ fn open_listeners(
     wanted: &Listeners,
     open: &HashSet<ListenerKey>,
     workers: usize,
-) -> Result<(Vec<(ListenerKey, Vec<Socket>)>, Vec<(ListenerKey, io::Error)>), StartError> {
+) -> Result<
+    (
+        Vec<(ListenerKey, Vec<Socket>)>,
+        Vec<(ListenerKey, io::Error)>,
+    ),
+    StartError,
+> {
     let mut out = Vec::new();
     let mut seen: HashSet<ListenerKey> = HashSet::new();
     let group = |key: &ListenerKey| {

@@ -27,7 +27,5 @@ pub use maglev::{MaglevTable, TableSize};
 pub use ranges::SourceRanges;
 pub use registry::StatsRegistry;
 pub use route::Route;
-pub use snapshot::{
-    EndpointEntry, EndpointId, Reached, RoutingSnapshot, ServiceEntry, ServiceId,
-};
+pub use snapshot::{EndpointEntry, EndpointId, Reached, RoutingSnapshot, ServiceEntry, ServiceId};
 pub use usable::{Family, Tier};

@@ -526,6 +526,7 @@ mod tests {
             families: Default::default(),
             health: Default::default(),
             meta: None,
+            addresses: Default::default(),
         }
     }
 
@@ -533,6 +534,7 @@ mod tests {
         Model {
             settings: Settings::default(),
             services,
+            primary_ips: Vec::new(),
         }
     }
 
@@ -553,14 +555,16 @@ mod tests {
         ]);
         let snap = RoutingSnapshot::build(&m, 7, &mut StatsRegistry::new(2));
         assert_eq!(snap.generation(), 7);
-        assert_eq!(snap.lookup(Protocol::Tcp, 30001), Some(ServiceId(0)));
-        assert_eq!(snap.lookup(Protocol::Tcp, 30002), Some(ServiceId(1)));
-        assert_eq!(snap.lookup(Protocol::Tcp, 30003), None);
-        assert_eq!(snap.lookup(Protocol::Tcp, 0), None);
+        let at = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+        let found = |port: u16| snap.lookup(Protocol::Tcp, at(port)).map(|r| r.service);
+        assert_eq!(found(30001), Some(ServiceId(0)));
+        assert_eq!(found(30002), Some(ServiceId(1)));
+        assert_eq!(found(30003), None);
+        assert_eq!(found(0), None);
         assert_eq!(snap.services().count(), 3);
         assert_eq!(snap.service(ServiceId(1)).port.key, key("b"));
         let empty = RoutingSnapshot::empty();
-        assert_eq!(empty.lookup(Protocol::Tcp, 30001), None);
+        assert_eq!(empty.lookup(Protocol::Tcp, at(30001)), None);
         assert_eq!(empty.services().count(), 0);
     }
 

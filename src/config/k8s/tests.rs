@@ -67,6 +67,10 @@ fn build_with(
     build_model(Settings::default(), &objects(values), options, previous)
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
 fn addrs(p: &ServicePort) -> Vec<String> {
     p.endpoints.iter().map(|e| e.addr.to_string()).collect()
 }
@@ -81,6 +85,7 @@ fn node(name: &str) -> K8sOptions {
         node_name: Some(name.into()),
         proxy_name: None,
         zone: None,
+        primary_ips: Vec::new(),
     }
 }
 
@@ -370,6 +375,7 @@ fn skipped_services_and_ports() {
                 node_name: None,
                 proxy_name: Some("other-proxy".into()),
                 zone: None,
+                primary_ips: Vec::new(),
             },
             served_ports: &["http"],
             problem: None,
@@ -418,15 +424,32 @@ fn load_balancer_services() {
         "kubectl shows the ipMode"
     );
 
-    // allocateLoadBalancerNodePorts: false and no nodePort: nothing to serve on this node.
+    // The VIP ingress IP is the Service's address (the hostname is not an address).
+    assert_eq!(p.addresses.load_balancer_ips, [ip("203.0.113.10")]);
+    assert_eq!(p.addresses.external_ips, [] as [IpAddr; 0]);
+
+    // allocateLoadBalancerNodePorts: false and no nodePort: served at the LoadBalancer IP
+    // only (on the Service port), no NodePort allocated.
     let no_ports = set(
         svc.clone(),
         "/spec/allocateLoadBalancerNodePorts",
         json!(false),
     );
     let without = set(no_ports.clone(), "/spec/ports/0/nodePort", Value::Null);
-    let (model, problems) = build_with(&[without], &node("n1"), None);
-    assert_eq!((model.services.len(), problems.len()), (0, 0));
+    let (model, problems) = build_with(std::slice::from_ref(&without), &node("n1"), None);
+    assert_eq!(problems, []);
+    let p = one(&model);
+    assert_eq!((p.node_port, p.node_port_allocated), (0, false));
+    assert_eq!(p.addresses.load_balancer_ips, [ip("203.0.113.10")]);
+    // … and without an ingress IP (or only a Proxy-mode one): nothing to serve here.
+    for status in [
+        json!({}),
+        json!({"ingress": [{"ip": "203.0.113.10", "ipMode": "Proxy"}]}),
+    ] {
+        let s = set(without.clone(), "/status/loadBalancer", status);
+        let (model, problems) = build_with(&[s], &node("n1"), None);
+        assert_eq!((model.services.len(), problems.len()), (0, 0));
+    }
     // … but a nodePort given anyway is served.
     let (model, _) = build_with(&[no_ports], &node("n1"), None);
     assert_eq!(one(&model).node_port, 30000);

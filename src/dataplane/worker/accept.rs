@@ -225,7 +225,8 @@ impl<D: Driver> Worker<D> {
         let key = self.listeners[listener].key;
         let pin = self.pin_current();
         let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let (Some(reached), Some(client_addr)) = (snapshot.lookup(key.protocol, key.addr), client_addr)
+        let (Some(reached), Some(client_addr)) =
+            (snapshot.lookup(key.protocol, key.addr), client_addr)
         else {
             // Port no longer served (a reload removed it), or not an IP client.
             let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
