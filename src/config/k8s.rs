@@ -28,6 +28,7 @@
 //! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
 //! config helpers.
 
+mod addresses;
 mod annotations;
 mod endpoints;
 #[cfg(test)]
@@ -35,10 +36,11 @@ mod tests;
 
 use super::allocate::{self, Request};
 use crate::model::{
-    Cidr, Families, Model, Policy, Protocol, ServiceAddresses, ServiceMeta, ServiceName,
-    ServicePort, ServicePortKey, Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
-    DEFAULT_AFFINITY_TIMEOUT,
+    Families, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort, ServicePortKey,
+    Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
 };
+pub use addresses::node_primary_ips;
+use addresses::service_addresses;
 use endpoints::EndpointIndex;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -98,41 +100,6 @@ pub struct K8sOptions {
     /// This node's primary addresses ([`node_primary_ips`]): `listen_addresses =
     /// ["primary"]` serves NodePorts on them. Empty while unknown.
     pub primary_ips: Vec<IpAddr>,
-}
-
-/// This node's primary addresses as kube-proxy finds them (`GetNodeHostIPs`): among the
-/// `status.addresses` of the Node named `node_name`, InternalIPs first then ExternalIPs,
-/// the first one, and the first of the other family after it. Empty without such a Node
-/// or address.
-pub fn node_primary_ips(nodes: &[Arc<Node>], node_name: Option<&str>) -> Vec<IpAddr> {
-    let Some(name) = node_name else {
-        return Vec::new();
-    };
-    let Some(addresses) = nodes
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(name))
-        .and_then(|n| n.status.as_ref())
-        .and_then(|s| s.addresses.as_ref())
-    else {
-        return Vec::new();
-    };
-    let all: Vec<IpAddr> = ["InternalIP", "ExternalIP"]
-        .iter()
-        .flat_map(|kind| {
-            addresses
-                .iter()
-                .filter(move |a| a.type_ == *kind)
-                .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
-        })
-        .collect();
-    let Some(&first) = all.first() else {
-        return Vec::new();
-    };
-    let mut out = vec![first];
-    if let Some(&other) = all.iter().find(|ip| ip.is_ipv4() != first.is_ipv4()) {
-        out.push(other);
-    }
-    out
 }
 
 /// The Node label that gives a node's zone.
@@ -594,73 +561,6 @@ fn convert_service(
     let meta = Arc::new(service_meta(svc, service_type, warnings));
     for i in keys {
         out[i].port.meta = Some(Arc::clone(&meta));
-    }
-}
-
-/// The Service's addresses of its own, as kube-proxy reads them (`newBaseServiceInfo`):
-/// `spec.externalIPs` and the `status.loadBalancer.ingress` IPs in VIP mode (`ipMode` unset
-/// or `VIP`; a `Proxy` one is a proxying balancer's, not served), each of a family the
-/// Service serves (kube-proxy's per-family filter); `spec.loadBalancerSourceRanges`
-/// trimmed (validation lets whitespace through). Unparsable entries are reported and left
-/// out.
-fn service_addresses(
-    svc: &Service,
-    families: Families,
-    report: &mut dyn FnMut(String),
-) -> ServiceAddresses {
-    let spec = svc.spec.as_ref();
-    let mut ip = |what: &str, text: &str, out: &mut Vec<IpAddr>| match text.trim().parse() {
-        Ok(ip) => {
-            let ip = crate::model::canonical_ip(ip);
-            if families.serves(ip) && !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        Err(_) => report(format!("{what} {text:?} is not an IP address; ignored")),
-    };
-    let mut external_ips = Vec::new();
-    for text in spec
-        .and_then(|s| s.external_ips.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        ip("externalIPs entry", text, &mut external_ips);
-    }
-    let mut load_balancer_ips = Vec::new();
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    for i in ingress.into_iter().flatten() {
-        let vip = matches!(i.ip_mode.as_deref(), None | Some("VIP"));
-        if let (Some(text), true) = (i.ip.as_deref().filter(|t| !t.is_empty()), vip) {
-            ip(
-                "status.loadBalancer.ingress IP",
-                text,
-                &mut load_balancer_ips,
-            );
-        }
-    }
-    let mut source_ranges = Vec::new();
-    for text in spec
-        .and_then(|s| s.load_balancer_source_ranges.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let t = text.trim();
-        match t.contains('/').then(|| t.parse::<Cidr>().ok()).flatten() {
-            Some(c) if !source_ranges.contains(&c) => source_ranges.push(c),
-            Some(_) => {}
-            None => report(format!(
-                "loadBalancerSourceRanges entry {text:?} is not a CIDR; ignored"
-            )),
-        }
-    }
-    ServiceAddresses {
-        external_ips,
-        load_balancer_ips,
-        source_ranges,
     }
 }
 

@@ -29,6 +29,7 @@ mod notify;
 pub mod overrides;
 mod plane;
 pub mod protocol;
+mod relisten;
 pub mod render;
 mod socket;
 
@@ -191,6 +192,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let publisher = Publisher::new(snapshot);
     let wildcard = crate::dataplane::wildcard_address();
     let wanted = listeners::wanted(&model, &node_addresses, wildcard);
+    let listening = relisten::Listening::new(node_addresses, wildcard, &wanted);
     // NodePorts now (all or nothing); the Services' own addresses just below, where they
     // can be bound.
     let plane = Plane::start(&settings, &wanted.listeners.required, &publisher)?;
@@ -240,13 +242,9 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         endpoint_health,
         health_check_node_ports,
         problems_since: std::collections::HashMap::new(),
-        node_addresses,
-        wildcard,
-        node_port_addresses: wanted.node_port_addresses.clone(),
-        listen_failures: std::collections::HashMap::new(),
-        node_ports_failed: None,
+        listening,
     };
-    daemon.relisten(wanted);
+    daemon.open_remaining_listeners();
     daemon.after_publish();
     for s in &daemon.model.services {
         tracing::info!(
@@ -395,25 +393,6 @@ async fn bind_http(
     Ok(Some(l))
 }
 
-/// The failures of a listener plan, as text (the plan is consumed by the commit).
-fn failures(plan: &plane::Plan) -> Vec<(crate::dataplane::ListenerKey, String)> {
-    plan.failed()
-        .iter()
-        .map(|(k, e)| (*k, e.to_string()))
-        .collect()
-}
-
-/// One log line per listener opened or closed (Services' addresses come and go with their
-/// status and the node's addresses; NodePorts with reloads).
-fn log_listener_changes(plan: &plane::Plan) {
-    for key in plan.added() {
-        tracing::info!(address = %key.addr, protocol = %key.protocol, "listening");
-    }
-    for key in plan.removed() {
-        tracing::info!(address = %key.addr, protocol = %key.protocol, "no longer listening");
-    }
-}
-
 /// Everything the control thread owns.
 struct Daemon {
     source: ConfigSource,
@@ -443,19 +422,8 @@ struct Daemon {
     /// for the Age column of `describe`'s Events.
     problems_since:
         std::collections::HashMap<(crate::model::ServiceName, String, String), SystemTime>,
-    /// This node's addresses as last applied (sorted): the snapshot's, and what the
-    /// listeners were computed with.
-    node_addresses: Vec<std::net::IpAddr>,
-    /// The address that stands for every address (`::` or `0.0.0.0`).
-    wildcard: std::net::IpAddr,
-    /// Where NodePorts are served now (`None`: every address).
-    node_port_addresses: Option<Vec<std::net::IpAddr>>,
-    /// Optional listeners (Services' own addresses) that could not be opened, with the
-    /// error last logged for each: tried again at every address poll, logged on change.
-    listen_failures: std::collections::HashMap<crate::dataplane::ListenerKey, String>,
-    /// Why NodePorts could not follow the node's addresses (a required listener failed),
-    /// as last logged; tried again at every address poll.
-    node_ports_failed: Option<String>,
+    /// This node's addresses and the listeners that follow them (`relisten`).
+    listening: relisten::Listening,
 }
 
 impl Daemon {
@@ -537,7 +505,7 @@ impl Daemon {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
         self.health_check_node_ports
-            .sync(&self.model, self.node_port_addresses.as_deref());
+            .sync(&self.model, self.listening.node_port_addresses.as_deref());
         // First-seen times of the problems the model carries (dropped when they go).
         let now = SystemTime::now();
         let mut seen = std::collections::HashMap::new();
@@ -697,7 +665,7 @@ impl Daemon {
             .publisher
             .current()
             .rebuild(&effective, self.generation, &mut self.registry)
-            .with_node_addresses(&self.node_addresses);
+            .with_node_addresses(&self.listening.node_addresses);
         self.publisher.publish(next);
         {
             let mut h = self.lock_health();
@@ -705,95 +673,6 @@ impl Daemon {
             h.last_updated = SystemTime::now();
         }
         self.after_publish();
-    }
-
-    /// Reads this node's addresses again (every [`node::POLL`]); when they changed, the
-    /// listeners follow (CIDR and `primary` listen addresses, Services' own addresses
-    /// becoming local or not) and a snapshot with the new addresses is published. Listeners
-    /// that failed before are tried again meanwhile.
-    fn follow_node_addresses(&mut self) {
-        let node_addresses = match node::addresses() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list this node's addresses");
-                return;
-            }
-        };
-        let changed = node_addresses != self.node_addresses;
-        if !changed && self.listen_failures.is_empty() && self.node_ports_failed.is_none() {
-            return;
-        }
-        if changed {
-            tracing::info!(addresses = ?node_addresses, "this node's addresses changed");
-        }
-        let wanted = listeners::wanted(&self.model, &node_addresses, self.wildcard);
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        let plan = match plane.prepare(self.model.settings.backlog, &wanted.listeners) {
-            Ok(plan) => plan,
-            Err(e) => {
-                // A NodePort on a new address: the same error each poll, logged once.
-                let text = e.to_string();
-                if self.node_ports_failed.as_ref() != Some(&text) {
-                    tracing::error!(error = %text, "cannot follow this node's addresses (tried again every {:?})", node::POLL);
-                    self.node_ports_failed = Some(text);
-                }
-                return;
-            }
-        };
-        if self.node_ports_failed.take().is_some() {
-            tracing::info!("NodePorts follow this node's addresses again");
-        }
-        self.node_addresses = node_addresses;
-        self.node_port_addresses = wanted.node_port_addresses.clone();
-        if changed {
-            // The new addresses in the snapshot (clients from the node itself) before the
-            // new listeners take connections.
-            self.republish();
-        }
-        self.relisten_with(plan, &wanted);
-    }
-
-    /// Opens and closes listeners to match `wanted` (no snapshot change: the routes of
-    /// every listener are in the published snapshot already).
-    fn relisten(&mut self, wanted: listeners::Wanted) {
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        match plane.prepare(self.model.settings.backlog, &wanted.listeners) {
-            Ok(plan) => self.relisten_with(plan, &wanted),
-            Err(e) => tracing::error!(error = %e, "cannot open listeners"),
-        }
-    }
-
-    fn relisten_with(&mut self, plan: plane::Plan, wanted: &listeners::Wanted) {
-        let failed = failures(&plan);
-        log_listener_changes(&plan);
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        plane.commit(plan);
-        plane.steer_client_ips(&wanted.steered);
-        self.note_listen_failures(failed);
-    }
-
-    /// Logs each listener that could not be opened once (and again when its error
-    /// changes); forgets those that are open or no longer wanted.
-    fn note_listen_failures(&mut self, failed: Vec<(crate::dataplane::ListenerKey, String)>) {
-        let before = std::mem::take(&mut self.listen_failures);
-        for (key, error) in failed {
-            if before.get(&key) != Some(&error) {
-                tracing::warn!(
-                    address = %key.addr,
-                    protocol = %key.protocol,
-                    error = %error,
-                    "cannot listen on a Service's external or LoadBalancer IP (tried again every {:?})",
-                    node::POLL
-                );
-            }
-            self.listen_failures.insert(key, error);
-        }
-        for key in before
-            .keys()
-            .filter(|k| !self.listen_failures.contains_key(k))
-        {
-            tracing::info!(address = %key.addr, protocol = %key.protocol, "listening now, or no longer wanted");
-        }
     }
 
     /// The reload transaction (see the module docs). Never leaves a half-applied state.
@@ -856,18 +735,9 @@ impl Daemon {
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
-        // The node's addresses may have changed (DHCP, an added VIP): read them again.
-        let node_addresses = match node::addresses() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known");
-                self.node_addresses.clone()
-            }
-        };
-        let wanted = listeners::wanted(&effective, &node_addresses, self.wildcard);
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        let plan = plane
-            .prepare(effective.settings.backlog, &wanted.listeners)
+        // The node's addresses may have changed (DHCP, an added VIP): read again.
+        let prepared = self
+            .prepare_listeners(&effective)
             .map_err(|e| e.to_string())?;
         phases.lap("prepare");
         // Nothing can fail from here on.
@@ -876,16 +746,10 @@ impl Daemon {
             .publisher
             .current()
             .rebuild(&effective, generation, &mut self.registry)
-            .with_node_addresses(&node_addresses);
+            .with_node_addresses(&prepared.node_addresses);
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
-        let failed = failures(&plan);
-        log_listener_changes(&plan);
-        plane.commit(plan);
-        plane.steer_client_ips(&wanted.steered);
-        self.node_addresses = node_addresses;
-        self.node_port_addresses = wanted.node_port_addresses;
-        self.note_listen_failures(failed);
+        self.commit_listeners(prepared);
         phases.lap("commit");
         let changes = changes::diff(&self.model, &next);
         phases.lap("diff");
