@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use sluice::control::protocol::{EndpointAction, Request};
 use sluice::control::{self, ConfigSource, LogFilterSetter};
-use sluice::model::DEFAULT_CONTROL_SOCKET;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,20 +40,28 @@ enum Command {
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
-        /// Worker threads (default: one per CPU).
-        #[arg(long)]
+        /// Worker threads (default: one per CPU; 1..=1024).
+        #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         /// Kernel interface of the workers.
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
+        /// Control socket to serve (default: the one `sluice ctl` finds by itself:
+        /// /run/sluice/control.sock for root, $XDG_RUNTIME_DIR/sluice/control.sock otherwise).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         #[command(flatten)]
         log: LogArgs,
     },
     /// Talk to a running daemon through its control socket.
     Ctl {
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/sluice/control.sock for a
+        /// user other than root when it exists, else /run/sluice/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long to wait for the daemon's answer (connect, send, answer), e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        timeout: std::time::Duration,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -97,8 +104,8 @@ struct RunArgs {
     /// (default: only Services without that label).
     #[arg(long, requires = "kubernetes")]
     proxy_name: Option<String>,
-    /// Worker threads (overrides the config; default one per CPU).
-    #[arg(long)]
+    /// Worker threads (overrides the config; default one per CPU; 1..=1024).
+    #[arg(long, value_parser = workers_in_range)]
     workers: Option<usize>,
     /// Kernel interface of the workers (overrides the config's `driver`).
     #[arg(long, value_enum)]
@@ -337,17 +344,29 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
+        // Until the control plane handles SIGHUP ("reload"), its default action would end
+        // the process: a reload asked for during start-up must not.
+        if let Err(e) = sluice::dataplane::sys::ignore_hangup() {
+            eprintln!("sluice: cannot ignore SIGHUP during start-up: {e}");
+        }
+    }
+    // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
+    sluice::config::set_local_addresses(|| control::node::addresses().unwrap_or_default());
     let result = match cli.command {
         Command::Ctl {
             socket,
+            timeout,
             output,
             command,
         } => {
+            let socket = socket.unwrap_or_else(control::client::default_socket);
             return ExitCode::from(control::client::run(
                 &socket,
                 output == Output::Json,
                 &command.request(),
-            ))
+                timeout,
+            ));
         }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -360,8 +379,9 @@ fn main() -> ExitCode {
         Command::Demo {
             workers,
             driver,
+            socket,
             log,
-        } => demo(workers, driver, log.init()),
+        } => demo(workers, driver, socket, starting(log.init())),
         Command::TproxyRules { config, manifests } => {
             let _ = sluice::logging::init(sluice::logging::LogFormat::Text, "info");
             match load_model(&config, &manifests, true) {
@@ -495,7 +515,7 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
 
 /// `sluice run`.
 fn run(args: RunArgs) -> ExitCode {
-    let log_filter = args.log.init();
+    let log_filter = starting(args.log.init());
     if let Some(refused) = zone_with_kubernetes(&args) {
         return refused;
     }
@@ -512,6 +532,7 @@ fn run(args: RunArgs) -> ExitCode {
             workers: args.workers,
             driver: args.driver.map(Into::into),
             log_filter: Some(log_filter),
+            on_ready: None,
         })
         .map_err(Into::into)
     } else {
@@ -540,6 +561,7 @@ fn run(args: RunArgs) -> ExitCode {
             workers,
             driver: driver.map(Into::into),
             log_filter: Some(log_filter),
+            on_ready: None,
         }) {
             Ok(()) => Ok(()),
             Err(control::ControlError::Config(e)) => {
@@ -566,9 +588,32 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first log line of `run` and `demo` (from here on SIGHUP is ignored until the control
+/// plane handles it); passes the log filter setter through.
+fn starting(log_filter: LogFilterSetter) -> LogFilterSetter {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        "sluice starting"
+    );
+    log_filter
+}
+
+/// `--workers N` within the bound of the `workers` key.
+fn workers_in_range(text: &str) -> Result<usize, String> {
+    let range = sluice::config::limits::WORKERS;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(*n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("must be a number in {}..={}", range.min, range.max))
+}
+
 fn demo(
     workers: Option<usize>,
     driver: Option<DriverArg>,
+    socket: Option<PathBuf>,
     log_filter: LogFilterSetter,
 ) -> anyhow::Result<()> {
     let pods: Vec<(String, std::net::SocketAddr)> = sluice::demo::DEMO_POD_ADDRS
@@ -582,6 +627,7 @@ fn demo(
     if let Some(d) = driver {
         model.settings.driver = d.into();
     }
+    model.settings.control.socket = socket;
     println!(
         "demo pods: {}",
         pods.iter()
@@ -595,6 +641,15 @@ fn demo(
         workers: None,
         driver: None,
         log_filter: Some(log_filter),
+        on_ready: Some(Box::new(|socket| {
+            let Some(socket) = socket else { return };
+            let ctl = if socket == control::client::default_socket() {
+                "sluice ctl".to_owned()
+            } else {
+                format!("sluice ctl --socket {}", socket.display())
+            };
+            println!("inspect it with:  {ctl} services   (or: status, endpoints, stats)");
+        })),
     })?;
     Ok(())
 }

@@ -94,14 +94,16 @@ pub const DEFAULT_MAX_HELD_PER_SERVICE: u32 = 256;
 /// Upper bound of the hold budgets: the most connections a worker can address.
 pub const MAX_HELD: u32 = 1 << 24;
 
-/// The default control socket path (under systemd's `RuntimeDirectory=sluice`).
+/// The default control socket path (under systemd's `RuntimeDirectory=sluice`) for root and
+/// for users without `$XDG_RUNTIME_DIR` (see `control::default_control_socket`).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sluice/control.sock";
 
 /// The control socket: where it is, who may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlSettings {
-    /// Socket path; `None` = [`DEFAULT_CONTROL_SOCKET`], where failing to bind is only a
-    /// warning (an explicit path that cannot be bound stops the daemon).
+    /// Socket path; `None` = the default (`control::default_control_socket`:
+    /// [`DEFAULT_CONTROL_SOCKET`] for root), where failing to bind is only a warning (an
+    /// explicit path that cannot be bound stops the daemon).
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file (default `0o600`).
     pub mode: u32,
@@ -122,15 +124,6 @@ impl Default for ControlSettings {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
         }
-    }
-}
-
-impl ControlSettings {
-    /// The path to bind: the configured one or the default.
-    pub fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
     }
 }
 

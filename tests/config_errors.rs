@@ -60,6 +60,9 @@ const ROWS: &[Row] = &[
     row("endpoint as a number", svc!("endpoints = [\"10.0.0.1\", 5]\n"), (4, 26),
         "expected an endpoint: a string \"IP\""),
     row("TOML syntax error", svc!("node_port = \n"), (4, 13), "invalid string"),
+    // Found by fuzzing: the TOML parser's own message is empty here.
+    row("a NUL in a comment inside an array", svc!("endpoints = [\n  \"10.0.0.1\", # a\0b\n]\n"), (5, 18),
+        "invalid TOML: the control character '\\0' is not allowed here"),
     // Node-wide settings.
     row("workers = 0", "workers = 0\n", (1, 11), "workers 0 is out of range: must be 1..=1024"),
     row("node_port_range without dash", "node_port_range = \"30000\"\n", (1, 19),

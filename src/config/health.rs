@@ -9,7 +9,8 @@
 //! contradict the top-level `health_check`/`outlier_ejection` written beside them.
 
 use super::file::{ConfigFile, DurationText, IntOrText, ServiceEntry};
-use super::values::{choice, int, opt_duration};
+use super::limits;
+use super::values::{choice, count, int, opt_duration};
 use super::{ConfigError, Source};
 use crate::model::{
     ActiveCheck, CheckKind, HealthConfig, PassiveCheck, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTERVAL,
@@ -17,14 +18,7 @@ use crate::model::{
 };
 use serde_spanned::Spanned;
 use std::ops::Range;
-use std::time::Duration;
 
-/// Shortest accepted check interval: shorter ones would keep the control thread busy.
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
-/// Bounds of `health_check_rise`/`health_check_fall`.
-const MAX_RISE_FALL: i64 = 100;
-/// Bound of `outlier_consecutive_failures`.
-const MAX_FAILURES: i64 = 10_000;
 /// Longest accepted `health_check_path`.
 const MAX_PATH: usize = 1024;
 /// HAProxy's `http-check expect` default: any 2xx or 3xx.
@@ -329,23 +323,14 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
         src,
         &k.interval.map(clone_duration),
         "health_check_interval",
+        limits::HEALTH_CHECK_INTERVAL,
         DEFAULT_CHECK_INTERVAL,
     )?;
-    if interval < MIN_INTERVAL {
-        let span = k.interval.map_or(0..0, Spanned::span);
-        return Err(src.error(
-            &span,
-            format!(
-                "health_check_interval {} is too short: at least {} is needed",
-                humantime::format_duration(interval),
-                humantime::format_duration(MIN_INTERVAL)
-            ),
-        ));
-    }
     let timeout = opt_duration(
         src,
         &k.timeout.map(clone_duration),
         "health_check_timeout",
+        limits::HEALTH_CHECK_TIMEOUT,
         interval,
     )?;
     if timeout > interval {
@@ -361,11 +346,23 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
         ));
     }
     let rise = match k.rise {
-        Some(r) => int(src, r, "health_check_rise", 1, MAX_RISE_FALL, "")?,
+        Some(r) => count(
+            src,
+            r,
+            "health_check_rise",
+            limits::HEALTH_CHECK_RISE_FALL,
+            "",
+        )?,
         None => DEFAULT_CHECK_RISE,
     };
     let fall = match k.fall {
-        Some(f) => int(src, f, "health_check_fall", 1, MAX_RISE_FALL, "")?,
+        Some(f) => count(
+            src,
+            f,
+            "health_check_fall",
+            limits::HEALTH_CHECK_RISE_FALL,
+            "",
+        )?,
         None => DEFAULT_CHECK_FALL,
     };
     let port = match k.port {
@@ -398,13 +395,20 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
 fn passive(src: &Source, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
     Ok(PassiveCheck {
         consecutive_failures: match k.failures {
-            Some(f) => int(src, f, "outlier_consecutive_failures", 1, MAX_FAILURES, "")?,
+            Some(f) => count(
+                src,
+                f,
+                "outlier_consecutive_failures",
+                limits::OUTLIER_CONSECUTIVE_FAILURES,
+                "",
+            )?,
             None => DEFAULT_EJECTION_FAILURES,
         },
         ejection_time: opt_duration(
             src,
             &k.ejection_time.map(clone_duration),
             "outlier_ejection_time",
+            limits::OUTLIER_EJECTION_TIME,
             DEFAULT_EJECTION_TIME,
         )?,
     })

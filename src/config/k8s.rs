@@ -132,6 +132,8 @@ pub mod reason {
     pub const NODE_NAME_UNKNOWN: &str = "NodeNameUnknown";
     /// An object that cannot be read at all (no name, no spec, defined twice, no Service).
     pub const INVALID_OBJECT: &str = "InvalidObject";
+    /// An endpoint that is one of sluice's own NodePorts on this node: skipped.
+    pub const ENDPOINT_LOOPS: &str = "EndpointLoops";
 }
 
 impl std::fmt::Display for Problem {
@@ -275,6 +277,27 @@ pub fn build_model(
         })
         .chain(addressed_only.into_iter().map(|c| c.port))
         .collect();
+    // An endpoint that is one of these NodePorts on this node would loop: skipped.
+    let served = super::self_loop::Served::new(
+        &services,
+        &settings.listen,
+        super::self_loop::local_addresses(),
+        &options.primary_ips,
+    );
+    for s in &mut services {
+        let object = format!("Service {}", s.key.service);
+        s.endpoints.retain(|e| match served.explain(e.addr) {
+            None => true,
+            Some(why) => {
+                problems.push(Problem {
+                    object: object.clone(),
+                    reason: reason::ENDPOINT_LOOPS,
+                    message: format!("{why}; this endpoint is skipped"),
+                });
+                false
+            }
+        });
+    }
     services.sort_by(|a, b| a.key.cmp(&b.key));
     (
         Model {
@@ -617,7 +640,9 @@ fn session_affinity(
         .and_then(|c| c.timeout_seconds);
     let timeout = match written {
         None => DEFAULT_AFFINITY_TIMEOUT,
-        Some(t @ 1..=86400) => Duration::from_secs(t as u64),
+        Some(t) if super::limits::AFFINITY_TIMEOUT_SECONDS.contains(t.into()) => {
+            Duration::from_secs(t.unsigned_abs().into())
+        }
         Some(t) => {
             let last = before.iter().find_map(|p| match p.policy {
                 Policy::ClientIp { timeout, .. } => Some(timeout),
@@ -625,8 +650,10 @@ fn session_affinity(
             });
             let kept = last.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
             report(format!(
-                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range (1..=86400); \
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range ({}..={}); \
                  keeping {}s",
+                super::limits::AFFINITY_TIMEOUT_SECONDS.min,
+                super::limits::AFFINITY_TIMEOUT_SECONDS.max,
                 kept.as_secs()
             ));
             kept

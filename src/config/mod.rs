@@ -1,12 +1,13 @@
 //! Configuration file (TOML) → validated [`crate::model::Model`], with `FILE:LINE:COLUMN`
 //! errors.
 //!
-//! This module owns the file format described in `docs/configuration.md`: reading the TOML
-//! (`file`), judging single values (`values`) and node-wide settings (`settings`),
-//! building the model with the checks across Service ports (`validate`), giving NodePorts
-//! to Service ports that have none (`allocate`), and the summary `sluice check` prints
-//! (`render`). It uses only [`crate::model`] and must not touch sockets, threads or any
-//! other module: a configuration is data in, data (or one precise error) out.
+//! This module owns the file format described in `docs/configuration.md`: reading files
+//! (`read`: regular files only, at most [`MAX_CONFIG_BYTES`]), the TOML as written (`file`),
+//! judging single values (`values`) and node-wide settings (`settings`), building the model
+//! with the checks across Service ports (`validate`), giving NodePorts to Service ports that
+//! have none (`allocate`), and the summary `sluice check` prints (`render`). It uses only
+//! [`crate::model`] and must not touch sockets, threads or any other module: a configuration
+//! is data in, data (or one precise error) out.
 //!
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
 //! to keep the NodePorts it allocated (see the `allocate` module).
@@ -17,13 +18,20 @@ mod file;
 mod forwarding;
 mod health;
 pub mod k8s;
+pub mod limits;
+pub use self_loop::set_local_addresses;
 pub mod manifests;
+mod read;
 mod render;
+mod self_loop;
 mod settings;
 mod validate;
 mod values;
 
 use crate::model::Model;
+#[cfg(test)]
+pub(crate) use read::mkfifo;
+pub use read::{read_file, MAX_CONFIG_BYTES};
 use std::ops::Range;
 use std::path::Path;
 
@@ -44,17 +52,11 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Reads and parses the file at `path`. `previous` is the model currently running, if any:
-/// Service ports it gave a NodePort keep that port (see [`parse`]).
+/// Reads and parses the file at `path` (with [`read_file`]). `previous` is the model currently
+/// running, if any: Service ports it gave a NodePort keep that port (see [`parse`]).
 pub fn load_file(path: &Path, previous: Option<&Model>) -> Result<Model, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: origin.clone(),
-        line: 0,
-        column: 0,
-        message: e.to_string(),
-    })?;
-    parse(&text, &origin, previous)
+    let text = read_file(path, MAX_CONFIG_BYTES)?;
+    parse(&text, &path.display().to_string(), previous)
 }
 
 /// Parses configuration `text`; `origin` names it in error messages.
@@ -121,6 +123,9 @@ impl Source<'_> {
     fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span().unwrap_or(0..0);
         let raw = error.message().trim_end();
+        if raw.is_empty() {
+            return self.unexplained_toml_error(span.start);
+        }
         let mut message = raw
             .replace("expected i64", "expected an integer")
             .replace("expected a boolean", "expected true or false")
@@ -146,6 +151,38 @@ impl Source<'_> {
             }
         }
         self.error(&span, message)
+    }
+
+    /// For a TOML error without a message (a control character in a comment inside an
+    /// array, found by fuzzing): the first control character of the line up to `offset`
+    /// (TOML allows none but tab and line ends), else the character at `offset`.
+    fn unexplained_toml_error(&self, offset: usize) -> ConfigError {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..]
+            .chars()
+            .next()
+            .map_or(offset, |c| offset + c.len_utf8());
+        let control = self.text[line_start..end]
+            .char_indices()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+        let (at, message) = match control {
+            Some((i, c)) => (
+                line_start + i,
+                format!("invalid TOML: the control character {c:?} is not allowed here"),
+            ),
+            None => match self.text[offset..].chars().next() {
+                Some(c) => (offset, format!("invalid TOML: unexpected {c:?}")),
+                None => (
+                    offset,
+                    "invalid TOML: unexpected end of the file".to_owned(),
+                ),
+            },
+        };
+        self.error(&(at..at), message)
     }
 
     /// The bare key of `key = value` when `offset` is where the value starts.

@@ -4,19 +4,17 @@
 //! and the service defaults. Knows nothing about `[[service]]` tables.
 
 use super::file::ConfigFile;
-use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
+use super::limits;
+use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
     Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
-    ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
+    ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
-
-/// Upper bound of `workers`: far above any machine sluice runs on, low enough to catch typos.
-const MAX_WORKERS: i64 = 1024;
 
 pub(super) fn settings(
     src: &Source,
@@ -24,12 +22,11 @@ pub(super) fn settings(
 ) -> Result<(Settings, Option<Range<usize>>), ConfigError> {
     let base = Settings::default();
     let workers = match &f.workers {
-        Some(w) => Some(int(
+        Some(w) => Some(count(
             src,
             w,
             "workers",
-            1,
-            MAX_WORKERS,
+            limits::WORKERS,
             "omit `workers` for one per online CPU",
         )?),
         None => None,
@@ -43,16 +40,21 @@ pub(super) fn settings(
         None => DEFAULT_NODE_PORT_RANGE,
     };
     let max_connections_per_worker = match &f.max_connections_per_worker {
-        Some(v) => int(src, v, "max_connections_per_worker", 1, u32::MAX.into(), "")?,
+        Some(v) => count(
+            src,
+            v,
+            "max_connections_per_worker",
+            limits::MAX_CONNECTIONS_PER_WORKER,
+            "",
+        )?,
         None => base.max_connections_per_worker,
     };
     let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
-        Some(v) => int(
+        Some(v) => count(
             src,
             v,
             key,
-            0,
-            MAX_HELD.into(),
+            limits::HELD_CONNECTIONS,
             "0 turns holding off: clients of an empty Service are reset at once",
         ),
         None => Ok(default),
@@ -94,7 +96,7 @@ pub(super) fn settings(
         None => base.driver,
     };
     let backlog = match &f.backlog {
-        Some(b) => int(src, b, "backlog", 1, i32::MAX.into(), "")?,
+        Some(b) => count(src, b, "backlog", limits::BACKLOG, "")?,
         None => base.backlog,
     };
     let fallback = ServiceDefaults::default();
@@ -104,14 +106,22 @@ pub(super) fn settings(
                 src,
                 &f.connect_timeout,
                 "connect_timeout",
+                limits::CONNECT_TIMEOUT,
                 fallback.timeouts.connect,
             )?,
-            idle: opt_duration(src, &f.idle_timeout, "idle_timeout", fallback.timeouts.idle)?,
+            idle: opt_duration(
+                src,
+                &f.idle_timeout,
+                "idle_timeout",
+                limits::IDLE_TIMEOUT,
+                fallback.timeouts.idle,
+            )?,
             hold_when_empty: match &f.hold_when_empty {
                 Some(_) => Some(opt_duration(
                     src,
                     &f.hold_when_empty,
                     "hold_when_empty",
+                    limits::HOLD_WHEN_EMPTY,
                     std::time::Duration::ZERO,
                 )?),
                 None => None,
@@ -124,7 +134,13 @@ pub(super) fn settings(
     let control = control(src, f)?;
     let metrics_address = opt_socket_addr(src, &f.metrics_address, "metrics_address")?;
     let health_address = opt_socket_addr(src, &f.health_address, "health_address")?;
-    let drain_timeout = opt_duration(src, &f.drain_timeout, "drain_timeout", base.drain_timeout)?;
+    let drain_timeout = opt_duration(
+        src,
+        &f.drain_timeout,
+        "drain_timeout",
+        limits::DRAIN_TIMEOUT,
+        base.drain_timeout,
+    )?;
     let settings = Settings {
         workers,
         pin_workers: f.pin_workers.unwrap_or(base.pin_workers),

@@ -10,9 +10,12 @@ use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
 use super::health::{self, HealthKeys};
+use super::limits;
+use super::self_loop;
 use super::settings::settings;
 use super::values::{
-    choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
+    choice, count, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol,
+    DnsLabel,
 };
 use super::{ConfigError, Source};
 use crate::model::{
@@ -101,15 +104,30 @@ pub(super) fn build(
             ));
         }
     };
-    let services = checked
+    let (services, endpoint_spans): (Vec<ServicePort>, Vec<_>) = checked
         .into_iter()
         .zip(ports)
-        .map(|(c, a): (Checked, Allocation)| ServicePort {
-            node_port: a.node_port,
-            node_port_allocated: a.allocated,
-            ..c.port
+        .map(|(c, a): (Checked, Allocation)| {
+            let port = ServicePort {
+                node_port: a.node_port,
+                node_port_allocated: a.allocated,
+                ..c.port
+            };
+            (port, c.endpoint_spans)
         })
-        .collect();
+        .unzip();
+    // Only now are all NodePorts known (allocated ones included).
+    let served = self_loop::Served::new(
+        &services,
+        &settings.listen,
+        self_loop::local_addresses(),
+        &[],
+    );
+    for (addr, span) in endpoint_spans.iter().flatten() {
+        if let Some(why) = served.explain(*addr) {
+            return Err(src.error(span, why));
+        }
+    }
     Ok(Model {
         settings,
         services,
@@ -123,6 +141,8 @@ struct Checked {
     port: ServicePort,
     name_span: Range<usize>,
     node_port: Option<Spanned<i64>>,
+    /// Each endpoint's address and where it is written.
+    endpoint_spans: Vec<(SocketAddr, Range<usize>)>,
 }
 
 fn describe(key: &ServicePortKey) -> String {
@@ -210,18 +230,23 @@ fn service(
         }
     }
     let timeout_seconds: u64 = match &e.affinity_timeout_seconds {
-        Some(t) => int(
+        Some(t) => count(
             src,
             t,
             "affinity_timeout_seconds",
-            1,
-            86400,
-            " (Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range)",
+            limits::AFFINITY_TIMEOUT_SECONDS,
+            "Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range",
         )?,
         None => DEFAULT_AFFINITY_TIMEOUT.as_secs(),
     };
     let max_entries: u32 = match &e.affinity_max_entries {
-        Some(m) => int(src, m, "affinity_max_entries", 1, 1 << 24, "")?,
+        Some(m) => count(
+            src,
+            m,
+            "affinity_max_entries",
+            limits::AFFINITY_MAX_ENTRIES,
+            "",
+        )?,
         None => DEFAULT_AFFINITY_MAX_ENTRIES,
     };
     let key = match &e.hash_key {
@@ -241,14 +266,22 @@ fn service(
             src,
             &e.connect_timeout,
             "connect_timeout",
+            limits::CONNECT_TIMEOUT,
             defaults.timeouts.connect,
         )?,
-        idle: opt_duration(src, &e.idle_timeout, "idle_timeout", defaults.timeouts.idle)?,
+        idle: opt_duration(
+            src,
+            &e.idle_timeout,
+            "idle_timeout",
+            limits::IDLE_TIMEOUT,
+            defaults.timeouts.idle,
+        )?,
         hold_when_empty: match &e.hold_when_empty {
             Some(_) => Some(opt_duration(
                 src,
                 &e.hold_when_empty,
                 "hold_when_empty",
+                limits::HOLD_WHEN_EMPTY,
                 std::time::Duration::ZERO,
             )?),
             None => defaults.timeouts.hold_when_empty,
@@ -262,6 +295,7 @@ fn service(
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut endpoint_spans = Vec::with_capacity(e.endpoints.len());
     for entry in &e.endpoints {
         let ep = endpoint(src, entry, target_port)?;
         if let Some(&first) = first_seen.get(&ep.addr) {
@@ -275,6 +309,7 @@ fn service(
             ));
         }
         first_seen.insert(ep.addr, entry.span().start);
+        endpoint_spans.push((ep.addr, entry.span()));
         endpoints.push(ep);
     }
     endpoints.sort_by_key(|ep| ep.addr);
@@ -327,6 +362,7 @@ fn service(
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),
+        endpoint_spans,
     })
 }
 
@@ -373,4 +409,54 @@ fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        let e = parse(text, "l.toml", None).unwrap_err();
+        (e.line, e.column, e.message)
+    }
+
+    /// An endpoint that is one of this file's NodePorts where sluice listens is refused at
+    /// the endpoint; the same address on another port, or not listened on, is fine.
+    #[test]
+    fn an_endpoint_that_is_our_own_node_port_is_refused() {
+        let file = |listen: &str, eps: &str| {
+            format!(
+                "{listen}node_port_range = \"30000-30009\"\n[[service]]\nname = \"a\"\nport = 80\n\
+                 node_port = 30000\nendpoints = [{eps}]\n[[service]]\nname = \"b\"\nport = 80\n\
+                 node_port = 30001\n"
+            )
+        };
+        let explicit = "listen_addresses = [\"127.0.0.1\"]\n";
+        let (line, col, message) = error_of(&file(explicit, "\"10.0.0.1\", \"127.0.0.1:30001\""));
+        assert_eq!((line, col), (7, 26), "{message}");
+        assert_eq!(
+            message,
+            "endpoint 127.0.0.1:30001 is sluice's own NodePort 30001/TCP of default/b on this \
+             node (listen address 127.0.0.1): its connections would come straight back into \
+             sluice"
+        );
+        // Its own NodePort, in the table form.
+        let (line, col, message) =
+            error_of(&file(explicit, "{ address = \"127.0.0.1\", port = 30000 }"));
+        assert_eq!((line, col), (7, 14), "{message}");
+        // Without listen_addresses every loopback address is sluice's.
+        let (_, _, message) = error_of(&file("", "\"127.0.0.7:30000\""));
+        assert!(
+            message.contains("(sluice serves its NodePorts on every address of this node)"),
+            "{message}"
+        );
+        for fine in [
+            file(explicit, "\"127.0.0.1:30010\""),
+            file(explicit, "\"127.0.0.2:30000\""),
+            file("", "\"10.0.0.1:30000\""),
+            file("listen_addresses = [\"0.0.0.0\"]\n", "\"[::1]:30000\""),
+        ] {
+            assert!(parse(&fine, "l.toml", None).is_ok(), "{fine}");
+        }
+    }
 }

@@ -5,17 +5,16 @@
 //! naming the key and pointing at the value. None of them looks at any other value.
 
 use super::file::{DurationText, EndpointEntry};
+use super::limits::{self, CountRange, DurationRange};
 use super::{ConfigError, Source};
 use crate::model::{Endpoint, Protocol, DEFAULT_WEIGHT};
 use serde_spanned::Spanned;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-/// Upper bound of an endpoint's `weight`, so that weight sums cannot overflow.
-const MAX_WEIGHT: i64 = 65535;
 /// Bounds of `maglev_table_size` (both prime).
-const MIN_TABLE_SIZE: i64 = 1009;
-const MAX_TABLE_SIZE: i64 = 1_000_003;
+const MIN_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.min;
+const MAX_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.max;
 
 /// One element of `endpoints` → an [`Endpoint`], its port defaulting to `target_port`.
 pub(super) fn endpoint(
@@ -60,12 +59,11 @@ pub(super) fn endpoint(
                 None => target_port,
             };
             let weight = match &table.weight {
-                Some(w) => int(
+                Some(w) => count(
                     src,
                     w,
                     "weight",
-                    0,
-                    MAX_WEIGHT,
+                    limits::WEIGHT,
                     "0 means: no new connections",
                 )?,
                 None => DEFAULT_WEIGHT,
@@ -230,10 +228,23 @@ pub(super) fn int<T: TryFrom<i64>>(
     Err(src.error(&value.span(), message))
 }
 
+/// An integer in `range` (one of [`limits`]), converted to the model's type.
+pub(super) fn count<T: TryFrom<i64>>(
+    src: &Source,
+    value: &Spanned<i64>,
+    key: &str,
+    range: CountRange,
+    hint: &str,
+) -> Result<T, ConfigError> {
+    int(src, value, key, range.min, range.max, hint)
+}
+
+/// A duration in `range` (one of [`limits`]), or `default` when the key is not written.
 pub(super) fn opt_duration(
     src: &Source,
     value: &Option<Spanned<DurationText>>,
     key: &str,
+    range: DurationRange,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
@@ -251,6 +262,26 @@ pub(super) fn opt_duration(
     if d.is_zero() {
         return Err(src.error(&value.span(), format!("{key} must be longer than zero")));
     }
+    if d < range.min {
+        return Err(src.error(
+            &value.span(),
+            format!(
+                "{key} {} is too short: at least {} is needed",
+                limits::show(d),
+                limits::show(range.min)
+            ),
+        ));
+    }
+    if d > range.max {
+        return Err(src.error(
+            &value.span(),
+            format!(
+                "{key} {text:?} is too long: at most {} is accepted (see \"Limits\" in \
+                 docs/operations.md)",
+                limits::show(range.max)
+            ),
+        ));
+    }
     Ok(d)
 }
 
@@ -260,7 +291,7 @@ pub(super) fn opt_retries(
     default: u32,
 ) -> Result<u32, ConfigError> {
     match value {
-        Some(v) => int(src, v, "connect_retries", 0, u32::MAX.into(), ""),
+        Some(v) => count(src, v, "connect_retries", limits::CONNECT_RETRIES, ""),
         None => Ok(default),
     }
 }

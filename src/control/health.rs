@@ -4,8 +4,8 @@
 //! State is kept per (Service port, endpoint address), a *target*:
 //!
 //! - **Active checks** ([`ActiveCheck`]): one task per target connects every `interval`
-//!   (TCP) or sends `GET path` and reads the status line (HTTP), within `timeout`. Where the
-//!   Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
+//!   (TCP) or sends `GET path` and reads the status (HTTP, with hyper's client: [`probe`]),
+//!   within `timeout`. Where the Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
 //!   (`PROXY UNKNOWN`), unless it probes another port (`health_check_port`). Results feed a
 //!   [`CheckCounter`], HAProxy's health counter: `fall` failures in a row mark an up target
 //!   down, `rise` successes in a row mark a down one up. A new target starts up but
@@ -34,7 +34,7 @@
 use super::overrides::{AdminState, Overrides};
 use super::Event;
 use crate::model::{
-    ActiveCheck, CheckKind, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
+    ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
 };
 use crate::stats::StatsBlock;
 use crate::table::RoutingSnapshot;
@@ -42,8 +42,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+mod probe;
+use probe::probe;
 
 /// How often passive ejection reads the workers' connect counters.
 pub const PASSIVE_POLL: Duration = Duration::from_millis(250);
@@ -198,9 +200,9 @@ impl Ejection {
             return None;
         }
         let factor = 1u32 << self.ejections.min(16);
-        let time = config.ejection_time * factor.min(MAX_EJECTION_FACTOR);
+        let time = crate::deadline::times(config.ejection_time, factor.min(MAX_EJECTION_FACTOR));
         self.ejections = self.ejections.saturating_add(1);
-        self.until = Some(now + time);
+        self.until = Some(crate::deadline::after(now, time));
         let failures = self.streak;
         self.streak = 0;
         Some(EjectionChange::Ejected { failures, time })
@@ -615,7 +617,7 @@ fn connect_counts(stats: &StatsBlock) -> ConnectCounts {
 /// Probes `target` every interval until aborted. The first probe comes after a fraction
 /// of the interval derived from the address, so that many targets do not probe at once.
 async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
-    let interval = config.check.interval;
+    let interval = crate::deadline::cap(config.check.interval);
     let addr = SocketAddr::new(target.1.ip(), config.check.port.unwrap_or(target.1.port()));
     let spread = {
         use std::hash::{Hash, Hasher};
@@ -623,125 +625,13 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
         target.hash(&mut h);
         interval.mul_f64((h.finish() % 1000) as f64 / 1000.0)
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + spread, interval);
+    let start = crate::deadline::after(std::time::Instant::now(), spread);
+    let mut tick = tokio::time::interval_at(start.into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let result = probe(addr, &config).await;
         shared.lock().record_check(&target, result);
-    }
-}
-
-/// One check of `addr`: Ok, or why it failed.
-async fn probe(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let timeout = config.check.timeout;
-    match tokio::time::timeout(timeout, probe_unbounded(addr, config)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
-    }
-}
-
-async fn probe_unbounded(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| io_reason("connect", &e))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = Vec::with_capacity(128);
-    match config.preamble {
-        Preamble::None => {}
-        Preamble::ProxyV1Unknown => request.extend_from_slice(b"PROXY UNKNOWN\r\n"),
-        Preamble::ProxyV2Local => crate::proxy_protocol::encode_v2_local(&mut request),
-    }
-    let expect = match &config.check.kind {
-        CheckKind::Tcp => None,
-        CheckKind::Http { path, expect } => {
-            request.extend_from_slice(
-                format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-health-check\r\n\
-                     Connection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            Some(*expect)
-        }
-    };
-    if !request.is_empty() {
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| io_reason("send", &e))?;
-    }
-    let Some((lo, hi)) = expect else {
-        let _ = stream.shutdown().await;
-        return Ok(());
-    };
-    let status = read_status(&mut stream).await?;
-    if (lo..=hi).contains(&status) {
-        Ok(())
-    } else if lo == hi {
-        Err(format!("HTTP status {status} (expected {lo})"))
-    } else {
-        Err(format!("HTTP status {status} (expected {lo}-{hi})"))
-    }
-}
-
-/// Reads the status line of an HTTP response and returns its code.
-async fn read_status(stream: &mut tokio::net::TcpStream) -> Result<u16, String> {
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !line.contains(&b'\n') {
-        if line.len() > 1024 {
-            return Err("no HTTP status line in the first 1024 bytes".to_owned());
-        }
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| io_reason("receive", &e))?;
-        if n == 0 {
-            return Err(if line.is_empty() {
-                "connection closed without an answer".to_owned()
-            } else {
-                "connection closed in the status line".to_owned()
-            });
-        }
-        line.extend_from_slice(&buf[..n]);
-    }
-    parse_status(&line).ok_or_else(|| {
-        let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
-        format!(
-            "not an HTTP response: {:?}",
-            String::from_utf8_lossy(&line[..end.min(80)]).trim_end()
-        )
-    })
-}
-
-/// `HTTP/1.x NNN ...` → NNN.
-fn parse_status(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let rest = rest.get(1..)?.strip_prefix(b" ")?;
-    let code = rest.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit)
-        || rest.get(3).is_some_and(|b| *b != b' ' && *b != b'\r')
-    {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
-}
-
-fn io_reason(what: &str, e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "connection refused".to_owned(),
-        ConnectionReset => format!("connection reset ({what})"),
-        TimedOut => format!("{what} timed out"),
-        _ => match e.raw_os_error() {
-            Some(libc::EHOSTUNREACH) => "host unreachable".to_owned(),
-            Some(libc::ENETUNREACH) => "network unreachable".to_owned(),
-            _ => format!("{what}: {e}"),
-        },
     }
 }
 
@@ -875,6 +765,29 @@ mod tests {
         );
     }
 
+    /// An ejection time no clock can reach, doubled, must neither overflow `Duration * n`
+    /// nor `Instant + Duration` (either panicked the health task).
+    #[test]
+    fn ejection_times_beyond_any_clock_saturate() {
+        let t0 = Instant::now();
+        for ejection_time in [Duration::MAX, Duration::from_secs(u64::MAX / 4)] {
+            let cfg = PassiveCheck {
+                consecutive_failures: 1,
+                ejection_time,
+            };
+            let mut e = Ejection::new(counts(0, 0, 0));
+            let Some(EjectionChange::Ejected { time, .. }) = e.poll(t0, &cfg, counts(0, 1, 1))
+            else {
+                panic!("one failure ejects");
+            };
+            assert!(time >= Duration::from_secs(50 * 365 * 86400), "{time:?}");
+            assert!(e.is_ejected());
+            let later = t0 + Duration::from_secs(365 * 86400);
+            assert_eq!(e.poll(later, &cfg, counts(0, 1, 1)), None);
+            assert!(e.is_ejected());
+        }
+    }
+
     #[test]
     fn successes_keep_an_endpoint_in() {
         let cfg = PassiveCheck {
@@ -887,19 +800,5 @@ mod tests {
         for i in 1..50u64 {
             assert_eq!(e.poll(t0, &cfg, counts(i, i, 0)), None, "poll {i}");
         }
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
-            Some(503)
-        );
-        assert_eq!(parse_status(b"HTTP/1.1 204\r\n"), Some(204));
-        assert_eq!(parse_status(b"HTTP/2 200\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 20x OK\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
     }
 }

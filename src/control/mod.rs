@@ -7,12 +7,16 @@
 //! server and its peer checks), [`render`] (human output of `sluice ctl`), [`overrides`]
 //! (runtime endpoint drain/disable/weight), `metrics` (`/metrics`, `/healthz`, `/livez`),
 //! `notify` (sd_notify and the heartbeat-gated watchdog), `plane` (the calls into the data
-//! plane), [`client`] (what `sluice ctl` runs).
+//! plane), [`client`] (what `sluice ctl` runs), `source_files` (reading the configuration's
+//! files off the loop), `port_owner` (one sluice per NodePort), `fatal` (a dead worker takes
+//! the process down).
 //!
 //! # The reload transaction
-//! `sluice ctl reload`, SIGHUP and `ExecReload` all run [`Daemon::reload`]:
-//! parse + validate (with the running model, so allocated NodePorts stay) → keep the settings
-//! that only apply at start → re-apply overrides → open new listeners (`Plane::prepare`) →
+//! `sluice ctl reload`, SIGHUP and `ExecReload` all ask for a reload: the source's files are
+//! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
+//! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
+//! → keep the settings that only apply at start → re-apply overrides → check that no other
+//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
 //! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
 //! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
 //! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
@@ -20,18 +24,28 @@
 
 mod changes;
 pub mod client;
+mod fatal;
 mod hcnp;
 pub mod health;
+mod healthz;
 mod listeners;
 mod metrics;
-mod node;
+pub mod node;
 mod notify;
 pub mod overrides;
 mod plane;
+mod port_owner;
 pub mod protocol;
 mod relisten;
 pub mod render;
 mod socket;
+mod source_files;
+
+pub use port_owner::PortTaken;
+pub use socket::{
+    default_path as default_control_socket, default_paths as default_control_sockets,
+    remove_control_socket,
+};
 
 use crate::config::{self, ConfigError};
 use crate::dataplane::StartError;
@@ -39,6 +53,7 @@ use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
+pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
 use plane::Plane;
 use protocol::{
@@ -46,11 +61,12 @@ use protocol::{
     ServiceList, ServicePortInfo, Status,
 };
 use serde_json::json;
-use std::path::PathBuf;
+use source_files::{ReadInput, ReadPlan, Reloads};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Where the configuration comes from.
 pub enum ConfigSource {
@@ -87,63 +103,97 @@ pub struct Options {
     /// `--driver`: wins over the file.
     pub driver: Option<crate::model::DriverSetting>,
     pub log_filter: Option<LogFilterSetter>,
+    /// Called once when sluice serves, with the control socket's path when it has one
+    /// (the demo prints the `sluice ctl` line to try).
+    pub on_ready: Option<ReadyHook>,
 }
 
+/// See [`Options::on_ready`].
+pub type ReadyHook = Box<dyn FnOnce(Option<&Path>) + Send>;
+
 /// Why the daemon could not start (or stopped on an error).
+///
+/// Like every error of the crate, its message is complete and names each cause once: a
+/// variant that adds words prints its cause and does not also return it from `source()`; a
+/// variant that adds nothing is `transparent` (docs/architecture.md, "Errors").
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The configuration file is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// The data plane could not start (a NodePort in use, no io_uring, …).
     #[error(transparent)]
     Start(#[from] StartError),
     /// The control socket could not be opened.
-    #[error("control socket {0}")]
+    #[error(transparent)]
     Socket(#[from] socket::SocketError),
     /// The metrics or health listener could not be opened.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {cause}")]
     Http {
         what: &'static str,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The runtime, a signal handler or the data plane failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The Kubernetes watch could not start (kubeconfig, node settings).
     #[error(transparent)]
     Kubernetes(#[from] crate::watch::WatchError),
+    /// Another process listens on a NodePort to serve (another sluice).
+    #[error(transparent)]
+    NodePortTaken(#[from] PortTaken),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT and a graceful drain (or a second signal).
+///
+/// On every way out (done, an error at start or later) the control socket file is removed;
+/// the second signal's immediate exit removes it too, and anything else that ends the process
+/// early can call [`remove_control_socket`]. A read of the configuration stuck in the kernel
+/// is not waited for.
 pub fn run(options: Options) -> Result<(), ControlError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(options))
+    let result = runtime.block_on(serve(options));
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    remove_control_socket();
+    result
 }
 
 async fn serve(options: Options) -> Result<(), ControlError> {
-    // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload".
+    // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload" (before this,
+    // `main` has SIGHUP ignored, so a reload asked for during start-up cannot end sluice).
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let health = Arc::new(Mutex::new(healthz::Health::new(1)));
     let mut source = options.config;
     let mut source_metrics = None;
-    let mut model = match &mut source {
-        ConfigSource::File(path) => config::load_file(path, None)?,
-        ConfigSource::Fixed(m) => (**m).clone(),
-        ConfigSource::Manifests(m) => {
-            let (model, problems) = m.load(None)?;
+    // The files are read off this loop: a stuck read does not make SIGTERM wait.
+    let input = tokio::select! {
+        read = read_plan(&source, false).start() => read?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
+    let mut model = match (&mut source, input) {
+        (ConfigSource::File(path), ReadInput::File(text)) => {
+            config::parse(&text, &path.display().to_string(), None)?
+        }
+        (ConfigSource::Fixed(m), _) => (**m).clone(),
+        (ConfigSource::Manifests(m), ReadInput::Manifests(files)) => {
+            let (model, problems) = m.build(&files, None)?;
             log_problems(&problems);
             model
         }
-        ConfigSource::Kubernetes(k) => {
+        (ConfigSource::Kubernetes(k), _) => {
             let tx = events_tx.clone();
+            let queued = Arc::clone(&health);
             k.start(move |since| {
+                // kube-proxy's QueuedUpdate: /healthz turns unhealthy if it stays unapplied.
+                lock_shared(&queued).queued(since);
                 let _ = tx.send(Event::SourceChanged { since });
             })
             .await?;
@@ -157,6 +207,13 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 _ = sigint.recv() => return Ok(()),
             }
             k.load(None, false).map_err(std::io::Error::other)?
+        }
+        (_, input) => {
+            return Err(std::io::Error::other(format!(
+                "internal error: read {} for another kind of source",
+                input.kind()
+            ))
+            .into())
         }
     };
     let workers = options
@@ -177,6 +234,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         }
         Err(e) => return Err(e.into()),
     };
+    fatal::take_the_process_down_on_worker_death(notify::Notifier::from_env());
     check_tcp_migrate_req();
     let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
     let health_listener = bind_http(settings.health_address, "health_address").await?;
@@ -187,25 +245,51 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
         Vec::new()
     });
+    let started = Instant::now();
     let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
         .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
     let wildcard = crate::dataplane::wildcard_address();
     let wanted = listeners::wanted(&model, &node_addresses, wildcard);
+    // One sluice per NodePort: refuse before listening, and look again once listening (two
+    // instances started at the same moment both stop).
+    let listen: Vec<std::net::SocketAddr> =
+        wanted.listeners.required.iter().map(|k| k.addr).collect();
+    port_owner::check(&listen)?;
+    {
+        // The first sync: everything the source held is applied.
+        let mut h = lock_shared(&health);
+        h.updated(SystemTime::now(), true);
+        h.sync_durations.observe(started.elapsed().as_secs_f64());
+    }
+    // NodePorts now (all or nothing); the Services' own addresses once the daemon is
+    // built, where they can be bound.
+    let mut plane = Plane::start(&settings, &wanted.listeners.required, &publisher)?;
+    // Steering first: connections accepted before it is attached may meet a worker that
+    // does not hold their client's affinity.
+    plane.steer_client_ips(&wanted.steered);
+    port_owner::check(&listen)?;
     let listening = relisten::Listening::new(node_addresses, wildcard, &wanted);
-    // NodePorts now (all or nothing); the Services' own addresses just below, where they
-    // can be bound.
-    let plane = Plane::start(&settings, &wanted.listeners.required, &publisher)?;
     let monitor = plane.monitor();
-    let health = Arc::new(Mutex::new(metrics::Health::new(1)));
+    let listen_ips = wanted
+        .node_port_addresses
+        .clone()
+        .unwrap_or_else(|| vec![wildcard]);
+    lock_shared(&health).families = healthz::families_of(&listen_ips);
 
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
+    let (priority_tx, mut priority_jobs) = mpsc::channel::<socket::Job>(64);
     let (jobs_tx, mut jobs) = mpsc::channel::<socket::Job>(64);
+    let control_path = control_socket.as_ref().map(|s| s.path().to_path_buf());
     if let Some(s) = control_socket {
         tracing::info!(path = %s.path().display(), "control socket ready");
-        tokio::spawn(s.serve(settings.control.clone(), jobs_tx.clone()));
+        let queues = socket::Queues {
+            priority: priority_tx.clone(),
+            normal: jobs_tx.clone(),
+        };
+        tokio::spawn(s.serve(settings.control.clone(), queues));
     }
-    drop(jobs_tx);
+    drop((priority_tx, jobs_tx));
     let sources = metrics::Sources {
         publisher: publisher.clone(),
         monitor: monitor.clone(),
@@ -258,12 +342,15 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let listen = daemon.plane().listen_addrs();
     tracing::info!(workers, driver = %monitor.driver(), addresses = ?listen, "sluice is serving");
     daemon.notifier.ready(&daemon.summary());
+    if let Some(ready) = options.on_ready {
+        ready(control_path.as_deref());
+    }
 
     let tick = daemon
         .notifier
         .watchdog_interval()
         .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(250));
+        .clamp(Duration::from_millis(250), crate::deadline::FAR_FUTURE);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
@@ -271,16 +358,20 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     // addresses, Services' external and LoadBalancer IPs becoming local or not).
     let mut address_poll = tokio::time::interval(node::POLL);
     address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let jobs_open = true;
-    let mut jobs_open = jobs_open;
+    let mut jobs_open = true;
+    let mut reloads = Reloads::<ReloadWaiter>::default();
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                let outcome = daemon.reload();
-                log_reload(&outcome, "SIGHUP");
+                reloads.request(ReloadWaiter::Signal, || read_plan(&daemon.source, true));
+            }
+            read = reloads.read(), if reloads.is_reading() => {
+                let waiters = reloads.finished(|| read_plan(&daemon.source, true));
+                let outcome = daemon.reload_with(read);
+                answer_reload(&outcome, waiters);
             }
             Some(event) = events.recv() => {
                 // Events that queued up while the last one was handled are merged: one
@@ -291,7 +382,11 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 daemon.on_events(merged);
             }
-            job = jobs.recv(), if jobs_open => match job {
+            // Root's and the daemon's own requests first (socket.rs, "Fairness").
+            job = next_job(&mut priority_jobs, &mut jobs), if jobs_open => match job {
+                Some((Request::Reload, reply)) => {
+                    reloads.request(ReloadWaiter::Client(reply), || read_plan(&daemon.source, true));
+                }
                 Some((request, reply)) => {
                     let response = daemon.handle(request);
                     let _ = reply.send(response);
@@ -323,7 +418,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         "draining connections (up to {})",
         humantime::format_duration(timeout)
     ));
+    priority_jobs.close();
     jobs.close();
+    // Reloads still waiting for their files are answered "busy" (their reply is dropped).
+    drop(reloads);
     let plane = daemon.plane.take().expect("the plane runs until shutdown");
     let aborter = plane.aborter();
     let mut drain = tokio::task::spawn_blocking(move || plane.drain(timeout));
@@ -350,11 +448,72 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 }
 
 /// Exit at once, but first have the workers reset every connection (an exit would close
-/// them with a FIN, and a cut download would look complete to its client).
+/// them with a FIN, and a cut download would look complete to its client), and remove the
+/// control socket file.
 fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
     tracing::warn!("second signal: resetting every connection and exiting at once");
     aborter.abort(Duration::from_secs(2));
+    remove_control_socket();
     std::process::exit(1)
+}
+
+/// The next request for the daemon: root's and the daemon's own uid's first; `None` when
+/// the control socket is gone.
+async fn next_job(
+    priority: &mut mpsc::Receiver<socket::Job>,
+    normal: &mut mpsc::Receiver<socket::Job>,
+) -> Option<socket::Job> {
+    tokio::select! {
+        biased;
+        Some(job) = priority.recv() => Some(job),
+        job = normal.recv() => job,
+    }
+}
+
+/// Who asked for a reload, to be told how it went.
+enum ReloadWaiter {
+    Signal,
+    Client(oneshot::Sender<Response>),
+}
+
+/// Logs a reload once and answers each client that asked for it.
+fn answer_reload(outcome: &ReloadOutcome, waiters: Vec<ReloadWaiter>) {
+    let by_client = waiters.iter().any(|w| matches!(w, ReloadWaiter::Client(_)));
+    log_reload(
+        outcome,
+        if by_client {
+            "control socket"
+        } else {
+            "SIGHUP"
+        },
+    );
+    for w in waiters {
+        if let ReloadWaiter::Client(reply) = w {
+            let response = if outcome.ok {
+                Response::ok(json!(outcome))
+            } else {
+                let mut r =
+                    Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
+                r.result = Some(json!(outcome));
+                r
+            };
+            let _ = reply.send(response);
+        }
+    }
+}
+
+/// What a (re)load of `source` reads. `reread`: explicit reloads read a watched source's
+/// settings file again (its changes reload from what the watch holds).
+fn read_plan(source: &ConfigSource, reread: bool) -> ReadPlan {
+    match source {
+        ConfigSource::File(path) => ReadPlan::File(path.clone()),
+        ConfigSource::Fixed(_) => ReadPlan::Nothing,
+        ConfigSource::Manifests(m) => ReadPlan::Manifests(m.clone()),
+        ConfigSource::Kubernetes(k) => match k.settings_file() {
+            Some(path) if reread => ReadPlan::Settings(path.to_path_buf()),
+            _ => ReadPlan::Nothing,
+        },
+    }
 }
 
 fn log_reload(outcome: &ReloadOutcome, by: &str) {
@@ -388,9 +547,13 @@ async fn bind_http(
     let Some(addr) = addr else { return Ok(None) };
     let l = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ControlError::Http { what, addr, source })?;
+        .map_err(|cause| ControlError::Http { what, addr, cause })?;
     tracing::info!(address = %l.local_addr().unwrap_or(addr), what, "HTTP listener ready");
     Ok(Some(l))
+}
+
+fn lock_shared(h: &healthz::SharedHealth) -> std::sync::MutexGuard<'_, healthz::Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Everything the control thread owns.
@@ -406,7 +569,7 @@ struct Daemon {
     started: Instant,
     reloads: u64,
     last_reload: Option<ReloadOutcome>,
-    health: metrics::SharedHealth,
+    health: healthz::SharedHealth,
     notifier: notify::Notifier,
     log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -431,8 +594,8 @@ impl Daemon {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, metrics::Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::Health> {
+        lock_shared(&self.health)
     }
 
     fn summary(&self) -> String {
@@ -462,7 +625,7 @@ impl Daemon {
             .min();
         match since {
             Some(since) => {
-                let outcome = self.reload_with(false);
+                let outcome = self.reload_with(Ok(ReadInput::Nothing));
                 if outcome.ok {
                     tracing::debug!(
                         generation = outcome.generation,
@@ -520,24 +683,35 @@ impl Daemon {
         self.problems_since = seen;
     }
 
-    /// The next model from the configuration source; `self.model` is passed in so
-    /// allocated NodePorts (and other carried state) stay.
-    /// `reread`: read files again (explicit reloads); a watched source's change reloads
-    /// from what the watch holds.
-    fn load_next(&self, reread: bool) -> Result<Model, String> {
-        match &self.source {
-            ConfigSource::File(path) => {
-                config::load_file(path, Some(&self.model)).map_err(|e| e.to_string())
+    /// The next model from what was read of the configuration source (`self.model` is
+    /// passed in so allocated NodePorts and other carried state stay). A watched source
+    /// without new settings reloads from what the watch holds.
+    fn load_next(&self, input: ReadInput) -> Result<Model, String> {
+        match (&self.source, input) {
+            (ConfigSource::File(path), ReadInput::File(text)) => {
+                config::parse(&text, &path.display().to_string(), Some(&self.model))
+                    .map_err(|e| e.to_string())
             }
-            ConfigSource::Fixed(_) => {
+            (ConfigSource::Fixed(_), _) => {
                 Err("this daemon runs a built-in configuration (demo): nothing to reload".into())
             }
-            ConfigSource::Manifests(m) => {
-                let (model, problems) = m.load(Some(&self.model)).map_err(|e| e.to_string())?;
+            (ConfigSource::Manifests(m), ReadInput::Manifests(files)) => {
+                let (model, problems) = m
+                    .build(&files, Some(&self.model))
+                    .map_err(|e| e.to_string())?;
                 log_problems(&problems);
                 Ok(model)
             }
-            ConfigSource::Kubernetes(k) => k.load(Some(&self.model), reread),
+            (ConfigSource::Kubernetes(k), input) => {
+                if let ReadInput::Settings(text) = input {
+                    k.use_settings_text(&text)?;
+                }
+                k.load(Some(&self.model), false)
+            }
+            (_, input) => Err(format!(
+                "internal error: read {} for another kind of source",
+                input.kind()
+            )),
         }
     }
 
@@ -574,18 +748,11 @@ impl Daemon {
                 }
                 Response::ok(json!(list))
             }
-            Request::Reload => {
-                let outcome = self.reload();
-                log_reload(&outcome, "control socket");
-                if outcome.ok {
-                    Response::ok(json!(outcome))
-                } else {
-                    let mut r =
-                        Response::error("reload-failed", outcome.error.clone().unwrap_or_default());
-                    r.result = Some(json!(outcome));
-                    r
-                }
-            }
+            // The loop queues reloads: they read files off the loop first (`serve`).
+            Request::Reload => Response::error(
+                "invalid",
+                "internal error: a reload reached the request handler",
+            ),
             Request::Endpoint {
                 action,
                 service,
@@ -619,10 +786,14 @@ impl Daemon {
         if action == EndpointAction::Weight && weight.is_none() {
             return Response::error("invalid", "`endpoint weight` needs a weight");
         }
-        if let Some(w) = weight.filter(|w| *w > 65535) {
+        let bound = config::limits::WEIGHT;
+        if let Some(w) = weight.filter(|w| !bound.contains(i64::from(*w))) {
             return Response::error(
                 "invalid",
-                format!("weight {w} is out of range: must be 0..=65535"),
+                format!(
+                    "weight {w} is out of range: must be {}..={}",
+                    bound.min, bound.max
+                ),
             );
         }
         let mut overrides = self.overrides.clone();
@@ -659,6 +830,7 @@ impl Daemon {
     /// Builds and publishes a snapshot of the current model with the current overrides
     /// (no listener changes: the NodePorts are the same).
     fn republish(&mut self) {
+        let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
         let next = self
@@ -670,21 +842,24 @@ impl Daemon {
         {
             let mut h = self.lock_health();
             h.generation = self.generation;
-            h.last_updated = SystemTime::now();
+            // Published from the model held: a pending source change is still pending.
+            h.updated(SystemTime::now(), false);
         }
         self.after_publish();
+        self.lock_health()
+            .sync_durations
+            .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The reload transaction (see the module docs). Never leaves a half-applied state.
-    fn reload(&mut self) -> ReloadOutcome {
-        self.reload_with(true)
-    }
-
-    /// [`reload`](Self::reload); `reread`: see [`load_next`](Self::load_next).
-    fn reload_with(&mut self, reread: bool) -> ReloadOutcome {
+    /// The reload transaction (see the module docs), with what was read of the source (or
+    /// why it could not be read). Never leaves a half-applied state.
+    fn reload_with(&mut self, read: Result<ReadInput, ConfigError>) -> ReloadOutcome {
         self.notifier.reloading();
         let at = SystemTime::now();
-        let result = self.try_reload(reread);
+        let started = Instant::now();
+        let result = read
+            .map_err(|e| e.to_string())
+            .and_then(|input| self.try_reload(input));
         self.reloads += 1;
         let outcome = match result {
             Ok((changes, needs_restart)) => ReloadOutcome {
@@ -708,13 +883,14 @@ impl Daemon {
             let mut h = self.lock_health();
             if outcome.ok {
                 h.reloads_ok += 1;
-                h.last_updated = SystemTime::now();
+                h.updated(SystemTime::now(), true);
             } else {
                 h.reloads_failed += 1;
             }
             h.last_reload_ok = outcome.ok;
             h.last_reload_at = Some(at);
             h.generation = self.generation;
+            h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
         self.last_reload = Some(outcome.clone());
         let summary = if outcome.ok {
@@ -726,19 +902,18 @@ impl Daemon {
         outcome
     }
 
-    fn try_reload(&mut self, reread: bool) -> Result<(Vec<String>, Vec<String>), String> {
+    fn try_reload(&mut self, input: ReadInput) -> Result<(Vec<String>, Vec<String>), String> {
         let mut phases = Phases::new();
-        let mut next = self.load_next(reread)?;
+        let mut next = self.load_next(input)?;
         phases.lap("load");
         let needs_restart = keep_start_only_settings(&self.model.settings, &mut next.settings);
         let mut overrides = self.overrides.clone();
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
-        // The node's addresses may have changed (DHCP, an added VIP): read again.
-        let prepared = self
-            .prepare_listeners(&effective)
-            .map_err(|e| e.to_string())?;
+        // The node's addresses may have changed (DHCP, an added VIP): read again. One
+        // sluice per NodePort: a new one another process listens on fails the reload.
+        let prepared = self.prepare_listeners(&effective)?;
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
@@ -1049,7 +1224,8 @@ impl Phases {
 
     fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
-        self.laps.push((name, now - self.at));
+        self.laps
+            .push((name, now.saturating_duration_since(self.at)));
         self.at = now;
     }
 }
@@ -1078,5 +1254,68 @@ fn check_tcp_migrate_req() {
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "cannot read {PATH}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What anyhow's `{:#}` (and any chain-walking logger) prints: the message, then each
+    /// source's, joined by ": ".
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn every_error_names_its_cause_once() {
+        let in_use = || std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cause = in_use().to_string();
+        let addr: std::net::SocketAddr = "127.0.0.1:30000".parse().unwrap();
+        let errors: Vec<ControlError> = vec![
+            StartError::Listen {
+                addr,
+                node_port: 30000,
+                protocol: crate::model::Protocol::Tcp,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Worker {
+                index: 0,
+                cause: in_use(),
+            }
+            .into(),
+            StartError::Uring(in_use()).into(),
+            socket::SocketError::Io {
+                path: "/run/sluice/control.sock".into(),
+                cause: in_use(),
+            }
+            .into(),
+            ControlError::Http {
+                what: "metrics_address",
+                addr,
+                cause: in_use(),
+            },
+            in_use().into(),
+            std::io::Error::other(in_use()).into(),
+        ];
+        for e in &errors {
+            let shown = chain(e);
+            assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
+            assert_eq!(shown, e.to_string(), "Display alone says it all");
+        }
+        let config = ControlError::from(crate::watch::WatchError::Settings(ConfigError {
+            origin: "node.toml".into(),
+            line: 1,
+            column: 2,
+            message: "bad".into(),
+        }));
+        assert_eq!(chain(&config), "node.toml:1:2: bad");
     }
 }

@@ -160,9 +160,10 @@ const COMMANDS: &[&str] = &[
     "log-level",
 ];
 
-/// Parses one request line (without its newline).
+/// Parses one request line (without its newline). An object that names a key twice is
+/// refused (`malformed`): JSON parsers disagree on which one counts.
 pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
-    let mut value: serde_json::Value =
+    let UniqueKeys(mut value) =
         serde_json::from_str(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let object = value
         .as_object_mut()
@@ -188,6 +189,76 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         return Err(ProtocolError::Malformed(format!("unknown key `{extra}`")));
     }
     Ok(request)
+}
+
+/// A JSON value none of whose objects names a key twice (serde_json alone keeps the last).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+
+        struct UniqueVisitor;
+
+        impl<'de> Visitor<'de> for UniqueVisitor {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Bool(v)))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(v)))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Null))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueKeys(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(UniqueKeys(Value::Array(items)))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let UniqueKeys(v) = map.next_value()?;
+                    if object.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+                    }
+                    object.insert(key, v);
+                }
+                Ok(UniqueKeys(Value::Object(object)))
+            }
+        }
+
+        deserializer.deserialize_any(UniqueVisitor)
+    }
 }
 
 /// The line `sluice ctl` sends for `request`.
@@ -446,5 +517,31 @@ mod tests {
             "malformed"
         );
         assert_eq!(kind(r#"{"version":1,"command":"describe"}"#), "malformed");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_wherever_it_is() {
+        let refused = |l: &str| match parse_request(l) {
+            Err(ProtocolError::Malformed(m)) => m,
+            other => panic!("{l}: {other:?}"),
+        };
+        let m = refused(r#"{"version":1,"command":"reload","command":"status"}"#);
+        assert!(m.contains("duplicate key `command`"), "{m}");
+        let m = refused(r#"{"version":1,"version":1,"command":"status"}"#);
+        assert!(m.contains("duplicate key `version`"), "{m}");
+        let m = refused(
+            r#"{"version":1,"command":"endpoint","action":"drain","service":"a","address":"10.0.0.1","address":"10.0.0.2"}"#,
+        );
+        assert!(m.contains("duplicate key `address`"), "{m}");
+        // Nested objects too (no request has one today: refused either way, as malformed).
+        let m = refused(r#"{"version":1,"command":"status","x":{"a":1,"a":2}}"#);
+        assert!(m.contains("duplicate key `a`"), "{m}");
+        // The same key in two different objects is fine.
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"log-level","level":"debug"}"#).unwrap(),
+            Request::LogLevel {
+                level: "debug".into()
+            }
+        );
     }
 }

@@ -13,11 +13,12 @@
 use super::listeners::{self, Wanted};
 use super::node;
 use super::plane::Plan;
+use super::port_owner;
 use super::Daemon;
-use crate::dataplane::{ListenerKey, StartError};
+use crate::dataplane::ListenerKey;
 use crate::model::Model;
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
 /// What the daemon remembers about its listeners beyond the data plane's open sockets.
 pub(super) struct Listening {
@@ -88,8 +89,9 @@ impl Daemon {
     /// Reads this node's addresses (keeping the last known when they cannot be read) and
     /// opens the listeners `model` calls for that are not open yet. Nothing changes for the
     /// workers until [`commit_listeners`](Self::commit_listeners); an error (a NodePort
-    /// listener) means nothing changed.
-    pub(super) fn prepare_listeners(&mut self, model: &Model) -> Result<Prepared, StartError> {
+    /// listener that cannot be bound, or that another process listens on) means nothing
+    /// changed.
+    pub(super) fn prepare_listeners(&mut self, model: &Model) -> Result<Prepared, String> {
         let node_addresses = match node::addresses() {
             Ok(a) => a,
             Err(e) => {
@@ -106,8 +108,21 @@ impl Daemon {
         backlog: u32,
         wanted: Wanted,
         node_addresses: Vec<IpAddr>,
-    ) -> Result<Prepared, StartError> {
-        let plan = self.plane().prepare(backlog, &wanted.listeners)?;
+    ) -> Result<Prepared, String> {
+        // One sluice per NodePort: a new NodePort listener another process has is refused.
+        let open: HashSet<SocketAddr> = self.plane().listen_addrs().into_iter().collect();
+        let new: Vec<SocketAddr> = wanted
+            .listeners
+            .required
+            .iter()
+            .map(|k| k.addr)
+            .filter(|a| !open.contains(a))
+            .collect();
+        port_owner::check(&new).map_err(|e| e.to_string())?;
+        let plan = self
+            .plane()
+            .prepare(backlog, &wanted.listeners)
+            .map_err(|e| e.to_string())?;
         Ok(Prepared {
             plan,
             wanted,
@@ -183,7 +198,7 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => {
                 // A NodePort on a new address: the same error each poll, logged once.
-                let text = e.to_string();
+                let text = e;
                 if self.listening.node_ports_failed.as_ref() != Some(&text) {
                     tracing::error!(error = %text, "cannot follow this node's addresses (tried again every {:?})", node::POLL);
                     self.listening.node_ports_failed = Some(text);

@@ -571,9 +571,15 @@ fn uptime(secs: f64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
 }
 
+/// A daemon's Unix time as RFC 3339, clamped to what RFC 3339 can write (years 1970..=9999);
+/// "?" for a value that is no number.
 fn when(unix: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
-    humantime::format_rfc3339_seconds(t).to_string()
+    /// 9999-12-31T23:59:59Z.
+    const LAST: f64 = 253_402_300_799.0;
+    match std::time::Duration::try_from_secs_f64(unix.clamp(0.0, LAST)) {
+        Ok(d) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + d).to_string(),
+        Err(_) => "?".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +602,19 @@ mod tests {
             health_reason: None,
             counters: Counters::default(),
         }
+    }
+
+    /// A daemon's answer is input: no time in it may panic `ctl` (it did for huge ones).
+    #[test]
+    fn any_reload_time_renders() {
+        assert_eq!(when(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(1_700_000_000.5), "2023-11-14T22:13:20Z");
+        for t in [f64::MAX, f64::INFINITY, 1e300, 253_402_300_800.0] {
+            assert_eq!(when(t), "9999-12-31T23:59:59Z", "{t}");
+        }
+        assert_eq!(when(-5.0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(f64::NAN), "?");
+        assert!(!uptime(f64::MAX).is_empty());
     }
 
     #[test]

@@ -371,7 +371,10 @@ impl Conn {
     /// When the idle timer fires, if nothing moves before then.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Relaying => Some(self.last_activity + self.config.idle_timeout),
+            Phase::Relaying => Some(crate::deadline::after(
+                self.last_activity,
+                self.config.idle_timeout,
+            )),
             Phase::Connecting | Phase::Closed => None,
         }
     }
@@ -797,6 +800,26 @@ mod tests {
         c.handle_timeout(t1 + Duration::from_secs(10));
         assert!(c.is_closed());
         assert_eq!(c.close_reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    /// An idle timeout no clock can reach (a bug in a bound, a future source) must not
+    /// overflow `Instant + Duration`: the deadline saturates to a far future.
+    #[test]
+    fn an_idle_timeout_beyond_any_clock_saturates() {
+        let t0 = Instant::now();
+        let mut c = Conn::new(
+            t0,
+            ConnConfig {
+                idle_timeout: Duration::MAX,
+                ..cfg()
+            },
+        );
+        assert_eq!(c.poll_op(), Some(Op::Connect));
+        c.handle(t0, Event::Connected);
+        let deadline = c.deadline().expect("relaying has an idle deadline");
+        assert!(deadline > t0 + Duration::from_secs(50 * 365 * 86400));
+        c.handle_timeout(t0 + Duration::from_secs(30 * 86400));
+        assert!(!c.is_closed());
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //!
 //! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
 //! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code).
+//! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
+//! that dies reports, so that no half-deaf process is left behind).
 
 pub mod affinity;
 pub mod conn;
+pub mod death;
 pub mod driver;
 pub mod relay;
 pub mod select;
@@ -40,19 +42,19 @@ use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A NodePort could not be opened on an address (in use, not a local address, …).
-    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {source}")]
+    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {cause}")]
     Listen {
         addr: SocketAddr,
         node_port: u16,
         protocol: Protocol,
-        source: io::Error,
+        cause: io::Error,
     },
     /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
     #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
-    #[error("cannot start worker {index}: {source}")]
-    Worker { index: usize, source: io::Error },
+    #[error("cannot start worker {index}: {cause}")]
+    Worker { index: usize, cause: io::Error },
 }
 
 /// The NodePorts to open: (protocol, port) pairs.
@@ -145,7 +147,7 @@ impl Aborter {
             let _ = sys::eventfd_signal(wake.as_fd());
         }
         drop(done);
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline::after(Instant::now(), wait);
         let mut n = 0;
         while n < self.workers.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -239,7 +241,7 @@ impl Dataplane {
         let mut loops = Vec::with_capacity(n);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let wake =
-                Arc::new(sys::eventfd().map_err(|source| StartError::Worker { index, source })?);
+                Arc::new(sys::eventfd().map_err(|cause| StartError::Worker { index, cause })?);
             let (commands, queue) = mpsc::channel();
             let loop_stats = Arc::new(LoopStats::default());
             let cpu = if settings.pin_workers && !cpus.is_empty() {
@@ -266,7 +268,7 @@ impl Dataplane {
                     DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
-                .map_err(|source| StartError::Worker { index, source })?;
+                .map_err(|cause| StartError::Worker { index, cause })?;
             workers.push(WorkerHandle {
                 wake,
                 commands,
@@ -287,11 +289,11 @@ impl Dataplane {
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
-                Ok((index, Err(source))) => return Err(StartError::Worker { index, source }),
+                Ok((index, Err(cause))) => return Err(StartError::Worker { index, cause }),
                 Err(_) => {
                     return Err(StartError::Worker {
                         index: 0,
-                        source: io::Error::other("worker exited during start"),
+                        cause: io::Error::other("worker exited during start"),
                     })
                 }
             }
@@ -433,7 +435,7 @@ impl Dataplane {
     /// the rest; returns once every worker has ended.
     pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
         let before = self.monitor.active();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         self.send_all(|| Command::Drain { deadline });
         let reset = self.join()?;
         Ok(DrainReport {
@@ -516,6 +518,8 @@ fn run_worker<D: Driver>(
     let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
+            // From here on a panic is a worker death (see `death`).
+            death::mark_worker(index);
             w
         }
         Err(e) => {
@@ -526,6 +530,10 @@ fn run_worker<D: Driver>(
     let result = worker.run();
     if let Err(e) = &result {
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
+        death::report(death::WorkerDeath {
+            worker: index,
+            cause: format!("stopped on an error: {e}"),
+        });
     }
     result
 }
@@ -584,11 +592,11 @@ fn open_listeners(
         if open.contains(key) || !seen.insert(*key) {
             continue;
         }
-        let sockets = group(key).map_err(|source| StartError::Listen {
+        let sockets = group(key).map_err(|cause| StartError::Listen {
             addr: key.addr,
             node_port: key.node_port(),
             protocol: key.protocol,
-            source,
+            cause,
         })?;
         out.push((*key, sockets));
     }

@@ -62,7 +62,8 @@ impl Selector {
                     Some(id) => id,
                     None => route.pick(entry.port.policy, client, tried)?,
                 };
-                table.remember(ip, entry.endpoint(id).endpoint.addr, now, now + timeout);
+                let until = crate::deadline::after(now, timeout);
+                table.remember(ip, entry.endpoint(id).endpoint.addr, now, until);
                 Some(id)
             }
             Policy::RoundRobin => {

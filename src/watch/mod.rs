@@ -126,6 +126,22 @@ impl Source {
         lock(&self.settings).clone()
     }
 
+    /// The node settings file (`--config`), which an explicit reload reads again.
+    pub fn settings_file(&self) -> Option<&std::path::Path> {
+        self.options.settings_file.as_deref()
+    }
+
+    /// Makes `text`, the settings file's content read by the caller (the control plane
+    /// reads files off its loop), the node settings in effect; a bad text changes nothing.
+    pub fn use_settings_text(&self, text: &str) -> Result<(), String> {
+        let Some(path) = &self.options.settings_file else {
+            return Ok(());
+        };
+        let settings = settings_from(path, text).map_err(|e| e.to_string())?;
+        *lock(&self.settings) = settings;
+        Ok(())
+    }
+
     /// Starts the watch thread (`sluice-kube`): it builds the client and runs one watch
     /// task per (kind, namespace) and the coalescer, which calls `on_change(first_change)`
     /// once per burst. Returns when the client is built (or could not be).
@@ -307,8 +323,8 @@ impl Source {
             services = objects.services.len(),
             slices = objects.slices.len(),
             ?snapshot,
-            convert = ?(built - snapshot),
-            report = ?(t.elapsed() - built),
+            convert = ?built.saturating_sub(snapshot),
+            report = ?t.elapsed().saturating_sub(built),
             "Kubernetes objects converted"
         );
         Ok(model)
@@ -381,7 +397,13 @@ fn read_settings(options: &Options) -> Result<Settings, WatchError> {
     let Some(path) = &options.settings_file else {
         return Ok(Settings::default());
     };
-    let model = crate::config::load_file(path, None)?;
+    let text = crate::config::read_file(path, crate::config::MAX_CONFIG_BYTES)?;
+    settings_from(path, &text)
+}
+
+/// The node settings of the text of `path`, which must not define Services.
+fn settings_from(path: &std::path::Path, text: &str) -> Result<Settings, WatchError> {
+    let model = crate::config::parse(text, &path.display().to_string(), None)?;
     if !model.services.is_empty() {
         return Err(WatchError::ServicesInSettings {
             file: path.display().to_string(),

@@ -6,6 +6,7 @@
 
 use super::super::file::DurationText;
 use super::super::forwarding;
+use super::super::limits;
 use super::super::values::{choice, opt_duration};
 use super::super::{ConfigError, Source};
 use crate::model::{Forwarding, HashKey, Policy, ServicePort, Settings, Timeouts, TrafficPolicy};
@@ -163,7 +164,13 @@ pub(super) fn read(
     if let Some(v) = annotations.get(HOLD_WHEN_EMPTY) {
         let (src, value) = spanned(v);
         let value = Some(Spanned::new(value.span(), DurationText(value.into_inner())));
-        match opt_duration(&src, &value, HOLD_WHEN_EMPTY, std::time::Duration::ZERO) {
+        match opt_duration(
+            &src,
+            &value,
+            HOLD_WHEN_EMPTY,
+            limits::HOLD_WHEN_EMPTY,
+            std::time::Duration::ZERO,
+        ) {
             Ok(d) => timeouts.hold_when_empty = Some(d),
             Err(e) => {
                 let kept = last.map_or(timeouts.hold_when_empty, |p| p.timeouts.hold_when_empty);

@@ -548,6 +548,74 @@ fn invalid_annotation_keeps_the_last_good_value() {
     );
 }
 
+/// `sluice.io/hold-when-empty` keeps the bound of `hold_when_empty`: above it, a problem
+/// naming the annotation, and the last good value stays.
+#[test]
+fn hold_annotation_above_its_bound_is_a_problem() {
+    let hold = |v: &str| {
+        let svc = set(
+            fixture("myfrontend-service"),
+            &format!(
+                "/metadata/annotations/{}",
+                HOLD_WHEN_EMPTY.replace('/', "~1")
+            ),
+            json!(v),
+        );
+        [svc, fixture("myfrontend-slice")]
+    };
+    let (first, problems) = build(&hold("1h"));
+    assert_eq!(problems, []);
+    assert_eq!(
+        one(&first).timeouts.hold_when_empty,
+        Some(Duration::from_secs(3600))
+    );
+    for bad in ["18446744073709551615s", "1h 1ns", "2days"] {
+        let (next, problems) = build_with(&hold(bad), &K8sOptions::default(), Some(&first));
+        assert_eq!(
+            one(&next).timeouts.hold_when_empty,
+            Some(Duration::from_secs(3600)),
+            "kept for {bad}"
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].message,
+            format!(
+                "annotation {HOLD_WHEN_EMPTY} {bad:?} is too long: at most 1h is accepted (see \
+                 \"Limits\" in docs/operations.md); keeping 1h"
+            )
+        );
+    }
+}
+
+/// An endpoint that is this Service's own NodePort on this node (here a loopback address,
+/// which is this node's whatever the listen addresses) would loop: a problem, and skipped.
+#[test]
+fn an_endpoint_that_is_our_own_node_port_is_skipped() {
+    let slice = set(fixture("myfrontend-slice"), "/ports/0/port", json!(30000));
+    let slice = set(slice, "/endpoints/0/addresses/0", json!("127.0.0.1"));
+    let (m, problems) = build(&[fixture("myfrontend-service"), slice]);
+    let p = one(&m);
+    assert_eq!(p.node_port, 30000);
+    assert!(
+        !addrs(p).contains(&"127.0.0.1:30000".to_owned()),
+        "{:?}",
+        addrs(p)
+    );
+    assert_eq!(addrs(p).len(), 2, "{:?}", addrs(p));
+    assert_eq!(
+        problems,
+        [Problem {
+            object: "Service workshop/myfrontend".into(),
+            reason: reason::ENDPOINT_LOOPS,
+            message: "endpoint 127.0.0.1:30000 is sluice's own NodePort 30000/TCP of \
+                      workshop/myfrontend:http on this node (sluice serves its NodePorts on \
+                      every address of this node): its connections would come straight back \
+                      into sluice; this endpoint is skipped"
+                .into(),
+        }]
+    );
+}
+
 #[test]
 fn session_affinity_client_ip() {
     let svc = set(

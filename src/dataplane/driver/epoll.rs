@@ -187,8 +187,11 @@ impl Driver for Epoll {
                         fd: raw,
                     },
                 );
-                self.deadlines
-                    .push(Reverse((Instant::now() + timeout, slot, generation)));
+                self.deadlines.push(Reverse((
+                    crate::deadline::after(Instant::now(), timeout),
+                    slot,
+                    generation,
+                )));
             }
             Err(e) => self.pending.push(Completion::Connected {
                 slot,

@@ -269,9 +269,9 @@ impl Driver for Uring {
             })
         });
         args.addr = socket2::SockAddr::from(addr);
-        args.timeout = types::Timespec::new()
-            .sec(timeout.as_secs())
-            .nsec(timeout.subsec_nanos());
+        // Capped: seconds beyond the kernel's signed field would fail every connect (EINVAL).
+        let (sec, nsec) = crate::deadline::timespec(timeout);
+        args.timeout = types::Timespec::new().sec(sec).nsec(nsec);
         let connect = opcode::Connect::new(
             types::Fd(fd.as_raw_fd()),
             args.addr.as_ptr().cast(),
@@ -337,9 +337,8 @@ impl Driver for Uring {
         let result = match timeout {
             Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
             Some(t) => {
-                let ts = types::Timespec::new()
-                    .sec(t.as_secs())
-                    .nsec(t.subsec_nanos());
+                let (sec, nsec) = crate::deadline::timespec(t);
+                let ts = types::Timespec::new().sec(sec).nsec(nsec);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(1, &args).map(|_| ())
             }

@@ -220,6 +220,17 @@ impl<D: Driver> Worker<D> {
         fd: OwnedFd,
         client_addr: Option<SocketAddr>,
     ) -> io::Result<()> {
+        match self.injected_death {
+            None => {}
+            Some(InjectedDeath::Panic) => {
+                panic!("injected worker panic (SLUICE_TEST_WORKER_DEATH)")
+            }
+            Some(InjectedDeath::Error) => {
+                return Err(io::Error::other(
+                    "injected worker error (SLUICE_TEST_WORKER_DEATH)",
+                ))
+            }
+        }
         self.loop_stats.accepted.add(1);
         self.backoff = BACKOFF_MIN;
         let key = self.listeners[listener].key;
@@ -283,6 +294,8 @@ impl<D: Driver> Worker<D> {
             connect_in_flight: false,
             parked_since: None,
             held_since: None,
+            opened_at: self.now,
+            connect_started: self.now,
             held: None,
             listener: key,
             watching: false,
@@ -334,11 +347,11 @@ impl<D: Driver> Worker<D> {
                 error = %e,
                 fd_limit = sys::fd_limit(),
                 active = self.active,
-                backoff_ms = self.backoff.as_millis() as u64,
+                backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
                 "out of resources: not accepting new connections for a while; existing ones keep running"
             );
         }
-        self.backoff_until = Some(self.now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.backoff_until = Some(crate::deadline::after(self.now, self.backoff));
+        self.backoff = crate::deadline::times(self.backoff, 2).min(BACKOFF_MAX);
     }
 }

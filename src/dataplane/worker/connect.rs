@@ -119,6 +119,7 @@ impl<D: Driver> Worker<D> {
             .connect(slot, generation, fd.as_fd(), addr, timeout)?;
         live.backend = Some(fd);
         live.connect_in_flight = true;
+        live.connect_started = now;
         Ok(None)
     }
 
@@ -292,6 +293,12 @@ impl<D: Driver> Worker<D> {
             .service(live.service);
         let addr = entry.endpoint(endpoint).endpoint.addr;
         let tcp_connected = result.is_ok();
+        if let (true, Some(h)) = (tcp_connected, entry.stats.histograms(worker)) {
+            h.connect_latency.observe(
+                &crate::stats::CONNECT_LATENCY_BOUNDS_NS,
+                now.saturating_duration_since(live.connect_started),
+            );
+        }
         let event = match result {
             Ok(()) => {
                 live.connected = true;

@@ -32,6 +32,7 @@ use accept::ListenerSlot;
 pub use accept::{Listener, ListenerKey};
 
 use crate::dataplane::conn::{CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side};
+use crate::dataplane::death::{self, InjectedDeath};
 use crate::dataplane::driver::{Completion, Driver, MAX_SLOTS};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::select::Selector;
@@ -157,6 +158,10 @@ struct Live {
     parked_since: Option<Instant>,
     /// Since when this connection waits for its Service to have a usable endpoint.
     held_since: Option<Instant>,
+    /// When the client connection was accepted (the Service's duration histogram).
+    opened_at: Instant,
+    /// When the last backend connect was started (the connect-latency histogram).
+    connect_started: Instant,
     /// Counted in the hold budgets (waiting for an endpoint, or for a free slot after one
     /// appeared): the stable id of the Service port it is counted against.
     held: Option<u64>,
@@ -231,6 +236,8 @@ pub struct Worker<D: Driver> {
     refused_since_log: u64,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
+    /// Test builds only: die this way at the first accepted connection (`death`).
+    injected_death: Option<InjectedDeath>,
 }
 
 impl<D: Driver> Worker<D> {
@@ -279,6 +286,7 @@ impl<D: Driver> Worker<D> {
             last_hint: None,
             last_refusal_log: None,
             refused_since_log: 0,
+            injected_death: death::injected(setup.index),
         })
     }
 
@@ -607,6 +615,12 @@ impl<D: Driver> Worker<D> {
         let entry = self.service_of(live.pin, live.service);
         let sc = entry.stats.worker(worker);
         sc.closed.add(1);
+        if let Some(h) = entry.stats.histograms(worker) {
+            h.duration.observe(
+                &crate::stats::DURATION_BOUNDS_NS,
+                self.now.saturating_duration_since(live.opened_at),
+            );
+        }
         if reason.is_failure() {
             sc.failed.add(1);
         }
