@@ -386,7 +386,8 @@ fn convert_service(
     // kube-proxy serves externalIPs of every Service type but ExternalName (and headless).
     let has_external_ips = spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
     let with_node_ports = service_type == "NodePort" || service_type == "LoadBalancer";
-    if !with_node_ports && !(service_type == "ClusterIP" && has_external_ips) {
+    let served_at_external_ips = service_type == "ClusterIP" && has_external_ips;
+    if !(with_node_ports || served_at_external_ips) {
         tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer, no externalIPs");
         return;
     }

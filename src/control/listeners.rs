@@ -155,8 +155,15 @@ mod tests {
             addresses: addresses.iter().map(|s| ip(s)).collect(),
             cidrs: cidrs.iter().map(|s| cidr(s)).collect(),
         };
+        /// What, the setting, the Node's primary addresses, the addresses bound.
+        type Case<'a> = (
+            &'a str,
+            ListenAddresses,
+            &'a [&'a str],
+            Option<&'a [&'a str]>,
+        );
         #[rustfmt::skip]
-        let cases: &[(&str, ListenAddresses, &[&str], Option<&[&str]>)] = &[
+        let cases: &[Case] = &[
             ("omitted: every address", ListenAddresses::All, &[], None),
             ("plain addresses, local or not", ListenAddresses::Only(vec![ip("10.0.0.5"), ip("198.51.100.1")]),
                 &[], Some(&["10.0.0.5", "198.51.100.1"])),
