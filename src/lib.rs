@@ -19,6 +19,8 @@
 //! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
 //!   EndpointSlices, coalesced change notifications (config, model).
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod control;
 pub mod dataplane;

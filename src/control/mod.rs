@@ -16,10 +16,11 @@
 //! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
 //! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
 //! → keep the settings that only apply at start → re-apply overrides → check that no other
-//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
-//! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
-//! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
-//! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
+//! process listens on new NodePorts (`port_owner`) → open new listeners
+//! (`Dataplane::prepare_listeners`) → build the snapshot → publish (the one atomic swap) →
+//! hand listeners to workers and close removed ones (`Dataplane::commit_listeners`). Any
+//! error before publish leaves everything as it was and is reported (config errors as
+//! `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
 mod changes;
@@ -32,7 +33,6 @@ mod metrics;
 pub mod node;
 mod notify;
 pub mod overrides;
-mod plane;
 mod port_owner;
 pub mod protocol;
 pub mod render;
@@ -46,14 +46,13 @@ pub use socket::{
 };
 
 use crate::config::{self, ConfigError};
-use crate::dataplane::StartError;
+use crate::dataplane::{Dataplane, StartError};
 use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
 pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
-use plane::Plane;
 use protocol::{
     Counters, EndpointAction, EndpointInfo, OverrideOutcome, ReloadOutcome, Request, Response,
     ServiceList, ServicePortInfo, Status,
@@ -217,7 +216,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let workers = options
         .workers
         .or(model.settings.workers)
-        .unwrap_or_else(|| crate::dataplane::sys::allowed_cpus().len().max(1));
+        .unwrap_or_else(|| crate::dataplane::default_workers());
     model.settings.workers = Some(workers);
     if let Some(d) = options.driver {
         model.settings.driver = d;
@@ -257,7 +256,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         h.updated(SystemTime::now(), true);
         h.sync_durations.observe(started.elapsed().as_secs_f64());
     }
-    let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
+    let mut plane = Dataplane::start(&settings, &node_ports(&model), &publisher)?;
     // Steering first: connections accepted before it is attached may meet a worker that
     // does not hold their client's affinity.
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
@@ -548,7 +547,7 @@ struct Daemon {
     overrides: Overrides,
     registry: StatsRegistry,
     publisher: Publisher,
-    plane: Option<Plane>,
+    plane: Option<Dataplane>,
     generation: u64,
     started: Instant,
     reloads: u64,
@@ -572,7 +571,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn plane(&self) -> &Plane {
+    fn plane(&self) -> &Dataplane {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
@@ -902,7 +901,7 @@ impl Daemon {
         port_owner::check(&new).map_err(|e| e.to_string())?;
         phases.lap("port_owner");
         let plan = plane
-            .prepare(&effective.settings, &node_ports(&effective))
+            .prepare_listeners(&effective.settings, &node_ports(&effective))
             .map_err(|e| e.to_string())?;
         phases.lap("prepare");
         // Nothing can fail from here on.
@@ -920,7 +919,7 @@ impl Daemon {
         }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
-        plane.commit(plan);
+        plane.commit_listeners(plan);
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
         phases.lap("commit");
         let changes = changes::diff(&self.model, &next);

@@ -384,6 +384,7 @@ impl Conn {
     /// An idle connection with no bytes in flight ends with FIN both ways. If bytes are
     /// still held (a peer stopped reading), they are lost: both sides are reset, so neither
     /// peer mistakes a truncated stream for a complete one.
+    #[cfg(test)]
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_timeout_queued(now, false);
     }
@@ -413,6 +414,7 @@ impl Conn {
     }
 
     /// Why the connection closed (once closed).
+    #[cfg(test)]
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.reason
     }

@@ -12,18 +12,23 @@
 //! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
 //! that dies reports, so that no half-deaf process is left behind).
 
-pub mod affinity;
-pub mod conn;
-pub mod death;
-pub mod driver;
-pub mod relay;
-pub mod select;
-pub mod sys;
-pub mod worker;
+mod affinity;
+mod conn;
+mod connections;
+mod death;
+mod driver;
+mod relay;
+mod select;
+mod sys;
+mod worker;
+
+pub use death::{on_worker_death, WorkerDeath};
 
 use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
+pub use connections::ListenerKey;
+use connections::WorkerLimits;
 use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
@@ -35,8 +40,18 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use worker::ListenerKey;
-use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
+use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
+
+/// For the simulator (`tests/conn_simulation.rs`) only: the sans-IO connection table and
+/// the vocabulary of its connection core. Not an API: it changes with the data plane.
+#[doc(hidden)]
+pub mod testing {
+    pub use super::conn::{CloseReason, ConnectFailure, Dir, Event, Side};
+    pub use super::connections::{
+        ConnHandle, ConnTable, ConnectOutcome, NotStarted, Output, Refused, TableConfig,
+        WorkerLimits, TICK,
+    };
+}
 
 /// Errors starting the data plane or opening listeners.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +82,7 @@ pub struct Dataplane {
     open: Vec<ListenerKey>,
     /// Listener groups whose connections are steered to workers by client IP.
     steered: Vec<ListenerKey>,
-    monitor: DataplaneMonitor,
+    monitor: Monitor,
 }
 
 struct WorkerHandle {
@@ -144,7 +159,7 @@ impl Aborter {
 
 /// A cheap, clonable view of the workers for other threads (watchdog, metrics, status).
 #[derive(Debug, Clone)]
-pub struct DataplaneMonitor {
+pub struct Monitor {
     loops: Arc<[Arc<LoopStats>]>,
     driver: &'static str,
 }
@@ -159,7 +174,7 @@ pub struct WorkerStats {
     pub accepting: bool,
 }
 
-impl DataplaneMonitor {
+impl Monitor {
     /// Per worker: a counter that advances at every loop iteration (at least every 100 ms
     /// while the worker is healthy). A worker whose heartbeat stops is wedged.
     pub fn heartbeats(&self) -> Vec<u64> {
@@ -258,7 +273,7 @@ impl Dataplane {
             workers,
             open,
             steered: Vec::new(),
-            monitor: DataplaneMonitor {
+            monitor: Monitor {
                 loops: loops.into(),
                 driver: driver.name(),
             },
@@ -289,7 +304,7 @@ impl Dataplane {
     }
 
     /// A handle for other threads: heartbeats, loop statistics, driver.
-    pub fn monitor(&self) -> DataplaneMonitor {
+    pub fn monitor(&self) -> Monitor {
         self.monitor.clone()
     }
 
@@ -450,9 +465,31 @@ impl Drop for Dataplane {
     }
 }
 
+/// Workers to start when the settings do not say: one per CPU this process may run on.
+pub fn default_workers() -> usize {
+    sys::allowed_cpus().len().max(1)
+}
+
+/// Whether io_uring is usable here with every operation sluice needs (`driver = "uring"`
+/// refuses to start otherwise, `"auto"` falls back to epoll); the error says what is missing.
+pub fn probe_uring() -> io::Result<()> {
+    Uring::probe()
+}
+
+/// The process's effective user id (the control socket's peer checks).
+pub fn effective_uid() -> u32 {
+    sys::effective_uid()
+}
+
+/// Ignore SIGHUP until the control plane installs its handler: a reload request that
+/// arrives while sluice is still starting must not end it (SIGHUP's default action).
+pub fn ignore_hangup() -> io::Result<()> {
+    sys::ignore_hangup()
+}
+
 /// Resolve the driver setting: `Auto` probes io_uring once and falls back to epoll with one
 /// log line saying why; `Uring` refuses to start with that reason instead.
-pub fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
+fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
     match setting {
         DriverSetting::Epoll => Ok(DriverChoice::Epoll),
         DriverSetting::Uring => Uring::probe()

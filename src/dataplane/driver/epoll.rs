@@ -95,10 +95,6 @@ impl Epoll {
 }
 
 impl Driver for Epoll {
-    fn name(&self) -> &'static str {
-        "epoll"
-    }
-
     fn watch_listener(
         &mut self,
         listener: u32,

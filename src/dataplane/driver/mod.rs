@@ -78,8 +78,6 @@ pub enum Completion {
 /// The operations a worker needs from its event source. Fds passed in must stay open until
 /// the next [`Driver::submit_and_wait`] has returned (the worker defers closes until then).
 pub trait Driver {
-    /// "io_uring" or "epoll".
-    fn name(&self) -> &'static str;
     /// Report when listener `listener` has connections waiting (`Completion::Acceptable`,
     /// edge-triggered: once per wake-up, and at once if some are waiting already) until
     /// `unwatch_listener`; `generation` tells this arm from earlier ones.

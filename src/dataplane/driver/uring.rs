@@ -19,6 +19,8 @@
 //! sent them; callers must keep fds open until [`Uring::submit_and_wait`] returned (the worker
 //! defers closes until after the submit).
 
+#![allow(unsafe_code)]
+
 use super::{Completion, Driver};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
@@ -164,10 +166,6 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    fn name(&self) -> &'static str {
-        "io_uring"
-    }
-
     /// Report (multishot poll) when `listener`'s accept queue is not empty.
     fn watch_listener(
         &mut self,
