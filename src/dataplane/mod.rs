@@ -1,16 +1,26 @@
 //! The data plane: per-core, shared-nothing workers that accept NodePort connections and
 //! relay them to endpoints.
 //!
-//! [`Dataplane::start`] opens every listening socket first (so a port that cannot be bound
-//! is an error before anything runs), then starts one worker thread per configured CPU, each
-//! with its own io_uring ring and its own SO_REUSEPORT socket per (address, NodePort). It
-//! returns once every worker has set up its ring. Routing comes from the [`Publisher`]; this
-//! module never reads configuration files and never imports the control side.
+//! The API, all of it here: [`Dataplane::start`] opens every listening socket first (so a
+//! port that cannot be bound is an error before anything runs), then starts one worker thread
+//! per configured CPU, each with its own driver (io_uring, or epoll where io_uring is not
+//! usable: [`probe_uring`]) and its own SO_REUSEPORT socket per (address, NodePort); it
+//! returns once every worker is ready. Then: [`Dataplane::prepare_listeners`] /
+//! [`Dataplane::commit_listeners`] (a reload's listener plan), [`Dataplane::steer_client_ips`]
+//! (ClientIP affinity), [`Dataplane::drain`] / [`Dataplane::stop`], a [`Monitor`] for other
+//! threads, an [`Aborter`] for a second signal, [`on_worker_death`] for the process's answer
+//! to a dead worker, and the helpers [`node_ports`], [`client_ip_ports`],
+//! [`listen_addresses`], [`default_workers`]. Routing comes from the [`Publisher`]; this
+//! module never reads configuration and never imports `control`, `config` or `watch`.
 //!
-//! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
-//! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
-//! that dies reports, so that no half-deaf process is left behind).
+//! Inside (all private): [`connections`] (the sans-IO connection table: slab, pins, retries,
+//! holds, parking, idle sweep, drain) over [`conn`] (the sans-IO core of one connection);
+//! [`worker`] (the thread's IO loop that executes the table's outputs); [`driver`] (io_uring
+//! and epoll behind one trait); [`relay`] (pipes and buffers that hold bytes in flight);
+//! [`select`] and [`affinity`] (endpoint choice per policy); [`sys`] (syscall wrappers; with
+//! `driver/uring.rs`, the only `unsafe` code of the crate); [`death`] (what a worker that
+//! dies reports, so that no half-deaf process is left behind). [`testing`] opens the
+//! connection table to the simulator (`tests/conn_simulation.rs`), and nothing else.
 
 mod affinity;
 mod conn;
