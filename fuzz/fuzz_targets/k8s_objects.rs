@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let options = K8sOptions {
         node_name: (node & 2 == 2).then(|| "ip-192-168-22-88.eu-west-1.compute.internal".into()),
         proxy_name: None,
+        zone: (node & 4 == 4).then(|| "eu-west-1a".into()),
     };
     let (model, _problems) = build_model(settings.clone(), &objs, &options, None);
     let mut keys = HashSet::new();
