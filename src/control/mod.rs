@@ -216,7 +216,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let workers = options
         .workers
         .or(model.settings.workers)
-        .unwrap_or_else(|| crate::dataplane::default_workers());
+        .unwrap_or_else(crate::dataplane::default_workers);
     model.settings.workers = Some(workers);
     if let Some(d) = options.driver {
         model.settings.driver = d;

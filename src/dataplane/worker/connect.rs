@@ -34,11 +34,15 @@ impl<D: Driver> Worker<D> {
                 // The spare pipes gave their fds back: try again at once.
                 match open() {
                     Ok(s) => s,
-                    Err(e) => return Ok(self.not_started_exhausted(conn, &e)),
+                    Err(e) => {
+                        self.not_started_exhausted(conn, &e);
+                        return Ok(());
+                    }
                 }
             }
             Err(e) if sys::is_resource_exhaustion(&e) => {
-                return Ok(self.not_started_exhausted(conn, &e))
+                self.not_started_exhausted(conn, &e);
+                return Ok(());
             }
             Err(e) => {
                 tracing::debug!(worker, error = %e, "cannot open a backend socket");
