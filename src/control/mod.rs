@@ -16,10 +16,11 @@
 //! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
 //! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
 //! → keep the settings that only apply at start → re-apply overrides → check that no other
-//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
-//! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
-//! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
-//! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
+//! process listens on new NodePorts (`port_owner`) → open new listeners
+//! (`Dataplane::prepare_listeners`) → build the snapshot → publish (the one atomic swap) →
+//! hand listeners to workers and close removed ones (`Dataplane::commit_listeners`). Any
+//! error before publish leaves everything as it was and is reported (config errors as
+//! `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
 mod changes;
@@ -33,7 +34,6 @@ mod metrics;
 pub mod node;
 mod notify;
 pub mod overrides;
-mod plane;
 mod port_owner;
 pub mod protocol;
 mod relisten;
@@ -48,14 +48,13 @@ pub use socket::{
 };
 
 use crate::config::{self, ConfigError};
-use crate::dataplane::StartError;
+use crate::dataplane::{Dataplane, StartError};
 use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
 pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
-use plane::Plane;
 use protocol::{
     Counters, EndpointAction, EndpointInfo, OverrideOutcome, ReloadOutcome, Request, Response,
     ServiceList, ServicePortInfo, Status,
@@ -219,7 +218,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let workers = options
         .workers
         .or(model.settings.workers)
-        .unwrap_or_else(|| crate::dataplane::sys::allowed_cpus().len().max(1));
+        .unwrap_or_else(crate::dataplane::default_workers);
     model.settings.workers = Some(workers);
     if let Some(d) = options.driver {
         model.settings.driver = d;
@@ -264,7 +263,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     }
     // NodePorts now (all or nothing); the Services' own addresses once the daemon is
     // built, where they can be bound.
-    let mut plane = Plane::start(&settings, &wanted.listeners.required, &publisher)?;
+    let mut plane = Dataplane::start(&settings, &wanted.listeners.required, &publisher)?;
     // Steering first: connections accepted before it is attached may meet a worker that
     // does not hold their client's affinity.
     plane.steer_client_ips(&wanted.steered);
@@ -564,7 +563,7 @@ struct Daemon {
     overrides: Overrides,
     registry: StatsRegistry,
     publisher: Publisher,
-    plane: Option<Plane>,
+    plane: Option<Dataplane>,
     generation: u64,
     started: Instant,
     reloads: u64,
@@ -590,7 +589,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn plane(&self) -> &Plane {
+    fn plane(&self) -> &Dataplane {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 

@@ -12,10 +12,9 @@
 
 use super::listeners::{self, Wanted};
 use super::node;
-use super::plane::Plan;
 use super::port_owner;
 use super::Daemon;
-use crate::dataplane::ListenerKey;
+use crate::dataplane::{ListenerKey, ListenerPlan};
 use crate::model::Model;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -79,7 +78,7 @@ impl Listening {
 
 /// A listener change opened and not yet committed ([`Daemon::prepare_listeners`]).
 pub(super) struct Prepared {
-    plan: Plan,
+    plan: ListenerPlan,
     wanted: Wanted,
     /// The node's addresses it was computed with (to publish in the snapshot).
     pub node_addresses: Vec<IpAddr>,
@@ -121,7 +120,7 @@ impl Daemon {
         port_owner::check(&new).map_err(|e| e.to_string())?;
         let plan = self
             .plane()
-            .prepare(backlog, &wanted.listeners)
+            .prepare_listeners(backlog, &wanted.listeners)
             .map_err(|e| e.to_string())?;
         Ok(Prepared {
             plan,
@@ -151,7 +150,7 @@ impl Daemon {
             tracing::info!(address = %key.addr, protocol = %key.protocol, "no longer listening");
         }
         let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        plane.commit(plan);
+        plane.commit_listeners(plan);
         plane.steer_client_ips(&wanted.steered);
         self.listening.node_addresses = node_addresses;
         self.listening.node_port_addresses = wanted.node_port_addresses;
