@@ -7,9 +7,10 @@
 //! - [`config`]: TOML file → [`model::Model`], with file:line:column errors.
 //! - [`table`]: stable hash, Maglev, [`table::RoutingSnapshot`] (model, stats).
 //! - [`publish`]: the one atomic pointer to the current snapshot (table).
-//! - [`dataplane`]: connection state machine, workers, io_uring driver (model, stats, table, publish).
-//! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (everything but
-//!   data-plane internals).
+//! - [`dataplane`]: the sans-IO connection table and core, workers, io_uring and epoll
+//!   drivers, behind one API in `dataplane/mod.rs` (model, stats, table, publish).
+//! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (the
+//!   data plane through its API only).
 //! - [`demo`]: the built-in demo pods and Service (http).
 //! - [`http`]: sluice's own HTTP/1.1 servers on hyper: bounded connections, header-read
 //!   timeout, keep-alive (leaf: hyper, tokio).
@@ -18,6 +19,8 @@
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
 //! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
 //!   EndpointSlices, coalesced change notifications (config, model).
+
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;

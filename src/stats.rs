@@ -176,6 +176,9 @@ pub struct ConnCounters {
     /// Service only: clients reset at once because a hold budget was spent
     /// (`max_held_per_service`, `max_held_per_worker`).
     pub holds_refused: Counter,
+    /// Service only: clients refused (reset at accept) because they are outside the
+    /// Service's `loadBalancerSourceRanges` where those apply.
+    pub source_refused: Counter,
     /// Endpoint only: failed connects since this worker's last successful one (passive
     /// health checking reads the sum over workers).
     pub connect_failures_in_row: Gauge,
@@ -210,6 +213,7 @@ pub struct ConnTotals {
     pub datagrams_to_client: u64,
     pub connect_failed: u64,
     pub holds_refused: u64,
+    pub source_refused: u64,
     /// Sum over workers of the failed connects since each one's last success.
     pub connect_failures_in_row: u64,
 }
@@ -323,6 +327,7 @@ impl StatsBlock {
             t.datagrams_to_client += c.datagrams_to_client.get();
             t.connect_failed += c.connect_failed.get();
             t.holds_refused += c.holds_refused.get();
+            t.source_refused += c.source_refused.get();
             t.connect_failures_in_row += c.connect_failures_in_row.get();
         }
         t
@@ -348,7 +353,7 @@ pub struct LoopStats {
 
 /// Why a datagram was not forwarded, as metric labels; [`FlowCounters::drops`] is indexed
 /// by position in this list.
-pub const DROP_REASONS: [&str; 10] = [
+pub const DROP_REASONS: [&str; 11] = [
     "truncated",
     "no_service",
     "no_endpoint",
@@ -359,6 +364,7 @@ pub const DROP_REASONS: [&str; 10] = [
     "stale_flow",
     "reply_failed",
     "icmp_refused",
+    "source_range",
 ];
 
 /// One worker's UDP flow counters (single writer: that worker).

@@ -12,6 +12,7 @@
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
 //! to keep the NodePorts it allocated (see the `allocate` module).
 
+mod addresses;
 mod allocate;
 mod file;
 mod forwarding;
@@ -218,6 +219,7 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "metrics_address",
     "health_address",
     "drain_timeout",
+    "source_ranges_on_node_ports",
 ];
 
 /// Which table an unknown/missing-key message from serde is about, told by the keys it knows.
@@ -293,6 +295,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 families: Default::default(),
                 health: Default::default(),
                 meta: None,
+                addresses: Default::default(),
             }]
         );
     }

@@ -5,6 +5,7 @@
 //! Checks that involve several Service ports (duplicate identities, NodePort collisions) name
 //! the earlier entry by its line. NodePort allocation itself is the `allocate` module's job.
 
+use super::addresses;
 use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
@@ -18,8 +19,8 @@ use super::values::{
 };
 use super::{ConfigError, Source};
 use crate::model::{
-    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceDefaults, ServiceName,
-    ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
+    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceName, ServicePort,
+    ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_UDP_IDLE_TIMEOUT,
 };
 use serde_spanned::Spanned;
@@ -42,14 +43,10 @@ pub(super) fn build(
     let mut by_key: HashMap<(ServiceName, String), usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
     let top_health = HealthKeys::of_file(&file);
+    let mut claims = addresses::Claims::default();
     for entry in &file.service {
-        let this = service(
-            src,
-            entry,
-            &settings.defaults,
-            &default_forwarding,
-            top_health,
-        )?;
+        let this = service(src, entry, &settings, &default_forwarding, top_health)?;
+        claims.claim(src, entry, &this.port.key, this.port.port)?;
         let name_key = (
             this.port.key.service.clone(),
             this.port.key.port_name.clone(),
@@ -127,7 +124,12 @@ pub(super) fn build(
         })
         .unzip();
     // Only now are all NodePorts known (allocated ones included).
-    let served = self_loop::Served::new(&services, &settings.listen, self_loop::local_addresses());
+    let served = self_loop::Served::new(
+        &services,
+        &settings.listen,
+        self_loop::local_addresses(),
+        &[],
+    );
     for (service, spans) in services.iter().zip(&endpoint_spans) {
         for (addr, span) in spans {
             if let Some(why) = served.explain(service.key.protocol, *addr) {
@@ -135,7 +137,11 @@ pub(super) fn build(
             }
         }
     }
-    Ok(Model { settings, services })
+    Ok(Model {
+        settings,
+        services,
+        primary_ips: Vec::new(),
+    })
 }
 
 /// One `[[service]]` entry after its own checks, with the spans later checks point at.
@@ -159,10 +165,11 @@ fn describe(key: &ServicePortKey) -> String {
 fn service(
     src: &Source,
     e: &ServiceEntry,
-    defaults: &ServiceDefaults,
+    settings: &Settings,
     default_forwarding: &forwarding::Default,
     top_health: HealthKeys,
 ) -> Result<Checked, ConfigError> {
+    let defaults = &settings.defaults;
     let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
     let namespace = match &e.namespace {
         Some(ns) => dns_label(src, ns, "namespace", DnsLabel::Rfc1123)?,
@@ -324,6 +331,7 @@ fn service(
         forwarding::check_datagrams(src, e, &forwarding, default_forwarding)?;
     }
     let health = health::service(src, HealthKeys::of_service(e), top_health)?;
+    let addresses = addresses::service(src, e, settings.source_ranges_on_node_ports)?;
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -391,6 +399,7 @@ fn service(
             families: Default::default(),
             health,
             meta: None,
+            addresses,
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),

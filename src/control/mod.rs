@@ -16,10 +16,11 @@
 //! read off the loop (`source_files`, bounded in time and size), then [`Daemon::reload_with`]
 //! runs on the loop: parse + validate (with the running model, so allocated NodePorts stay)
 //! → keep the settings that only apply at start → re-apply overrides → check that no other
-//! process listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) →
-//! build the snapshot → publish (the one atomic swap) → hand listeners to workers and close
-//! removed ones (`Plane::commit`). Any error before publish leaves everything as it was and
-//! is reported (config errors as `FILE:LINE:COLUMN: message`). Live connections keep the
+//! process listens on new NodePorts (`port_owner`) → open new listeners
+//! (`Dataplane::prepare_listeners`) → build the snapshot → publish (the one atomic swap) →
+//! hand listeners to workers and close removed ones (`Dataplane::commit_listeners`). Any
+//! error before publish leaves everything as it was and is reported (config errors as
+//! `FILE:LINE:COLUMN: message`). Live connections keep the
 //! snapshot they were routed with, so a reload never cuts one.
 
 mod changes;
@@ -28,13 +29,14 @@ mod fatal;
 mod hcnp;
 pub mod health;
 mod healthz;
+mod listeners;
 mod metrics;
 pub mod node;
 mod notify;
 pub mod overrides;
-mod plane;
 mod port_owner;
 pub mod protocol;
+mod relisten;
 pub mod render;
 mod socket;
 mod source_files;
@@ -46,14 +48,13 @@ pub use socket::{
 };
 
 use crate::config::{self, ConfigError};
-use crate::dataplane::StartError;
+use crate::dataplane::{Dataplane, StartError};
 use crate::model::{Forwarding, HashKey, Model, Policy, Settings};
 use crate::publish::Publisher;
 use crate::stats::ConnTotals;
 use crate::table::{RoutingSnapshot, StatsRegistry};
 pub use fatal::WORKER_DIED;
 use overrides::{AdminState, Overrides, Selector};
-use plane::Plane;
 use protocol::{
     Counters, EndpointAction, EndpointInfo, OverrideOutcome, ReloadOutcome, Request, Response,
     ServiceList, ServicePortInfo, Status,
@@ -217,7 +218,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let workers = options
         .workers
         .or(model.settings.workers)
-        .unwrap_or_else(|| crate::dataplane::sys::allowed_cpus().len().max(1));
+        .unwrap_or_else(crate::dataplane::default_workers);
     model.settings.workers = Some(workers);
     if let Some(d) = options.driver {
         model.settings.driver = d;
@@ -247,9 +248,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
         .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
+    let wildcard = crate::dataplane::wildcard_address();
+    let wanted = listeners::wanted(&model, &node_addresses, wildcard);
     // One sluice per NodePort: refuse before listening, and look again once listening (two
     // instances started at the same moment both stop).
-    let listen = port_owner::wanted(&settings, &node_ports(&model));
+    let listen: Vec<std::net::SocketAddr> =
+        wanted.listeners.required.iter().map(|k| k.addr).collect();
     port_owner::check(&listen)?;
     {
         // The first sync: everything the source held is applied.
@@ -257,14 +261,20 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         h.updated(SystemTime::now(), true);
         h.sync_durations.observe(started.elapsed().as_secs_f64());
     }
-    let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
+    // NodePorts now (all or nothing); the Services' own addresses once the daemon is
+    // built, where they can be bound.
+    let mut plane = Dataplane::start(&settings, &wanted.listeners.required, &publisher)?;
     // Steering first: connections accepted before it is attached may meet a worker that
     // does not hold their client's affinity.
-    plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
+    plane.steer_client_ips(&wanted.steered);
     port_owner::check(&listen)?;
+    let listening = relisten::Listening::new(node_addresses, wildcard, &wanted);
     let monitor = plane.monitor();
-    lock_shared(&health).families =
-        healthz::families_of(&crate::dataplane::listen_addresses(&settings.listen));
+    let listen_ips = wanted
+        .node_port_addresses
+        .clone()
+        .unwrap_or_else(|| vec![wildcard]);
+    lock_shared(&health).families = healthz::families_of(&listen_ips);
 
     let endpoint_health = health::HealthTracker::new(events_tx.clone());
     let (priority_tx, mut priority_jobs) = mpsc::channel::<socket::Job>(64);
@@ -315,7 +325,9 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         endpoint_health,
         health_check_node_ports,
         problems_since: std::collections::HashMap::new(),
+        listening,
     };
+    daemon.open_remaining_listeners();
     daemon.after_publish();
     for s in daemon
         .model
@@ -346,6 +358,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
+    // The node's addresses are read again this often: listeners follow them (CIDR listen
+    // addresses, Services' external and LoadBalancer IPs becoming local or not).
+    let mut address_poll = tokio::time::interval(node::POLL);
+    address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs_open = true;
     let mut reloads = Reloads::<ReloadWaiter>::default();
 
@@ -381,6 +397,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 None => jobs_open = false,
             },
+            _ = address_poll.tick() => daemon.follow_node_addresses(),
             _ = ticker.tick() => {
                 let beats = monitor.heartbeats();
                 let stuck = gate.stuck(&beats);
@@ -539,8 +556,6 @@ async fn bind_http(
     Ok(Some(l))
 }
 
-use crate::dataplane::node_ports;
-
 fn lock_shared(h: &healthz::SharedHealth) -> std::sync::MutexGuard<'_, healthz::Health> {
     h.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -553,7 +568,7 @@ struct Daemon {
     overrides: Overrides,
     registry: StatsRegistry,
     publisher: Publisher,
-    plane: Option<Plane>,
+    plane: Option<Dataplane>,
     generation: u64,
     started: Instant,
     reloads: u64,
@@ -574,10 +589,12 @@ struct Daemon {
     /// for the Age column of `describe`'s Events.
     problems_since:
         std::collections::HashMap<(crate::model::ServiceName, String, String), SystemTime>,
+    /// This node's addresses and the listeners that follow them (`relisten`).
+    listening: relisten::Listening,
 }
 
 impl Daemon {
-    fn plane(&self) -> &Plane {
+    fn plane(&self) -> &Dataplane {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
@@ -654,7 +671,8 @@ impl Daemon {
     fn after_publish(&mut self) {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
-        self.health_check_node_ports.sync(&self.model);
+        self.health_check_node_ports
+            .sync(&self.model, self.listening.node_port_addresses.as_deref());
         // First-seen times of the problems the model carries (dropped when they go).
         let now = SystemTime::now();
         let mut seen = std::collections::HashMap::new();
@@ -819,10 +837,11 @@ impl Daemon {
         let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
-        let next =
-            self.publisher
-                .current()
-                .rebuild(&effective, self.generation, &mut self.registry);
+        let next = self
+            .publisher
+            .current()
+            .rebuild(&effective, self.generation, &mut self.registry)
+            .with_node_addresses(&self.listening.node_addresses);
         self.publisher.publish(next);
         {
             let mut h = self.lock_health();
@@ -896,37 +915,20 @@ impl Daemon {
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        let open: std::collections::HashSet<std::net::SocketAddr> =
-            plane.listen_addrs().into_iter().collect();
-        let new: Vec<std::net::SocketAddr> =
-            port_owner::wanted(&effective.settings, &node_ports(&effective))
-                .into_iter()
-                .filter(|a| !open.contains(a))
-                .collect();
-        port_owner::check(&new).map_err(|e| e.to_string())?;
-        phases.lap("port_owner");
-        let plan = plane
-            .prepare(&effective.settings, &node_ports(&effective))
-            .map_err(|e| e.to_string())?;
+        // The node's addresses may have changed (DHCP, an added VIP): read again. One
+        // sluice per NodePort: a new one another process listens on fails the reload.
+        let prepared = self.prepare_listeners(&effective)?;
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let mut snapshot =
-            self.publisher
-                .current()
-                .rebuild(&effective, generation, &mut self.registry);
-        // The node's addresses may have changed (DHCP, an added VIP): read them again.
-        match node::addresses() {
-            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
-            }
-        }
+        let snapshot = self
+            .publisher
+            .current()
+            .rebuild(&effective, generation, &mut self.registry)
+            .with_node_addresses(&prepared.node_addresses);
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
-        plane.commit(plan);
-        plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
+        self.commit_listeners(prepared);
         phases.lap("commit");
         let changes = changes::diff(&self.model, &next);
         phases.lap("diff");
@@ -1068,6 +1070,25 @@ impl Daemon {
                 endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
+                external_ips: p
+                    .addresses
+                    .external_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                load_balancer_ips: p
+                    .addresses
+                    .load_balancer_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                load_balancer_source_ranges: p
+                    .addresses
+                    .source_ranges
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                source_ranges_refused: s.stats.totals().source_refused,
                 endpoints,
                 kubernetes: p.meta.as_deref().map(|m| {
                     let served = served_node_ports

@@ -72,11 +72,20 @@ pub fn services(list: &ServiceList) -> String {
         "PORT".to_owned(),
         "PROTOCOL".to_owned(),
         "NODEPORT".to_owned(),
+        "EXTERNAL-IP".to_owned(),
         "POLICY".to_owned(),
         "ENDPOINTS".to_owned(),
         "ACTIVE".to_owned(),
     ]];
     for s in &list.services {
+        // As `kubectl get service`: LoadBalancer IPs, then external IPs.
+        let mut external: Vec<&str> = s.load_balancer_ips.iter().map(String::as_str).collect();
+        external.extend(
+            s.external_ips
+                .iter()
+                .map(String::as_str)
+                .filter(|ip| !s.load_balancer_ips.iter().any(|l| l == ip)),
+        );
         rows.push([
             s.namespace.clone(),
             s.name.clone(),
@@ -86,7 +95,12 @@ pub fn services(list: &ServiceList) -> String {
                 format!("{}:{}", s.port_name, s.port)
             },
             s.protocol.clone(),
-            s.node_port.to_string(),
+            if s.node_port == 0 {
+                "<none>".to_owned()
+            } else {
+                s.node_port.to_string()
+            },
+            or_none(&external.join(",")),
             s.policy.clone(),
             format!("{}/{}", s.endpoints_usable, s.endpoints_total),
             s.counters.connections_active.to_string(),
@@ -354,8 +368,17 @@ fn toml_service(ports: &[ServicePortInfo]) -> KubernetesInfo {
     } else {
         "None"
     };
+    let first = &ports[0];
     KubernetesInfo {
-        service_type: "NodePort".into(),
+        service_type: if first.load_balancer_ips.is_empty() {
+            "NodePort"
+        } else {
+            "LoadBalancer"
+        }
+        .into(),
+        external_ips: first.external_ips.clone(),
+        load_balancer_ingress: first.load_balancer_ips.clone(),
+        load_balancer_source_ranges: first.load_balancer_source_ranges.clone(),
         ip_family_policy: Some(policy.into()),
         ip_families: families,
         cluster_ip: "<none>".into(),
@@ -611,6 +634,10 @@ mod tests {
             endpoints_usable: 3,
             endpoints_total: 3,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![
                 ep("192.168.7.8:9000"),
                 ep("192.168.45.127:9000"),
@@ -686,6 +713,10 @@ Events:                   <none>
             endpoints_usable: 3,
             endpoints_total: 4,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![
                 ep("192.168.7.8:9000"),
                 ep("192.168.45.127:9000"),
@@ -786,6 +817,10 @@ Events:                   <none>
             endpoints_usable: 5,
             endpoints_total: 6,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints,
             kubernetes: Some(k),
         };
@@ -841,6 +876,10 @@ Events:                   <none>
             endpoints_usable: 1,
             endpoints_total: 2,
             counters: Counters::default(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            source_ranges_refused: 0,
             endpoints: vec![ep("10.0.0.1:9000"), terminating],
             kubernetes: Some(KubernetesInfo::default()),
         };

@@ -132,6 +132,9 @@ impl FlowId {
 pub struct ClientDatagram {
     /// The driver's index of the NodePort socket it arrived on; replies leave by it.
     pub listener: u32,
+    /// That socket's own address (a wildcard, or one address): the Service is looked up by
+    /// it, as a TCP connection is by its listener's.
+    pub bound: SocketAddr,
     /// Source address and port.
     pub client: SocketAddr,
     /// The node address the client sent to (IP_PKTINFO / IPV6_PKTINFO, or the socket's own
@@ -237,6 +240,9 @@ pub enum DropReason {
     SendFailed,
     /// A reply for a flow that is closed already.
     StaleFlow,
+    /// The client is outside the Service's `loadBalancerSourceRanges` (at a LoadBalancer
+    /// IP, or at the NodePort with `source_ranges_on_node_ports`).
+    SourceRange,
 }
 
 impl DropReason {
@@ -251,6 +257,7 @@ impl DropReason {
             DropReason::OpenFailed(_) => 5,
             DropReason::SendFailed => 6,
             DropReason::StaleFlow => 7,
+            DropReason::SourceRange => 10,
         }
     }
 }

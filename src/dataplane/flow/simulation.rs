@@ -176,6 +176,7 @@ impl Sim {
                 let client = SocketAddr::from(([127, 0, 0, 9], port));
                 let d = ClientDatagram {
                     listener: 0,
+                    bound: addr(NODE),
                     client,
                     node: addr(NODE),
                     len: 1 + self.rng.below(1400) as usize,

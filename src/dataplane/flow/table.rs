@@ -67,6 +67,8 @@ struct Checked {
 struct Flow {
     key: FlowKey,
     listener: u32,
+    /// The NodePort socket's own address (see [`ClientDatagram::bound`]).
+    bound: SocketAddr,
     /// The client is an address of this node: a Local Service routes it with the cluster
     /// endpoints (as kube-proxy routes host-originated traffic), so its flow keeps a
     /// remote endpoint too.
@@ -248,10 +250,10 @@ impl FlowTable {
                 self.close(id, CloseReason::Idle);
                 continue;
             }
-            match snapshot.lookup(Protocol::Udp, flow.key.node.port()) {
+            match snapshot.lookup(Protocol::Udp, flow.bound) {
                 None => self.close(id, CloseReason::ServiceGone),
-                Some(sid) => {
-                    self.revalidate(id, snapshot, sid);
+                Some(reached) => {
+                    self.revalidate(id, snapshot, reached.service);
                 }
             }
         }
@@ -308,13 +310,19 @@ impl FlowTable {
             node: d.node,
         };
         let existing = self.by_key.get(&key).copied();
-        let Some(sid) = snapshot.lookup(Protocol::Udp, d.node.port()) else {
+        let Some(reached) = snapshot.lookup(Protocol::Udp, d.bound) else {
             if let Some(id) = existing {
                 self.close(id, CloseReason::ServiceGone);
             }
             self.drop_datagram(DropReason::NoService, None);
             return;
         };
+        let sid = reached.service;
+        if !snapshot.admits(reached, d.client.ip()) {
+            // loadBalancerSourceRanges: never forwarded, whether a flow exists or not.
+            self.drop_datagram(DropReason::SourceRange, Some(sid));
+            return;
+        }
         if d.truncated {
             self.drop_datagram(DropReason::Truncated, Some(sid));
             return;
@@ -419,6 +427,7 @@ impl FlowTable {
                 node: d.node,
             },
             listener: d.listener,
+            bound: d.bound,
             from_node,
             service: entry.stable_id(),
             endpoint: endpoint.endpoint.addr,

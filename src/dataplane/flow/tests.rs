@@ -90,6 +90,7 @@ impl World {
     pub fn datagram_from(&mut self, client: SocketAddr, len: usize) -> Vec<FlowOp> {
         let d = ClientDatagram {
             listener: 0,
+            bound: addr(NODE),
             client,
             node: addr(NODE),
             len,
@@ -426,6 +427,7 @@ fn a_failed_open_drops_the_datagram_and_frees_the_slot() {
     let mut w = World::new(vec![udp_service(pods(1))], 16);
     let d = ClientDatagram {
         listener: 0,
+        bound: addr(NODE),
         client: addr("127.0.0.9:5000"),
         node: addr(NODE),
         len: 1,
@@ -495,6 +497,7 @@ fn truncated_and_oversized_datagrams_are_dropped_and_named() {
     let sid = w.snapshot.lookup(Protocol::Udp, 31000);
     let d = ClientDatagram {
         listener: 0,
+        bound: addr(NODE),
         client: addr("127.0.0.9:5000"),
         node: addr(NODE),
         len: 100,

@@ -67,22 +67,32 @@ pub struct UdpPlane {
     ready_listeners: VecDeque<u32>,
     /// Upstream sockets that may still hold replies.
     ready_flows: VecDeque<FlowId>,
+    /// The endpoint choice of new flows (Maglev, ClientIP affinity tables of UDP Services).
+    selector: Selector,
+    /// The snapshot (its address) the selector last forgot removed Services for.
+    retained_for: usize,
     stats: Arc<LoopStats>,
 }
 
 /// What the worker lends for one call.
 pub struct Context<'a, D: Driver, L: NodePortSockets + ?Sized> {
-    pub ring: &'a mut D,
+    pub driver: &'a mut D,
     pub listeners: &'a L,
     pub snapshot: &'a RoutingSnapshot,
-    pub selector: &'a mut Selector,
     pub now: Instant,
     /// Fds to close after the next submit (their polls are removed in it).
     pub to_close: &'a mut Vec<OwnedFd>,
 }
 
 impl UdpPlane {
-    pub fn new(now: Instant, worker: usize, max_flows: u32, stats: Arc<LoopStats>) -> UdpPlane {
+    /// `seed`: of the balancing policies' PRNG (as the connection table's).
+    pub fn new(
+        now: Instant,
+        worker: usize,
+        max_flows: u32,
+        seed: u64,
+        stats: Arc<LoopStats>,
+    ) -> UdpPlane {
         UdpPlane {
             worker,
             table: FlowTable::new(now, worker, max_flows),
@@ -91,6 +101,8 @@ impl UdpPlane {
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
+            selector: Selector::new(seed),
+            retained_for: 0,
             stats,
         }
     }
@@ -111,7 +123,7 @@ impl UdpPlane {
     /// must be armed again.
     pub fn flow_readable<D: Driver>(
         &mut self,
-        ring: &mut D,
+        driver: &mut D,
         token: u64,
         ended: bool,
     ) -> io::Result<()> {
@@ -121,7 +133,7 @@ impl UdpPlane {
         }
         if ended {
             if let Some(Some(fd)) = self.sockets.get(flow.index()) {
-                ring.watch_flow(token, fd.as_fd())?;
+                driver.watch_flow(token, fd.as_fd())?;
             }
         }
         self.ready_flows.push_back(flow);
@@ -168,6 +180,12 @@ impl UdpPlane {
             return Ok(());
         }
         self.table.handle_tick(cx.now, cx.snapshot);
+        // Forget balancing state of removed Services, once per published snapshot.
+        let snapshot = cx.snapshot as *const RoutingSnapshot as usize;
+        if snapshot != self.retained_for {
+            self.retained_for = snapshot;
+            self.selector.retain_services(cx.snapshot);
+        }
         self.execute(cx, 0)?;
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
@@ -215,13 +233,14 @@ impl UdpPlane {
             };
             let d = ClientDatagram {
                 listener,
+                bound,
                 client: received.from,
                 node,
                 len: received.len,
                 truncated: received.truncated,
             };
             self.table
-                .handle_client_datagram(cx.now, cx.snapshot, cx.selector, d);
+                .handle_client_datagram(cx.now, cx.snapshot, &mut self.selector, d);
             self.execute(cx, received.len)?;
         }
         Ok(true)
@@ -278,7 +297,7 @@ impl UdpPlane {
                 } => match open_upstream(endpoint, source) {
                     Ok(socket) => {
                         let fd: OwnedFd = socket.into();
-                        cx.ring.watch_flow(flow.token(), fd.as_fd())?;
+                        cx.driver.watch_flow(flow.token(), fd.as_fd())?;
                         let i = flow.index();
                         if self.sockets.len() <= i {
                             self.sockets.resize_with(i + 1, || None);
@@ -353,7 +372,7 @@ impl UdpPlane {
                 FlowOp::Close { flow, reason } => {
                     if let Some(slot) = self.sockets.get_mut(flow.index()) {
                         if let Some(fd) = slot.take() {
-                            cx.ring.unwatch_flow(flow.token())?;
+                            cx.driver.unwatch_flow(flow.token())?;
                             cx.to_close.push(fd);
                         }
                     }
