@@ -167,9 +167,15 @@ mod tests {
             },
             &["192.0.2.10", "198.51.100.1"],
         );
-        assert!(cidr.explain(Protocol::Tcp, ep("192.0.2.10:30000")).is_some());
-        assert!(cidr.explain(Protocol::Tcp, ep("192.0.2.99:30000")).is_none());
-        assert!(cidr.explain(Protocol::Tcp, ep("198.51.100.1:30000")).is_none());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("192.0.2.10:30000"))
+            .is_some());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("192.0.2.99:30000"))
+            .is_none());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("198.51.100.1:30000"))
+            .is_none());
         let v4_wildcard = served(only(&["0.0.0.0"]), &["192.0.2.10", "2001:db8::10"]);
         assert!(v4_wildcard
             .loops(Protocol::Tcp, ep("192.0.2.10:30000"))

@@ -577,9 +577,13 @@ mod tests {
         udp.key.protocol = Protocol::Udp;
         let m = model(vec![service("dns-tcp", 30053, &[("10.0.0.1:53", 1)]), udp]);
         let snap = RoutingSnapshot::build(&m, 1, &mut StatsRegistry::new(1));
-        assert_eq!(snap.lookup(Protocol::Tcp, 30053), Some(ServiceId(0)));
-        assert_eq!(snap.lookup(Protocol::Udp, 30053), Some(ServiceId(1)));
-        assert_eq!(snap.lookup(Protocol::Udp, 30054), None);
+        let found = |protocol, port| {
+            snap.lookup(protocol, SocketAddr::from(([0, 0, 0, 0], port)))
+                .map(|r| r.service)
+        };
+        assert_eq!(found(Protocol::Tcp, 30053), Some(ServiceId(0)));
+        assert_eq!(found(Protocol::Udp, 30053), Some(ServiceId(1)));
+        assert_eq!(found(Protocol::Udp, 30054), None);
         assert_ne!(
             snap.service(ServiceId(0)).stable_id(),
             snap.service(ServiceId(1)).stable_id()

@@ -66,7 +66,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use table::{FlowTable, FlowView, Traffic};
+pub use table::FlowTable;
 
 use crate::table::ServiceId;
 use std::net::SocketAddr;

@@ -137,7 +137,11 @@ impl Sim {
     }
 
     fn kept(&self, endpoint: SocketAddr) -> bool {
-        let Some(sid) = self.snapshot.lookup(Protocol::Udp, 31000) else {
+        let Some(sid) = self
+            .snapshot
+            .lookup(Protocol::Udp, addr(NODE))
+            .map(|r| r.service)
+        else {
             return false;
         };
         let entry = self.snapshot.service(sid);

@@ -109,6 +109,7 @@ impl<T> Slab<T> {
     }
 
     /// Whether the bookkeeping adds up (free slots empty, the live count right).
+    #[cfg(test)]
     pub(super) fn verify(&self) -> Result<(), String> {
         let live = self.slots.iter().filter(|s| s.value.is_some()).count();
         if live != self.live {

@@ -5,7 +5,7 @@
 use super::slab::Slab;
 use super::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, OpenFailure, ProxyHeader, Source,
-    UpstreamError, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, SWEEP_PERIOD, TICK, UNIQUE_ID_LEN,
+    UpstreamError, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, SWEEP_PERIOD, UNIQUE_ID_LEN,
 };
 use crate::dataplane::select::Selector;
 use crate::model::{Forwarding, Protocol, TrafficPolicy};
@@ -147,25 +147,16 @@ impl FlowTable {
         self.flows.len() == 0
     }
 
-    /// The cap (`max_flows_per_worker`).
-    pub fn max_flows(&self) -> usize {
-        self.max_flows
-    }
-
-    /// A new cap (a reload): flows above it stay; new ones wait for room.
-    pub fn set_max_flows(&mut self, max_flows: u32) {
-        self.max_flows = max_flows.max(1) as usize;
-    }
-
     /// The next op for the driver, in order; `None` when all are out.
     pub fn poll_op(&mut self) -> Option<FlowOp> {
         self.ops.pop_front()
     }
 
+    #[cfg(test)]
     /// When the driver must call [`FlowTable::handle_tick`] at the latest: [`TICK`] after
     /// the previous tick while flows are live; `None` without flows.
     pub fn next_tick(&self) -> Option<Instant> {
-        (!self.is_empty()).then(|| crate::deadline::after(self.sweep.last, TICK))
+        (!self.is_empty()).then(|| crate::deadline::after(self.sweep.last, super::TICK))
     }
 
     /// The live flow `id`.
@@ -173,11 +164,7 @@ impl FlowTable {
         self.flows.get(id).map(|f| view(id, f))
     }
 
-    /// The flow of `client` → `node`, if live.
-    pub fn lookup(&self, client: SocketAddr, node: SocketAddr) -> Option<FlowId> {
-        self.by_key.get(&FlowKey { client, node }).copied()
-    }
-
+    #[cfg(test)]
     /// Every live flow, in slot order.
     pub fn flows(&self) -> impl Iterator<Item = FlowView> + '_ {
         self.flows.iter().map(|(id, f)| view(id, f))
@@ -269,6 +256,7 @@ impl FlowTable {
         self.check_invariants();
     }
 
+    #[cfg(test)]
     /// Checks the whole structure: every key maps to the live flow of that key, every live
     /// flow is in the map once, the count is within the cap, the slab adds up. O(flows):
     /// for tests and the simulator; the mutators check the O(1) part themselves.

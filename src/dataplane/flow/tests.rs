@@ -41,6 +41,7 @@ pub(super) fn udp_service(endpoints: Vec<Endpoint>) -> ServicePort {
         traffic_policy: Default::default(),
         families: Default::default(),
         health: Default::default(),
+        addresses: Default::default(),
         meta: None,
     }
 }
@@ -123,6 +124,7 @@ pub(super) fn model(services: Vec<ServicePort>) -> Model {
     Model {
         settings: Settings::default(),
         services,
+        primary_ips: Vec::new(),
     }
 }
 
@@ -285,7 +287,10 @@ fn a_service_scaled_to_zero_and_back_recovers_with_one_datagram() {
             },
             FlowOp::Drop {
                 reason: DropReason::NoEndpoint,
-                service: w.snapshot.lookup(Protocol::Udp, 31000)
+                service: w
+                    .snapshot
+                    .lookup(Protocol::Udp, addr(NODE))
+                    .map(|r| r.service)
             }
         ]
     );
@@ -369,7 +374,10 @@ fn a_full_table_refuses_new_flows_and_never_evicts() {
                 .0
         })
         .collect();
-    let sid = w.snapshot.lookup(Protocol::Udp, 31000);
+    let sid = w
+        .snapshot
+        .lookup(Protocol::Udp, addr(NODE))
+        .map(|r| r.service);
     for port in 6000..7000u16 {
         assert_eq!(
             w.datagram_from(SocketAddr::from(([127, 0, 0, 9], port)), 1),
@@ -439,7 +447,10 @@ fn a_failed_open_drops_the_datagram_and_frees_the_slot() {
         panic!("an Open first");
     };
     w.table.handle_open_failed(flow, OpenFailure::Ports);
-    let sid = w.snapshot.lookup(Protocol::Udp, 31000);
+    let sid = w
+        .snapshot
+        .lookup(Protocol::Udp, addr(NODE))
+        .map(|r| r.service);
     assert_eq!(
         w.drain(),
         vec![
@@ -466,7 +477,10 @@ fn econnrefused_on_send_resends_that_datagram_once_and_counts_a_failure() {
     assert_eq!(w.drain(), vec![FlowOp::SendUpstream { flow, proxy: None }]);
     w.table
         .handle_upstream_error(flow, UpstreamError::RefusedOnSend);
-    let sid = w.snapshot.lookup(Protocol::Udp, 31000);
+    let sid = w
+        .snapshot
+        .lookup(Protocol::Udp, addr(NODE))
+        .map(|r| r.service);
     assert_eq!(
         w.drain(),
         vec![FlowOp::Drop {
@@ -494,7 +508,10 @@ fn truncated_and_oversized_datagrams_are_dropped_and_named() {
     let mut svc = udp_service(pods(1));
     svc.forwarding = Forwarding::ProxyV2(ProxyV2Options::default());
     let mut w = World::new(vec![svc], 16);
-    let sid = w.snapshot.lookup(Protocol::Udp, 31000);
+    let sid = w
+        .snapshot
+        .lookup(Protocol::Udp, addr(NODE))
+        .map(|r| r.service);
     let d = ClientDatagram {
         listener: 0,
         bound: addr(NODE),

@@ -51,6 +51,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+// The loop ticks both tables together: the flow table asks for the same period.
+const _: () = assert!(crate::dataplane::flow::TICK.as_millis() == TICK.as_millis());
+
 /// What the rest of the process can ask of a running worker (through its queue + eventfd).
 #[derive(Debug)]
 pub enum Command {
@@ -202,14 +205,14 @@ impl<D: Driver> Worker<D> {
                 && !self.accepts_pending()
                 && !self.udp.pending()
             {
-                    let mut w = TICK;
-                    if let Some(until) = self.table.backoff_until() {
-                        w = w.min(until.saturating_duration_since(self.now));
-                    }
-                    Some(w)
-                } else {
-                    Some(Duration::ZERO)
-                };
+                let mut w = TICK;
+                if let Some(until) = self.table.backoff_until() {
+                    w = w.min(until.saturating_duration_since(self.now));
+                }
+                Some(w)
+            } else {
+                Some(Duration::ZERO)
+            };
             self.driver.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
             let freed = !self.to_close.is_empty();
