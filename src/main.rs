@@ -438,7 +438,7 @@ fn check_kubernetes(args: RunArgs) -> ExitCode {
     let options = watch_options(&args);
     let kubeconfig = options.kubeconfig.clone();
     let node_name = options.k8s.node_name.clone();
-    let source = match sluice::watch::Source::new(options) {
+    let source = match sluice::watch::ClusterWatch::new(options) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -517,7 +517,7 @@ fn run(args: RunArgs) -> ExitCode {
         return refused;
     }
     let result: anyhow::Result<()> = if args.kubernetes {
-        let source = match sluice::watch::Source::new(watch_options(&args)) {
+        let source = match sluice::watch::ClusterWatch::new(watch_options(&args)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");

@@ -207,7 +207,7 @@ impl Handler {
             .copied()
             .unwrap_or(0);
         let healthy = {
-            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let h = super::healthz::lock(&self.health);
             h.healthy(Instant::now()) && !h.stopping
         };
         let code = if count != 0 && healthy { 200 } else { 503 };

@@ -60,6 +60,11 @@ pub struct Health {
 
 pub type SharedHealth = Arc<Mutex<Health>>;
 
+/// The shared state, also after a panic while it was held (each update is whole).
+pub fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Health {
     pub fn new(generation: u64) -> Health {
         Health {

@@ -51,7 +51,7 @@ pub struct Sources {
     pub monitor: Monitor,
     pub health: SharedHealth,
     /// Endpoint health (transitions).
-    pub endpoint_health: super::health::Shared,
+    pub endpoint_health: super::endpoint_health::Shared,
     /// With a watched configuration source (`--kubernetes`).
     pub source: Option<SourceMetrics>,
 }

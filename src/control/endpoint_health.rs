@@ -22,7 +22,7 @@
 //!   passively; `enable` restarts it as a new target (up, unconfirmed).
 //!
 //! Any change of a target's Up/Down state is logged with its reason and counted, and sends
-//! [`Event::HealthChanged`]; the daemon then republishes, and `effective()` marks down
+//! [`DaemonEvent::HealthChanged`](super::DaemonEvent::HealthChanged); the daemon then republishes, and `effective()` marks down
 //! targets `healthy = false` (routing weight 0). Targets whose Service sets
 //! `shutdown_sessions` are queued when marked down by health; after the publish the daemon
 //! bumps their shutdown epoch ([`StatsBlock::bump_shutdown_epoch`]) and workers reset their
@@ -32,7 +32,7 @@
 //! [`sync`]: HealthTracker::sync
 
 use super::overrides::{AdminState, Overrides};
-use super::Event;
+use super::DaemonEvent;
 use crate::model::{
     ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
 };
@@ -222,8 +222,8 @@ pub struct Shared(Arc<Mutex<State>>);
 
 struct State {
     targets: HashMap<Target, TargetHealth>,
-    events: mpsc::UnboundedSender<Event>,
-    /// An `Event::HealthChanged` was sent and the daemon has not republished yet.
+    events: mpsc::UnboundedSender<DaemonEvent>,
+    /// An `DaemonEvent::HealthChanged` was sent and the daemon has not republished yet.
     event_pending: bool,
     /// Blocks of targets marked down whose Service resets sessions then.
     shutdowns: Vec<Arc<StatsBlock>>,
@@ -291,7 +291,7 @@ pub struct Report {
 
 impl HealthTracker {
     /// Must be called inside the control thread's runtime (it spawns the passive poller).
-    pub fn new(events: mpsc::UnboundedSender<Event>) -> HealthTracker {
+    pub fn new(events: mpsc::UnboundedSender<DaemonEvent>) -> HealthTracker {
         let shared = Shared(Arc::new(Mutex::new(State {
             targets: HashMap::new(),
             events,
@@ -318,7 +318,7 @@ impl HealthTracker {
         self.shared.clone()
     }
 
-    /// The daemon is about to republish for an `Event::HealthChanged`: later changes need
+    /// The daemon is about to republish for an `DaemonEvent::HealthChanged`: later changes need
     /// a new event.
     pub fn acknowledge(&self) {
         self.shared.lock().event_pending = false;
@@ -547,7 +547,7 @@ impl State {
         }
         if routing_changed && !self.event_pending {
             self.event_pending = true;
-            let _ = self.events.send(Event::HealthChanged);
+            let _ = self.events.send(DaemonEvent::HealthChanged);
         }
     }
 
