@@ -5,6 +5,9 @@
 //! sockets, no threads, and it must not depend on any other module of the crate (std only).
 //! Values in a `Model` are already valid — sources reject bad input before building one.
 
+mod names;
+pub use names::{names, ForwardingMode, PolicyKind};
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

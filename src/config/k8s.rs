@@ -384,10 +384,15 @@ fn convert_service(
     };
     let mut warnings = Vec::new();
 
-    let traffic_policy = match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => TrafficPolicy::Cluster,
-        Some("Local") => TrafficPolicy::Local,
-        Some(other) => {
+    let named = |v: &str| TrafficPolicy::ALL.into_iter().find(|p| p.name() == v);
+    let traffic_policy = match spec
+        .external_traffic_policy
+        .as_deref()
+        .map(|v| (v, named(v)))
+    {
+        None => TrafficPolicy::Cluster,
+        Some((_, Some(p))) => p,
+        Some((other, None)) => {
             report(
                 reason::INVALID_SPEC,
                 format!(

@@ -8,8 +8,8 @@ use super::limits;
 use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, Source};
 use crate::model::{
-    ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
-    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
+    names, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
+    ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
@@ -70,16 +70,7 @@ pub(super) fn settings(
         base.max_held_per_service,
     )?;
     let relay = match &f.relay {
-        Some(r) => choice(
-            src,
-            r,
-            "relay",
-            &[
-                ("splice", RelayMode::Splice),
-                ("copy", RelayMode::Copy),
-                ("auto", RelayMode::Auto),
-            ],
-        )?,
+        Some(r) => choice(src, r, "relay", &names(&RelayMode::ALL, RelayMode::name))?,
         None => base.relay,
     };
     let driver = match &f.driver {
@@ -87,11 +78,7 @@ pub(super) fn settings(
             src,
             d,
             "driver",
-            &[
-                ("auto", DriverSetting::Auto),
-                ("uring", DriverSetting::Uring),
-                ("epoll", DriverSetting::Epoll),
-            ],
+            &names(&DriverSetting::ALL, DriverSetting::name),
         )?,
         None => base.driver,
     };

@@ -18,8 +18,9 @@ use super::values::{
 };
 use super::{ConfigError, Source};
 use crate::model::{
-    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceDefaults, ServiceName,
-    ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
+    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceDefaults,
+    ServiceName, ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT,
 };
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -178,30 +179,11 @@ fn service(
         .node_port
         .as_ref()
         .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Maglev,
-        ClientIp,
-        RoundRobin,
-        Random,
-        LeastConnections,
-    }
     let kind = match &e.policy {
-        Some(p) => choice(
-            src,
-            p,
-            "policy",
-            &[
-                ("maglev", Kind::Maglev),
-                ("client-ip", Kind::ClientIp),
-                ("round-robin", Kind::RoundRobin),
-                ("random", Kind::Random),
-                ("least-connections", Kind::LeastConnections),
-            ],
-        )?,
-        None => Kind::Maglev,
+        Some(p) => choice(src, p, "policy", &names(&PolicyKind::ALL, PolicyKind::name))?,
+        None => PolicyKind::Maglev,
     };
-    if kind != Kind::Maglev {
+    if kind != PolicyKind::Maglev {
         if let Some(k) = &e.hash_key {
             return Err(src.error(
                 &k.span(),
@@ -209,7 +191,7 @@ fn service(
             ));
         }
     }
-    if kind != Kind::ClientIp {
+    if kind != PolicyKind::ClientIp {
         for (key, v) in [
             ("affinity_timeout_seconds", &e.affinity_timeout_seconds),
             ("affinity_max_entries", &e.affinity_max_entries),
@@ -243,15 +225,7 @@ fn service(
         None => DEFAULT_AFFINITY_MAX_ENTRIES,
     };
     let key = match &e.hash_key {
-        Some(k) => choice(
-            src,
-            k,
-            "hash_key",
-            &[
-                ("client-ip-port", HashKey::ClientIpPort),
-                ("client-ip", HashKey::ClientIp),
-            ],
-        )?,
+        Some(k) => choice(src, k, "hash_key", &names(&HashKey::ALL, HashKey::name))?,
         None => HashKey::ClientIpPort,
     };
     let timeouts = Timeouts {
@@ -333,14 +307,14 @@ fn service(
             target_port,
             endpoints,
             policy: match kind {
-                Kind::Maglev => Policy::Maglev { key },
-                Kind::ClientIp => Policy::ClientIp {
+                PolicyKind::Maglev => Policy::Maglev { key },
+                PolicyKind::ClientIp => Policy::ClientIp {
                     timeout: std::time::Duration::from_secs(timeout_seconds),
                     max_entries,
                 },
-                Kind::RoundRobin => Policy::RoundRobin,
-                Kind::Random => Policy::Random,
-                Kind::LeastConnections => Policy::LeastConnections,
+                PolicyKind::RoundRobin => Policy::RoundRobin,
+                PolicyKind::Random => Policy::Random,
+                PolicyKind::LeastConnections => Policy::LeastConnections,
             },
             timeouts,
             connect_retries,

@@ -8,7 +8,8 @@
 use super::daemon::Daemon;
 use super::overrides::AdminState;
 use super::protocol::{self, Counters, EndpointInfo, ServiceList, ServicePortInfo, Status};
-use crate::model::{Forwarding, HashKey, Policy};
+
+use crate::model::Policy;
 use crate::stats::ConnTotals;
 
 impl Daemon {
@@ -110,32 +111,13 @@ impl Daemon {
                 target_port: p.target_port,
                 node_port: p.node_port,
                 node_port_allocated: p.node_port_allocated,
-                policy: match p.policy {
-                    Policy::Maglev {
-                        key: HashKey::ClientIpPort,
-                    } => "maglev(client-ip-port)".to_owned(),
-                    Policy::Maglev {
-                        key: HashKey::ClientIp,
-                    } => "maglev(client-ip)".to_owned(),
-                    Policy::ClientIp { timeout, .. } => {
-                        format!("client-ip({}s)", timeout.as_secs())
-                    }
-                    Policy::RoundRobin => "round-robin".to_owned(),
-                    Policy::Random => "random".to_owned(),
-                    Policy::LeastConnections => "least-connections".to_owned(),
-                },
+                policy: p.policy.to_string(),
                 session_affinity: match p.policy {
                     Policy::ClientIp { .. } => "ClientIP",
                     _ => "None",
                 }
                 .to_owned(),
-                forwarding: match &p.forwarding {
-                    Forwarding::None => "none",
-                    Forwarding::ProxyV1 => "proxy-v1",
-                    Forwarding::ProxyV2(_) => "proxy-v2",
-                    Forwarding::Transparent => "transparent",
-                }
-                .to_owned(),
+                forwarding: p.forwarding.mode().name().to_owned(),
                 endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
