@@ -344,7 +344,9 @@ fn log_formats_text_json_and_journald() {
             }
             ("text", true) => {
                 assert!(
-                    line.starts_with("<6> INFO sluice::control::daemon: sluice is serving workers="),
+                    line.starts_with(
+                        "<6> INFO sluice::control::daemon: sluice is serving workers="
+                    ),
                     "{what}"
                 );
             }

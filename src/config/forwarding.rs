@@ -8,7 +8,7 @@
 
 use super::file::{ServiceEntry, TlvEntry};
 use super::values::choice;
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{names, Forwarding, ForwardingMode, ProxyV2Options};
 use serde_spanned::Spanned;
 
@@ -31,7 +31,7 @@ pub(super) struct Default {
 }
 
 pub(super) fn default(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<String>>,
 ) -> Result<Default, ConfigError> {
     Ok(match value {
@@ -48,7 +48,7 @@ pub(super) fn default(
 
 /// A Service's forwarding: its own `forwarding` key or the default, with its v2 options.
 pub(super) fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
     default: &Default,
 ) -> Result<Forwarding, ConfigError> {
@@ -95,7 +95,7 @@ pub(super) fn service(
 /// One forwarding mode written as text (the `sluice.io/forwarding` annotation): the same
 /// names and message as the `forwarding` key; PROXY v2 without options.
 pub(super) fn mode(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
 ) -> Result<Forwarding, ConfigError> {
@@ -108,7 +108,7 @@ pub(super) fn mode(
 }
 
 fn tlvs(
-    src: &Source,
+    src: &SourceText,
     list: &Spanned<Vec<Spanned<TlvEntry>>>,
 ) -> Result<Vec<(u8, Vec<u8>)>, ConfigError> {
     let mut out: Vec<(u8, Vec<u8>)> = Vec::with_capacity(list.get_ref().len());

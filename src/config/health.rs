@@ -11,7 +11,7 @@
 use super::file::{ConfigFile, DurationText, IntOrText, ServiceEntry};
 use super::limits;
 use super::values::{choice, count, int, opt_duration};
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
     ActiveCheck, CheckKind, HealthConfig, PassiveCheck, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTERVAL,
     DEFAULT_CHECK_RISE, DEFAULT_EJECTION_FAILURES, DEFAULT_EJECTION_TIME,
@@ -97,7 +97,7 @@ enum Kind {
 
 /// The node-wide defaults: what a Service that writes no health key gets. Judges every
 /// top-level value, so a bad one is reported even when no Service uses it.
-pub(super) fn defaults(src: &Source, top: HealthKeys) -> Result<HealthConfig, ConfigError> {
+pub(super) fn defaults(src: &SourceText, top: HealthKeys) -> Result<HealthConfig, ConfigError> {
     let kind = kind(src, top.check)?;
     if let Some(k) = top.check.filter(|_| kind != Kind::Http) {
         for (key, span) in [
@@ -143,7 +143,7 @@ pub(super) fn defaults(src: &Source, top: HealthKeys) -> Result<HealthConfig, Co
 /// The health configuration of one `[[service]]`: its own keys, the top level's for the
 /// others.
 pub(super) fn service(
-    src: &Source,
+    src: &SourceText,
     own: HealthKeys,
     top: HealthKeys,
 ) -> Result<HealthConfig, ConfigError> {
@@ -152,7 +152,7 @@ pub(super) fn service(
 
 /// `strict`: keys written in `own` that have no effect are errors.
 fn resolve(
-    src: &Source,
+    src: &SourceText,
     own: HealthKeys,
     top: HealthKeys,
     strict: bool,
@@ -291,7 +291,7 @@ pub(super) fn describe(h: &HealthConfig) -> String {
     }
 }
 
-fn kind(src: &Source, check: Option<&Spanned<String>>) -> Result<Kind, ConfigError> {
+fn kind(src: &SourceText, check: Option<&Spanned<String>>) -> Result<Kind, ConfigError> {
     match check {
         Some(c) => choice(
             src,
@@ -307,7 +307,12 @@ fn kind(src: &Source, check: Option<&Spanned<String>>) -> Result<Kind, ConfigErr
     }
 }
 
-fn not_http(src: &Source, span: &Range<usize>, key: &str, check: &Spanned<String>) -> ConfigError {
+fn not_http(
+    src: &SourceText,
+    span: &Range<usize>,
+    key: &str,
+    check: &Spanned<String>,
+) -> ConfigError {
     src.error(
         span,
         format!(
@@ -318,7 +323,7 @@ fn not_http(src: &Source, span: &Range<usize>, key: &str, check: &Spanned<String
     )
 }
 
-fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, ConfigError> {
+fn active(src: &SourceText, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, ConfigError> {
     let interval = opt_duration(
         src,
         &k.interval.map(clone_duration),
@@ -392,7 +397,7 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
     })
 }
 
-fn passive(src: &Source, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
+fn passive(src: &SourceText, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
     Ok(PassiveCheck {
         consecutive_failures: match k.failures {
             Some(f) => count(
@@ -419,7 +424,7 @@ fn clone_duration(d: &Spanned<DurationText>) -> Spanned<DurationText> {
 }
 
 /// A request path: starts with `/`, visible ASCII only (it goes into the request line as is).
-fn path(src: &Source, p: &Spanned<String>) -> Result<String, ConfigError> {
+fn path(src: &SourceText, p: &Spanned<String>) -> Result<String, ConfigError> {
     let s = p.get_ref();
     let problem = if !s.starts_with('/') {
         Some("must start with '/'".to_owned())
@@ -437,7 +442,7 @@ fn path(src: &Source, p: &Spanned<String>) -> Result<String, ConfigError> {
 }
 
 /// `200`, `"200"` or `"200-399"` → an inclusive range of HTTP status codes.
-fn status(src: &Source, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigError> {
+fn status(src: &SourceText, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigError> {
     let bad = |why: &str| {
         src.error(
             &v.span(),

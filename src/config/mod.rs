@@ -64,7 +64,7 @@ pub fn load_file(path: &Path, previous: Option<&Model>) -> Result<Model, ConfigE
 /// it is still free and in range, otherwise one derived from a hash of their identity, so the
 /// same text always yields the same model.
 pub fn parse(text: &str, origin: &str, previous: Option<&Model>) -> Result<Model, ConfigError> {
-    let source = Source { origin, text };
+    let source = SourceText { origin, text };
     let file: file::ConfigFile = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
     validate::build(&source, file, previous)
 }
@@ -83,12 +83,12 @@ fn position(line: &usize, column: &usize) -> String {
 }
 
 /// The text being parsed, to turn byte offsets into `LINE:COLUMN` errors.
-pub(super) struct Source<'a> {
+pub(super) struct SourceText<'a> {
     origin: &'a str,
     text: &'a str,
 }
 
-impl Source<'_> {
+impl SourceText<'_> {
     /// An error pointing at the start of `span` (a byte range of the text).
     fn error(&self, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_column(span.start);

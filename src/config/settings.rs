@@ -6,7 +6,7 @@
 use super::file::ConfigFile;
 use super::limits;
 use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
     names, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
     ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 pub(super) fn settings(
-    src: &Source,
+    src: &SourceText,
     f: &ConfigFile,
 ) -> Result<(Settings, Option<Range<usize>>), ConfigError> {
     let base = Settings::default();
@@ -149,7 +149,7 @@ pub(super) fn settings(
 }
 
 fn listen_addresses(
-    src: &Source,
+    src: &SourceText,
     list: &Spanned<Vec<Spanned<String>>>,
 ) -> Result<ListenAddresses, ConfigError> {
     if list.get_ref().is_empty() {
@@ -199,7 +199,7 @@ fn listen_addresses(
     ))
 }
 
-fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
+fn node_port_range(src: &SourceText, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
     let malformed = |why: &str| {
         src.error(
             &text.span(),
@@ -226,7 +226,7 @@ fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange
 /// Upper bound of uids and gids: the kernel's (uid_t is 32 bits; -1 is "no id").
 const MAX_ID: i64 = u32::MAX as i64 - 1;
 
-fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
+fn control(src: &SourceText, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
     let base = ControlSettings::default();
     let socket = match &f.control_socket {
         Some(p) => {
@@ -279,7 +279,7 @@ fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError>
 }
 
 fn opt_socket_addr(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<String>>,
     key: &str,
 ) -> Result<Option<SocketAddr>, ConfigError> {

@@ -16,7 +16,7 @@ use super::values::{
     choice, count, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol,
     DnsLabel,
 };
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
     names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceDefaults,
     ServiceName, ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
@@ -30,7 +30,7 @@ use std::ops::Range;
 /// Builds the model: settings first (services need their defaults and the NodePort range),
 /// then each `[[service]]` in file order, then the checks across services, then allocation.
 pub(super) fn build(
-    src: &Source,
+    src: &SourceText,
     file: ConfigFile,
     previous: Option<&Model>,
 ) -> Result<Model, ConfigError> {
@@ -149,7 +149,7 @@ fn describe(key: &ServicePortKey) -> String {
 }
 
 fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
     defaults: &ServiceDefaults,
     default_forwarding: &forwarding::Default,
@@ -332,7 +332,7 @@ fn service(
 }
 
 fn check_node_port_in_range(
-    src: &Source,
+    src: &SourceText,
     node_port: &Spanned<i64>,
     range: NodePortRange,
     range_span: &Option<Range<usize>>,
@@ -353,7 +353,7 @@ fn check_node_port_in_range(
 }
 
 /// Kubernetes: when a Service has several ports, every one of them must be named.
-fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError> {
+fn check_port_names(src: &SourceText, checked: &[Checked]) -> Result<(), ConfigError> {
     let mut ports: BTreeMap<&ServiceName, Vec<&Checked>> = BTreeMap::new();
     for c in checked {
         ports.entry(&c.port.key.service).or_default().push(c);

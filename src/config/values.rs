@@ -6,7 +6,7 @@
 
 use super::file::{DurationText, EndpointEntry};
 use super::limits::{self, CountRange, DurationRange};
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{Endpoint, Protocol, DEFAULT_WEIGHT};
 use serde_spanned::Spanned;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -18,7 +18,7 @@ const MAX_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.max;
 
 /// One element of `endpoints` → an [`Endpoint`], its port defaulting to `target_port`.
 pub(super) fn endpoint(
-    src: &Source,
+    src: &SourceText,
     entry: &Spanned<EndpointEntry>,
     target_port: u16,
 ) -> Result<Endpoint, ConfigError> {
@@ -105,7 +105,7 @@ fn endpoint_text(text: &str) -> Option<(IpAddr, Option<u16>)> {
         .map(|ip| (IpAddr::V6(ip), None))
 }
 
-pub(super) fn protocol(src: &Source, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
+pub(super) fn protocol(src: &SourceText, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
     match p.get_ref().as_str() {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" | "SCTP" => Err(src.error(
@@ -131,7 +131,7 @@ pub(super) enum DnsLabel {
 }
 
 pub(super) fn dns_label(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     kind: DnsLabel,
@@ -180,7 +180,7 @@ pub(super) fn dns_label(
 
 /// A string that must be one of `accepted` (exact, case-sensitive).
 pub(super) fn choice<T: Copy>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     accepted: &[(&str, T)],
@@ -208,7 +208,7 @@ pub(super) fn choice<T: Copy>(
 
 /// An integer in `lo..=hi`, converted to the model's type. `hint` is appended when non-empty.
 pub(super) fn int<T: TryFrom<i64>>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<i64>,
     key: &str,
     lo: i64,
@@ -230,7 +230,7 @@ pub(super) fn int<T: TryFrom<i64>>(
 
 /// An integer in `range` (one of [`limits`]), converted to the model's type.
 pub(super) fn count<T: TryFrom<i64>>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<i64>,
     key: &str,
     range: CountRange,
@@ -241,7 +241,7 @@ pub(super) fn count<T: TryFrom<i64>>(
 
 /// A duration in `range` (one of [`limits`]), or `default` when the key is not written.
 pub(super) fn opt_duration(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<DurationText>>,
     key: &str,
     range: DurationRange,
@@ -286,7 +286,7 @@ pub(super) fn opt_duration(
 }
 
 pub(super) fn opt_retries(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {
@@ -297,7 +297,7 @@ pub(super) fn opt_retries(
 }
 
 pub(super) fn opt_table_size(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {

@@ -54,7 +54,7 @@ pub(super) struct Daemon {
     pub(super) started: Instant,
     pub(super) reloads: u64,
     pub(super) last_reload: Option<ReloadOutcome>,
-    health: healthz::SharedHealth,
+    health: healthz::SharedProcessHealth,
     notifier: notify::Notifier,
     pub(super) log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -77,7 +77,7 @@ pub(super) struct Start {
     pub source: ConfigSource,
     pub source_metrics: Option<metrics::SourceMetrics>,
     pub model: Model,
-    pub health: healthz::SharedHealth,
+    pub health: healthz::SharedProcessHealth,
     pub events: mpsc::UnboundedSender<DaemonEvent>,
     /// `--workers`: wins over the file.
     pub workers: Option<usize>,
@@ -173,7 +173,7 @@ impl Daemon {
             tokio::spawn(s.serve(settings.control.clone(), queues));
         }
         drop((priority_tx, jobs_tx));
-        let sources = metrics::Sources {
+        let sources = metrics::MetricsInputs {
             publisher: publisher.clone(),
             monitor: monitor.clone(),
             health: std::sync::Arc::clone(&health),
@@ -236,7 +236,7 @@ impl Daemon {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::Health> {
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, healthz::ProcessHealth> {
         healthz::lock(&self.health)
     }
 

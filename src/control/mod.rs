@@ -169,7 +169,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sighup = signal(SignalKind::hangup())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<DaemonEvent>();
-    let health = Arc::new(Mutex::new(healthz::Health::new(1)));
+    let health = Arc::new(Mutex::new(healthz::ProcessHealth::new(1)));
     let mut source = options.config;
     // The files are read off this loop: a stuck read does not make SIGTERM wait.
     let Some(input) = stop.unless(source.read_plan(false).start()).await else {

@@ -3,7 +3,7 @@
 //! of endpoints (drain, disable, enable, weight) with a republish.
 
 use super::daemon::Daemon;
-use super::overrides::{AdminState, Selector};
+use super::overrides::{AdminState, EndpointSelector};
 use super::protocol::{EndpointAction, OverrideOutcome, Request, Response};
 use crate::config;
 use serde_json::json;
@@ -73,7 +73,7 @@ impl Daemon {
         address: &str,
         weight: Option<u32>,
     ) -> Response {
-        let sel = match Selector::parse(service, address) {
+        let sel = match EndpointSelector::parse(service, address) {
             Ok(s) => s,
             Err(e) => return Response::error("invalid", e),
         };

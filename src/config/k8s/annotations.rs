@@ -8,7 +8,7 @@ use super::super::file::DurationText;
 use super::super::forwarding;
 use super::super::limits;
 use super::super::values::{choice, opt_duration};
-use super::super::{ConfigError, Source};
+use super::super::{ConfigError, SourceText};
 use crate::model::{
     names, Forwarding, HashKey, Policy, PolicyKind, ServicePort, Settings, Timeouts, TrafficPolicy,
 };
@@ -179,9 +179,9 @@ pub(super) fn read(
 }
 
 /// An annotation value as a one-line "file", so the TOML value checks can judge it.
-fn spanned(v: &str) -> (Source<'_>, Spanned<String>) {
+fn spanned(v: &str) -> (SourceText<'_>, Spanned<String>) {
     (
-        Source {
+        SourceText {
             origin: "annotation",
             text: v,
         },
