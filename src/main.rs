@@ -1,4 +1,8 @@
 //! The `sluice` command line: wiring only. Everything it does lives in the library.
+//!
+//! Past ~600 lines on purpose: it is clap's declaration of every command and flag (their
+//! help text is the man pages') followed by one short function per command; splitting it
+//! would scatter the command-line reference a reader looks for in one place.
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};

@@ -2,7 +2,7 @@
 //! (`--manifests`) and the API watch (`--kubernetes`), so both give the same model for the
 //! same objects. API types: k8s-openapi 0.29 with feature `v1_34` (Kubernetes 1.34).
 //!
-//! What it implements (shared/design/SEMANTICS.md, docs/kubernetes.md):
+//! What it implements (docs/kubernetes.md):
 //! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP; UDP and
 //!   SCTP are reported and skipped). ClusterIP/ExternalName and headless Services, and
 //!   Services labelled `service.kubernetes.io/service-proxy-name` with another proxy's name,
@@ -27,6 +27,9 @@
 //! Nothing here fails as a whole: an object that cannot be served is skipped with a
 //! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
 //! config helpers.
+//!
+//! Slightly past ~600 lines: one Service's conversion, rule by rule in kube-proxy's order;
+//! the annotations (`k8s/annotations.rs`) and the tests are apart already.
 
 mod annotations;
 mod endpoints;

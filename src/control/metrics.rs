@@ -121,16 +121,13 @@ fn answer(
                 render(sources, format),
             )
         }
-        "/healthz" => {
-            let (code, body) = healthz::healthz(
-                &healthz::lock(&sources.health),
-                SystemTime::now(),
-                Instant::now(),
-            );
-            http::response(code, &JSON, body)
-        }
-        "/livez" => {
-            let (code, body) = healthz::livez(
+        path @ ("/healthz" | "/livez") => {
+            let answer = if path == "/healthz" {
+                healthz::healthz
+            } else {
+                healthz::livez
+            };
+            let (code, body) = answer(
                 &healthz::lock(&sources.health),
                 SystemTime::now(),
                 Instant::now(),

@@ -84,12 +84,6 @@ impl HashKey {
     }
 }
 
-impl fmt::Display for HashKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// The kind of a [`Forwarding`], without the PROXY v2 options: what the `forwarding` key
 /// names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +155,6 @@ impl RelayMode {
     }
 }
 
-impl fmt::Display for RelayMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl DriverSetting {
     pub const ALL: [DriverSetting; 3] = [
         DriverSetting::Auto,
@@ -184,12 +172,6 @@ impl DriverSetting {
     }
 }
 
-impl fmt::Display for DriverSetting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl TrafficPolicy {
     pub const ALL: [TrafficPolicy; 2] = [TrafficPolicy::Cluster, TrafficPolicy::Local];
 
@@ -202,8 +184,14 @@ impl TrafficPolicy {
     }
 }
 
-impl fmt::Display for TrafficPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// `Display` is `name()` for the enums whose values carry nothing else.
+macro_rules! display_by_name {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
 }
+display_by_name!(HashKey, RelayMode, DriverSetting, TrafficPolicy);

@@ -92,7 +92,7 @@ fn v2_ipv4_layout() {
     want.extend_from_slice(&[192, 168, 0, 1, 192, 168, 0, 11]);
     want.extend_from_slice(&[0xDC, 0x04, 0x01, 0xBB]); // 56324, 443
     assert_eq!(out, want);
-    assert_eq!(out.len(), 28); // as measured against nginx and HAProxy (KERNEL.md)
+    assert_eq!(out.len(), 28); // as nginx and HAProxy read it (tests/proxy_interop.rs)
 }
 
 #[test]
