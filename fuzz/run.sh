@@ -4,6 +4,7 @@
 #   fuzz/run.sh config -runs=10000000
 #   fuzz/run.sh k8s_objects -max_total_time=20
 # Uses the nightly toolchain when rustup has one, else the stable one with RUSTC_BOOTSTRAP=1.
+# FUZZ_CARGO_ARGS adds options to `cargo fuzz run` (e.g. `--dev` for a quick unoptimised build).
 set -euo pipefail
 cd "$(dirname "$0")"
 target=$1
@@ -17,7 +18,7 @@ case $target in
 esac
 mkdir -p "corpus/$target"
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  exec cargo +nightly fuzz run "$target" "corpus/$target" -- "${extra[@]}" "$@"
+  exec cargo +nightly fuzz run ${FUZZ_CARGO_ARGS:-} "$target" "corpus/$target" -- "${extra[@]}" "$@"
 else
-  RUSTC_BOOTSTRAP=1 exec cargo fuzz run "$target" "corpus/$target" -- "${extra[@]}" "$@"
+  RUSTC_BOOTSTRAP=1 exec cargo fuzz run ${FUZZ_CARGO_ARGS:-} "$target" "corpus/$target" -- "${extra[@]}" "$@"
 fi

@@ -15,9 +15,9 @@
 //!   stats).
 //! - [`publish`]: the one atomic pointer to the current snapshot (table).
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (model).
-//! - [`dataplane`]: workers, the connection state machine, the io_uring and epoll drivers
-//!   (model, stats, table, publish, proxy_protocol, deadline — never control, config or
-//!   watch).
+//! - [`dataplane`]: the sans-IO connection table and core, workers, the io_uring and epoll
+//!   drivers, behind one API in `dataplane/mod.rs` (model, stats, table, publish,
+//!   proxy_protocol, deadline — never control, config or watch).
 //! - [`config`]: TOML file and Kubernetes objects/manifests → [`model::Model`], with
 //!   `FILE:LINE:COLUMN` errors; `sluice check`'s rendering (model, table, deadline).
 //! - [`watch`]: the Kubernetes API watch (`run --kubernetes`): stores of Services and
@@ -27,9 +27,12 @@
 //! - [`demo`]: the built-in demo pods and Service (http, model).
 //! - [`control`]: the control plane: start-up, the reload transaction, the control socket
 //!   and `sluice ctl`, metrics, health checks, sd_notify (everything above but demo,
-//!   logging and tproxy; the rooms are listed in its module docs).
+//!   logging and tproxy; the data plane through its API only; the rooms are listed in its
+//!   module docs).
 //!
 //! The binary (`src/main.rs`) parses the command line and calls into these.
+
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;

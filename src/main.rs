@@ -350,7 +350,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
         // Until the control plane handles SIGHUP ("reload"), its default action would end
         // the process: a reload asked for during start-up must not.
-        if let Err(e) = sluice::dataplane::sys::ignore_hangup() {
+        if let Err(e) = sluice::dataplane::ignore_hangup() {
             eprintln!("sluice: cannot ignore SIGHUP during start-up: {e}");
         }
     }

@@ -421,7 +421,7 @@ fn client_ip_steering_sends_every_client_to_one_worker() {
 #[test]
 fn durations_beyond_any_clock_saturate_under_both_drivers() {
     let mut drivers = vec![DriverSetting::Epoll];
-    match sluice::dataplane::driver::uring::Uring::probe() {
+    match sluice::dataplane::probe_uring() {
         Ok(()) => drivers.push(DriverSetting::Uring),
         Err(e) => eprintln!("SKIPPED under io_uring (unavailable here: {e}); epoll only"),
     }

@@ -18,7 +18,7 @@ fn drivers() -> Vec<&'static str> {
         Some("uring") => vec!["uring"],
         _ => {
             let mut v = vec!["epoll"];
-            match sluice::dataplane::driver::uring::Uring::probe() {
+            match sluice::dataplane::probe_uring() {
                 Ok(()) => v.push("uring"),
                 Err(e) => eprintln!("SKIPPED under io_uring (unavailable here: {e}); epoll only"),
             }

@@ -9,16 +9,16 @@
 //! runs on the loop: load + validate (with the running model, so allocated NodePorts stay;
 //! [`ConfigSource::load`]) → keep the settings that only apply at start
 //! ([`reload::keep_start_only_settings`]) → re-apply overrides → check that no other process
-//! listens on new NodePorts (`port_owner`) → open new listeners (`Plane::prepare`) → build
-//! the snapshot → publish (the one atomic swap) → hand listeners to workers and close removed
-//! ones (`Plane::commit`) → say what changed ([`reload::diff`]). Any error before publish
-//! leaves everything as it was and is reported (config errors as `FILE:LINE:COLUMN: message`).
+//! listens on new NodePorts (`port_owner`) → open new listeners
+//! (`Dataplane::prepare_listeners`) → build the snapshot → publish (the one atomic swap) →
+//! hand listeners to workers and close removed ones (`Dataplane::commit_listeners`) → say
+//! what changed ([`reload::diff`]). Any error before publish leaves everything as it was and
+//! is reported (config errors as `FILE:LINE:COLUMN: message`).
 //! Live connections keep the snapshot they were routed with, so a reload never cuts one.
 //!
 //! What `ctl` requests do is `requests.rs`; what they show is `views.rs`.
 
 use super::overrides::Overrides;
-use super::plane::{self, Plane};
 use super::protocol::{ReloadOutcome, Response};
 use super::reload::{self, Phases};
 use super::source::ConfigSource;
@@ -28,7 +28,7 @@ use super::{
     DaemonEvent, LogFilterSetter,
 };
 use crate::config::ConfigError;
-use crate::dataplane::node_ports;
+use crate::dataplane::{node_ports, Dataplane, Monitor};
 use crate::model::{Model, ServiceName};
 use crate::publish::Publisher;
 use crate::table::{RoutingSnapshot, StatsRegistry};
@@ -47,9 +47,9 @@ pub(super) struct Daemon {
     pub(super) overrides: Overrides,
     registry: StatsRegistry,
     pub(super) publisher: Publisher,
-    plane: Option<Plane>,
+    plane: Option<Dataplane>,
     /// Worker heartbeats and loop stats (also after the plane is handed to the drain).
-    pub(super) monitor: plane::Monitor,
+    pub(super) monitor: Monitor,
     pub(super) generation: u64,
     pub(super) started: Instant,
     pub(super) reloads: u64,
@@ -111,7 +111,7 @@ impl Daemon {
         } = start;
         let workers = workers
             .or(model.settings.workers)
-            .unwrap_or_else(|| crate::dataplane::sys::allowed_cpus().len().max(1));
+            .unwrap_or_else(crate::dataplane::default_workers);
         model.settings.workers = Some(workers);
         if let Some(d) = driver {
             model.settings.driver = d;
@@ -151,7 +151,7 @@ impl Daemon {
             h.updated(SystemTime::now(), true);
             h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
-        let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
+        let mut plane = Dataplane::start(&settings, &node_ports(&model), &publisher)?;
         // Steering first: connections accepted before it is attached may meet a worker that
         // does not hold their client's affinity.
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
@@ -232,7 +232,7 @@ impl Daemon {
         })
     }
 
-    pub(super) fn plane(&self) -> &Plane {
+    pub(super) fn plane(&self) -> &Dataplane {
         self.plane.as_ref().expect("the plane runs until shutdown")
     }
 
@@ -286,7 +286,7 @@ impl Daemon {
 
     /// The start of the shutdown: says so (log, `/healthz`, sd_notify) and hands over the
     /// data plane to be drained within the returned timeout.
-    pub(super) fn stop(&mut self) -> (Plane, Duration) {
+    pub(super) fn stop(&mut self) -> (Dataplane, Duration) {
         let timeout = self.model.settings.drain_timeout;
         tracing::info!(?timeout, "stopping: draining live connections");
         self.lock_health().stopping = true;
@@ -472,7 +472,7 @@ impl Daemon {
         port_owner::check(&new).map_err(|e| e.to_string())?;
         phases.lap("port_owner");
         let plan = plane
-            .prepare(&effective.settings, &node_ports(&effective))
+            .prepare_listeners(&effective.settings, &node_ports(&effective))
             .map_err(|e| e.to_string())?;
         phases.lap("prepare");
         // Nothing can fail from here on.
@@ -490,7 +490,7 @@ impl Daemon {
         }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
-        plane.commit(plan);
+        plane.commit_listeners(plan);
         plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
         phases.lap("commit");
         let changes = reload::diff(&self.model, &next);

@@ -17,7 +17,7 @@ pub const WORKER_DIED: i32 = 70;
 /// From now on, a worker that dies ends the process.
 pub fn take_the_process_down_on_worker_death(notifier: Notifier) {
     static EXITING: AtomicBool = AtomicBool::new(false);
-    crate::dataplane::death::on_worker_death(move |death| {
+    crate::dataplane::on_worker_death(move |death| {
         if EXITING.swap(true, Ordering::SeqCst) {
             // Another worker died first and is taking the process down: wait for the end
             // (two threads must not run `exit` at once).

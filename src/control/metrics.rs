@@ -9,7 +9,7 @@
 //! connections, header-read timeout, keep-alive), serving three paths and nothing else.
 
 use super::healthz;
-use super::plane::Monitor;
+use crate::dataplane::Monitor;
 use crate::http;
 use crate::publish::Publisher;
 use bytes::Bytes;

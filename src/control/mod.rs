@@ -24,7 +24,6 @@
 //! | `hcnp.rs` | kube-proxy's healthCheckNodePort servers |
 //! | `metrics` | `/metrics` and the HTTP listeners |
 //! | `notify.rs` | sd_notify and the heartbeat-gated watchdog |
-//! | `plane.rs` | the calls into the data plane |
 //! | `port_owner.rs` | one sluice per NodePort |
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
@@ -39,7 +38,6 @@ mod metrics;
 pub mod node;
 mod notify;
 pub mod overrides;
-mod plane;
 mod port_owner;
 pub mod protocol;
 mod reload;

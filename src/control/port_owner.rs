@@ -111,7 +111,7 @@ pub fn check(wanted: &[SocketAddr]) -> Result<(), PortTaken> {
     // NodePort), or by the ring of a process that just ended. Only processes this user
     // cannot see (another uid, for a user other than root) leave that open: those count.
     let holders = holders(candidates.iter().map(|l| l.inode).collect());
-    let me = crate::dataplane::sys::effective_uid();
+    let me = crate::dataplane::effective_uid();
     candidates.retain(|l| holders.contains_key(&l.inode) || (me != 0 && l.uid != me));
     let Some(first) = candidates.first() else {
         return Ok(());

@@ -77,7 +77,7 @@ pub fn default_path() -> PathBuf {
 /// (the daemon's default for this user first, then the system-wide one), else the first.
 pub fn default_paths() -> Vec<PathBuf> {
     let mut paths = Vec::new();
-    if crate::dataplane::sys::effective_uid() != 0 {
+    if crate::dataplane::effective_uid() != 0 {
         if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
             let dir = PathBuf::from(dir);
             if dir.is_absolute() {

@@ -1,29 +1,44 @@
 //! The data plane: per-core, shared-nothing workers that accept NodePort connections and
 //! relay them to endpoints.
 //!
-//! [`Dataplane::start`] opens every listening socket first (so a port that cannot be bound
-//! is an error before anything runs), then starts one worker thread per configured CPU, each
-//! with its own io_uring ring and its own SO_REUSEPORT socket per (address, NodePort). It
-//! returns once every worker has set up its ring. Routing comes from the [`Publisher`]; this
-//! module never reads configuration files and never imports the control side.
+//! The API, all of it here: [`Dataplane::start`] opens every listening socket first (so a
+//! port that cannot be bound is an error before anything runs), then starts one worker thread
+//! per configured CPU, each with its own driver (io_uring, or epoll where io_uring is not
+//! usable: [`probe_uring`]) and its own SO_REUSEPORT socket per (address, NodePort); it
+//! returns once every worker is ready. Then: [`Dataplane::prepare_listeners`] /
+//! [`Dataplane::commit_listeners`] (a reload's listener plan), [`Dataplane::steer_client_ips`]
+//! (ClientIP affinity), [`Dataplane::drain`] / [`Dataplane::stop`], a [`Monitor`] for other
+//! threads, an [`Aborter`] for a second signal, [`on_worker_death`] for the process's answer
+//! to a dead worker, and the helpers [`node_ports`], [`client_ip_ports`],
+//! [`listen_addresses`], [`default_workers`]. Routing comes from the [`Publisher`]; this
+//! module never reads configuration and never imports `control`, `config` or `watch`.
 //!
-//! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
-//! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code), [`death`] (what a worker
-//! that dies reports, so that no half-deaf process is left behind).
+//! Inside (all private): [`connections`] (the sans-IO connection table: slab, pins, retries,
+//! holds, parking, idle sweep, drain) over [`conn`] (the sans-IO core of one connection);
+//! [`worker`] (the thread's IO loop that executes the table's outputs); [`driver`] (io_uring
+//! and epoll behind one trait); [`relay`] (pipes and buffers that hold bytes in flight);
+//! [`select`] and [`affinity`] (endpoint choice per policy); [`sys`] (syscall wrappers; with
+//! `driver/uring.rs`, the only `unsafe` code of the crate); [`death`] (what a worker that
+//! dies reports, so that no half-deaf process is left behind). [`testing`] opens the
+//! connection table to the simulator (`tests/conn_simulation.rs`), and nothing else.
 
-pub mod affinity;
-pub mod conn;
-pub mod death;
-pub mod driver;
-pub mod relay;
-pub mod select;
-pub mod sys;
-pub mod worker;
+mod affinity;
+mod conn;
+mod connections;
+mod death;
+mod driver;
+mod relay;
+mod select;
+mod sys;
+mod worker;
+
+pub use death::{on_worker_death, WorkerDeath};
 
 use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
+pub use connections::ListenerKey;
+use connections::WorkerLimits;
 use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
@@ -35,8 +50,18 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use worker::ListenerKey;
-use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
+use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
+
+/// For the simulator (`tests/conn_simulation.rs`) only: the sans-IO connection table and
+/// the vocabulary of its connection core. Not an API: it changes with the data plane.
+#[doc(hidden)]
+pub mod testing {
+    pub use super::conn::{CloseReason, ConnectFailure, Dir, Event, Side};
+    pub use super::connections::{
+        ConnHandle, ConnTable, ConnectOutcome, NotStarted, Output, Refused, TableConfig,
+        WorkerLimits, TICK,
+    };
+}
 
 /// Errors starting the data plane or opening listeners.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +92,7 @@ pub struct Dataplane {
     open: Vec<ListenerKey>,
     /// Listener groups whose connections are steered to workers by client IP.
     steered: Vec<ListenerKey>,
-    monitor: DataplaneMonitor,
+    monitor: Monitor,
 }
 
 struct WorkerHandle {
@@ -144,7 +169,7 @@ impl Aborter {
 
 /// A cheap, clonable view of the workers for other threads (watchdog, metrics, status).
 #[derive(Debug, Clone)]
-pub struct DataplaneMonitor {
+pub struct Monitor {
     loops: Arc<[Arc<LoopStats>]>,
     driver: &'static str,
 }
@@ -159,7 +184,7 @@ pub struct WorkerStats {
     pub accepting: bool,
 }
 
-impl DataplaneMonitor {
+impl Monitor {
     /// Per worker: a counter that advances at every loop iteration (at least every 100 ms
     /// while the worker is healthy). A worker whose heartbeat stops is wedged.
     pub fn heartbeats(&self) -> Vec<u64> {
@@ -258,7 +283,7 @@ impl Dataplane {
             workers,
             open,
             steered: Vec::new(),
-            monitor: DataplaneMonitor {
+            monitor: Monitor {
                 loops: loops.into(),
                 driver: driver.name(),
             },
@@ -289,7 +314,7 @@ impl Dataplane {
     }
 
     /// A handle for other threads: heartbeats, loop statistics, driver.
-    pub fn monitor(&self) -> DataplaneMonitor {
+    pub fn monitor(&self) -> Monitor {
         self.monitor.clone()
     }
 
@@ -450,9 +475,31 @@ impl Drop for Dataplane {
     }
 }
 
+/// Workers to start when the settings do not say: one per CPU this process may run on.
+pub fn default_workers() -> usize {
+    sys::allowed_cpus().len().max(1)
+}
+
+/// Whether io_uring is usable here with every operation sluice needs (`driver = "uring"`
+/// refuses to start otherwise, `"auto"` falls back to epoll); the error says what is missing.
+pub fn probe_uring() -> io::Result<()> {
+    Uring::probe()
+}
+
+/// The process's effective user id (the control socket's peer checks).
+pub fn effective_uid() -> u32 {
+    sys::effective_uid()
+}
+
+/// Ignore SIGHUP until the control plane installs its handler: a reload request that
+/// arrives while sluice is still starting must not end it (SIGHUP's default action).
+pub fn ignore_hangup() -> io::Result<()> {
+    sys::ignore_hangup()
+}
+
 /// Resolve the driver setting: `Auto` probes io_uring once and falls back to epoll with one
 /// log line saying why; `Uring` refuses to start with that reason instead.
-pub fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
+fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
     match setting {
         DriverSetting::Epoll => Ok(DriverChoice::Epoll),
         DriverSetting::Uring => Uring::probe()

@@ -108,7 +108,8 @@ impl Selector {
         self.affinity.retain(|id, _| live.contains(id));
     }
 
-    /// Clients remembered for affinity, all Service ports (for stats and tests).
+    /// Clients remembered for affinity, all Service ports (for tests).
+    #[cfg(test)]
     pub fn affinity_entries(&self) -> usize {
         self.affinity.values().map(AffinityTable::len).sum()
     }

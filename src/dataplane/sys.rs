@@ -7,6 +7,8 @@
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
 //! caller (`OwnedFd`), so no wrapper can close or leak a descriptor.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -4,7 +4,7 @@
 
 use super::{counter_family, gauge_family, with, Labels};
 use crate::control::endpoint_health::Shared as EndpointHealth;
-use crate::control::plane::Monitor;
+use crate::dataplane::Monitor;
 use crate::stats::{HistogramTotals, CONNECT_LATENCY_BOUNDS_NS, DURATION_BOUNDS_NS};
 use crate::table::RoutingSnapshot;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
