@@ -64,7 +64,9 @@ pub fn demo_model() -> Model {
             families: Default::default(),
             health: Default::default(),
             meta: None,
+            addresses: Default::default(),
         }],
+        primary_ips: Vec::new(),
     }
 }
 

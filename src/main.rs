@@ -186,6 +186,7 @@ impl ManifestArgs {
                 node_name,
                 proxy_name: None,
                 zone: self.zone.clone().filter(|z| !z.is_empty()),
+                primary_ips: Vec::new(),
             },
         })
     }
@@ -458,6 +459,7 @@ fn check_kubernetes(args: RunArgs) -> ExitCode {
     let model = sluice::model::Model {
         settings: source.settings(),
         services: Vec::new(),
+        primary_ips: Vec::new(),
     };
     let summary = sluice::config::render_check(&model);
     // The settings lines; the Services come from the API.
@@ -509,6 +511,7 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
             node_name: args.manifests.node_name(),
             proxy_name: args.proxy_name.clone(),
             zone: None,
+            primary_ips: Vec::new(),
         },
         window: Default::default(),
     }

@@ -18,6 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod addresses;
+pub use addresses::{canonical_ip, Cidr, ListenAddresses, ServiceAddresses};
+
 /// The default NodePort range of Kubernetes (`--service-node-port-range`).
 pub const DEFAULT_NODE_PORT_RANGE: NodePortRange = NodePortRange {
     first: 30000,
@@ -33,6 +36,10 @@ pub struct Model {
     pub settings: Settings,
     /// One entry per (Service, port). Sorted by (namespace, name, port name) by sources.
     pub services: Vec<ServicePort>,
+    /// This node's primary addresses, at most one per family (its Node object's first
+    /// InternalIP, else ExternalIP, as kube-proxy's `GetNodeHostIPs`), for
+    /// `listen_addresses = ["primary"]`; empty when unknown (TOML files, no Node object).
+    pub primary_ips: Vec<IpAddr>,
 }
 
 /// Node-wide settings: how the data plane runs, independent of any one Service.
@@ -71,6 +78,9 @@ pub struct Settings {
     pub health_address: Option<SocketAddr>,
     /// On SIGTERM/SIGINT: how long live connections may take to finish before they are reset.
     pub drain_timeout: Duration,
+    /// A sluice extension: apply a Service's `loadBalancerSourceRanges` to its NodePorts
+    /// too (kube-proxy applies them at the LoadBalancer IPs only).
+    pub source_ranges_on_node_ports: bool,
 }
 
 /// Which kernel interface the data plane uses.
@@ -143,6 +153,7 @@ impl Default for Settings {
             metrics_address: None,
             health_address: None,
             drain_timeout: Duration::from_secs(30),
+            source_ranges_on_node_ports: false,
         }
     }
 }
@@ -167,16 +178,6 @@ impl Default for ServiceDefaults {
             health: HealthConfig::default(),
         }
     }
-}
-
-/// Which node addresses NodePorts are served on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddresses {
-    /// Every local address, IPv4 and IPv6 (one dual-stack wildcard socket, or `0.0.0.0`
-    /// when the host has no IPv6).
-    All,
-    /// Exactly these local addresses.
-    Only(Vec<IpAddr>),
 }
 
 /// An inclusive range of ports, e.g. `30000-32767`.
@@ -275,7 +276,9 @@ pub struct ServicePort {
     pub key: ServicePortKey,
     /// The Service (cluster) port, e.g. 80. Informational for a NodePort balancer.
     pub port: u16,
-    /// The NodePort this Service port is served on.
+    /// The NodePort this Service port is served on; 0 for none (a Kubernetes Service port
+    /// reached only at its [`ServiceAddresses`]: `allocateLoadBalancerNodePorts: false`, or
+    /// a ClusterIP Service with external IPs).
     pub node_port: u16,
     /// True when `node_port` was allocated by sluice rather than given.
     pub node_port_allocated: bool,
@@ -299,6 +302,9 @@ pub struct ServicePort {
     /// Where the Service came from in Kubernetes (manifests or the API), for `describe`
     /// and the healthCheckNodePort server; `None` for TOML Services.
     pub meta: Option<std::sync::Arc<ServiceMeta>>,
+    /// Addresses of its own the Service port is reached at (on `port`, not the NodePort),
+    /// and who may reach it there.
+    pub addresses: ServiceAddresses,
 }
 
 /// Kubernetes `externalTrafficPolicy`.

@@ -172,6 +172,9 @@ pub struct ConnCounters {
     /// Service only: clients reset at once because a hold budget was spent
     /// (`max_held_per_service`, `max_held_per_worker`).
     pub holds_refused: Counter,
+    /// Service only: clients refused (reset at accept) because they are outside the
+    /// Service's `loadBalancerSourceRanges` where those apply.
+    pub source_refused: Counter,
     /// Endpoint only: failed connects since this worker's last successful one (passive
     /// health checking reads the sum over workers).
     pub connect_failures_in_row: Gauge,
@@ -204,6 +207,7 @@ pub struct ConnTotals {
     pub bytes_to_client: u64,
     pub connect_failed: u64,
     pub holds_refused: u64,
+    pub source_refused: u64,
     /// Sum over workers of the failed connects since each one's last success.
     pub connect_failures_in_row: u64,
 }
@@ -315,6 +319,7 @@ impl StatsBlock {
             t.bytes_to_client += c.bytes_to_client.get();
             t.connect_failed += c.connect_failed.get();
             t.holds_refused += c.holds_refused.get();
+            t.source_refused += c.source_refused.get();
             t.connect_failures_in_row += c.connect_failures_in_row.get();
         }
         t

@@ -2,7 +2,7 @@
 //! in code, real sockets on loopback. The black-box suites (tests/*.rs using the binary)
 //! cover the rest; these check the library API other crates and the control side use.
 
-use sluice::dataplane::Dataplane;
+use sluice::dataplane::{node_port_keys, Dataplane, Listeners};
 use sluice::model::*;
 use sluice::publish::Publisher;
 use sluice::table::{RoutingSnapshot, StatsRegistry};
@@ -78,19 +78,30 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             families: Default::default(),
             health: Default::default(),
             meta: None,
+            addresses: Default::default(),
         }],
+        primary_ips: Vec::new(),
+    }
+}
+
+/// The listeners of `ports` on 127.0.0.1 (the model's `listen_addresses`).
+fn listeners(ports: &[(Protocol, u16)]) -> Listeners {
+    Listeners {
+        required: node_port_keys(&["127.0.0.1".parse().unwrap()], &ports.to_vec()),
+        optional: Vec::new(),
     }
 }
 
 fn start(model: &Model) -> (Dataplane, Publisher, StatsRegistry) {
     let mut reg = StatsRegistry::new(model.settings.workers.unwrap());
     let publisher = Publisher::new(RoutingSnapshot::build(model, 1, &mut reg));
-    let ports = model
+    let ports: Vec<(Protocol, u16)> = model
         .services
         .iter()
         .map(|s| (s.key.protocol, s.node_port))
         .collect();
-    let dp = Dataplane::start(&model.settings, &ports, &publisher).expect("data plane starts");
+    let dp = Dataplane::start(&model.settings, &listeners(&ports).required, &publisher)
+        .expect("data plane starts");
     (dp, publisher, reg)
 }
 
@@ -210,7 +221,9 @@ fn listeners_follow_a_reload_and_established_connections_survive_it() {
     let mut m2 = m.clone();
     m2.services[0].node_port = p2;
     let ports2 = vec![(Protocol::Tcp, p2)];
-    let plan = dp.prepare_listeners(&m2.settings, &ports2).unwrap();
+    let plan = dp
+        .prepare_listeners(m2.settings.backlog, &listeners(&ports2))
+        .unwrap();
     assert_eq!(plan.added().len(), 1);
     assert_eq!(plan.removed().len(), 1);
     publisher.publish(RoutingSnapshot::build(&m2, 2, &mut reg));
@@ -234,8 +247,8 @@ fn listeners_follow_a_reload_and_established_connections_survive_it() {
     let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = blocker.local_addr().unwrap().port();
     let err = dp.prepare_listeners(
-        &m2.settings,
-        &vec![(Protocol::Tcp, p2), (Protocol::Tcp, taken)],
+        m2.settings.backlog,
+        &listeners(&[(Protocol::Tcp, p2), (Protocol::Tcp, taken)]),
     );
     assert!(
         err.is_err(),
@@ -377,7 +390,7 @@ fn client_ip_steering_sends_every_client_to_one_worker() {
         max_entries: 1000,
     };
     let (mut dp, _p, _r) = start(&m);
-    dp.steer_client_ips(&sluice::dataplane::client_ip_ports(&m));
+    dp.steer_client_ips(&listeners(&[(Protocol::Tcp, port)]).required);
     let monitor = dp.monitor();
     let accepted = || -> Vec<u64> { monitor.worker_stats().iter().map(|w| w.accepted).collect() };
     let mut workers_used = std::collections::HashSet::new();

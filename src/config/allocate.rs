@@ -182,11 +182,13 @@ mod tests {
                 families: Default::default(),
                 health: Default::default(),
                 meta: None,
+                addresses: Default::default(),
             })
             .collect();
         Model {
             settings: Default::default(),
             services,
+            primary_ips: Vec::new(),
         }
     }
 

@@ -79,6 +79,7 @@ impl Manifests {
         let options = K8sOptions {
             zone: k8s::node_zone(&objects.nodes, self.options.node_name.as_deref())
                 .or_else(|| self.options.zone.clone()),
+            primary_ips: k8s::node_primary_ips(&objects.nodes, self.options.node_name.as_deref()),
             ..self.options.clone()
         };
         Ok(k8s::build_model(settings, &objects, &options, previous))
@@ -549,6 +550,7 @@ endpoints:
                     node_name: Some("me".into()),
                     proxy_name: None,
                     zone: zone.map(Into::into),
+                    primary_ips: Vec::new(),
                 },
             };
             let (model, problems) = m.load(None).unwrap();

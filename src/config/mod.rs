@@ -12,6 +12,7 @@
 //! A reload is `parse(new_text, origin, Some(&running_model))`: the running model is only read,
 //! to keep the NodePorts it allocated (see the `allocate` module).
 
+mod addresses;
 mod allocate;
 mod file;
 mod forwarding;
@@ -217,6 +218,7 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "metrics_address",
     "health_address",
     "drain_timeout",
+    "source_ranges_on_node_ports",
 ];
 
 /// Which table an unknown/missing-key message from serde is about, told by the keys it knows.

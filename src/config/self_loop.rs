@@ -33,21 +33,26 @@ pub(super) fn local_addresses() -> Vec<IpAddr> {
 pub(super) struct Served {
     /// NodePort → the Service port served on it.
     node_ports: HashMap<u16, String>,
-    listen: ListenAddresses,
+    /// The addresses NodePorts are bound on (`listen_addresses` resolved against `local`
+    /// and the primary addresses); `None`: every address.
+    bound: Option<Vec<IpAddr>>,
     local: Vec<IpAddr>,
 }
 
 impl Served {
     /// For `services` (with their NodePorts allocated), served on `listen`; `local` are
-    /// the node's interface addresses.
+    /// the node's interface addresses, `primary` its primary ones (`listen_addresses =
+    /// ["primary"]`).
     pub(super) fn new(
         services: &[ServicePort],
         listen: &ListenAddresses,
         local: Vec<IpAddr>,
+        primary: &[IpAddr],
     ) -> Served {
         Served {
             node_ports: services
                 .iter()
+                .filter(|s| s.node_port != 0)
                 .map(|s| {
                     (
                         s.node_port,
@@ -55,7 +60,7 @@ impl Served {
                     )
                 })
                 .collect(),
-            listen: listen.clone(),
+            bound: listen.resolve(&local, primary),
             local,
         }
     }
@@ -78,10 +83,10 @@ impl Served {
         }
         let ip = canonical(endpoint.ip());
         let node = |ip: IpAddr| ip.is_loopback() || self.local.contains(&ip);
-        match &self.listen {
-            ListenAddresses::All => node(ip)
+        match &self.bound {
+            None => node(ip)
                 .then(|| "sluice serves its NodePorts on every address of this node".to_owned()),
-            ListenAddresses::Only(list) => list.iter().find_map(|&l| {
+            Some(list) => list.iter().find_map(|&l| {
                 let l = canonical(l);
                 // `::` is dual-stack (it also takes IPv4); `0.0.0.0` takes IPv4 only.
                 let wildcard = l.is_unspecified() && (l.is_ipv6() || ip.is_ipv4()) && node(ip);
@@ -104,12 +109,13 @@ mod tests {
     use super::*;
 
     fn served(listen: ListenAddresses, local: &[&str]) -> Served {
+        let local: Vec<IpAddr> = local.iter().map(|a| a.parse().unwrap()).collect();
         Served {
             node_ports: [(30000, "30000/TCP of itest/a".to_owned())]
                 .into_iter()
                 .collect(),
-            listen,
-            local: local.iter().map(|a| a.parse().unwrap()).collect(),
+            bound: listen.resolve(&local, &[]),
+            local,
         }
     }
 
@@ -151,6 +157,17 @@ mod tests {
         assert_eq!(one.loops(ep("192.0.2.20:30000")), None);
         assert_eq!(one.loops(ep("127.0.0.1:30000")), None);
 
+        // A CIDR: the node's addresses inside it.
+        let cidr = served(
+            ListenAddresses::Matching {
+                addresses: vec![],
+                cidrs: vec!["192.0.2.0/24".parse().unwrap()],
+            },
+            &["192.0.2.10", "198.51.100.1"],
+        );
+        assert!(cidr.explain(ep("192.0.2.10:30000")).is_some());
+        assert!(cidr.explain(ep("192.0.2.99:30000")).is_none());
+        assert!(cidr.explain(ep("198.51.100.1:30000")).is_none());
         let v4_wildcard = served(only(&["0.0.0.0"]), &["192.0.2.10", "2001:db8::10"]);
         assert!(v4_wildcard.loops(ep("192.0.2.10:30000")).is_some());
         assert!(v4_wildcard.loops(ep("127.0.0.2:30000")).is_some());

@@ -8,7 +8,7 @@ use super::limits;
 use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
 use super::{ConfigError, SourceText};
 use crate::model::{
-    names, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
+    names, Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
     ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
@@ -144,6 +144,7 @@ pub(super) fn settings(
         metrics_address,
         health_address,
         drain_timeout,
+        source_ranges_on_node_ports: f.source_ranges_on_node_ports.unwrap_or(false),
     };
     Ok((settings, f.node_port_range.as_ref().map(Spanned::span)))
 }
@@ -159,44 +160,87 @@ fn listen_addresses(
              on all addresses",
         ));
     }
-    let mut seen: Vec<(IpAddr, Range<usize>)> = Vec::new();
+    if let Some(primary) = list
+        .get_ref()
+        .iter()
+        .find(|t| t.get_ref().trim() == "primary")
+    {
+        if list.get_ref().len() > 1 {
+            return Err(src.error(
+                &primary.span(),
+                "`\"primary\"` stands alone in `listen_addresses` (as in kube-proxy's \
+                 nodePortAddresses): it means this node's primary addresses; list CIDRs or \
+                 addresses instead to choose others",
+            ));
+        }
+        return Ok(ListenAddresses::Primary);
+    }
+    // Each entry as a prefix (an address is its host prefix), to find overlaps.
+    let mut seen: Vec<(Cidr, bool, Range<usize>)> = Vec::new();
     for text in list.get_ref() {
-        let ip: IpAddr = text.get_ref().trim().parse().map_err(|_| {
+        let written = text.get_ref().trim();
+        let is_cidr = written.contains('/');
+        let cidr: Cidr = written.parse().map_err(|()| {
             src.error(
                 &text.span(),
                 format!(
-                    "listen address {:?} is not an IP address (CIDRs and host names are not \
-                     supported)",
+                    "listen address {:?} is not an IP address, a CIDR (\"10.0.0.0/8\") or \
+                     \"primary\" (host names are not supported)",
                     text.get_ref()
                 ),
             )
         })?;
-        for (other, span) in &seen {
-            if *other == ip {
+        let shown = |c: &Cidr, is_cidr: bool| {
+            if is_cidr {
+                c.to_string()
+            } else {
+                c.addr().to_string()
+            }
+        };
+        for (other, other_is_cidr, span) in &seen {
+            if *other == cidr && *other_is_cidr == is_cidr {
                 return Err(src.error(
                     &text.span(),
                     format!(
-                        "listen address {ip} is listed twice (first at line {})",
+                        "listen address {} is listed twice (first at line {})",
+                        shown(&cidr, is_cidr),
                         src.line(span.start)
                     ),
                 ));
             }
-            if other.is_ipv4() == ip.is_ipv4() && (other.is_unspecified() || ip.is_unspecified()) {
+            let wildcard = |c: &Cidr, is_cidr: bool| !is_cidr && c.addr().is_unspecified();
+            if other.addr().is_ipv4() == cidr.addr().is_ipv4()
+                && (wildcard(other, *other_is_cidr) || wildcard(&cidr, is_cidr))
+            {
                 return Err(src.error(
                     &text.span(),
                     format!(
-                        "listen address {ip} overlaps {other} (line {}): a wildcard address \
+                        "listen address {} overlaps {} (line {}): a wildcard address \
                          already covers every address of its family",
+                        shown(&cidr, is_cidr),
+                        shown(other, *other_is_cidr),
                         src.line(span.start)
                     ),
                 ));
             }
         }
-        seen.push((ip, text.span()));
+        seen.push((cidr, is_cidr, text.span()));
     }
-    Ok(ListenAddresses::Only(
-        seen.into_iter().map(|(ip, _)| ip).collect(),
-    ))
+    let addresses: Vec<IpAddr> = seen
+        .iter()
+        .filter(|(_, is_cidr, _)| !is_cidr)
+        .map(|(c, _, _)| c.addr())
+        .collect();
+    let cidrs: Vec<Cidr> = seen
+        .iter()
+        .filter(|(_, is_cidr, _)| *is_cidr)
+        .map(|(c, _, _)| *c)
+        .collect();
+    Ok(if cidrs.is_empty() {
+        ListenAddresses::Only(addresses)
+    } else {
+        ListenAddresses::Matching { addresses, cidrs }
+    })
 }
 
 fn node_port_range(src: &SourceText, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {

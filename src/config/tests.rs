@@ -55,6 +55,7 @@ fn happy_config_from_the_brief() {
             families: Default::default(),
             health: Default::default(),
             meta: None,
+            addresses: Default::default(),
         }]
     );
 }

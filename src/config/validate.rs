@@ -5,6 +5,7 @@
 //! Checks that involve several Service ports (duplicate identities, NodePort collisions) name
 //! the earlier entry by its line. NodePort allocation itself is the `allocate` module's job.
 
+use super::addresses;
 use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
@@ -18,8 +19,8 @@ use super::values::{
 };
 use super::{ConfigError, SourceText};
 use crate::model::{
-    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceDefaults,
-    ServiceName, ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
+    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol,
+    ServiceName, ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
     DEFAULT_AFFINITY_TIMEOUT,
 };
 use serde_spanned::Spanned;
@@ -40,14 +41,10 @@ pub(super) fn build(
     let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
     let top_health = HealthKeys::of_file(&file);
+    let mut claims = addresses::Claims::default();
     for entry in &file.service {
-        let this = service(
-            src,
-            entry,
-            &settings.defaults,
-            &default_forwarding,
-            top_health,
-        )?;
+        let this = service(src, entry, &settings, &default_forwarding, top_health)?;
+        claims.claim(src, entry, &this.port.key, this.port.port)?;
         if let Some(&first) = by_key.get(&this.port.key) {
             return Err(src.error(
                 &this.name_span,
@@ -121,13 +118,22 @@ pub(super) fn build(
         })
         .unzip();
     // Only now are all NodePorts known (allocated ones included).
-    let served = self_loop::Served::new(&services, &settings.listen, self_loop::local_addresses());
+    let served = self_loop::Served::new(
+        &services,
+        &settings.listen,
+        self_loop::local_addresses(),
+        &[],
+    );
     for (addr, span) in endpoint_spans.iter().flatten() {
         if let Some(why) = served.explain(*addr) {
             return Err(src.error(span, why));
         }
     }
-    Ok(Model { settings, services })
+    Ok(Model {
+        settings,
+        services,
+        primary_ips: Vec::new(),
+    })
 }
 
 /// One `[[service]]` entry after its own checks, with the spans later checks point at.
@@ -151,10 +157,11 @@ fn describe(key: &ServicePortKey) -> String {
 fn service(
     src: &SourceText,
     e: &ServiceEntry,
-    defaults: &ServiceDefaults,
+    settings: &Settings,
     default_forwarding: &forwarding::Default,
     top_health: HealthKeys,
 ) -> Result<Checked, ConfigError> {
+    let defaults = &settings.defaults;
     let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
     let namespace = match &e.namespace {
         Some(ns) => dns_label(src, ns, "namespace", DnsLabel::Rfc1123)?,
@@ -258,6 +265,7 @@ fn service(
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
     let forwarding = forwarding::service(src, e, default_forwarding)?;
     let health = health::service(src, HealthKeys::of_service(e), top_health)?;
+    let addresses = addresses::service(src, e, settings.source_ranges_on_node_ports)?;
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -324,6 +332,7 @@ fn service(
             families: Default::default(),
             health,
             meta: None,
+            addresses,
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),

@@ -9,9 +9,10 @@
 //! runs on the loop: load + validate (with the running model, so allocated NodePorts stay;
 //! [`ConfigSource::load`]) → keep the settings that only apply at start
 //! ([`reload::keep_start_only_settings`]) → re-apply overrides → check that no other process
-//! listens on new NodePorts (`port_owner`) → open new listeners
-//! (`Dataplane::prepare_listeners`) → build the snapshot → publish (the one atomic swap) →
-//! hand listeners to workers and close removed ones (`Dataplane::commit_listeners`) → say
+//! listens on new NodePorts (`port_owner`) → open new listeners for the node's addresses as
+//! read now (`Daemon::prepare_listeners`, `relisten.rs`) → build the snapshot → publish (the
+//! one atomic swap) → hand listeners to workers and close removed ones
+//! (`Daemon::commit_listeners`) → say
 //! what changed ([`reload::diff`]). Any error before publish leaves everything as it was and
 //! is reported (config errors as `FILE:LINE:COLUMN: message`).
 //! Live connections keep the snapshot they were routed with, so a reload never cuts one.
@@ -24,11 +25,11 @@ use super::reload::{self, Phases};
 use super::source::ConfigSource;
 use super::source_files::{ReadInput, ReadPlan};
 use super::{
-    endpoint_health, hcnp, healthz, metrics, node, notify, port_owner, socket, ControlError,
-    DaemonEvent, LogFilterSetter,
+    endpoint_health, hcnp, healthz, listeners, metrics, node, notify, port_owner, relisten, socket,
+    ControlError, DaemonEvent, LogFilterSetter,
 };
 use crate::config::ConfigError;
-use crate::dataplane::{node_ports, Dataplane, Monitor};
+use crate::dataplane::{Dataplane, Monitor};
 use crate::model::{Model, ServiceName};
 use crate::publish::Publisher;
 use crate::table::{RoutingSnapshot, StatsRegistry};
@@ -47,7 +48,7 @@ pub(super) struct Daemon {
     pub(super) overrides: Overrides,
     registry: StatsRegistry,
     pub(super) publisher: Publisher,
-    plane: Option<Dataplane>,
+    pub(super) plane: Option<Dataplane>,
     /// Worker heartbeats and loop stats (also after the plane is handed to the drain).
     pub(super) monitor: Monitor,
     pub(super) generation: u64,
@@ -69,6 +70,8 @@ pub(super) struct Daemon {
     /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
     /// for the Age column of `describe`'s Events.
     pub(super) problems_since: HashMap<(ServiceName, String, String), SystemTime>,
+    /// This node's addresses and the listeners that follow them (`relisten`).
+    pub(super) listening: relisten::Listening,
 }
 
 /// What start-up has before the daemon exists: the source, its first model, and what the
@@ -141,9 +144,11 @@ impl Daemon {
         let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
             .with_node_addresses(&node_addresses);
         let publisher = Publisher::new(snapshot);
+        let wildcard = crate::dataplane::wildcard_address();
+        let wanted = listeners::wanted(&model, &node_addresses, wildcard);
         // One sluice per NodePort: refuse before listening, and look again once listening
         // (two instances started at the same moment both stop).
-        let listen = port_owner::wanted(&settings, &node_ports(&model));
+        let listen: Vec<SocketAddr> = wanted.listeners.required.iter().map(|k| k.addr).collect();
         port_owner::check(&listen)?;
         {
             // The first sync: everything the source held is applied.
@@ -151,14 +156,20 @@ impl Daemon {
             h.updated(SystemTime::now(), true);
             h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
-        let mut plane = Dataplane::start(&settings, &node_ports(&model), &publisher)?;
+        // NodePorts now (all or nothing); the Services' own addresses once the daemon is
+        // built, where they can be bound.
+        let mut plane = Dataplane::start(&settings, &wanted.listeners.required, &publisher)?;
         // Steering first: connections accepted before it is attached may meet a worker that
         // does not hold their client's affinity.
-        plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
+        plane.steer_client_ips(&wanted.steered);
         port_owner::check(&listen)?;
+        let listening = relisten::Listening::new(node_addresses, wildcard, &wanted);
         let monitor = plane.monitor();
-        healthz::lock(&health).families =
-            healthz::families_of(&crate::dataplane::listen_addresses(&settings.listen));
+        let listen_ips = wanted
+            .node_port_addresses
+            .clone()
+            .unwrap_or_else(|| vec![wildcard]);
+        healthz::lock(&health).families = healthz::families_of(&listen_ips);
 
         let endpoint_health = endpoint_health::HealthTracker::new(events_tx.clone());
         let (priority_tx, priority_jobs) = mpsc::channel::<socket::Job>(64);
@@ -210,7 +221,9 @@ impl Daemon {
             endpoint_health,
             health_check_node_ports,
             problems_since: HashMap::new(),
+            listening,
         };
+        daemon.open_remaining_listeners();
         daemon.after_publish();
         for s in &daemon.model.services {
             tracing::info!(
@@ -360,7 +373,8 @@ impl Daemon {
     fn after_publish(&mut self) {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
-        self.health_check_node_ports.sync(&self.model);
+        self.health_check_node_ports
+            .sync(&self.model, self.listening.node_port_addresses.as_deref());
         // First-seen times of the problems the model carries (dropped when they go).
         let now = SystemTime::now();
         let mut seen = HashMap::new();
@@ -381,10 +395,11 @@ impl Daemon {
         let started = Instant::now();
         let effective = self.effective(&self.model, &self.overrides);
         self.generation += 1;
-        let next =
-            self.publisher
-                .current()
-                .rebuild(&effective, self.generation, &mut self.registry);
+        let next = self
+            .publisher
+            .current()
+            .rebuild(&effective, self.generation, &mut self.registry)
+            .with_node_addresses(&self.listening.node_addresses);
         self.publisher.publish(next);
         {
             let mut h = self.lock_health();
@@ -462,36 +477,20 @@ impl Daemon {
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
-        let plane = self.plane.as_mut().expect("the plane runs until shutdown");
-        let open: std::collections::HashSet<SocketAddr> =
-            plane.listen_addrs().into_iter().collect();
-        let new: Vec<SocketAddr> = port_owner::wanted(&effective.settings, &node_ports(&effective))
-            .into_iter()
-            .filter(|a| !open.contains(a))
-            .collect();
-        port_owner::check(&new).map_err(|e| e.to_string())?;
-        phases.lap("port_owner");
-        let plan = plane
-            .prepare_listeners(&effective.settings, &node_ports(&effective))
-            .map_err(|e| e.to_string())?;
+        // The node's addresses may have changed (DHCP, an added VIP): read again. One
+        // sluice per NodePort: a new one another process listens on fails the reload.
+        let prepared = self.prepare_listeners(&effective)?;
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let mut snapshot =
-            self.publisher
-                .current()
-                .rebuild(&effective, generation, &mut self.registry);
-        // The node's addresses may have changed (DHCP, an added VIP): read them again.
-        match node::addresses() {
-            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
-            }
-        }
+        let snapshot = self
+            .publisher
+            .current()
+            .rebuild(&effective, generation, &mut self.registry)
+            .with_node_addresses(&prepared.node_addresses);
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
-        plane.commit_listeners(plan);
-        plane.steer_client_ips(&crate::dataplane::client_ip_ports(&effective));
+        self.commit_listeners(prepared);
         phases.lap("commit");
         let changes = reload::diff(&self.model, &next);
         phases.lap("diff");

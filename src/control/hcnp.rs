@@ -26,7 +26,7 @@
 
 use super::healthz::SharedProcessHealth;
 use crate::http;
-use crate::model::{ListenAddresses, Model, ServiceName, TrafficPolicy};
+use crate::model::{Model, ServiceName, TrafficPolicy};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,7 +51,8 @@ pub(super) struct HealthCheckServers {
 
 struct Instance {
     port: u16,
-    listen: ListenAddresses,
+    /// The addresses served on (`None`: every address).
+    listen: Option<Vec<IpAddr>>,
     /// One accept task per address; aborting it closes the listener and its connections.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -101,10 +102,10 @@ impl HealthCheckServers {
         }
     }
 
-    /// Brings the listeners in line with `model` (inside the tokio runtime).
-    pub(super) fn sync(&mut self, model: &Model) {
+    /// Brings the listeners in line with `model` (inside the tokio runtime), on the
+    /// addresses NodePorts are served on now (`listen`; `None`: every address).
+    pub(super) fn sync(&mut self, model: &Model, listen: Option<&[IpAddr]>) {
         let wanted = wanted(model);
-        let listen = &model.settings.listen;
         {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             *counts = wanted.iter().map(|(n, (_, c))| (n.clone(), *c)).collect();
@@ -112,7 +113,7 @@ impl HealthCheckServers {
         self.open.retain(|name, i| {
             let keep = wanted
                 .get(name)
-                .is_some_and(|(port, _)| *port == i.port && i.listen == *listen);
+                .is_some_and(|(port, _)| *port == i.port && i.listen.as_deref() == listen);
             if !keep {
                 tracing::info!(service = %name, port = i.port, "healthCheckNodePort closed");
             }
@@ -144,23 +145,23 @@ impl HealthCheckServers {
         &self,
         name: &ServiceName,
         port: u16,
-        listen: &ListenAddresses,
+        listen: Option<&[IpAddr]>,
     ) -> Result<Instance, (SocketAddr, std::io::Error)> {
         let mut instance = Instance {
             port,
-            listen: listen.clone(),
+            listen: listen.map(<[IpAddr]>::to_vec),
             tasks: Vec::new(),
         };
         let addrs: Vec<IpAddr> = match listen {
-            ListenAddresses::All => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
-            ListenAddresses::Only(list) => list.clone(),
+            None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+            Some(list) => list.to_vec(),
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
             let listener = bind(addr).or_else(|e| match listen {
                 // No IPv6 on this host: all IPv4 addresses.
-                ListenAddresses::All => bind(SocketAddr::from(([0, 0, 0, 0], port))),
-                ListenAddresses::Only(_) => Err(e),
+                None => bind(SocketAddr::from(([0, 0, 0, 0], port))),
+                Some(_) => Err(e),
             });
             let listener = listener.map_err(|e| (addr, e))?;
             let ctx = Handler {

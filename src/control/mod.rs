@@ -24,6 +24,8 @@
 //! | `hcnp.rs` | kube-proxy's healthCheckNodePort servers |
 //! | `metrics` | `/metrics` and the HTTP listeners |
 //! | `notify.rs` | sd_notify and the heartbeat-gated watchdog |
+//! | `listeners.rs` | which listeners the model and the node's addresses call for (pure) |
+//! | `relisten.rs` | listeners following the model and the node's addresses |
 //! | `port_owner.rs` | one sluice per NodePort |
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
@@ -34,6 +36,7 @@ pub mod endpoint_health;
 mod fatal;
 mod hcnp;
 mod healthz;
+mod listeners;
 mod metrics;
 pub mod node;
 mod notify;
@@ -41,6 +44,7 @@ pub mod overrides;
 mod port_owner;
 pub mod protocol;
 mod reload;
+mod relisten;
 pub mod render;
 mod requests;
 mod socket;
@@ -209,6 +213,10 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut ticker = tokio::time::interval(daemon.tick());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate = notify::HeartbeatGate::default();
+    // The node's addresses are read again this often: listeners follow them (CIDR listen
+    // addresses, Services' external and LoadBalancer IPs becoming local or not).
+    let mut address_poll = tokio::time::interval(node::POLL);
+    address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs_open = true;
     let mut reloads = Reloads::<ReloadWaiter>::default();
 
@@ -243,6 +251,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 None => jobs_open = false,
             },
+            _ = address_poll.tick() => daemon.follow_node_addresses(),
             _ = ticker.tick() => daemon.check_heartbeats(&mut gate),
         }
     }

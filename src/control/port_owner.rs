@@ -37,8 +37,6 @@
 //! check is skipped with a warning); a reload that adds a NodePort at the same instant as
 //! another process binds it is checked before opening only.
 
-use crate::dataplane::{listen_addresses, NodePorts};
-use crate::model::Settings;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, BufRead};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -59,15 +57,6 @@ pub struct PortTaken {
     pub holder: String,
     /// ` (NodePorts taken: …)` when there are more.
     more: String,
-}
-
-/// Every (address, NodePort) that `settings` and `ports` listen on.
-pub fn wanted(settings: &Settings, ports: &NodePorts) -> Vec<SocketAddr> {
-    let ips = listen_addresses(&settings.listen);
-    ports
-        .iter()
-        .flat_map(|&(_, port)| ips.iter().map(move |&ip| SocketAddr::new(ip, port)))
-        .collect()
 }
 
 /// Fails when a listening TCP socket of another process overlaps one of `wanted`. Sockets

@@ -373,6 +373,18 @@ pub struct ServicePortInfo {
     pub endpoints_usable: usize,
     pub endpoints_total: usize,
     pub counters: Counters,
+    /// The Service port's external IPs (served on `port` where local to the node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    /// Its LoadBalancer ingress IPs (VIP mode; served on `port` where local).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_ips: Vec<String>,
+    /// Its `loadBalancerSourceRanges`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
+    /// Clients refused because they are outside the source ranges.
+    #[serde(default)]
+    pub source_ranges_refused: u64,
     pub endpoints: Vec<EndpointInfo>,
     /// The Kubernetes Service as written (manifests or the API); absent for TOML Services
     /// (and from daemons that predate it).

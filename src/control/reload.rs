@@ -23,10 +23,9 @@ pub(super) fn diff(old: &Model, new: &Model) -> Vec<String> {
     for n in &new.services {
         match old_by_key.get(&n.key).copied() {
             None => out.push(format!(
-                "+ service {} on NodePort {}/{} ({})",
+                "+ service {} {} ({})",
                 n.key,
-                n.node_port,
-                n.key.protocol,
+                on_node_port(n),
                 plural(n.endpoints.len(), "endpoint")
             )),
             Some(o) => service_changes(o, n, &mut out),
@@ -34,13 +33,19 @@ pub(super) fn diff(old: &Model, new: &Model) -> Vec<String> {
     }
     for o in &old.services {
         if !new_keys.contains(&o.key) {
-            out.push(format!(
-                "- service {} (was on NodePort {}/{})",
-                o.key, o.node_port, o.key.protocol
-            ));
+            out.push(format!("- service {} (was {})", o.key, on_node_port(o)));
         }
     }
     out
+}
+
+/// `on NodePort 30080/TCP`, or `without a NodePort` (reached at its addresses only).
+fn on_node_port(p: &ServicePort) -> String {
+    if p.node_port == 0 {
+        "without a NodePort".to_owned()
+    } else {
+        format!("on NodePort {}/{}", p.node_port, p.key.protocol)
+    }
 }
 
 fn service_changes(o: &ServicePort, n: &ServicePort, out: &mut Vec<String>) {
@@ -89,6 +94,18 @@ fn service_changes(o: &ServicePort, n: &ServicePort, out: &mut Vec<String>) {
         ),
         (o.traffic_policy != n.traffic_policy, "traffic policy"),
         (o.health != n.health, "health checks"),
+        (
+            o.addresses.external_ips != n.addresses.external_ips,
+            "external IPs",
+        ),
+        (
+            o.addresses.load_balancer_ips != n.addresses.load_balancer_ips,
+            "LoadBalancer IPs",
+        ),
+        (
+            o.addresses.source_ranges != n.addresses.source_ranges,
+            "source ranges",
+        ),
     ]
     .into_iter()
     .filter_map(|(changed, name)| changed.then_some(name))

@@ -74,11 +74,20 @@ pub fn services(list: &ServiceList) -> String {
         "PORT".to_owned(),
         "PROTOCOL".to_owned(),
         "NODEPORT".to_owned(),
+        "EXTERNAL-IP".to_owned(),
         "POLICY".to_owned(),
         "ENDPOINTS".to_owned(),
         "ACTIVE".to_owned(),
     ]];
     for s in &list.services {
+        // As `kubectl get service`: LoadBalancer IPs, then external IPs.
+        let mut external: Vec<&str> = s.load_balancer_ips.iter().map(String::as_str).collect();
+        external.extend(
+            s.external_ips
+                .iter()
+                .map(String::as_str)
+                .filter(|ip| !s.load_balancer_ips.iter().any(|l| l == ip)),
+        );
         rows.push([
             s.namespace.clone(),
             s.name.clone(),
@@ -88,7 +97,12 @@ pub fn services(list: &ServiceList) -> String {
                 format!("{}:{}", s.port_name, s.port)
             },
             s.protocol.clone(),
-            s.node_port.to_string(),
+            if s.node_port == 0 {
+                "<none>".to_owned()
+            } else {
+                s.node_port.to_string()
+            },
+            or_none(&external.join(",")),
             s.policy.clone(),
             format!("{}/{}", s.endpoints_usable, s.endpoints_total),
             s.counters.connections_active.to_string(),

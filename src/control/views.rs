@@ -121,6 +121,25 @@ impl Daemon {
                 endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
+                external_ips: p
+                    .addresses
+                    .external_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                load_balancer_ips: p
+                    .addresses
+                    .load_balancer_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                load_balancer_source_ranges: p
+                    .addresses
+                    .source_ranges
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                source_ranges_refused: s.stats.totals().source_refused,
                 endpoints,
                 kubernetes: p.meta.as_deref().map(|m| {
                     let served = served_node_ports

@@ -34,7 +34,7 @@ mod worker;
 
 pub use death::{on_worker_death, WorkerDeath};
 
-use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
+use crate::model::{DriverSetting, Model, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 pub use connections::ListenerKey;
@@ -85,6 +85,17 @@ pub enum StartError {
 /// The NodePorts to open: (protocol, port) pairs.
 pub type NodePorts = Vec<(Protocol, u16)>;
 
+/// The listening sockets the data plane is to have (see [`Dataplane::prepare_listeners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// Opened all or nothing: one that cannot be bound fails the change (NodePorts).
+    pub required: Vec<ListenerKey>,
+    /// Opened where possible: one that cannot be bound is reported in the plan and left
+    /// out, the rest goes ahead (a Service's external and LoadBalancer IPs, which come
+    /// and go with the Service's status).
+    pub optional: Vec<ListenerKey>,
+}
+
 /// A running data plane.
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
@@ -108,6 +119,8 @@ pub struct ListenerPlan {
     /// New keys, each with one socket per worker.
     add: Vec<(ListenerKey, Vec<Socket>)>,
     remove: Vec<ListenerKey>,
+    /// Optional keys that could not be opened, and why.
+    failed: Vec<(ListenerKey, io::Error)>,
 }
 
 impl ListenerPlan {
@@ -123,6 +136,11 @@ impl ListenerPlan {
 
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Optional listeners that could not be opened (not open, not in the plan), and why.
+    pub fn failed(&self) -> &[(ListenerKey, io::Error)] {
+        &self.failed
     }
 }
 
@@ -221,10 +239,10 @@ impl Monitor {
 }
 
 impl Dataplane {
-    /// Open the listeners for `node_ports` and start the workers.
+    /// Open the listeners `keys` (all or nothing) and start the workers.
     pub fn start(
         settings: &Settings,
-        node_ports: &NodePorts,
+        keys: &[ListenerKey],
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
         let driver = choose_driver(settings.driver)?;
@@ -232,7 +250,12 @@ impl Dataplane {
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
         let mut open = Vec::new();
-        for (key, sockets) in open_listeners(settings, node_ports, &[], n)? {
+        let wanted = Listeners {
+            required: keys.to_vec(),
+            optional: Vec::new(),
+        };
+        let (opened, _) = open_listeners(settings.backlog, &wanted, &HashSet::new(), n)?;
+        for (key, sockets) in opened {
             for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
                 listeners.push(Listener { key, socket });
             }
@@ -330,24 +353,36 @@ impl Dataplane {
         }
     }
 
-    /// Open sockets for the (address, NodePort) pairs of `settings.listen` × `node_ports`
-    /// that are not open yet. Nothing changes for the workers until [`Self::commit_listeners`];
-    /// on error nothing was changed (sockets opened so far are closed).
+    /// Open sockets (with `backlog`) for the `wanted` listeners that are not open yet, and
+    /// plan to close the open ones it does not name. Nothing changes for the workers until
+    /// [`Self::commit_listeners`]. A required listener that cannot be opened is an error,
+    /// and then nothing was changed (sockets opened so far are closed); an optional one is
+    /// reported in [`ListenerPlan::failed`] and left out.
     pub fn prepare_listeners(
         &self,
-        settings: &Settings,
-        node_ports: &NodePorts,
+        backlog: u32,
+        wanted: &Listeners,
     ) -> Result<ListenerPlan, StartError> {
         // Sets: with 10,000 NodePorts a scan per listener is quadratic.
-        let wanted: HashSet<ListenerKey> = wanted_keys(settings, node_ports).into_iter().collect();
-        let add = open_listeners(settings, node_ports, &self.open, self.workers.len())?;
+        let keep: HashSet<ListenerKey> = wanted
+            .required
+            .iter()
+            .chain(&wanted.optional)
+            .copied()
+            .collect();
+        let open: HashSet<ListenerKey> = self.open.iter().copied().collect();
+        let (add, failed) = open_listeners(backlog, wanted, &open, self.workers.len())?;
         let remove = self
             .open
             .iter()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !keep.contains(k))
             .copied()
             .collect();
-        Ok(ListenerPlan { add, remove })
+        Ok(ListenerPlan {
+            add,
+            remove,
+            failed,
+        })
     }
 
     /// Hand the plan's new listeners to the workers and close the removed ones. Call it
@@ -377,17 +412,18 @@ impl Dataplane {
         }
     }
 
-    /// Steer the connections of these NodePorts to workers by client IP (a classic-BPF
+    /// Steer the connections of these listeners to workers by client IP (a classic-BPF
     /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
-    /// affinity table; other NodePorts go back to the kernel's 4-tuple hash. Call after
-    /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
-    /// Returns once the change is in place (or after a second, if the worker is wedged).
-    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
-        let ports: HashSet<&(Protocol, u16)> = ports.iter().collect();
+    /// affinity table; other listeners go back to the kernel's 4-tuple hash. Call after
+    /// `start` and after each `commit_listeners` with the listeners of ClientIP-affinity
+    /// Services (keys not open are ignored). Returns once the change is in place (or after
+    /// a second, if the worker is wedged).
+    pub fn steer_client_ips(&mut self, keys: &[ListenerKey]) {
+        let keys: HashSet<&ListenerKey> = keys.iter().collect();
         let wanted: Vec<ListenerKey> = self
             .open
             .iter()
-            .filter(|k| ports.contains(&(k.protocol, k.node_port())))
+            .filter(|k| keys.contains(k))
             .copied()
             .collect();
         let steered: HashSet<&ListenerKey> = self.steered.iter().collect();
@@ -549,11 +585,12 @@ fn run_worker<D: Driver>(
     result
 }
 
-/// The NodePorts a model serves.
+/// The NodePorts a model serves (Service ports without one, node_port 0, have none).
 pub fn node_ports(model: &Model) -> NodePorts {
     let mut ports: NodePorts = model
         .services
         .iter()
+        .filter(|s| s.node_port != 0)
         .map(|s| (s.key.protocol, s.node_port))
         .collect();
     ports.sort_unstable();
@@ -561,25 +598,11 @@ pub fn node_ports(model: &Model) -> NodePorts {
     ports
 }
 
-/// The NodePorts whose Service uses ClientIP affinity (to steer by client IP).
-pub fn client_ip_ports(model: &Model) -> NodePorts {
-    let mut ports: NodePorts = model
-        .services
-        .iter()
-        .filter(|s| matches!(s.policy, Policy::ClientIp { .. }))
-        .map(|s| (s.key.protocol, s.node_port))
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
-/// Every (address, NodePort) the settings and ports call for.
-fn wanted_keys(settings: &Settings, node_ports: &NodePorts) -> Vec<ListenerKey> {
-    let addrs = listen_addresses(&settings.listen);
-    let mut keys = Vec::new();
+/// The listeners of `node_ports` on each of `addresses`.
+pub fn node_port_keys(addresses: &[IpAddr], node_ports: &NodePorts) -> Vec<ListenerKey> {
+    let mut keys = Vec::with_capacity(addresses.len() * node_ports.len());
     for &(protocol, node_port) in node_ports {
-        for &ip in &addrs {
+        for &ip in addresses {
             keys.push(ListenerKey {
                 addr: SocketAddr::new(ip, node_port),
                 protocol,
@@ -589,45 +612,61 @@ fn wanted_keys(settings: &Settings, node_ports: &NodePorts) -> Vec<ListenerKey> 
     keys
 }
 
-/// Open `workers` reuseport sockets for every wanted key not in `open`. All or nothing.
+/// Open `workers` reuseport sockets for every wanted key not in `open`: the required ones
+/// all or nothing (an error closes what was opened), the optional ones where possible
+/// (returned second: those that failed, and why).
+#[allow(clippy::type_complexity)]
 fn open_listeners(
-    settings: &Settings,
-    node_ports: &NodePorts,
-    open: &[ListenerKey],
+    backlog: u32,
+    wanted: &Listeners,
+    open: &HashSet<ListenerKey>,
     workers: usize,
-) -> Result<Vec<(ListenerKey, Vec<Socket>)>, StartError> {
+) -> Result<
+    (
+        Vec<(ListenerKey, Vec<Socket>)>,
+        Vec<(ListenerKey, io::Error)>,
+    ),
+    StartError,
+> {
     let mut out = Vec::new();
-    let open: HashSet<&ListenerKey> = open.iter().collect();
-    for key in wanted_keys(settings, node_ports) {
-        if open.contains(&key) {
+    let mut seen: HashSet<ListenerKey> = HashSet::new();
+    let group = |key: &ListenerKey| {
+        (0..workers)
+            .map(|_| open_listener(key.addr, backlog))
+            .collect::<io::Result<Vec<_>>>()
+    };
+    for key in &wanted.required {
+        if open.contains(key) || !seen.insert(*key) {
             continue;
         }
-        let sockets = (0..workers)
-            .map(|_| open_listener(key.addr, settings.backlog))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|cause| StartError::Listen {
-                addr: key.addr,
-                node_port: key.node_port(),
-                protocol: key.protocol,
-                cause,
-            })?;
-        out.push((key, sockets));
+        let sockets = group(key).map_err(|cause| StartError::Listen {
+            addr: key.addr,
+            node_port: key.node_port(),
+            protocol: key.protocol,
+            cause,
+        })?;
+        out.push((*key, sockets));
     }
-    Ok(out)
+    let mut failed = Vec::new();
+    for key in &wanted.optional {
+        if open.contains(key) || !seen.insert(*key) {
+            continue;
+        }
+        match group(key) {
+            Ok(sockets) => out.push((*key, sockets)),
+            Err(e) => failed.push((*key, e)),
+        }
+    }
+    Ok((out, failed))
 }
 
-/// The addresses to bind for a listen setting: `All` → one dual-stack `[::]` socket when
-/// the host has IPv6, else `0.0.0.0`.
-pub fn listen_addresses(listen: &ListenAddresses) -> Vec<IpAddr> {
-    match listen {
-        ListenAddresses::Only(ips) => ips.clone(),
-        ListenAddresses::All => {
-            if Socket::new(Domain::IPV6, Type::STREAM, None).is_ok() {
-                vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
-            } else {
-                vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
-            }
-        }
+/// The address that stands for "every address" (`listen_addresses` omitted): `::`, one
+/// dual-stack socket, when the host has IPv6, else `0.0.0.0`.
+pub fn wildcard_address() -> IpAddr {
+    if Socket::new(Domain::IPV6, Type::STREAM, None).is_ok() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 }
 

@@ -169,8 +169,10 @@ mod tests {
                     families: Default::default(),
                     health: Default::default(),
                     meta: None,
+                    addresses: Default::default(),
                 })
                 .collect(),
+            primary_ips: Vec::new(),
         }
     }
 

@@ -3,14 +3,17 @@
 //!
 //! A [`RoutingSnapshot`] is built by the control plane from a validated [`Model`], off the
 //! hot path, and is never mutated afterwards: it is published whole (see `publish`) and
-//! read lock-free by every worker. It owns the Service ports keyed by (protocol, NodePort),
-//! their endpoints in canonical order (so an [`EndpointId`] is an index), their Maglev
-//! tables and their counter blocks. Reading it (`lookup`, `service`, `pick`) must never
-//! allocate, lock, or panic on anything a client controls. It does no IO and keeps no
-//! per-connection state: the connection remembers which endpoints it already `tried`.
+//! read lock-free by every worker. It owns the Service ports keyed by the listener a
+//! connection arrives at — (protocol, NodePort), or (protocol, address:port) for a Service's
+//! external and LoadBalancer IPs —, their endpoints in canonical order (so an
+//! [`EndpointId`] is an index), their Maglev tables, source ranges and counter blocks.
+//! Reading it (`lookup`, `admits`, `service`, `pick`) must never allocate, lock, or panic
+//! on anything a client controls. It does no IO and keeps no per-connection state: the
+//! connection remembers which endpoints it already `tried`.
 
 use super::hash::canonical_addr;
 use super::maglev::{MaglevTable, TableSize};
+use super::ranges::SourceRanges;
 use super::registry::StatsRegistry;
 use super::route::Route;
 use super::usable::{family_weights, Family, Tier};
@@ -59,6 +62,8 @@ pub struct ServiceEntry {
     /// A hash of the Service port's key: the same in every snapshot, so workers can keep
     /// state per Service port (affinity, round-robin position) across reloads.
     stable_id: u64,
+    /// `loadBalancerSourceRanges`, ready for the accept path.
+    source_ranges: SourceRanges,
 }
 
 impl ServiceEntry {
@@ -106,6 +111,11 @@ impl ServiceEntry {
         self.stable_id
     }
 
+    /// Who may connect where the source ranges apply (see [`RoutingSnapshot::admits`]).
+    pub fn source_ranges(&self) -> &SourceRanges {
+        &self.source_ranges
+    }
+
     /// The endpoint with this address (IPv4-mapped or not), if it is one of this Service's.
     pub fn endpoint_by_addr(&self, addr: SocketAddr) -> Option<EndpointId> {
         let want = canonical_addr(addr);
@@ -149,6 +159,21 @@ impl ServiceEntry {
 /// Ports per protocol in the NodePort index.
 const PORTS: usize = 1 << 16;
 
+/// How a new connection reached its Service port: which one, and whether the Service's
+/// source ranges apply at the listener it arrived at (see [`RoutingSnapshot::lookup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub service: ServiceId,
+    /// The client must pass [`RoutingSnapshot::admits`]: the connection arrived at one of
+    /// the Service's LoadBalancer IPs (or at its NodePort, with `source_ranges_on_node_ports`)
+    /// and the Service has source ranges.
+    pub source_ranges: bool,
+}
+
+/// A Service port reached at an address of its own: (protocol index, canonical
+/// address:port) → Service port index, and whether the address is a LoadBalancer IP.
+type AddressEntry = ((usize, SocketAddr), u32, bool);
+
 /// Everything workers need to route new connections, at one configuration generation.
 pub struct RoutingSnapshot {
     generation: u64,
@@ -157,6 +182,12 @@ pub struct RoutingSnapshot {
     /// for none. 256 KiB per protocol, zero-initialised (lazily faulted in) — one load per
     /// lookup, no hashing, no probing; empty in [`RoutingSnapshot::empty`].
     by_port: Box<[u32]>,
+    /// Service ports by their external and LoadBalancer IPs, sorted by key (one entry per
+    /// key: the first Service port in the model that claims it). Looked up before the
+    /// NodePort index, as kube-proxy's service-IP map is matched before its NodePort map.
+    by_address: Box<[AddressEntry]>,
+    /// `source_ranges_on_node_ports`: source ranges apply at NodePorts too.
+    ranges_on_node_ports: bool,
     /// This node's own addresses (canonical, sorted): a client with one of them (or any
     /// loopback address) is on the node itself, and Local Services route it with the
     /// cluster endpoints, as kube-proxy does.
@@ -170,6 +201,8 @@ impl RoutingSnapshot {
             generation: 0,
             services: Vec::new(),
             by_port: Box::new([]),
+            by_address: Box::new([]),
+            ranges_on_node_ports: false,
             node_addresses: Arc::new([]),
         }
     }
@@ -220,6 +253,7 @@ impl RoutingSnapshot {
             self.services.iter().map(|s| (&s.port.key, s)).collect();
         stats.begin();
         let mut by_port = vec![0u32; PORTS * Protocol::COUNT].into_boxed_slice();
+        let mut by_address: Vec<AddressEntry> = Vec::new();
         let mut services = Vec::with_capacity(model.services.len());
         for (i, port) in model.services.iter().enumerate() {
             let endpoints = canonical_endpoints(&port.endpoints);
@@ -269,10 +303,20 @@ impl RoutingSnapshot {
                     stats: stats.endpoint_block(&port.key, endpoint.addr),
                 })
                 .collect();
+            // Model sizes are far below u32::MAX Services.
             let slot = &mut by_port[port_index(port.key.protocol, port.node_port)];
-            if *slot == 0 {
-                // Model sizes are far below u32::MAX Services.
+            if *slot == 0 && port.node_port != 0 {
                 *slot = i as u32 + 1;
+            }
+            let a = &port.addresses;
+            for (ip, lb) in a
+                .load_balancer_ips
+                .iter()
+                .map(|ip| (ip, true))
+                .chain(a.external_ips.iter().map(|ip| (ip, false)))
+            {
+                let addr = SocketAddr::new(canonical_ip(*ip), port.port);
+                by_address.push(((port.key.protocol.index(), addr), i as u32, lb));
             }
             services.push(ServiceEntry {
                 stable_id: stable_id(&port.key),
@@ -287,13 +331,20 @@ impl RoutingSnapshot {
                 },
                 stats: service_stats,
                 endpoints: entries,
+                source_ranges: SourceRanges::new(&port.addresses.source_ranges),
             });
         }
         stats.finish();
+        // Stable: of two claims to one key, the first in the model (a LoadBalancer IP
+        // before an external IP of the same Service port) stays.
+        by_address.sort_by_key(|e| e.0);
+        by_address.dedup_by_key(|e| e.0);
         RoutingSnapshot {
             generation,
             services,
             by_port,
+            by_address: by_address.into_boxed_slice(),
+            ranges_on_node_ports: model.settings.source_ranges_on_node_ports,
             node_addresses: Arc::clone(&self.node_addresses),
         }
     }
@@ -303,13 +354,58 @@ impl RoutingSnapshot {
         self.generation
     }
 
-    /// The Service port served on `node_port` for `protocol`. Never panics.
+    /// The Service port a connection to the listener bound at `listener` (`protocol`)
+    /// goes to: the one whose external or LoadBalancer IP:port it is, else the one whose
+    /// NodePort is its port (a NodePort listener, on a node address or a wildcard). Never
+    /// allocates or panics: a binary search, then one load.
     #[inline]
-    pub fn lookup(&self, protocol: Protocol, node_port: u16) -> Option<ServiceId> {
-        match self.by_port.get(port_index(protocol, node_port)) {
-            Some(&id) if id != 0 => Some(ServiceId(id - 1)),
+    pub fn lookup(&self, protocol: Protocol, listener: SocketAddr) -> Option<Reached> {
+        let key = (
+            protocol.index(),
+            SocketAddr::new(canonical_ip(listener.ip()), listener.port()),
+        );
+        if let Ok(i) = self.by_address.binary_search_by(|e| e.0.cmp(&key)) {
+            let (_, id, lb) = self.by_address[i];
+            let service = ServiceId(id);
+            return Some(Reached {
+                service,
+                source_ranges: lb && !self.service(service).source_ranges.is_empty(),
+            });
+        }
+        match self.by_port.get(port_index(protocol, listener.port())) {
+            Some(&id) if id != 0 => {
+                let service = ServiceId(id - 1);
+                Some(Reached {
+                    service,
+                    source_ranges: self.ranges_on_node_ports
+                        && !self.service(service).source_ranges.is_empty(),
+                })
+            }
             _ => None,
         }
+    }
+
+    /// Whether `client` may connect where it `reached` its Service port: always when the
+    /// source ranges do not apply there; else when a range holds it (or none is of its
+    /// family), or — kube-proxy's rule for VIPs that are local addresses — when it is one
+    /// of the Service's LoadBalancer IPs (the node talking to its own VIP) and a range holds
+    /// one of this node's addresses. Never allocates or panics.
+    #[inline]
+    pub fn admits(&self, reached: Reached, client: IpAddr) -> bool {
+        if !reached.source_ranges {
+            return true;
+        }
+        let s = self.service(reached.service);
+        if s.source_ranges.admits(client) {
+            return true;
+        }
+        // Rare (a refused client): a scan of the Service's LoadBalancer IPs.
+        let client = canonical_ip(client);
+        s.port.addresses.load_balancer_ips.contains(&client)
+            && self
+                .node_addresses
+                .iter()
+                .any(|&a| !a.is_loopback() && s.source_ranges.holds(a))
     }
 
     /// The Service port `id`. Panics if `id` did not come from this snapshot (a

@@ -277,6 +277,17 @@ impl ClusterWatch {
         )
     }
 
+    /// This node's primary addresses, from its Node object's `status.addresses` (empty
+    /// while unknown).
+    pub fn primary_ips(&self) -> Vec<std::net::IpAddr> {
+        match &self.node {
+            Some(store) => {
+                k8s::node_primary_ips(&store.state(), self.options.k8s.node_name.as_deref())
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// The objects in the stores now (shared, not copied).
     pub fn objects(&self) -> Objects {
         Objects {
@@ -302,6 +313,7 @@ impl ClusterWatch {
         let snapshot = t.elapsed();
         let options = K8sOptions {
             zone: self.zone(),
+            primary_ips: self.primary_ips(),
             ..self.options.k8s.clone()
         };
         let (model, problems) = k8s::build_model(settings, &objects, &options, previous);

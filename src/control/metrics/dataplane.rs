@@ -38,6 +38,11 @@ pub(super) fn register_services(
         "sluice_service_holds_refused",
         "Clients reset at once because a hold budget (max_held_per_service, max_held_per_worker) was spent",
     );
+    let svc_source_refused = counter_family(
+        reg,
+        "sluice_service_source_ranges_refused",
+        "Clients reset at accept because they are outside the Service's loadBalancerSourceRanges (at its LoadBalancer IPs; at its NodePort too with source_ranges_on_node_ports)",
+    );
     let svc_bytes = counter_family(reg, "sluice_service_bytes", "Bytes relayed, by direction");
     let svc_active = gauge_family(
         reg,
@@ -124,6 +129,9 @@ pub(super) fn register_services(
         svc_holds_refused
             .get_or_create(&labels)
             .inc_by(t.holds_refused);
+        svc_source_refused
+            .get_or_create(&labels)
+            .inc_by(t.source_refused);
         svc_active.get_or_create(&labels).set(t.active() as i64);
         with(&labels, "direction", "to_backend", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_backend);

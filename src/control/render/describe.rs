@@ -171,8 +171,17 @@ fn toml_service(ports: &[ServicePortInfo]) -> KubernetesInfo {
     } else {
         "None"
     };
+    let first = &ports[0];
     KubernetesInfo {
-        service_type: "NodePort".into(),
+        service_type: if first.load_balancer_ips.is_empty() {
+            "NodePort"
+        } else {
+            "LoadBalancer"
+        }
+        .into(),
+        external_ips: first.external_ips.clone(),
+        load_balancer_ingress: first.load_balancer_ips.clone(),
+        load_balancer_source_ranges: first.load_balancer_source_ranges.clone(),
         ip_family_policy: Some(policy.into()),
         ip_families: families,
         cluster_ip: "<none>".into(),

@@ -52,6 +52,10 @@ fn describe_matches_the_seed_layout() {
         endpoints_usable: 3,
         endpoints_total: 3,
         counters: Counters::default(),
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        source_ranges_refused: 0,
         endpoints: vec![
             ep("192.168.7.8:9000"),
             ep("192.168.45.127:9000"),
@@ -127,6 +131,10 @@ fn describe_of_a_kubernetes_service_matches_the_seed() {
         endpoints_usable: 3,
         endpoints_total: 4,
         counters: Counters::default(),
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        source_ranges_refused: 0,
         endpoints: vec![
             ep("192.168.7.8:9000"),
             ep("192.168.45.127:9000"),
@@ -226,6 +234,10 @@ fn describe_every_field_like_kubectl() {
         endpoints_usable: 5,
         endpoints_total: 6,
         counters: Counters::default(),
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        source_ranges_refused: 0,
         endpoints,
         kubernetes: Some(k),
     };
@@ -281,6 +293,10 @@ fn endpoints_show_conditions_and_node_in_words() {
         endpoints_usable: 1,
         endpoints_total: 2,
         counters: Counters::default(),
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        source_ranges_refused: 0,
         endpoints: vec![ep("10.0.0.1:9000"), terminating],
         kubernetes: Some(KubernetesInfo::default()),
     };

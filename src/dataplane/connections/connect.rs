@@ -249,29 +249,27 @@ impl<R> ConnTable<R> {
 
     /// Count `live` in the hold budgets (if it is not yet); false when a budget is spent.
     fn take_hold(&mut self, live: &mut Live<R>) -> bool {
-        if live.held {
+        if live.held.is_some() {
             return true;
         }
         let limits = self.config.limits;
-        let port = (live.listener.protocol, live.listener.node_port());
+        let port = self.service_of(live.pin, live.service).stable_id();
         let of_service = self.held_per_port.get(&port).copied().unwrap_or(0);
         if self.held >= limits.max_held || of_service >= limits.max_held_per_service {
             return false;
         }
         self.held += 1;
         self.held_per_port.insert(port, of_service + 1);
-        live.held = true;
+        live.held = Some(port);
         true
     }
 
     /// Take `live` out of the hold budgets (it connects, or it ends).
     pub(super) fn release_hold(&mut self, live: &mut Live<R>) {
-        if !live.held {
+        let Some(port) = live.held.take() else {
             return;
-        }
-        live.held = false;
+        };
         self.held -= 1;
-        let port = (live.listener.protocol, live.listener.node_port());
         if let Some(n) = self.held_per_port.get_mut(&port) {
             *n -= 1;
             if *n == 0 {
@@ -300,8 +298,8 @@ impl<R> ConnTable<R> {
                 self.unpin(live.pin);
                 live.pin = current;
                 let snapshot = &self.pins[current].as_ref().expect("current pin").snapshot;
-                match snapshot.lookup(live.listener.protocol, live.listener.node_port()) {
-                    Some(service) => live.service = service,
+                match snapshot.lookup(live.listener.protocol, live.listener.addr) {
+                    Some(reached) => live.service = reached.service,
                     None => {
                         live.conn.handle(now, Event::NoEndpoint);
                         self.slots[conn.slot as usize].live = Some(live);

@@ -166,6 +166,9 @@ pub enum Refused {
     NotServed,
     /// Every slot a driver tag can name is taken (far beyond any connection limit).
     Full,
+    /// The client is outside the Service's `loadBalancerSourceRanges` where they apply
+    /// (counted in the Service's `source_refused`).
+    SourceRange,
 }
 
 struct Pin {
@@ -205,9 +208,10 @@ struct Live<R> {
     opened_at: Instant,
     /// When the last backend connect was started (the connect-latency histogram).
     connect_started: Instant,
-    /// Counted in the hold budgets.
-    held: bool,
-    /// The NodePort the client connected to (to find its Service again in a newer snapshot).
+    /// Counted in the hold budgets: the stable id of the Service port it is counted
+    /// against (however it was reached: NodePort, external or LoadBalancer IP).
+    held: Option<u64>,
+    /// The listener the client connected to (to find its Service again in a newer snapshot).
     listener: ListenerKey,
     watching: bool,
     tried: Vec<EndpointId>,
@@ -233,7 +237,7 @@ pub struct ConnTable<R> {
     /// Held connections (counted in `active` too).
     held: u32,
     /// Held connections per Service port (by NodePort).
-    held_per_port: HashMap<(Protocol, u16), u32, ahash::RandomState>,
+    held_per_port: HashMap<u64, u32, ahash::RandomState>,
     /// Connections to run, in order; `current` is the one running.
     to_drive: VecDeque<u32>,
     current: Option<u32>,
@@ -257,6 +261,10 @@ pub struct ConnTable<R> {
     next_id: u64,
     /// When the transparent-mode routing hint was last logged (rate limit).
     last_hint: Option<Instant>,
+    /// When a client refused by source ranges was last logged (rate limit), and how many
+    /// were refused since.
+    last_refusal_log: Option<Instant>,
+    refused_since_log: u64,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
 }
@@ -269,6 +277,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one transparent-mode routing hint per worker per this period.
 const HINT_EVERY: Duration = Duration::from_secs(10);
+/// At most one line per worker per this period about clients refused by source ranges.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> ConnTable<R> {
     pub fn new(config: TableConfig) -> ConnTable<R> {
@@ -295,6 +305,8 @@ impl<R> ConnTable<R> {
             backoff: BACKOFF_MIN,
             next_id: 0,
             last_hint: None,
+            last_refusal_log: None,
+            refused_since_log: 0,
             spare_tried: Vec::new(),
         }
     }
@@ -360,9 +372,33 @@ impl<R> ConnTable<R> {
         self.backoff = BACKOFF_MIN;
         let pin = self.pin(snapshot);
         let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let Some(service) = snapshot.lookup(listener.protocol, listener.node_port()) else {
+        let Some(reached) = snapshot.lookup(listener.protocol, listener.addr) else {
             return Err((Refused::NotServed, resources));
         };
+        let service = reached.service;
+        if !snapshot.admits(reached, client_addr.ip()) {
+            // loadBalancerSourceRanges: refused before any backend work.
+            let entry = snapshot.service(service);
+            entry.stats.worker(self.config.worker).source_refused.add(1);
+            self.refused_since_log += 1;
+            if self
+                .last_refusal_log
+                .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY)
+            {
+                tracing::warn!(
+                    worker = self.config.worker,
+                    service = %entry.port.key,
+                    client = %client_addr.ip(),
+                    listener = %listener.addr,
+                    refused = self.refused_since_log,
+                    "connection refused: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
+                    REFUSAL_LOG_EVERY.as_secs()
+                );
+                self.last_refusal_log = Some(now);
+                self.refused_since_log = 0;
+            }
+            return Err((Refused::SourceRange, resources));
+        }
         if self.free.is_empty() && self.slots.len() as u32 >= MAX_SLOTS {
             return Err((Refused::Full, resources));
         }
@@ -395,7 +431,7 @@ impl<R> ConnTable<R> {
             held_since: None,
             opened_at: now,
             connect_started: now,
-            held: false,
+            held: None,
             listener,
             watching: false,
             tried,

@@ -227,8 +227,9 @@ impl<D: Driver> Worker<D> {
         match self.table.accept(self.now, &snapshot, key, client_addr, io) {
             Ok(_) => self.execute(),
             Err((why, io)) => {
-                // Port no longer served (a reload removed it), or no slot left.
-                if why == Refused::NotServed {
+                // Port no longer served (a reload removed it), a client outside the
+                // source ranges, or no slot left.
+                if matches!(why, Refused::NotServed | Refused::SourceRange) {
                     let _ = SockRef::from(&io.client).set_linger(Some(Duration::ZERO));
                 }
                 self.to_close.push(io.client);

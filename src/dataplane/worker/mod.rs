@@ -289,7 +289,21 @@ impl<D: Driver> Worker<D> {
         match command {
             Command::AddListeners(listeners) => {
                 for l in listeners {
-                    self.listeners.push(ListenerSlot::new(l));
+                    // A closed slot is reused (listeners come and go with Services'
+                    // addresses); its watch generations go on, so a late report of the
+                    // closed listener's watch is never taken for the new one's.
+                    let closed = self
+                        .listeners
+                        .iter()
+                        .position(|s| s.socket.is_none() && s.watching.is_none());
+                    match closed {
+                        Some(i) => {
+                            let arms = self.listeners[i].arms;
+                            self.listeners[i] = ListenerSlot::new(l);
+                            self.listeners[i].arms = arms;
+                        }
+                        None => self.listeners.push(ListenerSlot::new(l)),
+                    }
                 }
                 self.watch_listeners()?;
             }

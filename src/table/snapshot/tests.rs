@@ -36,6 +36,7 @@ fn service(name: &str, node_port: u16, endpoints: &[(&str, u32)]) -> ServicePort
         families: Default::default(),
         health: Default::default(),
         meta: None,
+        addresses: Default::default(),
     }
 }
 
@@ -43,6 +44,7 @@ fn model(services: Vec<ServicePort>) -> Model {
     Model {
         settings: Settings::default(),
         services,
+        primary_ips: Vec::new(),
     }
 }
 
@@ -63,14 +65,16 @@ fn lookup_finds_services_by_node_port() {
     ]);
     let snap = RoutingSnapshot::build(&m, 7, &mut StatsRegistry::new(2));
     assert_eq!(snap.generation(), 7);
-    assert_eq!(snap.lookup(Protocol::Tcp, 30001), Some(ServiceId(0)));
-    assert_eq!(snap.lookup(Protocol::Tcp, 30002), Some(ServiceId(1)));
-    assert_eq!(snap.lookup(Protocol::Tcp, 30003), None);
-    assert_eq!(snap.lookup(Protocol::Tcp, 0), None);
+    let at = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+    let found = |port: u16| snap.lookup(Protocol::Tcp, at(port)).map(|r| r.service);
+    assert_eq!(found(30001), Some(ServiceId(0)));
+    assert_eq!(found(30002), Some(ServiceId(1)));
+    assert_eq!(found(30003), None);
+    assert_eq!(found(0), None);
     assert_eq!(snap.services().count(), 3);
     assert_eq!(snap.service(ServiceId(1)).port.key, key("b"));
     let empty = RoutingSnapshot::empty();
-    assert_eq!(empty.lookup(Protocol::Tcp, 30001), None);
+    assert_eq!(empty.lookup(Protocol::Tcp, at(30001)), None);
     assert_eq!(empty.services().count(), 0);
 }
 
@@ -371,7 +375,8 @@ fn routes_per_family_and_origin() {
         .map(|id| addr_of(s, id))
         .collect();
     assert_eq!(v4, ["10.0.0.1:80".to_string()].into());
-    let v6client = |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
+    let v6client =
+        |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
     let v6: std::collections::BTreeSet<String> = (0..500)
         .filter_map(|i| s.pick(v6client(i), &[]))
         .map(|id| addr_of(s, id))
