@@ -19,8 +19,8 @@ use super::values::{
 };
 use super::{ConfigError, SourceText};
 use crate::model::{
-    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol,
-    ServiceName, ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
+    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceName,
+    ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
     DEFAULT_AFFINITY_TIMEOUT,
 };
 use serde_spanned::Spanned;

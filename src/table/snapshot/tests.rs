@@ -375,8 +375,7 @@ fn routes_per_family_and_origin() {
         .map(|id| addr_of(s, id))
         .collect();
     assert_eq!(v4, ["10.0.0.1:80".to_string()].into());
-    let v6client =
-        |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
+    let v6client = |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
     let v6: std::collections::BTreeSet<String> = (0..500)
         .filter_map(|i| s.pick(v6client(i), &[]))
         .map(|id| addr_of(s, id))
