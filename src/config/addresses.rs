@@ -78,16 +78,7 @@ fn ips(
             )
         })?;
         let ip = crate::model::canonical_ip(ip);
-        let unusable = if ip.is_unspecified() {
-            Some("the unspecified address")
-        } else if ip.is_multicast() {
-            Some("a multicast address")
-        } else if ip == IpAddr::from([255, 255, 255, 255]) {
-            Some("the broadcast address")
-        } else {
-            None
-        };
-        if let Some(what) = unusable {
+        if let Some(what) = super::values::not_unicast(ip) {
             return Err(src.error(
                 &text.span(),
                 format!("{key} entry {ip} is {what}; a Service address must be unicast"),

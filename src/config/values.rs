@@ -71,16 +71,7 @@ pub(super) fn endpoint(
             (ip, port, weight, table.address.span())
         }
     };
-    let unusable = if ip.is_unspecified() {
-        Some("the unspecified address")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if ip == IpAddr::from([255, 255, 255, 255]) {
-        Some("the broadcast address")
-    } else {
-        None
-    };
-    if let Some(what) = unusable {
+    if let Some(what) = not_unicast(ip) {
         return Err(src.error(
             &ip_span,
             format!("endpoint address {ip} is {what}; a backend needs a unicast address"),
@@ -344,6 +335,19 @@ fn is_prime(n: u32) -> bool {
         d += 1;
     }
     true
+}
+
+/// What makes `ip` unusable as an endpoint or a Service address (`None`: a unicast address).
+pub(super) fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == IpAddr::from([255, 255, 255, 255]) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
