@@ -1,9 +1,17 @@
 //! The vocabulary of sluice: Services, their ports, endpoints, and the node-wide settings.
 //!
-//! A [`Model`] is what every configuration source (TOML file today; Kubernetes manifests
-//! and the API watch later) produces after validation. It is plain data: it owns no
-//! sockets, no threads, and it must not depend on any other module of the crate (std only).
-//! Values in a `Model` are already valid — sources reject bad input before building one.
+//! A [`Model`] is what every configuration source (a TOML file, Kubernetes manifests, the
+//! Kubernetes API watch) produces after validation. It is plain data: it owns no sockets,
+//! no threads, and it must not depend on any other module of the crate (std only;
+//! tests/architecture.rs checks). Values in a `Model` are already valid — sources reject
+//! bad input before building one. How each value is spelled for people (`maglev`,
+//! `proxy-v2`, …) is `model/names.rs`: one place for the parser and every printer.
+//!
+//! At ~630 lines it stays one file on purpose: it is the crate's glossary, read top to
+//! bottom; the spellings are already apart in `model/names.rs`.
+
+mod names;
+pub use names::{names, ForwardingMode, PolicyKind};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -233,25 +241,6 @@ pub enum Protocol {
     /// Datagrams, relayed per *flow* (client IP:port + node IP:port) rather than per
     /// connection: see `Timeouts::idle` and `ServicePort::udp_responses`.
     Udp,
-}
-
-impl Protocol {
-    /// Every protocol, in order.
-    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
-
-    /// Kubernetes' spelling: `TCP`, `UDP`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// `namespace/name` of a Kubernetes Service.

@@ -338,13 +338,15 @@ fn log_formats_text_json_and_journald() {
             ("text", false) => {
                 assert!(line.starts_with("20"), "{what}");
                 assert!(
-                    line.contains(" INFO sluice::control: sluice is serving workers="),
+                    line.contains(" INFO sluice::control::daemon: sluice is serving workers="),
                     "{what}"
                 );
             }
             ("text", true) => {
                 assert!(
-                    line.starts_with("<6> INFO sluice::control: sluice is serving workers="),
+                    line.starts_with(
+                        "<6> INFO sluice::control::daemon: sluice is serving workers="
+                    ),
                     "{what}"
                 );
             }

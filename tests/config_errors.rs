@@ -135,7 +135,7 @@ const ROWS: &[Row] = &[
         "must end with a letter or digit"),
     row("SCTP", svc!("protocol = \"SCTP\"\n"), (4, 12),
         "protocol \"SCTP\" is not served: sluice serves TCP and UDP"),
-    row("lower-case tcp", svc!("protocol = \"tcp\"\n"), (4, 12), "expected \"TCP\" or \"UDP\""),
+    row("lower-case tcp", svc!("protocol = \"tcp\"\n"), (4, 12), "expected one of \"TCP\", \"UDP\" (upper case"),
     // UDP Services.
     row("proxy-v1 on a UDP Service", svc!("protocol = \"UDP\"\nforwarding = \"proxy-v1\"\n"), (5, 14),
         "forwarding \"proxy-v1\" cannot be used on a UDP Service: PROXY v1 is a text line for byte streams"),

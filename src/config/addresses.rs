@@ -8,7 +8,7 @@
 //! in, a model value or one precise error out.
 
 use super::file::ServiceEntry;
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{Cidr, Protocol, ServiceAddresses, ServicePortKey};
 use serde_spanned::Spanned;
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::ops::Range;
 /// The addresses of one `[[service]]` table. `ranges_on_node_ports`: the node setting
 /// `source_ranges_on_node_ports` (without it, source ranges need LoadBalancer IPs to apply).
 pub(super) fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
     ranges_on_node_ports: bool,
 ) -> Result<ServiceAddresses, ConfigError> {
@@ -62,7 +62,7 @@ pub(super) fn service(
 
 /// A list of unicast IP addresses, each once.
 fn ips(
-    src: &Source,
+    src: &SourceText,
     list: Option<&[Spanned<String>]>,
     key: &str,
 ) -> Result<Vec<IpAddr>, ConfigError> {
@@ -78,16 +78,7 @@ fn ips(
             )
         })?;
         let ip = crate::model::canonical_ip(ip);
-        let unusable = if ip.is_unspecified() {
-            Some("the unspecified address")
-        } else if ip.is_multicast() {
-            Some("a multicast address")
-        } else if ip == IpAddr::from([255, 255, 255, 255]) {
-            Some("the broadcast address")
-        } else {
-            None
-        };
-        if let Some(what) = unusable {
+        if let Some(what) = super::values::not_unicast(ip) {
             return Err(src.error(
                 &text.span(),
                 format!("{key} entry {ip} is {what}; a Service address must be unicast"),
@@ -118,7 +109,7 @@ impl Claims {
     /// claimed is an error at this table's entry, naming the other's line.
     pub(super) fn claim(
         &mut self,
-        src: &Source,
+        src: &SourceText,
         e: &ServiceEntry,
         key: &ServicePortKey,
         port: u16,

@@ -2,7 +2,7 @@
 //! (`--manifests`) and the API watch (`--kubernetes`), so both give the same model for the
 //! same objects. API types: k8s-openapi 0.29 with feature `v1_34` (Kubernetes 1.34).
 //!
-//! What it implements (shared/design/SEMANTICS.md, docs/kubernetes.md):
+//! What it implements (docs/kubernetes.md):
 //! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP and UDP;
 //!   SCTP is reported and skipped; a UDP port of a Service that forwards with proxy-v1 too).
 //!   UDP ports get the UDP idle timeout (30 s) and `sluice.io/udp-responses`. ClusterIP/ExternalName and headless Services, and
@@ -28,6 +28,9 @@
 //! Nothing here fails as a whole: an object that cannot be served is skipped with a
 //! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
 //! config helpers.
+//!
+//! Slightly past ~600 lines: one Service's conversion, rule by rule in kube-proxy's order;
+//! the annotations (`k8s/annotations.rs`) and the tests are apart already.
 
 mod addresses;
 mod annotations;
@@ -415,10 +418,15 @@ fn convert_service(
     };
     let mut warnings = Vec::new();
 
-    let traffic_policy = match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => TrafficPolicy::Cluster,
-        Some("Local") => TrafficPolicy::Local,
-        Some(other) => {
+    let named = |v: &str| TrafficPolicy::ALL.into_iter().find(|p| p.name() == v);
+    let traffic_policy = match spec
+        .external_traffic_policy
+        .as_deref()
+        .map(|v| (v, named(v)))
+    {
+        None => TrafficPolicy::Cluster,
+        Some((_, Some(p))) => p,
+        Some((other, None)) => {
             report(
                 reason::INVALID_SPEC,
                 format!(
@@ -475,10 +483,12 @@ fn convert_service(
         } else {
             format!("port {port_name:?}")
         };
-        let protocol = match protocol_text {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => {
+        let protocol = match Protocol::ALL
+            .into_iter()
+            .find(|p| p.name() == protocol_text)
+        {
+            Some(protocol) => protocol,
+            None if protocol_text == "SCTP" => {
                 report(
                     reason::PORT_NOT_SERVED,
                     format!("{what} is SCTP: sluice serves TCP and UDP; not served"),
@@ -487,10 +497,10 @@ fn convert_service(
                 );
                 continue;
             }
-            other => {
+            None => {
                 report(
                     reason::PORT_NOT_SERVED,
-                    format!("{what} has unknown protocol {other:?}; not served"),
+                    format!("{what} has unknown protocol {protocol_text:?}; not served"),
                     problems,
                     &mut warnings,
                 );

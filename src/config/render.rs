@@ -5,7 +5,7 @@
 //! which ones came from sluice rather than the file. Nothing here is meant to be parsed.
 
 use crate::model::{
-    HashKey, ListenAddresses, Model, Policy, Protocol, ServiceDefaults, ServicePort, TrafficPolicy,
+    ListenAddresses, Model, Protocol, ServiceDefaults, ServicePort, TrafficPolicy,
     DEFAULT_UDP_IDLE_TIMEOUT,
 };
 use crate::table::usable::{routing_weights, Tier};
@@ -49,16 +49,7 @@ pub(super) fn render(model: &Model) -> String {
     } else {
         "not pinned"
     };
-    let relay = match s.relay {
-        crate::model::RelayMode::Splice => "splice",
-        crate::model::RelayMode::Copy => "copy",
-        crate::model::RelayMode::Auto => "auto",
-    };
-    let driver = match s.driver {
-        crate::model::DriverSetting::Auto => "auto",
-        crate::model::DriverSetting::Uring => "uring",
-        crate::model::DriverSetting::Epoll => "epoll",
-    };
+    let (relay, driver) = (s.relay, s.driver);
     let _ = writeln!(
         out,
         "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
@@ -203,25 +194,13 @@ fn row(p: &ServicePort) -> [String; 6] {
     } else {
         format!("{}/{}", p.node_port, p.key.protocol)
     };
-    let policy = match p.policy {
-        Policy::Maglev {
-            key: HashKey::ClientIpPort,
-        } => "maglev(ip+port)".to_owned(),
-        Policy::Maglev {
-            key: HashKey::ClientIp,
-        } => "maglev(ip)".to_owned(),
-        Policy::ClientIp { timeout, .. } => format!("client-ip({}s)", timeout.as_secs()),
-        Policy::RoundRobin => "round-robin".to_owned(),
-        Policy::Random => "random".to_owned(),
-        Policy::LeastConnections => "least-connections".to_owned(),
-    };
     let endpoints = endpoints(p);
     [
         p.key.to_string(),
         format!("{}/{}", p.port, p.key.protocol),
         node_port,
-        policy.to_owned(),
-        super::forwarding::describe(&p.forwarding),
+        p.policy.to_string(),
+        p.forwarding.to_string(),
         endpoints,
     ]
 }

@@ -6,9 +6,9 @@
 use super::file::ConfigFile;
 use super::limits;
 use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
-    Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
+    names, Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
     ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 pub(super) fn settings(
-    src: &Source,
+    src: &SourceText,
     f: &ConfigFile,
 ) -> Result<(Settings, Option<Range<usize>>), ConfigError> {
     let base = Settings::default();
@@ -80,16 +80,7 @@ pub(super) fn settings(
         base.max_held_per_service,
     )?;
     let relay = match &f.relay {
-        Some(r) => choice(
-            src,
-            r,
-            "relay",
-            &[
-                ("splice", RelayMode::Splice),
-                ("copy", RelayMode::Copy),
-                ("auto", RelayMode::Auto),
-            ],
-        )?,
+        Some(r) => choice(src, r, "relay", &names(&RelayMode::ALL, RelayMode::name))?,
         None => base.relay,
     };
     let driver = match &f.driver {
@@ -97,11 +88,7 @@ pub(super) fn settings(
             src,
             d,
             "driver",
-            &[
-                ("auto", DriverSetting::Auto),
-                ("uring", DriverSetting::Uring),
-                ("epoll", DriverSetting::Epoll),
-            ],
+            &names(&DriverSetting::ALL, DriverSetting::name),
         )?,
         None => base.driver,
     };
@@ -174,7 +161,7 @@ pub(super) fn settings(
 }
 
 fn listen_addresses(
-    src: &Source,
+    src: &SourceText,
     list: &Spanned<Vec<Spanned<String>>>,
 ) -> Result<ListenAddresses, ConfigError> {
     if list.get_ref().is_empty() {
@@ -267,7 +254,7 @@ fn listen_addresses(
     })
 }
 
-fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
+fn node_port_range(src: &SourceText, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
     let malformed = |why: &str| {
         src.error(
             &text.span(),
@@ -294,7 +281,7 @@ fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange
 /// Upper bound of uids and gids: the kernel's (uid_t is 32 bits; -1 is "no id").
 const MAX_ID: i64 = u32::MAX as i64 - 1;
 
-fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
+fn control(src: &SourceText, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
     let base = ControlSettings::default();
     let socket = match &f.control_socket {
         Some(p) => {
@@ -347,7 +334,7 @@ fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError>
 }
 
 fn opt_socket_addr(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<String>>,
     key: &str,
 ) -> Result<Option<SocketAddr>, ConfigError> {

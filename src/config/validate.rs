@@ -17,11 +17,11 @@ use super::values::{
     choice, count, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol,
     DnsLabel,
 };
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
-    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceName, ServicePort,
-    ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
-    DEFAULT_UDP_IDLE_TIMEOUT,
+    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceName,
+    ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_UDP_IDLE_TIMEOUT,
 };
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +31,7 @@ use std::ops::Range;
 /// Builds the model: settings first (services need their defaults and the NodePort range),
 /// then each `[[service]]` in file order, then the checks across services, then allocation.
 pub(super) fn build(
-    src: &Source,
+    src: &SourceText,
     file: ConfigFile,
     previous: Option<&Model>,
 ) -> Result<Model, ConfigError> {
@@ -163,7 +163,7 @@ fn describe(key: &ServicePortKey) -> String {
 }
 
 fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
     settings: &Settings,
     default_forwarding: &forwarding::Default,
@@ -194,30 +194,11 @@ fn service(
         .node_port
         .as_ref()
         .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Maglev,
-        ClientIp,
-        RoundRobin,
-        Random,
-        LeastConnections,
-    }
     let kind = match &e.policy {
-        Some(p) => choice(
-            src,
-            p,
-            "policy",
-            &[
-                ("maglev", Kind::Maglev),
-                ("client-ip", Kind::ClientIp),
-                ("round-robin", Kind::RoundRobin),
-                ("random", Kind::Random),
-                ("least-connections", Kind::LeastConnections),
-            ],
-        )?,
-        None => Kind::Maglev,
+        Some(p) => choice(src, p, "policy", &names(&PolicyKind::ALL, PolicyKind::name))?,
+        None => PolicyKind::Maglev,
     };
-    if kind != Kind::Maglev {
+    if kind != PolicyKind::Maglev {
         if let Some(k) = &e.hash_key {
             return Err(src.error(
                 &k.span(),
@@ -225,7 +206,7 @@ fn service(
             ));
         }
     }
-    if kind != Kind::ClientIp {
+    if kind != PolicyKind::ClientIp {
         for (key, v) in [
             ("affinity_timeout_seconds", &e.affinity_timeout_seconds),
             ("affinity_max_entries", &e.affinity_max_entries),
@@ -259,15 +240,7 @@ fn service(
         None => DEFAULT_AFFINITY_MAX_ENTRIES,
     };
     let key = match &e.hash_key {
-        Some(k) => choice(
-            src,
-            k,
-            "hash_key",
-            &[
-                ("client-ip-port", HashKey::ClientIpPort),
-                ("client-ip", HashKey::ClientIp),
-            ],
-        )?,
+        Some(k) => choice(src, k, "hash_key", &names(&HashKey::ALL, HashKey::name))?,
         None => HashKey::ClientIpPort,
     };
     let timeouts = Timeouts {
@@ -381,14 +354,14 @@ fn service(
             target_port,
             endpoints,
             policy: match kind {
-                Kind::Maglev => Policy::Maglev { key },
-                Kind::ClientIp => Policy::ClientIp {
+                PolicyKind::Maglev => Policy::Maglev { key },
+                PolicyKind::ClientIp => Policy::ClientIp {
                     timeout: std::time::Duration::from_secs(timeout_seconds),
                     max_entries,
                 },
-                Kind::RoundRobin => Policy::RoundRobin,
-                Kind::Random => Policy::Random,
-                Kind::LeastConnections => Policy::LeastConnections,
+                PolicyKind::RoundRobin => Policy::RoundRobin,
+                PolicyKind::Random => Policy::Random,
+                PolicyKind::LeastConnections => Policy::LeastConnections,
             },
             timeouts,
             connect_retries,
@@ -408,7 +381,7 @@ fn service(
 }
 
 fn check_node_port_in_range(
-    src: &Source,
+    src: &SourceText,
     node_port: &Spanned<i64>,
     range: NodePortRange,
     range_span: &Option<Range<usize>>,
@@ -429,7 +402,7 @@ fn check_node_port_in_range(
 }
 
 /// Kubernetes: when a Service has several ports, every one of them must be named.
-fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError> {
+fn check_port_names(src: &SourceText, checked: &[Checked]) -> Result<(), ConfigError> {
     let mut ports: BTreeMap<&ServiceName, Vec<&Checked>> = BTreeMap::new();
     for c in checked {
         ports.entry(&c.port.key.service).or_default().push(c);

@@ -6,8 +6,8 @@
 
 use super::file::{DurationText, EndpointEntry};
 use super::limits::{self, CountRange, DurationRange};
-use super::{ConfigError, Source};
-use crate::model::{Endpoint, Protocol, DEFAULT_WEIGHT};
+use super::{ConfigError, SourceText};
+use crate::model::{names, Endpoint, Protocol, DEFAULT_WEIGHT};
 use serde_spanned::Spanned;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -18,7 +18,7 @@ const MAX_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.max;
 
 /// One element of `endpoints` → an [`Endpoint`], its port defaulting to `target_port`.
 pub(super) fn endpoint(
-    src: &Source,
+    src: &SourceText,
     entry: &Spanned<EndpointEntry>,
     target_port: u16,
 ) -> Result<Endpoint, ConfigError> {
@@ -71,16 +71,7 @@ pub(super) fn endpoint(
             (ip, port, weight, table.address.span())
         }
     };
-    let unusable = if ip.is_unspecified() {
-        Some("the unspecified address")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if ip == IpAddr::from([255, 255, 255, 255]) {
-        Some("the broadcast address")
-    } else {
-        None
-    };
-    if let Some(what) = unusable {
+    if let Some(what) = not_unicast(ip) {
         return Err(src.error(
             &ip_span,
             format!("endpoint address {ip} is {what}; a backend needs a unicast address"),
@@ -105,22 +96,17 @@ fn endpoint_text(text: &str) -> Option<(IpAddr, Option<u16>)> {
         .map(|ip| (IpAddr::V6(ip), None))
 }
 
-pub(super) fn protocol(src: &Source, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
-    match p.get_ref().as_str() {
-        "TCP" => Ok(Protocol::Tcp),
-        "UDP" => Ok(Protocol::Udp),
-        "SCTP" => Err(src.error(
+pub(super) fn protocol(src: &SourceText, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
+    if p.get_ref() == "SCTP" {
+        return Err(src.error(
             &p.span(),
             "protocol \"SCTP\" is not served: sluice serves TCP and UDP",
-        )),
-        other => Err(src.error(
-            &p.span(),
-            format!(
-                "unknown protocol {other:?}: expected \"TCP\" or \"UDP\" (upper case, as in \
-                 Kubernetes)"
-            ),
-        )),
+        ));
     }
+    choice(src, p, "protocol", &names(&Protocol::ALL, Protocol::name)).map_err(|mut e| {
+        e.message.push_str(" (upper case, as in Kubernetes)");
+        e
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -132,7 +118,7 @@ pub(super) enum DnsLabel {
 }
 
 pub(super) fn dns_label(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     kind: DnsLabel,
@@ -181,7 +167,7 @@ pub(super) fn dns_label(
 
 /// A string that must be one of `accepted` (exact, case-sensitive).
 pub(super) fn choice<T: Copy>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     accepted: &[(&str, T)],
@@ -209,7 +195,7 @@ pub(super) fn choice<T: Copy>(
 
 /// An integer in `lo..=hi`, converted to the model's type. `hint` is appended when non-empty.
 pub(super) fn int<T: TryFrom<i64>>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<i64>,
     key: &str,
     lo: i64,
@@ -231,7 +217,7 @@ pub(super) fn int<T: TryFrom<i64>>(
 
 /// An integer in `range` (one of [`limits`]), converted to the model's type.
 pub(super) fn count<T: TryFrom<i64>>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<i64>,
     key: &str,
     range: CountRange,
@@ -242,7 +228,7 @@ pub(super) fn count<T: TryFrom<i64>>(
 
 /// A duration in `range` (one of [`limits`]), or `default` when the key is not written.
 pub(super) fn opt_duration(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<DurationText>>,
     key: &str,
     range: DurationRange,
@@ -287,7 +273,7 @@ pub(super) fn opt_duration(
 }
 
 pub(super) fn opt_retries(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {
@@ -298,7 +284,7 @@ pub(super) fn opt_retries(
 }
 
 pub(super) fn opt_table_size(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {
@@ -345,6 +331,19 @@ fn is_prime(n: u32) -> bool {
         d += 1;
     }
     true
+}
+
+/// What makes `ip` unusable as an endpoint or a Service address (`None`: a unicast address).
+pub(super) fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == IpAddr::from([255, 255, 255, 255]) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 //! closed by [`HealthCheckServers::sync`] after each publish; a port that cannot be bound is
 //! logged and tried again at the next sync, never fatal. Owns only its sockets and tasks.
 
-use super::healthz::SharedHealth;
+use super::healthz::SharedProcessHealth;
 use crate::http;
 use crate::model::{Model, ServiceName, TrafficPolicy};
 use bytes::Bytes;
@@ -46,7 +46,7 @@ type Counts = Arc<Mutex<HashMap<ServiceName, usize>>>;
 pub(super) struct HealthCheckServers {
     open: HashMap<ServiceName, Instance>,
     counts: Counts,
-    health: SharedHealth,
+    health: SharedProcessHealth,
 }
 
 struct Instance {
@@ -94,7 +94,7 @@ pub(super) fn wanted(model: &Model) -> HashMap<ServiceName, (u16, usize)> {
 }
 
 impl HealthCheckServers {
-    pub(super) fn new(health: SharedHealth) -> HealthCheckServers {
+    pub(super) fn new(health: SharedProcessHealth) -> HealthCheckServers {
         HealthCheckServers {
             open: HashMap::new(),
             counts: Arc::default(),
@@ -194,7 +194,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct Handler {
     name: ServiceName,
     counts: Counts,
-    health: SharedHealth,
+    health: SharedProcessHealth,
 }
 
 impl Handler {
@@ -208,7 +208,7 @@ impl Handler {
             .copied()
             .unwrap_or(0);
         let healthy = {
-            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let h = super::healthz::lock(&self.health);
             h.healthy(Instant::now()) && !h.stopping
         };
         let code = if count != 0 && healthy { 200 } else { 503 };
@@ -354,7 +354,8 @@ mod tests {
     /// The healthCheckNodePort server for `svc()` with `count` local endpoints, answering
     /// at a fixed time (2006-01-02 15:04:05 UTC, Go's reference time).
     fn server(count: usize) -> TestServer {
-        let health: SharedHealth = Arc::new(Mutex::new(super::super::healthz::Health::new(1)));
+        let health: SharedProcessHealth =
+            Arc::new(Mutex::new(super::super::healthz::ProcessHealth::new(1)));
         let counts: Counts = Arc::default();
         counts.lock().unwrap().insert(svc(), count);
         let h = Handler {

@@ -1,5 +1,5 @@
 //! `/healthz` and `/livez` as kube-proxy answers them (`pkg/proxy/healthcheck/
-//! proxy_health.go`, Kubernetes 1.33+), and the [`Health`] record they read.
+//! proxy_health.go`, Kubernetes 1.33+), and the [`ProcessHealth`] record they read.
 //!
 //! kube-proxy's semantics, which sluice follows:
 //!
@@ -35,7 +35,7 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the daemon records for health and reload metrics; shared with the HTTP tasks and
 /// (for queued updates) the Kubernetes watch thread.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub struct ProcessHealth {
     /// When routing was last published (kube-proxy's `Updated()`).
     pub last_updated: SystemTime,
     /// The oldest change of the configuration source received and not yet applied
@@ -58,11 +58,16 @@ pub struct Health {
     pub sync_durations: Histogram,
 }
 
-pub type SharedHealth = Arc<Mutex<Health>>;
+pub type SharedProcessHealth = Arc<Mutex<ProcessHealth>>;
 
-impl Health {
-    pub fn new(generation: u64) -> Health {
-        Health {
+/// The shared state, also after a panic while it was held (each update is whole).
+pub fn lock(h: &SharedProcessHealth) -> std::sync::MutexGuard<'_, ProcessHealth> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ProcessHealth {
+    pub fn new(generation: u64) -> ProcessHealth {
+        ProcessHealth {
             last_updated: SystemTime::now(),
             pending_since: None,
             generation,
@@ -91,7 +96,7 @@ impl Health {
         self.pending_since = Some(self.pending_since.map_or(since, |p| p.min(since)));
     }
 
-    /// kube-proxy's `Health().Healthy`: no change has waited [`HEALTH_TIMEOUT`]
+    /// kube-proxy's `ProcessHealth().Healthy`: no change has waited [`HEALTH_TIMEOUT`]
     /// unapplied; and every worker runs.
     pub fn healthy(&self, now: Instant) -> bool {
         let overdue = self
@@ -142,7 +147,7 @@ struct ProxierHealth {
     healthy: bool,
 }
 
-fn proxy_health(h: &Health, now: SystemTime, mono: Instant) -> ProxyHealth {
+fn proxy_health(h: &ProcessHealth, now: SystemTime, mono: Instant) -> ProxyHealth {
     let healthy = h.healthy(mono);
     ProxyHealth {
         last_updated: rfc3339_nano(h.last_updated),
@@ -164,7 +169,7 @@ fn proxy_health(h: &Health, now: SystemTime, mono: Instant) -> ProxyHealth {
 }
 
 /// kube-proxy's `/healthz` at `now` (`mono`: the same instant on the monotonic clock).
-pub fn healthz(h: &Health, now: SystemTime, mono: Instant) -> (u16, String) {
+pub fn healthz(h: &ProcessHealth, now: SystemTime, mono: Instant) -> (u16, String) {
     let mut body = proxy_health(h, now, mono);
     let eligible = h.node_eligible();
     body.node_eligible = Some(eligible);
@@ -176,7 +181,7 @@ pub fn healthz(h: &Health, now: SystemTime, mono: Instant) -> (u16, String) {
 }
 
 /// kube-proxy's `/livez`: like `/healthz` without the node's eligibility.
-pub fn livez(h: &Health, now: SystemTime, mono: Instant) -> (u16, String) {
+pub fn livez(h: &ProcessHealth, now: SystemTime, mono: Instant) -> (u16, String) {
     let mut body = proxy_health(h, now, mono);
     if body.healthy {
         body.last_updated = rfc3339_nano(now);
@@ -231,7 +236,7 @@ mod tests {
     #[test]
     fn golden_bodies() {
         let mono = Instant::now();
-        let mut h = Health::new(1);
+        let mut h = ProcessHealth::new(1);
         h.last_updated = at(T0, 0);
         h.families = vec!["IPv4", "IPv6"];
         let now = at(T0 + 5, 250_000_000);
@@ -276,7 +281,7 @@ mod tests {
     #[test]
     fn queued_updates_turn_unhealthy_after_the_timeout() {
         let t0 = Instant::now();
-        let mut h = Health::new(1);
+        let mut h = ProcessHealth::new(1);
         assert!(h.healthy(t0));
         h.queued(t0);
         h.queued(t0 + Duration::from_secs(30)); // the oldest one counts

@@ -3,7 +3,7 @@
 //!
 //! Metrics are built at scrape time: a fresh `prometheus-client` registry is filled from the
 //! published snapshot's per-worker counter blocks and histograms (summed here, never on the
-//! hot path: [`dataplane`]), the data plane's [`Monitor`], the daemon's [`Health`] record,
+//! hot path: [`dataplane`]), the data plane's [`Monitor`], the daemon's [`ProcessHealth`](super::healthz::ProcessHealth) record,
 //! the watched source's status and `/proc` ([`process`]), then encoded. Every metric is
 //! listed in docs/operations.md. The HTTP side is [`crate::http`]'s server (bounded
 //! connections, header-read timeout, keep-alive), serving three paths and nothing else.
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
-pub use super::healthz::{Health, SharedHealth};
+pub use super::healthz::SharedProcessHealth;
 
 mod dataplane;
 pub mod format;
@@ -46,12 +46,12 @@ pub enum Endpoints {
 
 /// The sources a scrape reads.
 #[derive(Clone)]
-pub struct Sources {
+pub struct MetricsInputs {
     pub publisher: Publisher,
     pub monitor: Monitor,
-    pub health: SharedHealth,
+    pub health: SharedProcessHealth,
     /// Endpoint health (transitions).
-    pub endpoint_health: super::health::Shared,
+    pub endpoint_health: super::endpoint_health::Shared,
     /// With a watched configuration source (`--kubernetes`).
     pub source: Option<SourceMetrics>,
 }
@@ -85,13 +85,9 @@ impl SourceMetrics {
     }
 }
 
-fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
-    h.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Serves `/metrics` (with [`Endpoints::MetricsAndHealth`]), `/healthz` and `/livez` on
 /// `listener` until the task is dropped, within [`crate::http::Limits::DEFAULT`].
-pub async fn serve(listener: TcpListener, what: Endpoints, sources: Sources) {
+pub async fn serve(listener: TcpListener, what: Endpoints, sources: MetricsInputs) {
     let handler: http::Handler = Arc::new(move |request| answer(request, what, &sources));
     http::serve(listener, http::Options::default(), handler, Arc::default()).await
 }
@@ -99,7 +95,7 @@ pub async fn serve(listener: TcpListener, what: Endpoints, sources: Sources) {
 fn answer(
     request: &Request<Incoming>,
     what: Endpoints,
-    sources: &Sources,
+    sources: &MetricsInputs,
 ) -> Response<Full<Bytes>> {
     const JSON: [(&str, &str); 2] = [
         ("Content-Type", "application/json"),
@@ -125,14 +121,17 @@ fn answer(
                 render(sources, format),
             )
         }
-        "/healthz" => {
-            let (code, body) =
-                healthz::healthz(&lock(&sources.health), SystemTime::now(), Instant::now());
-            http::response(code, &JSON, body)
-        }
-        "/livez" => {
-            let (code, body) =
-                healthz::livez(&lock(&sources.health), SystemTime::now(), Instant::now());
+        path @ ("/healthz" | "/livez") => {
+            let answer = if path == "/healthz" {
+                healthz::healthz
+            } else {
+                healthz::livez
+            };
+            let (code, body) = answer(
+                &healthz::lock(&sources.health),
+                SystemTime::now(),
+                Instant::now(),
+            );
             http::response(code, &JSON, body)
         }
         _ => http::response(
@@ -168,7 +167,7 @@ fn float_gauge(reg: &mut Registry, name: &str, help: &str) -> Gauge<f64, AtomicU
 }
 
 /// The whole `/metrics` body in `format`.
-pub fn render(sources: &Sources, format: Format) -> String {
+pub fn render(sources: &MetricsInputs, format: Format) -> String {
     let mut reg = Registry::default();
     let snapshot = sources.publisher.current();
 
@@ -176,7 +175,7 @@ pub fn render(sources: &Sources, format: Format) -> String {
     dataplane::register_workers(&mut reg, &sources.monitor);
     dataplane::register_flows(&mut reg, &sources.monitor);
 
-    let h = lock(&sources.health).clone();
+    let h = healthz::lock(&sources.health).clone();
     let reloads = counter_family(&mut reg, "sluice_reloads", "Reload attempts by result");
     reloads
         .get_or_create(&vec![("result", "success".to_owned())])

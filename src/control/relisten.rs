@@ -10,10 +10,10 @@
 //! NodePort that cannot be bound fails it and nothing changes), publish the snapshot that
 //! routes them, commit (hand them to the workers, close the removed ones), steer.
 
+use super::daemon::Daemon;
 use super::listeners::{self, Wanted};
 use super::node;
 use super::port_owner;
-use super::Daemon;
 use crate::dataplane::{ListenerKey, ListenerPlan};
 use crate::model::Model;
 use std::collections::{HashMap, HashSet};

@@ -7,9 +7,9 @@
 //! store per (kind, namespace), the status of each stream ([`status`]) and the coalescing of
 //! bursts of changes into reloads ([`coalesce`]). It must not build snapshots or touch
 //! listeners: it tells the control plane "the source changed" (a callback), and the control
-//! plane's reload transaction calls [`Source::load`], which snapshots the stores (`Arc`s,
+//! plane's reload transaction calls [`ClusterWatch::load`], which snapshots the stores (`Arc`s,
 //! no copies) and converts them. The client, streams and coalescer run on their own thread
-//! (`sluice-kube`, see [`Source::start`]), so a reload never holds up the streams.
+//! (`sluice-kube`, see [`ClusterWatch::start`]), so a reload never holds up the streams.
 //!
 //! # Failure behaviour
 //! kube-rs's watcher lists (paginated, 500 per page), then watches from the list's
@@ -23,7 +23,7 @@
 //! a relist *attempt* is not an answer, see [`status`]).
 //!
 //! # Startup
-//! [`Source::wait_synced`] waits until every stream has completed its first list; the
+//! [`ClusterWatch::wait_synced`] waits until every stream has completed its first list; the
 //! daemon builds its first model, opens its NodePorts and tells systemd `READY=1` only
 //! then (docs/kubernetes-watch.md says why).
 
@@ -90,7 +90,7 @@ pub enum WatchError {
 
 /// The Kubernetes configuration source: options, node settings, and (once started) the
 /// stores and their status.
-pub struct Source {
+pub struct ClusterWatch {
     options: Options,
     settings: Mutex<Settings>,
     services: Vec<Store<Service>>,
@@ -105,11 +105,11 @@ pub struct Source {
     problems: Mutex<BTreeSet<(String, String)>>,
 }
 
-impl Source {
+impl ClusterWatch {
     /// Reads the node settings; nothing is contacted yet.
-    pub fn new(options: Options) -> Result<Source, WatchError> {
+    pub fn new(options: Options) -> Result<ClusterWatch, WatchError> {
         let settings = read_settings(&options)?;
-        Ok(Source {
+        Ok(ClusterWatch {
             options,
             settings: Mutex::new(settings),
             services: Vec::new(),
@@ -377,7 +377,7 @@ impl Source {
 }
 
 /// The uid of the Service named by a problem's object (`Service ns/name`), if stored.
-fn objects_uid(source: &Source, object: &str) -> Option<String> {
+fn objects_uid(source: &ClusterWatch, object: &str) -> Option<String> {
     let (namespace, name) = object.strip_prefix("Service ")?.split_once('/')?;
     source.services.iter().find_map(|store| {
         store

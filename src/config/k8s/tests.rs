@@ -1,6 +1,8 @@
 //! The conversion over real Kubernetes JSON: the fixtures in `tests/fixtures/k8s/` are
 //! objects as the API server and the EndpointSlice controller write them; each case
 //! changes what it is about and checks the model (or the problems) that come out.
+//!
+//! Tests only (past ~600 lines): one case per rule of docs/kubernetes.md, read in order.
 
 use super::*;
 use crate::model::{Conditions, Forwarding, HashKey};

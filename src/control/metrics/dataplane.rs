@@ -3,7 +3,7 @@
 //! path) and per worker (from the [`Monitor`]).
 
 use super::{counter_family, gauge_family, with, Labels};
-use crate::control::health::Shared as EndpointHealth;
+use crate::control::endpoint_health::Shared as EndpointHealth;
 use crate::dataplane::Monitor;
 use crate::stats::{HistogramTotals, CONNECT_LATENCY_BOUNDS_NS, DURATION_BOUNDS_NS};
 use crate::table::RoutingSnapshot;

@@ -185,12 +185,7 @@ impl<R> ConnTable<R> {
     /// connection go on (relay, or retry elsewhere).
     pub fn connect_finished(&mut self, now: Instant, conn: ConnHandle, outcome: ConnectOutcome) {
         let worker = self.config.worker;
-        let Some(mut live) = self
-            .slots
-            .get_mut(conn.slot as usize)
-            .filter(|s| s.generation == conn.generation)
-            .and_then(|s| s.live.take())
-        else {
+        let Some(mut live) = self.take_live(conn) else {
             return;
         };
         live.connect_in_flight = false;
@@ -284,12 +279,7 @@ impl<R> ConnTable<R> {
     /// NodePort is no longer served.
     pub(super) fn retry_held(&mut self, now: Instant, snapshot: &Arc<RoutingSnapshot>) {
         for conn in std::mem::take(&mut self.holding) {
-            let Some(mut live) = self
-                .slots
-                .get_mut(conn.slot as usize)
-                .filter(|s| s.generation == conn.generation)
-                .and_then(|s| s.live.take())
-            else {
+            let Some(mut live) = self.take_live(conn) else {
                 continue;
             };
             let current = self.pin(snapshot);

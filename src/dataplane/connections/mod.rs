@@ -683,6 +683,15 @@ impl<R> ConnTable<R> {
             .and_then(|s| s.live.as_mut())
     }
 
+    /// Takes connection `conn` out of its slot (to be put back or closed), if it is still
+    /// the one the handle names.
+    fn take_live(&mut self, conn: ConnHandle) -> Option<Live<R>> {
+        self.slots
+            .get_mut(conn.slot as usize)
+            .filter(|s| s.generation == conn.generation)
+            .and_then(|s| s.live.take())
+    }
+
     /// Queue connection `slot` to run (once; not the one running now).
     fn schedule(&mut self, slot: u32) {
         if self.current == Some(slot) {

@@ -15,14 +15,14 @@
 //!   per-endpoint connect counters the workers keep (`connect_failed`, `opened`,
 //!   `connect_failures_in_row`); `consecutive_failures` failed connects with no success
 //!   between eject the target for `ejection_time` (doubling on each ejection not separated
-//!   by a successful connect, up to [`MAX_EJECTION_FACTOR`] times). With active checks too,
+//!   by a successful connect, up to [`MAX_EJECTION_FACTOR`](crate::model::MAX_EJECTION_FACTOR) times). With active checks too,
 //!   an ejection also marks the check down, so after the ejection time the checks decide
 //!   (`rise` successes, which may already have happened during the ejection).
 //! - **Operator `disable`**: the target counts as down and is neither probed nor judged
 //!   passively; `enable` restarts it as a new target (up, unconfirmed).
 //!
 //! Any change of a target's Up/Down state is logged with its reason and counted, and sends
-//! [`Event::HealthChanged`]; the daemon then republishes, and `effective()` marks down
+//! [`DaemonEvent::HealthChanged`](super::DaemonEvent::HealthChanged); the daemon then republishes, and `effective()` marks down
 //! targets `healthy = false` (routing weight 0). Targets whose Service sets
 //! `shutdown_sessions` are queued when marked down by health; after the publish the daemon
 //! bumps their shutdown epoch ([`StatsBlock::bump_shutdown_epoch`]) and workers reset their
@@ -32,10 +32,8 @@
 //! [`sync`]: HealthTracker::sync
 
 use super::overrides::{AdminState, Overrides};
-use super::Event;
-use crate::model::{
-    ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
-};
+use super::DaemonEvent;
+use crate::model::{ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey};
 use crate::stats::StatsBlock;
 use crate::table::RoutingSnapshot;
 use std::collections::{HashMap, HashSet};
@@ -45,169 +43,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 mod probe;
+mod verdicts;
 use probe::probe;
+pub use verdicts::{CheckCounter, ConnectCounts, Ejection, EjectionChange};
 
 /// How often passive ejection reads the workers' connect counters.
 pub const PASSIVE_POLL: Duration = Duration::from_millis(250);
 
 /// One endpoint of one Service port.
 pub type Target = (ServicePortKey, SocketAddr);
-
-/// HAProxy's health counter: `0..rise` is down, `rise..=rise+fall-1` is up. A failure
-/// while up steps down by one (down below `rise`, where it drops to 0); a success while
-/// down steps up by one (up at `rise`, where it jumps to the top). So from the top, `fall`
-/// failures in a row mark it down; from 0, `rise` successes in a row mark it up; a new
-/// counter sits at `rise` (up, but one failure marks it down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckCounter {
-    health: u32,
-    rise: u32,
-    fall: u32,
-}
-
-impl CheckCounter {
-    /// A new target: up, unconfirmed.
-    pub fn fresh(rise: u32, fall: u32) -> CheckCounter {
-        CheckCounter {
-            health: rise,
-            rise,
-            fall,
-        }
-    }
-
-    /// The same up/down state under new `rise`/`fall` (confirmed when up).
-    fn with_limits(self, rise: u32, fall: u32) -> CheckCounter {
-        let up = self.is_up();
-        let mut c = CheckCounter {
-            health: 0,
-            rise,
-            fall,
-        };
-        if up {
-            c.health = c.top();
-        }
-        c
-    }
-
-    fn top(&self) -> u32 {
-        self.rise + self.fall - 1
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.health >= self.rise
-    }
-
-    /// Marks it down (an ejection): `rise` successes bring it back.
-    pub fn force_down(&mut self) {
-        self.health = 0;
-    }
-
-    /// Records one check result; returns whether it is up now.
-    pub fn record(&mut self, ok: bool) -> bool {
-        if ok {
-            if self.health < self.top() {
-                self.health += 1;
-                if self.health >= self.rise {
-                    self.health = self.top();
-                }
-            }
-        } else if self.health > self.rise {
-            self.health -= 1;
-        } else {
-            self.health = 0;
-        }
-        self.is_up()
-    }
-}
-
-/// What a passive poll concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EjectionChange {
-    /// Ejected for this long after this many failed connects in a row.
-    Ejected { failures: u64, time: Duration },
-    /// The ejection time is over.
-    Returned,
-}
-
-/// Passive outlier ejection of one target, fed with the workers' counters (pure: time and
-/// counters are passed in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ejection {
-    until: Option<Instant>,
-    /// Ejections since the last successful connect (the next one lasts 2^this × base).
-    ejections: u32,
-    /// Failed connects in a row, counted since the last poll that saw a success.
-    streak: u64,
-    seen_ok: u64,
-    seen_failed: u64,
-}
-
-/// The counters of one endpoint a passive poll reads (sums over workers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConnectCounts {
-    /// Successful connects (backend connections opened).
-    pub ok: u64,
-    /// Failed connects.
-    pub failed: u64,
-    /// Failed connects since each worker's last success, summed.
-    pub failed_in_row: u64,
-}
-
-impl Ejection {
-    /// Starts counting from `counts` (what happened before does not count).
-    pub fn new(counts: ConnectCounts) -> Ejection {
-        Ejection {
-            until: None,
-            ejections: 0,
-            streak: 0,
-            seen_ok: counts.ok,
-            seen_failed: counts.failed,
-        }
-    }
-
-    pub fn is_ejected(&self) -> bool {
-        self.until.is_some()
-    }
-
-    /// One poll at `now` with the current counters.
-    pub fn poll(
-        &mut self,
-        now: Instant,
-        config: &PassiveCheck,
-        counts: ConnectCounts,
-    ) -> Option<EjectionChange> {
-        let ok = counts.ok.wrapping_sub(self.seen_ok);
-        let failed = counts.failed.wrapping_sub(self.seen_failed);
-        self.seen_ok = counts.ok;
-        self.seen_failed = counts.failed;
-        if let Some(until) = self.until {
-            if now < until {
-                return None;
-            }
-            self.until = None;
-            self.streak = 0;
-            return Some(EjectionChange::Returned);
-        }
-        if ok > 0 {
-            // Some connect succeeded since the last poll: only the failures after each
-            // worker's last success are in a row.
-            self.streak = counts.failed_in_row.min(failed);
-            self.ejections = 0;
-        } else {
-            self.streak += failed;
-        }
-        if self.streak < u64::from(config.consecutive_failures) {
-            return None;
-        }
-        let factor = 1u32 << self.ejections.min(16);
-        let time = crate::deadline::times(config.ejection_time, factor.min(MAX_EJECTION_FACTOR));
-        self.ejections = self.ejections.saturating_add(1);
-        self.until = Some(crate::deadline::after(now, time));
-        let failures = self.streak;
-        self.streak = 0;
-        Some(EjectionChange::Ejected { failures, time })
-    }
-}
 
 /// The daemon's handle on endpoint health.
 pub struct HealthTracker {
@@ -222,8 +66,8 @@ pub struct Shared(Arc<Mutex<State>>);
 
 struct State {
     targets: HashMap<Target, TargetHealth>,
-    events: mpsc::UnboundedSender<Event>,
-    /// An `Event::HealthChanged` was sent and the daemon has not republished yet.
+    events: mpsc::UnboundedSender<DaemonEvent>,
+    /// An `DaemonEvent::HealthChanged` was sent and the daemon has not republished yet.
     event_pending: bool,
     /// Blocks of targets marked down whose Service resets sessions then.
     shutdowns: Vec<Arc<StatsBlock>>,
@@ -291,7 +135,7 @@ pub struct Report {
 
 impl HealthTracker {
     /// Must be called inside the control thread's runtime (it spawns the passive poller).
-    pub fn new(events: mpsc::UnboundedSender<Event>) -> HealthTracker {
+    pub fn new(events: mpsc::UnboundedSender<DaemonEvent>) -> HealthTracker {
         let shared = Shared(Arc::new(Mutex::new(State {
             targets: HashMap::new(),
             events,
@@ -318,7 +162,7 @@ impl HealthTracker {
         self.shared.clone()
     }
 
-    /// The daemon is about to republish for an `Event::HealthChanged`: later changes need
+    /// The daemon is about to republish for an `DaemonEvent::HealthChanged`: later changes need
     /// a new event.
     pub fn acknowledge(&self) {
         self.shared.lock().event_pending = false;
@@ -547,7 +391,7 @@ impl State {
         }
         if routing_changed && !self.event_pending {
             self.event_pending = true;
-            let _ = self.events.send(Event::HealthChanged);
+            let _ = self.events.send(DaemonEvent::HealthChanged);
         }
     }
 
@@ -636,169 +480,4 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds a string of results ('+' pass, '-' fail) and returns the up/down trace.
-    fn trace(mut c: CheckCounter, results: &str) -> String {
-        results
-            .chars()
-            .map(|r| if c.record(r == '+') { 'U' } else { 'D' })
-            .collect()
-    }
-
-    #[test]
-    fn fall_failures_in_a_row_mark_down_rise_successes_mark_up() {
-        let confirmed = {
-            let mut c = CheckCounter::fresh(2, 3);
-            c.record(true);
-            c
-        };
-        assert!(confirmed.is_up());
-        assert_eq!(trace(confirmed, "---"), "UUD");
-        // A success in between starts the count again.
-        assert_eq!(trace(confirmed, "--+---"), "UUUUUD");
-        // Down: rise successes in a row; a failure in between starts again.
-        assert_eq!(trace(confirmed, "---++"), "UUDDU");
-        assert_eq!(trace(confirmed, "---+-++"), "UUDDDDU");
-        // Back up, it is confirmed again: fall failures to go down.
-        assert_eq!(trace(confirmed, "---++---"), "UUDDUUUD");
-    }
-
-    #[test]
-    fn a_new_target_is_up_until_its_first_failed_check() {
-        assert!(CheckCounter::fresh(2, 3).is_up());
-        assert_eq!(trace(CheckCounter::fresh(2, 3), "-"), "D");
-        assert_eq!(trace(CheckCounter::fresh(2, 3), "+---"), "UUUD");
-        assert_eq!(trace(CheckCounter::fresh(1, 1), "-+-+"), "DUDU");
-    }
-
-    #[test]
-    fn new_limits_keep_the_state() {
-        let mut c = CheckCounter::fresh(2, 3);
-        c.record(true);
-        let c = c.with_limits(5, 1);
-        assert_eq!(trace(c, "-"), "D");
-        let mut d = CheckCounter::fresh(2, 3);
-        d.force_down();
-        let d = d.with_limits(1, 4);
-        assert!(!d.is_up());
-        assert_eq!(trace(d, "+---"), "UUUU");
-    }
-
-    fn counts(ok: u64, failed: u64, failed_in_row: u64) -> ConnectCounts {
-        ConnectCounts {
-            ok,
-            failed,
-            failed_in_row,
-        }
-    }
-
-    #[test]
-    fn ejection_after_consecutive_failures_then_return_and_doubling() {
-        let cfg = PassiveCheck {
-            consecutive_failures: 3,
-            ejection_time: Duration::from_secs(10),
-        };
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut e = Ejection::new(counts(100, 7, 7));
-        // What happened before tracking does not count.
-        assert_eq!(e.poll(at(0), &cfg, counts(100, 7, 7)), None);
-        assert_eq!(e.poll(at(1), &cfg, counts(100, 9, 9)), None);
-        assert_eq!(
-            e.poll(at(2), &cfg, counts(100, 10, 10)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(10)
-            })
-        );
-        assert!(e.is_ejected());
-        assert_eq!(e.poll(at(11), &cfg, counts(100, 10, 10)), None);
-        assert_eq!(
-            e.poll(at(12), &cfg, counts(100, 10, 10)),
-            Some(EjectionChange::Returned)
-        );
-        // Failing again without a success in between: twice as long.
-        assert_eq!(
-            e.poll(at(13), &cfg, counts(100, 13, 13)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(20)
-            })
-        );
-        assert_eq!(
-            e.poll(at(33), &cfg, counts(100, 13, 13)),
-            Some(EjectionChange::Returned)
-        );
-        // …up to MAX_EJECTION_FACTOR times.
-        let mut t = 33;
-        let mut failed = 13;
-        for want in [40, 80, 80] {
-            failed += 3;
-            t += 1;
-            assert_eq!(
-                e.poll(at(t), &cfg, counts(100, failed, failed)),
-                Some(EjectionChange::Ejected {
-                    failures: 3,
-                    time: Duration::from_secs(want)
-                })
-            );
-            t += want;
-            assert_eq!(
-                e.poll(at(t), &cfg, counts(100, failed, failed)),
-                Some(EjectionChange::Returned)
-            );
-        }
-        // A success resets the doubling, and only failures after it count.
-        failed += 2;
-        t += 1;
-        assert_eq!(e.poll(at(t), &cfg, counts(101, failed, 1)), None);
-        failed += 2;
-        t += 1;
-        assert_eq!(
-            e.poll(at(t), &cfg, counts(101, failed, 3)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(10)
-            })
-        );
-    }
-
-    /// An ejection time no clock can reach, doubled, must neither overflow `Duration * n`
-    /// nor `Instant + Duration` (either panicked the health task).
-    #[test]
-    fn ejection_times_beyond_any_clock_saturate() {
-        let t0 = Instant::now();
-        for ejection_time in [Duration::MAX, Duration::from_secs(u64::MAX / 4)] {
-            let cfg = PassiveCheck {
-                consecutive_failures: 1,
-                ejection_time,
-            };
-            let mut e = Ejection::new(counts(0, 0, 0));
-            let Some(EjectionChange::Ejected { time, .. }) = e.poll(t0, &cfg, counts(0, 1, 1))
-            else {
-                panic!("one failure ejects");
-            };
-            assert!(time >= Duration::from_secs(50 * 365 * 86400), "{time:?}");
-            assert!(e.is_ejected());
-            let later = t0 + Duration::from_secs(365 * 86400);
-            assert_eq!(e.poll(later, &cfg, counts(0, 1, 1)), None);
-            assert!(e.is_ejected());
-        }
-    }
-
-    #[test]
-    fn successes_keep_an_endpoint_in() {
-        let cfg = PassiveCheck {
-            consecutive_failures: 2,
-            ejection_time: Duration::from_secs(1),
-        };
-        let t0 = Instant::now();
-        let mut e = Ejection::new(ConnectCounts::default());
-        // One failure then a success, per poll, for a long time: never two in a row.
-        for i in 1..50u64 {
-            assert_eq!(e.poll(t0, &cfg, counts(i, i, 0)), None, "poll {i}");
-        }
-    }
-}
+mod tests;

@@ -1,12 +1,18 @@
-//! What a reload changed, in words: one line per change between the model serving and the
-//! one replacing it, for `sluice ctl reload`, `status`'s last reload and the log.
+//! The pure parts of a reload, beside the transaction that uses them (`daemon.rs`):
 //!
-//! Lines start with `+` (added), `-` (removed) or `~` (changed), then say what in the
-//! operator's terms: `~ endpoint workshop/web 10.0.3.7:9000: ready → terminating, serving`.
-//! Pure: no IO.
+//! - [`diff`]: what a reload changed, in words: one line per change between the model
+//!   serving and the one replacing it, for `sluice ctl reload`, `status`'s last reload and
+//!   the log. Lines start with `+` (added), `-` (removed) or `~` (changed), then say what in
+//!   the operator's terms: `~ endpoint workshop/web 10.0.3.7:9000: ready → terminating, serving`.
+//! - [`keep_start_only_settings`]: the settings a reload cannot change (workers, driver,
+//!   sockets, …) stay as they are and are reported as "applies after a restart".
+//! - [`Phases`]: wall time of each phase of a reload, for the debug log.
+//!
+//! No IO: `Phases` reads the clock, nothing else does.
 
-use crate::model::{Endpoint, Model, ServicePort};
+use crate::model::{Endpoint, Model, ServicePort, Settings};
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// One line per change from `old` to `new`, Services in `new`'s order, removed ones last.
 pub(super) fn diff(old: &Model, new: &Model) -> Vec<String> {
@@ -162,6 +168,70 @@ fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+/// Copies into `next` the settings that only apply when the daemon starts; returns the
+/// names of those that differed (reported as "applies after a restart").
+pub(super) fn keep_start_only_settings(running: &Settings, next: &mut Settings) -> Vec<String> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident => $name:literal),* $(,)?) => {$(
+            if next.$field != running.$field {
+                changed.push($name.to_owned());
+                next.$field = running.$field.clone();
+            }
+        )*};
+    }
+    // `workers` in the running model is the resolved count; compare only what the file says.
+    if next.workers.is_some() && next.workers != running.workers {
+        changed.push("workers".to_owned());
+    }
+    next.workers = running.workers;
+    keep!(
+        pin_workers => "pin_workers",
+        max_connections_per_worker => "max_connections_per_worker",
+        max_held_per_worker => "max_held_per_worker",
+        max_held_per_service => "max_held_per_service",
+        relay => "relay",
+        driver => "driver",
+        control => "control_socket*",
+        metrics_address => "metrics_address",
+        health_address => "health_address",
+    );
+    changed
+}
+
+/// Wall time of each phase of a reload, for the debug log (`name=ms ...`).
+pub(super) struct Phases {
+    at: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    pub(super) fn new() -> Phases {
+        Phases {
+            at: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name`: the time since the last lap (or since `new`).
+    pub(super) fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps
+            .push((name, now.saturating_duration_since(self.at)));
+        self.at = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.laps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={:.1}ms", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +301,68 @@ endpoints = []
             assert!(!l.contains('{') && !l.contains("true"), "debug output: {l}");
         }
         assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn unchanged_settings_need_no_restart() {
+        let running = model(BEFORE).settings;
+        let mut next = running.clone();
+        assert!(keep_start_only_settings(&running, &mut next).is_empty());
+        assert_eq!(next, running);
+    }
+
+    #[test]
+    fn start_only_settings_keep_their_running_values_and_are_named() {
+        let mut running = model(BEFORE).settings;
+        running.workers = Some(4);
+        let mut next = model(
+            &format!("workers = 2\npin_workers = false\nrelay = \"copy\"\ndriver = \"epoll\"\nmetrics_address = \"127.0.0.1:9100\"\nmax_connections_per_worker = 7\ndrain_timeout = \"3s\"\n{BEFORE}"),
+        )
+        .settings;
+        let drain_timeout = next.drain_timeout;
+        let changed = keep_start_only_settings(&running, &mut next);
+        assert_eq!(
+            changed,
+            [
+                "workers",
+                "pin_workers",
+                "max_connections_per_worker",
+                "relay",
+                "driver",
+                "metrics_address",
+            ]
+        );
+        // Every start-only setting is back to what runs; the others take the new value.
+        assert_eq!(next.workers, Some(4));
+        assert_eq!(next.pin_workers, running.pin_workers);
+        assert_eq!(next.relay, running.relay);
+        assert_eq!(next.driver, running.driver);
+        assert_eq!(next.metrics_address, running.metrics_address);
+        assert_eq!(
+            next.max_connections_per_worker,
+            running.max_connections_per_worker
+        );
+        assert_eq!(next.drain_timeout, drain_timeout);
+        assert_ne!(next.drain_timeout, running.drain_timeout);
+    }
+
+    #[test]
+    fn a_file_without_workers_keeps_the_resolved_count_silently() {
+        let mut running = model(BEFORE).settings;
+        running.workers = Some(3);
+        let mut next = model(BEFORE).settings;
+        assert_eq!(next.workers, None);
+        assert!(keep_start_only_settings(&running, &mut next).is_empty());
+        assert_eq!(next.workers, Some(3));
+    }
+
+    #[test]
+    fn phases_print_each_lap_in_milliseconds() {
+        let mut phases = Phases::new();
+        assert_eq!(phases.to_string(), "");
+        phases.lap("load");
+        phases.laps[0].1 = Duration::from_micros(1500);
+        phases.laps.push(("diff", Duration::from_millis(20)));
+        assert_eq!(phases.to_string(), "load=1.5ms diff=20.0ms");
     }
 }
