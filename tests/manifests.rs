@@ -2,7 +2,7 @@
 //! verbatim with EndpointSlices as the controller writes them, traffic to the pods, the
 //! named targetPort and an allocated nodePort, reloads that follow the directory (pods
 //! added, terminating pods as the fallback, a broken file, a deleted Service), the
-//! healthCheckNodePort's bytes, and `describe`.
+//! healthCheckNodePort's bytes and that it listens before its NodePort, and `describe`.
 
 mod common;
 use common::*;
@@ -424,9 +424,103 @@ fn health_check_node_port_answers_like_kube_proxy() {
     lb.assert_alive();
 }
 
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` and a healthCheckNodePort.
+fn lb_service(name: &str, node_port: u16, health_port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: itest\n  annotations:\n    sluice.io/forwarding: none\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {health_port}\n  ports:\n  - name: http\n    port: 80\n    nodePort: {node_port}\n"
+    )
+}
+
+/// Connects to `node_port` as fast as it can until it accepts (bounded by `SOON`), then at
+/// once to `health_port`: true when the health check took that connection too.
+fn health_check_answers_once_the_node_port_does(node_port: u16, health_port: u16) -> bool {
+    // Not `wait_for`: its pauses grow to 100 ms, longer than the window this looks for.
+    let quick = Duration::from_millis(200);
+    let start = std::time::Instant::now();
+    while TcpStream::connect_timeout(&node_addr(node_port), quick).is_err() {
+        assert!(
+            start.elapsed() < SOON,
+            "NodePort {node_port} never accepted"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    TcpStream::connect_timeout(&node_addr(health_port), quick).is_ok()
+}
+
+/// The healthCheckNodePort is open before its NodePort takes connections, at start and when
+/// a reload adds the Service: whoever reaches the NodePort (a load balancer, the test's
+/// own readiness probe) finds the health check answering, never refused. It used to be
+/// opened after the data plane served (at start, after the control socket and the metrics
+/// listeners), and a client probing the NodePort in that window was refused.
+#[test]
+fn health_check_node_port_is_open_before_the_node_port() {
+    let pod = NameServer::start("127.0.0.2", "local-pod");
+    let (p, h, q, k) = (free_port(), free_port(), free_port(), free_port());
+    let dir = TempDir::new("manifests-hc-order");
+    let pod_ip = pod.addr.ip().to_string();
+    let slice_of = |name: &str| {
+        slice(
+            name,
+            "itest",
+            "aaaaa",
+            ("http", pod.addr.port()),
+            &[(&pod_ip, "node-a", Pod::Ready)],
+        )
+    };
+    dir.write(
+        "first.yaml",
+        &(lb_service("first", p, h) + "---\n" + &slice_of("first")),
+    );
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, &format!("{p}-{p}"));
+    // The probing starts before sluice does: the first connection the NodePort takes.
+    let mut lb = run_manifests(&dir, &toml, "node-a");
+    assert!(
+        health_check_answers_once_the_node_port_does(p, h),
+        "at start: the NodePort took a connection before the healthCheckNodePort listened"
+    );
+    lb.wait_ready_name(node_addr(p));
+
+    // A reload adds a second such Service, probed from another thread while it happens.
+    let probe = std::thread::spawn(move || health_check_answers_once_the_node_port_does(q, k));
+    dir.write(
+        "second.yaml",
+        &(lb_service("second", q, k) + "---\n" + &slice_of("second")),
+    );
+    ctl_ok(&sock, &["reload"]);
+    assert!(
+        probe.join().unwrap(),
+        "at a reload: the NodePort took a connection before the healthCheckNodePort listened"
+    );
+
+    // A reload that fails (another process listens on the new NodePort) takes back the
+    // health check it opened early; the running Services' stay.
+    let (r, j) = (free_port(), free_port());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", r)).unwrap();
+    dir.write(
+        "third.yaml",
+        &(lb_service("third", r, j) + "---\n" + &slice_of("third")),
+    );
+    let out = ctl(&sock, &["reload"]);
+    assert!(
+        !out.status.success(),
+        "reload with NodePort {r} taken succeeded"
+    );
+    assert!(
+        TcpStream::connect_timeout(&node_addr(j), Duration::from_secs(1)).is_err(),
+        "the failed reload left the third Service's healthCheckNodePort open"
+    );
+    for port in [h, k] {
+        TcpStream::connect_timeout(&node_addr(port), Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("healthCheckNodePort {port} after a failed reload: {e}"));
+    }
+    drop(squatter);
+    lb.assert_alive();
+}
+
 /// The seeds' manifest style with a `protocol: UDP` port (kube-dns' shape: 53/TCP and 53/UDP
 /// on one nodePort): `check --manifests` converts both ports, each with its slice port, and
-/// says that this version does not serve the UDP one yet.
+/// skips neither.
 #[test]
 fn a_udp_port_in_the_seeds_style_is_converted() {
     let dir = TempDir::new("manifests-udp");

@@ -156,6 +156,11 @@ impl Daemon {
             h.updated(SystemTime::now(), true);
             h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
+        // The healthCheckNodePorts before the NodePorts: a load balancer (or a client) that
+        // reaches a NodePort finds its health check answering too, never refused.
+        let mut health_check_node_ports =
+            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health));
+        health_check_node_ports.open_new(&model, wanted.node_port_addresses.as_deref());
         // NodePorts now (all or nothing); the Services' own addresses once the daemon is
         // built, where they can be bound.
         let mut plane = Dataplane::start(&settings, &wanted.listeners.required, &publisher)?;
@@ -200,7 +205,6 @@ impl Daemon {
             }
         }
 
-        let health_check_node_ports = hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health));
         let mut daemon = Daemon {
             source,
             source_metrics,
@@ -477,9 +481,21 @@ impl Daemon {
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
+        // A new Service's healthCheckNodePort listens before its NodePort does (as at
+        // start), on the addresses NodePorts are served on now (a change of those is
+        // followed after the publish).
+        self.health_check_node_ports
+            .open_new(&next, self.listening.node_port_addresses.as_deref());
         // The node's addresses may have changed (DHCP, an added VIP): read again. One
         // sluice per NodePort: a new one another process listens on fails the reload.
-        let prepared = self.prepare_listeners(&effective)?;
+        let prepared = match self.prepare_listeners(&effective) {
+            Ok(p) => p,
+            Err(e) => {
+                self.health_check_node_ports
+                    .sync(&self.model, self.listening.node_port_addresses.as_deref());
+                return Err(e);
+            }
+        };
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
