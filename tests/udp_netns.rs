@@ -16,6 +16,9 @@ use std::process::Command;
 
 const NODE_PORT: u16 = 30000;
 
+/// A client's reply (text, source) if any, and the client's own address.
+type Sent = (Option<(String, SocketAddr)>, SocketAddr);
+
 /// Network namespaces named `{tag}-{suffix}`; deleted on drop.
 struct Namespaces(Vec<String>);
 
@@ -183,9 +186,7 @@ fn transparent_udp_pod_sees_the_client_address_and_port() {
         sluice.stderr().contains("sluice is serving").then_some(())
     });
     let node = SocketAddr::new("198.18.21.1".parse().unwrap(), NODE_PORT);
-    let in_client = |f: fn(SocketAddr) -> (Option<(String, SocketAddr)>, SocketAddr)| {
-        in_netns(&client_ns, move || f(node))
-    };
+    let in_client = |f: fn(SocketAddr) -> Sent| in_netns(&client_ns, move || f(node));
     let send_one = |node: SocketAddr| {
         let c = client("198.18.21.2");
         let me = c.local_addr().unwrap();
