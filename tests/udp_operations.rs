@@ -198,3 +198,110 @@ fn name_of(pod: &UdpPod) -> &'static str {
         "b"
     }
 }
+
+/// Reloads under UDP load: four clients send request after request on their flows while
+/// the configuration is reloaded 20 times — an endpoint added and removed, a second UDP
+/// Service (and its NodePort listeners) added and removed, the idle timeout changed — none
+/// of which touches the flows' endpoints. No datagram is lost and every flow keeps its pod.
+#[test]
+fn twenty_reloads_under_udp_load_lose_no_datagram_and_move_no_flow() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pod_port = free_udp_port();
+    let pods: Vec<UdpPod> = [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
+        .iter()
+        .map(|(ip, n)| UdpPod::start(pod_addr(ip, pod_port), n, 1))
+        .collect();
+    let extra_pod = UdpPod::start(pod_addr("127.0.0.5", pod_port), "d", 1);
+    let setup = Setup::new();
+    let other_port = free_udp_port();
+    let (low, high) = (
+        setup.node_port.min(other_port),
+        setup.node_port.max(other_port),
+    );
+    let config = |i: usize| {
+        let mut eps: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+        if i % 2 == 1 {
+            eps.push(format!("\"{}\"", extra_pod.addr));
+        }
+        let mut text = format!(
+            "node_port_range = \"{low}-{high}\"\nworkers = 2\ncontrol_socket = \"{sock}\"\n\
+             [[service]]\nname = \"dns\"\nnamespace = \"itest\"\nprotocol = \"UDP\"\nport = 53\n\
+             node_port = {np}\nendpoints = [{eps}]\nidle_timeout = \"{idle}s\"\n",
+            sock = setup.sock().display(),
+            np = setup.node_port,
+            eps = eps.join(", "),
+            idle = 30 + i,
+        );
+        if i % 3 == 1 {
+            text.push_str(&format!(
+                "[[service]]\nname = \"other\"\nnamespace = \"itest\"\nprotocol = \"UDP\"\n\
+                 port = 53\nnode_port = {other_port}\nendpoints = [\"{}\"]\n",
+                extra_pod.addr
+            ));
+        }
+        text
+    };
+    let mut sluice = Sluice::run(&config(0));
+    let node = setup.node();
+    let probe = client("127.0.0.1");
+    sluice.wait_until("the UDP NodePort answers", || {
+        ask(&probe, node, b"probe").is_some()
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each flow is opened (and its pod chosen) before the first reload.
+    let (opened_tx, opened) = std::sync::mpsc::channel::<()>();
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let opened_tx = opened_tx.clone();
+            std::thread::spawn(move || {
+                let c = client("127.0.0.1");
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut pods = std::collections::BTreeSet::new();
+                let (mut sent, mut lost) = (1u32, 0u32);
+                match ask(&c, node, b"first") {
+                    Some((reply, _)) => {
+                        pods.insert(name(&reply).to_owned());
+                    }
+                    None => lost += 1,
+                }
+                let _ = opened_tx.send(());
+                // Bounded: until the reloads are done, and at most 100,000 datagrams.
+                while !stop.load(Ordering::Relaxed) && sent < 100_000 {
+                    sent += 1;
+                    match ask(&c, node, format!("n{sent}").as_bytes()) {
+                        Some((reply, _)) => {
+                            pods.insert(name(&reply).to_owned());
+                        }
+                        None => lost += 1,
+                    }
+                }
+                (sent, lost, pods)
+            })
+        })
+        .collect();
+    drop(opened_tx);
+    for _ in 0..4 {
+        opened
+            .recv_timeout(SOON)
+            .expect("every flow opened before the reloads");
+    }
+    for i in 1..=20 {
+        setup.reload(&sluice, &config(i));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (i, s) in senders.into_iter().enumerate() {
+        let (sent, lost, pods) = s.join().unwrap();
+        assert_eq!(lost, 0, "flow {i}: {lost} of {sent} datagrams lost");
+        assert_eq!(pods.len(), 1, "flow {i} moved between pods: {pods:?}");
+        assert!(
+            sent > 20,
+            "flow {i}: only {sent} datagrams during the reloads"
+        );
+        assert!(!pods.contains("d"), "flow {i} went to the added pod");
+    }
+    sluice.assert_alive();
+}
