@@ -56,7 +56,7 @@ use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
 /// the vocabulary of its connection core. Not an API: it changes with the data plane.
 #[doc(hidden)]
 pub mod testing {
-    pub use super::conn::{CloseReason, ConnectFailure, Dir, Event, Side};
+    pub use super::conn::{CloseReason, ConnEvent, ConnectFailure, Dir, Side};
     pub use super::connections::{
         ConnHandle, ConnTable, ConnectOutcome, NotStarted, Output, Refused, TableConfig,
         WorkerLimits, TICK,

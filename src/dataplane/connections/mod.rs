@@ -6,7 +6,7 @@
 //! budgets (`hold_when_empty`), the connections parked for lack of fds, the accept budget and
 //! backoff, the drain state, the incremental idle sweep and the endpoints' shutdown epochs.
 //! It does no IO: no syscall, no clock (time comes in as `now`), no randomness (the
-//! selector's seed comes in with [`TableConfig`]). Like quinn-proto's `Endpoint`, it is fed
+//! picker's seed comes in with [`TableConfig`]). Like quinn-proto's `Endpoint`, it is fed
 //! with inputs ([`ConnTable::accept`], [`ConnTable::handle`], [`ConnTable::connect_started`],
 //! [`ConnTable::connect_finished`], [`ConnTable::tick`], ...) and drained with
 //! [`ConnTable::poll`], which returns the next [`Output`] to execute. The worker executes
@@ -22,8 +22,8 @@
 //!   [`ConnTable::connect_started`] or [`ConnTable::connect_not_started`]; later, when the
 //!   connect completes, [`ConnTable::connect_finished`].
 //! - [`Output::Receive`] / [`Output::Send`]: move bytes; answer with the resulting
-//!   [`Event`] through [`ConnTable::handle`]. [`Output::ShutdownWrite`]: answer only a
-//!   failure (`Event::Failed`). [`Output::Watch`]: no answer (readiness arrives as events).
+//!   [`ConnEvent`] through [`ConnTable::handle`]. [`Output::ShutdownWrite`]: answer only a
+//!   failure (`ConnEvent::Failed`). [`Output::Watch`]: no answer (readiness arrives as events).
 //! - [`Output::IdleExpired`]: answer [`ConnTable::idle_expired`] with whether the kernel
 //!   still queues bytes of the connection.
 //! - [`Output::Close`]: release the resources; the handle is dead from now on.
@@ -36,9 +36,9 @@ mod sweep;
 
 pub use connect::{ConnectOutcome, NotStarted, ProxyHeader};
 
-use super::conn::{CloseReason, Conn, ConnConfig, Dir, Event, Op, Side};
+use super::conn::{CloseReason, Conn, ConnConfig, ConnEvent, Dir, Op, Side};
 use super::driver::MAX_SLOTS;
-use super::select::Selector;
+use super::select::Picker;
 use crate::model::Protocol;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
 use std::collections::{HashMap, VecDeque};
@@ -231,7 +231,7 @@ pub struct ConnTable<R> {
     free: Vec<u32>,
     pins: Vec<Option<Pin>>,
     current_pin: Option<usize>,
-    selector: Selector,
+    picker: Picker,
     /// Live connections, held ones included.
     active: u32,
     /// Held connections (counted in `active` too).
@@ -283,7 +283,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 impl<R> ConnTable<R> {
     pub fn new(config: TableConfig) -> ConnTable<R> {
         ConnTable {
-            selector: Selector::new(config.seed),
+            picker: Picker::new(config.seed),
             config,
             slots: Vec::new(),
             free: Vec::new(),
@@ -462,13 +462,13 @@ impl<R> ConnTable<R> {
 
     /// Feed one event of the connection core (readiness, the result of a `Receive`, `Send`
     /// or `ShutdownWrite`). Bytes sent are counted for the Service and the endpoint.
-    pub fn handle(&mut self, now: Instant, conn: ConnHandle, event: Event) {
+    pub fn handle(&mut self, now: Instant, conn: ConnHandle, event: ConnEvent) {
         let worker = self.config.worker;
         let Some(live) = self.live_mut(conn) else {
             return;
         };
         live.conn.handle(now, event);
-        if let Event::Sent { dir, bytes } = event {
+        if let ConnEvent::Sent { dir, bytes } = event {
             let (pin, service, endpoint) = (live.pin, live.service, live.endpoint);
             let entry = self.service_of(pin, service);
             let ep = entry.endpoint(endpoint.expect("relaying to an endpoint"));
@@ -722,7 +722,7 @@ impl<R> ConnTable<R> {
                 return i;
             }
         }
-        self.selector.retain_services(snapshot);
+        self.picker.retain_services(snapshot);
         let pin = Pin {
             snapshot: Arc::clone(snapshot),
             live: 0,
