@@ -181,55 +181,39 @@ mod tests {
         let ops = limits_section(include_str!("../../docs/operations.md"));
         let cfg = include_str!("../../docs/configuration.md");
         for (key, r) in DURATIONS {
-            let max = format!("`{}`", show(r.max));
-            let limit = rows(ops, key);
-            assert_eq!(
-                limit.len(),
-                1,
-                "docs/operations.md Limits: one row for {key}"
-            );
-            assert!(limit[0].contains(&max), "{key}: {max} in {:?}", limit[0]);
+            let limit = stated(ops, cfg, key, &format!("`{}`", show(r.max)));
             if r.min != POSITIVE {
                 let min = format!("`{}`", show(r.min));
-                assert!(limit[0].contains(&min), "{key}: {min} in {:?}", limit[0]);
-            }
-            let per_key = rows(cfg, key);
-            assert!(
-                !per_key.is_empty(),
-                "docs/configuration.md: no row for {key}"
-            );
-            for row in per_key {
-                assert!(
-                    row.contains(&max),
-                    "configuration.md {key}: {max} in {row:?}"
-                );
+                assert!(limit.contains(&min), "{key}: {min} in {limit:?}");
             }
         }
         for (key, r) in COUNTS {
-            let range = format!("{}..={}", r.min, r.max);
-            let limit = rows(ops, key);
-            assert_eq!(
-                limit.len(),
-                1,
-                "docs/operations.md Limits: one row for {key}"
-            );
-            assert!(
-                limit[0].contains(&range),
-                "{key}: {range} in {:?}",
-                limit[0]
-            );
-            let per_key = rows(cfg, key);
-            assert!(
-                !per_key.is_empty(),
-                "docs/configuration.md: no row for {key}"
-            );
-            for row in per_key {
-                assert!(
-                    row.contains(&range),
-                    "configuration.md {key}: {range} in {row:?}"
-                );
-            }
+            stated(ops, cfg, key, &format!("{}..={}", r.min, r.max));
         }
+    }
+
+    /// Checks that `key` has one row in `ops` (the Limits section) and at least one in
+    /// `cfg`, and that each shows `bound`; returns the Limits row.
+    fn stated<'a>(ops: &'a str, cfg: &str, key: &str, bound: &str) -> &'a str {
+        let limit = rows(ops, key);
+        assert_eq!(
+            limit.len(),
+            1,
+            "docs/operations.md Limits: one row for {key}"
+        );
+        assert!(limit[0].contains(bound), "{key}: {bound} in {:?}", limit[0]);
+        let per_key = rows(cfg, key);
+        assert!(
+            !per_key.is_empty(),
+            "docs/configuration.md: no row for {key}"
+        );
+        for row in per_key {
+            assert!(
+                row.contains(bound),
+                "configuration.md {key}: {bound} in {row:?}"
+            );
+        }
+        limit[0]
     }
 
     /// Where a key goes in a test file: (text before the key's line, text after).
