@@ -437,10 +437,6 @@ fn check(args: RunArgs) -> ExitCode {
     match load_model(&args.config, &args.manifests, true) {
         Ok(model) => {
             print!("{}", sluice::config::render_check(&model));
-            // What `run` would skip, said the same way.
-            if let Some(w) = sluice::dataplane::unserved_warning(&model) {
-                eprintln!("warning: {w}");
-            }
             if sluice::tproxy::uses_transparent(&model) {
                 if let Err(e) = sluice::tproxy::check_transparent_capability() {
                     eprintln!("warning: {e}");

@@ -1,11 +1,11 @@
 //! `sluice ctl flows [SERVICE]`: the live UDP flows and TCP connections, like
 //! `conntrack -L`. The daemon's loop resolves the Service to stable ids and asks every
-//! worker ([`crate::dataplane::live`]); the answers are awaited off the loop (a blocking
+//! worker ([`crate::dataplane::Dataplane::live`]); the answers are awaited off the loop (a blocking
 //! task, bounded by [`WAIT`]), so a slow or wedged worker never stalls other requests.
 
 use super::daemon::Daemon;
 use super::protocol::{FlowInfo, FlowList, Response, FLOWS_DEFAULT_LIMIT, FLOWS_MAX_LIMIT};
-use crate::dataplane::live::{LiveEntry, LiveQuery, LiveReport, LiveRequest};
+use crate::dataplane::{LiveEntry, LiveQuery, LiveReport, LiveRequest};
 use serde_json::json;
 use std::time::Duration;
 

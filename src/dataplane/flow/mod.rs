@@ -29,7 +29,7 @@
 //! ```
 //!
 //! Routing rules (kube-proxy's semantics without its stale-conntrack bugs; SEMANTICS.md):
-//! - A new flow's endpoint is chosen by [`Selector`] — the code TCP connections use — so
+//! - A new flow's endpoint is chosen by [`Picker`] — the code TCP connections use — so
 //!   Maglev on client IP and port (or ClientIP affinity) sends the same client to the same
 //!   pod from every worker and every node.
 //! - A flow keeps its endpoint while [`keeps_flows`] says so in the *current* snapshot:
@@ -61,7 +61,7 @@
 //! (tests and the simulator call it).
 //!
 //! [`RoutingSnapshot`]: crate::table::RoutingSnapshot
-//! [`Selector`]: super::select::Selector
+//! [`Picker`]: super::select::Picker
 //! [`keeps_flows`]: crate::table::usable::keeps_flows
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use super::tests::{addr, model, udp_service, NODE};
 use super::*;
-use crate::dataplane::select::Selector;
+use crate::dataplane::select::Picker;
 use crate::model::{Conditions, Endpoint, Protocol, ServicePort};
 use crate::table::usable::keeps_flows;
 use crate::table::{RoutingSnapshot, StatsRegistry};
@@ -48,7 +48,7 @@ struct Sim {
     generation: u64,
     snapshot: RoutingSnapshot,
     table: FlowTable,
-    selector: Selector,
+    picker: Picker,
     now: Instant,
     start: Instant,
     sockets: HashMap<FlowId, Socket>,
@@ -75,7 +75,7 @@ impl Sim {
             generation: 1,
             snapshot,
             table: FlowTable::new(now, 0, max_flows),
-            selector: Selector::new(seed ^ 0x5555),
+            picker: Picker::new(seed ^ 0x5555),
             now,
             start: now,
             sockets: HashMap::new(),
@@ -187,7 +187,7 @@ impl Sim {
                     truncated: self.rng.below(200) == 0,
                 };
                 self.table
-                    .handle_client_datagram(self.now, &self.snapshot, &mut self.selector, d);
+                    .handle_client_datagram(self.now, &self.snapshot, &mut self.picker, d);
                 let fails = self.rng.below(50) == 0;
                 self.run_ops(fails);
             }

@@ -7,7 +7,7 @@ use super::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, OpenFailure, ProxyHeader, Source,
     UpstreamError, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, SWEEP_PERIOD, UNIQUE_ID_LEN,
 };
-use crate::dataplane::select::Selector;
+use crate::dataplane::select::Picker;
 use crate::model::{Forwarding, Protocol, TrafficPolicy};
 use crate::stats::StatsBlock;
 use crate::table::usable::keeps_flows;
@@ -177,10 +177,10 @@ impl FlowTable {
         &mut self,
         now: Instant,
         snapshot: &RoutingSnapshot,
-        selector: &mut Selector,
+        picker: &mut Picker,
         d: ClientDatagram,
     ) {
-        self.on_client_datagram(now, snapshot, selector, d);
+        self.on_client_datagram(now, snapshot, picker, d);
         self.check_invariants();
     }
 
@@ -307,7 +307,7 @@ impl FlowTable {
         &mut self,
         now: Instant,
         snapshot: &RoutingSnapshot,
-        selector: &mut Selector,
+        picker: &mut Picker,
         d: ClientDatagram,
     ) {
         let key = FlowKey {
@@ -366,7 +366,7 @@ impl FlowTable {
             return;
         }
         let from_node = snapshot.is_node_address(d.client.ip());
-        let Some(eid) = selector.choose(entry, d.client, from_node, &[], now) else {
+        let Some(eid) = picker.choose(entry, d.client, from_node, &[], now) else {
             self.drop_datagram(DropReason::NoEndpoint, Some(sid));
             return;
         };

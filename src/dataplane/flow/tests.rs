@@ -1,7 +1,7 @@
 //! Unit tests of the flow table: each reads like a trace of datagrams in and ops out.
 
 use super::*;
-use crate::dataplane::select::Selector;
+use crate::dataplane::select::Picker;
 use crate::model::*;
 use crate::table::{RoutingSnapshot, StatsRegistry};
 use std::net::SocketAddr;
@@ -52,13 +52,13 @@ pub(super) fn pods(n: u8) -> Vec<Endpoint> {
         .collect()
 }
 
-/// A world of one worker: a snapshot generation counter, stats, a table and a selector.
+/// A world of one worker: a snapshot generation counter, stats, a table and a picker.
 pub(super) struct World {
     pub reg: StatsRegistry,
     pub generation: u64,
     pub snapshot: RoutingSnapshot,
     pub table: FlowTable,
-    pub selector: Selector,
+    pub picker: Picker,
     pub now: Instant,
 }
 
@@ -72,7 +72,7 @@ impl World {
             generation: 1,
             snapshot,
             table: FlowTable::new(now, 0, max_flows),
-            selector: Selector::new(7),
+            picker: Picker::new(7),
             now,
         }
     }
@@ -98,7 +98,7 @@ impl World {
             truncated: false,
         };
         self.table
-            .handle_client_datagram(self.now, &self.snapshot, &mut self.selector, d);
+            .handle_client_datagram(self.now, &self.snapshot, &mut self.picker, d);
         self.drain()
     }
 
@@ -442,7 +442,7 @@ fn a_failed_open_drops_the_datagram_and_frees_the_slot() {
         truncated: false,
     };
     w.table
-        .handle_client_datagram(w.now, &w.snapshot, &mut w.selector, d);
+        .handle_client_datagram(w.now, &w.snapshot, &mut w.picker, d);
     let Some(FlowOp::Open { flow, .. }) = w.table.poll_op() else {
         panic!("an Open first");
     };
@@ -521,7 +521,7 @@ fn truncated_and_oversized_datagrams_are_dropped_and_named() {
         truncated: true,
     };
     w.table
-        .handle_client_datagram(w.now, &w.snapshot, &mut w.selector, d);
+        .handle_client_datagram(w.now, &w.snapshot, &mut w.picker, d);
     assert_eq!(
         w.drain(),
         vec![FlowOp::Drop {
@@ -623,7 +623,7 @@ fn closing_a_listener_ends_its_flows_only() {
     let mut flows = Vec::new();
     for (listener, port) in [(3, 5000), (3, 5001), (4, 5002)] {
         w.table
-            .handle_client_datagram(w.now, &w.snapshot, &mut w.selector, on(listener, port));
+            .handle_client_datagram(w.now, &w.snapshot, &mut w.picker, on(listener, port));
         flows.push(opened(&w.drain()).unwrap().0);
     }
     w.table.close_listener(3);

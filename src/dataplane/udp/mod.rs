@@ -29,7 +29,7 @@ use super::flow::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, Source,
     UpstreamError,
 };
-use super::select::Selector;
+use super::select::Picker;
 use super::sys::{self, udp as sysudp, Transfer};
 use crate::stats::{LoopStats, DROP_REASONS};
 use crate::table::RoutingSnapshot;
@@ -68,8 +68,8 @@ pub struct UdpPlane {
     /// Upstream sockets that may still hold replies.
     ready_flows: VecDeque<FlowId>,
     /// The endpoint choice of new flows (Maglev, ClientIP affinity tables of UDP Services).
-    selector: Selector,
-    /// The snapshot (its address) the selector last forgot removed Services for.
+    picker: Picker,
+    /// The snapshot (its address) the picker last forgot removed Services for.
     retained_for: usize,
     stats: Arc<LoopStats>,
 }
@@ -101,7 +101,7 @@ impl UdpPlane {
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
-            selector: Selector::new(seed),
+            picker: Picker::new(seed),
             retained_for: 0,
             stats,
         }
@@ -189,7 +189,7 @@ impl UdpPlane {
         let snapshot = cx.snapshot as *const RoutingSnapshot as usize;
         if snapshot != self.retained_for {
             self.retained_for = snapshot;
-            self.selector.retain_services(cx.snapshot);
+            self.picker.retain_services(cx.snapshot);
         }
         self.execute(cx, 0)?;
         self.stats.flows.active.set(self.table.len() as u64);
@@ -262,7 +262,7 @@ impl UdpPlane {
                 truncated: received.truncated,
             };
             self.table
-                .handle_client_datagram(cx.now, cx.snapshot, &mut self.selector, d);
+                .handle_client_datagram(cx.now, cx.snapshot, &mut self.picker, d);
             self.execute(cx, received.len)?;
         }
         Ok(true)
