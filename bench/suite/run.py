@@ -131,7 +131,7 @@ def make_lbs(args):
 
     # UDP rows (--quick: only those marked for it, to stay within ~30 s).
     for name, settings, quick in SLUICE_UDP_VARIANTS:
-        if args.quick and not quick:
+        if getattr(args, "quick", False) and not quick:
             continue
 
         def start(t, d, name=name, settings=settings):
@@ -139,7 +139,7 @@ def make_lbs(args):
             return t.spawn(t.node, [args.sluice, "run", "--log-level", "warn", "--config", cfg],
                            f"{d}/{name}.log")
         out.append(LB(name, "sluice", start, protocols=("udp",)))
-    for workers in ((1,) if args.quick else (1, 2)):
+    for workers in ((1,) if getattr(args, "quick", False) else (1, 2)):
         def start(t, d, workers=workers):
             sub = f"{d}/nginx-udp{workers}"
             os.makedirs(sub, exist_ok=True)
