@@ -14,6 +14,7 @@ pub mod fake_api;
 pub mod kube;
 pub mod peers;
 pub mod scrape;
+pub mod udp;
 #[allow(unused_imports)]
 pub use backends::*;
 

@@ -24,6 +24,7 @@
 //!        ├──reply on its upstream──▶ SendReply (from the node address the client used)
 //!        │                            └─ N-th reply with udp_responses = N ─▶ Close(Responses)
 //!        ├──sweep (every flow about once a second)──▶ Close(Idle | ServiceGone | EndpointLeft)
+//!        ├──its NodePort socket closed──▶ Close(ListenerClosed), at once
 //!        └──Open failed──▶ Close(OpenFailed) + Drop(OpenFailed)
 //! ```
 //!
@@ -39,6 +40,10 @@
 //! - A deleted Service (or another Service now on the NodePort) frees its flows: at their
 //!   next datagram, or at the latest when the sweep passes (within [`SWEEP_PERIOD`] plus a
 //!   tick).
+//! - A flow replies through the NodePort socket its client used (by the driver's listener
+//!   index). When that socket closes, the driver calls [`FlowTable::close_listener`] and its
+//!   flows end at once: the index may be given to a new listener, and a late reply must
+//!   never leave through another NodePort.
 //! - The table holds at most `max_flows` flows; when full, a datagram that would start a
 //!   flow is dropped and counted ([`DropReason::TableFull`]) and no flow is ever evicted, so
 //!   memory stays flat under a flood of new source ports.
@@ -217,6 +222,10 @@ pub enum CloseReason {
     ServiceGone,
     /// Its upstream socket could not be opened.
     OpenFailed(OpenFailure),
+    /// The NodePort socket it arrived on was closed (a reload or an address change removed
+    /// that listener, or the worker drains): its replies have no way back, and the slot
+    /// may be reused by another listener.
+    ListenerClosed,
     /// The worker stops.
     Shutdown,
 }

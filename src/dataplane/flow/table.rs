@@ -247,6 +247,22 @@ impl FlowTable {
         self.check_invariants();
     }
 
+    /// NodePort socket `listener` was closed: every flow that replies through it ends
+    /// (its index may be reused by the next listener the worker opens). Ops: `Close` for
+    /// each. O(flows): it runs when listeners change, not per datagram.
+    pub fn close_listener(&mut self, listener: u32) {
+        let ids: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.listener == listener)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.close(id, CloseReason::ListenerClosed);
+        }
+        self.check_invariants();
+    }
+
     /// Close every flow (the worker stops). Ops: `Close` for each.
     pub fn close_all(&mut self, reason: CloseReason) {
         let ids: Vec<FlowId> = self.flows.iter().map(|(id, _)| id).collect();
@@ -307,7 +323,10 @@ impl FlowTable {
         };
         let sid = reached.service;
         if !snapshot.admits(reached, d.client.ip()) {
-            // loadBalancerSourceRanges: never forwarded, whether a flow exists or not.
+            // loadBalancerSourceRanges: never forwarded, whether a flow exists or not;
+            // counted for the Service as a refused TCP connection is.
+            let stats = &snapshot.service(sid).stats;
+            stats.worker(self.worker).source_refused.add(1);
             self.drop_datagram(DropReason::SourceRange, Some(sid));
             return;
         }

@@ -605,3 +605,56 @@ fn close_all_ends_every_flow() {
     let t = w.snapshot.services().next().unwrap().1.stats.totals();
     assert_eq!((t.opened, t.closed), (5, 5));
 }
+
+/// A flow replies through the NodePort socket (the driver's listener index) its client
+/// used; when that socket closes, its flows end at once, the others stay, and a late reply
+/// for a closed one is stale (never sent through whatever listener takes the index next).
+#[test]
+fn closing_a_listener_ends_its_flows_only() {
+    let mut w = World::new(vec![udp_service(pods(2))], 16);
+    let on = |listener: u32, port: u16| ClientDatagram {
+        listener,
+        bound: addr(NODE),
+        client: SocketAddr::from(([127, 0, 0, 9], port)),
+        node: addr(NODE),
+        len: 1,
+        truncated: false,
+    };
+    let mut flows = Vec::new();
+    for (listener, port) in [(3, 5000), (3, 5001), (4, 5002)] {
+        w.table
+            .handle_client_datagram(w.now, &w.snapshot, &mut w.selector, on(listener, port));
+        flows.push(opened(&w.drain()).unwrap().0);
+    }
+    w.table.close_listener(3);
+    let ops = w.drain();
+    assert_eq!(
+        ops,
+        vec![
+            FlowOp::Close {
+                flow: flows[0],
+                reason: CloseReason::ListenerClosed
+            },
+            FlowOp::Close {
+                flow: flows[1],
+                reason: CloseReason::ListenerClosed
+            },
+        ]
+    );
+    assert_eq!(w.table.len(), 1);
+    assert!(w.table.flow(flows[2]).is_some());
+    assert_eq!(
+        w.reply(flows[0], 10),
+        vec![FlowOp::Drop {
+            reason: DropReason::StaleFlow,
+            service: None
+        }]
+    );
+    assert!(matches!(
+        w.reply(flows[2], 10)[..],
+        [FlowOp::SendReply { listener: 4, .. }]
+    ));
+    // The sweep would not have ended them: the Service still serves the NodePort.
+    w.table.close_listener(3);
+    assert!(w.drain().is_empty());
+}

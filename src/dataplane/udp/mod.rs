@@ -191,6 +191,23 @@ impl UdpPlane {
         Ok(())
     }
 
+    /// NodePort socket `listener` was closed (the worker took it out of its slot): its
+    /// flows end now, before the slot can hold another listener.
+    pub fn listener_closed<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        listener: u32,
+    ) -> io::Result<()> {
+        self.ready_listeners.retain(|&l| l != listener);
+        if self.table.is_empty() {
+            return Ok(());
+        }
+        self.table.close_listener(listener);
+        self.execute(cx, 0)?;
+        self.stats.flows.active.set(self.table.len() as u64);
+        Ok(())
+    }
+
     /// Close every flow (the worker stops).
     pub fn close_all<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,

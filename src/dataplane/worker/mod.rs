@@ -40,7 +40,7 @@ use crate::dataplane::driver::{Completion, Driver};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::sys;
 use crate::dataplane::udp::{self, UdpPlane};
-use crate::model::RelayMode;
+use crate::model::{Protocol, RelayMode};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 use crate::table::RoutingSnapshot;
@@ -336,6 +336,7 @@ impl<D: Driver> Worker<D> {
                         self.unwatch_listener(i)?;
                         let socket = self.listeners[i].socket.take().expect("open listener");
                         self.to_close.push(socket.into());
+                        self.udp_listener_closed(i)?;
                     }
                 }
             }
@@ -345,9 +346,11 @@ impl<D: Driver> Worker<D> {
                 // until the drain ends.
                 self.table.drain(deadline);
                 self.unwatch_listeners()?;
-                for l in &mut self.listeners {
-                    if let Some(socket) = l.socket.take() {
+                for i in 0..self.listeners.len() {
+                    if let Some(socket) = self.listeners[i].socket.take() {
                         self.to_close.push(socket.into());
+                        // UDP flows reply through their NodePort socket: they end with it.
+                        self.udp_listener_closed(i)?;
                     }
                 }
             }
@@ -518,6 +521,23 @@ impl<D: Driver> Worker<D> {
         } else {
             self.udp.run(&mut cx)
         }
+    }
+
+    /// The socket of listener slot `i` was just taken out: when it served UDP, the flows
+    /// that reply through it end before the slot can take another listener.
+    fn udp_listener_closed(&mut self, i: usize) -> io::Result<()> {
+        if self.listeners[i].key.protocol != Protocol::Udp {
+            return Ok(());
+        }
+        let snapshot = Arc::clone(self.reader.load());
+        let mut cx = udp::Context {
+            driver: &mut self.driver,
+            listeners: &self.listeners[..],
+            snapshot: &snapshot,
+            now: self.now,
+            to_close: &mut self.to_close,
+        };
+        self.udp.listener_closed(&mut cx, i as u32)
     }
 
     /// End: every connection still open is reset on both sides (SO_LINGER 0), never closed
