@@ -6,7 +6,7 @@
 //! nobody accepts on) costs seconds, not minutes.
 
 use super::protocol::{
-    request_line, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
+    request_line, FlowList, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
 };
 use super::render;
 use std::io::{self, Read, Write};
@@ -181,5 +181,6 @@ fn human(request: &Request, result: serde_json::Value) -> Result<String, serde_j
             render::override_outcome(&serde_json::from_value::<OverrideOutcome>(result)?)
         }
         Request::LogLevel { level } => format!("log level: {level}\n"),
+        Request::Flows { .. } => render::flows(&serde_json::from_value::<FlowList>(result)?),
     })
 }

@@ -14,6 +14,7 @@
 //! | `source_files.rs` | reading the source's files off the loop, queued reloads |
 //! | `requests.rs` | what a `ctl` request does (dispatch, endpoint overrides) |
 //! | `views.rs` | **what `ctl` shows**: status, services, endpoints, describe data |
+//! | `flows.rs` | `ctl flows`: the workers' live flows and connections, awaited off the loop |
 //! | [`protocol`] | the versioned JSON-lines protocol of the control socket |
 //! | `socket.rs` | the Unix socket server, its peer checks and fairness |
 //! | [`render`] | human output of `sluice ctl` |
@@ -34,6 +35,7 @@ pub mod client;
 mod daemon;
 pub mod endpoint_health;
 mod fatal;
+mod flows;
 mod hcnp;
 mod healthz;
 mod listeners;
@@ -244,6 +246,19 @@ async fn serve(options: Options) -> Result<(), ControlError> {
             job = next_job(&mut priority_jobs, &mut jobs), if jobs_open => match job {
                 Some((Request::Reload, reply)) => {
                     reloads.request(ReloadWaiter::Client(reply), || daemon.reload_plan());
+                }
+                // The workers answer off the loop (flows.rs).
+                Some((Request::Flows { service, limit }, reply)) => {
+                    match daemon.flows(service.as_deref(), limit) {
+                        Ok(pending) => {
+                            tokio::task::spawn_blocking(move || {
+                                let _ = reply.send(pending.answer());
+                            });
+                        }
+                        Err(answer) => {
+                            let _ = reply.send(answer);
+                        }
+                    }
                 }
                 Some((request, reply)) => {
                     let response = daemon.handle(request);

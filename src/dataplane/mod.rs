@@ -30,6 +30,7 @@ mod connections;
 mod death;
 mod driver;
 mod flow;
+pub mod live;
 mod relay;
 mod select;
 mod sys;
@@ -348,6 +349,28 @@ impl Dataplane {
     /// The (address, NodePort) pairs listened on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.open.iter().map(|k| k.addr).collect()
+    }
+
+    /// Asks every worker for its live UDP flows and TCP connections (`ctl flows`; see
+    /// [`live`]): returns at once, [`live::LiveRequest::wait`] collects the answers.
+    pub fn live(&self, query: &live::LiveQuery) -> live::LiveRequest {
+        let answers = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (reply, answer) = mpsc::channel();
+                let _ = w.commands.send(Command::Live {
+                    query: query.clone(),
+                    reply,
+                });
+                let _ = sys::eventfd_signal(w.wake.as_fd());
+                answer
+            })
+            .collect();
+        live::LiveRequest {
+            limit: query.limit,
+            answers,
+        }
     }
 
     /// A handle for other threads: heartbeats, loop statistics, driver.

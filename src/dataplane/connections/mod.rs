@@ -32,6 +32,7 @@
 //! or panic on any order of inputs the executor may produce (stale handles are ignored).
 
 mod connect;
+mod listing;
 mod sweep;
 
 pub use connect::{ConnectOutcome, NotStarted, ProxyHeader};
@@ -213,6 +214,8 @@ struct Live<R> {
     held: Option<u64>,
     /// The listener the client connected to (to find its Service again in a newer snapshot).
     listener: ListenerKey,
+    /// Bytes sent each way (`Dir` order), for `ctl flows`.
+    moved: [u64; 2],
     watching: bool,
     tried: Vec<EndpointId>,
 }
@@ -433,6 +436,7 @@ impl<R> ConnTable<R> {
             connect_started: now,
             held: None,
             listener,
+            moved: [0; 2],
             watching: false,
             tried,
         };
@@ -469,6 +473,7 @@ impl<R> ConnTable<R> {
         };
         live.conn.handle(now, event);
         if let Event::Sent { dir, bytes } = event {
+            live.moved[dir as usize] += bytes as u64;
             let (pin, service, endpoint) = (live.pin, live.service, live.endpoint);
             let entry = self.service_of(pin, service);
             let ep = entry.endpoint(endpoint.expect("relaying to an endpoint"));

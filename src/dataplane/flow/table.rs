@@ -35,6 +35,8 @@ impl Traffic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowView {
     pub id: FlowId,
+    /// The Service port's stable id.
+    pub service: u64,
     pub client: SocketAddr,
     pub node: SocketAddr,
     pub endpoint: SocketAddr,
@@ -164,7 +166,6 @@ impl FlowTable {
         self.flows.get(id).map(|f| view(id, f))
     }
 
-    #[cfg(test)]
     /// Every live flow, in slot order.
     pub fn flows(&self) -> impl Iterator<Item = FlowView> + '_ {
         self.flows.iter().map(|(id, f)| view(id, f))
@@ -592,6 +593,7 @@ fn max_payload(endpoint: SocketAddr) -> usize {
 fn view(id: FlowId, f: &Flow) -> FlowView {
     FlowView {
         id,
+        service: f.service,
         client: f.key.client,
         node: f.key.node,
         endpoint: f.endpoint,

@@ -112,6 +112,11 @@ impl UdpPlane {
         self.table.len()
     }
 
+    /// The flow table, read-only (`ctl flows`).
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
     /// The driver reported NodePort socket `listener` readable.
     pub fn nodeport_readable(&mut self, listener: u32) {
         if !self.ready_listeners.contains(&listener) {

@@ -27,6 +27,7 @@
 
 mod accept;
 mod connect;
+mod listing;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
@@ -76,6 +77,12 @@ pub enum Command {
         groups: u32,
         /// Told when the change is applied.
         done: mpsc::Sender<()>,
+    },
+    /// List the live UDP flows and TCP connections (`ctl flows`): answered on `reply`
+    /// between two turns of the loop (`listing.rs`).
+    Live {
+        query: crate::dataplane::live::LiveQuery,
+        reply: mpsc::Sender<crate::dataplane::live::WorkerLive>,
     },
 }
 
@@ -383,6 +390,9 @@ impl<D: Driver> Worker<D> {
                     }
                 }
                 let _ = done.send(());
+            }
+            Command::Live { query, reply } => {
+                let _ = reply.send(self.live(&query));
             }
         }
         Ok(())
