@@ -62,17 +62,18 @@ def lb_cpu_of(r, runs):
     return per_unit * r[field] if per_unit > 0 else None
 
 
-def added_over_direct(r, runs):
+def added_over_direct(r, runs, field="suite_cpu"):
     """Suite CPU (every process of the benchmark + ksoftirqd) per unit of work, minus the same
     in the `direct` run of the same repetition: µs of whole-benchmark CPU the LB adds per
-    request, flow or datagram (None for `direct` itself)."""
+    request, flow or datagram (None for `direct` itself). field="machine_cpu": the same from
+    /proc/stat (the whole machine, other users' work included: only on a quiet machine)."""
     if r["kind"] == "direct" or r["requests"] <= 0:
         return None
     d = [x for x in runs if x["lb"] == "direct" and x["workload"] == r["workload"] and x["rep"] == r["rep"]
          and "failed" not in x and x["requests"] > 0]
     if not d:
         return None
-    return 1e6 * (r["suite_cpu"] / r["requests"] - d[0]["suite_cpu"] / d[0]["requests"])
+    return 1e6 * (r[field] / r["requests"] - d[0][field] / d[0]["requests"])
 
 
 def med(xs):
@@ -104,6 +105,7 @@ def aggregate(runs, workload, services=None):
         a["errors"] = sum(r.get("errors", 0) for r in rs)
         a["loss"] = med([r.get("loss_pct") for r in rs])
         a["added_us"] = med([added_over_direct(r, runs) for r in rs])
+        a["added_machine_us"] = med([added_over_direct(r, runs, "machine_cpu") for r in rs])
         a["node_drops"] = med([r.get("node_rcvbuf_drops") for r in rs])
         a["pod_drops"] = med([r.get("pod_rcvbuf_drops") for r in rs])
         a["retransmits"] = med([r.get("retransmits") for r in rs])
@@ -173,7 +175,8 @@ def udp_table(runs, workload):
     head += "p50 / p99 / p99.9 round trip, ms | " if lat else "Gbit/s received | "
     head += f"LB CPU s | **{eunit}** | "
     head += "LB CPU-s per GB | " if not lat else ""
-    head += "suite CPU added over direct, µs per " + {"udp-dns": "request", "udp-flows": "flow", "udp-bulk": "datagram"}[workload] + " | sluice peak RSS MiB |"
+    head += ("CPU added over direct, µs per " + {"udp-dns": "request", "udp-flows": "flow", "udp-bulk": "datagram"}[workload]
+             + ": suite / whole machine | sluice peak RSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for lb, a in agg.items():
         if a["n"] == 0:
@@ -190,7 +193,8 @@ def udp_table(runs, workload):
             per_gb = med([c * 1e9 / r["bytes"] if c and r["bytes"] else None
                           for r, c in ((r, lb_cpu_of(r, runs)) for r in a["runs"])])
             row += f"{fmt(per_gb, 2) if a['kind'] != 'direct' else '—'} | "
-        row += f"{fmt(a['added_us'], 2) if a['kind'] != 'direct' else '—'} | {fmt(a['hwm_mb'], 1)} |"
+        added = f"{fmt(a['added_us'], 2)} / {fmt(a['added_machine_us'], 2)}"
+        row += f"{added if a['kind'] != 'direct' else '—'} | {fmt(a['hwm_mb'], 1)} |"
         if a["failed"]:
             row += f" ({a['failed']} failed)"
         lines.append(row)
