@@ -586,19 +586,6 @@ impl Drop for ClientNetns {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// externalTrafficPolicy: Local seen from both sides, in a private network namespace (the
 /// node) with a client namespace behind a veth pair (198.18.77.0/30): a client outside the
 /// node reaches only this node's pod (and is reset when this node has none), while clients
@@ -611,15 +598,15 @@ fn local_policy_outside_clients_get_local_pods_and_the_node_gets_the_cluster() {
         let local = NameServer::start("127.0.0.2", "local-pod");
         let remote = NameServer::start("127.0.0.3", "remote-pod");
         let netns = ClientNetns(client_ns.clone());
-        ip(&["netns", "add", &netns.0]);
-        ip(&[
+        run_ip(&["netns", "add", &netns.0]);
+        run_ip(&[
             "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", &netns.0,
         ]);
-        ip(&["addr", "add", "198.18.77.1/30", "dev", "c0"]);
-        ip(&["link", "set", "c0", "up"]);
-        ip(&["-n", &netns.0, "addr", "add", "198.18.77.2/30", "dev", "n0"]);
-        ip(&["-n", &netns.0, "link", "set", "n0", "up"]);
-        ip(&["-n", &netns.0, "link", "set", "lo", "up"]);
+        run_ip(&["addr", "add", "198.18.77.1/30", "dev", "c0"]);
+        run_ip(&["link", "set", "c0", "up"]);
+        run_ip(&["-n", &netns.0, "addr", "add", "198.18.77.2/30", "dev", "n0"]);
+        run_ip(&["-n", &netns.0, "link", "set", "n0", "up"]);
+        run_ip(&["-n", &netns.0, "link", "set", "lo", "up"]);
         let p = 30000;
         let dir = TempDir::new("manifests-local");
         dir.write(
