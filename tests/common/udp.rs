@@ -100,6 +100,10 @@ pub struct Setup {
     pub dir: TempDir,
     pub node_port: u16,
     pub metrics: SocketAddr,
+    /// The readiness probe's client socket, kept bound as long as the set-up lives: its
+    /// flow stays in sluice's table (idle timeout), and a test client that got the same
+    /// port once it was closed would join that flow instead of opening its own.
+    probe: UdpSocket,
 }
 
 impl Setup {
@@ -108,6 +112,7 @@ impl Setup {
             dir: TempDir::new("udp"),
             node_port: free_udp_port(),
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            probe: client("127.0.0.1"),
         }
     }
 
@@ -137,9 +142,8 @@ impl Setup {
     pub fn start(&self, config: &str) -> Sluice {
         let mut s = Sluice::run(config);
         let node = self.node();
-        let probe = client("127.0.0.1");
         s.wait_until("the UDP NodePort answers", || {
-            ask(&probe, node, b"probe").is_some()
+            ask(&self.probe, node, b"probe").is_some()
         });
         s
     }
