@@ -610,3 +610,68 @@ fn udp_flows_end_with_their_node_port_socket() {
     );
     dp.stop().unwrap();
 }
+
+/// Client-IP steering (the reuseport BPF program) covers UDP NodePorts: every flow of one
+/// client IP, from whatever source port, lands on the same worker, so a ClientIP-affinity
+/// Service's flows of one client share one worker's affinity table. Without the program
+/// attached to the UDP group, the kernel's 4-tuple hash spreads a client's ports over both
+/// workers.
+#[test]
+fn client_ip_steering_sends_every_udp_flow_of_a_client_to_one_worker() {
+    use sluice::dataplane::LiveQuery;
+    use std::net::UdpSocket;
+    let pod = udp_echo_pod("127.0.0.7");
+    let port = free_port();
+    let mut m = model(port, &[pod], RelayMode::Splice);
+    m.settings.node_port_range = NodePortRange {
+        first: 1024,
+        last: 65535,
+    };
+    m.services[0].key.protocol = Protocol::Udp;
+    m.services[0].policy = Policy::ClientIp {
+        timeout: Duration::from_secs(60),
+        max_entries: 1000,
+    };
+    let (mut dp, _p, _r) = start(&m);
+    assert!(dp.workers() >= 2, "the test needs two workers");
+    dp.steer_client_ips(&listeners(&[(Protocol::Udp, port)]).required);
+    let mut clients = Vec::new();
+    for c in 10..40u8 {
+        for _ in 0..10 {
+            let s = UdpSocket::bind((format!("127.0.0.{c}").as_str(), 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 16];
+            let (n, _) = s.recv_from(&mut buf).expect("the echo through the flow");
+            assert_eq!(&buf[..n], b"hi");
+            clients.push(s); // keeps its port, so the flow stays this client's
+        }
+    }
+    let report = dp
+        .live(&LiveQuery {
+            services: None,
+            limit: 10_000,
+        })
+        .wait(Duration::from_secs(5));
+    assert_eq!(report.answered, report.workers);
+    let udp: Vec<_> = report
+        .entries
+        .iter()
+        .filter(|e| e.protocol == Protocol::Udp)
+        .collect();
+    assert_eq!(udp.len(), 300, "every flow is live");
+    let mut worker_of = std::collections::HashMap::new();
+    for e in &udp {
+        let w = *worker_of.entry(e.client.ip()).or_insert(e.worker);
+        assert_eq!(
+            w,
+            e.worker,
+            "client {} has flows on workers {w} and {}",
+            e.client.ip(),
+            e.worker
+        );
+    }
+    let used: std::collections::HashSet<_> = worker_of.values().collect();
+    assert_eq!(used.len(), 2, "30 client IPs all steered to one worker");
+    dp.stop().unwrap();
+}
