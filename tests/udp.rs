@@ -270,7 +270,7 @@ fn the_flow_cap_refuses_new_flows_and_keeps_the_live_ones() {
             .expect("VmRSS in /proc/PID/status")
     };
     let before = rss();
-    let refused = setup.metric("sluice_udp_flows_refused_total ");
+    let mut refused = setup.metric("sluice_udp_flows_refused_total ");
     for _ in 0..5 {
         let wave: Vec<UdpSocket> = (0..1000).map(|_| client("127.0.0.1")).collect();
         for f in &wave {
@@ -280,6 +280,7 @@ fn the_flow_cap_refuses_new_flows_and_keeps_the_live_ones() {
         wait_for("the wave is refused", SOON, || {
             (setup.metric("sluice_udp_flows_refused_total ") > refused).then_some(())
         });
+        refused = setup.metric("sluice_udp_flows_refused_total ");
     }
     let after = rss();
     assert!(
