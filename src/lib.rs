@@ -10,6 +10,9 @@
 //! - [`control`]: the control plane: reloads, control socket, metrics, sd_notify (everything but
 //!   data-plane internals).
 //! - [`demo`]: the built-in demo pods and Service.
+//! - [`handover`]: passing listening sockets and state to a new process (`ctl upgrade`) or
+//!   through systemd's fd store (no `unsafe`; std, rustix, socket2, serde; uses
+//!   `dataplane::sys` for adopting inherited fds).
 //! - [`logging`]: the daemon's log format (text or JSON, journald-aware) and filter.
 //! - [`proxy_protocol`]: PROXY v1/v2 header encoder and decoder (leaf: model, std).
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (model, socket2).
@@ -20,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
+pub mod handover;
 pub mod logging;
 pub mod model;
 pub mod proxy_protocol;
