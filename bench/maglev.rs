@@ -48,6 +48,7 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         maglev_table_size: table_size,
         forwarding: Default::default(),
         traffic_policy: Default::default(),
+        families: Default::default(),
         health: Default::default(),
         meta: None,
     }

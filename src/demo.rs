@@ -65,6 +65,7 @@ pub fn demo_model() -> Model {
             maglev_table_size: defaults.maglev_table_size,
             forwarding: Default::default(),
             traffic_policy: Default::default(),
+            families: Default::default(),
             health: Default::default(),
             meta: None,
         }],

@@ -148,6 +148,11 @@ struct ManifestArgs {
     /// --kubernetes (default: $NODE_NAME).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's zone (topology.kubernetes.io/zone), for EndpointSlice topology hints,
+    /// with --manifests (a Node object named --node-name in DIR wins; with --kubernetes the
+    /// zone comes from this node's Node object).
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 impl ManifestArgs {
@@ -169,6 +174,7 @@ impl ManifestArgs {
             options: sluice::config::k8s::K8sOptions {
                 node_name,
                 proxy_name: None,
+                zone: self.zone.clone().filter(|z| !z.is_empty()),
             },
         })
     }
@@ -372,7 +378,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -383,6 +389,9 @@ fn check(args: RunArgs) -> ExitCode {
     // Loading manifests logs what it skips (like `run`).
     let _ = args.log.init();
     if args.kubernetes {
+        if let Some(refused) = zone_with_kubernetes(&args) {
+            return refused;
+        }
         return check_kubernetes(args);
     }
     match load_model(&args.config, &args.manifests, true) {
@@ -456,6 +465,17 @@ fn check_kubernetes(args: RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--zone` with `--kubernetes` is refused: the zone is read from this node's Node object.
+fn zone_with_kubernetes(args: &RunArgs) -> Option<ExitCode> {
+    (args.kubernetes && args.manifests.zone.is_some()).then(|| {
+        eprintln!(
+            "--zone applies to --manifests: with --kubernetes the zone is read from this \
+             node's Node object (label topology.kubernetes.io/zone)"
+        );
+        ExitCode::from(2)
+    })
+}
+
 fn watch_options(args: &RunArgs) -> sluice::watch::Options {
     sluice::watch::Options {
         kubeconfig: args.kubeconfig.clone(),
@@ -464,6 +484,7 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
         k8s: sluice::config::k8s::K8sOptions {
             node_name: args.manifests.node_name(),
             proxy_name: args.proxy_name.clone(),
+            zone: None,
         },
         window: Default::default(),
     }
@@ -472,6 +493,9 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
 /// `sluice run`.
 fn run(args: RunArgs) -> ExitCode {
     let log_filter = args.log.init();
+    if let Some(refused) = zone_with_kubernetes(&args) {
+        return refused;
+    }
     let result: anyhow::Result<()> = if args.kubernetes {
         let source = match sluice::watch::Source::new(watch_options(&args)) {
             Ok(s) => s,
@@ -525,7 +549,7 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -570,6 +594,22 @@ fn demo(
         log_filter: Some(log_filter),
     })?;
     Ok(())
+}
+
+/// An error and its causes, each said once: a cause whose text its error already includes
+/// (thiserror's `"...: {source}"` with `#[source]`) is not repeated, as `{:#}` would.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut said = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        said = text;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -290,6 +290,9 @@ pub struct ServicePort {
     pub forwarding: Forwarding,
     /// Which endpoints new connections may go to (Kubernetes `externalTrafficPolicy`).
     pub traffic_policy: TrafficPolicy,
+    /// The IP families the Service port is served for (Kubernetes `ipFamilies`): a client
+    /// of another family finds no endpoint. Both for TOML Services.
+    pub families: Families,
     /// Active and passive health checking of this port's endpoints.
     pub health: HealthConfig,
     /// Where the Service came from in Kubernetes (manifests or the API), for `describe`
@@ -306,6 +309,40 @@ pub enum TrafficPolicy {
     /// Only endpoints on this node ([`Endpoint::local`]): ready ones, else local
     /// serving-and-terminating ones, else none.
     Local,
+}
+
+/// Which IP families a Service port serves. Each family routes only to endpoints of that
+/// family (kube-proxy runs one proxier per family): an IPv4 client never reaches an IPv6
+/// pod, and the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families { v4: true, v6: true }
+    }
+}
+
+impl Families {
+    /// Whether `ip`'s family is served (an IPv4-mapped IPv6 address is IPv4).
+    pub fn serves(&self, ip: IpAddr) -> bool {
+        if is_v4(ip) {
+            self.v4
+        } else {
+            self.v6
+        }
+    }
+}
+
+/// `ip` is IPv4, or IPv4-mapped IPv6 (what a dual-stack socket reports for an IPv4 peer).
+pub fn is_v4(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    }
 }
 
 /// How a Service port's endpoints are checked. Off by default.
@@ -372,17 +409,41 @@ pub struct ServiceMeta {
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
     pub selector: Vec<(String, String)>,
+    /// `spec.clusterIP` as written (`""` when unset).
+    pub cluster_ip: String,
     pub cluster_ips: Vec<String>,
     pub ip_families: Vec<String>,
     pub ip_family_policy: Option<String>,
     pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress` as kubectl shows it (`IP`, `IP (VIP)`, or hostname).
     pub load_balancer_ingress: Vec<String>,
-    /// Per port name: the targetPort as written (`9000` or `http-server`).
-    pub target_ports: Vec<(String, String)>,
+    /// Every `spec.ports` entry, in spec order (also those sluice does not serve).
+    pub ports: Vec<SpecPort>,
+    /// `spec.sessionAffinity` as written (`None` when unset).
+    pub session_affinity: String,
+    /// `spec.externalTrafficPolicy` as written.
+    pub external_traffic_policy: Option<String>,
+    pub internal_traffic_policy: Option<String>,
+    pub traffic_distribution: Option<String>,
+    pub load_balancer_source_ranges: Vec<String>,
     /// `spec.healthCheckNodePort` (LoadBalancer + Local only).
     pub health_check_node_port: Option<u16>,
-    /// Annotation problems found the last time the Service was read, for operators.
-    pub warnings: Vec<String>,
+    /// Problems found the last time the Service was read: (reason, message).
+    pub warnings: Vec<(String, String)>,
+}
+
+/// One `spec.ports` entry as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SpecPort {
+    /// `""` when unnamed.
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+    /// `9000` or `http-server`.
+    pub target_port: String,
+    /// 0 when unset.
+    pub node_port: i32,
+    pub app_protocol: Option<String>,
 }
 
 /// How the pod learns who the client is.
@@ -421,6 +482,30 @@ pub struct Endpoint {
     /// False while health checking holds the endpoint down (set by the control plane on
     /// the effective model; sources always give `true`).
     pub healthy: bool,
+    /// EndpointSlice topology hints (`hints.forZones`, `hints.forNodes`), already compared
+    /// with this node's zone and name.
+    pub hints: Hints,
+}
+
+/// An endpoint's topology hints as they concern this node (kube-proxy's
+/// `topologyModeFromHints`): whether the endpoint has hints of each kind, and whether
+/// they name this node's zone / this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Hints {
+    pub zone: Hint,
+    pub node: Hint,
+}
+
+/// One kind of topology hint of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Hint {
+    /// The endpoint has no hint of this kind.
+    #[default]
+    Absent,
+    /// It has hints, none for this node (or this node's zone).
+    Elsewhere,
+    /// One of its hints names this node (or this node's zone).
+    Here,
 }
 
 impl Endpoint {
@@ -432,6 +517,7 @@ impl Endpoint {
             conditions: Conditions::default(),
             local: true,
             healthy: true,
+            hints: Hints::default(),
         }
     }
 

@@ -329,3 +329,31 @@ fn completions_and_man_pages() {
         "{run}"
     );
 }
+
+/// A start-up error is said once: "Address already in use" was printed twice (the error,
+/// then the same cause again as its own line of the chain).
+#[test]
+fn a_start_error_names_its_cause_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("cli-inuse");
+    let cfg = dir.write(
+        "cfg.toml",
+        &format!(
+            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{port}-{port}\"\nworkers = 1\ncontrol_socket = \"{}\"\n\n[[service]]\nname = \"a\"\nport = 80\ntarget_port = 80\nnode_port = {port}\nendpoints = [\"127.0.0.2\"]\n",
+            dir.path().join("ctl.sock").display()
+        ),
+    );
+    let mut s = Sluice::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        Launch::default(),
+    );
+    assert!(!s.wait_exit(SOON).success());
+    let err = s.stderr();
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(taken);
+}

@@ -75,6 +75,7 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             forwarding: Default::default(),
             traffic_policy: Default::default(),
+            families: Default::default(),
             health: Default::default(),
             meta: None,
         }],

@@ -6,266 +6,13 @@
 
 mod common;
 use common::fake_api::{FakeApi, Kind};
+use common::kube::*;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-// ---------------------------------------------------------------------------------------
-// Objects
-// ---------------------------------------------------------------------------------------
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/api")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-/// The seed's `myfrontend` Service (real API JSON) as `namespace/name` on `node_port`.
-fn frontend_service(namespace: &str, name: &str, node_port: u16) -> Value {
-    let mut s = fixture("myfrontend-service.json");
-    s["metadata"]["namespace"] = json!(namespace);
-    s["metadata"]["name"] = json!(name);
-    s["metadata"]["labels"]["app"] = json!(name);
-    s["spec"]["ports"][0]["nodePort"] = json!(node_port);
-    s
-}
-
-/// A pod in a slice: address and conditions.
-#[derive(Clone, Copy)]
-struct Pod {
-    ip: &'static str,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-}
-
-fn ready(ip: &'static str) -> Pod {
-    Pod {
-        ip,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
-}
-
-/// A pod being deleted that still passes its readiness probe (kube: ready false,
-/// serving true, terminating true).
-fn terminating(ip: &'static str) -> Pod {
-    Pod {
-        ip,
-        ready: false,
-        serving: true,
-        terminating: true,
-    }
-}
-
-/// The controller's EndpointSlice for Service `namespace/service` with `pods` on `port`.
-/// A fake API server holding the seed's `workshop/myfrontend` Service on `node_port` and
-/// one EndpointSlice with `pods` on `pod_port`.
-fn frontend_api(node_port: u16, pod_port: u16, pods: &[Pod]) -> FakeApi {
-    let api = FakeApi::start_new();
-    api.apply(frontend_service("workshop", "myfrontend", node_port));
-    api.apply(slice("workshop", "myfrontend", pod_port, pods));
-    api
-}
-
-fn slice(namespace: &str, service: &str, port: u16, pods: &[Pod]) -> Value {
-    let mut s = fixture("myfrontend-slice.json");
-    let template = s["endpoints"][0].clone();
-    s["metadata"]["namespace"] = json!(namespace);
-    s["metadata"]["name"] = json!(format!("{service}-x7k2p"));
-    s["metadata"]["generateName"] = json!(format!("{service}-"));
-    s["metadata"]["labels"]["app"] = json!(service);
-    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(service);
-    s["metadata"]["ownerReferences"][0]["name"] = json!(service);
-    s["ports"][0]["port"] = json!(port);
-    s["endpoints"] = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut e = template.clone();
-            e["addresses"] = json!([p.ip]);
-            e["conditions"] = json!({
-                "ready": p.ready, "serving": p.serving, "terminating": p.terminating
-            });
-            e["targetRef"]["namespace"] = json!(namespace);
-            e["targetRef"]["name"] = json!(format!("{service}-695f9f586f-{i}"));
-            e["targetRef"]["uid"] = json!(format!("0f6d5b0c-1c7e-4a43-9a8f-{i:012}"));
-            e
-        })
-        .collect();
-    s
-}
-
-/// Name servers on `ips`, all on one port (pods of a Deployment share their container
-/// port); returns them and the port.
-fn pods(ips: &[&'static str]) -> (Vec<Backend>, u16) {
-    for _ in 0..50 {
-        let first = NameServer::start(ips[0], ips[0]);
-        let port = first.addr.port();
-        let mut all = vec![first];
-        for ip in &ips[1..] {
-            match NameServer::try_start_at(SocketAddr::new(ip.parse().unwrap(), port), ip) {
-                Ok(b) => all.push(b),
-                Err(_) => break,
-            }
-        }
-        if all.len() == ips.len() {
-            return (all, port);
-        }
-    }
-    panic!("no common free port for {ips:?}");
-}
-
-// ---------------------------------------------------------------------------------------
-// sluice
-// ---------------------------------------------------------------------------------------
-
-struct Node {
-    sluice: Sluice,
-    sock: PathBuf,
-    metrics: SocketAddr,
-    _dir: TempDir,
-}
-
-/// `sluice run --kubernetes` against `api`, serving on 127.0.0.1 NodePorts in `range`.
-fn start_node(api: &FakeApi, range: (u16, u16), extra: &[&str], launch: Launch) -> Node {
-    let dir = TempDir::new("kube");
-    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
-    let sock = dir.path().join("ctl.sock");
-    let mport = free_port();
-    let settings = dir.write(
-        "node.toml",
-        &format!(
-            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{}-{}\"\nworkers = 2\ncontrol_socket = \"{}\"\nmetrics_address = \"127.0.0.1:{mport}\"\n",
-            range.0.min(range.1),
-            range.0.max(range.1),
-            sock.display()
-        ),
-    );
-    let mut args = vec![
-        "run".to_owned(),
-        "--kubernetes".to_owned(),
-        "--kubeconfig".to_owned(),
-        kubeconfig.display().to_string(),
-        "--config".to_owned(),
-        settings.display().to_string(),
-        "--node-name".to_owned(),
-        "node-a".to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node {
-        sluice: Sluice::spawn(&args, launch),
-        sock,
-        metrics: SocketAddr::from(([127, 0, 0, 1], mport)),
-        _dir: dir,
-    }
-}
-
-impl Node {
-    fn ctl_json(&self, args: &[&str]) -> Option<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.sock)
-            .arg("-o")
-            .arg("json")
-            .args(args)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn generation(&self) -> u64 {
-        let v = self.ctl_json(&["status"]).expect("ctl status");
-        v["result"]["generation"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{v}"))
-    }
-
-    fn metrics(&self) -> String {
-        metrics_at(self.metrics)
-    }
-
-    fn metric(&self, prefix: &str) -> Option<f64> {
-        metric_at(self.metrics, prefix)
-    }
-
-    fn lists(&self, kind: &str) -> u64 {
-        lists_at(self.metrics, kind)
-    }
-}
-
-fn metrics_at(addr: SocketAddr) -> String {
-    let mut s = connect(addr).expect("connect metrics");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-/// The value of the first metric line starting with `prefix`.
-fn metric_at(addr: SocketAddr, prefix: &str) -> Option<f64> {
-    metrics_at(addr)
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// Completed lists of one stream (`Service` / `EndpointSlice`), cluster-wide.
-fn lists_at(addr: SocketAddr, kind: &str) -> u64 {
-    metric_at(
-        addr,
-        &format!("sluice_kubernetes_watch_lists_total{{kind=\"{kind}\",namespace=\"\"}}"),
-    )
-    .unwrap_or(0.0) as u64
-}
-
-/// The pods answering through `node` from distinct client addresses (127.0.1.x), `n` asks.
-fn answers(node: SocketAddr, n: u8) -> std::collections::BTreeSet<String> {
-    (1..=n)
-        .filter_map(|i| {
-            let mut s = connect_from(IpAddr::from([127, 0, 1, i]), node).ok()?;
-            ask_name_on(&mut s).ok()
-        })
-        .collect()
-}
-
-fn wait_answers(n: &mut Node, node: SocketAddr, want: &[&str]) {
-    let want: std::collections::BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-    let mut last = Default::default();
-    let start = Instant::now();
-    while start.elapsed() < SOON {
-        n.sluice.assert_alive();
-        last = answers(node, 24);
-        if last == want {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "through {node}: wanted {want:?}, got {last:?}\n--- sluice stderr ---\n{}",
-        n.sluice.stderr_tail(40)
-    );
-}
-
-fn refused(addr: SocketAddr) -> bool {
-    matches!(
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-    )
-}
 
 // ---------------------------------------------------------------------------------------
 // Tests
@@ -656,8 +403,9 @@ fn startup_waits_for_the_api_then_becomes_ready() {
         ..Launch::default()
     };
     let mut n = start_node(&api, (p, p), &[], launch);
-    // The API is down: no READY, no NodePort, but the process keeps trying.
-    let until = Instant::now() + Duration::from_millis(1500);
+    // The API is down: no READY, no NodePort, but the process keeps trying (long enough
+    // for kube's backoff, 0.8 s then 1.6 s, to retry each stream more than once).
+    let until = Instant::now() + Duration::from_millis(3500);
     let mut buf = [0u8; 4096];
     while Instant::now() < until {
         if let Ok(len) = notify.recv(&mut buf) {
@@ -680,6 +428,18 @@ fn startup_waits_for_the_api_then_becomes_ready() {
     assert!(ready_msg.contains("serving 1 service ports"), "{ready_msg}");
     // READY came after the first model was served: the NodePort answers now.
     assert_eq!(ask_name(node_addr(p)).unwrap(), "127.0.0.2");
+    // One loss and one recovery per stream for the whole outage, however many retries
+    // it took (this was logged on every retry: 8 recoveries in 6 s).
+    let log = n.sluice.stderr();
+    for stream in ["Service (cluster-wide)", "EndpointSlice (cluster-wide)"] {
+        let lines = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(what) && l.contains(stream))
+                .count()
+        };
+        assert_eq!(lines("Kubernetes watch lost"), 1, "{stream}:\n{log}");
+        assert!(lines("reachable again") <= 1, "{stream}:\n{log}");
+    }
 }
 
 /// `sluice run --kubernetes` with these files, which must exit with an error.
@@ -717,12 +477,16 @@ fn bad_startup_input_is_refused_clearly() {
 
     let settings = dir.write("node2.toml", "listen_addresses = [\"127.0.0.1\"]\n");
     let s = refused_start(&kubeconfig, &settings);
-    assert!(
-        s.stderr()
-            .contains(&format!("kubeconfig {}", kubeconfig.display())),
-        "{}",
-        s.stderr()
-    );
+    // Said once (it was printed twice, the second time as its own cause).
+    let said = format!("kubeconfig {}", kubeconfig.display());
+    assert_eq!(s.stderr().matches(&said).count(), 1, "{}", s.stderr());
+    // A kubeconfig that cannot be read: the path once, without kube's doubled quotes.
+    let missing = dir.path().join("missing-kubeconfig");
+    let s = refused_start(&missing, &settings);
+    let err = s.stderr();
+    assert_eq!(err.matches("missing-kubeconfig").count(), 1, "{err}");
+    assert!(err.contains("cannot read it: No such file"), "{err}");
+    assert!(!err.contains("'\""), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use std::time::Duration;
 enum Pod {
     Ready,
     Terminating,
+    /// Shutting down and failing its readiness probe: neither ready nor serving.
+    Gone,
 }
 
 /// An EndpointSlice as the EndpointSlice controller writes it: one port, pods as
@@ -32,6 +34,7 @@ fn slice(
         let (ready, serving, terminating) = match state {
             Pod::Ready => (true, true, false),
             Pod::Terminating => (false, true, true),
+            Pod::Gone => (false, false, true),
         };
         endpoints.push_str(&format!(
             "- addresses:\n  - {ip}\n  conditions:\n    ready: {ready}\n    serving: {serving}\n    terminating: {terminating}\n  nodeName: {node}\n  targetRef:\n    kind: Pod\n    name: {service}-6d4cf56db6-{i}x{suffix}\n    namespace: {ns}\n    uid: 5b1f{i}c1e-0d43-4b7e-9a55-2f63c0e1a7{i}d\n  zone: zone-a\n"
@@ -178,31 +181,34 @@ fn seeds_scenario() {
         &sock,
         &["describe", "service", "myfrontend", "-n", "workshop"],
     );
+    // kubectl describe of the object as written: fields the manifest leaves out (the
+    // API server would default them) are shown as kubectl shows them unset, the columns
+    // as wide as the widest label needs (Go's tabwriter).
     assert_eq!(
         describe,
         "\
-Name:                     myfrontend
-Namespace:                workshop
-Labels:                   app=myfrontend
-Annotations:              <none>
-Selector:                 app=frontend
-Type:                     NodePort
-IP Family Policy:         <none>
-IP Families:              <none>
-IP:                       <none>
-IPs:                      <none>
-Port:                     http  80/TCP
-TargetPort:               9000/TCP
-NodePort:                 http  30000/TCP
-Endpoints:                127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000
-Session Affinity:         None
-External Traffic Policy:  Cluster
-Events:                   <none>
+Name:              myfrontend
+Namespace:         workshop
+Labels:            app=myfrontend
+Annotations:       <none>
+Selector:          app=frontend
+Type:              NodePort
+IP Families:       <none>
+IP:                
+IPs:               <none>
+Port:              http  80/TCP
+TargetPort:        9000/TCP
+NodePort:          http  30000/TCP
+Endpoints:         127.0.0.2:9000,127.0.0.3:9000,127.0.0.4:9000
+Session Affinity:  None
+Events:            <none>
 "
     );
     let describe = ctl_ok(&sock, &["describe", "service", "helloworld"]);
     assert!(
-        describe.contains("\nPort:                     <unset>  8080/TCP\nTargetPort:               http-server/TCP\n"),
+        describe.contains(
+            "\nPort:              <unset>  8080/TCP\nTargetPort:        http-server/TCP\n"
+        ),
         "{describe}"
     );
 }
@@ -363,10 +369,13 @@ fn health_check_node_port_answers_like_kube_proxy() {
     let mut lb = run_manifests(&dir, &toml, "node-a");
     let node = node_addr(p);
     lb.wait_ready_name(node);
+    // The clients here are on the node itself (loopback is a node address): kube-proxy
+    // routes host-originated traffic to a Local Service with the Cluster rules, so both
+    // pods answer (sluice sent only to the local one before, and reset it without one).
     assert_eq!(
         answering(node, 50, 2),
-        set(&["local-pod"]),
-        "Local: this node's pod only"
+        set(&["local-pod", "remote-pod"]),
+        "traffic from the node itself to a Local Service: Cluster rules"
     );
 
     let hc = node_addr(h);
@@ -386,9 +395,11 @@ fn health_check_node_port_answers_like_kube_proxy() {
     assert_eq!(first, golden("200 OK", 1));
     assert_eq!(second, first);
 
-    // The local pod terminating: no local ready endpoint → 503.
+    // The local pod terminating: no local ready endpoint → 503; the node itself still
+    // reaches the remote ready pod (cluster endpoints), as with kube-proxy.
     dir.write("slices.yaml", &slices(Pod::Terminating));
     ctl_ok(&sock, &["reload"]);
+    assert_eq!(answering(node, 50, 1), set(&["remote-pod"]));
     let (first, _) = ask(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(first, golden("503 Service Unavailable", 0));
 
@@ -411,4 +422,125 @@ fn health_check_node_port_answers_like_kube_proxy() {
             .then_some(())
     });
     lb.assert_alive();
+}
+
+/// A named network namespace for a client outside the node, deleted on drop.
+struct ClientNetns(String);
+
+impl Drop for ClientNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// externalTrafficPolicy: Local seen from both sides, in a private network namespace (the
+/// node) with a client namespace behind a veth pair (198.18.77.0/30): a client outside the
+/// node reaches only this node's pod (and is reset when this node has none), while clients
+/// on the node itself (loopback, the node's own address) use the cluster endpoints, as
+/// kube-proxy routes host-originated traffic.
+#[test]
+fn local_policy_outside_clients_get_local_pods_and_the_node_gets_the_cluster() {
+    let client_ns = format!("sluice-local-{}", std::process::id());
+    let outcome = in_private_netns(move || {
+        let local = NameServer::start("127.0.0.2", "local-pod");
+        let remote = NameServer::start("127.0.0.3", "remote-pod");
+        let netns = ClientNetns(client_ns.clone());
+        ip(&["netns", "add", &netns.0]);
+        ip(&[
+            "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", &netns.0,
+        ]);
+        ip(&["addr", "add", "198.18.77.1/30", "dev", "c0"]);
+        ip(&["link", "set", "c0", "up"]);
+        ip(&["-n", &netns.0, "addr", "add", "198.18.77.2/30", "dev", "n0"]);
+        ip(&["-n", &netns.0, "link", "set", "n0", "up"]);
+        ip(&["-n", &netns.0, "link", "set", "lo", "up"]);
+        let p = 30000;
+        let dir = TempDir::new("manifests-local");
+        dir.write(
+            "svc.yaml",
+            &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: itest\n  annotations:\n    sluice.io/forwarding: none\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  ports:\n  - name: http\n    port: 80\n    nodePort: {p}\n"),
+        );
+        let slices = |local_state: Pod| {
+            slice(
+                "web",
+                "itest",
+                "lllll",
+                ("http", local.addr.port()),
+                &[("127.0.0.2", "node-a", local_state)],
+            ) + "---\n"
+                + &slice(
+                    "web",
+                    "itest",
+                    "rrrrr",
+                    ("http", remote.addr.port()),
+                    &[("127.0.0.3", "node-b", Pod::Ready)],
+                )
+        };
+        dir.write("slices.yaml", &slices(Pod::Ready));
+        let node_dir = TempDir::new("node");
+        let sock = node_dir.path().join("ctl.sock");
+        let toml = node_dir.write(
+            "node.toml",
+            &format!(
+                "listen_addresses = [\"127.0.0.1\", \"198.18.77.1\"]\nworkers = 2\ncontrol_socket = \"{}\"\n",
+                sock.display()
+            ),
+        );
+        let mut lb = run_manifests(&dir, &toml, "node-a");
+        let on_node = SocketAddr::from(([127, 0, 0, 1], p));
+        lb.wait_ready_name(on_node);
+        let ns_name = netns.0.clone();
+        let from_outside = |n: usize| -> BTreeSet<String> {
+            in_netns(&ns_name, move || {
+                let to = SocketAddr::from(([198, 18, 77, 1], 30000));
+                (0..n)
+                    .map(|_| ask_name(to).unwrap_or_else(|e| format!("error: {:?}", e.kind())))
+                    .collect()
+            })
+        };
+        // Outside the node: this node's pod only.
+        assert_eq!(from_outside(40), set(&["local-pod"]));
+        // The node itself, from loopback and from its own address: the cluster endpoints.
+        assert_eq!(answering(on_node, 60, 2), set(&["local-pod", "remote-pod"]));
+        let own = SocketAddr::from(([198, 18, 77, 1], p));
+        let via_own: BTreeSet<String> = (0..60)
+            .map(|i| {
+                let s = connect_from(IpAddr::from([198, 18, 77, 1]), own);
+                let mut s = s.unwrap_or_else(|e| panic!("connect {i}: {e}"));
+                ask_name_on(&mut s).unwrap()
+            })
+            .collect();
+        assert_eq!(via_own, set(&["local-pod", "remote-pod"]));
+
+        // The local pod terminating and not serving: nothing local is usable. Outside
+        // clients are reset (kube-proxy drops them); the node still reaches the remote pod.
+        dir.write("slices.yaml", &slices(Pod::Gone));
+        ctl_ok(&sock, &["reload"]);
+        let outside = from_outside(5);
+        assert!(
+            outside.iter().all(|r| r.starts_with("error")),
+            "outside clients must not reach a remote pod: {outside:?}"
+        );
+        assert_eq!(answering(on_node, 20, 1), set(&["remote-pod"]));
+        lb.assert_alive();
+        drop(netns);
+    });
+    if let Err(e) = outcome {
+        eprintln!("SKIPPED: cannot make network namespaces here ({e})");
+    }
 }

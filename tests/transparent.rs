@@ -97,24 +97,6 @@ impl Drop for Topology {
     }
 }
 
-/// Runs `f` on a thread that has joined network namespace `ns` (processes it spawns live
-/// there too).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    let h = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    });
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
 /// Runs `f` on the current thread inside network namespace `ns`, then moves the thread back.
 /// For spawning sluice: the harness kills sluice when the thread that spawned it ends
 /// (PR_SET_PDEATHSIG), so it must be a thread that lives as long as the test.

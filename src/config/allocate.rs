@@ -179,6 +179,7 @@ mod tests {
                 maglev_table_size: crate::model::DEFAULT_MAGLEV_TABLE_SIZE,
                 forwarding: Default::default(),
                 traffic_policy: Default::default(),
+                families: Default::default(),
                 health: Default::default(),
                 meta: None,
             })

@@ -13,29 +13,37 @@
 //! - Endpoints from the EndpointSlices labelled `kubernetes.io/service-name`, matched to the
 //!   Service port by port name and protocol, each slice with its own port number (this is
 //!   how a named targetPort is resolved); kube-proxy's condition defaults; `nodeName` equal
-//!   to this node's name makes an endpoint local; deduplicated by IP:port (a local copy
-//!   wins). Legacy `v1/Endpoints` only for a Service no EndpointSlice names.
-//! - `externalTrafficPolicy`, `sessionAffinity` and the `sluice.io/*` annotations
-//!   (`annotations` module); an invalid value keeps the last good one from `previous`.
+//!   to this node's name makes an endpoint local; topology hints compared with this node's
+//!   zone and name ([`crate::model::Hints`]); deduplicated by IP:port (a local copy
+//!   wins). Legacy `v1/Endpoints` only for a Service no EndpointSlice names (`endpoints`
+//!   module).
+//! - `ipFamilies` (the families served; the snapshot routes each family to its own
+//!   endpoints), `externalTrafficPolicy`, `sessionAffinity` and the `sluice.io/*`
+//!   annotations (`annotations` module); an invalid value keeps the last good one from
+//!   `previous`.
+//! - The Service as written ([`ServiceMeta`]: every spec port, policies, ingress) for
+//!   `describe`, with its problems as (reason, message) Events.
 //!
 //! Nothing here fails as a whole: an object that cannot be served is skipped with a
-//! [`Problem`] and the rest is served. It uses only `model` and the config helpers.
+//! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
+//! config helpers.
 
 mod annotations;
+mod endpoints;
 #[cfg(test)]
 mod tests;
 
 use super::allocate::{self, Request};
 use crate::model::{
-    Conditions, Endpoint, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort,
-    ServicePortKey, Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
-    DEFAULT_AFFINITY_TIMEOUT,
+    Families, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort, ServicePortKey,
+    Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
 };
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use endpoints::EndpointIndex;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +62,23 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Legacy `v1/Endpoints`, used for a Service only when no EndpointSlice names it.
     pub endpoints: Vec<Arc<Endpoints>>,
+    /// Node objects: the one named like this node gives its zone ([`node_zone`]).
+    pub nodes: Vec<Arc<Node>>,
+}
+
+/// This node's zone: the `topology.kubernetes.io/zone` label of the Node named
+/// `node_name` among `nodes` (`None` without such a Node or label).
+pub fn node_zone(nodes: &[Arc<Node>], node_name: Option<&str>) -> Option<String> {
+    let name = node_name?;
+    nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(ZONE_LABEL)
+        .filter(|z| !z.is_empty())
+        .cloned()
 }
 
 /// How this node reads the objects.
@@ -66,14 +91,41 @@ pub struct K8sOptions {
     /// The `service.kubernetes.io/service-proxy-name` value this instance serves; Services
     /// labelled with another value (or any value, when `None`) are skipped.
     pub proxy_name: Option<String>,
+    /// This node's zone (its Node's `topology.kubernetes.io/zone` label, or `--zone`):
+    /// EndpointSlice zone hints are compared with it. `None`: no hint names this zone.
+    pub zone: Option<String>,
 }
+
+/// The Node label that gives a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Something wrong with one object: logged (and reported) naming it; the rest is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// `Service workshop/myfrontend`, `EndpointSlice workshop/myfrontend-abc12`, …
     pub object: String,
+    /// A PascalCase word for the kind of problem (the Kubernetes Event's `reason`):
+    /// `InvalidAnnotation`, `NodePortConflict`, `PortNotServed`, … ([`reason`]).
+    pub reason: &'static str,
     pub message: String,
+}
+
+/// The reasons a [`Problem`] has (Kubernetes Event reasons).
+pub mod reason {
+    /// A `sluice.io/*` annotation with a value that is not accepted, or that does not apply.
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// A field of the Service that sluice cannot use as written (kept or defaulted).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A Service port that is not served (protocol, number, size).
+    pub const PORT_NOT_SERVED: &str = "PortNotServed";
+    /// Two Service ports ask for the same nodePort: the later is not served.
+    pub const NODE_PORT_CONFLICT: &str = "NodePortConflict";
+    /// No nodePort left to allocate.
+    pub const NODE_PORT_RANGE_FULL: &str = "NodePortRangeFull";
+    /// externalTrafficPolicy: Local on a node whose name is unknown.
+    pub const NODE_NAME_UNKNOWN: &str = "NodeNameUnknown";
+    /// An object that cannot be read at all (no name, no spec, defined twice, no Service).
+    pub const INVALID_OBJECT: &str = "InvalidObject";
 }
 
 impl std::fmt::Display for Problem {
@@ -110,6 +162,7 @@ pub fn build_model(
         if seen.as_ref() == Some(&name) {
             problems.push(Problem {
                 object: format!("Service {name}"),
+                reason: reason::INVALID_OBJECT,
                 message: "defined twice; the first definition is served".into(),
             });
             continue;
@@ -136,6 +189,7 @@ pub fn build_model(
         if let Some(first) = taken.get(&key) {
             problems.push(Problem {
                 object: format!("Service {}", c.port.key.service),
+                reason: reason::NODE_PORT_CONFLICT,
                 message: format!(
                     "nodePort {p}/{} of {} is already used by {}; this port is not served",
                     c.port.key.protocol,
@@ -164,6 +218,7 @@ pub fn build_model(
                 let c = ports.remove(exhausted.index);
                 problems.push(Problem {
                     object: format!("Service {}", c.port.key.service),
+                    reason: reason::NODE_PORT_RANGE_FULL,
                     message: format!(
                         "no free nodePort left in {} for {}; this port is not served",
                         settings.node_port_range,
@@ -173,6 +228,34 @@ pub fn build_model(
             }
         }
     };
+    // Problems found after conversion (nodePort conflicts, a full range) belong to their
+    // Service's events too, so that `describe` shows why a port is not served.
+    let mut late: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+    for p in &problems {
+        if p.reason == reason::NODE_PORT_CONFLICT || p.reason == reason::NODE_PORT_RANGE_FULL {
+            if let Some(service) = p.object.strip_prefix("Service ") {
+                late.entry(service)
+                    .or_default()
+                    .push((p.reason.to_owned(), p.message.clone()));
+            }
+        }
+    }
+    let mut with_late: HashMap<ServiceName, Arc<ServiceMeta>> = HashMap::new();
+    for c in &mut ports {
+        let Some(meta) = &c.port.meta else { continue };
+        let key = c.port.key.service.to_string();
+        let Some(extra) = late.get(key.as_str()) else {
+            continue;
+        };
+        let updated = with_late
+            .entry(c.port.key.service.clone())
+            .or_insert_with(|| {
+                let mut m = (**meta).clone();
+                m.warnings.extend(extra.iter().cloned());
+                Arc::new(m)
+            });
+        c.port.meta = Some(Arc::clone(updated));
+    }
     let services = ports
         .into_iter()
         .zip(allocated)
@@ -236,6 +319,7 @@ fn convert_service(
     if name.name.is_empty() {
         problems.push(Problem {
             object: "Service (no name)".into(),
+            reason: reason::INVALID_OBJECT,
             message: "metadata.name is missing; skipped".into(),
         });
         return;
@@ -250,6 +334,7 @@ fn convert_service(
     let Some(spec) = &svc.spec else {
         problems.push(Problem {
             object,
+            reason: reason::INVALID_OBJECT,
             message: "has no spec; skipped".into(),
         });
         return;
@@ -264,10 +349,14 @@ fn convert_service(
         return;
     }
     // Problems of this Service: logged by the caller, and shown by `describe`.
-    let report = |message: String, problems: &mut Vec<Problem>, warnings: &mut Vec<String>| {
-        warnings.push(message.clone());
+    let report = |reason: &'static str,
+                  message: String,
+                  problems: &mut Vec<Problem>,
+                  warnings: &mut Vec<(String, String)>| {
+        warnings.push((reason.to_owned(), message.clone()));
         problems.push(Problem {
             object: object.clone(),
+            reason,
             message,
         });
     };
@@ -278,6 +367,7 @@ fn convert_service(
         Some("Local") => TrafficPolicy::Local,
         Some(other) => {
             report(
+                reason::INVALID_SPEC,
                 format!(
                     "externalTrafficPolicy {other:?} is not \"Cluster\" or \"Local\"; using Cluster"
                 ),
@@ -289,6 +379,7 @@ fn convert_service(
     };
     if traffic_policy == TrafficPolicy::Local && options.node_name.is_none() {
         report(
+            reason::NODE_NAME_UNKNOWN,
             "externalTrafficPolicy is Local but this node's name is unknown (set --node-name \
              or NODE_NAME): no endpoint counts as local, so this Service has no usable \
              endpoint on this node"
@@ -297,7 +388,9 @@ fn convert_service(
             &mut warnings,
         );
     }
-    let affinity = session_affinity(spec, before, &mut |m| report(m, problems, &mut warnings));
+    let affinity = session_affinity(spec, before, &mut |m| {
+        report(reason::INVALID_SPEC, m, problems, &mut warnings)
+    });
     let annotations = svc.metadata.annotations.clone().unwrap_or_default();
     let settings_from_annotations = annotations::read(
         &annotations,
@@ -307,13 +400,13 @@ fn convert_service(
         settings,
     );
     for m in settings_from_annotations.problems {
-        report(m, problems, &mut warnings);
+        report(reason::INVALID_ANNOTATION, m, problems, &mut warnings);
     }
     let policy = affinity.unwrap_or(settings_from_annotations.policy);
 
+    let families = ip_families(spec);
     let skip_without_node_port =
         service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
-    let mut target_ports = Vec::new();
     let mut port_names: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -324,18 +417,11 @@ fn convert_service(
         } else {
             format!("port {port_name:?}")
         };
-        target_ports.push((
-            port_name.clone(),
-            match &p.target_port {
-                Some(IntOrString::Int(i)) => i.to_string(),
-                Some(IntOrString::String(s)) => s.clone(),
-                None => p.port.to_string(),
-            },
-        ));
         let protocol = match protocol_text {
             "TCP" => Protocol::Tcp,
             "UDP" | "SCTP" => {
                 report(
+                    reason::PORT_NOT_SERVED,
                     format!("{what} is {protocol_text}: sluice serves only TCP; not served"),
                     problems,
                     &mut warnings,
@@ -344,6 +430,7 @@ fn convert_service(
             }
             other => {
                 report(
+                    reason::PORT_NOT_SERVED,
                     format!("{what} has unknown protocol {other:?}; not served"),
                     problems,
                     &mut warnings,
@@ -353,6 +440,7 @@ fn convert_service(
         };
         if port_names.contains(&port_name) {
             report(
+                reason::INVALID_SPEC,
                 format!("{what} is listed twice; the first one is served"),
                 problems,
                 &mut warnings,
@@ -366,6 +454,7 @@ fn convert_service(
                 .and_then(|v| if v == 0 { Err(()) } else { Ok(v) })
         else {
             report(
+                reason::PORT_NOT_SERVED,
                 format!("{what}: port {} is not a port number; not served", p.port),
                 problems,
                 &mut warnings,
@@ -382,6 +471,7 @@ fn convert_service(
                 Ok(n) => Some(n),
                 Err(_) => {
                     report(
+                        reason::PORT_NOT_SERVED,
                         format!("{what}: nodePort {n} is not a port number; not served"),
                         problems,
                         &mut warnings,
@@ -404,6 +494,7 @@ fn convert_service(
         };
         if endpoints.len() >= settings.defaults.maglev_table_size as usize {
             report(
+                reason::PORT_NOT_SERVED,
                 format!(
                     "{what} has {} endpoints, more than the Maglev table ({}) holds; not served",
                     endpoints.len(),
@@ -429,15 +520,45 @@ fn convert_service(
                 maglev_table_size: settings.defaults.maglev_table_size,
                 forwarding: settings_from_annotations.forwarding.clone(),
                 traffic_policy,
+                families,
                 health: settings.defaults.health.clone(),
                 meta: None,
             },
             explicit,
         });
     }
-    let meta = Arc::new(service_meta(svc, service_type, target_ports, warnings));
+    let meta = Arc::new(service_meta(svc, service_type, warnings));
     for i in keys {
         out[i].port.meta = Some(Arc::clone(&meta));
+    }
+}
+
+/// The IP families a Service is served for, as kube-proxy's per-family proxiers decide it
+/// (`GetClusterIPByFamily`): the families in `ipFamilies`; without them, the family of
+/// `clusterIP`. Departure for hand-written manifests (the API server always fills both
+/// fields): `ipFamilies` listed without `clusterIPs` still count, and a Service with
+/// neither is served for both families (each routed to its own endpoints).
+fn ip_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Families {
+    let listed = spec.ip_families.as_deref().unwrap_or_default();
+    if !listed.is_empty() {
+        return Families {
+            v4: listed.iter().any(|f| f == "IPv4"),
+            v6: listed.iter().any(|f| f == "IPv6"),
+        };
+    }
+    let ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        return Families::default();
+    }
+    Families {
+        v4: ips.iter().any(IpAddr::is_ipv4),
+        v6: ips.iter().any(IpAddr::is_ipv6),
     }
 }
 
@@ -489,8 +610,7 @@ fn session_affinity(
 fn service_meta(
     svc: &Service,
     service_type: String,
-    target_ports: Vec<(String, String)>,
-    warnings: Vec<String>,
+    warnings: Vec<(String, String)>,
 ) -> ServiceMeta {
     let pairs = |m: &Option<BTreeMap<String, String>>| -> Vec<(String, String)> {
         m.iter()
@@ -499,11 +619,6 @@ fn service_meta(
             .collect()
     };
     let spec = svc.spec.as_ref();
-    let cluster_ips = spec
-        .and_then(|s| s.cluster_ips.clone())
-        .filter(|v| !v.is_empty())
-        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
-        .unwrap_or_default();
     let load_balancer_ingress = svc
         .status
         .as_ref()
@@ -511,250 +626,56 @@ fn service_meta(
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .map(|i| match (&i.ip, &i.ip_mode) {
+            (Some(ip), Some(mode)) if !ip.is_empty() => format!("{ip} ({mode})"),
+            (Some(ip), None) if !ip.is_empty() => ip.clone(),
+            _ => i.hostname.clone().unwrap_or_default(),
+        })
+        .collect();
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| SpecPort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: p.port,
+            target_port: match &p.target_port {
+                Some(IntOrString::Int(i)) => i.to_string(),
+                Some(IntOrString::String(s)) => s.clone(),
+                None => p.port.to_string(),
+            },
+            node_port: p.node_port.unwrap_or(0),
+            app_protocol: p.app_protocol.clone(),
+        })
         .collect();
     ServiceMeta {
         service_type,
         labels: pairs(&svc.metadata.labels),
         annotations: pairs(&svc.metadata.annotations),
         selector: pairs(&spec.and_then(|s| s.selector.clone())),
-        cluster_ips,
+        cluster_ip: spec.and_then(|s| s.cluster_ip.clone()).unwrap_or_default(),
+        cluster_ips: spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default(),
         ip_families: spec.and_then(|s| s.ip_families.clone()).unwrap_or_default(),
         ip_family_policy: spec.and_then(|s| s.ip_family_policy.clone()),
         external_ips: spec
             .and_then(|s| s.external_ips.clone())
             .unwrap_or_default(),
         load_balancer_ingress,
-        target_ports,
+        ports,
+        session_affinity: spec
+            .and_then(|s| s.session_affinity.clone())
+            .unwrap_or_else(|| "None".into()),
+        external_traffic_policy: spec.and_then(|s| s.external_traffic_policy.clone()),
+        internal_traffic_policy: spec.and_then(|s| s.internal_traffic_policy.clone()),
+        traffic_distribution: spec.and_then(|s| s.traffic_distribution.clone()),
+        load_balancer_source_ranges: spec
+            .and_then(|s| s.load_balancer_source_ranges.clone())
+            .unwrap_or_default(),
         health_check_node_port: spec
             .and_then(|s| s.health_check_node_port)
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0),
         warnings,
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Endpoints
-// ---------------------------------------------------------------------------------------
-
-/// One endpoint address as a slice (or legacy subset) gives it, already checked.
-struct ParsedEndpoint {
-    ip: IpAddr,
-    conditions: Conditions,
-    node_name: Option<String>,
-}
-
-/// A slice or legacy subset: its ports (name, protocol, number) and endpoints.
-struct ParsedGroup {
-    ports: Vec<(String, String, u16)>,
-    endpoints: Vec<ParsedEndpoint>,
-}
-
-/// Every slice and legacy subset, checked once and grouped by the Service they name.
-struct EndpointIndex {
-    slices: HashMap<ServiceName, Vec<ParsedGroup>>,
-    legacy: HashMap<ServiceName, Vec<ParsedGroup>>,
-}
-
-impl EndpointIndex {
-    fn new(objects: &Objects, problems: &mut Vec<Problem>) -> EndpointIndex {
-        let mut slices: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
-        let mut sorted: Vec<&EndpointSlice> = objects.slices.iter().map(|s| &**s).collect();
-        sorted.sort_by(|a, b| name_ref(&a.metadata).cmp(&name_ref(&b.metadata)));
-        for slice in sorted {
-            let id = object_name(&slice.metadata);
-            let object = format!("EndpointSlice {id}");
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .filter(|s| !s.is_empty())
-            else {
-                problems.push(Problem {
-                    object,
-                    message: format!(
-                        "has no {SERVICE_NAME_LABEL} label, so it belongs to no Service; ignored"
-                    ),
-                });
-                continue;
-            };
-            let family_v6 = match slice.address_type.as_str() {
-                "IPv4" => false,
-                "IPv6" => true,
-                "FQDN" => {
-                    tracing::debug!(slice = %id, "skipped: addressType FQDN");
-                    continue;
-                }
-                other => {
-                    problems.push(Problem {
-                        object,
-                        message: format!("unknown addressType {other:?}; ignored"),
-                    });
-                    continue;
-                }
-            };
-            let ports = slice
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    let number = p
-                        .port
-                        .and_then(|n| u16::try_from(n).ok())
-                        .filter(|n| *n != 0);
-                    let Some(number) = number else {
-                        problems.push(Problem {
-                            object: object.clone(),
-                            message: format!(
-                                "port {:?} has no valid port number; ignored",
-                                p.name.as_deref().unwrap_or("")
-                            ),
-                        });
-                        return None;
-                    };
-                    Some((
-                        p.name.clone().unwrap_or_default(),
-                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                        number,
-                    ))
-                })
-                .collect();
-            let mut endpoints = Vec::new();
-            for ep in &slice.endpoints {
-                // Like kube-proxy: the first address is the endpoint's address.
-                let Some(text) = ep.addresses.first() else {
-                    continue;
-                };
-                let Some(ip) = unicast(text).filter(|ip| ip.is_ipv6() == family_v6) else {
-                    problems.push(Problem {
-                        object: object.clone(),
-                        message: format!(
-                            "endpoint address {text:?} is not a unicast {} address; ignored",
-                            slice.address_type
-                        ),
-                    });
-                    continue;
-                };
-                let c = ep.conditions.as_ref();
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                endpoints.push(ParsedEndpoint {
-                    ip,
-                    conditions: Conditions {
-                        ready,
-                        serving: c.and_then(|c| c.serving).unwrap_or(true),
-                        terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-                    },
-                    node_name: ep.node_name.clone(),
-                });
-            }
-            let key = ServiceName {
-                namespace: id.namespace.clone(),
-                name: service.clone(),
-            };
-            slices
-                .entry(key)
-                .or_default()
-                .push(ParsedGroup { ports, endpoints });
-        }
-
-        let mut legacy: HashMap<ServiceName, Vec<ParsedGroup>> = HashMap::new();
-        for eps in &objects.endpoints {
-            let id = object_name(&eps.metadata);
-            let object = format!("Endpoints {id}");
-            for subset in eps.subsets.iter().flatten() {
-                let ports = subset
-                    .ports
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| {
-                        let n = u16::try_from(p.port).ok().filter(|n| *n != 0)?;
-                        Some((
-                            p.name.clone().unwrap_or_default(),
-                            p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                            n,
-                        ))
-                    })
-                    .collect();
-                let mut endpoints = Vec::new();
-                for (list, ready) in [
-                    (&subset.addresses, true),
-                    (&subset.not_ready_addresses, false),
-                ] {
-                    for a in list.iter().flatten() {
-                        let Some(ip) = unicast(&a.ip) else {
-                            problems.push(Problem {
-                                object: object.clone(),
-                                message: format!(
-                                    "address {:?} is not a unicast IP address; ignored",
-                                    a.ip
-                                ),
-                            });
-                            continue;
-                        };
-                        endpoints.push(ParsedEndpoint {
-                            ip,
-                            conditions: Conditions {
-                                ready,
-                                serving: ready,
-                                terminating: false,
-                            },
-                            node_name: a.node_name.clone(),
-                        });
-                    }
-                }
-                legacy
-                    .entry(id.clone())
-                    .or_default()
-                    .push(ParsedGroup { ports, endpoints });
-            }
-        }
-        EndpointIndex { slices, legacy }
-    }
-
-    /// The endpoints of one Service port, deduplicated by IP:port and sorted by address.
-    fn endpoints(
-        &self,
-        service: &ServiceName,
-        port_name: &str,
-        protocol: &str,
-        options: &K8sOptions,
-    ) -> Vec<Endpoint> {
-        let groups = self
-            .slices
-            .get(service)
-            .or_else(|| self.legacy.get(service))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-        for g in groups {
-            let Some(&(_, _, number)) = g
-                .ports
-                .iter()
-                .find(|(n, p, _)| n == port_name && p == protocol)
-            else {
-                continue;
-            };
-            for e in &g.endpoints {
-                let addr = SocketAddr::new(e.ip, number);
-                let local = options.node_name.is_some() && e.node_name == options.node_name;
-                let mut endpoint = Endpoint::new(addr);
-                endpoint.conditions = e.conditions;
-                endpoint.local = local;
-                // kube-proxy: the first copy stays unless a later one is local.
-                if !by_addr.contains_key(&addr) || local {
-                    by_addr.insert(addr, endpoint);
-                }
-            }
-        }
-        by_addr.into_values().collect()
-    }
-}
-
-/// `text` as an IP address a backend can have.
-fn unicast(text: &str) -> Option<IpAddr> {
-    let ip: IpAddr = text.trim().parse().ok()?;
-    let bad = ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]);
-    (!bad).then_some(ip)
 }

@@ -3,9 +3,10 @@
 //! Reads every `*.yaml`, `*.yml` and `*.json` file directly in DIR (not in subdirectories,
 //! like `kubectl apply -f DIR` without `-R`; names starting with `.` are skipped), in name
 //! order. A YAML file may hold several documents (`---`); a document may be a `kind: List`
-//! of items. Services (`v1`), EndpointSlices (`discovery.k8s.io/v1`) and Endpoints (`v1`)
-//! are read into k8s-openapi types and converted by [`super::k8s`]; other kinds are ignored
-//! (logged at debug level, counted at info level).
+//! of items. Services (`v1`), EndpointSlices (`discovery.k8s.io/v1`), Endpoints (`v1`) and
+//! Nodes (`v1`: the one named like this node gives its zone, else `--zone`) are read into
+//! k8s-openapi types and converted by [`super::k8s`]; other kinds are ignored (logged at
+//! debug level, counted at info level).
 //!
 //! A file that cannot be read or parsed fails the whole load with a [`ConfigError`] naming
 //! the file, the document and, where the parser knows it, the line and column: a reload
@@ -41,12 +42,13 @@ impl Manifests {
             None => Settings::default(),
         };
         let objects = read_dir(&self.dir)?;
-        Ok(k8s::build_model(
-            settings,
-            &objects,
-            &self.options,
-            previous,
-        ))
+        // A Node object named like this node gives the zone; `--zone` otherwise.
+        let options = K8sOptions {
+            zone: k8s::node_zone(&objects.nodes, self.options.node_name.as_deref())
+                .or_else(|| self.options.zone.clone()),
+            ..self.options.clone()
+        };
+        Ok(k8s::build_model(settings, &objects, &options, previous))
     }
 }
 
@@ -102,7 +104,7 @@ pub fn read_dir(dir: &Path) -> Result<Objects, ConfigError> {
         tracing::info!(
             dir = %dir.display(),
             ignored,
-            "objects of other kinds than Service, EndpointSlice and Endpoints ignored"
+            "objects of other kinds than Service, EndpointSlice, Endpoints and Node ignored"
         );
     }
     Ok(objects)
@@ -222,6 +224,12 @@ fn add(
             objects.endpoints.push(Arc::new(e));
             Ok(0)
         }
+        "Node" => {
+            expect("v1")?;
+            let n = serde_json::from_value(value.clone()).map_err(typed)?;
+            objects.nodes.push(Arc::new(n));
+            Ok(0)
+        }
         "" if !value.is_object() => Err(error(
             "not a Kubernetes object (expected a mapping with `kind` and `apiVersion`)".into(),
         )),
@@ -230,7 +238,7 @@ fn add(
             tracing::debug!(
                 kind = other,
                 name,
-                "ignored: not a Service, EndpointSlice or Endpoints"
+                "ignored: not a Service, EndpointSlice, Endpoints or Node"
             );
             Ok(1)
         }
@@ -428,5 +436,47 @@ endpoints:
             e.message.starts_with("cannot read the manifest directory"),
             "{e}"
         );
+    }
+
+    /// The zone for topology hints: a Node object named like this node, in the directory,
+    /// wins over `--zone`; another node's object is not this node's.
+    #[test]
+    fn this_nodes_zone_from_a_node_object_or_the_flag() {
+        let dir = std::env::temp_dir().join(format!("sluice-zone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let seed = include_str!("../../tests/fixtures/k8s/myfrontend-service.yaml");
+        // Two pods: 10.0.0.1 hinted for zone-a, 10.0.0.2 for zone-b.
+        let slice = SLICE.to_owned()
+            + "  hints: {forZones: [{name: zone-a}]}\n"
+            + "- addresses: [\"10.0.0.2\"]\n  hints: {forZones: [{name: zone-b}]}\n";
+        std::fs::write(dir.join("a.yaml"), seed).unwrap();
+        std::fs::write(dir.join("b.yaml"), slice).unwrap();
+        let node = |name: &str, zone: &str| {
+            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/zone: {zone}\n")
+        };
+        std::fs::write(dir.join("nodes.yaml"), node("other", "zone-a")).unwrap();
+        let usable = |zone: Option<&str>| {
+            let m = Manifests {
+                dir: dir.clone(),
+                config: None,
+                options: K8sOptions {
+                    node_name: Some("me".into()),
+                    proxy_name: None,
+                    zone: zone.map(Into::into),
+                },
+            };
+            let (model, problems) = m.load(None).unwrap();
+            assert_eq!(problems, []);
+            let p = &model.services[0];
+            let (w, _) = crate::table::usable::routing_weights(p.traffic_policy, &p.endpoints);
+            w.iter().filter(|w| **w > 0).count()
+        };
+        assert_eq!(usable(None), 2, "no zone: every pod");
+        assert_eq!(usable(Some("zone-a")), 1, "--zone: only zone-a's pod");
+        assert_eq!(usable(Some("zone-c")), 2, "a zone no hint names: every pod");
+        std::fs::write(dir.join("nodes.yaml"), node("me", "zone-b")).unwrap();
+        assert_eq!(usable(Some("zone-c")), 1, "the Node object wins: zone-b");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

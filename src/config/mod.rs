@@ -251,6 +251,7 @@ endpoints = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
                 maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
                 forwarding: Default::default(),
                 traffic_policy: Default::default(),
+                families: Default::default(),
                 health: Default::default(),
                 meta: None,
             }]

@@ -317,6 +317,7 @@ fn service(
             maglev_table_size,
             forwarding,
             traffic_policy: Default::default(),
+            families: Default::default(),
             health,
             meta: None,
         },

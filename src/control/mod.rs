@@ -23,6 +23,7 @@ pub mod client;
 mod hcnp;
 pub mod health;
 mod metrics;
+mod node;
 mod notify;
 pub mod overrides;
 mod plane;
@@ -109,7 +110,7 @@ pub enum ControlError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// The Kubernetes watch could not start (kubeconfig, node settings).
-    #[error("{0}")]
+    #[error(transparent)]
     Kubernetes(#[from] crate::watch::WatchError),
 }
 
@@ -180,7 +181,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
 
     let mut registry = StatsRegistry::new(workers);
     let overrides = Overrides::default();
-    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry);
+    let node_addresses = node::addresses().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's addresses: only loopback clients count as the node itself");
+        Vec::new()
+    });
+    let snapshot = RoutingSnapshot::build(&overrides.apply(&model), 1, &mut registry)
+        .with_node_addresses(&node_addresses);
     let publisher = Publisher::new(snapshot);
     let mut plane = Plane::start(&settings, &node_ports(&model), &publisher)?;
     plane.steer_client_ips(&crate::dataplane::client_ip_ports(&model));
@@ -229,6 +235,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         events: events_tx,
         endpoint_health,
         health_check_node_ports,
+        problems_since: std::collections::HashMap::new(),
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -400,6 +407,10 @@ struct Daemon {
     health_check_node_ports: hcnp::HealthCheckServers,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
+    /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
+    /// for the Age column of `describe`'s Events.
+    problems_since:
+        std::collections::HashMap<(crate::model::ServiceName, String, String), SystemTime>,
 }
 
 impl Daemon {
@@ -481,6 +492,18 @@ impl Daemon {
         let snapshot = self.publisher.current();
         self.endpoint_health.sync(&snapshot, &self.overrides);
         self.health_check_node_ports.sync(&self.model);
+        // First-seen times of the problems the model carries (dropped when they go).
+        let now = SystemTime::now();
+        let mut seen = std::collections::HashMap::new();
+        for p in &self.model.services {
+            let Some(meta) = &p.meta else { continue };
+            for (reason, message) in &meta.warnings {
+                let key = (p.key.service.clone(), reason.clone(), message.clone());
+                let since = self.problems_since.get(&key).copied().unwrap_or(now);
+                seen.insert(key, since);
+            }
+        }
+        self.problems_since = seen;
     }
 
     /// The next model from the configuration source; `self.model` is passed in so
@@ -704,10 +727,17 @@ impl Daemon {
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;
-        let snapshot = self
-            .publisher
-            .current()
-            .rebuild(&effective, generation, &mut self.registry);
+        let mut snapshot =
+            self.publisher
+                .current()
+                .rebuild(&effective, generation, &mut self.registry);
+        // The node's addresses may have changed (DHCP, an added VIP): read them again.
+        match node::addresses() {
+            Ok(a) => snapshot = snapshot.with_node_addresses(&a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's addresses; keeping the last known")
+            }
+        }
         phases.lap("rebuild");
         self.publisher.publish(snapshot);
         plane.commit(plan);
@@ -759,6 +789,17 @@ impl Daemon {
         // By key: a scan per Service is quadratic (10,000 Services: seconds per request).
         let configured_by_key: std::collections::HashMap<_, _> =
             self.model.services.iter().map(|c| (&c.key, c)).collect();
+        // Served nodePorts by Service and port name (describe shows allocated ones).
+        let mut served_node_ports: std::collections::HashMap<
+            &crate::model::ServiceName,
+            std::collections::HashMap<&str, u16>,
+        > = std::collections::HashMap::new();
+        for c in self.model.services.iter().filter(|c| keep(&c.key.service)) {
+            served_node_ports
+                .entry(&c.key.service)
+                .or_default()
+                .insert(c.key.port_name.as_str(), c.node_port);
+        }
         for (_, s) in snapshot.services() {
             let p = &s.port;
             // Before anything is computed: `ctl endpoints NAME` of one Service in 10,000.
@@ -843,7 +884,19 @@ impl Daemon {
                 endpoints_total: endpoints.len(),
                 counters: counters(s.stats.totals()),
                 endpoints,
-                kubernetes: p.meta.as_deref().map(|m| kubernetes_info(m, p)),
+                kubernetes: p.meta.as_deref().map(|m| {
+                    let served = served_node_ports
+                        .get(&p.key.service)
+                        .cloned()
+                        .unwrap_or_default();
+                    let age = |reason: &str, message: &str| {
+                        self.problems_since
+                            .get(&(p.key.service.clone(), reason.to_owned(), message.to_owned()))
+                            .and_then(|t| t.elapsed().ok())
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    kubernetes_info(m, p, &served, &age)
+                }),
             };
             services.push(info);
         }
@@ -854,10 +907,13 @@ impl Daemon {
     }
 }
 
-/// The Kubernetes fields of `describe` for one Service port.
+/// The Kubernetes fields of `describe` for one Service port. `age`: seconds since a
+/// problem of the Service was first seen.
 fn kubernetes_info(
     m: &crate::model::ServiceMeta,
     p: &crate::model::ServicePort,
+    served: &std::collections::HashMap<&str, u16>,
+    age: &dyn Fn(&str, &str) -> u64,
 ) -> protocol::KubernetesInfo {
     protocol::KubernetesInfo {
         service_type: m.service_type.clone(),
@@ -866,21 +922,45 @@ fn kubernetes_info(
         selector: m.selector.clone(),
         ip_family_policy: m.ip_family_policy.clone(),
         ip_families: m.ip_families.clone(),
+        cluster_ip: m.cluster_ip.clone(),
         cluster_ips: m.cluster_ips.clone(),
         external_ips: m.external_ips.clone(),
         load_balancer_ingress: m.load_balancer_ingress.clone(),
-        target_port: m
-            .target_ports
+        ports: m
+            .ports
             .iter()
-            .find(|(name, _)| *name == p.key.port_name)
-            .map_or_else(|| p.target_port.to_string(), |(_, t)| t.clone()),
-        external_traffic_policy: match p.traffic_policy {
-            crate::model::TrafficPolicy::Cluster => "Cluster",
-            crate::model::TrafficPolicy::Local => "Local",
-        }
-        .to_owned(),
+            .map(|sp| protocol::SpecPortInfo {
+                name: sp.name.clone(),
+                protocol: sp.protocol.clone(),
+                port: sp.port,
+                target_port: sp.target_port.clone(),
+                // An allocated nodePort (manifests) is the one served.
+                node_port: match served.get(sp.name.as_str()) {
+                    Some(&n) if sp.node_port == 0 && sp.protocol == p.key.protocol.to_string() => {
+                        i32::from(n)
+                    }
+                    _ => sp.node_port,
+                },
+                app_protocol: sp.app_protocol.clone(),
+            })
+            .collect(),
+        session_affinity: m.session_affinity.clone(),
+        external_traffic_policy: m.external_traffic_policy.clone(),
+        internal_traffic_policy: m.internal_traffic_policy.clone(),
+        traffic_distribution: m.traffic_distribution.clone(),
+        load_balancer_source_ranges: m.load_balancer_source_ranges.clone(),
         health_check_node_port: m.health_check_node_port,
-        warnings: m.warnings.clone(),
+        events: m
+            .warnings
+            .iter()
+            .map(|(reason, message)| protocol::EventInfo {
+                type_: "Warning".into(),
+                reason: reason.clone(),
+                age_seconds: age(reason, message),
+                from: "sluice".into(),
+                message: message.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -309,7 +309,8 @@ pub struct ServicePortInfo {
     pub kubernetes: Option<KubernetesInfo>,
 }
 
-/// What `kubectl describe service` shows of a Kubernetes Service, beyond the port itself.
+/// What `kubectl describe service` shows of a Kubernetes Service, beyond the port itself
+/// (the Service as written; the same in every port of the Service).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KubernetesInfo {
@@ -320,16 +321,53 @@ pub struct KubernetesInfo {
     pub selector: Vec<(String, String)>,
     pub ip_family_policy: Option<String>,
     pub ip_families: Vec<String>,
+    /// `spec.clusterIP` as written (`""` when unset).
+    pub cluster_ip: String,
     pub cluster_ips: Vec<String>,
     pub external_ips: Vec<String>,
+    /// `IP`, `IP (VIP)` / `IP (Proxy)`, or a hostname.
     pub load_balancer_ingress: Vec<String>,
-    /// This port's targetPort as written (`9000` or `http-server`).
-    pub target_port: String,
-    /// `Cluster` or `Local`.
-    pub external_traffic_policy: String,
+    /// Every `spec.ports` entry in spec order, also those not served.
+    pub ports: Vec<SpecPortInfo>,
+    /// As written (`None` when unset).
+    pub session_affinity: String,
+    pub external_traffic_policy: Option<String>,
+    pub internal_traffic_policy: Option<String>,
+    pub traffic_distribution: Option<String>,
+    pub load_balancer_source_ranges: Vec<String>,
     pub health_check_node_port: Option<u16>,
-    /// Problems found reading the Service (invalid annotations, skipped ports).
-    pub warnings: Vec<String>,
+    /// sluice's problems with the Service, as Events.
+    pub events: Vec<EventInfo>,
+}
+
+/// One `spec.ports` entry as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecPortInfo {
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+    /// `9000` or `http-server`.
+    pub target_port: String,
+    /// 0 when unset (a served port shows the nodePort it is served on).
+    pub node_port: i32,
+    pub app_protocol: Option<String>,
+}
+
+/// A problem with a Service, in kubectl's Event columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventInfo {
+    /// `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `InvalidAnnotation`, `NodePortConflict`, `PortNotServed`, …
+    pub reason: String,
+    /// Seconds since sluice first saw the problem (this run).
+    pub age_seconds: u64,
+    /// `sluice`.
+    pub from: String,
+    pub message: String,
 }
 
 /// Result of `services`, `describe`, `endpoints` and `stats`.

@@ -3,8 +3,13 @@
 //!
 //! Pure functions from protocol results to text; no IO.
 
-use super::protocol::{OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status};
+use super::protocol::{
+    KubernetesInfo, OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, SpecPortInfo,
+    Status,
+};
 use std::fmt::Write as _;
+use std::io::Write as _;
+use tabwriter::TabWriter;
 
 /// `status`.
 pub fn status(s: &Status) -> String {
@@ -188,134 +193,291 @@ pub fn override_outcome(o: &OverrideOutcome) -> String {
     out
 }
 
-/// `describe service`: every port of one Service, laid out as `kubectl describe service`.
-/// Services from Kubernetes (manifests, the API) show what the objects say; TOML Services
-/// show `<none>` where they have no source (labels, selector, cluster IPs, events).
+/// `describe service`: one Service laid out byte for byte as `kubectl describe service`
+/// prints it (`describeService` in kubectl's `pkg/describe/describe.go`): every
+/// `spec.ports` entry in spec order, served or not, columns aligned by a tabwriter with
+/// kubectl's settings (minwidth 0, padding 2), Events in kubectl's columns. Services from
+/// TOML have no Kubernetes object: they show what a NodePort Service with their ports would.
 pub fn describe(ports: &[ServicePortInfo]) -> String {
     let Some(first) = ports.first() else {
         return String::new();
     };
-    let k8s = first.kubernetes.as_ref();
-    let mut out = String::new();
-    let mut field = |label: &str, value: &str| {
-        let _ = writeln!(out, "{:<26}{value}", format!("{label}:"));
-    };
-    field("Name", &first.name);
-    field("Namespace", &first.namespace);
-    field(
-        "Labels",
-        &multiline(k8s.map(|k| &k.labels[..]).unwrap_or(&[]), &[]),
+    let k = first
+        .kubernetes
+        .clone()
+        .unwrap_or_else(|| toml_service(ports));
+    let mut w = TabWriter::new(Vec::new()).minwidth(0).padding(2);
+    put(&mut w, format!("Name:\t{}\n", first.name));
+    put(&mut w, format!("Namespace:\t{}\n", first.namespace));
+    put(&mut w, multiline_labels("Labels", &k.labels));
+    put(&mut w, multiline_annotations("Annotations", &k.annotations));
+    let selector: Vec<String> = k.selector.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    put(
+        &mut w,
+        format!("Selector:\t{}\n", or_none(&selector.join(","))),
     );
-    field(
-        "Annotations",
-        &multiline(
-            k8s.map(|k| &k.annotations[..]).unwrap_or(&[]),
-            &["kubectl.kubernetes.io/last-applied-configuration"],
-        ),
-    );
-    let selector = k8s
-        .map(|k| {
-            k.selector
-                .iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .filter(|s| !s.is_empty());
-    field("Selector", selector.as_deref().unwrap_or("<none>"));
-    field("Type", k8s.map_or("NodePort", |k| &k.service_type));
-    match k8s {
-        Some(k) => {
-            field(
-                "IP Family Policy",
-                k.ip_family_policy.as_deref().unwrap_or("<none>"),
-            );
-            field("IP Families", &or_none(&k.ip_families.join(",")));
-            field("IP", k.cluster_ips.first().map_or("<none>", String::as_str));
-            field("IPs", &or_none(&k.cluster_ips.join(",")));
-            if !k.external_ips.is_empty() {
-                field("External IPs", &k.external_ips.join(","));
-            }
-            if !k.load_balancer_ingress.is_empty() {
-                field("LoadBalancer Ingress", &k.load_balancer_ingress.join(", "));
-            }
-        }
-        None => {
-            let (v4, v6) =
-                ports
-                    .iter()
-                    .flat_map(|p| &p.endpoints)
-                    .fold((false, false), |(a, b), e| {
-                        let v6 = e.address.starts_with('[');
-                        (a || !v6, b || v6)
-                    });
-            let (policy, families) = match (v4, v6) {
-                (true, true) => ("PreferDualStack", "IPv4,IPv6"),
-                (false, true) => ("SingleStack", "IPv6"),
-                _ => ("SingleStack", "IPv4"),
-            };
-            field("IP Family Policy", policy);
-            field("IP Families", families);
-            field("IP", "<none>");
-            field("IPs", "<none>");
-        }
+    put(&mut w, format!("Type:\t{}\n", k.service_type));
+    if let Some(policy) = &k.ip_family_policy {
+        put(&mut w, format!("IP Family Policy:\t{policy}\n"));
     }
-    for p in ports {
-        let name = if p.port_name.is_empty() {
+    put(
+        &mut w,
+        format!("IP Families:\t{}\n", or_none(&k.ip_families.join(","))),
+    );
+    put(&mut w, format!("IP:\t{}\n", k.cluster_ip));
+    put(
+        &mut w,
+        format!("IPs:\t{}\n", or_none(&k.cluster_ips.join(","))),
+    );
+    if !k.external_ips.is_empty() {
+        put(
+            &mut w,
+            format!("External IPs:\t{}\n", k.external_ips.join(",")),
+        );
+    }
+    if !k.load_balancer_ingress.is_empty() {
+        put(
+            &mut w,
+            format!(
+                "LoadBalancer Ingress:\t{}\n",
+                k.load_balancer_ingress.join(", ")
+            ),
+        );
+    }
+    for sp in &k.ports {
+        let name = if sp.name.is_empty() {
             "<unset>"
         } else {
-            &p.port_name
+            &sp.name
         };
-        let target = p
-            .kubernetes
-            .as_ref()
-            .map_or_else(|| p.target_port.to_string(), |k| k.target_port.clone());
-        field("Port", &format!("{name}  {}/{}", p.port, p.protocol));
-        field("TargetPort", &format!("{target}/{}", p.protocol));
-        field(
-            "NodePort",
-            &format!("{name}  {}/{}", p.node_port, p.protocol),
+        put(
+            &mut w,
+            format!("Port:\t{name}\t{}/{}\n", sp.port, sp.protocol),
         );
-        field("Endpoints", &kubectl_endpoints(p));
+        put(
+            &mut w,
+            format!("TargetPort:\t{}/{}\n", sp.target_port, sp.protocol),
+        );
+        if let Some(app) = &sp.app_protocol {
+            put(&mut w, format!("AppProtocol:\t{app}\n"));
+        }
+        if sp.node_port != 0 {
+            put(
+                &mut w,
+                format!("NodePort:\t{name}\t{}/{}\n", sp.node_port, sp.protocol),
+            );
+        }
+        let served = ports
+            .iter()
+            .find(|p| p.port_name == sp.name && p.protocol == sp.protocol);
+        put(
+            &mut w,
+            format!(
+                "Endpoints:\t{}\n",
+                served.map_or_else(|| "<none>".to_owned(), kubectl_endpoints)
+            ),
+        );
     }
+    put(
+        &mut w,
+        format!("Session Affinity:\t{}\n", k.session_affinity),
+    );
+    if let Some(p) = &k.external_traffic_policy {
+        put(&mut w, format!("External Traffic Policy:\t{p}\n"));
+    }
+    if let Some(p) = &k.internal_traffic_policy {
+        put(&mut w, format!("Internal Traffic Policy:\t{p}\n"));
+    }
+    if let Some(port) = k.health_check_node_port {
+        put(&mut w, format!("HealthCheck NodePort:\t{port}\n"));
+    }
+    if !k.load_balancer_source_ranges.is_empty() {
+        put(
+            &mut w,
+            format!(
+                "LoadBalancer Source Ranges:\t{}\n",
+                k.load_balancer_source_ranges.join(",")
+            ),
+        );
+    }
+    if let Some(d) = &k.traffic_distribution {
+        put(&mut w, format!("Traffic Distribution:\t{d}\n"));
+    }
+    if k.events.is_empty() {
+        put(&mut w, "Events:\t<none>\n".to_owned());
+    } else {
+        // kubectl flushes before the table: its columns are aligned on their own.
+        let _ = w.flush();
+        put(
+            &mut w,
+            "Events:\n  Type\tReason\tAge\tFrom\tMessage\n".to_owned(),
+        );
+        put(&mut w, "  ----\t------\t----\t----\t-------\n".to_owned());
+        for e in &k.events {
+            put(
+                &mut w,
+                format!(
+                    "  {}\t{}\t{}\t{}\t{}\n",
+                    e.type_,
+                    e.reason,
+                    human_duration(e.age_seconds),
+                    e.from,
+                    e.message.trim()
+                ),
+            );
+        }
+    }
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn put(w: &mut TabWriter<Vec<u8>>, text: String) {
+    let _ = w.write_all(text.as_bytes());
+}
+
+/// What kubectl would show for a NodePort Service with the ports of a TOML Service.
+fn toml_service(ports: &[ServicePortInfo]) -> KubernetesInfo {
+    let (v4, v6) = ports
+        .iter()
+        .flat_map(|p| &p.endpoints)
+        .fold((false, false), |(a, b), e| {
+            let v6 = e.address.starts_with('[');
+            (a || !v6, b || v6)
+        });
+    let (policy, families) = match (v4, v6) {
+        (true, true) => ("PreferDualStack", vec!["IPv4".into(), "IPv6".into()]),
+        (false, true) => ("SingleStack", vec!["IPv6".into()]),
+        _ => ("SingleStack", vec!["IPv4".into()]),
+    };
     let affinity = if ports.iter().any(|p| p.session_affinity == "ClientIP") {
         "ClientIP"
     } else {
         "None"
     };
-    field("Session Affinity", affinity);
-    field(
-        "External Traffic Policy",
-        k8s.map_or("Cluster", |k| &k.external_traffic_policy),
-    );
-    if let Some(port) = k8s.and_then(|k| k.health_check_node_port) {
-        field("HealthCheck NodePort", &port.to_string());
+    KubernetesInfo {
+        service_type: "NodePort".into(),
+        ip_family_policy: Some(policy.into()),
+        ip_families: families,
+        cluster_ip: "<none>".into(),
+        ports: ports
+            .iter()
+            .map(|p| SpecPortInfo {
+                name: p.port_name.clone(),
+                protocol: p.protocol.clone(),
+                port: i32::from(p.port),
+                target_port: p.target_port.to_string(),
+                node_port: i32::from(p.node_port),
+                app_protocol: None,
+            })
+            .collect(),
+        session_affinity: affinity.into(),
+        external_traffic_policy: Some("Cluster".into()),
+        ..Default::default()
     }
-    let warnings: Vec<&String> = k8s.iter().flat_map(|k| &k.warnings).collect();
-    if warnings.is_empty() {
-        field("Events", "<none>");
-    } else {
-        out.push_str(
-            "Events:\n  Type     Reason   From    Message\n  ----     ------   ----    -------\n",
-        );
-        for w in warnings {
-            let _ = writeln!(out, "  Warning  Problem  sluice  {w}");
+}
+
+/// kubectl's `printLabelsMultiline`: `key=value` per line, sorted; `<none>` when empty.
+fn multiline_labels(title: &str, pairs: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sorted.sort();
+    if sorted.is_empty() {
+        return format!("{title}:\t<none>\n");
+    }
+    let mut out = format!("{title}:");
+    for (k, v) in sorted {
+        let _ = writeln!(out, "\t{k}={v}");
+    }
+    out
+}
+
+/// Longest annotation kubectl prints on one line (`maxAnnotationLen`).
+const MAX_ANNOTATION_LEN: usize = 140;
+
+/// kubectl's `printAnnotationsMultiline`: `key: value` per line, sorted, without
+/// `kubectl.kubernetes.io/last-applied-configuration`; a long or multi-line value goes on
+/// its own indented lines, each cut at 138 characters with `...`.
+fn multiline_annotations(title: &str, pairs: &[(String, String)]) -> String {
+    let mut shown: Vec<&(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "kubectl.kubernetes.io/last-applied-configuration")
+        .collect();
+    shown.sort();
+    if shown.is_empty() {
+        return format!("{title}:\t<none>\n");
+    }
+    let mut out = format!("{title}:\t");
+    for (i, (k, v)) in shown.iter().enumerate() {
+        if i != 0 {
+            out.push('\t');
+        }
+        let value = v.strip_suffix('\n').unwrap_or(v);
+        if value.len() + k.len() + 2 > MAX_ANNOTATION_LEN || value.contains('\n') {
+            let _ = writeln!(out, "{k}:");
+            for part in value.split('\n') {
+                let _ = writeln!(out, "\t  {}", shorten(part, MAX_ANNOTATION_LEN - 2));
+            }
+        } else {
+            let _ = writeln!(out, "{k}: {value}");
         }
     }
     out
 }
 
-/// kubectl's multi-line `key=value` list: one per line, aligned; `<none>` when empty.
-fn multiline(pairs: &[(String, String)], hidden: &[&str]) -> String {
-    let shown: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| !hidden.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if shown.is_empty() {
-        return "<none>".to_owned();
+/// Go's `shorten`: the first `max` bytes and `...` when longer.
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
     }
-    shown.join(&format!("\n{:26}", ""))
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Kubernetes' `duration.HumanDuration` (kubectl's Age column).
+pub fn human_duration(seconds: u64) -> String {
+    let s = seconds;
+    if s < 120 {
+        return format!("{s}s");
+    }
+    let minutes = s / 60;
+    if minutes < 10 {
+        return match s % 60 {
+            0 => format!("{minutes}m"),
+            r => format!("{minutes}m{r}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = s / 3600;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let years = hours / 24 / 365;
+        return match (hours / 24) % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{}y", hours / 24 / 365)
 }
 
 fn or_none(s: &str) -> String {
@@ -326,10 +488,13 @@ fn or_none(s: &str) -> String {
     }
 }
 
-/// Ready endpoints as kubectl shows them: the first three, then `+ N more...`.
+/// Ready endpoints as kubectl shows them (`formatEndpointSlices`): the first three, then
+/// `+ N more...` counting the other ready ones. TOML Services: the endpoints routing uses.
 fn kubectl_endpoints(p: &ServicePortInfo) -> String {
-    // Kubernetes Services: the ready endpoints (kubectl's view); TOML: those routing uses.
-    let usable: Vec<&str> = p
+    if p.endpoints.is_empty() {
+        return "<none>".to_owned();
+    }
+    let ready: Vec<&str> = p
         .endpoints
         .iter()
         .filter(|e| match p.kubernetes {
@@ -338,12 +503,9 @@ fn kubectl_endpoints(p: &ServicePortInfo) -> String {
         })
         .map(|e| e.address.as_str())
         .collect();
-    if usable.is_empty() {
-        return "<none>".to_owned();
-    }
-    let mut s = usable[..usable.len().min(3)].join(",");
-    if usable.len() > 3 {
-        let _ = write!(s, " + {} more...", usable.len() - 3);
+    let mut s = ready[..ready.len().min(3)].join(",");
+    if ready.len() > 3 {
+        let _ = write!(s, " + {} more...", ready.len() - 3);
     }
     s
 }
@@ -356,23 +518,18 @@ fn port_key(s: &ServicePortInfo) -> String {
     }
 }
 
+/// Rows in aligned columns (3 spaces apart, as `kubectl get`), through a tabwriter.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
+    let mut w = TabWriter::new(Vec::new()).minwidth(0).padding(3);
     for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
+        // A tab inside a cell would start a column: cells never hold one.
+        let cells: Vec<String> = r.iter().map(|c| c.replace('\t', " ")).collect();
+        let _ = writeln!(w, "{}", cells.join("\t"));
     }
+    let bytes = w.into_inner().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(c);
-            } else {
-                let _ = write!(line, "{c:<w$}   ", w = widths[i]);
-            }
-        }
+    for line in text.lines() {
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -398,7 +555,7 @@ fn when(unix: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::protocol::{Counters, EndpointInfo, KubernetesInfo, ServiceList};
+    use super::super::protocol::{Counters, EndpointInfo, EventInfo, KubernetesInfo, ServiceList};
     use super::*;
 
     fn ep(a: &str) -> EndpointInfo {
@@ -479,9 +636,18 @@ Events:                   <none>
             selector: vec![("app".into(), "frontend".into())],
             ip_family_policy: Some("SingleStack".into()),
             ip_families: vec!["IPv4".into()],
+            cluster_ip: "10.100.13.81".into(),
             cluster_ips: vec!["10.100.13.81".into()],
-            target_port: "9000".into(),
-            external_traffic_policy: "Cluster".into(),
+            ports: vec![SpecPortInfo {
+                name: "http".into(),
+                protocol: "TCP".into(),
+                port: 80,
+                target_port: "9000".into(),
+                node_port: 30000,
+                app_protocol: None,
+            }],
+            session_affinity: "None".into(),
+            external_traffic_policy: Some("Cluster".into()),
             ..Default::default()
         };
         let mut not_ready = ep("192.168.99.1:9000");
@@ -511,30 +677,125 @@ Events:                   <none>
         };
         let seed = include_str!("../../tests/fixtures/k8s/describe-myfrontend.txt");
         assert_eq!(describe(std::slice::from_ref(&p)), seed);
+    }
 
-        // The OpenShift seed's named targetPort; a LoadBalancer with Local policy.
-        let mut hello = p.clone();
-        hello.port_name = String::new();
-        let mut k2 = k.clone();
-        k2.target_port = "http-server".into();
-        k2.service_type = "LoadBalancer".into();
-        k2.external_traffic_policy = "Local".into();
-        k2.health_check_node_port = Some(32100);
-        k2.load_balancer_ingress = vec!["203.0.113.10".into()];
-        k2.labels.push(("tier".into(), "web".into()));
-        k2.warnings = vec!["annotation sluice.io/policy \"x\" is not accepted".into()];
-        hello.kubernetes = Some(k2);
-        let text = describe(&[hello]);
-        for line in [
-            "Labels:                   app=myfrontend\n                          tier=web\n",
-            "Type:                     LoadBalancer\n",
-            "LoadBalancer Ingress:     203.0.113.10\nPort:                     <unset>  80/TCP\n",
-            "TargetPort:               http-server/TCP\n",
-            "External Traffic Policy:  Local\nHealthCheck NodePort:     32100\n",
-            "Events:\n  Type     Reason   From    Message\n",
-            "  Warning  Problem  sluice  annotation sluice.io/policy \"x\" is not accepted\n",
+    /// Every field kubectl's describeService prints, with its tabwriter's column widths:
+    /// a served port (AppProtocol, 5 ready endpoints), an unserved UDP port with its reason
+    /// as an Event, `(VIP)` ingress, both traffic policies, source ranges, traffic
+    /// distribution, a long annotation cut as kubectl cuts it, Events in kubectl's columns.
+    #[test]
+    fn describe_every_field_like_kubectl() {
+        let k = KubernetesInfo {
+            service_type: "LoadBalancer".into(),
+            labels: vec![("tier".into(), "web".into()), ("app".into(), "shop".into())],
+            annotations: vec![
+                ("example.com/note".into(), "hi".into()),
+                ("example.com/long".into(), "x".repeat(150)),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".into(),
+                    "{}".into(),
+                ),
+            ],
+            selector: vec![("app".into(), "shop".into())],
+            ip_family_policy: Some("PreferDualStack".into()),
+            ip_families: vec!["IPv4".into(), "IPv6".into()],
+            cluster_ip: "10.96.0.10".into(),
+            cluster_ips: vec!["10.96.0.10".into(), "fd00::10".into()],
+            external_ips: vec!["198.51.100.7".into()],
+            load_balancer_ingress: vec!["203.0.113.10 (VIP)".into(), "lb.example.com".into()],
+            ports: vec![
+                SpecPortInfo {
+                    name: "http".into(),
+                    protocol: "TCP".into(),
+                    port: 80,
+                    target_port: "http-server".into(),
+                    node_port: 30080,
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                },
+                SpecPortInfo {
+                    name: "dns".into(),
+                    protocol: "UDP".into(),
+                    port: 53,
+                    target_port: "53".into(),
+                    node_port: 30053,
+                    app_protocol: None,
+                },
+            ],
+            session_affinity: "ClientIP".into(),
+            external_traffic_policy: Some("Local".into()),
+            internal_traffic_policy: Some("Cluster".into()),
+            traffic_distribution: Some("PreferClose".into()),
+            load_balancer_source_ranges: vec!["192.0.2.0/24".into(), "198.51.100.0/24".into()],
+            health_check_node_port: Some(32100),
+            events: vec![
+                EventInfo {
+                    type_: "Warning".into(),
+                    reason: "PortNotServed".into(),
+                    age_seconds: 300,
+                    from: "sluice".into(),
+                    message: "port \"dns\" is UDP: sluice serves only TCP; not served".into(),
+                },
+                EventInfo {
+                    type_: "Warning".into(),
+                    reason: "InvalidAnnotation".into(),
+                    age_seconds: 90,
+                    from: "sluice".into(),
+                    message:
+                        "annotation sluice.io/policy \"fastest\" is not accepted; keeping maglev"
+                            .into(),
+                },
+            ],
+        };
+        let mut endpoints: Vec<EndpointInfo> =
+            (1..=5).map(|i| ep(&format!("10.0.0.{i}:8080"))).collect();
+        endpoints[4].ready = true;
+        let mut not_ready = ep("10.0.0.9:8080");
+        not_ready.ready = false;
+        endpoints.insert(2, not_ready);
+        let p = ServicePortInfo {
+            namespace: "web".into(),
+            name: "shop".into(),
+            port_name: "http".into(),
+            protocol: "TCP".into(),
+            port: 80,
+            target_port: 0,
+            node_port: 30080,
+            node_port_allocated: false,
+            policy: "client-ip(10800s)".into(),
+            session_affinity: "ClientIP".into(),
+            forwarding: "transparent".into(),
+            endpoints_usable: 5,
+            endpoints_total: 6,
+            counters: Counters::default(),
+            endpoints,
+            kubernetes: Some(k),
+        };
+        let golden = include_str!("../../tests/fixtures/k8s/describe-every-field.txt");
+        assert_eq!(describe(&[p]), golden);
+    }
+
+    /// kubectl's Age column (`duration.HumanDuration`), at its boundaries.
+    #[test]
+    fn ages_like_kubectl() {
+        for (s, want) in [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (179 * 60, "179m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60, "3h1m"),
+            (8 * 3600, "8h"),
+            (47 * 3600, "47h"),
+            (48 * 3600, "2d"),
+            (50 * 3600, "2d2h"),
+            (8 * 24 * 3600, "8d"),
+            (2 * 365 * 24 * 3600, "2y"),
+            (2 * 365 * 24 * 3600 + 86400, "2y1d"),
+            (9 * 365 * 24 * 3600, "9y"),
         ] {
-            assert!(text.contains(line), "{line:?} not in\n{text}");
+            assert_eq!(human_duration(s), want, "{s}");
         }
     }
 

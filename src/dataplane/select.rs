@@ -7,7 +7,7 @@
 
 use super::affinity::AffinityTable;
 use crate::model::Policy;
-use crate::table::{EndpointId, ServiceEntry};
+use crate::table::{EndpointId, Family, ServiceEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -31,16 +31,20 @@ impl Selector {
     }
 
     /// The endpoint for a connection from `client`, not one of `tried`; `None` when no
-    /// usable endpoint is left.
+    /// usable endpoint is left. `from_node`: the client is an address of this node (Local
+    /// Services route it with the cluster endpoints). Only endpoints of the client's IP
+    /// family are candidates.
     pub fn choose(
         &mut self,
         entry: &ServiceEntry,
         client: SocketAddr,
+        from_node: bool,
         tried: &[EndpointId],
         now: Instant,
     ) -> Option<EndpointId> {
+        let route = entry.route(Family::of(client.ip()), from_node);
         match entry.port.policy {
-            Policy::Maglev { .. } => entry.pick(client, tried),
+            Policy::Maglev { .. } => route.pick(entry.port.policy, client, tried),
             Policy::ClientIp {
                 timeout,
                 max_entries,
@@ -53,38 +57,36 @@ impl Selector {
                 let remembered = table
                     .lookup(ip, now)
                     .and_then(|addr| entry.endpoint_by_addr(addr))
-                    .filter(|&id| entry.usable(id) && !tried.contains(&id));
+                    .filter(|&id| route.usable(id) && !tried.contains(&id));
                 let id = match remembered {
                     Some(id) => id,
-                    None => entry.pick(client, tried)?,
+                    None => route.pick(entry.port.policy, client, tried)?,
                 };
                 table.remember(ip, entry.endpoint(id).endpoint.addr, now, now + timeout);
                 Some(id)
             }
             Policy::RoundRobin => {
-                let len = entry.schedule_len();
+                let len = route.schedule_len();
                 if len == 0 {
                     return None;
                 }
                 let position = self.positions.entry(entry.stable_id()).or_insert(0);
                 let at = *position % len;
                 *position = (at + 1) % len;
-                entry.round_robin(at, tried)
+                route.round_robin(at, tried)
             }
             Policy::Random => {
                 let r = self.next();
-                entry.weighted(r, tried)
+                route.weighted(r, tried)
             }
             Policy::LeastConnections => {
-                let a = entry.weighted(self.next(), tried)?;
-                let b = entry.weighted(self.next(), tried)?;
+                let a = route.weighted(self.next(), tried)?;
+                let b = route.weighted(self.next(), tried)?;
                 // Compare active/weight without dividing: active_a · w_b vs active_b · w_a.
                 let load = |id: EndpointId| {
                     let e = entry.endpoint(id);
-                    (
-                        u128::from(e.stats.active()),
-                        u128::from(e.routing_weight.max(1)),
-                    )
+                    let weight = route.weights().get(id.0 as usize).copied().unwrap_or(1);
+                    (u128::from(e.stats.active()), u128::from(weight.max(1)))
                 };
                 let ((la, wa), (lb, wb)) = (load(a), load(b));
                 Some(if lb * wa < la * wb { b } else { a })
@@ -162,6 +164,7 @@ mod tests {
                     maglev_table_size: 1009,
                     forwarding: Forwarding::None,
                     traffic_policy: Default::default(),
+                    families: Default::default(),
                     health: Default::default(),
                     meta: None,
                 })
@@ -180,7 +183,9 @@ mod tests {
         let mut sel = Selector::new(7);
         let client = SocketAddr::from(([127, 0, 0, 10], 5000));
         for (_, entry) in both.services() {
-            assert!(sel.choose(entry, client, &[], Instant::now()).is_some());
+            assert!(sel
+                .choose(entry, client, false, &[], Instant::now())
+                .is_some());
         }
         assert_eq!(sel.affinity_entries(), 2);
         let only_a = RoutingSnapshot::build(&model(&["a"], policy), 2, &mut reg);

@@ -9,16 +9,20 @@
 //! - [`hash`]: the stable hash (XXH3 with fixed seeds), client keys, canonical endpoint names;
 //! - [`maglev`]: the Maglev table as a pure function of (endpoints, weights, M);
 //! - `registry`: counter blocks carried across builds ([`StatsRegistry`]);
-//! - [`usable`]: which endpoints carry traffic (conditions, externalTrafficPolicy, health);
+//! - [`usable`]: which endpoints carry traffic (conditions, topology, externalTrafficPolicy,
+//!   health), per IP family;
+//! - `route`: [`Route`], one family's (outside or node) endpoints with their Maglev table;
 //! - `snapshot`: [`RoutingSnapshot`], [`ServiceEntry`] and `pick`.
 
 pub mod hash;
 pub mod maglev;
 mod registry;
+mod route;
 mod snapshot;
 pub mod usable;
 
 pub use maglev::{MaglevTable, TableSize};
 pub use registry::StatsRegistry;
+pub use route::Route;
 pub use snapshot::{EndpointEntry, EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
-pub use usable::Tier;
+pub use usable::{Family, Tier};

@@ -9,14 +9,15 @@
 //! allocate, lock, or panic on anything a client controls. It does no IO and keeps no
 //! per-connection state: the connection remembers which endpoints it already `tried`.
 
-use super::hash::{canonical_addr, client_hash};
+use super::hash::canonical_addr;
 use super::maglev::{MaglevTable, TableSize};
 use super::registry::StatsRegistry;
-use super::usable::{routing_weights, Tier};
-use crate::model::{Endpoint, HashKey, Model, Policy, Protocol, ServicePort, ServicePortKey};
+use super::route::Route;
+use super::usable::{family_weights, Family, Tier};
+use crate::model::{Endpoint, Model, Protocol, ServicePort, ServicePortKey};
 use crate::stats::StatsBlock;
 use ahash::AHashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Index of a Service port in one [`RoutingSnapshot`] (its position in the model).
@@ -33,13 +34,14 @@ pub struct EndpointId(pub u32);
 #[derive(Debug)]
 pub struct EndpointEntry {
     pub endpoint: Endpoint,
-    /// The weight new connections see: `endpoint.weight` when the endpoint is chosen by
-    /// the condition/policy/health rules (see `usable`), else 0.
+    /// The weight new connections from outside the node see: `endpoint.weight` when the
+    /// endpoint is chosen by the condition/topology/policy/health rules for its family
+    /// (see `usable`), else 0.
     pub routing_weight: u32,
     pub stats: Arc<StatsBlock>,
 }
 
-/// One Service port as served: its model, counters, endpoints and Maglev table.
+/// One Service port as served: its model, counters, endpoints and routes.
 #[derive(Debug)]
 pub struct ServiceEntry {
     /// The Service port, with `endpoints` replaced by the canonical list (sorted by
@@ -47,23 +49,22 @@ pub struct ServiceEntry {
     pub port: ServicePort,
     pub stats: Arc<StatsBlock>,
     endpoints: Vec<EndpointEntry>,
-    /// Shared with later snapshots whose endpoints and table size did not change.
-    table: Arc<MaglevTable>,
+    /// The distinct routes; `route_of` says which serves which clients.
+    routes: Vec<Route>,
+    /// `routes` index by `[family][from node]` (IPv4 = 0, IPv6 = 1; outside = 0, node = 1).
+    route_of: [[u8; 2]; 2],
+    /// The family whose outside route [`ServiceEntry::pick`] and friends use when no client
+    /// says (the first endpoint's; IPv4 without endpoints).
+    primary: Family,
     /// A hash of the Service port's key: the same in every snapshot, so workers can keep
     /// state per Service port (affinity, round-robin position) across reloads.
     stable_id: u64,
-    /// Which endpoints carry traffic: ready ones, terminating ones as a fallback, or none.
-    tier: Tier,
-    /// Weighted round-robin order of endpoint indices (smooth WRR), for `RoundRobin`.
-    schedule: Box<[u32]>,
-    /// Running sums of weights in endpoint order, for weighted random choices.
-    cumulative: Box<[u64]>,
 }
 
 impl ServiceEntry {
     /// Every endpoint, including those new connections do not go to (routing weight 0:
-    /// draining, down, terminating while others are ready, remote under Local policy);
-    /// `EndpointId(i)` is `[i]`.
+    /// draining, down, terminating while others are ready, remote under Local policy,
+    /// outside this zone under topology hints); `EndpointId(i)` is `[i]`.
     pub fn endpoints(&self) -> &[EndpointEntry] {
         &self.endpoints
     }
@@ -74,14 +75,30 @@ impl ServiceEntry {
         &self.endpoints[id.0 as usize]
     }
 
-    /// Which tier of endpoints carries new connections.
-    pub fn tier(&self) -> Tier {
-        self.tier
+    /// The route for clients of `family`, on this node (`from_node`) or outside it.
+    #[inline]
+    pub fn route(&self, family: Family, from_node: bool) -> &Route {
+        let f = match family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        &self.routes[usize::from(self.route_of[f][usize::from(from_node)])]
     }
 
-    /// The Maglev table `pick` reads.
+    /// The route for outside clients of the primary family (see `primary`).
+    fn primary(&self) -> &Route {
+        self.route(self.primary, false)
+    }
+
+    /// Which tier of endpoints carries new connections from outside clients (of the
+    /// first endpoint's family).
+    pub fn tier(&self) -> Tier {
+        self.primary().tier()
+    }
+
+    /// The Maglev table outside clients (of the first endpoint's family) are picked by.
     pub fn table(&self) -> &MaglevTable {
-        &self.table
+        self.primary().table()
     }
 
     /// Identity of the Service port that stays the same across snapshots.
@@ -98,81 +115,34 @@ impl ServiceEntry {
             .map(|i| EndpointId(i as u32))
     }
 
-    /// Whether new connections may go to `id` (routing weight > 0).
+    /// Whether new connections from outside clients may go to `id`.
     pub fn usable(&self, id: EndpointId) -> bool {
         self.endpoints
             .get(id.0 as usize)
             .is_some_and(|e| e.routing_weight > 0)
     }
 
-    /// Weighted round-robin: the endpoint at `position` of the smooth-WRR schedule, or the
-    /// next one not in `tried`. `None` when nothing usable is left.
+    /// [`Route::round_robin`] of the primary route.
     pub fn round_robin(&self, position: usize, tried: &[EndpointId]) -> Option<EndpointId> {
-        let n = self.schedule.len();
-        (0..n)
-            .map(|k| EndpointId(self.schedule[(position + k) % n]))
-            .find(|id| !tried.contains(id))
+        self.primary().round_robin(position, tried)
     }
 
-    /// Length of the round-robin schedule (0 when nothing is usable).
+    /// [`Route::schedule_len`] of the primary route.
     pub fn schedule_len(&self) -> usize {
-        self.schedule.len()
+        self.primary().schedule_len()
     }
 
-    /// Weighted random: the endpoint that owns `r` (any u64) in the cumulative weights, or
-    /// the next usable one not in `tried`.
+    /// [`Route::weighted`] of the primary route.
     pub fn weighted(&self, r: u64, tried: &[EndpointId]) -> Option<EndpointId> {
-        let total = *self.cumulative.last()?;
-        if total == 0 {
-            return None;
-        }
-        let point = r % total;
-        let first = self.cumulative.partition_point(|&c| c <= point);
-        let n = self.endpoints.len();
-        (0..n)
-            .map(|k| EndpointId(((first + k) % n) as u32))
-            .find(|&id| self.usable(id) && !tried.contains(&id))
+        self.primary().weighted(r, tried)
     }
 
-    /// The endpoint a new connection from `client` goes to, skipping those in `tried`
-    /// (already tried by this connection after a failed connect).
-    ///
-    /// Slot `hash(key) % M` of the Maglev table, where the key is chosen by the Service's
-    /// [`Policy`]; if that endpoint was tried, the next slots forward (wrapping) until one
-    /// holds an untried endpoint. `None` when no endpoint has weight > 0 or every endpoint
-    /// that owns a slot was tried. Never allocates or panics; ids in `tried` that are not
-    /// endpoints of this service are ignored. Cost: one hash, one division, then
-    /// `1/(1-f)` slots expected where `f` is the share of the table owned by `tried`.
+    /// The endpoint a new connection from `client` (outside the node) goes to: its
+    /// family's route, [`Route::pick`].
     #[inline]
     pub fn pick(&self, client: SocketAddr, tried: &[EndpointId]) -> Option<EndpointId> {
-        let usable = self.table.usable();
-        if usable == 0 || self.all_tried(tried, usable) {
-            return None;
-        }
-        let hash = match self.port.policy {
-            Policy::Maglev { key } => client_hash(key, client),
-            // Affinity places new clients by their IP, so every worker and node agrees.
-            Policy::ClientIp { .. } => client_hash(HashKey::ClientIp, client),
-            _ => client_hash(HashKey::ClientIpPort, client),
-        };
-        self.table
-            .walk(hash, |e| !tried.contains(&EndpointId(e)))
-            .map(EndpointId)
-    }
-
-    /// Whether `tried` holds every one of the `usable` endpoints that own slots: then a
-    /// walk would find nothing, and would visit all M slots to learn it.
-    #[inline]
-    fn all_tried(&self, tried: &[EndpointId], usable: u32) -> bool {
-        if (tried.len() as u64) < u64::from(usable) {
-            return false;
-        }
-        let distinct_usable = tried
-            .iter()
-            .enumerate()
-            .filter(|&(i, id)| self.table.slots(id.0) > 0 && !tried[..i].contains(id))
-            .count();
-        distinct_usable as u64 >= u64::from(usable)
+        self.route(Family::of(client.ip()), false)
+            .pick(self.port.policy, client, tried)
     }
 }
 
@@ -187,6 +157,10 @@ pub struct RoutingSnapshot {
     /// for none. 256 KiB per protocol, zero-initialised (lazily faulted in) — one load per
     /// lookup, no hashing, no probing; empty in [`RoutingSnapshot::empty`].
     by_port: Box<[u32]>,
+    /// This node's own addresses (canonical, sorted): a client with one of them (or any
+    /// loopback address) is on the node itself, and Local Services route it with the
+    /// cluster endpoints, as kube-proxy does.
+    node_addresses: Arc<[IpAddr]>,
 }
 
 impl RoutingSnapshot {
@@ -196,7 +170,31 @@ impl RoutingSnapshot {
             generation: 0,
             services: Vec::new(),
             by_port: Box::new([]),
+            node_addresses: Arc::new([]),
         }
+    }
+
+    /// The same snapshot, knowing `addresses` as this node's own (any order; IPv4-mapped
+    /// ones count as IPv4). [`rebuild`](Self::rebuild) keeps them.
+    pub fn with_node_addresses(mut self, addresses: &[IpAddr]) -> Self {
+        let mut v: Vec<IpAddr> = addresses.iter().map(|&ip| canonical_ip(ip)).collect();
+        v.sort_unstable();
+        v.dedup();
+        self.node_addresses = v.into();
+        self
+    }
+
+    /// Whether `client` is an address of this node (loopback included). Lock-free and
+    /// allocation-free: a binary search.
+    #[inline]
+    pub fn is_node_address(&self, client: IpAddr) -> bool {
+        let ip = canonical_ip(client);
+        ip.is_loopback() || self.node_addresses.binary_search(&ip).is_ok()
+    }
+
+    /// The node addresses this snapshot knows.
+    pub fn node_addresses(&self) -> &[IpAddr] {
+        &self.node_addresses
     }
 
     /// Build the snapshot of `model`. Counter blocks come from `stats` (reused for keys the
@@ -225,31 +223,46 @@ impl RoutingSnapshot {
         let mut services = Vec::with_capacity(model.services.len());
         for (i, port) in model.services.iter().enumerate() {
             let endpoints = canonical_endpoints(&port.endpoints);
-            let (weights, tier) = routing_weights(port.traffic_policy, &endpoints);
-            let routed: Vec<Endpoint> = endpoints
-                .iter()
-                .zip(&weights)
-                .map(|(e, &w)| e.with_weight(w))
-                .collect();
             let size = TableSize::new(port.maglev_table_size);
-            let same_routing = |prev: &ServiceEntry| {
-                prev.endpoints.len() == routed.len()
-                    && prev
-                        .endpoints
-                        .iter()
-                        .zip(&routed)
-                        .all(|(p, r)| p.endpoint.addr == r.addr && p.routing_weight == r.weight)
-            };
-            let table = match previous.get(&port.key) {
-                Some(prev) if prev.table.size() == size && same_routing(prev) => {
-                    Arc::clone(&prev.table)
+            let prev = previous.get(&port.key).copied();
+            let mut routes: Vec<Route> = Vec::with_capacity(2);
+            let mut route_of = [[0u8; 2]; 2];
+            let mut outside_weights = vec![0u32; endpoints.len()];
+            for (f, family) in [Family::V4, Family::V6].into_iter().enumerate() {
+                let served = match family {
+                    Family::V4 => port.families.v4,
+                    Family::V6 => port.families.v6,
+                };
+                let (outside, node) = if served {
+                    family_weights(port.traffic_policy, &endpoints, family)
+                } else {
+                    let none = (vec![0; endpoints.len()], Tier::None);
+                    (none.clone(), none)
+                };
+                for (w, e) in outside_weights.iter_mut().zip(&outside.0) {
+                    *w += e;
                 }
-                _ => Arc::new(MaglevTable::build(&routed, size)),
-            };
+                for (o, (weights, tier)) in [outside, node].into_iter().enumerate() {
+                    let index = match routes.iter().position(|r| r.same_weights(&weights)) {
+                        Some(i) => i,
+                        None => {
+                            let reuse = prev.and_then(|p| {
+                                p.routes
+                                    .iter()
+                                    .find(|r| r.same_weights(&weights))
+                                    .map(|r| (&p.port.endpoints[..], r))
+                            });
+                            routes.push(Route::build(&endpoints, weights, tier, size, reuse));
+                            routes.len() - 1
+                        }
+                    };
+                    route_of[f][o] = index as u8;
+                }
+            }
             let service_stats = stats.service_block(&port.key);
             let entries = endpoints
                 .iter()
-                .zip(&weights)
+                .zip(&outside_weights)
                 .map(|(&endpoint, &routing_weight)| EndpointEntry {
                     endpoint,
                     routing_weight,
@@ -263,16 +276,17 @@ impl RoutingSnapshot {
             }
             services.push(ServiceEntry {
                 stable_id: stable_id(&port.key),
-                tier,
-                schedule: smooth_wrr(&routed),
-                cumulative: cumulative_weights(&routed),
+                primary: endpoints
+                    .first()
+                    .map_or(Family::V4, |e| Family::of(e.addr.ip())),
+                routes,
+                route_of,
                 port: ServicePort {
                     endpoints,
                     ..port.clone()
                 },
                 stats: service_stats,
                 endpoints: entries,
-                table,
             });
         }
         stats.finish();
@@ -280,6 +294,7 @@ impl RoutingSnapshot {
             generation,
             services,
             by_port,
+            node_addresses: Arc::clone(&self.node_addresses),
         }
     }
 
@@ -358,51 +373,11 @@ fn stable_id(key: &ServicePortKey) -> u64 {
     super::hash::stable_hash(text.as_bytes(), 0)
 }
 
-/// Most entries of a round-robin schedule; larger weight sums are scaled down to fit.
-const SCHEDULE_MAX: u64 = 1 << 16;
-
-/// Smooth weighted round-robin (as nginx does it): each endpoint appears `weight` times per
-/// cycle, spread out rather than in bursts. Weights are scaled down (keeping ≥ 1) when their
-/// sum exceeds [`SCHEDULE_MAX`].
-fn smooth_wrr(endpoints: &[Endpoint]) -> Box<[u32]> {
-    let sum: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
-    if sum == 0 {
-        return Box::new([]);
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     }
-    let weights: Vec<i64> = endpoints
-        .iter()
-        .map(|e| match e.weight {
-            0 => 0,
-            w if sum > SCHEDULE_MAX => ((u64::from(w) * SCHEDULE_MAX / sum).max(1)) as i64,
-            w => i64::from(w),
-        })
-        .collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += w;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        out.push(best as u32);
-    }
-    out.into_boxed_slice()
-}
-
-fn cumulative_weights(endpoints: &[Endpoint]) -> Box<[u64]> {
-    let mut sum = 0u64;
-    endpoints
-        .iter()
-        .map(|e| {
-            sum += u64::from(e.weight);
-            sum
-        })
-        .collect()
 }
 
 fn canonical_endpoints(given: &[Endpoint]) -> Vec<Endpoint> {
@@ -420,7 +395,7 @@ fn canonical_endpoints(given: &[Endpoint]) -> Vec<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HashKey, ServiceName, ServicePortKey, Settings, Timeouts};
+    use crate::model::{HashKey, Policy, ServiceName, ServicePortKey, Settings, Timeouts};
 
     fn key(name: &str) -> ServicePortKey {
         ServicePortKey {
@@ -452,6 +427,7 @@ mod tests {
             maglev_table_size: 1009,
             forwarding: Default::default(),
             traffic_policy: Default::default(),
+            families: Default::default(),
             health: Default::default(),
             meta: None,
         }
@@ -677,12 +653,12 @@ mod tests {
         ]);
         let s2 = s1.rebuild(&m2, 2, &mut reg);
         assert!(Arc::ptr_eq(
-            &s1.service(ServiceId(0)).table,
-            &s2.service(ServiceId(0)).table
+            s1.service(ServiceId(0)).primary().table_arc(),
+            s2.service(ServiceId(0)).primary().table_arc()
         ));
         assert!(!Arc::ptr_eq(
-            &s1.service(ServiceId(1)).table,
-            &s2.service(ServiceId(1)).table
+            s1.service(ServiceId(1)).primary().table_arc(),
+            s2.service(ServiceId(1)).primary().table_arc()
         ));
         let fresh = RoutingSnapshot::build(&m2, 2, &mut reg);
         for ((_, a), (_, b)) in s2.services().zip(fresh.services()) {
@@ -767,5 +743,82 @@ mod tests {
                 assert_eq!(svc.endpoints().len(), spec.len());
             }
         }
+    }
+
+    /// Dual-stack: each client family reaches only its own family's endpoints (never an
+    /// IPv4 client to an IPv6 pod); a family the Service does not serve has none. Local:
+    /// outside clients reach local endpoints only, the node itself the cluster ones.
+    #[test]
+    fn routes_per_family_and_origin() {
+        use crate::model::{Families, TrafficPolicy};
+        let mut p = service(
+            "a",
+            30001,
+            &[("10.0.0.1:80", 1), ("[fd00::1]:80", 1), ("[fd00::2]:80", 1)],
+        );
+        p.endpoints[1].local = false;
+        p.endpoints[0].local = false;
+        let snap = RoutingSnapshot::build(&model(vec![p.clone()]), 1, &mut StatsRegistry::new(1));
+        let s = snap.service(ServiceId(0));
+        let v4: std::collections::BTreeSet<String> = (0..500)
+            .filter_map(|i| s.pick(client(i), &[]))
+            .map(|id| addr_of(s, id))
+            .collect();
+        assert_eq!(v4, ["10.0.0.1:80".to_string()].into());
+        let v6client =
+            |i: u32| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16 + 1], 999));
+        let v6: std::collections::BTreeSet<String> = (0..500)
+            .filter_map(|i| s.pick(v6client(i), &[]))
+            .map(|id| addr_of(s, id))
+            .collect();
+        assert_eq!(v6.len(), 2, "{v6:?}");
+        assert!(v6.iter().all(|a| a.starts_with('[')));
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5".parse().unwrap();
+        assert_eq!(addr_of(s, s.pick(mapped, &[]).unwrap()), "10.0.0.1:80");
+
+        // IPv6 only (ipFamilies: [IPv6]): IPv4 clients find nothing.
+        let mut only6 = p.clone();
+        only6.families = Families {
+            v4: false,
+            v6: true,
+        };
+        let snap = RoutingSnapshot::build(&model(vec![only6]), 1, &mut StatsRegistry::new(1));
+        let s = snap.service(ServiceId(0));
+        assert_eq!(s.pick(client(1), &[]), None);
+        assert!(s.pick(v6client(1), &[]).is_some());
+
+        // Local: [fd00::2] is the only local endpoint.
+        let mut local = p;
+        local.traffic_policy = TrafficPolicy::Local;
+        let snap = RoutingSnapshot::build(&model(vec![local]), 1, &mut StatsRegistry::new(1))
+            .with_node_addresses(&["192.0.2.50".parse().unwrap()]);
+        let s = snap.service(ServiceId(0));
+        let policy = s.port.policy;
+        let outside4 = s.route(Family::V4, false);
+        assert_eq!(
+            outside4.pick(policy, client(1), &[]),
+            None,
+            "no local IPv4 pod"
+        );
+        let node4 = s.route(Family::V4, true);
+        assert_eq!(
+            addr_of(s, node4.pick(policy, client(1), &[]).unwrap()),
+            "10.0.0.1:80"
+        );
+        for i in 0..100 {
+            let id = s
+                .route(Family::V6, false)
+                .pick(policy, v6client(i), &[])
+                .unwrap();
+            assert_eq!(addr_of(s, id), "[fd00::2]:80");
+        }
+        assert!(snap.is_node_address("192.0.2.50".parse().unwrap()));
+        assert!(snap.is_node_address("::ffff:192.0.2.50".parse().unwrap()));
+        assert!(snap.is_node_address("127.0.0.9".parse().unwrap()));
+        assert!(snap.is_node_address("::1".parse().unwrap()));
+        assert!(!snap.is_node_address("192.0.2.51".parse().unwrap()));
+        // A rebuild keeps the node's addresses.
+        let again = snap.rebuild(&model(vec![]), 2, &mut StatsRegistry::new(1));
+        assert!(again.is_node_address("192.0.2.50".parse().unwrap()));
     }
 }

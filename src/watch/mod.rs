@@ -1,5 +1,7 @@
-//! `sluice run --kubernetes`: Services and EndpointSlices from the Kubernetes API, kept in
-//! local stores, turned into the model by [`crate::config::k8s::build_model`].
+//! `sluice run --kubernetes`: Services and EndpointSlices from the Kubernetes API (and this
+//! node's Node, by name, for its zone), kept in local stores, turned into the model by
+//! [`crate::config::k8s::build_model`]; problems with Services go back to the API as Events
+//! ([`events`]).
 //!
 //! It owns the API client (kubeconfig or in-cluster), one kube-rs `watcher` + reflector
 //! store per (kind, namespace), the status of each stream ([`status`]) and the coalescing of
@@ -17,7 +19,8 @@
 //! (client-go's: 0.8 s doubling to 30 s, with jitter). A relist fills a side buffer that
 //! replaces the store only when complete, so a model is never built from half a list.
 //! Meanwhile the stores keep their last content, and the model built from it keeps
-//! serving. Only transitions are logged (first sync, lost, recovered, relisted).
+//! serving. Only transitions are logged, once each (first sync, lost, recovered, relisted;
+//! a relist *attempt* is not an answer, see [`status`]).
 //!
 //! # Startup
 //! [`Source::wait_synced`] waits until every stream has completed its first list; the
@@ -25,13 +28,14 @@
 //! then (docs/kubernetes-watch.md says why).
 
 pub mod coalesce;
+pub mod events;
 pub mod status;
 
 use crate::config::k8s::{self, K8sOptions, Objects, Problem};
 use crate::config::ConfigError;
 use crate::model::{Model, Settings};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -74,7 +78,7 @@ pub enum WatchError {
     #[error("cannot build the Kubernetes client: {0}")]
     Client(String),
     /// The node settings file is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Settings(#[from] ConfigError),
     /// The watch thread or its runtime could not start.
     #[error("cannot start the Kubernetes watch: {0}")]
@@ -91,6 +95,11 @@ pub struct Source {
     settings: Mutex<Settings>,
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
+    /// This node's Node object (watched by name when the node name is known): its
+    /// `topology.kubernetes.io/zone` label is the zone hints are compared with.
+    node: Option<Store<Node>>,
+    /// Problems to post as Kubernetes Events (set by `start`).
+    events: Option<mpsc::UnboundedSender<events::ProblemEvent>>,
     status: WatchStatus,
     /// Problems reported by the last conversion: each is logged once while it lasts.
     problems: Mutex<BTreeSet<(String, String)>>,
@@ -105,6 +114,8 @@ impl Source {
             settings: Mutex::new(settings),
             services: Vec::new(),
             slices: Vec::new(),
+            node: None,
+            events: None,
             status: WatchStatus::default(),
             problems: Mutex::new(BTreeSet::new()),
         })
@@ -142,6 +153,13 @@ impl Source {
             self.slices.push(reader);
             slice_writers.push((ns.clone(), writer, index));
         }
+        let node_writer = self.options.k8s.node_name.clone().map(|name| {
+            let (writer, reader, index) = new_stream::<Node>(None, &self.status);
+            self.node = Some(reader);
+            (name, writer, index)
+        });
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        self.events = Some(events_tx);
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let options = self.options.clone();
         let status = self.status.clone();
@@ -167,9 +185,26 @@ impl Source {
                         }
                     };
                     let (changes_tx, changes) = mpsc::unbounded_channel();
+                    if let Some((name, writer, index)) = node_writer {
+                        // Only this node, by name: its zone label.
+                        tokio::spawn(drive(
+                            Api::<Node>::all(client.clone()),
+                            watcher::Config::default().fields(&format!("metadata.name={name}")),
+                            writer,
+                            status.clone(),
+                            index,
+                            changes_tx.clone(),
+                        ));
+                    }
+                    tokio::spawn(events::publish(
+                        client.clone(),
+                        options.k8s.node_name.clone(),
+                        events_rx,
+                    ));
                     for (ns, writer, index) in service_writers {
                         tokio::spawn(drive(
                             api::<Service>(&client, &ns),
+                            watcher::Config::default(),
                             writer,
                             status.clone(),
                             index,
@@ -179,6 +214,7 @@ impl Source {
                     for (ns, writer, index) in slice_writers {
                         tokio::spawn(drive(
                             api::<EndpointSlice>(&client, &ns),
+                            watcher::Config::default(),
                             writer,
                             status.clone(),
                             index,
@@ -211,6 +247,18 @@ impl Source {
         for s in &self.slices {
             let _ = s.wait_until_ready().await;
         }
+        if let Some(n) = &self.node {
+            let _ = n.wait_until_ready().await;
+        }
+    }
+
+    /// This node's zone, from its Node object's `topology.kubernetes.io/zone` label
+    /// (`None` while unknown: no Node object, or no label).
+    pub fn zone(&self) -> Option<String> {
+        k8s::node_zone(
+            &self.node.as_ref()?.state(),
+            self.options.k8s.node_name.as_deref(),
+        )
     }
 
     /// The objects in the stores now (shared, not copied).
@@ -219,6 +267,7 @@ impl Source {
             services: self.services.iter().flat_map(Store::state).collect(),
             slices: self.slices.iter().flat_map(Store::state).collect(),
             endpoints: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 
@@ -235,7 +284,11 @@ impl Source {
         let t = Instant::now();
         let objects = self.objects();
         let snapshot = t.elapsed();
-        let (model, problems) = k8s::build_model(settings, &objects, &self.options.k8s, previous);
+        let options = K8sOptions {
+            zone: self.zone(),
+            ..self.options.k8s.clone()
+        };
+        let (model, problems) = k8s::build_model(settings, &objects, &options, previous);
         let built = t.elapsed();
         self.report(&problems);
         tracing::debug!(
@@ -257,7 +310,18 @@ impl Source {
             .collect();
         let mut before = lock(&self.problems);
         for (object, message) in now.difference(&before) {
-            tracing::warn!(%object, "{message}; the object is skipped");
+            tracing::warn!(%object, "{message}");
+            // Problems of a Service are also Events on it (rate-limited there).
+            if let (Some(tx), Some(p)) = (
+                &self.events,
+                problems
+                    .iter()
+                    .find(|p| &p.object == object && &p.message == message),
+            ) {
+                if let Some(e) = events::ProblemEvent::of(p, objects_uid(self, &p.object)) {
+                    let _ = tx.send(e);
+                }
+            }
         }
         for (object, message) in before.difference(&now) {
             tracing::info!(%object, was = %message, "problem resolved");
@@ -282,6 +346,19 @@ impl Source {
             format!("namespaces {}", self.options.namespaces.join(", "))
         }
     }
+}
+
+/// The uid of the Service named by a problem's object (`Service ns/name`), if stored.
+fn objects_uid(source: &Source, object: &str) -> Option<String> {
+    let (namespace, name) = object.strip_prefix("Service ")?.split_once('/')?;
+    source.services.iter().find_map(|store| {
+        store
+            .find(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+            })
+            .and_then(|s| s.metadata.uid.clone())
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -330,7 +407,13 @@ async fn client(options: &Options) -> Result<Client, WatchError> {
                 path: path.display().to_string(),
                 message,
             };
-            let kc = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+                // kube's text repeats the path (quoted twice): say only why.
+                kube::config::KubeconfigError::ReadConfig(io, _) => {
+                    bad(format!("cannot read it: {io}"))
+                }
+                other => bad(other.to_string()),
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| bad(e.to_string()))?
@@ -374,6 +457,7 @@ where
 /// when the list completes and the store is swapped.
 async fn drive<K>(
     api: Api<K>,
+    config: watcher::Config,
     mut writer: reflector::store::Writer<K>,
     status: WatchStatus,
     index: usize,
@@ -383,7 +467,7 @@ async fn drive<K>(
     K: 'static,
 {
     let reader = writer.as_reader();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         // managedFields are most of an object's size and nothing reads them.
         .modify(|o| o.managed_fields_mut().clear())
         .default_backoff();

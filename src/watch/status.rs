@@ -47,6 +47,11 @@ pub struct StreamStatus {
     /// The last error, while retrying.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Requests fail and no answer came since: a loss was logged, a recovery is not yet.
+    /// (kube's watcher reports the start of each relist attempt before its request, so a
+    /// list *starting* proves nothing; only objects or a complete list do.)
+    #[serde(skip)]
+    failing: bool,
 }
 
 /// What happened to a stream, as far as the status cares.
@@ -85,6 +90,7 @@ impl StreamStatus {
             objects: 0,
             last_sync_unix: None,
             last_error: None,
+            failing: false,
         }
     }
 
@@ -97,10 +103,14 @@ impl StreamStatus {
     }
 
     /// Records a successful event; returns the transitions it makes (at most two: a
-    /// recovery and a relist).
+    /// recovery and a relist). A list starting is not an answer from the API server (kube's
+    /// watcher announces each attempt before sending it): it neither recovers a failing
+    /// stream nor re-arms the loss, so a run of failed attempts logs one loss and one
+    /// recovery, however many attempts it takes.
     pub fn on_event(&mut self, what: Happened, objects: usize, now: SystemTime) -> Vec<Transition> {
         let mut out = Vec::new();
-        if self.state == StreamState::Retrying {
+        if self.failing && what != Happened::ListStarted {
+            self.failing = false;
             out.push(Transition::Recovered);
             self.last_error = None;
             self.state = if self.lists == 0 {
@@ -130,7 +140,8 @@ impl StreamStatus {
     /// Records an error; returns [`Transition::Lost`] for the first of a run of errors.
     pub fn on_error(&mut self, error: String) -> Option<Transition> {
         self.errors += 1;
-        let first = self.state != StreamState::Retrying;
+        let first = !self.failing;
+        self.failing = true;
         self.state = StreamState::Retrying;
         self.last_error = Some(error.clone());
         first.then_some(Transition::Lost(error))
@@ -200,28 +211,35 @@ mod tests {
         assert_eq!(s.on_error("connection refused".into()), None);
         assert_eq!(s.errors, 2);
         assert_eq!(s.state, StreamState::Retrying);
-        // 410 Gone → relist: a recovery, then a relist.
-        assert_eq!(
-            s.on_event(Happened::ListStarted, 1, now),
-            vec![Transition::Recovered]
-        );
-        assert_eq!(s.last_error, None);
+        // Retry attempts that announce a list and fail again: nothing more is logged
+        // (this was a loss and a recovery per attempt: 8 in 6 s with the API down).
+        for _ in 0..8 {
+            assert_eq!(s.on_event(Happened::ListStarted, 1, now), vec![]);
+            assert_eq!(s.on_error("connection refused".into()), None);
+        }
+        // 410 Gone → relist: the list starting is not an answer; the list done is a
+        // recovery and a relist.
+        assert_eq!(s.on_event(Happened::ListStarted, 1, now), vec![]);
         assert_eq!(
             s.on_event(Happened::ListDone, 2, now),
-            vec![Transition::Relisted]
+            vec![Transition::Recovered, Transition::Relisted]
         );
+        assert_eq!(s.last_error, None);
         assert_eq!(s.lists, 2);
         // Errors before the first sync, then the list: recovered, first sync.
         let mut t = StreamStatus::new("EndpointSlice", Some("shop".into()));
         assert!(t.on_error("refused".into()).is_some());
-        assert_eq!(
-            t.on_event(Happened::ListStarted, 0, now),
-            vec![Transition::Recovered]
-        );
+        assert_eq!(t.on_event(Happened::ListStarted, 0, now), vec![]);
         assert_eq!(t.state, StreamState::Listing);
         assert_eq!(
             t.on_event(Happened::ListDone, 0, now),
-            vec![Transition::FirstSync]
+            vec![Transition::Recovered, Transition::FirstSync]
+        );
+        // A watch event after a broken stream (resumed without a relist) recovers too.
+        assert!(t.on_error("stream cut".into()).is_some());
+        assert_eq!(
+            t.on_event(Happened::Object, 1, now),
+            vec![Transition::Recovered]
         );
         assert_eq!(t.name(), "EndpointSlice in \"shop\"");
     }

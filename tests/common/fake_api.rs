@@ -12,6 +12,10 @@
 //!   every second while idle), ended cleanly after `timeoutSeconds`. From a version older
 //!   than the history kept: HTTP 200 then one `ERROR` event with a `Status` of code 410
 //!   (what the apiserver's watch cache does), then the end of the stream.
+//! - Nodes (`/api/v1/nodes`, cluster-scoped) likewise, with `fieldSelector=metadata.name=N`
+//!   (one node, as sluice watches its own).
+//! - Event writes (`POST`/`PATCH` to `/apis/events.k8s.io/v1/namespaces/NS/events`, what
+//!   kube-rs's event `Recorder` sends) are recorded ([`FakeApi::events`]) and echoed.
 //! - `Authorization: Bearer <token>` is checked (401 otherwise).
 //!
 //! What tests can do: apply/delete objects (each bumps the global resourceVersion, like
@@ -35,11 +39,13 @@ use std::time::{Duration, Instant};
 /// The bearer token the fake accepts (written into the kubeconfig by [`FakeApi::kubeconfig`]).
 pub const TOKEN: &str = "sluice-itest-token";
 
-/// The two kinds served.
+/// The kinds served (lists and watches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Service,
     EndpointSlice,
+    /// Cluster-scoped: stored with namespace `""`.
+    Node,
 }
 
 impl Kind {
@@ -47,6 +53,7 @@ impl Kind {
         match v["kind"].as_str() {
             Some("Service") => Kind::Service,
             Some("EndpointSlice") => Kind::EndpointSlice,
+            Some("Node") => Kind::Node,
             k => panic!("fake API: unsupported kind {k:?}"),
         }
     }
@@ -54,14 +61,26 @@ impl Kind {
         match self {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Service => "v1",
+            Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
+}
+
+/// One write to `events.k8s.io/v1` (what kube-rs's event `Recorder` sends).
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    /// `POST` (a new Event) or `PATCH` (a repeat: the series count).
+    pub method: String,
+    pub namespace: String,
+    /// The Event's name (from the body for a POST, the path for a PATCH).
+    pub name: String,
+    pub body: Value,
 }
 
 type Key = (Kind, String, String);
@@ -95,6 +114,8 @@ struct State {
     /// Every request target, in order (`GET /api/v1/services?limit=500`).
     requests: Vec<String>,
     uid: u64,
+    /// Events written, in order.
+    events: Vec<EventWrite>,
 }
 
 struct Shared {
@@ -265,6 +286,11 @@ impl FakeApi {
         self.serve(listener);
     }
 
+    /// Events written so far (POSTs and PATCHes to `events.k8s.io/v1`), in order.
+    pub fn events(&self) -> Vec<EventWrite> {
+        self.shared.lock().events.clone()
+    }
+
     /// Request targets received so far (`/api/v1/services?limit=500`, …).
     pub fn requests(&self) -> Vec<String> {
         self.shared.lock().requests.clone()
@@ -331,10 +357,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn apply_locked(s: &mut State, mut object: Value) -> u64 {
     let kind = Kind::of(&object);
-    let ns = object["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_owned();
+    let ns = match kind {
+        Kind::Node => String::new(),
+        _ => object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+    };
     let name = object["metadata"]["name"]
         .as_str()
         .expect("fixture objects have metadata.name")
@@ -355,7 +384,9 @@ fn apply_locked(s: &mut State, mut object: Value) -> u64 {
     } else {
         "ADDED"
     };
-    object["metadata"]["namespace"] = json!(ns);
+    if kind != Kind::Node {
+        object["metadata"]["namespace"] = json!(ns);
+    }
     object["metadata"]["uid"] = json!(uid);
     object["metadata"]["resourceVersion"] = json!(rv.to_string());
     if object["metadata"]["creationTimestamp"].is_null() {
@@ -379,11 +410,28 @@ struct Target {
     query: HashMap<String, String>,
 }
 
+impl Target {
+    /// Whether an object of this kind in `namespace` is selected (namespace, and a
+    /// `fieldSelector=metadata.name=NAME` as kube-rs sends it for one object).
+    fn selects(&self, namespace: &str, object: &Value) -> bool {
+        let name_ok = match self
+            .query
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+        {
+            Some(want) => object["metadata"]["name"].as_str() == Some(want),
+            None => true,
+        };
+        name_ok && self.namespace.as_ref().is_none_or(|want| want == namespace)
+    }
+}
+
 fn parse_target(target: &str) -> Option<Target> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (kind, namespace) = match parts.as_slice() {
         ["api", "v1", "services"] => (Kind::Service, None),
+        ["api", "v1", "nodes"] => (Kind::Node, None),
         ["api", "v1", "namespaces", ns, "services"] => (Kind::Service, Some(ns.to_string())),
         ["apis", "discovery.k8s.io", "v1", "endpointslices"] => (Kind::EndpointSlice, None),
         ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"] => {
@@ -458,6 +506,7 @@ fn serve_requests(
             Ok(_) => {}
         }
         let mut auth = None;
+        let mut length = 0usize;
         loop {
             let mut line = String::new();
             match reader.read_line(&mut line) {
@@ -472,9 +521,16 @@ fn serve_requests(
                 if name.eq_ignore_ascii_case("authorization") {
                     auth = Some(value.trim().to_owned());
                 }
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
             }
         }
         if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut body = vec![0u8; length];
+        if std::io::Read::read_exact(reader, &mut body).is_err() {
             return;
         }
         let mut words = request_line.split_whitespace();
@@ -482,6 +538,13 @@ fn serve_requests(
         shared.lock().requests.push(format!("{method} {target}"));
         if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
             let _ = respond(out, 401, &status_json(401, "Unauthorized", "Unauthorized"));
+            continue;
+        }
+        if let Some(result) = event_write(shared, method, target, &body) {
+            let _ = match result {
+                Ok(object) => respond(out, if method == "POST" { 201 } else { 200 }, &object),
+                Err(e) => respond(out, 400, &status_json(400, "BadRequest", &e)),
+            };
             continue;
         }
         let Some(t) = parse_target(target).filter(|_| method == "GET") else {
@@ -512,6 +575,46 @@ fn serve_requests(
     }
 }
 
+/// A write to `/apis/events.k8s.io/v1/namespaces/NS/events[/NAME]` (POST or PATCH),
+/// recorded and echoed back as the apiserver does; `None` for any other request.
+fn event_write(
+    shared: &Shared,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Option<Result<String, String>> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (namespace, name) = match (method, parts.as_slice()) {
+        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => (*ns, None),
+        ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
+            (*ns, Some(*name))
+        }
+        _ => return None,
+    };
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(format!("body is not JSON: {e}"))),
+    };
+    let name = name
+        .map(str::to_owned)
+        .or_else(|| parsed["metadata"]["name"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut s = shared.lock();
+    s.events.push(EventWrite {
+        method: method.to_owned(),
+        namespace: namespace.to_owned(),
+        name,
+        body: parsed.clone(),
+    });
+    s.rv += 1;
+    let mut echoed = parsed;
+    echoed["kind"] = json!("Event");
+    echoed["apiVersion"] = json!("events.k8s.io/v1");
+    echoed["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+    Some(Ok(echoed.to_string()))
+}
+
 fn status_json(code: u16, reason: &str, message: &str) -> String {
     json!({
         "kind": "Status",
@@ -528,6 +631,8 @@ fn status_json(code: u16, reason: &str, message: &str) -> String {
 fn respond(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         410 => "Gone",
@@ -575,9 +680,7 @@ fn list(out: &mut TcpStream, shared: &Shared, t: &Target) -> std::io::Result<()>
             let items: Vec<Value> = s
                 .objects
                 .iter()
-                .filter(|((k, ns, _), _)| {
-                    *k == t.kind && t.namespace.as_ref().is_none_or(|want| want == ns)
-                })
+                .filter(|((k, ns, _), o)| *k == t.kind && t.selects(ns, o))
                 .map(|(_, o)| {
                     let mut o = o.clone();
                     if let Some(m) = o.as_object_mut() {
@@ -684,11 +787,7 @@ fn watch(out: &mut TcpStream, shared: &Shared, stop: &AtomicBool, t: &Target) ->
         let pending: Vec<Change> = s
             .history
             .iter()
-            .filter(|c| {
-                c.rv > sent
-                    && c.kind == t.kind
-                    && t.namespace.as_ref().is_none_or(|want| *want == c.namespace)
-            })
+            .filter(|c| c.rv > sent && c.kind == t.kind && t.selects(&c.namespace, &c.object))
             .cloned()
             .collect();
         let rv_now = s.rv;

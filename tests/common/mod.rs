@@ -11,6 +11,7 @@
 
 mod backends;
 pub mod fake_api;
+pub mod kube;
 pub mod peers;
 #[allow(unused_imports)]
 pub use backends::*;
@@ -662,6 +663,24 @@ pub fn in_private_netns<T: Send + 'static>(
     match handle.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs `f` on a thread that has joined the named network namespace `ns`
+/// (`/run/netns/NS`, made with `ip netns add`); processes it spawns live there too.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    let h = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    });
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
     }
 }
 

@@ -3,7 +3,7 @@
 //! changes what it is about and checks the model (or the problems) that come out.
 
 use super::*;
-use crate::model::{Forwarding, HashKey};
+use crate::model::{Conditions, Forwarding, HashKey};
 use crate::table::usable::{routing_weights, Tier};
 use serde_json::{json, Value};
 
@@ -80,6 +80,7 @@ fn node(name: &str) -> K8sOptions {
     K8sOptions {
         node_name: Some(name.into()),
         proxy_name: None,
+        zone: None,
     }
 }
 
@@ -113,7 +114,14 @@ fn seed_myfrontend_as_the_api_server_returns_it() {
     assert_eq!(meta.cluster_ips, ["10.100.13.81"]);
     assert_eq!(meta.ip_families, ["IPv4"]);
     assert_eq!(meta.ip_family_policy.as_deref(), Some("SingleStack"));
-    assert_eq!(meta.target_ports, [("http".into(), "9000".into())]);
+    assert_eq!(meta.ports.len(), 1);
+    assert_eq!(
+        (
+            meta.ports[0].name.as_str(),
+            meta.ports[0].target_port.as_str()
+        ),
+        ("http", "9000")
+    );
     assert_eq!(meta.health_check_node_port, None);
 }
 
@@ -140,9 +148,13 @@ fn named_target_port_is_resolved_per_slice_and_node_port_allocated() {
         "{} not in {upper:?}",
         p.node_port
     );
+    let meta = p.meta.as_deref().unwrap();
     assert_eq!(
-        p.meta.as_deref().unwrap().target_ports,
-        [(String::new(), "http-server".into())]
+        (
+            meta.ports[0].name.as_str(),
+            meta.ports[0].target_port.as_str()
+        ),
+        ("", "http-server")
     );
 }
 
@@ -357,6 +369,7 @@ fn skipped_services_and_ports() {
             options: K8sOptions {
                 node_name: None,
                 proxy_name: Some("other-proxy".into()),
+                zone: None,
             },
             served_ports: &["http"],
             problem: None,
@@ -401,7 +414,8 @@ fn load_balancer_services() {
     assert_eq!(meta.health_check_node_port, Some(32100));
     assert_eq!(
         meta.load_balancer_ingress,
-        ["203.0.113.10", "lb.example.com"]
+        ["203.0.113.10 (VIP)", "lb.example.com"],
+        "kubectl shows the ipMode"
     );
 
     // allocateLoadBalancerNodePorts: false and no nodePort: nothing to serve on this node.
@@ -674,4 +688,98 @@ fn output_does_not_depend_on_input_order() {
     assert_eq!(a, b);
     let keys: Vec<String> = a.services.iter().map(|s| s.key.to_string()).collect();
     assert_eq!(keys, ["my-apps/helloworld", "workshop/myfrontend:http"]);
+}
+
+/// Topology hints as the EndpointSlice controller writes them for `trafficDistribution:
+/// PreferClose`: compared with this node's zone, and the zone-a node routes to zone a only
+/// (kube-proxy's behaviour; before, a zone-a node spread over every zone).
+#[test]
+fn zone_hints_route_to_this_zone() {
+    let mut slice = fixture("myfrontend-slice");
+    for (i, zone) in ["eu-west-1a", "eu-west-1c", "eu-west-1b"]
+        .iter()
+        .enumerate()
+    {
+        slice = set(
+            slice,
+            &format!("/endpoints/{i}/hints"),
+            json!({"forZones": [{"name": zone}]}),
+        );
+    }
+    let svc = set(
+        fixture("myfrontend-service"),
+        "/spec/trafficDistribution",
+        json!("PreferClose"),
+    );
+    let objs = [svc, slice.clone()];
+    let in_zone = |zone: Option<&str>| {
+        let options = K8sOptions {
+            zone: zone.map(Into::into),
+            ..node("n")
+        };
+        let (model, problems) = build_with(&objs, &options, None);
+        assert_eq!(problems, []);
+        let p = one(&model).clone();
+        let (weights, _) = routing_weights(p.traffic_policy, &p.endpoints);
+        p.endpoints
+            .iter()
+            .zip(weights)
+            .filter(|(_, w)| *w > 0)
+            .map(|(e, _)| e.addr.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(in_zone(Some("eu-west-1a")), ["192.168.7.8:9000"]);
+    assert_eq!(in_zone(Some("eu-west-1c")), ["192.168.66.254:9000"]);
+    // A zone no hint names, or no zone known: every endpoint (kube-proxy's fallback).
+    assert_eq!(in_zone(Some("eu-west-1z")).len(), 3);
+    assert_eq!(in_zone(None).len(), 3);
+    // One endpoint without hints: hints are ignored.
+    let partial = set(slice, "/endpoints/2/hints", json!({}));
+    let (model, _) = build_with(
+        &[fixture("myfrontend-service"), partial],
+        &K8sOptions {
+            zone: Some("eu-west-1a".into()),
+            ..node("n")
+        },
+        None,
+    );
+    let (weights, _) = routing_weights(TrafficPolicy::Cluster, &one(&model).endpoints);
+    assert_eq!(weights, [1, 1, 1]);
+}
+
+/// Dual-stack Services: `ipFamilies` decides the families served; an IPv6 slice beside the
+/// IPv4 one gives the IPv6 endpoints (the snapshot routes each family to its own).
+#[test]
+fn ip_families_are_read() {
+    let v6_slice = set(
+        set(
+            set(fixture("myfrontend-slice"), "/addressType", json!("IPv6")),
+            "/metadata/name",
+            json!("myfrontend-v6"),
+        ),
+        "/endpoints",
+        json!([{"addresses": ["fd00::8"], "conditions": {"ready": true}}]),
+    );
+    let families = |v: Value| {
+        let (model, problems) = build(&[v, fixture("myfrontend-slice"), v6_slice.clone()]);
+        assert_eq!(problems, []);
+        let p = one(&model);
+        assert_eq!(p.endpoints.len(), 4);
+        (p.families.v4, p.families.v6)
+    };
+    let svc = fixture("myfrontend-service");
+    assert_eq!(families(svc.clone()), (true, false), "ipFamilies: [IPv4]");
+    let dual = set(
+        set(svc.clone(), "/spec/ipFamilies", json!(["IPv6", "IPv4"])),
+        "/spec/ipFamilyPolicy",
+        json!("PreferDualStack"),
+    );
+    assert_eq!(families(dual), (true, true));
+    // Without ipFamilies: the clusterIP's family; without either: both.
+    let mut bare = svc.clone();
+    bare["spec"].as_object_mut().unwrap().remove("ipFamilies");
+    bare["spec"].as_object_mut().unwrap().remove("clusterIPs");
+    assert_eq!(families(bare.clone()), (true, false));
+    bare["spec"].as_object_mut().unwrap().remove("clusterIP");
+    assert_eq!(families(bare), (true, true));
 }

@@ -249,6 +249,7 @@ impl<D: Driver> Worker<D> {
             conn: Conn::new(self.now, config),
             client: fd,
             client_addr,
+            from_node: snapshot.is_node_address(client_addr.ip()),
             backend: None,
             pin,
             service,

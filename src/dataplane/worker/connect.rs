@@ -31,9 +31,9 @@ impl<D: Driver> Worker<D> {
             .expect("pinned snapshot")
             .snapshot
             .service(live.service);
-        let Some(endpoint) = self
-            .selector
-            .choose(entry, live.client_addr, &live.tried, now)
+        let Some(endpoint) =
+            self.selector
+                .choose(entry, live.client_addr, live.from_node, &live.tried, now)
         else {
             // No usable endpoint at all (not: every endpoint tried and failed): the Service
             // may hold the connection until one appears (scale from zero).

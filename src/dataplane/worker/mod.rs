@@ -138,6 +138,9 @@ struct Live {
     conn: Conn,
     client: OwnedFd,
     client_addr: SocketAddr,
+    /// The client is an address of this node (decided at accept): Local Services route
+    /// it with the cluster endpoints.
+    from_node: bool,
     backend: Option<OwnedFd>,
     pin: usize,
     service: ServiceId,
