@@ -239,6 +239,17 @@ enum CtlCommand {
         #[arg(value_name = "FILTER")]
         level: String,
     },
+    /// Replace the running daemon by a new process without refusing or cutting a
+    /// connection: it starts the binary, hands it the listening sockets, and drains once
+    /// the new one serves. Exits non-zero, with the new process's error, when that one
+    /// fails (the running daemon serves on). Also SIGUSR2.
+    Upgrade {
+        /// The new binary (default: the path the daemon was started from, read again from
+        /// disk). A relative path is made absolute here; the daemon must see the same file
+        /// (not under its PrivateTmp), owned by root or its user, writable by no one else.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +323,14 @@ impl CtlCommand {
                 }
             },
             CtlCommand::LogLevel { level } => Request::LogLevel { level },
+            CtlCommand::Upgrade { binary } => Request::Upgrade {
+                binary: binary.map(|b| {
+                    std::path::absolute(&b)
+                        .unwrap_or(b)
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            },
         }
     }
 }
@@ -335,6 +354,9 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: the path this binary was started from, while it is surely the
+    // file running (a package upgrade may replace it later; `ctl upgrade` runs it again).
+    let _ = sluice::handover::StartedAs::remember();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ctl {

@@ -5,6 +5,7 @@
 
 use super::protocol::{
     request_line, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
+    UpgradeOutcome,
 };
 use super::render;
 use std::io::{BufRead, BufReader, Write};
@@ -14,6 +15,9 @@ use std::time::Duration;
 
 /// How long `ctl` waits for an answer (a reload builds Maglev tables: give it time).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `ctl upgrade` waits: the new process may take up to its ready timeout
+/// (`handover::upgrade::READY_TIMEOUT`, 60 s) plus the other steps (10 s each).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Exit status of `sluice ctl`: 0 success, 1 the daemon answered with an error, 2 no answer.
 pub fn run(socket: &Path, json: bool, request: &Request) -> u8 {
@@ -57,7 +61,11 @@ pub fn run(socket: &Path, json: bool, request: &Request) -> u8 {
 /// Sends `request` and reads one response line.
 pub fn exchange(socket: &Path, request: &Request) -> std::io::Result<Response> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let timeout = match request {
+        Request::Upgrade { .. } => UPGRADE_TIMEOUT,
+        _ => ANSWER_TIMEOUT,
+    };
+    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     // A refused peer gets its refusal before the daemon reads anything: a failed write is
     // not the end, the answer may be waiting.
@@ -93,5 +101,8 @@ fn human(request: &Request, result: serde_json::Value) -> Result<String, serde_j
             render::override_outcome(&serde_json::from_value::<OverrideOutcome>(result)?)
         }
         Request::LogLevel { level } => format!("log level: {level}\n"),
+        Request::Upgrade { .. } => {
+            render::upgrade(&serde_json::from_value::<UpgradeOutcome>(result)?)
+        }
     })
 }

@@ -30,6 +30,7 @@ mod plane;
 pub mod protocol;
 pub mod render;
 mod socket;
+mod upgrade;
 
 use crate::config::{self, ConfigError};
 use crate::dataplane::StartError;
@@ -127,6 +128,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let mut source = options.config;
@@ -236,6 +238,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         endpoint_health,
         health_check_node_ports,
         problems_since: std::collections::HashMap::new(),
+        upgrades: upgrade::Upgrades::default(),
     };
     daemon.after_publish();
     for s in &daemon.model.services {
@@ -269,6 +272,12 @@ async fn serve(options: Options) -> Result<(), ControlError> {
             _ = sighup.recv() => {
                 let outcome = daemon.reload();
                 log_reload(&outcome, "SIGHUP");
+            }
+            _ = sigusr2.recv() => {
+                let response = daemon.upgrade("SIGUSR2", None);
+                if let Some(e) = response.error {
+                    tracing::error!(error = %e.message, "upgrade (SIGUSR2) refused; still serving");
+                }
             }
             Some(event) = events.recv() => {
                 // Events that queued up while the last one was handled are merged: one
@@ -405,6 +414,8 @@ struct Daemon {
     endpoint_health: health::HealthTracker,
     /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
     health_check_node_ports: hcnp::HealthCheckServers,
+    /// `ctl upgrade` / SIGUSR2: one at a time.
+    upgrades: upgrade::Upgrades,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
     /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
@@ -560,6 +571,13 @@ impl Daemon {
                 }
                 Response::ok(json!(list))
             }
+            Request::Reload | Request::Endpoint { .. } if self.upgrades.in_progress() => {
+                // What it would change could not reach the new process any more.
+                Response::error(
+                    "in-progress",
+                    "an upgrade is in progress: try again once it has finished (or failed)",
+                )
+            }
             Request::Reload => {
                 let outcome = self.reload();
                 log_reload(&outcome, "control socket");
@@ -578,6 +596,7 @@ impl Daemon {
                 address,
                 weight,
             } => self.endpoint_override(action, &service, &address, weight),
+            Request::Upgrade { binary } => self.upgrade("ctl upgrade", binary.as_deref()),
             Request::LogLevel { level } => match &self.log_filter {
                 Some(set) => match set(&level) {
                     Ok(()) => {
@@ -589,6 +608,27 @@ impl Daemon {
                 None => Response::error("invalid", "this daemon cannot change its log level"),
             },
         }
+    }
+
+    /// `ctl upgrade`, SIGUSR2: admits the request (one at a time, a binary this daemon may
+    /// run), then hands over (docs/operations.md, "Hitless upgrade and restart").
+    fn upgrade(&mut self, by: &'static str, binary: Option<&str>) -> Response {
+        let admitted = match self.upgrades.admit(by, binary) {
+            Ok(a) => a,
+            Err(refused) => return refused,
+        };
+        // WIRING(issue 15, after issue 13) — the one call left to make, off the loop:
+        //   let sockets = <the data plane's listeners by name> + control/metrics/health;
+        //   let state = <overrides, health, counters as handover::CarriedState>;
+        //   spawn_blocking(upgrade::stage(&admitted, &sockets, &state, Timeouts::default()))
+        //   → on Ok(up): stop accepting, MAINPID + barrier, up.finish(), reply, drain, exit;
+        //   → on Err(e): reply `upgrade-failed` with e, serve on.
+        // See the integration plan in docs/operations.md. Until then: refused, and said so.
+        drop(admitted);
+        Response::error(
+            "not-wired",
+            "upgrade is not wired to the data plane in this build (issue 15)",
+        )
     }
 
     fn endpoint_override(

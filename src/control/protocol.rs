@@ -51,6 +51,14 @@ pub enum Request {
     },
     /// Change the log filter (tracing `EnvFilter` syntax, e.g. `debug` or `sluice=trace`).
     LogLevel { level: String },
+    /// Start a new process of sluice (`binary`, default: the path this daemon was started
+    /// from, read again from disk) and hand it the listening sockets; the response is the
+    /// outcome, sent once the new process serves or the upgrade was rolled back.
+    Upgrade {
+        /// Absolute path of the new binary, as the daemon sees it.
+        #[serde(default)]
+        binary: Option<String>,
+    },
 }
 
 /// What `endpoint ...` does.
@@ -158,6 +166,7 @@ const COMMANDS: &[&str] = &[
     "reload",
     "endpoint",
     "log-level",
+    "upgrade",
 ];
 
 /// Parses one request line (without its newline).
@@ -238,6 +247,24 @@ pub struct ReloadOutcome {
     /// Settings that changed in the file but apply only after a restart.
     #[serde(default)]
     pub needs_restart: Vec<String>,
+}
+
+/// What an upgrade did (`upgrade`): the old process hands over and drains; the new one
+/// serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeOutcome {
+    /// The process that answered (it drains its connections, then exits).
+    pub old_pid: u32,
+    pub old_version: String,
+    /// The process serving now.
+    pub new_pid: u32,
+    pub new_version: String,
+    /// The binary started.
+    pub binary: String,
+    /// From the request to the new process serving.
+    pub seconds: f64,
+    /// How long the old process lets its connections finish (`drain_timeout`).
+    pub drain_timeout_seconds: f64,
 }
 
 /// Counters of a Service port or endpoint, summed over workers.
@@ -406,6 +433,10 @@ mod tests {
             Request::LogLevel {
                 level: "debug".into(),
             },
+            Request::Upgrade { binary: None },
+            Request::Upgrade {
+                binary: Some("/usr/bin/sluice".into()),
+            },
         ];
         for r in all {
             let line = request_line(&r);
@@ -434,5 +465,23 @@ mod tests {
             "malformed"
         );
         assert_eq!(kind(r#"{"version":1,"command":"describe"}"#), "malformed");
+    }
+
+    #[test]
+    fn an_upgrade_request_names_at_most_a_binary() {
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"upgrade"}"#).unwrap(),
+            Request::Upgrade { binary: None }
+        );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"upgrade","binary":"/opt/sluice"}"#).unwrap(),
+            Request::Upgrade {
+                binary: Some("/opt/sluice".into())
+            }
+        );
+        let e = parse_request(r#"{"version":1,"command":"upgrade","bin":"/x"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "malformed request: unknown key `bin`");
+        let e = parse_request(r#"{"version":1,"command":"upgrade","binary":7}"#).unwrap_err();
+        assert_eq!(e.kind(), "malformed");
     }
 }

@@ -5,7 +5,7 @@
 
 use super::protocol::{
     KubernetesInfo, OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, SpecPortInfo,
-    Status,
+    Status, UpgradeOutcome,
 };
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -62,6 +62,21 @@ pub fn reload(r: &ReloadOutcome) -> String {
         );
     }
     out
+}
+
+/// `upgrade`.
+pub fn upgrade(u: &UpgradeOutcome) -> String {
+    format!(
+        "upgraded in {:.1} s: pid {} (sluice {}) serves now, from {}\n\
+         pid {} (sluice {}) stopped accepting and lets its connections finish (up to {})\n",
+        u.seconds,
+        u.new_pid,
+        u.new_version,
+        u.binary,
+        u.old_pid,
+        u.old_version,
+        uptime(u.drain_timeout_seconds)
+    )
 }
 
 /// `services`: one line per Service port.

@@ -34,7 +34,24 @@ pub struct StartedAs {
     pub cwd: PathBuf,
 }
 
+/// What [`StartedAs::remember`] captured, for the daemon.
+static REMEMBERED: std::sync::OnceLock<Result<StartedAs, String>> = std::sync::OnceLock::new();
+
 impl StartedAs {
+    /// Captures how this process was started ([`Self::capture`]), once; `main` calls it
+    /// first thing. Later calls return the first capture.
+    pub fn remember() -> Result<&'static StartedAs, &'static str> {
+        REMEMBERED
+            .get_or_init(|| StartedAs::capture().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// What [`Self::remember`] captured, if it was called.
+    pub fn remembered() -> Option<&'static StartedAs> {
+        REMEMBERED.get().and_then(|r| r.as_ref().ok())
+    }
+
     /// Reads `argv`, `PATH`, the working directory and `/proc/self/exe` now. Call it first
     /// thing in `main`, before a package upgrade can replace the file.
     pub fn capture() -> io::Result<StartedAs> {
