@@ -25,6 +25,11 @@ fn endpoints(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Endpoint> {
         .collect()
 }
 
+/// A NodePort listener bound on every address (the lookup key a worker has).
+fn wildcard(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], port))
+}
+
 fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> ServicePort {
     ServicePort {
         key: ServicePortKey {
@@ -51,6 +56,7 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         families: Default::default(),
         health: Default::default(),
         meta: None,
+        addresses: Default::default(),
     }
 }
 
@@ -93,6 +99,7 @@ fn pick(c: &mut Criterion) {
             endpoints(100, |_| 1),
             DEFAULT_MAGLEV_TABLE_SIZE,
         )],
+        primary_ips: Vec::new(),
     };
     let snap = RoutingSnapshot::build(&model, 1, &mut StatsRegistry::new(1));
     let svc = snap.service(ServiceId(0));
@@ -119,8 +126,9 @@ fn pick(c: &mut Criterion) {
     g.bench_function("lookup_then_pick_n100", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            let id = snap.lookup(Protocol::Tcp, black_box(30000))?;
-            snap.service(id).pick(black_box(client(i)), &[])
+            let reached = snap.lookup(Protocol::Tcp, black_box(wildcard(30000)))?;
+            snap.service(reached.service)
+                .pick(black_box(client(i)), &[])
         })
     });
     g.finish();
@@ -135,6 +143,7 @@ fn lookup(c: &mut Criterion) {
     let model = Model {
         settings: Settings::default(),
         services,
+        primary_ips: Vec::new(),
     };
     let snap = RoutingSnapshot::build(&model, 1, &mut StatsRegistry::new(1));
     // A pseudo-random walk over the ports, hits and misses (40000..=45535 miss).
@@ -145,7 +154,7 @@ fn lookup(c: &mut Criterion) {
     g.bench_function("dense_index", |b| {
         b.iter(|| {
             k = (k + 1) & 4095;
-            snap.lookup(Protocol::Tcp, black_box(ports[k]))
+            snap.lookup(Protocol::Tcp, black_box(wildcard(ports[k])))
         })
     });
     // The alternative the dense index was chosen over.
@@ -167,6 +176,7 @@ fn snapshot_load(c: &mut Criterion) {
     let model = Model {
         settings: Settings::default(),
         services: vec![service(0, 30000, endpoints(10, |_| 1), 211)],
+        primary_ips: Vec::new(),
     };
     let publisher = Publisher::new(RoutingSnapshot::build(
         &model,

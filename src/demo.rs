@@ -1,33 +1,29 @@
 //! The built-in demo: three local HTTP "pods" and the seed's `workshop/myfrontend` Service.
 //!
 //! This module owns two things: [`demo_model`], the one Service the demo serves (built
-//! directly, no config file), and [`DemoPods`], tiny HTTP/1.1 servers on plain std threads
-//! that answer every request with a body naming the pod. The pods exist so that
+//! directly, no config file), and [`DemoPods`], tiny HTTP/1.1 servers ([`crate::http`], on a
+//! thread of their own) that answer every request with a body naming the pod. The pods exist so that
 //! `sluice demo` works on a laptop with no cluster: `curl 127.0.0.1:30000` shows which pod
 //! answered. They are test fixtures, not a web server: they must not be used for anything
 //! but loopback demos and tests. They never panic on network input; a malformed request
 //! closes that connection and nothing else.
 
+use crate::http;
 use crate::model::{
     Endpoint, Model, Policy, Protocol, ServiceDefaults, ServiceName, ServicePort, ServicePortKey,
     Settings,
 };
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use bytes::Bytes;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Where the three demo pods listen (the demo Service's endpoints).
 pub const DEMO_POD_ADDRS: [&str; 3] = ["127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000"];
 
 /// The NodePort the demo Service is served on.
 pub const DEMO_NODE_PORT: u16 = 30000;
-
-/// Largest request head (request line + headers) a pod accepts before closing the connection.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// The seed Service: `workshop/myfrontend`, port `http` 80 → target port 9000, NodePort
 /// 30000, three endpoints on 127.0.0.2-4:9000, every tunable at its default.
@@ -68,7 +64,9 @@ pub fn demo_model() -> Model {
             families: Default::default(),
             health: Default::default(),
             meta: None,
+            addresses: Default::default(),
         }],
+        primary_ips: Vec::new(),
     }
 }
 
@@ -88,54 +86,77 @@ pub fn demo_pods() -> Vec<(String, SocketAddr)> {
 }
 
 /// Running HTTP pods. Dropping it (or calling [`DemoPods::stop`]) stops every pod: the
-/// listeners close, open connections are shut down, and the threads are joined.
+/// listeners close, open connections are closed, and the pods' thread is joined.
 pub struct DemoPods {
     /// (name, bound address): the port is the real one when port 0 was asked for.
     pods: Vec<(String, SocketAddr)>,
-    shared: Arc<Shared>,
-    acceptors: Vec<JoinHandle<()>>,
-}
-
-/// State shared by a set of pods' threads.
-struct Shared {
-    stopping: AtomicBool,
-    next_id: AtomicU64,
-    /// Open connections (a clone of each stream), so `stop` can shut them down.
-    open: Mutex<HashMap<u64, TcpStream>>,
-    /// Connection threads, joined by `stop`.
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl DemoPods {
-    /// Binds every pod's address (fails if any is taken) and starts serving.
+    /// Binds every pod's address (fails if any is taken) and starts serving, on one thread
+    /// with its own tokio runtime and [`crate::http`]'s server (its default limits).
     pub fn start(pods: &[(String, SocketAddr)]) -> io::Result<DemoPods> {
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            next_id: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
-            workers: Mutex::new(Vec::new()),
-        });
         // Bind all first, so a failure leaves nothing running.
         let mut listeners = Vec::with_capacity(pods.len());
         for (name, addr) in pods {
-            let listener = TcpListener::bind(addr)?;
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
             let bound = listener.local_addr()?;
             listeners.push((name.clone(), bound, listener));
         }
-        let mut running = DemoPods {
-            pods: listeners.iter().map(|(n, a, _)| (n.clone(), *a)).collect(),
-            shared,
-            acceptors: Vec::new(),
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let named: Vec<(String, SocketAddr)> =
+            listeners.iter().map(|(n, a, _)| (n.clone(), *a)).collect();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<io::Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("demo-pods".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut servers = tokio::task::JoinSet::new();
+                    for (name, bound, listener) in listeners {
+                        let listener = match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = started_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let body = Bytes::from(format!("hello from {name} ({bound})\n"));
+                        let handler: http::Handler = Arc::new(move |_request| {
+                            http::response(
+                                200,
+                                &[("Content-Type", "text/plain; charset=utf-8")],
+                                body.clone(),
+                            )
+                        });
+                        servers.spawn(http::serve(
+                            listener,
+                            http::Options::default(),
+                            handler,
+                            Arc::default(),
+                        ));
+                    }
+                    let _ = started_tx.send(Ok(()));
+                    let _ = stopped.await;
+                    // Dropping the set aborts the servers: listeners and connections close.
+                    servers.shutdown().await;
+                });
+            })?;
+        let running = DemoPods {
+            pods: named,
+            stop: Some(stop),
+            thread: Some(thread),
         };
-        for (name, bound, listener) in listeners {
-            let shared = Arc::clone(&running.shared);
-            let body = format!("hello from {name} ({bound})\n");
-            let handle = std::thread::Builder::new()
-                .name(format!("demo-{name}"))
-                .spawn(move || accept_loop(listener, body, shared))?;
-            running.acceptors.push(handle);
+        match started.recv() {
+            Ok(Ok(())) => Ok(running),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other("the demo pods' thread ended at start")),
         }
-        Ok(running)
     }
 
     /// The pods' names and bound addresses.
@@ -143,25 +164,13 @@ impl DemoPods {
         &self.pods
     }
 
-    /// Stops every pod and waits for its threads. Idempotent.
+    /// Stops every pod and waits for its thread. Idempotent.
     pub fn stop(&mut self) {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
-            return;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        // Wake each acceptor blocked in accept(): it sees `stopping` and returns.
-        for (_, addr) in &self.pods {
-            let _ = TcpStream::connect_timeout(addr, Duration::from_secs(1));
-        }
-        for handle in self.acceptors.drain(..) {
-            let _ = handle.join();
-        }
-        // No new connections now; shut down the open ones so their threads see EOF.
-        for stream in lock(&self.shared.open).values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let workers: Vec<_> = lock(&self.shared.workers).drain(..).collect();
-        for handle in workers {
-            let _ = handle.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -172,167 +181,12 @@ impl Drop for DemoPods {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn accept_loop(listener: TcpListener, body: String, shared: Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            // EMFILE, ECONNABORTED, ...: back off a little and keep serving.
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        match stream.try_clone() {
-            Ok(clone) => {
-                lock(&shared.open).insert(id, clone);
-            }
-            Err(_) => continue, // out of fds: drop this one connection
-        }
-        let body = body.clone();
-        let conn_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .stack_size(128 * 1024)
-            .spawn(move || {
-                let _ = serve_connection(stream, body.as_bytes());
-                lock(&conn_shared.open).remove(&id);
-            });
-        match spawned {
-            Ok(handle) => {
-                let mut workers = lock(&shared.workers);
-                workers.retain(|h| !h.is_finished());
-                workers.push(handle);
-            }
-            Err(_) => {
-                if let Some(s) = lock(&shared.open).remove(&id) {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-            }
-        }
-    }
-}
-
-/// Answers requests on one connection until the client closes, asks to close, or sends
-/// something that is not a request we understand.
-fn serve_connection(mut stream: TcpStream, body: &[u8]) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        // Read one request head.
-        let head_end = loop {
-            if let Some(pos) = find(&buf, b"\r\n\r\n") {
-                break pos + 4;
-            }
-            if buf.len() > MAX_REQUEST_HEAD {
-                return Ok(());
-            }
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let Some(request) = parse_head(&buf[..head_end]) else {
-            let _ = stream.write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-            return Ok(());
-        };
-        // Skip the request body, if any.
-        let mut to_skip = request.content_length;
-        buf.drain(..head_end);
-        let in_buf = to_skip.min(buf.len() as u64) as usize;
-        buf.drain(..in_buf);
-        to_skip -= in_buf as u64;
-        while to_skip > 0 {
-            let want = to_skip.min(chunk.len() as u64) as usize;
-            let n = stream.read(&mut chunk[..want])?;
-            if n == 0 {
-                return Ok(());
-            }
-            to_skip -= n as u64;
-        }
-        let connection = if request.keep_alive {
-            "keep-alive"
-        } else {
-            "close"
-        };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
-            body.len()
-        );
-        let mut response = Vec::with_capacity(head.len() + body.len());
-        response.extend_from_slice(head.as_bytes());
-        if !request.head_only {
-            response.extend_from_slice(body);
-        }
-        stream.write_all(&response)?;
-        if !request.keep_alive {
-            let _ = stream.shutdown(Shutdown::Write);
-            return Ok(());
-        }
-    }
-}
-
-struct RequestHead {
-    keep_alive: bool,
-    content_length: u64,
-    head_only: bool,
-}
-
-/// Parses the request line and the two headers the pods care about. `None` for anything
-/// that is not an HTTP/1.x request (or uses chunked request bodies, which pods don't read).
-fn parse_head(head: &[u8]) -> Option<RequestHead> {
-    let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?;
-    let _target = request_line.next()?;
-    let version = request_line.next()?;
-    let mut keep_alive = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => return None,
-    };
-    let mut content_length = 0u64;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':')?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().ok()?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return None;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if value.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if value.eq_ignore_ascii_case("keep-alive") {
-                keep_alive = true;
-            }
-        }
-    }
-    Some(RequestHead {
-        keep_alive,
-        content_length,
-        head_only: method == "HEAD",
-    })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
 
     fn start_one(name: &str, ip: &str) -> DemoPods {
         let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
@@ -423,7 +277,7 @@ mod tests {
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let (status, headers, body) = read_response(&mut r);
             assert_eq!(status, "HTTP/1.1 200 OK");
-            assert!(headers.contains(&("connection".into(), "keep-alive".into())));
+            assert!(headers.contains(&("content-type".into(), "text/plain; charset=utf-8".into())));
             assert_eq!(body, format!("hello from pod-7 ({bound})\n"));
         }
         // A request with a body, pipelined with a second request.
@@ -446,7 +300,7 @@ mod tests {
         let (mut s, mut r) = connect(&pods);
         s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         let (status, _, body) = read_response(&mut r);
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(status, "HTTP/1.0 200 OK");
         assert!(body.starts_with("hello from pod-8"));
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();

@@ -1,10 +1,13 @@
 //! The `sluice` command line: wiring only. Everything it does lives in the library.
+//!
+//! Past ~600 lines on purpose: it is clap's declaration of every command and flag (their
+//! help text is the man pages') followed by one short function per command; splitting it
+//! would scatter the command-line reference a reader looks for in one place.
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use sluice::control::protocol::{EndpointAction, Request};
 use sluice::control::{self, ConfigSource, LogFilterSetter};
-use sluice::model::DEFAULT_CONTROL_SOCKET;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,20 +44,29 @@ enum Command {
     },
     /// Start three local demo pods and serve the seed's `myfrontend` Service on NodePort 30000.
     Demo {
-        /// Worker threads (default: one per CPU).
-        #[arg(long)]
+        /// Worker threads (default: one per CPU; 1..=1024).
+        #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         /// Kernel interface of the workers.
         #[arg(long, value_enum)]
         driver: Option<DriverArg>,
+        /// Control socket to serve (default: the one `sluice ctl` finds by itself:
+        /// /run/sluice/control.sock for root, $XDG_RUNTIME_DIR/sluice/control.sock otherwise).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         #[command(flatten)]
         log: LogArgs,
     },
     /// Talk to a running daemon through its control socket.
     Ctl {
-        /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/sluice/control.sock for a
+        /// user other than root when it exists, else /run/sluice/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long to wait for the daemon's answer (connect, send, answer), e.g. `30s`
+        /// (default: 10s; 120s for `upgrade`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -97,8 +109,8 @@ struct RunArgs {
     /// (default: only Services without that label).
     #[arg(long, requires = "kubernetes")]
     proxy_name: Option<String>,
-    /// Worker threads (overrides the config; default one per CPU).
-    #[arg(long)]
+    /// Worker threads (overrides the config; default one per CPU; 1..=1024).
+    #[arg(long, value_parser = workers_in_range)]
     workers: Option<usize>,
     /// Kernel interface of the workers (overrides the config's `driver`).
     #[arg(long, value_enum)]
@@ -175,6 +187,7 @@ impl ManifestArgs {
                 node_name,
                 proxy_name: None,
                 zone: self.zone.clone().filter(|z| !z.is_empty()),
+                primary_ips: Vec::new(),
             },
         })
     }
@@ -249,6 +262,11 @@ enum CtlCommand {
         /// (not under its PrivateTmp), owned by root or its user, writable by no one else.
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// How long the new process may take from its start to "ready" (loading the
+        /// configuration, the first list of the API, starting workers), e.g. `20s`
+        /// (1s..=600s; default 60s). Past it the upgrade is rolled back.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ready_timeout: Option<std::time::Duration>,
     },
 }
 
@@ -323,13 +341,18 @@ impl CtlCommand {
                 }
             },
             CtlCommand::LogLevel { level } => Request::LogLevel { level },
-            CtlCommand::Upgrade { binary } => Request::Upgrade {
+            CtlCommand::Upgrade {
+                binary,
+                ready_timeout,
+            } => Request::Upgrade {
                 binary: binary.map(|b| {
                     std::path::absolute(&b)
                         .unwrap_or(b)
                         .to_string_lossy()
                         .into_owned()
                 }),
+                ready_timeout_seconds: ready_timeout
+                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
             },
         }
     }
@@ -358,17 +381,36 @@ fn main() -> ExitCode {
     // file running (a package upgrade may replace it later; `ctl upgrade` runs it again).
     let _ = sluice::handover::StartedAs::remember();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
+        // Until the control plane handles SIGHUP ("reload"), its default action would end
+        // the process: a reload asked for during start-up must not.
+        if let Err(e) = sluice::dataplane::ignore_hangup() {
+            eprintln!("sluice: cannot ignore SIGHUP during start-up: {e}");
+        }
+    }
+    // The self-loop check (an endpoint that is our own NodePort) needs this node's addresses.
+    sluice::config::set_local_addresses(|| control::node::addresses().unwrap_or_default());
     let result = match cli.command {
         Command::Ctl {
             socket,
+            timeout,
             output,
             command,
         } => {
+            let socket = socket.unwrap_or_else(control::client::default_socket);
+            let request = command.request();
+            let timeout = timeout.unwrap_or(match request {
+                sluice::control::protocol::Request::Upgrade { .. } => {
+                    control::client::UPGRADE_TIMEOUT
+                }
+                _ => control::client::DEFAULT_TIMEOUT,
+            });
             return ExitCode::from(control::client::run(
                 &socket,
                 output == Output::Json,
-                &command.request(),
-            ))
+                &request,
+                timeout,
+            ));
         }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -381,8 +423,9 @@ fn main() -> ExitCode {
         Command::Demo {
             workers,
             driver,
+            socket,
             log,
-        } => demo(workers, driver, log.init()),
+        } => demo(workers, driver, socket, starting(log.init())),
         Command::TproxyRules { config, manifests } => {
             let _ = sluice::logging::init(sluice::logging::LogFormat::Text, "info");
             match load_model(&config, &manifests, true) {
@@ -440,7 +483,7 @@ fn check_kubernetes(args: RunArgs) -> ExitCode {
     let options = watch_options(&args);
     let kubeconfig = options.kubeconfig.clone();
     let node_name = options.k8s.node_name.clone();
-    let source = match sluice::watch::Source::new(options) {
+    let source = match sluice::watch::ClusterWatch::new(options) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -456,6 +499,7 @@ fn check_kubernetes(args: RunArgs) -> ExitCode {
     let model = sluice::model::Model {
         settings: source.settings(),
         services: Vec::new(),
+        primary_ips: Vec::new(),
     };
     let summary = sluice::config::render_check(&model);
     // The settings lines; the Services come from the API.
@@ -507,6 +551,7 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
             node_name: args.manifests.node_name(),
             proxy_name: args.proxy_name.clone(),
             zone: None,
+            primary_ips: Vec::new(),
         },
         window: Default::default(),
     }
@@ -514,12 +559,12 @@ fn watch_options(args: &RunArgs) -> sluice::watch::Options {
 
 /// `sluice run`.
 fn run(args: RunArgs) -> ExitCode {
-    let log_filter = args.log.init();
+    let log_filter = starting(args.log.init());
     if let Some(refused) = zone_with_kubernetes(&args) {
         return refused;
     }
     let result: anyhow::Result<()> = if args.kubernetes {
-        let source = match sluice::watch::Source::new(watch_options(&args)) {
+        let source = match sluice::watch::ClusterWatch::new(watch_options(&args)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
@@ -531,6 +576,7 @@ fn run(args: RunArgs) -> ExitCode {
             workers: args.workers,
             driver: args.driver.map(Into::into),
             log_filter: Some(log_filter),
+            on_ready: None,
         })
         .map_err(Into::into)
     } else {
@@ -559,6 +605,7 @@ fn run(args: RunArgs) -> ExitCode {
             workers,
             driver: driver.map(Into::into),
             log_filter: Some(log_filter),
+            on_ready: None,
         }) {
             Ok(()) => Ok(()),
             Err(control::ControlError::Config(e)) => {
@@ -585,9 +632,32 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first log line of `run` and `demo` (from here on SIGHUP is ignored until the control
+/// plane handles it); passes the log filter setter through.
+fn starting(log_filter: LogFilterSetter) -> LogFilterSetter {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        "sluice starting"
+    );
+    log_filter
+}
+
+/// `--workers N` within the bound of the `workers` key.
+fn workers_in_range(text: &str) -> Result<usize, String> {
+    let range = sluice::config::limits::WORKERS;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(*n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("must be a number in {}..={}", range.min, range.max))
+}
+
 fn demo(
     workers: Option<usize>,
     driver: Option<DriverArg>,
+    socket: Option<PathBuf>,
     log_filter: LogFilterSetter,
 ) -> anyhow::Result<()> {
     let pods: Vec<(String, std::net::SocketAddr)> = sluice::demo::DEMO_POD_ADDRS
@@ -601,6 +671,7 @@ fn demo(
     if let Some(d) = driver {
         model.settings.driver = d.into();
     }
+    model.settings.control.socket = socket;
     println!(
         "demo pods: {}",
         pods.iter()
@@ -614,6 +685,15 @@ fn demo(
         workers: None,
         driver: None,
         log_filter: Some(log_filter),
+        on_ready: Some(Box::new(|socket| {
+            let Some(socket) = socket else { return };
+            let ctl = if socket == control::client::default_socket() {
+                "sluice ctl".to_owned()
+            } else {
+                format!("sluice ctl --socket {}", socket.display())
+            };
+            println!("inspect it with:  {ctl} services   (or: status, endpoints, stats)");
+        })),
     })?;
     Ok(())
 }

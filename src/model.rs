@@ -1,14 +1,25 @@
 //! The vocabulary of sluice: Services, their ports, endpoints, and the node-wide settings.
 //!
-//! A [`Model`] is what every configuration source (TOML file today; Kubernetes manifests
-//! and the API watch later) produces after validation. It is plain data: it owns no
-//! sockets, no threads, and it must not depend on any other module of the crate (std only).
-//! Values in a `Model` are already valid — sources reject bad input before building one.
+//! A [`Model`] is what every configuration source (a TOML file, Kubernetes manifests, the
+//! Kubernetes API watch) produces after validation. It is plain data: it owns no sockets,
+//! no threads, and it must not depend on any other module of the crate (std only;
+//! tests/architecture.rs checks). Values in a `Model` are already valid — sources reject
+//! bad input before building one. How each value is spelled for people (`maglev`,
+//! `proxy-v2`, …) is `model/names.rs`: one place for the parser and every printer.
+//!
+//! At ~630 lines it stays one file on purpose: it is the crate's glossary, read top to
+//! bottom; the spellings are already apart in `model/names.rs`.
+
+mod names;
+pub use names::{names, ForwardingMode, PolicyKind};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod addresses;
+pub use addresses::{canonical_ip, Cidr, ListenAddresses, ServiceAddresses};
 
 /// The default NodePort range of Kubernetes (`--service-node-port-range`).
 pub const DEFAULT_NODE_PORT_RANGE: NodePortRange = NodePortRange {
@@ -25,6 +36,10 @@ pub struct Model {
     pub settings: Settings,
     /// One entry per (Service, port). Sorted by (namespace, name, port name) by sources.
     pub services: Vec<ServicePort>,
+    /// This node's primary addresses, at most one per family (its Node object's first
+    /// InternalIP, else ExternalIP, as kube-proxy's `GetNodeHostIPs`), for
+    /// `listen_addresses = ["primary"]`; empty when unknown (TOML files, no Node object).
+    pub primary_ips: Vec<IpAddr>,
 }
 
 /// Node-wide settings: how the data plane runs, independent of any one Service.
@@ -63,6 +78,9 @@ pub struct Settings {
     pub health_address: Option<SocketAddr>,
     /// On SIGTERM/SIGINT: how long live connections may take to finish before they are reset.
     pub drain_timeout: Duration,
+    /// A sluice extension: apply a Service's `loadBalancerSourceRanges` to its NodePorts
+    /// too (kube-proxy applies them at the LoadBalancer IPs only).
+    pub source_ranges_on_node_ports: bool,
 }
 
 /// Which kernel interface the data plane uses.
@@ -84,14 +102,16 @@ pub const DEFAULT_MAX_HELD_PER_SERVICE: u32 = 256;
 /// Upper bound of the hold budgets: the most connections a worker can address.
 pub const MAX_HELD: u32 = 1 << 24;
 
-/// The default control socket path (under systemd's `RuntimeDirectory=sluice`).
+/// The default control socket path (under systemd's `RuntimeDirectory=sluice`) for root and
+/// for users without `$XDG_RUNTIME_DIR` (see `control::default_control_socket`).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sluice/control.sock";
 
 /// The control socket: where it is, who may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlSettings {
-    /// Socket path; `None` = [`DEFAULT_CONTROL_SOCKET`], where failing to bind is only a
-    /// warning (an explicit path that cannot be bound stops the daemon).
+    /// Socket path; `None` = the default (`control::default_control_socket`:
+    /// [`DEFAULT_CONTROL_SOCKET`] for root), where failing to bind is only a warning (an
+    /// explicit path that cannot be bound stops the daemon).
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file (default `0o600`).
     pub mode: u32,
@@ -115,15 +135,6 @@ impl Default for ControlSettings {
     }
 }
 
-impl ControlSettings {
-    /// The path to bind: the configured one or the default.
-    pub fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
-    }
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -142,6 +153,7 @@ impl Default for Settings {
             metrics_address: None,
             health_address: None,
             drain_timeout: Duration::from_secs(30),
+            source_ranges_on_node_ports: false,
         }
     }
 }
@@ -166,16 +178,6 @@ impl Default for ServiceDefaults {
             health: HealthConfig::default(),
         }
     }
-}
-
-/// Which node addresses NodePorts are served on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddresses {
-    /// Every local address, IPv4 and IPv6 (one dual-stack wildcard socket, or `0.0.0.0`
-    /// when the host has no IPv6).
-    All,
-    /// Exactly these local addresses.
-    Only(Vec<IpAddr>),
 }
 
 /// An inclusive range of ports, e.g. `30000-32767`.
@@ -274,7 +276,9 @@ pub struct ServicePort {
     pub key: ServicePortKey,
     /// The Service (cluster) port, e.g. 80. Informational for a NodePort balancer.
     pub port: u16,
-    /// The NodePort this Service port is served on.
+    /// The NodePort this Service port is served on; 0 for none (a Kubernetes Service port
+    /// reached only at its [`ServiceAddresses`]: `allocateLoadBalancerNodePorts: false`, or
+    /// a ClusterIP Service with external IPs).
     pub node_port: u16,
     /// True when `node_port` was allocated by sluice rather than given.
     pub node_port_allocated: bool,
@@ -298,6 +302,9 @@ pub struct ServicePort {
     /// Where the Service came from in Kubernetes (manifests or the API), for `describe`
     /// and the healthCheckNodePort server; `None` for TOML Services.
     pub meta: Option<std::sync::Arc<ServiceMeta>>,
+    /// Addresses of its own the Service port is reached at (on `port`, not the NodePort),
+    /// and who may reach it there.
+    pub addresses: ServiceAddresses,
 }
 
 /// Kubernetes `externalTrafficPolicy`.

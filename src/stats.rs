@@ -4,7 +4,10 @@
 //! cache-padded counter sets, one per worker. Worker `w` writes only slot `w` (plain
 //! load + store, no read-modify-write), so the hot path never contends on a cache line;
 //! readers sum the slots at scrape time. Blocks are `Arc`-shared and carried from one
-//! routing snapshot to the next by identity, so counters survive reloads.
+//! routing snapshot to the next by identity, so counters survive reloads. A Service
+//! port's block also has, per worker, two [`Histogram`]s (backend connect latency and
+//! connection duration): fixed buckets of the same single-writer counters, so observing
+//! is a few compares and two stores — no lock, no allocation.
 //!
 //! This module is a leaf like `model`: std and crossbeam only.
 
@@ -48,6 +51,107 @@ impl Gauge {
     }
 }
 
+/// Upper bounds of the backend connect-latency buckets, in nanoseconds (+Inf follows):
+/// 100 µs to 10 s.
+pub const CONNECT_LATENCY_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Upper bounds of the connection-duration buckets, in nanoseconds (+Inf follows): 1 ms to
+/// 1 h.
+pub const DURATION_BOUNDS_NS: [u64; 14] = [
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+    300_000_000_000,
+    900_000_000_000,
+    3_600_000_000_000,
+];
+
+/// A histogram with a single writer: a count per bucket (`N` = bounds + the +Inf bucket)
+/// and the sum of the observations in nanoseconds.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    buckets: [Counter; N],
+    sum_ns: Counter,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| Counter::default()),
+            sum_ns: Counter::default(),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Count `d` in the first bucket whose bound (`bounds`, ascending, `N - 1` of them) it
+    /// does not exceed. Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn observe(&self, bounds: &[u64], d: std::time::Duration) {
+        debug_assert_eq!(bounds.len() + 1, N);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = bounds.iter().position(|b| ns <= *b).unwrap_or(N - 1);
+        self.buckets[i].add(1);
+        self.sum_ns.add(ns);
+    }
+
+    fn add_to(&self, t: &mut HistogramTotals) {
+        t.buckets.resize(N, 0);
+        for (sum, b) in t.buckets.iter_mut().zip(&self.buckets) {
+            *sum += b.get();
+        }
+        t.sum_ns = t.sum_ns.wrapping_add(self.sum_ns.get());
+    }
+}
+
+/// A [`Histogram`] summed over workers: per-bucket (not cumulative) counts, +Inf last.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HistogramTotals {
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+impl HistogramTotals {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// The histograms of one worker for one Service port.
+#[derive(Debug, Default)]
+pub struct ServiceHistograms {
+    /// From starting a backend connect to the TCP connection being established (successful
+    /// connects only).
+    pub connect_latency: Histogram<17>,
+    /// From accepting the client connection to closing it (every connection).
+    pub duration: Histogram<15>,
+}
+
 /// The counters of one worker for one Service port or endpoint.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
@@ -68,6 +172,9 @@ pub struct ConnCounters {
     /// Service only: clients reset at once because a hold budget was spent
     /// (`max_held_per_service`, `max_held_per_worker`).
     pub holds_refused: Counter,
+    /// Service only: clients refused (reset at accept) because they are outside the
+    /// Service's `loadBalancerSourceRanges` where those apply.
+    pub source_refused: Counter,
     /// Endpoint only: failed connects since this worker's last successful one (passive
     /// health checking reads the sum over workers).
     pub connect_failures_in_row: Gauge,
@@ -100,6 +207,7 @@ pub struct ConnTotals {
     pub bytes_to_client: u64,
     pub connect_failed: u64,
     pub holds_refused: u64,
+    pub source_refused: u64,
     /// Sum over workers of the failed connects since each one's last success.
     pub connect_failures_in_row: u64,
 }
@@ -121,17 +229,50 @@ impl ConnTotals {
 #[derive(Debug)]
 pub struct StatsBlock {
     per_worker: Box<[CachePadded<ConnCounters>]>,
+    /// Service ports only.
+    histograms: Option<Box<[CachePadded<ServiceHistograms>]>>,
     shutdown_epoch: CachePadded<AtomicU64>,
 }
 
 impl StatsBlock {
+    /// An endpoint's block: counters only.
     pub fn new(workers: usize) -> StatsBlock {
         StatsBlock {
             per_worker: (0..workers.max(1))
                 .map(|_| CachePadded::default())
                 .collect(),
+            histograms: None,
             shutdown_epoch: CachePadded::default(),
         }
+    }
+
+    /// A Service port's block: counters and [`ServiceHistograms`].
+    pub fn with_histograms(workers: usize) -> StatsBlock {
+        StatsBlock {
+            histograms: Some(
+                (0..workers.max(1))
+                    .map(|_| CachePadded::default())
+                    .collect(),
+            ),
+            ..StatsBlock::new(workers)
+        }
+    }
+
+    /// The histograms worker `w` writes (Service ports only).
+    #[inline]
+    pub fn histograms(&self, w: usize) -> Option<&ServiceHistograms> {
+        self.histograms.as_ref().map(|h| &*h[w])
+    }
+
+    /// (connect latency, duration) summed over all workers (Service ports only).
+    pub fn histogram_totals(&self) -> Option<(HistogramTotals, HistogramTotals)> {
+        let per_worker = self.histograms.as_ref()?;
+        let (mut connect, mut duration) = (HistogramTotals::default(), HistogramTotals::default());
+        for h in per_worker.iter() {
+            h.connect_latency.add_to(&mut connect);
+            h.duration.add_to(&mut duration);
+        }
+        Some((connect, duration))
     }
 
     /// The endpoint's shutdown epoch (see the type's documentation).
@@ -178,6 +319,7 @@ impl StatsBlock {
             t.bytes_to_client += c.bytes_to_client.get();
             t.connect_failed += c.connect_failed.get();
             t.holds_refused += c.holds_refused.get();
+            t.source_refused += c.source_refused.get();
             t.connect_failures_in_row += c.connect_failures_in_row.get();
         }
         t
@@ -224,6 +366,31 @@ mod tests {
         assert_eq!(t.opened, 7);
         assert_eq!(t.active(), 6);
         assert_eq!(t.bytes_to_client, 100);
+    }
+
+    #[test]
+    fn histograms_bucket_and_sum_every_worker_slot() {
+        use std::time::Duration;
+        assert!(StatsBlock::new(2).histogram_totals().is_none());
+        let b = StatsBlock::with_histograms(2);
+        let h0 = b.histograms(0).unwrap();
+        let h1 = b.histograms(1).unwrap();
+        h0.connect_latency
+            .observe(&CONNECT_LATENCY_BOUNDS_NS, Duration::from_micros(80));
+        h1.connect_latency
+            .observe(&CONNECT_LATENCY_BOUNDS_NS, Duration::from_micros(100)); // on the bound
+        h1.connect_latency
+            .observe(&CONNECT_LATENCY_BOUNDS_NS, Duration::from_millis(2));
+        h0.connect_latency
+            .observe(&CONNECT_LATENCY_BOUNDS_NS, Duration::from_secs(60)); // +Inf
+        h0.duration
+            .observe(&DURATION_BOUNDS_NS, Duration::from_secs(7200));
+        let (c, d) = b.histogram_totals().unwrap();
+        assert_eq!(c.buckets.len(), 17);
+        assert_eq!((c.buckets[0], c.buckets[4], c.buckets[16]), (2, 1, 1));
+        assert_eq!(c.count(), 4);
+        assert_eq!(c.sum_ns, 80_000 + 100_000 + 2_000_000 + 60_000_000_000);
+        assert_eq!((d.count(), d.buckets[14]), (1, 1));
     }
 
     #[test]

@@ -49,6 +49,69 @@ fn assert_located(output: &str, path: &str, line: usize) {
     );
 }
 
+/// An endpoint that is sluice's own NodePort on this node would loop every connection back
+/// into sluice: `check` refuses it at the endpoint, for a listen address and, with the
+/// wildcard, for any address of this node (read from its interfaces).
+#[test]
+fn check_refuses_an_endpoint_that_is_our_own_node_port() {
+    let text = GOOD.replace("\"127.0.0.2\", ", "\"127.0.0.2\", \"127.0.0.1:30080\", ");
+    let (status, out, path) = check(&text);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:11:27: endpoint 127.0.0.1:30080 is sluice's own NodePort 30080/TCP of \
+             workshop/myfrontend on this node (listen address 127.0.0.1)"
+        )),
+        "{out}"
+    );
+    // Listening everywhere: every address of the node, not only loopback ones.
+    let node_ip = sluice::control::node::addresses()
+        .unwrap()
+        .into_iter()
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+    let Some(node_ip) = node_ip else {
+        eprintln!("SKIPPED the wildcard half: this node has no non-loopback IPv4 address");
+        return;
+    };
+    let text = GOOD
+        .replace("listen_addresses = [\"127.0.0.1\"]\n", "")
+        .replace(
+            "\"127.0.0.2\", ",
+            &format!("\"127.0.0.2\", \"{node_ip}:30080\", "),
+        );
+    let (status, out, path) = check(&text);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:10:27: endpoint {node_ip}:30080 is sluice's own NodePort 30080/TCP of \
+             workshop/myfrontend on this node (sluice serves its NodePorts on every address \
+             of this node)"
+        )),
+        "{out}"
+    );
+}
+
+/// `--workers` keeps the bound of the `workers` key (a typo must not start 100,000 threads).
+#[test]
+fn workers_flag_keeps_its_bound() {
+    for bad in ["0", "1025", "100000", "4294967297"] {
+        let mut s = Sluice::spawn(
+            &["run", "--config", "/nonexistent.toml", "--workers", bad],
+            Launch {
+                own_driver: true,
+                ..Launch::default()
+            },
+        );
+        let status = s.wait_exit(SOON);
+        assert_eq!(status.code(), Some(2), "--workers {bad}");
+        assert!(
+            s.stderr().contains("must be a number in 1..=1024"),
+            "--workers {bad}: {}",
+            s.stderr()
+        );
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_and_prints_the_service() {
     let (status, out, _) = check(GOOD);
@@ -119,7 +182,12 @@ fn demo_scenario() {
             panic!("{a} is in use ({e}): is another `sluice demo` running on this machine?");
         }
     }
-    let mut demo = Sluice::spawn(&["demo"], Launch::default());
+    let dir = TempDir::new("demo");
+    let sock = dir.path().join("ctl.sock");
+    let mut demo = Sluice::spawn(
+        &["demo", "--socket", sock.to_str().unwrap()],
+        Launch::default(),
+    );
     let node: SocketAddr = "127.0.0.1:30000".parse().unwrap();
     let ask = move || -> std::io::Result<String> {
         let mut s = connect(node)?;
@@ -158,6 +226,15 @@ fn demo_scenario() {
             .contains("curl 127.0.0.1:30000")
             .then_some(())
     });
+    // The demo serves a control socket and says how to use it; the line works as printed.
+    let hint = format!("sluice ctl --socket {} services", sock.display());
+    wait_for("the `sluice ctl` hint printed", SOON, || {
+        demo.stdout().contains(&hint).then_some(())
+    });
+    let out = ctl_ok(&sock, &["services"]);
+    assert!(out.contains("myfrontend"), "{out}");
+    let out = ctl_ok(&sock, &["status"]);
+    assert!(out.contains("(built in)"), "{out}");
 }
 
 /// systemd and Kubernetes stop sluice with SIGTERM: it must exit by itself, successfully.
@@ -261,13 +338,15 @@ fn log_formats_text_json_and_journald() {
             ("text", false) => {
                 assert!(line.starts_with("20"), "{what}");
                 assert!(
-                    line.contains(" INFO sluice::control: sluice is serving workers="),
+                    line.contains(" INFO sluice::control::daemon: sluice is serving workers="),
                     "{what}"
                 );
             }
             ("text", true) => {
                 assert!(
-                    line.starts_with("<6> INFO sluice::control: sluice is serving workers="),
+                    line.starts_with(
+                        "<6> INFO sluice::control::daemon: sluice is serving workers="
+                    ),
                     "{what}"
                 );
             }
@@ -334,8 +413,13 @@ fn completions_and_man_pages() {
 /// then the same cause again as its own line of the chain).
 #[test]
 fn a_start_error_names_its_cause_once() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    // Bound, not listening: sluice's bind fails (a listener would be named as another
+    // process serving the NodePort, before any bind).
+    let taken = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    taken
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = taken.local_addr().unwrap().as_socket().unwrap().port();
     let dir = TempDir::new("cli-inuse");
     let cfg = dir.write(
         "cfg.toml",

@@ -1,8 +1,11 @@
 //! A seeded, replayable simulation of many interleaved proxied connections, driving the
-//! sans-IO core ([`sluice::dataplane::conn::Conn`]) the way `worker.rs` does — drain
-//! `poll_op()` until `None`, execute each op, feed its result back — but against a simulated
-//! world instead of sockets: no syscalls, no clock, no threads. Everything random comes from
-//! one splitmix64 stream seeded per run, so a seed replays exactly.
+//! production connection table ([`sluice::dataplane::testing::ConnTable`], the sans-IO
+//! core of every worker) the way the worker does — feed it inputs, drain `poll()`, execute
+//! each output, answer it — but against a simulated world and a simulated clock instead of
+//! sockets and a driver: no syscalls, no threads. Routing comes from a real
+//! `RoutingSnapshot` built from a TOML model, so endpoint choice, retries on untried
+//! endpoints, the idle sweep and the counters are the production ones. Everything random
+//! comes from one splitmix64 stream seeded per run, so a seed replays exactly.
 //!
 //! # The world
 //!
@@ -29,11 +32,14 @@
 //! - `Send{dir,held}` → `Sent{1..=min(held, room)}`, `SendWouldBlock` when the send queue is
 //!   full, `Failed` once the peer reset.
 //! - `ShutdownWrite(side)` queues a FIN behind the bytes already sent to that peer.
-//! - `Connect` follows a per-connection script of `Connected`, `ConnectFailed(..)` (both
-//!   delivered later, like an io_uring completion) and `NoEndpoint` / `ConnectFailed(Local)`
-//!   (answered at once, like a connect that could not even start).
+//! - `Connect` follows a per-connection script: `Connected` or a failure (both started at
+//!   once and completed later, like an io_uring completion), or a local failure (the attempt
+//!   could not even start). A script that ends with "no endpoint" routes the connection to a
+//!   Service with exactly as many endpoints as attempts before it, so the table finds none
+//!   left to try; every attempt must go to an endpoint not tried yet.
 //! - `Watch` reports the current state of both sockets once.
-//! - `Yield` puts the connection at the back of a run queue.
+//! - `IdleExpired` (from the table's idle sweep) is answered with whether bytes still sit in
+//!   either socket's queues, as the worker asks the kernel.
 //! - `Close` makes the peers see a RST, or a FIN behind what was sent.
 //!
 //! Readiness is edge-triggered and stingy: after a would-block, a `Ready` for that side is
@@ -43,9 +49,9 @@
 //!
 //! A scheduler picks, step by step and at random, which connection is accepted, which peer
 //! makes progress, which pending event (readiness or connect completion) is delivered —
-//! delivering an event runs that connection's driver turn, as in the worker — when a yielded
-//! connection runs again, and when time advances (then idle deadlines are checked). When
-//! nothing can happen any more but idle deadlines are pending, time jumps to the earliest.
+//! delivering an event runs the table's outputs, as in the worker — when yielded connections
+//! run again, and when time advances (then the table ticks: its idle sweep). When nothing can
+//! happen any more but idle deadlines are pending, time jumps to the earliest.
 //!
 //! # What is asserted
 //!
@@ -63,6 +69,11 @@
 //!   the core as the driver does, from the kernel's queue sizes) — a reader must never take a
 //!   cut stream for a complete one; `ConnectFailed(last)` resetting both sides after
 //!   exactly `1 + connect_retries` failed attempts (or at once for `Local`); `NoEndpoint`.
+//! - Each connect attempt goes to an endpoint of the connection's Service not tried before.
+//! - The table's bookkeeping: the bytes it says a holder has equal the bytes really in it
+//!   (also at `Close`); at the end no connection is left, at most one snapshot is pinned,
+//!   and the Service counters the table keeps add up (opened = closed = connections,
+//!   retries = failed attempts that were retried).
 //! - No op after `Close` (also when events keep arriving for it); `Receive` never with
 //!   `max == 0` or more than the holder's room, `Send` never with `held == 0`.
 //! - No stall: the world reaches quiescence with every connection closed and every peer
@@ -79,21 +90,33 @@
 //! # Not modelled
 //!
 //! Real kernel buffer accounting (pipe pages, TCP windows, coalescing), partial failures of
-//! `Watch`, the driver's holder pool and fd limits, connect timeouts (a `TimedOut` result just
-//! arrives), worker shutdown (`abort`), several connections sharing one endpoint, and
-//! anything multi-threaded.
+//! `Watch`, the driver's holder pool, connect timeouts (a `TimedOut` result just arrives),
+//! and anything multi-threaded. Holding, parking, the hold budgets, drain/abort and
+//! endpoints marked down are exercised by the scenario tests at the end of this file, on the
+//! same production table.
 
-use sluice::dataplane::conn::{
-    CloseReason, Conn, ConnConfig, ConnectFailure, Dir, Event, Op, Side,
+use sluice::dataplane::testing::{
+    CloseReason, ConnHandle, ConnTable, ConnectFailure, ConnectOutcome, Dir, Event, NotStarted,
+    Output, Side, TableConfig, WorkerLimits, TICK,
 };
-use std::collections::VecDeque;
+use sluice::dataplane::ListenerKey;
+use sluice::model::{Model, Protocol};
+use sluice::table::{RoutingSnapshot, StatsRegistry};
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_SEEDS: u64 = 50;
 const DEFAULT_CONNS: usize = 200;
 /// Idle timeout of connections not meant to go idle: longer than any simulated run.
 const LONG_IDLE: Duration = Duration::from_secs(7 * 86_400);
+/// Idle timeouts of connections meant to go idle (one Service each).
+const SHORT_IDLE: [u64; 4] = [20, 30, 45, 60];
+/// Connect retries a Service may have in the simulation.
+const MAX_RETRIES: u32 = 3;
+/// First NodePort of the simulated Services.
+const FIRST_PORT: u16 = 30000;
 const SIDES: [Side; 2] = [Side::Client, Side::Backend];
 
 #[test]
@@ -130,6 +153,7 @@ fn run_seed(seed: u64, conns: usize) -> Stats {
     let mut world = World::new(seed, conns, trace);
     world.run();
     world.check_outcomes();
+    world.check_table();
     world.stats
 }
 
@@ -227,7 +251,7 @@ enum Ending {
     Idle,
 }
 
-/// One answer to `Op::Connect`.
+/// One answer to `Output::Connect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnectResult {
     Connected,
@@ -235,17 +259,25 @@ enum ConnectResult {
     NoEndpoint,
 }
 
+/// How a connection ended (the fields of `Output::Close` the spec decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Close {
+    reset_client: bool,
+    reset_backend: bool,
+    reason: CloseReason,
+}
+
 /// The `Close` a connection must end with, and how many connect attempts lead there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Expected {
-    close: Op,
+    close: Close,
     connect_attempts: usize,
 }
 
 impl Expected {
     /// What the core must do with a connect script and an ending (the spec, restated).
     fn of(script: &[ConnectResult], retries: u32, ending: Ending) -> Expected {
-        let reset = |reason| Op::Close {
+        let reset = |reason| Close {
             reset_client: true,
             reset_backend: true,
             reason,
@@ -254,19 +286,25 @@ impl Expected {
             let connect_attempts = i + 1;
             let close = match *result {
                 ConnectResult::Connected => match ending {
-                    Ending::Done => Op::Close {
+                    Ending::Done => Close {
                         reset_client: false,
                         reset_backend: false,
                         reason: CloseReason::Done,
                     },
-                    Ending::Idle => Op::Close {
+                    Ending::Idle => Close {
                         reset_client: false,
                         reset_backend: false,
                         reason: CloseReason::IdleTimeout,
                     },
                     Ending::Broken(side) => reset(CloseReason::Broken(side)),
                 },
-                ConnectResult::NoEndpoint => reset(CloseReason::NoEndpoint),
+                ConnectResult::NoEndpoint => {
+                    // Not an attempt: the table finds no endpoint left and asks for none.
+                    return Expected {
+                        close: reset(CloseReason::NoEndpoint),
+                        connect_attempts: i,
+                    };
+                }
                 ConnectResult::Failed(f) if f == ConnectFailure::Local || i as u32 == retries => {
                     reset(CloseReason::ConnectFailed(f))
                 }
@@ -360,16 +398,30 @@ impl Socket {
     }
 }
 
-/// One simulated connection: the core under test and everything around it.
+/// What a connection's Service gives it (the plan's side of the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinkConfig {
+    idle_timeout: Duration,
+    connect_retries: u32,
+    /// Endpoints of the Service.
+    endpoints: u32,
+}
+
+/// One simulated connection: its plan, its peers and sockets, and what the table did.
 #[derive(Debug)]
 struct Link {
-    conn: Conn,
-    config: ConnConfig,
+    config: LinkConfig,
+    /// The NodePort of its Service.
+    node_port: u16,
     ending: Ending,
     script: Vec<ConnectResult>,
     expected: Expected,
     accepted: bool,
+    /// Its handle in the table while it lives.
+    handle: Option<ConnHandle>,
     connect_attempts: usize,
+    /// Endpoints its attempts went to.
+    tried: Vec<SocketAddr>,
     connected: bool,
     watching: bool,
     peers: [Peer; 2],
@@ -377,9 +429,18 @@ struct Link {
     holders: [Vec<u8>; 2],
     /// When the core last saw a byte move (or connected): for the idle check.
     last_move: Instant,
-    closed: Option<Op>,
+    closed: Option<Close>,
     /// Removed from the scheduler's active list.
     finished: bool,
+}
+
+/// What waits to be delivered to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// A readiness report.
+    Event(Event),
+    /// A connect completion.
+    Connect(ConnectOutcome),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,17 +531,18 @@ struct World {
     rng: Rng,
     start: Instant,
     now: Instant,
+    /// The production connection table under test; a connection's resources are its link.
+    table: ConnTable<usize>,
+    snapshot: Arc<RoutingSnapshot>,
     links: Vec<Link>,
     /// Next link to accept.
     next_accept: usize,
     /// Links that may still do something (not closed, or peers still reading).
     active: Vec<usize>,
-    /// Events waiting to be delivered, in no particular order.
-    pending: Vec<(usize, Event)>,
-    /// Connections that yielded.
-    runq: VecDeque<usize>,
-    /// Next link whose idle deadline is checked.
-    deadline_cursor: usize,
+    /// Inputs waiting to be delivered, in no particular order.
+    pending: Vec<(usize, Pending)>,
+    /// Holder capacity of this run (one table, one capacity).
+    holder_capacity: usize,
     stats: Stats,
     trace: Option<usize>,
 }
@@ -489,18 +551,35 @@ impl World {
     fn new(seed: u64, n: usize, trace: Option<usize>) -> World {
         let mut rng = Rng(seed ^ 0x51ce_5eed_0000_0000);
         let start = Instant::now();
+        // Tiny holders in some runs: many more partial moves and would-blocks.
+        let holder_capacity = if rng.chance(1, 5) {
+            rng.range(1, 512)
+        } else {
+            rng.range(4 << 10, 64 << 10)
+        };
         let links = (0..n).map(|_| plan_link(&mut rng, start)).collect();
+        let table = ConnTable::new(TableConfig {
+            worker: 0,
+            limits: WorkerLimits {
+                max_connections: n as u32 + 1,
+                max_held: 0,
+                max_held_per_service: 0,
+            },
+            holder_capacity,
+            seed: rng.next_u64(),
+        });
         World {
             seed,
             rng,
             start,
             now: start,
+            table,
+            snapshot: sim_snapshot(),
             links,
             next_accept: 0,
             active: Vec::new(),
             pending: Vec::new(),
-            runq: VecDeque::new(),
-            deadline_cursor: 0,
+            holder_capacity,
             stats: Stats {
                 connections: n as u64,
                 ..Stats::default()
@@ -538,7 +617,7 @@ impl World {
             }
             idle_steps += 1;
             let all_accepted = self.next_accept == self.links.len();
-            if !all_accepted || !self.pending.is_empty() || !self.runq.is_empty() {
+            if !all_accepted || !self.pending.is_empty() || self.table.has_yielded() {
                 continue;
             }
             if idle_steps < 4 * self.active.len() + 16 {
@@ -560,17 +639,23 @@ impl World {
                 return;
             }
             assert!(
-                open.iter()
-                    .all(|l| l.ending == Ending::Idle && l.conn.deadline().is_some()),
+                open.iter().all(|l| l.ending == Ending::Idle && l.connected),
                 "seed {}: stalled — nothing can happen but connections are open\n{}",
                 self.seed,
                 self.describe_open()
             );
-            let deadline = open.iter().filter_map(|l| l.conn.deadline()).min();
-            self.now = self
-                .now
-                .max(deadline.expect("idle connections have deadlines"));
-            self.check_deadlines(self.links.len().div_ceil(10));
+            // The earliest idle deadline (the core's is never earlier: it also counts
+            // reading a FIN as activity), then a full pass of the table's sweep.
+            let deadline = open
+                .iter()
+                .map(|l| l.last_move + l.config.idle_timeout)
+                .min()
+                .expect("open links");
+            self.now = self.now.max(deadline);
+            for _ in 0..10 {
+                self.now += TICK;
+                self.tick();
+            }
         }
     }
 
@@ -581,17 +666,17 @@ impl World {
             self.accept();
         } else if roll < 5 {
             self.now += Duration::from_micros(self.rng.range(1, 50_000) as u64);
-            self.check_deadlines(self.links.len().div_ceil(10));
+            self.tick();
         } else if roll < 6 {
             return self.spurious_ready();
         } else if roll < 35 && !self.pending.is_empty() {
             let i = self.rng.range(0, self.pending.len() - 1);
-            let (c, event) = self.pending.swap_remove(i);
-            self.deliver(c, event);
-        } else if roll < 45 && !self.runq.is_empty() {
-            let c = self.runq.pop_front().expect("not empty");
-            self.trace(c, || "runs again after yielding".into());
-            self.drive(c);
+            let (c, input) = self.pending.swap_remove(i);
+            self.deliver(c, input);
+        } else if roll < 45 && self.table.has_yielded() {
+            self.stats.yields += 1;
+            self.table.resume_yielded();
+            self.run_table();
         } else {
             return self.peer_step();
         }
@@ -603,44 +688,26 @@ impl World {
         self.next_accept += 1;
         let l = &mut self.links[c];
         l.accepted = true;
-        l.conn = Conn::new(self.now, l.config);
         l.last_move = self.now;
+        let listener = ListenerKey {
+            addr: SocketAddr::from(([127, 0, 0, 1], l.node_port)),
+            protocol: Protocol::Tcp,
+        };
+        let client = SocketAddr::from(([127, 0, 0, 2], 10_000 + (c % 50_000) as u16));
+        let handle = self
+            .table
+            .accept(self.now, &self.snapshot, listener, client, c)
+            .unwrap_or_else(|(why, _)| panic!("#{c}: accept refused: {why:?}"));
+        self.links[c].handle = Some(handle);
         self.active.push(c);
         self.trace(c, || format!("accepted: {:?}", self.links[c].expected));
-        self.drive(c);
+        self.run_table();
     }
 
-    /// Checks the idle deadlines of the next `count` links (the worker checks a slice of its
-    /// slab per tick, not all of it).
-    fn check_deadlines(&mut self, count: usize) {
-        for _ in 0..count.min(self.links.len()) {
-            let c = self.deadline_cursor;
-            self.deadline_cursor = (c + 1) % self.links.len();
-            let l = &mut self.links[c];
-            if l.closed.is_none() && l.conn.deadline().is_some_and(|d| self.now >= d) {
-                // What the driver asks the kernel (SIOCINQ / SIOCOUTQ of both sockets).
-                let queued = l
-                    .sockets
-                    .iter()
-                    .any(|s| !s.rx.is_empty() || !s.tx.is_empty());
-                // The spec: an idle close resets both sides when any byte is in flight.
-                if let Op::Close {
-                    reason: CloseReason::IdleTimeout,
-                    ..
-                } = l.expected.close
-                {
-                    let lost = queued || l.holders.iter().any(|h| !h.is_empty());
-                    l.expected.close = Op::Close {
-                        reset_client: lost,
-                        reset_backend: lost,
-                        reason: CloseReason::IdleTimeout,
-                    };
-                }
-                l.conn.handle_timeout_queued(self.now, queued);
-                self.trace(c, || "idle deadline passed".into());
-                self.drive(c);
-            }
-        }
+    /// A tick of the table (its idle sweep looks at a slice of the slab), and what follows.
+    fn tick(&mut self) {
+        self.table.tick(self.now, &self.snapshot);
+        self.run_table();
     }
 
     fn spurious_ready(&mut self) -> bool {
@@ -658,106 +725,157 @@ impl World {
             writable: self.rng.chance(1, 2),
         };
         self.stats.spurious_ready += 1;
-        self.pending.push((c, event));
+        self.pending.push((c, Pending::Event(event)));
         true
     }
 
-    /// Delivers one event and runs the connection's turn, as the worker does.
-    fn deliver(&mut self, c: usize, event: Event) {
-        self.trace(c, || format!("event {event:?}"));
+    /// Delivers one input and runs the table's outputs, as the worker does. Inputs for a
+    /// closed connection name a stale handle: the table must ignore them.
+    fn deliver(&mut self, c: usize, input: Pending) {
+        self.trace(c, || format!("input {input:?}"));
         let now = self.now;
-        let l = &mut self.links[c];
-        if l.closed.is_some() {
-            l.conn.handle(now, event);
-            assert_eq!(
-                l.conn.poll_op(),
-                None,
-                "#{c}: op after Close (on {event:?})"
-            );
-            return;
+        let handle = self.links[c].handle.expect("accepted");
+        match input {
+            Pending::Event(event) => self.feed(c, event),
+            Pending::Connect(outcome) => {
+                let l = &mut self.links[c];
+                if l.closed.is_none() && outcome == ConnectOutcome::Connected {
+                    l.connected = true;
+                    l.last_move = now;
+                }
+                self.table.connect_finished(now, handle, outcome);
+            }
         }
-        if event == Event::Connected {
-            l.connected = true;
-            l.last_move = now;
-        }
-        self.feed(c, event);
-        self.drive(c);
+        self.run_table();
     }
 
-    /// Feeds an event to the core and checks its bookkeeping against the world's.
+    /// Feeds an event to the table and checks its bookkeeping against the world's.
     fn feed(&mut self, c: usize, event: Event) {
         let now = self.now;
         let l = &mut self.links[c];
+        let handle = l.handle.expect("accepted");
         match event {
             Event::Received { bytes, .. } | Event::Sent { bytes, .. } if bytes > 0 => {
                 l.last_move = now;
             }
             _ => {}
         }
-        l.conn.handle(now, event);
-        for dir in Dir::BOTH {
-            assert_eq!(
-                l.conn.held(dir),
-                l.holders[dir as usize].len(),
-                "#{c}: core's held({dir:?}) differs from the holder after {event:?}"
-            );
+        self.table.handle(now, handle, event);
+        if l.closed.is_none() {
+            for dir in Dir::BOTH {
+                assert_eq!(
+                    self.table.held_bytes(handle, dir),
+                    l.holders[dir as usize].len(),
+                    "#{c}: the table's held({dir:?}) differs from the holder after {event:?}"
+                );
+            }
         }
     }
 
-    /// A driver turn: executes ops until the core waits, yields or closes.
-    fn drive(&mut self, c: usize) {
-        for _ in 0..100_000 {
-            let Some(op) = self.links[c].conn.poll_op() else {
+    /// Executes the table's outputs until it has none, answering each as the worker does.
+    fn run_table(&mut self) {
+        for _ in 0..1_000_000 {
+            let Some(out) = self.table.poll(self.now) else {
                 return;
             };
             self.stats.ops += 1;
-            self.trace(c, || format!("op {op:?}"));
-            assert!(
-                self.links[c].closed.is_none(),
-                "#{c}: op {op:?} after Close"
-            );
-            if let Some(event) = self.execute(c, op) {
+            self.execute(out);
+        }
+        panic!(
+            "seed {}: the table never stops asking (1000000 outputs)",
+            self.seed
+        );
+    }
+
+    /// Executes one output against the world and answers it.
+    fn execute(&mut self, out: Output<usize>) {
+        let now = self.now;
+        let c = match &out {
+            Output::Close { resources, .. } => *resources,
+            Output::Connect { conn, .. }
+            | Output::Watch { conn }
+            | Output::Receive { conn, .. }
+            | Output::Send { conn, .. }
+            | Output::ShutdownWrite { conn, .. }
+            | Output::IdleExpired { conn } => *self
+                .table
+                .resources(*conn)
+                .expect("outputs name live connections"),
+        };
+        self.trace(c, || format!("output {out:?}"));
+        assert!(self.links[c].closed.is_none(), "#{c}: {out:?} after Close");
+        let handle = self.links[c].handle.expect("accepted");
+        match out {
+            Output::Connect { addr, .. } => self.connect(c, addr),
+            Output::Watch { .. } => self.watch(c),
+            Output::Receive { dir, max, .. } => {
+                let event = self.receive(c, dir, max);
                 self.trace(c, || format!("  -> {event:?}"));
                 self.feed(c, event);
             }
-            match op {
-                Op::Yield => {
-                    self.stats.yields += 1;
-                    self.runq.push_back(c);
-                    return;
+            Output::Send { dir, held, .. } => {
+                let event = self.send(c, dir, held);
+                self.trace(c, || format!("  -> {event:?}"));
+                self.feed(c, event);
+            }
+            Output::ShutdownWrite { side, .. } => {
+                if let Some(event) = self.shutdown_write(c, side) {
+                    self.feed(c, event);
                 }
-                Op::Close { .. } => {
-                    assert_eq!(self.links[c].conn.poll_op(), None, "#{c}: op after Close");
-                    return;
+            }
+            Output::IdleExpired { .. } => {
+                // What the worker asks the kernel (SIOCINQ / SIOCOUTQ of both sockets).
+                let l = &mut self.links[c];
+                let queued = l
+                    .sockets
+                    .iter()
+                    .any(|s| !s.rx.is_empty() || !s.tx.is_empty());
+                // The spec: an idle close resets both sides when any byte is in flight.
+                if l.expected.close.reason == CloseReason::IdleTimeout {
+                    let lost = queued || l.holders.iter().any(|h| !h.is_empty());
+                    l.expected.close.reset_client = lost;
+                    l.expected.close.reset_backend = lost;
                 }
-                _ => {}
+                self.trace(c, || "idle deadline passed".into());
+                self.table.idle_expired(now, handle, queued);
+            }
+            Output::Close {
+                reset_client,
+                reset_backend,
+                reason,
+                held,
+                ..
+            } => {
+                let l = &self.links[c];
+                for dir in Dir::BOTH {
+                    assert_eq!(
+                        held[dir as usize],
+                        l.holders[dir as usize].len(),
+                        "#{c}: Close says {dir:?} held a different count"
+                    );
+                }
+                self.close(
+                    c,
+                    Close {
+                        reset_client,
+                        reset_backend,
+                        reason,
+                    },
+                );
             }
         }
-        panic!("#{c}: a driver turn never ends (100000 ops without yielding)");
     }
 
-    /// Executes one op against the world; returns its result, if it has one now.
-    fn execute(&mut self, c: usize, op: Op) -> Option<Event> {
-        match op {
-            Op::Connect => self.connect(c),
-            Op::Watch => {
-                self.watch(c);
-                None
-            }
-            Op::Receive { dir, max } => Some(self.receive(c, dir, max)),
-            Op::Send { dir, held } => Some(self.send(c, dir, held)),
-            Op::ShutdownWrite(side) => self.shutdown_write(c, side),
-            Op::Yield => None,
-            Op::Close { .. } => {
-                self.close(c, op);
-                None
-            }
-        }
-    }
-
-    fn connect(&mut self, c: usize) -> Option<Event> {
+    fn connect(&mut self, c: usize, addr: SocketAddr) {
+        let now = self.now;
         let l = &mut self.links[c];
+        let handle = l.handle.expect("accepted");
         assert!(!l.connected, "#{c}: Connect while connected");
+        assert!(
+            !l.tried.contains(&addr),
+            "#{c}: connect to {addr}, tried before ({:?})",
+            l.tried
+        );
         l.connect_attempts += 1;
         let attempt = l.connect_attempts;
         assert!(
@@ -767,19 +885,26 @@ impl World {
             &l.script[..l.script.len().min(attempt - 1)]
         );
         match l.script[attempt - 1] {
-            ConnectResult::NoEndpoint => Some(Event::NoEndpoint),
+            ConnectResult::NoEndpoint => {
+                panic!("#{c}: attempt {attempt} to {addr}, but every endpoint was tried")
+            }
             ConnectResult::Failed(ConnectFailure::Local) => {
                 self.stats.connect_failures += 1;
-                Some(Event::ConnectFailed(ConnectFailure::Local))
+                self.table
+                    .connect_not_started(now, handle, NotStarted::Local);
             }
             ConnectResult::Failed(f) => {
+                l.tried.push(addr);
                 self.stats.connect_failures += 1;
-                self.pending.push((c, Event::ConnectFailed(f)));
-                None
+                self.table.connect_started(now, handle);
+                self.pending
+                    .push((c, Pending::Connect(ConnectOutcome::Failed(f))));
             }
             ConnectResult::Connected => {
-                self.pending.push((c, Event::Connected));
-                None
+                l.tried.push(addr);
+                self.table.connect_started(now, handle);
+                self.pending
+                    .push((c, Pending::Connect(ConnectOutcome::Connected)));
             }
         }
     }
@@ -797,11 +922,11 @@ impl World {
                 let writable = s.error.is_some();
                 self.pending.push((
                     c,
-                    Event::Ready {
+                    Pending::Event(Event::Ready {
                         side,
                         readable: true,
                         writable,
-                    },
+                    }),
                 ));
             }
         }
@@ -812,10 +937,10 @@ impl World {
         let holder = &mut l.holders[dir as usize];
         assert!(max > 0, "#{c}: Receive with max 0");
         assert!(
-            holder.len() + max <= l.config.holder_capacity,
+            holder.len() + max <= self.holder_capacity,
             "#{c}: Receive of {max} into a holder with {} of {} bytes",
             holder.len(),
-            l.config.holder_capacity
+            self.holder_capacity
         );
         let side = dir.src();
         let s = &mut l.sockets[side as usize];
@@ -901,19 +1026,16 @@ impl World {
         None
     }
 
-    fn close(&mut self, c: usize, op: Op) {
+    fn close(&mut self, c: usize, close: Close) {
         let now = self.now;
         let l = &mut self.links[c];
-        let Op::Close {
+        let Close {
             reset_client,
             reset_backend,
             reason,
-        } = op
-        else {
-            unreachable!()
-        };
+        } = close;
         assert_eq!(
-            op, l.expected.close,
+            close, l.expected.close,
             "#{c}: closed unexpectedly (plan {:?}, connect script {:?}, retries {})",
             l.ending, l.script, l.config.connect_retries
         );
@@ -921,8 +1043,6 @@ impl World {
             l.connect_attempts, l.expected.connect_attempts,
             "#{c}: wrong number of connect attempts"
         );
-        assert_eq!(l.conn.close_reason(), Some(reason));
-        assert!(l.conn.is_closed());
         match reason {
             CloseReason::Done => {
                 self.stats.closed_done += 1;
@@ -948,7 +1068,7 @@ impl World {
             CloseReason::Broken(_) => self.stats.closed_broken += 1,
             _ => self.stats.closed_connect += 1,
         }
-        l.closed = Some(op);
+        l.closed = Some(close);
         for (side, reset) in [(Side::Client, reset_client), (Side::Backend, reset_backend)] {
             let exists = side == Side::Client || l.connected;
             if reset && exists {
@@ -1062,11 +1182,11 @@ impl World {
             self.stats.readiness_edges += 1;
             self.pending.push((
                 c,
-                Event::Ready {
+                Pending::Event(Event::Ready {
                     side,
                     readable,
                     writable: !readable,
-                },
+                }),
             ));
         }
     }
@@ -1136,13 +1256,14 @@ impl World {
         if l_watching(&self.links[c]) {
             self.pending.push((
                 c,
-                Event::Ready {
+                Pending::Event(Event::Ready {
                     side: p,
                     readable: true,
                     writable: false,
-                },
+                }),
             ));
-            self.pending.push((c, Event::HangUp { side: p }));
+            self.pending
+                .push((c, Pending::Event(Event::HangUp { side: p })));
         }
     }
 
@@ -1161,11 +1282,11 @@ impl World {
         self.stats.readiness_edges += 1;
         self.pending.push((
             c,
-            Event::Ready {
+            Pending::Event(Event::Ready {
                 side: p,
                 readable: true,
                 writable: true,
-            },
+            }),
         ));
     }
 
@@ -1184,14 +1305,11 @@ impl World {
                 if peer.failed || !(p == Side::Client || l.connected) {
                     continue;
                 }
-                let Op::Close {
+                let Close {
                     reset_client,
                     reset_backend,
                     reason,
-                } = l.expected.close
-                else {
-                    unreachable!()
-                };
+                } = l.expected.close;
                 let reset = if p == Side::Client {
                     reset_client
                 } else {
@@ -1208,6 +1326,30 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The table's own bookkeeping after the run: nothing left, pins released, counters
+    /// that add up to what the world saw.
+    fn check_table(&self) {
+        assert_eq!(self.table.active(), 0, "connections left in the table");
+        assert!(self.table.pinned_snapshots() <= 1, "snapshots still pinned");
+        let (mut opened, mut closed, mut retries, mut bytes) = (0, 0, 0, 0);
+        for (_, service) in self.snapshot.services() {
+            let c = service.stats.worker(0);
+            opened += c.opened.get();
+            closed += c.closed.get();
+            retries += c.retries.get();
+            bytes += c.bytes_to_backend.get() + c.bytes_to_client.get();
+        }
+        let n = self.links.len() as u64;
+        assert_eq!((opened, closed), (n, n), "opened/closed counters");
+        let tried: u64 = self
+            .links
+            .iter()
+            .map(|l| l.tried.len().saturating_sub(1) as u64)
+            .sum();
+        assert_eq!(retries, tried, "retries counter");
+        assert_eq!(bytes, self.stats.bytes, "bytes counters");
     }
 
     fn describe_open(&self) -> String {
@@ -1245,11 +1387,11 @@ impl World {
                 )
             };
             out += &format!(
-                "#{c} plan {:?}, expected {:?}\n  core {:?}\n  client: {}; socket {}\n  \
+                "#{c} plan {:?}, expected {:?}\n  handle {:?}\n  client: {}; socket {}\n  \
                  backend: {}; socket {}\n  holders {} / {}\n",
                 l.ending,
                 l.expected,
-                l.conn,
+                l.handle,
                 peer(&l.peers[0]),
                 socket(&l.sockets[0]),
                 peer(&l.peers[1]),
@@ -1264,26 +1406,16 @@ impl World {
 
 /// Draws one connection's plan.
 fn plan_link(rng: &mut Rng, now: Instant) -> Link {
-    let holder_capacity = if rng.chance(1, 20) {
-        rng.range(1, 512)
-    } else {
-        rng.range(4 << 10, 64 << 10)
-    };
-    let connect_retries = rng.range(0, 3) as u32;
+    let connect_retries = rng.range(0, MAX_RETRIES as usize) as u32;
     let ending = match rng.range(0, 99) {
         0..=74 => Ending::Done,
         75..=87 => Ending::Broken(SIDES[rng.range(0, 1)]),
         _ => Ending::Idle,
     };
-    let idle_timeout = if ending == Ending::Idle {
-        Duration::from_secs(rng.range(20, 60) as u64)
+    let idle_class = if ending == Ending::Idle {
+        rng.range(1, SHORT_IDLE.len())
     } else {
-        LONG_IDLE
-    };
-    let config = ConnConfig {
-        idle_timeout,
-        connect_retries,
-        holder_capacity,
+        0
     };
 
     let mut script = Vec::new();
@@ -1307,6 +1439,17 @@ fn plan_link(rng: &mut Rng, now: Instant) -> Link {
         }
     }
     let expected = Expected::of(&script, connect_retries, ending);
+    // A script ending with "no endpoint" meets a Service with just as many endpoints as it
+    // tried; the others meet one with an endpoint for every attempt they may make.
+    let endpoints = match script.last() {
+        Some(ConnectResult::NoEndpoint) => script.len() as u32 - 1,
+        _ => connect_retries + 1,
+    };
+    let config = LinkConfig {
+        idle_timeout: idle_of(idle_class),
+        connect_retries,
+        endpoints,
+    };
 
     let stream = |rng: &mut Rng| {
         let len = if rng.chance(1, 10) {
@@ -1374,13 +1517,15 @@ fn plan_link(rng: &mut Rng, now: Instant) -> Link {
         socket(rng, peers[0].out.len().max(peers[1].out.len())),
     ];
     Link {
-        conn: Conn::new(now, config),
         config,
+        node_port: node_port_of(connect_retries, idle_class, endpoints),
         ending,
         script,
         expected,
         accepted: false,
+        handle: None,
         connect_attempts: 0,
+        tried: Vec::new(),
         connected: false,
         watching: false,
         peers,
@@ -1392,6 +1537,415 @@ fn plan_link(rng: &mut Rng, now: Instant) -> Link {
     }
 }
 
+/// The idle timeout of idle class `class` (0: connections not meant to go idle).
+fn idle_of(class: usize) -> Duration {
+    match class {
+        0 => LONG_IDLE,
+        c => Duration::from_secs(SHORT_IDLE[c - 1]),
+    }
+}
+
+/// The NodePort of the Service with these retries, idle class and number of endpoints.
+fn node_port_of(retries: u32, idle_class: usize, endpoints: u32) -> u16 {
+    let classes = SHORT_IDLE.len() + 1;
+    let most = MAX_RETRIES as usize + 2;
+    FIRST_PORT + ((retries as usize * classes + idle_class) * most + endpoints as usize) as u16
+}
+
+/// The routing snapshot of the simulation: one Service per (connect retries, idle
+/// timeout, number of endpoints), built from TOML the way the daemon builds it.
+fn sim_snapshot() -> Arc<RoutingSnapshot> {
+    let mut toml = format!(
+        "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{FIRST_PORT}-{}\"\nworkers = 1\n",
+        FIRST_PORT + 999
+    );
+    for retries in 0..=MAX_RETRIES {
+        for class in 0..=SHORT_IDLE.len() {
+            for endpoints in 0..=MAX_RETRIES + 1 {
+                let eps: Vec<String> = (1..=endpoints)
+                    .map(|i| format!("\"198.18.0.{i}\""))
+                    .collect();
+                toml += &format!(
+                    "\n[[service]]\nname = \"s-{retries}-{class}-{endpoints}\"\nport = 80\n\
+                     target_port = 8080\nnode_port = {}\nendpoints = [{}]\n\
+                     connect_retries = {retries}\nidle_timeout = \"{}s\"\n",
+                    node_port_of(retries, class, endpoints),
+                    eps.join(", "),
+                    idle_of(class).as_secs()
+                );
+            }
+        }
+    }
+    let model: Model = sluice::config::parse(&toml, "sim.toml", None)
+        .unwrap_or_else(|e| panic!("the simulation's model: {e}"));
+    let mut registry = StatsRegistry::new(1);
+    Arc::new(RoutingSnapshot::build(&model, 1, &mut registry))
+}
+
 fn l_watching(l: &Link) -> bool {
     l.watching && l.closed.is_none()
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios above one connection, on the same production table with a simulated clock:
+// holding (and its budgets), parking, drain and abort, endpoints marked down, the accept
+// budget and stale handles.
+
+/// A table over a small model, with a simulated clock; a connection's resources are a
+/// plain number.
+struct Bench {
+    table: ConnTable<u32>,
+    snapshot: Arc<RoutingSnapshot>,
+    now: Instant,
+    next: u32,
+}
+
+const PORT: u16 = 30100;
+const EP1: &str = "198.18.0.1:8080";
+
+/// A snapshot of one Service on [`PORT`] with these endpoints and extra keys.
+fn one_service(endpoints: &[&str], keys: &str) -> Arc<RoutingSnapshot> {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("\"{}\"", e.split(':').next().expect("ip")))
+        .collect();
+    let toml = format!(
+        "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{PORT}-{PORT}\"\nworkers = 1\n\n\
+         [[service]]\nname = \"s\"\nport = 80\ntarget_port = 8080\nnode_port = {PORT}\n\
+         endpoints = [{}]\n{keys}\n",
+        eps.join(", ")
+    );
+    let model = sluice::config::parse(&toml, "bench.toml", None)
+        .unwrap_or_else(|e| panic!("bench model: {e}"));
+    Arc::new(RoutingSnapshot::build(
+        &model,
+        1,
+        &mut StatsRegistry::new(1),
+    ))
+}
+
+impl Bench {
+    fn new(limits: WorkerLimits, snapshot: Arc<RoutingSnapshot>) -> Bench {
+        Bench {
+            table: ConnTable::new(TableConfig {
+                worker: 0,
+                limits,
+                holder_capacity: 64 << 10,
+                seed: 1,
+            }),
+            snapshot,
+            now: Instant::now(),
+            next: 0,
+        }
+    }
+
+    fn accept(&mut self) -> ConnHandle {
+        self.next += 1;
+        let listener = ListenerKey {
+            addr: SocketAddr::from(([127, 0, 0, 1], PORT)),
+            protocol: Protocol::Tcp,
+        };
+        let client = SocketAddr::from(([127, 0, 0, 2], 20_000 + self.next as u16));
+        self.table
+            .accept(self.now, &self.snapshot, listener, client, self.next)
+            .expect("accepted")
+    }
+
+    /// Every output the table has now.
+    fn outputs(&mut self) -> Vec<Output<u32>> {
+        std::iter::from_fn(|| self.table.poll(self.now)).collect()
+    }
+
+    /// Lets `d` pass, ticking every [`TICK`]; returns the outputs of the ticks.
+    fn advance(&mut self, d: Duration) -> Vec<Output<u32>> {
+        let mut out = Vec::new();
+        let end = self.now + d;
+        while self.now < end {
+            self.now += TICK;
+            self.table.tick(self.now, &self.snapshot.clone());
+            out.extend(self.outputs());
+        }
+        out
+    }
+
+    /// Accepts a connection and connects it to its first endpoint.
+    fn connected(&mut self) -> ConnHandle {
+        let h = self.accept();
+        let out = self.outputs();
+        assert!(matches!(out[..], [Output::Connect { .. }]), "{out:?}");
+        self.table.connect_started(self.now, h);
+        self.table
+            .connect_finished(self.now, h, ConnectOutcome::Connected);
+        let out = self.outputs();
+        assert!(matches!(out[..], [Output::Watch { .. }]), "{out:?}");
+        h
+    }
+
+    fn service_counter(&self, f: impl Fn(&sluice::stats::ConnCounters) -> u64) -> u64 {
+        self.snapshot
+            .services()
+            .map(|(_, s)| f(s.stats.worker(0)))
+            .sum()
+    }
+}
+
+fn limits(max_connections: u32, max_held: u32, max_held_per_service: u32) -> WorkerLimits {
+    WorkerLimits {
+        max_connections,
+        max_held,
+        max_held_per_service,
+    }
+}
+
+/// The close of connection `id` among `out`, as (resets, reason).
+fn close_of(out: &[Output<u32>], id: u32) -> Option<(bool, bool, CloseReason)> {
+    out.iter().find_map(|o| match o {
+        Output::Close {
+            resources,
+            reset_client,
+            reset_backend,
+            reason,
+            ..
+        } if *resources == id => Some((*reset_client, *reset_backend, *reason)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_held_connection_connects_once_its_service_gets_an_endpoint() {
+    let mut b = Bench::new(
+        limits(10, 10, 10),
+        one_service(&[], "hold_when_empty = \"30s\""),
+    );
+    let h = b.accept();
+    assert!(b.outputs().is_empty(), "held: nothing to do yet");
+    assert_eq!((b.table.held(), b.table.relayed()), (1, 0));
+    assert!(b.advance(Duration::from_secs(5)).is_empty(), "still held");
+    // A reload publishes an endpoint: the next tick moves the connection to it.
+    b.snapshot = one_service(&[EP1], "hold_when_empty = \"30s\"");
+    let out = b.advance(TICK);
+    match &out[..] {
+        [Output::Connect { conn, addr, .. }] => {
+            assert_eq!(*conn, h);
+            assert_eq!(addr.to_string(), EP1);
+        }
+        other => panic!("expected a connect, got {other:?}"),
+    }
+    assert_eq!((b.table.held(), b.table.relayed()), (0, 1));
+    b.table.connect_started(b.now, h);
+    b.table
+        .connect_finished(b.now, h, ConnectOutcome::Connected);
+    assert!(matches!(b.outputs()[..], [Output::Watch { .. }]));
+    assert_eq!(
+        b.table.pinned_snapshots(),
+        1,
+        "the old snapshot was released"
+    );
+}
+
+#[test]
+fn hold_budgets_refuse_beyond_them_and_the_hold_time_ends_a_held_connection() {
+    let mut b = Bench::new(
+        limits(10, 10, 1),
+        one_service(&[], "hold_when_empty = \"3s\""),
+    );
+    b.accept();
+    assert!(b.outputs().is_empty());
+    b.accept();
+    let out = b.outputs();
+    assert_eq!(
+        close_of(&out, 2),
+        Some((true, true, CloseReason::NoEndpoint)),
+        "beyond max_held_per_service: reset at once"
+    );
+    assert_eq!(b.service_counter(|c| c.holds_refused.get()), 1);
+    let out = b.advance(Duration::from_millis(2900));
+    assert!(close_of(&out, 1).is_none(), "within its hold time");
+    let out = b.advance(Duration::from_millis(200));
+    assert_eq!(
+        close_of(&out, 1),
+        Some((true, true, CloseReason::NoEndpoint))
+    );
+    assert_eq!((b.table.held(), b.table.active()), (0, 0));
+}
+
+#[test]
+fn held_connections_do_not_count_against_the_connection_limit() {
+    let mut b = Bench::new(
+        limits(1, 10, 10),
+        one_service(&[], "hold_when_empty = \"30s\""),
+    );
+    b.accept();
+    b.accept();
+    assert!(b.outputs().is_empty());
+    assert_eq!(b.table.accept_room(), 1, "two held, none relayed");
+    // An endpoint appears, but only one relayed slot is free: one connects, one waits.
+    b.snapshot = one_service(&[EP1], "hold_when_empty = \"30s\"");
+    let out = b.advance(TICK);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((b.table.held(), b.table.relayed()), (1, 1));
+    assert_eq!(b.table.accept_room(), 0);
+}
+
+#[test]
+fn a_parked_connection_retries_when_fds_free_and_gives_up_after_its_connect_timeout() {
+    let mut b = Bench::new(
+        limits(10, 0, 0),
+        one_service(&[EP1], "connect_timeout = \"2s\""),
+    );
+    let (h1, h2) = (b.accept(), b.accept());
+    let out = b.outputs();
+    assert_eq!(out.len(), 2, "{out:?}");
+    for h in [h1, h2] {
+        b.table.connect_not_started(b.now, h, NotStarted::Exhausted);
+    }
+    assert!(b.outputs().is_empty(), "both parked, not reset");
+    // Sockets closed: a round of retries, one at a time (each answered before the next
+    // poll, as the worker does), which stops at the first still short of fds.
+    b.table.retry_parked();
+    let out = b.table.poll(b.now);
+    assert!(
+        matches!(out, Some(Output::Connect { conn, .. }) if conn == h1),
+        "{out:?}"
+    );
+    b.table
+        .connect_not_started(b.now, h1, NotStarted::Exhausted);
+    assert!(
+        b.table.poll(b.now).is_none(),
+        "the round ended at the first short of fds"
+    );
+    // Next round: h2 (now first) gets its fds, and the round goes on to h1.
+    b.table.retry_parked();
+    let out = b.table.poll(b.now);
+    assert!(
+        matches!(out, Some(Output::Connect { conn, .. }) if conn == h2),
+        "{out:?}"
+    );
+    b.table.connect_started(b.now, h2);
+    let out = b.table.poll(b.now);
+    assert!(
+        matches!(out, Some(Output::Connect { conn, .. }) if conn == h1),
+        "{out:?}"
+    );
+    b.table
+        .connect_not_started(b.now, h1, NotStarted::Exhausted);
+    assert!(b.table.poll(b.now).is_none());
+    // h1 stays short of fds until its connect timeout: then it is reset (a local failure).
+    let mut closed = None;
+    for _ in 0..30 {
+        for o in b.advance(TICK) {
+            match o {
+                Output::Connect { conn, .. } => {
+                    b.table
+                        .connect_not_started(b.now, conn, NotStarted::Exhausted);
+                }
+                Output::Close {
+                    resources: 1,
+                    reason,
+                    ..
+                } => closed = Some(reason),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        closed = closed.or_else(|| close_of(&b.outputs(), 1).map(|c| c.2));
+        if closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        closed,
+        Some(CloseReason::ConnectFailed(ConnectFailure::Local))
+    );
+}
+
+#[test]
+fn drain_stops_accepting_and_abort_resets_every_connection() {
+    let mut b = Bench::new(limits(10, 0, 0), one_service(&[EP1], ""));
+    let _ = (b.connected(), b.connected());
+    let third = b.accept();
+    b.outputs();
+    b.table.connect_started(b.now, third); // the third one is connecting
+    assert_eq!(b.table.active(), 3);
+    b.table.drain(b.now + Duration::from_secs(5));
+    assert_eq!(b.table.accept_room(), 0, "no accepting while draining");
+    assert!(!b.table.drained(b.now), "connections left, deadline ahead");
+    assert!(
+        b.table.drained(b.now + Duration::from_secs(5)),
+        "at the deadline"
+    );
+    assert_eq!(b.table.abort_all(b.now), 3);
+    let out = b.outputs();
+    for id in 1..=3 {
+        assert_eq!(
+            close_of(&out, id),
+            Some((true, true, CloseReason::Shutdown))
+        );
+    }
+    let in_flight = out
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Close {
+                    connect_in_flight: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(in_flight, 1, "the connecting one's connect is cancelled");
+    assert!(b.table.drained(b.now));
+}
+
+#[test]
+fn an_endpoint_marked_down_with_shutdown_sessions_resets_its_connections() {
+    let mut b = Bench::new(limits(10, 0, 0), one_service(&[EP1], ""));
+    b.connected();
+    assert!(
+        b.advance(Duration::from_secs(2)).is_empty(),
+        "nothing to sweep"
+    );
+    let (_, service) = b.snapshot.services().next().expect("one service");
+    let ep = service
+        .endpoint_by_addr(EP1.parse().expect("addr"))
+        .expect("endpoint");
+    service.endpoint(ep).stats.bump_shutdown_epoch();
+    // The sweep sees every connection within a pass (10 ticks).
+    let out = b.advance(TICK * 10);
+    assert_eq!(close_of(&out, 1), Some((true, true, CloseReason::Shutdown)));
+}
+
+#[test]
+fn a_stale_handle_never_reaches_the_connection_that_reuses_its_slot() {
+    let mut b = Bench::new(limits(10, 0, 0), one_service(&[EP1], ""));
+    let old = b.connected();
+    b.table.handle(
+        b.now,
+        old,
+        Event::Failed {
+            side: Side::Backend,
+            reset: true,
+        },
+    );
+    assert!(close_of(&b.outputs(), 1).is_some());
+    let new = b.connected();
+    assert_eq!(new.slot(), old.slot(), "the slot is reused");
+    assert_ne!(new, old);
+    b.table.handle(
+        b.now,
+        old,
+        Event::Failed {
+            side: Side::Client,
+            reset: true,
+        },
+    );
+    b.table
+        .connect_finished(b.now, old, ConnectOutcome::Failed(ConnectFailure::Refused));
+    b.table.idle_expired(b.now, old, true);
+    assert!(
+        b.outputs().is_empty(),
+        "inputs naming the old handle are ignored"
+    );
+    assert_eq!(b.table.active(), 1);
+    assert!(b.table.resources(new).is_some() && b.table.resources(old).is_none());
 }

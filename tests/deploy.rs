@@ -533,8 +533,12 @@ fn the_cluster_role_allows_exactly_the_calls_sluice_makes() {
             .join(name);
         serde_json::from_str(&read(&path)).unwrap()
     };
-    // A bad annotation: a problem sluice posts as an Event (create).
+    // A NodePort of our own, not the fixture's 30000: another sluice on this machine may
+    // serve that one, and sluice refuses to share a NodePort.
+    let port = free_port();
     let mut service = fixture("myfrontend-service.json");
+    service["spec"]["ports"][0]["nodePort"] = port.into();
+    // A bad annotation: a problem sluice posts as an Event (create).
     service["metadata"]["annotations"]["sluice.io/policy"] = serde_json::json!("fastest");
     api.apply(service);
     api.apply(fixture("myfrontend-slice.json"));
@@ -551,7 +555,7 @@ fn the_cluster_role_allows_exactly_the_calls_sluice_makes() {
     let settings = dir.write(
         "node.toml",
         &format!(
-            "listen_addresses = [\"127.0.0.1\"]\nworkers = 1\ncontrol_socket = \"{}\"\n",
+            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"{port}-{port}\"\nworkers = 1\ncontrol_socket = \"{}\"\n",
             sock.display()
         ),
     );

@@ -30,7 +30,7 @@ fn auto_falls_back_to_epoll_when_io_uring_is_blocked_and_serves() {
 
 #[test]
 fn auto_uses_io_uring_when_it_is_available() {
-    if let Err(e) = sluice::dataplane::driver::uring::Uring::probe() {
+    if let Err(e) = sluice::dataplane::probe_uring() {
         eprintln!(
             "SKIPPED: this kernel or sandbox does not offer io_uring ({e}); nothing to check"
         );

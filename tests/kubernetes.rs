@@ -158,10 +158,11 @@ fn api_server_restart_drops_no_connection_and_later_changes_apply() {
         &[ready("127.0.0.2"), ready("127.0.0.3"), ready("127.0.0.4")],
     ));
     api.start();
-    wait_answers(
+    wait_answers_within(
         &mut n,
         node_addr(p),
         &["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        Duration::from_secs(45),
     );
     for s in &mut live {
         ask_name_on(s).expect("a connection opened before the outage failed after it");
@@ -348,6 +349,53 @@ fn metrics_and_status_show_the_watch() {
             .starts_with("GET /apis/discovery.k8s.io/v1/endpointslices?&watch=true")
             && r.contains("allowWatchBookmarks=true")),
         "{reqs:?}"
+    );
+}
+
+/// deploy/grafana/sluice.json queries only metrics a running sluice exports: every name its
+/// PromQL uses (panels, variables, annotations) is a sample of a `--kubernetes` node that
+/// has served a connection (so per-Service series and the watch's exist).
+#[test]
+fn grafana_dashboard_queries_only_exported_metrics() {
+    use common::scrape::{dashboard_metrics, sample_names, scrape};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/sluice.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("dashboard JSON");
+    let wanted = dashboard_metrics(&dashboard);
+    for family in [
+        "sluice_service_connections_total",
+        "sluice_endpoint_up",
+        "sluice_service_backend_connect_duration_seconds_bucket",
+        "sluice_reloads_total",
+        "sluice_kubernetes_sync_latency_seconds_bucket",
+    ] {
+        assert!(
+            wanted.contains(family),
+            "the dashboard has no {family} panel: {wanted:?}"
+        );
+    }
+
+    let (_pods, pod_port) = pods(&["127.0.0.2"]);
+    let p = free_port();
+    let api = frontend_api(p, pod_port, &[ready("127.0.0.2")]);
+    let mut n = start_node(&api, (p, p), &[], Launch::default());
+    let node = node_addr(p);
+    n.sluice.wait_ready_name(node);
+    ask_name(node).unwrap();
+    // Closed and counted: the duration histogram's series exists from its first observation.
+    let m = n.metrics;
+    n.sluice
+        .wait_until("the connection's duration observed", || {
+            scrape(m, None)
+                .1
+                .contains("sluice_service_connection_duration_seconds_count{")
+        });
+    let (_, body) = scrape(n.metrics, None);
+    let exported = sample_names(&body);
+    let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\n{body}"
     );
 }
 

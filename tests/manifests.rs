@@ -327,7 +327,7 @@ fn golden(code: &str, count: usize) -> String {
         "{{\n\t\"service\": {{\n\t\t\"namespace\": \"itest\",\n\t\t\"name\": \"lb\"\n\t}},\n\t\"localEndpoints\": {count},\n\t\"serviceProxyHealthy\": true\n}}"
     );
     format!(
-        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nDate: <DATE>\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: {count}\r\nDate: <DATE>\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }

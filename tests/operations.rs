@@ -630,7 +630,11 @@ fn a_second_signal_exits_at_once() {
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut s = connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -689,8 +693,10 @@ fn metrics_healthz_and_livez() {
         let (code, head, body) = http_get(addr, "/healthz");
         assert_eq!(code, 200, "{head}");
         assert!(head.contains("Content-Type: application/json"), "{head}");
+        // kube-proxy's json.Marshal(ProxyHealth): docs/operations.md, "/healthz".
         assert!(
-            body.starts_with("{\"lastUpdated\": \"") && body.ends_with(", \"nodeEligible\": true}"),
+            body.starts_with("{\"lastUpdated\":\"")
+                && body.contains(",\"nodeEligible\":true,\"healthy\":true,\"status\":{\"IPv4\":{"),
             "{body}"
         );
         let (code, _, body) = http_get(addr, "/livez");

@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # The benchmark smoke test (bench/run.sh --quick, below) runs HAProxy, nginx stream, wrk,
 # iperf3 and nftables in network namespaces. The package and image checks (below) use
 # dpkg-dev (dpkg-shlibdeps for the package's dependencies), binutils, podman and runc.
+# tests/metrics.rs parses /metrics with the Prometheus Python client.
 PACKAGES=(iproute2 nginx haproxy nftables systemd libnginx-mod-stream wrk iperf3 curl python3
-          dpkg-dev binutils podman runc)
+          dpkg-dev binutils podman runc python3-prometheus-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,18 +31,40 @@ fi
 # The suite opens a few thousand sockets per process; it needs more than the usual 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Everything once (unit tests, simulations, integration tests on the default driver:
-# io_uring where the kernel allows it), then the integration tests again on each driver
-# explicitly, so that both drivers pass the same suite.
-cargo test --profile ci --all-targets "$@"
-for driver in uring epoll; do
-  if [ "$driver" = uring ] && [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]; then
-    echo "=== SKIPPED: integration tests with --driver uring (kernel.io_uring_disabled is set) ==="
-    continue
+# Everything once (unit tests, simulations, benches' tests and the integration tests) with the
+# io_uring driver, then the integration tests again with epoll, so that both drivers pass the
+# same suite. Where the kernel has io_uring disabled, everything runs once with epoll.
+if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]; then
+  echo "=== SKIPPED: integration tests with --driver uring (kernel.io_uring_disabled is set) ==="
+  echo "=== all tests with --driver epoll ==="
+  SLUICE_TEST_DRIVER=epoll cargo test --profile ci --all-targets "$@"
+else
+  echo "=== all tests with --driver uring ==="
+  SLUICE_TEST_DRIVER=uring cargo test --profile ci --all-targets "$@"
+  echo "=== integration tests with --driver epoll ==="
+  SLUICE_TEST_DRIVER=epoll cargo test --profile ci --tests "$@"
+fi
+
+# Fuzz smoke test: every cargo-fuzz target (fuzz/README.md) for 10 s on its seed corpus; any
+# crash, or a target that no longer builds, fails the run. Built unoptimised (`--dev`): the
+# instrumented release build of every dependency costs ~10 min of CPU, the dev build a
+# fraction of it, and 10 s is about finding breakage, not bugs (the long runs are in
+# fuzz/README.md). Needs the nightly toolchain; cargo-fuzz is installed when missing.
+# SLUICE_FUZZ_SMOKE=0 skips it.
+if [ $# -eq 0 ] && [ "${SLUICE_FUZZ_SMOKE:-1}" = 1 ]; then
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+      echo "installing cargo-fuzz"
+      cargo install cargo-fuzz --locked
+    fi
+    for target in decode roundtrip config control_request k8s_objects manifests; do
+      echo "=== fuzz smoke: $target (10 s) ==="
+      FUZZ_CARGO_ARGS=--dev fuzz/run.sh "$target" -max_total_time=10
+    done
+  else
+    echo "=== SKIPPED: fuzz smoke test (no nightly toolchain; see fuzz/README.md) ===" >&2
   fi
-  echo "=== integration tests with --driver $driver ==="
-  SLUICE_TEST_DRIVER=$driver cargo test --profile ci --tests "$@"
-done
+fi
 
 # Benchmark smoke test: every load balancer of the suite must serve every workload without
 # errors (it never fails on performance numbers). Hard bound 3 minutes; needs root for network

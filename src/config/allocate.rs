@@ -1,6 +1,6 @@
 //! NodePort allocation for Service ports whose file entry gives no `node_port`.
 //!
-//! Kubernetes rules (docs/SEMANTICS.md): the lowest [`NodePortRange::static_band_size`] ports
+//! Kubernetes rules (docs/kubernetes.md, "What is served"): the lowest [`NodePortRange::static_band_size`] ports
 //! of the range are the *static band*, left for explicit picks; allocation takes from the
 //! *upper band* first and from the static band only when the upper one is full. A port is
 //! never given to two Service ports of the same protocol, and explicit ports always win.
@@ -182,11 +182,13 @@ mod tests {
                 families: Default::default(),
                 health: Default::default(),
                 meta: None,
+                addresses: Default::default(),
             })
             .collect();
         Model {
             settings: Default::default(),
             services,
+            primary_ips: Vec::new(),
         }
     }
 

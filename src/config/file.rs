@@ -37,6 +37,7 @@ pub(super) struct ConfigFile {
     pub metrics_address: Option<Spanned<String>>,
     pub health_address: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<DurationText>>,
+    pub source_ranges_on_node_ports: Option<bool>,
     pub forwarding: Option<Spanned<String>>,
     pub health_check: Option<Spanned<String>>,
     pub health_check_path: Option<Spanned<String>>,
@@ -65,6 +66,9 @@ pub(super) struct ServiceEntry {
     pub port: Spanned<i64>,
     pub target_port: Option<Spanned<i64>>,
     pub node_port: Option<Spanned<i64>>,
+    pub external_ips: Option<Vec<Spanned<String>>>,
+    pub load_balancer_ips: Option<Vec<Spanned<String>>>,
+    pub load_balancer_source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub endpoints: Vec<Spanned<EndpointEntry>>,
     pub policy: Option<Spanned<String>>,

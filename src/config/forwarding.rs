@@ -8,8 +8,8 @@
 
 use super::file::{ServiceEntry, TlvEntry};
 use super::values::choice;
-use super::{ConfigError, Source};
-use crate::model::{Forwarding, ProxyV2Options};
+use super::{ConfigError, SourceText};
+use crate::model::{names, Forwarding, ForwardingMode, ProxyV2Options};
 use serde_spanned::Spanned;
 
 /// Longest value of one custom TLV, in bytes.
@@ -18,46 +18,29 @@ pub(super) const MAX_TLV_VALUE: usize = 255;
 /// plus the values).
 pub(super) const MAX_TLV_TOTAL: usize = 768;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    None,
-    ProxyV1,
-    ProxyV2,
-    Transparent,
-}
-
-const MODES: &[(&str, Mode)] = &[
-    ("none", Mode::None),
-    ("proxy-v1", Mode::ProxyV1),
-    ("proxy-v2", Mode::ProxyV2),
-    ("transparent", Mode::Transparent),
-];
-
-fn name(mode: Mode) -> &'static str {
-    MODES
-        .iter()
-        .find(|(_, m)| *m == mode)
-        .map_or("none", |(n, _)| n)
+/// The words the `forwarding` key accepts.
+fn modes() -> Vec<(&'static str, ForwardingMode)> {
+    names(&ForwardingMode::ALL, ForwardingMode::name)
 }
 
 /// The node-wide default: the top-level `forwarding` key, or `none`.
 pub(super) struct Default {
-    mode: Mode,
+    mode: ForwardingMode,
     /// Line of the top-level key, for messages about a Service that inherits it.
     line: Option<usize>,
 }
 
 pub(super) fn default(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<String>>,
 ) -> Result<Default, ConfigError> {
     Ok(match value {
         Some(v) => Default {
-            mode: choice(src, v, "forwarding", MODES)?,
+            mode: choice(src, v, "forwarding", &modes())?,
             line: Some(src.line(v.span().start)),
         },
         None => Default {
-            mode: Mode::None,
+            mode: ForwardingMode::None,
             line: None,
         },
     })
@@ -65,15 +48,15 @@ pub(super) fn default(
 
 /// A Service's forwarding: its own `forwarding` key or the default, with its v2 options.
 pub(super) fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
     default: &Default,
 ) -> Result<Forwarding, ConfigError> {
     let mode = match &e.forwarding {
-        Some(v) => choice(src, v, "forwarding", MODES)?,
+        Some(v) => choice(src, v, "forwarding", &modes())?,
         None => default.mode,
     };
-    if mode != Mode::ProxyV2 {
+    if mode != ForwardingMode::ProxyV2 {
         let misplaced = e
             .proxy_unique_id
             .as_ref()
@@ -90,16 +73,16 @@ pub(super) fn service(
                 format!(
                     "`{key}` is a PROXY v2 option, but this Service's forwarding is {:?}{whence}; \
                      set forwarding = \"proxy-v2\" or remove `{key}`",
-                    name(mode)
+                    mode.name()
                 ),
             ));
         }
     }
     Ok(match mode {
-        Mode::None => Forwarding::None,
-        Mode::ProxyV1 => Forwarding::ProxyV1,
-        Mode::Transparent => Forwarding::Transparent,
-        Mode::ProxyV2 => Forwarding::ProxyV2(ProxyV2Options {
+        ForwardingMode::None => Forwarding::None,
+        ForwardingMode::ProxyV1 => Forwarding::ProxyV1,
+        ForwardingMode::Transparent => Forwarding::Transparent,
+        ForwardingMode::ProxyV2 => Forwarding::ProxyV2(ProxyV2Options {
             unique_id: e.proxy_unique_id.as_ref().is_some_and(|v| *v.get_ref()),
             tlvs: match &e.proxy_tlvs {
                 Some(list) => tlvs(src, list)?,
@@ -112,20 +95,20 @@ pub(super) fn service(
 /// One forwarding mode written as text (the `sluice.io/forwarding` annotation): the same
 /// names and message as the `forwarding` key; PROXY v2 without options.
 pub(super) fn mode(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
 ) -> Result<Forwarding, ConfigError> {
-    Ok(match choice(src, value, key, MODES)? {
-        Mode::None => Forwarding::None,
-        Mode::ProxyV1 => Forwarding::ProxyV1,
-        Mode::ProxyV2 => Forwarding::ProxyV2(ProxyV2Options::default()),
-        Mode::Transparent => Forwarding::Transparent,
+    Ok(match choice(src, value, key, &modes())? {
+        ForwardingMode::None => Forwarding::None,
+        ForwardingMode::ProxyV1 => Forwarding::ProxyV1,
+        ForwardingMode::ProxyV2 => Forwarding::ProxyV2(ProxyV2Options::default()),
+        ForwardingMode::Transparent => Forwarding::Transparent,
     })
 }
 
 fn tlvs(
-    src: &Source,
+    src: &SourceText,
     list: &Spanned<Vec<Spanned<TlvEntry>>>,
 ) -> Result<Vec<(u8, Vec<u8>)>, ConfigError> {
     let mut out: Vec<(u8, Vec<u8>)> = Vec::with_capacity(list.get_ref().len());
@@ -191,26 +174,5 @@ fn hex_or_dec(v: i64) -> String {
         format!("{v:#04X}")
     } else {
         v.to_string()
-    }
-}
-
-/// How `sluice check` names a Service's forwarding.
-pub(super) fn describe(f: &Forwarding) -> String {
-    match f {
-        Forwarding::None => "none".to_owned(),
-        Forwarding::ProxyV1 => "proxy-v1".to_owned(),
-        Forwarding::Transparent => "transparent".to_owned(),
-        Forwarding::ProxyV2(o) => {
-            let mut extra: Vec<String> = Vec::new();
-            if o.unique_id {
-                extra.push("unique-id".to_owned());
-            }
-            extra.extend(o.tlvs.iter().map(|(k, _)| format!("{k:#04X}")));
-            if extra.is_empty() {
-                "proxy-v2".to_owned()
-            } else {
-                format!("proxy-v2({})", extra.join(","))
-            }
-        }
     }
 }

@@ -9,22 +9,16 @@
 //! contradict the top-level `health_check`/`outlier_ejection` written beside them.
 
 use super::file::{ConfigFile, DurationText, IntOrText, ServiceEntry};
-use super::values::{choice, int, opt_duration};
-use super::{ConfigError, Source};
+use super::limits;
+use super::values::{choice, count, int, opt_duration};
+use super::{ConfigError, SourceText};
 use crate::model::{
     ActiveCheck, CheckKind, HealthConfig, PassiveCheck, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTERVAL,
     DEFAULT_CHECK_RISE, DEFAULT_EJECTION_FAILURES, DEFAULT_EJECTION_TIME,
 };
 use serde_spanned::Spanned;
 use std::ops::Range;
-use std::time::Duration;
 
-/// Shortest accepted check interval: shorter ones would keep the control thread busy.
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
-/// Bounds of `health_check_rise`/`health_check_fall`.
-const MAX_RISE_FALL: i64 = 100;
-/// Bound of `outlier_consecutive_failures`.
-const MAX_FAILURES: i64 = 10_000;
 /// Longest accepted `health_check_path`.
 const MAX_PATH: usize = 1024;
 /// HAProxy's `http-check expect` default: any 2xx or 3xx.
@@ -103,7 +97,7 @@ enum Kind {
 
 /// The node-wide defaults: what a Service that writes no health key gets. Judges every
 /// top-level value, so a bad one is reported even when no Service uses it.
-pub(super) fn defaults(src: &Source, top: HealthKeys) -> Result<HealthConfig, ConfigError> {
+pub(super) fn defaults(src: &SourceText, top: HealthKeys) -> Result<HealthConfig, ConfigError> {
     let kind = kind(src, top.check)?;
     if let Some(k) = top.check.filter(|_| kind != Kind::Http) {
         for (key, span) in [
@@ -149,7 +143,7 @@ pub(super) fn defaults(src: &Source, top: HealthKeys) -> Result<HealthConfig, Co
 /// The health configuration of one `[[service]]`: its own keys, the top level's for the
 /// others.
 pub(super) fn service(
-    src: &Source,
+    src: &SourceText,
     own: HealthKeys,
     top: HealthKeys,
 ) -> Result<HealthConfig, ConfigError> {
@@ -158,7 +152,7 @@ pub(super) fn service(
 
 /// `strict`: keys written in `own` that have no effect are errors.
 fn resolve(
-    src: &Source,
+    src: &SourceText,
     own: HealthKeys,
     top: HealthKeys,
     strict: bool,
@@ -297,7 +291,7 @@ pub(super) fn describe(h: &HealthConfig) -> String {
     }
 }
 
-fn kind(src: &Source, check: Option<&Spanned<String>>) -> Result<Kind, ConfigError> {
+fn kind(src: &SourceText, check: Option<&Spanned<String>>) -> Result<Kind, ConfigError> {
     match check {
         Some(c) => choice(
             src,
@@ -313,7 +307,12 @@ fn kind(src: &Source, check: Option<&Spanned<String>>) -> Result<Kind, ConfigErr
     }
 }
 
-fn not_http(src: &Source, span: &Range<usize>, key: &str, check: &Spanned<String>) -> ConfigError {
+fn not_http(
+    src: &SourceText,
+    span: &Range<usize>,
+    key: &str,
+    check: &Spanned<String>,
+) -> ConfigError {
     src.error(
         span,
         format!(
@@ -324,28 +323,19 @@ fn not_http(src: &Source, span: &Range<usize>, key: &str, check: &Spanned<String
     )
 }
 
-fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, ConfigError> {
+fn active(src: &SourceText, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, ConfigError> {
     let interval = opt_duration(
         src,
         &k.interval.map(clone_duration),
         "health_check_interval",
+        limits::HEALTH_CHECK_INTERVAL,
         DEFAULT_CHECK_INTERVAL,
     )?;
-    if interval < MIN_INTERVAL {
-        let span = k.interval.map_or(0..0, Spanned::span);
-        return Err(src.error(
-            &span,
-            format!(
-                "health_check_interval {} is too short: at least {} is needed",
-                humantime::format_duration(interval),
-                humantime::format_duration(MIN_INTERVAL)
-            ),
-        ));
-    }
     let timeout = opt_duration(
         src,
         &k.timeout.map(clone_duration),
         "health_check_timeout",
+        limits::HEALTH_CHECK_TIMEOUT,
         interval,
     )?;
     if timeout > interval {
@@ -361,11 +351,23 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
         ));
     }
     let rise = match k.rise {
-        Some(r) => int(src, r, "health_check_rise", 1, MAX_RISE_FALL, "")?,
+        Some(r) => count(
+            src,
+            r,
+            "health_check_rise",
+            limits::HEALTH_CHECK_RISE_FALL,
+            "",
+        )?,
         None => DEFAULT_CHECK_RISE,
     };
     let fall = match k.fall {
-        Some(f) => int(src, f, "health_check_fall", 1, MAX_RISE_FALL, "")?,
+        Some(f) => count(
+            src,
+            f,
+            "health_check_fall",
+            limits::HEALTH_CHECK_RISE_FALL,
+            "",
+        )?,
         None => DEFAULT_CHECK_FALL,
     };
     let port = match k.port {
@@ -395,16 +397,23 @@ fn active(src: &Source, kind: Kind, k: HealthKeys) -> Result<ActiveCheck, Config
     })
 }
 
-fn passive(src: &Source, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
+fn passive(src: &SourceText, k: HealthKeys) -> Result<PassiveCheck, ConfigError> {
     Ok(PassiveCheck {
         consecutive_failures: match k.failures {
-            Some(f) => int(src, f, "outlier_consecutive_failures", 1, MAX_FAILURES, "")?,
+            Some(f) => count(
+                src,
+                f,
+                "outlier_consecutive_failures",
+                limits::OUTLIER_CONSECUTIVE_FAILURES,
+                "",
+            )?,
             None => DEFAULT_EJECTION_FAILURES,
         },
         ejection_time: opt_duration(
             src,
             &k.ejection_time.map(clone_duration),
             "outlier_ejection_time",
+            limits::OUTLIER_EJECTION_TIME,
             DEFAULT_EJECTION_TIME,
         )?,
     })
@@ -415,7 +424,7 @@ fn clone_duration(d: &Spanned<DurationText>) -> Spanned<DurationText> {
 }
 
 /// A request path: starts with `/`, visible ASCII only (it goes into the request line as is).
-fn path(src: &Source, p: &Spanned<String>) -> Result<String, ConfigError> {
+fn path(src: &SourceText, p: &Spanned<String>) -> Result<String, ConfigError> {
     let s = p.get_ref();
     let problem = if !s.starts_with('/') {
         Some("must start with '/'".to_owned())
@@ -433,7 +442,7 @@ fn path(src: &Source, p: &Spanned<String>) -> Result<String, ConfigError> {
 }
 
 /// `200`, `"200"` or `"200-399"` → an inclusive range of HTTP status codes.
-fn status(src: &Source, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigError> {
+fn status(src: &SourceText, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigError> {
     let bad = |why: &str| {
         src.error(
             &v.span(),
@@ -472,229 +481,4 @@ fn status(src: &Source, v: &Spanned<IntOrText>) -> Result<(u16, u16), ConfigErro
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::config::parse;
-    use crate::model::*;
-    use std::time::Duration;
-
-    fn health_of(text: &str) -> Vec<HealthConfig> {
-        parse(text, "h.toml", None)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .services
-            .into_iter()
-            .map(|s| s.health)
-            .collect()
-    }
-
-    fn error_of(text: &str) -> (usize, usize, String) {
-        let e = parse(text, "h.toml", None).unwrap_err();
-        (e.line, e.column, e.message)
-    }
-
-    #[test]
-    fn haproxy_defaults_and_timeout_is_the_interval() {
-        let h = health_of("[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"tcp\"\n");
-        assert_eq!(
-            h[0].active,
-            Some(ActiveCheck {
-                kind: CheckKind::Tcp,
-                interval: Duration::from_secs(2),
-                timeout: Duration::from_secs(2),
-                rise: 2,
-                fall: 3,
-                port: None,
-            })
-        );
-        assert_eq!(h[0].passive, None);
-        assert!(!h[0].shutdown_sessions);
-        let h = health_of(
-            "[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"http\"\nhealth_check_interval = \"500ms\"\n",
-        );
-        let a = h[0].active.as_ref().unwrap();
-        assert_eq!(a.timeout, Duration::from_millis(500));
-        assert_eq!(
-            a.kind,
-            CheckKind::Http {
-                path: "/".into(),
-                expect: (200, 399)
-            }
-        );
-    }
-
-    #[test]
-    fn off_by_default() {
-        let h = health_of("[[service]]\nname = \"a\"\nport = 80\n");
-        assert_eq!(h[0], HealthConfig::default());
-    }
-
-    #[test]
-    fn every_key_and_node_wide_defaults() {
-        let text = r#"
-health_check_interval = "1s"
-health_check_rise = 4
-outlier_ejection = true
-outlier_ejection_time = "10s"
-
-[[service]]
-name = "a"
-port = 80
-health_check = "http"
-health_check_path = "/healthz?full=1"
-health_check_status = 204
-health_check_timeout = "300ms"
-health_check_fall = 1
-health_check_port = 8081
-outlier_consecutive_failures = 3
-shutdown_sessions = true
-
-[[service]]
-name = "b"
-port = 80
-health_check = "tcp"
-health_check_status_unused = 1
-"#;
-        // An unknown key is still an unknown key.
-        assert!(error_of(text)
-            .2
-            .contains("unknown key `health_check_status_unused`"));
-        let text = text.replace(
-            "health_check_status_unused = 1\n",
-            "outlier_ejection = false\n",
-        );
-        let h = health_of(&text);
-        assert_eq!(
-            h[0],
-            HealthConfig {
-                active: Some(ActiveCheck {
-                    kind: CheckKind::Http {
-                        path: "/healthz?full=1".into(),
-                        expect: (204, 204),
-                    },
-                    interval: Duration::from_secs(1),
-                    timeout: Duration::from_millis(300),
-                    rise: 4,
-                    fall: 1,
-                    port: Some(8081),
-                }),
-                passive: Some(PassiveCheck {
-                    consecutive_failures: 3,
-                    ejection_time: Duration::from_secs(10),
-                }),
-                shutdown_sessions: true,
-            }
-        );
-        assert_eq!(
-            h[1],
-            HealthConfig {
-                active: Some(ActiveCheck {
-                    kind: CheckKind::Tcp,
-                    interval: Duration::from_secs(1),
-                    timeout: Duration::from_secs(1),
-                    rise: 4,
-                    fall: 3,
-                    port: None,
-                }),
-                passive: None,
-                shutdown_sessions: false,
-            }
-        );
-        let m = parse(&text, "h.toml", None).unwrap();
-        let shown = crate::config::render_check(&m);
-        assert!(
-            shown.contains(
-                "default/a sets its own: health http GET /healthz?full=1 expect 204 every 1s \
-                 (timeout 300ms, rise 4, fall 1, port 8081) + outlier ejection (3 failures, 10s) \
-                 + shutdown sessions"
-            ),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("maglev table 65537, health outlier ejection (5 failures, 10s)\n"),
-            "{shown}"
-        );
-        assert_eq!(m.settings.defaults.health.active, None);
-        assert_eq!(
-            m.settings.defaults.health.passive,
-            Some(PassiveCheck {
-                consecutive_failures: 5,
-                ejection_time: Duration::from_secs(10),
-            })
-        );
-    }
-
-    #[test]
-    fn a_service_can_turn_the_default_off() {
-        let h = health_of(
-            "health_check = \"tcp\"\nshutdown_sessions = true\n[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"none\"\n",
-        );
-        assert_eq!(h[0].active, None);
-        // shutdown_sessions inherited, harmless without checks.
-        assert!(h[0].shutdown_sessions);
-    }
-
-    #[test]
-    fn status_ranges() {
-        let svc = |v: &str| {
-            format!("[[service]]\nname = \"a\"\nport = 80\nhealth_check = \"http\"\nhealth_check_status = {v}\n")
-        };
-        let expect = |v: &str| match &health_of(&svc(v))[0].active.as_ref().unwrap().kind {
-            CheckKind::Http { expect, .. } => *expect,
-            CheckKind::Tcp => unreachable!(),
-        };
-        assert_eq!(expect("\"200-299\""), (200, 299));
-        assert_eq!(expect("\"301\""), (301, 301));
-        assert_eq!(expect("200"), (200, 200));
-        for bad in ["99", "600", "\"2xx\"", "\"300-200\"", "\"200-\""] {
-            let (line, col, msg) = error_of(&svc(bad));
-            assert_eq!((line, col), (5, 23), "{bad}: {msg}");
-            assert!(msg.starts_with("health_check_status "), "{bad}: {msg}");
-        }
-    }
-
-    /// Each row: TOML, the error's line and column, and a part of its message.
-    #[test]
-    fn errors_point_at_the_value() {
-        let svc = "[[service]]\nname = \"a\"\nport = 80\n";
-        #[rustfmt::skip]
-        let rows: &[(String, (usize, usize), &str)] = &[
-            (format!("{svc}health_check = \"udp\"\n"), (4, 16),
-                "health_check \"udp\" is not accepted; expected one of \"none\", \"tcp\", \"http\""),
-            (format!("{svc}health_check = \"tcp\"\nhealth_check_path = \"/x\"\n"), (5, 21),
-                "`health_check_path` applies to health_check = \"http\", but this Service's health_check is \"tcp\""),
-            (format!("health_check = \"tcp\"\n{svc}health_check_path = \"/x\"\n"), (5, 21),
-                "health_check is \"tcp\" (the default set at line 1)"),
-            ("health_check = \"tcp\"\nhealth_check_path = \"/x\"\n".to_owned(), (2, 21),
-                "`health_check_path` applies to health_check = \"http\", but health_check is \"tcp\" (line 1)"),
-            (format!("{svc}health_check_interval = \"1s\"\n"), (4, 25),
-                "`health_check_interval` has no effect: this Service has no active health check (the default)"),
-            (format!("{svc}health_check = \"tcp\"\nhealth_check_interval = \"5ms\"\n"), (5, 25),
-                "health_check_interval 5ms is too short: at least 10ms is needed"),
-            (format!("{svc}health_check = \"tcp\"\nhealth_check_interval = \"1s\"\nhealth_check_timeout = \"2s\"\n"), (6, 24),
-                "health_check_timeout 2s is longer than health_check_interval 1s"),
-            (format!("{svc}health_check = \"tcp\"\nhealth_check_rise = 0\n"), (5, 21),
-                "health_check_rise 0 is out of range: must be 1..=100"),
-            (format!("{svc}health_check = \"tcp\"\nhealth_check_port = 70000\n"), (5, 21),
-                "health_check_port 70000 is out of range: must be 1..=65535"),
-            (format!("{svc}health_check = \"http\"\nhealth_check_path = \"healthz\"\n"), (5, 21),
-                "health_check_path \"healthz\" must start with '/'"),
-            (format!("{svc}health_check = \"http\"\nhealth_check_path = \"/a b\"\n"), (5, 21),
-                "health_check_path \"/a b\" contains ' '"),
-            (format!("{svc}outlier_consecutive_failures = 3\n"), (4, 32),
-                "`outlier_consecutive_failures` has no effect: outlier ejection is off for this Service"),
-            (format!("{svc}outlier_ejection = true\noutlier_ejection_time = \"0s\"\n"), (5, 25),
-                "outlier_ejection_time must be longer than zero"),
-            (format!("{svc}shutdown_sessions = true\n"), (4, 21),
-                "`shutdown_sessions` has no effect"),
-            ("outlier_ejection = false\noutlier_ejection_time = \"3s\"\n".to_owned(), (2, 25),
-                "`outlier_ejection_time` has no effect: outlier_ejection = false (line 1)"),
-            // Top-level tuning values are judged even when no Service uses them.
-            (format!("health_check_fall = 0\n{svc}"), (1, 21),
-                "health_check_fall 0 is out of range"),
-        ];
-        for (text, pos, want) in rows {
-            let (line, col, msg) = error_of(text);
-            assert!(msg.contains(want), "{text}\ngot {msg:?}\nwant {want:?}");
-            assert_eq!((line, col), *pos, "{text}\n{msg}");
-        }
-    }
-}
+mod tests;

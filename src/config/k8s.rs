@@ -2,7 +2,7 @@
 //! (`--manifests`) and the API watch (`--kubernetes`), so both give the same model for the
 //! same objects. API types: k8s-openapi 0.29 with feature `v1_34` (Kubernetes 1.34).
 //!
-//! What it implements (shared/design/SEMANTICS.md, docs/kubernetes.md):
+//! What it implements (docs/kubernetes.md):
 //! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP; UDP and
 //!   SCTP are reported and skipped). ClusterIP/ExternalName and headless Services, and
 //!   Services labelled `service.kubernetes.io/service-proxy-name` with another proxy's name,
@@ -27,7 +27,11 @@
 //! Nothing here fails as a whole: an object that cannot be served is skipped with a
 //! [`Problem`] (with a [`reason`]) and the rest is served. It uses only `model` and the
 //! config helpers.
+//!
+//! Slightly past ~600 lines: one Service's conversion, rule by rule in kube-proxy's order;
+//! the annotations (`k8s/annotations.rs`) and the tests are apart already.
 
+mod addresses;
 mod annotations;
 mod endpoints;
 #[cfg(test)]
@@ -38,6 +42,8 @@ use crate::model::{
     Families, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort, ServicePortKey,
     Settings, SpecPort, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
 };
+pub use addresses::node_primary_ips;
+use addresses::service_addresses;
 use endpoints::EndpointIndex;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -94,6 +100,9 @@ pub struct K8sOptions {
     /// This node's zone (its Node's `topology.kubernetes.io/zone` label, or `--zone`):
     /// EndpointSlice zone hints are compared with it. `None`: no hint names this zone.
     pub zone: Option<String>,
+    /// This node's primary addresses ([`node_primary_ips`]): `listen_addresses =
+    /// ["primary"]` serves NodePorts on them. Empty while unknown.
+    pub primary_ips: Vec<IpAddr>,
 }
 
 /// The Node label that gives a node's zone.
@@ -126,6 +135,8 @@ pub mod reason {
     pub const NODE_NAME_UNKNOWN: &str = "NodeNameUnknown";
     /// An object that cannot be read at all (no name, no spec, defined twice, no Service).
     pub const INVALID_OBJECT: &str = "InvalidObject";
+    /// An endpoint that is one of sluice's own NodePorts on this node: skipped.
+    pub const ENDPOINT_LOOPS: &str = "EndpointLoops";
 }
 
 impl std::fmt::Display for Problem {
@@ -204,6 +215,9 @@ pub fn build_model(
     });
 
     // Allocation for ports without one; a port left without (range full) is skipped.
+    // Ports served without a NodePort take no part.
+    let (mut ports, mut addressed_only): (Vec<Candidate>, Vec<Candidate>) =
+        ports.into_iter().partition(|c| !c.no_node_port);
     let allocated = loop {
         let requests: Vec<Request> = ports
             .iter()
@@ -241,7 +255,7 @@ pub fn build_model(
         }
     }
     let mut with_late: HashMap<ServiceName, Arc<ServiceMeta>> = HashMap::new();
-    for c in &mut ports {
+    for c in ports.iter_mut().chain(addressed_only.iter_mut()) {
         let Some(meta) = &c.port.meta else { continue };
         let key = c.port.key.service.to_string();
         let Some(extra) = late.get(key.as_str()) else {
@@ -256,7 +270,7 @@ pub fn build_model(
             });
         c.port.meta = Some(Arc::clone(updated));
     }
-    let services = ports
+    let mut services: Vec<ServicePort> = ports
         .into_iter()
         .zip(allocated)
         .map(|(c, a)| ServicePort {
@@ -264,14 +278,46 @@ pub fn build_model(
             node_port_allocated: a.allocated,
             ..c.port
         })
+        .chain(addressed_only.into_iter().map(|c| c.port))
         .collect();
-    (Model { settings, services }, problems)
+    // An endpoint that is one of these NodePorts on this node would loop: skipped.
+    let served = super::self_loop::Served::new(
+        &services,
+        &settings.listen,
+        super::self_loop::local_addresses(),
+        &options.primary_ips,
+    );
+    for s in &mut services {
+        let object = format!("Service {}", s.key.service);
+        s.endpoints.retain(|e| match served.explain(e.addr) {
+            None => true,
+            Some(why) => {
+                problems.push(Problem {
+                    object: object.clone(),
+                    reason: reason::ENDPOINT_LOOPS,
+                    message: format!("{why}; this endpoint is skipped"),
+                });
+                false
+            }
+        });
+    }
+    services.sort_by(|a, b| a.key.cmp(&b.key));
+    (
+        Model {
+            settings,
+            services,
+            primary_ips: options.primary_ips.clone(),
+        },
+        problems,
+    )
 }
 
 /// A Service port before NodePort allocation.
 struct Candidate {
     port: ServicePort,
     explicit: Option<u16>,
+    /// Served without a NodePort (only at the Service's addresses): nothing to allocate.
+    no_node_port: bool,
 }
 
 fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ServiceName {
@@ -340,8 +386,12 @@ fn convert_service(
         return;
     };
     let service_type = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
-    if service_type != "NodePort" && service_type != "LoadBalancer" {
-        tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer");
+    // kube-proxy serves externalIPs of every Service type but ExternalName (and headless).
+    let has_external_ips = spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
+    let with_node_ports = service_type == "NodePort" || service_type == "LoadBalancer";
+    let served_at_external_ips = service_type == "ClusterIP" && has_external_ips;
+    if !(with_node_ports || served_at_external_ips) {
+        tracing::debug!(service = %name, %service_type, "skipped: not NodePort or LoadBalancer, no externalIPs");
         return;
     }
     if spec.cluster_ip.as_deref() == Some("None") {
@@ -362,10 +412,15 @@ fn convert_service(
     };
     let mut warnings = Vec::new();
 
-    let traffic_policy = match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => TrafficPolicy::Cluster,
-        Some("Local") => TrafficPolicy::Local,
-        Some(other) => {
+    let named = |v: &str| TrafficPolicy::ALL.into_iter().find(|p| p.name() == v);
+    let traffic_policy = match spec
+        .external_traffic_policy
+        .as_deref()
+        .map(|v| (v, named(v)))
+    {
+        None => TrafficPolicy::Cluster,
+        Some((_, Some(p))) => p,
+        Some((other, None)) => {
             report(
                 reason::INVALID_SPEC,
                 format!(
@@ -405,8 +460,13 @@ fn convert_service(
     let policy = affinity.unwrap_or(settings_from_annotations.policy);
 
     let families = ip_families(spec);
-    let skip_without_node_port =
-        service_type == "LoadBalancer" && spec.allocate_load_balancer_node_ports == Some(false);
+    let addresses = service_addresses(svc, families, &mut |m| {
+        report(reason::INVALID_SPEC, m, problems, &mut warnings)
+    });
+    // Ports without a nodePort get none allocated: served at the Service's addresses only.
+    let no_node_ports = !with_node_ports
+        || (service_type == "LoadBalancer"
+            && spec.allocate_load_balancer_node_ports == Some(false));
     let mut port_names: Vec<String> = Vec::new();
     let mut keys = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -462,11 +522,12 @@ fn convert_service(
             continue;
         };
         let explicit = match p.node_port {
-            None | Some(0) if skip_without_node_port => {
-                tracing::debug!(service = %name, port = %what, "no nodePort (allocateLoadBalancerNodePorts: false): not served");
+            None | Some(0) if no_node_ports && addresses.is_empty() => {
+                tracing::debug!(service = %name, port = %what, "no nodePort and no external or LoadBalancer IP: not served");
                 continue;
             }
             None | Some(0) => None,
+            Some(_) if !with_node_ports => None,
             Some(n) => match u16::try_from(n) {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -523,8 +584,10 @@ fn convert_service(
                 families,
                 health: settings.defaults.health.clone(),
                 meta: None,
+                addresses: addresses.clone(),
             },
             explicit,
+            no_node_port: explicit.is_none() && no_node_ports,
         });
     }
     let meta = Arc::new(service_meta(svc, service_type, warnings));
@@ -586,7 +649,9 @@ fn session_affinity(
         .and_then(|c| c.timeout_seconds);
     let timeout = match written {
         None => DEFAULT_AFFINITY_TIMEOUT,
-        Some(t @ 1..=86400) => Duration::from_secs(t as u64),
+        Some(t) if super::limits::AFFINITY_TIMEOUT_SECONDS.contains(t.into()) => {
+            Duration::from_secs(t.unsigned_abs().into())
+        }
         Some(t) => {
             let last = before.iter().find_map(|p| match p.policy {
                 Policy::ClientIp { timeout, .. } => Some(timeout),
@@ -594,8 +659,10 @@ fn session_affinity(
             });
             let kept = last.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
             report(format!(
-                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range (1..=86400); \
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range ({}..={}); \
                  keeping {}s",
+                super::limits::AFFINITY_TIMEOUT_SECONDS.min,
+                super::limits::AFFINITY_TIMEOUT_SECONDS.max,
                 kept.as_secs()
             ));
             kept

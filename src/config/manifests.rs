@@ -18,7 +18,7 @@
 //! Services).
 
 use super::k8s::{self, K8sOptions, Objects, Problem};
-use super::ConfigError;
+use super::{ConfigError, MAX_CONFIG_BYTES};
 use crate::model::{Model, Settings};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,19 +33,53 @@ pub struct Manifests {
     pub options: K8sOptions,
 }
 
+/// The files of a manifest source, read but not parsed: what a reload reads off the
+/// control loop before [`Manifests::build`] turns it into a model.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestFiles {
+    /// The node settings file (`--config`) and its text.
+    settings: Option<(PathBuf, String)>,
+    /// Each manifest file (in name order) and its text.
+    files: Vec<(PathBuf, String)>,
+}
+
 impl Manifests {
     /// Reads the settings file and the directory and builds the model; `previous` keeps
     /// allocated NodePorts and last good annotation values.
     pub fn load(&self, previous: Option<&Model>) -> Result<(Model, Vec<Problem>), ConfigError> {
+        let files = self.read()?;
+        self.build(&files, previous)
+    }
+
+    /// Reads the settings file and the manifest files (see [`read_dir`] for which, and the
+    /// size limit): the part of [`load`](Self::load) that does IO.
+    pub fn read(&self) -> Result<ManifestFiles, ConfigError> {
         let settings = match &self.config {
-            Some(path) => settings_file(path)?,
+            Some(path) => Some((path.clone(), super::read_file(path, MAX_CONFIG_BYTES)?)),
+            None => None,
+        };
+        Ok(ManifestFiles {
+            settings,
+            files: read_files(&self.dir)?,
+        })
+    }
+
+    /// The model of files read by [`read`](Self::read).
+    pub fn build(
+        &self,
+        files: &ManifestFiles,
+        previous: Option<&Model>,
+    ) -> Result<(Model, Vec<Problem>), ConfigError> {
+        let settings = match &files.settings {
+            Some((path, text)) => settings_file(path, text)?,
             None => Settings::default(),
         };
-        let objects = read_dir(&self.dir)?;
+        let objects = parse_files(&self.dir, &files.files)?;
         // A Node object named like this node gives the zone; `--zone` otherwise.
         let options = K8sOptions {
             zone: k8s::node_zone(&objects.nodes, self.options.node_name.as_deref())
                 .or_else(|| self.options.zone.clone()),
+            primary_ips: k8s::node_primary_ips(&objects.nodes, self.options.node_name.as_deref()),
             ..self.options.clone()
         };
         Ok(k8s::build_model(settings, &objects, &options, previous))
@@ -53,8 +87,8 @@ impl Manifests {
 }
 
 /// The settings of a TOML file that must not define Services.
-fn settings_file(path: &Path) -> Result<Settings, ConfigError> {
-    let model = super::load_file(path, None)?;
+fn settings_file(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let model = super::parse(text, &path.display().to_string(), None)?;
     if let Some(s) = model.services.first() {
         return Err(ConfigError {
             origin: path.display().to_string(),
@@ -72,6 +106,14 @@ fn settings_file(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Every Service, EndpointSlice and Endpoints object of the directory's files.
 pub fn read_dir(dir: &Path) -> Result<Objects, ConfigError> {
+    parse_files(dir, &read_files(dir)?)
+}
+
+/// The text of every manifest file of `dir`: names ending in `.yaml`, `.yml` or `.json`, not
+/// starting with `.`, directly in `dir`, in name order. Such a name that is not a regular
+/// file (a FIFO, a device) is an error, a subdirectory is skipped; the files together may
+/// hold at most [`MAX_CONFIG_BYTES`].
+fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     let origin = dir.display().to_string();
     let unreadable = |e: std::io::Error| ConfigError {
         origin: origin.clone(),
@@ -79,26 +121,41 @@ pub fn read_dir(dir: &Path) -> Result<Objects, ConfigError> {
         column: 0,
         message: format!("cannot read the manifest directory: {e}"),
     };
-    let mut files: Vec<PathBuf> = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let path = entry.map_err(unreadable)?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let wanted = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
-        if wanted && !name.starts_with('.') && path.is_file() {
-            files.push(path);
+        if wanted && !name.starts_with('.') && !path.is_dir() {
+            paths.push(path);
         }
     }
-    files.sort();
+    paths.sort();
+    let mut budget = MAX_CONFIG_BYTES;
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let text = super::read_file(&path, budget).map_err(|mut e| {
+            if e.message.starts_with("larger than") {
+                e.message = format!(
+                    "the manifest files of {origin} together are larger than {} MiB, the most \
+                     sluice reads from configuration files (docs/operations.md, \"Limits\")",
+                    MAX_CONFIG_BYTES / (1024 * 1024)
+                );
+            }
+            e
+        })?;
+        budget -= text.len() as u64;
+        files.push((path, text));
+    }
+    Ok(files)
+}
+
+/// The objects of files read by [`read_files`].
+fn parse_files(dir: &Path, files: &[(PathBuf, String)]) -> Result<Objects, ConfigError> {
     let mut objects = Objects::default();
     let mut ignored = 0usize;
-    for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: path.display().to_string(),
-            line: 0,
-            column: 0,
-            message: e.to_string(),
-        })?;
-        ignored += read_text(&path.display().to_string(), &text, &mut objects)?;
+    for (path, text) in files {
+        ignored += read_text(&path.display().to_string(), text, &mut objects)?;
     }
     if ignored > 0 {
         tracing::info!(
@@ -438,6 +495,35 @@ endpoints:
         );
     }
 
+    #[test]
+    fn a_fifo_among_the_manifests_is_an_error_not_a_hang() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-manifests-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), SLICE).unwrap();
+        let fifo = dir.join("b.yaml");
+        crate::config::mkfifo(&fifo);
+        let m = Manifests {
+            dir: dir.clone(),
+            config: None,
+            options: K8sOptions::default(),
+        };
+        let e = m.load(None).unwrap_err();
+        assert_eq!(e.origin, fifo.display().to_string());
+        assert!(e.message.contains("is a FIFO"), "{e}");
+        // A settings file that is a FIFO: the same.
+        std::fs::remove_file(&fifo).unwrap();
+        let with = Manifests {
+            config: Some(fifo.clone()),
+            ..m.clone()
+        };
+        crate::config::mkfifo(&fifo);
+        let e = with.read().unwrap_err();
+        assert!(e.message.contains("is a FIFO"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The zone for topology hints: a Node object named like this node, in the directory,
     /// wins over `--zone`; another node's object is not this node's.
     #[test]
@@ -464,6 +550,7 @@ endpoints:
                     node_name: Some("me".into()),
                     proxy_name: None,
                     zone: zone.map(Into::into),
+                    primary_ips: Vec::new(),
                 },
             };
             let (model, problems) = m.load(None).unwrap();

@@ -4,9 +4,7 @@
 //! Service port with its endpoints. Allocated NodePorts are marked so that an operator knows
 //! which ones came from sluice rather than the file. Nothing here is meant to be parsed.
 
-use crate::model::{
-    HashKey, ListenAddresses, Model, Policy, ServiceDefaults, ServicePort, TrafficPolicy,
-};
+use crate::model::{ListenAddresses, Model, ServiceDefaults, ServicePort, TrafficPolicy};
 use crate::table::usable::{routing_weights, Tier};
 use std::fmt::Write;
 
@@ -20,6 +18,17 @@ pub(super) fn render(model: &Model) -> String {
             .map(|ip| ip.to_string())
             .collect::<Vec<_>>()
             .join(", "),
+        ListenAddresses::Matching { addresses, cidrs } => addresses
+            .iter()
+            .map(|ip| ip.to_string())
+            .chain(
+                cidrs
+                    .iter()
+                    .map(|c| format!("this node's addresses in {c}")),
+            )
+            .collect::<Vec<_>>()
+            .join(", "),
+        ListenAddresses::Primary => "this node's primary addresses".to_owned(),
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -37,16 +46,7 @@ pub(super) fn render(model: &Model) -> String {
     } else {
         "not pinned"
     };
-    let relay = match s.relay {
-        crate::model::RelayMode::Splice => "splice",
-        crate::model::RelayMode::Copy => "copy",
-        crate::model::RelayMode::Auto => "auto",
-    };
-    let driver = match s.driver {
-        crate::model::DriverSetting::Auto => "auto",
-        crate::model::DriverSetting::Uring => "uring",
-        crate::model::DriverSetting::Epoll => "epoll",
-    };
+    let (relay, driver) = (s.relay, s.driver);
     let _ = writeln!(
         out,
         "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
@@ -119,34 +119,73 @@ pub(super) fn render(model: &Model) -> String {
             let _ = writeln!(out, "{} sets its own: {}", p.key, own.join(", "));
         }
     }
+    // Addresses of their own (served on the nodes where they are local).
+    for p in &model.services {
+        if let Some(text) = addresses(p, s.source_ranges_on_node_ports) {
+            let _ = writeln!(out, "{} {text}", p.key);
+        }
+    }
     out
 }
 
+/// `is reached at 192.0.2.10:80 (LoadBalancer IP), 192.0.2.7:80 (external IP), where local
+/// to the node; clients from 10.0.0.0/8 only at the LoadBalancer IPs`, or `None`.
+fn addresses(p: &ServicePort, ranges_on_node_ports: bool) -> Option<String> {
+    let a = &p.addresses;
+    let mut at: Vec<String> = Vec::new();
+    let ip_port = |ip: &std::net::IpAddr| std::net::SocketAddr::new(*ip, p.port).to_string();
+    for ip in &a.load_balancer_ips {
+        at.push(format!("{} (LoadBalancer IP)", ip_port(ip)));
+    }
+    for ip in a
+        .external_ips
+        .iter()
+        .filter(|ip| !a.load_balancer_ips.contains(ip))
+    {
+        at.push(format!("{} (external IP)", ip_port(ip)));
+    }
+    let mut text = String::new();
+    if !at.is_empty() {
+        let _ = write!(
+            text,
+            "is reached at {}, where local to the node",
+            at.join(", ")
+        );
+    }
+    let ranges: Vec<String> = a.source_ranges.iter().map(|c| c.to_string()).collect();
+    let gates = match (
+        a.load_balancer_ips.is_empty(),
+        ranges_on_node_ports && p.node_port != 0,
+    ) {
+        (false, true) => Some("at the LoadBalancer IPs and the NodePort"),
+        (false, false) => Some("at the LoadBalancer IPs"),
+        (true, true) => Some("at the NodePort"),
+        (true, false) => None,
+    };
+    if let (false, Some(gates)) = (ranges.is_empty(), gates) {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        let _ = write!(text, "clients from {} only {gates}", ranges.join(", "));
+    }
+    (!text.is_empty()).then_some(text)
+}
+
 fn row(p: &ServicePort) -> [String; 6] {
-    let node_port = if p.node_port_allocated {
+    let node_port = if p.node_port == 0 {
+        "none".to_owned()
+    } else if p.node_port_allocated {
         format!("{}/{} (allocated)", p.node_port, p.key.protocol)
     } else {
         format!("{}/{}", p.node_port, p.key.protocol)
-    };
-    let policy = match p.policy {
-        Policy::Maglev {
-            key: HashKey::ClientIpPort,
-        } => "maglev(ip+port)".to_owned(),
-        Policy::Maglev {
-            key: HashKey::ClientIp,
-        } => "maglev(ip)".to_owned(),
-        Policy::ClientIp { timeout, .. } => format!("client-ip({}s)", timeout.as_secs()),
-        Policy::RoundRobin => "round-robin".to_owned(),
-        Policy::Random => "random".to_owned(),
-        Policy::LeastConnections => "least-connections".to_owned(),
     };
     let endpoints = endpoints(p);
     [
         p.key.to_string(),
         format!("{}/{}", p.port, p.key.protocol),
         node_port,
-        policy.to_owned(),
-        super::forwarding::describe(&p.forwarding),
+        p.policy.to_string(),
+        p.forwarding.to_string(),
         endpoints,
     ]
 }

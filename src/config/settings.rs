@@ -4,32 +4,29 @@
 //! and the service defaults. Knows nothing about `[[service]]` tables.
 
 use super::file::ConfigFile;
-use super::values::{choice, int, opt_duration, opt_retries, opt_table_size};
-use super::{ConfigError, Source};
+use super::limits;
+use super::values::{choice, count, int, opt_duration, opt_retries, opt_table_size};
+use super::{ConfigError, SourceText};
 use crate::model::{
-    ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode, ServiceDefaults,
-    Settings, Timeouts, DEFAULT_NODE_PORT_RANGE, MAX_HELD,
+    names, Cidr, ControlSettings, DriverSetting, ListenAddresses, NodePortRange, RelayMode,
+    ServiceDefaults, Settings, Timeouts, DEFAULT_NODE_PORT_RANGE,
 };
 use serde_spanned::Spanned;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 
-/// Upper bound of `workers`: far above any machine sluice runs on, low enough to catch typos.
-const MAX_WORKERS: i64 = 1024;
-
 pub(super) fn settings(
-    src: &Source,
+    src: &SourceText,
     f: &ConfigFile,
 ) -> Result<(Settings, Option<Range<usize>>), ConfigError> {
     let base = Settings::default();
     let workers = match &f.workers {
-        Some(w) => Some(int(
+        Some(w) => Some(count(
             src,
             w,
             "workers",
-            1,
-            MAX_WORKERS,
+            limits::WORKERS,
             "omit `workers` for one per online CPU",
         )?),
         None => None,
@@ -43,16 +40,21 @@ pub(super) fn settings(
         None => DEFAULT_NODE_PORT_RANGE,
     };
     let max_connections_per_worker = match &f.max_connections_per_worker {
-        Some(v) => int(src, v, "max_connections_per_worker", 1, u32::MAX.into(), "")?,
+        Some(v) => count(
+            src,
+            v,
+            "max_connections_per_worker",
+            limits::MAX_CONNECTIONS_PER_WORKER,
+            "",
+        )?,
         None => base.max_connections_per_worker,
     };
     let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
-        Some(v) => int(
+        Some(v) => count(
             src,
             v,
             key,
-            0,
-            MAX_HELD.into(),
+            limits::HELD_CONNECTIONS,
             "0 turns holding off: clients of an empty Service are reset at once",
         ),
         None => Ok(default),
@@ -68,16 +70,7 @@ pub(super) fn settings(
         base.max_held_per_service,
     )?;
     let relay = match &f.relay {
-        Some(r) => choice(
-            src,
-            r,
-            "relay",
-            &[
-                ("splice", RelayMode::Splice),
-                ("copy", RelayMode::Copy),
-                ("auto", RelayMode::Auto),
-            ],
-        )?,
+        Some(r) => choice(src, r, "relay", &names(&RelayMode::ALL, RelayMode::name))?,
         None => base.relay,
     };
     let driver = match &f.driver {
@@ -85,16 +78,12 @@ pub(super) fn settings(
             src,
             d,
             "driver",
-            &[
-                ("auto", DriverSetting::Auto),
-                ("uring", DriverSetting::Uring),
-                ("epoll", DriverSetting::Epoll),
-            ],
+            &names(&DriverSetting::ALL, DriverSetting::name),
         )?,
         None => base.driver,
     };
     let backlog = match &f.backlog {
-        Some(b) => int(src, b, "backlog", 1, i32::MAX.into(), "")?,
+        Some(b) => count(src, b, "backlog", limits::BACKLOG, "")?,
         None => base.backlog,
     };
     let fallback = ServiceDefaults::default();
@@ -104,14 +93,22 @@ pub(super) fn settings(
                 src,
                 &f.connect_timeout,
                 "connect_timeout",
+                limits::CONNECT_TIMEOUT,
                 fallback.timeouts.connect,
             )?,
-            idle: opt_duration(src, &f.idle_timeout, "idle_timeout", fallback.timeouts.idle)?,
+            idle: opt_duration(
+                src,
+                &f.idle_timeout,
+                "idle_timeout",
+                limits::IDLE_TIMEOUT,
+                fallback.timeouts.idle,
+            )?,
             hold_when_empty: match &f.hold_when_empty {
                 Some(_) => Some(opt_duration(
                     src,
                     &f.hold_when_empty,
                     "hold_when_empty",
+                    limits::HOLD_WHEN_EMPTY,
                     std::time::Duration::ZERO,
                 )?),
                 None => None,
@@ -124,7 +121,13 @@ pub(super) fn settings(
     let control = control(src, f)?;
     let metrics_address = opt_socket_addr(src, &f.metrics_address, "metrics_address")?;
     let health_address = opt_socket_addr(src, &f.health_address, "health_address")?;
-    let drain_timeout = opt_duration(src, &f.drain_timeout, "drain_timeout", base.drain_timeout)?;
+    let drain_timeout = opt_duration(
+        src,
+        &f.drain_timeout,
+        "drain_timeout",
+        limits::DRAIN_TIMEOUT,
+        base.drain_timeout,
+    )?;
     let settings = Settings {
         workers,
         pin_workers: f.pin_workers.unwrap_or(base.pin_workers),
@@ -141,12 +144,13 @@ pub(super) fn settings(
         metrics_address,
         health_address,
         drain_timeout,
+        source_ranges_on_node_ports: f.source_ranges_on_node_ports.unwrap_or(false),
     };
     Ok((settings, f.node_port_range.as_ref().map(Spanned::span)))
 }
 
 fn listen_addresses(
-    src: &Source,
+    src: &SourceText,
     list: &Spanned<Vec<Spanned<String>>>,
 ) -> Result<ListenAddresses, ConfigError> {
     if list.get_ref().is_empty() {
@@ -156,47 +160,90 @@ fn listen_addresses(
              on all addresses",
         ));
     }
-    let mut seen: Vec<(IpAddr, Range<usize>)> = Vec::new();
+    if let Some(primary) = list
+        .get_ref()
+        .iter()
+        .find(|t| t.get_ref().trim() == "primary")
+    {
+        if list.get_ref().len() > 1 {
+            return Err(src.error(
+                &primary.span(),
+                "`\"primary\"` stands alone in `listen_addresses` (as in kube-proxy's \
+                 nodePortAddresses): it means this node's primary addresses; list CIDRs or \
+                 addresses instead to choose others",
+            ));
+        }
+        return Ok(ListenAddresses::Primary);
+    }
+    // Each entry as a prefix (an address is its host prefix), to find overlaps.
+    let mut seen: Vec<(Cidr, bool, Range<usize>)> = Vec::new();
     for text in list.get_ref() {
-        let ip: IpAddr = text.get_ref().trim().parse().map_err(|_| {
+        let written = text.get_ref().trim();
+        let is_cidr = written.contains('/');
+        let cidr: Cidr = written.parse().map_err(|()| {
             src.error(
                 &text.span(),
                 format!(
-                    "listen address {:?} is not an IP address (CIDRs and host names are not \
-                     supported)",
+                    "listen address {:?} is not an IP address, a CIDR (\"10.0.0.0/8\") or \
+                     \"primary\" (host names are not supported)",
                     text.get_ref()
                 ),
             )
         })?;
-        for (other, span) in &seen {
-            if *other == ip {
+        let shown = |c: &Cidr, is_cidr: bool| {
+            if is_cidr {
+                c.to_string()
+            } else {
+                c.addr().to_string()
+            }
+        };
+        for (other, other_is_cidr, span) in &seen {
+            if *other == cidr && *other_is_cidr == is_cidr {
                 return Err(src.error(
                     &text.span(),
                     format!(
-                        "listen address {ip} is listed twice (first at line {})",
+                        "listen address {} is listed twice (first at line {})",
+                        shown(&cidr, is_cidr),
                         src.line(span.start)
                     ),
                 ));
             }
-            if other.is_ipv4() == ip.is_ipv4() && (other.is_unspecified() || ip.is_unspecified()) {
+            let wildcard = |c: &Cidr, is_cidr: bool| !is_cidr && c.addr().is_unspecified();
+            if other.addr().is_ipv4() == cidr.addr().is_ipv4()
+                && (wildcard(other, *other_is_cidr) || wildcard(&cidr, is_cidr))
+            {
                 return Err(src.error(
                     &text.span(),
                     format!(
-                        "listen address {ip} overlaps {other} (line {}): a wildcard address \
+                        "listen address {} overlaps {} (line {}): a wildcard address \
                          already covers every address of its family",
+                        shown(&cidr, is_cidr),
+                        shown(other, *other_is_cidr),
                         src.line(span.start)
                     ),
                 ));
             }
         }
-        seen.push((ip, text.span()));
+        seen.push((cidr, is_cidr, text.span()));
     }
-    Ok(ListenAddresses::Only(
-        seen.into_iter().map(|(ip, _)| ip).collect(),
-    ))
+    let addresses: Vec<IpAddr> = seen
+        .iter()
+        .filter(|(_, is_cidr, _)| !is_cidr)
+        .map(|(c, _, _)| c.addr())
+        .collect();
+    let cidrs: Vec<Cidr> = seen
+        .iter()
+        .filter(|(_, is_cidr, _)| *is_cidr)
+        .map(|(c, _, _)| *c)
+        .collect();
+    Ok(if cidrs.is_empty() {
+        ListenAddresses::Only(addresses)
+    } else {
+        ListenAddresses::Matching { addresses, cidrs }
+    })
 }
 
-fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
+fn node_port_range(src: &SourceText, text: &Spanned<String>) -> Result<NodePortRange, ConfigError> {
     let malformed = |why: &str| {
         src.error(
             &text.span(),
@@ -223,7 +270,7 @@ fn node_port_range(src: &Source, text: &Spanned<String>) -> Result<NodePortRange
 /// Upper bound of uids and gids: the kernel's (uid_t is 32 bits; -1 is "no id").
 const MAX_ID: i64 = u32::MAX as i64 - 1;
 
-fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
+fn control(src: &SourceText, f: &ConfigFile) -> Result<ControlSettings, ConfigError> {
     let base = ControlSettings::default();
     let socket = match &f.control_socket {
         Some(p) => {
@@ -276,7 +323,7 @@ fn control(src: &Source, f: &ConfigFile) -> Result<ControlSettings, ConfigError>
 }
 
 fn opt_socket_addr(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<String>>,
     key: &str,
 ) -> Result<Option<SocketAddr>, ConfigError> {

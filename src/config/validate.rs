@@ -5,18 +5,23 @@
 //! Checks that involve several Service ports (duplicate identities, NodePort collisions) name
 //! the earlier entry by its line. NodePort allocation itself is the `allocate` module's job.
 
+use super::addresses;
 use super::allocate::{self, Allocation, Request};
 use super::file::{ConfigFile, ServiceEntry};
 use super::forwarding;
 use super::health::{self, HealthKeys};
+use super::limits;
+use super::self_loop;
 use super::settings::settings;
 use super::values::{
-    choice, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol, DnsLabel,
+    choice, count, dns_label, endpoint, int, opt_duration, opt_retries, opt_table_size, protocol,
+    DnsLabel,
 };
-use super::{ConfigError, Source};
+use super::{ConfigError, SourceText};
 use crate::model::{
-    Endpoint, HashKey, Model, NodePortRange, Policy, Protocol, ServiceDefaults, ServiceName,
-    ServicePort, ServicePortKey, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
+    names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceName,
+    ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT,
 };
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +31,7 @@ use std::ops::Range;
 /// Builds the model: settings first (services need their defaults and the NodePort range),
 /// then each `[[service]]` in file order, then the checks across services, then allocation.
 pub(super) fn build(
-    src: &Source,
+    src: &SourceText,
     file: ConfigFile,
     previous: Option<&Model>,
 ) -> Result<Model, ConfigError> {
@@ -36,14 +41,10 @@ pub(super) fn build(
     let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
     let top_health = HealthKeys::of_file(&file);
+    let mut claims = addresses::Claims::default();
     for entry in &file.service {
-        let this = service(
-            src,
-            entry,
-            &settings.defaults,
-            &default_forwarding,
-            top_health,
-        )?;
+        let this = service(src, entry, &settings, &default_forwarding, top_health)?;
+        claims.claim(src, entry, &this.port.key, this.port.port)?;
         if let Some(&first) = by_key.get(&this.port.key) {
             return Err(src.error(
                 &this.name_span,
@@ -104,16 +105,35 @@ pub(super) fn build(
             ));
         }
     };
-    let services = checked
+    let (services, endpoint_spans): (Vec<ServicePort>, Vec<_>) = checked
         .into_iter()
         .zip(ports)
-        .map(|(c, a): (Checked, Allocation)| ServicePort {
-            node_port: a.node_port,
-            node_port_allocated: a.allocated,
-            ..c.port
+        .map(|(c, a): (Checked, Allocation)| {
+            let port = ServicePort {
+                node_port: a.node_port,
+                node_port_allocated: a.allocated,
+                ..c.port
+            };
+            (port, c.endpoint_spans)
         })
-        .collect();
-    Ok(Model { settings, services })
+        .unzip();
+    // Only now are all NodePorts known (allocated ones included).
+    let served = self_loop::Served::new(
+        &services,
+        &settings.listen,
+        self_loop::local_addresses(),
+        &[],
+    );
+    for (addr, span) in endpoint_spans.iter().flatten() {
+        if let Some(why) = served.explain(*addr) {
+            return Err(src.error(span, why));
+        }
+    }
+    Ok(Model {
+        settings,
+        services,
+        primary_ips: Vec::new(),
+    })
 }
 
 /// One `[[service]]` entry after its own checks, with the spans later checks point at.
@@ -122,6 +142,8 @@ struct Checked {
     port: ServicePort,
     name_span: Range<usize>,
     node_port: Option<Spanned<i64>>,
+    /// Each endpoint's address and where it is written.
+    endpoint_spans: Vec<(SocketAddr, Range<usize>)>,
 }
 
 fn describe(key: &ServicePortKey) -> String {
@@ -133,12 +155,13 @@ fn describe(key: &ServicePortKey) -> String {
 }
 
 fn service(
-    src: &Source,
+    src: &SourceText,
     e: &ServiceEntry,
-    defaults: &ServiceDefaults,
+    settings: &Settings,
     default_forwarding: &forwarding::Default,
     top_health: HealthKeys,
 ) -> Result<Checked, ConfigError> {
+    let defaults = &settings.defaults;
     let name = dns_label(src, &e.name, "name", DnsLabel::Rfc1035)?;
     let namespace = match &e.namespace {
         Some(ns) => dns_label(src, ns, "namespace", DnsLabel::Rfc1123)?,
@@ -163,30 +186,11 @@ fn service(
         .node_port
         .as_ref()
         .map_or(0, |n| u16::try_from(*n.get_ref()).unwrap_or(0));
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Maglev,
-        ClientIp,
-        RoundRobin,
-        Random,
-        LeastConnections,
-    }
     let kind = match &e.policy {
-        Some(p) => choice(
-            src,
-            p,
-            "policy",
-            &[
-                ("maglev", Kind::Maglev),
-                ("client-ip", Kind::ClientIp),
-                ("round-robin", Kind::RoundRobin),
-                ("random", Kind::Random),
-                ("least-connections", Kind::LeastConnections),
-            ],
-        )?,
-        None => Kind::Maglev,
+        Some(p) => choice(src, p, "policy", &names(&PolicyKind::ALL, PolicyKind::name))?,
+        None => PolicyKind::Maglev,
     };
-    if kind != Kind::Maglev {
+    if kind != PolicyKind::Maglev {
         if let Some(k) = &e.hash_key {
             return Err(src.error(
                 &k.span(),
@@ -194,7 +198,7 @@ fn service(
             ));
         }
     }
-    if kind != Kind::ClientIp {
+    if kind != PolicyKind::ClientIp {
         for (key, v) in [
             ("affinity_timeout_seconds", &e.affinity_timeout_seconds),
             ("affinity_max_entries", &e.affinity_max_entries),
@@ -208,30 +212,27 @@ fn service(
         }
     }
     let timeout_seconds: u64 = match &e.affinity_timeout_seconds {
-        Some(t) => int(
+        Some(t) => count(
             src,
             t,
             "affinity_timeout_seconds",
-            1,
-            86400,
-            " (Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range)",
+            limits::AFFINITY_TIMEOUT_SECONDS,
+            "Kubernetes' sessionAffinityConfig.clientIP.timeoutSeconds range",
         )?,
         None => DEFAULT_AFFINITY_TIMEOUT.as_secs(),
     };
     let max_entries: u32 = match &e.affinity_max_entries {
-        Some(m) => int(src, m, "affinity_max_entries", 1, 1 << 24, "")?,
+        Some(m) => count(
+            src,
+            m,
+            "affinity_max_entries",
+            limits::AFFINITY_MAX_ENTRIES,
+            "",
+        )?,
         None => DEFAULT_AFFINITY_MAX_ENTRIES,
     };
     let key = match &e.hash_key {
-        Some(k) => choice(
-            src,
-            k,
-            "hash_key",
-            &[
-                ("client-ip-port", HashKey::ClientIpPort),
-                ("client-ip", HashKey::ClientIp),
-            ],
-        )?,
+        Some(k) => choice(src, k, "hash_key", &names(&HashKey::ALL, HashKey::name))?,
         None => HashKey::ClientIpPort,
     };
     let timeouts = Timeouts {
@@ -239,14 +240,22 @@ fn service(
             src,
             &e.connect_timeout,
             "connect_timeout",
+            limits::CONNECT_TIMEOUT,
             defaults.timeouts.connect,
         )?,
-        idle: opt_duration(src, &e.idle_timeout, "idle_timeout", defaults.timeouts.idle)?,
+        idle: opt_duration(
+            src,
+            &e.idle_timeout,
+            "idle_timeout",
+            limits::IDLE_TIMEOUT,
+            defaults.timeouts.idle,
+        )?,
         hold_when_empty: match &e.hold_when_empty {
             Some(_) => Some(opt_duration(
                 src,
                 &e.hold_when_empty,
                 "hold_when_empty",
+                limits::HOLD_WHEN_EMPTY,
                 std::time::Duration::ZERO,
             )?),
             None => defaults.timeouts.hold_when_empty,
@@ -256,9 +265,11 @@ fn service(
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
     let forwarding = forwarding::service(src, e, default_forwarding)?;
     let health = health::service(src, HealthKeys::of_service(e), top_health)?;
+    let addresses = addresses::service(src, e, settings.source_ranges_on_node_ports)?;
 
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(e.endpoints.len());
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut endpoint_spans = Vec::with_capacity(e.endpoints.len());
     for entry in &e.endpoints {
         let ep = endpoint(src, entry, target_port)?;
         if let Some(&first) = first_seen.get(&ep.addr) {
@@ -272,6 +283,7 @@ fn service(
             ));
         }
         first_seen.insert(ep.addr, entry.span().start);
+        endpoint_spans.push((ep.addr, entry.span()));
         endpoints.push(ep);
     }
     endpoints.sort_by_key(|ep| ep.addr);
@@ -303,14 +315,14 @@ fn service(
             target_port,
             endpoints,
             policy: match kind {
-                Kind::Maglev => Policy::Maglev { key },
-                Kind::ClientIp => Policy::ClientIp {
+                PolicyKind::Maglev => Policy::Maglev { key },
+                PolicyKind::ClientIp => Policy::ClientIp {
                     timeout: std::time::Duration::from_secs(timeout_seconds),
                     max_entries,
                 },
-                Kind::RoundRobin => Policy::RoundRobin,
-                Kind::Random => Policy::Random,
-                Kind::LeastConnections => Policy::LeastConnections,
+                PolicyKind::RoundRobin => Policy::RoundRobin,
+                PolicyKind::Random => Policy::Random,
+                PolicyKind::LeastConnections => Policy::LeastConnections,
             },
             timeouts,
             connect_retries,
@@ -320,14 +332,16 @@ fn service(
             families: Default::default(),
             health,
             meta: None,
+            addresses,
         },
         name_span: e.name.span(),
         node_port: e.node_port.clone(),
+        endpoint_spans,
     })
 }
 
 fn check_node_port_in_range(
-    src: &Source,
+    src: &SourceText,
     node_port: &Spanned<i64>,
     range: NodePortRange,
     range_span: &Option<Range<usize>>,
@@ -348,7 +362,7 @@ fn check_node_port_in_range(
 }
 
 /// Kubernetes: when a Service has several ports, every one of them must be named.
-fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError> {
+fn check_port_names(src: &SourceText, checked: &[Checked]) -> Result<(), ConfigError> {
     let mut ports: BTreeMap<&ServiceName, Vec<&Checked>> = BTreeMap::new();
     for c in checked {
         ports.entry(&c.port.key.service).or_default().push(c);
@@ -369,4 +383,54 @@ fn check_port_names(src: &Source, checked: &[Checked]) -> Result<(), ConfigError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        let e = parse(text, "l.toml", None).unwrap_err();
+        (e.line, e.column, e.message)
+    }
+
+    /// An endpoint that is one of this file's NodePorts where sluice listens is refused at
+    /// the endpoint; the same address on another port, or not listened on, is fine.
+    #[test]
+    fn an_endpoint_that_is_our_own_node_port_is_refused() {
+        let file = |listen: &str, eps: &str| {
+            format!(
+                "{listen}node_port_range = \"30000-30009\"\n[[service]]\nname = \"a\"\nport = 80\n\
+                 node_port = 30000\nendpoints = [{eps}]\n[[service]]\nname = \"b\"\nport = 80\n\
+                 node_port = 30001\n"
+            )
+        };
+        let explicit = "listen_addresses = [\"127.0.0.1\"]\n";
+        let (line, col, message) = error_of(&file(explicit, "\"10.0.0.1\", \"127.0.0.1:30001\""));
+        assert_eq!((line, col), (7, 26), "{message}");
+        assert_eq!(
+            message,
+            "endpoint 127.0.0.1:30001 is sluice's own NodePort 30001/TCP of default/b on this \
+             node (listen address 127.0.0.1): its connections would come straight back into \
+             sluice"
+        );
+        // Its own NodePort, in the table form.
+        let (line, col, message) =
+            error_of(&file(explicit, "{ address = \"127.0.0.1\", port = 30000 }"));
+        assert_eq!((line, col), (7, 14), "{message}");
+        // Without listen_addresses every loopback address is sluice's.
+        let (_, _, message) = error_of(&file("", "\"127.0.0.7:30000\""));
+        assert!(
+            message.contains("(sluice serves its NodePorts on every address of this node)"),
+            "{message}"
+        );
+        for fine in [
+            file(explicit, "\"127.0.0.1:30010\""),
+            file(explicit, "\"127.0.0.2:30000\""),
+            file("", "\"10.0.0.1:30000\""),
+            file("listen_addresses = [\"0.0.0.0\"]\n", "\"[::1]:30000\""),
+        ] {
+            assert!(parse(&fine, "l.toml", None).is_ok(), "{fine}");
+        }
+    }
 }

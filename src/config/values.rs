@@ -5,21 +5,20 @@
 //! naming the key and pointing at the value. None of them looks at any other value.
 
 use super::file::{DurationText, EndpointEntry};
-use super::{ConfigError, Source};
+use super::limits::{self, CountRange, DurationRange};
+use super::{ConfigError, SourceText};
 use crate::model::{Endpoint, Protocol, DEFAULT_WEIGHT};
 use serde_spanned::Spanned;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-/// Upper bound of an endpoint's `weight`, so that weight sums cannot overflow.
-const MAX_WEIGHT: i64 = 65535;
 /// Bounds of `maglev_table_size` (both prime).
-const MIN_TABLE_SIZE: i64 = 1009;
-const MAX_TABLE_SIZE: i64 = 1_000_003;
+const MIN_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.min;
+const MAX_TABLE_SIZE: i64 = limits::MAGLEV_TABLE_SIZE.max;
 
 /// One element of `endpoints` → an [`Endpoint`], its port defaulting to `target_port`.
 pub(super) fn endpoint(
-    src: &Source,
+    src: &SourceText,
     entry: &Spanned<EndpointEntry>,
     target_port: u16,
 ) -> Result<Endpoint, ConfigError> {
@@ -60,12 +59,11 @@ pub(super) fn endpoint(
                 None => target_port,
             };
             let weight = match &table.weight {
-                Some(w) => int(
+                Some(w) => count(
                     src,
                     w,
                     "weight",
-                    0,
-                    MAX_WEIGHT,
+                    limits::WEIGHT,
                     "0 means: no new connections",
                 )?,
                 None => DEFAULT_WEIGHT,
@@ -73,16 +71,7 @@ pub(super) fn endpoint(
             (ip, port, weight, table.address.span())
         }
     };
-    let unusable = if ip.is_unspecified() {
-        Some("the unspecified address")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if ip == IpAddr::from([255, 255, 255, 255]) {
-        Some("the broadcast address")
-    } else {
-        None
-    };
-    if let Some(what) = unusable {
+    if let Some(what) = not_unicast(ip) {
         return Err(src.error(
             &ip_span,
             format!("endpoint address {ip} is {what}; a backend needs a unicast address"),
@@ -107,7 +96,7 @@ fn endpoint_text(text: &str) -> Option<(IpAddr, Option<u16>)> {
         .map(|ip| (IpAddr::V6(ip), None))
 }
 
-pub(super) fn protocol(src: &Source, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
+pub(super) fn protocol(src: &SourceText, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
     match p.get_ref().as_str() {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" | "SCTP" => Err(src.error(
@@ -133,7 +122,7 @@ pub(super) enum DnsLabel {
 }
 
 pub(super) fn dns_label(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     kind: DnsLabel,
@@ -182,7 +171,7 @@ pub(super) fn dns_label(
 
 /// A string that must be one of `accepted` (exact, case-sensitive).
 pub(super) fn choice<T: Copy>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<String>,
     key: &str,
     accepted: &[(&str, T)],
@@ -210,7 +199,7 @@ pub(super) fn choice<T: Copy>(
 
 /// An integer in `lo..=hi`, converted to the model's type. `hint` is appended when non-empty.
 pub(super) fn int<T: TryFrom<i64>>(
-    src: &Source,
+    src: &SourceText,
     value: &Spanned<i64>,
     key: &str,
     lo: i64,
@@ -230,10 +219,23 @@ pub(super) fn int<T: TryFrom<i64>>(
     Err(src.error(&value.span(), message))
 }
 
+/// An integer in `range` (one of [`limits`]), converted to the model's type.
+pub(super) fn count<T: TryFrom<i64>>(
+    src: &SourceText,
+    value: &Spanned<i64>,
+    key: &str,
+    range: CountRange,
+    hint: &str,
+) -> Result<T, ConfigError> {
+    int(src, value, key, range.min, range.max, hint)
+}
+
+/// A duration in `range` (one of [`limits`]), or `default` when the key is not written.
 pub(super) fn opt_duration(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<DurationText>>,
     key: &str,
+    range: DurationRange,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
@@ -251,22 +253,42 @@ pub(super) fn opt_duration(
     if d.is_zero() {
         return Err(src.error(&value.span(), format!("{key} must be longer than zero")));
     }
+    if d < range.min {
+        return Err(src.error(
+            &value.span(),
+            format!(
+                "{key} {} is too short: at least {} is needed",
+                limits::show(d),
+                limits::show(range.min)
+            ),
+        ));
+    }
+    if d > range.max {
+        return Err(src.error(
+            &value.span(),
+            format!(
+                "{key} {text:?} is too long: at most {} is accepted (see \"Limits\" in \
+                 docs/operations.md)",
+                limits::show(range.max)
+            ),
+        ));
+    }
     Ok(d)
 }
 
 pub(super) fn opt_retries(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {
     match value {
-        Some(v) => int(src, v, "connect_retries", 0, u32::MAX.into(), ""),
+        Some(v) => count(src, v, "connect_retries", limits::CONNECT_RETRIES, ""),
         None => Ok(default),
     }
 }
 
 pub(super) fn opt_table_size(
-    src: &Source,
+    src: &SourceText,
     value: &Option<Spanned<i64>>,
     default: u32,
 ) -> Result<u32, ConfigError> {
@@ -313,6 +335,19 @@ fn is_prime(n: u32) -> bool {
         d += 1;
     }
     true
+}
+
+/// What makes `ip` unusable as an endpoint or a Service address (`None`: a unicast address).
+pub(super) fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == IpAddr::from([255, 255, 255, 255]) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! balancer's health check cannot tell sluice from kube-proxy:
 //!
 //! ```text
-//! HTTP/1.1 200 OK                          (503 Service Unavailable: no local ready endpoint,
-//! Content-Type: application/json            or the proxy is unhealthy)
+//! HTTP/1.1 200 OK                           (503 Service Unavailable: no local ready
+//! Content-Type: application/json             endpoint, or the proxy is unhealthy)
 //! X-Content-Type-Options: nosniff
+//! X-Load-Balancing-Endpoint-Weight: 2
 //! Date: Mon, 02 Jan 2006 15:04:05 GMT
 //! Content-Length: 122
 //!
@@ -15,19 +16,27 @@
 //! ```
 //!
 //! `localEndpoints` counts the distinct IPs of the Service's local, ready endpoints across
-//! its ports (terminating ones do not count); `serviceProxyHealthy` is what `/healthz`
-//! reports (workers alive, not shutting down). Listeners follow the served model: opened and
+//! its ports (terminating ones do not count), and is also sent as
+//! `X-Load-Balancing-Endpoint-Weight` (kube-proxy since 1.28: weighted load balancers read
+//! it instead of the body); `serviceProxyHealthy` is kube-proxy's proxy health (no
+//! source change waiting past the health timeout, workers alive: [`super::healthz`]) and,
+//! unlike kube-proxy, false while sluice shuts down (it accepts no new connections then). Listeners follow the served model: opened and
 //! closed by [`HealthCheckServers::sync`] after each publish; a port that cannot be bound is
 //! logged and tried again at the next sync, never fatal. Owns only its sockets and tasks.
 
-use super::metrics::SharedHealth;
-use crate::model::{ListenAddresses, Model, ServiceName, TrafficPolicy};
+use super::healthz::SharedProcessHealth;
+use crate::http;
+use crate::model::{Model, ServiceName, TrafficPolicy};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::CONNECTION;
+use hyper::{Request, Response, Version};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::{Instant, SystemTime};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Local ready endpoint IPs per Service, read by the HTTP tasks.
@@ -37,12 +46,13 @@ type Counts = Arc<Mutex<HashMap<ServiceName, usize>>>;
 pub(super) struct HealthCheckServers {
     open: HashMap<ServiceName, Instance>,
     counts: Counts,
-    health: SharedHealth,
+    health: SharedProcessHealth,
 }
 
 struct Instance {
     port: u16,
-    listen: ListenAddresses,
+    /// The addresses served on (`None`: every address).
+    listen: Option<Vec<IpAddr>>,
     /// One accept task per address; aborting it closes the listener and its connections.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,7 +94,7 @@ pub(super) fn wanted(model: &Model) -> HashMap<ServiceName, (u16, usize)> {
 }
 
 impl HealthCheckServers {
-    pub(super) fn new(health: SharedHealth) -> HealthCheckServers {
+    pub(super) fn new(health: SharedProcessHealth) -> HealthCheckServers {
         HealthCheckServers {
             open: HashMap::new(),
             counts: Arc::default(),
@@ -92,10 +102,10 @@ impl HealthCheckServers {
         }
     }
 
-    /// Brings the listeners in line with `model` (inside the tokio runtime).
-    pub(super) fn sync(&mut self, model: &Model) {
+    /// Brings the listeners in line with `model` (inside the tokio runtime), on the
+    /// addresses NodePorts are served on now (`listen`; `None`: every address).
+    pub(super) fn sync(&mut self, model: &Model, listen: Option<&[IpAddr]>) {
         let wanted = wanted(model);
-        let listen = &model.settings.listen;
         {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             *counts = wanted.iter().map(|(n, (_, c))| (n.clone(), *c)).collect();
@@ -103,7 +113,7 @@ impl HealthCheckServers {
         self.open.retain(|name, i| {
             let keep = wanted
                 .get(name)
-                .is_some_and(|(port, _)| *port == i.port && i.listen == *listen);
+                .is_some_and(|(port, _)| *port == i.port && i.listen.as_deref() == listen);
             if !keep {
                 tracing::info!(service = %name, port = i.port, "healthCheckNodePort closed");
             }
@@ -135,23 +145,23 @@ impl HealthCheckServers {
         &self,
         name: &ServiceName,
         port: u16,
-        listen: &ListenAddresses,
+        listen: Option<&[IpAddr]>,
     ) -> Result<Instance, (SocketAddr, std::io::Error)> {
         let mut instance = Instance {
             port,
-            listen: listen.clone(),
+            listen: listen.map(<[IpAddr]>::to_vec),
             tasks: Vec::new(),
         };
         let addrs: Vec<IpAddr> = match listen {
-            ListenAddresses::All => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
-            ListenAddresses::Only(list) => list.clone(),
+            None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+            Some(list) => list.to_vec(),
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
             let listener = bind(addr).or_else(|e| match listen {
                 // No IPv6 on this host: all IPv4 addresses.
-                ListenAddresses::All => bind(SocketAddr::from(([0, 0, 0, 0], port))),
-                ListenAddresses::Only(_) => Err(e),
+                None => bind(SocketAddr::from(([0, 0, 0, 0], port))),
+                Some(_) => Err(e),
             });
             let listener = listener.map_err(|e| (addr, e))?;
             let ctx = Handler {
@@ -184,11 +194,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct Handler {
     name: ServiceName,
     counts: Counts,
-    health: SharedHealth,
+    health: SharedProcessHealth,
 }
 
 impl Handler {
-    fn answer(&self) -> (u16, String) {
+    /// (status, body, local endpoints) as kube-proxy's handler computes them.
+    fn answer(&self) -> (u16, String, usize) {
         let count = self
             .counts
             .lock()
@@ -197,146 +208,42 @@ impl Handler {
             .copied()
             .unwrap_or(0);
         let healthy = {
-            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-            h.workers_alive && !h.stopping
+            let h = super::healthz::lock(&self.health);
+            h.healthy(Instant::now()) && !h.stopping
         };
         let code = if count != 0 && healthy { 200 } else { 503 };
-        (code, body(&self.name, count, healthy))
+        (code, body(&self.name, count, healthy), count)
+    }
+
+    /// The hyper answer to `request` at `now`.
+    fn respond(&self, request: &Request<Incoming>, now: SystemTime) -> Response<Full<Bytes>> {
+        let (code, body, count) = self.answer();
+        response(request, code, body, count, now)
     }
 }
-
-/// Most connections served at once per listener; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 64;
-/// A connection with no complete request for this long is closed.
-const IDLE: Duration = Duration::from_secs(60);
-/// Longest request head accepted.
-const MAX_HEAD: usize = 64 * 1024;
 
 async fn accept_loop(listener: TcpListener, handler: Handler) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.len() >= MAX_CONNECTIONS {
-            connections.join_next().await;
-        }
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let h = handler.clone();
-                    connections.spawn(async move {
-                        let _ = serve(stream, &h).await;
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    let options = http::Options {
+        limits: http::Limits::DEFAULT,
+        // Date goes before Content-Length, where Go's net/http writes it.
+        date_header: false,
+    };
+    let handler: http::Handler =
+        Arc::new(move |request| handler.respond(request, SystemTime::now()));
+    http::serve(listener, options, handler, Arc::default()).await
 }
 
-/// HTTP/1.x keep-alive: one answer per request until the client closes or asks to.
-async fn serve(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    loop {
-        let head_end = loop {
-            if let Some(i) = find_head_end(&buf) {
-                break i;
-            }
-            if buf.len() > MAX_HEAD {
-                let reply = go_error(431, "Request Header Fields Too Large");
-                return stream.write_all(reply.as_bytes()).await;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(IDLE, stream.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) => return Ok(()),
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let Some(request) = Request::parse(&buf[..head_end]) else {
-            let reply = go_error(400, "Bad Request");
-            return stream.write_all(reply.as_bytes()).await;
-        };
-        let (code, body) = handler.answer();
-        let reply = response(&request, code, &body, SystemTime::now());
-        stream.write_all(reply.as_bytes()).await?;
-        if request.close || request.chunked {
-            return stream.shutdown().await;
-        }
-        // Skip the request body, if any.
-        buf.drain(..head_end);
-        let mut left = request.content_length;
-        let taken = left.min(buf.len());
-        buf.drain(..taken);
-        left -= taken;
-        while left > 0 {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk[..left.min(4096)]).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            left -= n;
-        }
-    }
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// What the answer depends on in a request head.
-#[derive(Debug, PartialEq)]
-struct Request {
-    head: bool,
-    http11: bool,
-    /// Close after the answer (HTTP/1.1 `Connection: close`, HTTP/1.0 without keep-alive).
-    close: bool,
-    /// HTTP/1.0 with `Connection: keep-alive` (Go then says so in the answer).
-    keep_alive_10: bool,
-    content_length: usize,
-    chunked: bool,
-}
-
-impl Request {
-    fn parse(head: &[u8]) -> Option<Request> {
-        let text = std::str::from_utf8(head).ok()?;
-        let mut lines = text.split("\r\n");
-        let mut first = lines.next()?.split(' ');
-        let (method, target, version) = (first.next()?, first.next()?, first.next()?);
-        if method.is_empty() || target.is_empty() || first.next().is_some() {
-            return None;
-        }
-        let http11 = match version {
-            "HTTP/1.1" => true,
-            "HTTP/1.0" => false,
-            _ => return None,
-        };
-        let mut connection = String::new();
-        let mut content_length = 0usize;
-        let mut chunked = false;
-        for line in lines.filter(|l| !l.is_empty()) {
-            let (name, value) = line.split_once(':')?;
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "connection" => connection = value.to_ascii_lowercase(),
-                "content-length" => content_length = value.parse().ok()?,
-                "transfer-encoding" => chunked = true,
-                _ => {}
-            }
-        }
-        let has = |token: &str| connection.split(',').any(|t| t.trim() == token);
-        let keep_alive_10 = !http11 && has("keep-alive");
-        Some(Request {
-            head: method == "HEAD",
-            http11,
-            close: has("close") || (!http11 && !keep_alive_10),
-            keep_alive_10,
-            content_length,
-            chunked,
-        })
-    }
+/// HTTP/1.0 with `Connection: keep-alive` (Go then says so in the answer, and keeps the
+/// connection; hyper keeps it only if the answer says so).
+fn keep_alive_10(request: &Request<Incoming>) -> bool {
+    request.version() == Version::HTTP_10
+        && request
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
 }
 
 /// kube-proxy's body: tab-indented, no trailing newline (Go's `%q` for the names).
@@ -348,41 +255,32 @@ pub(super) fn body(name: &ServiceName, count: usize, healthy: bool) -> String {
     )
 }
 
-/// The bytes Go's net/http writes for a handler that sets two headers, writes a status and
-/// a small body: the handler's headers sorted, then `Date` and `Content-Length`.
-fn response(request: &Request, code: u16, body: &str, now: SystemTime) -> String {
-    let reason = if code == 200 {
-        "OK"
-    } else {
-        "Service Unavailable"
-    };
-    let version = if request.http11 {
-        "HTTP/1.1"
-    } else {
-        "HTTP/1.0"
-    };
-    let mut out = format!(
-        "{version} {code} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nDate: {}\r\nContent-Length: {}\r\n",
-        http_date(now),
-        body.len()
-    );
-    if request.close && request.http11 {
-        out.push_str("Connection: close\r\n");
-    } else if request.keep_alive_10 {
-        out.push_str("Connection: keep-alive\r\n");
+/// The answer Go's net/http writes for kube-proxy's handler: the handler's headers sorted
+/// (`X-Load-Balancing-Endpoint-Weight`: the local endpoints, since Kubernetes 1.28), then
+/// `Date` and `Content-Length` (and `Connection`, which hyper appends after them: `close`
+/// when the client asked to close, `keep-alive` for HTTP/1.0 keep-alive). hyper writes the
+/// status line for the request's version and leaves the body out for HEAD.
+fn response(
+    request: &Request<Incoming>,
+    code: u16,
+    body: String,
+    count: usize,
+    now: SystemTime,
+) -> Response<Full<Bytes>> {
+    let date = http_date(now);
+    let length = body.len().to_string();
+    let weight = count.to_string();
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Load-Balancing-Endpoint-Weight", weight.as_str()),
+        ("Date", date.as_str()),
+        ("Content-Length", length.as_str()),
+    ];
+    if keep_alive_10(request) {
+        headers.push(("Connection", "keep-alive"));
     }
-    out.push_str("\r\n");
-    if !request.head {
-        out.push_str(body);
-    }
-    out
-}
-
-/// Go's answer to a request it cannot parse.
-fn go_error(code: u16, reason: &str) -> String {
-    format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n{code} {reason}"
-    )
+    http::response(code, &headers, body)
 }
 
 /// Go's `%q` for a string: double quotes, backslash escapes for `"`, `\` and control
@@ -441,6 +339,10 @@ fn http_date(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::testing::TestServer;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
 
     fn svc() -> ServiceName {
         ServiceName {
@@ -449,59 +351,113 @@ mod tests {
         }
     }
 
-    fn get(text: &str) -> Request {
-        Request::parse(text.as_bytes()).unwrap()
+    /// The healthCheckNodePort server for `svc()` with `count` local endpoints, answering
+    /// at a fixed time (2006-01-02 15:04:05 UTC, Go's reference time).
+    fn server(count: usize) -> TestServer {
+        let health: SharedProcessHealth =
+            Arc::new(Mutex::new(super::super::healthz::ProcessHealth::new(1)));
+        let counts: Counts = Arc::default();
+        counts.lock().unwrap().insert(svc(), count);
+        let h = Handler {
+            name: svc(),
+            counts,
+            health,
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_136_214_245);
+        let options = http::Options {
+            limits: http::Limits::DEFAULT,
+            date_header: false,
+        };
+        TestServer::start(options, Arc::new(move |req| h.respond(req, t)))
     }
 
-    /// The exact bytes kube-proxy (Go net/http) sends, Date aside.
+    /// Sends `request` and reads until `want` bytes arrived (or the server closed).
+    fn exchange(s: &mut TcpStream, request: &str, want: usize) -> String {
+        s.write_all(request.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.len() < want {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    fn connect(t: &TestServer) -> TcpStream {
+        let s = TcpStream::connect(t.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    const BODY_2: &str = "{\n\t\"service\": {\n\t\t\"namespace\": \"workshop\",\n\t\t\"name\": \"myfrontend\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}";
+
+    /// The exact bytes kube-proxy (Go net/http) sends, on the wire from the hyper server.
     #[test]
     fn golden_response() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_136_214_245); // 2006-01-02 15:04:05
-        let body = body(&svc(), 2, true);
-        let got = response(
-            &get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            200,
-            &body,
-            t,
-        );
-        let golden = "HTTP/1.1 200 OK\r\n\
+        let t = server(2);
+        let golden = format!(
+            "HTTP/1.1 200 OK\r\n\
 Content-Type: application/json\r\n\
 X-Content-Type-Options: nosniff\r\n\
+X-Load-Balancing-Endpoint-Weight: 2\r\n\
 Date: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
 Content-Length: 122\r\n\
 \r\n\
-{\n\t\"service\": {\n\t\t\"namespace\": \"workshop\",\n\t\t\"name\": \"myfrontend\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}";
+{BODY_2}"
+        );
+        let mut s = connect(&t);
+        let got = exchange(
+            &mut s,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            golden.len(),
+        );
+        assert_eq!(got, golden);
+        // Kept alive: a second request (with a body) on the same connection, same bytes.
+        let got = exchange(
+            &mut s,
+            "POST /anything HTTP/1.1\r\nHost: lb\r\nContent-Length: 3\r\n\r\nabc",
+            golden.len(),
+        );
         assert_eq!(got, golden);
 
-        let body = super::body(&svc(), 0, true);
-        let got = response(
-            &get("HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n"),
-            503,
-            &body,
-            t,
+        // HEAD with Connection: close: no body, `Connection: close` last, then closed
+        // (reading one byte more than the head ends at EOF, not at the read timeout).
+        let t = server(0);
+        let mut s = connect(&t);
+        let want = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+X-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: 0\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
+Content-Length: 122\r\nConnection: close\r\n\r\n";
+        let got = exchange(
+            &mut s,
+            "HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            want.len() + 1,
         );
-        assert_eq!(
-            got,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-X-Content-Type-Options: nosniff\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
-Content-Length: 122\r\nConnection: close\r\n\r\n"
-        );
-        let got = response(&get("POST /x HTTP/1.0\r\n\r\n"), 503, &body, t);
+        assert_eq!(got, want);
+
+        // HTTP/1.0: answered in HTTP/1.0, no Connection header, then closed.
+        let mut s = connect(&t);
+        let got = exchange(&mut s, "POST /x HTTP/1.0\r\n\r\n", usize::MAX);
         assert!(
             got.starts_with("HTTP/1.0 503 Service Unavailable\r\n"),
             "{got}"
         );
         assert!(!got.contains("Connection:"), "{got}");
-    }
 
-    #[test]
-    fn requests() {
-        let r = get("GET / HTTP/1.1\r\nContent-Length: 5\r\nConnection: Keep-Alive\r\n\r\n");
-        assert_eq!((r.close, r.content_length, r.head), (false, 5, false));
-        assert!(get("GET / HTTP/1.0\r\n\r\n").close);
-        assert!(!get("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
-        assert!(Request::parse(b"GARBAGE\r\n\r\n").is_none());
-        assert!(Request::parse(b"GET / SPDY/3\r\n\r\n").is_none());
+        // HTTP/1.0 keep-alive: Go says `Connection: keep-alive` after Content-Length and
+        // keeps the connection.
+        let t = server(2);
+        let mut s = connect(&t);
+        let want = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\
+X-Content-Type-Options: nosniff\r\nX-Load-Balancing-Endpoint-Weight: 2\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\
+Content-Length: 122\r\nConnection: keep-alive\r\n\r\n";
+        let request = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        let got = exchange(&mut s, request, want.len() + BODY_2.len());
+        assert_eq!(got, format!("{want}{BODY_2}"));
+        let got = exchange(&mut s, request, want.len() + BODY_2.len());
+        assert_eq!(got, format!("{want}{BODY_2}"));
     }
 
     #[test]

@@ -1,11 +1,20 @@
-//! This node's own addresses, read with getifaddrs(3) at start and at each reload: the
-//! data plane treats a client with one of them as the node itself (Local Services route it
-//! with the cluster endpoints, as kube-proxy's "fib saddr type local" rule does).
+//! This node's own addresses, read with getifaddrs(3) at start, at each reload and every
+//! [`POLL`]: the data plane treats a client with one of them as the node itself (Local
+//! Services route it with the cluster endpoints, as kube-proxy's "fib saddr type local"
+//! rule does), and the listeners follow them (`control::listeners`).
 //!
 //! Reading them never fails the daemon: an error is logged and the addresses known before
 //! are kept (loopback always counts, in the snapshot itself).
 
 use std::net::IpAddr;
+use std::time::Duration;
+
+/// How often the control plane reads the addresses again, so that listeners follow them
+/// (a getifaddrs(3) call: one netlink dump, well under a millisecond on a node with a few
+/// dozen addresses). Polling rather than a netlink subscription: no socket to keep, no
+/// missed or overflowed notification to recover from, and a VIP that moves between nodes
+/// (kube-vip, keepalived) takes seconds to be announced anyway.
+pub const POLL: Duration = Duration::from_secs(2);
 
 /// Every address of every interface (up or not), IPv4 and IPv6; `Err` when the kernel
 /// cannot list them.

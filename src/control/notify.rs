@@ -52,6 +52,12 @@ impl Notifier {
         send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
+    /// The daemon is going down on a failure (`STOPPING=1` with the reason as `STATUS=`);
+    /// the exit status that follows tells systemd it failed.
+    pub fn failing(&self, status: &str) {
+        send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+    }
+
     pub fn watchdog(&self) {
         send(&[NotifyState::Watchdog]);
     }

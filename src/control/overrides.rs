@@ -44,7 +44,7 @@ pub struct Overrides {
 
 /// Which endpoints an operator named: `[NAMESPACE/]NAME[:PORT_NAME]` and `IP[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
+pub struct EndpointSelector {
     pub namespace: String,
     pub name: String,
     pub port_name: Option<String>,
@@ -52,9 +52,9 @@ pub struct Selector {
     pub port: Option<u16>,
 }
 
-impl Selector {
+impl EndpointSelector {
     /// Parses the operator's words; the namespace defaults to `default`.
-    pub fn parse(service: &str, address: &str) -> Result<Selector, String> {
+    pub fn parse(service: &str, address: &str) -> Result<EndpointSelector, String> {
         let (namespace, rest) = match service.split_once('/') {
             Some((ns, rest)) => (ns.to_owned(), rest),
             None => ("default".to_owned(), service),
@@ -77,7 +77,7 @@ impl Selector {
                 "{address:?} is not an endpoint address: expected IP:PORT, [IPv6]:PORT or IP"
             ));
         };
-        Ok(Selector {
+        Ok(EndpointSelector {
             namespace,
             name,
             port_name,
@@ -103,7 +103,7 @@ impl Overrides {
     pub fn set(
         &mut self,
         model: &Model,
-        sel: &Selector,
+        sel: &EndpointSelector,
         change: impl Fn(&mut Override),
     ) -> Result<Vec<(ServicePortKey, SocketAddr)>, String> {
         let ports: Vec<_> = model
@@ -209,7 +209,7 @@ mod tests {
     fn drain_sets_weight_zero_and_survives_while_the_endpoint_exists() {
         let m = model(&["10.0.0.1:80", "10.0.0.2:80"]);
         let mut o = Overrides::default();
-        let sel = Selector::parse("shop/web", "10.0.0.1:80").unwrap();
+        let sel = EndpointSelector::parse("shop/web", "10.0.0.1:80").unwrap();
         o.set(&m, &sel, |x| x.state = AdminState::Draining).unwrap();
         let applied = o.apply(&m);
         assert_eq!(applied.services[0].endpoints[0].weight, 0);
@@ -226,7 +226,7 @@ mod tests {
     fn weight_then_enable() {
         let m = model(&["10.0.0.1:80"]);
         let mut o = Overrides::default();
-        let sel = Selector::parse("shop/web", "10.0.0.1").unwrap();
+        let sel = EndpointSelector::parse("shop/web", "10.0.0.1").unwrap();
         o.set(&m, &sel, |x| x.weight = Some(7)).unwrap();
         assert_eq!(o.apply(&m).services[0].endpoints[0].weight, 7);
         o.set(&m, &sel, |x| x.state = AdminState::Disabled).unwrap();
@@ -242,17 +242,21 @@ mod tests {
         let m = model(&["10.0.0.1:80"]);
         let mut o = Overrides::default();
         let e = o
-            .set(&m, &Selector::parse("web", "10.0.0.1").unwrap(), |_| {})
+            .set(
+                &m,
+                &EndpointSelector::parse("web", "10.0.0.1").unwrap(),
+                |_| {},
+            )
             .unwrap_err();
         assert!(e.contains("no Service default/web"), "{e}");
         let e = o
             .set(
                 &m,
-                &Selector::parse("shop/web", "10.0.0.9:80").unwrap(),
+                &EndpointSelector::parse("shop/web", "10.0.0.9:80").unwrap(),
                 |_| {},
             )
             .unwrap_err();
         assert!(e.contains("no endpoint 10.0.0.9:80"), "{e}");
-        assert!(Selector::parse("shop/web", "nope").is_err());
+        assert!(EndpointSelector::parse("shop/web", "nope").is_err());
     }
 }

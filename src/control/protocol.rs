@@ -58,6 +58,10 @@ pub enum Request {
         /// Absolute path of the new binary, as the daemon sees it.
         #[serde(default)]
         binary: Option<String>,
+        /// How long the new process may take from its start to "ready" (default 60 s,
+        /// 1..=600).
+        #[serde(default)]
+        ready_timeout_seconds: Option<u64>,
     },
 }
 
@@ -169,9 +173,10 @@ const COMMANDS: &[&str] = &[
     "upgrade",
 ];
 
-/// Parses one request line (without its newline).
+/// Parses one request line (without its newline). An object that names a key twice is
+/// refused (`malformed`): JSON parsers disagree on which one counts.
 pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
-    let mut value: serde_json::Value =
+    let UniqueKeys(mut value) =
         serde_json::from_str(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let object = value
         .as_object_mut()
@@ -199,6 +204,76 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
     Ok(request)
 }
 
+/// A JSON value none of whose objects names a key twice (serde_json alone keeps the last).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+
+        struct UniqueVisitor;
+
+        impl<'de> Visitor<'de> for UniqueVisitor {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Bool(v)))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(v)))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Null))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueKeys(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(UniqueKeys(Value::Array(items)))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let UniqueKeys(v) = map.next_value()?;
+                    if object.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+                    }
+                    object.insert(key, v);
+                }
+                Ok(UniqueKeys(Value::Object(object)))
+            }
+        }
+
+        deserializer.deserialize_any(UniqueVisitor)
+    }
+}
+
 /// The line `sluice ctl` sends for `request`.
 pub fn request_line(request: &Request) -> String {
     let mut value = serde_json::to_value(request).expect("requests always serialise");
@@ -218,7 +293,14 @@ pub fn request_line(request: &Request) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
+    /// The process serving (after `ctl upgrade`, the new one's).
     pub pid: u32,
+    /// When this process started serving, seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_unix: f64,
+    /// The binary this process runs (as it was started).
+    #[serde(default)]
+    pub binary: Option<String>,
     pub uptime_seconds: f64,
     pub driver: String,
     pub workers: usize,
@@ -329,6 +411,18 @@ pub struct ServicePortInfo {
     pub endpoints_usable: usize,
     pub endpoints_total: usize,
     pub counters: Counters,
+    /// The Service port's external IPs (served on `port` where local to the node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    /// Its LoadBalancer ingress IPs (VIP mode; served on `port` where local).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_ips: Vec<String>,
+    /// Its `loadBalancerSourceRanges`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
+    /// Clients refused because they are outside the source ranges.
+    #[serde(default)]
+    pub source_ranges_refused: u64,
     pub endpoints: Vec<EndpointInfo>,
     /// The Kubernetes Service as written (manifests or the API); absent for TOML Services
     /// (and from daemons that predate it).
@@ -433,9 +527,13 @@ mod tests {
             Request::LogLevel {
                 level: "debug".into(),
             },
-            Request::Upgrade { binary: None },
+            Request::Upgrade {
+                binary: None,
+                ready_timeout_seconds: None,
+            },
             Request::Upgrade {
                 binary: Some("/usr/bin/sluice".into()),
+                ready_timeout_seconds: Some(5),
             },
         ];
         for r in all {
@@ -468,15 +566,45 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_request_names_at_most_a_binary() {
+    fn a_key_given_twice_is_refused_wherever_it_is() {
+        let refused = |l: &str| match parse_request(l) {
+            Err(ProtocolError::Malformed(m)) => m,
+            other => panic!("{l}: {other:?}"),
+        };
+        let m = refused(r#"{"version":1,"command":"reload","command":"status"}"#);
+        assert!(m.contains("duplicate key `command`"), "{m}");
+        let m = refused(r#"{"version":1,"version":1,"command":"status"}"#);
+        assert!(m.contains("duplicate key `version`"), "{m}");
+        let m = refused(
+            r#"{"version":1,"command":"endpoint","action":"drain","service":"a","address":"10.0.0.1","address":"10.0.0.2"}"#,
+        );
+        assert!(m.contains("duplicate key `address`"), "{m}");
+        // Nested objects too (no request has one today: refused either way, as malformed).
+        let m = refused(r#"{"version":1,"command":"status","x":{"a":1,"a":2}}"#);
+        assert!(m.contains("duplicate key `a`"), "{m}");
+        // The same key in two different objects is fine.
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"log-level","level":"debug"}"#).unwrap(),
+            Request::LogLevel {
+                level: "debug".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_upgrade_request_names_at_most_a_binary_and_a_ready_timeout() {
         assert_eq!(
             parse_request(r#"{"version":1,"command":"upgrade"}"#).unwrap(),
-            Request::Upgrade { binary: None }
+            Request::Upgrade {
+                binary: None,
+                ready_timeout_seconds: None
+            }
         );
         assert_eq!(
             parse_request(r#"{"version":1,"command":"upgrade","binary":"/opt/sluice"}"#).unwrap(),
             Request::Upgrade {
-                binary: Some("/opt/sluice".into())
+                binary: Some("/opt/sluice".into()),
+                ready_timeout_seconds: None
             }
         );
         let e = parse_request(r#"{"version":1,"command":"upgrade","bin":"/x"}"#).unwrap_err();

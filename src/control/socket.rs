@@ -1,38 +1,119 @@
 //! The control socket server: a Unix stream socket, peers checked with SO_PEERCRED, requests
 //! bounded in size and time, each handed to the daemon loop and answered in order.
 //!
-//! This module owns the socket file (created with the configured mode and group, removed on
-//! drop when it is still ours) and the per-client tasks. It knows the protocol only as
+//! This module owns the socket file (its directory created when missing, the file created
+//! with the configured mode and group, removed on every exit path while it is still ours:
+//! see [`remove_control_socket`]) and the per-client tasks. It knows the protocol only as
 //! "a line in, a [`Response`] out": what a request does is the daemon loop's business.
+//!
+//! # Fairness
+//! Allowed peers share [`MAX_CLIENTS`] connections; root and the daemon's own uid may use
+//! [`RESERVED_CLIENTS`] more when those are taken, and their requests go to the daemon loop
+//! through a queue it serves first ([`Queues::priority`]). A connection with no request under
+//! way is closed after [`IDLE_TIMEOUT`] (before its first request and between requests), a
+//! request must be complete [`REQUEST_TIMEOUT`] after its first byte, and a client beyond
+//! the limit is told `busy` at once instead of waiting in the backlog. So no number of
+//! allowed clients, idle or busy, can keep root waiting for more than one request.
 
 use super::protocol::{parse_request, ProtocolError, Request, Response, MAX_REQUEST_BYTES};
-use crate::model::ControlSettings;
+use crate::model::{ControlSettings, DEFAULT_CONTROL_SOCKET};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// How long a client may take to send a whole request line (and to read a response).
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients served at once; more wait in the socket's backlog.
-const MAX_CLIENTS: usize = 32;
+/// How long a client may take to complete a request line once its first byte arrived, and
+/// to take a response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request under way (before the first, or after a response) is
+/// closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once, from any allowed peer. Further ones are answered `busy`.
+pub const MAX_CLIENTS: usize = 32;
+/// Connections beyond [`MAX_CLIENTS`] that only root and the daemon's own uid may use.
+pub const RESERVED_CLIENTS: usize = 4;
+/// Mode of the socket's directory when sluice creates it.
+const DIRECTORY_MODE: u32 = 0o750;
 
 /// A request and where its response goes.
 pub type Job = (Request, oneshot::Sender<Response>);
+
+/// Where client tasks hand their requests to the daemon loop.
+#[derive(Clone)]
+pub struct Queues {
+    /// Requests of root and the daemon's own uid: the loop takes these first.
+    pub priority: mpsc::Sender<Job>,
+    /// Everyone else's.
+    pub normal: mpsc::Sender<Job>,
+}
 
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// Another process answers on this path.
-    #[error("{0}: another sluice is listening on this control socket")]
+    #[error("control socket {0}: another sluice is listening on this control socket")]
     InUse(PathBuf),
-    /// Binding, chmod or chown failed.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// Creating the directory, binding, chmod or chown failed.
+    #[error("control socket {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+}
+
+/// The control socket path when `control_socket` is not set: [`DEFAULT_CONTROL_SOCKET`]
+/// (`/run/sluice/control.sock`, systemd's `RuntimeDirectory=sluice`) for root, and for
+/// another user `$XDG_RUNTIME_DIR/sluice/control.sock` when it has a runtime directory (a
+/// service user without one, like the unit's `sluice`, also gets the `/run/sluice` path).
+pub fn default_path() -> PathBuf {
+    default_paths()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+}
+
+/// Where `sluice ctl` looks when not given `--socket`: the first of these that exists
+/// (the daemon's default for this user first, then the system-wide one), else the first.
+pub fn default_paths() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if crate::dataplane::effective_uid() != 0 {
+        if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                paths.push(dir.join("sluice").join("control.sock"));
+            }
+        }
+    }
+    paths.push(PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    paths
+}
+
+/// The path `settings` binds: the configured one or [`default_path`].
+pub fn socket_path(settings: &ControlSettings) -> PathBuf {
+    settings.socket.clone().unwrap_or_else(default_path)
+}
+
+/// The socket files this process made (path, inode), for [`remove_control_socket`].
+static BOUND: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+
+/// Removes the control socket file(s) this process made, where the file is still the one it
+/// made (not replaced by a newer daemon). Idempotent and callable from any thread on any
+/// exit path: a normal or failed exit, the second signal's immediate exit, a panic hook
+/// before the process is taken down.
+pub fn remove_control_socket() {
+    let mut bound = BOUND.lock().unwrap_or_else(|p| p.into_inner());
+    for (path, inode) in bound.drain(..) {
+        remove_if_ours(&path, inode);
+    }
+}
+
+fn remove_if_ours(path: &Path, inode: u64) {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.ino() == inode {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The bound control socket. Dropping it removes the file if it is still the one we made.
@@ -45,14 +126,16 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `settings.path()`: a stale socket file (nobody answering) is replaced; a live
-    /// one is an error. The file gets `settings.mode` and, if set, `settings.group`.
+    /// Binds [`socket_path`]: its directory is created when missing (mode 0750, group
+    /// `settings.group`), a stale socket file (nobody answering) is replaced, a live one is
+    /// an error. The file gets `settings.mode` and, if set, `settings.group`.
     pub fn bind(settings: &ControlSettings) -> Result<ControlSocket, SocketError> {
-        let path = settings.path();
-        let io_err = |source| SocketError::Io {
+        let path = socket_path(settings);
+        let io_err = |cause| SocketError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
+        create_directory(&path, settings.group).map_err(io_err)?;
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -67,28 +150,37 @@ impl ControlSocket {
             std::fs::remove_file(&path).map_err(io_err)?;
         }
         let listener = UnixListener::bind(&path).map_err(io_err)?;
+        let meta = std::fs::metadata(&path).map_err(io_err)?;
+        let socket = ControlSocket {
+            listener: Some(listener),
+            path: path.clone(),
+            inode: meta.ino(),
+            owner: meta.uid(),
+        };
+        BOUND
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.clone(), socket.inode));
+        // From here on, an error drops `socket`, which removes the file.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(settings.mode))
             .map_err(io_err)?;
         if let Some(gid) = settings.group {
             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err)?;
         }
-        let meta = std::fs::metadata(&path).map_err(io_err)?;
-        Ok(ControlSocket {
-            listener: Some(listener),
-            path,
-            inode: meta.ino(),
-            owner: meta.uid(),
-        })
+        Ok(socket)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Serves clients until the task is dropped: each request line goes to `jobs`.
-    pub async fn serve(mut self, settings: ControlSettings, jobs: mpsc::Sender<Job>) {
+    /// Serves clients until the task is dropped: each request line goes to `queues`.
+    pub async fn serve(mut self, settings: ControlSettings, queues: Queues) {
         let listener = self.listener.take().expect("serve is called once");
-        let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let slots = Slots {
+            shared: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            reserved: Arc::new(Semaphore::new(RESERVED_CLIENTS)),
+        };
         let access = Arc::new(Access {
             owner: self.owner,
             uids: settings.allowed_uids,
@@ -97,9 +189,6 @@ impl ControlSocket {
         // Keep `self` (the file's owner) alive as long as we serve.
         let _socket = self;
         loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                return;
-            };
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -108,11 +197,11 @@ impl ControlSocket {
                     continue;
                 }
             };
-            let jobs = jobs.clone();
+            let queues = queues.clone();
             let access = Arc::clone(&access);
+            let slots = slots.clone();
             tokio::spawn(async move {
-                client(stream, &access, jobs).await;
-                drop(permit);
+                admit(stream, &access, &slots, queues).await;
             });
         }
     }
@@ -121,12 +210,43 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         // Only remove the file if it is still ours (not replaced by a newer daemon).
-        if let Ok(m) = std::fs::metadata(&self.path) {
-            if m.ino() == self.inode {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        remove_if_ours(&self.path, self.inode);
+        BOUND
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, i)| !(p == &self.path && *i == self.inode));
+    }
+}
+
+/// Creates the socket's directory when it is missing (only the last component: a missing
+/// parent of it is an error), mode [`DIRECTORY_MODE`], with `group` when one is set so
+/// that its members can reach a group-accessible socket.
+fn create_directory(path: &Path, group: Option<u32>) -> io::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(DIRECTORY_MODE).create(dir) {
+        Ok(()) => {}
+        // Another daemon made it at the same moment.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot create the directory {}: {e}", dir.display()),
+            ))
         }
     }
+    // The umask may have taken bits away.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIRECTORY_MODE))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
+    }
+    tracing::info!(directory = %dir.display(), "created the control socket's directory");
+    Ok(())
 }
 
 /// Who may talk to the daemon.
@@ -138,11 +258,37 @@ struct Access {
 
 impl Access {
     fn allows(&self, uid: u32, gid: u32) -> bool {
-        uid == 0 || uid == self.owner || self.uids.contains(&uid) || self.gids.contains(&gid)
+        self.privileged(uid) || self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+
+    /// Root and the daemon's own uid: reserved connections, requests served first.
+    fn privileged(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.owner
     }
 }
 
-async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
+/// The connection slots: shared by every allowed peer, and reserved for privileged ones.
+#[derive(Clone)]
+struct Slots {
+    shared: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn take(&self, privileged: bool) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.shared)
+            .try_acquire_owned()
+            .ok()
+            .or_else(|| {
+                privileged
+                    .then(|| Arc::clone(&self.reserved).try_acquire_owned().ok())
+                    .flatten()
+            })
+    }
+}
+
+/// Checks the peer, gives it a slot (or tells it why not), then serves it.
+async fn admit(stream: UnixStream, access: &Access, slots: &Slots, queues: Queues) {
     let (uid, gid) = match stream.peer_cred() {
         Ok(c) => (c.uid(), c.gid()),
         Err(e) => {
@@ -157,32 +303,86 @@ async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
             "forbidden",
             format!("uid {uid} (gid {gid}) is not allowed to use this control socket"),
         );
-        let _ = tokio::time::timeout(
-            CLIENT_TIMEOUT,
-            write.write_all(refusal.to_line().as_bytes()),
-        )
-        .await;
+        send(&mut write, &refusal).await;
         return;
     }
-    let mut read = BufReader::new(read);
+    let privileged = access.privileged(uid);
+    let Some(_slot) = slots.take(privileged) else {
+        tracing::debug!(uid, "control client over the limit: busy");
+        let busy = Response::error(
+            "busy",
+            format!(
+                "{MAX_CLIENTS} control clients are connected, the most this socket serves: \
+                 try again (idle ones are closed after {}s)",
+                IDLE_TIMEOUT.as_secs()
+            ),
+        );
+        send(&mut write, &busy).await;
+        return;
+    };
+    let jobs = if privileged {
+        queues.priority
+    } else {
+        queues.normal
+    };
+    serve_client(BufReader::new(read), write, jobs).await;
+}
+
+/// Writes one response, bounded by [`REQUEST_TIMEOUT`]; false when it could not.
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> bool {
+    let sent = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        write.write_all(response.to_line().as_bytes()),
+    )
+    .await;
+    matches!(sent, Ok(Ok(())))
+}
+
+async fn serve_client(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    jobs: mpsc::Sender<Job>,
+) {
     let mut line = Vec::with_capacity(256);
     loop {
+        // Idle until the first byte of the next request.
+        match tokio::time::timeout(IDLE_TIMEOUT, read.fill_buf()).await {
+            Err(_) => {
+                let r = Response::error(
+                    "timeout",
+                    format!(
+                        "no request within {}s: closing (idle connections are not kept)",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                );
+                send(&mut write, &r).await;
+                return;
+            }
+            Ok(Err(_)) => return,
+            Ok(Ok([])) => return,
+            Ok(Ok(_)) => {}
+        }
         line.clear();
         let mut limited = (&mut read).take(MAX_REQUEST_BYTES as u64 + 1);
-        let n = match tokio::time::timeout(CLIENT_TIMEOUT, limited.read_until(b'\n', &mut line))
+        let n = match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line))
             .await
         {
             Err(_) => {
-                let r = Response::error("timeout", "no complete request within 10s: closing");
-                let _ = write.write_all(r.to_line().as_bytes()).await;
+                let r = Response::error(
+                    "timeout",
+                    format!(
+                        "no complete request within {}s: closing",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                );
+                send(&mut write, &r).await;
                 return;
             }
             Ok(Err(_)) | Ok(Ok(0)) => return,
             Ok(Ok(n)) => n,
         };
         if n > MAX_REQUEST_BYTES || (!line.ends_with(b"\n") && n == MAX_REQUEST_BYTES + 1) {
-            let r = Response::failed(&ProtocolError::TooLarge);
-            let _ = write.write_all(r.to_line().as_bytes()).await;
+            send(&mut write, &Response::failed(&ProtocolError::TooLarge)).await;
             return;
         }
         let text = String::from_utf8_lossy(&line);
@@ -202,13 +402,63 @@ async fn client(stream: UnixStream, access: &Access, jobs: mpsc::Sender<Job>) {
                 }
             }
         };
-        let sent = tokio::time::timeout(
-            CLIENT_TIMEOUT,
-            write.write_all(response.to_line().as_bytes()),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
+        if !send(&mut write, &response).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_peers_get_the_reserved_slots_and_others_do_not() {
+        let slots = Slots {
+            shared: Arc::new(Semaphore::new(2)),
+            reserved: Arc::new(Semaphore::new(1)),
+        };
+        let a = slots.take(false).unwrap();
+        let _b = slots.take(false).unwrap();
+        assert!(slots.take(false).is_none(), "the shared slots are taken");
+        let root = slots.take(true).expect("root has a reserved slot");
+        assert!(slots.take(true).is_none(), "and only that many");
+        drop(root);
+        drop(a);
+        assert!(slots.take(false).is_some(), "a freed slot is given again");
+    }
+
+    #[test]
+    fn the_default_path_is_one_ctl_looks_at() {
+        let paths = default_paths();
+        assert_eq!(paths.first(), Some(&default_path()));
+        assert_eq!(paths.last(), Some(&PathBuf::from(DEFAULT_CONTROL_SOCKET)));
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_with_mode_0750_and_removed_files_stay_removed() {
+        let base = std::env::temp_dir().join(format!("sluice-ctl-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let path = base.join("sub").join("control.sock");
+        let settings = ControlSettings {
+            socket: Some(path.clone()),
+            ..ControlSettings::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = runtime
+            .block_on(async { ControlSocket::bind(&settings) })
+            .unwrap();
+        let mode = std::fs::metadata(base.join("sub")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+        assert!(path.exists());
+        remove_control_socket();
+        assert!(!path.exists(), "remove_control_socket removes it");
+        drop(socket);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -65,6 +65,35 @@ impl Upgrades {
     }
 }
 
+/// The answer to a reload or an endpoint override asked for during an upgrade.
+pub fn busy_refusal() -> Response {
+    Response::error(
+        "in-progress",
+        "an upgrade is in progress: try again once it has finished (or failed)",
+    )
+}
+
+impl super::daemon::Daemon {
+    /// `ctl upgrade`, SIGUSR2: admits the request (one at a time, a binary this daemon may
+    /// run), then hands over (docs/operations.md, "Hitless upgrade and restart").
+    pub(super) fn upgrade(
+        &mut self,
+        by: &'static str,
+        binary: Option<&str>,
+        _ready_timeout_seconds: Option<u64>,
+    ) -> Response {
+        let admitted = match self.upgrades.admit(by, binary) {
+            Ok(a) => a,
+            Err(refused) => return refused,
+        };
+        drop(admitted);
+        Response::error(
+            "not-wired",
+            "upgrade is not wired to the data plane in this build (issue 15)",
+        )
+    }
+}
+
 /// The blocking steps of an upgrade, for a blocking thread: start the new binary, offer it
 /// `sockets` and `state`, wait until it is ready, tell it to accept and wait until it does.
 /// On success the new process accepts on the very same sockets; the caller then stops

@@ -74,12 +74,9 @@ impl AffinityTable {
     }
 
     /// Clients remembered now (expired ones not yet reclaimed included).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     fn reclaim(&mut self, now: Instant, budget: usize) {

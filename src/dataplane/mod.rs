@@ -1,27 +1,44 @@
 //! The data plane: per-core, shared-nothing workers that accept NodePort connections and
 //! relay them to endpoints.
 //!
-//! [`Dataplane::start`] opens every listening socket first (so a port that cannot be bound
-//! is an error before anything runs), then starts one worker thread per configured CPU, each
-//! with its own io_uring ring and its own SO_REUSEPORT socket per (address, NodePort). It
-//! returns once every worker has set up its ring. Routing comes from the [`Publisher`]; this
-//! module never reads configuration files and never imports the control side.
+//! The API, all of it here: [`Dataplane::start`] opens every listening socket first (so a
+//! port that cannot be bound is an error before anything runs), then starts one worker thread
+//! per configured CPU, each with its own driver (io_uring, or epoll where io_uring is not
+//! usable: [`probe_uring`]) and its own SO_REUSEPORT socket per (address, NodePort); it
+//! returns once every worker is ready. Then: [`Dataplane::prepare_listeners`] /
+//! [`Dataplane::commit_listeners`] (a reload's listener plan), [`Dataplane::steer_client_ips`]
+//! (ClientIP affinity), [`Dataplane::drain`] / [`Dataplane::stop`], a [`Monitor`] for other
+//! threads, an [`Aborter`] for a second signal, [`on_worker_death`] for the process's answer
+//! to a dead worker, and the helpers [`node_ports`], [`client_ip_ports`],
+//! [`listen_addresses`], [`default_workers`]. Routing comes from the [`Publisher`]; this
+//! module never reads configuration and never imports `control`, `config` or `watch`.
 //!
-//! Submodules: [`conn`] (the sans-IO connection core), [`relay`] (pipes and buffers that hold
-//! bytes in flight), [`worker`] (the per-thread loop), [`driver`] (io_uring), [`sys`]
-//! (syscall wrappers; with the driver, the only `unsafe` code).
+//! Inside (all private): [`connections`] (the sans-IO connection table: slab, pins, retries,
+//! holds, parking, idle sweep, drain) over [`conn`] (the sans-IO core of one connection);
+//! [`worker`] (the thread's IO loop that executes the table's outputs); [`driver`] (io_uring
+//! and epoll behind one trait); [`relay`] (pipes and buffers that hold bytes in flight);
+//! [`select`] and [`affinity`] (endpoint choice per policy); [`sys`] (syscall wrappers; with
+//! `driver/uring.rs`, the only `unsafe` code of the crate); [`death`] (what a worker that
+//! dies reports, so that no half-deaf process is left behind). [`testing`] opens the
+//! connection table to the simulator (`tests/conn_simulation.rs`), and nothing else.
 
-pub mod affinity;
-pub mod conn;
-pub mod driver;
-pub mod relay;
-pub mod select;
-pub mod sys;
-pub mod worker;
+mod affinity;
+mod conn;
+mod connections;
+mod death;
+mod driver;
+mod relay;
+mod select;
+mod sys;
+mod worker;
 
-use crate::model::{DriverSetting, ListenAddresses, Model, Policy, Protocol, Settings};
+pub use death::{on_worker_death, WorkerDeath};
+
+use crate::model::{DriverSetting, Model, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
+pub use connections::ListenerKey;
+use connections::WorkerLimits;
 use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
@@ -33,30 +50,51 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use worker::ListenerKey;
-use worker::{Command, Listener, Worker, WorkerExit, WorkerLimits, WorkerSetup};
+use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
+
+/// For the simulator (`tests/conn_simulation.rs`) only: the sans-IO connection table and
+/// the vocabulary of its connection core. Not an API: it changes with the data plane.
+#[doc(hidden)]
+pub mod testing {
+    pub use super::conn::{CloseReason, ConnectFailure, Dir, Event, Side};
+    pub use super::connections::{
+        ConnHandle, ConnTable, ConnectOutcome, NotStarted, Output, Refused, TableConfig,
+        WorkerLimits, TICK,
+    };
+}
 
 /// Errors starting the data plane or opening listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A NodePort could not be opened on an address (in use, not a local address, …).
-    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {source}")]
+    #[error("cannot listen on {addr} (NodePort {node_port}/{protocol}): {cause}")]
     Listen {
         addr: SocketAddr,
         node_port: u16,
         protocol: Protocol,
-        source: io::Error,
+        cause: io::Error,
     },
     /// io_uring is unavailable or lacks an operation sluice needs (with `driver = "uring"`).
     #[error("io_uring is unavailable: {0} (driver = \"auto\" or \"epoll\" runs on epoll)")]
     Uring(io::Error),
     /// A worker thread could not be started.
-    #[error("cannot start worker {index}: {source}")]
-    Worker { index: usize, source: io::Error },
+    #[error("cannot start worker {index}: {cause}")]
+    Worker { index: usize, cause: io::Error },
 }
 
 /// The NodePorts to open: (protocol, port) pairs.
 pub type NodePorts = Vec<(Protocol, u16)>;
+
+/// The listening sockets the data plane is to have (see [`Dataplane::prepare_listeners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// Opened all or nothing: one that cannot be bound fails the change (NodePorts).
+    pub required: Vec<ListenerKey>,
+    /// Opened where possible: one that cannot be bound is reported in the plan and left
+    /// out, the rest goes ahead (a Service's external and LoadBalancer IPs, which come
+    /// and go with the Service's status).
+    pub optional: Vec<ListenerKey>,
+}
 
 /// A running data plane.
 pub struct Dataplane {
@@ -65,7 +103,7 @@ pub struct Dataplane {
     open: Vec<ListenerKey>,
     /// Listener groups whose connections are steered to workers by client IP.
     steered: Vec<ListenerKey>,
-    monitor: DataplaneMonitor,
+    monitor: Monitor,
 }
 
 struct WorkerHandle {
@@ -81,6 +119,8 @@ pub struct ListenerPlan {
     /// New keys, each with one socket per worker.
     add: Vec<(ListenerKey, Vec<Socket>)>,
     remove: Vec<ListenerKey>,
+    /// Optional keys that could not be opened, and why.
+    failed: Vec<(ListenerKey, io::Error)>,
 }
 
 impl ListenerPlan {
@@ -96,6 +136,11 @@ impl ListenerPlan {
 
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Optional listeners that could not be opened (not open, not in the plan), and why.
+    pub fn failed(&self) -> &[(ListenerKey, io::Error)] {
+        &self.failed
     }
 }
 
@@ -127,7 +172,7 @@ impl Aborter {
             let _ = sys::eventfd_signal(wake.as_fd());
         }
         drop(done);
-        let deadline = Instant::now() + wait;
+        let deadline = crate::deadline::after(Instant::now(), wait);
         let mut n = 0;
         while n < self.workers.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -142,7 +187,7 @@ impl Aborter {
 
 /// A cheap, clonable view of the workers for other threads (watchdog, metrics, status).
 #[derive(Debug, Clone)]
-pub struct DataplaneMonitor {
+pub struct Monitor {
     loops: Arc<[Arc<LoopStats>]>,
     driver: &'static str,
 }
@@ -157,7 +202,7 @@ pub struct WorkerStats {
     pub accepting: bool,
 }
 
-impl DataplaneMonitor {
+impl Monitor {
     /// Per worker: a counter that advances at every loop iteration (at least every 100 ms
     /// while the worker is healthy). A worker whose heartbeat stops is wedged.
     pub fn heartbeats(&self) -> Vec<u64> {
@@ -194,10 +239,10 @@ impl DataplaneMonitor {
 }
 
 impl Dataplane {
-    /// Open the listeners for `node_ports` and start the workers.
+    /// Open the listeners `keys` (all or nothing) and start the workers.
     pub fn start(
         settings: &Settings,
-        node_ports: &NodePorts,
+        keys: &[ListenerKey],
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
         let driver = choose_driver(settings.driver)?;
@@ -205,7 +250,12 @@ impl Dataplane {
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
         let mut open = Vec::new();
-        for (key, sockets) in open_listeners(settings, node_ports, &[], n)? {
+        let wanted = Listeners {
+            required: keys.to_vec(),
+            optional: Vec::new(),
+        };
+        let (opened, _) = open_listeners(settings.backlog, &wanted, &HashSet::new(), n)?;
+        for (key, sockets) in opened {
             for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
                 listeners.push(Listener { key, socket });
             }
@@ -216,7 +266,7 @@ impl Dataplane {
         let mut loops = Vec::with_capacity(n);
         for (index, listeners) in per_worker.into_iter().enumerate() {
             let wake =
-                Arc::new(sys::eventfd().map_err(|source| StartError::Worker { index, source })?);
+                Arc::new(sys::eventfd().map_err(|cause| StartError::Worker { index, cause })?);
             let (commands, queue) = mpsc::channel();
             let loop_stats = Arc::new(LoopStats::default());
             let cpu = if settings.pin_workers && !cpus.is_empty() {
@@ -243,7 +293,7 @@ impl Dataplane {
                     DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
-                .map_err(|source| StartError::Worker { index, source })?;
+                .map_err(|cause| StartError::Worker { index, cause })?;
             workers.push(WorkerHandle {
                 wake,
                 commands,
@@ -256,7 +306,7 @@ impl Dataplane {
             workers,
             open,
             steered: Vec::new(),
-            monitor: DataplaneMonitor {
+            monitor: Monitor {
                 loops: loops.into(),
                 driver: driver.name(),
             },
@@ -264,11 +314,11 @@ impl Dataplane {
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
-                Ok((index, Err(source))) => return Err(StartError::Worker { index, source }),
+                Ok((index, Err(cause))) => return Err(StartError::Worker { index, cause }),
                 Err(_) => {
                     return Err(StartError::Worker {
                         index: 0,
-                        source: io::Error::other("worker exited during start"),
+                        cause: io::Error::other("worker exited during start"),
                     })
                 }
             }
@@ -287,7 +337,7 @@ impl Dataplane {
     }
 
     /// A handle for other threads: heartbeats, loop statistics, driver.
-    pub fn monitor(&self) -> DataplaneMonitor {
+    pub fn monitor(&self) -> Monitor {
         self.monitor.clone()
     }
 
@@ -303,24 +353,36 @@ impl Dataplane {
         }
     }
 
-    /// Open sockets for the (address, NodePort) pairs of `settings.listen` × `node_ports`
-    /// that are not open yet. Nothing changes for the workers until [`Self::commit_listeners`];
-    /// on error nothing was changed (sockets opened so far are closed).
+    /// Open sockets (with `backlog`) for the `wanted` listeners that are not open yet, and
+    /// plan to close the open ones it does not name. Nothing changes for the workers until
+    /// [`Self::commit_listeners`]. A required listener that cannot be opened is an error,
+    /// and then nothing was changed (sockets opened so far are closed); an optional one is
+    /// reported in [`ListenerPlan::failed`] and left out.
     pub fn prepare_listeners(
         &self,
-        settings: &Settings,
-        node_ports: &NodePorts,
+        backlog: u32,
+        wanted: &Listeners,
     ) -> Result<ListenerPlan, StartError> {
         // Sets: with 10,000 NodePorts a scan per listener is quadratic.
-        let wanted: HashSet<ListenerKey> = wanted_keys(settings, node_ports).into_iter().collect();
-        let add = open_listeners(settings, node_ports, &self.open, self.workers.len())?;
+        let keep: HashSet<ListenerKey> = wanted
+            .required
+            .iter()
+            .chain(&wanted.optional)
+            .copied()
+            .collect();
+        let open: HashSet<ListenerKey> = self.open.iter().copied().collect();
+        let (add, failed) = open_listeners(backlog, wanted, &open, self.workers.len())?;
         let remove = self
             .open
             .iter()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !keep.contains(k))
             .copied()
             .collect();
-        Ok(ListenerPlan { add, remove })
+        Ok(ListenerPlan {
+            add,
+            remove,
+            failed,
+        })
     }
 
     /// Hand the plan's new listeners to the workers and close the removed ones. Call it
@@ -350,17 +412,18 @@ impl Dataplane {
         }
     }
 
-    /// Steer the connections of these NodePorts to workers by client IP (a classic-BPF
+    /// Steer the connections of these listeners to workers by client IP (a classic-BPF
     /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
-    /// affinity table; other NodePorts go back to the kernel's 4-tuple hash. Call after
-    /// `start` and after each `commit_listeners` with the ports of ClientIP-affinity Services.
-    /// Returns once the change is in place (or after a second, if the worker is wedged).
-    pub fn steer_client_ips(&mut self, ports: &NodePorts) {
-        let ports: HashSet<&(Protocol, u16)> = ports.iter().collect();
+    /// affinity table; other listeners go back to the kernel's 4-tuple hash. Call after
+    /// `start` and after each `commit_listeners` with the listeners of ClientIP-affinity
+    /// Services (keys not open are ignored). Returns once the change is in place (or after
+    /// a second, if the worker is wedged).
+    pub fn steer_client_ips(&mut self, keys: &[ListenerKey]) {
+        let keys: HashSet<&ListenerKey> = keys.iter().collect();
         let wanted: Vec<ListenerKey> = self
             .open
             .iter()
-            .filter(|k| ports.contains(&(k.protocol, k.node_port())))
+            .filter(|k| keys.contains(k))
             .copied()
             .collect();
         let steered: HashSet<&ListenerKey> = self.steered.iter().collect();
@@ -397,7 +460,7 @@ impl Dataplane {
     /// the rest; returns once every worker has ended.
     pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
         let before = self.monitor.active();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         self.send_all(|| Command::Drain { deadline });
         let reset = self.join()?;
         Ok(DrainReport {
@@ -448,9 +511,48 @@ impl Drop for Dataplane {
     }
 }
 
+/// Workers to start when the settings do not say: one per CPU this process may run on.
+pub fn default_workers() -> usize {
+    sys::allowed_cpus().len().max(1)
+}
+
+/// Whether io_uring is usable here with every operation sluice needs (`driver = "uring"`
+/// refuses to start otherwise, `"auto"` falls back to epoll); the error says what is missing.
+pub fn probe_uring() -> io::Result<()> {
+    Uring::probe()
+}
+
+/// Takes ownership of a descriptor this process inherited by number across exec (systemd's
+/// `LISTEN_FDS`, the hand-over socket of `ctl upgrade`); each number at most once per
+/// process (see `sys::adopt_inherited_fd`).
+pub fn adopt_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    sys::adopt_inherited_fd(fd)
+}
+
+/// Attaches the client-IP steering program to the SO_REUSEPORT group of `fd` (for the
+/// hand-over's tests: a passed socket keeps its group's program).
+#[cfg(test)]
+pub(crate) fn attach_client_ip_steering(
+    fd: std::os::fd::BorrowedFd<'_>,
+    groups: u32,
+) -> io::Result<()> {
+    sys::attach_client_ip_steering(fd, groups)
+}
+
+/// The process's effective user id (the control socket's peer checks).
+pub fn effective_uid() -> u32 {
+    sys::effective_uid()
+}
+
+/// Ignore SIGHUP until the control plane installs its handler: a reload request that
+/// arrives while sluice is still starting must not end it (SIGHUP's default action).
+pub fn ignore_hangup() -> io::Result<()> {
+    sys::ignore_hangup()
+}
+
 /// Resolve the driver setting: `Auto` probes io_uring once and falls back to epoll with one
 /// log line saying why; `Uring` refuses to start with that reason instead.
-pub fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
+fn choose_driver(setting: DriverSetting) -> Result<DriverChoice, StartError> {
     match setting {
         DriverSetting::Epoll => Ok(DriverChoice::Epoll),
         DriverSetting::Uring => Uring::probe()
@@ -480,6 +582,8 @@ fn run_worker<D: Driver>(
     let worker = match driver().and_then(|d| Worker::new(setup, d)) {
         Ok(w) => {
             let _ = ready.send((index, Ok(())));
+            // From here on a panic is a worker death (see `death`).
+            death::mark_worker(index);
             w
         }
         Err(e) => {
@@ -490,15 +594,20 @@ fn run_worker<D: Driver>(
     let result = worker.run();
     if let Err(e) = &result {
         tracing::error!(worker = index, error = %e, "worker stopped on an error");
+        death::report(death::WorkerDeath {
+            worker: index,
+            cause: format!("stopped on an error: {e}"),
+        });
     }
     result
 }
 
-/// The NodePorts a model serves.
+/// The NodePorts a model serves (Service ports without one, node_port 0, have none).
 pub fn node_ports(model: &Model) -> NodePorts {
     let mut ports: NodePorts = model
         .services
         .iter()
+        .filter(|s| s.node_port != 0)
         .map(|s| (s.key.protocol, s.node_port))
         .collect();
     ports.sort_unstable();
@@ -506,25 +615,11 @@ pub fn node_ports(model: &Model) -> NodePorts {
     ports
 }
 
-/// The NodePorts whose Service uses ClientIP affinity (to steer by client IP).
-pub fn client_ip_ports(model: &Model) -> NodePorts {
-    let mut ports: NodePorts = model
-        .services
-        .iter()
-        .filter(|s| matches!(s.policy, Policy::ClientIp { .. }))
-        .map(|s| (s.key.protocol, s.node_port))
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
-/// Every (address, NodePort) the settings and ports call for.
-fn wanted_keys(settings: &Settings, node_ports: &NodePorts) -> Vec<ListenerKey> {
-    let addrs = listen_addresses(&settings.listen);
-    let mut keys = Vec::new();
+/// The listeners of `node_ports` on each of `addresses`.
+pub fn node_port_keys(addresses: &[IpAddr], node_ports: &NodePorts) -> Vec<ListenerKey> {
+    let mut keys = Vec::with_capacity(addresses.len() * node_ports.len());
     for &(protocol, node_port) in node_ports {
-        for &ip in &addrs {
+        for &ip in addresses {
             keys.push(ListenerKey {
                 addr: SocketAddr::new(ip, node_port),
                 protocol,
@@ -534,45 +629,61 @@ fn wanted_keys(settings: &Settings, node_ports: &NodePorts) -> Vec<ListenerKey> 
     keys
 }
 
-/// Open `workers` reuseport sockets for every wanted key not in `open`. All or nothing.
+/// Open `workers` reuseport sockets for every wanted key not in `open`: the required ones
+/// all or nothing (an error closes what was opened), the optional ones where possible
+/// (returned second: those that failed, and why).
+#[allow(clippy::type_complexity)]
 fn open_listeners(
-    settings: &Settings,
-    node_ports: &NodePorts,
-    open: &[ListenerKey],
+    backlog: u32,
+    wanted: &Listeners,
+    open: &HashSet<ListenerKey>,
     workers: usize,
-) -> Result<Vec<(ListenerKey, Vec<Socket>)>, StartError> {
+) -> Result<
+    (
+        Vec<(ListenerKey, Vec<Socket>)>,
+        Vec<(ListenerKey, io::Error)>,
+    ),
+    StartError,
+> {
     let mut out = Vec::new();
-    let open: HashSet<&ListenerKey> = open.iter().collect();
-    for key in wanted_keys(settings, node_ports) {
-        if open.contains(&key) {
+    let mut seen: HashSet<ListenerKey> = HashSet::new();
+    let group = |key: &ListenerKey| {
+        (0..workers)
+            .map(|_| open_listener(key.addr, backlog))
+            .collect::<io::Result<Vec<_>>>()
+    };
+    for key in &wanted.required {
+        if open.contains(key) || !seen.insert(*key) {
             continue;
         }
-        let sockets = (0..workers)
-            .map(|_| open_listener(key.addr, settings.backlog))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| StartError::Listen {
-                addr: key.addr,
-                node_port: key.node_port(),
-                protocol: key.protocol,
-                source,
-            })?;
-        out.push((key, sockets));
+        let sockets = group(key).map_err(|cause| StartError::Listen {
+            addr: key.addr,
+            node_port: key.node_port(),
+            protocol: key.protocol,
+            cause,
+        })?;
+        out.push((*key, sockets));
     }
-    Ok(out)
+    let mut failed = Vec::new();
+    for key in &wanted.optional {
+        if open.contains(key) || !seen.insert(*key) {
+            continue;
+        }
+        match group(key) {
+            Ok(sockets) => out.push((*key, sockets)),
+            Err(e) => failed.push((*key, e)),
+        }
+    }
+    Ok((out, failed))
 }
 
-/// The addresses to bind for a listen setting: `All` → one dual-stack `[::]` socket when
-/// the host has IPv6, else `0.0.0.0`.
-pub fn listen_addresses(listen: &ListenAddresses) -> Vec<IpAddr> {
-    match listen {
-        ListenAddresses::Only(ips) => ips.clone(),
-        ListenAddresses::All => {
-            if Socket::new(Domain::IPV6, Type::STREAM, None).is_ok() {
-                vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
-            } else {
-                vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
-            }
-        }
+/// The address that stands for "every address" (`listen_addresses` omitted): `::`, one
+/// dual-stack socket, when the host has IPv6, else `0.0.0.0`.
+pub fn wildcard_address() -> IpAddr {
+    if Socket::new(Domain::IPV6, Type::STREAM, None).is_ok() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 }
 

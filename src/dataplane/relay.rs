@@ -84,6 +84,7 @@ impl HolderPool {
     }
 
     /// Spare pipes kept now.
+    #[cfg(test)]
     pub fn spare_pipes(&self) -> usize {
         self.pipes.len()
     }

@@ -62,7 +62,8 @@ impl Selector {
                     Some(id) => id,
                     None => route.pick(entry.port.policy, client, tried)?,
                 };
-                table.remember(ip, entry.endpoint(id).endpoint.addr, now, now + timeout);
+                let until = crate::deadline::after(now, timeout);
+                table.remember(ip, entry.endpoint(id).endpoint.addr, now, until);
                 Some(id)
             }
             Policy::RoundRobin => {
@@ -107,7 +108,8 @@ impl Selector {
         self.affinity.retain(|id, _| live.contains(id));
     }
 
-    /// Clients remembered for affinity, all Service ports (for stats and tests).
+    /// Clients remembered for affinity, all Service ports (for tests).
+    #[cfg(test)]
     pub fn affinity_entries(&self) -> usize {
         self.affinity.values().map(AffinityTable::len).sum()
     }
@@ -167,8 +169,10 @@ mod tests {
                     families: Default::default(),
                     health: Default::default(),
                     meta: None,
+                    addresses: Default::default(),
                 })
                 .collect(),
+            primary_ips: Vec::new(),
         }
     }
 

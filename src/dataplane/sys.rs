@@ -1,10 +1,13 @@
 //! Thin, safe wrappers over the Linux syscalls the data plane uses outside io_uring:
 //! splice(2), pipes, read/write on raw fds, accept4(2), socket queue sizes, eventfd, CPU
-//! pinning, fd-limit queries.
+//! pinning, fd-limit queries (and, for the control plane, the effective uid and SIGHUP's
+//! disposition at start).
 //!
 //! This is one of the two places in the crate that may contain `unsafe` (the other is the
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
 //! caller (`OwnedFd`), so no wrapper can close or leak a descriptor.
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;
@@ -195,6 +198,24 @@ pub fn fd_limit() -> u64 {
         } else {
             0
         }
+    }
+}
+
+/// The effective uid of this process (the owner of the files it creates).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Ignores SIGHUP until a handler is installed (the control plane's, which replaces this):
+/// a reload request that arrives while sluice is still starting must not end it, which is
+/// SIGHUP's default action.
+pub fn ignore_hangup() -> io::Result<()> {
+    // SAFETY: sets the disposition of one signal to SIG_IGN; no handler code is involved.
+    if unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) } == libc::SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

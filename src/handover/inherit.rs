@@ -239,8 +239,7 @@ fn adopt_channel(value: &str) -> Result<Channel, InheritError> {
         .trim()
         .parse()
         .map_err(|_| env_err("not a descriptor number".into()))?;
-    let owned =
-        crate::dataplane::sys::adopt_inherited_fd(fd).map_err(|e| env_err(e.to_string()))?;
+    let owned = crate::dataplane::adopt_inherited_fd(fd).map_err(|e| env_err(e.to_string()))?;
     let sock = socket2::SockRef::from(&owned);
     let unix_stream = sock.domain().ok() == Some(socket2::Domain::UNIX)
         && sock.r#type().ok() == Some(socket2::Type::STREAM);

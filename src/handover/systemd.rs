@@ -257,7 +257,7 @@ pub fn listen_fds() -> Result<Vec<(OwnedFd, String)>, ListenFdsError> {
     )?;
     let mut out = Vec::with_capacity(pairs.len());
     for (fd, name) in pairs {
-        match crate::dataplane::sys::adopt_inherited_fd(fd) {
+        match crate::dataplane::adopt_inherited_fd(fd) {
             Ok(owned) => out.push((owned, name)),
             Err(e) => {
                 tracing::warn!(fd, name, error = %e, "LISTEN_FDS names a descriptor this process does not have")
@@ -447,12 +447,12 @@ mod tests {
         let addr = s.local_addr().unwrap();
         // Give up ownership, as exec does: the number is then only an inherited one.
         let raw = s.into_raw_fd();
-        let owned = crate::dataplane::sys::adopt_inherited_fd(raw).unwrap();
+        let owned = crate::dataplane::adopt_inherited_fd(raw).unwrap();
         let got = socket2::SockRef::from(&owned).local_addr().unwrap();
         assert_eq!(got.as_socket(), Some(addr));
-        let e = crate::dataplane::sys::adopt_inherited_fd(raw).unwrap_err();
+        let e = crate::dataplane::adopt_inherited_fd(raw).unwrap_err();
         assert!(e.to_string().contains("not an inherited descriptor"), "{e}");
-        assert!(crate::dataplane::sys::adopt_inherited_fd(1).is_err());
+        assert!(crate::dataplane::adopt_inherited_fd(1).is_err());
         drop(owned);
     }
 }

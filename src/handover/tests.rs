@@ -144,7 +144,7 @@ fn wait_for_accepts(group: &[OwnedFd], want: usize) -> usize {
 #[test]
 fn the_client_ip_steering_program_stays_attached_to_a_passed_group() {
     let (addr, fds) = reuseport_group(4);
-    crate::dataplane::sys::attach_client_ip_steering(fds[0].as_fd(), 4).unwrap();
+    crate::dataplane::attach_client_ip_steering(fds[0].as_fd(), 4).unwrap();
     let mut clients: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let sockets: Vec<(SocketName, OwnedFd)> = fds
         .into_iter()

@@ -12,17 +12,20 @@
 //! - [`usable`]: which endpoints carry traffic (conditions, topology, externalTrafficPolicy,
 //!   health), per IP family;
 //! - `route`: [`Route`], one family's (outside or node) endpoints with their Maglev table;
+//! - `ranges`: [`SourceRanges`], `loadBalancerSourceRanges` as the accept path checks them;
 //! - `snapshot`: [`RoutingSnapshot`], [`ServiceEntry`] and `pick`.
 
 pub mod hash;
 pub mod maglev;
+mod ranges;
 mod registry;
 mod route;
 mod snapshot;
 pub mod usable;
 
 pub use maglev::{MaglevTable, TableSize};
+pub use ranges::SourceRanges;
 pub use registry::StatsRegistry;
 pub use route::Route;
-pub use snapshot::{EndpointEntry, EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
+pub use snapshot::{EndpointEntry, EndpointId, Reached, RoutingSnapshot, ServiceEntry, ServiceId};
 pub use usable::{Family, Tier};

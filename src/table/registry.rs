@@ -111,7 +111,7 @@ impl StatsRegistry {
             self.services.insert(
                 key.clone(),
                 ServiceBlocks {
-                    block: Arc::new(StatsBlock::new(workers)),
+                    block: Arc::new(StatsBlock::with_histograms(workers)),
                     seen: 0,
                     endpoints: AHashMap::new(),
                 },

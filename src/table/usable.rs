@@ -5,7 +5,7 @@
 //! The result is a *routing weight* per endpoint: the endpoint's weight when it is chosen,
 //! 0 when it is not. Endpoints with routing weight 0 stay in the snapshot (their
 //! connections, counters and ids live on); they just own no Maglev slot and are never
-//! picked. Rules (shared/design/SEMANTICS.md), applied to the endpoints of one IP family
+//! picked. Rules (kube-proxy's; docs/kubernetes.md, "What is served"), applied to the endpoints of one IP family
 //! (kube-proxy runs one proxier per family, each seeing only its family's slices):
 //!
 //! - A *candidate* has weight > 0 (not drained or disabled by an operator), is healthy (not

@@ -54,7 +54,8 @@ impl Coalescer {
     /// When [`poll`](Self::poll) will fire, if a change is pending.
     pub fn deadline(&self) -> Option<Instant> {
         let (first, last) = self.pending?;
-        Some((last + self.window.quiet).min(first + self.window.max))
+        let after = crate::deadline::after;
+        Some(after(last, self.window.quiet).min(after(first, self.window.max)))
     }
 
     /// At or after the deadline: the time the first unapplied change arrived, and the state

@@ -2,7 +2,7 @@
 //! through kube-rs's event `Recorder`), so that `kubectl describe service` and `kubectl get
 //! events` show them where users look — in addition to the log.
 //!
-//! The conversion reports a problem once while it lasts (`Source::report`); this task posts
+//! The conversion reports a problem once while it lasts (`ClusterWatch::report`); this task posts
 //! it, rate-limited: the same (Service, reason, message) at most once per [`REPEAT_AFTER`],
 //! and at most [`BURST`] Events at once, refilled at [`PER_SECOND`] a second (a burst of
 //! broken Services does not flood the API server); what is dropped is counted in the log.

@@ -7,9 +7,9 @@
 //! store per (kind, namespace), the status of each stream ([`status`]) and the coalescing of
 //! bursts of changes into reloads ([`coalesce`]). It must not build snapshots or touch
 //! listeners: it tells the control plane "the source changed" (a callback), and the control
-//! plane's reload transaction calls [`Source::load`], which snapshots the stores (`Arc`s,
+//! plane's reload transaction calls [`ClusterWatch::load`], which snapshots the stores (`Arc`s,
 //! no copies) and converts them. The client, streams and coalescer run on their own thread
-//! (`sluice-kube`, see [`Source::start`]), so a reload never holds up the streams.
+//! (`sluice-kube`, see [`ClusterWatch::start`]), so a reload never holds up the streams.
 //!
 //! # Failure behaviour
 //! kube-rs's watcher lists (paginated, 500 per page), then watches from the list's
@@ -23,7 +23,7 @@
 //! a relist *attempt* is not an answer, see [`status`]).
 //!
 //! # Startup
-//! [`Source::wait_synced`] waits until every stream has completed its first list; the
+//! [`ClusterWatch::wait_synced`] waits until every stream has completed its first list; the
 //! daemon builds its first model, opens its NodePorts and tells systemd `READY=1` only
 //! then (docs/kubernetes-watch.md says why).
 
@@ -90,7 +90,7 @@ pub enum WatchError {
 
 /// The Kubernetes configuration source: options, node settings, and (once started) the
 /// stores and their status.
-pub struct Source {
+pub struct ClusterWatch {
     options: Options,
     settings: Mutex<Settings>,
     services: Vec<Store<Service>>,
@@ -105,11 +105,11 @@ pub struct Source {
     problems: Mutex<BTreeSet<(String, String)>>,
 }
 
-impl Source {
+impl ClusterWatch {
     /// Reads the node settings; nothing is contacted yet.
-    pub fn new(options: Options) -> Result<Source, WatchError> {
+    pub fn new(options: Options) -> Result<ClusterWatch, WatchError> {
         let settings = read_settings(&options)?;
-        Ok(Source {
+        Ok(ClusterWatch {
             options,
             settings: Mutex::new(settings),
             services: Vec::new(),
@@ -124,6 +124,22 @@ impl Source {
     /// The node settings in effect (from `--config`, or the defaults).
     pub fn settings(&self) -> Settings {
         lock(&self.settings).clone()
+    }
+
+    /// The node settings file (`--config`), which an explicit reload reads again.
+    pub fn settings_file(&self) -> Option<&std::path::Path> {
+        self.options.settings_file.as_deref()
+    }
+
+    /// Makes `text`, the settings file's content read by the caller (the control plane
+    /// reads files off its loop), the node settings in effect; a bad text changes nothing.
+    pub fn use_settings_text(&self, text: &str) -> Result<(), String> {
+        let Some(path) = &self.options.settings_file else {
+            return Ok(());
+        };
+        let settings = settings_from(path, text).map_err(|e| e.to_string())?;
+        *lock(&self.settings) = settings;
+        Ok(())
     }
 
     /// Starts the watch thread (`sluice-kube`): it builds the client and runs one watch
@@ -261,6 +277,17 @@ impl Source {
         )
     }
 
+    /// This node's primary addresses, from its Node object's `status.addresses` (empty
+    /// while unknown).
+    pub fn primary_ips(&self) -> Vec<std::net::IpAddr> {
+        match &self.node {
+            Some(store) => {
+                k8s::node_primary_ips(&store.state(), self.options.k8s.node_name.as_deref())
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// The objects in the stores now (shared, not copied).
     pub fn objects(&self) -> Objects {
         Objects {
@@ -286,6 +313,7 @@ impl Source {
         let snapshot = t.elapsed();
         let options = K8sOptions {
             zone: self.zone(),
+            primary_ips: self.primary_ips(),
             ..self.options.k8s.clone()
         };
         let (model, problems) = k8s::build_model(settings, &objects, &options, previous);
@@ -295,8 +323,8 @@ impl Source {
             services = objects.services.len(),
             slices = objects.slices.len(),
             ?snapshot,
-            convert = ?(built - snapshot),
-            report = ?(t.elapsed() - built),
+            convert = ?built.saturating_sub(snapshot),
+            report = ?t.elapsed().saturating_sub(built),
             "Kubernetes objects converted"
         );
         Ok(model)
@@ -349,7 +377,7 @@ impl Source {
 }
 
 /// The uid of the Service named by a problem's object (`Service ns/name`), if stored.
-fn objects_uid(source: &Source, object: &str) -> Option<String> {
+fn objects_uid(source: &ClusterWatch, object: &str) -> Option<String> {
     let (namespace, name) = object.strip_prefix("Service ")?.split_once('/')?;
     source.services.iter().find_map(|store| {
         store
@@ -369,7 +397,13 @@ fn read_settings(options: &Options) -> Result<Settings, WatchError> {
     let Some(path) = &options.settings_file else {
         return Ok(Settings::default());
     };
-    let model = crate::config::load_file(path, None)?;
+    let text = crate::config::read_file(path, crate::config::MAX_CONFIG_BYTES)?;
+    settings_from(path, &text)
+}
+
+/// The node settings of the text of `path`, which must not define Services.
+fn settings_from(path: &std::path::Path, text: &str) -> Result<Settings, WatchError> {
+    let model = crate::config::parse(text, &path.display().to_string(), None)?;
     if !model.services.is_empty() {
         return Err(WatchError::ServicesInSettings {
             file: path.display().to_string(),

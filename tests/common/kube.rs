@@ -215,7 +215,11 @@ impl Node {
 
 pub fn metrics_at(addr: SocketAddr) -> String {
     let mut s = connect(addr).expect("connect metrics");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     text.split_once("\r\n\r\n").unwrap().1.to_owned()
@@ -249,10 +253,17 @@ pub fn answers(node: SocketAddr, n: u8) -> std::collections::BTreeSet<String> {
 }
 
 pub fn wait_answers(n: &mut Node, node: SocketAddr, want: &[&str]) {
+    wait_answers_within(n, node, want, SOON)
+}
+
+/// [`wait_answers`] with its own patience: after an API outage the watch retries with
+/// kube's default backoff (0.8 s doubling to 30 s, jittered, counted across the failed
+/// connects and the `410 Gone` that follows), so the relist can come up to ~30 s late.
+pub fn wait_answers_within(n: &mut Node, node: SocketAddr, want: &[&str], within: Duration) {
     let want: std::collections::BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
     let mut last = Default::default();
     let start = Instant::now();
-    while start.elapsed() < SOON {
+    while start.elapsed() < within {
         n.sluice.assert_alive();
         last = answers(node, 24);
         if last == want {

@@ -13,6 +13,7 @@ mod backends;
 pub mod fake_api;
 pub mod kube;
 pub mod peers;
+pub mod scrape;
 #[allow(unused_imports)]
 pub use backends::*;
 
@@ -100,10 +101,34 @@ impl Drop for TempDir {
     }
 }
 
-/// A TCP port that was free on 127.0.0.1 a moment ago (kernel-chosen). Used as a NodePort.
+/// A port that was free on 127.0.0.1 (TCP and UDP) a moment ago. Used as a NodePort.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 by
+/// default): a port the kernel chose for `bind(:0)` is handed out again to the next
+/// outgoing connection of any test running in parallel, which then holds it when sluice
+/// binds it ("Address already in use"). Ports here are never chosen by the kernel; a
+/// process-wide counter (starting at a point derived from the PID) keeps the tests of one
+/// binary apart, and the bind check skips ports another process holds.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // 10000..32000
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 10000..32000 on 127.0.0.1");
 }
 
 /// The node-level lines every test config starts with: serve only on 127.0.0.1, and a
@@ -166,6 +191,8 @@ pub struct Launch {
     /// Set JOURNAL_STREAM to the device and inode of the stderr file, as systemd does for a
     /// service whose output goes to the journal.
     pub journal_stream: bool,
+    /// Run as this uid (and the gid of the same number); needs root.
+    pub uid: Option<u32>,
 }
 
 /// The driver the suite runs under: `SLUICE_TEST_DRIVER` (`uring`, `epoll`, `auto`), or the
@@ -240,6 +267,9 @@ impl Sluice {
         }
         for (k, v) in &launch.env {
             cmd.env(k, v);
+        }
+        if let Some(uid) = launch.uid {
+            cmd.uid(uid).gid(uid);
         }
         let nofile = launch.nofile;
         let block_io_uring = launch.block_io_uring;

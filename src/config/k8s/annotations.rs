@@ -6,9 +6,12 @@
 
 use super::super::file::DurationText;
 use super::super::forwarding;
+use super::super::limits;
 use super::super::values::{choice, opt_duration};
-use super::super::{ConfigError, Source};
-use crate::model::{Forwarding, HashKey, Policy, ServicePort, Settings, Timeouts, TrafficPolicy};
+use super::super::{ConfigError, SourceText};
+use crate::model::{
+    names, Forwarding, HashKey, Policy, PolicyKind, ServicePort, Settings, Timeouts, TrafficPolicy,
+};
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 
@@ -40,25 +43,12 @@ pub fn default_forwarding(traffic_policy: TrafficPolicy) -> Forwarding {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Maglev,
-    RoundRobin,
-    Random,
-    LeastConnections,
+/// The words `sluice.io/policy` accepts: every policy but `client-ip`.
+fn kinds() -> Vec<(&'static str, PolicyKind)> {
+    let mut all = names(&PolicyKind::ALL, PolicyKind::name);
+    all.retain(|(_, k)| *k != PolicyKind::ClientIp);
+    all
 }
-
-const KINDS: &[(&str, Kind)] = &[
-    ("maglev", Kind::Maglev),
-    ("round-robin", Kind::RoundRobin),
-    ("random", Kind::Random),
-    ("least-connections", Kind::LeastConnections),
-];
-
-const KEYS: &[(&str, HashKey)] = &[
-    ("client-ip-port", HashKey::ClientIpPort),
-    ("client-ip", HashKey::ClientIp),
-];
 
 /// Reads the annotations. `before` are this Service's ports in the model serving now
 /// (for last good values); `affinity` is true when `sessionAffinity: ClientIP` decides
@@ -85,45 +75,41 @@ pub(super) fn read(
                     let kept = last
                         .map(|p| p.forwarding.clone())
                         .unwrap_or_else(|| default_forwarding(traffic_policy));
-                    problems.push(invalid(e, forwarding_name(&kept).into()));
+                    problems.push(invalid(e, kept.mode().name().into()));
                     kept
                 }
             }
         }
     };
 
-    let last_kind = last.and_then(|p| match p.policy {
-        Policy::Maglev { .. } => Some(Kind::Maglev),
-        Policy::RoundRobin => Some(Kind::RoundRobin),
-        Policy::Random => Some(Kind::Random),
-        Policy::LeastConnections => Some(Kind::LeastConnections),
-        Policy::ClientIp { .. } => None,
-    });
+    let last_kind = last
+        .map(|p| p.policy.kind())
+        .filter(|k| *k != PolicyKind::ClientIp);
     let kind = match annotations.get(POLICY) {
-        None => Kind::Maglev,
+        None => PolicyKind::Maglev,
         Some(v) if affinity => {
             problems.push(format!(
                 "annotation {POLICY} {v:?} is ignored: sessionAffinity: ClientIP chooses the \
                  policy (client-ip)"
             ));
-            Kind::Maglev
+            PolicyKind::Maglev
         }
         Some(v) if v == "client-ip" => {
-            let kept = last_kind.unwrap_or(Kind::Maglev);
+            let kept = last_kind.unwrap_or(PolicyKind::Maglev);
             problems.push(format!(
                 "annotation {POLICY} \"client-ip\" is not accepted: set the Service's \
                  sessionAffinity: ClientIP instead; keeping {}",
-                kind_name(kept)
+                kept.name()
             ));
             kept
         }
         Some(v) => {
             let (src, value) = spanned(v);
-            match choice(&src, &value, POLICY, KINDS) {
+            match choice(&src, &value, POLICY, &kinds()) {
                 Ok(k) => k,
                 Err(e) => {
-                    let kept = last_kind.unwrap_or(Kind::Maglev);
-                    problems.push(invalid(e, kind_name(kept).into()));
+                    let kept = last_kind.unwrap_or(PolicyKind::Maglev);
+                    problems.push(invalid(e, kept.name().into()));
                     kept
                 }
             }
@@ -136,7 +122,7 @@ pub(super) fn read(
     });
     let key = match annotations.get(HASH_KEY) {
         None => HashKey::ClientIpPort,
-        Some(v) if affinity || kind != Kind::Maglev => {
+        Some(v) if affinity || kind != PolicyKind::Maglev => {
             problems.push(format!(
                 "annotation {HASH_KEY} {v:?} is ignored: it applies to the maglev policy only"
             ));
@@ -144,15 +130,11 @@ pub(super) fn read(
         }
         Some(v) => {
             let (src, value) = spanned(v);
-            match choice(&src, &value, HASH_KEY, KEYS) {
+            match choice(&src, &value, HASH_KEY, &names(&HashKey::ALL, HashKey::name)) {
                 Ok(k) => k,
                 Err(e) => {
                     let kept = last_key.unwrap_or(HashKey::ClientIpPort);
-                    let name = KEYS
-                        .iter()
-                        .find(|(_, k)| *k == kept)
-                        .map_or("?", |(n, _)| n);
-                    problems.push(invalid(e, name.into()));
+                    problems.push(invalid(e, kept.name().into()));
                     kept
                 }
             }
@@ -163,7 +145,13 @@ pub(super) fn read(
     if let Some(v) = annotations.get(HOLD_WHEN_EMPTY) {
         let (src, value) = spanned(v);
         let value = Some(Spanned::new(value.span(), DurationText(value.into_inner())));
-        match opt_duration(&src, &value, HOLD_WHEN_EMPTY, std::time::Duration::ZERO) {
+        match opt_duration(
+            &src,
+            &value,
+            HOLD_WHEN_EMPTY,
+            limits::HOLD_WHEN_EMPTY,
+            std::time::Duration::ZERO,
+        ) {
             Ok(d) => timeouts.hold_when_empty = Some(d),
             Err(e) => {
                 let kept = last.map_or(timeouts.hold_when_empty, |p| p.timeouts.hold_when_empty);
@@ -178,10 +166,11 @@ pub(super) fn read(
 
     FromAnnotations {
         policy: match kind {
-            Kind::Maglev => Policy::Maglev { key },
-            Kind::RoundRobin => Policy::RoundRobin,
-            Kind::Random => Policy::Random,
-            Kind::LeastConnections => Policy::LeastConnections,
+            // `client-ip` is never read here (sessionAffinity chooses it).
+            PolicyKind::Maglev | PolicyKind::ClientIp => Policy::Maglev { key },
+            PolicyKind::RoundRobin => Policy::RoundRobin,
+            PolicyKind::Random => Policy::Random,
+            PolicyKind::LeastConnections => Policy::LeastConnections,
         },
         forwarding,
         timeouts,
@@ -190,28 +179,12 @@ pub(super) fn read(
 }
 
 /// An annotation value as a one-line "file", so the TOML value checks can judge it.
-fn spanned(v: &str) -> (Source<'_>, Spanned<String>) {
+fn spanned(v: &str) -> (SourceText<'_>, Spanned<String>) {
     (
-        Source {
+        SourceText {
             origin: "annotation",
             text: v,
         },
         Spanned::new(0..v.len(), v.to_owned()),
     )
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map_or("?", |(n, _)| n)
-}
-
-fn forwarding_name(f: &Forwarding) -> &'static str {
-    match f {
-        Forwarding::None => "none",
-        Forwarding::ProxyV1 => "proxy-v1",
-        Forwarding::ProxyV2(_) => "proxy-v2",
-        Forwarding::Transparent => "transparent",
-    }
 }

@@ -1,6 +1,8 @@
 //! The conversion over real Kubernetes JSON: the fixtures in `tests/fixtures/k8s/` are
 //! objects as the API server and the EndpointSlice controller write them; each case
 //! changes what it is about and checks the model (or the problems) that come out.
+//!
+//! Tests only (past ~600 lines): one case per rule of docs/kubernetes.md, read in order.
 
 use super::*;
 use crate::model::{Conditions, Forwarding, HashKey};
@@ -67,6 +69,10 @@ fn build_with(
     build_model(Settings::default(), &objects(values), options, previous)
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
 fn addrs(p: &ServicePort) -> Vec<String> {
     p.endpoints.iter().map(|e| e.addr.to_string()).collect()
 }
@@ -81,6 +87,7 @@ fn node(name: &str) -> K8sOptions {
         node_name: Some(name.into()),
         proxy_name: None,
         zone: None,
+        primary_ips: Vec::new(),
     }
 }
 
@@ -370,6 +377,7 @@ fn skipped_services_and_ports() {
                 node_name: None,
                 proxy_name: Some("other-proxy".into()),
                 zone: None,
+                primary_ips: Vec::new(),
             },
             served_ports: &["http"],
             problem: None,
@@ -418,15 +426,32 @@ fn load_balancer_services() {
         "kubectl shows the ipMode"
     );
 
-    // allocateLoadBalancerNodePorts: false and no nodePort: nothing to serve on this node.
+    // The VIP ingress IP is the Service's address (the hostname is not an address).
+    assert_eq!(p.addresses.load_balancer_ips, [ip("203.0.113.10")]);
+    assert_eq!(p.addresses.external_ips, [] as [IpAddr; 0]);
+
+    // allocateLoadBalancerNodePorts: false and no nodePort: served at the LoadBalancer IP
+    // only (on the Service port), no NodePort allocated.
     let no_ports = set(
         svc.clone(),
         "/spec/allocateLoadBalancerNodePorts",
         json!(false),
     );
     let without = set(no_ports.clone(), "/spec/ports/0/nodePort", Value::Null);
-    let (model, problems) = build_with(&[without], &node("n1"), None);
-    assert_eq!((model.services.len(), problems.len()), (0, 0));
+    let (model, problems) = build_with(std::slice::from_ref(&without), &node("n1"), None);
+    assert_eq!(problems, []);
+    let p = one(&model);
+    assert_eq!((p.node_port, p.node_port_allocated), (0, false));
+    assert_eq!(p.addresses.load_balancer_ips, [ip("203.0.113.10")]);
+    // … and without an ingress IP (or only a Proxy-mode one): nothing to serve here.
+    for status in [
+        json!({}),
+        json!({"ingress": [{"ip": "203.0.113.10", "ipMode": "Proxy"}]}),
+    ] {
+        let s = set(without.clone(), "/status/loadBalancer", status);
+        let (model, problems) = build_with(&[s], &node("n1"), None);
+        assert_eq!((model.services.len(), problems.len()), (0, 0));
+    }
     // … but a nodePort given anyway is served.
     let (model, _) = build_with(&[no_ports], &node("n1"), None);
     assert_eq!(one(&model).node_port, 30000);
@@ -522,6 +547,74 @@ fn invalid_annotation_keeps_the_last_good_value() {
     assert!(
         problems[0].message.contains("sessionAffinity: ClientIP"),
         "{problems:?}"
+    );
+}
+
+/// `sluice.io/hold-when-empty` keeps the bound of `hold_when_empty`: above it, a problem
+/// naming the annotation, and the last good value stays.
+#[test]
+fn hold_annotation_above_its_bound_is_a_problem() {
+    let hold = |v: &str| {
+        let svc = set(
+            fixture("myfrontend-service"),
+            &format!(
+                "/metadata/annotations/{}",
+                HOLD_WHEN_EMPTY.replace('/', "~1")
+            ),
+            json!(v),
+        );
+        [svc, fixture("myfrontend-slice")]
+    };
+    let (first, problems) = build(&hold("1h"));
+    assert_eq!(problems, []);
+    assert_eq!(
+        one(&first).timeouts.hold_when_empty,
+        Some(Duration::from_secs(3600))
+    );
+    for bad in ["18446744073709551615s", "1h 1ns", "2days"] {
+        let (next, problems) = build_with(&hold(bad), &K8sOptions::default(), Some(&first));
+        assert_eq!(
+            one(&next).timeouts.hold_when_empty,
+            Some(Duration::from_secs(3600)),
+            "kept for {bad}"
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].message,
+            format!(
+                "annotation {HOLD_WHEN_EMPTY} {bad:?} is too long: at most 1h is accepted (see \
+                 \"Limits\" in docs/operations.md); keeping 1h"
+            )
+        );
+    }
+}
+
+/// An endpoint that is this Service's own NodePort on this node (here a loopback address,
+/// which is this node's whatever the listen addresses) would loop: a problem, and skipped.
+#[test]
+fn an_endpoint_that_is_our_own_node_port_is_skipped() {
+    let slice = set(fixture("myfrontend-slice"), "/ports/0/port", json!(30000));
+    let slice = set(slice, "/endpoints/0/addresses/0", json!("127.0.0.1"));
+    let (m, problems) = build(&[fixture("myfrontend-service"), slice]);
+    let p = one(&m);
+    assert_eq!(p.node_port, 30000);
+    assert!(
+        !addrs(p).contains(&"127.0.0.1:30000".to_owned()),
+        "{:?}",
+        addrs(p)
+    );
+    assert_eq!(addrs(p).len(), 2, "{:?}", addrs(p));
+    assert_eq!(
+        problems,
+        [Problem {
+            object: "Service workshop/myfrontend".into(),
+            reason: reason::ENDPOINT_LOOPS,
+            message: "endpoint 127.0.0.1:30000 is sluice's own NodePort 30000/TCP of \
+                      workshop/myfrontend:http on this node (sluice serves its NodePorts on \
+                      every address of this node): its connections would come straight back \
+                      into sluice; this endpoint is skipped"
+                .into(),
+        }]
     );
 }
 
@@ -782,4 +875,96 @@ fn ip_families_are_read() {
     assert_eq!(families(bare.clone()), (true, false));
     bare["spec"].as_object_mut().unwrap().remove("clusterIP");
     assert_eq!(families(bare), (true, true));
+}
+
+/// `spec.externalIPs` (also on a ClusterIP Service, which has no nodePort), ingress IPs,
+/// and `loadBalancerSourceRanges` as kube-proxy reads them: per the Service's families,
+/// trimmed, a bad entry reported and left out.
+#[test]
+fn external_ips_and_source_ranges_are_read() {
+    let svc = fixture("myfrontend-service");
+    let svc = set(svc, "/spec/type", json!("ClusterIP"));
+    let svc = set(svc, "/spec/ports/0/nodePort", Value::Null);
+    let svc = set(
+        svc,
+        "/spec/externalIPs",
+        json!(["192.0.2.7", "2001:db8::7", "bogus", "192.0.2.7"]),
+    );
+    let svc = set(
+        svc,
+        "/spec/loadBalancerSourceRanges",
+        json!([" 10.0.0.0/8 ", "10.0.0.1", "2001:db8::/32"]),
+    );
+    let (model, problems) = build_with(std::slice::from_ref(&svc), &node("n1"), None);
+    let p = one(&model);
+    assert_eq!((p.node_port, p.node_port_allocated), (0, false));
+    assert_eq!(
+        p.addresses.external_ips,
+        [ip("192.0.2.7")],
+        "IPv4 Service: the IPv6 address is the other proxier's"
+    );
+    let ranges: Vec<String> = p
+        .addresses
+        .source_ranges
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(ranges, ["10.0.0.0/8", "2001:db8::/32"]);
+    let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].contains("\"bogus\" is not an IP address"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("\"10.0.0.1\" is not a CIDR"),
+        "{messages:?}"
+    );
+    // A ClusterIP Service without external IPs is not served at all.
+    let plain = set(svc, "/spec/externalIPs", json!([]));
+    let (model, _) = build_with(&[plain], &node("n1"), None);
+    assert_eq!(model.services.len(), 0);
+}
+
+/// This node's primary addresses (`GetNodeHostIPs`): InternalIPs before ExternalIPs, the
+/// first, then the first of the other family; only this node's Node object.
+#[test]
+fn node_primary_ips_like_get_node_host_ips() {
+    let node = |name: &str, addresses: Value| -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name}, "status": {"addresses": addresses}}))
+            .unwrap(),
+        )
+    };
+    #[rustfmt::skip]
+    let cases: &[(Value, &[&str])] = &[
+        (json!([{"type": "ExternalIP", "address": "203.0.113.1"}, {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "InternalIP", "address": "10.0.0.6"}, {"type": "InternalIP", "address": "fd00::5"}]),
+            &["10.0.0.5", "fd00::5"]),
+        (json!([{"type": "InternalIP", "address": "fd00::5"}, {"type": "ExternalIP", "address": "203.0.113.1"}]),
+            &["fd00::5", "203.0.113.1"]),
+        (json!([{"type": "Hostname", "address": "node-a"}, {"type": "ExternalIP", "address": "203.0.113.1"}]),
+            &["203.0.113.1"]),
+        (json!([{"type": "Hostname", "address": "node-a"}, {"type": "InternalIP", "address": "not-an-ip"}]), &[]),
+        (json!([]), &[]),
+    ];
+    for (addresses, want) in cases {
+        let nodes = [
+            node(
+                "other",
+                json!([{"type": "InternalIP", "address": "10.9.9.9"}]),
+            ),
+            node("me", addresses.clone()),
+        ];
+        let got = node_primary_ips(&nodes, Some("me"));
+        let want: Vec<IpAddr> = want.iter().map(|s| ip(s)).collect();
+        assert_eq!(got, want, "{addresses}");
+    }
+    let nodes = [node(
+        "me",
+        json!([{"type": "InternalIP", "address": "10.0.0.5"}]),
+    )];
+    assert!(node_primary_ips(&nodes, None).is_empty());
+    assert!(node_primary_ips(&nodes, Some("someone-else")).is_empty());
 }

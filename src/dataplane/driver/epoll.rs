@@ -9,12 +9,11 @@
 //! - connect: nonblocking connect(2), completion on writability, result from SO_ERROR; the
 //!   connect timeout is a deadline in a heap checked at every round.
 //!
-//! Completion tags use the same kind/slot/generation layout as the io_uring driver, so a
+//! Completion tags are the drivers' shared [`UserData`] (kind/slot/generation), so a
 //! stale event of a reused slot is ignored the same way. This module has no `unsafe`: the
 //! raw syscalls it needs are in `dataplane::sys`.
 
-use super::uring::{Kind, UserData};
-use super::{Completion, Driver};
+use super::{Completion, Driver, Kind, UserData};
 use crate::dataplane::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -95,10 +94,6 @@ impl Epoll {
 }
 
 impl Driver for Epoll {
-    fn name(&self) -> &'static str {
-        "epoll"
-    }
-
     fn watch_listener(
         &mut self,
         listener: u32,
@@ -187,8 +182,11 @@ impl Driver for Epoll {
                         fd: raw,
                     },
                 );
-                self.deadlines
-                    .push(Reverse((Instant::now() + timeout, slot, generation)));
+                self.deadlines.push(Reverse((
+                    crate::deadline::after(Instant::now(), timeout),
+                    slot,
+                    generation,
+                )));
             }
             Err(e) => self.pending.push(Completion::Connected {
                 slot,

@@ -27,6 +27,55 @@ use std::time::Duration;
 /// Most connection slots a worker can address (24 bits of a completion tag).
 pub const MAX_SLOTS: u32 = 1 << 24;
 
+/// What a completion is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Readiness of a listener (its accept queue is not empty).
+    Accept = 1,
+    PollClient = 2,
+    PollBackend = 3,
+    Connect = 4,
+    Wake = 5,
+    /// Completions nobody waits for (link timeouts, cancels, poll removals).
+    Ignore = 6,
+}
+
+/// The 64-bit tag of a driver entry (io_uring user_data, epoll token): kind (8 bits) |
+/// slot (24 bits) | generation (32 bits). Both drivers use it, so a stale report of a reused
+/// slot is recognised the same way under either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserData {
+    pub kind: Kind,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl UserData {
+    pub fn encode(self) -> u64 {
+        (self.kind as u64) << 56
+            | (u64::from(self.slot) & 0xFF_FFFF) << 32
+            | u64::from(self.generation)
+    }
+
+    pub fn decode(v: u64) -> Option<UserData> {
+        let kind = match (v >> 56) as u8 {
+            1 => Kind::Accept,
+            2 => Kind::PollClient,
+            3 => Kind::PollBackend,
+            4 => Kind::Connect,
+            5 => Kind::Wake,
+            6 => Kind::Ignore,
+            _ => return None,
+        };
+        Some(UserData {
+            kind,
+            slot: ((v >> 32) & 0xFF_FFFF) as u32,
+            generation: v as u32,
+        })
+    }
+}
+
 /// Which driver to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverChoice {
@@ -78,8 +127,6 @@ pub enum Completion {
 /// The operations a worker needs from its event source. Fds passed in must stay open until
 /// the next [`Driver::submit_and_wait`] has returned (the worker defers closes until then).
 pub trait Driver {
-    /// "io_uring" or "epoll".
-    fn name(&self) -> &'static str;
     /// Report when listener `listener` has connections waiting (`Completion::Acceptable`,
     /// edge-triggered: once per wake-up, and at once if some are waiting already) until
     /// `unwatch_listener`; `generation` tells this arm from earlier ones.
@@ -117,4 +164,29 @@ pub trait Driver {
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     /// Move every completion available now into `out` (cleared first).
     fn completions(&mut self, out: &mut Vec<Completion>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for kind in [
+            Kind::Accept,
+            Kind::PollClient,
+            Kind::PollBackend,
+            Kind::Connect,
+            Kind::Wake,
+            Kind::Ignore,
+        ] {
+            let u = UserData {
+                kind,
+                slot: MAX_SLOTS - 1,
+                generation: u32::MAX,
+            };
+            assert_eq!(UserData::decode(u.encode()), Some(u));
+        }
+        assert_eq!(UserData::decode(0), None);
+    }
 }

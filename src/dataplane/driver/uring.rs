@@ -19,59 +19,14 @@
 //! sent them; callers must keep fds open until [`Uring::submit_and_wait`] returned (the worker
 //! defers closes until after the submit).
 
-use super::{Completion, Driver};
+#![allow(unsafe_code)]
+
+use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
-
-/// What a completion is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// Readiness of a listener (its accept queue is not empty).
-    Accept = 1,
-    PollClient = 2,
-    PollBackend = 3,
-    Connect = 4,
-    Wake = 5,
-    /// Completions nobody waits for (link timeouts, cancels, poll removals).
-    Ignore = 6,
-}
-
-/// The 64-bit tag of an entry: kind (8 bits) | slot (24 bits) | generation (32 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserData {
-    pub kind: Kind,
-    pub slot: u32,
-    pub generation: u32,
-}
-
-impl UserData {
-    pub fn encode(self) -> u64 {
-        (self.kind as u64) << 56
-            | (u64::from(self.slot) & 0xFF_FFFF) << 32
-            | u64::from(self.generation)
-    }
-
-    pub fn decode(v: u64) -> Option<UserData> {
-        let kind = match (v >> 56) as u8 {
-            1 => Kind::Accept,
-            2 => Kind::PollClient,
-            3 => Kind::PollBackend,
-            4 => Kind::Connect,
-            5 => Kind::Wake,
-            6 => Kind::Ignore,
-            _ => return None,
-        };
-        Some(UserData {
-            kind,
-            slot: ((v >> 32) & 0xFF_FFFF) as u32,
-            generation: v as u32,
-        })
-    }
-}
 
 struct ConnectArgs {
     addr: socket2::SockAddr,
@@ -164,10 +119,6 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    fn name(&self) -> &'static str {
-        "io_uring"
-    }
-
     /// Report (multishot poll) when `listener`'s accept queue is not empty.
     fn watch_listener(
         &mut self,
@@ -269,9 +220,9 @@ impl Driver for Uring {
             })
         });
         args.addr = socket2::SockAddr::from(addr);
-        args.timeout = types::Timespec::new()
-            .sec(timeout.as_secs())
-            .nsec(timeout.subsec_nanos());
+        // Capped: seconds beyond the kernel's signed field would fail every connect (EINVAL).
+        let (sec, nsec) = crate::deadline::timespec(timeout);
+        args.timeout = types::Timespec::new().sec(sec).nsec(nsec);
         let connect = opcode::Connect::new(
             types::Fd(fd.as_raw_fd()),
             args.addr.as_ptr().cast(),
@@ -337,9 +288,8 @@ impl Driver for Uring {
         let result = match timeout {
             Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
             Some(t) => {
-                let ts = types::Timespec::new()
-                    .sec(t.as_secs())
-                    .nsec(t.subsec_nanos());
+                let (sec, nsec) = crate::deadline::timespec(t);
+                let ts = types::Timespec::new().sec(sec).nsec(nsec);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(1, &args).map(|_| ())
             }
@@ -416,29 +366,4 @@ fn ignore_tag() -> u64 {
         generation: 0,
     }
     .encode()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_round_trips() {
-        for kind in [
-            Kind::Accept,
-            Kind::PollClient,
-            Kind::PollBackend,
-            Kind::Connect,
-            Kind::Wake,
-            Kind::Ignore,
-        ] {
-            let u = UserData {
-                kind,
-                slot: super::super::MAX_SLOTS - 1,
-                generation: u32::MAX,
-            };
-            assert_eq!(UserData::decode(u.encode()), Some(u));
-        }
-        assert_eq!(UserData::decode(0), None);
-    }
 }

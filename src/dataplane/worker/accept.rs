@@ -10,30 +10,20 @@
 //! kernel's accept queue — never accepted-then-dropped. A listener stays on the ready list
 //! until accept4(2) says EAGAIN, so a connection that waits while the worker is full is taken
 //! as soon as a slot frees, without a new wake-up. Held connections (`hold_when_empty`) do
-//! not count against the limit: they have their own budget (see `connect.rs`).
+//! not count against the limit: they have their own budget (see `connections/connect.rs`).
 //!
 //! Accepting also stops while the worker drains, and for a backoff period after the process
-//! ran out of fds and the spare pipes were already given back; it resumes by itself.
+//! ran out of fds and the spare pipes were already given back; it resumes by itself. How
+//! many the worker may take is the table's answer ([`ConnTable::accept_room`]).
 
 use super::*;
+use crate::dataplane::connections::Refused;
+use socket2::Socket;
 use std::os::fd::AsRawFd;
 
 /// Connections accepted from one listener per turn before the next ready listener's turn
 /// (fairness between NodePorts under a burst).
 pub const ACCEPT_BATCH: u32 = 16;
-
-/// Which (address, NodePort) a listening socket serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenerKey {
-    pub addr: SocketAddr,
-    pub protocol: Protocol,
-}
-
-impl ListenerKey {
-    pub fn node_port(&self) -> u16 {
-        self.addr.port()
-    }
-}
 
 /// One listening socket of this worker.
 #[derive(Debug)]
@@ -68,21 +58,9 @@ impl ListenerSlot {
 }
 
 impl<D: Driver> Worker<D> {
-    /// Relayed connections: every live one but those held waiting for an endpoint.
-    pub(super) fn relayed(&self) -> u32 {
-        self.active - self.held
-    }
-
-    /// Whether the worker takes new connections now.
-    pub(super) fn may_accept(&self) -> bool {
-        self.backoff_until.is_none()
-            && self.draining.is_none()
-            && self.relayed() < self.max_connections
-    }
-
     /// Watch every open listener not watched yet (not while draining).
     pub(super) fn watch_listeners(&mut self) -> io::Result<()> {
-        if self.draining.is_some() {
+        if self.table.is_draining() {
             return Ok(());
         }
         for i in 0..self.listeners.len() {
@@ -97,7 +75,7 @@ impl<D: Driver> Worker<D> {
             let generation = l.arms;
             l.arms = generation.wrapping_add(1);
             l.watching = Some(generation);
-            self.ring
+            self.driver
                 .watch_listener(i as u32, generation, socket.as_fd())?;
         }
         Ok(())
@@ -106,7 +84,7 @@ impl<D: Driver> Worker<D> {
     /// Stop watching listener `i` and forget that it was ready.
     pub(super) fn unwatch_listener(&mut self, i: usize) -> io::Result<()> {
         if let Some(generation) = self.listeners[i].watching.take() {
-            self.ring.unwatch_listener(i as u32, generation)?;
+            self.driver.unwatch_listener(i as u32, generation)?;
         }
         // Its entry in the ready list is skipped when its turn comes.
         self.listeners[i].ready = false;
@@ -149,7 +127,7 @@ impl<D: Driver> Worker<D> {
 
     /// True when ready listeners wait for a turn the worker can give them now.
     pub(super) fn accepts_pending(&self) -> bool {
-        !self.ready.is_empty() && self.may_accept()
+        !self.ready.is_empty() && self.table.may_accept()
     }
 
     /// Accept from the ready listeners, in turn, at most [`ACCEPT_BATCH`] each, and never
@@ -158,7 +136,7 @@ impl<D: Driver> Worker<D> {
     pub(super) fn accept_ready(&mut self) -> io::Result<()> {
         let mut turns = self.ready.len();
         let mut accepted = std::mem::take(&mut self.accepted);
-        while turns > 0 && self.may_accept() {
+        while turns > 0 && self.table.may_accept() {
             turns -= 1;
             let Some(i) = self.ready.pop_front() else {
                 break;
@@ -167,7 +145,7 @@ impl<D: Driver> Worker<D> {
             if !self.listeners[i].ready {
                 continue;
             }
-            let room = (self.max_connections - self.relayed()).min(ACCEPT_BATCH);
+            let room = self.table.accept_room().min(ACCEPT_BATCH);
             let Some(socket) = self.listeners[i].socket.as_ref() else {
                 self.listeners[i].ready = false;
                 continue;
@@ -220,73 +198,44 @@ impl<D: Driver> Worker<D> {
         fd: OwnedFd,
         client_addr: Option<SocketAddr>,
     ) -> io::Result<()> {
+        match self.injected_death {
+            None => {}
+            Some(InjectedDeath::Panic) => {
+                panic!("injected worker panic (SLUICE_TEST_WORKER_DEATH)")
+            }
+            Some(InjectedDeath::Error) => {
+                return Err(io::Error::other(
+                    "injected worker error (SLUICE_TEST_WORKER_DEATH)",
+                ))
+            }
+        }
         self.loop_stats.accepted.add(1);
-        self.backoff = BACKOFF_MIN;
         let key = self.listeners[listener].key;
-        let (protocol, node_port) = (key.protocol, key.node_port());
-        let pin = self.pin_current();
-        let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let (Some(service), Some(client_addr)) =
-            (snapshot.lookup(protocol, node_port), client_addr)
-        else {
-            // Port no longer served (a reload removed it), or not an IP client.
+        let Some(client_addr) = client_addr else {
+            // Not an IP client.
             let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
             self.to_close.push(fd);
             return Ok(());
         };
-        let entry = snapshot.service(service);
-        entry.stats.worker(self.index).opened.add(1);
-        let config = ConnConfig {
-            idle_timeout: entry.port.timeouts.idle,
-            connect_retries: entry.port.connect_retries,
-            holder_capacity: HOLDER_CAPACITY,
-        };
-        let mut tried = self.spare_tried.pop().unwrap_or_default();
-        tried.clear();
-        self.next_id += 1;
-        let live = Live {
-            id: self.next_id,
-            conn: Conn::new(self.now, config),
+        let io = Io {
             client: fd,
-            client_addr,
-            from_node: snapshot.is_node_address(client_addr.ip()),
             backend: None,
-            pin,
-            service,
-            endpoint: None,
-            connected: false,
-            shutdown_epoch: 0,
-            connect_in_flight: false,
-            parked_since: None,
-            held_since: None,
-            held: false,
-            listener: key,
-            watching: false,
-            tried,
             holders: [Holder::Empty, Holder::Empty],
             bulk: [false; 2],
         };
-        self.pins[pin].as_mut().expect("current pin").live += 1;
-        self.active += 1;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize].live = Some(live);
-                s
-            }
-            None => {
-                if self.slots.len() as u32 >= MAX_SLOTS {
-                    // Unreachable in practice (the connection limit is far lower).
-                    self.active -= 1;
-                    return Ok(());
+        let snapshot = Arc::clone(self.reader.load());
+        match self.table.accept(self.now, &snapshot, key, client_addr, io) {
+            Ok(_) => self.execute(),
+            Err((why, io)) => {
+                // Port no longer served (a reload removed it), a client outside the
+                // source ranges, or no slot left.
+                if matches!(why, Refused::NotServed | Refused::SourceRange) {
+                    let _ = SockRef::from(&io.client).set_linger(Some(Duration::ZERO));
                 }
-                self.slots.push(Slot {
-                    generation: 0,
-                    live: Some(live),
-                });
-                self.slots.len() as u32 - 1
+                self.to_close.push(io.client);
+                Ok(())
             }
-        };
-        self.drive(slot)
+        }
     }
 
     /// The process is out of fds: give back the spare pipes first (returns the fds freed); a
@@ -304,17 +253,15 @@ impl<D: Driver> Worker<D> {
     }
 
     pub(super) fn enter_backoff(&mut self, e: &io::Error) {
-        if self.backoff_until.is_none() {
+        if let Some(backoff) = self.table.enter_backoff(self.now) {
             tracing::warn!(
                 worker = self.index,
                 error = %e,
                 fd_limit = sys::fd_limit(),
-                active = self.active,
-                backoff_ms = self.backoff.as_millis() as u64,
+                active = self.table.active(),
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                 "out of resources: not accepting new connections for a while; existing ones keep running"
             );
         }
-        self.backoff_until = Some(self.now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 }

@@ -4,8 +4,8 @@
 //! State is kept per (Service port, endpoint address), a *target*:
 //!
 //! - **Active checks** ([`ActiveCheck`]): one task per target connects every `interval`
-//!   (TCP) or sends `GET path` and reads the status line (HTTP), within `timeout`. Where the
-//!   Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
+//!   (TCP) or sends `GET path` and reads the status (HTTP, with hyper's client: [`probe`]),
+//!   within `timeout`. Where the Service forwards with PROXY v2 (v1), the probe first sends a LOCAL header
 //!   (`PROXY UNKNOWN`), unless it probes another port (`health_check_port`). Results feed a
 //!   [`CheckCounter`], HAProxy's health counter: `fall` failures in a row mark an up target
 //!   down, `rise` successes in a row mark a down one up. A new target starts up but
@@ -15,14 +15,14 @@
 //!   per-endpoint connect counters the workers keep (`connect_failed`, `opened`,
 //!   `connect_failures_in_row`); `consecutive_failures` failed connects with no success
 //!   between eject the target for `ejection_time` (doubling on each ejection not separated
-//!   by a successful connect, up to [`MAX_EJECTION_FACTOR`] times). With active checks too,
+//!   by a successful connect, up to [`MAX_EJECTION_FACTOR`](crate::model::MAX_EJECTION_FACTOR) times). With active checks too,
 //!   an ejection also marks the check down, so after the ejection time the checks decide
 //!   (`rise` successes, which may already have happened during the ejection).
 //! - **Operator `disable`**: the target counts as down and is neither probed nor judged
 //!   passively; `enable` restarts it as a new target (up, unconfirmed).
 //!
 //! Any change of a target's Up/Down state is logged with its reason and counted, and sends
-//! [`Event::HealthChanged`]; the daemon then republishes, and `effective()` marks down
+//! [`DaemonEvent::HealthChanged`](super::DaemonEvent::HealthChanged); the daemon then republishes, and `effective()` marks down
 //! targets `healthy = false` (routing weight 0). Targets whose Service sets
 //! `shutdown_sessions` are queued when marked down by health; after the publish the daemon
 //! bumps their shutdown epoch ([`StatsBlock::bump_shutdown_epoch`]) and workers reset their
@@ -32,180 +32,26 @@
 //! [`sync`]: HealthTracker::sync
 
 use super::overrides::{AdminState, Overrides};
-use super::Event;
-use crate::model::{
-    ActiveCheck, CheckKind, Forwarding, Model, PassiveCheck, ServicePortKey, MAX_EJECTION_FACTOR,
-};
+use super::DaemonEvent;
+use crate::model::{ActiveCheck, Forwarding, Model, PassiveCheck, ServicePortKey};
 use crate::stats::StatsBlock;
 use crate::table::RoutingSnapshot;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+mod probe;
+mod verdicts;
+use probe::probe;
+pub use verdicts::{CheckCounter, ConnectCounts, Ejection, EjectionChange};
 
 /// How often passive ejection reads the workers' connect counters.
 pub const PASSIVE_POLL: Duration = Duration::from_millis(250);
 
 /// One endpoint of one Service port.
 pub type Target = (ServicePortKey, SocketAddr);
-
-/// HAProxy's health counter: `0..rise` is down, `rise..=rise+fall-1` is up. A failure
-/// while up steps down by one (down below `rise`, where it drops to 0); a success while
-/// down steps up by one (up at `rise`, where it jumps to the top). So from the top, `fall`
-/// failures in a row mark it down; from 0, `rise` successes in a row mark it up; a new
-/// counter sits at `rise` (up, but one failure marks it down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckCounter {
-    health: u32,
-    rise: u32,
-    fall: u32,
-}
-
-impl CheckCounter {
-    /// A new target: up, unconfirmed.
-    pub fn fresh(rise: u32, fall: u32) -> CheckCounter {
-        CheckCounter {
-            health: rise,
-            rise,
-            fall,
-        }
-    }
-
-    /// The same up/down state under new `rise`/`fall` (confirmed when up).
-    fn with_limits(self, rise: u32, fall: u32) -> CheckCounter {
-        let up = self.is_up();
-        let mut c = CheckCounter {
-            health: 0,
-            rise,
-            fall,
-        };
-        if up {
-            c.health = c.top();
-        }
-        c
-    }
-
-    fn top(&self) -> u32 {
-        self.rise + self.fall - 1
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.health >= self.rise
-    }
-
-    /// Marks it down (an ejection): `rise` successes bring it back.
-    pub fn force_down(&mut self) {
-        self.health = 0;
-    }
-
-    /// Records one check result; returns whether it is up now.
-    pub fn record(&mut self, ok: bool) -> bool {
-        if ok {
-            if self.health < self.top() {
-                self.health += 1;
-                if self.health >= self.rise {
-                    self.health = self.top();
-                }
-            }
-        } else if self.health > self.rise {
-            self.health -= 1;
-        } else {
-            self.health = 0;
-        }
-        self.is_up()
-    }
-}
-
-/// What a passive poll concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EjectionChange {
-    /// Ejected for this long after this many failed connects in a row.
-    Ejected { failures: u64, time: Duration },
-    /// The ejection time is over.
-    Returned,
-}
-
-/// Passive outlier ejection of one target, fed with the workers' counters (pure: time and
-/// counters are passed in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ejection {
-    until: Option<Instant>,
-    /// Ejections since the last successful connect (the next one lasts 2^this × base).
-    ejections: u32,
-    /// Failed connects in a row, counted since the last poll that saw a success.
-    streak: u64,
-    seen_ok: u64,
-    seen_failed: u64,
-}
-
-/// The counters of one endpoint a passive poll reads (sums over workers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConnectCounts {
-    /// Successful connects (backend connections opened).
-    pub ok: u64,
-    /// Failed connects.
-    pub failed: u64,
-    /// Failed connects since each worker's last success, summed.
-    pub failed_in_row: u64,
-}
-
-impl Ejection {
-    /// Starts counting from `counts` (what happened before does not count).
-    pub fn new(counts: ConnectCounts) -> Ejection {
-        Ejection {
-            until: None,
-            ejections: 0,
-            streak: 0,
-            seen_ok: counts.ok,
-            seen_failed: counts.failed,
-        }
-    }
-
-    pub fn is_ejected(&self) -> bool {
-        self.until.is_some()
-    }
-
-    /// One poll at `now` with the current counters.
-    pub fn poll(
-        &mut self,
-        now: Instant,
-        config: &PassiveCheck,
-        counts: ConnectCounts,
-    ) -> Option<EjectionChange> {
-        let ok = counts.ok.wrapping_sub(self.seen_ok);
-        let failed = counts.failed.wrapping_sub(self.seen_failed);
-        self.seen_ok = counts.ok;
-        self.seen_failed = counts.failed;
-        if let Some(until) = self.until {
-            if now < until {
-                return None;
-            }
-            self.until = None;
-            self.streak = 0;
-            return Some(EjectionChange::Returned);
-        }
-        if ok > 0 {
-            // Some connect succeeded since the last poll: only the failures after each
-            // worker's last success are in a row.
-            self.streak = counts.failed_in_row.min(failed);
-            self.ejections = 0;
-        } else {
-            self.streak += failed;
-        }
-        if self.streak < u64::from(config.consecutive_failures) {
-            return None;
-        }
-        let factor = 1u32 << self.ejections.min(16);
-        let time = config.ejection_time * factor.min(MAX_EJECTION_FACTOR);
-        self.ejections = self.ejections.saturating_add(1);
-        self.until = Some(now + time);
-        let failures = self.streak;
-        self.streak = 0;
-        Some(EjectionChange::Ejected { failures, time })
-    }
-}
 
 /// The daemon's handle on endpoint health.
 pub struct HealthTracker {
@@ -220,8 +66,8 @@ pub struct Shared(Arc<Mutex<State>>);
 
 struct State {
     targets: HashMap<Target, TargetHealth>,
-    events: mpsc::UnboundedSender<Event>,
-    /// An `Event::HealthChanged` was sent and the daemon has not republished yet.
+    events: mpsc::UnboundedSender<DaemonEvent>,
+    /// An `DaemonEvent::HealthChanged` was sent and the daemon has not republished yet.
     event_pending: bool,
     /// Blocks of targets marked down whose Service resets sessions then.
     shutdowns: Vec<Arc<StatsBlock>>,
@@ -294,7 +140,7 @@ pub struct Report {
 
 impl HealthTracker {
     /// Must be called inside the control thread's runtime (it spawns the passive poller).
-    pub fn new(events: mpsc::UnboundedSender<Event>) -> HealthTracker {
+    pub fn new(events: mpsc::UnboundedSender<DaemonEvent>) -> HealthTracker {
         let shared = Shared(Arc::new(Mutex::new(State {
             targets: HashMap::new(),
             events,
@@ -322,7 +168,7 @@ impl HealthTracker {
         self.shared.clone()
     }
 
-    /// The daemon is about to republish for an `Event::HealthChanged`: later changes need
+    /// The daemon is about to republish for an `DaemonEvent::HealthChanged`: later changes need
     /// a new event.
     pub fn acknowledge(&self) {
         self.shared.lock().event_pending = false;
@@ -586,7 +432,7 @@ impl State {
         }
         if routing_changed && !self.event_pending {
             self.event_pending = true;
-            let _ = self.events.send(Event::HealthChanged);
+            let _ = self.events.send(DaemonEvent::HealthChanged);
         }
     }
 
@@ -657,7 +503,7 @@ fn connect_counts(stats: &StatsBlock) -> ConnectCounts {
 /// Probes `target` every interval until aborted. The first probe comes after a fraction
 /// of the interval derived from the address, so that many targets do not probe at once.
 async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
-    let interval = config.check.interval;
+    let interval = crate::deadline::cap(config.check.interval);
     let addr = SocketAddr::new(target.1.ip(), config.check.port.unwrap_or(target.1.port()));
     let spread = {
         use std::hash::{Hash, Hasher};
@@ -665,7 +511,8 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
         target.hash(&mut h);
         interval.mul_f64((h.finish() % 1000) as f64 / 1000.0)
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + spread, interval);
+    let start = crate::deadline::after(std::time::Instant::now(), spread);
+    let mut tick = tokio::time::interval_at(start.into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -674,274 +521,5 @@ async fn probe_loop(target: Target, config: ProbeConfig, shared: Shared) {
     }
 }
 
-/// One check of `addr`: Ok, or why it failed.
-async fn probe(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let timeout = config.check.timeout;
-    match tokio::time::timeout(timeout, probe_unbounded(addr, config)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        )),
-    }
-}
-
-async fn probe_unbounded(addr: SocketAddr, config: &ProbeConfig) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| io_reason("connect", &e))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = Vec::with_capacity(128);
-    match config.preamble {
-        Preamble::None => {}
-        Preamble::ProxyV1Unknown => request.extend_from_slice(b"PROXY UNKNOWN\r\n"),
-        Preamble::ProxyV2Local => crate::proxy_protocol::encode_v2_local(&mut request),
-    }
-    let expect = match &config.check.kind {
-        CheckKind::Tcp => None,
-        CheckKind::Http { path, expect } => {
-            request.extend_from_slice(
-                format!(
-                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-health-check\r\n\
-                     Connection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            Some(*expect)
-        }
-    };
-    if !request.is_empty() {
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| io_reason("send", &e))?;
-    }
-    let Some((lo, hi)) = expect else {
-        let _ = stream.shutdown().await;
-        return Ok(());
-    };
-    let status = read_status(&mut stream).await?;
-    if (lo..=hi).contains(&status) {
-        Ok(())
-    } else if lo == hi {
-        Err(format!("HTTP status {status} (expected {lo})"))
-    } else {
-        Err(format!("HTTP status {status} (expected {lo}-{hi})"))
-    }
-}
-
-/// Reads the status line of an HTTP response and returns its code.
-async fn read_status(stream: &mut tokio::net::TcpStream) -> Result<u16, String> {
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !line.contains(&b'\n') {
-        if line.len() > 1024 {
-            return Err("no HTTP status line in the first 1024 bytes".to_owned());
-        }
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| io_reason("receive", &e))?;
-        if n == 0 {
-            return Err(if line.is_empty() {
-                "connection closed without an answer".to_owned()
-            } else {
-                "connection closed in the status line".to_owned()
-            });
-        }
-        line.extend_from_slice(&buf[..n]);
-    }
-    parse_status(&line).ok_or_else(|| {
-        let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
-        format!(
-            "not an HTTP response: {:?}",
-            String::from_utf8_lossy(&line[..end.min(80)]).trim_end()
-        )
-    })
-}
-
-/// `HTTP/1.x NNN ...` → NNN.
-fn parse_status(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let rest = rest.get(1..)?.strip_prefix(b" ")?;
-    let code = rest.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit)
-        || rest.get(3).is_some_and(|b| *b != b' ' && *b != b'\r')
-    {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
-}
-
-fn io_reason(what: &str, e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "connection refused".to_owned(),
-        ConnectionReset => format!("connection reset ({what})"),
-        TimedOut => format!("{what} timed out"),
-        _ => match e.raw_os_error() {
-            Some(libc::EHOSTUNREACH) => "host unreachable".to_owned(),
-            Some(libc::ENETUNREACH) => "network unreachable".to_owned(),
-            _ => format!("{what}: {e}"),
-        },
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds a string of results ('+' pass, '-' fail) and returns the up/down trace.
-    fn trace(mut c: CheckCounter, results: &str) -> String {
-        results
-            .chars()
-            .map(|r| if c.record(r == '+') { 'U' } else { 'D' })
-            .collect()
-    }
-
-    #[test]
-    fn fall_failures_in_a_row_mark_down_rise_successes_mark_up() {
-        let confirmed = {
-            let mut c = CheckCounter::fresh(2, 3);
-            c.record(true);
-            c
-        };
-        assert!(confirmed.is_up());
-        assert_eq!(trace(confirmed, "---"), "UUD");
-        // A success in between starts the count again.
-        assert_eq!(trace(confirmed, "--+---"), "UUUUUD");
-        // Down: rise successes in a row; a failure in between starts again.
-        assert_eq!(trace(confirmed, "---++"), "UUDDU");
-        assert_eq!(trace(confirmed, "---+-++"), "UUDDDDU");
-        // Back up, it is confirmed again: fall failures to go down.
-        assert_eq!(trace(confirmed, "---++---"), "UUDDUUUD");
-    }
-
-    #[test]
-    fn a_new_target_is_up_until_its_first_failed_check() {
-        assert!(CheckCounter::fresh(2, 3).is_up());
-        assert_eq!(trace(CheckCounter::fresh(2, 3), "-"), "D");
-        assert_eq!(trace(CheckCounter::fresh(2, 3), "+---"), "UUUD");
-        assert_eq!(trace(CheckCounter::fresh(1, 1), "-+-+"), "DUDU");
-    }
-
-    #[test]
-    fn new_limits_keep_the_state() {
-        let mut c = CheckCounter::fresh(2, 3);
-        c.record(true);
-        let c = c.with_limits(5, 1);
-        assert_eq!(trace(c, "-"), "D");
-        let mut d = CheckCounter::fresh(2, 3);
-        d.force_down();
-        let d = d.with_limits(1, 4);
-        assert!(!d.is_up());
-        assert_eq!(trace(d, "+---"), "UUUU");
-    }
-
-    fn counts(ok: u64, failed: u64, failed_in_row: u64) -> ConnectCounts {
-        ConnectCounts {
-            ok,
-            failed,
-            failed_in_row,
-        }
-    }
-
-    #[test]
-    fn ejection_after_consecutive_failures_then_return_and_doubling() {
-        let cfg = PassiveCheck {
-            consecutive_failures: 3,
-            ejection_time: Duration::from_secs(10),
-        };
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut e = Ejection::new(counts(100, 7, 7));
-        // What happened before tracking does not count.
-        assert_eq!(e.poll(at(0), &cfg, counts(100, 7, 7)), None);
-        assert_eq!(e.poll(at(1), &cfg, counts(100, 9, 9)), None);
-        assert_eq!(
-            e.poll(at(2), &cfg, counts(100, 10, 10)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(10)
-            })
-        );
-        assert!(e.is_ejected());
-        assert_eq!(e.poll(at(11), &cfg, counts(100, 10, 10)), None);
-        assert_eq!(
-            e.poll(at(12), &cfg, counts(100, 10, 10)),
-            Some(EjectionChange::Returned)
-        );
-        // Failing again without a success in between: twice as long.
-        assert_eq!(
-            e.poll(at(13), &cfg, counts(100, 13, 13)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(20)
-            })
-        );
-        assert_eq!(
-            e.poll(at(33), &cfg, counts(100, 13, 13)),
-            Some(EjectionChange::Returned)
-        );
-        // …up to MAX_EJECTION_FACTOR times.
-        let mut t = 33;
-        let mut failed = 13;
-        for want in [40, 80, 80] {
-            failed += 3;
-            t += 1;
-            assert_eq!(
-                e.poll(at(t), &cfg, counts(100, failed, failed)),
-                Some(EjectionChange::Ejected {
-                    failures: 3,
-                    time: Duration::from_secs(want)
-                })
-            );
-            t += want;
-            assert_eq!(
-                e.poll(at(t), &cfg, counts(100, failed, failed)),
-                Some(EjectionChange::Returned)
-            );
-        }
-        // A success resets the doubling, and only failures after it count.
-        failed += 2;
-        t += 1;
-        assert_eq!(e.poll(at(t), &cfg, counts(101, failed, 1)), None);
-        failed += 2;
-        t += 1;
-        assert_eq!(
-            e.poll(at(t), &cfg, counts(101, failed, 3)),
-            Some(EjectionChange::Ejected {
-                failures: 3,
-                time: Duration::from_secs(10)
-            })
-        );
-    }
-
-    #[test]
-    fn successes_keep_an_endpoint_in() {
-        let cfg = PassiveCheck {
-            consecutive_failures: 2,
-            ejection_time: Duration::from_secs(1),
-        };
-        let t0 = Instant::now();
-        let mut e = Ejection::new(ConnectCounts::default());
-        // One failure then a success, per poll, for a long time: never two in a row.
-        for i in 1..50u64 {
-            assert_eq!(e.poll(t0, &cfg, counts(i, i, 0)), None, "poll {i}");
-        }
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status(b"HTTP/1.0 503 Service Unavailable\r\n"),
-            Some(503)
-        );
-        assert_eq!(parse_status(b"HTTP/1.1 204\r\n"), Some(204));
-        assert_eq!(parse_status(b"HTTP/2 200\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 20x OK\r\n"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
-    }
-}
+mod tests;

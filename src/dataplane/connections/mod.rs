@@ -1,0 +1,761 @@
+//! The connection table of one worker, sans-IO: every decision above one connection.
+//!
+//! A [`ConnTable`] owns a slab of connections addressed by [`ConnHandle`]s (slot +
+//! generation, so that a late report about a connection that is gone never reaches the one
+//! that reuses its slot), the snapshot pins, the endpoints each connection tried, the hold
+//! budgets (`hold_when_empty`), the connections parked for lack of fds, the accept budget and
+//! backoff, the drain state, the incremental idle sweep and the endpoints' shutdown epochs.
+//! It does no IO: no syscall, no clock (time comes in as `now`), no randomness (the
+//! selector's seed comes in with [`TableConfig`]). Like quinn-proto's `Endpoint`, it is fed
+//! with inputs ([`ConnTable::accept`], [`ConnTable::handle`], [`ConnTable::connect_started`],
+//! [`ConnTable::connect_finished`], [`ConnTable::tick`], ...) and drained with
+//! [`ConnTable::poll`], which returns the next [`Output`] to execute. The worker executes
+//! them against sockets and a driver; the simulator (`tests/conn_simulation.rs`) executes them
+//! against a simulated world with simulated time.
+//!
+//! Each connection carries the caller's resources `R` (the worker's: its two sockets and
+//! holders); the table hands them out with [`ConnTable::resources_mut`] and gives them back
+//! in [`Output::Close`], and never looks inside.
+//!
+//! The protocol with the executor, per output (answers go in before the next `poll`):
+//! - [`Output::Connect`]: open a backend socket and start connecting; answer
+//!   [`ConnTable::connect_started`] or [`ConnTable::connect_not_started`]; later, when the
+//!   connect completes, [`ConnTable::connect_finished`].
+//! - [`Output::Receive`] / [`Output::Send`]: move bytes; answer with the resulting
+//!   [`Event`] through [`ConnTable::handle`]. [`Output::ShutdownWrite`]: answer only a
+//!   failure (`Event::Failed`). [`Output::Watch`]: no answer (readiness arrives as events).
+//! - [`Output::IdleExpired`]: answer [`ConnTable::idle_expired`] with whether the kernel
+//!   still queues bytes of the connection.
+//! - [`Output::Close`]: release the resources; the handle is dead from now on.
+//!
+//! Must not: touch a socket, read the clock, log at a level above `debug` on the hot path,
+//! or panic on any order of inputs the executor may produce (stale handles are ignored).
+
+mod connect;
+mod sweep;
+
+pub use connect::{ConnectOutcome, NotStarted, ProxyHeader};
+
+use super::conn::{CloseReason, Conn, ConnConfig, Dir, Event, Op, Side};
+use super::driver::MAX_SLOTS;
+use super::select::Selector;
+use crate::model::Protocol;
+use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Names one connection of a table: slot and generation. A handle whose connection ended
+/// is stale: every input naming it is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnHandle {
+    slot: u32,
+    generation: u32,
+}
+
+impl ConnHandle {
+    /// Rebuild a handle from the tag a driver carried (slot, generation).
+    pub fn from_parts(slot: u32, generation: u32) -> ConnHandle {
+        ConnHandle { slot, generation }
+    }
+
+    pub fn slot(self) -> u32 {
+        self.slot
+    }
+
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// Which (address, NodePort) a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl ListenerKey {
+    pub fn node_port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// A worker's connection budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Relayed (not held) connections at most; beyond, new ones wait in the accept queue.
+    pub max_connections: u32,
+    /// Connections held for an endpoint (`hold_when_empty`) at most, all Services together.
+    pub max_held: u32,
+    /// Connections held for an endpoint at most per Service port.
+    pub max_held_per_service: u32,
+}
+
+impl WorkerLimits {
+    pub fn of(settings: &crate::model::Settings) -> WorkerLimits {
+        WorkerLimits {
+            max_connections: settings.max_connections_per_worker.max(1),
+            max_held: settings.max_held_per_worker,
+            max_held_per_service: settings.max_held_per_service,
+        }
+    }
+}
+
+/// What a table is told at creation.
+#[derive(Debug, Clone, Copy)]
+pub struct TableConfig {
+    /// The worker's index: its slot in every counter block.
+    pub worker: usize,
+    pub limits: WorkerLimits,
+    /// Bytes one holder (pipe or buffer) takes.
+    pub holder_capacity: usize,
+    /// Seed of the balancing policies' PRNG (never 0 after mixing).
+    pub seed: u64,
+}
+
+/// What the executor must do next; see the module documentation for the answers.
+#[derive(Debug)]
+pub enum Output<R> {
+    /// Open a nonblocking backend socket, leaving from `transparent_from` if set
+    /// (transparent forwarding), and connect it to `addr` within `timeout`.
+    Connect {
+        conn: ConnHandle,
+        addr: SocketAddr,
+        timeout: Duration,
+        transparent_from: Option<SocketAddr>,
+    },
+    /// Start reporting readiness of both sockets.
+    Watch { conn: ConnHandle },
+    /// Move at most `max` bytes from `dir.src()` into the direction's holder.
+    Receive {
+        conn: ConnHandle,
+        dir: Dir,
+        max: usize,
+    },
+    /// Move the `held` bytes of the direction's holder to `dir.dst()`.
+    Send {
+        conn: ConnHandle,
+        dir: Dir,
+        held: usize,
+    },
+    /// Pass a FIN on: shut down writing on `side`.
+    ShutdownWrite { conn: ConnHandle, side: Side },
+    /// The idle deadline passed: tell whether the kernel still queues bytes of it.
+    IdleExpired { conn: ConnHandle },
+    /// The connection ended: stop watching (if `watching`), cancel the connect (if
+    /// `connect_in_flight`), reset the sides named (SO_LINGER 0), give the holders back
+    /// (with the bytes they still `held`), close the sockets.
+    Close {
+        conn: ConnHandle,
+        resources: R,
+        reset_client: bool,
+        reset_backend: bool,
+        reason: CloseReason,
+        watching: bool,
+        connect_in_flight: bool,
+        held: [usize; 2],
+    },
+}
+
+/// Why [`ConnTable::accept`] took no connection (the caller resets and closes the socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The NodePort is no longer served (a reload removed it).
+    NotServed,
+    /// Every slot a driver tag can name is taken (far beyond any connection limit).
+    Full,
+    /// The client is outside the Service's `loadBalancerSourceRanges` where they apply
+    /// (counted in the Service's `source_refused`).
+    SourceRange,
+}
+
+struct Pin {
+    snapshot: Arc<RoutingSnapshot>,
+    live: u32,
+}
+
+/// One connection's state above its core: see the module documentation.
+struct Live<R> {
+    /// Number of this connection on its worker (PROXY v2 unique id, logs).
+    id: u64,
+    conn: Conn,
+    resources: R,
+    client_addr: SocketAddr,
+    /// The client is an address of this node (decided at accept): Local Services route
+    /// it with the cluster endpoints.
+    from_node: bool,
+    pin: usize,
+    service: ServiceId,
+    endpoint: Option<EndpointId>,
+    /// Connected to `endpoint` (counted as opened there).
+    connected: bool,
+    /// The endpoint's shutdown epoch when the connect completed: when it moves, the
+    /// endpoint was marked down with `shutdown_sessions` and the sweep resets us.
+    shutdown_epoch: u64,
+    connect_in_flight: bool,
+    /// The endpoint chosen by the last `Output::Connect`, and its connect timeout, until
+    /// the executor says whether the attempt started.
+    choosing: Option<(EndpointId, Duration)>,
+    /// Run the connect decision again before the core's next op (a parked retry).
+    retry_connect: bool,
+    /// Since when this connection waits for an fd to open its backend socket.
+    parked_since: Option<Instant>,
+    /// Since when this connection waits for its Service to have a usable endpoint.
+    held_since: Option<Instant>,
+    /// When the client connection was accepted (the Service's duration histogram).
+    opened_at: Instant,
+    /// When the last backend connect was started (the connect-latency histogram).
+    connect_started: Instant,
+    /// Counted in the hold budgets: the stable id of the Service port it is counted
+    /// against (however it was reached: NodePort, external or LoadBalancer IP).
+    held: Option<u64>,
+    /// The listener the client connected to (to find its Service again in a newer snapshot).
+    listener: ListenerKey,
+    watching: bool,
+    tried: Vec<EndpointId>,
+}
+
+struct Slot<R> {
+    generation: u32,
+    live: Option<Live<R>>,
+    /// In `to_drive` (or the one being driven).
+    scheduled: bool,
+}
+
+/// The connection table of one worker: see the module documentation.
+pub struct ConnTable<R> {
+    config: TableConfig,
+    slots: Vec<Slot<R>>,
+    free: Vec<u32>,
+    pins: Vec<Option<Pin>>,
+    current_pin: Option<usize>,
+    selector: Selector,
+    /// Live connections, held ones included.
+    active: u32,
+    /// Held connections (counted in `active` too).
+    held: u32,
+    /// Held connections per Service port (by NodePort).
+    held_per_port: HashMap<u64, u32, ahash::RandomState>,
+    /// Connections to run, in order; `current` is the one running.
+    to_drive: VecDeque<u32>,
+    current: Option<u32>,
+    /// Connections that spent their turn's budget (`Op::Yield`).
+    yielded: Vec<u32>,
+    /// Outputs decided outside a connection's turn (held retries, the sweep).
+    outputs: VecDeque<Output<R>>,
+    /// Connections waiting for fds to open their backend socket.
+    parked: VecDeque<ConnHandle>,
+    /// Parked connections still to retry in this round (stops at the first short of fds).
+    parked_retries: usize,
+    /// Connections waiting for their Service to have a usable endpoint (hold_when_empty).
+    holding: Vec<ConnHandle>,
+    idle_cursor: usize,
+    /// Set by [`Self::drain`]: no accepting, done when empty or at this deadline.
+    draining: Option<Instant>,
+    /// No accepts until then (fd exhaustion backoff).
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    /// Connections accepted so far (ids).
+    next_id: u64,
+    /// When the transparent-mode routing hint was last logged (rate limit).
+    last_hint: Option<Instant>,
+    /// When a client refused by source ranges was last logged (rate limit), and how many
+    /// were refused since.
+    last_refusal_log: Option<Instant>,
+    refused_since_log: u64,
+    /// Tried-lists of finished connections, reused (no allocation per connection).
+    spare_tried: Vec<Vec<EndpointId>>,
+}
+
+/// How often the executor calls [`ConnTable::tick`].
+pub const TICK: Duration = Duration::from_millis(100);
+/// Ticks per full pass of the idle sweep over the slab.
+const IDLE_PASS_TICKS: usize = 10;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one transparent-mode routing hint per worker per this period.
+const HINT_EVERY: Duration = Duration::from_secs(10);
+/// At most one line per worker per this period about clients refused by source ranges.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl<R> ConnTable<R> {
+    pub fn new(config: TableConfig) -> ConnTable<R> {
+        ConnTable {
+            selector: Selector::new(config.seed),
+            config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            pins: Vec::new(),
+            current_pin: None,
+            active: 0,
+            held: 0,
+            held_per_port: HashMap::default(),
+            to_drive: VecDeque::new(),
+            current: None,
+            yielded: Vec::new(),
+            outputs: VecDeque::new(),
+            parked: VecDeque::new(),
+            parked_retries: 0,
+            holding: Vec::new(),
+            idle_cursor: 0,
+            draining: None,
+            backoff_until: None,
+            backoff: BACKOFF_MIN,
+            next_id: 0,
+            last_hint: None,
+            last_refusal_log: None,
+            refused_since_log: 0,
+            spare_tried: Vec::new(),
+        }
+    }
+
+    // -- accepting ----------------------------------------------------------------------
+
+    /// Live connections, held ones included.
+    pub fn active(&self) -> u32 {
+        self.active
+    }
+
+    /// Connections held waiting for an endpoint.
+    pub fn held(&self) -> u32 {
+        self.held
+    }
+
+    /// Relayed connections: every live one but those held waiting for an endpoint.
+    pub fn relayed(&self) -> u32 {
+        self.active - self.held
+    }
+
+    /// Whether the worker takes new connections now.
+    pub fn may_accept(&self) -> bool {
+        self.accept_room() > 0
+    }
+
+    /// How many connections the worker may accept now (0 while draining or backing off).
+    pub fn accept_room(&self) -> u32 {
+        if self.backoff_until.is_some() || self.draining.is_some() {
+            return 0;
+        }
+        self.config
+            .limits
+            .max_connections
+            .max(1)
+            .saturating_sub(self.relayed())
+    }
+
+    /// The process ran out of resources: stop accepting for a while (doubling up to a
+    /// second while it lasts). Returns the backoff when it starts now (to log it once).
+    pub fn enter_backoff(&mut self, now: Instant) -> Option<Duration> {
+        let started = self.backoff_until.is_none().then_some(self.backoff);
+        self.backoff_until = Some(crate::deadline::after(now, self.backoff));
+        self.backoff = crate::deadline::times(self.backoff, 2).min(BACKOFF_MAX);
+        started
+    }
+
+    /// When the accept backoff ends, if one runs.
+    pub fn backoff_until(&self) -> Option<Instant> {
+        self.backoff_until
+    }
+
+    /// A new client connection on `listener`, routed with `snapshot` (the one published
+    /// now). Its first output is a `Connect` (or its end, when no endpoint is usable).
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        snapshot: &Arc<RoutingSnapshot>,
+        listener: ListenerKey,
+        client_addr: SocketAddr,
+        resources: R,
+    ) -> Result<ConnHandle, (Refused, R)> {
+        self.backoff = BACKOFF_MIN;
+        let pin = self.pin(snapshot);
+        let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
+        let Some(reached) = snapshot.lookup(listener.protocol, listener.addr) else {
+            return Err((Refused::NotServed, resources));
+        };
+        let service = reached.service;
+        if !snapshot.admits(reached, client_addr.ip()) {
+            // loadBalancerSourceRanges: refused before any backend work.
+            let entry = snapshot.service(service);
+            entry.stats.worker(self.config.worker).source_refused.add(1);
+            self.refused_since_log += 1;
+            if self
+                .last_refusal_log
+                .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY)
+            {
+                tracing::warn!(
+                    worker = self.config.worker,
+                    service = %entry.port.key,
+                    client = %client_addr.ip(),
+                    listener = %listener.addr,
+                    refused = self.refused_since_log,
+                    "connection refused: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
+                    REFUSAL_LOG_EVERY.as_secs()
+                );
+                self.last_refusal_log = Some(now);
+                self.refused_since_log = 0;
+            }
+            return Err((Refused::SourceRange, resources));
+        }
+        if self.free.is_empty() && self.slots.len() as u32 >= MAX_SLOTS {
+            return Err((Refused::Full, resources));
+        }
+        let entry = snapshot.service(service);
+        entry.stats.worker(self.config.worker).opened.add(1);
+        let config = ConnConfig {
+            idle_timeout: entry.port.timeouts.idle,
+            connect_retries: entry.port.connect_retries,
+            holder_capacity: self.config.holder_capacity,
+        };
+        let from_node = snapshot.is_node_address(client_addr.ip());
+        let mut tried = self.spare_tried.pop().unwrap_or_default();
+        tried.clear();
+        self.next_id += 1;
+        let live = Live {
+            id: self.next_id,
+            conn: Conn::new(now, config),
+            resources,
+            client_addr,
+            from_node,
+            pin,
+            service,
+            endpoint: None,
+            connected: false,
+            shutdown_epoch: 0,
+            connect_in_flight: false,
+            choosing: None,
+            retry_connect: false,
+            parked_since: None,
+            held_since: None,
+            opened_at: now,
+            connect_started: now,
+            held: None,
+            listener,
+            watching: false,
+            tried,
+        };
+        self.pins[pin].as_mut().expect("current pin").live += 1;
+        self.active += 1;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize].live = Some(live);
+                s
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    live: None,
+                    scheduled: false,
+                });
+                let s = self.slots.len() as u32 - 1;
+                self.slots[s as usize].live = Some(live);
+                s
+            }
+        };
+        self.schedule(slot);
+        Ok(self.handle_of(slot))
+    }
+
+    // -- inputs about one connection ----------------------------------------------------
+
+    /// Feed one event of the connection core (readiness, the result of a `Receive`, `Send`
+    /// or `ShutdownWrite`). Bytes sent are counted for the Service and the endpoint.
+    pub fn handle(&mut self, now: Instant, conn: ConnHandle, event: Event) {
+        let worker = self.config.worker;
+        let Some(live) = self.live_mut(conn) else {
+            return;
+        };
+        live.conn.handle(now, event);
+        if let Event::Sent { dir, bytes } = event {
+            let (pin, service, endpoint) = (live.pin, live.service, live.endpoint);
+            let entry = self.service_of(pin, service);
+            let ep = entry.endpoint(endpoint.expect("relaying to an endpoint"));
+            for c in [entry.stats.worker(worker), ep.stats.worker(worker)] {
+                match dir {
+                    Dir::ToBackend => c.bytes_to_backend.add(bytes as u64),
+                    Dir::ToClient => c.bytes_to_client.add(bytes as u64),
+                }
+            }
+        }
+        self.schedule(conn.slot);
+    }
+
+    /// The connection's resources, while it lives.
+    pub fn resources_mut(&mut self, conn: ConnHandle) -> Option<&mut R> {
+        self.live_mut(conn).map(|l| &mut l.resources)
+    }
+
+    /// The connection's resources, while it lives.
+    pub fn resources(&self, conn: ConnHandle) -> Option<&R> {
+        self.live(conn).map(|l| &l.resources)
+    }
+
+    /// Bytes the connection's core counts in the direction's holder (0 for a stale handle).
+    pub fn held_bytes(&self, conn: ConnHandle, dir: Dir) -> usize {
+        self.live(conn).map_or(0, |l| l.conn.held(dir))
+    }
+
+    /// Whether readiness of the connection's sockets is being reported (`Output::Watch`
+    /// was executed and the connection lives): a multishot report that ended is re-armed.
+    pub fn is_watching(&self, conn: ConnHandle) -> bool {
+        self.live(conn).is_some_and(|l| l.watching)
+    }
+
+    /// The client's address.
+    pub fn client_addr(&self, conn: ConnHandle) -> Option<SocketAddr> {
+        self.live(conn).map(|l| l.client_addr)
+    }
+
+    // -- running ------------------------------------------------------------------------
+
+    /// The next output to execute, or `None` when every connection waits for an input.
+    pub fn poll(&mut self, now: Instant) -> Option<Output<R>> {
+        loop {
+            if let Some(out) = self.outputs.pop_front() {
+                return Some(out);
+            }
+            if let Some(slot) = self.current {
+                if let Some(out) = self.step(now, slot) {
+                    return Some(out);
+                }
+                self.current = None;
+                if let Some(s) = self.slots.get_mut(slot as usize) {
+                    s.scheduled = false;
+                }
+                continue;
+            }
+            if let Some(slot) = self.to_drive.pop_front() {
+                self.current = Some(slot);
+                continue;
+            }
+            if self.parked_retries > 0 {
+                self.parked_retries -= 1;
+                let Some(h) = self.parked.pop_front() else {
+                    self.parked_retries = 0;
+                    continue;
+                };
+                if let Some(live) = self.live_mut(h) {
+                    live.retry_connect = true;
+                    self.schedule(h.slot);
+                }
+                continue;
+            }
+            return None;
+        }
+    }
+
+    /// Connections that yielded get their next turn (once per loop iteration).
+    pub fn resume_yielded(&mut self) {
+        for slot in std::mem::take(&mut self.yielded) {
+            self.schedule(slot);
+        }
+    }
+
+    /// Whether connections wait for a next turn ([`Self::resume_yielded`]).
+    pub fn has_yielded(&self) -> bool {
+        !self.yielded.is_empty()
+    }
+
+    /// Run one op of connection `slot`; `None` when it waits, yielded or closed.
+    fn step(&mut self, now: Instant, slot: u32) -> Option<Output<R>> {
+        let conn = self.handle_of(slot);
+        let mut live = self.slots.get_mut(slot as usize)?.live.take()?;
+        let out = loop {
+            if std::mem::take(&mut live.retry_connect) {
+                match self.start_connect(now, conn, &mut live) {
+                    Some(out) => break Some(out),
+                    None => continue,
+                }
+            }
+            let Some(op) = live.conn.poll_op() else {
+                break None;
+            };
+            match op {
+                Op::Connect => match self.start_connect(now, conn, &mut live) {
+                    Some(out) => break Some(out),
+                    None => continue,
+                },
+                Op::Watch => {
+                    live.watching = true;
+                    break Some(Output::Watch { conn });
+                }
+                Op::Receive { dir, max } => break Some(Output::Receive { conn, dir, max }),
+                Op::Send { dir, held } => break Some(Output::Send { conn, dir, held }),
+                Op::ShutdownWrite(side) => break Some(Output::ShutdownWrite { conn, side }),
+                Op::Yield => {
+                    self.yielded.push(slot);
+                    break None;
+                }
+                Op::Close {
+                    reset_client,
+                    reset_backend,
+                    reason,
+                } => {
+                    self.current = None;
+                    self.slots[slot as usize].scheduled = false;
+                    return Some(self.finish(now, slot, live, reset_client, reset_backend, reason));
+                }
+            }
+        };
+        self.slots[slot as usize].live = Some(live);
+        out
+    }
+
+    /// Count the end of a closed connection, release its pin and hold, free its slot.
+    fn finish(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        mut live: Live<R>,
+        reset_client: bool,
+        reset_backend: bool,
+        reason: CloseReason,
+    ) -> Output<R> {
+        let conn = self.handle_of(slot);
+        self.release_hold(&mut live);
+        let worker = self.config.worker;
+        let entry = self.service_of(live.pin, live.service);
+        let sc = entry.stats.worker(worker);
+        sc.closed.add(1);
+        if let Some(h) = entry.stats.histograms(worker) {
+            h.duration.observe(
+                &crate::stats::DURATION_BOUNDS_NS,
+                now.saturating_duration_since(live.opened_at),
+            );
+        }
+        if reason.is_failure() {
+            sc.failed.add(1);
+        }
+        if live.connected {
+            let ec = entry
+                .endpoint(live.endpoint.expect("connected endpoint"))
+                .stats
+                .worker(worker);
+            ec.closed.add(1);
+            if matches!(reason, CloseReason::Broken(_)) {
+                ec.failed.add(1);
+            }
+        }
+        let held = [
+            live.conn.held(Dir::ToBackend),
+            live.conn.held(Dir::ToClient),
+        ];
+        self.spare_tried.push(std::mem::take(&mut live.tried));
+        self.unpin(live.pin);
+        let s = &mut self.slots[slot as usize];
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.active -= 1;
+        Output::Close {
+            conn,
+            resources: live.resources,
+            reset_client,
+            reset_backend,
+            reason,
+            watching: live.watching,
+            connect_in_flight: live.connect_in_flight,
+            held,
+        }
+    }
+
+    // -- helpers ------------------------------------------------------------------------
+
+    fn handle_of(&self, slot: u32) -> ConnHandle {
+        ConnHandle {
+            slot,
+            generation: self.slots[slot as usize].generation,
+        }
+    }
+
+    fn live(&self, conn: ConnHandle) -> Option<&Live<R>> {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|s| s.generation == conn.generation)
+            .and_then(|s| s.live.as_ref())
+    }
+
+    fn live_mut(&mut self, conn: ConnHandle) -> Option<&mut Live<R>> {
+        self.slots
+            .get_mut(conn.slot as usize)
+            .filter(|s| s.generation == conn.generation)
+            .and_then(|s| s.live.as_mut())
+    }
+
+    /// Takes connection `conn` out of its slot (to be put back or closed), if it is still
+    /// the one the handle names.
+    fn take_live(&mut self, conn: ConnHandle) -> Option<Live<R>> {
+        self.slots
+            .get_mut(conn.slot as usize)
+            .filter(|s| s.generation == conn.generation)
+            .and_then(|s| s.live.take())
+    }
+
+    /// Queue connection `slot` to run (once; not the one running now).
+    fn schedule(&mut self, slot: u32) {
+        if self.current == Some(slot) {
+            return;
+        }
+        let s = &mut self.slots[slot as usize];
+        if !s.scheduled {
+            s.scheduled = true;
+            self.to_drive.push_back(slot);
+        }
+    }
+
+    fn service_of(&self, pin: usize, service: ServiceId) -> &ServiceEntry {
+        self.pins[pin]
+            .as_ref()
+            .expect("pinned snapshot")
+            .snapshot
+            .service(service)
+    }
+
+    /// The pin of `snapshot` (the published one), pinning it if it is new.
+    fn pin(&mut self, snapshot: &Arc<RoutingSnapshot>) -> usize {
+        if let Some(i) = self.current_pin {
+            if Arc::ptr_eq(
+                &self.pins[i].as_ref().expect("current pin").snapshot,
+                snapshot,
+            ) {
+                return i;
+            }
+        }
+        self.selector.retain_services(snapshot);
+        let pin = Pin {
+            snapshot: Arc::clone(snapshot),
+            live: 0,
+        };
+        let i = match self.pins.iter().position(Option::is_none) {
+            Some(i) => {
+                self.pins[i] = Some(pin);
+                i
+            }
+            None => {
+                self.pins.push(Some(pin));
+                self.pins.len() - 1
+            }
+        };
+        let old = self.current_pin.replace(i);
+        if let Some(old) = old {
+            if self.pins[old].as_ref().is_some_and(|p| p.live == 0) {
+                self.pins[old] = None;
+            }
+        }
+        i
+    }
+
+    fn unpin(&mut self, pin: usize) {
+        let p = self.pins[pin].as_mut().expect("pinned snapshot");
+        p.live -= 1;
+        if p.live == 0 && self.current_pin != Some(pin) {
+            self.pins[pin] = None;
+        }
+    }
+
+    /// Snapshots pinned now (by live connections, or as the current one).
+    pub fn pinned_snapshots(&self) -> usize {
+        self.pins.iter().flatten().count()
+    }
+}
