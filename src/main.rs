@@ -563,6 +563,15 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(refused) = zone_with_kubernetes(&args) {
         return refused;
     }
+    // Sockets and state from the sluice that started this one (`ctl upgrade`), or from
+    // systemd's fd store; an error here was told to the old process, which serves on.
+    let inherit = match sluice::handover::inherit::from_env() {
+        Ok(start) => start,
+        Err(e) => {
+            eprintln!("sluice: cannot take over: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let result: anyhow::Result<()> = if args.kubernetes {
         let source = match sluice::watch::ClusterWatch::new(watch_options(&args)) {
             Ok(s) => s,
@@ -577,6 +586,7 @@ fn run(args: RunArgs) -> ExitCode {
             driver: args.driver.map(Into::into),
             log_filter: Some(log_filter),
             on_ready: None,
+            inherit,
         })
         .map_err(Into::into)
     } else {
@@ -606,6 +616,7 @@ fn run(args: RunArgs) -> ExitCode {
             driver: driver.map(Into::into),
             log_filter: Some(log_filter),
             on_ready: None,
+            inherit,
         }) {
             Ok(()) => Ok(()),
             Err(control::ControlError::Config(e)) => {
@@ -684,6 +695,7 @@ fn demo(
         config: ConfigSource::Fixed(Box::new(model)),
         workers: None,
         driver: None,
+        inherit: sluice::handover::Start::Fresh,
         log_filter: Some(log_filter),
         on_ready: Some(Box::new(|socket| {
             let Some(socket) = socket else { return };

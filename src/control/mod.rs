@@ -98,6 +98,9 @@ pub struct Options {
     /// Called once when sluice serves, with the control socket's path when it has one
     /// (the demo prints the `sluice ctl` line to try).
     pub on_ready: Option<ReadyHook>,
+    /// What this process inherited at start (`handover::inherit::from_env`): nothing, the
+    /// sockets and state of a `ctl upgrade`, or systemd's fd store.
+    pub inherit: crate::handover::Start,
 }
 
 /// See [`Options::on_ready`].
@@ -163,7 +166,22 @@ pub fn run(options: Options) -> Result<(), ControlError> {
     result
 }
 
-async fn serve(options: Options) -> Result<(), ControlError> {
+async fn serve(mut options: Options) -> Result<(), ControlError> {
+    let inherit = std::mem::replace(&mut options.inherit, crate::handover::Start::Fresh);
+    let mut successor = upgrade::Successor::new(inherit);
+    let result = serve_as(options, &mut successor).await;
+    if let Err(e) = &result {
+        // A new process started by `ctl upgrade` says why it cannot serve (the old one
+        // serves on and reports it); nothing was accepted here.
+        successor.failed(&e.to_string());
+    }
+    result
+}
+
+async fn serve_as(
+    options: Options,
+    successor: &mut upgrade::Successor,
+) -> Result<(), ControlError> {
     // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload" (before this,
     // `main` has SIGHUP ignored, so a reload asked for during start-up cannot end sluice).
     let mut stop = StopSignals {
@@ -198,16 +216,19 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         mut priority_jobs,
         mut jobs,
         control_path,
-    } = Daemon::start(Start {
-        source,
-        source_metrics,
-        model,
-        health,
-        events: events_tx,
-        workers: options.workers,
-        driver: options.driver,
-        log_filter: options.log_filter,
-    })
+    } = Daemon::start(
+        Start {
+            source,
+            source_metrics,
+            model,
+            health,
+            events: events_tx,
+            workers: options.workers,
+            driver: options.driver,
+            log_filter: options.log_filter,
+        },
+        successor,
+    )
     .await?;
     if let Some(ready) = options.on_ready {
         ready(control_path.as_deref());
@@ -222,6 +243,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs_open = true;
     let mut reloads = Reloads::<ReloadWaiter>::default();
+    let mut underway: Option<upgrade::Underway> = None;
 
     loop {
         tokio::select! {
@@ -229,10 +251,22 @@ async fn serve(options: Options) -> Result<(), ControlError> {
             _ = sighup.recv() => {
                 reloads.request(ReloadWaiter::Signal, || daemon.reload_plan());
             }
-            _ = sigusr2.recv() => {
-                let response = daemon.upgrade("SIGUSR2", None, None);
-                if let Some(e) = response.error {
-                    tracing::error!(error = %e.message, "upgrade (SIGUSR2) refused; still serving");
+            _ = sigusr2.recv() => match daemon.upgrade("SIGUSR2", None, None) {
+                Ok(u) => underway = Some(u),
+                Err(refused) => {
+                    let why = refused.error.map(|e| e.message).unwrap_or_default();
+                    tracing::error!(error = %why, "upgrade (SIGUSR2) refused; still serving");
+                }
+            },
+            staged = upgrade::Underway::finished(&mut underway) => {
+                let u = underway.take().expect("an upgrade was under way");
+                match staged {
+                    Ok(Ok((up, admitted))) => {
+                        daemon.hand_over(up, admitted, u);
+                        break;
+                    }
+                    Ok(Err(failed)) => u.fail(failed.0.to_string()),
+                    Err(e) => u.fail(format!("the upgrade's task failed: {e}")),
                 }
             }
             read = reloads.read(), if reloads.is_reading() => {
@@ -254,6 +288,17 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 Some((Request::Reload, reply)) if daemon.upgrades.in_progress() => {
                     let _ = reply.send(upgrade::busy_refusal());
                 }
+                Some((Request::Upgrade { binary, ready_timeout_seconds }, reply)) => {
+                    match daemon.upgrade("ctl upgrade", binary.as_deref(), ready_timeout_seconds) {
+                        Ok(mut u) => {
+                            u.set_reply(reply);
+                            underway = Some(u);
+                        }
+                        Err(refused) => {
+                            let _ = reply.send(refused);
+                        }
+                    }
+                }
                 Some((Request::Reload, reply)) => {
                     reloads.request(ReloadWaiter::Client(reply), || daemon.reload_plan());
                 }
@@ -263,7 +308,8 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                 }
                 None => jobs_open = false,
             },
-            _ = address_poll.tick() => daemon.follow_node_addresses(),
+            // Not during an upgrade: the sockets offered are the ones open now.
+            _ = address_poll.tick(), if underway.is_none() => daemon.follow_node_addresses(),
             _ = ticker.tick() => daemon.check_heartbeats(&mut gate),
         }
     }

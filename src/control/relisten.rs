@@ -119,7 +119,9 @@ impl Daemon {
             .collect();
         port_owner::check(&new).map_err(|e| e.to_string())?;
         let plan = self
-            .plane()
+            .plane
+            .as_mut()
+            .expect("the plane runs until shutdown")
             .prepare_listeners(backlog, &wanted.listeners)
             .map_err(|e| e.to_string())?;
         Ok(Prepared {

@@ -57,10 +57,11 @@ impl Daemon {
                 address,
                 weight,
             } => self.endpoint_override(action, &service, &address, weight),
-            Request::Upgrade {
-                binary,
-                ready_timeout_seconds,
-            } => self.upgrade("ctl upgrade", binary.as_deref(), ready_timeout_seconds),
+            // The loop runs upgrades: their steps run off the loop (`serve`).
+            Request::Upgrade { .. } => Response::error(
+                "invalid",
+                "internal error: an upgrade reached the request handler",
+            ),
             Request::LogLevel { level } => match &self.log_filter {
                 Some(set) => match set(&level) {
                     Ok(()) => {

@@ -43,7 +43,7 @@ use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
 use socket2::{Domain, Socket, Type};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -104,6 +104,13 @@ pub struct Dataplane {
     /// Listener groups whose connections are steered to workers by client IP.
     steered: Vec<ListenerKey>,
     monitor: Monitor,
+    /// Listening sockets inherited from the previous process (a hand-over, systemd's fd
+    /// store) and not used yet: a listener to open takes its group from here before
+    /// anything is bound ([`Self::start_inheriting`], [`Self::release_inherited`]).
+    inherited: HashMap<ListenerKey, Vec<Socket>>,
+    /// While paused, the commands for each worker, held until [`Self::resume`]: a
+    /// successor's workers run but accept nothing before the old process says "go".
+    held: Option<Vec<Vec<Command>>>,
 }
 
 struct WorkerHandle {
@@ -245,6 +252,23 @@ impl Dataplane {
         keys: &[ListenerKey],
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
+        Dataplane::start_inheriting(settings, keys, publisher, HashMap::new(), false)
+    }
+
+    /// [`Self::start`] on listening sockets a previous process passed (a hand-over, or
+    /// systemd's fd store): each listener of `keys` (and of later listener plans, until
+    /// [`Self::release_inherited`]) whose group of `settings.workers` sockets is in
+    /// `inherited` takes it, socket *i* to worker *i*, instead of binding; the sockets are
+    /// never re-bound, so their accept queues and the group's steering program stay. With
+    /// `paused`, the workers start but accept nothing, and every listener and steering
+    /// change waits, until [`Self::resume`].
+    pub fn start_inheriting(
+        settings: &Settings,
+        keys: &[ListenerKey],
+        publisher: &Publisher,
+        inherited: HashMap<ListenerKey, Vec<OwnedFd>>,
+        paused: bool,
+    ) -> Result<Dataplane, StartError> {
         let driver = choose_driver(settings.driver)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
@@ -254,12 +278,31 @@ impl Dataplane {
             required: keys.to_vec(),
             optional: Vec::new(),
         };
-        let (opened, _) = open_listeners(settings.backlog, &wanted, &HashSet::new(), n)?;
+        let mut inherited: HashMap<ListenerKey, Vec<Socket>> = inherited
+            .into_iter()
+            .map(|(k, fds)| (k, fds.into_iter().map(Socket::from).collect()))
+            .collect();
+        let (opened, _) = open_listeners(
+            settings.backlog,
+            &wanted,
+            &HashSet::new(),
+            n,
+            &mut inherited,
+        )?;
         for (key, sockets) in opened {
             for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
                 listeners.push(Listener { key, socket });
             }
             open.push(key);
+        }
+        let mut held = None;
+        if paused {
+            held = Some(
+                per_worker
+                    .iter_mut()
+                    .map(|l| vec![Command::AddListeners(std::mem::take(l))])
+                    .collect(),
+            );
         }
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut workers = Vec::with_capacity(n);
@@ -310,6 +353,8 @@ impl Dataplane {
                 loops: loops.into(),
                 driver: driver.name(),
             },
+            inherited,
+            held,
         };
         for _ in 0..n {
             match ready_rx.recv() {
@@ -324,6 +369,91 @@ impl Dataplane {
             }
         }
         Ok(dp)
+    }
+
+    /// Whether the workers wait for [`Self::resume`] to accept.
+    pub fn is_paused(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The workers start accepting: every listener and steering change held since a paused
+    /// start reaches them, in order.
+    pub fn resume(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        for (w, commands) in self.workers.iter().zip(held) {
+            for c in commands {
+                let _ = w.commands.send(c);
+            }
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Closes the inherited sockets no listener took (the new configuration no longer
+    /// serves them); returns their keys.
+    pub fn release_inherited(&mut self) -> Vec<ListenerKey> {
+        let mut keys: Vec<ListenerKey> = self.inherited.drain().map(|(k, _)| k).collect();
+        keys.sort();
+        keys
+    }
+
+    /// A duplicate of every open listening socket, by key, socket *i* being worker *i*'s
+    /// (for a hand-over to a new process, or systemd's fd store). The workers answer
+    /// between two turns of their loops; an error when one does not within `wait` or
+    /// cannot duplicate (out of descriptors). Not while paused.
+    pub fn listening_sockets(
+        &self,
+        wait: Duration,
+    ) -> io::Result<Vec<(ListenerKey, Vec<OwnedFd>)>> {
+        if self.is_paused() {
+            return Err(io::Error::other("the workers are paused"));
+        }
+        let (done, answers) = mpsc::channel();
+        for w in &self.workers {
+            let _ = w.commands.send(Command::Export { done: done.clone() });
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+        drop(done);
+        let n = self.workers.len();
+        let deadline = crate::deadline::after(Instant::now(), wait);
+        let mut per_worker: Vec<Option<Vec<(ListenerKey, OwnedFd)>>> =
+            (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match answers.recv_timeout(left) {
+                Ok((index, fds)) if index < n => per_worker[index] = Some(fds),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(io::Error::other(
+                        "a worker did not hand out its listening sockets (out of descriptors, or wedged)",
+                    ))
+                }
+            }
+        }
+        let mut groups: HashMap<ListenerKey, Vec<OwnedFd>> = HashMap::new();
+        for fds in per_worker.into_iter().flatten() {
+            for (key, fd) in fds {
+                groups.entry(key).or_default().push(fd);
+            }
+        }
+        let mut out: Vec<(ListenerKey, Vec<OwnedFd>)> = self
+            .open
+            .iter()
+            .filter_map(|k| groups.remove(k).map(|fds| (*k, fds)))
+            .filter(|(_, fds)| fds.len() == n)
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// Hands `command` to worker `index`, or holds it while paused.
+    fn post(&mut self, index: usize, command: Command) {
+        if let Some(held) = self.held.as_mut() {
+            held[index].push(command);
+            return;
+        }
+        let w = &self.workers[index];
+        let _ = w.commands.send(command);
+        let _ = sys::eventfd_signal(w.wake.as_fd());
     }
 
     /// Number of worker threads.
@@ -359,7 +489,7 @@ impl Dataplane {
     /// and then nothing was changed (sockets opened so far are closed); an optional one is
     /// reported in [`ListenerPlan::failed`] and left out.
     pub fn prepare_listeners(
-        &self,
+        &mut self,
         backlog: u32,
         wanted: &Listeners,
     ) -> Result<ListenerPlan, StartError> {
@@ -371,7 +501,13 @@ impl Dataplane {
             .copied()
             .collect();
         let open: HashSet<ListenerKey> = self.open.iter().copied().collect();
-        let (add, failed) = open_listeners(backlog, wanted, &open, self.workers.len())?;
+        let (add, failed) = open_listeners(
+            backlog,
+            wanted,
+            &open,
+            self.workers.len(),
+            &mut self.inherited,
+        )?;
         let remove = self
             .open
             .iter()
@@ -399,16 +535,13 @@ impl Dataplane {
         let removed: HashSet<&ListenerKey> = plan.remove.iter().collect();
         self.open.retain(|k| !removed.contains(k));
         self.steered.retain(|k| !removed.contains(k));
-        for (w, listeners) in self.workers.iter().zip(per_worker) {
+        for (index, listeners) in per_worker.into_iter().enumerate() {
             if !listeners.is_empty() {
-                let _ = w.commands.send(Command::AddListeners(listeners));
+                self.post(index, Command::AddListeners(listeners));
             }
             if !plan.remove.is_empty() {
-                let _ = w
-                    .commands
-                    .send(Command::RemoveListeners(plan.remove.clone()));
+                self.post(index, Command::RemoveListeners(plan.remove.clone()));
             }
-            let _ = sys::eventfd_signal(w.wake.as_fd());
         }
     }
 
@@ -443,16 +576,22 @@ impl Dataplane {
             return;
         }
         self.steered = wanted;
-        if let Some(w) = self.workers.first() {
+        if !self.workers.is_empty() {
             let (done, applied) = mpsc::channel();
-            let _ = w.commands.send(Command::Steer {
-                attach,
-                detach,
-                groups: self.workers.len() as u32,
-                done,
-            });
-            let _ = sys::eventfd_signal(w.wake.as_fd());
-            let _ = applied.recv_timeout(Duration::from_secs(1));
+            let groups = self.workers.len() as u32;
+            let paused = self.is_paused();
+            self.post(
+                0,
+                Command::Steer {
+                    attach,
+                    detach,
+                    groups,
+                    done,
+                },
+            );
+            if !paused {
+                let _ = applied.recv_timeout(Duration::from_secs(1));
+            }
         }
     }
 
@@ -638,6 +777,7 @@ fn open_listeners(
     wanted: &Listeners,
     open: &HashSet<ListenerKey>,
     workers: usize,
+    inherited: &mut HashMap<ListenerKey, Vec<Socket>>,
 ) -> Result<
     (
         Vec<(ListenerKey, Vec<Socket>)>,
@@ -647,10 +787,13 @@ fn open_listeners(
 > {
     let mut out = Vec::new();
     let mut seen: HashSet<ListenerKey> = HashSet::new();
-    let group = |key: &ListenerKey| {
-        (0..workers)
+    // An inherited group of the right size is taken as it is (never re-bound); one of
+    // another size cannot be given to workers by position and is closed.
+    let mut group = |key: &ListenerKey| match inherited.remove(key) {
+        Some(sockets) if sockets.len() == workers => Ok(sockets),
+        _ => (0..workers)
             .map(|_| open_listener(key.addr, backlog))
-            .collect::<io::Result<Vec<_>>>()
+            .collect::<io::Result<Vec<_>>>(),
     };
     for key in &wanted.required {
         if open.contains(key) || !seen.insert(*key) {
