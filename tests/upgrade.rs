@@ -453,3 +453,202 @@ fn endpoint_overrides_are_carried_over() {
     let e = &v["result"]["services"][0]["endpoints"][0];
     assert_eq!(e["state"].as_str(), Some("draining"), "{v}");
 }
+
+/// The sd_notify messages of an emulated systemd (a datagram socket the test owns), with
+/// the descriptors of `FDSTORE=1` messages kept by their `FDNAME=`, as systemd's fd store.
+struct FdStore {
+    sock: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    stored: std::collections::BTreeMap<String, std::os::fd::OwnedFd>,
+}
+
+impl FdStore {
+    fn new(dir: &TempDir) -> FdStore {
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        FdStore {
+            sock,
+            path,
+            stored: Default::default(),
+        }
+    }
+
+    /// Reads what arrived; keeps the first socket of each name (systemd ignores a socket it
+    /// holds already).
+    fn poll(&mut self) {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::mem::MaybeUninit;
+        loop {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(got) = recvmsg(
+                &self.sock,
+                &mut iov,
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            ) else {
+                return;
+            };
+            let mut fds = Vec::new();
+            for m in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(r) = m {
+                    fds.extend(r);
+                }
+            }
+            let text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
+            if !text.lines().any(|l| l == "FDSTORE=1") {
+                continue;
+            }
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_owned();
+            if let Some(fd) = fds.into_iter().next() {
+                self.stored.entry(name).or_insert(fd);
+            }
+        }
+    }
+}
+
+/// `systemctl restart` through the fd store, with systemd emulated: sluice stores each
+/// NodePort socket (`FDSTORE=1`, `FDNAME=tcp/127.0.0.1/PORT/wN`); it is stopped (SIGTERM:
+/// drain, exit) while clients keep connecting; a new sluice is started with the stored
+/// sockets as `LISTEN_FDS`/`LISTEN_FDNAMES` from fd 3. No connect is refused, no round trip
+/// fails (connects made between the two processes wait in the accept queue), and the new
+/// process serves on the very same sockets (the NodePort still has one listener per worker:
+/// nothing was bound afresh beside them).
+#[test]
+fn a_restart_through_the_fd_store_refuses_no_connection() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let echo = EchoServer::start("127.0.0.2");
+    let port = free_port();
+    let dir = TempDir::new("fdstore");
+    let mut store = FdStore::new(&dir);
+    let sock = dir.path().join("ctl.sock");
+    let config = node_toml(
+        port,
+        &format!(
+            "workers = 2\ndrain_timeout = \"5s\"\ncontrol_socket = \"{}\"",
+            sock.display()
+        ),
+    ) + &service_toml("web", port, &[ep(echo.addr)], "");
+    let launch = Launch {
+        env: vec![("NOTIFY_SOCKET".into(), store.path.display().to_string())],
+        ..Launch::default()
+    };
+    let mut old = Sluice::run_with(&config, launch);
+    let node = node_addr(port);
+    old.wait_ready_echo(node);
+    let names: Vec<String> = (0..2)
+        .map(|w| format!("tcp/127.0.0.1/{port}/w{w}"))
+        .collect();
+    wait_for(
+        "the NodePort sockets in the fd store",
+        Duration::from_secs(10),
+        || {
+            store.poll();
+            names
+                .iter()
+                .all(|n| store.stored.contains_key(n))
+                .then_some(())
+        },
+    );
+
+    let load = Load::start(node, 1, 2, Duration::from_secs(120));
+    load.wait_progress(100);
+    // `systemctl restart`: stop (SIGTERM: drain and exit)…
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &old.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    // No sluice runs now: a client connecting in this gap is queued, not refused…
+    let mut in_the_gap = connect(node).expect("a connect between the two processes");
+    in_the_gap.write_all(b"queued while no sluice ran").unwrap();
+    // …then start with the stored sockets from fd 3 on. They are first copied above the
+    // numbers the child will use, so that setting fd 3 and 4 cannot overwrite a source.
+    let high: Vec<std::os::fd::OwnedFd> = names
+        .iter()
+        .map(|n| rustix::io::fcntl_dupfd_cloexec(&store.stored[n], 100).unwrap())
+        .collect();
+    let sources = [high[0].as_raw_fd(), high[1].as_raw_fd()];
+    let stderr_path = dir.path().join("new-stderr.log");
+    let config_path = old.config_path.clone().unwrap();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path);
+    if let Some(d) = test_driver() {
+        cmd.args(["--driver", &d]);
+    }
+    cmd.env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env("NOTIFY_SOCKET", &store.path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    // SAFETY: runs in the forked child before exec; only async-signal-safe syscalls (dup2
+    // onto 3 and 4, which also clears their close-on-exec flag; prctl), no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            for (target, source) in [(3, sources[0]), (4, sources[1])] {
+                if libc::dup2(source, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let pids = Pids::default();
+    pids.add(child.id());
+    drop(high);
+    let new = wait_for("the new process serving", Duration::from_secs(30), || {
+        let out = ctl(&sock, &["-o", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["result"]["pid"].as_u64()
+    });
+    assert_eq!(new, u64::from(child.id()));
+    // The client of the gap is served by the new process.
+    let mut back = [0u8; 26];
+    in_the_gap.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"queued while no sluice ran");
+    load.wait_progress(100);
+    let (round_trips, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failures in {round_trips} round trips: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        log.contains("restarting on the listening sockets of systemd's fd store sockets=2"),
+        "{log}"
+    );
+    assert_eq!(
+        listening_sockets(port),
+        2,
+        "the same two sockets, none bound afresh"
+    );
+    eprintln!("restart through the fd store: {round_trips} round trips, 0 failures");
+}

@@ -329,10 +329,13 @@ impl Daemon {
         }
         let listen = daemon.plane().listen_addrs();
         tracing::info!(workers, driver = %daemon.monitor.driver(), addresses = ?listen, "sluice is serving");
+        let fd_store = daemon.sockets_for_fd_store();
         if successor.is_upgrade() {
-            // READY=1 once the old process said "done" (it named this one the main PID).
-            successor.serving(daemon.summary());
+            // READY=1 (and the fd store) once the old process said "done": it named this
+            // one the main PID.
+            successor.serving(daemon.summary(), fd_store);
         } else {
+            super::upgrade::store(&fd_store);
             daemon.notifier.ready(&daemon.summary());
         }
         Ok(Serving {

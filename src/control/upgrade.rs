@@ -200,6 +200,65 @@ impl Daemon {
         Ok(out)
     }
 
+    /// What goes to systemd's fd store (under `NOTIFY_SOCKET`): every listening socket but
+    /// the control socket (whose file this process removes when it exits; the next one
+    /// binds it afresh). Empty without a service manager or on an error (logged: a restart
+    /// then binds afresh, as without the store).
+    pub(super) fn sockets_for_fd_store(&self) -> Vec<(SocketName, OwnedFd)> {
+        if handover::systemd::ServiceManager::from_env().is_none() {
+            return Vec::new();
+        }
+        match self.sockets_to_hand_over() {
+            Ok(mut all) => {
+                all.retain(|(n, _)| *n != SocketName::Control);
+                all
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot collect the listening sockets for systemd's fd store");
+                Vec::new()
+            }
+        }
+    }
+
+    /// After a listener change: the new NodePort sockets go to systemd's fd store, the
+    /// removed ones leave it (or systemd would keep them listening).
+    pub(super) fn update_fd_store(&self, added: &[ListenerKey], removed: &[ListenerKey]) {
+        let Some(manager) = handover::systemd::ServiceManager::from_env() else {
+            return;
+        };
+        let workers = self.plane().workers() as u32;
+        let names = |keys: &[ListenerKey]| -> Vec<SocketName> {
+            keys.iter()
+                .flat_map(|k| {
+                    (0..workers).map(move |w| SocketName::node_port(SocketKind::Tcp, k.addr, w))
+                })
+                .collect()
+        };
+        if !removed.is_empty() {
+            if let Err(e) = manager.remove(&names(removed)) {
+                tracing::warn!(error = %e, "cannot remove closed listeners from systemd's fd store");
+            }
+        }
+        if added.is_empty() {
+            return;
+        }
+        let wanted: std::collections::HashSet<&ListenerKey> = added.iter().collect();
+        let sockets: Vec<(SocketName, OwnedFd)> = self
+            .sockets_for_fd_store()
+            .into_iter()
+            .filter(|(n, _)| {
+                n.kind() == Some(SocketKind::Tcp)
+                    && n.addr().is_some_and(|a| {
+                        wanted.contains(&ListenerKey {
+                            addr: a,
+                            protocol: Protocol::Tcp,
+                        })
+                    })
+            })
+            .collect();
+        store(&sockets);
+    }
+
     /// Operators' overrides and the endpoints health checking holds down.
     fn state_to_carry(&self) -> CarriedState {
         let overrides = self
@@ -316,6 +375,28 @@ impl Daemon {
         self.overrides = overrides;
         self.endpoint_health.carry_in(down);
         self.republish();
+    }
+}
+
+/// Puts `sockets` in systemd's fd store (one `FDSTORE=1` + `FDNAME=` message each; systemd
+/// ignores a socket it holds already). Our duplicates are closed afterwards.
+pub(super) fn store(sockets: &[(SocketName, OwnedFd)]) {
+    let Some(manager) = handover::systemd::ServiceManager::from_env() else {
+        return;
+    };
+    if sockets.is_empty() {
+        return;
+    }
+    let borrowed: Vec<(SocketName, BorrowedFd<'_>)> =
+        sockets.iter().map(|(n, fd)| (*n, fd.as_fd())).collect();
+    match manager.store(&borrowed) {
+        Ok(()) => tracing::info!(
+            sockets = sockets.len(),
+            "listening sockets kept in systemd's fd store (a restart refuses no connection)"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot store the listening sockets in systemd's fd store")
+        }
     }
 }
 
@@ -492,7 +573,9 @@ impl Successor {
 
     /// After the workers accept: "serving", then waits for "done" off the loop; READY=1
     /// to systemd once done (this process is the main one by then).
-    pub fn serving(&mut self, summary: String) {
+    /// `fd_store`: the sockets to put in systemd's fd store once this process is the main
+    /// one.
+    pub fn serving(&mut self, summary: String, fd_store: Vec<(SocketName, OwnedFd)>) {
         let Some(session) = self.session.take() else {
             return;
         };
@@ -500,6 +583,7 @@ impl Successor {
             Ok(()) => {
                 tracing::info!("the old process handed over: this one is the daemon");
                 super::notify::Notifier::from_env().ready(&summary);
+                store(&fd_store);
             }
             Err(e) => tracing::warn!(error = %e, "hand-over after go; serving on"),
         });
