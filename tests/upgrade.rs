@@ -115,6 +115,16 @@ impl Drop for Pids {
     }
 }
 
+/// A process this test started: killed by PID and reaped on drop.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Bounded client load on an echo NodePort: keep-alive clients (100 round trips per
 /// connection, then a new one) and one-shot clients (connect, one round trip, close).
 /// Every failure (refused, reset, short read, timeout) is recorded.
@@ -618,16 +628,14 @@ fn a_restart_through_the_fd_store_refuses_no_connection() {
             Ok(())
         });
     }
-    let child = cmd.spawn().unwrap();
-    let pids = Pids::default();
-    pids.add(child.id());
+    let child = Spawned(cmd.spawn().unwrap());
     drop(high);
     let new = wait_for("the new process serving", Duration::from_secs(30), || {
         let out = ctl(&sock, &["-o", "json", "status"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["result"]["pid"].as_u64()
     });
-    assert_eq!(new, u64::from(child.id()));
+    assert_eq!(new, u64::from(child.0.id()));
     // The client of the gap is served by the new process.
     let mut back = [0u8; 26];
     in_the_gap.read_exact(&mut back).unwrap();
