@@ -66,7 +66,7 @@ pub(super) struct Daemon {
     /// Active checks and passive ejection of endpoints (`endpoint_health`).
     pub(super) endpoint_health: endpoint_health::HealthTracker,
     /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
-    health_check_node_ports: hcnp::HealthCheckServers,
+    pub(super) health_check_node_ports: hcnp::HealthCheckServers,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
     /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
@@ -282,11 +282,15 @@ impl Daemon {
         for key in unused {
             tracing::info!(address = %key.addr, "inherited NodePort listeners not served any more: closed");
         }
+        daemon
+            .health_check_node_ports
+            .inherit(successor.take_all(SocketKind::HealthCheckNodePort));
         successor.release_rest();
         daemon.after_publish();
         if let Some(state) = successor.take_state() {
             daemon.carry_in(state);
         }
+        daemon.health_check_node_ports.release_inherited();
         if successor.is_upgrade() {
             // Everything is open, nothing accepts: "ready", then wait for the old
             // process's "go" (bounded), and only then accept.

@@ -197,6 +197,12 @@ impl Daemon {
         for (name, fd) in &self.handover_fds {
             out.push((*name, fd.try_clone()?));
         }
+        for (addr, fd) in self.health_check_node_ports.sockets()? {
+            out.push((
+                SocketName::listener(SocketKind::HealthCheckNodePort, addr),
+                fd,
+            ));
+        }
         Ok(out)
     }
 
@@ -296,6 +302,7 @@ impl Daemon {
         for task in self.servers.drain(..) {
             task.abort();
         }
+        self.health_check_node_ports.close_all();
         self.handover_fds.clear();
         super::socket::forget_control_socket();
         let new_pid = up.pid();
@@ -518,6 +525,20 @@ impl Successor {
             SocketName::Control => false,
         })?;
         self.sockets.take(&name)
+    }
+
+    /// Every listener of `kind` (healthCheckNodePorts), by address.
+    pub fn take_all(&mut self, kind: SocketKind) -> Vec<(SocketAddr, OwnedFd)> {
+        let names: Vec<SocketName> = self
+            .sockets
+            .names()
+            .filter(|n| n.kind() == Some(kind))
+            .copied()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| Some((n.addr()?, self.sockets.take(&n)?)))
+            .collect()
     }
 
     /// Every complete NodePort group, by listener key, socket *i* being worker *i*'s.
