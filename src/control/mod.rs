@@ -285,10 +285,18 @@ async fn serve_as(
             }
             // Root's and the daemon's own requests first (socket.rs, "Fairness").
             job = next_job(&mut priority_jobs, &mut jobs), if jobs_open => match job {
-                Some((Request::Reload, reply)) if daemon.upgrades.in_progress() => {
+                // Another binary than the installed one: only root and the daemon's uid.
+                Some(((Request::Upgrade { binary: Some(_), .. }, reply), false)) => {
+                    let _ = reply.send(protocol::Response::error(
+                        "forbidden",
+                        "only root and the daemon's own user may give `--binary`; others may \
+                         upgrade to the binary the daemon was started from",
+                    ));
+                }
+                Some(((Request::Reload, reply), _)) if daemon.upgrades.in_progress() => {
                     let _ = reply.send(upgrade::busy_refusal());
                 }
-                Some((Request::Upgrade { binary, ready_timeout_seconds }, reply)) => {
+                Some(((Request::Upgrade { binary, ready_timeout_seconds }, reply), _)) => {
                     match daemon.upgrade("ctl upgrade", binary.as_deref(), ready_timeout_seconds) {
                         Ok(mut u) => {
                             u.set_reply(reply);
@@ -299,10 +307,10 @@ async fn serve_as(
                         }
                     }
                 }
-                Some((Request::Reload, reply)) => {
+                Some(((Request::Reload, reply), _)) => {
                     reloads.request(ReloadWaiter::Client(reply), || daemon.reload_plan());
                 }
-                Some((request, reply)) => {
+                Some(((request, reply), _)) => {
                     let response = daemon.handle(request);
                     let _ = reply.send(response);
                 }
@@ -375,14 +383,15 @@ fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
 
 /// The next request for the daemon: root's and the daemon's own uid's first; `None` when
 /// the control socket is gone.
+/// `privileged`: from root or the daemon's own uid.
 async fn next_job(
     priority: &mut mpsc::Receiver<socket::Job>,
     normal: &mut mpsc::Receiver<socket::Job>,
-) -> Option<socket::Job> {
+) -> Option<(socket::Job, bool)> {
     tokio::select! {
         biased;
-        Some(job) = priority.recv() => Some(job),
-        job = normal.recv() => job,
+        Some(job) = priority.recv() => Some((job, true)),
+        job = normal.recv() => job.map(|j| (j, false)),
     }
 }
 
