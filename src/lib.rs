@@ -27,7 +27,7 @@
 //! - [`demo`]: the built-in demo pods and Service (http, model).
 //! - [`handover`]: passing the listening sockets and the state worth keeping to a new process
 //!   (`ctl upgrade`) or through systemd's fd store: protocol, fd passing, socket names and
-//!   checks, starting the new binary (dataplane: only for adopting an inherited descriptor).
+//!   checks, starting the new binary (nothing; the caller adopts inherited descriptors).
 //! - [`control`]: the control plane: start-up, the reload transaction, the control socket
 //!   and `sluice ctl`, metrics, health checks, sd_notify, upgrades (everything above but
 //!   demo, logging and tproxy; the data plane through its API only; the rooms are listed in its

@@ -565,7 +565,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // Sockets and state from the sluice that started this one (`ctl upgrade`), or from
     // systemd's fd store; an error here was told to the old process, which serves on.
-    let inherit = match sluice::handover::inherit::from_env() {
+    let inherit = match sluice::handover::inherit::from_env(sluice::dataplane::adopt_inherited_fd) {
         Ok(start) => start,
         Err(e) => {
             eprintln!("sluice: cannot take over: {e}");

@@ -96,7 +96,7 @@
 //! same production table.
 
 use sluice::dataplane::testing::{
-    CloseReason, ConnHandle, ConnTable, ConnectFailure, ConnectOutcome, Dir, Event, NotStarted,
+    CloseReason, ConnEvent, ConnHandle, ConnTable, ConnectFailure, ConnectOutcome, Dir, NotStarted,
     Output, Side, TableConfig, WorkerLimits, TICK,
 };
 use sluice::dataplane::ListenerKey;
@@ -438,7 +438,7 @@ struct Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     /// A readiness report.
-    Event(Event),
+    Event(ConnEvent),
     /// A connect completion.
     Connect(ConnectOutcome),
 }
@@ -719,7 +719,7 @@ impl World {
             return false;
         }
         let side = SIDES[self.rng.range(0, 1)];
-        let event = Event::Ready {
+        let event = ConnEvent::Ready {
             side,
             readable: self.rng.chance(1, 2),
             writable: self.rng.chance(1, 2),
@@ -750,12 +750,12 @@ impl World {
     }
 
     /// Feeds an event to the table and checks its bookkeeping against the world's.
-    fn feed(&mut self, c: usize, event: Event) {
+    fn feed(&mut self, c: usize, event: ConnEvent) {
         let now = self.now;
         let l = &mut self.links[c];
         let handle = l.handle.expect("accepted");
         match event {
-            Event::Received { bytes, .. } | Event::Sent { bytes, .. } if bytes > 0 => {
+            ConnEvent::Received { bytes, .. } | ConnEvent::Sent { bytes, .. } if bytes > 0 => {
                 l.last_move = now;
             }
             _ => {}
@@ -922,7 +922,7 @@ impl World {
                 let writable = s.error.is_some();
                 self.pending.push((
                     c,
-                    Pending::Event(Event::Ready {
+                    Pending::Event(ConnEvent::Ready {
                         side,
                         readable: true,
                         writable,
@@ -932,7 +932,7 @@ impl World {
         }
     }
 
-    fn receive(&mut self, c: usize, dir: Dir, max: usize) -> Event {
+    fn receive(&mut self, c: usize, dir: Dir, max: usize) -> ConnEvent {
         let l = &mut self.links[c];
         let holder = &mut l.holders[dir as usize];
         assert!(max > 0, "#{c}: Receive with max 0");
@@ -946,14 +946,14 @@ impl World {
         let s = &mut l.sockets[side as usize];
         assert!(!s.eof_reported, "#{c}: Receive({dir:?}) after EOF");
         if let Some(reset) = s.error {
-            return Event::Failed { side, reset };
+            return ConnEvent::Failed { side, reset };
         }
         if !s.rx.is_empty() {
             if !holder.is_empty() && self.rng.chance(1, 4) {
                 // The holder may look full to the kernel (pipe pages): no edge follows.
                 self.stats.receive_would_blocks += 1;
                 self.stats.spurious_would_blocks += 1;
-                return Event::ReceiveWouldBlock { dir };
+                return ConnEvent::ReceiveWouldBlock { dir };
             }
             let n = self.rng.amount(max.min(s.rx.len()));
             let took_all = n == s.rx.len() && n < max;
@@ -964,20 +964,20 @@ impl World {
                 // the core waits for the next edge instead of reading EAGAIN.
                 s.read_armed = true;
                 self.stats.drained_reads += 1;
-                return Event::ReceivedDrained { dir, bytes: n };
+                return ConnEvent::ReceivedDrained { dir, bytes: n };
             }
-            return Event::Received { dir, bytes: n };
+            return ConnEvent::Received { dir, bytes: n };
         }
         if s.rx_fin {
             s.eof_reported = true;
-            return Event::Received { dir, bytes: 0 };
+            return ConnEvent::Received { dir, bytes: 0 };
         }
         self.stats.receive_would_blocks += 1;
         s.read_armed = true;
-        Event::ReceiveWouldBlock { dir }
+        ConnEvent::ReceiveWouldBlock { dir }
     }
 
-    fn send(&mut self, c: usize, dir: Dir, held: usize) -> Event {
+    fn send(&mut self, c: usize, dir: Dir, held: usize) -> ConnEvent {
         let l = &mut self.links[c];
         let holder = &mut l.holders[dir as usize];
         assert!(held > 0, "#{c}: Send with held 0");
@@ -989,23 +989,23 @@ impl World {
             "#{c}: Send({dir:?}) after ShutdownWrite({side:?})"
         );
         if let Some(reset) = s.error {
-            return Event::Failed { side, reset };
+            return ConnEvent::Failed { side, reset };
         }
         let room = s.tx_cap - s.tx.len();
         if room == 0 {
             self.stats.send_would_blocks += 1;
             s.write_armed = true;
-            return Event::SendWouldBlock { dir };
+            return ConnEvent::SendWouldBlock { dir };
         }
         let most = held.min(room);
         let n = self.rng.amount(most);
         s.tx.extend_from_slice(&holder[..n]);
         holder.drain(..n);
         self.stats.bytes += n as u64;
-        Event::Sent { dir, bytes: n }
+        ConnEvent::Sent { dir, bytes: n }
     }
 
-    fn shutdown_write(&mut self, c: usize, side: Side) -> Option<Event> {
+    fn shutdown_write(&mut self, c: usize, side: Side) -> Option<ConnEvent> {
         let l = &mut self.links[c];
         let dir = if side == Side::Backend {
             Dir::ToBackend
@@ -1019,7 +1019,7 @@ impl World {
         let s = &mut l.sockets[side as usize];
         assert!(!s.tx_fin, "#{c}: ShutdownWrite({side:?}) twice");
         if let Some(reset) = s.error {
-            return Some(Event::Failed { side, reset });
+            return Some(ConnEvent::Failed { side, reset });
         }
         s.tx_fin = true;
         s.by_shutdown = true;
@@ -1182,7 +1182,7 @@ impl World {
             self.stats.readiness_edges += 1;
             self.pending.push((
                 c,
-                Pending::Event(Event::Ready {
+                Pending::Event(ConnEvent::Ready {
                     side,
                     readable,
                     writable: !readable,
@@ -1256,14 +1256,14 @@ impl World {
         if l_watching(&self.links[c]) {
             self.pending.push((
                 c,
-                Pending::Event(Event::Ready {
+                Pending::Event(ConnEvent::Ready {
                     side: p,
                     readable: true,
                     writable: false,
                 }),
             ));
             self.pending
-                .push((c, Pending::Event(Event::HangUp { side: p })));
+                .push((c, Pending::Event(ConnEvent::HangUp { side: p })));
         }
     }
 
@@ -1282,7 +1282,7 @@ impl World {
         self.stats.readiness_edges += 1;
         self.pending.push((
             c,
-            Pending::Event(Event::Ready {
+            Pending::Event(ConnEvent::Ready {
                 side: p,
                 readable: true,
                 writable: true,
@@ -1922,7 +1922,7 @@ fn a_stale_handle_never_reaches_the_connection_that_reuses_its_slot() {
     b.table.handle(
         b.now,
         old,
-        Event::Failed {
+        ConnEvent::Failed {
             side: Side::Backend,
             reset: true,
         },
@@ -1934,7 +1934,7 @@ fn a_stale_handle_never_reaches_the_connection_that_reuses_its_slot() {
     b.table.handle(
         b.now,
         old,
-        Event::Failed {
+        ConnEvent::Failed {
             side: Side::Client,
             reset: true,
         },

@@ -20,6 +20,13 @@ pub struct DurationRange {
     pub max: Duration,
 }
 
+impl DurationRange {
+    /// Longer than zero, at most `max`.
+    const fn positive_up_to(max: Duration) -> DurationRange {
+        DurationRange { min: POSITIVE, max }
+    }
+}
+
 /// An accepted range of integers (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CountRange {
@@ -40,28 +47,17 @@ const POSITIVE: Duration = Duration::from_nanos(1);
 
 /// `connect_timeout`: the kernel gives up a connect after about 2 minutes of SYN retries
 /// (`net.ipv4.tcp_syn_retries = 6`), so an hour is never reached.
-pub const CONNECT_TIMEOUT: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: HOUR,
-};
+pub const CONNECT_TIMEOUT: DurationRange = DurationRange::positive_up_to(HOUR);
 /// `idle_timeout`: longer than any NAT or conntrack table keeps an idle flow (conntrack's
 /// established timeout is 5 days).
-pub const IDLE_TIMEOUT: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: Duration::from_secs(7 * 86400),
-};
+pub const IDLE_TIMEOUT: DurationRange =
+    DurationRange::positive_up_to(Duration::from_secs(7 * 86400));
 /// `hold_when_empty` and `sluice.io/hold-when-empty`: a held client waits with an open
 /// connection; clients give up far sooner.
-pub const HOLD_WHEN_EMPTY: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: HOUR,
-};
+pub const HOLD_WHEN_EMPTY: DurationRange = DurationRange::positive_up_to(HOUR);
 /// `drain_timeout`: a service manager's stop timeout is far shorter (the unit's
 /// `TimeoutStopSec=45s`).
-pub const DRAIN_TIMEOUT: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: DAY,
-};
+pub const DRAIN_TIMEOUT: DurationRange = DurationRange::positive_up_to(DAY);
 /// `health_check_interval`: shorter checks keep the control thread busy; an endpoint checked
 /// less than hourly is not checked.
 pub const HEALTH_CHECK_INTERVAL: DurationRange = DurationRange {
@@ -69,16 +65,10 @@ pub const HEALTH_CHECK_INTERVAL: DurationRange = DurationRange {
     max: HOUR,
 };
 /// `health_check_timeout` (also at most the interval).
-pub const HEALTH_CHECK_TIMEOUT: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: HOUR,
-};
+pub const HEALTH_CHECK_TIMEOUT: DurationRange = DurationRange::positive_up_to(HOUR);
 /// `outlier_ejection_time`: repeated ejections double it up to 8 times, so an endpoint is
 /// out at most 8 hours.
-pub const OUTLIER_EJECTION_TIME: DurationRange = DurationRange {
-    min: POSITIVE,
-    max: HOUR,
-};
+pub const OUTLIER_EJECTION_TIME: DurationRange = DurationRange::positive_up_to(HOUR);
 
 /// `affinity_timeout_seconds` and `sessionAffinityConfig.clientIP.timeoutSeconds`:
 /// Kubernetes' range.
@@ -191,55 +181,39 @@ mod tests {
         let ops = limits_section(include_str!("../../docs/operations.md"));
         let cfg = include_str!("../../docs/configuration.md");
         for (key, r) in DURATIONS {
-            let max = format!("`{}`", show(r.max));
-            let limit = rows(ops, key);
-            assert_eq!(
-                limit.len(),
-                1,
-                "docs/operations.md Limits: one row for {key}"
-            );
-            assert!(limit[0].contains(&max), "{key}: {max} in {:?}", limit[0]);
+            let limit = stated(ops, cfg, key, &format!("`{}`", show(r.max)));
             if r.min != POSITIVE {
                 let min = format!("`{}`", show(r.min));
-                assert!(limit[0].contains(&min), "{key}: {min} in {:?}", limit[0]);
-            }
-            let per_key = rows(cfg, key);
-            assert!(
-                !per_key.is_empty(),
-                "docs/configuration.md: no row for {key}"
-            );
-            for row in per_key {
-                assert!(
-                    row.contains(&max),
-                    "configuration.md {key}: {max} in {row:?}"
-                );
+                assert!(limit.contains(&min), "{key}: {min} in {limit:?}");
             }
         }
         for (key, r) in COUNTS {
-            let range = format!("{}..={}", r.min, r.max);
-            let limit = rows(ops, key);
-            assert_eq!(
-                limit.len(),
-                1,
-                "docs/operations.md Limits: one row for {key}"
-            );
-            assert!(
-                limit[0].contains(&range),
-                "{key}: {range} in {:?}",
-                limit[0]
-            );
-            let per_key = rows(cfg, key);
-            assert!(
-                !per_key.is_empty(),
-                "docs/configuration.md: no row for {key}"
-            );
-            for row in per_key {
-                assert!(
-                    row.contains(&range),
-                    "configuration.md {key}: {range} in {row:?}"
-                );
-            }
+            stated(ops, cfg, key, &format!("{}..={}", r.min, r.max));
         }
+    }
+
+    /// Checks that `key` has one row in `ops` (the Limits section) and at least one in
+    /// `cfg`, and that each shows `bound`; returns the Limits row.
+    fn stated<'a>(ops: &'a str, cfg: &str, key: &str, bound: &str) -> &'a str {
+        let limit = rows(ops, key);
+        assert_eq!(
+            limit.len(),
+            1,
+            "docs/operations.md Limits: one row for {key}"
+        );
+        assert!(limit[0].contains(bound), "{key}: {bound} in {:?}", limit[0]);
+        let per_key = rows(cfg, key);
+        assert!(
+            !per_key.is_empty(),
+            "docs/configuration.md: no row for {key}"
+        );
+        for row in per_key {
+            assert!(
+                row.contains(bound),
+                "configuration.md {key}: {bound} in {row:?}"
+            );
+        }
+        limit[0]
     }
 
     /// Where a key goes in a test file: (text before the key's line, text after).

@@ -1,6 +1,6 @@
 //! The life of one proxied TCP connection, as a pure state machine (sans-IO).
 //!
-//! A [`Conn`] owns no socket, no clock and no randomness: the driver feeds it [`Event`]s
+//! A [`Conn`] owns no socket, no clock and no randomness: the driver feeds it [`ConnEvent`]s
 //! (with `now` passed in) and drains [`Op`]s from [`Conn::poll_op`] until it returns `None`,
 //! executing each op and feeding the result back as an event before asking for the next.
 //! The same core runs under every driver and in the simulator (`sim` tests).
@@ -79,7 +79,7 @@ pub enum ConnectFailure {
 
 /// What happened, as told by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum ConnEvent {
     /// The backend connection is established.
     Connected,
     /// The connect attempt failed.
@@ -238,12 +238,12 @@ impl Conn {
     }
 
     /// Feed one event. Events for a closed connection are ignored.
-    pub fn handle(&mut self, now: Instant, event: Event) {
+    pub fn handle(&mut self, now: Instant, event: ConnEvent) {
         if self.phase == Phase::Closed {
             return;
         }
         match event {
-            Event::Connected => {
+            ConnEvent::Connected => {
                 debug_assert_eq!(self.phase, Phase::Connecting);
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
@@ -252,7 +252,7 @@ impl Conn {
                 self.ready[Side::Backend as usize].writable = true;
                 self.pending = Some(Op::Watch);
             }
-            Event::ConnectFailed(failure) => {
+            ConnEvent::ConnectFailed(failure) => {
                 if self.retries_left > 0 && failure != ConnectFailure::Local {
                     self.retries_left -= 1;
                     self.pending = Some(Op::Connect);
@@ -260,8 +260,8 @@ impl Conn {
                     self.close(true, true, CloseReason::ConnectFailed(failure));
                 }
             }
-            Event::NoEndpoint => self.close(true, true, CloseReason::NoEndpoint),
-            Event::Ready {
+            ConnEvent::NoEndpoint => self.close(true, true, CloseReason::NoEndpoint),
+            ConnEvent::Ready {
                 side,
                 readable,
                 writable,
@@ -270,18 +270,18 @@ impl Conn {
                 r.readable |= readable;
                 r.writable |= writable;
             }
-            Event::Received { dir, bytes: 0 } => {
+            ConnEvent::Received { dir, bytes: 0 } => {
                 let f = &mut self.flows[dir as usize];
                 f.eof = true;
                 self.ready[dir.src() as usize].readable = false;
                 self.last_activity = now;
             }
-            Event::Received { dir, bytes } => {
+            ConnEvent::Received { dir, bytes } => {
                 self.flows[dir as usize].held += bytes;
                 debug_assert!(self.flows[dir as usize].held <= self.config.holder_capacity);
                 self.last_activity = now;
             }
-            Event::ReceivedDrained { dir, bytes } => {
+            ConnEvent::ReceivedDrained { dir, bytes } => {
                 debug_assert!(bytes > 0, "a drained receive moved bytes (0 is EOF)");
                 self.flows[dir as usize].held += bytes;
                 debug_assert!(self.flows[dir as usize].held <= self.config.holder_capacity);
@@ -291,12 +291,12 @@ impl Conn {
                 }
                 self.last_activity = now;
             }
-            Event::HangUp { side } => {
+            ConnEvent::HangUp { side } => {
                 let r = &mut self.ready[side as usize];
                 r.hung_up = true;
                 r.readable = true;
             }
-            Event::Sent { dir, bytes } => {
+            ConnEvent::Sent { dir, bytes } => {
                 let f = &mut self.flows[dir as usize];
                 debug_assert!(bytes <= f.held);
                 f.held -= bytes.min(f.held);
@@ -305,17 +305,17 @@ impl Conn {
                     self.last_activity = now;
                 }
             }
-            Event::ReceiveWouldBlock { dir } => {
+            ConnEvent::ReceiveWouldBlock { dir } => {
                 if self.flows[dir as usize].held == 0 {
                     self.ready[dir.src() as usize].readable = false;
                 } else {
                     self.flows[dir as usize].stalled = true;
                 }
             }
-            Event::SendWouldBlock { dir } => {
+            ConnEvent::SendWouldBlock { dir } => {
                 self.ready[dir.dst() as usize].writable = false;
             }
-            Event::Failed { side, .. } => {
+            ConnEvent::Failed { side, .. } => {
                 // Whatever broke one side, the other learns it by a reset, never by a
                 // clean FIN that would make a truncated stream look complete.
                 self.close(true, true, CloseReason::Broken(side));

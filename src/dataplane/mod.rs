@@ -9,15 +9,18 @@
 //! [`Dataplane::commit_listeners`] (a reload's listener plan), [`Dataplane::steer_client_ips`]
 //! (ClientIP affinity), [`Dataplane::drain`] / [`Dataplane::stop`], a [`Monitor`] for other
 //! threads, an [`Aborter`] for a second signal, [`on_worker_death`] for the process's answer
-//! to a dead worker, and the helpers [`node_ports`], [`client_ip_ports`],
-//! [`listen_addresses`], [`default_workers`]. Routing comes from the [`Publisher`]; this
-//! module never reads configuration and never imports `control`, `config` or `watch`.
+//! to a dead worker, and the helpers [`node_ports`], [`node_port_keys`],
+//! [`wildcard_address`], [`default_workers`], [`effective_uid`], [`ignore_hangup`]. Routing
+//! comes from the [`Publisher`]; this module never reads configuration and never imports
+//! `control`, `config` or `watch`.
 //!
 //! Inside (all private): [`connections`] (the sans-IO connection table: slab, pins, retries,
 //! holds, parking, idle sweep, drain) over [`conn`] (the sans-IO core of one connection);
 //! [`worker`] (the thread's IO loop that executes the table's outputs); [`driver`] (io_uring
-//! and epoll behind one trait); [`relay`] (pipes and buffers that hold bytes in flight);
-//! [`select`] and [`affinity`] (endpoint choice per policy); [`sys`] (syscall wrappers; with
+//! and epoll behind one trait); [`listeners`] (the listening sockets: which a model calls
+//! for, the listener plan and its commit, client-IP steering); [`relay`] (pipes and buffers
+//! that hold bytes in flight); [`select`] (the `Picker`: endpoint choice per policy) and
+//! [`affinity`] (ClientIP affinity tables); [`sys`] (syscall wrappers; with
 //! `driver/uring.rs`, the only `unsafe` code of the crate); [`death`] (what a worker that
 //! dies reports, so that no half-deaf process is left behind). [`testing`] opens the
 //! connection table to the simulator (`tests/conn_simulation.rs`), and nothing else.
@@ -27,14 +30,18 @@ mod conn;
 mod connections;
 mod death;
 mod driver;
+mod listeners;
 mod relay;
 mod select;
 mod sys;
 mod worker;
 
 pub use death::{on_worker_death, WorkerDeath};
+pub use listeners::{
+    node_port_keys, node_ports, wildcard_address, ListenerPlan, Listeners, NodePorts,
+};
 
-use crate::model::{DriverSetting, Model, Protocol, Settings};
+use crate::model::{DriverSetting, Protocol, Settings};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 pub use connections::ListenerKey;
@@ -42,10 +49,11 @@ use connections::WorkerLimits;
 use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
-use socket2::{Domain, Socket, Type};
+use listeners::open_listeners;
+use socket2::Socket;
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -56,7 +64,7 @@ use worker::{Command, Listener, Worker, WorkerExit, WorkerSetup};
 /// the vocabulary of its connection core. Not an API: it changes with the data plane.
 #[doc(hidden)]
 pub mod testing {
-    pub use super::conn::{CloseReason, ConnectFailure, Dir, Event, Side};
+    pub use super::conn::{CloseReason, ConnEvent, ConnectFailure, Dir, Side};
     pub use super::connections::{
         ConnHandle, ConnTable, ConnectOutcome, NotStarted, Output, Refused, TableConfig,
         WorkerLimits, TICK,
@@ -82,20 +90,6 @@ pub enum StartError {
     Worker { index: usize, cause: io::Error },
 }
 
-/// The NodePorts to open: (protocol, port) pairs.
-pub type NodePorts = Vec<(Protocol, u16)>;
-
-/// The listening sockets the data plane is to have (see [`Dataplane::prepare_listeners`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listeners {
-    /// Opened all or nothing: one that cannot be bound fails the change (NodePorts).
-    pub required: Vec<ListenerKey>,
-    /// Opened where possible: one that cannot be bound is reported in the plan and left
-    /// out, the rest goes ahead (a Service's external and LoadBalancer IPs, which come
-    /// and go with the Service's status).
-    pub optional: Vec<ListenerKey>,
-}
-
 /// A running data plane.
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
@@ -117,38 +111,6 @@ struct WorkerHandle {
     wake: Arc<OwnedFd>,
     commands: mpsc::Sender<Command>,
     thread: Option<JoinHandle<io::Result<WorkerExit>>>,
-}
-
-/// Listener changes opened by [`Dataplane::prepare_listeners`], applied by
-/// [`Dataplane::commit_listeners`].
-#[derive(Debug)]
-pub struct ListenerPlan {
-    /// New keys, each with one socket per worker.
-    add: Vec<(ListenerKey, Vec<Socket>)>,
-    remove: Vec<ListenerKey>,
-    /// Optional keys that could not be opened, and why.
-    failed: Vec<(ListenerKey, io::Error)>,
-}
-
-impl ListenerPlan {
-    /// (address, NodePort) pairs the plan opens.
-    pub fn added(&self) -> Vec<ListenerKey> {
-        self.add.iter().map(|(k, _)| *k).collect()
-    }
-
-    /// (address, NodePort) pairs the plan closes.
-    pub fn removed(&self) -> &[ListenerKey] {
-        &self.remove
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// Optional listeners that could not be opened (not open, not in the plan), and why.
-    pub fn failed(&self) -> &[(ListenerKey, io::Error)] {
-        &self.failed
-    }
 }
 
 /// What a drain did.
@@ -483,118 +445,6 @@ impl Dataplane {
         }
     }
 
-    /// Open sockets (with `backlog`) for the `wanted` listeners that are not open yet, and
-    /// plan to close the open ones it does not name. Nothing changes for the workers until
-    /// [`Self::commit_listeners`]. A required listener that cannot be opened is an error,
-    /// and then nothing was changed (sockets opened so far are closed); an optional one is
-    /// reported in [`ListenerPlan::failed`] and left out.
-    pub fn prepare_listeners(
-        &mut self,
-        backlog: u32,
-        wanted: &Listeners,
-    ) -> Result<ListenerPlan, StartError> {
-        // Sets: with 10,000 NodePorts a scan per listener is quadratic.
-        let keep: HashSet<ListenerKey> = wanted
-            .required
-            .iter()
-            .chain(&wanted.optional)
-            .copied()
-            .collect();
-        let open: HashSet<ListenerKey> = self.open.iter().copied().collect();
-        let (add, failed) = open_listeners(
-            backlog,
-            wanted,
-            &open,
-            self.workers.len(),
-            &mut self.inherited,
-        )?;
-        let remove = self
-            .open
-            .iter()
-            .filter(|k| !keep.contains(k))
-            .copied()
-            .collect();
-        Ok(ListenerPlan {
-            add,
-            remove,
-            failed,
-        })
-    }
-
-    /// Hand the plan's new listeners to the workers and close the removed ones. Call it
-    /// after publishing the snapshot that routes the new NodePorts.
-    pub fn commit_listeners(&mut self, plan: ListenerPlan) {
-        let mut per_worker: Vec<Vec<Listener>> =
-            (0..self.workers.len()).map(|_| Vec::new()).collect();
-        for (key, sockets) in plan.add {
-            for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
-                listeners.push(Listener { key, socket });
-            }
-            self.open.push(key);
-        }
-        let removed: HashSet<&ListenerKey> = plan.remove.iter().collect();
-        self.open.retain(|k| !removed.contains(k));
-        self.steered.retain(|k| !removed.contains(k));
-        for (index, listeners) in per_worker.into_iter().enumerate() {
-            if !listeners.is_empty() {
-                self.post(index, Command::AddListeners(listeners));
-            }
-            if !plan.remove.is_empty() {
-                self.post(index, Command::RemoveListeners(plan.remove.clone()));
-            }
-        }
-    }
-
-    /// Steer the connections of these listeners to workers by client IP (a classic-BPF
-    /// SO_REUSEPORT program), so that each client IP always meets the same worker and its
-    /// affinity table; other listeners go back to the kernel's 4-tuple hash. Call after
-    /// `start` and after each `commit_listeners` with the listeners of ClientIP-affinity
-    /// Services (keys not open are ignored). Returns once the change is in place (or after
-    /// a second, if the worker is wedged).
-    pub fn steer_client_ips(&mut self, keys: &[ListenerKey]) {
-        let keys: HashSet<&ListenerKey> = keys.iter().collect();
-        let wanted: Vec<ListenerKey> = self
-            .open
-            .iter()
-            .filter(|k| keys.contains(k))
-            .copied()
-            .collect();
-        let steered: HashSet<&ListenerKey> = self.steered.iter().collect();
-        let attach: Vec<ListenerKey> = wanted
-            .iter()
-            .filter(|k| !steered.contains(k))
-            .copied()
-            .collect();
-        let wanted_set: HashSet<&ListenerKey> = wanted.iter().collect();
-        let detach: Vec<ListenerKey> = self
-            .steered
-            .iter()
-            .filter(|k| !wanted_set.contains(k))
-            .copied()
-            .collect();
-        if attach.is_empty() && detach.is_empty() {
-            return;
-        }
-        self.steered = wanted;
-        if !self.workers.is_empty() {
-            let (done, applied) = mpsc::channel();
-            let groups = self.workers.len() as u32;
-            let paused = self.is_paused();
-            self.post(
-                0,
-                Command::Steer {
-                    attach,
-                    detach,
-                    groups,
-                    done,
-                },
-            );
-            if !paused {
-                let _ = applied.recv_timeout(Duration::from_secs(1));
-            }
-        }
-    }
-
     /// Stop accepting everywhere, let open connections finish until `timeout`, then reset
     /// the rest; returns once every worker has ended.
     pub fn drain(mut self, timeout: Duration) -> io::Result<DrainReport> {
@@ -669,7 +519,7 @@ pub fn adopt_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Attaches the client-IP steering program to the SO_REUSEPORT group of `fd` (for the
-/// hand-over's tests: a passed socket keeps its group's program).
+/// hand-over's tests in `control`: a passed socket keeps its group's program).
 #[cfg(test)]
 pub(crate) fn attach_client_ip_steering(
     fd: std::os::fd::BorrowedFd<'_>,
@@ -741,110 +591,23 @@ fn run_worker<D: Driver>(
     result
 }
 
-/// The NodePorts a model serves (Service ports without one, node_port 0, have none).
-pub fn node_ports(model: &Model) -> NodePorts {
-    let mut ports: NodePorts = model
-        .services
-        .iter()
-        .filter(|s| s.node_port != 0)
-        .map(|s| (s.key.protocol, s.node_port))
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
 
-/// The listeners of `node_ports` on each of `addresses`.
-pub fn node_port_keys(addresses: &[IpAddr], node_ports: &NodePorts) -> Vec<ListenerKey> {
-    let mut keys = Vec::with_capacity(addresses.len() * node_ports.len());
-    for &(protocol, node_port) in node_ports {
-        for &ip in addresses {
-            keys.push(ListenerKey {
-                addr: SocketAddr::new(ip, node_port),
-                protocol,
-            });
-        }
+    #[test]
+    fn inherited_numbers_are_adopted_once() {
+        use std::os::fd::IntoRawFd;
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        // Give up ownership, as exec does: the number is then only an inherited one.
+        let raw = s.into_raw_fd();
+        let owned = adopt_inherited_fd(raw).unwrap();
+        let got = socket2::SockRef::from(&owned).local_addr().unwrap();
+        assert_eq!(got.as_socket(), Some(addr));
+        let e = adopt_inherited_fd(raw).unwrap_err();
+        assert!(e.to_string().contains("not an inherited descriptor"), "{e}");
+        assert!(adopt_inherited_fd(1).is_err());
+        drop(owned);
     }
-    keys
-}
-
-/// Open `workers` reuseport sockets for every wanted key not in `open`: the required ones
-/// all or nothing (an error closes what was opened), the optional ones where possible
-/// (returned second: those that failed, and why).
-#[allow(clippy::type_complexity)]
-fn open_listeners(
-    backlog: u32,
-    wanted: &Listeners,
-    open: &HashSet<ListenerKey>,
-    workers: usize,
-    inherited: &mut HashMap<ListenerKey, Vec<Socket>>,
-) -> Result<
-    (
-        Vec<(ListenerKey, Vec<Socket>)>,
-        Vec<(ListenerKey, io::Error)>,
-    ),
-    StartError,
-> {
-    let mut out = Vec::new();
-    let mut seen: HashSet<ListenerKey> = HashSet::new();
-    // An inherited group of the right size is taken as it is (never re-bound); one of
-    // another size cannot be given to workers by position and is closed.
-    let mut group = |key: &ListenerKey| match inherited.remove(key) {
-        Some(sockets) if sockets.len() == workers => Ok(sockets),
-        _ => (0..workers)
-            .map(|_| open_listener(key.addr, backlog))
-            .collect::<io::Result<Vec<_>>>(),
-    };
-    for key in &wanted.required {
-        if open.contains(key) || !seen.insert(*key) {
-            continue;
-        }
-        let sockets = group(key).map_err(|cause| StartError::Listen {
-            addr: key.addr,
-            node_port: key.node_port(),
-            protocol: key.protocol,
-            cause,
-        })?;
-        out.push((*key, sockets));
-    }
-    let mut failed = Vec::new();
-    for key in &wanted.optional {
-        if open.contains(key) || !seen.insert(*key) {
-            continue;
-        }
-        match group(key) {
-            Ok(sockets) => out.push((*key, sockets)),
-            Err(e) => failed.push((*key, e)),
-        }
-    }
-    Ok((out, failed))
-}
-
-/// The address that stands for "every address" (`listen_addresses` omitted): `::`, one
-/// dual-stack socket, when the host has IPv6, else `0.0.0.0`.
-pub fn wildcard_address() -> IpAddr {
-    if Socket::new(Domain::IPV6, Type::STREAM, None).is_ok() {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-}
-
-/// One member of a SO_REUSEPORT group listening on `addr`.
-fn open_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    // Accepted sockets inherit TCP_NODELAY: no Nagle delay on relayed small writes.
-    socket.set_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(socket)
 }

@@ -16,9 +16,9 @@
 //! second after that freed pipes are closed instead of kept.
 //!
 //! This module executes `Op::Receive` / `Op::Send` of the connection core and turns the
-//! syscall result into the core's `Event`; it does not decide anything.
+//! syscall result into the core's `ConnEvent`; it does not decide anything.
 
-use super::conn::{Dir, Event};
+use super::conn::{ConnEvent, Dir};
 use super::sys::{self, Pipe, Transfer};
 use crate::model::RelayMode;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -168,7 +168,7 @@ pub fn receive(
     src: BorrowedFd<'_>,
     dir: Dir,
     max: usize,
-) -> Event {
+) -> ConnEvent {
     if matches!(holder, Holder::Empty) {
         *holder = pool.take(*bulk);
     }
@@ -192,16 +192,16 @@ pub fn receive(
     match (result, room) {
         // A short read(2) from a TCP socket took everything it had.
         (Ok(Transfer::Moved(bytes)), Some(room)) if bytes > 0 && bytes < room => {
-            Event::ReceivedDrained { dir, bytes }
+            ConnEvent::ReceivedDrained { dir, bytes }
         }
         (Ok(Transfer::Moved(bytes)), room) => {
             if room.is_some_and(|r| bytes == r && r == HOLDER_CAPACITY) {
                 *bulk = true;
             }
-            Event::Received { dir, bytes }
+            ConnEvent::Received { dir, bytes }
         }
-        (Ok(Transfer::WouldBlock), _) => Event::ReceiveWouldBlock { dir },
-        (Err(e), _) => Event::Failed {
+        (Ok(Transfer::WouldBlock), _) => ConnEvent::ReceiveWouldBlock { dir },
+        (Err(e), _) => ConnEvent::Failed {
             side: dir.src(),
             reset: sys::is_reset(&e),
         },
@@ -209,7 +209,7 @@ pub fn receive(
 }
 
 /// Execute `Op::Send { dir, held }`: move the held bytes from `holder` to `dst`.
-pub fn send(holder: &mut Holder, dst: BorrowedFd<'_>, dir: Dir, held: usize) -> Event {
+pub fn send(holder: &mut Holder, dst: BorrowedFd<'_>, dir: Dir, held: usize) -> ConnEvent {
     let result = match holder {
         Holder::Empty => Ok(Transfer::WouldBlock),
         Holder::Pipe(p) => sys::splice(p.read.as_fd(), dst, held),
@@ -226,9 +226,9 @@ pub fn send(holder: &mut Holder, dst: BorrowedFd<'_>, dir: Dir, held: usize) -> 
         }
     };
     match result {
-        Ok(Transfer::Moved(0)) | Ok(Transfer::WouldBlock) => Event::SendWouldBlock { dir },
-        Ok(Transfer::Moved(bytes)) => Event::Sent { dir, bytes },
-        Err(e) => Event::Failed {
+        Ok(Transfer::Moved(0)) | Ok(Transfer::WouldBlock) => ConnEvent::SendWouldBlock { dir },
+        Ok(Transfer::Moved(bytes)) => ConnEvent::Sent { dir, bytes },
+        Err(e) => ConnEvent::Failed {
             side: dir.dst(),
             reset: sys::is_reset(&e),
         },

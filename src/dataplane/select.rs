@@ -12,18 +12,18 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-/// Per-worker selection state.
+/// The endpoint picker: one worker's selection state.
 #[derive(Debug)]
-pub struct Selector {
+pub struct Picker {
     rng: u64,
     positions: HashMap<u64, usize, ahash::RandomState>,
     affinity: HashMap<u64, AffinityTable, ahash::RandomState>,
 }
 
-impl Selector {
+impl Picker {
     /// `seed` must not be 0 (it is forced odd).
-    pub fn new(seed: u64) -> Selector {
-        Selector {
+    pub fn new(seed: u64) -> Picker {
+        Picker {
             rng: seed | 1,
             positions: HashMap::default(),
             affinity: HashMap::default(),
@@ -184,7 +184,7 @@ mod tests {
         };
         let mut reg = StatsRegistry::new(1);
         let both = RoutingSnapshot::build(&model(&["a", "b"], policy), 1, &mut reg);
-        let mut sel = Selector::new(7);
+        let mut sel = Picker::new(7);
         let client = SocketAddr::from(([127, 0, 0, 10], 5000));
         for (_, entry) in both.services() {
             assert!(sel

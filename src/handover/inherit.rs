@@ -174,10 +174,10 @@ pub enum Start {
 /// Call once at start, before opening any descriptor: the channel of an upgrade (which
 /// takes precedence), else systemd's fds, else nothing. On an error of a channel the
 /// process must exit with it (the old process is told, and serves on).
-pub fn from_env() -> Result<Start, InheritError> {
+pub fn from_env(adopt: super::Adopt) -> Result<Start, InheritError> {
     if let Some(value) = std::env::var_os(HANDOVER_FD_ENV) {
         let value = value.to_string_lossy().into_owned();
-        let channel = adopt_channel(&value)?;
+        let channel = adopt_channel(&value, adopt)?;
         let (session, sockets, state) = Session::receive(channel, Timeouts::default())?;
         return Ok(Start::Upgrade {
             session,
@@ -185,7 +185,7 @@ pub fn from_env() -> Result<Start, InheritError> {
             state,
         });
     }
-    let fds = systemd::listen_fds()?;
+    let fds = systemd::listen_fds(adopt)?;
     if fds.is_empty() {
         return Ok(Start::Fresh);
     }
@@ -230,7 +230,7 @@ pub fn sort_listen_fds(fds: Vec<(OwnedFd, String)>) -> (Inherited, Vec<Rejected>
     (sockets, rejected)
 }
 
-fn adopt_channel(value: &str) -> Result<Channel, InheritError> {
+fn adopt_channel(value: &str, adopt: super::Adopt) -> Result<Channel, InheritError> {
     let env_err = |problem: String| InheritError::Env {
         value: value.to_owned(),
         problem,
@@ -239,7 +239,7 @@ fn adopt_channel(value: &str) -> Result<Channel, InheritError> {
         .trim()
         .parse()
         .map_err(|_| env_err("not a descriptor number".into()))?;
-    let owned = crate::dataplane::adopt_inherited_fd(fd).map_err(|e| env_err(e.to_string()))?;
+    let owned = adopt(fd).map_err(|e| env_err(e.to_string()))?;
     let sock = socket2::SockRef::from(&owned);
     let unix_stream = sock.domain().ok() == Some(socket2::Domain::UNIX)
         && sock.r#type().ok() == Some(socket2::Type::STREAM);

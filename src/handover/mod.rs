@@ -43,7 +43,8 @@
 //! steps), [`state`] (the state blob).
 //!
 //! No `unsafe` here: descriptors travel as `BorrowedFd`/`OwnedFd` through rustix; the
-//! one adoption of an inherited descriptor number is `dataplane::sys::adopt_inherited_fd`.
+//! one adoption of an inherited descriptor number is the caller's ([`Adopt`]: `main` passes
+//! the data plane's `adopt_inherited_fd`), so this module uses nothing else of the crate.
 
 pub mod channel;
 pub mod inherit;
@@ -63,6 +64,10 @@ pub use upgrade::{Upgrade, UpgradeError, UpgradeSlot};
 
 use std::fmt;
 use std::time::Duration;
+
+/// Takes ownership of a descriptor this process inherited by number across exec (the
+/// number is the environment's: `SLUICE_HANDOVER_FD`, `LISTEN_FDS`).
+pub type Adopt = fn(std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd>;
 
 /// The environment variable naming the new process's end of the hand-over channel.
 pub const HANDOVER_FD_ENV: &str = "SLUICE_HANDOVER_FD";

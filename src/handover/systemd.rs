@@ -247,7 +247,9 @@ pub fn parse_listen_fds(
 
 /// The fds systemd passed to this process (see [`parse_listen_fds`]), owned and
 /// close-on-exec. Call it once, at start, before opening anything.
-pub fn listen_fds() -> Result<Vec<(OwnedFd, String)>, ListenFdsError> {
+/// `adopt` takes ownership of an inherited descriptor number (the data plane's
+/// `adopt_inherited_fd`: the one place allowed the `unsafe` this needs).
+pub fn listen_fds(adopt: super::Adopt) -> Result<Vec<(OwnedFd, String)>, ListenFdsError> {
     let var = |name| std::env::var(name).ok();
     let pairs = parse_listen_fds(
         var("LISTEN_PID").as_deref(),
@@ -257,7 +259,7 @@ pub fn listen_fds() -> Result<Vec<(OwnedFd, String)>, ListenFdsError> {
     )?;
     let mut out = Vec::with_capacity(pairs.len());
     for (fd, name) in pairs {
-        match crate::dataplane::adopt_inherited_fd(fd) {
+        match adopt(fd) {
             Ok(owned) => out.push((owned, name)),
             Err(e) => {
                 tracing::warn!(fd, name, error = %e, "LISTEN_FDS names a descriptor this process does not have")
@@ -438,21 +440,5 @@ mod tests {
         let n = socket.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"MAINPID=77\n");
         assert!(ServiceManager::at("relative/path").is_none());
-    }
-
-    #[test]
-    fn inherited_numbers_are_adopted_once() {
-        use std::os::fd::IntoRawFd;
-        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = s.local_addr().unwrap();
-        // Give up ownership, as exec does: the number is then only an inherited one.
-        let raw = s.into_raw_fd();
-        let owned = crate::dataplane::adopt_inherited_fd(raw).unwrap();
-        let got = socket2::SockRef::from(&owned).local_addr().unwrap();
-        assert_eq!(got.as_socket(), Some(addr));
-        let e = crate::dataplane::adopt_inherited_fd(raw).unwrap_err();
-        assert!(e.to_string().contains("not an inherited descriptor"), "{e}");
-        assert!(crate::dataplane::adopt_inherited_fd(1).is_err());
-        drop(owned);
     }
 }

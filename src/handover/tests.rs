@@ -141,38 +141,6 @@ fn wait_for_accepts(group: &[OwnedFd], want: usize) -> usize {
     total
 }
 
-#[test]
-fn the_client_ip_steering_program_stays_attached_to_a_passed_group() {
-    let (addr, fds) = reuseport_group(4);
-    crate::dataplane::attach_client_ip_steering(fds[0].as_fd(), 4).unwrap();
-    let mut clients: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    let sockets: Vec<(SocketName, OwnedFd)> = fds
-        .into_iter()
-        .enumerate()
-        .map(|(w, fd)| (SocketName::node_port(SocketKind::Tcp, addr, w as u32), fd))
-        .collect();
-    let (old, new) = Channel::pair().unwrap();
-    let old = old_side(old, sockets, serde_json::Value::Null, quick());
-    let (mut session, mut inherited, _) = Session::receive(new, quick()).unwrap();
-    session.ready().unwrap();
-    session.serving().unwrap();
-    old.join().unwrap().unwrap();
-    clients.extend((0..8).map(|_| TcpStream::connect(addr).unwrap()));
-    let group = inherited.take_group(SocketKind::Tcp, addr).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut per_socket = vec![0; 4];
-    while per_socket.iter().sum::<usize>() < 16 && Instant::now() < deadline {
-        for (n, got) in per_socket.iter_mut().zip(accept_all(&group)) {
-            *n += got;
-        }
-    }
-    // One client IP, one socket: 16 connections from 16 source ports all in one queue.
-    // Without the program the kernel's 4-tuple hash spreads them (all in one by chance:
-    // 4 × 4^-16).
-    per_socket.sort_unstable();
-    assert_eq!(per_socket, vec![0, 0, 0, 16], "{per_socket:?}");
-}
-
 /// Frames sent raw from a stand-in old process, which then keeps its end open until the
 /// new side has given up; returns what the new side says.
 fn new_side_against(frames: impl FnOnce(&mut Channel) + Send + 'static) -> InheritError {

@@ -112,8 +112,9 @@ impl Upgrade {
         Upgrade::handshake(channel, Some(child), pid, timeouts)
     }
 
-    /// Hellos over `channel` with the process `pid` (`child`, when this process started it).
-    pub(super) fn handshake(
+    /// Hellos over `channel` with the process `pid` (`child`, when this process started it;
+    /// a channel the caller made, in tests).
+    pub fn handshake(
         channel: Channel,
         child: Option<Child>,
         pid: u32,

@@ -148,38 +148,45 @@ mod tests {
 
     #[test]
     fn openmetrics_to_prometheus_text() {
-        let om = "# HELP sluice_reloads Reload attempts by result.\n\
-# TYPE sluice_reloads counter\n\
-sluice_reloads_total{result=\"success\"} 2\n\
-# HELP sluice_up Up.\n\
-# TYPE sluice_up gauge\n\
-sluice_up 1\n\
-# HELP x_seconds Time.\n\
-# TYPE x_seconds histogram\n\
-# UNIT x_seconds seconds\n\
-x_seconds_sum 0.5\n\
-x_seconds_count 1\n\
-x_seconds_bucket{le=\"+Inf\"} 1\n\
-# HELP b Build.\n\
-# TYPE b info\n\
-b_info{version=\"1\"} 1\n\
-# EOF\n";
-        assert_eq!(
-            to_prometheus_text(om),
-            "# HELP sluice_reloads_total Reload attempts by result.\n\
-# TYPE sluice_reloads_total counter\n\
-sluice_reloads_total{result=\"success\"} 2\n\
-# HELP sluice_up Up.\n\
-# TYPE sluice_up gauge\n\
-sluice_up 1\n\
-# HELP x_seconds Time.\n\
-# TYPE x_seconds histogram\n\
-x_seconds_sum 0.5\n\
-x_seconds_count 1\n\
-x_seconds_bucket{le=\"+Inf\"} 1\n\
-# HELP b_info Build.\n\
-# TYPE b_info gauge\n\
-b_info{version=\"1\"} 1\n"
-        );
+        // Per family: its OpenMetrics header, its 0.0.4 header, and its samples (the same
+        // in both formats).
+        let families = [
+            // A counter family is named after its samples.
+            (
+                "# HELP sluice_reloads Reload attempts by result.\n\
+# TYPE sluice_reloads counter\n",
+                "# HELP sluice_reloads_total Reload attempts by result.\n\
+# TYPE sluice_reloads_total counter\n",
+                "sluice_reloads_total{result=\"success\"} 2\n",
+            ),
+            // A gauge stays as it is.
+            (
+                "# HELP sluice_up Up.\n# TYPE sluice_up gauge\n",
+                "# HELP sluice_up Up.\n# TYPE sluice_up gauge\n",
+                "sluice_up 1\n",
+            ),
+            // `# UNIT` is dropped.
+            (
+                "# HELP x_seconds Time.\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\n",
+                "# HELP x_seconds Time.\n# TYPE x_seconds histogram\n",
+                "x_seconds_sum 0.5\nx_seconds_count 1\nx_seconds_bucket{le=\"+Inf\"} 1\n",
+            ),
+            // An info family becomes a gauge named after its samples.
+            (
+                "# HELP b Build.\n# TYPE b info\n",
+                "# HELP b_info Build.\n# TYPE b_info gauge\n",
+                "b_info{version=\"1\"} 1\n",
+            ),
+        ];
+        let om: String = families
+            .iter()
+            .map(|(head, _, samples)| format!("{head}{samples}"))
+            .chain(["# EOF\n".to_owned()])
+            .collect();
+        let text: String = families
+            .iter()
+            .map(|(_, head, samples)| format!("{head}{samples}"))
+            .collect();
+        assert_eq!(to_prometheus_text(&om), text);
     }
 }

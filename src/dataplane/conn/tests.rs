@@ -15,7 +15,7 @@ fn cfg() -> ConnConfig {
 fn connected(now: Instant) -> Conn {
     let mut c = Conn::new(now, cfg());
     assert_eq!(c.poll_op(), Some(Op::Connect));
-    c.handle(now, Event::Connected);
+    c.handle(now, ConnEvent::Connected);
     assert_eq!(c.poll_op(), Some(Op::Watch));
     assert_eq!(c.poll_op(), None);
     c
@@ -39,15 +39,15 @@ fn first_op_is_connect_then_watch() {
 fn client_bytes_flow_to_backend() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
-    trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 300 }
+    trace!(c, now; ConnEvent::Received { dir: Dir::ToBackend, bytes: 300 }
         => Op::Send { dir: Dir::ToBackend, held: 300 });
-    trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 300 }
+    trace!(c, now; ConnEvent::Sent { dir: Dir::ToBackend, bytes: 300 }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
     c.handle(
         now,
-        Event::ReceiveWouldBlock {
+        ConnEvent::ReceiveWouldBlock {
             dir: Dir::ToBackend,
         },
     );
@@ -58,19 +58,19 @@ fn client_bytes_flow_to_backend() {
 fn a_drained_receive_waits_for_readiness_instead_of_reading_again() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
-    trace!(c, now; Event::ReceivedDrained { dir: Dir::ToBackend, bytes: 100 }
+    trace!(c, now; ConnEvent::ReceivedDrained { dir: Dir::ToBackend, bytes: 100 }
         => Op::Send { dir: Dir::ToBackend, held: 100 });
     c.handle(
         now,
-        Event::Sent {
+        ConnEvent::Sent {
             dir: Dir::ToBackend,
             bytes: 100,
         },
     );
     assert_eq!(c.poll_op(), None, "no EAGAIN read after a short one");
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
 }
 
@@ -81,7 +81,7 @@ fn after_a_hang_up_a_short_read_is_not_taken_as_drained() {
     // Data and FIN arrived together: one readiness report, with the hang-up.
     c.handle(
         now,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Backend,
             readable: true,
             writable: false,
@@ -89,16 +89,16 @@ fn after_a_hang_up_a_short_read_is_not_taken_as_drained() {
     );
     c.handle(
         now,
-        Event::HangUp {
+        ConnEvent::HangUp {
             side: Side::Backend,
         },
     );
     trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
-    trace!(c, now; Event::ReceivedDrained { dir: Dir::ToClient, bytes: 64 }
+    trace!(c, now; ConnEvent::ReceivedDrained { dir: Dir::ToClient, bytes: 64 }
         => Op::Send { dir: Dir::ToClient, held: 64 });
     c.handle(
         now,
-        Event::Sent {
+        ConnEvent::Sent {
             dir: Dir::ToClient,
             bytes: 64,
         },
@@ -107,7 +107,7 @@ fn after_a_hang_up_a_short_read_is_not_taken_as_drained() {
     trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
     c.handle(
         now,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToClient,
             bytes: 0,
         },
@@ -119,15 +119,15 @@ fn after_a_hang_up_a_short_read_is_not_taken_as_drained() {
 fn partial_send_keeps_rest_and_waits_for_writable() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
-    trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 1000 }
+    trace!(c, now; ConnEvent::Received { dir: Dir::ToBackend, bytes: 1000 }
         => Op::Send { dir: Dir::ToBackend, held: 1000 });
-    trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 400 }
+    trace!(c, now; ConnEvent::Sent { dir: Dir::ToBackend, bytes: 400 }
         => Op::Send { dir: Dir::ToBackend, held: 600 });
     c.handle(
         now,
-        Event::SendWouldBlock {
+        ConnEvent::SendWouldBlock {
             dir: Dir::ToBackend,
         },
     );
@@ -141,13 +141,13 @@ fn partial_send_keeps_rest_and_waits_for_writable() {
     );
     c.handle(
         now,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToBackend,
             bytes: 400,
         },
     );
     assert_eq!(c.poll_op(), None, "holder full and backend not writable");
-    trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+    trace!(c, now; ConnEvent::Ready { side: Side::Backend, readable: false, writable: true }
         => Op::Send { dir: Dir::ToBackend, held: 1000 });
 }
 
@@ -155,32 +155,32 @@ fn partial_send_keeps_rest_and_waits_for_writable() {
 fn would_block_with_bytes_held_waits_for_send_progress() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
     c.handle(
         now,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToBackend,
             bytes: 10,
         },
     );
     c.handle(
         now,
-        Event::SendWouldBlock {
+        ConnEvent::SendWouldBlock {
             dir: Dir::ToBackend,
         },
     );
     trace!(c, now; => Op::Receive { dir: Dir::ToBackend, max: CAP - 10 });
     c.handle(
         now,
-        Event::ReceiveWouldBlock {
+        ConnEvent::ReceiveWouldBlock {
             dir: Dir::ToBackend,
         },
     );
     assert_eq!(c.poll_op(), None, "no retry until the holder drains");
-    trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+    trace!(c, now; ConnEvent::Ready { side: Side::Backend, readable: false, writable: true }
         => Op::Send { dir: Dir::ToBackend, held: 10 });
-    trace!(c, now; Event::Sent { dir: Dir::ToBackend, bytes: 10 }
+    trace!(c, now; ConnEvent::Sent { dir: Dir::ToBackend, bytes: 10 }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
 }
 
@@ -188,37 +188,37 @@ fn would_block_with_bytes_held_waits_for_send_progress() {
 fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Ready { side: Side::Client, readable: true, writable: false }
+    trace!(c, now; ConnEvent::Ready { side: Side::Client, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToBackend, max: CAP });
-    trace!(c, now; Event::Received { dir: Dir::ToBackend, bytes: 5 }
+    trace!(c, now; ConnEvent::Received { dir: Dir::ToBackend, bytes: 5 }
         => Op::Send { dir: Dir::ToBackend, held: 5 });
     c.handle(
         now,
-        Event::SendWouldBlock {
+        ConnEvent::SendWouldBlock {
             dir: Dir::ToBackend,
         },
     );
     trace!(c, now; => Op::Receive { dir: Dir::ToBackend, max: CAP - 5 });
     c.handle(
         now,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToBackend,
             bytes: 0,
         },
     );
     assert_eq!(c.poll_op(), None, "FIN waits for the 5 held bytes");
-    trace!(c, now; Event::Ready { side: Side::Backend, readable: false, writable: true }
+    trace!(c, now; ConnEvent::Ready { side: Side::Backend, readable: false, writable: true }
         => Op::Send { dir: Dir::ToBackend, held: 5 });
     c.handle(
         now,
-        Event::Sent {
+        ConnEvent::Sent {
             dir: Dir::ToBackend,
             bytes: 5,
         },
     );
     c.handle(
         now,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Backend,
             readable: true,
             writable: false,
@@ -229,11 +229,11 @@ fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
     while let Some(op) = c.poll_op() {
         ops.push(op);
         if let Op::Receive { dir, .. } = op {
-            c.handle(now, Event::Received { dir, bytes: 7 });
+            c.handle(now, ConnEvent::Received { dir, bytes: 7 });
         }
         if let Op::Send { dir, held } = op {
-            c.handle(now, Event::Sent { dir, bytes: held });
-            c.handle(now, Event::ReceiveWouldBlock { dir });
+            c.handle(now, ConnEvent::Sent { dir, bytes: held });
+            c.handle(now, ConnEvent::ReceiveWouldBlock { dir });
         }
     }
     assert!(ops.contains(&Op::ShutdownWrite(Side::Backend)));
@@ -245,7 +245,7 @@ fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
     // Backend finishes too: close gracefully.
     c.handle(
         now,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Backend,
             readable: true,
             writable: false,
@@ -254,7 +254,7 @@ fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
     trace!(c, now; => Op::Receive { dir: Dir::ToClient, max: CAP });
     c.handle(
         now,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToClient,
             bytes: 0,
         },
@@ -276,12 +276,12 @@ fn half_close_is_passed_on_after_held_bytes_and_other_way_keeps_flowing() {
 fn reset_on_one_side_resets_the_other() {
     let now = Instant::now();
     let mut c = connected(now);
-    trace!(c, now; Event::Failed { side: Side::Backend, reset: true }
+    trace!(c, now; ConnEvent::Failed { side: Side::Backend, reset: true }
         => Op::Close { reset_client: true, reset_backend: true, reason: CloseReason::Broken(Side::Backend) });
     assert!(c.is_closed());
     c.handle(
         now,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Client,
             readable: true,
             writable: true,
@@ -296,9 +296,9 @@ fn refused_connect_retries_then_gives_up_with_reset() {
     let mut c = Conn::new(now, cfg());
     assert_eq!(c.poll_op(), Some(Op::Connect));
     for _ in 0..2 {
-        trace!(c, now; Event::ConnectFailed(ConnectFailure::Refused) => Op::Connect);
+        trace!(c, now; ConnEvent::ConnectFailed(ConnectFailure::Refused) => Op::Connect);
     }
-    trace!(c, now; Event::ConnectFailed(ConnectFailure::TimedOut)
+    trace!(c, now; ConnEvent::ConnectFailed(ConnectFailure::TimedOut)
         => Op::Close { reset_client: true, reset_backend: true,
                        reason: CloseReason::ConnectFailed(ConnectFailure::TimedOut) });
 }
@@ -308,7 +308,7 @@ fn local_failure_is_not_retried() {
     let now = Instant::now();
     let mut c = Conn::new(now, cfg());
     c.poll_op();
-    c.handle(now, Event::ConnectFailed(ConnectFailure::Local));
+    c.handle(now, ConnEvent::ConnectFailed(ConnectFailure::Local));
     assert!(matches!(c.poll_op(), Some(Op::Close { .. })));
 }
 
@@ -317,7 +317,7 @@ fn no_endpoint_resets_client() {
     let now = Instant::now();
     let mut c = Conn::new(now, cfg());
     c.poll_op();
-    trace!(c, now; Event::NoEndpoint
+    trace!(c, now; ConnEvent::NoEndpoint
         => Op::Close { reset_client: true, reset_backend: true, reason: CloseReason::NoEndpoint });
 }
 
@@ -329,7 +329,7 @@ fn idle_deadline_moves_with_activity_and_closes_gracefully() {
     let t1 = t0 + Duration::from_secs(6);
     c.handle(
         t1,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Client,
             readable: true,
             writable: false,
@@ -338,7 +338,7 @@ fn idle_deadline_moves_with_activity_and_closes_gracefully() {
     c.poll_op();
     c.handle(
         t1,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToBackend,
             bytes: 1,
         },
@@ -364,7 +364,7 @@ fn an_idle_timeout_beyond_any_clock_saturates() {
         },
     );
     assert_eq!(c.poll_op(), Some(Op::Connect));
-    c.handle(t0, Event::Connected);
+    c.handle(t0, ConnEvent::Connected);
     let deadline = c.deadline().expect("relaying has an idle deadline");
     assert!(deadline > t0 + Duration::from_secs(50 * 365 * 86400));
     c.handle_timeout(t0 + Duration::from_secs(30 * 86400));
@@ -375,18 +375,18 @@ fn an_idle_timeout_beyond_any_clock_saturates() {
 fn idle_timeout_with_bytes_held_resets_both_sides() {
     let t0 = Instant::now();
     let mut c = connected(t0);
-    trace!(c, t0; Event::Ready { side: Side::Backend, readable: true, writable: false }
+    trace!(c, t0; ConnEvent::Ready { side: Side::Backend, readable: true, writable: false }
         => Op::Receive { dir: Dir::ToClient, max: CAP });
     c.handle(
         t0,
-        Event::Received {
+        ConnEvent::Received {
             dir: Dir::ToClient,
             bytes: 50,
         },
     );
     trace!(c, t0; => Op::Send { dir: Dir::ToClient, held: 50 });
-    c.handle(t0, Event::SendWouldBlock { dir: Dir::ToClient }); // the client stopped reading
-    c.handle(t0, Event::ReceiveWouldBlock { dir: Dir::ToClient });
+    c.handle(t0, ConnEvent::SendWouldBlock { dir: Dir::ToClient }); // the client stopped reading
+    c.handle(t0, ConnEvent::ReceiveWouldBlock { dir: Dir::ToClient });
     assert_eq!(c.poll_op(), None);
     c.handle_timeout(t0 + Duration::from_secs(10));
     assert_eq!(
@@ -423,7 +423,7 @@ fn busy_connection_yields_after_its_budget() {
     let mut c = connected(now);
     c.handle(
         now,
-        Event::Ready {
+        ConnEvent::Ready {
             side: Side::Client,
             readable: true,
             writable: false,
@@ -432,8 +432,8 @@ fn busy_connection_yields_after_its_budget() {
     let mut yielded = false;
     for _ in 0..100 {
         match c.poll_op() {
-            Some(Op::Receive { dir, .. }) => c.handle(now, Event::Received { dir, bytes: 100 }),
-            Some(Op::Send { dir, held }) => c.handle(now, Event::Sent { dir, bytes: held }),
+            Some(Op::Receive { dir, .. }) => c.handle(now, ConnEvent::Received { dir, bytes: 100 }),
+            Some(Op::Send { dir, held }) => c.handle(now, ConnEvent::Sent { dir, bytes: held }),
             Some(Op::Yield) => {
                 yielded = true;
                 break;

@@ -12,7 +12,7 @@
 //! waits held (within its hold time) until then.
 
 use super::{ConnHandle, ConnTable, Live, Output, HINT_EVERY};
-use crate::dataplane::conn::{ConnectFailure, Event, Side};
+use crate::dataplane::conn::{ConnEvent, ConnectFailure, Side};
 use crate::model::Forwarding;
 use crate::table::RoutingSnapshot;
 use std::net::SocketAddr;
@@ -60,14 +60,14 @@ impl<R> ConnTable<R> {
         live: &mut Live<R>,
     ) -> Option<Output<R>> {
         let worker = self.config.worker;
-        // Borrow `pins` and `selector` separately (not all of self).
+        // Borrow `pins` and `picker` separately (not all of self).
         let entry = self.pins[live.pin]
             .as_ref()
             .expect("pinned snapshot")
             .snapshot
             .service(live.service);
         let Some(endpoint) =
-            self.selector
+            self.picker
                 .choose(entry, live.client_addr, live.from_node, &live.tried, now)
         else {
             // No usable endpoint at all (not: every endpoint tried and failed): the Service
@@ -87,7 +87,7 @@ impl<R> ConnTable<R> {
                         .add(1);
                 }
             }
-            live.conn.handle(now, Event::NoEndpoint);
+            live.conn.handle(now, ConnEvent::NoEndpoint);
             return None;
         };
         self.release_hold(live);
@@ -147,7 +147,7 @@ impl<R> ConnTable<R> {
                 if now.saturating_duration_since(since) >= timeout {
                     live.parked_since = None;
                     live.conn
-                        .handle(now, Event::ConnectFailed(ConnectFailure::Local));
+                        .handle(now, ConnEvent::ConnectFailed(ConnectFailure::Local));
                 } else {
                     self.parked.push_back(conn);
                     // A parked retry that is still short of fds ends the round.
@@ -157,7 +157,7 @@ impl<R> ConnTable<R> {
             NotStarted::Local => {
                 live.parked_since = None;
                 live.conn
-                    .handle(now, Event::ConnectFailed(ConnectFailure::Local));
+                    .handle(now, ConnEvent::ConnectFailed(ConnectFailure::Local));
             }
         }
         self.schedule(conn.slot);
@@ -203,8 +203,8 @@ impl<R> ConnTable<R> {
             );
         }
         let event = match outcome {
-            ConnectOutcome::Connected => Event::Connected,
-            ConnectOutcome::HeaderFailed { reset } => Event::Failed {
+            ConnectOutcome::Connected => ConnEvent::Connected,
+            ConnectOutcome::HeaderFailed { reset } => ConnEvent::Failed {
                 side: Side::Backend,
                 reset,
             },
@@ -224,7 +224,7 @@ impl<R> ConnTable<R> {
                         "transparent forwarding: connect to the endpoint timed out. Replies to the client's address must come back to this node: apply the rules `sluice tproxy-rules` prints, and route the pod's default route through this node (see docs/client-address.md)"
                     );
                 }
-                Event::ConnectFailed(failure)
+                ConnEvent::ConnectFailed(failure)
             }
         };
         live.connected = tcp_connected;
@@ -232,7 +232,7 @@ impl<R> ConnTable<R> {
         let c = stats.worker(worker);
         c.count_connect(tcp_connected);
         live.shutdown_epoch = stats.shutdown_epoch();
-        if event == Event::Connected {
+        if event == ConnEvent::Connected {
             c.opened.add(1);
         } else {
             c.failed.add(1);
@@ -291,7 +291,7 @@ impl<R> ConnTable<R> {
                 match snapshot.lookup(live.listener.protocol, live.listener.addr) {
                     Some(reached) => live.service = reached.service,
                     None => {
-                        live.conn.handle(now, Event::NoEndpoint);
+                        live.conn.handle(now, ConnEvent::NoEndpoint);
                         self.slots[conn.slot as usize].live = Some(live);
                         self.schedule(conn.slot);
                         continue;
@@ -312,7 +312,7 @@ impl<R> ConnTable<R> {
                 if waited < hold {
                     self.holding.push(conn);
                 } else {
-                    live.conn.handle(now, Event::NoEndpoint);
+                    live.conn.handle(now, ConnEvent::NoEndpoint);
                     self.schedule(conn.slot);
                 }
                 self.slots[conn.slot as usize].live = Some(live);

@@ -6,7 +6,7 @@
 //! budgets (`hold_when_empty`), the connections parked for lack of fds, the accept budget and
 //! backoff, the drain state, the incremental idle sweep and the endpoints' shutdown epochs.
 //! It does no IO: no syscall, no clock (time comes in as `now`), no randomness (the
-//! selector's seed comes in with [`TableConfig`]). Like quinn-proto's `Endpoint`, it is fed
+//! picker's seed comes in with [`TableConfig`]). Like quinn-proto's `Endpoint`, it is fed
 //! with inputs ([`ConnTable::accept`], [`ConnTable::handle`], [`ConnTable::connect_started`],
 //! [`ConnTable::connect_finished`], [`ConnTable::tick`], ...) and drained with
 //! [`ConnTable::poll`], which returns the next [`Output`] to execute. The worker executes
@@ -22,25 +22,32 @@
 //!   [`ConnTable::connect_started`] or [`ConnTable::connect_not_started`]; later, when the
 //!   connect completes, [`ConnTable::connect_finished`].
 //! - [`Output::Receive`] / [`Output::Send`]: move bytes; answer with the resulting
-//!   [`Event`] through [`ConnTable::handle`]. [`Output::ShutdownWrite`]: answer only a
-//!   failure (`Event::Failed`). [`Output::Watch`]: no answer (readiness arrives as events).
+//!   [`ConnEvent`] through [`ConnTable::handle`]. [`Output::ShutdownWrite`]: answer only a
+//!   failure (`ConnEvent::Failed`). [`Output::Watch`]: no answer (readiness arrives as events).
 //! - [`Output::IdleExpired`]: answer [`ConnTable::idle_expired`] with whether the kernel
 //!   still queues bytes of the connection.
 //! - [`Output::Close`]: release the resources; the handle is dead from now on.
 //!
+//! The rooms: this file has the types, the slab and the inputs and turns of one connection;
+//! `accept.rs` the accept budget, backoff and admission of a new connection; `connect.rs`
+//! picking an endpoint, holding, parking and retrying; `pins.rs` the snapshot pins;
+//! `sweep.rs` the tick (idle sweep, shutdown epochs), the drain and the end of the worker.
+//!
 //! Must not: touch a socket, read the clock, log at a level above `debug` on the hot path,
 //! or panic on any order of inputs the executor may produce (stale handles are ignored).
 
+mod accept;
 mod connect;
+mod pins;
 mod sweep;
 
+pub use accept::Refused;
 pub use connect::{ConnectOutcome, NotStarted, ProxyHeader};
 
-use super::conn::{CloseReason, Conn, ConnConfig, Dir, Event, Op, Side};
-use super::driver::MAX_SLOTS;
-use super::select::Selector;
+use super::conn::{CloseReason, Conn, ConnEvent, Dir, Op, Side};
+use super::select::Picker;
 use crate::model::Protocol;
-use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
+use crate::table::{EndpointId, RoutingSnapshot, ServiceId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,18 +166,6 @@ pub enum Output<R> {
     },
 }
 
-/// Why [`ConnTable::accept`] took no connection (the caller resets and closes the socket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The NodePort is no longer served (a reload removed it).
-    NotServed,
-    /// Every slot a driver tag can name is taken (far beyond any connection limit).
-    Full,
-    /// The client is outside the Service's `loadBalancerSourceRanges` where they apply
-    /// (counted in the Service's `source_refused`).
-    SourceRange,
-}
-
 struct Pin {
     snapshot: Arc<RoutingSnapshot>,
     live: u32,
@@ -231,7 +226,7 @@ pub struct ConnTable<R> {
     free: Vec<u32>,
     pins: Vec<Option<Pin>>,
     current_pin: Option<usize>,
-    selector: Selector,
+    picker: Picker,
     /// Live connections, held ones included.
     active: u32,
     /// Held connections (counted in `active` too).
@@ -277,13 +272,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one transparent-mode routing hint per worker per this period.
 const HINT_EVERY: Duration = Duration::from_secs(10);
-/// At most one line per worker per this period about clients refused by source ranges.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> ConnTable<R> {
     pub fn new(config: TableConfig) -> ConnTable<R> {
         ConnTable {
-            selector: Selector::new(config.seed),
+            picker: Picker::new(config.seed),
             config,
             slots: Vec::new(),
             free: Vec::new(),
@@ -311,164 +304,17 @@ impl<R> ConnTable<R> {
         }
     }
 
-    // -- accepting ----------------------------------------------------------------------
-
-    /// Live connections, held ones included.
-    pub fn active(&self) -> u32 {
-        self.active
-    }
-
-    /// Connections held waiting for an endpoint.
-    pub fn held(&self) -> u32 {
-        self.held
-    }
-
-    /// Relayed connections: every live one but those held waiting for an endpoint.
-    pub fn relayed(&self) -> u32 {
-        self.active - self.held
-    }
-
-    /// Whether the worker takes new connections now.
-    pub fn may_accept(&self) -> bool {
-        self.accept_room() > 0
-    }
-
-    /// How many connections the worker may accept now (0 while draining or backing off).
-    pub fn accept_room(&self) -> u32 {
-        if self.backoff_until.is_some() || self.draining.is_some() {
-            return 0;
-        }
-        self.config
-            .limits
-            .max_connections
-            .max(1)
-            .saturating_sub(self.relayed())
-    }
-
-    /// The process ran out of resources: stop accepting for a while (doubling up to a
-    /// second while it lasts). Returns the backoff when it starts now (to log it once).
-    pub fn enter_backoff(&mut self, now: Instant) -> Option<Duration> {
-        let started = self.backoff_until.is_none().then_some(self.backoff);
-        self.backoff_until = Some(crate::deadline::after(now, self.backoff));
-        self.backoff = crate::deadline::times(self.backoff, 2).min(BACKOFF_MAX);
-        started
-    }
-
-    /// When the accept backoff ends, if one runs.
-    pub fn backoff_until(&self) -> Option<Instant> {
-        self.backoff_until
-    }
-
-    /// A new client connection on `listener`, routed with `snapshot` (the one published
-    /// now). Its first output is a `Connect` (or its end, when no endpoint is usable).
-    pub fn accept(
-        &mut self,
-        now: Instant,
-        snapshot: &Arc<RoutingSnapshot>,
-        listener: ListenerKey,
-        client_addr: SocketAddr,
-        resources: R,
-    ) -> Result<ConnHandle, (Refused, R)> {
-        self.backoff = BACKOFF_MIN;
-        let pin = self.pin(snapshot);
-        let snapshot = &self.pins[pin].as_ref().expect("current pin").snapshot;
-        let Some(reached) = snapshot.lookup(listener.protocol, listener.addr) else {
-            return Err((Refused::NotServed, resources));
-        };
-        let service = reached.service;
-        if !snapshot.admits(reached, client_addr.ip()) {
-            // loadBalancerSourceRanges: refused before any backend work.
-            let entry = snapshot.service(service);
-            entry.stats.worker(self.config.worker).source_refused.add(1);
-            self.refused_since_log += 1;
-            if self
-                .last_refusal_log
-                .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY)
-            {
-                tracing::warn!(
-                    worker = self.config.worker,
-                    service = %entry.port.key,
-                    client = %client_addr.ip(),
-                    listener = %listener.addr,
-                    refused = self.refused_since_log,
-                    "connection refused: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
-                    REFUSAL_LOG_EVERY.as_secs()
-                );
-                self.last_refusal_log = Some(now);
-                self.refused_since_log = 0;
-            }
-            return Err((Refused::SourceRange, resources));
-        }
-        if self.free.is_empty() && self.slots.len() as u32 >= MAX_SLOTS {
-            return Err((Refused::Full, resources));
-        }
-        let entry = snapshot.service(service);
-        entry.stats.worker(self.config.worker).opened.add(1);
-        let config = ConnConfig {
-            idle_timeout: entry.port.timeouts.idle,
-            connect_retries: entry.port.connect_retries,
-            holder_capacity: self.config.holder_capacity,
-        };
-        let from_node = snapshot.is_node_address(client_addr.ip());
-        let mut tried = self.spare_tried.pop().unwrap_or_default();
-        tried.clear();
-        self.next_id += 1;
-        let live = Live {
-            id: self.next_id,
-            conn: Conn::new(now, config),
-            resources,
-            client_addr,
-            from_node,
-            pin,
-            service,
-            endpoint: None,
-            connected: false,
-            shutdown_epoch: 0,
-            connect_in_flight: false,
-            choosing: None,
-            retry_connect: false,
-            parked_since: None,
-            held_since: None,
-            opened_at: now,
-            connect_started: now,
-            held: None,
-            listener,
-            watching: false,
-            tried,
-        };
-        self.pins[pin].as_mut().expect("current pin").live += 1;
-        self.active += 1;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize].live = Some(live);
-                s
-            }
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    live: None,
-                    scheduled: false,
-                });
-                let s = self.slots.len() as u32 - 1;
-                self.slots[s as usize].live = Some(live);
-                s
-            }
-        };
-        self.schedule(slot);
-        Ok(self.handle_of(slot))
-    }
-
     // -- inputs about one connection ----------------------------------------------------
 
     /// Feed one event of the connection core (readiness, the result of a `Receive`, `Send`
     /// or `ShutdownWrite`). Bytes sent are counted for the Service and the endpoint.
-    pub fn handle(&mut self, now: Instant, conn: ConnHandle, event: Event) {
+    pub fn handle(&mut self, now: Instant, conn: ConnHandle, event: ConnEvent) {
         let worker = self.config.worker;
         let Some(live) = self.live_mut(conn) else {
             return;
         };
         live.conn.handle(now, event);
-        if let Event::Sent { dir, bytes } = event {
+        if let ConnEvent::Sent { dir, bytes } = event {
             let (pin, service, endpoint) = (live.pin, live.service, live.endpoint);
             let entry = self.service_of(pin, service);
             let ep = entry.endpoint(endpoint.expect("relaying to an endpoint"));
@@ -702,60 +548,5 @@ impl<R> ConnTable<R> {
             s.scheduled = true;
             self.to_drive.push_back(slot);
         }
-    }
-
-    fn service_of(&self, pin: usize, service: ServiceId) -> &ServiceEntry {
-        self.pins[pin]
-            .as_ref()
-            .expect("pinned snapshot")
-            .snapshot
-            .service(service)
-    }
-
-    /// The pin of `snapshot` (the published one), pinning it if it is new.
-    fn pin(&mut self, snapshot: &Arc<RoutingSnapshot>) -> usize {
-        if let Some(i) = self.current_pin {
-            if Arc::ptr_eq(
-                &self.pins[i].as_ref().expect("current pin").snapshot,
-                snapshot,
-            ) {
-                return i;
-            }
-        }
-        self.selector.retain_services(snapshot);
-        let pin = Pin {
-            snapshot: Arc::clone(snapshot),
-            live: 0,
-        };
-        let i = match self.pins.iter().position(Option::is_none) {
-            Some(i) => {
-                self.pins[i] = Some(pin);
-                i
-            }
-            None => {
-                self.pins.push(Some(pin));
-                self.pins.len() - 1
-            }
-        };
-        let old = self.current_pin.replace(i);
-        if let Some(old) = old {
-            if self.pins[old].as_ref().is_some_and(|p| p.live == 0) {
-                self.pins[old] = None;
-            }
-        }
-        i
-    }
-
-    fn unpin(&mut self, pin: usize) {
-        let p = self.pins[pin].as_mut().expect("pinned snapshot");
-        p.live -= 1;
-        if p.live == 0 && self.current_pin != Some(pin) {
-            self.pins[pin] = None;
-        }
-    }
-
-    /// Snapshots pinned now (by live connections, or as the current one).
-    pub fn pinned_snapshots(&self) -> usize {
-        self.pins.iter().flatten().count()
     }
 }

@@ -137,11 +137,7 @@ impl Driver for Epoll {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = if client {
-            Kind::PollClient
-        } else {
-            Kind::PollBackend
-        };
+        let kind = Kind::poll(client);
         self.poll.registry().register(
             &mut SourceFd(&fd.as_raw_fd()),
             Self::token(kind, slot, generation),

@@ -41,6 +41,17 @@ pub enum Kind {
     Ignore = 6,
 }
 
+impl Kind {
+    /// The readiness kind of a connection's client (`client`) or backend socket.
+    pub fn poll(client: bool) -> Kind {
+        if client {
+            Kind::PollClient
+        } else {
+            Kind::PollBackend
+        }
+    }
+}
+
 /// The 64-bit tag of a driver entry (io_uring user_data, epoll token): kind (8 bits) |
 /// slot (24 bits) | generation (32 bits). Both drivers use it, so a stale report of a reused
 /// slot is recognised the same way under either.

@@ -116,6 +116,15 @@ impl Uring {
             .user_data(ignore_tag());
         self.push(entry)
     }
+
+    /// Remove the poll armed with `tag` (its removal reports nothing).
+    fn remove_poll(&mut self, tag: UserData) -> io::Result<()> {
+        let entry = opcode::PollRemove::new(tag.encode())
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        self.push(entry)
+    }
 }
 
 impl Driver for Uring {
@@ -142,18 +151,11 @@ impl Driver for Uring {
 
     /// Stop the poll of `listener` armed as `generation`.
     fn unwatch_listener(&mut self, listener: u32, generation: u32) -> io::Result<()> {
-        let entry = opcode::PollRemove::new(
-            UserData {
-                kind: Kind::Accept,
-                slot: listener,
-                generation,
-            }
-            .encode(),
-        )
-        .build()
-        .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(ignore_tag());
-        self.push(entry)
+        self.remove_poll(UserData {
+            kind: Kind::Accept,
+            slot: listener,
+            generation,
+        })
     }
 
     /// Report readiness of a connection's socket until `unwatch`.
@@ -164,11 +166,7 @@ impl Driver for Uring {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = if client {
-            Kind::PollClient
-        } else {
-            Kind::PollBackend
-        };
+        let kind = Kind::poll(client);
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), POLL_MASK)
             .multi(true)
             .build()
@@ -185,23 +183,11 @@ impl Driver for Uring {
 
     /// Stop reporting readiness of a connection's socket.
     fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        let kind = if client {
-            Kind::PollClient
-        } else {
-            Kind::PollBackend
-        };
-        let entry = opcode::PollRemove::new(
-            UserData {
-                kind,
-                slot,
-                generation,
-            }
-            .encode(),
-        )
-        .build()
-        .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(ignore_tag());
-        self.push(entry)
+        self.remove_poll(UserData {
+            kind: Kind::poll(client),
+            slot,
+            generation,
+        })
     }
 
     /// Connect `fd` to `addr`, giving up after `timeout`.

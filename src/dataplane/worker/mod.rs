@@ -31,7 +31,7 @@ mod connect;
 pub use accept::Listener;
 use accept::ListenerSlot;
 
-use crate::dataplane::conn::{Dir, Event, Side};
+use crate::dataplane::conn::{ConnEvent, Dir, Side};
 use crate::dataplane::connections::{
     ConnHandle, ConnTable, ListenerKey, Output, TableConfig, WorkerLimits, TICK,
 };
@@ -258,14 +258,14 @@ impl<D: Driver> Worker<D> {
                 self.table.handle(
                     now,
                     conn,
-                    Event::Ready {
+                    ConnEvent::Ready {
                         side,
                         readable,
                         writable,
                     },
                 );
                 if hangup {
-                    self.table.handle(now, conn, Event::HangUp { side });
+                    self.table.handle(now, conn, ConnEvent::HangUp { side });
                 }
                 if ended && self.table.is_watching(conn) {
                     let io = self.table.resources(conn).expect("watched connection");
@@ -442,7 +442,8 @@ impl<D: Driver> Worker<D> {
                 let io = self.table.resources(conn).expect("live connection");
                 if let Err(e) = SockRef::from(&io.side(side)).shutdown(std::net::Shutdown::Write) {
                     let reset = sys::is_reset(&e);
-                    self.table.handle(now, conn, Event::Failed { side, reset });
+                    self.table
+                        .handle(now, conn, ConnEvent::Failed { side, reset });
                 }
             }
             Output::IdleExpired { conn } => {
