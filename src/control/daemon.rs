@@ -76,9 +76,12 @@ pub(super) struct Daemon {
     pub(super) listening: relisten::Listening,
     /// `ctl upgrade` / SIGUSR2: one at a time.
     pub(super) upgrades: super::upgrade::Upgrades,
-    /// The control socket's and the HTTP listeners' serving tasks (stopped once a new
-    /// process took them over).
+    /// The control socket's serving task (stopped once a new process took it over; the
+    /// connections under way are tasks of their own and finish).
     pub(super) servers: Vec<tokio::task::AbortHandle>,
+    /// Set once a new process took the HTTP listeners over (metrics, health,
+    /// healthCheckNodePorts): they stop accepting and let requests under way finish.
+    pub(super) handed_over: tokio::sync::watch::Sender<bool>,
     /// A duplicate of the control socket and of each HTTP listener, by name, to pass to a
     /// new process (`ctl upgrade`).
     pub(super) handover_fds: Vec<(crate::handover::SocketName, std::os::fd::OwnedFd)>,
@@ -246,7 +249,9 @@ impl Daemon {
             source: source_metrics.clone(),
         };
 
-        let health_check_node_ports = hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health));
+        let (handed_over, handed_over_rx) = tokio::sync::watch::channel(false);
+        let health_check_node_ports =
+            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health), handed_over_rx.clone());
         let mut daemon = Daemon {
             source,
             source_metrics,
@@ -271,6 +276,7 @@ impl Daemon {
             listening,
             upgrades: Default::default(),
             servers: Vec::new(),
+            handed_over,
             handover_fds,
         };
         daemon.open_remaining_listeners();
@@ -318,8 +324,12 @@ impl Daemon {
             (health_listener, metrics::Endpoints::HealthOnly),
         ] {
             if let Some(l) = listener {
-                let task = tokio::spawn(metrics::serve(l, what, sources.clone()));
-                daemon.servers.push(task.abort_handle());
+                tokio::spawn(metrics::serve(
+                    l,
+                    what,
+                    sources.clone(),
+                    handed_over_rx.clone(),
+                ));
             }
         }
         for s in &daemon.model.services {
@@ -407,11 +417,16 @@ impl Daemon {
     pub(super) fn stop(&mut self) -> (Dataplane, Duration) {
         let timeout = self.model.settings.drain_timeout;
         tracing::info!(?timeout, "stopping: draining live connections");
-        self.lock_health().stopping = true;
-        self.notifier.stopping(&format!(
-            "draining connections (up to {})",
-            humantime::format_duration(timeout)
-        ));
+        // After a hand-over the node's proxy is not stopping: the new process serves (and
+        // is systemd's main process), and a health check answered here meanwhile must not
+        // say otherwise.
+        if !*self.handed_over.borrow() {
+            self.lock_health().stopping = true;
+            self.notifier.stopping(&format!(
+                "draining connections (up to {})",
+                humantime::format_duration(timeout)
+            ));
+        }
         let plane = self.plane.take().expect("the plane runs until shutdown");
         (plane, timeout)
     }

@@ -50,6 +50,9 @@ pub(super) struct HealthCheckServers {
     /// Listeners a previous process passed (`ctl upgrade`), by address, taken instead of
     /// binding until [`Self::release_inherited`].
     inherited: HashMap<SocketAddr, std::os::fd::OwnedFd>,
+    /// Turns true once a new process took the listeners over: stop accepting, let the
+    /// checks under way finish.
+    handed_over: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Instance {
@@ -99,12 +102,16 @@ pub(super) fn wanted(model: &Model) -> HashMap<ServiceName, (u16, usize)> {
 }
 
 impl HealthCheckServers {
-    pub(super) fn new(health: SharedProcessHealth) -> HealthCheckServers {
+    pub(super) fn new(
+        health: SharedProcessHealth,
+        handed_over: tokio::sync::watch::Receiver<bool>,
+    ) -> HealthCheckServers {
         HealthCheckServers {
             open: HashMap::new(),
             counts: Arc::default(),
             health,
             inherited: HashMap::new(),
+            handed_over,
         }
     }
 
@@ -128,11 +135,6 @@ impl HealthCheckServers {
             }
         }
         Ok(out)
-    }
-
-    /// Stops serving every healthCheckNodePort (a new process serves them now).
-    pub(super) fn close_all(&mut self) {
-        self.open.clear();
     }
 
     /// Brings the listeners in line with `model` (inside the tokio runtime), on the
@@ -219,9 +221,11 @@ impl HealthCheckServers {
                 counts: Arc::clone(&self.counts),
                 health: Arc::clone(&self.health),
             };
-            instance
-                .tasks
-                .push(tokio::spawn(accept_loop(listener, ctx)));
+            instance.tasks.push(tokio::spawn(accept_loop(
+                listener,
+                ctx,
+                self.handed_over.clone(),
+            )));
         }
         Ok(instance)
     }
@@ -279,7 +283,11 @@ impl Handler {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handler: Handler) {
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Handler,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
+) {
     let options = http::Options {
         limits: http::Limits::DEFAULT,
         // Date goes before Content-Length, where Go's net/http writes it.
@@ -287,7 +295,10 @@ async fn accept_loop(listener: TcpListener, handler: Handler) {
     };
     let handler: http::Handler =
         Arc::new(move |request| handler.respond(request, SystemTime::now()));
-    http::serve(listener, options, handler, Arc::default()).await
+    let stop = async move {
+        let _ = handed_over.wait_for(|h| *h).await;
+    };
+    http::serve_until(listener, options, handler, Arc::default(), stop).await
 }
 
 /// HTTP/1.0 with `Connection: keep-alive` (Go then says so in the answer, and keeps the

@@ -295,14 +295,15 @@ impl Daemon {
         }
     }
 
-    /// The new process serves: stop serving the control socket and the HTTP listeners here
+    /// The new process serves: stop accepting on the control socket and the HTTP listeners here
     /// (their sockets live on there), leave the control socket file to it, name it the main
     /// PID to systemd, say "done", and answer the client. The caller then drains.
     pub(super) fn hand_over(&mut self, up: Upgrade, admitted: Admitted, underway: Underway) {
         for task in self.servers.drain(..) {
             task.abort();
         }
-        self.health_check_node_ports.close_all();
+        // Metrics, health, healthCheckNodePorts: stop accepting, finish what is under way.
+        let _ = self.handed_over.send(true);
         self.handover_fds.clear();
         super::socket::forget_control_socket();
         let new_pid = up.pid();
