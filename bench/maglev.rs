@@ -52,6 +52,7 @@ fn service(i: usize, node_port: u16, eps: Vec<Endpoint>, table_size: u32) -> Ser
         connect_retries: 2,
         maglev_table_size: table_size,
         forwarding: Default::default(),
+        udp_responses: None,
         traffic_policy: Default::default(),
         families: Default::default(),
         health: Default::default(),

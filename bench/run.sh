@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # sluice benchmark suite: sluice vs HAProxy, nginx stream, kube-proxy-style nftables DNAT and
-# no LB ("direct"), in network namespaces this script creates and removes itself.
+# no LB ("direct"), TCP and UDP, in network namespaces this script creates and removes itself.
 #
-#   bench/run.sh                 # full run (3 interleaved repetitions x 6 s; ~25 min on 2 CPUs)
-#   bench/run.sh --quick         # smoke test for CI (1 repetition x 1 s; ~1.5 min)
+#   bench/run.sh                 # full run (3 interleaved repetitions x 6 s; ~33 min on 2 CPUs, ~8 of them UDP)
+#   bench/run.sh --quick         # smoke test for CI (1 repetition x 1 s; ~2 min, ~26 s of it UDP)
 #   bench/run.sh --only sluice-uring-splice,haproxy-1t --workloads keepalive --scale none
 #   bench/run.sh --sluice target/ci/sluice   # use an existing binary, do not build
 #
@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-PACKAGES=(iproute2 haproxy nginx libnginx-mod-stream wrk iperf3 nftables curl python3)
+PACKAGES=(iproute2 haproxy nginx libnginx-mod-stream wrk iperf3 nftables conntrack curl python3 gcc libc6-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

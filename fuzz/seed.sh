@@ -30,6 +30,7 @@ done <<'LINES'
 {"version":1,"command":"endpoint","action":"weight","service":"workshop/myfrontend:http","address":"10.0.3.7:9000","weight":3}
 {"version":1,"command":"endpoint","action":"drain","service":"a","address":"10.0.3.7"}
 {"version":1,"command":"log-level","level":"sluice=debug"}
+{"version":1,"command":"flows","service":"itest/dns","limit":10}
 LINES
 
 # k8s_objects: a node byte (bit 0: listen on 127.0.0.1 only, bit 1: this node's name), then

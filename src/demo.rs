@@ -60,6 +60,7 @@ pub fn demo_model() -> Model {
             connect_retries: defaults.connect_retries,
             maglev_table_size: defaults.maglev_table_size,
             forwarding: Default::default(),
+            udp_responses: None,
             traffic_policy: Default::default(),
             families: Default::default(),
             health: Default::default(),

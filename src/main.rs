@@ -246,6 +246,17 @@ enum CtlCommand {
         #[command(subcommand)]
         action: EndpointCommand,
     },
+    /// The live UDP flows and TCP connections (like `conntrack -L`): client, node address,
+    /// endpoint, age, idle, bytes and datagrams each way, worker; the first LIMIT with the
+    /// count of all.
+    Flows {
+        /// Only this Service: `[NAMESPACE/]NAME[:PORT_NAME]`.
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+        /// List at most this many (1..=100000; the total is counted anyway).
+        #[arg(long, value_name = "N", default_value_t = sluice::control::protocol::FLOWS_DEFAULT_LIMIT)]
+        limit: usize,
+    },
     /// Change the log filter (e.g. `debug`, `sluice=trace,info`).
     LogLevel {
         /// The new filter, in tracing's EnvFilter syntax.
@@ -353,6 +364,10 @@ impl CtlCommand {
                 }),
                 ready_timeout_seconds: ready_timeout
                     .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            },
+            CtlCommand::Flows { service, limit } => Request::Flows {
+                service,
+                limit: Some(limit),
             },
         }
     }

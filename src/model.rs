@@ -61,6 +61,9 @@ pub struct Settings {
     pub max_held_per_worker: u32,
     /// Connections a worker holds at most for one Service port without a usable endpoint.
     pub max_held_per_service: u32,
+    /// UDP flows a worker holds at most (each holds one upstream socket, so one fd); a new
+    /// flow beyond it is refused and counted, existing flows are never evicted.
+    pub max_flows_per_worker: u32,
     /// How bytes are moved between the two sockets of a connection.
     pub relay: RelayMode,
     /// Listen backlog for each NodePort socket.
@@ -101,6 +104,12 @@ pub const DEFAULT_MAX_HELD_PER_WORKER: u32 = 1024;
 pub const DEFAULT_MAX_HELD_PER_SERVICE: u32 = 256;
 /// Upper bound of the hold budgets: the most connections a worker can address.
 pub const MAX_HELD: u32 = 1 << 24;
+/// Default of `max_flows_per_worker`: one upstream socket (fd) per flow, the same budget as
+/// `max_connections_per_worker`'s default (docs/configuration.md has the fd arithmetic).
+pub const DEFAULT_MAX_FLOWS_PER_WORKER: u32 = 4096;
+/// Idle timeout of a UDP flow when its Service sets none: kube-proxy's (conntrack's)
+/// timeout of an unreplied UDP entry.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The default control socket path (under systemd's `RuntimeDirectory=sluice`) for root and
 /// for users without `$XDG_RUNTIME_DIR` (see `control::default_control_socket`).
@@ -145,6 +154,7 @@ impl Default for Settings {
             max_connections_per_worker: 4096,
             max_held_per_worker: DEFAULT_MAX_HELD_PER_WORKER,
             max_held_per_service: DEFAULT_MAX_HELD_PER_SERVICE,
+            max_flows_per_worker: DEFAULT_MAX_FLOWS_PER_WORKER,
             relay: RelayMode::Auto,
             backlog: 4096,
             defaults: ServiceDefaults::default(),
@@ -223,18 +233,14 @@ pub enum RelayMode {
     Auto,
 }
 
-/// Transport protocol of a Service port. Only TCP is served today.
+/// Transport protocol of a Service port. A NodePort number is unique per protocol: TCP 53
+/// and UDP 53 are two NodePorts (as in Kubernetes). SCTP is not modelled (sources skip it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Protocol::Tcp => f.write_str("TCP"),
-        }
-    }
+    /// Datagrams, relayed per *flow* (client IP:port + node IP:port) rather than per
+    /// connection: see `Timeouts::idle` and `ServicePort::udp_responses`.
+    Udp,
 }
 
 /// `namespace/name` of a Kubernetes Service.
@@ -292,6 +298,9 @@ pub struct ServicePort {
     pub maglev_table_size: u32,
     /// How the pod learns the client's address.
     pub forwarding: Forwarding,
+    /// UDP only: a flow is closed after this many replies from its endpoint (DNS: 1), like
+    /// nginx's `proxy_responses`; `None` = flows end at their idle timeout only.
+    pub udp_responses: Option<u32>,
     /// Which endpoints new connections may go to (Kubernetes `externalTrafficPolicy`).
     pub traffic_policy: TrafficPolicy,
     /// The IP families the Service port is served for (Kubernetes `ipFamilies`): a client
@@ -616,7 +625,9 @@ pub enum HashKey {
 pub struct Timeouts {
     /// How long one connect attempt to an endpoint may take.
     pub connect: Duration,
-    /// A connection with no bytes moving in either direction for this long is closed.
+    /// A connection with no bytes moving in either direction for this long is closed; a UDP
+    /// flow with no datagram either way for this long is forgotten (default for UDP
+    /// Services: [`DEFAULT_UDP_IDLE_TIMEOUT`]).
     pub idle: Duration,
     /// When the Service has no usable endpoint: how long a new connection may wait for one
     /// (scale-from-zero, kubernetes#484). `None`: reset at once, like kube-proxy's REJECT.

@@ -18,6 +18,12 @@
 //!   than 128 bytes (the spec's limit) it is cut to 128.
 //! - Custom TLVs that would push the header length past 65535 are left out (configuration
 //!   checks keep them far below that: see `config`).
+//!
+//! Datagrams (UDP Services): [`encode_datagram`] writes the same v2 header with the DGRAM
+//! transport (family `0x12` / `0x22`), to be prepended to **every** datagram — stateless and
+//! loss-tolerant, as dnsdist does: the receiver never has to remember which datagram of a
+//! flow carried it. It costs 28 bytes per datagram over IPv4 (16 + 12) and 52 over IPv6
+//! (16 + 36), plus any TLVs ([`v2_len`]); v1 has no datagram form.
 
 use crate::model::{Forwarding, ProxyV2Options};
 use std::io::Write as _;
@@ -39,6 +45,10 @@ pub const FAM_UNSPEC: u8 = 0x00;
 pub const FAM_TCP4: u8 = 0x11;
 /// Family byte: TCP over IPv6.
 pub const FAM_TCP6: u8 = 0x21;
+/// Family byte: UDP over IPv4 (a header on a datagram).
+pub const FAM_UDP4: u8 = 0x12;
+/// Family byte: UDP over IPv6.
+pub const FAM_UDP6: u8 = 0x22;
 /// TLV type of the unique connection id.
 pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
 /// The spec's limit on the unique id's length.
@@ -92,9 +102,84 @@ pub fn encode_v1(src: SocketAddr, dst: SocketAddr, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends a v2 PROXY header (`0x21`): signature, command, family, length, addresses, ports,
-/// then the TLVs `opts` asks for (unique id first, then the custom ones in order).
+/// Which transport a v2 header announces: the low nibble of its family byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A TCP connection (`0x11`, `0x21`): the header is sent once, first.
+    Stream,
+    /// A UDP datagram (`0x12`, `0x22`): the header starts every datagram.
+    Datagram,
+}
+
+/// Appends a v2 PROXY header (`0x21`) for a TCP connection: signature, command, family,
+/// length, addresses, ports, then the TLVs `opts` asks for (unique id first, then the
+/// custom ones in order).
 pub fn encode_v2(
+    src: SocketAddr,
+    dst: SocketAddr,
+    opts: &ProxyV2Options,
+    unique_id: &[u8],
+    out: &mut Vec<u8>,
+) {
+    encode_v2_for(Transport::Stream, src, dst, opts, unique_id, out);
+}
+
+/// Appends the header [`Forwarding::ProxyV2`] puts before a UDP datagram from `src` (the
+/// client) to `dst` (node address and NodePort); returns false (and appends nothing) for
+/// every other mode — [`Forwarding::ProxyV1`] has no datagram form (configuration refuses
+/// it on UDP Services). Append the datagram's payload after it, or send both as two parts
+/// of one message.
+pub fn encode_datagram(
+    forwarding: &Forwarding,
+    src: SocketAddr,
+    dst: SocketAddr,
+    unique_id: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    match forwarding {
+        Forwarding::ProxyV2(opts) => {
+            encode_v2_for(Transport::Datagram, src, dst, opts, unique_id, out);
+            true
+        }
+        Forwarding::None | Forwarding::Transparent | Forwarding::ProxyV1 => false,
+    }
+}
+
+/// The length in bytes of the v2 header [`encode_v2`] or [`encode_datagram`] writes for
+/// these arguments (with a unique id of `unique_id_len` bytes): 28 for IPv4 and 52 for
+/// IPv6 without TLVs. What a datagram grows by, so what must fit under the largest UDP
+/// payload.
+pub fn v2_len(
+    src: SocketAddr,
+    dst: SocketAddr,
+    opts: &ProxyV2Options,
+    unique_id_len: usize,
+) -> usize {
+    let (src, _) = normalise(src, dst);
+    let addr_len: usize = if src.is_ipv4() { 12 } else { 36 };
+    let id_len = unique_id_len.min(UNIQUE_ID_MAX);
+    let with_id = opts.unique_id && id_len > 0;
+    let (len, _) = tlv_budget(addr_len + if with_id { 3 + id_len } else { 0 }, opts);
+    16 + len
+}
+
+/// The body length with the custom TLVs that fit under the 16-bit length (in order; the
+/// rest is left out), and how many fit.
+fn tlv_budget(mut len: usize, opts: &ProxyV2Options) -> (usize, usize) {
+    let mut fitting = 0;
+    for (_, value) in &opts.tlvs {
+        let more = 3 + value.len();
+        if len + more > usize::from(u16::MAX) {
+            break;
+        }
+        len += more;
+        fitting += 1;
+    }
+    (len, fitting)
+}
+
+fn encode_v2_for(
+    transport: Transport,
     src: SocketAddr,
     dst: SocketAddr,
     opts: &ProxyV2Options,
@@ -105,21 +190,19 @@ pub fn encode_v2(
     let addr_len: usize = if src.is_ipv4() { 12 } else { 36 };
     let unique_id = &unique_id[..unique_id.len().min(UNIQUE_ID_MAX)];
     let with_id = opts.unique_id && !unique_id.is_empty();
-    let mut len = addr_len + if with_id { 3 + unique_id.len() } else { 0 };
-    // Custom TLVs that fit under the 16-bit length, in order; the rest is left out.
-    let mut fitting = 0;
-    for (_, value) in &opts.tlvs {
-        let more = 3 + value.len();
-        if len + more > usize::from(u16::MAX) {
-            break;
-        }
-        len += more;
-        fitting += 1;
-    }
+    let (len, fitting) = tlv_budget(
+        addr_len + if with_id { 3 + unique_id.len() } else { 0 },
+        opts,
+    );
     out.reserve(16 + len);
     out.extend_from_slice(&V2_SIGNATURE);
     out.push(V2_PROXY);
-    out.push(if src.is_ipv4() { FAM_TCP4 } else { FAM_TCP6 });
+    out.push(match (src.is_ipv4(), transport) {
+        (true, Transport::Stream) => FAM_TCP4,
+        (false, Transport::Stream) => FAM_TCP6,
+        (true, Transport::Datagram) => FAM_UDP4,
+        (false, Transport::Datagram) => FAM_UDP6,
+    });
     // `len` ≤ u16::MAX by construction above.
     out.extend_from_slice(&(len as u16).to_be_bytes());
     match (src, dst) {

@@ -167,6 +167,10 @@ pub struct ConnCounters {
     pub bytes_to_backend: Counter,
     /// Bytes from backend to client.
     pub bytes_to_client: Counter,
+    /// UDP: datagrams from client to endpoint (`opened`/`closed` count flows).
+    pub datagrams_to_backend: Counter,
+    /// UDP: datagrams from endpoint to client.
+    pub datagrams_to_client: Counter,
     /// Endpoint only: connect attempts that failed (refused, timed out, unreachable).
     pub connect_failed: Counter,
     /// Service only: clients reset at once because a hold budget was spent
@@ -205,6 +209,8 @@ pub struct ConnTotals {
     pub retries: u64,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    pub datagrams_to_backend: u64,
+    pub datagrams_to_client: u64,
     pub connect_failed: u64,
     pub holds_refused: u64,
     pub source_refused: u64,
@@ -317,6 +323,8 @@ impl StatsBlock {
             t.retries += c.retries.get();
             t.bytes_to_backend += c.bytes_to_backend.get();
             t.bytes_to_client += c.bytes_to_client.get();
+            t.datagrams_to_backend += c.datagrams_to_backend.get();
+            t.datagrams_to_client += c.datagrams_to_client.get();
             t.connect_failed += c.connect_failed.get();
             t.holds_refused += c.holds_refused.get();
             t.source_refused += c.source_refused.get();
@@ -339,6 +347,76 @@ pub struct LoopStats {
     pub active: AtomicU64,
     /// 1 while the worker accepts new connections, 0 while paused (limit, fd backoff, drain).
     pub accepting: AtomicU64,
+    /// The worker's UDP flows.
+    pub flows: FlowCounters,
+}
+
+/// Why a datagram was not forwarded, as metric labels; [`FlowCounters::drops`] is indexed
+/// by position in this list.
+pub const DROP_REASONS: [&str; 11] = [
+    "truncated",
+    "no_service",
+    "no_endpoint",
+    "table_full",
+    "too_large",
+    "open_failed",
+    "send_failed",
+    "stale_flow",
+    "reply_failed",
+    "icmp_refused",
+    "source_range",
+];
+
+/// One worker's UDP flow counters (single writer: that worker).
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Flows live now.
+    pub active: Gauge,
+    /// Flows opened.
+    pub created: Counter,
+    /// Flows ended by their idle timeout.
+    pub expired: Counter,
+    /// Flows ended for any reason (idle, `udp_responses`, endpoint left, Service gone, …).
+    pub closed: Counter,
+    /// New flows refused: the table was full (`max_flows_per_worker`) or their upstream
+    /// socket could not be opened (fds, local ports).
+    pub refused: Counter,
+    /// Datagrams not forwarded, by [`DROP_REASONS`] (ICMP port-unreachable reports from
+    /// pods are counted under `icmp_refused`, though no datagram is lost to them).
+    pub drops: [Counter; DROP_REASONS.len()],
+}
+
+/// [`FlowCounters`] summed over workers, as plain numbers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub active: u64,
+    pub created: u64,
+    pub expired: u64,
+    pub closed: u64,
+    pub refused: u64,
+    pub drops: [u64; DROP_REASONS.len()],
+}
+
+impl FlowTotals {
+    /// Add one worker's counters.
+    pub fn add(&mut self, c: &FlowCounters) {
+        self.active += c.active.get();
+        self.created += c.created.get();
+        self.expired += c.expired.get();
+        self.closed += c.closed.get();
+        self.refused += c.refused.get();
+        for (t, d) in self.drops.iter_mut().zip(&c.drops) {
+            *t += d.get();
+        }
+    }
+
+    /// Drops counted under `reason` (one of [`DROP_REASONS`]).
+    pub fn drops(&self, reason: &str) -> u64 {
+        DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.drops[i])
+    }
 }
 
 impl LoopStats {

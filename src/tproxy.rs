@@ -8,7 +8,7 @@
 //! Uses [`crate::model`] and socket2's safe `set_ip_transparent`; no `unsafe` here.
 //! See `docs/client-address.md`.
 
-use crate::model::{Forwarding, Model, ServicePort};
+use crate::model::{Forwarding, Model, Protocol, ServicePort};
 use std::fmt::Write as _;
 
 /// The routing table and firewall mark the rules use.
@@ -73,6 +73,9 @@ pub fn rules(model: &Model) -> String {
          # sluice's socket receives them. Without these, backend connects time out.\n\
          # IP forwarding (net.ipv4.ip_forward) can stay off.\n\n",
     );
+    // UDP flows' upstream sockets are transparent too (bound to the client's address and
+    // port): their replies need the same mark.
+    let udp = services.iter().any(|s| s.key.protocol == Protocol::Udp);
     for (family, ip, any, nft_family) in [
         ("IPv4", "ip", "0.0.0.0/0", "ip"),
         ("IPv6", "ip -6", "::/0", "ip6"),
@@ -87,8 +90,16 @@ pub fn rules(model: &Model) -> String {
              # Mark TCP packets that belong to a transparent socket (sluice's backend side).\n\
              nft add table {nft_family} {NFT_TABLE}\n\
              nft add chain {nft_family} {NFT_TABLE} pre '{{ type filter hook prerouting priority mangle; policy accept; }}'\n\
-             nft add rule {nft_family} {NFT_TABLE} pre meta l4proto tcp socket transparent 1 meta mark set {FWMARK:#x}\n\n"
+             nft add rule {nft_family} {NFT_TABLE} pre meta l4proto tcp socket transparent 1 meta mark set {FWMARK:#x}\n"
         );
+        if udp {
+            let _ = writeln!(
+                out,
+                "# The same for UDP: replies to a UDP flow's socket, bound to the client's address.\n\
+                 nft add rule {nft_family} {NFT_TABLE} pre meta l4proto udp socket transparent 1 meta mark set {FWMARK:#x}"
+            );
+        }
+        out.push('\n');
     }
     let _ = write!(
         out,
@@ -141,6 +152,10 @@ mod tests {
             "{r}"
         );
         assert!(!r.contains("default/other"), "{r}");
+        assert!(
+            !r.contains("l4proto udp"),
+            "no UDP Service, no UDP rule: {r}"
+        );
         for line in [
             "ip rule add fwmark 1 lookup 100\n",
             "ip route add local 0.0.0.0/0 dev lo table 100\n",
@@ -155,6 +170,30 @@ mod tests {
             assert!(r.contains(line), "missing {line:?} in\n{r}");
         }
         // Every line is a command or a comment.
+        for l in r.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            assert!(l.starts_with("ip ") || l.starts_with("nft "), "{l}");
+        }
+    }
+
+    #[test]
+    fn a_transparent_udp_service_adds_the_udp_rule_for_both_families() {
+        let m = model(
+            "[[service]]\nname = \"dns\"\nprotocol = \"UDP\"\nport = 53\nnode_port = 30053\n\
+             forwarding = \"transparent\"\nendpoints = [\"198.18.2.2\"]\n",
+        );
+        let r = rules(&m);
+        assert!(
+            r.contains("#   default/dns on NodePort 30053/UDP -> 198.18.2.2:53\n"),
+            "{r}"
+        );
+        for family in ["ip", "ip6"] {
+            for proto in ["tcp", "udp"] {
+                let line = format!(
+                    "nft add rule {family} sluice_tproxy pre meta l4proto {proto} socket transparent 1 meta mark set 0x1\n"
+                );
+                assert!(r.contains(&line), "missing {line:?} in\n{r}");
+            }
+        }
         for l in r.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
             assert!(l.starts_with("ip ") || l.starts_with("nft "), "{l}");
         }

@@ -133,9 +133,30 @@ const ROWS: &[Row] = &[
         "namespace \"work_shop\" is not a DNS-1123 label: it contains '_'"),
     row("port name ending in dash", svc!("port_name = \"http-\"\n"), (4, 13),
         "must end with a letter or digit"),
-    row("UDP", svc!("protocol = \"UDP\"\n"), (4, 12),
-        "protocol \"UDP\" is not served: sluice serves only TCP so far"),
-    row("lower-case tcp", svc!("protocol = \"tcp\"\n"), (4, 12), "expected \"TCP\""),
+    row("SCTP", svc!("protocol = \"SCTP\"\n"), (4, 12),
+        "protocol \"SCTP\" is not served: sluice serves TCP and UDP"),
+    row("lower-case tcp", svc!("protocol = \"tcp\"\n"), (4, 12), "expected one of \"TCP\", \"UDP\" (upper case"),
+    // UDP Services.
+    row("proxy-v1 on a UDP Service", svc!("protocol = \"UDP\"\nforwarding = \"proxy-v1\"\n"), (5, 14),
+        "forwarding \"proxy-v1\" cannot be used on a UDP Service: PROXY v1 is a text line for byte streams"),
+    row("inherited proxy-v1 on a UDP Service", concat!("forwarding = \"proxy-v1\"\n", svc!("protocol = \"UDP\"\n")), (5, 12),
+        "forwarding \"proxy-v1\" (the default set at line 1) cannot be used on a UDP Service"),
+    row("udp_responses on a TCP Service", svc!("udp_responses = 1\n"), (4, 17),
+        "`udp_responses` applies to protocol = \"UDP\" only"),
+    row("udp_responses zero", svc!("protocol = \"UDP\"\nudp_responses = 0\n"), (5, 17),
+        "udp_responses 0 is out of range: must be 1..=1000000"),
+    row("hold_when_empty on a UDP Service", svc!("protocol = \"UDP\"\nhold_when_empty = \"5s\"\n"), (5, 19),
+        "`hold_when_empty` applies to TCP Services only"),
+    row("max_flows_per_worker zero", "max_flows_per_worker = 0\n", (1, 24),
+        "max_flows_per_worker 0 is out of range: must be 1..=1048576"),
+    row("one port name for TCP and UDP", concat!(
+            svc!("port_name = \"dns\"\n"),
+            "[[service]]\nname = \"a\"\nport_name = \"dns\"\nprotocol = \"UDP\"\nport = 80\n"), (6, 8),
+        "port `dns` of Service default/a is defined twice (first at line 2)"),
+    row("the same UDP node_port twice", concat!(
+            svc!("protocol = \"UDP\"\nport_name = \"x\"\nnode_port = 30053\n"),
+            "[[service]]\nname = \"a\"\nport_name = \"y\"\nprotocol = \"UDP\"\nport = 80\nnode_port = 30053\n"), (12, 13),
+        "node_port 30053/UDP of default/a:y is already used by default/a:x (line 6)"),
     row("port 0", "[[service]]\nname = \"a\"\nport = 0\n", (3, 8), "port 0 is out of range: must be 1..=65535"),
     row("port too big", svc!("target_port = 70000\n"), (4, 15), "target_port 70000 is out of range"),
     row("node_port 0", svc!("node_port = 0\n"), (4, 13), "omit `node_port` to have one allocated"),
@@ -260,6 +281,81 @@ fn all_tlvs_together_may_not_exceed_768_bytes() {
     // Three of them fit.
     let three = text.replace(&format!(",\n{}", tlvs[3]), "");
     parse(&three, "ok.toml", None).expect("three 200-byte TLVs fit");
+}
+
+/// TCP 53 and UDP 53 side by side (Kubernetes allows it); UDP flows get their own idle
+/// default and `udp_responses`; allocation is per protocol too.
+#[test]
+fn tcp_and_udp_may_share_a_node_port_number() {
+    use sluice::model::Protocol;
+    let text = r#"
+idle_timeout = "10m"
+
+[[service]]
+name = "dns"
+port_name = "dns-tcp"
+port = 53
+node_port = 30053
+
+[[service]]
+name = "dns"
+port_name = "dns"
+protocol = "UDP"
+port = 53
+node_port = 30053
+udp_responses = 1
+
+[[service]]
+name = "syslog"
+protocol = "UDP"
+port = 514
+idle_timeout = "2m"
+"#;
+    let model = parse(text, "ok.toml", None).expect("TCP and UDP on one node port");
+    let by = |name: &str, port_name: &str| {
+        model
+            .services
+            .iter()
+            .find(|s| s.key.service.name == name && s.key.port_name == port_name)
+            .unwrap()
+    };
+    let (tcp, udp, syslog) = (by("dns", "dns-tcp"), by("dns", "dns"), by("syslog", ""));
+    assert_eq!((tcp.key.protocol, tcp.node_port), (Protocol::Tcp, 30053));
+    assert_eq!((udp.key.protocol, udp.node_port), (Protocol::Udp, 30053));
+    assert_eq!(
+        tcp.timeouts.idle.as_secs(),
+        600,
+        "the top-level idle_timeout is TCP's"
+    );
+    assert_eq!(udp.timeouts.idle, sluice::model::DEFAULT_UDP_IDLE_TIMEOUT);
+    assert_eq!(syslog.timeouts.idle.as_secs(), 120);
+    assert_eq!((tcp.udp_responses, udp.udp_responses), (None, Some(1)));
+    assert_eq!(udp.timeouts.hold_when_empty, None);
+    assert_eq!(
+        model.settings.max_flows_per_worker,
+        sluice::model::DEFAULT_MAX_FLOWS_PER_WORKER
+    );
+    let shown = sluice::config::render_check(&model);
+    assert!(shown.contains(" 30053/UDP "), "{shown}");
+    assert!(shown.contains(" 53/UDP "), "{shown}");
+    assert!(shown.contains("max flows per worker: 4096"), "{shown}");
+    assert!(
+        shown.contains("default/dns:dns sets its own: flows end after 1 reply\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("default/syslog sets its own: idle timeout 2m\n"),
+        "{shown}"
+    );
+
+    // A NodePort range of one port: one TCP and one UDP Service both get it allocated.
+    let one = "node_port_range = \"31000-31000\"\n[[service]]\nname = \"t\"\nport = 80\n\
+               [[service]]\nname = \"u\"\nprotocol = \"UDP\"\nport = 80\n";
+    let m = parse(one, "ok.toml", None).expect("one port per protocol");
+    assert!(m
+        .services
+        .iter()
+        .all(|s| s.node_port == 31000 && s.node_port_allocated));
 }
 
 #[test]

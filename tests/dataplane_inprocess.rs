@@ -74,6 +74,7 @@ fn model(node_port: u16, endpoints: &[SocketAddr], relay: RelayMode) -> Model {
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             forwarding: Default::default(),
+            udp_responses: None,
             traffic_policy: Default::default(),
             families: Default::default(),
             health: Default::default(),
@@ -486,4 +487,126 @@ fn durations_beyond_any_clock_saturate_under_both_drivers() {
         let t = svc.stats.totals();
         assert_eq!((t.opened, t.failed), (21, 0), "{driver:?}");
     }
+}
+
+/// A UDP pod that echoes every datagram back to its sender.
+fn udp_echo_pod(ip: &str) -> SocketAddr {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// A UDP flow replies through the NodePort socket its client used. When a listener change
+/// closes that socket while its Service stays (the node address it was bound to went away:
+/// the Service is still found by its NodePort, so neither a datagram nor the sweep would
+/// end the flow), its flows end at once, and a late reply from the pod never leaves
+/// through the listener that takes the worker's slot next. It used to: the flow kept the
+/// slot's index, and the next listener opened there carried the reply.
+#[test]
+fn udp_flows_end_with_their_node_port_socket() {
+    use std::net::UdpSocket;
+    let pod = UdpSocket::bind("127.0.0.7:0").unwrap();
+    let other_pod = udp_echo_pod("127.0.0.8");
+    let (p1, p2) = (free_port(), free_port());
+    let mut m = model(p1, &[pod.local_addr().unwrap()], RelayMode::Splice);
+    m.settings.node_port_range = NodePortRange {
+        first: 1024,
+        last: 65535,
+    };
+    m.services[0].key.protocol = Protocol::Udp;
+    let mut b = m.services[0].clone();
+    b.key.service.name = "other".into();
+    b.node_port = p2;
+    b.endpoints = vec![Endpoint::new(other_pod).with_weight(DEFAULT_WEIGHT)];
+    m.services.push(b);
+    // Both Services in every snapshot; at first only p1 has a listener.
+    let mut reg = StatsRegistry::new(m.settings.workers.unwrap());
+    let publisher = Publisher::new(RoutingSnapshot::build(&m, 1, &mut reg));
+    let mut dp = Dataplane::start(
+        &m.settings,
+        &listeners(&[(Protocol::Udp, p1)]).required,
+        &publisher,
+    )
+    .expect("data plane starts");
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    client.send_to(b"question", ("127.0.0.1", p1)).unwrap();
+    pod.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, upstream) = pod.recv_from(&mut buf).expect("the pod gets the datagram");
+    assert_eq!(&buf[..n], b"question");
+    pod.connect(upstream).unwrap();
+    pod.send(b"answer").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("the reply");
+    assert_eq!((&buf[..n], from.port()), (&b"answer"[..], p1));
+
+    // The listener of p1 closes; the Service stays.
+    let plan = dp
+        .prepare_listeners(m.settings.backlog, &listeners(&[]))
+        .unwrap();
+    assert_eq!(plan.removed().len(), 1);
+    dp.commit_listeners(plan);
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.connect(("127.0.0.1", p1)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    eventually("p1 is closed", || {
+        let _ = probe.send(b"?");
+        matches!(probe.recv(&mut [0u8; 64]), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    // A new listener, in the slot p1 had.
+    let plan = dp
+        .prepare_listeners(m.settings.backlog, &listeners(&[(Protocol::Udp, p2)]))
+        .unwrap();
+    dp.commit_listeners(plan);
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.connect(("127.0.0.1", p2)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    eventually("p2 serves", || {
+        let _ = probe.send(b"ping");
+        probe.recv(&mut [0u8; 64]).is_ok()
+    });
+
+    // The pod answers late: its flow's socket is closed (the kernel refuses), and nothing
+    // reaches the client, from p2 or anywhere.
+    pod.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let _ = pod.send(b"late answer");
+        if let Ok((n, from)) = client.recv_from(&mut buf) {
+            panic!(
+                "the client got {:?} from {from} after its NodePort socket closed",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        match pod.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break true,
+            _ if std::time::Instant::now() > deadline => break false,
+            _ => {}
+        }
+    };
+    assert!(
+        refused,
+        "the flow's upstream socket stayed open after its NodePort socket closed"
+    );
+    dp.stop().unwrap();
 }

@@ -2,7 +2,7 @@
 //! verbatim with EndpointSlices as the controller writes them, traffic to the pods, the
 //! named targetPort and an allocated nodePort, reloads that follow the directory (pods
 //! added, terminating pods as the fallback, a broken file, a deleted Service), the
-//! healthCheckNodePort's bytes, and `describe`.
+//! healthCheckNodePort's bytes and that it listens before its NodePort, and `describe`.
 
 mod common;
 use common::*;
@@ -424,6 +424,157 @@ fn health_check_node_port_answers_like_kube_proxy() {
     lb.assert_alive();
 }
 
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` and a healthCheckNodePort.
+fn lb_service(name: &str, node_port: u16, health_port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: itest\n  annotations:\n    sluice.io/forwarding: none\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {health_port}\n  ports:\n  - name: http\n    port: 80\n    nodePort: {node_port}\n"
+    )
+}
+
+/// Connects to `node_port` as fast as it can until it accepts (bounded by `SOON`), then at
+/// once to `health_port`: true when the health check took that connection too.
+fn health_check_answers_once_the_node_port_does(node_port: u16, health_port: u16) -> bool {
+    // Not `wait_for`: its pauses grow to 100 ms, longer than the window this looks for.
+    let quick = Duration::from_millis(200);
+    let start = std::time::Instant::now();
+    while TcpStream::connect_timeout(&node_addr(node_port), quick).is_err() {
+        assert!(
+            start.elapsed() < SOON,
+            "NodePort {node_port} never accepted"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    TcpStream::connect_timeout(&node_addr(health_port), quick).is_ok()
+}
+
+/// The healthCheckNodePort is open before its NodePort takes connections, at start and when
+/// a reload adds the Service: whoever reaches the NodePort (a load balancer, the test's
+/// own readiness probe) finds the health check answering, never refused. It used to be
+/// opened after the data plane served (at start, after the control socket and the metrics
+/// listeners), and a client probing the NodePort in that window was refused.
+#[test]
+fn health_check_node_port_is_open_before_the_node_port() {
+    let pod = NameServer::start("127.0.0.2", "local-pod");
+    let (p, h, q, k) = (free_port(), free_port(), free_port(), free_port());
+    let dir = TempDir::new("manifests-hc-order");
+    let pod_ip = pod.addr.ip().to_string();
+    let slice_of = |name: &str| {
+        slice(
+            name,
+            "itest",
+            "aaaaa",
+            ("http", pod.addr.port()),
+            &[(&pod_ip, "node-a", Pod::Ready)],
+        )
+    };
+    dir.write(
+        "first.yaml",
+        &(lb_service("first", p, h) + "---\n" + &slice_of("first")),
+    );
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, &format!("{p}-{p}"));
+    // The probing starts before sluice does: the first connection the NodePort takes.
+    let mut lb = run_manifests(&dir, &toml, "node-a");
+    assert!(
+        health_check_answers_once_the_node_port_does(p, h),
+        "at start: the NodePort took a connection before the healthCheckNodePort listened"
+    );
+    lb.wait_ready_name(node_addr(p));
+
+    // A reload adds a second such Service, probed from another thread while it happens.
+    let probe = std::thread::spawn(move || health_check_answers_once_the_node_port_does(q, k));
+    dir.write(
+        "second.yaml",
+        &(lb_service("second", q, k) + "---\n" + &slice_of("second")),
+    );
+    ctl_ok(&sock, &["reload"]);
+    assert!(
+        probe.join().unwrap(),
+        "at a reload: the NodePort took a connection before the healthCheckNodePort listened"
+    );
+
+    // A reload that fails (another process listens on the new NodePort) takes back the
+    // health check it opened early; the running Services' stay.
+    let (r, j) = (free_port(), free_port());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", r)).unwrap();
+    dir.write(
+        "third.yaml",
+        &(lb_service("third", r, j) + "---\n" + &slice_of("third")),
+    );
+    let out = ctl(&sock, &["reload"]);
+    assert!(
+        !out.status.success(),
+        "reload with NodePort {r} taken succeeded"
+    );
+    assert!(
+        TcpStream::connect_timeout(&node_addr(j), Duration::from_secs(1)).is_err(),
+        "the failed reload left the third Service's healthCheckNodePort open"
+    );
+    for port in [h, k] {
+        TcpStream::connect_timeout(&node_addr(port), Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("healthCheckNodePort {port} after a failed reload: {e}"));
+    }
+    drop(squatter);
+    lb.assert_alive();
+}
+
+/// The seeds' manifest style with a `protocol: UDP` port (kube-dns' shape: 53/TCP and 53/UDP
+/// on one nodePort): `check --manifests` converts both ports, each with its slice port, and
+/// skips neither.
+#[test]
+fn a_udp_port_in_the_seeds_style_is_converted() {
+    let dir = TempDir::new("manifests-udp");
+    let (toml, _) = node_settings(&dir, "30000-32767");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("dns.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: kube-system\nspec:\n  type: NodePort\n  selector:\n    app: dns\n  ports:\n  - name: dns-tcp\n    port: 53\n    protocol: TCP\n    targetPort: 5353\n    nodePort: 30053\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n    nodePort: 30053\n",
+    )
+    .unwrap();
+    let tcp = slice(
+        "dns",
+        "kube-system",
+        "t1",
+        ("dns-tcp", 5353),
+        &[("10.0.0.5", "n1", Pod::Ready)],
+    );
+    let udp = slice(
+        "dns",
+        "kube-system",
+        "u1",
+        ("dns", 5354),
+        &[("10.0.0.5", "n1", Pod::Ready)],
+    )
+    .replace("protocol: TCP", "protocol: UDP");
+    std::fs::write(manifests.join("slices.yaml"), format!("{tcp}---\n{udp}")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&toml)
+        .arg("--manifests")
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let row = |proto: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!(" 30053/{proto} ")))
+            .unwrap_or_else(|| panic!("no 30053/{proto} row:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(row("TCP").ends_with("10.0.0.5:5353"), "{stdout}");
+    assert!(row("UDP").ends_with("10.0.0.5:5354"), "{stdout}");
+    assert!(
+        !stderr.contains("not listening on"),
+        "served, not skipped: {stderr}"
+    );
+}
+
 /// A named network namespace for a client outside the node, deleted on drop.
 struct ClientNetns(String);
 
@@ -433,19 +584,6 @@ impl Drop for ClientNetns {
             .args(["netns", "del", &self.0])
             .status();
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// externalTrafficPolicy: Local seen from both sides, in a private network namespace (the
@@ -460,15 +598,15 @@ fn local_policy_outside_clients_get_local_pods_and_the_node_gets_the_cluster() {
         let local = NameServer::start("127.0.0.2", "local-pod");
         let remote = NameServer::start("127.0.0.3", "remote-pod");
         let netns = ClientNetns(client_ns.clone());
-        ip(&["netns", "add", &netns.0]);
-        ip(&[
+        run_ip(&["netns", "add", &netns.0]);
+        run_ip(&[
             "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", &netns.0,
         ]);
-        ip(&["addr", "add", "198.18.77.1/30", "dev", "c0"]);
-        ip(&["link", "set", "c0", "up"]);
-        ip(&["-n", &netns.0, "addr", "add", "198.18.77.2/30", "dev", "n0"]);
-        ip(&["-n", &netns.0, "link", "set", "n0", "up"]);
-        ip(&["-n", &netns.0, "link", "set", "lo", "up"]);
+        run_ip(&["addr", "add", "198.18.77.1/30", "dev", "c0"]);
+        run_ip(&["link", "set", "c0", "up"]);
+        run_ip(&["-n", &netns.0, "addr", "add", "198.18.77.2/30", "dev", "n0"]);
+        run_ip(&["-n", &netns.0, "link", "set", "n0", "up"]);
+        run_ip(&["-n", &netns.0, "link", "set", "lo", "up"]);
         let p = 30000;
         let dir = TempDir::new("manifests-local");
         dir.write(

@@ -72,7 +72,7 @@ fi
 if [ $# -eq 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     [ -x target/ci/sluice ] || cargo build --profile ci --bin sluice
-    timeout --kill-after=15 180 bench/run.sh --quick --sluice target/ci/sluice --out target/bench-quick
+    timeout --kill-after=15 300 bench/run.sh --quick --sluice target/ci/sluice --out target/bench-quick
   else
     echo "skipping the benchmark smoke test (bench/run.sh --quick needs root)" >&2
   fi

@@ -24,16 +24,6 @@ const NODE_FRONT: &str = "198.18.1.1";
 const POD: &str = "198.18.2.2";
 const NODE_PORT: u16 = 30000;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Three namespaces wired as in the module doc; deleted on drop (even when the test panics).
 struct Topology {
     client: String,
@@ -55,13 +45,13 @@ impl Topology {
         };
         // Registered for removal before anything can fail.
         for ns in [&t.client, &t.node, &t.pod] {
-            ip(&["netns", "add", ns]);
+            run_ip(&["netns", "add", ns]);
         }
         let (c, n, p) = (t.client.as_str(), t.node.as_str(), t.pod.as_str());
-        ip(&[
+        run_ip(&[
             "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "n0", "netns", n,
         ]);
-        ip(&[
+        run_ip(&[
             "link", "add", "n1", "netns", n, "type", "veth", "peer", "name", "p0", "netns", p,
         ]);
         let steps: &[(&str, &[&str])] = &[
@@ -83,7 +73,7 @@ impl Topology {
         for (ns, args) in steps {
             let mut all = vec!["-n", ns];
             all.extend_from_slice(args);
-            ip(&all);
+            run_ip(&all);
         }
         t
     }
@@ -95,26 +85,6 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-/// Runs `f` on the current thread inside network namespace `ns`, then moves the thread back.
-/// For spawning sluice: the harness kills sluice when the thread that spawned it ends
-/// (PR_SET_PDEATHSIG), so it must be a thread that lives as long as the test.
-fn here_in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> T {
-    use std::os::fd::AsRawFd;
-    let enter = |path: &str| {
-        let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-    };
-    let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-    enter(&format!("/run/netns/{ns}"));
-    let v = f();
-    // SAFETY: as above, back to the namespace this thread started in.
-    let rc = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns back: {}", std::io::Error::last_os_error());
-    v
 }
 
 fn config() -> String {

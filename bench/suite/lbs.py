@@ -1,10 +1,15 @@
 """The load balancers under test, and how to start each one in the node namespace.
 
-Every LB serves the same two NodePorts on NODE_IP:
+Every TCP LB serves the same two NodePorts on NODE_IP:
   HTTP_NODEPORT  -> the 3 pods' nginx on POD_HTTP_PORT (one new backend connection per
                     client connection, spread over the pods)
   IPERF_NODEPORT -> the 3 pods' iperf3 servers, with client-IP affinity (iperf3 opens a
                     control connection and data connections that must reach the same pod)
+Every UDP LB serves:
+  DNS_NODEPORT/udp   -> the 3 pods' UDP echo servers (udpgen.c) on POD_UDP_PORT, one flow per
+                        query (nginx `proxy_responses 1`, sluice `udp_responses = 1`)
+  IPERF_NODEPORT/tcp and /udp -> the pods' iperf3 servers with client-IP affinity (iperf3 -u
+                        sends its control connection over TCP, its datagrams over UDP)
 
 To add a sluice variant (a new driver, a forwarding mode, ...), add ONE line to
 SLUICE_VARIANTS below: top-level TOML settings, per-service TOML keys, extra CLI args.
@@ -19,6 +24,8 @@ IPERF_NODEPORT = 30001
 POD_HTTP_PORT = 9000
 POD_PROXY_PORT = 9001  # the pods' nginx also accepts PROXY-protocol connections here
 POD_IPERF_PORT = 5201
+DNS_NODEPORT = 30053  # UDP: DNS-like request/response
+POD_UDP_PORT = 5353  # the pods' UDP echo servers
 SCALE_FILLER_BASE = 20000  # scale run: Services 2..N get NodePorts 20000, 20001, ...
 
 # Node-namespace commands that sluice's transparent forwarding needs (see docs/client-address.md;
@@ -43,6 +50,15 @@ SLUICE_VARIANTS = [
      {"forwarding": "proxy-v2", "target_port": POD_PROXY_PORT}, []),
     ("sluice-transparent", {"driver": "uring", "relay": "splice", "pin_workers": False},
      {"forwarding": "transparent"}, [], (TPROXY_SETUP, TPROXY_TEARDOWN)),
+]
+
+# One line per sluice UDP variant: (name, top-level settings, in --quick too?). `workers`
+# absent: sluice's default (one per CPU).
+SLUICE_UDP_VARIANTS = [
+    ("sluice-udp-uring", {"driver": "uring"}, True),
+    ("sluice-udp-uring-1w", {"driver": "uring", "workers": 1}, False),
+    ("sluice-udp-epoll", {"driver": "epoll"}, True),
+    ("sluice-udp-epoll-1w", {"driver": "epoll", "workers": 1}, False),
 ]
 
 # The sluice variant used for the Service-count scale run (one worker: see scale notes).
@@ -79,6 +95,27 @@ def sluice_config(settings, service_extra, services=1, workers=2, maglev=None):
         blocks.append({"name": f"filler-{i}", "namespace": "bench", "port": 80,
                        "target_port": POD_HTTP_PORT, "node_port": SCALE_FILLER_BASE + i,
                        "endpoints": PODS})
+    for b in blocks:
+        lines.append("")
+        lines.append("[[service]]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in b.items())
+    return "\n".join(lines) + "\n"
+
+
+def sluice_udp_config(settings):
+    """A sluice TOML file for the UDP rows: the DNS-like Service (one flow per query) and
+    iperf3 over TCP (control) and UDP (data), client-IP affinity on both."""
+    top = {"listen_addresses": [NODE_IP], "pin_workers": False}
+    top.update(settings)
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    blocks = [
+        {"name": "dns", "namespace": "bench", "protocol": "UDP", "port": 53,
+         "target_port": POD_UDP_PORT, "node_port": DNS_NODEPORT, "udp_responses": 1, "endpoints": PODS},
+        {"name": "iperf", "namespace": "bench", "port_name": "control", "port": POD_IPERF_PORT,
+         "node_port": IPERF_NODEPORT, "hash_key": "client-ip", "endpoints": PODS},
+        {"name": "iperf", "namespace": "bench", "port_name": "data", "protocol": "UDP",
+         "port": POD_IPERF_PORT, "node_port": IPERF_NODEPORT, "hash_key": "client-ip", "endpoints": PODS},
+    ]
     for b in blocks:
         lines.append("")
         lines.append("[[service]]")
@@ -141,6 +178,31 @@ stream {{
 """
 
 
+def nginx_udp_config(workers, tmp):
+    dns = "\n".join(f"    server {ip}:{POD_UDP_PORT};" for ip in PODS)
+    iperf = "\n".join(f"    server {ip}:{POD_IPERF_PORT};" for ip in PODS)
+    return f"""user root;
+worker_processes {workers};
+worker_rlimit_nofile 19000;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events {{ worker_connections 8000; }}
+stream {{
+  upstream dns {{
+{dns}
+  }}
+  upstream iperf {{
+    hash $remote_addr consistent;
+{iperf}
+  }}
+  server {{ listen {NODE_IP}:{DNS_NODEPORT} udp reuseport; proxy_pass dns; proxy_responses 1; proxy_timeout 30s; }}
+  server {{ listen {NODE_IP}:{IPERF_NODEPORT} reuseport; proxy_pass iperf; }}
+  server {{ listen {NODE_IP}:{IPERF_NODEPORT} udp reuseport; proxy_pass iperf; proxy_timeout 30s; }}
+}}
+"""
+
+
 def nft_ruleset(services=1):
     """kube-proxy's nftables mode, reduced to what a NodePort connection traverses:
     a verdict map NodePort -> service chain, mark for masquerade, `numgen random` over
@@ -158,8 +220,10 @@ def nft_ruleset(services=1):
     chain("nat-prerouting", "type nat hook prerouting priority dstnat; policy accept;", "jump services")
     chain("nat-postrouting", "type nat hook postrouting priority srcnat; policy accept;", "jump masquerading")
     chain("filter-forward", "type filter hook forward priority filter; policy accept;", "ct state invalid drop")
-    svcs = [("web", HTTP_NODEPORT, POD_HTTP_PORT, "numgen random mod 3"),
-            ("iperf", IPERF_NODEPORT, POD_IPERF_PORT, "jhash ip saddr mod 3")]
+    svcs = [("web", HTTP_NODEPORT, POD_HTTP_PORT, "numgen random mod 3", "tcp"),
+            ("iperf", IPERF_NODEPORT, POD_IPERF_PORT, "jhash ip saddr mod 3 seed 0x5eed", "tcp"),
+            ("dns", DNS_NODEPORT, POD_UDP_PORT, "numgen random mod 3", "udp"),
+            ("iperf-udp", IPERF_NODEPORT, POD_IPERF_PORT, "jhash ip saddr mod 3 seed 0x5eed", "udp")]
     elems = []
     # Filler Services of the scale run: N-2 more NodePorts in the verdict map (what a packet's
     # lookup depends on) that share one chain. kube-proxy's own layout (5 chains per Service)
@@ -171,14 +235,14 @@ def nft_ruleset(services=1):
               f"meta l4proto tcp dnat ip to numgen random mod 3 map {{ {pods} }}")
     for i in range(services - 1):
         elems.append(f"tcp . {SCALE_FILLER_BASE + i} : goto ext-filler")
-    for name, np, tp, pick in svcs:
+    for name, np, tp, pick, proto in svcs:
         seps = []
         for j, ip in enumerate(PODS):
-            chain(f"sep-{name}-{j}", f"meta l4proto tcp dnat to {ip}:{tp}")
+            chain(f"sep-{name}-{j}", f"meta l4proto {proto} dnat to {ip}:{tp}")
             seps.append(f"{j} : goto sep-{name}-{j}")
         chain(f"svc-{name}", f"{pick} vmap {{ {', '.join(seps)} }}")
         chain(f"ext-{name}", "jump mark-for-masquerade", f"goto svc-{name}")
-        elems.append(f"tcp . {np} : goto ext-{name}")
+        elems.append(f"{proto} . {np} : goto ext-{name}")
     out += ["  map service-nodeports {", "    type inet_proto . inet_service : verdict",
             "    elements = { " + ", ".join(elems) + " }", "  }"]
     chain("services", f"ip daddr {NODE_IP} meta l4proto . th dport vmap @service-nodeports")

@@ -4,6 +4,7 @@
     bench/run.sh is the way to compare; this is the way to see where an LB's time goes:
     python3 bench/suite/profile.py --lb sluice-uring-splice --workload keepalive --tool perf
     python3 bench/suite/profile.py --lb haproxy-1t --workload close --tool strace
+    python3 bench/suite/profile.py --lb sluice-udp-uring --workload udp-bulk --tool strace
 
 --tool perf   : `perf record -g` on the LB's processes during the run, then `perf report`
                 (top symbols, children excluded) into OUT/perf-LB-WORKLOAD.txt
@@ -51,7 +52,10 @@ def main():
         handle = lb.start(topo, tmp)
         suite.wait_ready(topo, lb)
         lb_pids = topo.pids(topo.node)
-        suite.run_wrk(topo, lb.target[0], lb.target[1], suite.WORKLOADS["keepalive"][1], 1)
+        if suite.WORKLOADS[args.workload][0] in suite.UDP_KINDS:
+            suite.run_udpgen(topo, lb.udp_target[0], lb.udp_target[1], suite.WORKLOADS["udp-dns"][1], 1)
+        else:
+            suite.run_wrk(topo, lb.target[0], lb.target[1], suite.WORKLOADS["keepalive"][1], 1)
         base = f"{args.out}/{args.tool}-{args.lb}-{args.workload}"
         if args.tool == "perf":
             tool = subprocess.Popen(["perf", "record", "-g", "-o", base + ".data", "-p",

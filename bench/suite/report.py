@@ -24,7 +24,13 @@ UNITS = {
     "iperf1": ("Gbit/s", _gbit, "GB per LB-CPU-s", lambda r, c: r["bytes"] / 1e9 / c, "bytes"),
     "iperf4": ("Gbit/s", _gbit, "GB per LB-CPU-s", lambda r, c: r["bytes"] / 1e9 / c, "bytes"),
     "scale-keepalive": ("req/s", _rate, "req per LB-CPU-s", lambda r, c: r["requests"] / c, "requests"),
+    # UDP: "requests" are answered queries, completed flows, datagrams received by the pod
+    "udp-dns": ("req/s", _rate, "req per LB-CPU-s", lambda r, c: r["requests"] / c, "requests"),
+    "udp-flows": ("flows/s", _rate, "flows per LB-CPU-s", lambda r, c: r["requests"] / c, "requests"),
+    "udp-bulk": ("datagrams/s", _rate, "datagrams per LB-CPU-s", lambda r, c: r["requests"] / c, "requests"),
 }
+UDP_WORKLOADS = ("udp-dns", "udp-flows", "udp-bulk")
+LATENCY_WORKLOADS = ("keepalive", "close", "1mib", "udp-dns", "udp-flows")
 
 
 def one_line(r):
@@ -32,6 +38,7 @@ def one_line(r):
         return f"{r['lb']:28} {r['workload']:16} rep {r['rep']}  FAILED {r['failed'][:200]}"
     unit, tp, _, _, _ = UNITS[r["workload"]]
     extra = f"  p99 {r['p99_us'] / 1000:.2f} ms" if "p99_us" in r else ""
+    extra += f"  loss {r['loss_pct']:.2f}%" if "loss_pct" in r else ""
     svc = f" ({r['services']} svc)" if r["workload"].startswith("scale") else ""
     return (f"{r['lb']:28} {r['workload']:16}{svc} rep {r['rep']}  {tp(r):10.2f} {unit:7}"
             f"  LB cpu {r['lb_cpu']:6.2f} s  suite cpu {r['suite_cpu']:6.2f} s"
@@ -53,6 +60,20 @@ def lb_cpu_of(r, runs):
         return None
     per_unit = r["suite_cpu"] / r[field] - d[0]["suite_cpu"] / d[0][field]
     return per_unit * r[field] if per_unit > 0 else None
+
+
+def added_over_direct(r, runs, field="suite_cpu"):
+    """Suite CPU (every process of the benchmark + ksoftirqd) per unit of work, minus the same
+    in the `direct` run of the same repetition: µs of whole-benchmark CPU the LB adds per
+    request, flow or datagram (None for `direct` itself). field="machine_cpu": the same from
+    /proc/stat (the whole machine, other users' work included: only on a quiet machine)."""
+    if r["kind"] == "direct" or r["requests"] <= 0:
+        return None
+    d = [x for x in runs if x["lb"] == "direct" and x["workload"] == r["workload"] and x["rep"] == r["rep"]
+         and "failed" not in x and x["requests"] > 0]
+    if not d:
+        return None
+    return 1e6 * (r[field] / r["requests"] - d[0][field] / d[0]["requests"])
 
 
 def med(xs):
@@ -82,6 +103,11 @@ def aggregate(runs, workload, services=None):
         for p in ("p50_us", "p99_us", "p999_us"):
             a[p] = med([r.get(p) for r in rs])
         a["errors"] = sum(r.get("errors", 0) for r in rs)
+        a["loss"] = med([r.get("loss_pct") for r in rs])
+        a["added_us"] = med([added_over_direct(r, runs) for r in rs])
+        a["added_machine_us"] = med([added_over_direct(r, runs, "machine_cpu") for r in rs])
+        a["node_drops"] = med([r.get("node_rcvbuf_drops") for r in rs])
+        a["pod_drops"] = med([r.get("pod_rcvbuf_drops") for r in rs])
         a["retransmits"] = med([r.get("retransmits") for r in rs])
         a["hwm_mb"] = med([r["hwm_kb"] / 1024 for r in rs if r.get("hwm_kb")])
         a["startup_s"] = med([r.get("startup_s") for r in rs])
@@ -141,6 +167,40 @@ def workload_table(runs, workload):
     return "\n".join(lines)
 
 
+def udp_table(runs, workload):
+    agg = aggregate(runs, workload, services=1)
+    unit, _, eunit, _, _ = UNITS[workload]
+    lat = workload != "udp-bulk"
+    head = f"| LB | throughput, {unit} | loss % | drops: LB / pod rcvbuf | "
+    head += "p50 / p99 / p99.9 round trip, ms | " if lat else "Gbit/s received | "
+    head += f"LB CPU s | **{eunit}** | "
+    head += "LB CPU-s per GB | " if not lat else ""
+    head += ("CPU added over direct, µs per " + {"udp-dns": "request", "udp-flows": "flow", "udp-bulk": "datagram"}[workload]
+             + ": suite / whole machine | sluice peak RSS MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for lb, a in agg.items():
+        if a["n"] == 0:
+            lines.append(f"| {lb} | FAILED ({a['failed']} runs) |")
+            continue
+        row = f"| {lb} | {fmt_sig(a['tp'])} | {fmt(a['loss'], 2)} | {fmt(a['node_drops'], 0)} / {fmt(a['pod_drops'], 0)} | "
+        if lat:
+            row += " / ".join(fmt(a[p], 2, 1e-3) if a[p] else "—" for p in ("p50_us", "p99_us", "p999_us")).replace(" (", "&nbsp;(") + " | "
+        else:
+            row += fmt(med([r["bytes"] * 8 / r["secs"] / 1e9 for r in a["runs"]]), 2) + " | "
+        cpu = fmt(a["cpu"], 2) + (" (derived)" if a["kind"] == "nftables" and a["cpu"] else "")
+        row += f"{cpu if a['kind'] != 'direct' else '—'} | **{fmt_sig(a['eff'])}** | "
+        if not lat:
+            per_gb = med([c * 1e9 / r["bytes"] if c and r["bytes"] else None
+                          for r, c in ((r, lb_cpu_of(r, runs)) for r in a["runs"])])
+            row += f"{fmt(per_gb, 2) if a['kind'] != 'direct' else '—'} | "
+        added = f"{fmt(a['added_us'], 2)} / {fmt(a['added_machine_us'], 2)}"
+        row += f"{added if a['kind'] != 'direct' else '—'} | {fmt(a['hwm_mb'], 1)} |"
+        if a["failed"]:
+            row += f" ({a['failed']} failed)"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def goals(runs, workloads):
     """One row per goal: the default sluice variant and the best sluice variant against the
     best proxy peer (HAProxy, nginx) and the best peer of all (with nftables)."""
@@ -150,8 +210,11 @@ def goals(runs, workloads):
             ("1mib", "eff", 1.3, "GB per LB-CPU-s ≥ 1.3× (1mib)"),
             ("iperf1", "eff", 1.3, "GB per LB-CPU-s ≥ 1.3× (iperf1)"),
             ("iperf4", "eff", 1.3, "GB per LB-CPU-s ≥ 1.3× (iperf4)")]
-    spec += [(w, "tp", 1.0, f"throughput ≥ 1× ({w})") for w in workloads]
-    spec += [(w, "p99_us", 1.0, f"p99 ≤ 1× ({w})") for w in ("keepalive", "close", "1mib")]
+    spec += [("udp-dns", "eff", 2.0, "UDP req per LB-CPU-s ≥ 2× (udp-dns)"),
+             ("udp-flows", "tp", 2.0, "UDP new flows/s ≥ 2× (udp-flows)"),
+             ("udp-bulk", "eff", 1.5, "UDP datagrams per LB-CPU-s ≥ 1.5× (udp-bulk, fixed rate)")]
+    spec += [(w, "tp", 1.0, f"throughput ≥ 1× ({w})") for w in workloads if w != "udp-bulk"]
+    spec += [(w, "p99_us", 1.0, f"p99 ≤ 1× ({w})") for w in ("keepalive", "close", "1mib", "udp-dns")]
     rows = []
     for w, key, target, text in spec:
         if w not in aggs:
@@ -202,9 +265,14 @@ def write_markdown(out, info, runs, failures, workloads):
               "close": "HTTP `Connection: close`: one new TCP connection per request (wrk, 64 connections)",
               "1mib": "1 MiB downloads (wrk, 16 keep-alive connections)",
               "iperf1": "iperf3 bulk, 1 stream (client → pod)",
-              "iperf4": "iperf3 bulk, 4 streams (client → pod)"}
+              "iperf4": "iperf3 bulk, 4 streams (client → pod)",
+              "udp-dns": "UDP request/response, DNS-like: 64-byte queries from 64 client ports, one in flight each, "
+                         "one flow per query (`udp_responses = 1`, `proxy_responses 1`)",
+              "udp-flows": "UDP new flows: every 64-byte query from a new source port, 64 in flight",
+              "udp-bulk": "UDP bulk: `iperf3 -u -b 1G -l 1400` (fixed rate, client → pod)"}
     for w in workloads:
-        L += [f"## {titles.get(w, w)}", "", workload_table(runs, w), ""]
+        table = udp_table(runs, w) if w in UDP_WORKLOADS else workload_table(runs, w)
+        L += [f"## {titles.get(w, w)}", "", table, ""]
     counts, by = scale_rows(runs)
     if counts:
         L += ["## Scale: keep-alive with 1, 1,000 and 10,000 Services configured", "",
@@ -244,6 +312,12 @@ def write_markdown(out, info, runs, failures, workloads):
                      f"{g['any'][0]}: {conv(g['any'][1]) if g['any'][0] else '—'} | {r(g['r_any'])} | "
                      f"{g['best_sluice'][0]}: {r(g['r_best_proxy'])} |")
         L += ["", "Bold: goal not met.", ""]
+        bulk = aggregate(runs, "udp-bulk", services=1) if "udp-bulk" in workloads else {}
+        d = bulk.get("direct")
+        if d and d.get("loss"):
+            L += [f"UDP bulk loss (goal: sluice ≤ direct + 0.2 points; direct lost {d['loss'][0]:.2f}%): "
+                  + ", ".join(f"{lb} {a['loss'][0]:.2f}%" + ("" if a['loss'][0] <= d['loss'][0] + 0.2 else " **(over)**")
+                              for lb, a in bulk.items() if a["kind"] != "direct" and a.get("loss")), ""]
     if failures:
         L += ["## Failures", ""] + [f"- {f}" for f in failures] + [""]
     L += ["Charts: [throughput](throughput.svg) · [efficiency](efficiency.svg) · [latency](latency.svg)"
@@ -310,7 +384,7 @@ def write_charts(out, info, runs, workloads):
                                     for lb, a in agg.items()]))
         eff_panels.append((w, eunit, [(lb, a["kind"], [("",) + a["eff"]] if a["eff"] else [("", None, None, None)])
                                       for lb, a in agg.items() if a["kind"] != "direct"]))
-        if w in ("keepalive", "close", "1mib"):
+        if w in LATENCY_WORKLOADS:
             rows = []
             for lb, a in agg.items():
                 ss = []
@@ -348,6 +422,7 @@ def sanity(runs):
         if "failed" in r:
             continue  # already reported
         tag = f"{r['lb']}/{r['workload']}/rep{r['rep']}"
+        # (UDP loss is a measurement, never a failure; an LB that answers nothing is one)
         if r["bytes"] <= 0 or (r["workload"] not in ("iperf1", "iperf4") and r["requests"] <= 0):
             bad.append(f"{tag}: served nothing")
         ed = r.get("error_detail", {})

@@ -1,11 +1,14 @@
 //! Encoder → decoder round trip: whatever addresses, options and unique id the fuzzer picks,
-//! the encoder's output decodes to the same (normalised) addresses and TLVs, and every
-//! strict prefix of it is `Incomplete`.
+//! the encoder's output (stream, or datagram for a UDP Service) decodes to the same
+//! (normalised) addresses and TLVs, its length is what `v2_len` says, and every strict
+//! prefix of it is `Incomplete`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice::model::{Forwarding, ProxyV2Options};
-use sluice::proxy_protocol::{decode, encode, DecodeError, PP2_TYPE_UNIQUE_ID, UNIQUE_ID_MAX};
+use sluice::proxy_protocol::{
+    decode, encode, encode_datagram, v2_len, DecodeError, PP2_TYPE_UNIQUE_ID, UNIQUE_ID_MAX,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Takes `n` bytes from the front of `data` (zero-padded when short).
@@ -52,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
     let v2 = flags & 0x80 != 0;
     let unique_id_wanted = flags & 0x40 != 0;
     let [id_len, ntlv] = take::<2>(&mut data);
+    // The top bit of the TLV count byte picks the datagram encoder (v2 only).
+    let datagram = v2 && ntlv & 0x80 != 0;
     let id_len = usize::from(id_len).min(data.len());
     let (id, mut data) = data.split_at(id_len);
     let mut tlvs = Vec::new();
@@ -71,8 +76,17 @@ fuzz_target!(|data: &[u8]| {
         Forwarding::ProxyV1
     };
     let mut out = b"before".to_vec();
-    assert!(encode(&forwarding, src, dst, id, &mut out));
+    if datagram {
+        assert!(encode_datagram(&forwarding, src, dst, id, &mut out));
+    } else {
+        assert!(encode(&forwarding, src, dst, id, &mut out));
+    }
     let header = &out[6..];
+    if let Forwarding::ProxyV2(opts) = &forwarding {
+        assert_eq!(header.len(), v2_len(src, dst, opts, id.len()));
+        let transport = if datagram { 0x2 } else { 0x1 };
+        assert_eq!(header[13] & 0x0F, transport);
+    }
     let (h, used) = decode(header).expect("the encoder's own output decodes");
     assert_eq!(used, header.len());
     let (s, d) = (unmap(src), unmap(dst));

@@ -178,6 +178,7 @@ mod tests {
                 connect_retries: 2,
                 maglev_table_size: crate::model::DEFAULT_MAGLEV_TABLE_SIZE,
                 forwarding: Default::default(),
+                udp_responses: None,
                 traffic_policy: Default::default(),
                 families: Default::default(),
                 health: Default::default(),

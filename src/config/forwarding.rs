@@ -107,6 +107,39 @@ pub(super) fn mode(
     })
 }
 
+/// A UDP Service's forwarding, judged: PROXY v1 is a text line for a byte stream and has
+/// no datagram form, so it is refused, pointing at the Service's `forwarding` key or, when
+/// the Service inherits it, at its `protocol` key (naming the default's line).
+pub(super) fn check_datagrams(
+    src: &SourceText,
+    e: &ServiceEntry,
+    forwarding: &Forwarding,
+    default: &Default,
+) -> Result<(), ConfigError> {
+    if *forwarding != Forwarding::ProxyV1 {
+        return Ok(());
+    }
+    const WHY: &str = "PROXY v1 is a text line for byte streams and has no form for \
+                       datagrams; use \"proxy-v2\" (a header on every datagram), \
+                       \"transparent\" or \"none\"";
+    let (span, whence) = match (&e.forwarding, &e.protocol) {
+        (Some(v), _) => (v.span(), String::new()),
+        (None, Some(p)) => (
+            p.span(),
+            match default.line {
+                Some(line) => format!(" (the default set at line {line})"),
+                None => " (the default)".to_owned(),
+            },
+        ),
+        // UDP is never the default protocol, so `protocol` is written; point at the name.
+        (None, None) => (e.name.span(), String::new()),
+    };
+    Err(src.error(
+        &span,
+        format!("forwarding \"proxy-v1\"{whence} cannot be used on a UDP Service: {WHY}"),
+    ))
+}
+
 fn tlvs(
     src: &SourceText,
     list: &Spanned<Vec<Spanned<TlvEntry>>>,

@@ -3,8 +3,9 @@
 //! same objects. API types: k8s-openapi 0.29 with feature `v1_34` (Kubernetes 1.34).
 //!
 //! What it implements (docs/kubernetes.md):
-//! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP; UDP and
-//!   SCTP are reported and skipped). ClusterIP/ExternalName and headless Services, and
+//! - Services of type NodePort and LoadBalancer, one [`ServicePort`] per port (TCP and UDP;
+//!   SCTP is reported and skipped; a UDP port of a Service that forwards with proxy-v1 too).
+//!   UDP ports get the UDP idle timeout (30 s) and `sluice.io/udp-responses`. ClusterIP/ExternalName and headless Services, and
 //!   Services labelled `service.kubernetes.io/service-proxy-name` with another proxy's name,
 //!   are skipped quietly, as kube-proxy does.
 //! - A port without `nodePort` gets one the way the TOML path allocates it (upper band
@@ -43,8 +44,9 @@ mod tests;
 
 use super::allocate::{self, Request};
 use crate::model::{
-    Families, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort, ServicePortKey,
-    Settings, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES, DEFAULT_AFFINITY_TIMEOUT,
+    Families, Forwarding, Model, Policy, Protocol, ServiceMeta, ServiceName, ServicePort,
+    ServicePortKey, Settings, Timeouts, TrafficPolicy, DEFAULT_AFFINITY_MAX_ENTRIES,
+    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_UDP_IDLE_TIMEOUT,
 };
 pub use addresses::node_primary_ips;
 use addresses::service_addresses;
@@ -58,7 +60,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use annotations::{default_forwarding, FORWARDING, HASH_KEY, HOLD_WHEN_EMPTY, POLICY};
+pub use annotations::{
+    default_forwarding, FORWARDING, HASH_KEY, HOLD_WHEN_EMPTY, POLICY, UDP_RESPONSES,
+};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -294,17 +298,19 @@ pub fn build_model(
     );
     for s in &mut services {
         let object = format!("Service {}", s.key.service);
-        s.endpoints.retain(|e| match served.explain(e.addr) {
-            None => true,
-            Some(why) => {
-                problems.push(Problem {
-                    object: object.clone(),
-                    reason: reason::ENDPOINT_LOOPS,
-                    message: format!("{why}; this endpoint is skipped"),
-                });
-                false
-            }
-        });
+        let protocol = s.key.protocol;
+        s.endpoints
+            .retain(|e| match served.explain(protocol, e.addr) {
+                None => true,
+                Some(why) => {
+                    problems.push(Problem {
+                        object: object.clone(),
+                        reason: reason::ENDPOINT_LOOPS,
+                        message: format!("{why}; this endpoint is skipped"),
+                    });
+                    false
+                }
+            });
     }
     services.sort_by(|a, b| a.key.cmp(&b.key));
     (
@@ -482,21 +488,24 @@ fn convert_service(
         } else {
             format!("port {port_name:?}")
         };
-        let protocol = match protocol_text {
-            "TCP" => Protocol::Tcp,
-            "UDP" | "SCTP" => {
+        let protocol = match Protocol::ALL
+            .into_iter()
+            .find(|p| p.name() == protocol_text)
+        {
+            Some(protocol) => protocol,
+            None if protocol_text == "SCTP" => {
                 report(
                     reason::PORT_NOT_SERVED,
-                    format!("{what} is {protocol_text}: sluice serves only TCP; not served"),
+                    format!("{what} is SCTP: sluice serves TCP and UDP; not served"),
                     problems,
                     &mut warnings,
                 );
                 continue;
             }
-            other => {
+            None => {
                 report(
                     reason::PORT_NOT_SERVED,
-                    format!("{what} has unknown protocol {other:?}; not served"),
+                    format!("{what} has unknown protocol {protocol_text:?}; not served"),
                     problems,
                     &mut warnings,
                 );
@@ -552,6 +561,30 @@ fn convert_service(
             // Resolved per endpoint from its slice; the Service itself has no number.
             Some(IntOrString::String(_)) => 0,
         };
+        if protocol == Protocol::Udp && settings_from_annotations.forwarding == Forwarding::ProxyV1
+        {
+            report(
+                reason::PORT_NOT_SERVED,
+                format!(
+                    "{what} is UDP and the Service forwards with proxy-v1, which has no form \
+                     for datagrams (use proxy-v2, transparent or none); not served"
+                ),
+                problems,
+                &mut warnings,
+            );
+            continue;
+        }
+        let (timeouts, udp_responses) = match protocol {
+            Protocol::Tcp => (settings_from_annotations.timeouts, None),
+            Protocol::Udp => (
+                Timeouts {
+                    idle: DEFAULT_UDP_IDLE_TIMEOUT,
+                    hold_when_empty: None,
+                    ..settings_from_annotations.timeouts
+                },
+                settings_from_annotations.udp_responses,
+            ),
+        };
         let endpoints = index.endpoints(name, &port_name, protocol_text, options);
         let key = ServicePortKey {
             service: name.clone(),
@@ -581,10 +614,11 @@ fn convert_service(
                 target_port,
                 endpoints,
                 policy,
-                timeouts: settings_from_annotations.timeouts,
+                timeouts,
                 connect_retries: settings.defaults.connect_retries,
                 maglev_table_size: settings.defaults.maglev_table_size,
                 forwarding: settings_from_annotations.forwarding.clone(),
+                udp_responses,
                 traffic_policy,
                 families,
                 health: settings.defaults.health.clone(),

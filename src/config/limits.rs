@@ -81,6 +81,18 @@ pub const MAX_CONNECTIONS_PER_WORKER: CountRange = CountRange {
     min: 1,
     max: 1 << 20,
 };
+/// `max_flows_per_worker`: each UDP flow holds one upstream socket (one fd), and a process
+/// may have at most `fs.nr_open` (1,048,576 by default) of them.
+pub const MAX_FLOWS_PER_WORKER: CountRange = CountRange {
+    min: 1,
+    max: 1 << 20,
+};
+/// `udp_responses`: counted per flow; a flow that answers more than a million times is a
+/// stream, which the idle timeout ends.
+pub const UDP_RESPONSES: CountRange = CountRange {
+    min: 1,
+    max: 1_000_000,
+};
 /// `max_held_per_worker` and `max_held_per_service`: connections held for Services without
 /// a usable endpoint (`hold_when_empty`); 0 turns holding off.
 pub const HELD_CONNECTIONS: CountRange = CountRange {
@@ -132,6 +144,8 @@ pub const COUNTS: &[(&str, CountRange)] = &[
     ("affinity_timeout_seconds", AFFINITY_TIMEOUT_SECONDS),
     ("workers", WORKERS),
     ("max_connections_per_worker", MAX_CONNECTIONS_PER_WORKER),
+    ("max_flows_per_worker", MAX_FLOWS_PER_WORKER),
+    ("udp_responses", UDP_RESPONSES),
     ("max_held_per_worker", HELD_CONNECTIONS),
     ("max_held_per_service", HELD_CONNECTIONS),
     ("backlog", BACKLOG),
@@ -229,6 +243,10 @@ mod tests {
                 " }]\n",
             ),
             "health_check_timeout" => ("health_check_interval = \"1h\"\n", ""),
+            "udp_responses" => (
+                "[[service]]\nname = \"a\"\nport = 53\nprotocol = \"UDP\"\n",
+                "",
+            ),
             "hold_when_empty" | "connect_timeout" | "idle_timeout" | "connect_retries" => {
                 (SERVICE, "")
             }

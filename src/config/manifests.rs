@@ -10,7 +10,7 @@
 //!
 //! A file that cannot be read or parsed fails the whole load with a [`ConfigError`] naming
 //! the file, the document and, where the parser knows it, the line and column: a reload
-//! then keeps the running configuration. Problems with single objects (a UDP port, an
+//! then keeps the running configuration. Problems with single objects (an SCTP port, an
 //! invalid annotation) are not errors: they come back as [`Problem`]s and the rest is served.
 //!
 //! Node-wide settings come from an optional TOML file (`--config`) with the keys of

@@ -207,6 +207,7 @@ const NODE_WIDE_ONLY: &[&str] = &[
     "max_connections_per_worker",
     "max_held_per_worker",
     "max_held_per_service",
+    "max_flows_per_worker",
     "relay",
     "driver",
     "backlog",

@@ -4,7 +4,10 @@
 //! Service port with its endpoints. Allocated NodePorts are marked so that an operator knows
 //! which ones came from sluice rather than the file. Nothing here is meant to be parsed.
 
-use crate::model::{ListenAddresses, Model, ServiceDefaults, ServicePort, TrafficPolicy};
+use crate::model::{
+    ListenAddresses, Model, Protocol, ServiceDefaults, ServicePort, TrafficPolicy,
+    DEFAULT_UDP_IDLE_TIMEOUT,
+};
 use crate::table::usable::{routing_weights, Tier};
 use std::fmt::Write;
 
@@ -50,11 +53,13 @@ pub(super) fn render(model: &Model) -> String {
     let _ = writeln!(
         out,
         "workers: {workers} ({pinned})   driver: {driver}   relay: {relay}   node-port range: {}   \
-         max connections per worker: {} (held: {}, per Service: {})   backlog: {}",
+         max connections per worker: {} (held: {}, per Service: {})   max flows per worker: {}   \
+         backlog: {}",
         s.node_port_range,
         s.max_connections_per_worker,
         s.max_held_per_worker,
         s.max_held_per_service,
+        s.max_flows_per_worker,
         s.backlog
     );
     let _ = writeln!(out, "service defaults: {}", tunables(&s.defaults));
@@ -94,20 +99,30 @@ pub(super) fn render(model: &Model) -> String {
     for p in &model.services {
         let d = &s.defaults;
         let mut own = Vec::new();
-        if p.timeouts.connect != d.timeouts.connect {
+        let udp = p.key.protocol == Protocol::Udp;
+        // Connect timeouts and retries mean nothing to datagrams.
+        if p.timeouts.connect != d.timeouts.connect && !udp {
             own.push(format!(
                 "connect timeout {}",
                 humantime::format_duration(p.timeouts.connect)
             ));
         }
-        if p.timeouts.idle != d.timeouts.idle {
+        let idle_default = if udp {
+            DEFAULT_UDP_IDLE_TIMEOUT
+        } else {
+            d.timeouts.idle
+        };
+        if p.timeouts.idle != idle_default {
             own.push(format!(
                 "idle timeout {}",
                 humantime::format_duration(p.timeouts.idle)
             ));
         }
-        if p.connect_retries != d.connect_retries {
+        if p.connect_retries != d.connect_retries && !udp {
             own.push(plural(p.connect_retries as usize, "connect retry"));
+        }
+        if let Some(n) = p.udp_responses {
+            own.push(format!("flows end after {}", plural(n as usize, "reply")));
         }
         if p.maglev_table_size != d.maglev_table_size {
             own.push(format!("maglev table {}", p.maglev_table_size));
@@ -225,6 +240,7 @@ fn endpoints(p: &ServicePort) -> String {
         }
     }
     let none = match p.timeouts.hold_when_empty {
+        None if p.key.protocol == Protocol::Udp => "none usable: datagrams are dropped".to_owned(),
         None => "none usable: connections are reset".to_owned(),
         Some(d) => format!(
             "none usable: connections wait up to {} for one",

@@ -4,14 +4,15 @@
 //! at its `FILE:LINE:COLUMN`, from Kubernetes objects as a problem of the Service, the
 //! endpoint skipped.
 //!
-//! An endpoint loops when its port is one of this configuration's NodePorts and its address
+//! An endpoint loops when its port is one of this configuration's NodePorts of the same
+//! protocol (a UDP endpoint on a TCP NodePort's number reaches no sluice socket) and its address
 //! is one sluice listens on: a listen address itself, or — with a wildcard (no
 //! `listen_addresses`, `0.0.0.0`, `::`) — any address of this node: loopback addresses and
 //! the node's interface addresses. Reading those is the embedding program's job
 //! ([`set_local_addresses`]; `sluice` does it with getifaddrs): this module does no IO, and
 //! without a source only loopback addresses count as the node's.
 
-use crate::model::{ListenAddresses, ServicePort};
+use crate::model::{ListenAddresses, Protocol, ServicePort};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
@@ -31,8 +32,8 @@ pub(super) fn local_addresses() -> Vec<IpAddr> {
 
 /// What decides whether an endpoint loops: the NodePorts and where they are served.
 pub(super) struct Served {
-    /// NodePort → the Service port served on it.
-    node_ports: HashMap<u16, String>,
+    /// (protocol, NodePort) → the Service port served on it.
+    node_ports: HashMap<(Protocol, u16), String>,
     /// The addresses NodePorts are bound on (`listen_addresses` resolved against `local`
     /// and the primary addresses); `None`: every address.
     bound: Option<Vec<IpAddr>>,
@@ -55,7 +56,7 @@ impl Served {
                 .filter(|s| s.node_port != 0)
                 .map(|s| {
                     (
-                        s.node_port,
+                        (s.key.protocol, s.node_port),
                         format!("{}/{} of {}", s.node_port, s.key.protocol, s.key),
                     )
                 })
@@ -65,10 +66,11 @@ impl Served {
         }
     }
 
-    /// `Some(why)` when `endpoint` loops: "sluice's own NodePort …" words for a message.
-    pub(super) fn explain(&self, endpoint: SocketAddr) -> Option<String> {
-        let how = self.loops(endpoint)?;
-        let node_port = self.node_ports.get(&endpoint.port())?;
+    /// `Some(why)` when `endpoint` of a `protocol` Service loops: "sluice's own NodePort …"
+    /// words for a message.
+    pub(super) fn explain(&self, protocol: Protocol, endpoint: SocketAddr) -> Option<String> {
+        let how = self.loops(protocol, endpoint)?;
+        let node_port = self.node_ports.get(&(protocol, endpoint.port()))?;
         Some(format!(
             "endpoint {endpoint} is sluice's own NodePort {node_port} on this node ({how}): \
              its connections would come straight back into sluice"
@@ -77,8 +79,8 @@ impl Served {
 
     /// `Some(why)` when connecting to `endpoint` reaches sluice itself: which listen
     /// address serves it.
-    fn loops(&self, endpoint: SocketAddr) -> Option<String> {
-        if !self.node_ports.contains_key(&endpoint.port()) {
+    fn loops(&self, protocol: Protocol, endpoint: SocketAddr) -> Option<String> {
+        if !self.node_ports.contains_key(&(protocol, endpoint.port())) {
             return None;
         }
         let ip = canonical(endpoint.ip());
@@ -111,7 +113,7 @@ mod tests {
     fn served(listen: ListenAddresses, local: &[&str]) -> Served {
         let local: Vec<IpAddr> = local.iter().map(|a| a.parse().unwrap()).collect();
         Served {
-            node_ports: [(30000, "30000/TCP of itest/a".to_owned())]
+            node_ports: [((Protocol::Tcp, 30000), "30000/TCP of itest/a".to_owned())]
                 .into_iter()
                 .collect(),
             bound: listen.resolve(&local, &[]),
@@ -138,24 +140,24 @@ mod tests {
             "[2001:db8::10]:30000",
             "[::ffff:192.0.2.10]:30000",
         ] {
-            assert!(all.loops(ep(looping)).is_some(), "{looping}");
+            assert!(all.loops(Protocol::Tcp, ep(looping)).is_some(), "{looping}");
         }
         for fine in [
             "127.0.0.1:30001",
             "192.0.2.11:30000",
             "[2001:db8::11]:30000",
         ] {
-            assert_eq!(all.loops(ep(fine)), None, "{fine}");
+            assert_eq!(all.loops(Protocol::Tcp, ep(fine)), None, "{fine}");
         }
 
         let one = served(only(&["192.0.2.10"]), &["192.0.2.10", "192.0.2.20"]);
         assert_eq!(
-            one.loops(ep("192.0.2.10:30000")).as_deref(),
+            one.loops(Protocol::Tcp, ep("192.0.2.10:30000")).as_deref(),
             Some("listen address 192.0.2.10")
         );
         // Not listened on: a connection there reaches whatever else listens, not sluice.
-        assert_eq!(one.loops(ep("192.0.2.20:30000")), None);
-        assert_eq!(one.loops(ep("127.0.0.1:30000")), None);
+        assert_eq!(one.loops(Protocol::Tcp, ep("192.0.2.20:30000")), None);
+        assert_eq!(one.loops(Protocol::Tcp, ep("127.0.0.1:30000")), None);
 
         // A CIDR: the node's addresses inside it.
         let cidr = served(
@@ -165,17 +167,40 @@ mod tests {
             },
             &["192.0.2.10", "198.51.100.1"],
         );
-        assert!(cidr.explain(ep("192.0.2.10:30000")).is_some());
-        assert!(cidr.explain(ep("192.0.2.99:30000")).is_none());
-        assert!(cidr.explain(ep("198.51.100.1:30000")).is_none());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("192.0.2.10:30000"))
+            .is_some());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("192.0.2.99:30000"))
+            .is_none());
+        assert!(cidr
+            .explain(Protocol::Tcp, ep("198.51.100.1:30000"))
+            .is_none());
         let v4_wildcard = served(only(&["0.0.0.0"]), &["192.0.2.10", "2001:db8::10"]);
-        assert!(v4_wildcard.loops(ep("192.0.2.10:30000")).is_some());
-        assert!(v4_wildcard.loops(ep("127.0.0.2:30000")).is_some());
-        assert_eq!(v4_wildcard.loops(ep("[2001:db8::10]:30000")), None);
+        assert!(v4_wildcard
+            .loops(Protocol::Tcp, ep("192.0.2.10:30000"))
+            .is_some());
+        assert!(v4_wildcard
+            .loops(Protocol::Tcp, ep("127.0.0.2:30000"))
+            .is_some());
+        assert_eq!(
+            v4_wildcard.loops(Protocol::Tcp, ep("[2001:db8::10]:30000")),
+            None
+        );
 
         let v6_wildcard = served(only(&["::"]), &["192.0.2.10", "2001:db8::10"]);
-        assert!(v6_wildcard.loops(ep("192.0.2.10:30000")).is_some());
-        assert!(v6_wildcard.loops(ep("[2001:db8::10]:30000")).is_some());
-        assert_eq!(v6_wildcard.loops(ep("198.51.100.1:30000")), None);
+        assert!(v6_wildcard
+            .loops(Protocol::Tcp, ep("192.0.2.10:30000"))
+            .is_some());
+        assert!(v6_wildcard
+            .loops(Protocol::Tcp, ep("[2001:db8::10]:30000"))
+            .is_some());
+        assert_eq!(
+            v6_wildcard.loops(Protocol::Tcp, ep("198.51.100.1:30000")),
+            None
+        );
+
+        // A UDP endpoint on a TCP NodePort's number reaches no sluice socket.
+        assert_eq!(all.loops(Protocol::Udp, ep("127.0.0.1:30000")), None);
     }
 }

@@ -49,6 +49,16 @@ pub(super) fn settings(
         )?,
         None => base.max_connections_per_worker,
     };
+    let max_flows_per_worker = match &f.max_flows_per_worker {
+        Some(v) => count(
+            src,
+            v,
+            "max_flows_per_worker",
+            limits::MAX_FLOWS_PER_WORKER,
+            "each UDP flow holds one socket",
+        )?,
+        None => base.max_flows_per_worker,
+    };
     let held = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
         Some(v) => count(
             src,
@@ -136,6 +146,7 @@ pub(super) fn settings(
         max_connections_per_worker,
         max_held_per_worker,
         max_held_per_service,
+        max_flows_per_worker,
         relay,
         backlog,
         defaults,

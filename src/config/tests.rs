@@ -51,6 +51,7 @@ fn happy_config_from_the_brief() {
             connect_retries: 2,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             forwarding: Default::default(),
+            udp_responses: None,
             traffic_policy: Default::default(),
             families: Default::default(),
             health: Default::default(),
@@ -493,6 +494,19 @@ fn every_relay_and_driver_name_parses_back() {
     for driver in DriverSetting::ALL {
         let m = one_service(&format!("driver = \"{driver}\""), "");
         assert_eq!(m.settings.driver, driver);
+    }
+}
+
+#[test]
+fn every_protocol_name_parses_back() {
+    for protocol in Protocol::ALL {
+        let m = one_service("", &format!("protocol = \"{protocol}\""));
+        assert_eq!(m.services[0].key.protocol, protocol);
+        let shown = render_check(&m);
+        assert!(
+            shown.contains(&format!("/{}", protocol.name())),
+            "`check` prints the NodePort as 30000/{protocol}: {shown}"
+        );
     }
 }
 

@@ -21,7 +21,7 @@ use super::{ConfigError, SourceText};
 use crate::model::{
     names, Endpoint, HashKey, Model, NodePortRange, Policy, PolicyKind, Protocol, ServiceName,
     ServicePort, ServicePortKey, Settings, Timeouts, DEFAULT_AFFINITY_MAX_ENTRIES,
-    DEFAULT_AFFINITY_TIMEOUT,
+    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_UDP_IDLE_TIMEOUT,
 };
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -38,14 +38,20 @@ pub(super) fn build(
     let (settings, range_span) = settings(src, &file)?;
     let default_forwarding = forwarding::default(src, &file.forwarding)?;
     let mut checked: Vec<Checked> = Vec::with_capacity(file.service.len());
-    let mut by_key: HashMap<ServicePortKey, usize> = HashMap::new();
+    // A Service's port names are unique whatever the protocol (Kubernetes: "Duplicate
+    // value"), so TCP 53 and UDP 53 of one Service need two names.
+    let mut by_key: HashMap<(ServiceName, String), usize> = HashMap::new();
     let mut by_node_port: HashMap<(Protocol, u16), usize> = HashMap::new();
     let top_health = HealthKeys::of_file(&file);
     let mut claims = addresses::Claims::default();
     for entry in &file.service {
         let this = service(src, entry, &settings, &default_forwarding, top_health)?;
         claims.claim(src, entry, &this.port.key, this.port.port)?;
-        if let Some(&first) = by_key.get(&this.port.key) {
+        let name_key = (
+            this.port.key.service.clone(),
+            this.port.key.port_name.clone(),
+        );
+        if let Some(&first) = by_key.get(&name_key) {
             return Err(src.error(
                 &this.name_span,
                 format!(
@@ -75,7 +81,7 @@ pub(super) fn build(
             }
             by_node_port.insert(wanted, checked.len());
         }
-        by_key.insert(this.port.key.clone(), checked.len());
+        by_key.insert(name_key, checked.len());
         checked.push(this);
     }
     check_port_names(src, &checked)?;
@@ -124,9 +130,11 @@ pub(super) fn build(
         self_loop::local_addresses(),
         &[],
     );
-    for (addr, span) in endpoint_spans.iter().flatten() {
-        if let Some(why) = served.explain(*addr) {
-            return Err(src.error(span, why));
+    for (service, spans) in services.iter().zip(&endpoint_spans) {
+        for (addr, span) in spans {
+            if let Some(why) = served.explain(service.key.protocol, *addr) {
+                return Err(src.error(span, why));
+            }
         }
     }
     Ok(Model {
@@ -248,22 +256,53 @@ fn service(
             &e.idle_timeout,
             "idle_timeout",
             limits::IDLE_TIMEOUT,
-            defaults.timeouts.idle,
+            match protocol {
+                Protocol::Tcp => defaults.timeouts.idle,
+                // The top-level idle_timeout is the TCP default: flows have their own.
+                Protocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
+            },
         )?,
-        hold_when_empty: match &e.hold_when_empty {
-            Some(_) => Some(opt_duration(
+        hold_when_empty: match (&e.hold_when_empty, protocol) {
+            (Some(v), Protocol::Udp) => {
+                return Err(src.error(
+                    &v.span(),
+                    "`hold_when_empty` applies to TCP Services only: a UDP datagram cannot \
+                     wait for an endpoint (it is dropped and counted)",
+                ))
+            }
+            (Some(_), Protocol::Tcp) => Some(opt_duration(
                 src,
                 &e.hold_when_empty,
                 "hold_when_empty",
                 limits::HOLD_WHEN_EMPTY,
                 std::time::Duration::ZERO,
             )?),
-            None => defaults.timeouts.hold_when_empty,
+            (None, Protocol::Tcp) => defaults.timeouts.hold_when_empty,
+            (None, Protocol::Udp) => None,
         },
+    };
+    let udp_responses = match (&e.udp_responses, protocol) {
+        (None, _) => None,
+        (Some(v), Protocol::Udp) => Some(count(
+            src,
+            v,
+            "udp_responses",
+            limits::UDP_RESPONSES,
+            "leave it out for flows that end at their idle timeout only",
+        )?),
+        (Some(v), Protocol::Tcp) => {
+            return Err(src.error(
+                &v.span(),
+                "`udp_responses` applies to protocol = \"UDP\" only",
+            ))
+        }
     };
     let connect_retries = opt_retries(src, &e.connect_retries, defaults.connect_retries)?;
     let maglev_table_size = opt_table_size(src, &e.maglev_table_size, defaults.maglev_table_size)?;
     let forwarding = forwarding::service(src, e, default_forwarding)?;
+    if protocol == Protocol::Udp {
+        forwarding::check_datagrams(src, e, &forwarding, default_forwarding)?;
+    }
     let health = health::service(src, HealthKeys::of_service(e), top_health)?;
     let addresses = addresses::service(src, e, settings.source_ranges_on_node_ports)?;
 
@@ -328,6 +367,7 @@ fn service(
             connect_retries,
             maglev_table_size,
             forwarding,
+            udp_responses,
             traffic_policy: Default::default(),
             families: Default::default(),
             health,

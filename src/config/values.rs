@@ -7,7 +7,7 @@
 use super::file::{DurationText, EndpointEntry};
 use super::limits::{self, CountRange, DurationRange};
 use super::{ConfigError, SourceText};
-use crate::model::{Endpoint, Protocol, DEFAULT_WEIGHT};
+use crate::model::{names, Endpoint, Protocol, DEFAULT_WEIGHT};
 use serde_spanned::Spanned;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -97,20 +97,16 @@ fn endpoint_text(text: &str) -> Option<(IpAddr, Option<u16>)> {
 }
 
 pub(super) fn protocol(src: &SourceText, p: &Spanned<String>) -> Result<Protocol, ConfigError> {
-    match p.get_ref().as_str() {
-        "TCP" => Ok(Protocol::Tcp),
-        "UDP" | "SCTP" => Err(src.error(
+    if p.get_ref() == "SCTP" {
+        return Err(src.error(
             &p.span(),
-            format!(
-                "protocol {:?} is not served: sluice serves only TCP so far",
-                p.get_ref()
-            ),
-        )),
-        other => Err(src.error(
-            &p.span(),
-            format!("unknown protocol {other:?}: expected \"TCP\" (upper case, as in Kubernetes)"),
-        )),
+            "protocol \"SCTP\" is not served: sluice serves TCP and UDP",
+        ));
     }
+    choice(src, p, "protocol", &names(&Protocol::ALL, Protocol::name)).map_err(|mut e| {
+        e.message.push_str(" (upper case, as in Kubernetes)");
+        e
+    })
 }
 
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@
 //! nobody accepts on) costs seconds, not minutes.
 
 use super::protocol::{
-    request_line, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
+    request_line, FlowList, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
     UpgradeOutcome,
 };
 use super::render;
@@ -189,5 +189,6 @@ fn human(request: &Request, result: serde_json::Value) -> Result<String, serde_j
         Request::Upgrade { .. } => {
             render::upgrade(&serde_json::from_value::<UpgradeOutcome>(result)?)
         }
+        Request::Flows { .. } => render::flows(&serde_json::from_value::<FlowList>(result)?),
     })
 }

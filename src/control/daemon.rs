@@ -216,6 +216,14 @@ impl Daemon {
             h.updated(SystemTime::now(), true);
             h.sync_durations.observe(started.elapsed().as_secs_f64());
         }
+        // The healthCheckNodePorts before the NodePorts: a load balancer (or a client) that
+        // reaches a NodePort finds its health check answering too, never refused.
+        let (handed_over, handed_over_rx) = tokio::sync::watch::channel(false);
+        let mut health_check_node_ports =
+            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health), handed_over_rx.clone());
+        // After `ctl upgrade`: the healthCheckNodePort listeners the old process passed.
+        health_check_node_ports.inherit(successor.take_all(SocketKind::HealthCheckNodePort));
+        health_check_node_ports.open_new(&model, wanted.node_port_addresses.as_deref());
         // NodePorts now (all or nothing); the Services' own addresses once the daemon is
         // built, where they can be bound.
         let mut plane = Dataplane::start_inheriting(
@@ -249,9 +257,6 @@ impl Daemon {
             source: source_metrics.clone(),
         };
 
-        let (handed_over, handed_over_rx) = tokio::sync::watch::channel(false);
-        let health_check_node_ports =
-            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health), handed_over_rx.clone());
         let mut daemon = Daemon {
             source,
             source_metrics,
@@ -288,9 +293,6 @@ impl Daemon {
         for key in unused {
             tracing::info!(address = %key.addr, "inherited NodePort listeners not served any more: closed");
         }
-        daemon
-            .health_check_node_ports
-            .inherit(successor.take_all(SocketKind::HealthCheckNodePort));
         successor.release_rest();
         daemon.after_publish();
         if let Some(state) = successor.take_state() {
@@ -597,9 +599,21 @@ impl Daemon {
         overrides.retain_existing(&next);
         let effective = self.effective(&next, &overrides);
         phases.lap("effective");
+        // A new Service's healthCheckNodePort listens before its NodePort does (as at
+        // start), on the addresses NodePorts are served on now (a change of those is
+        // followed after the publish).
+        self.health_check_node_ports
+            .open_new(&next, self.listening.node_port_addresses.as_deref());
         // The node's addresses may have changed (DHCP, an added VIP): read again. One
         // sluice per NodePort: a new one another process listens on fails the reload.
-        let prepared = self.prepare_listeners(&effective)?;
+        let prepared = match self.prepare_listeners(&effective) {
+            Ok(p) => p,
+            Err(e) => {
+                self.health_check_node_ports
+                    .sync(&self.model, self.listening.node_port_addresses.as_deref());
+                return Err(e);
+            }
+        };
         phases.lap("prepare");
         // Nothing can fail from here on.
         let generation = self.generation + 1;

@@ -154,6 +154,23 @@ impl HealthCheckServers {
             }
             keep
         });
+        self.open_wanted(&wanted, listen);
+    }
+
+    /// Opens the listeners `model` adds and closes none, before its NodePorts take
+    /// connections (at start and in a reload before the new NodePort listeners are opened):
+    /// whoever reaches a NodePort finds its health check listening. A new one answers 503
+    /// (no local endpoints counted yet) until [`sync`](Self::sync) after the publish; a
+    /// reload that fails takes them back with a `sync` to the running model.
+    pub(super) fn open_new(&mut self, model: &Model, listen: Option<&[IpAddr]>) {
+        self.open_wanted(&wanted(model), listen);
+    }
+
+    fn open_wanted(
+        &mut self,
+        wanted: &HashMap<ServiceName, (u16, usize)>,
+        listen: Option<&[IpAddr]>,
+    ) {
         let mut names: Vec<&ServiceName> = wanted.keys().collect();
         names.sort();
         for name in names {

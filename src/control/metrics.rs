@@ -190,6 +190,7 @@ pub fn render(sources: &MetricsInputs, format: Format) -> String {
 
     dataplane::register_services(&mut reg, &snapshot, &sources.endpoint_health);
     dataplane::register_workers(&mut reg, &sources.monitor);
+    dataplane::register_flows(&mut reg, &sources.monitor);
 
     let h = healthz::lock(&sources.health).clone();
     let reloads = counter_family(&mut reg, "sluice_reloads", "Reload attempts by result");

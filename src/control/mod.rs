@@ -14,6 +14,7 @@
 //! | `source_files.rs` | reading the source's files off the loop, queued reloads |
 //! | `requests.rs` | what a `ctl` request does (dispatch, endpoint overrides) |
 //! | `views.rs` | **what `ctl` shows**: status, services, endpoints, describe data |
+//! | `flows.rs` | `ctl flows`: the workers' live flows and connections, awaited off the loop |
 //! | [`protocol`] | the versioned JSON-lines protocol of the control socket |
 //! | `socket.rs` | the Unix socket server, its peer checks and fairness |
 //! | [`render`] | human output of `sluice ctl` |
@@ -35,6 +36,7 @@ pub mod client;
 mod daemon;
 pub mod endpoint_health;
 mod fatal;
+mod flows;
 mod hcnp;
 mod healthz;
 mod listeners;
@@ -309,6 +311,19 @@ async fn serve_as(
                 }
                 Some(((Request::Reload, reply), _)) => {
                     reloads.request(ReloadWaiter::Client(reply), || daemon.reload_plan());
+                }
+                // The workers answer off the loop (flows.rs).
+                Some(((Request::Flows { service, limit }, reply), _)) => {
+                    match daemon.flows(service.as_deref(), limit) {
+                        Ok(pending) => {
+                            tokio::task::spawn_blocking(move || {
+                                let _ = reply.send(pending.answer());
+                            });
+                        }
+                        Err(answer) => {
+                            let _ = reply.send(answer);
+                        }
+                    }
                 }
                 Some(((request, reply), _)) => {
                     let response = daemon.handle(request);

@@ -63,7 +63,22 @@ pub enum Request {
         #[serde(default)]
         ready_timeout_seconds: Option<u64>,
     },
+    /// The live UDP flows and TCP connections, of every Service or of one (like
+    /// `conntrack -L`): at most `limit` (default [`FLOWS_DEFAULT_LIMIT`], at most
+    /// [`FLOWS_MAX_LIMIT`]) with the count of all.
+    Flows {
+        /// `[NAMESPACE/]NAME[:PORT_NAME]`.
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
+
+/// Entries `flows` lists when the request names no limit.
+pub const FLOWS_DEFAULT_LIMIT: usize = 1000;
+/// The largest `limit` of `flows` (the answer stays a few MB at most).
+pub const FLOWS_MAX_LIMIT: usize = 100_000;
 
 /// What `endpoint ...` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +186,7 @@ const COMMANDS: &[&str] = &[
     "endpoint",
     "log-level",
     "upgrade",
+    "flows",
 ];
 
 /// Parses one request line (without its newline). An object that names a key twice is
@@ -393,6 +409,44 @@ pub struct EndpointInfo {
     pub counters: Counters,
 }
 
+/// Result of `flows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowList {
+    /// Every flow and connection that matched, in the workers that answered.
+    pub total: usize,
+    /// The most listed (`flows` holds at most this many).
+    pub limit: usize,
+    pub workers: usize,
+    /// Workers that answered within the request's deadline (each answers between two turns
+    /// of its loop; one that did not is left out of `total` and `flows`).
+    pub workers_answered: usize,
+    /// UDP flows first, then TCP connections; each by Service, client and node address.
+    pub flows: Vec<FlowInfo>,
+}
+
+/// One live UDP flow or TCP connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// `UDP` or `TCP`.
+    pub protocol: String,
+    /// `namespace/name[:port_name]`.
+    pub service: String,
+    pub client: String,
+    /// The node address and port the client reached.
+    pub node: String,
+    /// `None` while a TCP connection has no endpoint yet (connecting, or held).
+    pub endpoint: Option<String>,
+    pub age_seconds: f64,
+    /// Since the last datagram either way (UDP) or the last byte moved (TCP).
+    pub idle_seconds: f64,
+    pub bytes_to_endpoint: u64,
+    pub bytes_to_client: u64,
+    /// UDP only.
+    pub datagrams_to_endpoint: Option<u64>,
+    pub datagrams_to_client: Option<u64>,
+    pub worker: usize,
+}
+
 /// One Service port as served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServicePortInfo {
@@ -534,6 +588,14 @@ mod tests {
             Request::Upgrade {
                 binary: Some("/usr/bin/sluice".into()),
                 ready_timeout_seconds: Some(5),
+            },
+            Request::Flows {
+                service: Some("itest/dns".into()),
+                limit: Some(5),
+            },
+            Request::Flows {
+                service: None,
+                limit: None,
             },
         ];
         for r in all {

@@ -1,12 +1,12 @@
 //! Human output of `sluice ctl`: the tables of `status`, `services`, `endpoints`, `stats`,
-//! `reload` and endpoint overrides here; `describe service` in the exact layout
+//! `flows`, `reload` and endpoint overrides here; `describe service` in the exact layout
 //! `kubectl describe service` prints in [`describe`](mod@describe) (re-exported).
 //!
 //! Pure functions from protocol results to text; no IO. Names of model values (policies,
 //! forwarding modes) arrive already spelled by `model`'s `Display`.
 
 use super::protocol::{
-    OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status, UpgradeOutcome,
+    FlowList, OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status, UpgradeOutcome,
 };
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -231,6 +231,60 @@ pub fn override_outcome(o: &OverrideOutcome) -> String {
         let _ = writeln!(out, "{a}");
     }
     let _ = writeln!(out, "serving generation {}", o.generation);
+    out
+}
+
+/// `flows`: one line per UDP flow or TCP connection, like `conntrack -L` in columns; bytes
+/// (and datagrams, UDP) each way; then how many there are in all.
+pub fn flows(list: &FlowList) -> String {
+    let mut rows = vec![[
+        "PROTO".to_owned(),
+        "SERVICE".to_owned(),
+        "CLIENT".to_owned(),
+        "NODE".to_owned(),
+        "ENDPOINT".to_owned(),
+        "AGE".to_owned(),
+        "IDLE".to_owned(),
+        "TO-ENDPOINT".to_owned(),
+        "TO-CLIENT".to_owned(),
+        "WORKER".to_owned(),
+    ]];
+    let traffic = |bytes: u64, datagrams: Option<u64>| match datagrams {
+        Some(d) => format!("{bytes}B/{d}"),
+        None => format!("{bytes}B"),
+    };
+    for f in &list.flows {
+        rows.push([
+            f.protocol.clone(),
+            f.service.clone(),
+            f.client.clone(),
+            f.node.clone(),
+            f.endpoint.clone().unwrap_or_else(|| "<none>".to_owned()),
+            human_duration(f.age_seconds as u64),
+            human_duration(f.idle_seconds as u64),
+            traffic(f.bytes_to_endpoint, f.datagrams_to_endpoint),
+            traffic(f.bytes_to_client, f.datagrams_to_client),
+            f.worker.to_string(),
+        ]);
+    }
+    let mut out = if list.flows.is_empty() {
+        String::new()
+    } else {
+        table(&rows)
+    };
+    let _ = write!(out, "{} flows and connections", list.total);
+    if list.total > list.flows.len() {
+        let _ = write!(out, ", the first {} shown (--limit)", list.flows.len());
+    }
+    let _ = writeln!(out);
+    if list.workers_answered < list.workers {
+        let _ = writeln!(
+            out,
+            "warning: {} of {} workers did not answer in time: their flows are not counted",
+            list.workers - list.workers_answered,
+            list.workers
+        );
+    }
     out
 }
 

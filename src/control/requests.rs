@@ -42,10 +42,11 @@ impl Daemon {
                 }
                 Response::ok(json!(list))
             }
-            // The loop queues reloads: they read files off the loop first (`serve`).
-            Request::Reload => Response::error(
+            // The loop queues reloads: they read files off the loop first (`serve`); it
+            // awaits the workers' flows off the loop too (`flows.rs`).
+            Request::Reload | Request::Flows { .. } => Response::error(
                 "invalid",
-                "internal error: a reload reached the request handler",
+                "internal error: a reload or flows request reached the request handler",
             ),
             // What it would change could not reach the new process any more.
             Request::Endpoint { .. } if self.upgrades.in_progress() => {

@@ -189,6 +189,7 @@ impl Daemon {
         for (key, fds) in self.plane().listening_sockets(Duration::from_secs(2))? {
             let kind = match key.protocol {
                 Protocol::Tcp => SocketKind::Tcp,
+                Protocol::Udp => SocketKind::Udp,
             };
             for (worker, fd) in fds.into_iter().enumerate() {
                 out.push((SocketName::node_port(kind, key.addr, worker as u32), fd));
@@ -542,24 +543,25 @@ impl Successor {
             .collect()
     }
 
-    /// Every complete NodePort group, by listener key, socket *i* being worker *i*'s.
+    /// Every complete NodePort group (TCP and UDP), by listener key, socket *i* being
+    /// worker *i*'s.
     pub fn node_port_groups(&mut self) -> HashMap<ListenerKey, Vec<OwnedFd>> {
-        let addrs: std::collections::BTreeSet<SocketAddr> = self
+        let groups: std::collections::BTreeSet<(SocketKind, SocketAddr)> = self
             .sockets
             .names()
-            .filter(|n| n.kind() == Some(SocketKind::Tcp))
-            .filter_map(|n| n.addr())
+            .filter_map(|n| match n.kind()? {
+                k @ (SocketKind::Tcp | SocketKind::Udp) => Some((k, n.addr()?)),
+                _ => None,
+            })
             .collect();
         let mut out = HashMap::new();
-        for addr in addrs {
-            if let Some(fds) = self.sockets.take_group(SocketKind::Tcp, addr) {
-                out.insert(
-                    ListenerKey {
-                        addr,
-                        protocol: Protocol::Tcp,
-                    },
-                    fds,
-                );
+        for (kind, addr) in groups {
+            let protocol = match kind {
+                SocketKind::Udp => Protocol::Udp,
+                _ => Protocol::Tcp,
+            };
+            if let Some(fds) = self.sockets.take_group(kind, addr) {
+                out.insert(ListenerKey { addr, protocol }, fds);
             }
         }
         out

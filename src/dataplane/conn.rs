@@ -368,6 +368,11 @@ impl Conn {
         None
     }
 
+    /// When bytes last moved (or the connection was accepted).
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
     /// When the idle timer fires, if nothing moves before then.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {

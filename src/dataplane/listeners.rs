@@ -15,12 +15,13 @@
 //! workers listen on before the commit.
 
 use super::worker::{Command, Listener};
-use super::{Dataplane, ListenerKey, StartError};
+use super::{sys, Dataplane, ListenerKey, StartError};
 use crate::model::{Model, Protocol};
 use socket2::{Domain, Socket, Type};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -236,7 +237,10 @@ pub(super) fn open_listeners(
     let mut group = |key: &ListenerKey| match inherited.remove(key) {
         Some(sockets) if sockets.len() == workers => Ok(sockets),
         _ => (0..workers)
-            .map(|_| open_listener(key.addr, backlog))
+            .map(|_| match key.protocol {
+                Protocol::Tcp => open_listener(key.addr, backlog),
+                Protocol::Udp => open_udp_socket(key.addr),
+            })
             .collect::<io::Result<Vec<_>>>(),
     };
     for key in &wanted.required {
@@ -275,6 +279,24 @@ pub fn wildcard_address() -> IpAddr {
 }
 
 /// One member of a SO_REUSEPORT group listening on `addr`.
+/// One member of a SO_REUSEPORT group of UDP NodePort sockets on `addr`, told to report the
+/// node address each datagram was sent to (replies must leave from it).
+fn open_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    sys::udp::set_recv_pktinfo(socket.as_fd(), addr.is_ipv6())?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
 fn open_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),

@@ -1,5 +1,5 @@
 //! The data plane: per-core, shared-nothing workers that accept NodePort connections and
-//! relay them to endpoints.
+//! relay them to endpoints, and relay NodePort datagrams as UDP flows.
 //!
 //! The API, all of it here: [`Dataplane::start`] opens every listening socket first (so a
 //! port that cannot be bound is an error before anything runs), then starts one worker thread
@@ -16,7 +16,9 @@
 //!
 //! Inside (all private): [`connections`] (the sans-IO connection table: slab, pins, retries,
 //! holds, parking, idle sweep, drain) over [`conn`] (the sans-IO core of one connection);
-//! [`worker`] (the thread's IO loop that executes the table's outputs); [`driver`] (io_uring
+//! beside it [`flow`] (the sans-IO UDP flow table: one flow per (client, node address),
+//! Maglev-sticky, revalidated on every datagram, idle sweep, cap) with its IO in [`udp`];
+//! [`worker`] (the thread's IO loop that executes both tables' outputs); [`driver`] (io_uring
 //! and epoll behind one trait); [`listeners`] (the listening sockets: which a model calls
 //! for, the listener plan and its commit, client-IP steering); [`relay`] (pipes and buffers
 //! that hold bytes in flight); [`select`] (the `Picker`: endpoint choice per policy) and
@@ -30,16 +32,20 @@ mod conn;
 mod connections;
 mod death;
 mod driver;
+mod flow;
 mod listeners;
+mod live;
 mod relay;
 mod select;
 mod sys;
+mod udp;
 mod worker;
 
 pub use death::{on_worker_death, WorkerDeath};
 pub use listeners::{
     node_port_keys, node_ports, wildcard_address, ListenerPlan, Listeners, NodePorts,
 };
+pub use live::{LiveEntry, LiveQuery, LiveReport, LiveRequest, LiveTraffic};
 
 use crate::model::{DriverSetting, Protocol, Settings};
 use crate::publish::Publisher;
@@ -192,6 +198,15 @@ impl Monitor {
             .collect()
     }
 
+    /// UDP flow counters summed over the workers.
+    pub fn flow_totals(&self) -> crate::stats::FlowTotals {
+        let mut t = crate::stats::FlowTotals::default();
+        for l in self.loops.iter() {
+            t.add(&l.flows);
+        }
+        t
+    }
+
     /// Client connections open now, all workers.
     pub fn active(&self) -> u64 {
         self.worker_stats().iter().map(|w| w.active).sum()
@@ -284,6 +299,7 @@ impl Dataplane {
                 cpu,
                 listeners,
                 limits: WorkerLimits::of(settings),
+                max_flows: settings.max_flows_per_worker,
                 spare_pipes: relay::spare_pipes_for(sys::fd_limit(), n),
                 relay: settings.relay,
                 publisher: publisher.clone(),
@@ -426,6 +442,28 @@ impl Dataplane {
     /// The (address, NodePort) pairs listened on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.open.iter().map(|k| k.addr).collect()
+    }
+
+    /// Asks every worker for its live UDP flows and TCP connections (`ctl flows`; see
+    /// [`live`]): returns at once, [`LiveRequest::wait`] collects the answers.
+    pub fn live(&self, query: &LiveQuery) -> LiveRequest {
+        let answers = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (reply, answer) = mpsc::channel();
+                let _ = w.commands.send(Command::Live {
+                    query: query.clone(),
+                    reply,
+                });
+                let _ = sys::eventfd_signal(w.wake.as_fd());
+                answer
+            })
+            .collect();
+        LiveRequest {
+            limit: query.limit,
+            answers,
+        }
     }
 
     /// A handle for other threads: heartbeats, loop statistics, driver.

@@ -165,6 +165,7 @@ mod tests {
                     connect_retries: 0,
                     maglev_table_size: 1009,
                     forwarding: Forwarding::None,
+                    udp_responses: None,
                     traffic_policy: Default::default(),
                     families: Default::default(),
                     health: Default::default(),

@@ -1,7 +1,7 @@
 //! Thin, safe wrappers over the Linux syscalls the data plane uses outside io_uring:
 //! splice(2), pipes, read/write on raw fds, accept4(2), socket queue sizes, eventfd, CPU
 //! pinning, fd-limit queries (and, for the control plane, the effective uid and SIGHUP's
-//! disposition at start).
+//! disposition at start); UDP datagrams with packet info in [`udp`].
 //!
 //! This is one of the two places in the crate that may contain `unsafe` (the other is the
 //! io_uring driver). Every wrapper borrows the fds it touches; ownership stays with the
@@ -12,6 +12,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+pub mod udp;
 
 /// Result of a nonblocking transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

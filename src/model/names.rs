@@ -7,7 +7,7 @@
 //! Kept apart from the types so the vocabulary reads as one table (like sozu's
 //! `command/src/proto/display.rs`).
 
-use super::{DriverSetting, Forwarding, HashKey, Policy, RelayMode, TrafficPolicy};
+use super::{DriverSetting, Forwarding, HashKey, Policy, Protocol, RelayMode, TrafficPolicy};
 use std::fmt;
 
 /// `(name, value)` for each of `all`: the list a parser of that key accepts.
@@ -184,6 +184,21 @@ impl TrafficPolicy {
     }
 }
 
+impl Protocol {
+    /// Every protocol, in order.
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    /// Kubernetes' spelling, upper case: the value of the `protocol` key and of a Service
+    /// port's `protocol`, and what `check`, `ctl`, `describe` (`53/UDP`) and the metrics'
+    /// `protocol` label print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
 /// `Display` is `name()` for the enums whose values carry nothing else.
 macro_rules! display_by_name {
     ($($t:ty),*) => {$(
@@ -194,4 +209,4 @@ macro_rules! display_by_name {
         }
     )*};
 }
-display_by_name!(HashKey, RelayMode, DriverSetting, TrafficPolicy);
+display_by_name!(HashKey, RelayMode, DriverSetting, TrafficPolicy, Protocol);

@@ -226,6 +226,110 @@ fn encode_by_mode() {
     assert!(out.starts_with(&V2_SIGNATURE));
 }
 
+// --- datagrams (UDP Services) -------------------------------------------------------
+
+/// The whole header of a DNS query from 192.0.2.1:53000 to the NodePort 203.0.113.7:30053,
+/// byte for byte: 28 bytes, family 0x12 (IPv4, DGRAM).
+#[test]
+fn v2_datagram_ipv4_bytes() {
+    let mut out = Vec::new();
+    let f = Forwarding::ProxyV2(Default::default());
+    assert!(encode_datagram(
+        &f,
+        sa("192.0.2.1:53000"),
+        sa("203.0.113.7:30053"),
+        b"",
+        &mut out
+    ));
+    #[rustfmt::skip]
+    let want: [u8; 28] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, // signature
+        0x21,                   // version 2, PROXY
+        0x12,                   // AF_INET, DGRAM
+        0x00, 0x0C,             // 12 bytes follow
+        192, 0, 2, 1,           // source address
+        203, 0, 113, 7,         // destination address
+        0xCF, 0x08,             // source port 53000
+        0x75, 0x65,             // destination port 30053
+    ];
+    assert_eq!(out, want);
+    assert_eq!(out.len(), 16 + 12);
+    assert_eq!(
+        v2_len(
+            sa("192.0.2.1:53000"),
+            sa("203.0.113.7:30053"),
+            &Default::default(),
+            0
+        ),
+        28
+    );
+    let (h, _) = decode(&out).unwrap();
+    assert_eq!((h.family, h.command), (FAM_UDP4, Command::Proxy));
+}
+
+/// IPv6: 52 bytes, family 0x22 (IPv6, DGRAM); a mapped IPv4 client is written as IPv4.
+#[test]
+fn v2_datagram_ipv6_bytes() {
+    let mut out = Vec::new();
+    let f = Forwarding::ProxyV2(Default::default());
+    assert!(encode_datagram(
+        &f,
+        sa("[2001:db8::1]:1234"),
+        sa("[2001:db8::ff]:30053"),
+        b"",
+        &mut out
+    ));
+    #[rustfmt::skip]
+    let want: [u8; 52] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+        0x21, 0x22, 0x00, 0x24, // PROXY, AF_INET6 + DGRAM, 36 bytes follow
+        0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, // 2001:db8::1
+        0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, // 2001:db8::ff
+        0x04, 0xD2,             // 1234
+        0x75, 0x65,             // 30053
+    ];
+    assert_eq!(out, want);
+    assert_eq!(out.len(), 16 + 36);
+    out.clear();
+    encode_datagram(
+        &f,
+        sa("[::ffff:192.0.2.1]:1"),
+        sa("[::ffff:192.0.2.2]:2"),
+        b"",
+        &mut out,
+    );
+    assert_eq!((out.len(), out[13]), (28, FAM_UDP4));
+}
+
+/// v1 has no datagram form: nothing is written, as for none and transparent.
+#[test]
+fn datagram_headers_by_mode() {
+    let (s, d) = (sa("1.2.3.4:1"), sa("5.6.7.8:2"));
+    let mut out = Vec::new();
+    for f in [
+        Forwarding::None,
+        Forwarding::Transparent,
+        Forwarding::ProxyV1,
+    ] {
+        assert!(!encode_datagram(&f, s, d, b"id", &mut out), "{f:?}");
+    }
+    assert!(out.is_empty());
+    let with_id = Forwarding::ProxyV2(ProxyV2Options {
+        unique_id: true,
+        tlvs: vec![(0xE0, b"ns/dns".to_vec())],
+    });
+    assert!(encode_datagram(&with_id, s, d, &[7; 16], &mut out));
+    let opts = match &with_id {
+        Forwarding::ProxyV2(o) => o,
+        _ => unreachable!(),
+    };
+    assert_eq!(out.len(), 28 + (3 + 16) + (3 + 6));
+    assert_eq!(out.len(), v2_len(s, d, opts, 16));
+    let (h, _) = decode(&out).unwrap();
+    assert_eq!(h.tlv(PP2_TYPE_UNIQUE_ID), Some(&[7u8; 16][..]));
+    assert_eq!(h.tlv(0xE0), Some(&b"ns/dns"[..]));
+}
+
 // --- decoder ------------------------------------------------------------------------
 
 #[test]
@@ -361,9 +465,11 @@ proptest! {
                      id in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut out = Vec::new();
         encode_v2(src, dst, &opts, &id, &mut out);
+        prop_assert_eq!(out.len(), v2_len(src, dst, &opts, id.len()));
         let (h, used) = decode(&out).unwrap();
         prop_assert_eq!(used, out.len());
         prop_assert_eq!(h.command, Command::Proxy);
+        prop_assert_eq!(h.family & 0x0F, 0x1, "STREAM");
         prop_assert_eq!(h.addrs, Some(normalise(src, dst)));
         let mut want = Vec::new();
         if opts.unique_id && !id.is_empty() {
@@ -375,6 +481,32 @@ proptest! {
         for cut in [0, 1, 11, 12, 15, 16, out.len() - 1] {
             prop_assert_eq!(decode(&out[..cut]).unwrap_err(), DecodeError::Incomplete);
         }
+    }
+
+    /// A datagram's header is the stream header with the DGRAM transport: same length
+    /// (as `v2_len` says), same addresses and TLVs, family 0x12 / 0x22; the payload
+    /// after it is left as it was.
+    #[test]
+    fn v2_datagram_round_trip(src in addr(), dst in addr(), opts in options(),
+                              id in proptest::collection::vec(any::<u8>(), 0..200),
+                              payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let mut stream = Vec::new();
+        encode_v2(src, dst, &opts, &id, &mut stream);
+        let mut out = Vec::new();
+        let forwarding = Forwarding::ProxyV2(opts.clone());
+        prop_assert!(encode_datagram(&forwarding, src, dst, &id, &mut out));
+        prop_assert_eq!(out.len(), v2_len(src, dst, &opts, id.len()));
+        prop_assert_eq!(out.len(), stream.len());
+        prop_assert_eq!(&out[..13], &stream[..13]);
+        prop_assert_eq!(out[13], stream[13] + 1, "DGRAM instead of STREAM");
+        prop_assert_eq!(&out[14..], &stream[14..]);
+        let header_len = out.len();
+        out.extend_from_slice(&payload);
+        let (h, used) = decode(&out).unwrap();
+        prop_assert_eq!(used, header_len);
+        prop_assert_eq!(h.family & 0x0F, 0x2);
+        prop_assert_eq!(h.addrs, Some(normalise(src, dst)));
+        prop_assert_eq!(&out[used..], &payload[..]);
     }
 
     #[test]

@@ -445,10 +445,11 @@ trait ProtocolIndex {
 }
 
 impl ProtocolIndex for Protocol {
-    const COUNT: usize = 1;
+    const COUNT: usize = Protocol::ALL.len();
     fn index(self) -> usize {
         match self {
             Protocol::Tcp => 0,
+            Protocol::Udp => 1,
         }
     }
 }

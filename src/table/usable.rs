@@ -29,6 +29,11 @@
 //! checks. An endpoint an operator drained, or health checks hold down, does not count as
 //! ready, so when every ready endpoint is drained or down, serving-terminating endpoints
 //! take the traffic rather than nothing.
+//!
+//! Established UDP flows follow a rule of their own, [`keeps_flows`]: kube-proxy's since
+//! 1.32 (`pkg/proxy/conntrack/cleanup.go`: only entries whose endpoint no longer *serves*
+//! are cleared), plus health checks. A TCP connection never moves; a flow has no
+//! connection to keep, so it moves on its next datagram when this says no.
 
 use crate::model::{is_v4, Endpoint, Hint, TrafficPolicy};
 
@@ -177,6 +182,20 @@ fn weights(endpoints: &[Endpoint], chosen: impl Fn(&Endpoint) -> bool) -> Vec<u3
         .iter()
         .map(|e| if chosen(e) { e.weight } else { 0 })
         .collect()
+}
+
+/// Whether an established UDP flow stays on `e`: while the endpoint is serving (a
+/// terminating pod that still serves keeps its flows, even while other endpoints are
+/// ready and take every new flow), health checking does not hold it down, and it is in the
+/// traffic policy's scope. An operator's drain or disable (weight 0) keeps flows, as it
+/// keeps TCP connections. An endpoint that left the Service keeps nothing (the caller finds
+/// no `e`).
+pub fn keeps_flows(policy: TrafficPolicy, e: &Endpoint) -> bool {
+    let in_scope = match policy {
+        TrafficPolicy::Cluster => true,
+        TrafficPolicy::Local => e.local,
+    };
+    (e.conditions.serving || e.conditions.ready) && e.healthy && in_scope
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod fake_api;
 pub mod kube;
 pub mod peers;
 pub mod scrape;
+pub mod udp;
 #[allow(unused_imports)]
 pub use backends::*;
 
@@ -694,6 +695,37 @@ pub fn in_private_netns<T: Send + 'static>(
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Runs `ip ARGS…`, which must succeed.
+pub fn run_ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on the current thread inside network namespace `ns`, then moves the thread back.
+/// For spawning sluice: the harness kills sluice when the thread that spawned it ends
+/// (PR_SET_PDEATHSIG), so it must be a thread that lives as long as the test.
+pub fn here_in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let enter = |path: &str| {
+        let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    };
+    let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+    enter(&format!("/run/netns/{ns}"));
+    let v = f();
+    // SAFETY: as above, back to the namespace this thread started in.
+    let rc = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns back: {}", std::io::Error::last_os_error());
+    v
 }
 
 /// Runs `f` on a thread that has joined the named network namespace `ns`

@@ -7,7 +7,7 @@
 use super::super::file::DurationText;
 use super::super::forwarding;
 use super::super::limits;
-use super::super::values::{choice, opt_duration};
+use super::super::values::{choice, count, opt_duration};
 use super::super::{ConfigError, SourceText};
 use crate::model::{
     names, Forwarding, HashKey, Policy, PolicyKind, ServicePort, Settings, Timeouts, TrafficPolicy,
@@ -22,14 +22,20 @@ pub const FORWARDING: &str = "sluice.io/forwarding";
 pub const POLICY: &str = "sluice.io/policy";
 /// `client-ip-port` or `client-ip` (Maglev only).
 pub const HASH_KEY: &str = "sluice.io/hash-key";
-/// A duration (`"30s"`): hold new connections that long while no endpoint is usable.
+/// A duration (`"30s"`): hold new connections that long while no endpoint is usable (TCP
+/// ports only: a datagram cannot wait).
 pub const HOLD_WHEN_EMPTY: &str = "sluice.io/hold-when-empty";
+/// An integer (`"1"` for DNS): the Service's UDP flows close after that many replies (the
+/// TOML `udp_responses`); TCP ports ignore it.
+pub const UDP_RESPONSES: &str = "sluice.io/udp-responses";
 
 /// What the annotations (and the traffic policy's defaults) give a Service.
 pub(super) struct FromAnnotations {
     pub policy: Policy,
     pub forwarding: Forwarding,
     pub timeouts: Timeouts,
+    /// For the Service's UDP ports.
+    pub udp_responses: Option<u32>,
     /// One message per invalid or ignored annotation.
     pub problems: Vec<String>,
 }
@@ -164,7 +170,43 @@ pub(super) fn read(
         }
     }
 
+    let udp_responses = match annotations.get(UDP_RESPONSES) {
+        None => None,
+        Some(v) => {
+            let (src, value) = spanned(v);
+            let number = value
+                .get_ref()
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| {
+                    src.error(
+                        &value.span(),
+                        format!("{UDP_RESPONSES} {v:?} is not an integer"),
+                    )
+                })
+                .and_then(|n| {
+                    count(
+                        &src,
+                        &Spanned::new(value.span(), n),
+                        UDP_RESPONSES,
+                        limits::UDP_RESPONSES,
+                        "",
+                    )
+                });
+            match number {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let kept = before.iter().find_map(|p| p.udp_responses);
+                    let shown = kept.map_or("no limit".to_owned(), |n| n.to_string());
+                    problems.push(invalid(e, shown));
+                    kept
+                }
+            }
+        }
+    };
+
     FromAnnotations {
+        udp_responses,
         policy: match kind {
             // `client-ip` is never read here (sessionAffinity chooses it).
             PolicyKind::Maglev | PolicyKind::ClientIp => Policy::Maglev { key },

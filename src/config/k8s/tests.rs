@@ -331,10 +331,10 @@ fn skipped_services_and_ports() {
         served_ports: &'static [&'static str],
         problem: Option<&'static str>,
     }
-    let udp = set(
+    let sctp = set(
         base.clone(),
         "/spec/ports/1",
-        json!({"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53, "nodePort": 30053}),
+        json!({"name": "sig", "port": 2905, "protocol": "SCTP", "targetPort": 2905, "nodePort": 30053}),
     );
     let labelled = set(
         base.clone(),
@@ -343,11 +343,11 @@ fn skipped_services_and_ports() {
     );
     let cases = [
         Case {
-            name: "UDP port skipped, TCP served",
-            service: udp,
+            name: "SCTP port skipped, TCP served",
+            service: sctp,
             options: K8sOptions::default(),
             served_ports: &["http"],
-            problem: Some("port \"dns\" is UDP: sluice serves only TCP; not served"),
+            problem: Some("port \"sig\" is SCTP: sluice serves TCP and UDP; not served"),
         },
         Case {
             name: "headless",
@@ -400,6 +400,90 @@ fn skipped_services_and_ports() {
             c.name
         );
     }
+}
+
+/// A Service with TCP 53 and UDP 53 on one nodePort (kube-dns' shape): both ports are
+/// served, each with its own slice port; the UDP one has the UDP idle timeout and
+/// `sluice.io/udp-responses`.
+#[test]
+fn tcp_and_udp_ports_share_a_node_port_number() {
+    let svc = set(
+        fixture("myfrontend-service"),
+        "/spec/ports",
+        json!([
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 5353, "nodePort": 30053},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": 30053},
+        ]),
+    );
+    let svc = set(
+        svc,
+        "/metadata/annotations/sluice.io~1udp-responses",
+        json!("1"),
+    );
+    let slice = set(
+        fixture("myfrontend-slice"),
+        "/ports",
+        json!([
+            {"name": "dns-tcp", "port": 5353, "protocol": "TCP"},
+            {"name": "dns", "port": 5354, "protocol": "UDP"},
+        ]),
+    );
+    let (model, problems) = build(&[svc.clone(), slice.clone()]);
+    assert_eq!(problems, []);
+    let [udp, tcp] = &model.services[..] else {
+        panic!("two ports expected: {:#?}", model.services)
+    };
+    assert_eq!(
+        (
+            udp.key.protocol,
+            udp.node_port,
+            tcp.key.protocol,
+            tcp.node_port
+        ),
+        (Protocol::Udp, 30053, Protocol::Tcp, 30053)
+    );
+    assert!(addrs(udp).iter().all(|a| a.ends_with(":5354")), "{udp:?}");
+    assert!(addrs(tcp).iter().all(|a| a.ends_with(":5353")), "{tcp:?}");
+    assert_eq!(udp.timeouts.idle, crate::model::DEFAULT_UDP_IDLE_TIMEOUT);
+    assert_eq!(
+        tcp.timeouts.idle,
+        Settings::default().defaults.timeouts.idle
+    );
+    assert_eq!((udp.udp_responses, tcp.udp_responses), (Some(1), None));
+
+    // An invalid count keeps the last good one; proxy-v1 has no datagram form: the UDP
+    // port is not served, the TCP one is.
+    let bad = set(
+        svc.clone(),
+        "/metadata/annotations/sluice.io~1udp-responses",
+        json!("0"),
+    );
+    let (again, problems) = build_with(&[bad, slice.clone()], &K8sOptions::default(), Some(&model));
+    assert_eq!(again.services[0].udp_responses, Some(1));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].message.starts_with(
+            "annotation sluice.io/udp-responses 0 is out of range: must be 1..=1000000; keeping 1"
+        ),
+        "{problems:?}"
+    );
+    let v1 = set(
+        svc,
+        "/metadata/annotations/sluice.io~1forwarding",
+        json!("proxy-v1"),
+    );
+    let (model, problems) = build(&[v1, slice]);
+    assert_eq!(one(&model).key.protocol, Protocol::Tcp);
+    assert_eq!(
+        problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "port \"dns\" is UDP and the Service forwards with proxy-v1, which has no form for \
+          datagrams (use proxy-v2, transparent or none); not served"
+        ]
+    );
 }
 
 #[test]

@@ -79,6 +79,16 @@ pub(super) fn register_services(
         "sluice_endpoint_connections_active",
         "Backend connections open now per endpoint",
     );
+    let svc_datagrams = counter_family(
+        reg,
+        "sluice_service_datagrams",
+        "UDP datagrams relayed per Service port, by direction",
+    );
+    let ep_datagrams = counter_family(
+        reg,
+        "sluice_endpoint_datagrams",
+        "UDP datagrams relayed per endpoint, by direction",
+    );
     let ep_weight = gauge_family(
         reg,
         "sluice_endpoint_weight",
@@ -139,6 +149,18 @@ pub(super) fn register_services(
         with(&labels, "direction", "to_client", |l| {
             svc_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
         });
+        if k.protocol == crate::model::Protocol::Udp {
+            with(&labels, "direction", "to_backend", |l| {
+                svc_datagrams
+                    .get_or_create(&l)
+                    .inc_by(t.datagrams_to_backend);
+            });
+            with(&labels, "direction", "to_client", |l| {
+                svc_datagrams
+                    .get_or_create(&l)
+                    .inc_by(t.datagrams_to_client);
+            });
+        }
         svc_usable.get_or_create(&labels).set(
             s.endpoints()
                 .iter()
@@ -171,6 +193,16 @@ pub(super) fn register_services(
             with(&l, "direction", "to_client", |l| {
                 ep_bytes.get_or_create(&l).inc_by(t.bytes_to_client);
             });
+            if k.protocol == crate::model::Protocol::Udp {
+                with(&l, "direction", "to_backend", |l| {
+                    ep_datagrams
+                        .get_or_create(&l)
+                        .inc_by(t.datagrams_to_backend);
+                });
+                with(&l, "direction", "to_client", |l| {
+                    ep_datagrams.get_or_create(&l).inc_by(t.datagrams_to_client);
+                });
+            }
         }
     }
 
@@ -187,6 +219,54 @@ pub(super) fn register_services(
 }
 
 /// Every worker's families.
+/// The UDP flows of every worker, summed.
+pub(super) fn register_flows(reg: &mut Registry, monitor: &Monitor) {
+    let flows = monitor.flow_totals();
+    let udp_active = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    reg.register(
+        "sluice_udp_flows_active",
+        "UDP flows live now, all workers",
+        udp_active.clone(),
+    );
+    udp_active.set(flows.active as i64);
+    for (name, help, value) in [
+        (
+            "sluice_udp_flows_created",
+            "UDP flows opened",
+            flows.created,
+        ),
+        (
+            "sluice_udp_flows_expired",
+            "UDP flows ended by their idle timeout",
+            flows.expired,
+        ),
+        (
+            "sluice_udp_flows_closed",
+            "UDP flows ended for any reason",
+            flows.closed,
+        ),
+        (
+            "sluice_udp_flows_refused",
+            "New UDP flows refused: flow table full (max_flows_per_worker) or no upstream socket",
+            flows.refused,
+        ),
+    ] {
+        let c = prometheus_client::metrics::counter::Counter::<u64>::default();
+        reg.register(name, help, c.clone());
+        c.inc_by(value);
+    }
+    let drops = counter_family(
+        reg,
+        "sluice_udp_datagrams_dropped",
+        "UDP datagrams not forwarded, by reason (icmp_refused counts ICMP port-unreachable reports from pods)",
+    );
+    for (reason, n) in crate::stats::DROP_REASONS.iter().zip(flows.drops) {
+        drops
+            .get_or_create(&vec![("reason", (*reason).to_owned())])
+            .inc_by(n);
+    }
+}
+
 pub(super) fn register_workers(reg: &mut Registry, monitor: &Monitor) {
     let w_iter = counter_family(
         reg,

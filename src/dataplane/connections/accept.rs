@@ -148,6 +148,7 @@ impl<R> ConnTable<R> {
             connect_started: now,
             held: None,
             listener,
+            moved: [0; 2],
             watching: false,
             tried,
         };

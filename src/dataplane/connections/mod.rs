@@ -38,6 +38,7 @@
 
 mod accept;
 mod connect;
+mod listing;
 mod pins;
 mod sweep;
 
@@ -208,6 +209,8 @@ struct Live<R> {
     held: Option<u64>,
     /// The listener the client connected to (to find its Service again in a newer snapshot).
     listener: ListenerKey,
+    /// Bytes sent each way (`Dir` order), for `ctl flows`.
+    moved: [u64; 2],
     watching: bool,
     tried: Vec<EndpointId>,
 }
@@ -315,6 +318,7 @@ impl<R> ConnTable<R> {
         };
         live.conn.handle(now, event);
         if let ConnEvent::Sent { dir, bytes } = event {
+            live.moved[dir as usize] += bytes as u64;
             let (pin, service, endpoint) = (live.pin, live.service, live.endpoint);
             let entry = self.service_of(pin, service);
             let ep = entry.endpoint(endpoint.expect("relaying to an endpoint"));

@@ -205,6 +205,18 @@ impl Driver for Epoll {
         Ok(())
     }
 
+    fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let token = Self::token(Kind::Flow, (flow as u32) & 0xFF_FFFF, (flow >> 32) as u32);
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+    }
+
+    fn unwatch_flow(&mut self, _flow: u64) -> io::Result<()> {
+        // Closing the fd (the worker does, right after) removes it from the epoll set.
+        Ok(())
+    }
+
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let token = Self::token(Kind::Wake, 0, 0);
         let mut source = SourceFd(&fd.as_raw_fd());
@@ -265,6 +277,10 @@ impl Driver for Epoll {
                 }
                 Kind::Connect => connected.push((tag.slot, tag.generation)),
                 Kind::Wake => out.push(Completion::Wake { ended: false }),
+                Kind::Flow => out.push(Completion::FlowReadable {
+                    flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
+                    ended: false,
+                }),
                 Kind::Ignore => {}
             }
         }

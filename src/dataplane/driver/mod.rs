@@ -39,6 +39,8 @@ pub enum Kind {
     Wake = 5,
     /// Completions nobody waits for (link timeouts, cancels, poll removals).
     Ignore = 6,
+    /// Readiness of a UDP flow's upstream socket.
+    Flow = 7,
 }
 
 impl Kind {
@@ -77,6 +79,7 @@ impl UserData {
             4 => Kind::Connect,
             5 => Kind::Wake,
             6 => Kind::Ignore,
+            7 => Kind::Flow,
             _ => return None,
         };
         Some(UserData {
@@ -133,6 +136,9 @@ pub enum Completion {
     },
     /// The worker's eventfd was signalled; `ended` as for `Ready`.
     Wake { ended: bool },
+    /// A UDP flow's upstream socket has replies (or an error) to read; `flow` is the token
+    /// given to [`Driver::watch_flow`]; `ended` as for `Ready`.
+    FlowReadable { flow: u64, ended: bool },
 }
 
 /// The operations a worker needs from its event source. Fds passed in must stay open until
@@ -169,6 +175,12 @@ pub trait Driver {
     ) -> io::Result<()>;
     /// Forget an in-flight connect of a connection that is going away.
     fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()>;
+    /// Report when a UDP flow's upstream socket becomes readable (replies, or an ICMP
+    /// error to collect) until `unwatch_flow` (or the fd is closed). `flow` is the flow's
+    /// token: slot in the low 24 bits, generation in the high 32.
+    fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// Stop reporting the flow's socket (before it is closed).
+    fn unwatch_flow(&mut self, flow: u64) -> io::Result<()>;
     /// Report when `fd` (the worker's eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Submit what is queued and wait for something to report, at most `timeout`.
@@ -190,6 +202,7 @@ mod tests {
             Kind::Connect,
             Kind::Wake,
             Kind::Ignore,
+            Kind::Flow,
         ] {
             let u = UserData {
                 kind,

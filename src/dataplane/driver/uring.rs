@@ -252,6 +252,24 @@ impl Driver for Uring {
         )
     }
 
+    /// Report (multishot poll) when a flow's upstream socket is readable or has an error.
+    fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(flow_tag(flow));
+        self.push(entry)
+    }
+
+    /// Stop the poll of a flow's upstream socket.
+    fn unwatch_flow(&mut self, flow: u64) -> io::Result<()> {
+        let entry = opcode::PollRemove::new(flow_tag(flow))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        self.push(entry)
+    }
+
     /// Report when `fd` (an eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
@@ -339,10 +357,24 @@ impl Driver for Uring {
                     },
                 },
                 Kind::Wake => Completion::Wake { ended: !more },
+                Kind::Flow => Completion::FlowReadable {
+                    flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
+                    ended: !more,
+                },
             };
             out.push(c);
         }
     }
+}
+
+/// The user data of a flow's poll: its token's slot (low 24 bits) and generation.
+fn flow_tag(flow: u64) -> u64 {
+    UserData {
+        kind: Kind::Flow,
+        slot: (flow as u32) & 0xFF_FFFF,
+        generation: (flow >> 32) as u32,
+    }
+    .encode()
 }
 
 fn ignore_tag() -> u64 {

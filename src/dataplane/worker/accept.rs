@@ -57,6 +57,16 @@ impl ListenerSlot {
     }
 }
 
+impl crate::dataplane::udp::NodePortSockets for [ListenerSlot] {
+    fn udp_socket(&self, listener: u32) -> Option<(std::os::fd::BorrowedFd<'_>, SocketAddr)> {
+        let l = self.get(listener as usize)?;
+        if l.key.protocol != crate::model::Protocol::Udp {
+            return None;
+        }
+        Some((l.socket.as_ref()?.as_fd(), l.key.addr))
+    }
+}
+
 impl<D: Driver> Worker<D> {
     /// Watch every open listener not watched yet (not while draining).
     pub(super) fn watch_listeners(&mut self) -> io::Result<()> {
@@ -114,7 +124,10 @@ impl<D: Driver> Worker<D> {
         if l.watching != Some(generation) {
             return Ok(()); // a report of an earlier, removed watch
         }
-        if !l.ready {
+        if l.key.protocol == crate::model::Protocol::Udp {
+            // Datagrams, not connections: the UDP side reads them.
+            self.udp.nodeport_readable(listener);
+        } else if !l.ready {
             l.ready = true;
             self.ready.push_back(listener);
         }

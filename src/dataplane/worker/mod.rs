@@ -27,6 +27,7 @@
 
 mod accept;
 mod connect;
+mod listing;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
@@ -39,7 +40,8 @@ use crate::dataplane::death::{self, InjectedDeath};
 use crate::dataplane::driver::{Completion, Driver};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::sys;
-use crate::model::RelayMode;
+use crate::dataplane::udp::{self, UdpPlane};
+use crate::model::{Protocol, RelayMode};
 use crate::publish::Publisher;
 use crate::stats::LoopStats;
 use crate::table::RoutingSnapshot;
@@ -49,6 +51,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+// The loop ticks both tables together: the flow table asks for the same period.
+const _: () = assert!(crate::dataplane::flow::TICK.as_millis() == TICK.as_millis());
 
 /// What the rest of the process can ask of a running worker (through its queue + eventfd).
 #[derive(Debug)]
@@ -78,6 +83,12 @@ pub enum Command {
     Export {
         done: mpsc::Sender<(usize, Vec<(ListenerKey, OwnedFd)>)>,
     },
+    /// List the live UDP flows and TCP connections (`ctl flows`): answered on `reply`
+    /// between two turns of the loop (`listing.rs`).
+    Live {
+        query: crate::dataplane::live::LiveQuery,
+        reply: mpsc::Sender<crate::dataplane::live::WorkerLive>,
+    },
 }
 
 /// What a worker is told at start.
@@ -88,6 +99,8 @@ pub struct WorkerSetup {
     /// The data-plane limits: `max_connections_per_worker`, `max_held_per_worker`,
     /// `max_held_per_service`.
     pub limits: WorkerLimits,
+    /// UDP flows at most (`max_flows_per_worker`).
+    pub max_flows: u32,
     /// Spare pipes a worker may keep (see `relay::HolderPool`).
     pub spare_pipes: usize,
     pub relay: RelayMode,
@@ -147,6 +160,8 @@ pub struct Worker<D: Driver> {
     header: Vec<u8>,
     /// Test builds only: die this way at the first accepted connection (`death`).
     injected_death: Option<InjectedDeath>,
+    /// The UDP NodePorts' flow table and its sockets (`dataplane::udp`).
+    udp: UdpPlane,
 }
 
 impl<D: Driver> Worker<D> {
@@ -167,7 +182,7 @@ impl<D: Driver> Worker<D> {
             listeners: setup.listeners.into_iter().map(ListenerSlot::new).collect(),
             exit_now: false,
             commands: setup.commands,
-            loop_stats: setup.loop_stats,
+            loop_stats: Arc::clone(&setup.loop_stats),
             ready: std::collections::VecDeque::new(),
             accepted: Vec::new(),
             aborted: None,
@@ -178,6 +193,13 @@ impl<D: Driver> Worker<D> {
             now: Instant::now(),
             header: Vec::with_capacity(256),
             injected_death: death::injected(setup.index),
+            udp: UdpPlane::new(
+                Instant::now(),
+                setup.index,
+                setup.max_flows,
+                seed.rotate_left(32),
+                setup.loop_stats,
+            ),
         })
     }
 
@@ -190,17 +212,19 @@ impl<D: Driver> Worker<D> {
         loop {
             // Sockets to close wait for this submit (their polls are removed in it): do not
             // sleep on them, a reset must leave at once.
-            let wait =
-                if !self.table.has_yielded() && self.to_close.is_empty() && !self.accepts_pending()
-                {
-                    let mut w = TICK;
-                    if let Some(until) = self.table.backoff_until() {
-                        w = w.min(until.saturating_duration_since(self.now));
-                    }
-                    Some(w)
-                } else {
-                    Some(Duration::ZERO)
-                };
+            let wait = if !self.table.has_yielded()
+                && self.to_close.is_empty()
+                && !self.accepts_pending()
+                && !self.udp.pending()
+            {
+                let mut w = TICK;
+                if let Some(until) = self.table.backoff_until() {
+                    w = w.min(until.saturating_duration_since(self.now));
+                }
+                Some(w)
+            } else {
+                Some(Duration::ZERO)
+            };
             self.driver.submit_and_wait(wait)?;
             // Entries naming these fds are submitted now (polls removed): safe to close.
             let freed = !self.to_close.is_empty();
@@ -220,6 +244,7 @@ impl<D: Driver> Worker<D> {
             self.table.resume_yielded();
             self.execute()?;
             self.accept_ready()?;
+            self.run_udp(false)?;
             self.loop_stats.set_active(u64::from(self.table.active()));
             self.loop_stats.set_accepting(self.table.may_accept());
             if self.exit_now || self.table.drained(self.now) {
@@ -230,6 +255,7 @@ impl<D: Driver> Worker<D> {
                 let snapshot = Arc::clone(self.reader.load());
                 self.table.tick(self.now, &snapshot);
                 self.execute()?;
+                self.run_udp(true)?;
                 self.pool.tick();
             }
         }
@@ -277,6 +303,9 @@ impl<D: Driver> Worker<D> {
                 generation,
                 result,
             } => self.on_connected(ConnHandle::from_parts(slot, generation), result),
+            Completion::FlowReadable { flow, ended } => {
+                self.udp.flow_readable(&mut self.driver, flow, ended)?;
+            }
             Completion::Wake { ended } => {
                 sys::eventfd_drain(self.wake.as_fd());
                 if ended {
@@ -319,6 +348,7 @@ impl<D: Driver> Worker<D> {
                         self.unwatch_listener(i)?;
                         let socket = self.listeners[i].socket.take().expect("open listener");
                         self.to_close.push(socket.into());
+                        self.udp_listener_closed(i)?;
                     }
                 }
             }
@@ -328,9 +358,11 @@ impl<D: Driver> Worker<D> {
                 // until the drain ends.
                 self.table.drain(deadline);
                 self.unwatch_listeners()?;
-                for l in &mut self.listeners {
-                    if let Some(socket) = l.socket.take() {
+                for i in 0..self.listeners.len() {
+                    if let Some(socket) = self.listeners[i].socket.take() {
                         self.to_close.push(socket.into());
+                        // UDP flows reply through their NodePort socket: they end with it.
+                        self.udp_listener_closed(i)?;
                     }
                 }
             }
@@ -381,6 +413,9 @@ impl<D: Driver> Worker<D> {
                     }
                 }
                 let _ = done.send(());
+            }
+            Command::Live { query, reply } => {
+                let _ = reply.send(self.live(&query));
             }
         }
         Ok(())
@@ -501,10 +536,59 @@ impl<D: Driver> Worker<D> {
         }
     }
 
+    /// A turn of the UDP side over its ready sockets, or (`tick`) its periodic sweep; does
+    /// nothing while there is neither.
+    fn run_udp(&mut self, tick: bool) -> io::Result<()> {
+        if !(self.udp.pending() || tick && self.udp.flows() > 0) {
+            return Ok(());
+        }
+        let snapshot = Arc::clone(self.reader.load());
+        let mut cx = udp::Context {
+            driver: &mut self.driver,
+            listeners: &self.listeners[..],
+            snapshot: &snapshot,
+            now: self.now,
+            to_close: &mut self.to_close,
+        };
+        if tick {
+            self.udp.tick(&mut cx)
+        } else {
+            self.udp.run(&mut cx)
+        }
+    }
+
+    /// The socket of listener slot `i` was just taken out: when it served UDP, the flows
+    /// that reply through it end before the slot can take another listener.
+    fn udp_listener_closed(&mut self, i: usize) -> io::Result<()> {
+        if self.listeners[i].key.protocol != Protocol::Udp {
+            return Ok(());
+        }
+        let snapshot = Arc::clone(self.reader.load());
+        let mut cx = udp::Context {
+            driver: &mut self.driver,
+            listeners: &self.listeners[..],
+            snapshot: &snapshot,
+            now: self.now,
+            to_close: &mut self.to_close,
+        };
+        self.udp.listener_closed(&mut cx, i as u32)
+    }
+
     /// End: every connection still open is reset on both sides (SO_LINGER 0), never closed
-    /// with a FIN, and every socket is closed before this returns.
+    /// with a FIN, every UDP flow is closed, and every socket is closed before this returns.
     fn shutdown(mut self) -> io::Result<WorkerExit> {
         self.unwatch_listeners()?;
+        {
+            let snapshot = RoutingSnapshot::empty();
+            let mut cx = udp::Context {
+                driver: &mut self.driver,
+                listeners: &self.listeners[..],
+                snapshot: &snapshot,
+                now: self.now,
+                to_close: &mut self.to_close,
+            };
+            self.udp.close_all(&mut cx)?;
+        }
         let reset = self.table.abort_all(self.now);
         self.execute()?;
         self.driver.submit_and_wait(Some(Duration::ZERO))?;

@@ -32,6 +32,7 @@ fn service(name: &str, node_port: u16, endpoints: &[(&str, u32)]) -> ServicePort
         connect_retries: 2,
         maglev_table_size: 1009,
         forwarding: Default::default(),
+        udp_responses: None,
         traffic_policy: Default::default(),
         families: Default::default(),
         health: Default::default(),
@@ -76,6 +77,26 @@ fn lookup_finds_services_by_node_port() {
     let empty = RoutingSnapshot::empty();
     assert_eq!(empty.lookup(Protocol::Tcp, at(30001)), None);
     assert_eq!(empty.services().count(), 0);
+}
+
+/// TCP 53 and UDP 53 are two NodePorts: each protocol has its own index.
+#[test]
+fn the_same_node_port_number_is_one_service_per_protocol() {
+    let mut udp = service("dns-udp", 30053, &[("10.0.0.2:53", 1)]);
+    udp.key.protocol = Protocol::Udp;
+    let m = model(vec![service("dns-tcp", 30053, &[("10.0.0.1:53", 1)]), udp]);
+    let snap = RoutingSnapshot::build(&m, 1, &mut StatsRegistry::new(1));
+    let found = |protocol, port| {
+        snap.lookup(protocol, SocketAddr::from(([0, 0, 0, 0], port)))
+            .map(|r| r.service)
+    };
+    assert_eq!(found(Protocol::Tcp, 30053), Some(ServiceId(0)));
+    assert_eq!(found(Protocol::Udp, 30053), Some(ServiceId(1)));
+    assert_eq!(found(Protocol::Udp, 30054), None);
+    assert_ne!(
+        snap.service(ServiceId(0)).stable_id(),
+        snap.service(ServiceId(1)).stable_id()
+    );
 }
 
 #[test]

@@ -298,3 +298,28 @@ fn chosen_endpoints_keep_their_weight_and_tiers() {
     );
     assert_eq!(routing_weights(Local, &[]), (vec![], Tier::None));
 }
+
+/// Flows stay on serving endpoints — terminating ones included, unlike new flows —
+/// and leave endpoints that stopped serving, are held down, or left the policy's scope.
+#[test]
+fn which_endpoints_keep_their_flows() {
+    #[rustfmt::skip]
+    let rows: &[(TrafficPolicy, &str, bool)] = &[
+        (Cluster, "RS", true),
+        (Cluster, "ST", true),   // terminating but serving: kept (kube-proxy ≥ 1.32)
+        (Cluster, "S", true),    // not ready, serving
+        (Cluster, "RS0", true),  // drained by an operator: kept, like TCP connections
+        (Cluster, "T", false),   // terminating, no longer serving
+        (Cluster, "", false),    // not ready, not serving
+        (Cluster, "RSD", false), // marked down by health checking
+        (Local, "RSL", true),
+        (Local, "RS", false),    // on another node
+    ];
+    for (policy, spec, keeps) in rows {
+        assert_eq!(
+            keeps_flows(*policy, &endpoint(&("10.0.0.1:80", spec, &[], &[]), None)),
+            *keeps,
+            "{policy:?} {spec:?}"
+        );
+    }
+}

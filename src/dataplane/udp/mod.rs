@@ -1,0 +1,465 @@
+//! The IO around one worker's UDP flow table ([`super::flow`]): reading datagrams from the
+//! worker's NodePort sockets and the flows' upstream sockets, and executing the table's
+//! [`FlowOp`]s with the UDP syscalls of [`super::sys::udp`], under either driver.
+//!
+//! - **NodePort sockets** are the worker's listeners of protocol UDP (one SO_REUSEPORT
+//!   socket per (address, NodePort) per worker, opened with packet info on): the driver
+//!   reports them readable like a TCP listener (`Completion::Acceptable`), and the worker
+//!   hands them here instead of accepting.
+//! - **Upstream sockets**: one nonblocking UDP socket per flow, connected to its endpoint
+//!   (the kernel then delivers only that endpoint's replies to it, so the socket is the
+//!   return path), watched through [`Driver::watch_flow`] with the flow's token.
+//! - Replies leave by the NodePort socket the client used, from the exact node address it
+//!   sent to (IP_PKTINFO / IPV6_PKTINFO), so a wildcard listener on a node with several
+//!   addresses answers from the right one.
+//! - ECONNREFUSED (an ICMP port-unreachable from the pod) on a receive or a send is fed to
+//!   the table as a failure for passive health; on a send the table resends that datagram
+//!   once, so the error never costs the next datagram.
+//! - Readiness is edge-triggered: a socket stays on this module's ready lists until a read
+//!   finds nothing; each turn reads at most [`BATCH`] datagrams per socket, so one busy
+//!   socket cannot starve the others (the worker does not sleep while a list is not empty).
+//!
+//! Every datagram is read into one 64 KiB buffer and sent on (or dropped) before the next
+//! read, so datagrams up to the largest UDP payload (65,507 bytes over IPv4) pass whole; a
+//! longer one is seen truncated (MSG_TRUNC) and dropped, never forwarded cut. Nothing here
+//! panics on what a client or a pod sends.
+
+use super::driver::Driver;
+use super::flow::{
+    ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, Source,
+    UpstreamError,
+};
+use super::select::Picker;
+use super::sys::{self, udp as sysudp, Transfer};
+use crate::stats::{LoopStats, DROP_REASONS};
+use crate::table::RoutingSnapshot;
+use socket2::{Domain, Socket, Type};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Datagrams read from one socket per turn before the next ready socket's turn.
+pub const BATCH: usize = 32;
+
+/// Room for the largest datagram plus one byte, so that anything longer shows as truncated.
+const BUFFER: usize = 65_536;
+
+/// The worker's NodePort sockets, as this module needs them: by the listener index the
+/// driver reports.
+pub trait NodePortSockets {
+    /// The open socket of listener `listener` and the address it is bound to, if it is
+    /// open and serves UDP.
+    fn udp_socket(&self, listener: u32) -> Option<(BorrowedFd<'_>, SocketAddr)>;
+}
+
+/// One worker's UDP side: its flow table, the flows' upstream sockets, the ready lists.
+pub struct UdpPlane {
+    worker: usize,
+    table: FlowTable,
+    /// Upstream sockets by flow slot.
+    sockets: Vec<Option<OwnedFd>>,
+    buf: Box<[u8]>,
+    header: Vec<u8>,
+    /// NodePort sockets that may still hold datagrams.
+    ready_listeners: VecDeque<u32>,
+    /// Upstream sockets that may still hold replies.
+    ready_flows: VecDeque<FlowId>,
+    /// The endpoint choice of new flows (Maglev, ClientIP affinity tables of UDP Services).
+    picker: Picker,
+    /// The snapshot (its address) the picker last forgot removed Services for.
+    retained_for: usize,
+    stats: Arc<LoopStats>,
+}
+
+/// What the worker lends for one call.
+pub struct Context<'a, D: Driver, L: NodePortSockets + ?Sized> {
+    pub driver: &'a mut D,
+    pub listeners: &'a L,
+    pub snapshot: &'a RoutingSnapshot,
+    pub now: Instant,
+    /// Fds to close after the next submit (their polls are removed in it).
+    pub to_close: &'a mut Vec<OwnedFd>,
+}
+
+impl UdpPlane {
+    /// `seed`: of the balancing policies' PRNG (as the connection table's).
+    pub fn new(
+        now: Instant,
+        worker: usize,
+        max_flows: u32,
+        seed: u64,
+        stats: Arc<LoopStats>,
+    ) -> UdpPlane {
+        UdpPlane {
+            worker,
+            table: FlowTable::new(now, worker, max_flows),
+            sockets: Vec::new(),
+            buf: vec![0u8; BUFFER].into_boxed_slice(),
+            header: Vec::with_capacity(128),
+            ready_listeners: VecDeque::new(),
+            ready_flows: VecDeque::new(),
+            picker: Picker::new(seed),
+            retained_for: 0,
+            stats,
+        }
+    }
+
+    /// Live flows.
+    pub fn flows(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The flow table, read-only (`ctl flows`).
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// The driver reported NodePort socket `listener` readable.
+    pub fn nodeport_readable(&mut self, listener: u32) {
+        if !self.ready_listeners.contains(&listener) {
+            self.ready_listeners.push_back(listener);
+        }
+    }
+
+    /// The driver reported a flow's upstream socket readable; `ended`: its poll stopped and
+    /// must be armed again.
+    pub fn flow_readable<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        token: u64,
+        ended: bool,
+    ) -> io::Result<()> {
+        let flow = FlowId::from_token(token);
+        if self.table.flow(flow).is_none() {
+            return Ok(()); // a report about a flow that is gone
+        }
+        if ended {
+            if let Some(Some(fd)) = self.sockets.get(flow.index()) {
+                driver.watch_flow(token, fd.as_fd())?;
+            }
+        }
+        self.ready_flows.push_back(flow);
+        Ok(())
+    }
+
+    /// Sockets wait for a turn: the worker must not sleep.
+    pub fn pending(&self) -> bool {
+        !self.ready_listeners.is_empty() || !self.ready_flows.is_empty()
+    }
+
+    /// One turn over the ready sockets: at most [`BATCH`] datagrams each; a socket that may
+    /// hold more goes to the back of its list.
+    pub fn run<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+    ) -> io::Result<()> {
+        for _ in 0..self.ready_listeners.len() {
+            let Some(listener) = self.ready_listeners.pop_front() else {
+                break;
+            };
+            if self.read_nodeport(cx, listener)? {
+                self.ready_listeners.push_back(listener);
+            }
+        }
+        for _ in 0..self.ready_flows.len() {
+            let Some(flow) = self.ready_flows.pop_front() else {
+                break;
+            };
+            if self.read_upstream(cx, flow)? {
+                self.ready_flows.push_back(flow);
+            }
+        }
+        self.stats.flows.active.set(self.table.len() as u64);
+        Ok(())
+    }
+
+    /// The periodic sweep (idle flows, deleted Services, endpoints that left).
+    pub fn tick<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+    ) -> io::Result<()> {
+        if self.table.is_empty() {
+            return Ok(());
+        }
+        self.table.handle_tick(cx.now, cx.snapshot);
+        // Forget balancing state of removed Services, once per published snapshot.
+        let snapshot = cx.snapshot as *const RoutingSnapshot as usize;
+        if snapshot != self.retained_for {
+            self.retained_for = snapshot;
+            self.picker.retain_services(cx.snapshot);
+        }
+        self.execute(cx, 0)?;
+        self.stats.flows.active.set(self.table.len() as u64);
+        Ok(())
+    }
+
+    /// NodePort socket `listener` was closed (the worker took it out of its slot): its
+    /// flows end now, before the slot can hold another listener.
+    pub fn listener_closed<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        listener: u32,
+    ) -> io::Result<()> {
+        self.ready_listeners.retain(|&l| l != listener);
+        if self.table.is_empty() {
+            return Ok(());
+        }
+        self.table.close_listener(listener);
+        self.execute(cx, 0)?;
+        self.stats.flows.active.set(self.table.len() as u64);
+        Ok(())
+    }
+
+    /// Close every flow (the worker stops).
+    pub fn close_all<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+    ) -> io::Result<()> {
+        self.table.close_all(CloseReason::Shutdown);
+        self.execute(cx, 0)?;
+        self.ready_flows.clear();
+        self.ready_listeners.clear();
+        self.stats.flows.active.set(0);
+        Ok(())
+    }
+
+    /// Read up to [`BATCH`] datagrams from a NodePort socket; true when it may hold more.
+    fn read_nodeport<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        listener: u32,
+    ) -> io::Result<bool> {
+        for _ in 0..BATCH {
+            let Some((fd, bound)) = cx.listeners.udp_socket(listener) else {
+                return Ok(false);
+            };
+            let received = match sysudp::recv_from(fd, &mut self.buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    // ENOMEM, a queued error, …: stop this turn (the next datagram's
+                    // arrival reports the socket again), never spin on it.
+                    tracing::debug!(worker = self.worker, listener, error = %e,
+                        "UDP NodePort receive failed");
+                    return Ok(false);
+                }
+            };
+            // A socket bound to one address was sent to that one; a wildcard socket learns
+            // the address from the packet info.
+            let node = match received.to {
+                Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+                _ => bound,
+            };
+            let d = ClientDatagram {
+                listener,
+                bound,
+                client: received.from,
+                node,
+                len: received.len,
+                truncated: received.truncated,
+            };
+            self.table
+                .handle_client_datagram(cx.now, cx.snapshot, &mut self.picker, d);
+            self.execute(cx, received.len)?;
+        }
+        Ok(true)
+    }
+
+    /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
+    /// more.
+    fn read_upstream<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        flow: FlowId,
+    ) -> io::Result<bool> {
+        for _ in 0..BATCH {
+            let Some(Some(fd)) = self.sockets.get(flow.index()) else {
+                return Ok(false);
+            };
+            if self.table.flow(flow).is_none() {
+                return Ok(false);
+            }
+            match sysudp::recv_connected(fd.as_fd(), &mut self.buf) {
+                Ok(Some((len, truncated))) => {
+                    self.table.handle_reply(cx.now, flow, len, truncated);
+                    self.execute(cx, len)?;
+                }
+                Ok(None) => return Ok(false),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    self.count_drop_label(ICMP_REFUSED);
+                    self.table
+                        .handle_upstream_error(flow, UpstreamError::Refused);
+                    self.execute(cx, 0)?;
+                }
+                Err(e) => {
+                    tracing::debug!(worker = self.worker, error = %e, "UDP upstream receive failed");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Execute the table's ops; `len` is the length of the datagram in the buffer (the one
+    /// just handed to the table).
+    fn execute<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        len: usize,
+    ) -> io::Result<()> {
+        while let Some(op) = self.table.poll_op() {
+            match op {
+                FlowOp::Open {
+                    flow,
+                    endpoint,
+                    source,
+                } => match open_upstream(endpoint, source) {
+                    Ok(socket) => {
+                        let fd: OwnedFd = socket.into();
+                        cx.driver.watch_flow(flow.token(), fd.as_fd())?;
+                        let i = flow.index();
+                        if self.sockets.len() <= i {
+                            self.sockets.resize_with(i + 1, || None);
+                        }
+                        self.sockets[i] = Some(fd);
+                        self.stats.flows.created.add(1);
+                    }
+                    Err(e) => {
+                        let failure = classify_open(&e);
+                        tracing::debug!(worker = self.worker, %endpoint, error = %e,
+                            "cannot open a UDP flow's upstream socket");
+                        self.table.handle_open_failed(flow, failure);
+                    }
+                },
+                FlowOp::SendUpstream { flow, proxy } => {
+                    let Some(Some(fd)) = self.sockets.get(flow.index()) else {
+                        continue;
+                    };
+                    self.header.clear();
+                    if let Some(p) = proxy {
+                        let entry = cx.snapshot.service(p.service);
+                        let id = flow.unique_id(self.worker);
+                        crate::proxy_protocol::encode_datagram(
+                            &entry.port.forwarding,
+                            p.client,
+                            p.node,
+                            &id,
+                            &mut self.header,
+                        );
+                    }
+                    let payload = &self.buf[..len.min(self.buf.len())];
+                    let parts: [&[u8]; 2] = [&self.header, payload];
+                    let parts = if self.header.is_empty() {
+                        &parts[1..]
+                    } else {
+                        &parts[..]
+                    };
+                    match sysudp::send_parts(fd.as_fd(), parts) {
+                        Ok(Transfer::Moved(_)) => {}
+                        Ok(Transfer::WouldBlock) => {
+                            self.table
+                                .handle_upstream_error(flow, UpstreamError::SendFailed);
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                            self.count_drop_label(ICMP_REFUSED);
+                            self.table
+                                .handle_upstream_error(flow, UpstreamError::RefusedOnSend);
+                        }
+                        Err(e) => {
+                            tracing::debug!(worker = self.worker, error = %e, "UDP upstream send failed");
+                            self.table
+                                .handle_upstream_error(flow, UpstreamError::SendFailed);
+                        }
+                    }
+                }
+                FlowOp::SendReply { listener, from, to } => {
+                    let sent = match cx.listeners.udp_socket(listener) {
+                        Some((fd, _)) => {
+                            let v6 = from.is_ipv6();
+                            let payload = &self.buf[..len.min(self.buf.len())];
+                            matches!(
+                                sysudp::send_to_from(fd, payload, to, from.ip(), v6),
+                                Ok(Transfer::Moved(_))
+                            )
+                        }
+                        None => false,
+                    };
+                    if !sent {
+                        self.count_drop_label(REPLY_FAILED);
+                    }
+                }
+                FlowOp::Close { flow, reason } => {
+                    if let Some(slot) = self.sockets.get_mut(flow.index()) {
+                        if let Some(fd) = slot.take() {
+                            cx.driver.unwatch_flow(flow.token())?;
+                            cx.to_close.push(fd);
+                        }
+                    }
+                    let f = &self.stats.flows;
+                    f.closed.add(1);
+                    match reason {
+                        CloseReason::Idle => f.expired.add(1),
+                        CloseReason::OpenFailed(_) => f.refused.add(1),
+                        _ => {}
+                    }
+                }
+                FlowOp::Drop { reason, service } => {
+                    let _ = service;
+                    if reason == DropReason::TableFull {
+                        self.stats.flows.refused.add(1);
+                    }
+                    self.stats.flows.drops[reason.index()].add(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count_drop_label(&self, index: usize) {
+        self.stats.flows.drops[index].add(1);
+    }
+}
+
+const REPLY_FAILED: usize = 8;
+const ICMP_REFUSED: usize = 9;
+const _: () = assert!(matches!(
+    DROP_REASONS[REPLY_FAILED].as_bytes(),
+    b"reply_failed"
+));
+const _: () = assert!(matches!(
+    DROP_REASONS[ICMP_REFUSED].as_bytes(),
+    b"icmp_refused"
+));
+
+/// A nonblocking UDP socket connected to `endpoint`, leaving from the node (or, for
+/// transparent forwarding, from the client's address).
+fn open_upstream(endpoint: SocketAddr, source: Source) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(endpoint),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
+    if let Source::Client(client) = source {
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        sys::set_transparent(socket.as_fd(), endpoint.is_ipv6())?;
+        socket.set_reuse_address(true)?;
+        if socket.bind(&client.into()).is_err() {
+            // That 4-tuple is taken (another flow of the same client): any port.
+            socket.bind(&SocketAddr::new(client.ip(), 0).into())?;
+        }
+    }
+    socket.connect(&endpoint.into())?;
+    Ok(socket)
+}
+
+fn classify_open(e: &io::Error) -> OpenFailure {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => OpenFailure::Local,
+        Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE) => OpenFailure::Ports,
+        Some(libc::EPERM | libc::EACCES) => OpenFailure::Transparent,
+        _ => OpenFailure::Network,
+    }
+}
