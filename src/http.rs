@@ -96,6 +96,9 @@ pub struct ServerStats {
     pub requests: AtomicU64,
 }
 
+/// How long [`serve_until`] lets the connections under way finish once told to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `listener` until this future is dropped (which closes the listener and every
 /// connection it accepted).
 pub async fn serve(
@@ -104,6 +107,20 @@ pub async fn serve(
     handler: Handler,
     stats: Arc<ServerStats>,
 ) {
+    serve_until(listener, options, handler, stats, std::future::pending()).await
+}
+
+/// [`serve`] until `stop` resolves: then the listener is closed (this process's copy: a
+/// new process that took the socket over serves on) and the connections under way may
+/// finish for up to [`STOP_GRACE`], so that a request being answered is not cut.
+pub async fn serve_until(
+    listener: TcpListener,
+    options: Options,
+    handler: Handler,
+    stats: Arc<ServerStats>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
     let table = Arc::new(Table::default());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -116,6 +133,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
+            _ = &mut stop => break,
             accepted = listener.accept() => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
@@ -162,6 +180,11 @@ pub async fn serve(
         });
         table.set_abort(id, abort);
     }
+    drop(listener);
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Waits until the listener may hold one more connection: closes the one idle the

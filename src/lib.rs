@@ -25,9 +25,12 @@
 //! - [`tproxy`]: transparent-mode helpers: node rules text, CAP_NET_ADMIN probe (config,
 //!   model).
 //! - [`demo`]: the built-in demo pods and Service (http, model).
+//! - [`handover`]: passing the listening sockets and the state worth keeping to a new process
+//!   (`ctl upgrade`) or through systemd's fd store: protocol, fd passing, socket names and
+//!   checks, starting the new binary (nothing; the caller adopts inherited descriptors).
 //! - [`control`]: the control plane: start-up, the reload transaction, the control socket
-//!   and `sluice ctl`, metrics, health checks, sd_notify (everything above but demo,
-//!   logging and tproxy; the data plane through its API only; the rooms are listed in its
+//!   and `sluice ctl`, metrics, health checks, sd_notify, upgrades (everything above but
+//!   demo, logging and tproxy; the data plane through its API only; the rooms are listed in its
 //!   module docs).
 //!
 //! The binary (`src/main.rs`) parses the command line and calls into these.
@@ -39,6 +42,7 @@ pub mod control;
 pub mod dataplane;
 pub mod deadline;
 pub mod demo;
+pub mod handover;
 pub mod http;
 pub mod logging;
 pub mod model;

@@ -63,9 +63,10 @@ enum Command {
         /// user other than root when it exists, else /run/sluice/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// How long to wait for the daemon's answer (connect, send, answer), e.g. `30s`.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-        timeout: std::time::Duration,
+        /// How long to wait for the daemon's answer (connect, send, answer), e.g. `30s`
+        /// (default: 10s; 120s for `upgrade`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -262,6 +263,22 @@ enum CtlCommand {
         #[arg(value_name = "FILTER")]
         level: String,
     },
+    /// Replace the running daemon by a new process without refusing or cutting a
+    /// connection: it starts the binary, hands it the listening sockets, and drains once
+    /// the new one serves. Exits non-zero, with the new process's error, when that one
+    /// fails (the running daemon serves on). Also SIGUSR2.
+    Upgrade {
+        /// The new binary (default: the path the daemon was started from, read again from
+        /// disk). A relative path is made absolute here; the daemon must see the same file
+        /// (not under its PrivateTmp), owned by root or its user, writable by no one else.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long the new process may take from its start to "ready" (loading the
+        /// configuration, the first list of the API, starting workers), e.g. `20s`
+        /// (1s..=600s; default 60s). Past it the upgrade is rolled back.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ready_timeout: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,6 +352,19 @@ impl CtlCommand {
                 }
             },
             CtlCommand::LogLevel { level } => Request::LogLevel { level },
+            CtlCommand::Upgrade {
+                binary,
+                ready_timeout,
+            } => Request::Upgrade {
+                binary: binary.map(|b| {
+                    std::path::absolute(&b)
+                        .unwrap_or(b)
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                ready_timeout_seconds: ready_timeout
+                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            },
             CtlCommand::Flows { service, limit } => Request::Flows {
                 service,
                 limit: Some(limit),
@@ -362,6 +392,9 @@ impl From<DriverArg> for sluice::model::DriverSetting {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: the path this binary was started from, while it is surely the
+    // file running (a package upgrade may replace it later; `ctl upgrade` runs it again).
+    let _ = sluice::handover::StartedAs::remember();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
         // Until the control plane handles SIGHUP ("reload"), its default action would end
@@ -380,10 +413,17 @@ fn main() -> ExitCode {
             command,
         } => {
             let socket = socket.unwrap_or_else(control::client::default_socket);
+            let request = command.request();
+            let timeout = timeout.unwrap_or(match request {
+                sluice::control::protocol::Request::Upgrade { .. } => {
+                    control::client::UPGRADE_TIMEOUT
+                }
+                _ => control::client::DEFAULT_TIMEOUT,
+            });
             return ExitCode::from(control::client::run(
                 &socket,
                 output == Output::Json,
-                &command.request(),
+                &request,
                 timeout,
             ));
         }
@@ -538,6 +578,15 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(refused) = zone_with_kubernetes(&args) {
         return refused;
     }
+    // Sockets and state from the sluice that started this one (`ctl upgrade`), or from
+    // systemd's fd store; an error here was told to the old process, which serves on.
+    let inherit = match sluice::handover::inherit::from_env(sluice::dataplane::adopt_inherited_fd) {
+        Ok(start) => start,
+        Err(e) => {
+            eprintln!("sluice: cannot take over: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let result: anyhow::Result<()> = if args.kubernetes {
         let source = match sluice::watch::ClusterWatch::new(watch_options(&args)) {
             Ok(s) => s,
@@ -552,6 +601,7 @@ fn run(args: RunArgs) -> ExitCode {
             driver: args.driver.map(Into::into),
             log_filter: Some(log_filter),
             on_ready: None,
+            inherit,
         })
         .map_err(Into::into)
     } else {
@@ -581,6 +631,7 @@ fn run(args: RunArgs) -> ExitCode {
             driver: driver.map(Into::into),
             log_filter: Some(log_filter),
             on_ready: None,
+            inherit,
         }) {
             Ok(()) => Ok(()),
             Err(control::ControlError::Config(e)) => {
@@ -659,6 +710,7 @@ fn demo(
         config: ConfigSource::Fixed(Box::new(model)),
         workers: None,
         driver: None,
+        inherit: sluice::handover::Start::Fresh,
         log_filter: Some(log_filter),
         on_ready: Some(Box::new(|socket| {
             let Some(socket) = socket else { return };

@@ -41,6 +41,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watch", &["config", "model", "deadline"]),
     ("tproxy", &["config", "model"]),
     ("demo", &["http", "model"]),
+    // The hand-over protocol and process mechanics: nothing else of the crate (the caller
+    // adopts inherited descriptors).
+    ("handover", &[]),
     // The control plane drives everything but the binary's helpers.
     (
         "control",
@@ -48,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "dataplane",
             "deadline",
+            "handover",
             "http",
             "model",
             "proxy_protocol",

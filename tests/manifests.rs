@@ -682,3 +682,95 @@ fn local_policy_outside_clients_get_local_pods_and_the_node_gets_the_cluster() {
         eprintln!("SKIPPED: cannot make network namespaces here ({e})");
     }
 }
+
+/// `ctl upgrade` hands the healthCheckNodePort listener over with the NodePorts: an external
+/// load balancer's checks are answered throughout (none refused), and by the new process
+/// once the old one has exited (before, the new process could not bind the port the old
+/// one held, and the check port stayed closed after the old one's exit).
+#[test]
+fn the_health_check_node_port_is_handed_over_with_ctl_upgrade() {
+    let local = NameServer::start("127.0.0.2", "local-pod");
+    let (p, h) = (free_port(), free_port());
+    let dir = TempDir::new("manifests");
+    dir.write(
+        "lb.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\n  namespace: itest\n  annotations:\n    sluice.io/forwarding: none\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {h}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: {p}\n"
+        ),
+    );
+    let l = local.addr.ip().to_string();
+    dir.write(
+        "slices.yaml",
+        &slice(
+            "lb",
+            "itest",
+            "lllll",
+            ("http", local.addr.port()),
+            &[(&l, "node-a", Pod::Ready)],
+        ),
+    );
+    let node_dir = TempDir::new("node");
+    let (toml, sock) = node_settings(&node_dir, &format!("{p}-{p}"));
+    let mut old = run_manifests(&dir, &toml, "node-a");
+    old.wait_ready_name(node_addr(p));
+    let hc = node_addr(h);
+    let check = move || -> Result<String, String> {
+        let mut s = TcpStream::connect_timeout(&hc, Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(answer.lines().next().unwrap_or("").to_owned())
+    };
+    assert_eq!(check().unwrap(), "HTTP/1.1 200 OK");
+
+    // Checks all along the upgrade (bounded: until it is over, at most 60 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                match check() {
+                    Ok(line) if line == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok(line) => failed.push(line),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let out = ctl_ok(&sock, &["-o", "json", "upgrade"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let new = v["result"]["new_pid"].as_u64().unwrap();
+    // The new process is not this test's child: ended by its PID, whatever happens.
+    struct KillOnDrop(u64);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _new = KillOnDrop(new);
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    // The old process is gone: the new one answers the checks.
+    for _ in 0..5 {
+        assert_eq!(check().unwrap(), "HTTP/1.1 200 OK");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = checker.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} checks failed, {ok} answered: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 0);
+}

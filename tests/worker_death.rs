@@ -102,6 +102,15 @@ fn dies_whole(driver: &str, how: &str) {
             && l.contains(why)),
         "{driver}/{how}: no error line naming worker 1 and its cause:\n{log}"
     );
+    // systemd was told why (the exit status tells it the service failed). The unit failed:
+    // the emulated systemd releases its fd store (sluice put the NodePort sockets there);
+    // reading the messages without taking their descriptors closes them.
+    notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut told = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        told.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
     // Nothing is left half-served: the NodePort refuses, and the control socket is gone.
     // (Under io_uring the kernel closes the listening sockets a few milliseconds after the
     // exit, when it tears the rings down: a connect in that window is accepted, then reset.)
@@ -121,13 +130,6 @@ fn dies_whole(driver: &str, how: &str) {
         !Path::new(&sock).exists(),
         "{driver}/{how}: control socket left behind"
     );
-    // systemd was told why (the exit status tells it the service failed).
-    notify.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 4096];
-    let mut told = Vec::new();
-    while let Ok(n) = notify.recv(&mut buf) {
-        told.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
     assert!(
         told.iter()
             .any(|m| m.contains("STOPPING=1") && m.contains("STATUS=worker 1 died: ")),

@@ -7,6 +7,7 @@
 
 use super::protocol::{
     request_line, FlowList, OverrideOutcome, ReloadOutcome, Request, Response, ServiceList, Status,
+    UpgradeOutcome,
 };
 use super::render;
 use std::io::{self, Read, Write};
@@ -18,6 +19,10 @@ use std::time::{Duration, Instant};
 /// when it is done: a very large one (10,000 Services with 65,537-entry Maglev tables takes
 /// ~16 s) needs a longer `--timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `ctl upgrade` waits unless `--timeout` says otherwise: the new process may take
+/// up to its ready timeout (`handover::upgrade::READY_TIMEOUT`, 60 s) plus the other steps
+/// (10 s each).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The socket `ctl` talks to without `--socket`: the first of the daemon's default paths
 /// (for this user, then the system-wide one) that exists, else the first.
@@ -181,6 +186,9 @@ fn human(request: &Request, result: serde_json::Value) -> Result<String, serde_j
             render::override_outcome(&serde_json::from_value::<OverrideOutcome>(result)?)
         }
         Request::LogLevel { level } => format!("log level: {level}\n"),
+        Request::Upgrade { .. } => {
+            render::upgrade(&serde_json::from_value::<UpgradeOutcome>(result)?)
+        }
         Request::Flows { .. } => render::flows(&serde_json::from_value::<FlowList>(result)?),
     })
 }

@@ -53,6 +53,8 @@ pub(super) struct Daemon {
     pub(super) monitor: Monitor,
     pub(super) generation: u64,
     pub(super) started: Instant,
+    /// When this process started serving (`ctl status`).
+    pub(super) started_at: SystemTime,
     pub(super) reloads: u64,
     pub(super) last_reload: Option<ReloadOutcome>,
     health: healthz::SharedProcessHealth,
@@ -64,7 +66,7 @@ pub(super) struct Daemon {
     /// Active checks and passive ejection of endpoints (`endpoint_health`).
     pub(super) endpoint_health: endpoint_health::HealthTracker,
     /// kube-proxy's healthCheckNodePort servers (LoadBalancer + Local Services).
-    health_check_node_ports: hcnp::HealthCheckServers,
+    pub(super) health_check_node_ports: hcnp::HealthCheckServers,
     /// Sync-latency histogram and watch status (with `ConfigSource::Kubernetes`).
     source_metrics: Option<metrics::SourceMetrics>,
     /// When each problem of a Kubernetes Service (Service, reason, message) was first seen,
@@ -72,6 +74,17 @@ pub(super) struct Daemon {
     pub(super) problems_since: HashMap<(ServiceName, String, String), SystemTime>,
     /// This node's addresses and the listeners that follow them (`relisten`).
     pub(super) listening: relisten::Listening,
+    /// `ctl upgrade` / SIGUSR2: one at a time.
+    pub(super) upgrades: super::upgrade::Upgrades,
+    /// The control socket's serving task (stopped once a new process took it over; the
+    /// connections under way are tasks of their own and finish).
+    pub(super) servers: Vec<tokio::task::AbortHandle>,
+    /// Set once a new process took the HTTP listeners over (metrics, health,
+    /// healthCheckNodePorts): they stop accepting and let requests under way finish.
+    pub(super) handed_over: tokio::sync::watch::Sender<bool>,
+    /// A duplicate of the control socket and of each HTTP listener, by name, to pass to a
+    /// new process (`ctl upgrade`).
+    pub(super) handover_fds: Vec<(crate::handover::SocketName, std::os::fd::OwnedFd)>,
 }
 
 /// What start-up has before the daemon exists: the source, its first model, and what the
@@ -101,7 +114,14 @@ pub(super) struct Serving {
 impl Daemon {
     /// Opens the control socket and the HTTP listeners, publishes the first snapshot, starts
     /// the data plane and the background tasks: sluice serves when this returns.
-    pub(super) async fn start(start: Start) -> Result<Serving, ControlError> {
+    ///
+    /// A successor (`ctl upgrade`, systemd's fd store) takes the sockets it inherited by
+    /// name instead of binding them; after `ctl upgrade` it answers "ready" once everything
+    /// is open, and its workers accept only after the old process's "go".
+    pub(super) async fn start(
+        start: Start,
+        successor: &mut super::upgrade::Successor,
+    ) -> Result<Serving, ControlError> {
         let Start {
             source,
             source_metrics,
@@ -112,16 +132,31 @@ impl Daemon {
             driver,
             log_filter,
         } = start;
-        let workers = workers
+        let mut workers = workers
             .or(model.settings.workers)
             .unwrap_or_else(crate::dataplane::default_workers);
+        if let Some(inherited) = successor.workers() {
+            if inherited != workers {
+                tracing::warn!(
+                    inherited,
+                    configured = workers,
+                    "keeping the previous process's number of workers (each inherited socket \
+                     belongs to one worker); a new number applies after a stop and start"
+                );
+            }
+            workers = inherited;
+        }
         model.settings.workers = Some(workers);
         if let Some(d) = driver {
             model.settings.driver = d;
         }
         let settings = model.settings.clone();
 
-        let control_socket = match socket::ControlSocket::bind(&settings.control) {
+        let control_socket = match successor.take_control() {
+            Some(fd) => Ok(socket::ControlSocket::adopt(fd, &settings.control)?),
+            None => socket::ControlSocket::bind(&settings.control),
+        };
+        let control_socket = match control_socket {
             Ok(s) => Some(s),
             Err(e) if settings.control.socket.is_none() => {
                 tracing::warn!(error = %e, "no control socket (set `control_socket` to make this fatal)");
@@ -131,8 +166,33 @@ impl Daemon {
         };
         super::fatal::take_the_process_down_on_worker_death(notify::Notifier::from_env());
         check_tcp_migrate_req();
-        let metrics_listener = bind_http(settings.metrics_address, "metrics_address").await?;
-        let health_listener = bind_http(settings.health_address, "health_address").await?;
+        use crate::handover::{SocketKind, SocketName};
+        let metrics_listener = bind_http(
+            settings.metrics_address,
+            "metrics_address",
+            successor,
+            SocketKind::Metrics,
+        )?;
+        let health_listener = bind_http(
+            settings.health_address,
+            "health_address",
+            successor,
+            SocketKind::Health,
+        )?;
+        let mut handover_fds = Vec::new();
+        if let Some(fd) = control_socket.as_ref().and_then(|s| s.duplicate().ok()) {
+            handover_fds.push((SocketName::Control, fd));
+        }
+        for (l, kind) in [
+            (&metrics_listener, SocketKind::Metrics),
+            (&health_listener, SocketKind::Health),
+        ] {
+            let Some(l) = l else { continue };
+            use std::os::fd::AsFd;
+            if let (Ok(addr), Ok(fd)) = (l.local_addr(), l.as_fd().try_clone_to_owned()) {
+                handover_fds.push((SocketName::listener(kind, addr), fd));
+            }
+        }
 
         let mut registry = StatsRegistry::new(workers);
         let overrides = Overrides::default();
@@ -158,12 +218,21 @@ impl Daemon {
         }
         // The healthCheckNodePorts before the NodePorts: a load balancer (or a client) that
         // reaches a NodePort finds its health check answering too, never refused.
+        let (handed_over, handed_over_rx) = tokio::sync::watch::channel(false);
         let mut health_check_node_ports =
-            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health));
+            hcnp::HealthCheckServers::new(std::sync::Arc::clone(&health), handed_over_rx.clone());
+        // After `ctl upgrade`: the healthCheckNodePort listeners the old process passed.
+        health_check_node_ports.inherit(successor.take_all(SocketKind::HealthCheckNodePort));
         health_check_node_ports.open_new(&model, wanted.node_port_addresses.as_deref());
         // NodePorts now (all or nothing); the Services' own addresses once the daemon is
         // built, where they can be bound.
-        let mut plane = Dataplane::start(&settings, &wanted.listeners.required, &publisher)?;
+        let mut plane = Dataplane::start_inheriting(
+            &settings,
+            &wanted.listeners.required,
+            &publisher,
+            successor.node_port_groups(),
+            successor.is_upgrade(),
+        )?;
         // Steering first: connections accepted before it is attached may meet a worker that
         // does not hold their client's affinity.
         plane.steer_client_ips(&wanted.steered);
@@ -180,15 +249,6 @@ impl Daemon {
         let (priority_tx, priority_jobs) = mpsc::channel::<socket::Job>(64);
         let (jobs_tx, jobs) = mpsc::channel::<socket::Job>(64);
         let control_path = control_socket.as_ref().map(|s| s.path().to_path_buf());
-        if let Some(s) = control_socket {
-            tracing::info!(path = %s.path().display(), "control socket ready");
-            let queues = socket::Queues {
-                priority: priority_tx.clone(),
-                normal: jobs_tx.clone(),
-            };
-            tokio::spawn(s.serve(settings.control.clone(), queues));
-        }
-        drop((priority_tx, jobs_tx));
         let sources = metrics::MetricsInputs {
             publisher: publisher.clone(),
             monitor: monitor.clone(),
@@ -196,14 +256,6 @@ impl Daemon {
             endpoint_health: endpoint_health.shared(),
             source: source_metrics.clone(),
         };
-        for (listener, what) in [
-            (metrics_listener, metrics::Endpoints::MetricsAndHealth),
-            (health_listener, metrics::Endpoints::HealthOnly),
-        ] {
-            if let Some(l) = listener {
-                tokio::spawn(metrics::serve(l, what, sources.clone()));
-            }
-        }
 
         let mut daemon = Daemon {
             source,
@@ -216,6 +268,7 @@ impl Daemon {
             monitor,
             generation: 1,
             started: Instant::now(),
+            started_at: SystemTime::now(),
             reloads: 0,
             last_reload: None,
             health,
@@ -226,9 +279,61 @@ impl Daemon {
             health_check_node_ports,
             problems_since: HashMap::new(),
             listening,
+            upgrades: Default::default(),
+            servers: Vec::new(),
+            handed_over,
+            handover_fds,
         };
         daemon.open_remaining_listeners();
+        let unused = daemon
+            .plane
+            .as_mut()
+            .expect("the plane runs until shutdown")
+            .release_inherited();
+        for key in unused {
+            tracing::info!(address = %key.addr, "inherited NodePort listeners not served any more: closed");
+        }
+        successor.release_rest();
         daemon.after_publish();
+        if let Some(state) = successor.take_state() {
+            daemon.carry_in(state);
+        }
+        daemon.health_check_node_ports.release_inherited();
+        if successor.is_upgrade() {
+            // Everything is open, nothing accepts: "ready", then wait for the old
+            // process's "go" (bounded), and only then accept.
+            successor
+                .ready()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            daemon
+                .plane
+                .as_mut()
+                .expect("the plane runs until shutdown")
+                .resume();
+        }
+        if let Some(s) = control_socket {
+            tracing::info!(path = %s.path().display(), "control socket ready");
+            let queues = socket::Queues {
+                priority: priority_tx.clone(),
+                normal: jobs_tx.clone(),
+            };
+            let task = tokio::spawn(s.serve(settings.control.clone(), queues));
+            daemon.servers.push(task.abort_handle());
+        }
+        drop((priority_tx, jobs_tx));
+        for (listener, what) in [
+            (metrics_listener, metrics::Endpoints::MetricsAndHealth),
+            (health_listener, metrics::Endpoints::HealthOnly),
+        ] {
+            if let Some(l) = listener {
+                tokio::spawn(metrics::serve(
+                    l,
+                    what,
+                    sources.clone(),
+                    handed_over_rx.clone(),
+                ));
+            }
+        }
         for s in &daemon.model.services {
             tracing::info!(
                 service = %s.key,
@@ -240,7 +345,15 @@ impl Daemon {
         }
         let listen = daemon.plane().listen_addrs();
         tracing::info!(workers, driver = %daemon.monitor.driver(), addresses = ?listen, "sluice is serving");
-        daemon.notifier.ready(&daemon.summary());
+        let fd_store = daemon.sockets_for_fd_store();
+        if successor.is_upgrade() {
+            // READY=1 (and the fd store) once the old process said "done": it named this
+            // one the main PID.
+            successor.serving(daemon.summary(), fd_store);
+        } else {
+            super::upgrade::store(&fd_store);
+            daemon.notifier.ready(&daemon.summary());
+        }
         Ok(Serving {
             daemon,
             priority_jobs,
@@ -306,11 +419,16 @@ impl Daemon {
     pub(super) fn stop(&mut self) -> (Dataplane, Duration) {
         let timeout = self.model.settings.drain_timeout;
         tracing::info!(?timeout, "stopping: draining live connections");
-        self.lock_health().stopping = true;
-        self.notifier.stopping(&format!(
-            "draining connections (up to {})",
-            humantime::format_duration(timeout)
-        ));
+        // After a hand-over the node's proxy is not stopping: the new process serves (and
+        // is systemd's main process), and a health check answered here meanwhile must not
+        // say otherwise.
+        if !*self.handed_over.borrow() {
+            self.lock_health().stopping = true;
+            self.notifier.stopping(&format!(
+                "draining connections (up to {})",
+                humantime::format_duration(timeout)
+            ));
+        }
         let plane = self.plane.take().expect("the plane runs until shutdown");
         (plane, timeout)
     }
@@ -569,14 +687,21 @@ fn log_reload(outcome: &ReloadOutcome, by: &str) {
     }
 }
 
-async fn bind_http(
+/// The listener of `addr`: the one a previous process passed under `kind`, else bound now.
+fn bind_http(
     addr: Option<SocketAddr>,
     what: &'static str,
+    successor: &mut super::upgrade::Successor,
+    kind: crate::handover::SocketKind,
 ) -> Result<Option<tokio::net::TcpListener>, ControlError> {
     let Some(addr) = addr else { return Ok(None) };
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|cause| ControlError::Http { what, addr, cause })?;
+    let err = |cause| ControlError::Http { what, addr, cause };
+    let std_listener = match successor.take_listener(kind, addr) {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => std::net::TcpListener::bind(addr).map_err(err)?,
+    };
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let l = tokio::net::TcpListener::from_std(std_listener).map_err(err)?;
     tracing::info!(address = %l.local_addr().unwrap_or(addr), what, "HTTP listener ready");
     Ok(Some(l))
 }

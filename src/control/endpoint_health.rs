@@ -71,6 +71,9 @@ struct State {
     event_pending: bool,
     /// Blocks of targets marked down whose Service resets sessions then.
     shutdowns: Vec<Arc<StatsBlock>>,
+    /// Targets the previous process's active checks held down (a hand-over), with the
+    /// reason: down until `rise` checks pass; consumed when the target first syncs.
+    carried_down: HashMap<Target, String>,
 }
 
 struct TargetHealth {
@@ -93,6 +96,8 @@ struct ActiveState {
     counter: CheckCounter,
     failures_in_row: u32,
     last_error: Option<String>,
+    /// Why the previous process held it down (a hand-over), until the first check here.
+    carried: Option<String>,
 }
 
 /// What the probe of a target sends first, by the Service's forwarding.
@@ -141,6 +146,7 @@ impl HealthTracker {
             events,
             event_pending: false,
             shutdowns: Vec::new(),
+            carried_down: HashMap::new(),
         })));
         let poller = shared.clone();
         let passive = Task(tokio::spawn(async move {
@@ -168,11 +174,28 @@ impl HealthTracker {
         self.shared.lock().event_pending = false;
     }
 
+    /// Targets the previous process held down (a hand-over: `handover::state`), with why.
+    /// They start down — routed to by nothing, probed until `rise` checks pass — instead
+    /// of up and unconfirmed; a target whose Service no longer has active checks starts up.
+    pub fn carry_in(&self, down: impl IntoIterator<Item = (Target, String)>) {
+        self.shared.lock().carried_down.extend(down);
+    }
+
+    /// The targets held down now, with why (disabled ones excepted: overrides carry those).
+    pub fn carry_out(&self) -> Vec<(Target, String)> {
+        let st = self.shared.lock();
+        st.targets
+            .iter()
+            .filter(|(_, t)| t.routing_down && !t.disabled)
+            .map(|(k, t)| (k.clone(), t.reason.clone().unwrap_or_default()))
+            .collect()
+    }
+
     /// Sets `healthy = false` on the endpoints of `model` that health holds down or an
     /// operator disabled.
     pub fn mark_down(&self, model: &mut Model, overrides: &Overrides) {
         let st = self.shared.lock();
-        if st.targets.is_empty() && overrides.is_empty() {
+        if st.targets.is_empty() && st.carried_down.is_empty() && overrides.is_empty() {
             // Nothing is checked or disabled: skip a key copy per endpoint.
             return;
         }
@@ -182,7 +205,10 @@ impl HealthTracker {
                 let disabled = overrides
                     .get(&s.key, e.addr)
                     .is_some_and(|o| o.state == AdminState::Disabled);
-                let down = st.targets.get(&target).is_some_and(|t| t.is_down());
+                let down = match st.targets.get(&target) {
+                    Some(t) => t.is_down(),
+                    None => st.carried_down.contains_key(&target),
+                };
                 if disabled || down {
                     e.healthy = false;
                 }
@@ -255,13 +281,22 @@ impl HealthTracker {
                             config: c.clone(),
                             ..a
                         }),
-                        (Some(c), _) => Some(ActiveState {
-                            counter: CheckCounter::fresh(c.rise, c.fall),
-                            config: c.clone(),
-                            failures_in_row: 0,
-                            last_error: None,
-                        }),
+                        (Some(c), _) => {
+                            let carried = st.carried_down.remove(&target).filter(|_| !disabled);
+                            let mut counter = CheckCounter::fresh(c.rise, c.fall);
+                            if carried.is_some() {
+                                counter.force_down();
+                            }
+                            Some(ActiveState {
+                                counter,
+                                config: c.clone(),
+                                failures_in_row: 0,
+                                last_error: None,
+                                carried,
+                            })
+                        }
                     };
+                    st.carried_down.remove(&target);
                     t.passive = match (&health.passive, t.passive.take()) {
                         (None, _) => None,
                         (Some(c), Some((_, ej))) if !enabled_again && !disabled => Some((*c, ej)),
@@ -286,6 +321,9 @@ impl HealthTracker {
                 }
             }
             st.targets.retain(|t, _| seen.contains(t));
+            // Carried state of targets the configuration no longer has, or that are not
+            // checked: nothing to carry it into.
+            st.carried_down.clear();
         }
         self.probes
             .retain(|t, p| wanted.get(t).is_some_and(|c| *c == p.config));
@@ -348,6 +386,9 @@ impl TargetHealth {
             }
         }
         let a = self.active.as_ref().filter(|a| !a.counter.is_up())?;
+        if let Some(why) = &a.carried {
+            return Some(format!("{why} (before the hand-over)"));
+        }
         let error = a.last_error.as_deref().unwrap_or("?");
         Some(match a.failures_in_row {
             0 => "waiting for checks to pass after an ejection".to_owned(),
@@ -407,6 +448,7 @@ impl State {
             return;
         };
         let ok = result.is_ok();
+        a.carried = None;
         match result {
             Ok(()) => a.failures_in_row = 0,
             Err(e) => {

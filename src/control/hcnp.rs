@@ -47,6 +47,12 @@ pub(super) struct HealthCheckServers {
     open: HashMap<ServiceName, Instance>,
     counts: Counts,
     health: SharedProcessHealth,
+    /// Listeners a previous process passed (`ctl upgrade`), by address, taken instead of
+    /// binding until [`Self::release_inherited`].
+    inherited: HashMap<SocketAddr, std::os::fd::OwnedFd>,
+    /// Turns true once a new process took the listeners over: stop accepting, let the
+    /// checks under way finish.
+    handed_over: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Instance {
@@ -55,6 +61,8 @@ struct Instance {
     listen: Option<Vec<IpAddr>>,
     /// One accept task per address; aborting it closes the listener and its connections.
     tasks: Vec<JoinHandle<()>>,
+    /// A duplicate of each listener, by the address it is bound to (to hand over).
+    sockets: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 impl Drop for Instance {
@@ -94,12 +102,39 @@ pub(super) fn wanted(model: &Model) -> HashMap<ServiceName, (u16, usize)> {
 }
 
 impl HealthCheckServers {
-    pub(super) fn new(health: SharedProcessHealth) -> HealthCheckServers {
+    pub(super) fn new(
+        health: SharedProcessHealth,
+        handed_over: tokio::sync::watch::Receiver<bool>,
+    ) -> HealthCheckServers {
         HealthCheckServers {
             open: HashMap::new(),
             counts: Arc::default(),
             health,
+            inherited: HashMap::new(),
+            handed_over,
         }
+    }
+
+    /// Listeners a previous process passed, to serve instead of binding (call before the
+    /// first [`Self::sync`]).
+    pub(super) fn inherit(&mut self, sockets: Vec<(SocketAddr, std::os::fd::OwnedFd)>) {
+        self.inherited.extend(sockets);
+    }
+
+    /// Closes the inherited listeners no Service took.
+    pub(super) fn release_inherited(&mut self) {
+        self.inherited.clear();
+    }
+
+    /// A duplicate of every listener, by address (to hand over with `ctl upgrade`).
+    pub(super) fn sockets(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        let mut out = Vec::new();
+        for i in self.open.values() {
+            for (addr, fd) in &i.sockets {
+                out.push((*addr, fd.try_clone()?));
+            }
+        }
+        Ok(out)
     }
 
     /// Brings the listeners in line with `model` (inside the tokio runtime), on the
@@ -159,7 +194,7 @@ impl HealthCheckServers {
     }
 
     fn open_instance(
-        &self,
+        &mut self,
         name: &ServiceName,
         port: u16,
         listen: Option<&[IpAddr]>,
@@ -168,6 +203,7 @@ impl HealthCheckServers {
             port,
             listen: listen.map(<[IpAddr]>::to_vec),
             tasks: Vec::new(),
+            sockets: Vec::new(),
         };
         let addrs: Vec<IpAddr> = match listen {
             None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
@@ -175,23 +211,48 @@ impl HealthCheckServers {
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
-            let listener = bind(addr).or_else(|e| match listen {
-                // No IPv6 on this host: all IPv4 addresses.
-                None => bind(SocketAddr::from(([0, 0, 0, 0], port))),
-                Some(_) => Err(e),
-            });
+            let v4 = SocketAddr::from(([0, 0, 0, 0], port));
+            let mut inherited = self.inherited.remove(&addr);
+            if inherited.is_none() && listen.is_none() {
+                inherited = self.inherited.remove(&v4);
+            }
+            let listener = match inherited {
+                Some(fd) => adopt(fd),
+                None => bind(addr).or_else(|e| match listen {
+                    // No IPv6 on this host: all IPv4 addresses.
+                    None => bind(v4),
+                    Some(_) => Err(e),
+                }),
+            };
             let listener = listener.map_err(|e| (addr, e))?;
+            {
+                use std::os::fd::AsFd;
+                if let (Ok(local), Ok(fd)) =
+                    (listener.local_addr(), listener.as_fd().try_clone_to_owned())
+                {
+                    instance.sockets.push((local, fd));
+                }
+            }
             let ctx = Handler {
                 name: name.clone(),
                 counts: Arc::clone(&self.counts),
                 health: Arc::clone(&self.health),
             };
-            instance
-                .tasks
-                .push(tokio::spawn(accept_loop(listener, ctx)));
+            instance.tasks.push(tokio::spawn(accept_loop(
+                listener,
+                ctx,
+                self.handed_over.clone(),
+            )));
         }
         Ok(instance)
     }
+}
+
+/// A listener a previous process passed.
+fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -239,7 +300,11 @@ impl Handler {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handler: Handler) {
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Handler,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
+) {
     let options = http::Options {
         limits: http::Limits::DEFAULT,
         // Date goes before Content-Length, where Go's net/http writes it.
@@ -247,7 +312,10 @@ async fn accept_loop(listener: TcpListener, handler: Handler) {
     };
     let handler: http::Handler =
         Arc::new(move |request| handler.respond(request, SystemTime::now()));
-    http::serve(listener, options, handler, Arc::default()).await
+    let stop = async move {
+        let _ = handed_over.wait_for(|h| *h).await;
+    };
+    http::serve_until(listener, options, handler, Arc::default(), stop).await
 }
 
 /// HTTP/1.0 with `Connection: keep-alive` (Go then says so in the answer, and keeps the

@@ -87,9 +87,26 @@ impl SourceMetrics {
 
 /// Serves `/metrics` (with [`Endpoints::MetricsAndHealth`]), `/healthz` and `/livez` on
 /// `listener` until the task is dropped, within [`crate::http::Limits::DEFAULT`].
-pub async fn serve(listener: TcpListener, what: Endpoints, sources: MetricsInputs) {
+/// Serves until `stop` turns true (the listener was handed to a new process: requests under
+/// way finish, see `http::serve_until`).
+pub async fn serve(
+    listener: TcpListener,
+    what: Endpoints,
+    sources: MetricsInputs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let handler: http::Handler = Arc::new(move |request| answer(request, what, &sources));
-    http::serve(listener, http::Options::default(), handler, Arc::default()).await
+    let stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    http::serve_until(
+        listener,
+        http::Options::default(),
+        handler,
+        Arc::default(),
+        stop,
+    )
+    .await
 }
 
 fn answer(

@@ -30,6 +30,7 @@
 //! | `port_owner.rs` | one sluice per NodePort |
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
+//! | `upgrade.rs` | `ctl upgrade` / SIGUSR2: admission, the steps off the loop, what is carried |
 
 pub mod client;
 mod daemon;
@@ -52,6 +53,7 @@ mod requests;
 mod socket;
 mod source;
 mod source_files;
+mod upgrade;
 mod views;
 
 pub use port_owner::PortTaken;
@@ -98,6 +100,9 @@ pub struct Options {
     /// Called once when sluice serves, with the control socket's path when it has one
     /// (the demo prints the `sluice ctl` line to try).
     pub on_ready: Option<ReadyHook>,
+    /// What this process inherited at start (`handover::inherit::from_env`): nothing, the
+    /// sockets and state of a `ctl upgrade`, or systemd's fd store.
+    pub inherit: crate::handover::Start,
 }
 
 /// See [`Options::on_ready`].
@@ -163,7 +168,22 @@ pub fn run(options: Options) -> Result<(), ControlError> {
     result
 }
 
-async fn serve(options: Options) -> Result<(), ControlError> {
+async fn serve(mut options: Options) -> Result<(), ControlError> {
+    let inherit = std::mem::replace(&mut options.inherit, crate::handover::Start::Fresh);
+    let mut successor = upgrade::Successor::new(inherit);
+    let result = serve_as(options, &mut successor).await;
+    if let Err(e) = &result {
+        // A new process started by `ctl upgrade` says why it cannot serve (the old one
+        // serves on and reports it); nothing was accepted here.
+        successor.failed(&e.to_string());
+    }
+    result
+}
+
+async fn serve_as(
+    options: Options,
+    successor: &mut upgrade::Successor,
+) -> Result<(), ControlError> {
     // Handlers first: from here on SIGTERM means "drain", SIGHUP "reload" (before this,
     // `main` has SIGHUP ignored, so a reload asked for during start-up cannot end sluice).
     let mut stop = StopSignals {
@@ -171,6 +191,7 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         int: signal(SignalKind::interrupt())?,
     };
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<DaemonEvent>();
     let health = Arc::new(Mutex::new(healthz::ProcessHealth::new(1)));
@@ -197,16 +218,19 @@ async fn serve(options: Options) -> Result<(), ControlError> {
         mut priority_jobs,
         mut jobs,
         control_path,
-    } = Daemon::start(Start {
-        source,
-        source_metrics,
-        model,
-        health,
-        events: events_tx,
-        workers: options.workers,
-        driver: options.driver,
-        log_filter: options.log_filter,
-    })
+    } = Daemon::start(
+        Start {
+            source,
+            source_metrics,
+            model,
+            health,
+            events: events_tx,
+            workers: options.workers,
+            driver: options.driver,
+            log_filter: options.log_filter,
+        },
+        successor,
+    )
     .await?;
     if let Some(ready) = options.on_ready {
         ready(control_path.as_deref());
@@ -221,12 +245,31 @@ async fn serve(options: Options) -> Result<(), ControlError> {
     address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jobs_open = true;
     let mut reloads = Reloads::<ReloadWaiter>::default();
+    let mut underway: Option<upgrade::Underway> = None;
 
     loop {
         tokio::select! {
             _ = stop.signal() => break,
             _ = sighup.recv() => {
                 reloads.request(ReloadWaiter::Signal, || daemon.reload_plan());
+            }
+            _ = sigusr2.recv() => match daemon.upgrade("SIGUSR2", None, None) {
+                Ok(u) => underway = Some(u),
+                Err(refused) => {
+                    let why = refused.error.map(|e| e.message).unwrap_or_default();
+                    tracing::error!(error = %why, "upgrade (SIGUSR2) refused; still serving");
+                }
+            },
+            staged = upgrade::Underway::finished(&mut underway) => {
+                let u = underway.take().expect("an upgrade was under way");
+                match staged {
+                    Ok(Ok((up, admitted))) => {
+                        daemon.hand_over(up, admitted, u);
+                        break;
+                    }
+                    Ok(Err(failed)) => u.fail(failed.0.to_string()),
+                    Err(e) => u.fail(format!("the upgrade's task failed: {e}")),
+                }
             }
             read = reloads.read(), if reloads.is_reading() => {
                 let waiters = reloads.finished(|| daemon.reload_plan());
@@ -244,11 +287,33 @@ async fn serve(options: Options) -> Result<(), ControlError> {
             }
             // Root's and the daemon's own requests first (socket.rs, "Fairness").
             job = next_job(&mut priority_jobs, &mut jobs), if jobs_open => match job {
-                Some((Request::Reload, reply)) => {
+                // Another binary than the installed one: only root and the daemon's uid.
+                Some(((Request::Upgrade { binary: Some(_), .. }, reply), false)) => {
+                    let _ = reply.send(protocol::Response::error(
+                        "forbidden",
+                        "only root and the daemon's own user may give `--binary`; others may \
+                         upgrade to the binary the daemon was started from",
+                    ));
+                }
+                Some(((Request::Reload, reply), _)) if daemon.upgrades.in_progress() => {
+                    let _ = reply.send(upgrade::busy_refusal());
+                }
+                Some(((Request::Upgrade { binary, ready_timeout_seconds }, reply), _)) => {
+                    match daemon.upgrade("ctl upgrade", binary.as_deref(), ready_timeout_seconds) {
+                        Ok(mut u) => {
+                            u.set_reply(reply);
+                            underway = Some(u);
+                        }
+                        Err(refused) => {
+                            let _ = reply.send(refused);
+                        }
+                    }
+                }
+                Some(((Request::Reload, reply), _)) => {
                     reloads.request(ReloadWaiter::Client(reply), || daemon.reload_plan());
                 }
                 // The workers answer off the loop (flows.rs).
-                Some((Request::Flows { service, limit }, reply)) => {
+                Some(((Request::Flows { service, limit }, reply), _)) => {
                     match daemon.flows(service.as_deref(), limit) {
                         Ok(pending) => {
                             tokio::task::spawn_blocking(move || {
@@ -260,13 +325,14 @@ async fn serve(options: Options) -> Result<(), ControlError> {
                         }
                     }
                 }
-                Some((request, reply)) => {
+                Some(((request, reply), _)) => {
                     let response = daemon.handle(request);
                     let _ = reply.send(response);
                 }
                 None => jobs_open = false,
             },
-            _ = address_poll.tick() => daemon.follow_node_addresses(),
+            // Not during an upgrade: the sockets offered are the ones open now.
+            _ = address_poll.tick(), if underway.is_none() => daemon.follow_node_addresses(),
             _ = ticker.tick() => daemon.check_heartbeats(&mut gate),
         }
     }
@@ -332,14 +398,15 @@ fn second_signal(aborter: &crate::dataplane::Aborter) -> ! {
 
 /// The next request for the daemon: root's and the daemon's own uid's first; `None` when
 /// the control socket is gone.
+/// `privileged`: from root or the daemon's own uid.
 async fn next_job(
     priority: &mut mpsc::Receiver<socket::Job>,
     normal: &mut mpsc::Receiver<socket::Job>,
-) -> Option<socket::Job> {
+) -> Option<(socket::Job, bool)> {
     tokio::select! {
         biased;
-        Some(job) = priority.recv() => Some(job),
-        job = normal.recv() => job,
+        Some(job) = priority.recv() => Some((job, true)),
+        job = normal.recv() => job.map(|j| (j, false)),
     }
 }
 

@@ -27,6 +27,17 @@ impl AdminState {
             AdminState::Disabled => "disabled",
         }
     }
+
+    /// The state [`Self::as_str`] spells `text`.
+    pub fn parse(text: &str) -> Option<AdminState> {
+        [
+            AdminState::Enabled,
+            AdminState::Draining,
+            AdminState::Disabled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
 /// What an operator set on one endpoint of one Service port.
@@ -182,6 +193,16 @@ impl Overrides {
             }
         }
         out
+    }
+
+    /// Every override, by (Service port, endpoint address).
+    pub fn iter(&self) -> impl Iterator<Item = (&(ServicePortKey, SocketAddr), &Override)> {
+        self.map.iter()
+    }
+
+    /// Sets the override of one endpoint (a hand-over carries them in).
+    pub fn insert(&mut self, key: ServicePortKey, addr: SocketAddr, o: Override) {
+        self.map.insert((key, addr), o);
     }
 
     pub fn len(&self) -> usize {

@@ -51,6 +51,18 @@ pub enum Request {
     },
     /// Change the log filter (tracing `EnvFilter` syntax, e.g. `debug` or `sluice=trace`).
     LogLevel { level: String },
+    /// Start a new process of sluice (`binary`, default: the path this daemon was started
+    /// from, read again from disk) and hand it the listening sockets; the response is the
+    /// outcome, sent once the new process serves or the upgrade was rolled back.
+    Upgrade {
+        /// Absolute path of the new binary, as the daemon sees it.
+        #[serde(default)]
+        binary: Option<String>,
+        /// How long the new process may take from its start to "ready" (default 60 s,
+        /// 1..=600).
+        #[serde(default)]
+        ready_timeout_seconds: Option<u64>,
+    },
     /// The live UDP flows and TCP connections, of every Service or of one (like
     /// `conntrack -L`): at most `limit` (default [`FLOWS_DEFAULT_LIMIT`], at most
     /// [`FLOWS_MAX_LIMIT`]) with the count of all.
@@ -173,6 +185,7 @@ const COMMANDS: &[&str] = &[
     "reload",
     "endpoint",
     "log-level",
+    "upgrade",
     "flows",
 ];
 
@@ -296,7 +309,14 @@ pub fn request_line(request: &Request) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
+    /// The process serving (after `ctl upgrade`, the new one's).
     pub pid: u32,
+    /// When this process started serving, seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_unix: f64,
+    /// The binary this process runs (as it was started).
+    #[serde(default)]
+    pub binary: Option<String>,
     pub uptime_seconds: f64,
     pub driver: String,
     pub workers: usize,
@@ -325,6 +345,24 @@ pub struct ReloadOutcome {
     /// Settings that changed in the file but apply only after a restart.
     #[serde(default)]
     pub needs_restart: Vec<String>,
+}
+
+/// What an upgrade did (`upgrade`): the old process hands over and drains; the new one
+/// serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeOutcome {
+    /// The process that answered (it drains its connections, then exits).
+    pub old_pid: u32,
+    pub old_version: String,
+    /// The process serving now.
+    pub new_pid: u32,
+    pub new_version: String,
+    /// The binary started.
+    pub binary: String,
+    /// From the request to the new process serving.
+    pub seconds: f64,
+    /// How long the old process lets its connections finish (`drain_timeout`).
+    pub drain_timeout_seconds: f64,
 }
 
 /// Counters of a Service port or endpoint, summed over workers.
@@ -543,6 +581,14 @@ mod tests {
             Request::LogLevel {
                 level: "debug".into(),
             },
+            Request::Upgrade {
+                binary: None,
+                ready_timeout_seconds: None,
+            },
+            Request::Upgrade {
+                binary: Some("/usr/bin/sluice".into()),
+                ready_timeout_seconds: Some(5),
+            },
             Request::Flows {
                 service: Some("itest/dns".into()),
                 limit: Some(5),
@@ -605,5 +651,28 @@ mod tests {
                 level: "debug".into()
             }
         );
+    }
+
+    #[test]
+    fn an_upgrade_request_names_at_most_a_binary_and_a_ready_timeout() {
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"upgrade"}"#).unwrap(),
+            Request::Upgrade {
+                binary: None,
+                ready_timeout_seconds: None
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"upgrade","binary":"/opt/sluice"}"#).unwrap(),
+            Request::Upgrade {
+                binary: Some("/opt/sluice".into()),
+                ready_timeout_seconds: None
+            }
+        );
+        let e = parse_request(r#"{"version":1,"command":"upgrade","bin":"/x"}"#).unwrap_err();
+        assert_eq!(e.kind(), "malformed");
+        assert!(e.to_string().contains("`bin`"), "{e}");
+        let e = parse_request(r#"{"version":1,"command":"upgrade","binary":7}"#).unwrap_err();
+        assert_eq!(e.kind(), "malformed");
     }
 }

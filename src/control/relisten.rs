@@ -119,7 +119,9 @@ impl Daemon {
             .collect();
         port_owner::check(&new).map_err(|e| e.to_string())?;
         let plan = self
-            .plane()
+            .plane
+            .as_mut()
+            .expect("the plane runs until shutdown")
             .prepare_listeners(backlog, &wanted.listeners)
             .map_err(|e| e.to_string())?;
         Ok(Prepared {
@@ -149,12 +151,16 @@ impl Daemon {
         for key in plan.removed() {
             tracing::info!(address = %key.addr, protocol = %key.protocol, "no longer listening");
         }
+        let (added, removed) = (plan.added(), plan.removed().to_vec());
         let plane = self.plane.as_mut().expect("the plane runs until shutdown");
         plane.commit_listeners(plan);
         plane.steer_client_ips(&wanted.steered);
         self.listening.node_addresses = node_addresses;
         self.listening.node_port_addresses = wanted.node_port_addresses;
         self.listening.note_failures(failed);
+        if !self.plane().is_paused() {
+            self.update_fd_store(&added, &removed);
+        }
     }
 
     /// At start, once the daemon is built: the listeners the NodePorts' start left out

@@ -6,7 +6,7 @@
 //! forwarding modes) arrive already spelled by `model`'s `Display`.
 
 use super::protocol::{
-    FlowList, OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status,
+    FlowList, OverrideOutcome, ReloadOutcome, ServiceList, ServicePortInfo, Status, UpgradeOutcome,
 };
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -19,7 +19,15 @@ pub use describe::{describe, human_duration};
 pub fn status(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "sluice {} (pid {})", s.version, s.pid);
-    let _ = writeln!(out, "uptime:       {}", uptime(s.uptime_seconds));
+    let _ = writeln!(
+        out,
+        "started:      {} (uptime {})",
+        when(s.started_at_unix),
+        uptime(s.uptime_seconds)
+    );
+    if let Some(b) = &s.binary {
+        let _ = writeln!(out, "binary:       {b}");
+    }
     let _ = writeln!(out, "driver:       {}", s.driver);
     let _ = writeln!(out, "workers:      {}", s.workers);
     let _ = writeln!(out, "generation:   {}", s.generation);
@@ -66,6 +74,21 @@ pub fn reload(r: &ReloadOutcome) -> String {
         );
     }
     out
+}
+
+/// `upgrade`.
+pub fn upgrade(u: &UpgradeOutcome) -> String {
+    format!(
+        "upgraded in {:.1} s: pid {} (sluice {}) serves now, from {}\n\
+         pid {} (sluice {}) stopped accepting and lets its connections finish (up to {})\n",
+        u.seconds,
+        u.new_pid,
+        u.new_version,
+        u.binary,
+        u.old_pid,
+        u.old_version,
+        uptime(u.drain_timeout_seconds)
+    )
 }
 
 /// `services`: one line per Service port.

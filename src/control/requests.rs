@@ -48,12 +48,21 @@ impl Daemon {
                 "invalid",
                 "internal error: a reload or flows request reached the request handler",
             ),
+            // What it would change could not reach the new process any more.
+            Request::Endpoint { .. } if self.upgrades.in_progress() => {
+                super::upgrade::busy_refusal()
+            }
             Request::Endpoint {
                 action,
                 service,
                 address,
                 weight,
             } => self.endpoint_override(action, &service, &address, weight),
+            // The loop runs upgrades: their steps run off the loop (`serve`).
+            Request::Upgrade { .. } => Response::error(
+                "invalid",
+                "internal error: an upgrade reached the request handler",
+            ),
             Request::LogLevel { level } => match &self.log_filter {
                 Some(set) => match set(&level) {
                     Ok(()) => {

@@ -96,6 +96,16 @@ pub fn socket_path(settings: &ControlSettings) -> PathBuf {
 
 /// The socket files this process made (path, inode), for [`remove_control_socket`].
 static BOUND: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+/// Set once the control socket was handed to a new process (`ctl upgrade`): the file is
+/// that one's now, and this process never removes it.
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The control socket now belongs to the process it was handed to: this one forgets the
+/// file (no exit path removes it).
+pub fn forget_control_socket() {
+    HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+    BOUND.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
 
 /// Removes the control socket file(s) this process made, where the file is still the one it
 /// made (not replaced by a newer daemon). Idempotent and callable from any thread on any
@@ -109,6 +119,9 @@ pub fn remove_control_socket() {
 }
 
 fn remove_if_ours(path: &Path, inode: u64) {
+    if HANDED_OVER.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if m.ino() == inode {
             let _ = std::fs::remove_file(path);
@@ -168,6 +181,45 @@ impl ControlSocket {
             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err)?;
         }
         Ok(socket)
+    }
+
+    /// Takes over the listening control socket a previous process passed (`ctl upgrade`):
+    /// it must be bound to [`socket_path`] (never unlinked or re-bound in between, so a
+    /// client never finds no socket there). The file keeps its mode and group.
+    pub fn adopt(
+        fd: std::os::fd::OwnedFd,
+        settings: &ControlSettings,
+    ) -> Result<ControlSocket, SocketError> {
+        let path = socket_path(settings);
+        let io_err = |cause| SocketError::Io {
+            path: path.clone(),
+            cause,
+        };
+        crate::handover::validate::check_control_path(&fd, &path)
+            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true).map_err(io_err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
+        let meta = std::fs::metadata(&path).map_err(io_err)?;
+        BOUND
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path.clone(), meta.ino()));
+        Ok(ControlSocket {
+            listener: Some(listener),
+            path,
+            inode: meta.ino(),
+            owner: meta.uid(),
+        })
+    }
+
+    /// A duplicate of the listening socket (to hand over with `ctl upgrade`).
+    pub fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match &self.listener {
+            Some(l) => l.as_fd().try_clone_to_owned(),
+            None => Err(io::Error::other("the control socket is served already")),
+        }
     }
 
     pub fn path(&self) -> &Path {

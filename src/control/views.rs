@@ -18,6 +18,9 @@ impl Daemon {
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
+            started_at_unix: super::metrics::unix_seconds(self.started_at),
+            binary: crate::handover::StartedAs::remembered()
+                .map(|s| s.binary.display().to_string()),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             driver: monitor.driver().to_owned(),
             workers: monitor.workers(),

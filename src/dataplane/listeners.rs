@@ -7,6 +7,10 @@
 //! removed ones. [`Dataplane::steer_client_ips`] attaches and detaches the client-IP steering
 //! program of ClientIP-affinity Services' listener groups.
 //!
+//! A data plane started on inherited sockets ([`Dataplane::start_inheriting`]) takes a
+//! listener's group from them instead of binding, and while paused holds every change for
+//! the workers until [`Dataplane::resume`].
+//!
 //! Must not: read configuration (the caller says which listeners it wants), or change what
 //! workers listen on before the commit.
 
@@ -14,7 +18,7 @@ use super::worker::{Command, Listener};
 use super::{sys, Dataplane, ListenerKey, StartError};
 use crate::model::{Model, Protocol};
 use socket2::{Domain, Socket, Type};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
@@ -74,7 +78,7 @@ impl Dataplane {
     /// and then nothing was changed (sockets opened so far are closed); an optional one is
     /// reported in [`ListenerPlan::failed`] and left out.
     pub fn prepare_listeners(
-        &self,
+        &mut self,
         backlog: u32,
         wanted: &Listeners,
     ) -> Result<ListenerPlan, StartError> {
@@ -86,7 +90,13 @@ impl Dataplane {
             .copied()
             .collect();
         let open: HashSet<ListenerKey> = self.open.iter().copied().collect();
-        let (add, failed) = open_listeners(backlog, wanted, &open, self.workers.len())?;
+        let (add, failed) = open_listeners(
+            backlog,
+            wanted,
+            &open,
+            self.workers.len(),
+            &mut self.inherited,
+        )?;
         let remove = self
             .open
             .iter()
@@ -114,16 +124,13 @@ impl Dataplane {
         let removed: HashSet<&ListenerKey> = plan.remove.iter().collect();
         self.open.retain(|k| !removed.contains(k));
         self.steered.retain(|k| !removed.contains(k));
-        for (w, listeners) in self.workers.iter().zip(per_worker) {
+        for (index, listeners) in per_worker.into_iter().enumerate() {
             if !listeners.is_empty() {
-                let _ = w.commands.send(Command::AddListeners(listeners));
+                self.post(index, Command::AddListeners(listeners));
             }
             if !plan.remove.is_empty() {
-                let _ = w
-                    .commands
-                    .send(Command::RemoveListeners(plan.remove.clone()));
+                self.post(index, Command::RemoveListeners(plan.remove.clone()));
             }
-            let _ = sys::eventfd_signal(w.wake.as_fd());
         }
     }
 
@@ -158,16 +165,23 @@ impl Dataplane {
             return;
         }
         self.steered = wanted;
-        if let Some(w) = self.workers.first() {
+        if !self.workers.is_empty() {
             let (done, applied) = mpsc::channel();
-            let _ = w.commands.send(Command::Steer {
-                attach,
-                detach,
-                groups: self.workers.len() as u32,
-                done,
-            });
-            let _ = sys::eventfd_signal(w.wake.as_fd());
-            let _ = applied.recv_timeout(Duration::from_secs(1));
+            let groups = self.workers.len() as u32;
+            let paused = self.is_paused();
+            self.post(
+                0,
+                Command::Steer {
+                    attach,
+                    detach,
+                    groups,
+                    done,
+                },
+            );
+            // While paused the change waits with the listeners (`Dataplane::resume`).
+            if !paused {
+                let _ = applied.recv_timeout(Duration::from_secs(1));
+            }
         }
     }
 }
@@ -208,6 +222,7 @@ pub(super) fn open_listeners(
     wanted: &Listeners,
     open: &HashSet<ListenerKey>,
     workers: usize,
+    inherited: &mut HashMap<ListenerKey, Vec<Socket>>,
 ) -> Result<
     (
         Vec<(ListenerKey, Vec<Socket>)>,
@@ -217,13 +232,16 @@ pub(super) fn open_listeners(
 > {
     let mut out = Vec::new();
     let mut seen: HashSet<ListenerKey> = HashSet::new();
-    let group = |key: &ListenerKey| {
-        (0..workers)
+    // An inherited group of the right size is taken as it is (never re-bound); one of
+    // another size cannot be given to workers by position and is closed.
+    let mut group = |key: &ListenerKey| match inherited.remove(key) {
+        Some(sockets) if sockets.len() == workers => Ok(sockets),
+        _ => (0..workers)
             .map(|_| match key.protocol {
                 Protocol::Tcp => open_listener(key.addr, backlog),
                 Protocol::Udp => open_udp_socket(key.addr),
             })
-            .collect::<io::Result<Vec<_>>>()
+            .collect::<io::Result<Vec<_>>>(),
     };
     for key in &wanted.required {
         if open.contains(key) || !seen.insert(*key) {

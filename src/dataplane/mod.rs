@@ -56,7 +56,8 @@ use driver::epoll::Epoll;
 use driver::uring::Uring;
 use driver::{Driver, DriverChoice};
 use listeners::open_listeners;
-use std::collections::HashSet;
+use socket2::Socket;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -103,6 +104,13 @@ pub struct Dataplane {
     /// Listener groups whose connections are steered to workers by client IP.
     steered: Vec<ListenerKey>,
     monitor: Monitor,
+    /// Listening sockets inherited from the previous process (a hand-over, systemd's fd
+    /// store) and not used yet: a listener to open takes its group from here before
+    /// anything is bound ([`Self::start_inheriting`], [`Self::release_inherited`]).
+    inherited: HashMap<ListenerKey, Vec<Socket>>,
+    /// While paused, the commands for each worker, held until [`Self::resume`]: a
+    /// successor's workers run but accept nothing before the old process says "go".
+    held: Option<Vec<Vec<Command>>>,
 }
 
 struct WorkerHandle {
@@ -221,6 +229,23 @@ impl Dataplane {
         keys: &[ListenerKey],
         publisher: &Publisher,
     ) -> Result<Dataplane, StartError> {
+        Dataplane::start_inheriting(settings, keys, publisher, HashMap::new(), false)
+    }
+
+    /// [`Self::start`] on listening sockets a previous process passed (a hand-over, or
+    /// systemd's fd store): each listener of `keys` (and of later listener plans, until
+    /// [`Self::release_inherited`]) whose group of `settings.workers` sockets is in
+    /// `inherited` takes it, socket *i* to worker *i*, instead of binding; the sockets are
+    /// never re-bound, so their accept queues and the group's steering program stay. With
+    /// `paused`, the workers start but accept nothing, and every listener and steering
+    /// change waits, until [`Self::resume`].
+    pub fn start_inheriting(
+        settings: &Settings,
+        keys: &[ListenerKey],
+        publisher: &Publisher,
+        inherited: HashMap<ListenerKey, Vec<OwnedFd>>,
+        paused: bool,
+    ) -> Result<Dataplane, StartError> {
         let driver = choose_driver(settings.driver)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
@@ -230,12 +255,31 @@ impl Dataplane {
             required: keys.to_vec(),
             optional: Vec::new(),
         };
-        let (opened, _) = open_listeners(settings.backlog, &wanted, &HashSet::new(), n)?;
+        let mut inherited: HashMap<ListenerKey, Vec<Socket>> = inherited
+            .into_iter()
+            .map(|(k, fds)| (k, fds.into_iter().map(Socket::from).collect()))
+            .collect();
+        let (opened, _) = open_listeners(
+            settings.backlog,
+            &wanted,
+            &HashSet::new(),
+            n,
+            &mut inherited,
+        )?;
         for (key, sockets) in opened {
             for (listeners, socket) in per_worker.iter_mut().zip(sockets) {
                 listeners.push(Listener { key, socket });
             }
             open.push(key);
+        }
+        let mut held = None;
+        if paused {
+            held = Some(
+                per_worker
+                    .iter_mut()
+                    .map(|l| vec![Command::AddListeners(std::mem::take(l))])
+                    .collect(),
+            );
         }
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut workers = Vec::with_capacity(n);
@@ -287,6 +331,8 @@ impl Dataplane {
                 loops: loops.into(),
                 driver: driver.name(),
             },
+            inherited,
+            held,
         };
         for _ in 0..n {
             match ready_rx.recv() {
@@ -301,6 +347,91 @@ impl Dataplane {
             }
         }
         Ok(dp)
+    }
+
+    /// Whether the workers wait for [`Self::resume`] to accept.
+    pub fn is_paused(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The workers start accepting: every listener and steering change held since a paused
+    /// start reaches them, in order.
+    pub fn resume(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        for (w, commands) in self.workers.iter().zip(held) {
+            for c in commands {
+                let _ = w.commands.send(c);
+            }
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Closes the inherited sockets no listener took (the new configuration no longer
+    /// serves them); returns their keys.
+    pub fn release_inherited(&mut self) -> Vec<ListenerKey> {
+        let mut keys: Vec<ListenerKey> = self.inherited.drain().map(|(k, _)| k).collect();
+        keys.sort();
+        keys
+    }
+
+    /// A duplicate of every open listening socket, by key, socket *i* being worker *i*'s
+    /// (for a hand-over to a new process, or systemd's fd store). The workers answer
+    /// between two turns of their loops; an error when one does not within `wait` or
+    /// cannot duplicate (out of descriptors). Not while paused.
+    pub fn listening_sockets(
+        &self,
+        wait: Duration,
+    ) -> io::Result<Vec<(ListenerKey, Vec<OwnedFd>)>> {
+        if self.is_paused() {
+            return Err(io::Error::other("the workers are paused"));
+        }
+        let (done, answers) = mpsc::channel();
+        for w in &self.workers {
+            let _ = w.commands.send(Command::Export { done: done.clone() });
+            let _ = sys::eventfd_signal(w.wake.as_fd());
+        }
+        drop(done);
+        let n = self.workers.len();
+        let deadline = crate::deadline::after(Instant::now(), wait);
+        let mut per_worker: Vec<Option<Vec<(ListenerKey, OwnedFd)>>> =
+            (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match answers.recv_timeout(left) {
+                Ok((index, fds)) if index < n => per_worker[index] = Some(fds),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(io::Error::other(
+                        "a worker did not hand out its listening sockets (out of descriptors, or wedged)",
+                    ))
+                }
+            }
+        }
+        let mut groups: HashMap<ListenerKey, Vec<OwnedFd>> = HashMap::new();
+        for fds in per_worker.into_iter().flatten() {
+            for (key, fd) in fds {
+                groups.entry(key).or_default().push(fd);
+            }
+        }
+        let mut out: Vec<(ListenerKey, Vec<OwnedFd>)> = self
+            .open
+            .iter()
+            .filter_map(|k| groups.remove(k).map(|fds| (*k, fds)))
+            .filter(|(_, fds)| fds.len() == n)
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// Hands `command` to worker `index`, or holds it while paused.
+    fn post(&mut self, index: usize, command: Command) {
+        if let Some(held) = self.held.as_mut() {
+            held[index].push(command);
+            return;
+        }
+        let w = &self.workers[index];
+        let _ = w.commands.send(command);
+        let _ = sys::eventfd_signal(w.wake.as_fd());
     }
 
     /// Number of worker threads.
@@ -418,6 +549,23 @@ pub fn probe_uring() -> io::Result<()> {
     Uring::probe()
 }
 
+/// Takes ownership of a descriptor this process inherited by number across exec (systemd's
+/// `LISTEN_FDS`, the hand-over socket of `ctl upgrade`); each number at most once per
+/// process (see `sys::adopt_inherited_fd`).
+pub fn adopt_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    sys::adopt_inherited_fd(fd)
+}
+
+/// Attaches the client-IP steering program to the SO_REUSEPORT group of `fd` (for the
+/// hand-over's tests in `control`: a passed socket keeps its group's program).
+#[cfg(test)]
+pub(crate) fn attach_client_ip_steering(
+    fd: std::os::fd::BorrowedFd<'_>,
+    groups: u32,
+) -> io::Result<()> {
+    sys::attach_client_ip_steering(fd, groups)
+}
+
 /// The process's effective user id (the control socket's peer checks).
 pub fn effective_uid() -> u32 {
     sys::effective_uid()
@@ -479,4 +627,25 @@ fn run_worker<D: Driver>(
         });
     }
     result
+}
+
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+
+    #[test]
+    fn inherited_numbers_are_adopted_once() {
+        use std::os::fd::IntoRawFd;
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        // Give up ownership, as exec does: the number is then only an inherited one.
+        let raw = s.into_raw_fd();
+        let owned = adopt_inherited_fd(raw).unwrap();
+        let got = socket2::SockRef::from(&owned).local_addr().unwrap();
+        assert_eq!(got.as_socket(), Some(addr));
+        let e = adopt_inherited_fd(raw).unwrap_err();
+        assert!(e.to_string().contains("not an inherited descriptor"), "{e}");
+        assert!(adopt_inherited_fd(1).is_err());
+        drop(owned);
+    }
 }

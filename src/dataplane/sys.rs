@@ -455,3 +455,42 @@ pub fn detach_steering(fd: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Descriptor numbers [`adopt_inherited_fd`] has handed out, for the life of the process.
+static ADOPTED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes ownership of a descriptor this process inherited by number across exec — systemd's
+/// `LISTEN_FDS` (fds 3, 4, …) or the hand-over socket named by `SLUICE_HANDOVER_FD` — and
+/// marks it close-on-exec. Errors: the number is stdin/stdout/stderr or not an open
+/// descriptor (EBADF), or it was adopted before (each number is adopted at most once per
+/// process, so two `OwnedFd`s can never own one descriptor, even after the first closed it
+/// and the number was reused).
+///
+/// Only for numbers the environment names at start (`LISTEN_FDS`, `SLUICE_HANDOVER_FD`),
+/// read before this process opens descriptors of its own: such a number can only be an
+/// inherited descriptor.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+    if fd < 3 || adopted.contains(&fd) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not an inherited descriptor left to adopt"),
+        ));
+    }
+    // SAFETY: F_GETFD on an integer touches no memory; a closed number yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above) and was inherited across exec, so no
+    // `OwnedFd`/`File` of this process was created for it by an open or socket call, and
+    // `ADOPTED` (held locked) guarantees this function returns it only once: the returned
+    // `OwnedFd` is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    adopted.push(fd);
+    drop(adopted);
+    // SAFETY: fcntl(F_SETFD) on a descriptor we own; no memory is passed.
+    if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}

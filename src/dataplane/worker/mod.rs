@@ -78,6 +78,11 @@ pub enum Command {
         /// Told when the change is applied.
         done: mpsc::Sender<()>,
     },
+    /// Send a duplicate of each open listening socket (a hand-over to a new process, or
+    /// systemd's fd store): this worker's index and its (key, socket) pairs.
+    Export {
+        done: mpsc::Sender<(usize, Vec<(ListenerKey, OwnedFd)>)>,
+    },
     /// List the live UDP flows and TCP connections (`ctl flows`): answered on `reply`
     /// between two turns of the loop (`listing.rs`).
     Live {
@@ -362,6 +367,24 @@ impl<D: Driver> Worker<D> {
                 }
             }
             Command::Stop => self.exit_now = true,
+            Command::Export { done } => {
+                // A failed dup (out of fds) is the caller's error (nothing sent), never
+                // this worker's end.
+                let out: io::Result<Vec<(ListenerKey, OwnedFd)>> = self
+                    .listeners
+                    .iter()
+                    .filter_map(|l| l.socket.as_ref().map(|s| (l.key, s)))
+                    .map(|(key, s)| s.as_fd().try_clone_to_owned().map(|fd| (key, fd)))
+                    .collect();
+                match out {
+                    Ok(out) => {
+                        let _ = done.send((self.index, out));
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = self.index, error = %e, "cannot duplicate the listening sockets");
+                    }
+                }
+            }
             Command::Abort { done } => {
                 self.exit_now = true;
                 self.aborted = Some(done);
