@@ -490,12 +490,24 @@ fn durations_beyond_any_clock_saturate_under_both_drivers() {
 }
 
 /// A UDP pod that echoes every datagram back to its sender.
+/// `recv_from` that retries when a signal interrupts it: the data plane runs in this test
+/// process, beside the other tests' threads, and a signal delivered to this thread
+/// interrupts a blocking receive (EINTR), which std does not retry for datagram sockets.
+fn recv_from(s: &std::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match s.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 fn udp_echo_pod(ip: &str) -> SocketAddr {
     let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
     let addr = s.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
+        while let Ok((n, from)) = recv_from(&s, &mut buf) {
             let _ = s.send_to(&buf[..n], from);
         }
     });
@@ -542,14 +554,14 @@ fn udp_flows_end_with_their_node_port_socket() {
     client.send_to(b"question", ("127.0.0.1", p1)).unwrap();
     pod.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 64];
-    let (n, upstream) = pod.recv_from(&mut buf).expect("the pod gets the datagram");
+    let (n, upstream) = recv_from(&pod, &mut buf).expect("the pod gets the datagram");
     assert_eq!(&buf[..n], b"question");
     pod.connect(upstream).unwrap();
     pod.send(b"answer").unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let (n, from) = client.recv_from(&mut buf).expect("the reply");
+    let (n, from) = recv_from(&client, &mut buf).expect("the reply");
     assert_eq!((&buf[..n], from.port()), (&b"answer"[..], p1));
 
     // The listener of p1 closes; the Service stays.
@@ -642,7 +654,7 @@ fn client_ip_steering_sends_every_udp_flow_of_a_client_to_one_worker() {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             s.send_to(b"hi", ("127.0.0.1", port)).unwrap();
             let mut buf = [0u8; 16];
-            let (n, _) = s.recv_from(&mut buf).expect("the echo through the flow");
+            let (n, _) = recv_from(&s, &mut buf).expect("the echo through the flow");
             assert_eq!(&buf[..n], b"hi");
             clients.push(s); // keeps its port, so the flow stays this client's
         }
