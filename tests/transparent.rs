@@ -157,27 +157,8 @@ fn transparent_pod_sees_the_client_only_with_the_node_rules() {
     );
 
     // 2. The rules `sluice tproxy-rules` prints, run as printed inside the node namespace.
-    let path = sluice.config_path.clone().unwrap();
-    let rules = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["tproxy-rules", "--config"])
-        .arg(&path)
-        .output()
-        .expect("sluice tproxy-rules");
-    assert!(
-        rules.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rules.stderr)
-    );
-    let script = String::from_utf8(rules.stdout).unwrap();
-    let applied = Command::new("ip")
-        .args(["netns", "exec", &t.node, "sh", "-e", "-c", &script])
-        .output()
-        .expect("apply the rules");
-    assert!(
-        applied.status.success(),
-        "the printed rules failed:\n{script}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let script = tproxy_rules(sluice.config_path.as_ref().unwrap());
+    apply_in_netns(&t.node, &script);
 
     // 3. With the rules: the pod's nginx logs the client's own address.
     let resp = get_from_client(&t);

@@ -205,30 +205,12 @@ fn transparent_udp_pod_sees_the_client_address_and_port() {
     });
 
     // 2. The rules, as `sluice tproxy-rules` prints them, run inside the node namespace.
-    let rules = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["tproxy-rules", "--config"])
-        .arg(sluice.config_path.as_ref().unwrap())
-        .output()
-        .expect("sluice tproxy-rules");
-    assert!(
-        rules.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rules.stderr)
-    );
-    let script = String::from_utf8(rules.stdout).unwrap();
+    let script = tproxy_rules(sluice.config_path.as_ref().unwrap());
     assert!(
         script.contains("meta l4proto udp socket transparent 1"),
         "{script}"
     );
-    let applied = Command::new("ip")
-        .args(["netns", "exec", &node_ns, "sh", "-e", "-c", &script])
-        .output()
-        .expect("apply the rules");
-    assert!(
-        applied.status.success(),
-        "the printed rules failed:\n{script}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_in_netns(&node_ns, &script);
 
     // 3. With the rules: answered from the NodePort, and the pod saw this client's address
     //    and port, on several flows.

@@ -708,6 +708,34 @@ pub fn run_ip(args: &[&str]) {
     );
 }
 
+/// The script `sluice tproxy-rules --config CONFIG` prints (the command must succeed).
+pub fn tproxy_rules(config: &std::path::Path) -> String {
+    let rules = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["tproxy-rules", "--config"])
+        .arg(config)
+        .output()
+        .expect("sluice tproxy-rules");
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stderr)
+    );
+    String::from_utf8(rules.stdout).unwrap()
+}
+
+/// Runs `script` (the printed rules) with `sh -e` inside network namespace `ns`.
+pub fn apply_in_netns(ns: &str, script: &str) {
+    let applied = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-e", "-c", script])
+        .output()
+        .expect("apply the rules");
+    assert!(
+        applied.status.success(),
+        "the printed rules failed:\n{script}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
 /// Runs `f` on the current thread inside network namespace `ns`, then moves the thread back.
 /// For spawning sluice: the harness kills sluice when the thread that spawned it ends
 /// (PR_SET_PDEATHSIG), so it must be a thread that lives as long as the test.

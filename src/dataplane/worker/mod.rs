@@ -543,18 +543,33 @@ impl<D: Driver> Worker<D> {
             return Ok(());
         }
         let snapshot = Arc::clone(self.reader.load());
+        self.with_udp(
+            &snapshot,
+            |udp, cx| {
+                if tick {
+                    udp.tick(cx)
+                } else {
+                    udp.run(cx)
+                }
+            },
+        )
+    }
+
+    /// Runs `f` on the UDP side with a context over this worker's driver, listener slots
+    /// and close list, reading `snapshot`.
+    fn with_udp<T>(
+        &mut self,
+        snapshot: &RoutingSnapshot,
+        f: impl FnOnce(&mut UdpPlane, &mut udp::Context<'_, D, [ListenerSlot]>) -> T,
+    ) -> T {
         let mut cx = udp::Context {
             driver: &mut self.driver,
             listeners: &self.listeners[..],
-            snapshot: &snapshot,
+            snapshot,
             now: self.now,
             to_close: &mut self.to_close,
         };
-        if tick {
-            self.udp.tick(&mut cx)
-        } else {
-            self.udp.run(&mut cx)
-        }
+        f(&mut self.udp, &mut cx)
     }
 
     /// The socket of listener slot `i` was just taken out: when it served UDP, the flows
@@ -564,31 +579,14 @@ impl<D: Driver> Worker<D> {
             return Ok(());
         }
         let snapshot = Arc::clone(self.reader.load());
-        let mut cx = udp::Context {
-            driver: &mut self.driver,
-            listeners: &self.listeners[..],
-            snapshot: &snapshot,
-            now: self.now,
-            to_close: &mut self.to_close,
-        };
-        self.udp.listener_closed(&mut cx, i as u32)
+        self.with_udp(&snapshot, |udp, cx| udp.listener_closed(cx, i as u32))
     }
 
     /// End: every connection still open is reset on both sides (SO_LINGER 0), never closed
     /// with a FIN, every UDP flow is closed, and every socket is closed before this returns.
     fn shutdown(mut self) -> io::Result<WorkerExit> {
         self.unwatch_listeners()?;
-        {
-            let snapshot = RoutingSnapshot::empty();
-            let mut cx = udp::Context {
-                driver: &mut self.driver,
-                listeners: &self.listeners[..],
-                snapshot: &snapshot,
-                now: self.now,
-                to_close: &mut self.to_close,
-            };
-            self.udp.close_all(&mut cx)?;
-        }
+        self.with_udp(&RoutingSnapshot::empty(), |udp, cx| udp.close_all(cx))?;
         let reset = self.table.abort_all(self.now);
         self.execute()?;
         self.driver.submit_and_wait(Some(Duration::ZERO))?;
