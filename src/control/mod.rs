@@ -353,6 +353,12 @@ async fn serve_as(
                     Ok(Err(e)) => return Err(e.into()),
                     Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
                 }
+                // The answer to the request that ended us (`ctl upgrade`) may still be on
+                // its way to the client: an exit now would close its connection unanswered.
+                let unanswered = socket::replies_written(Duration::from_secs(2)).await;
+                if unanswered > 0 {
+                    tracing::warn!(unanswered, "exiting with control requests unanswered");
+                }
                 return Ok(());
             }
             _ = stop.signal() => second_signal(&aborter),

@@ -39,6 +39,47 @@ pub const RESERVED_CLIENTS: usize = 4;
 /// Mode of the socket's directory when sluice creates it.
 const DIRECTORY_MODE: u32 = 0o750;
 
+/// Requests read from a client whose response is not written yet (see [`replies_written`]).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Woken when [`IN_FLIGHT`] goes down.
+static REPLIES: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Counts one request from the moment it is read until its response is written (or the
+/// client is gone).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        REPLIES.notify_waiters();
+    }
+}
+
+/// Waits, at most `bound`, until every request read so far has its response written: the
+/// daemon calls this before it exits, so that the client of the request that ended it (an
+/// upgrade's `ctl upgrade`) gets its answer instead of a closed connection. Returns the
+/// number still unanswered.
+pub async fn replies_written(bound: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let woken = REPLIES.notified();
+        let left = IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+        if left == 0 {
+            return 0;
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// A request and where its response goes.
 pub type Job = (Request, oneshot::Sender<Response>);
 
@@ -442,6 +483,7 @@ async fn serve_client(
         if text.is_empty() {
             continue;
         }
+        let _in_flight = InFlight::new();
         let response = match parse_request(text) {
             Err(e) => Response::failed(&e),
             Ok(request) => {
