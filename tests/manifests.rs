@@ -688,7 +688,6 @@ fn local_policy_outside_clients_get_local_pods_and_the_node_gets_the_cluster() {
 /// once the old one has exited (before, the new process could not bind the port the old
 /// one held, and the check port stayed closed after the old one's exit).
 #[test]
-#[ignore = "open race (issue 15): 1 of 167 health checks was reset during the hand-over in 1 of several full-suite runs; run with --ignored"]
 fn the_health_check_node_port_is_handed_over_with_ctl_upgrade() {
     let local = NameServer::start("127.0.0.2", "local-pod");
     let (p, h) = (free_port(), free_port());

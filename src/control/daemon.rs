@@ -82,6 +82,9 @@ pub(super) struct Daemon {
     /// Set once a new process took the HTTP listeners over (metrics, health,
     /// healthCheckNodePorts): they stop accepting and let requests under way finish.
     pub(super) handed_over: tokio::sync::watch::Sender<bool>,
+    /// The metrics and health servers' tasks: after a hand-over, awaited before exiting so
+    /// that the requests they accepted are answered ([`Self::http_finished`]).
+    pub(super) http_servers: Vec<tokio::task::JoinHandle<()>>,
     /// A duplicate of the control socket and of each HTTP listener, by name, to pass to a
     /// new process (`ctl upgrade`).
     pub(super) handover_fds: Vec<(crate::handover::SocketName, std::os::fd::OwnedFd)>,
@@ -281,6 +284,7 @@ impl Daemon {
             listening,
             upgrades: Default::default(),
             servers: Vec::new(),
+            http_servers: Vec::new(),
             handed_over,
             handover_fds,
         };
@@ -326,12 +330,12 @@ impl Daemon {
             (health_listener, metrics::Endpoints::HealthOnly),
         ] {
             if let Some(l) = listener {
-                tokio::spawn(metrics::serve(
+                daemon.http_servers.push(tokio::spawn(metrics::serve(
                     l,
                     what,
                     sources.clone(),
                     handed_over_rx.clone(),
-                ));
+                )));
             }
         }
         for s in &daemon.model.services {
@@ -431,6 +435,29 @@ impl Daemon {
         }
         let plane = self.plane.take().expect("the plane runs until shutdown");
         (plane, timeout)
+    }
+
+    /// After a hand-over, waits (at most `bound`) until the HTTP servers here (metrics,
+    /// health, healthCheckNodePorts), which stopped accepting, have answered the requests
+    /// they accepted before: an exit would reset those connections. Without a hand-over
+    /// they serve until the exit (answering "stopping") and there is nothing to wait for.
+    pub(super) async fn http_finished(&mut self, bound: Duration) {
+        if !*self.handed_over.borrow() {
+            return;
+        }
+        let mut tasks = std::mem::take(&mut self.http_servers);
+        tasks.extend(self.health_check_node_ports.take_tasks());
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!(
+                ?bound,
+                "exiting with HTTP requests (metrics, health, healthCheckNodePorts) unanswered"
+            );
+        }
     }
 
     /// Handles the events that arrived together: one source reload for every

@@ -121,6 +121,15 @@ impl HealthCheckServers {
         self.inherited.extend(sockets);
     }
 
+    /// The accept tasks of every listener, taken out (so that dropping the servers does
+    /// not abort them): to await them once they stop accepting after a hand-over.
+    pub(super) fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
+        self.open
+            .values_mut()
+            .flat_map(|i| std::mem::take(&mut i.tasks))
+            .collect()
+    }
+
     /// Closes the inherited listeners no Service took.
     pub(super) fn release_inherited(&mut self) {
         self.inherited.clear();

@@ -353,6 +353,9 @@ async fn serve_as(
                     Ok(Err(e)) => return Err(e.into()),
                     Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
                 }
+                // Requests the HTTP listeners accepted before a hand-over: answered here
+                // (their sockets live on in the new process).
+                daemon.http_finished(Duration::from_secs(6)).await;
                 // The answer to the request that ended us (`ctl upgrade`) may still be on
                 // its way to the client: an exit now would close its connection unanswered.
                 let unanswered = socket::replies_written(Duration::from_secs(2)).await;
