@@ -64,6 +64,7 @@
 //! [`Picker`]: super::select::Picker
 //! [`keeps_flows`]: crate::table::usable::keeps_flows
 
+mod carry;
 #[cfg(test)]
 mod simulation;
 mod slab;
@@ -71,6 +72,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub use carry::NotAdopted;
 pub use table::FlowTable;
 
 use crate::table::ServiceId;
