@@ -685,11 +685,15 @@ impl Successor {
         };
         tokio::task::spawn_blocking(move || match session.serving() {
             Ok(()) => {
+                super::socket::claim_adopted_control_socket();
                 tracing::info!("the old process handed over: this one is the daemon");
                 super::notify::Notifier::from_env().ready(&summary);
                 store(&fd_store);
             }
-            Err(e) => tracing::warn!(error = %e, "hand-over after go; serving on"),
+            Err(e) => {
+                super::socket::claim_adopted_control_socket();
+                tracing::warn!(error = %e, "hand-over after go; serving on")
+            }
         });
     }
 }
