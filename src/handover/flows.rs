@@ -217,6 +217,97 @@ mod tests {
         assert!(e.to_string().ends_with("not a datagram socket"), "{e}");
     }
 
+    /// Both sides over a socketpair: 300 flows of two workers (two `flows` frames for
+    /// worker 0: 253 + 47) arrive between "ready" and "go", each with its own socket.
+    #[test]
+    fn flows_pass_between_ready_and_go_in_batches_of_at_most_253() {
+        use crate::handover::channel::Channel;
+        use crate::handover::inherit::Session;
+        use crate::handover::{Timeouts, Upgrade};
+        use std::time::Duration;
+        let timeouts = Timeouts {
+            step: Duration::from_secs(5),
+            ready: Duration::from_secs(5),
+            abort_grace: Duration::from_millis(200),
+        };
+        let endpoint = |i: usize| SocketAddr::from(([127, 0, 0, 2], 1000 + i as u16));
+        let flows: Vec<(CarriedFlow, OwnedFd)> = (0..300)
+            .map(|i| (flow(endpoint(i)), connected(endpoint(i))))
+            .collect();
+        let (old, new) = Channel::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut up = Upgrade::handshake(old, None, std::process::id(), timeouts)?;
+            up.offer(&[], &serde_json::Value::Null)?;
+            up.wait_ready()?;
+            assert!(up.takes_flows());
+            let (w0, w1) = flows.split_at(280);
+            for chunk in w0.chunks(253) {
+                up.send_flows(0, chunk)?;
+            }
+            up.send_flows(1, w1)?;
+            up.go()?;
+            up.finish();
+            Ok::<(), crate::handover::UpgradeError>(())
+        });
+        let (mut session, _, _) = Session::receive(new, timeouts).unwrap();
+        let got = session.ready(2).unwrap();
+        session.serving().unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(got.len(), 300);
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f.worker, u32::from(i >= 280), "flow {i}");
+            assert_eq!(f.flow.endpoint, endpoint(i));
+            let peer = socket2::SockRef::from(&f.socket).peer_addr().unwrap();
+            assert_eq!(
+                peer.as_socket(),
+                Some(endpoint(i)),
+                "flow {i}: its own socket"
+            );
+        }
+    }
+
+    /// Garbage in a `flows` frame, or descriptors that do not match its flows, end the
+    /// hand-over with an error that says so (the old process then rolls back).
+    #[test]
+    fn a_bad_flows_frame_is_an_error_naming_it() {
+        use crate::handover::channel::{Channel, Deadline};
+        use crate::handover::wire::{Frame, HEADER_LEN};
+        use std::io::Write;
+        use std::time::Duration;
+        let deadline = || Deadline::after(Duration::from_secs(2));
+        // Not JSON of a batch.
+        let (mut raw, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut b = Channel::new(b).unwrap();
+        let payload = br#"{"worker":0,"flows":[{"client":1}]}"#;
+        let mut bytes = vec![12u8];
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        assert_eq!(bytes.len(), HEADER_LEN + payload.len());
+        raw.write_all(&bytes).unwrap();
+        let e = b.recv(deadline(), "go").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bad bytes on the hand-over channel: a flows frame does not parse"),
+            "{e}"
+        );
+        // Two flows, one descriptor.
+        let (mut a, mut b) = Channel::pair().unwrap();
+        let ep: SocketAddr = "127.0.0.2:53".parse().unwrap();
+        let sock = connected(ep);
+        let batch = FlowBatch {
+            worker: 0,
+            flows: vec![flow(ep), flow(ep)],
+        };
+        use std::os::fd::AsFd;
+        a.send(&Frame::Flows(batch), &[sock.as_fd()], deadline())
+            .unwrap();
+        let e = b.recv(deadline(), "go").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a flows frame arrived with 1 file descriptors; it should carry 2"
+        );
+    }
+
     #[test]
     fn a_worker_the_old_process_did_not_have_is_refused() {
         let batch = FlowBatch {

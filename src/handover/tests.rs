@@ -231,7 +231,10 @@ fn a_peer_that_is_not_a_sluice_or_speaks_another_version_is_refused_and_told() {
     let e = Session::receive(new, short(2000)).unwrap_err();
     let text = e.to_string();
     assert!(
-        text.contains("speaks hand-over protocol 2") && text.contains("sluice 9.9.9"),
+        text.contains(&format!(
+            "speaks hand-over protocol {}",
+            PROTOCOL_VERSION + 1
+        )) && text.contains("sluice 9.9.9"),
         "{text}"
     );
     let (theirs, verdict) = t.join().unwrap();

@@ -66,6 +66,8 @@
 
 mod carry;
 #[cfg(test)]
+mod carry_tests;
+#[cfg(test)]
 mod simulation;
 mod slab;
 mod table;
