@@ -17,6 +17,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+/// Flows as they travel, each with (a duplicate of) its upstream socket.
+pub type FlowsWithSockets = Vec<(CarriedFlow, OwnedFd)>;
+
 /// The old process's handle on its workers' UDP flows during an upgrade.
 #[derive(Debug, Clone)]
 pub struct FlowExporter {
@@ -68,7 +71,7 @@ impl FlowExporter {
         from: usize,
         max: usize,
         wait: Duration,
-    ) -> io::Result<(Vec<(CarriedFlow, OwnedFd)>, Option<usize>)> {
+    ) -> io::Result<(FlowsWithSockets, Option<usize>)> {
         let (done, answer) = mpsc::channel();
         self.send(index, FlowCommand::Export { from, max, done });
         let ExportedFlows { flows, next, .. } = answer
@@ -93,7 +96,7 @@ impl Dataplane {
     /// Gives worker `index` flows of the previous process's worker of the same index (held,
     /// like the listeners, until [`Self::resume`] when paused; after them in any case).
     /// Flows for a worker this process does not have are closed.
-    pub fn adopt_flows(&mut self, index: usize, flows: Vec<(CarriedFlow, OwnedFd)>) {
+    pub fn adopt_flows(&mut self, index: usize, flows: FlowsWithSockets) {
         if flows.is_empty() {
             return;
         }
