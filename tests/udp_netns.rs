@@ -235,16 +235,18 @@ fn transparent_udp_pod_sees_the_client_address_and_port() {
     drop(ns);
 }
 
-/// `forwarding = "transparent"` across `ctl upgrade`: the flow's upstream socket (bound to
-/// the client's own address and port) is handed to the new process, so through 3 upgrades
-/// the pod keeps seeing the client's exact address and port, and every datagram is
-/// answered. (Were the flow opened afresh by the new process, its socket could not take the
-/// client's port while the old process's socket holds that 4-tuple: the pod would see
-/// another port.)
+/// `forwarding = "transparent"` across `ctl upgrade`: the flow's upstream socket
+/// (IP_TRANSPARENT, bound to the client's own address and port) is handed to the new
+/// process and adopted there (each new process logs it), and through 3 upgrades every
+/// datagram is answered and the pod sees only the client's exact address and port.
+/// (Before the flows were handed over this held too — a new upstream socket binds the same
+/// client address, SO_REUSEADDR — so this guards the passed transparent socket, not a
+/// difference from then.)
 #[test]
 fn transparent_udp_flow_keeps_the_clients_address_and_port_across_upgrades() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
     if !is_root() {
         eprintln!("SKIPPED: transparent forwarding needs root (namespaces, CAP_NET_ADMIN)");
         return;
@@ -333,6 +335,13 @@ fn transparent_udp_flow_keeps_the_clients_address_and_port_across_upgrades() {
     stop.store(true, Ordering::Relaxed);
     let me = client_thread.join().unwrap();
     drop(pids);
+    // Every new process took the flow over (the new processes log to the same stderr).
+    let log = sluice.stderr();
+    let adopted = log
+        .lines()
+        .filter(|l| l.contains("UDP flows taken over") && l.contains("adopted=1"))
+        .count();
+    assert_eq!(adopted, 3, "{log}");
     let received = pod.received();
     let sources: std::collections::BTreeSet<SocketAddr> =
         received.iter().map(|(from, _)| *from).collect();
