@@ -19,18 +19,34 @@
 //!   finds nothing; each turn reads at most [`BATCH`] datagrams per socket, so one busy
 //!   socket cannot starve the others (the worker does not sleep while a list is not empty).
 //!
-//! Every datagram is read into one 64 KiB buffer and sent on (or dropped) before the next
-//! read, so datagrams up to the largest UDP payload (65,507 bytes over IPv4) pass whole; a
-//! longer one is seen truncated (MSG_TRUNC) and dropped, never forwarded cut. Nothing here
-//! panics on what a client or a pod sends.
+//! Batching (`batch.rs`, [`super::sys::udp_batch`]), under both drivers:
+//! - a NodePort socket is read with one `recvmmsg(2)` of up to [`BATCH`] datagrams, each
+//!   into its own 64 KiB slot; fewer than [`BATCH`] means the socket is empty (no extra
+//!   read to see EAGAIN);
+//! - the datagrams of that batch going to one flow leave by one `sendmmsg(2)` on its
+//!   upstream socket, after the whole batch went through the table (a flow that closes in
+//!   between sends its queue first); send failures reach the table once it has no ops
+//!   pending, and an ECONNREFUSED still costs only the datagram that met it (resent once;
+//!   a second refusal of the same flow in the same batch drops its datagram);
+//! - replies are copied out of the receive buffer and leave at the end of the turn (or
+//!   when [`batch::MAX_REPLIES`] or [`batch::MAX_REPLY_BYTES`] are queued) by one
+//!   `sendmmsg(2)` per NodePort socket, each from the node address its client used.
+//!
+//! Every slot and the upstream receive buffer hold 65,536 bytes, so datagrams up to the
+//! largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
+//! (MSG_TRUNC) and dropped, never forwarded cut. The slots are touched only as far as
+//! datagrams fill them (small datagrams keep a page of each resident). Nothing here panics
+//! on what a client or a pod sends.
+
+mod batch;
 
 use super::driver::Driver;
 use super::flow::{
-    ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, Source,
-    UpstreamError,
+    ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, ProxyHeader,
+    Source, UpstreamError,
 };
 use super::select::Picker;
-use super::sys::{self, udp as sysudp, Transfer};
+use super::sys::{self, udp as sysudp, udp_batch, Transfer};
 use crate::stats::{LoopStats, DROP_REASONS};
 use crate::table::RoutingSnapshot;
 use socket2::{Domain, Socket, Type};
@@ -41,8 +57,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Datagrams read from one socket per turn before the next ready socket's turn.
-pub const BATCH: usize = 32;
+/// Datagrams read from one socket per turn (one `recvmmsg`) before the next ready
+/// socket's turn.
+pub const BATCH: usize = udp_batch::MAX_BATCH;
 
 /// Room for the largest datagram plus one byte, so that anything longer shows as truncated.
 const BUFFER: usize = 65_536;
@@ -61,7 +78,16 @@ pub struct UdpPlane {
     table: FlowTable,
     /// Upstream sockets by flow slot.
     sockets: Vec<Option<OwnedFd>>,
+    /// Upstream replies are read here.
     buf: Box<[u8]>,
+    /// [`BATCH`] slots of [`BUFFER`] bytes: one `recvmmsg` from a NodePort socket.
+    rx: Box<[u8]>,
+    /// What that `recvmmsg` read: (slot, datagram).
+    received: Vec<(usize, sysudp::Received)>,
+    /// Client datagrams of the current receive batch queue their upstream sends.
+    batching: bool,
+    upstream: batch::Upstream,
+    replies: batch::Replies,
     header: Vec<u8>,
     /// NodePort sockets that may still hold datagrams.
     ready_listeners: VecDeque<u32>,
@@ -98,6 +124,11 @@ impl UdpPlane {
             table: FlowTable::new(now, worker, max_flows),
             sockets: Vec::new(),
             buf: vec![0u8; BUFFER].into_boxed_slice(),
+            rx: vec![0u8; BUFFER * BATCH].into_boxed_slice(),
+            received: Vec::with_capacity(BATCH),
+            batching: false,
+            upstream: batch::Upstream::default(),
+            replies: batch::Replies::default(),
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
@@ -172,6 +203,7 @@ impl UdpPlane {
                 self.ready_flows.push_back(flow);
             }
         }
+        self.flush_replies(cx);
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -191,7 +223,7 @@ impl UdpPlane {
             self.retained_for = snapshot;
             self.picker.retain_services(cx.snapshot);
         }
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -208,7 +240,7 @@ impl UdpPlane {
             return Ok(());
         }
         self.table.close_listener(listener);
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -219,53 +251,202 @@ impl UdpPlane {
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
         self.table.close_all(CloseReason::Shutdown);
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.ready_flows.clear();
         self.ready_listeners.clear();
         self.stats.flows.active.set(0);
         Ok(())
     }
 
-    /// Read up to [`BATCH`] datagrams from a NodePort socket; true when it may hold more.
+    /// Read up to [`BATCH`] datagrams from a NodePort socket with one `recvmmsg`, feed
+    /// them to the table and send them on; true when it may hold more.
     fn read_nodeport<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
         listener: u32,
     ) -> io::Result<bool> {
-        for _ in 0..BATCH {
-            let Some((fd, bound)) = cx.listeners.udp_socket(listener) else {
-                return Ok(false);
-            };
-            let received = match sysudp::recv_from(fd, &mut self.buf) {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(false),
-                Err(e) => {
-                    // ENOMEM, a queued error, …: stop this turn (the next datagram's
-                    // arrival reports the socket again), never spin on it.
-                    tracing::debug!(worker = self.worker, listener, error = %e,
-                        "UDP NodePort receive failed");
-                    return Ok(false);
-                }
-            };
+        let Some((fd, bound)) = cx.listeners.udp_socket(listener) else {
+            return Ok(false);
+        };
+        if let Err(e) = udp_batch::recv_batch(fd, &mut self.rx, BUFFER, &mut self.received) {
+            // ENOMEM, a queued error, …: stop this turn (the next datagram's arrival
+            // reports the socket again), never spin on it.
+            tracing::debug!(worker = self.worker, listener, error = %e,
+                "UDP NodePort receive failed");
+            return Ok(false);
+        }
+        let received = std::mem::take(&mut self.received);
+        let more = received.len() == BATCH;
+        self.batching = true;
+        let mut result = Ok(());
+        for &(slot, r) in &received {
             // A socket bound to one address was sent to that one; a wildcard socket learns
             // the address from the packet info.
-            let node = match received.to {
+            let node = match r.to {
                 Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
                 _ => bound,
             };
             let d = ClientDatagram {
                 listener,
                 bound,
-                client: received.from,
+                client: r.from,
                 node,
-                len: received.len,
-                truncated: received.truncated,
+                len: r.len,
+                truncated: r.truncated,
             };
             self.table
                 .handle_client_datagram(cx.now, cx.snapshot, &mut self.picker, d);
-            self.execute(cx, received.len)?;
+            result = self.execute(cx, Payload::Rx { slot, len: r.len });
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(true)
+        self.batching = false;
+        let settled = self.settle_upstream(cx);
+        self.received = received;
+        result?;
+        settled?;
+        Ok(more)
+    }
+
+    /// Send every queued upstream datagram (one `sendmmsg` per run of a flow's); failures
+    /// wait in `upstream.failed` for [`UdpPlane::settle_upstream`].
+    fn send_upstream_queue(&mut self) {
+        let queued = &self.upstream.queued;
+        let mut i = 0;
+        while i < queued.len() {
+            let flow = queued[i].flow;
+            let mut j = i;
+            while j < queued.len() && queued[j].flow == flow && j - i < BATCH {
+                j += 1;
+            }
+            let Some(Some(fd)) = self.sockets.get(flow.index()) else {
+                i = j; // no socket: its Open failed and withdrew the sends (not reached)
+                continue;
+            };
+            let mut datagrams: [(&[u8], &[u8]); BATCH] = [(&[], &[]); BATCH];
+            for (d, q) in datagrams.iter_mut().zip(&queued[i..j]) {
+                let start = q.slot * BUFFER;
+                *d = (
+                    &self.upstream.headers[q.header.clone()],
+                    &self.rx[start..start + q.len],
+                );
+            }
+            let failed = |q: &batch::QueuedSend, error| batch::FailedSend {
+                flow,
+                slot: q.slot,
+                len: q.len,
+                error,
+            };
+            match udp_batch::send_connected(fd.as_fd(), &datagrams[..j - i]) {
+                Ok(n) if n > 0 => i += n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // The socket's send buffer is full: the rest of this run is lost.
+                    for q in &queued[i..j] {
+                        self.upstream
+                            .failed
+                            .push(failed(q, UpstreamError::SendFailed));
+                    }
+                    i = j;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    let f = failed(&queued[i], UpstreamError::RefusedOnSend);
+                    self.upstream.failed.push(f);
+                    i += 1;
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::debug!(worker = self.worker, error = %e, "UDP upstream send failed");
+                    }
+                    let f = failed(&queued[i], UpstreamError::SendFailed);
+                    self.upstream.failed.push(f);
+                    i += 1;
+                }
+            }
+        }
+        self.upstream.queued.clear();
+        self.upstream.headers.clear();
+    }
+
+    /// End of a receive batch (the table has no ops pending): send what is queued, then
+    /// tell the table about each datagram that could not go (a refused one is resent once).
+    fn settle_upstream<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+    ) -> io::Result<()> {
+        self.send_upstream_queue();
+        if self.upstream.failed.is_empty() {
+            return Ok(());
+        }
+        let mut failed = std::mem::take(&mut self.upstream.failed);
+        let mut result = Ok(());
+        for f in &failed {
+            if f.error == UpstreamError::RefusedOnSend {
+                self.count_drop_label(ICMP_REFUSED);
+            }
+            if self.table.flow(f.flow).is_none() {
+                // Closed since (its queue was sent when it closed): counted here.
+                self.stats.flows.drops[DropReason::SendFailed.index()].add(1);
+                continue;
+            }
+            self.table.handle_upstream_error(f.flow, f.error);
+            let payload = Payload::Rx {
+                slot: f.slot,
+                len: f.len,
+            };
+            result = result.and(self.execute(cx, payload));
+        }
+        failed.clear();
+        self.upstream.failed = failed;
+        result
+    }
+
+    /// Send the queued replies: one `sendmmsg` per run of replies on the same NodePort
+    /// socket; each one that cannot go is counted (`reply_failed`).
+    fn flush_replies<D: Driver, L: NodePortSockets + ?Sized>(&mut self, cx: &Context<'_, D, L>) {
+        let queued = &self.replies.queued;
+        let mut i = 0;
+        while i < queued.len() {
+            let (listener, v6) = (queued[i].listener, queued[i].from.is_ipv6());
+            let mut j = i;
+            while j < queued.len()
+                && queued[j].listener == listener
+                && queued[j].from.is_ipv6() == v6
+                && j - i < BATCH
+            {
+                j += 1;
+            }
+            let Some((fd, _)) = cx.listeners.udp_socket(listener) else {
+                self.stats.flows.drops[REPLY_FAILED].add((j - i) as u64);
+                i = j;
+                continue;
+            };
+            let mut replies = [udp_batch::Reply {
+                payload: &[],
+                to: queued[i].to,
+                from: queued[i].from.ip(),
+            }; BATCH];
+            for (r, q) in replies.iter_mut().zip(&queued[i..j]) {
+                *r = udp_batch::Reply {
+                    payload: &self.replies.bytes[q.bytes.clone()],
+                    to: q.to,
+                    from: q.from.ip(),
+                };
+            }
+            match udp_batch::send_replies(fd, &replies[..j - i], v6) {
+                Ok(n) if n > 0 => i += n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // The socket's send buffer is full: the rest of this run is lost.
+                    self.stats.flows.drops[REPLY_FAILED].add((j - i) as u64);
+                    i = j;
+                }
+                _ => {
+                    self.stats.flows.drops[REPLY_FAILED].add(1);
+                    i += 1;
+                }
+            }
+        }
+        self.replies.clear();
     }
 
     /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
@@ -285,14 +466,14 @@ impl UdpPlane {
             match sysudp::recv_connected(fd.as_fd(), &mut self.buf) {
                 Ok(Some((len, truncated))) => {
                     self.table.handle_reply(cx.now, flow, len, truncated);
-                    self.execute(cx, len)?;
+                    self.execute(cx, Payload::Buf { len })?;
                 }
                 Ok(None) => return Ok(false),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     self.count_drop_label(ICMP_REFUSED);
                     self.table
                         .handle_upstream_error(flow, UpstreamError::Refused);
-                    self.execute(cx, 0)?;
+                    self.execute(cx, Payload::None)?;
                 }
                 Err(e) => {
                     tracing::debug!(worker = self.worker, error = %e, "UDP upstream receive failed");
@@ -303,12 +484,44 @@ impl UdpPlane {
         Ok(true)
     }
 
-    /// Execute the table's ops; `len` is the length of the datagram in the buffer (the one
-    /// just handed to the table).
+    /// The bytes of the datagram `payload` names.
+    fn payload(&self, payload: Payload) -> &[u8] {
+        match payload {
+            Payload::None => &[],
+            Payload::Buf { len } => &self.buf[..len.min(self.buf.len())],
+            Payload::Rx { slot, len } => {
+                let start = (slot * BUFFER).min(self.rx.len());
+                &self.rx[start..(start + len.min(BUFFER)).min(self.rx.len())]
+            }
+        }
+    }
+
+    /// Encode `flow`'s PROXY v2 header (when `proxy` asks for one) into `self.header`.
+    fn encode_header<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &Context<'_, D, L>,
+        flow: FlowId,
+        proxy: Option<ProxyHeader>,
+    ) {
+        self.header.clear();
+        if let Some(p) = proxy {
+            let entry = cx.snapshot.service(p.service);
+            let id = flow.unique_id(self.worker);
+            crate::proxy_protocol::encode_datagram(
+                &entry.port.forwarding,
+                p.client,
+                p.node,
+                &id,
+                &mut self.header,
+            );
+        }
+    }
+
+    /// Execute the table's ops; `payload` is the datagram just handed to the table.
     fn execute<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
-        len: usize,
+        payload: Payload,
     ) -> io::Result<()> {
         while let Some(op) = self.table.poll_op() {
             match op {
@@ -335,22 +548,24 @@ impl UdpPlane {
                     }
                 },
                 FlowOp::SendUpstream { flow, proxy } => {
+                    self.encode_header(cx, flow, proxy);
+                    if let (true, Payload::Rx { slot, len }) = (self.batching, payload) {
+                        // Sent with the rest of the receive batch (`send_upstream_queue`).
+                        let start = self.upstream.headers.len();
+                        self.upstream.headers.extend_from_slice(&self.header);
+                        let header = start..self.upstream.headers.len();
+                        self.upstream.queued.push(batch::QueuedSend {
+                            flow,
+                            slot,
+                            len,
+                            header,
+                        });
+                        continue;
+                    }
                     let Some(Some(fd)) = self.sockets.get(flow.index()) else {
                         continue;
                     };
-                    self.header.clear();
-                    if let Some(p) = proxy {
-                        let entry = cx.snapshot.service(p.service);
-                        let id = flow.unique_id(self.worker);
-                        crate::proxy_protocol::encode_datagram(
-                            &entry.port.forwarding,
-                            p.client,
-                            p.node,
-                            &id,
-                            &mut self.header,
-                        );
-                    }
-                    let payload = &self.buf[..len.min(self.buf.len())];
+                    let payload = self.payload(payload);
                     let parts: [&[u8]; 2] = [&self.header, payload];
                     let parts = if self.header.is_empty() {
                         &parts[1..]
@@ -376,22 +591,25 @@ impl UdpPlane {
                     }
                 }
                 FlowOp::SendReply { listener, from, to } => {
-                    let sent = match cx.listeners.udp_socket(listener) {
-                        Some((fd, _)) => {
-                            let v6 = from.is_ipv6();
-                            let payload = &self.buf[..len.min(self.buf.len())];
-                            matches!(
-                                sysudp::send_to_from(fd, payload, to, from.ip(), v6),
-                                Ok(Transfer::Moved(_))
-                            )
-                        }
-                        None => false,
-                    };
-                    if !sent {
-                        self.count_drop_label(REPLY_FAILED);
+                    // Queued (copied out of the buffer the next read reuses) and sent at the
+                    // end of the turn with the others (`flush_replies`).
+                    if !self.replies.fits(self.payload(payload).len()) {
+                        self.flush_replies(cx);
                     }
+                    let bytes = match payload {
+                        Payload::None => &[][..],
+                        Payload::Buf { len } => &self.buf[..len.min(self.buf.len())],
+                        Payload::Rx { slot, len } => {
+                            &self.rx[slot * BUFFER..slot * BUFFER + len.min(BUFFER)]
+                        }
+                    };
+                    self.replies.push(listener, from, to, bytes);
                 }
                 FlowOp::Close { flow, reason } => {
+                    if self.upstream.holds(flow) {
+                        // Its queued datagrams leave before its socket closes.
+                        self.send_upstream_queue();
+                    }
                     if let Some(slot) = self.sockets.get_mut(flow.index()) {
                         if let Some(fd) = slot.take() {
                             cx.driver.unwatch_flow(flow.token())?;
@@ -421,6 +639,17 @@ impl UdpPlane {
     fn count_drop_label(&self, index: usize) {
         self.stats.flows.drops[index].add(1);
     }
+}
+
+/// Which buffer holds the datagram just handed to the table.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// None (a sweep, a close).
+    None,
+    /// A reply read from an upstream socket into `buf`.
+    Buf { len: usize },
+    /// A client datagram in slot `slot` of the receive batch `rx`.
+    Rx { slot: usize, len: usize },
 }
 
 const REPLY_FAILED: usize = 8;
