@@ -215,7 +215,11 @@ mod tests {
         let mut all = Vec::new();
         let mut out = Vec::new();
         while all.len() < want {
-            assert!(Instant::now() < deadline, "only {} of {want} datagrams", all.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} datagrams",
+                all.len()
+            );
             recv_batch(fd, &mut bufs, slot, &mut out).unwrap();
             for &(i, r) in &out {
                 all.push((r, bufs[i * slot..i * slot + r.len].to_vec()));
@@ -276,7 +280,9 @@ mod tests {
         let got = wait_batch(server.as_fd(), 65_536, 1);
         assert_eq!((got[0].0.len, got[0].0.truncated), (65_507, false));
         assert_eq!(got[0].1, big);
-        client.send_to(&big[..3000], server.local_addr().unwrap()).unwrap();
+        client
+            .send_to(&big[..3000], server.local_addr().unwrap())
+            .unwrap();
         let got = wait_batch(server.as_fd(), 2048, 1);
         assert_eq!((got[0].0.len, got[0].0.truncated), (2048, true));
         assert_eq!(got[0].1, &big[..2048]);
