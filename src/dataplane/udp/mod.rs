@@ -236,6 +236,10 @@ impl UdpPlane {
         listener: u32,
     ) -> io::Result<()> {
         self.ready_listeners.retain(|&l| l != listener);
+        // Replies still queued for it (a turn cut short by an error) never leave by the
+        // socket that may take its slot.
+        let lost = self.replies.forget_listener(listener);
+        self.stats.flows.drops[REPLY_FAILED].add(lost as u64);
         if self.table.is_empty() {
             return Ok(());
         }
@@ -250,6 +254,7 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
+        self.flush_replies(cx);
         self.table.close_all(CloseReason::Shutdown);
         self.execute(cx, Payload::None)?;
         self.ready_flows.clear();
@@ -307,146 +312,6 @@ impl UdpPlane {
         result?;
         settled?;
         Ok(more)
-    }
-
-    /// Send every queued upstream datagram (one `sendmmsg` per run of a flow's); failures
-    /// wait in `upstream.failed` for [`UdpPlane::settle_upstream`].
-    fn send_upstream_queue(&mut self) {
-        let queued = &self.upstream.queued;
-        let mut i = 0;
-        while i < queued.len() {
-            let flow = queued[i].flow;
-            let mut j = i;
-            while j < queued.len() && queued[j].flow == flow && j - i < BATCH {
-                j += 1;
-            }
-            let Some(Some(fd)) = self.sockets.get(flow.index()) else {
-                i = j; // no socket: its Open failed and withdrew the sends (not reached)
-                continue;
-            };
-            let mut datagrams: [(&[u8], &[u8]); BATCH] = [(&[], &[]); BATCH];
-            for (d, q) in datagrams.iter_mut().zip(&queued[i..j]) {
-                let start = q.slot * BUFFER;
-                *d = (
-                    &self.upstream.headers[q.header.clone()],
-                    &self.rx[start..start + q.len],
-                );
-            }
-            let failed = |q: &batch::QueuedSend, error| batch::FailedSend {
-                flow,
-                slot: q.slot,
-                len: q.len,
-                error,
-            };
-            match udp_batch::send_connected(fd.as_fd(), &datagrams[..j - i]) {
-                Ok(n) if n > 0 => i += n,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    // The socket's send buffer is full: the rest of this run is lost.
-                    for q in &queued[i..j] {
-                        self.upstream
-                            .failed
-                            .push(failed(q, UpstreamError::SendFailed));
-                    }
-                    i = j;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    let f = failed(&queued[i], UpstreamError::RefusedOnSend);
-                    self.upstream.failed.push(f);
-                    i += 1;
-                }
-                other => {
-                    if let Err(e) = other {
-                        tracing::debug!(worker = self.worker, error = %e, "UDP upstream send failed");
-                    }
-                    let f = failed(&queued[i], UpstreamError::SendFailed);
-                    self.upstream.failed.push(f);
-                    i += 1;
-                }
-            }
-        }
-        self.upstream.queued.clear();
-        self.upstream.headers.clear();
-    }
-
-    /// End of a receive batch (the table has no ops pending): send what is queued, then
-    /// tell the table about each datagram that could not go (a refused one is resent once).
-    fn settle_upstream<D: Driver, L: NodePortSockets + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_, D, L>,
-    ) -> io::Result<()> {
-        self.send_upstream_queue();
-        if self.upstream.failed.is_empty() {
-            return Ok(());
-        }
-        let mut failed = std::mem::take(&mut self.upstream.failed);
-        let mut result = Ok(());
-        for f in &failed {
-            if f.error == UpstreamError::RefusedOnSend {
-                self.count_drop_label(ICMP_REFUSED);
-            }
-            if self.table.flow(f.flow).is_none() {
-                // Closed since (its queue was sent when it closed): counted here.
-                self.stats.flows.drops[DropReason::SendFailed.index()].add(1);
-                continue;
-            }
-            self.table.handle_upstream_error(f.flow, f.error);
-            let payload = Payload::Rx {
-                slot: f.slot,
-                len: f.len,
-            };
-            result = result.and(self.execute(cx, payload));
-        }
-        failed.clear();
-        self.upstream.failed = failed;
-        result
-    }
-
-    /// Send the queued replies: one `sendmmsg` per run of replies on the same NodePort
-    /// socket; each one that cannot go is counted (`reply_failed`).
-    fn flush_replies<D: Driver, L: NodePortSockets + ?Sized>(&mut self, cx: &Context<'_, D, L>) {
-        let queued = &self.replies.queued;
-        let mut i = 0;
-        while i < queued.len() {
-            let (listener, v6) = (queued[i].listener, queued[i].from.is_ipv6());
-            let mut j = i;
-            while j < queued.len()
-                && queued[j].listener == listener
-                && queued[j].from.is_ipv6() == v6
-                && j - i < BATCH
-            {
-                j += 1;
-            }
-            let Some((fd, _)) = cx.listeners.udp_socket(listener) else {
-                self.stats.flows.drops[REPLY_FAILED].add((j - i) as u64);
-                i = j;
-                continue;
-            };
-            let mut replies = [udp_batch::Reply {
-                payload: &[],
-                to: queued[i].to,
-                from: queued[i].from.ip(),
-            }; BATCH];
-            for (r, q) in replies.iter_mut().zip(&queued[i..j]) {
-                *r = udp_batch::Reply {
-                    payload: &self.replies.bytes[q.bytes.clone()],
-                    to: q.to,
-                    from: q.from.ip(),
-                };
-            }
-            match udp_batch::send_replies(fd, &replies[..j - i], v6) {
-                Ok(n) if n > 0 => i += n,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    // The socket's send buffer is full: the rest of this run is lost.
-                    self.stats.flows.drops[REPLY_FAILED].add((j - i) as u64);
-                    i = j;
-                }
-                _ => {
-                    self.stats.flows.drops[REPLY_FAILED].add(1);
-                    i += 1;
-                }
-            }
-        }
-        self.replies.clear();
     }
 
     /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
