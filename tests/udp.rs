@@ -9,7 +9,8 @@
 //! scaled to zero and back, moves the flow on its very next datagram; idle flows expire;
 //! the flow cap refuses new flows and never evicts live ones (fds flat under a flood of
 //! source ports); PROXY v2 prepends the exact header to every datagram; the largest
-//! datagrams pass whole; an ICMP port-unreachable from a pod never costs the next datagram.
+//! datagrams pass whole; a burst from many clients (read and sent in batches) is answered
+//! whole and in order; an ICMP port-unreachable from a pod never costs the next datagram.
 
 mod common;
 use common::udp::*;
@@ -386,6 +387,67 @@ fn a_datagram_of_65507_bytes_passes_unchanged_without_a_header() {
     let (reply, _) = ask(&c, setup.node(), &payload).expect("an answer");
     assert_eq!(reply, "a 65507");
     assert!(a.received().iter().any(|(_, d)| *d == payload), "unchanged");
+}
+
+#[test]
+fn a_burst_from_many_clients_is_all_answered_in_order_from_the_address_used() {
+    // Datagrams are read 32 at a time (recvmmsg), a flow's leave together (sendmmsg), and
+    // replies leave together: a burst from many clients must all be answered, each flow's
+    // replies in the order of its datagrams, each from the node address its client used.
+    let pod_port = free_udp_port();
+    let pods: Vec<UdpPod> = [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
+        .iter()
+        .map(|(ip, n)| UdpPod::start(pod_addr(ip, pod_port), n, 1))
+        .collect();
+    let setup = Setup::new();
+    let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
+    let _sluice = setup.start(&setup.config("", &addrs, ""));
+    let nodes: Vec<SocketAddr> = [[127, 0, 0, 1], [127, 0, 0, 7]]
+        .iter()
+        .map(|ip| SocketAddr::new(IpAddr::from(*ip), setup.node_port))
+        .collect();
+    let clients: Vec<UdpSocket> = (0..32).map(|_| client("127.0.0.1")).collect();
+    // Every client sends its 8 datagrams (1 to 8 bytes) without waiting for an answer.
+    for (i, c) in clients.iter().enumerate() {
+        for len in 1..=8 {
+            c.send_to(&vec![b'q'; len], nodes[i % 2]).unwrap();
+        }
+    }
+    let mut buf = vec![0u8; 70_000];
+    for (i, c) in clients.iter().enumerate() {
+        let mut names = Vec::new();
+        for len in 1..=8 {
+            let (n, from) = c
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("client {i}: no reply {len} of 8: {e}"));
+            let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert_eq!(from, nodes[i % 2], "client {i}: from another address");
+            assert_eq!(
+                reply.split(' ').nth(1),
+                Some(len.to_string().as_str()),
+                "client {i}: replies out of order or lost: {reply}"
+            );
+            names.push(name(&reply).to_owned());
+        }
+        assert!(names.iter().all(|n| n == &names[0]), "client {i} moved");
+    }
+    // Replies of the largest size from several flows at once (more than one batch of
+    // reply bytes): each passes whole.
+    let big: Vec<UdpSocket> = (0..6).map(|_| client("127.0.0.1")).collect();
+    for c in &big {
+        c.send_to(b"BIG", nodes[0]).unwrap();
+    }
+    for (i, c) in big.iter().enumerate() {
+        let (n, from) = c
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("big client {i}: no reply: {e}"));
+        assert_eq!((n, from), (65_507, nodes[0]), "big client {i}");
+        assert!(buf[..n].iter().all(|&b| b == b'x'), "unchanged");
+    }
+    assert_eq!(
+        setup.metric("sluice_udp_datagrams_dropped_total{reason=\"reply_failed\"}"),
+        0
+    );
 }
 
 #[test]

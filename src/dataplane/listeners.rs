@@ -293,9 +293,19 @@ fn open_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
         socket.set_only_v6(false)?;
     }
     sys::udp::set_recv_pktinfo(socket.as_fd(), addr.is_ipv6())?;
+    // A burst (iperf3 paces in 1 ms bursts) must not overflow the default 208 KiB queue
+    // while the worker is busy: ask for UDP_RECEIVE_BUFFER; the kernel grants at most
+    // `net.core.rmem_max` (doubled for its bookkeeping), which is the operator's knob.
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::debug!(%addr, error = %e, "cannot enlarge a UDP NodePort socket's receive buffer");
+    }
     socket.bind(&addr.into())?;
     Ok(socket)
 }
+
+/// What a UDP NodePort socket asks for as its receive buffer (SO_RCVBUF), bytes; the
+/// kernel caps it at `net.core.rmem_max`. docs/operations.md, "UDP receive buffers".
+pub const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 
 fn open_listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     let socket = Socket::new(

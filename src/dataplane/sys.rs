@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub mod udp;
+pub mod udp_batch;
 
 /// Result of a nonblocking transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! The UDP syscalls of the data plane: NodePort sockets that learn which node address each
 //! datagram was sent to (IP_PKTINFO / IPV6_RECVPKTINFO) and reply from exactly that address,
 //! and connected upstream sockets whose sends carry an optional PROXY v2 header as a second
-//! part of one message and whose receives detect truncation.
+//! part of one message and whose receives detect truncation. NodePort sockets are read and
+//! written in batches by [`super::udp_batch`] with the packet-info helpers here.
 //!
 //! Part of `sys` (the only module besides the io_uring driver that may hold `unsafe`): every
 //! wrapper borrows the fd and the buffers it touches for the duration of one call; no fd is
@@ -29,7 +30,7 @@ pub struct Received {
 
 /// Room for one IP_PKTINFO or IPV6_PKTINFO control message, aligned for `cmsghdr`.
 #[repr(C, align(8))]
-struct Control([u8; 64]);
+pub(super) struct Control(pub(super) [u8; 64]);
 
 /// Ask the kernel to tell, with every datagram, which local address it was sent to: on an
 /// IPv6 socket IPV6_RECVPKTINFO (it covers IPv4 datagrams of a dual-stack socket too, as
@@ -58,55 +59,8 @@ pub fn set_recv_pktinfo(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
     }
 }
 
-/// Read one datagram from a nonblocking NodePort socket into `buf`, with its source and the
-/// node address it was sent to; `Ok(None)` when none is waiting.
-pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
-    loop {
-        // SAFETY: zeroed sockaddr_storage, msghdr and control buffer are valid plain data.
-        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-        let mut control = Control([0; 64]);
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: as above.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        msg.msg_controllen = control.0.len() as _;
-        // SAFETY: every pointer in `msg` points at a live, exclusively borrowed buffer of the
-        // length given (the address storage, `buf` through the iovec, the control buffer),
-        // all of which outlive the call; the fd is borrowed.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(None),
-                _ => return Err(err),
-            }
-        }
-        // SAFETY: recvmsg filled at most `msg_namelen` bytes of `storage`, which is a
-        // sockaddr_storage, valid for any family.
-        let from = unsafe { socket2::SockAddr::new(storage, msg.msg_namelen) }.as_socket();
-        let Some(from) = from else {
-            // Not an IP source (cannot happen on an IP socket): skip it.
-            continue;
-        };
-        return Ok(Some(Received {
-            len: n as usize,
-            truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-            from,
-            to: pktinfo_destination(&msg),
-        }));
-    }
-}
-
 /// The destination address in the packet-info control message of a received `msg`.
-fn pktinfo_destination(msg: &libc::msghdr) -> Option<IpAddr> {
+pub(super) fn pktinfo_destination(msg: &libc::msghdr) -> Option<IpAddr> {
     // SAFETY: `msg` was filled by recvmsg; the CMSG_* macros walk its control buffer within
     // `msg_controllen` (which the kernel set to what it wrote), and each message's data is
     // read unaligned with the size its type defines, after checking its length.
@@ -139,33 +93,26 @@ fn pktinfo_destination(msg: &libc::msghdr) -> Option<IpAddr> {
     None
 }
 
-/// Send `buf` from a NodePort socket to `to`, leaving from the node address `from` (the one
-/// the client sent to). `ipv6_socket`: the socket is AF_INET6 (then `from` and `to` are in
-/// its form: IPv6, or IPv4-mapped for IPv4 clients of a dual-stack socket).
-pub fn send_to_from(
-    fd: BorrowedFd<'_>,
-    buf: &[u8],
-    to: SocketAddr,
-    from: IpAddr,
-    ipv6_socket: bool,
-) -> io::Result<Transfer> {
-    let to = socket2::SockAddr::from(match (ipv6_socket, to) {
+/// `to` as a socket of the family `ipv6_socket` says addresses it (an IPv4 client of a
+/// dual-stack socket: IPv4-mapped).
+pub(super) fn socket_form(to: SocketAddr, ipv6_socket: bool) -> socket2::SockAddr {
+    socket2::SockAddr::from(match (ipv6_socket, to) {
         (true, SocketAddr::V4(v4)) => {
             SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
         }
         (_, to) => to,
-    });
-    let mut control = Control([0; 64]);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    })
+}
+
+/// Write the packet-info control message that makes a datagram leave from `from` into
+/// `control`; the control length to give the kernel.
+pub(super) fn write_pktinfo(
+    control: &mut Control,
+    from: IpAddr,
+    ipv6_socket: bool,
+) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid plain data.
     let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = to.as_ptr() as *mut libc::c_void;
-    msg.msg_namelen = to.len();
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
     // SAFETY: the control buffer is 64 bytes, aligned for cmsghdr, and CMSG_SPACE of either
     // pktinfo struct (≤ 40 bytes) fits; CMSG_FIRSTHDR of a msghdr with that buffer and
@@ -210,21 +157,7 @@ pub fn send_to_from(
             }
         }
     }
-    loop {
-        // SAFETY: `msg` points at the address (`to`), the payload (`buf`, only read) and the
-        // control buffer, all alive for the call; the fd is borrowed.
-        let n = unsafe {
-            libc::sendmsg(
-                fd.as_raw_fd(),
-                &msg,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        match transfer(n) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
+    Ok(msg.msg_controllen as usize)
 }
 
 /// Send one datagram made of `parts` (a PROXY v2 header, then the payload) on a connected
@@ -305,8 +238,26 @@ fn transfer(n: isize) -> io::Result<Transfer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::sys::udp_batch::{recv_batch, send_replies, Reply};
     use std::net::UdpSocket;
     use std::os::fd::AsFd;
+
+    /// One datagram read as the worker reads them (`recvmmsg` with `buf.len()` slots).
+    fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        let mut out = Vec::new();
+        recv_batch(fd, buf, buf.len(), &mut out)?;
+        Ok(out.first().map(|&(_, r)| r))
+    }
+
+    fn send_to_from(
+        fd: BorrowedFd<'_>,
+        payload: &[u8],
+        to: SocketAddr,
+        from: IpAddr,
+        ipv6_socket: bool,
+    ) -> io::Result<usize> {
+        send_replies(fd, &[Reply { payload, to, from }], ipv6_socket)
+    }
 
     #[test]
     fn a_wildcard_socket_learns_the_destination_and_replies_from_it() {

@@ -19,20 +19,36 @@
 //!   finds nothing; each turn reads at most [`BATCH`] datagrams per socket, so one busy
 //!   socket cannot starve the others (the worker does not sleep while a list is not empty).
 //!
-//! Every datagram is read into one 64 KiB buffer and sent on (or dropped) before the next
-//! read, so datagrams up to the largest UDP payload (65,507 bytes over IPv4) pass whole; a
-//! longer one is seen truncated (MSG_TRUNC) and dropped, never forwarded cut. Nothing here
-//! panics on what a client or a pod sends.
+//! Batching (`batch.rs`, [`super::sys::udp_batch`]), under both drivers:
+//! - a NodePort socket is read with one `recvmmsg(2)` of up to [`BATCH`] datagrams, each
+//!   into its own 64 KiB slot; fewer than [`BATCH`] means the socket is empty (no extra
+//!   read to see EAGAIN);
+//! - the datagrams of that batch going to one flow leave by one `sendmmsg(2)` on its
+//!   upstream socket, after the whole batch went through the table (a flow that closes in
+//!   between sends its queue first); send failures reach the table once it has no ops
+//!   pending, and an ECONNREFUSED still costs only the datagram that met it (resent once;
+//!   a second refusal of the same flow in the same batch drops its datagram);
+//! - replies are copied out of the receive buffer and leave at the end of the turn (or
+//!   when [`batch::MAX_REPLIES`] or [`batch::MAX_REPLY_BYTES`] are queued) by one
+//!   `sendmmsg(2)` per NodePort socket, each from the node address its client used.
+//!
+//! Every slot and the upstream receive buffer hold 65,536 bytes, so datagrams up to the
+//! largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
+//! (MSG_TRUNC) and dropped, never forwarded cut. The slots are touched only as far as
+//! datagrams fill them (small datagrams keep a page of each resident). Nothing here panics
+//! on what a client or a pod sends.
+
+mod batch;
 
 mod carry;
 
 use super::driver::Driver;
 use super::flow::{
-    ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, Source,
-    UpstreamError,
+    ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, ProxyHeader,
+    Source, UpstreamError,
 };
 use super::select::Picker;
-use super::sys::{self, udp as sysudp, Transfer};
+use super::sys::{self, udp as sysudp, udp_batch, Transfer};
 use crate::stats::{LoopStats, DROP_REASONS};
 use crate::table::RoutingSnapshot;
 use socket2::{Domain, Socket, Type};
@@ -43,8 +59,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Datagrams read from one socket per turn before the next ready socket's turn.
-pub const BATCH: usize = 32;
+/// Datagrams read from one socket per turn (one `recvmmsg`) before the next ready
+/// socket's turn.
+pub const BATCH: usize = udp_batch::MAX_BATCH;
 
 /// Room for the largest datagram plus one byte, so that anything longer shows as truncated.
 const BUFFER: usize = 65_536;
@@ -63,7 +80,16 @@ pub struct UdpPlane {
     table: FlowTable,
     /// Upstream sockets by flow slot.
     sockets: Vec<Option<OwnedFd>>,
+    /// Upstream replies are read here.
     buf: Box<[u8]>,
+    /// [`BATCH`] slots of [`BUFFER`] bytes: one `recvmmsg` from a NodePort socket.
+    rx: Box<[u8]>,
+    /// What that `recvmmsg` read: (slot, datagram).
+    received: Vec<(usize, sysudp::Received)>,
+    /// Client datagrams of the current receive batch queue their upstream sends.
+    batching: bool,
+    upstream: batch::Upstream,
+    replies: batch::Replies,
     header: Vec<u8>,
     /// NodePort sockets that may still hold datagrams.
     ready_listeners: VecDeque<u32>,
@@ -102,6 +128,11 @@ impl UdpPlane {
             table: FlowTable::new(now, worker, max_flows),
             sockets: Vec::new(),
             buf: vec![0u8; BUFFER].into_boxed_slice(),
+            rx: vec![0u8; BUFFER * BATCH].into_boxed_slice(),
+            received: Vec::with_capacity(BATCH),
+            batching: false,
+            upstream: batch::Upstream::default(),
+            replies: batch::Replies::default(),
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
@@ -180,6 +211,7 @@ impl UdpPlane {
                 self.ready_flows.push_back(flow);
             }
         }
+        self.flush_replies(cx);
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -199,7 +231,7 @@ impl UdpPlane {
             self.retained_for = snapshot;
             self.picker.retain_services(cx.snapshot);
         }
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -212,11 +244,15 @@ impl UdpPlane {
         listener: u32,
     ) -> io::Result<()> {
         self.ready_listeners.retain(|&l| l != listener);
+        // Replies still queued for it (a turn cut short by an error) never leave by the
+        // socket that may take its slot.
+        let lost = self.replies.forget_listener(listener);
+        self.stats.flows.drops[REPLY_FAILED].add(lost as u64);
         if self.table.is_empty() {
             return Ok(());
         }
         self.table.close_listener(listener);
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.stats.flows.active.set(self.table.len() as u64);
         Ok(())
     }
@@ -226,54 +262,64 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
+        self.flush_replies(cx);
         self.table.close_all(CloseReason::Shutdown);
-        self.execute(cx, 0)?;
+        self.execute(cx, Payload::None)?;
         self.ready_flows.clear();
         self.ready_listeners.clear();
         self.stats.flows.active.set(0);
         Ok(())
     }
 
-    /// Read up to [`BATCH`] datagrams from a NodePort socket; true when it may hold more.
+    /// Read up to [`BATCH`] datagrams from a NodePort socket with one `recvmmsg`, feed
+    /// them to the table and send them on; true when it may hold more.
     fn read_nodeport<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
         listener: u32,
     ) -> io::Result<bool> {
-        for _ in 0..BATCH {
-            let Some((fd, bound)) = cx.listeners.udp_socket(listener) else {
-                return Ok(false);
-            };
-            let received = match sysudp::recv_from(fd, &mut self.buf) {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(false),
-                Err(e) => {
-                    // ENOMEM, a queued error, …: stop this turn (the next datagram's
-                    // arrival reports the socket again), never spin on it.
-                    tracing::debug!(worker = self.worker, listener, error = %e,
-                        "UDP NodePort receive failed");
-                    return Ok(false);
-                }
-            };
+        let Some((fd, bound)) = cx.listeners.udp_socket(listener) else {
+            return Ok(false);
+        };
+        if let Err(e) = udp_batch::recv_batch(fd, &mut self.rx, BUFFER, &mut self.received) {
+            // ENOMEM, a queued error, …: stop this turn (the next datagram's arrival
+            // reports the socket again), never spin on it.
+            tracing::debug!(worker = self.worker, listener, error = %e,
+                "UDP NodePort receive failed");
+            return Ok(false);
+        }
+        let received = std::mem::take(&mut self.received);
+        let more = received.len() == BATCH;
+        self.batching = true;
+        let mut result = Ok(());
+        for &(slot, r) in &received {
             // A socket bound to one address was sent to that one; a wildcard socket learns
             // the address from the packet info.
-            let node = match received.to {
+            let node = match r.to {
                 Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
                 _ => bound,
             };
             let d = ClientDatagram {
                 listener,
                 bound,
-                client: received.from,
+                client: r.from,
                 node,
-                len: received.len,
-                truncated: received.truncated,
+                len: r.len,
+                truncated: r.truncated,
             };
             self.table
                 .handle_client_datagram(cx.now, cx.snapshot, &mut self.picker, d);
-            self.execute(cx, received.len)?;
+            result = self.execute(cx, Payload::Rx { slot, len: r.len });
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(true)
+        self.batching = false;
+        let settled = self.settle_upstream(cx);
+        self.received = received;
+        result?;
+        settled?;
+        Ok(more)
     }
 
     /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
@@ -293,14 +339,14 @@ impl UdpPlane {
             match sysudp::recv_connected(fd.as_fd(), &mut self.buf) {
                 Ok(Some((len, truncated))) => {
                     self.table.handle_reply(cx.now, flow, len, truncated);
-                    self.execute(cx, len)?;
+                    self.execute(cx, Payload::Buf { len })?;
                 }
                 Ok(None) => return Ok(false),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     self.count_drop_label(ICMP_REFUSED);
                     self.table
                         .handle_upstream_error(flow, UpstreamError::Refused);
-                    self.execute(cx, 0)?;
+                    self.execute(cx, Payload::None)?;
                 }
                 Err(e) => {
                     tracing::debug!(worker = self.worker, error = %e, "UDP upstream receive failed");
@@ -311,12 +357,44 @@ impl UdpPlane {
         Ok(true)
     }
 
-    /// Execute the table's ops; `len` is the length of the datagram in the buffer (the one
-    /// just handed to the table).
+    /// The bytes of the datagram `payload` names.
+    fn payload(&self, payload: Payload) -> &[u8] {
+        match payload {
+            Payload::None => &[],
+            Payload::Buf { len } => &self.buf[..len.min(self.buf.len())],
+            Payload::Rx { slot, len } => {
+                let start = (slot * BUFFER).min(self.rx.len());
+                &self.rx[start..(start + len.min(BUFFER)).min(self.rx.len())]
+            }
+        }
+    }
+
+    /// Encode `flow`'s PROXY v2 header (when `proxy` asks for one) into `self.header`.
+    fn encode_header<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &Context<'_, D, L>,
+        flow: FlowId,
+        proxy: Option<ProxyHeader>,
+    ) {
+        self.header.clear();
+        if let Some(p) = proxy {
+            let entry = cx.snapshot.service(p.service);
+            let id = flow.unique_id(self.worker);
+            crate::proxy_protocol::encode_datagram(
+                &entry.port.forwarding,
+                p.client,
+                p.node,
+                &id,
+                &mut self.header,
+            );
+        }
+    }
+
+    /// Execute the table's ops; `payload` is the datagram just handed to the table.
     fn execute<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
-        len: usize,
+        payload: Payload,
     ) -> io::Result<()> {
         while let Some(op) = self.table.poll_op() {
             match op {
@@ -343,22 +421,24 @@ impl UdpPlane {
                     }
                 },
                 FlowOp::SendUpstream { flow, proxy } => {
+                    self.encode_header(cx, flow, proxy);
+                    if let (true, Payload::Rx { slot, len }) = (self.batching, payload) {
+                        // Sent with the rest of the receive batch (`send_upstream_queue`).
+                        let start = self.upstream.headers.len();
+                        self.upstream.headers.extend_from_slice(&self.header);
+                        let header = start..self.upstream.headers.len();
+                        self.upstream.queued.push(batch::QueuedSend {
+                            flow,
+                            slot,
+                            len,
+                            header,
+                        });
+                        continue;
+                    }
                     let Some(Some(fd)) = self.sockets.get(flow.index()) else {
                         continue;
                     };
-                    self.header.clear();
-                    if let Some(p) = proxy {
-                        let entry = cx.snapshot.service(p.service);
-                        let id = flow.unique_id(self.worker);
-                        crate::proxy_protocol::encode_datagram(
-                            &entry.port.forwarding,
-                            p.client,
-                            p.node,
-                            &id,
-                            &mut self.header,
-                        );
-                    }
-                    let payload = &self.buf[..len.min(self.buf.len())];
+                    let payload = self.payload(payload);
                     let parts: [&[u8]; 2] = [&self.header, payload];
                     let parts = if self.header.is_empty() {
                         &parts[1..]
@@ -384,22 +464,25 @@ impl UdpPlane {
                     }
                 }
                 FlowOp::SendReply { listener, from, to } => {
-                    let sent = match cx.listeners.udp_socket(listener) {
-                        Some((fd, _)) => {
-                            let v6 = from.is_ipv6();
-                            let payload = &self.buf[..len.min(self.buf.len())];
-                            matches!(
-                                sysudp::send_to_from(fd, payload, to, from.ip(), v6),
-                                Ok(Transfer::Moved(_))
-                            )
-                        }
-                        None => false,
-                    };
-                    if !sent {
-                        self.count_drop_label(REPLY_FAILED);
+                    // Queued (copied out of the buffer the next read reuses) and sent at the
+                    // end of the turn with the others (`flush_replies`).
+                    if !self.replies.fits(self.payload(payload).len()) {
+                        self.flush_replies(cx);
                     }
+                    let bytes = match payload {
+                        Payload::None => &[][..],
+                        Payload::Buf { len } => &self.buf[..len.min(self.buf.len())],
+                        Payload::Rx { slot, len } => {
+                            &self.rx[slot * BUFFER..slot * BUFFER + len.min(BUFFER)]
+                        }
+                    };
+                    self.replies.push(listener, from, to, bytes);
                 }
                 FlowOp::Close { flow, reason } => {
+                    if self.upstream.holds(flow) {
+                        // Its queued datagrams leave before its socket closes.
+                        self.send_upstream_queue();
+                    }
                     if let Some(slot) = self.sockets.get_mut(flow.index()) {
                         if let Some(fd) = slot.take() {
                             cx.driver.unwatch_flow(flow.token())?;
@@ -429,6 +512,17 @@ impl UdpPlane {
     fn count_drop_label(&self, index: usize) {
         self.stats.flows.drops[index].add(1);
     }
+}
+
+/// Which buffer holds the datagram just handed to the table.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// None (a sweep, a close).
+    None,
+    /// A reply read from an upstream socket into `buf`.
+    Buf { len: usize },
+    /// A client datagram in slot `slot` of the receive batch `rx`.
+    Rx { slot: usize, len: usize },
 }
 
 const REPLY_FAILED: usize = 8;
