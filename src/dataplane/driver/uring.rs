@@ -10,6 +10,10 @@
 //! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
 //! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
 //!
+//! The ring is `SINGLE_ISSUER + DEFER_TASKRUN` (fallback `COOP_TASKRUN` on kernels that
+//! refuse it): completion work runs in batches inside the worker's own `io_uring_enter`
+//! calls, all of which carry GETEVENTS (see [`Uring::new`]).
+//!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
 //! that finished after its connection was gone) can never be applied to a new one.
@@ -44,24 +48,76 @@ pub struct Uring {
     /// Reusable argument buffers (no allocation per connect after warm-up).
     args_free: Vec<Box<ConnectArgs>>,
     raw: Vec<(u64, i32, u32)>,
+    /// Built with `IORING_SETUP_DEFER_TASKRUN`: completions are produced only inside an
+    /// `io_uring_enter` with GETEVENTS on this thread (see [`Uring::new`]).
+    deferred: bool,
 }
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 
 impl Uring {
     /// A ring with `entries` submission slots (a power of two) and 4× as many completion slots.
+    ///
+    /// Built with `SINGLE_ISSUER + DEFER_TASKRUN` where the kernel takes it (6.1+): the
+    /// kernel's completion work (poll wake-ups, connect results) is queued and run in one
+    /// batch inside the worker's next `io_uring_enter(GETEVENTS)` instead of interrupting the
+    /// worker in the middle of its relay syscalls. That needs every submission and every
+    /// wait on the thread that created the ring: the worker creates its ring on its own
+    /// thread and is the only one to touch it, and every enter of [`Driver::submit_and_wait`]
+    /// carries GETEVENTS (even the one that does not wait). Kernels that refuse the flag
+    /// (EINVAL) get the former `SINGLE_ISSUER + COOP_TASKRUN` ring.
     pub fn new(entries: u32) -> io::Result<Uring> {
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_cqsize(entries * 4)
-            .build(entries)?;
+        let build = |deferred: bool| {
+            let mut b = IoUring::builder();
+            b.setup_single_issuer().setup_cqsize(entries * 4);
+            if deferred {
+                b.setup_defer_taskrun();
+            } else {
+                b.setup_coop_taskrun();
+            }
+            b.build(entries)
+        };
+        let (ring, deferred) = match build(true) {
+            Ok(ring) => (ring, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false)?, false),
+            Err(e) => return Err(e),
+        };
         Ok(Uring {
             ring,
             args_pending: Vec::new(),
             args_free: Vec::new(),
             raw: Vec::with_capacity(entries as usize * 4),
+            deferred,
         })
+    }
+
+    /// Whether this ring defers the kernel's completion work to the worker's waits
+    /// (`IORING_SETUP_DEFER_TASKRUN`; false on kernels that refuse it).
+    pub fn defers_taskrun(&self) -> bool {
+        self.deferred
+    }
+
+    /// Submit what is queued and collect the completions ready now, without waiting: an
+    /// enter with GETEVENTS and no minimum, which runs the deferred completion work of a
+    /// DEFER_TASKRUN ring (a plain submit would leave it queued until the next wait).
+    fn submit_and_reap(&mut self) -> io::Result<()> {
+        if !self.deferred {
+            return self.ring.submit().map(|_| ());
+        }
+        // Dropping the queue handle publishes the entries pushed so far (its tail).
+        let queued = self.ring.submission().len() as u32;
+        // SAFETY: no argument pointer is passed (`arg` is None, size ignored); the queued
+        // entries point only at fds and buffers that stay valid until this call returned
+        // (module docs); GETEVENTS with min_complete 0 never blocks.
+        unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                queued,
+                0,
+                io_uring::EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        }
+        .map(|_| ())
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
@@ -290,7 +346,7 @@ impl Driver for Uring {
     /// (`Some(ZERO)`: do not wait).
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let result = match timeout {
-            Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
+            Some(t) if t.is_zero() => self.submit_and_reap(),
             Some(t) => {
                 let (sec, nsec) = crate::deadline::timespec(t);
                 let ts = types::Timespec::new().sec(sec).nsec(nsec);
@@ -384,4 +440,37 @@ fn ignore_tag() -> u64 {
         generation: 0,
     }
     .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::sys;
+    use std::os::fd::AsFd;
+
+    /// A completion produced while the worker was busy (the eventfd is signalled after the
+    /// poll was armed, so its wake-up is deferred task work) is collected by a submit that
+    /// does not wait: the worker's no-wait rounds (yielded connections, closes pending) must
+    /// not leave readiness queued in the kernel until the next tick.
+    #[test]
+    fn a_no_wait_submit_collects_deferred_completions() {
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        assert!(
+            ring.defers_taskrun(),
+            "this kernel (6.1+) takes IORING_SETUP_DEFER_TASKRUN"
+        );
+        let efd = sys::eventfd().expect("eventfd");
+        ring.watch_wake(efd.as_fd()).expect("watch");
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert!(out.is_empty(), "nothing signalled yet: {out:?}");
+        sys::eventfd_signal(efd.as_fd()).expect("signal");
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        ring.completions(&mut out);
+        assert!(
+            matches!(out.as_slice(), [Completion::Wake { ended: false }]),
+            "the wake-up is collected without waiting: {out:?}"
+        );
+    }
 }
