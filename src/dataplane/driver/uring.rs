@@ -10,6 +10,12 @@
 //! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
 //! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
 //!
+//! Sockets are closed with CLOSE entries queued behind their POLL_REMOVEs, and a backend
+//! socket's TCP_NODELAY is set with a URING_CMD SETSOCKOPT entry ahead of its CONNECT
+//! (Linux 6.7+; setsockopt(2) otherwise): a new connection makes no close(2) or
+//! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
+//! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
+//!
 //! The ring is `SINGLE_ISSUER + DEFER_TASKRUN` (fallback `COOP_TASKRUN` on kernels that
 //! refuse it): completion work runs in batches inside the worker's own `io_uring_enter`
 //! calls, all of which carry GETEVENTS (see [`Uring::new`]).
@@ -29,12 +35,14 @@ use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 struct ConnectArgs {
     addr: socket2::SockAddr,
     timeout: types::Timespec,
+    /// The value of the TCP_NODELAY set through the ring before the connect (1).
+    nodelay: libc::c_int,
 }
 
 /// One io_uring instance, owned by one worker thread.
@@ -51,6 +59,9 @@ pub struct Uring {
     /// Built with `IORING_SETUP_DEFER_TASKRUN`: completions are produced only inside an
     /// `io_uring_enter` with GETEVENTS on this thread (see [`Uring::new`]).
     deferred: bool,
+    /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
+    /// backend socket rides the connect's submission instead of a setsockopt(2).
+    sockopts: bool,
 }
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
@@ -82,13 +93,51 @@ impl Uring {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false)?, false),
             Err(e) => return Err(e),
         };
-        Ok(Uring {
+        let mut uring = Uring {
             ring,
             args_pending: Vec::new(),
             args_free: Vec::new(),
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
-        })
+            sockopts: false,
+        };
+        uring.sockopts = uring.try_ring_sockopt();
+        Ok(uring)
+    }
+
+    /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
+    /// once on a throw-away socket when the ring is built (a kernel before 6.7 answers
+    /// EINVAL/EOPNOTSUPP; the driver then uses setsockopt(2)).
+    fn try_ring_sockopt(&mut self) -> bool {
+        let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        else {
+            return false;
+        };
+        let one: libc::c_int = 1;
+        let entry = opcode::SetSockOpt::new(
+            types::Fd(socket.as_raw_fd()),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .user_data(ignore_tag());
+        // SAFETY: the socket and `one` outlive the wait below, which returns only once the
+        // entry completed (it is the only one in flight on this new ring).
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            return false;
+        }
+        if self.ring.submit_and_wait(1).is_err() {
+            return false;
+        }
+        let result = self.ring.completion().next().map(|c| c.result());
+        result == Some(0) && socket.nodelay().unwrap_or(false)
+    }
+
+    /// Whether the ring sets TCP_NODELAY of backend sockets (see `try_ring_sockopt`).
+    pub fn sets_sockopts(&self) -> bool {
+        self.sockopts
     }
 
     /// Whether this ring defers the kernel's completion work to the worker's waits
@@ -123,7 +172,8 @@ impl Uring {
     /// Probe that the operations sluice relies on are supported by this kernel.
     pub fn probe() -> io::Result<()> {
         // The exact setup the workers use, then every opcode they submit.
-        let ring = Uring::new(8)?.ring;
+        let uring = Uring::new(8)?;
+        let ring = &uring.ring;
         let mut probe = io_uring::register::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (name, code) in [
@@ -132,6 +182,7 @@ impl Uring {
             ("CONNECT", opcode::Connect::CODE),
             ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
             ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+            ("CLOSE", opcode::Close::CODE),
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
@@ -146,7 +197,8 @@ impl Uring {
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: the entry names fds the caller keeps open until the submit after this
-            // push (see module docs) and, for connects, argument buffers this driver keeps in
+            // push (see module docs), or, for a CLOSE, an fd this driver took over; for
+            // connects (and their TCP_NODELAY), argument buffers this driver keeps in
             // `args_pending` until that submit.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
@@ -259,6 +311,7 @@ impl Driver for Uring {
             Box::new(ConnectArgs {
                 addr: socket2::SockAddr::from(addr),
                 timeout: types::Timespec::new(),
+                nodelay: 1,
             })
         });
         args.addr = socket2::SockAddr::from(addr);
@@ -283,15 +336,37 @@ impl Driver for Uring {
         let timeout = opcode::LinkTimeout::new(&args.timeout)
             .build()
             .user_data(ignore_tag());
-        // The two entries must be adjacent in the queue for the link to hold.
+        // TCP_NODELAY first (executed in order, before the connect is issued), best effort
+        // as before: its failure reports nothing.
+        let nodelay = if self.sockopts {
+            Some(
+                opcode::SetSockOpt::new(
+                    types::Fd(fd.as_raw_fd()),
+                    libc::IPPROTO_TCP as u32,
+                    libc::TCP_NODELAY as u32,
+                    (&args.nodelay as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(ignore_tag()),
+            )
+        } else {
+            let _ = socket2::SockRef::from(&fd).set_nodelay(true);
+            None
+        };
+        // The connect and its timeout must be adjacent in the queue for the link to hold.
         let free = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
         };
-        if free < 2 {
+        if free < 3 {
             self.submit_pending()?;
         }
         self.args_pending.push(args);
+        if let Some(nodelay) = nodelay {
+            self.push(nodelay)?;
+        }
         self.push(connect)?;
         self.push(timeout)
     }
@@ -340,6 +415,26 @@ impl Driver for Uring {
                 .encode(),
             );
         self.push(entry)
+    }
+
+    /// Close `fd` with a CLOSE entry at the end of the queue: the kernel closes it when the
+    /// next submit reaches it, after the entries before it (the removal of its polls). Its
+    /// success reports nothing; a failure (none expected: the fd is ours) is ignored.
+    fn close(&mut self, fd: OwnedFd) -> io::Result<()> {
+        let raw = fd.into_raw_fd();
+        let entry = opcode::Close::new(types::Fd(raw))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        match self.push(entry) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // SAFETY: the entry was not queued (push failed before taking it), so the fd
+                // taken out of its OwnedFd above is still ours alone: close it here.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                Err(e)
+            }
+        }
     }
 
     /// Submit everything queued and wait for at least one completion, or until `timeout`
@@ -423,6 +518,16 @@ impl Driver for Uring {
     }
 }
 
+impl Drop for Uring {
+    /// Entries still queued are submitted (CLOSE entries among them own their fds): a worker
+    /// that ends on an error leaks no socket.
+    fn drop(&mut self) {
+        if !self.ring.submission().is_empty() {
+            let _ = self.ring.submit();
+        }
+    }
+}
+
 /// The user data of a flow's poll: its token's slot (low 24 bits) and generation.
 fn flow_tag(flow: u64) -> u64 {
     UserData {
@@ -472,5 +577,86 @@ mod tests {
             matches!(out.as_slice(), [Completion::Wake { ended: false }]),
             "the wake-up is collected without waiting: {out:?}"
         );
+    }
+
+    /// Completions until `want` says stop (at most 5 s).
+    fn wait_for(ring: &mut Uring, want: impl Fn(&Completion) -> bool) -> Completion {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        loop {
+            ring.submit_and_wait(Some(Duration::from_millis(50)))
+                .expect("submit");
+            ring.completions(&mut out);
+            if let Some(i) = out.iter().position(&want) {
+                return out.swap_remove(i);
+            }
+            assert!(std::time::Instant::now() < deadline, "no such completion");
+        }
+    }
+
+    /// A socket handed to `close` is closed by the next submit (its peer reads EOF), not
+    /// before: entries queued ahead of it (its polls' removal) still name the open socket.
+    #[test]
+    fn close_happens_in_the_next_submit() {
+        use std::io::Read;
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        ring.close(OwnedFd::from(server)).expect("close");
+        let mut buf = [0u8; 1];
+        assert!(
+            client.read(&mut buf).is_err(),
+            "still open until the submit (the read times out)"
+        );
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(client.read(&mut buf).expect("EOF"), 0, "closed: EOF");
+    }
+
+    /// A backend socket connected through the ring has TCP_NODELAY set (through the ring
+    /// where the kernel can, 6.7+, as here).
+    #[test]
+    fn connect_sets_nodelay() {
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        assert!(
+            ring.sets_sockopts(),
+            "this kernel (6.7+) sets options through the ring"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM.nonblocking(),
+            None,
+        )
+        .expect("socket");
+        assert!(!socket.nodelay().expect("nodelay"));
+        ring.connect(
+            3,
+            7,
+            socket.as_fd(),
+            listener.local_addr().expect("addr"),
+            Duration::from_secs(5),
+        )
+        .expect("connect");
+        let done = wait_for(&mut ring, |c| matches!(c, Completion::Connected { .. }));
+        assert!(
+            matches!(
+                done,
+                Completion::Connected {
+                    slot: 3,
+                    generation: 7,
+                    result: Ok(())
+                }
+            ),
+            "{done:?}"
+        );
+        assert!(socket.nodelay().expect("nodelay"), "TCP_NODELAY set");
     }
 }
