@@ -16,9 +16,8 @@
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
 //! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
 //!
-//! The ring is `SINGLE_ISSUER + DEFER_TASKRUN` (fallback `COOP_TASKRUN` on kernels that
-//! refuse it): completion work runs in batches inside the worker's own `io_uring_enter`
-//! calls, all of which carry GETEVENTS (see [`Uring::new`]).
+//! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
+//! now (see [`Uring::new`]).
 //!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
@@ -67,17 +66,25 @@ pub struct Uring {
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 
 impl Uring {
-    /// A ring with `entries` submission slots (a power of two) and 4× as many completion slots.
+    /// A ring with `entries` submission slots (a power of two) and 4× as many completion
+    /// slots: `SINGLE_ISSUER + COOP_TASKRUN`.
     ///
-    /// Built with `SINGLE_ISSUER + DEFER_TASKRUN` where the kernel takes it (6.1+): the
-    /// kernel's completion work (poll wake-ups, connect results) is queued and run in one
-    /// batch inside the worker's next `io_uring_enter(GETEVENTS)` instead of interrupting the
-    /// worker in the middle of its relay syscalls. That needs every submission and every
-    /// wait on the thread that created the ring: the worker creates its ring on its own
-    /// thread and is the only one to touch it, and every enter of [`Driver::submit_and_wait`]
-    /// carries GETEVENTS (even the one that does not wait). Kernels that refuse the flag
-    /// (EINVAL) get the former `SINGLE_ISSUER + COOP_TASKRUN` ring.
+    /// Not `DEFER_TASKRUN` (measured for issue 18: +4% requests per CPU-second on keep-alive):
+    /// with it, a UDP NodePort socket removed by a reload stayed bound (its port never
+    /// refused again) in 4 of 5 runs of tests/dataplane_inprocess.rs
+    /// `udp_flows_end_with_their_node_port_socket`, with the socket closed by close(2) as
+    /// much as by a ring CLOSE; the cause was not found. [`Uring::with_taskrun`] keeps the
+    /// deferred mode (and its GETEVENTS no-wait submit) for that investigation.
     pub fn new(entries: u32) -> io::Result<Uring> {
+        Uring::with_taskrun(entries, false)
+    }
+
+    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` if `deferred` and the kernel takes it
+    /// (6.1+; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
+    /// in one batch inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
+    /// submission and every wait on the thread that created the ring, and a GETEVENTS on
+    /// every enter of [`Driver::submit_and_wait`] (even the one that does not wait).
+    pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
         let build = |deferred: bool| {
             let mut b = IoUring::builder();
             b.setup_single_issuer().setup_cqsize(entries * 4);
@@ -88,8 +95,8 @@ impl Uring {
             }
             b.build(entries)
         };
-        let (ring, deferred) = match build(true) {
-            Ok(ring) => (ring, true),
+        let (ring, deferred) = match build(deferred) {
+            Ok(ring) => (ring, deferred),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false)?, false),
             Err(e) => return Err(e),
         };
@@ -136,12 +143,14 @@ impl Uring {
     }
 
     /// Whether the ring sets TCP_NODELAY of backend sockets (see `try_ring_sockopt`).
+    #[cfg(test)]
     pub fn sets_sockopts(&self) -> bool {
         self.sockopts
     }
 
     /// Whether this ring defers the kernel's completion work to the worker's waits
     /// (`IORING_SETUP_DEFER_TASKRUN`; false on kernels that refuse it).
+    #[cfg(test)]
     pub fn defers_taskrun(&self) -> bool {
         self.deferred
     }
@@ -559,7 +568,7 @@ mod tests {
     /// not leave readiness queued in the kernel until the next tick.
     #[test]
     fn a_no_wait_submit_collects_deferred_completions() {
-        let mut ring = Uring::new(8).expect("io_uring ring");
+        let mut ring = Uring::with_taskrun(8, true).expect("io_uring ring");
         assert!(
             ring.defers_taskrun(),
             "this kernel (6.1+) takes IORING_SETUP_DEFER_TASKRUN"
