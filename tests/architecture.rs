@@ -34,6 +34,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "publish",
             "proxy_protocol",
             "deadline",
+            // The UDP flows' hand-over record (`handover::flows`), a leaf.
+            "handover",
         ],
     ),
     // Sources of the model.

@@ -234,3 +234,129 @@ fn transparent_udp_pod_sees_the_client_address_and_port() {
     drop(pod);
     drop(ns);
 }
+
+/// `forwarding = "transparent"` across `ctl upgrade`: the flow's upstream socket
+/// (IP_TRANSPARENT, bound to the client's own address and port) is handed to the new
+/// process and adopted there (each new process logs it), and through 3 upgrades every
+/// datagram is answered and the pod sees only the client's exact address and port.
+/// (Before the flows were handed over this held too — a new upstream socket binds the same
+/// client address, SO_REUSEADDR — so this guards the passed transparent socket, not a
+/// difference from then.)
+#[test]
+fn transparent_udp_flow_keeps_the_clients_address_and_port_across_upgrades() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    if !is_root() {
+        eprintln!("SKIPPED: transparent forwarding needs root (namespaces, CAP_NET_ADMIN)");
+        return;
+    }
+    let ns = Namespaces::new(&["c", "n", "p"]);
+    let (client_ns, node_ns, pod_ns) = (
+        ns.name(0).to_owned(),
+        ns.name(1).to_owned(),
+        ns.name(2).to_owned(),
+    );
+    ns.link((0, "c0", "198.18.23.2/24"), (1, "n0", "198.18.23.1/24"));
+    ns.link((1, "n1", "198.18.24.1/24"), (2, "p0", "198.18.24.2/24"));
+    ns.ip(0, &["route", "add", "default", "via", "198.18.23.1"]);
+    ns.ip(2, &["route", "add", "default", "via", "198.18.24.1"]);
+    let pod_port = free_udp_port();
+    let pod = in_netns(&pod_ns, move || {
+        UdpPod::start(pod_addr("198.18.24.2", pod_port), "pod", 1)
+    });
+    let dir = TempDir::new("udp-tproxy-upgrade");
+    let text = config(
+        &dir,
+        "listen_addresses = [\"198.18.23.1\"]\ndrain_timeout = \"2s\"",
+        &[pod.addr],
+        "forwarding = \"transparent\"\nidle_timeout = \"60s\"",
+    );
+    let sluice = here_in_netns(&node_ns, || Sluice::run(&text));
+    wait_for("sluice to serve", SOON, || {
+        sluice.stderr().contains("sluice is serving").then_some(())
+    });
+    apply_in_netns(
+        &node_ns,
+        &tproxy_rules(sluice.config_path.as_ref().unwrap()),
+    );
+    let node = SocketAddr::new("198.18.23.1".parse().unwrap(), NODE_PORT);
+
+    // One client socket (one flow), asking in a loop until stopped (at most 60 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (stop2, answered2, lost2) = (stop.clone(), answered.clone(), lost.clone());
+    let client_thread = std::thread::spawn(move || {
+        in_netns(&client_ns, move || {
+            let c = client("198.18.23.2");
+            let me = c.local_addr().unwrap();
+            let start = std::time::Instant::now();
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                match ask(&c, node, b"q") {
+                    Some((_, from)) if from == node => answered2.fetch_add(1, Ordering::Relaxed),
+                    _ => lost2.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            me
+        })
+    });
+    let progress = |n: u64| {
+        let target = answered.load(Ordering::Relaxed) + n;
+        wait_for("answers", SOON, || {
+            (answered.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    };
+    progress(50);
+    let sock = dir.path().join("ctl.sock");
+    // The new processes sluice starts: killed by PID when the test ends, however it ends.
+    struct Pids(Vec<u32>);
+    impl Drop for Pids {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let mut pids = Pids(Vec::new());
+    for i in 0..3 {
+        let out = ctl(&sock, &["-o", "json", "upgrade"]);
+        assert!(
+            out.status.success(),
+            "upgrade {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        pids.0.push(v["result"]["new_pid"].as_u64().unwrap() as u32);
+        progress(50);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let me = client_thread.join().unwrap();
+    drop(pids);
+    // Every new process took the flow over (the new processes log to the same stderr).
+    let log = sluice.stderr();
+    let adopted = log
+        .lines()
+        .filter(|l| l.contains("UDP flows taken over") && l.contains("adopted=1"))
+        .count();
+    assert_eq!(adopted, 3, "{log}");
+    let received = pod.received();
+    let sources: std::collections::BTreeSet<SocketAddr> =
+        received.iter().map(|(from, _)| *from).collect();
+    let (answered, lost) = (
+        answered.load(Ordering::Relaxed),
+        lost.load(Ordering::Relaxed),
+    );
+    assert_eq!(lost, 0, "{lost} of {} unanswered", answered + lost);
+    assert_eq!(
+        sources,
+        [me].into_iter().collect(),
+        "the pod saw other sources than the client {me}"
+    );
+    eprintln!("3 upgrades: {answered} answered, the pod saw only {me}");
+    drop(sluice);
+    drop(pod);
+    drop(ns);
+}

@@ -660,3 +660,137 @@ fn a_restart_through_the_fd_store_refuses_no_connection() {
     );
     eprintln!("restart through the fd store: {round_trips} round trips, 0 failures");
 }
+
+/// One upgrade at a time: while one waits for its new process, a second `ctl upgrade`, a
+/// reload and an endpoint override are refused with the reason, and the old process serves
+/// on once the first has failed.
+#[test]
+fn a_second_upgrade_during_one_is_refused() {
+    let mut r = start();
+    let pid = r.sluice.pid();
+    let hangs = r.dir.path().join("hangs.sh");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let first = {
+        let sock = r.sock.clone();
+        let hangs = hangs.display().to_string();
+        std::thread::spawn(move || {
+            upgrade_fails(&sock, &["--binary", &hangs, "--ready-timeout", "5s"])
+        })
+    };
+    wait_for(
+        "the first upgrade to start its new process",
+        Duration::from_secs(20),
+        || {
+            r.sluice
+                .stderr()
+                .contains("upgrade: starting the new process")
+                .then_some(())
+        },
+    );
+    let second = upgrade_fails(&r.sock, &[]);
+    assert!(
+        second.contains("Error (in-progress): ") && second.contains("upgrade"),
+        "{second}"
+    );
+    let endpoint = r._echo.addr.to_string();
+    for args in [
+        vec!["reload"],
+        vec!["endpoint", "drain", "itest/web", &endpoint],
+    ] {
+        let out = ctl(&r.sock, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} during an upgrade: {stderr}"
+        );
+        assert!(
+            stderr.contains("an upgrade is in progress"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        probe_echo(r.node),
+        "the old process serves during the upgrade"
+    );
+    let first = first.join().unwrap();
+    assert!(first.contains("timed out after 5.0s"), "{first}");
+    r.sluice.assert_alive();
+    assert_eq!(status_pid(&r.sock), pid);
+    // Nothing was changed by the refused requests: the endpoint is not draining.
+    let out = ctl_ok(&r.sock, &["-o", "json", "endpoints"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let e = &v["result"]["services"][0]["endpoints"][0];
+    assert_ne!(e["state"].as_str(), Some("draining"), "{v}");
+    assert!(probe_echo(r.node));
+}
+
+/// Endpoints that active health checks hold down stay down in the new process from its
+/// first moment (a new target would otherwise start up and take traffic until it failed
+/// `fall` checks there: here 3 × 5 s, since the file was edited before the upgrade).
+#[test]
+fn endpoints_held_down_by_health_checks_are_carried_over() {
+    let echo = EchoServer::start("127.0.0.2");
+    let dead = SocketAddr::from(([127, 0, 0, 3], free_port()));
+    let port = free_port();
+    let dir = TempDir::new("upgrade");
+    let sock = dir.path().join("ctl.sock");
+    let config = |interval: &str| {
+        format!(
+            "listen_addresses = [\"127.0.0.1\"]\nnode_port_range = \"10000-32000\"\nworkers = 2\ncontrol_socket = \"{}\"\nhealth_check = \"tcp\"\nhealth_check_interval = \"{interval}\"\nhealth_check_rise = 2\nhealth_check_fall = 3\n{}",
+            sock.display(),
+            service_toml("web", port, &[ep(echo.addr), ep(dead)], "")
+        )
+    };
+    let mut sluice = Sluice::run(&config("200ms"));
+    let node = node_addr(port);
+    sluice.wait_ready_echo(node);
+    let health = |sock: &Path| -> Vec<(String, String)> {
+        let out = ctl_ok(sock, &["-o", "json", "endpoints"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["result"]["services"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap_or_default().to_owned(),
+                    e["health"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        (echo.addr.to_string(), "up".to_owned()),
+        (dead.to_string(), "down".to_owned()),
+    ];
+    let s = sock.clone();
+    wait_for(
+        "the dead endpoint held down",
+        Duration::from_secs(20),
+        || {
+            let mut h = health(&s);
+            h.sort();
+            let mut want = expected.clone();
+            want.sort();
+            (h == want).then_some(())
+        },
+    );
+    // The new process checks every 5 s: without the carried state it would show the dead
+    // endpoint up for its first 10+ s.
+    let path = sluice.config_path.clone().unwrap();
+    std::fs::write(&path, config("5s")).unwrap();
+    let pids = Pids::default();
+    let (_, new) = upgrade_ok(&sock, &[]);
+    pids.add(new);
+    assert_eq!(status_pid(&sock), new);
+    let mut h = health(&sock);
+    h.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(h, want, "the new process's first view");
+    // And it serves.
+    for _ in 0..20 {
+        assert!(probe_echo(node));
+    }
+}

@@ -306,14 +306,15 @@ impl Daemon {
         if successor.is_upgrade() {
             // Everything is open, nothing accepts: "ready", then wait for the old
             // process's "go" (bounded), and only then accept.
-            successor
-                .ready()
+            let flows = successor
+                .ready(workers)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            daemon
+            let plane = daemon
                 .plane
                 .as_mut()
-                .expect("the plane runs until shutdown")
-                .resume();
+                .expect("the plane runs until shutdown");
+            super::upgrade::adopt_flows(plane, flows);
+            plane.resume();
         }
         if let Some(s) = control_socket {
             tracing::info!(path = %s.path().display(), "control socket ready");

@@ -177,8 +177,24 @@ impl HealthTracker {
     /// Targets the previous process held down (a hand-over: `handover::state`), with why.
     /// They start down — routed to by nothing, probed until `rise` checks pass — instead
     /// of up and unconfirmed; a target whose Service no longer has active checks starts up.
+    /// Targets the first sync already made (it comes before the state arrives) are forced
+    /// down here; others wait in `carried_down` for the sync that makes them.
     pub fn carry_in(&self, down: impl IntoIterator<Item = (Target, String)>) {
-        self.shared.lock().carried_down.extend(down);
+        let mut st = self.shared.lock();
+        for (target, reason) in down {
+            let Some(t) = st.targets.get_mut(&target) else {
+                st.carried_down.insert(target, reason);
+                continue;
+            };
+            if t.disabled {
+                continue;
+            }
+            if let Some(a) = t.active.as_mut() {
+                a.counter.force_down();
+                a.carried = Some(reason);
+                st.settle_one(&target, "carried over from the previous process");
+            }
+        }
     }
 
     /// The targets held down now, with why (disabled ones excepted: overrides carry those).

@@ -141,6 +141,20 @@ static BOUND: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
 /// that one's now, and this process never removes it.
 static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A control socket taken over from the previous process ([`ControlSocket::adopt`]) that is
+/// not this process's file yet: until the hand-over is done a failure here must leave the
+/// file to the old process, which serves on ([`claim_adopted_control_socket`]).
+static ADOPTED: Mutex<Option<(PathBuf, u64)>> = Mutex::new(None);
+
+/// The hand-over is done (this process is the daemon): the adopted control socket's file is
+/// this process's to remove when it exits.
+pub fn claim_adopted_control_socket() {
+    let adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(entry) = adopted {
+        BOUND.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+    }
+}
+
 /// The control socket now belongs to the process it was handed to: this one forgets the
 /// file (no exit path removes it).
 pub fn forget_control_socket() {
@@ -242,10 +256,7 @@ impl ControlSocket {
         std_listener.set_nonblocking(true).map_err(io_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
         let meta = std::fs::metadata(&path).map_err(io_err)?;
-        BOUND
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((path.clone(), meta.ino()));
+        *ADOPTED.lock().unwrap_or_else(|p| p.into_inner()) = Some((path.clone(), meta.ino()));
         Ok(ControlSocket {
             listener: Some(listener),
             path,
@@ -302,6 +313,11 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
+        // Not an adopted file before the hand-over is done (the old process serves on).
+        let adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if adopted.is_some_and(|(p, i)| p == self.path && i == self.inode) {
+            return;
+        }
         // Only remove the file if it is still ours (not replaced by a newer daemon).
         remove_if_ours(&self.path, self.inode);
         BOUND

@@ -19,7 +19,8 @@
 
 use super::daemon::Daemon;
 use super::protocol::{Response, UpgradeOutcome};
-use crate::dataplane::ListenerKey;
+use crate::dataplane::{FlowExporter, ListenerKey};
+use crate::handover::flows::ReceivedFlow;
 use crate::handover::inherit::Session;
 use crate::handover::state::{EndpointHealth, EndpointOverride, PortKey};
 use crate::handover::upgrade::UpgradeTicket;
@@ -162,6 +163,7 @@ impl Daemon {
             )
         })?;
         let state = self.state_to_carry();
+        let flows = self.plane().flow_exporter();
         tracing::info!(
             by,
             binary = %admitted.binary.display(),
@@ -170,7 +172,7 @@ impl Daemon {
         );
         let task = tokio::task::spawn_blocking(move || {
             // `sockets` are this process's duplicates: closed when this returns.
-            match stage(&admitted, &sockets, &state, timeouts) {
+            match stage(&admitted, &sockets, &state, &flows, timeouts) {
                 Ok(up) => Ok((up, admitted)),
                 Err(e) => Err(Box::new((e, admitted))),
             }
@@ -420,14 +422,18 @@ fn port_key(key: &ServicePortKey) -> PortKey {
 }
 
 /// The blocking steps of an upgrade, for a blocking thread: start the new binary, offer it
-/// `sockets` and `state`, wait until it is ready, tell it to accept and wait until it does.
+/// `sockets` and `state`, wait until it is ready, hand it the UDP flows (`flows`: this
+/// process's workers stop reading UDP first), tell it to accept and wait until it does.
 /// On success the new process accepts on the very same sockets; the caller then stops
-/// accepting here, names the new main PID to systemd, calls [`Upgrade::finish`] and drains.
-/// On an error the new process was stopped (rolled back) and nothing changed here.
+/// accepting here, names the new main PID to systemd, calls [`Upgrade::finish`] and drains
+/// (this process's UDP reading stays stopped: its flows end with the drain, their sockets
+/// live on there). On an error the new process was stopped (rolled back), this process's
+/// workers read UDP again, and nothing changed here.
 pub fn stage(
     admitted: &Admitted,
     sockets: &[(SocketName, OwnedFd)],
     state: &CarriedState,
+    flows: &FlowExporter,
     timeouts: Timeouts,
 ) -> Result<Upgrade, UpgradeError> {
     let mut up = Upgrade::start(&admitted.started, Some(&admitted.binary), timeouts)?;
@@ -444,8 +450,77 @@ pub fn stage(
         sockets.iter().map(|(n, fd)| (*n, fd.as_fd())).collect();
     up.offer(&borrowed, &state.to_json())?;
     up.wait_ready()?;
-    up.go()?;
-    Ok(up)
+    if !up.takes_flows() {
+        tracing::info!(
+            version = up.version(),
+            "the new process does not take UDP flows: they end with this one's drain"
+        );
+        up.go()?;
+        return Ok(up);
+    }
+    match hand_flows(&mut up, flows, timeouts.step).and_then(|()| up.go()) {
+        Ok(()) => Ok(up),
+        Err(e) => {
+            // Stop the new process first (it may have read datagrams after "go"): then
+            // this one reads its UDP sockets again, its flows as they were.
+            drop(up);
+            flows.resume();
+            Err(e)
+        }
+    }
+}
+
+/// This process's workers stop reading UDP; their flows go to the new process in batches
+/// of at most 253 (one SCM_RIGHTS message each), the duplicates closed after each.
+fn hand_flows(up: &mut Upgrade, flows: &FlowExporter, wait: Duration) -> Result<(), UpgradeError> {
+    let pid = up.pid();
+    let local = |detail: std::io::Error| UpgradeError::Protocol {
+        pid,
+        step: handover::Step::Flows,
+        detail: format!("this process: {detail}"),
+    };
+    flows.pause(wait).map_err(local)?;
+    let mut total = 0usize;
+    for worker in 0..flows.workers() {
+        let mut from = Some(0);
+        while let Some(slot) = from {
+            let (batch, next) = flows
+                .batch(worker, slot, handover::channel::MAX_FDS_PER_MESSAGE, wait)
+                .map_err(local)?;
+            if !batch.is_empty() {
+                up.send_flows(worker as u32, &batch)?;
+                total += batch.len();
+            }
+            from = next;
+        }
+    }
+    tracing::info!(
+        flows = total,
+        "upgrade: UDP flows handed to the new process"
+    );
+    Ok(())
+}
+
+/// Gives each worker the UDP flows of the old process's worker of the same index (before
+/// the workers read anything: the plane is paused until "go" was answered).
+pub(super) fn adopt_flows(plane: &mut crate::dataplane::Dataplane, flows: Vec<ReceivedFlow>) {
+    if flows.is_empty() {
+        return;
+    }
+    tracing::info!(
+        flows = flows.len(),
+        "UDP flows received from the previous process"
+    );
+    let mut per_worker: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+    for f in flows {
+        per_worker
+            .entry(f.worker)
+            .or_default()
+            .push((f.flow, f.socket));
+    }
+    for (worker, flows) in per_worker {
+        plane.adopt_flows(worker as usize, flows);
+    }
 }
 
 /// What this process inherited at start, as the daemon uses it while it starts.
@@ -587,12 +662,17 @@ impl Successor {
         }
     }
 
-    /// "Ready", then waits for "go" (blocking, bounded by the step timeout).
-    pub fn ready(&mut self) -> Result<(), handover::InheritError> {
-        match self.session.as_mut() {
-            Some(s) => s.ready(),
-            None => Ok(()),
+    /// "Ready", then takes the UDP flows until "go" (blocking, bounded by the step
+    /// timeout); `workers`: this process's (the old one's) number of workers.
+    pub fn ready(&mut self, workers: usize) -> Result<Vec<ReceivedFlow>, handover::InheritError> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let flows = s.ready(workers)?;
+        if let Some(e) = injected_failure_after_flows(flows.len()) {
+            return Err(e);
         }
+        Ok(flows)
     }
 
     /// After the workers accept: "serving", then waits for "done" off the loop; READY=1
@@ -605,13 +685,33 @@ impl Successor {
         };
         tokio::task::spawn_blocking(move || match session.serving() {
             Ok(()) => {
+                super::socket::claim_adopted_control_socket();
                 tracing::info!("the old process handed over: this one is the daemon");
                 super::notify::Notifier::from_env().ready(&summary);
                 store(&fd_store);
             }
-            Err(e) => tracing::warn!(error = %e, "hand-over after go; serving on"),
+            Err(e) => {
+                super::socket::claim_adopted_control_socket();
+                tracing::warn!(error = %e, "hand-over after go; serving on")
+            }
         });
     }
+}
+
+/// Test builds only: when `SLUICE_TEST_FAIL_AFTER_FLOWS` names a file that exists, a new
+/// process fails right after it received the UDP flows (and "go"), before it reads
+/// anything, so that tests can show the old process's flows survive that rollback.
+fn injected_failure_after_flows(flows: usize) -> Option<handover::InheritError> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let path = std::env::var_os("SLUICE_TEST_FAIL_AFTER_FLOWS")?;
+    std::path::Path::new(&path)
+        .exists()
+        .then(|| handover::InheritError::Protocol {
+            step: handover::Step::Ready,
+            detail: format!("test: failing after {flows} UDP flows"),
+        })
 }
 
 #[cfg(test)]
@@ -666,7 +766,7 @@ mod tests {
             Ok::<(), crate::handover::UpgradeError>(())
         });
         let (mut session, mut inherited, _) = Session::receive(new, timeouts).unwrap();
-        session.ready().unwrap();
+        session.ready(4).unwrap();
         session.serving().unwrap();
         old.join().unwrap().unwrap();
         clients.extend((0..8).map(|_| TcpStream::connect(addr).unwrap()));

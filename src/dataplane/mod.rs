@@ -28,6 +28,7 @@
 //! connection table to the simulator (`tests/conn_simulation.rs`), and nothing else.
 
 mod affinity;
+mod carry;
 mod conn;
 mod connections;
 mod death;
@@ -41,6 +42,7 @@ mod sys;
 mod udp;
 mod worker;
 
+pub use carry::FlowExporter;
 pub use death::{on_worker_death, WorkerDeath};
 pub use listeners::{
     node_port_keys, node_ports, wildcard_address, ListenerPlan, Listeners, NodePorts,

@@ -152,6 +152,7 @@ impl Channel {
         let arrived = self.received.len() - before;
         let expected = match frame {
             Frame::Fds { count, .. } => count as usize,
+            Frame::Flows(ref batch) => batch.flows.len(),
             _ => 0,
         };
         if arrived != expected {
@@ -166,7 +167,7 @@ impl Channel {
         Ok(frame)
     }
 
-    /// The descriptors of the last `fds` frame, in the order they were sent.
+    /// The descriptors of the last `fds` (or `flows`) frame, in the order they were sent.
     pub fn recv_fds(&mut self) -> Vec<OwnedFd> {
         self.received.drain(..).collect()
     }

@@ -12,6 +12,7 @@
 //! is the daemon.
 
 use super::channel::{Channel, ChannelError, Deadline};
+use super::flows::{self, ReceivedFlow};
 use super::name::{NameError, SocketKind, SocketName};
 use super::systemd::{self, ListenFdsError};
 use super::validate::{self, InvalidSocket};
@@ -44,6 +45,9 @@ pub enum InheritError {
     /// The old process gave up (its reason).
     #[error("the old process aborted the hand-over: {0}")]
     Aborted(String),
+    /// A `flows` frame that cannot be taken.
+    #[error("hand-over of the UDP flows: {0}")]
+    Flows(#[from] flows::FlowsError),
     /// `LISTEN_*` are malformed.
     #[error(transparent)]
     ListenFds(#[from] ListenFdsError),
@@ -366,10 +370,11 @@ impl Session {
         );
     }
 
-    /// "Ready" (configuration loaded, workers started but not accepting), then waits for the
-    /// old process's "go" (up to the step timeout). Any other answer, or none, is an error:
-    /// exit without accepting.
-    pub fn ready(&mut self) -> Result<(), InheritError> {
+    /// "Ready" (configuration loaded, workers started but not accepting), then takes the
+    /// UDP flows the old process sends (checked: [`flows::check_batch`]; `workers` is the
+    /// number of workers it had) until its "go" (all within the step timeout), and returns
+    /// them. Any other answer, or none, is an error: exit without accepting.
+    pub fn ready(&mut self, workers: usize) -> Result<Vec<ReceivedFlow>, InheritError> {
         let step = Step::Ready;
         let deadline = Deadline::after(self.timeouts.step);
         let chan = |cause| InheritError::Channel { step, cause };
@@ -377,10 +382,17 @@ impl Session {
             pid: std::process::id(),
         };
         self.send_or_hear(step, &ready, deadline)?;
-        match self.channel.recv(deadline, "go").map_err(chan)? {
-            Frame::Go => Ok(()),
-            Frame::Abort(reason) => Err(InheritError::Aborted(reason)),
-            other => Err(unexpected(step, "go", &other)),
+        let mut received = Vec::new();
+        loop {
+            match self.channel.recv(deadline, "go").map_err(chan)? {
+                Frame::Go => return Ok(received),
+                Frame::Flows(batch) => {
+                    let fds = self.channel.recv_fds();
+                    received.extend(flows::check_batch(batch, fds, workers)?);
+                }
+                Frame::Abort(reason) => return Err(InheritError::Aborted(reason)),
+                other => return Err(unexpected(step, "flows or go", &other)),
+            }
         }
     }
 

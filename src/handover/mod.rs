@@ -19,6 +19,8 @@
 //!  manifest, fds ×⌈N/253⌉, state, offer-end ──▶ each socket checked against its name
 //!                                               load config, start workers NOT accepting
 //!    ◀──────────────────────────── ready | failed: <error>     (old: READY_TIMEOUT)
+//!  stop reading UDP (NodePort, upstream sockets)
+//!  flows, fds ×⌈F/253⌉ (protocol ≥ 2) ────────▶ checked; each worker adopts its own
 //!  go ────────────────────────────────────────▶ workers accept; control, metrics served
 //!    ◀───────────────────────────────────────── serving
 //!  stop accepting (listeners closed here, open there)
@@ -30,7 +32,9 @@
 //! failure before "go" — the new binary does not start, fails its configuration, crashes,
 //! is not ready in time, sends bad bytes — leaves the old process serving as if nothing
 //! happened: the new one is told to abort, killed after [`upgrade::ABORT_GRACE`], and
-//! reaped; it never accepted a connection, so the sockets it held were only copies. Between
+//! reaped; it never accepted a connection, so the sockets it held were only copies, and the
+//! old process reads its UDP sockets again (its flows are as they were: the datagrams that
+//! arrived meanwhile wait in the sockets' queues). Between
 //! "go" and "serving" both processes accept (from the same queues), which is harmless; a
 //! failure there stops the new one and resets what it had accepted — the one window where a
 //! failure costs connections.
@@ -40,13 +44,14 @@
 //! deadlines), [`validate`] (is this fd the socket its name says), [`systemd`] (fd store,
 //! LISTEN_FDS, MAINPID, barrier), [`process`] (which binary, how it is started and
 //! stopped), [`upgrade`] (the old process's steps), [`inherit`] (the new process's
-//! steps), [`state`] (the state blob).
+//! steps), [`state`] (the state blob), [`flows`] (UDP flows and their upstream sockets).
 //!
 //! No `unsafe` here: descriptors travel as `BorrowedFd`/`OwnedFd` through rustix; the
 //! one adoption of an inherited descriptor number is the caller's ([`Adopt`]: `main` passes
 //! the data plane's `adopt_inherited_fd`), so this module uses nothing else of the crate.
 
 pub mod channel;
+pub mod flows;
 pub mod inherit;
 pub mod name;
 pub mod process;
@@ -71,8 +76,11 @@ pub type Adopt = fn(std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd>
 
 /// The environment variable naming the new process's end of the hand-over channel.
 pub const HANDOVER_FD_ENV: &str = "SLUICE_HANDOVER_FD";
-/// This version's protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// This version's protocol: 2 hands over UDP flows (`flows` frames between "ready" and
+/// "go"); 1 did not.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The first protocol with `flows` frames.
+pub const FLOWS_PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol this version still speaks (an upgrade from an older sluice).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Bound of each step but "ready": hellos, the offer, go → serving, serving → done.
@@ -107,6 +115,7 @@ pub enum Step {
     Hello,
     Offer,
     Ready,
+    Flows,
     Serving,
 }
 
@@ -116,6 +125,7 @@ impl fmt::Display for Step {
             Step::Hello => "hello",
             Step::Offer => "passing the sockets",
             Step::Ready => "waiting for ready",
+            Step::Flows => "passing the UDP flows",
             Step::Serving => "go",
         })
     }

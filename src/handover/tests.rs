@@ -108,7 +108,7 @@ fn six_hundred_listeners_pass_in_chunks_and_their_accept_queues_survive() {
     assert_eq!(inherited.len(), 600);
     assert_eq!(inherited.workers(), Some(WORKERS));
     assert_eq!(session.predecessor().pid, std::process::id());
-    session.ready().unwrap();
+    session.ready(1).unwrap();
     session.serving().unwrap();
     old.join().unwrap().unwrap();
 
@@ -231,7 +231,10 @@ fn a_peer_that_is_not_a_sluice_or_speaks_another_version_is_refused_and_told() {
     let e = Session::receive(new, short(2000)).unwrap_err();
     let text = e.to_string();
     assert!(
-        text.contains("speaks hand-over protocol 2") && text.contains("sluice 9.9.9"),
+        text.contains(&format!(
+            "speaks hand-over protocol {}",
+            PROTOCOL_VERSION + 1
+        )) && text.contains("sluice 9.9.9"),
         "{text}"
     );
     let (theirs, verdict) = t.join().unwrap();
@@ -372,7 +375,7 @@ fn every_wait_is_bounded() {
     );
     // Rolling back tells the new side to abort.
     assert_eq!(up.abort("no ready in time"), "told to abort");
-    let e = session.ready().unwrap_err();
+    let e = session.ready(1).unwrap_err();
     assert_eq!(
         e.to_string(),
         "the old process aborted the hand-over: no ready in time"
@@ -389,7 +392,7 @@ fn every_wait_is_bounded() {
         up.finish();
     });
     let (mut session, _, _) = Session::receive(new, short(300)).unwrap();
-    let e = session.ready().unwrap_err();
+    let e = session.ready(1).unwrap_err();
     assert!(
         e.to_string()
             .ends_with("timed out after 300.0ms waiting for go"),
@@ -408,7 +411,7 @@ fn an_abort_reaches_the_new_side_with_its_reason() {
         up.abort("SIGTERM during the upgrade")
     });
     let (mut session, _, _) = Session::receive(new, quick()).unwrap();
-    let e = session.ready().unwrap_err();
+    let e = session.ready(1).unwrap_err();
     assert_eq!(
         e.to_string(),
         "the old process aborted the hand-over: SIGTERM during the upgrade"

@@ -9,6 +9,7 @@
 //! ("config.toml:3:1: …"), not "connection closed".
 
 use super::channel::{Channel, ChannelError, Deadline, MAX_FDS_PER_MESSAGE};
+use super::flows::{CarriedFlow, FlowBatch};
 use super::name::SocketName;
 use super::process::{self, StartedAs};
 use super::wire::{Frame, Hello, Manifest};
@@ -177,6 +178,29 @@ impl Upgrade {
         }
         self.send(step, &Frame::State(state.clone()), &[], deadline)?;
         self.send(step, &Frame::OfferEnd, &[], deadline)
+    }
+
+    /// Whether the new process takes UDP flows (its protocol is 2 or later).
+    pub fn takes_flows(&self) -> bool {
+        self.successor.protocol >= super::FLOWS_PROTOCOL_VERSION
+    }
+
+    /// Sends UDP flows of the old process's worker `worker` with their upstream sockets
+    /// (between "ready" and "go"; at most [`MAX_FDS_PER_MESSAGE`] per call, and only when
+    /// [`Self::takes_flows`]). The duplicates are the caller's to close afterwards.
+    pub fn send_flows(
+        &mut self,
+        worker: u32,
+        flows: &[(CarriedFlow, OwnedFd)],
+    ) -> Result<(), UpgradeError> {
+        let step = Step::Flows;
+        let deadline = Deadline::after(self.timeouts.step);
+        let batch = FlowBatch {
+            worker,
+            flows: flows.iter().map(|(c, _)| c.clone()).collect(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = flows.iter().map(|(_, fd)| fd.as_fd()).collect();
+        self.send(step, &Frame::Flows(batch), &fds, deadline)
     }
 
     /// Waits for "ready" (up to the ready timeout). "Failed", an exit, silence or anything

@@ -42,6 +42,9 @@ pub enum Frame {
     Done,
     /// old → new: give up (the new process exits without having accepted anything).
     Abort(String),
+    /// old → new, between "ready" and "go" (protocol 2): UDP flows of one worker, each
+    /// with its upstream socket (the frame's descriptors, in order; see `flows`).
+    Flows(super::flows::FlowBatch),
 }
 
 /// The first frame each way.
@@ -101,6 +104,7 @@ mod kind {
     pub const SERVING: u8 = 9;
     pub const DONE: u8 = 10;
     pub const ABORT: u8 = 11;
+    pub const FLOWS: u8 = 12;
 }
 
 /// The name of a kind byte, for messages.
@@ -117,6 +121,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::SERVING => "serving",
         kind::DONE => "done",
         kind::ABORT => "abort",
+        kind::FLOWS => "flows",
         _ => "unknown",
     }
 }
@@ -135,6 +140,7 @@ impl Frame {
             Frame::Serving => kind::SERVING,
             Frame::Done => kind::DONE,
             Frame::Abort(_) => kind::ABORT,
+            Frame::Flows(_) => kind::FLOWS,
         }
     }
 
@@ -154,6 +160,7 @@ impl Frame {
                 p
             }
             Frame::State(v) => json_bytes(v),
+            Frame::Flows(b) => json_bytes(b),
             Frame::Ready { pid } => json_bytes(&ReadyPayload { pid: *pid }),
             Frame::Failed(text) | Frame::Abort(text) => text.as_bytes().to_vec(),
             Frame::OfferEnd | Frame::Go | Frame::Serving | Frame::Done => Vec::new(),
@@ -239,6 +246,7 @@ pub fn decode(k: u8, payload: &[u8]) -> Result<Frame, FrameError> {
         kind::SERVING => Frame::Serving,
         kind::DONE => Frame::Done,
         kind::ABORT => Frame::Abort(text()?),
+        kind::FLOWS => Frame::Flows(json(payload).map_err(bad)?),
         other => return Err(FrameError::UnknownKind(other)),
     })
 }
@@ -284,6 +292,15 @@ mod tests {
         round_trip(Frame::Serving);
         round_trip(Frame::Done);
         round_trip(Frame::Abort("timed out".into()));
+        round_trip(Frame::Flows(super::super::flows::FlowBatch {
+            worker: 1,
+            flows: vec![serde_json::from_value(serde_json::json!({
+                "client": "127.0.0.9:4000", "node": "127.0.0.1:30053",
+                "bound": "0.0.0.0:30053", "service": 77, "endpoint": "[::1]:53",
+                "idle_ms": 30000, "age_ms": 5, "quiet_ms": 1
+            }))
+            .unwrap()],
+        }));
     }
 
     #[test]
@@ -326,6 +343,22 @@ mod tests {
             ),
             (kind::ABORT, &[0xc3][..], "abort frame does not parse"),
             (kind::FDS, &[0, 0, 0][..], "must carry 6 bytes"),
+            (
+                kind::FLOWS,
+                &b"{\"worker\":0}"[..],
+                "flows frame does not parse",
+            ),
+            (
+                kind::FLOWS,
+                &b"{\"worker\":0,\"flows\":[{\"client\":\"nowhere\"}]}"[..],
+                "flows frame does not parse",
+            ),
+            (
+                kind::FLOWS,
+                &b"{\"worker\":-1,\"flows\":[]}"[..],
+                "flows frame does not parse",
+            ),
+            (kind::FLOWS, &[0xff, 0x00][..], "flows frame does not parse"),
         ] {
             let e = decode(k, payload).unwrap_err();
             assert!(e.to_string().contains(what), "{e}");

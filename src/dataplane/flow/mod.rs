@@ -64,6 +64,9 @@
 //! [`Picker`]: super::select::Picker
 //! [`keeps_flows`]: crate::table::usable::keeps_flows
 
+mod carry;
+#[cfg(test)]
+mod carry_tests;
 #[cfg(test)]
 mod simulation;
 mod slab;
@@ -71,6 +74,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub use carry::NotAdopted;
 pub use table::FlowTable;
 
 use crate::table::ServiceId;

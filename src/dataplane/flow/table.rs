@@ -53,47 +53,47 @@ pub struct FlowView {
 
 /// The lookup key: a flow is one (client, node address) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FlowKey {
-    client: SocketAddr,
-    node: SocketAddr,
+pub(super) struct FlowKey {
+    pub(super) client: SocketAddr,
+    pub(super) node: SocketAddr,
 }
 
 /// Where the flow's endpoint was found the last time it was checked.
 #[derive(Debug, Clone, Copy)]
-struct Checked {
-    generation: u64,
-    service: ServiceId,
+pub(super) struct Checked {
+    pub(super) generation: u64,
+    pub(super) service: ServiceId,
 }
 
 #[derive(Debug)]
-struct Flow {
-    key: FlowKey,
-    listener: u32,
+pub(super) struct Flow {
+    pub(super) key: FlowKey,
+    pub(super) listener: u32,
     /// The NodePort socket's own address (see [`ClientDatagram::bound`]).
-    bound: SocketAddr,
+    pub(super) bound: SocketAddr,
     /// The client is an address of this node: a Local Service routes it with the cluster
     /// endpoints (as kube-proxy routes host-originated traffic), so its flow keeps a
     /// remote endpoint too.
-    from_node: bool,
+    pub(super) from_node: bool,
     /// The Service port's stable id (the same in every snapshot).
-    service: u64,
-    endpoint: SocketAddr,
-    idle: Duration,
-    responses_left: Option<u32>,
-    created: Instant,
-    last_active: Instant,
-    checked: Checked,
+    pub(super) service: u64,
+    pub(super) endpoint: SocketAddr,
+    pub(super) idle: Duration,
+    pub(super) responses_left: Option<u32>,
+    pub(super) created: Instant,
+    pub(super) last_active: Instant,
+    pub(super) checked: Checked,
     /// A reply arrived since the flow opened or last saw ECONNREFUSED (passive health is
     /// told once per change, not per datagram).
-    replied: bool,
+    pub(super) replied: bool,
     /// The current datagram was sent again after ECONNREFUSED.
-    resent: bool,
+    pub(super) resent: bool,
     /// The header of the current datagram, for a resend.
-    proxy: Option<ProxyHeader>,
-    service_stats: Arc<StatsBlock>,
-    endpoint_stats: Arc<StatsBlock>,
-    to_endpoint: Traffic,
-    to_client: Traffic,
+    pub(super) proxy: Option<ProxyHeader>,
+    pub(super) service_stats: Arc<StatsBlock>,
+    pub(super) endpoint_stats: Arc<StatsBlock>,
+    pub(super) to_endpoint: Traffic,
+    pub(super) to_client: Traffic,
 }
 
 impl Flow {
@@ -115,10 +115,10 @@ struct Sweep {
 #[derive(Debug)]
 pub struct FlowTable {
     /// Which slot of the counter blocks this worker writes.
-    worker: usize,
-    max_flows: usize,
-    flows: Slab<Flow>,
-    by_key: HashMap<FlowKey, FlowId, ahash::RandomState>,
+    pub(super) worker: usize,
+    pub(super) max_flows: usize,
+    pub(super) flows: Slab<Flow>,
+    pub(super) by_key: HashMap<FlowKey, FlowId, ahash::RandomState>,
     ops: VecDeque<FlowOp>,
     sweep: Sweep,
 }
@@ -566,7 +566,7 @@ impl FlowTable {
     }
 
     /// The O(1) part of [`FlowTable::verify`], after every mutator in debug builds.
-    fn check_invariants(&self) {
+    pub(super) fn check_invariants(&self) {
         if cfg!(debug_assertions) {
             assert_eq!(
                 self.by_key.len(),

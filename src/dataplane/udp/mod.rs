@@ -24,6 +24,8 @@
 //! longer one is seen truncated (MSG_TRUNC) and dropped, never forwarded cut. Nothing here
 //! panics on what a client or a pod sends.
 
+mod carry;
+
 use super::driver::Driver;
 use super::flow::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, Source,
@@ -72,6 +74,8 @@ pub struct UdpPlane {
     /// The snapshot (its address) the picker last forgot removed Services for.
     retained_for: usize,
     stats: Arc<LoopStats>,
+    /// Reading stopped for a hand-over of the flows (`carry.rs`).
+    paused: bool,
 }
 
 /// What the worker lends for one call.
@@ -104,6 +108,7 @@ impl UdpPlane {
             picker: Picker::new(seed),
             retained_for: 0,
             stats,
+            paused: false,
         }
     }
 
@@ -147,7 +152,7 @@ impl UdpPlane {
 
     /// Sockets wait for a turn: the worker must not sleep.
     pub fn pending(&self) -> bool {
-        !self.ready_listeners.is_empty() || !self.ready_flows.is_empty()
+        !self.paused && (!self.ready_listeners.is_empty() || !self.ready_flows.is_empty())
     }
 
     /// One turn over the ready sockets: at most [`BATCH`] datagrams each; a socket that may
@@ -156,6 +161,9 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
+        if self.paused {
+            return Ok(());
+        }
         for _ in 0..self.ready_listeners.len() {
             let Some(listener) = self.ready_listeners.pop_front() else {
                 break;
@@ -181,7 +189,7 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
-        if self.table.is_empty() {
+        if self.table.is_empty() || self.paused {
             return Ok(());
         }
         self.table.handle_tick(cx.now, cx.snapshot);

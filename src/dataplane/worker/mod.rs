@@ -26,11 +26,13 @@
 //! abort) resets every connection it still has.
 
 mod accept;
+mod carry;
 mod connect;
 mod listing;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
+pub use carry::{ExportedFlows, FlowCommand};
 
 use crate::dataplane::conn::{ConnEvent, Dir, Side};
 use crate::dataplane::connections::{
@@ -89,6 +91,8 @@ pub enum Command {
         query: crate::dataplane::live::LiveQuery,
         reply: mpsc::Sender<crate::dataplane::live::WorkerLive>,
     },
+    /// UDP flows across an upgrade (`carry.rs`).
+    Flows(FlowCommand),
 }
 
 /// What a worker is told at start.
@@ -427,6 +431,7 @@ impl<D: Driver> Worker<D> {
             Command::Live { query, reply } => {
                 let _ = reply.send(self.live(&query));
             }
+            Command::Flows(command) => self.on_flow_command(command)?,
         }
         Ok(())
     }
