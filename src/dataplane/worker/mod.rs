@@ -217,8 +217,9 @@ impl<D: Driver> Worker<D> {
             // Sockets to close go to the driver, which closes them in this submit (after
             // the removal of their polls) before it sleeps; only connections parked for
             // lack of fds need a round without sleep to retry at once.
+            let parked_may_retry = self.table.has_parked() && !self.to_close.is_empty();
             let wait = if !self.table.has_yielded()
-                && !(self.table.has_parked() && !self.to_close.is_empty())
+                && !parked_may_retry
                 && !self.accepts_pending()
                 && !self.udp.pending()
             {
