@@ -10,6 +10,9 @@
                 (top symbols, children excluded) into OUT/perf-LB-WORKLOAD.txt
 --tool strace : `strace -c -f` on the LB's processes during the run (slows the LB down a lot:
                 read the syscall *counts per request*, not the throughput)
+--tool syscalls : `perf stat -e 'syscalls:sys_enter_*'` on the LB's processes (system calls
+                counted in the kernel: far less slow-down than strace; per request = count ÷
+                the requests of the run, printed with the counts)
 --tool none   : just the run (throughput and LB CPU), e.g. to check a change
 Run as root; removes its namespaces and processes on exit like the suite.
 """
@@ -32,7 +35,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lb", required=True)
     ap.add_argument("--workload", default="keepalive", choices=list(suite.WORKLOADS))
-    ap.add_argument("--tool", default="perf", choices=["perf", "strace", "none"])
+    ap.add_argument("--tool", default="perf", choices=["perf", "strace", "syscalls", "none"])
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--sluice", default="target/release/sluice")
     ap.add_argument("--out", default="/tmp")
@@ -67,6 +70,11 @@ def main():
                 cmd += ["-p", str(p)]
             tool = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
+        elif args.tool == "syscalls":
+            tool = subprocess.Popen(["perf", "stat", "-x", ",", "-o", base + ".txt", "-e", "syscalls:sys_enter_*",
+                                     "-p", ",".join(map(str, lb_pids)), "--", "sleep", str(args.duration + 2)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         res = suite.measure(topo, lb, args.workload, args.duration, lb_pids, pod_pids)
         res.update({"lb": lb.name, "kind": lb.kind, "workload": args.workload, "rep": 0, "services": 1})
         print(report.one_line(res))
@@ -74,6 +82,21 @@ def main():
             if args.tool == "strace":
                 tool.send_signal(2)  # SIGINT: strace detaches and writes its summary
             tool.wait(60)
+        if args.tool == "syscalls":
+            units = res.get("units") or res.get("requests") or 0
+            rows = []
+            with open(base + ".txt") as f:
+                for line in f:
+                    parts = line.strip().split(",")
+                    if len(parts) > 2 and parts[0].isdigit() and int(parts[0]) > 0:
+                        rows.append((int(parts[0]), parts[2].replace("syscalls:sys_enter_", "")))
+            rows.sort(reverse=True)
+            with open(base + ".txt", "a") as f:
+                for n, name in rows:
+                    per = f"{n / units:.3f} per unit" if units else ""
+                    line = f"{name:24} {n:10} {per}"
+                    print(line)
+                    f.write("# " + line + "\n")
         if args.tool == "perf":
             with open(base + ".txt", "w") as f:
                 subprocess.run(["perf", "report", "-i", base + ".data", "--no-children", "--stdio",

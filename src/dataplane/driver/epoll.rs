@@ -21,7 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 struct Connecting {
@@ -39,6 +39,8 @@ pub struct Epoll {
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Completions known without waiting (a connect that finished or failed at once).
     pending: Vec<Completion>,
+    /// Sockets to close before the next wait ([`Driver::close`]).
+    closing: Vec<OwnedFd>,
 }
 
 impl Epoll {
@@ -50,6 +52,7 @@ impl Epoll {
             connecting: HashMap::default(),
             deadlines: BinaryHeap::new(),
             pending: Vec::new(),
+            closing: Vec::new(),
         })
     }
 
@@ -158,7 +161,9 @@ impl Driver for Epoll {
         addr: SocketAddr,
         timeout: Duration,
     ) -> io::Result<()> {
-        match socket2::SockRef::from(&fd).connect(&addr.into()) {
+        let socket = socket2::SockRef::from(&fd);
+        let _ = socket.set_nodelay(true);
+        match socket.connect(&addr.into()) {
             Ok(()) => self.pending.push(Completion::Connected {
                 slot,
                 generation,
@@ -230,7 +235,14 @@ impl Driver for Epoll {
         }
     }
 
+    fn close(&mut self, fd: OwnedFd) -> io::Result<()> {
+        self.closing.push(fd);
+        Ok(())
+    }
+
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        // Closing removes the fds from the epoll set: nothing else to do for them.
+        self.closing.clear();
         let mut wait = timeout;
         if !self.pending.is_empty() {
             wait = Some(Duration::ZERO);

@@ -8,6 +8,10 @@
 //!   container seccomp profile, an old kernel): mio/epoll readiness, edge-triggered, with
 //!   connect(2) done by the driver and connect timeouts kept in a timer heap.
 //!
+//! Sockets are closed through the driver ([`Driver::close`]), in the submit that removes
+//! their polls: the io_uring driver puts a CLOSE entry in the ring, so a finished connection
+//! costs no close(2) of its own.
+//!
 //! Both report readiness edge-triggered (a completion per wake-up), which is what the
 //! connection core expects. Bytes are moved by the worker with splice(2)/read/write under
 //! either driver, and connections are accepted by the worker with accept4(2) when a
@@ -21,7 +25,7 @@ pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// Most connection slots a worker can address (24 bits of a completion tag).
@@ -164,7 +168,9 @@ pub trait Driver {
         fd: BorrowedFd<'_>,
     ) -> io::Result<()>;
     fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()>;
-    /// Connect `fd` (nonblocking) to `addr`, reporting `Completion::Connected` within `timeout`.
+    /// Set TCP_NODELAY on `fd` (a new nonblocking backend socket; the relay forwards small
+    /// writes at once) and connect it to `addr`, reporting `Completion::Connected` within
+    /// `timeout`. The option is best effort, as a setsockopt(2) whose error is ignored.
     fn connect(
         &mut self,
         slot: u32,
@@ -183,7 +189,13 @@ pub trait Driver {
     fn unwatch_flow(&mut self, flow: u64) -> io::Result<()>;
     /// Report when `fd` (the worker's eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
-    /// Submit what is queued and wait for something to report, at most `timeout`.
+    /// Close `fd` after the entries queued before it (the removal of its polls, the cancel
+    /// of its connect) took effect: in the next [`Driver::submit_and_wait`], before it
+    /// sleeps. io_uring: a CLOSE entry at the end of that submission (no close(2) of the
+    /// worker's own); epoll: close(2) before its wait.
+    fn close(&mut self, fd: OwnedFd) -> io::Result<()>;
+    /// Submit what is queued (closes included) and wait for something to report, at most
+    /// `timeout`.
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     /// Move every completion available now into `out` (cleared first).
     fn completions(&mut self, out: &mut Vec<Completion>);

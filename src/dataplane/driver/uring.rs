@@ -10,6 +10,15 @@
 //! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
 //! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
 //!
+//! Sockets are closed with CLOSE entries queued behind their POLL_REMOVEs, and a backend
+//! socket's TCP_NODELAY is set with a URING_CMD SETSOCKOPT entry ahead of its CONNECT
+//! (Linux 6.7+; setsockopt(2) otherwise): a new connection makes no close(2) or
+//! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
+//! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
+//!
+//! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
+//! now (see [`Uring::new`]).
+//!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
 //! that finished after its connection was gone) can never be applied to a new one.
@@ -25,12 +34,14 @@ use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 struct ConnectArgs {
     addr: socket2::SockAddr,
     timeout: types::Timespec,
+    /// The value of the TCP_NODELAY set through the ring before the connect (1).
+    nodelay: libc::c_int,
 }
 
 /// One io_uring instance, owned by one worker thread.
@@ -44,30 +55,134 @@ pub struct Uring {
     /// Reusable argument buffers (no allocation per connect after warm-up).
     args_free: Vec<Box<ConnectArgs>>,
     raw: Vec<(u64, i32, u32)>,
+    /// Built with `IORING_SETUP_DEFER_TASKRUN`: completions are produced only inside an
+    /// `io_uring_enter` with GETEVENTS on this thread (see [`Uring::new`]).
+    deferred: bool,
+    /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
+    /// backend socket rides the connect's submission instead of a setsockopt(2).
+    sockopts: bool,
 }
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 
 impl Uring {
-    /// A ring with `entries` submission slots (a power of two) and 4× as many completion slots.
+    /// A ring with `entries` submission slots (a power of two) and 4× as many completion
+    /// slots: `SINGLE_ISSUER + COOP_TASKRUN`.
+    ///
+    /// Not `DEFER_TASKRUN` (measured for issue 18: +4% requests per CPU-second on keep-alive):
+    /// with it, a UDP NodePort socket removed by a reload stayed bound (its port never
+    /// refused again) in 4 of 5 runs of tests/dataplane_inprocess.rs
+    /// `udp_flows_end_with_their_node_port_socket`, with the socket closed by close(2) as
+    /// much as by a ring CLOSE; the cause was not found. [`Uring::with_taskrun`] keeps the
+    /// deferred mode (and its GETEVENTS no-wait submit) for that investigation.
     pub fn new(entries: u32) -> io::Result<Uring> {
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_cqsize(entries * 4)
-            .build(entries)?;
-        Ok(Uring {
+        Uring::with_taskrun(entries, false)
+    }
+
+    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` if `deferred` and the kernel takes it
+    /// (6.1+; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
+    /// in one batch inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
+    /// submission and every wait on the thread that created the ring, and a GETEVENTS on
+    /// every enter of [`Driver::submit_and_wait`] (even the one that does not wait).
+    pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
+        let build = |deferred: bool| {
+            let mut b = IoUring::builder();
+            b.setup_single_issuer().setup_cqsize(entries * 4);
+            if deferred {
+                b.setup_defer_taskrun();
+            } else {
+                b.setup_coop_taskrun();
+            }
+            b.build(entries)
+        };
+        let (ring, deferred) = match build(deferred) {
+            Ok(ring) => (ring, deferred),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false)?, false),
+            Err(e) => return Err(e),
+        };
+        let mut uring = Uring {
             ring,
             args_pending: Vec::new(),
             args_free: Vec::new(),
             raw: Vec::with_capacity(entries as usize * 4),
-        })
+            deferred,
+            sockopts: false,
+        };
+        uring.sockopts = uring.try_ring_sockopt();
+        Ok(uring)
+    }
+
+    /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
+    /// once on a throw-away socket when the ring is built (a kernel before 6.7 answers
+    /// EINVAL/EOPNOTSUPP; the driver then uses setsockopt(2)).
+    fn try_ring_sockopt(&mut self) -> bool {
+        let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        else {
+            return false;
+        };
+        let one: libc::c_int = 1;
+        let entry = opcode::SetSockOpt::new(
+            types::Fd(socket.as_raw_fd()),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .user_data(ignore_tag());
+        // SAFETY: the socket and `one` outlive the wait below, which returns only once the
+        // entry completed (it is the only one in flight on this new ring).
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            return false;
+        }
+        if self.ring.submit_and_wait(1).is_err() {
+            return false;
+        }
+        let result = self.ring.completion().next().map(|c| c.result());
+        result == Some(0) && socket.nodelay().unwrap_or(false)
+    }
+
+    /// Whether the ring sets TCP_NODELAY of backend sockets (see `try_ring_sockopt`).
+    #[cfg(test)]
+    pub fn sets_sockopts(&self) -> bool {
+        self.sockopts
+    }
+
+    /// Whether this ring defers the kernel's completion work to the worker's waits
+    /// (`IORING_SETUP_DEFER_TASKRUN`; false on kernels that refuse it).
+    #[cfg(test)]
+    pub fn defers_taskrun(&self) -> bool {
+        self.deferred
+    }
+
+    /// Submit what is queued and collect the completions ready now, without waiting: an
+    /// enter with GETEVENTS and no minimum, which runs the deferred completion work of a
+    /// DEFER_TASKRUN ring (a plain submit would leave it queued until the next wait).
+    fn submit_and_reap(&mut self) -> io::Result<()> {
+        if !self.deferred {
+            return self.ring.submit().map(|_| ());
+        }
+        // Dropping the queue handle publishes the entries pushed so far (its tail).
+        let queued = self.ring.submission().len() as u32;
+        // SAFETY: no argument pointer is passed (`arg` is None, size ignored); the queued
+        // entries point only at fds and buffers that stay valid until this call returned
+        // (module docs); GETEVENTS with min_complete 0 never blocks.
+        unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                queued,
+                0,
+                io_uring::EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        }
+        .map(|_| ())
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
     pub fn probe() -> io::Result<()> {
         // The exact setup the workers use, then every opcode they submit.
-        let ring = Uring::new(8)?.ring;
+        let uring = Uring::new(8)?;
+        let ring = &uring.ring;
         let mut probe = io_uring::register::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (name, code) in [
@@ -76,6 +191,7 @@ impl Uring {
             ("CONNECT", opcode::Connect::CODE),
             ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
             ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+            ("CLOSE", opcode::Close::CODE),
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
@@ -90,7 +206,8 @@ impl Uring {
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: the entry names fds the caller keeps open until the submit after this
-            // push (see module docs) and, for connects, argument buffers this driver keeps in
+            // push (see module docs), or, for a CLOSE, an fd this driver took over; for
+            // connects (and their TCP_NODELAY), argument buffers this driver keeps in
             // `args_pending` until that submit.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
@@ -203,6 +320,7 @@ impl Driver for Uring {
             Box::new(ConnectArgs {
                 addr: socket2::SockAddr::from(addr),
                 timeout: types::Timespec::new(),
+                nodelay: 1,
             })
         });
         args.addr = socket2::SockAddr::from(addr);
@@ -227,15 +345,37 @@ impl Driver for Uring {
         let timeout = opcode::LinkTimeout::new(&args.timeout)
             .build()
             .user_data(ignore_tag());
-        // The two entries must be adjacent in the queue for the link to hold.
+        // TCP_NODELAY first (executed in order, before the connect is issued), best effort
+        // as before: its failure reports nothing.
+        let nodelay = if self.sockopts {
+            Some(
+                opcode::SetSockOpt::new(
+                    types::Fd(fd.as_raw_fd()),
+                    libc::IPPROTO_TCP as u32,
+                    libc::TCP_NODELAY as u32,
+                    (&args.nodelay as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(ignore_tag()),
+            )
+        } else {
+            let _ = socket2::SockRef::from(&fd).set_nodelay(true);
+            None
+        };
+        // The connect and its timeout must be adjacent in the queue for the link to hold.
         let free = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
         };
-        if free < 2 {
+        if free < 3 {
             self.submit_pending()?;
         }
         self.args_pending.push(args);
+        if let Some(nodelay) = nodelay {
+            self.push(nodelay)?;
+        }
         self.push(connect)?;
         self.push(timeout)
     }
@@ -286,11 +426,31 @@ impl Driver for Uring {
         self.push(entry)
     }
 
+    /// Close `fd` with a CLOSE entry at the end of the queue: the kernel closes it when the
+    /// next submit reaches it, after the entries before it (the removal of its polls). Its
+    /// success reports nothing; a failure (none expected: the fd is ours) is ignored.
+    fn close(&mut self, fd: OwnedFd) -> io::Result<()> {
+        let raw = fd.into_raw_fd();
+        let entry = opcode::Close::new(types::Fd(raw))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ignore_tag());
+        match self.push(entry) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // SAFETY: the entry was not queued (push failed before taking it), so the fd
+                // taken out of its OwnedFd above is still ours alone: close it here.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                Err(e)
+            }
+        }
+    }
+
     /// Submit everything queued and wait for at least one completion, or until `timeout`
     /// (`Some(ZERO)`: do not wait).
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let result = match timeout {
-            Some(t) if t.is_zero() => self.ring.submit().map(|_| ()),
+            Some(t) if t.is_zero() => self.submit_and_reap(),
             Some(t) => {
                 let (sec, nsec) = crate::deadline::timespec(t);
                 let ts = types::Timespec::new().sec(sec).nsec(nsec);
@@ -367,6 +527,16 @@ impl Driver for Uring {
     }
 }
 
+impl Drop for Uring {
+    /// Entries still queued are submitted (CLOSE entries among them own their fds): a worker
+    /// that ends on an error leaks no socket.
+    fn drop(&mut self) {
+        if !self.ring.submission().is_empty() {
+            let _ = self.ring.submit();
+        }
+    }
+}
+
 /// The user data of a flow's poll: its token's slot (low 24 bits) and generation.
 fn flow_tag(flow: u64) -> u64 {
     UserData {
@@ -384,4 +554,118 @@ fn ignore_tag() -> u64 {
         generation: 0,
     }
     .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::sys;
+    use std::os::fd::AsFd;
+
+    /// A completion produced while the worker was busy (the eventfd is signalled after the
+    /// poll was armed, so its wake-up is deferred task work) is collected by a submit that
+    /// does not wait: the worker's no-wait rounds (yielded connections, closes pending) must
+    /// not leave readiness queued in the kernel until the next tick.
+    #[test]
+    fn a_no_wait_submit_collects_deferred_completions() {
+        let mut ring = Uring::with_taskrun(8, true).expect("io_uring ring");
+        assert!(
+            ring.defers_taskrun(),
+            "this kernel (6.1+) takes IORING_SETUP_DEFER_TASKRUN"
+        );
+        let efd = sys::eventfd().expect("eventfd");
+        ring.watch_wake(efd.as_fd()).expect("watch");
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert!(out.is_empty(), "nothing signalled yet: {out:?}");
+        sys::eventfd_signal(efd.as_fd()).expect("signal");
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        ring.completions(&mut out);
+        assert!(
+            matches!(out.as_slice(), [Completion::Wake { ended: false }]),
+            "the wake-up is collected without waiting: {out:?}"
+        );
+    }
+
+    /// Completions until `want` says stop (at most 5 s).
+    fn wait_for(ring: &mut Uring, want: impl Fn(&Completion) -> bool) -> Completion {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        loop {
+            ring.submit_and_wait(Some(Duration::from_millis(50)))
+                .expect("submit");
+            ring.completions(&mut out);
+            if let Some(i) = out.iter().position(&want) {
+                return out.swap_remove(i);
+            }
+            assert!(std::time::Instant::now() < deadline, "no such completion");
+        }
+    }
+
+    /// A socket handed to `close` is closed by the next submit (its peer reads EOF), not
+    /// before: entries queued ahead of it (its polls' removal) still name the open socket.
+    #[test]
+    fn close_happens_in_the_next_submit() {
+        use std::io::Read;
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        ring.close(OwnedFd::from(server)).expect("close");
+        let mut buf = [0u8; 1];
+        assert!(
+            client.read(&mut buf).is_err(),
+            "still open until the submit (the read times out)"
+        );
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(client.read(&mut buf).expect("EOF"), 0, "closed: EOF");
+    }
+
+    /// A backend socket connected through the ring has TCP_NODELAY set (through the ring
+    /// where the kernel can, 6.7+, as here).
+    #[test]
+    fn connect_sets_nodelay() {
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        assert!(
+            ring.sets_sockopts(),
+            "this kernel (6.7+) sets options through the ring"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM.nonblocking(),
+            None,
+        )
+        .expect("socket");
+        assert!(!socket.nodelay().expect("nodelay"));
+        ring.connect(
+            3,
+            7,
+            socket.as_fd(),
+            listener.local_addr().expect("addr"),
+            Duration::from_secs(5),
+        )
+        .expect("connect");
+        let done = wait_for(&mut ring, |c| matches!(c, Completion::Connected { .. }));
+        assert!(
+            matches!(
+                done,
+                Completion::Connected {
+                    slot: 3,
+                    generation: 7,
+                    result: Ok(())
+                }
+            ),
+            "{done:?}"
+        );
+        assert!(socket.nodelay().expect("nodelay"), "TCP_NODELAY set");
+    }
 }

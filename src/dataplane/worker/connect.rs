@@ -58,7 +58,7 @@ impl<D: Driver> Worker<D> {
                 return Ok(());
             }
         }
-        let _ = socket.set_nodelay(true);
+        // TCP_NODELAY: set by the driver with the connect (through the ring where it can).
         let fd: OwnedFd = socket.into();
         self.driver
             .connect(conn.slot(), conn.generation(), fd.as_fd(), addr, timeout)?;

@@ -13,7 +13,7 @@
 //! feed the driver's completions to the table, give yielded connections their next turn,
 //! accept what the table has room for, tick the table every [`TICK`]; after each input, run
 //! the table's outputs (`execute`) until it has none. Sockets of finished connections are
-//! closed after the submit that removed their polls.
+//! closed by the driver in the submit that removes their polls ([`Driver::close`]).
 //!
 //! Accepting stops (connections wait in the kernel's accept queue, never accept-then-drop)
 //! while the worker holds `max_connections_per_worker` relayed connections, and for a backoff
@@ -214,10 +214,12 @@ impl<D: Driver> Worker<D> {
         let mut completions = Vec::new();
         let mut last_tick = Instant::now();
         loop {
-            // Sockets to close wait for this submit (their polls are removed in it): do not
-            // sleep on them, a reset must leave at once.
+            // Sockets to close go to the driver, which closes them in this submit (after
+            // the removal of their polls) before it sleeps; only connections parked for
+            // lack of fds need a round without sleep to retry at once.
+            let parked_may_retry = self.table.has_parked() && !self.to_close.is_empty();
             let wait = if !self.table.has_yielded()
-                && self.to_close.is_empty()
+                && !parked_may_retry
                 && !self.accepts_pending()
                 && !self.udp.pending()
             {
@@ -229,10 +231,7 @@ impl<D: Driver> Worker<D> {
             } else {
                 Some(Duration::ZERO)
             };
-            self.driver.submit_and_wait(wait)?;
-            // Entries naming these fds are submitted now (polls removed): safe to close.
-            let freed = !self.to_close.is_empty();
-            self.to_close.clear();
+            let freed = self.submit(wait)?;
             self.now = Instant::now();
             if freed && self.table.has_parked() {
                 self.table.retry_parked();
@@ -264,6 +263,18 @@ impl<D: Driver> Worker<D> {
             }
         }
         self.shutdown()
+    }
+
+    /// Hand the sockets to close to the driver (closed in this submit, after the entries
+    /// that removed their polls), submit and wait at most `wait`; true when sockets were
+    /// closed (fds freed).
+    fn submit(&mut self, wait: Option<Duration>) -> io::Result<bool> {
+        let freed = !self.to_close.is_empty();
+        for fd in self.to_close.drain(..) {
+            self.driver.close(fd)?;
+        }
+        self.driver.submit_and_wait(wait)?;
+        Ok(freed)
     }
 
     fn on_completion(&mut self, c: Completion) -> io::Result<()> {
@@ -594,8 +605,7 @@ impl<D: Driver> Worker<D> {
         self.with_udp(&RoutingSnapshot::empty(), |udp, cx| udp.close_all(cx))?;
         let reset = self.table.abort_all(self.now);
         self.execute()?;
-        self.driver.submit_and_wait(Some(Duration::ZERO))?;
-        self.to_close.clear();
+        self.submit(Some(Duration::ZERO))?;
         for l in &mut self.listeners {
             l.socket = None;
         }
