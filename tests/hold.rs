@@ -163,7 +163,7 @@ fn holds_refused(metrics: std::net::SocketAddr, node_port: u16) -> u64 {
 /// reset at once (as without `hold_when_empty`) and counted.
 #[test]
 fn holds_beyond_the_budget_are_reset_at_once_and_counted() {
-    // Open flake under the epoll driver only (issue 14/18 notes, 2026-11-26): in 3 full-suite
+    // Open flake under the epoll driver only (issue 14/18 notes, 2026-11-26): in 2 full-suite
     // runs a client that should have been held was reset on arrival (write: ECONNRESET),
     // never under io_uring (0 of 10 under load). Until it is found, this runs under
     // io_uring only, and says so.
