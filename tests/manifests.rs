@@ -746,19 +746,10 @@ fn the_health_check_node_port_is_handed_over_with_ctl_upgrade() {
             (ok, failed)
         })
     };
-    let out = ctl_ok(&sock, &["-o", "json", "upgrade"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let new = v["result"]["new_pid"].as_u64().unwrap();
+    let (_, new) = upgrade_ok(&sock, &[]);
     // The new process is not this test's child: ended by its PID, whatever happens.
-    struct KillOnDrop(u64);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
-    let _new = KillOnDrop(new);
+    let pids = Pids::default();
+    pids.add(new);
     let status = old.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     // The old process is gone: the new one answers the checks.

@@ -13,31 +13,9 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Processes sluice started (the new ones of each upgrade): killed by PID on drop.
-#[derive(Default)]
-struct Pids(Mutex<Vec<u32>>);
-
-impl Pids {
-    fn add(&self, pid: u32) {
-        self.0.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for Pids {
-    fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
 
 /// A UDP pod that answers `NAME SOURCE SEQ` to a datagram `SEQ`: its name, the source
 /// address it saw (sluice's upstream socket), the sequence number.
@@ -215,25 +193,6 @@ fn assert_one_flow_all_answered(
     );
     let (pod, source) = replies.values().next().unwrap().clone();
     (pod, source)
-}
-
-fn status_pid(sock: &Path) -> u32 {
-    let out = ctl_ok(sock, &["-o", "json", "status"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["result"]["pid"].as_u64().unwrap() as u32
-}
-
-/// `ctl -o json upgrade ARGS`, which must succeed: (old pid, new pid).
-fn upgrade_ok(sock: &Path, args: &[&str]) -> (u32, u32) {
-    let mut all = vec!["-o", "json", "upgrade"];
-    all.extend_from_slice(args);
-    let out = ctl_ok(sock, &all);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let r = &v["result"];
-    (
-        r["old_pid"].as_u64().unwrap() as u32,
-        r["new_pid"].as_u64().unwrap() as u32,
-    )
 }
 
 /// The file whose presence makes a new process fail right after it received the UDP flows

@@ -52,12 +52,6 @@ fn start_with(top: &str, more: &str) -> Running {
     }
 }
 
-fn status_pid(sock: &Path) -> u32 {
-    let out = ctl_ok(sock, &["-o", "json", "status"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["result"]["pid"].as_u64().unwrap() as u32
-}
-
 #[test]
 fn an_upgrade_to_a_binary_others_could_change_is_refused_and_nothing_changes() {
     let mut r = start();
@@ -92,27 +86,6 @@ fn an_upgrade_to_a_binary_others_could_change_is_refused_and_nothing_changes() {
     r.sluice.assert_alive();
     assert_eq!(status_pid(&r.sock), pid);
     assert!(probe_echo(r.node));
-}
-
-/// Processes sluice started (the new ones of each upgrade): killed by PID on drop.
-#[derive(Default)]
-struct Pids(Mutex<Vec<u32>>);
-
-impl Pids {
-    fn add(&self, pid: u32) {
-        self.0.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for Pids {
-    fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
 }
 
 /// A process this test started: killed by PID and reaped on drop.
@@ -226,19 +199,6 @@ fn listening_sockets(port: u16) -> usize {
 fn status_json(sock: &Path) -> serde_json::Value {
     let out = ctl_ok(sock, &["-o", "json", "status"]);
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["result"].clone()
-}
-
-/// `ctl -o json upgrade ARGS`, which must succeed: (old pid, new pid).
-fn upgrade_ok(sock: &Path, args: &[&str]) -> (u32, u32) {
-    let mut all = vec!["-o", "json", "upgrade"];
-    all.extend_from_slice(args);
-    let out = ctl_ok(sock, &all);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let r = &v["result"];
-    (
-        r["old_pid"].as_u64().unwrap() as u32,
-        r["new_pid"].as_u64().unwrap() as u32,
-    )
 }
 
 /// `ctl upgrade ARGS`, which must fail: its stderr.

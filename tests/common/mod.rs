@@ -887,3 +887,44 @@ pub fn ctl_ok(sock: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Processes sluice started (the new ones of `ctl upgrade`), not this test's children: killed by PID on drop.
+#[derive(Default)]
+pub struct Pids(std::sync::Mutex<Vec<u32>>);
+
+impl Pids {
+    pub fn add(&self, pid: u32) {
+        self.0.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `ctl -o json status`: the serving process's PID.
+pub fn status_pid(sock: &Path) -> u32 {
+    let out = ctl_ok(sock, &["-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["result"]["pid"].as_u64().unwrap() as u32
+}
+
+/// `ctl -o json upgrade ARGS`, which must succeed: (old pid, new pid).
+pub fn upgrade_ok(sock: &Path, args: &[&str]) -> (u32, u32) {
+    let mut all = vec!["-o", "json", "upgrade"];
+    all.extend_from_slice(args);
+    let out = ctl_ok(sock, &all);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &v["result"];
+    (
+        r["old_pid"].as_u64().unwrap() as u32,
+        r["new_pid"].as_u64().unwrap() as u32,
+    )
+}
