@@ -9,11 +9,10 @@
 //! opened in the new process's blocks (so `opened − closed`, what least-connections reads,
 //! stays right when it closes there).
 
-use super::table::{Checked, Flow, FlowKey, FlowTable, Traffic};
+use super::table::{kept_endpoint, Checked, Flow, FlowKey, FlowTable, Traffic};
 use super::FlowId;
 use crate::handover::flows::CarriedFlow;
-use crate::model::{Protocol, TrafficPolicy};
-use crate::table::usable::keeps_flows;
+use crate::model::Protocol;
 use crate::table::RoutingSnapshot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,15 +92,7 @@ impl FlowTable {
         if entry.stable_id() != c.service {
             return Err(NotAdopted::ServiceGone);
         }
-        let policy = if c.from_node {
-            TrafficPolicy::Cluster
-        } else {
-            entry.port.traffic_policy
-        };
-        let eid = entry
-            .endpoint_by_addr(c.endpoint)
-            .filter(|&eid| keeps_flows(policy, &entry.endpoint(eid).endpoint))
-            .ok_or(NotAdopted::EndpointLeft)?;
+        let eid = kept_endpoint(entry, c.from_node, c.endpoint).ok_or(NotAdopted::EndpointLeft)?;
         let endpoint = entry.endpoint(eid);
         let before = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
         let flow = Flow {

@@ -11,7 +11,7 @@ use crate::dataplane::select::Picker;
 use crate::model::{Forwarding, Protocol, TrafficPolicy};
 use crate::stats::StatsBlock;
 use crate::table::usable::keeps_flows;
-use crate::table::{EndpointId, RoutingSnapshot, ServiceId};
+use crate::table::{EndpointId, RoutingSnapshot, ServiceEntry, ServiceId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -392,15 +392,7 @@ impl FlowTable {
         if flow.checked.generation == snapshot.generation() {
             return true;
         }
-        let policy = if flow.from_node {
-            TrafficPolicy::Cluster
-        } else {
-            entry.port.traffic_policy
-        };
-        let kept = entry
-            .endpoint_by_addr(flow.endpoint)
-            .is_some_and(|eid| keeps_flows(policy, &entry.endpoint(eid).endpoint));
-        if kept {
+        if kept_endpoint(entry, flow.from_node, flow.endpoint).is_some() {
             // Its idle timeout and reply limit stay those it was opened with: like a TCP
             // connection's, a reload's new values apply to new flows.
             flow.checked = Checked {
@@ -604,4 +596,22 @@ fn view(id: FlowId, f: &Flow) -> FlowView {
         to_client: f.to_client,
         responses_left: f.responses_left,
     }
+}
+
+/// The endpoint at `addr` of `entry` if a flow on it may stay there ([`keeps_flows`] under
+/// the policy that applies: `Cluster` for traffic from the node itself): one rule for the
+/// sweep and for flows adopted from a previous process.
+pub(super) fn kept_endpoint(
+    entry: &ServiceEntry,
+    from_node: bool,
+    addr: SocketAddr,
+) -> Option<EndpointId> {
+    let policy = if from_node {
+        TrafficPolicy::Cluster
+    } else {
+        entry.port.traffic_policy
+    };
+    entry
+        .endpoint_by_addr(addr)
+        .filter(|&eid| keeps_flows(policy, &entry.endpoint(eid).endpoint))
 }
