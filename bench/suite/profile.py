@@ -13,6 +13,9 @@
 --tool syscalls : `perf stat -e 'syscalls:sys_enter_*'` on the LB's processes (system calls
                 counted in the kernel: far less slow-down than strace; per request = count ÷
                 the requests of the run, printed with the counts)
+--tool allocs : `perf stat` of uprobes on libc's malloc/calloc/realloc in the LB's processes,
+                after the 1 s warm-up (sluice uses the system allocator): allocations per
+                request or connection after warm-up; the probes are removed at the end
 --tool none   : just the run (throughput and LB CPU), e.g. to check a change
 Run as root; removes its namespaces and processes on exit like the suite.
 """
@@ -31,11 +34,15 @@ from netns import Topology  # noqa: E402
 import report  # noqa: E402
 
 
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+ALLOC_FNS = ["malloc", "calloc", "realloc"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lb", required=True)
     ap.add_argument("--workload", default="keepalive", choices=list(suite.WORKLOADS))
-    ap.add_argument("--tool", default="perf", choices=["perf", "strace", "syscalls", "none"])
+    ap.add_argument("--tool", default="perf", choices=["perf", "strace", "syscalls", "allocs", "none"])
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--sluice", default="target/release/sluice")
     ap.add_argument("--out", default="/tmp")
@@ -70,8 +77,16 @@ def main():
                 cmd += ["-p", str(p)]
             tool = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-        elif args.tool == "syscalls":
-            tool = subprocess.Popen(["perf", "stat", "-x", ",", "-o", base + ".txt", "-e", "syscalls:sys_enter_*",
+        elif args.tool in ("syscalls", "allocs"):
+            # allocs: libc's malloc/calloc/realloc entries (uprobes; the process is Rust on
+            # the system allocator), counted after the 1 s warm-up above.
+            events = "syscalls:sys_enter_*"
+            if args.tool == "allocs":
+                for fn in ALLOC_FNS:
+                    subprocess.run(["perf", "probe", "-q", "-x", LIBC, "--add", fn],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                events = ",".join(f"probe_libc:{fn}" for fn in ALLOC_FNS)
+            tool = subprocess.Popen(["perf", "stat", "-x", ",", "-o", base + ".txt", "-e", events,
                                      "-p", ",".join(map(str, lb_pids)), "--", "sleep", str(args.duration + 2)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
@@ -82,14 +97,15 @@ def main():
             if args.tool == "strace":
                 tool.send_signal(2)  # SIGINT: strace detaches and writes its summary
             tool.wait(60)
-        if args.tool == "syscalls":
+        if args.tool in ("syscalls", "allocs"):
             units = res.get("units") or res.get("requests") or 0
             rows = []
             with open(base + ".txt") as f:
                 for line in f:
                     parts = line.strip().split(",")
                     if len(parts) > 2 and parts[0].isdigit() and int(parts[0]) > 0:
-                        rows.append((int(parts[0]), parts[2].replace("syscalls:sys_enter_", "")))
+                        rows.append((int(parts[0]), parts[2].replace("syscalls:sys_enter_", "")
+                                     .replace("probe_libc:", "")))
             rows.sort(reverse=True)
             with open(base + ".txt", "a") as f:
                 for n, name in rows:
@@ -107,6 +123,10 @@ def main():
     finally:
         if tool is not None and tool.poll() is None:
             tool.kill()
+        if args.tool == "allocs":
+            for fn in ALLOC_FNS:
+                subprocess.run(["perf", "probe", "-q", "-d", f"probe_libc:{fn}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lb.stop(topo, handle)
         topo.close()
 

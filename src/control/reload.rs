@@ -187,6 +187,7 @@ pub(super) fn keep_start_only_settings(running: &Settings, next: &mut Settings) 
     next.workers = running.workers;
     keep!(
         pin_workers => "pin_workers",
+        busy_poll => "busy_poll_us",
         max_connections_per_worker => "max_connections_per_worker",
         max_held_per_worker => "max_held_per_worker",
         max_held_per_service => "max_held_per_service",

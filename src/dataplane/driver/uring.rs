@@ -30,12 +30,13 @@
 
 #![allow(unsafe_code)]
 
+use super::spin::Spin;
 use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct ConnectArgs {
     addr: socket2::SockAddr,
@@ -61,6 +62,8 @@ pub struct Uring {
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
+    /// Busy-polling before a wait (`busy_poll`; off unless [`Uring::set_busy_poll`]).
+    spin: Spin,
 }
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
@@ -87,7 +90,11 @@ impl Uring {
     pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
         let build = |deferred: bool| {
             let mut b = IoUring::builder();
-            b.setup_single_issuer().setup_cqsize(entries * 4);
+            // The taskrun flag tells a spinning worker that completion work is waiting for
+            // its next enter (`submit_and_wait`'s busy-poll).
+            b.setup_single_issuer()
+                .setup_cqsize(entries * 4)
+                .setup_taskrun_flag();
             if deferred {
                 b.setup_defer_taskrun();
             } else {
@@ -107,9 +114,16 @@ impl Uring {
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
             sockopts: false,
+            spin: Spin::new(Duration::ZERO),
         };
         uring.sockopts = uring.try_ring_sockopt();
         Ok(uring)
+    }
+
+    /// Spin on the completion queue for up to `max` before sleeping in a wait, adaptively
+    /// (see `driver::spin`); zero: never.
+    pub fn set_busy_poll(&mut self, max: Duration) {
+        self.spin = Spin::new(max);
     }
 
     /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
@@ -176,6 +190,57 @@ impl Uring {
             )
         }
         .map(|_| ())
+    }
+
+    /// Submit and wait (spinning first when the spin budget says so): at least one
+    /// completion, or `timeout`.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let start = Instant::now();
+        let budget = self.spin.budget(timeout);
+        if !budget.is_zero() && self.spin(start, budget)? {
+            self.spin.waited(start.elapsed(), true);
+            return Ok(());
+        }
+        let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        let result = match rest {
+            // Spun for the whole timeout: only collect what came meanwhile.
+            Some(t) if t.is_zero() => self.submit_and_reap(),
+            Some(t) => {
+                let (sec, nsec) = crate::deadline::timespec(t);
+                let ts = types::Timespec::new().sec(sec).nsec(nsec);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args).map(|_| ())
+            }
+            None => self.ring.submit_and_wait(1).map(|_| ()),
+        };
+        let found = !self.ring.completion().is_empty();
+        self.spin.waited(start.elapsed(), found);
+        result
+    }
+
+    /// Busy-poll for up to `budget` (from `start`): submit what is queued, then watch the
+    /// completion queue (shared memory, no system call) and the ring's taskrun flag, which
+    /// says that completion work is waiting for this thread's next entry into the kernel
+    /// (COOP_TASKRUN posts poll wake-ups as task work, without interrupting a thread that
+    /// runs in user space: the queue fills only at its next system call or interrupt). The
+    /// flag costs one `io_uring_enter(GETEVENTS)` that does not sleep, where the wait would
+    /// cost a sleep and a wake-up. True when completions are ready.
+    fn spin(&mut self, start: Instant, budget: Duration) -> io::Result<bool> {
+        if !self.ring.submission().is_empty() {
+            self.submit_and_reap()?;
+        }
+        loop {
+            if !self.ring.completion().is_empty() {
+                return Ok(true);
+            }
+            if self.ring.submission().taskrun() {
+                self.ring.submit()?;
+            }
+            if start.elapsed() >= budget {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
@@ -447,17 +512,11 @@ impl Driver for Uring {
     }
 
     /// Submit everything queued and wait for at least one completion, or until `timeout`
-    /// (`Some(ZERO)`: do not wait).
+    /// (`Some(ZERO)`: do not wait). With `busy_poll`, a wait first spins (see [`Uring::spin`]).
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let result = match timeout {
             Some(t) if t.is_zero() => self.submit_and_reap(),
-            Some(t) => {
-                let (sec, nsec) = crate::deadline::timespec(t);
-                let ts = types::Timespec::new().sec(sec).nsec(nsec);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args).map(|_| ())
-            }
-            None => self.ring.submit_and_wait(1).map(|_| ()),
+            _ => self.wait(timeout),
         };
         // Submitted (or failed before reading them): argument buffers may be reused.
         self.args_free.append(&mut self.args_pending);
@@ -586,6 +645,42 @@ mod tests {
             matches!(out.as_slice(), [Completion::Wake { ended: false }]),
             "the wake-up is collected without waiting: {out:?}"
         );
+    }
+
+    /// Experiment (issue 18): is a completion posted while the worker runs in user space
+    /// visible in the CQ without entering the kernel? Prints what it sees.
+    #[test]
+    #[ignore]
+    fn experiment_cq_visibility_while_spinning() {
+        for _ in 0..5 {
+            let mut ring = Uring::new(8).expect("io_uring ring");
+            let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
+            ring.watch_wake(efd.as_fd()).expect("watch");
+            ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+            let e2 = std::sync::Arc::clone(&efd);
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                sys::eventfd_signal(e2.as_fd()).expect("signal");
+                Instant::now()
+            });
+            let deadline = Instant::now() + Duration::from_millis(200);
+            let (mut flag_at, mut cq_at) = (None, None);
+            while Instant::now() < deadline && cq_at.is_none() {
+                if flag_at.is_none() && ring.ring.submission().taskrun() {
+                    flag_at = Some(Instant::now());
+                }
+                if !ring.ring.completion().is_empty() {
+                    cq_at = Some(Instant::now());
+                }
+                std::hint::spin_loop();
+            }
+            let sent = t.join().unwrap();
+            eprintln!(
+                "taskrun flag after {:?}, CQ without a syscall after {:?}",
+                flag_at.map(|a| a.saturating_duration_since(sent)),
+                cq_at.map(|a| a.saturating_duration_since(sent))
+            );
+        }
     }
 
     /// Completions until `want` says stop (at most 5 s).
