@@ -47,7 +47,8 @@ pub struct Model {
 pub struct Settings {
     /// Number of worker threads; `None` means one per online CPU.
     pub workers: Option<usize>,
-    /// Pin each worker to one CPU (worker i → i-th allowed CPU).
+    /// Pin each worker to one CPU (worker i → i-th allowed CPU); off by default (measured
+    /// slower where the CPUs are shared: docs/benchmarks.md).
     pub pin_workers: bool,
     /// io_uring workers: spin on the completion queue for up to this long before sleeping,
     /// adaptively (`busy_poll_us`; zero: never).
@@ -153,7 +154,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             workers: None,
-            pin_workers: true,
+            pin_workers: false,
             busy_poll: DEFAULT_BUSY_POLL,
             listen: ListenAddresses::All,
             node_port_range: DEFAULT_NODE_PORT_RANGE,

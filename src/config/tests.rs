@@ -24,6 +24,9 @@ fn ep(addr: &str, weight: u32) -> Endpoint {
 fn happy_config_from_the_brief() {
     let model = parse(HAPPY, "happy.toml", None).unwrap();
     assert_eq!(model.settings, Settings::default());
+    // Measured defaults (docs/benchmarks.md, issue 18): workers float, no busy-polling.
+    assert!(!model.settings.pin_workers);
+    assert_eq!(model.settings.busy_poll, Duration::ZERO);
     assert_eq!(
         model.services,
         vec![ServicePort {
@@ -65,7 +68,8 @@ fn happy_config_from_the_brief() {
 fn every_key_set() {
     let text = r#"
 workers = 3
-pin_workers = false
+pin_workers = true
+busy_poll_us = 20
 listen_addresses = ["10.0.0.1", "::1"]
 node_port_range = "20000-20999"
 max_connections_per_worker = 100
@@ -106,7 +110,8 @@ endpoints = []
     let model = parse(text, "all.toml", None).unwrap();
     let s = &model.settings;
     assert_eq!(s.workers, Some(3));
-    assert!(!s.pin_workers);
+    assert!(s.pin_workers);
+    assert_eq!(s.busy_poll, Duration::from_micros(20));
     assert_eq!(
         s.listen,
         ListenAddresses::Only(vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()])

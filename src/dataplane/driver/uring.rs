@@ -647,39 +647,46 @@ mod tests {
         );
     }
 
-    /// Experiment (issue 18): is a completion posted while the worker runs in user space
-    /// visible in the CQ without entering the kernel? Prints what it sees.
+    /// Experiment (issue 18; `--ignored --nocapture`): is a completion posted while the
+    /// ring's thread runs in user space visible in the CQ without a system call, and is the
+    /// taskrun flag raised? The ring's thread spins on CPU 0, the eventfd is signalled from
+    /// CPU 1 (`same_cpu`: both on CPU 0). Prints one line per trial.
     #[test]
     #[ignore]
     fn experiment_cq_visibility_while_spinning() {
-        for _ in 0..5 {
-            let mut ring = Uring::new(8).expect("io_uring ring");
-            let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
-            ring.watch_wake(efd.as_fd()).expect("watch");
-            ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-            let e2 = std::sync::Arc::clone(&efd);
-            let t = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                sys::eventfd_signal(e2.as_fd()).expect("signal");
-                Instant::now()
-            });
-            let deadline = Instant::now() + Duration::from_millis(200);
-            let (mut flag_at, mut cq_at) = (None, None);
-            while Instant::now() < deadline && cq_at.is_none() {
-                if flag_at.is_none() && ring.ring.submission().taskrun() {
-                    flag_at = Some(Instant::now());
+        for same_cpu in [false, true] {
+            for _ in 0..8 {
+                sys::pin_current_thread(0).expect("pin");
+                let mut ring = Uring::new(8).expect("io_uring ring");
+                let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
+                ring.watch_wake(efd.as_fd()).expect("watch");
+                ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+                let e2 = std::sync::Arc::clone(&efd);
+                let t = std::thread::spawn(move || {
+                    sys::pin_current_thread(usize::from(!same_cpu)).expect("pin");
+                    std::thread::sleep(Duration::from_millis(20));
+                    let at = Instant::now();
+                    sys::eventfd_signal(e2.as_fd()).expect("signal");
+                    at
+                });
+                let deadline = Instant::now() + Duration::from_millis(200);
+                let (mut flag_at, mut cq_at) = (None, None);
+                while Instant::now() < deadline && cq_at.is_none() {
+                    if flag_at.is_none() && ring.ring.submission().taskrun() {
+                        flag_at = Some(Instant::now());
+                    }
+                    if !ring.ring.completion().is_empty() {
+                        cq_at = Some(Instant::now());
+                    }
+                    std::hint::spin_loop();
                 }
-                if !ring.ring.completion().is_empty() {
-                    cq_at = Some(Instant::now());
-                }
-                std::hint::spin_loop();
+                let sent = t.join().expect("signaller");
+                eprintln!(
+                    "same_cpu={same_cpu}: taskrun flag after {:?}, CQ without a syscall after {:?}",
+                    flag_at.map(|a| a.saturating_duration_since(sent)),
+                    cq_at.map(|a| a.saturating_duration_since(sent))
+                );
             }
-            let sent = t.join().unwrap();
-            eprintln!(
-                "taskrun flag after {:?}, CQ without a syscall after {:?}",
-                flag_at.map(|a| a.saturating_duration_since(sent)),
-                cq_at.map(|a| a.saturating_duration_since(sent))
-            );
         }
     }
 
