@@ -317,7 +317,7 @@ endpoints = []
         let mut running = model(BEFORE).settings;
         running.workers = Some(4);
         let mut next = model(
-            &format!("workers = 2\npin_workers = false\nrelay = \"copy\"\ndriver = \"epoll\"\nmetrics_address = \"127.0.0.1:9100\"\nmax_connections_per_worker = 7\ndrain_timeout = \"3s\"\n{BEFORE}"),
+            &format!("workers = 2\npin_workers = true\nbusy_poll_us = 30\nrelay = \"copy\"\ndriver = \"epoll\"\nmetrics_address = \"127.0.0.1:9100\"\nmax_connections_per_worker = 7\ndrain_timeout = \"3s\"\n{BEFORE}"),
         )
         .settings;
         let drain_timeout = next.drain_timeout;
@@ -327,6 +327,7 @@ endpoints = []
             [
                 "workers",
                 "pin_workers",
+                "busy_poll_us",
                 "max_connections_per_worker",
                 "relay",
                 "driver",
@@ -336,6 +337,7 @@ endpoints = []
         // Every start-only setting is back to what runs; the others take the new value.
         assert_eq!(next.workers, Some(4));
         assert_eq!(next.pin_workers, running.pin_workers);
+        assert_eq!(next.busy_poll, running.busy_poll);
         assert_eq!(next.relay, running.relay);
         assert_eq!(next.driver, running.driver);
         assert_eq!(next.metrics_address, running.metrics_address);
