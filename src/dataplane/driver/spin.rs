@@ -30,6 +30,11 @@ impl Spin {
         }
     }
 
+    /// Whether spinning is on at all (`max` > 0): when off, waits need no bookkeeping.
+    pub fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
     /// How long to spin before a wait of at most `timeout` (`None`: unbounded).
     pub fn budget(&self, timeout: Option<Duration>) -> Duration {
         timeout.map_or(self.budget, |t| self.budget.min(t))
@@ -58,7 +63,11 @@ mod tests {
     #[test]
     fn short_waits_grow_the_spin_up_to_max() {
         let mut s = Spin::new(MAX);
-        assert_eq!(s.budget(None), Duration::ZERO, "no spin before a short wait");
+        assert_eq!(
+            s.budget(None),
+            Duration::ZERO,
+            "no spin before a short wait"
+        );
         let mut seen = Vec::new();
         for _ in 0..5 {
             s.waited(Duration::from_micros(5), true);
@@ -74,7 +83,11 @@ mod tests {
         s.waited(Duration::from_micros(5), true);
         s.waited(Duration::from_micros(5), true);
         s.waited(Duration::from_micros(51), true);
-        assert_eq!(s.budget(None), Duration::ZERO, "woken late: spinning would not have paid");
+        assert_eq!(
+            s.budget(None),
+            Duration::ZERO,
+            "woken late: spinning would not have paid"
+        );
         s.waited(Duration::from_micros(5), true);
         // An idle worker's waits end at the tick, with nothing found.
         s.waited(Duration::from_millis(100), false);
@@ -84,6 +97,7 @@ mod tests {
     #[test]
     fn off_never_spins() {
         let mut s = Spin::new(Duration::ZERO);
+        assert!(!s.enabled());
         for _ in 0..3 {
             s.waited(Duration::ZERO, true);
         }

@@ -195,6 +195,9 @@ impl Uring {
     /// Submit and wait (spinning first when the spin budget says so): at least one
     /// completion, or `timeout`.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if !self.spin.enabled() {
+            return self.block(timeout);
+        }
         let start = Instant::now();
         let budget = self.spin.budget(timeout);
         if !budget.is_zero() && self.spin(start, budget)? {
@@ -202,8 +205,15 @@ impl Uring {
             return Ok(());
         }
         let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        let result = match rest {
-            // Spun for the whole timeout: only collect what came meanwhile.
+        let result = self.block(rest);
+        let found = !self.ring.completion().is_empty();
+        self.spin.waited(start.elapsed(), found);
+        result
+    }
+
+    /// Submit and sleep until a completion or `timeout` (zero: only collect what is ready).
+    fn block(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match timeout {
             Some(t) if t.is_zero() => self.submit_and_reap(),
             Some(t) => {
                 let (sec, nsec) = crate::deadline::timespec(t);
@@ -212,10 +222,7 @@ impl Uring {
                 self.ring.submitter().submit_with_args(1, &args).map(|_| ())
             }
             None => self.ring.submit_and_wait(1).map(|_| ()),
-        };
-        let found = !self.ring.completion().is_empty();
-        self.spin.waited(start.elapsed(), found);
-        result
+        }
     }
 
     /// Busy-poll for up to `budget` (from `start`): submit what is queued, then watch the
@@ -645,6 +652,41 @@ mod tests {
             matches!(out.as_slice(), [Completion::Wake { ended: false }]),
             "the wake-up is collected without waiting: {out:?}"
         );
+    }
+
+    /// With `busy_poll` on, every wake-up signalled from another thread is still reported
+    /// (by the spin, through the CQ or the taskrun flag, or by the sleep after it).
+    #[test]
+    fn a_spinning_ring_reports_every_wake_up() {
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        ring.set_busy_poll(Duration::from_millis(1));
+        let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
+        ring.watch_wake(efd.as_fd()).expect("watch");
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        let e2 = std::sync::Arc::clone(&efd);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let signaller = std::thread::spawn(move || {
+            for () in rx {
+                sys::eventfd_signal(e2.as_fd()).expect("signal");
+            }
+        });
+        let mut out = Vec::new();
+        for round in 0..50 {
+            tx.send(()).expect("send");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                ring.submit_and_wait(Some(Duration::from_secs(5)))
+                    .expect("submit");
+                ring.completions(&mut out);
+                if out.iter().any(|c| matches!(c, Completion::Wake { .. })) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "wake-up {round} lost");
+            }
+            sys::eventfd_drain(efd.as_fd());
+        }
+        drop(tx);
+        signaller.join().expect("signaller");
     }
 
     /// Experiment (issue 18; `--ignored --nocapture`): is a completion posted while the
