@@ -50,9 +50,6 @@ pub struct Settings {
     /// Pin each worker to one CPU (worker i → i-th allowed CPU); off by default (measured
     /// slower where the CPUs are shared: docs/benchmarks.md).
     pub pin_workers: bool,
-    /// io_uring workers: spin on the completion queue for up to this long before sleeping,
-    /// adaptively (`busy_poll_us`; zero: never).
-    pub busy_poll: Duration,
     /// Where NodePorts are served.
     pub listen: ListenAddresses,
     /// The range NodePorts must lie in, and allocation draws from.
@@ -102,8 +99,6 @@ pub enum DriverSetting {
     Epoll,
 }
 
-/// Default of `busy_poll_us` (docs/benchmarks.md has the measurement).
-pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 /// Default of `max_held_per_worker`.
 pub const DEFAULT_MAX_HELD_PER_WORKER: u32 = 1024;
 /// Default of `max_held_per_service`.
@@ -155,7 +150,6 @@ impl Default for Settings {
         Settings {
             workers: None,
             pin_workers: false,
-            busy_poll: DEFAULT_BUSY_POLL,
             listen: ListenAddresses::All,
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             max_connections_per_worker: 4096,

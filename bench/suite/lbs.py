@@ -43,11 +43,8 @@ TPROXY_TEARDOWN = ["ip rule del fwmark 1 lookup 100", "ip route flush table 100"
 SLUICE_VARIANTS = [
     ("sluice-uring-auto", {"driver": "uring", "relay": "auto", "pin_workers": False}, {}, []),
     ("sluice-uring-splice", {"driver": "uring", "relay": "splice", "pin_workers": False}, {}, []),
-    # Issue 18's wake-up and worker-count rows: the default row with one change each.
-    ("sluice-uring-auto-spin", {"driver": "uring", "relay": "auto", "pin_workers": False, "busy_poll_us": 50}, {}, []),
+    # Issue 18's worker-count and pinning rows: the default row with one change each.
     ("sluice-uring-auto-1w", {"driver": "uring", "relay": "auto", "pin_workers": False, "workers": 1}, {}, []),
-    ("sluice-uring-auto-1w-spin", {"driver": "uring", "relay": "auto", "pin_workers": False, "workers": 1,
-                                   "busy_poll_us": 50}, {}, []),
     ("sluice-uring-auto-pinned", {"driver": "uring", "relay": "auto", "pin_workers": True}, {}, []),
     ("sluice-uring-splice-pinned", {"driver": "uring", "relay": "splice", "pin_workers": True}, {}, []),
     ("sluice-uring-copy", {"driver": "uring", "relay": "copy", "pin_workers": False}, {}, []),

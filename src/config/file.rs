@@ -16,7 +16,6 @@ use std::fmt;
 pub(super) struct ConfigFile {
     pub workers: Option<Spanned<i64>>,
     pub pin_workers: Option<bool>,
-    pub busy_poll_us: Option<Spanned<i64>>,
     pub listen_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub node_port_range: Option<Spanned<String>>,
     pub max_connections_per_worker: Option<Spanned<i64>>,

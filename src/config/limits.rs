@@ -117,8 +117,6 @@ pub const AFFINITY_MAX_ENTRIES: CountRange = CountRange {
     min: 1,
     max: 1 << 24,
 };
-/// `busy_poll_us`: a spin longer than a millisecond is a sleep's worth of CPU.
-pub const BUSY_POLL_US: CountRange = CountRange { min: 0, max: 1000 };
 /// An endpoint's `weight` (file) and `sluice ctl endpoint weight`: weight sums cannot
 /// overflow.
 pub const WEIGHT: CountRange = CountRange { min: 0, max: 65535 };
@@ -151,7 +149,6 @@ pub const COUNTS: &[(&str, CountRange)] = &[
     ("max_held_per_worker", HELD_CONNECTIONS),
     ("max_held_per_service", HELD_CONNECTIONS),
     ("backlog", BACKLOG),
-    ("busy_poll_us", BUSY_POLL_US),
     ("connect_retries", CONNECT_RETRIES),
     ("maglev_table_size", MAGLEV_TABLE_SIZE),
     ("affinity_max_entries", AFFINITY_MAX_ENTRIES),

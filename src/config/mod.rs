@@ -202,7 +202,6 @@ impl SourceText<'_> {
 const NODE_WIDE_ONLY: &[&str] = &[
     "workers",
     "pin_workers",
-    "busy_poll_us",
     "listen_addresses",
     "node_port_range",
     "max_connections_per_worker",

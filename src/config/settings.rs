@@ -96,16 +96,6 @@ pub(super) fn settings(
         Some(b) => count(src, b, "backlog", limits::BACKLOG, "")?,
         None => base.backlog,
     };
-    let busy_poll = match &f.busy_poll_us {
-        Some(v) => std::time::Duration::from_micros(count(
-            src,
-            v,
-            "busy_poll_us",
-            limits::BUSY_POLL_US,
-            "0 turns busy-polling off",
-        )?),
-        None => base.busy_poll,
-    };
     let fallback = ServiceDefaults::default();
     let defaults = ServiceDefaults {
         timeouts: Timeouts {
@@ -151,7 +141,6 @@ pub(super) fn settings(
     let settings = Settings {
         workers,
         pin_workers: f.pin_workers.unwrap_or(base.pin_workers),
-        busy_poll,
         listen,
         node_port_range,
         max_connections_per_worker,

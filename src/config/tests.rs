@@ -24,9 +24,8 @@ fn ep(addr: &str, weight: u32) -> Endpoint {
 fn happy_config_from_the_brief() {
     let model = parse(HAPPY, "happy.toml", None).unwrap();
     assert_eq!(model.settings, Settings::default());
-    // Measured defaults (docs/benchmarks.md, issue 18): workers float, no busy-polling.
+    // Measured default (docs/benchmarks.md, issue 18): workers are not pinned.
     assert!(!model.settings.pin_workers);
-    assert_eq!(model.settings.busy_poll, Duration::ZERO);
     assert_eq!(
         model.services,
         vec![ServicePort {
@@ -69,7 +68,6 @@ fn every_key_set() {
     let text = r#"
 workers = 3
 pin_workers = true
-busy_poll_us = 20
 listen_addresses = ["10.0.0.1", "::1"]
 node_port_range = "20000-20999"
 max_connections_per_worker = 100
@@ -111,7 +109,6 @@ endpoints = []
     let s = &model.settings;
     assert_eq!(s.workers, Some(3));
     assert!(s.pin_workers);
-    assert_eq!(s.busy_poll, Duration::from_micros(20));
     assert_eq!(
         s.listen,
         ListenAddresses::Only(vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()])

@@ -187,7 +187,6 @@ pub(super) fn keep_start_only_settings(running: &Settings, next: &mut Settings) 
     next.workers = running.workers;
     keep!(
         pin_workers => "pin_workers",
-        busy_poll => "busy_poll_us",
         max_connections_per_worker => "max_connections_per_worker",
         max_held_per_worker => "max_held_per_worker",
         max_held_per_service => "max_held_per_service",
@@ -317,7 +316,7 @@ endpoints = []
         let mut running = model(BEFORE).settings;
         running.workers = Some(4);
         let mut next = model(
-            &format!("workers = 2\npin_workers = true\nbusy_poll_us = 30\nrelay = \"copy\"\ndriver = \"epoll\"\nmetrics_address = \"127.0.0.1:9100\"\nmax_connections_per_worker = 7\ndrain_timeout = \"3s\"\n{BEFORE}"),
+            &format!("workers = 2\npin_workers = true\nrelay = \"copy\"\ndriver = \"epoll\"\nmetrics_address = \"127.0.0.1:9100\"\nmax_connections_per_worker = 7\ndrain_timeout = \"3s\"\n{BEFORE}"),
         )
         .settings;
         let drain_timeout = next.drain_timeout;
@@ -327,7 +326,6 @@ endpoints = []
             [
                 "workers",
                 "pin_workers",
-                "busy_poll_us",
                 "max_connections_per_worker",
                 "relay",
                 "driver",
@@ -337,7 +335,6 @@ endpoints = []
         // Every start-only setting is back to what runs; the others take the new value.
         assert_eq!(next.workers, Some(4));
         assert_eq!(next.pin_workers, running.pin_workers);
-        assert_eq!(next.busy_poll, running.busy_poll);
         assert_eq!(next.relay, running.relay);
         assert_eq!(next.driver, running.driver);
         assert_eq!(next.metrics_address, running.metrics_address);

@@ -251,7 +251,6 @@ impl Dataplane {
         let driver = choose_driver(settings.driver)?;
         let cpus = sys::allowed_cpus();
         let n = settings.workers.unwrap_or_else(|| cpus.len().max(1)).max(1);
-        let busy_poll = settings.busy_poll;
         let mut per_worker: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
         let mut open = Vec::new();
         let wanted = Listeners {
@@ -314,11 +313,7 @@ impl Dataplane {
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-w{index}"))
                 .spawn(move || match driver {
-                    DriverChoice::Uring => run_worker(setup, tx, || {
-                        let mut ring = Uring::new(1024)?;
-                        ring.set_busy_poll(busy_poll);
-                        Ok(ring)
-                    }),
+                    DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
                 .map_err(|cause| StartError::Worker { index, cause })?;

@@ -21,7 +21,6 @@
 //! with a limit of 200 — and there is no way to give it a budget.)
 
 pub mod epoll;
-pub mod spin;
 pub mod uring;
 
 use std::io;

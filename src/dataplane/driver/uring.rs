@@ -30,13 +30,12 @@
 
 #![allow(unsafe_code)]
 
-use super::spin::Spin;
 use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct ConnectArgs {
     addr: socket2::SockAddr,
@@ -62,8 +61,6 @@ pub struct Uring {
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
-    /// Busy-polling before a wait (`busy_poll`; off unless [`Uring::set_busy_poll`]).
-    spin: Spin,
 }
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
@@ -90,11 +87,7 @@ impl Uring {
     pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
         let build = |deferred: bool| {
             let mut b = IoUring::builder();
-            // The taskrun flag tells a spinning worker that completion work is waiting for
-            // its next enter (`submit_and_wait`'s busy-poll).
-            b.setup_single_issuer()
-                .setup_cqsize(entries * 4)
-                .setup_taskrun_flag();
+            b.setup_single_issuer().setup_cqsize(entries * 4);
             if deferred {
                 b.setup_defer_taskrun();
             } else {
@@ -114,16 +107,9 @@ impl Uring {
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
             sockopts: false,
-            spin: Spin::new(Duration::ZERO),
         };
         uring.sockopts = uring.try_ring_sockopt();
         Ok(uring)
-    }
-
-    /// Spin on the completion queue for up to `max` before sleeping in a wait, adaptively
-    /// (see `driver::spin`); zero: never.
-    pub fn set_busy_poll(&mut self, max: Duration) {
-        self.spin = Spin::new(max);
     }
 
     /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
@@ -190,64 +176,6 @@ impl Uring {
             )
         }
         .map(|_| ())
-    }
-
-    /// Submit and wait (spinning first when the spin budget says so): at least one
-    /// completion, or `timeout`.
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if !self.spin.enabled() {
-            return self.block(timeout);
-        }
-        let start = Instant::now();
-        let budget = self.spin.budget(timeout);
-        if !budget.is_zero() && self.spin(start, budget)? {
-            self.spin.waited(start.elapsed(), true);
-            return Ok(());
-        }
-        let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        let result = self.block(rest);
-        let found = !self.ring.completion().is_empty();
-        self.spin.waited(start.elapsed(), found);
-        result
-    }
-
-    /// Submit and sleep until a completion or `timeout` (zero: only collect what is ready).
-    fn block(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        match timeout {
-            Some(t) if t.is_zero() => self.submit_and_reap(),
-            Some(t) => {
-                let (sec, nsec) = crate::deadline::timespec(t);
-                let ts = types::Timespec::new().sec(sec).nsec(nsec);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args).map(|_| ())
-            }
-            None => self.ring.submit_and_wait(1).map(|_| ()),
-        }
-    }
-
-    /// Busy-poll for up to `budget` (from `start`): submit what is queued, then watch the
-    /// completion queue (shared memory, no system call) and the ring's taskrun flag, which
-    /// says that completion work is waiting for this thread's next entry into the kernel
-    /// (COOP_TASKRUN posts poll wake-ups as task work, without interrupting a thread that
-    /// runs in user space: the queue fills only at its next system call or interrupt). The
-    /// flag costs one `io_uring_enter(GETEVENTS)` that does not sleep, where the wait would
-    /// cost a sleep and a wake-up. True when completions are ready.
-    fn spin(&mut self, start: Instant, budget: Duration) -> io::Result<bool> {
-        if !self.ring.submission().is_empty() {
-            self.submit_and_reap()?;
-        }
-        loop {
-            if !self.ring.completion().is_empty() {
-                return Ok(true);
-            }
-            if self.ring.submission().taskrun() {
-                self.ring.submit()?;
-            }
-            if start.elapsed() >= budget {
-                return Ok(false);
-            }
-            std::hint::spin_loop();
-        }
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
@@ -519,11 +447,17 @@ impl Driver for Uring {
     }
 
     /// Submit everything queued and wait for at least one completion, or until `timeout`
-    /// (`Some(ZERO)`: do not wait). With `busy_poll`, a wait first spins (see [`Uring::spin`]).
+    /// (`Some(ZERO)`: do not wait).
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let result = match timeout {
             Some(t) if t.is_zero() => self.submit_and_reap(),
-            _ => self.wait(timeout),
+            Some(t) => {
+                let (sec, nsec) = crate::deadline::timespec(t);
+                let ts = types::Timespec::new().sec(sec).nsec(nsec);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args).map(|_| ())
+            }
+            None => self.ring.submit_and_wait(1).map(|_| ()),
         };
         // Submitted (or failed before reading them): argument buffers may be reused.
         self.args_free.append(&mut self.args_pending);
@@ -652,84 +586,6 @@ mod tests {
             matches!(out.as_slice(), [Completion::Wake { ended: false }]),
             "the wake-up is collected without waiting: {out:?}"
         );
-    }
-
-    /// With `busy_poll` on, every wake-up signalled from another thread is still reported
-    /// (by the spin, through the CQ or the taskrun flag, or by the sleep after it).
-    #[test]
-    fn a_spinning_ring_reports_every_wake_up() {
-        let mut ring = Uring::new(8).expect("io_uring ring");
-        ring.set_busy_poll(Duration::from_millis(1));
-        let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
-        ring.watch_wake(efd.as_fd()).expect("watch");
-        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-        let e2 = std::sync::Arc::clone(&efd);
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let signaller = std::thread::spawn(move || {
-            for () in rx {
-                sys::eventfd_signal(e2.as_fd()).expect("signal");
-            }
-        });
-        let mut out = Vec::new();
-        for round in 0..50 {
-            tx.send(()).expect("send");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                ring.submit_and_wait(Some(Duration::from_secs(5)))
-                    .expect("submit");
-                ring.completions(&mut out);
-                if out.iter().any(|c| matches!(c, Completion::Wake { .. })) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "wake-up {round} lost");
-            }
-            sys::eventfd_drain(efd.as_fd());
-        }
-        drop(tx);
-        signaller.join().expect("signaller");
-    }
-
-    /// Experiment (issue 18; `--ignored --nocapture`): is a completion posted while the
-    /// ring's thread runs in user space visible in the CQ without a system call, and is the
-    /// taskrun flag raised? The ring's thread spins on CPU 0, the eventfd is signalled from
-    /// CPU 1 (`same_cpu`: both on CPU 0). Prints one line per trial.
-    #[test]
-    #[ignore]
-    fn experiment_cq_visibility_while_spinning() {
-        for same_cpu in [false, true] {
-            for _ in 0..8 {
-                sys::pin_current_thread(0).expect("pin");
-                let mut ring = Uring::new(8).expect("io_uring ring");
-                let efd = std::sync::Arc::new(sys::eventfd().expect("eventfd"));
-                ring.watch_wake(efd.as_fd()).expect("watch");
-                ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-                let e2 = std::sync::Arc::clone(&efd);
-                let t = std::thread::spawn(move || {
-                    sys::pin_current_thread(usize::from(!same_cpu)).expect("pin");
-                    std::thread::sleep(Duration::from_millis(20));
-                    let at = Instant::now();
-                    sys::eventfd_signal(e2.as_fd()).expect("signal");
-                    at
-                });
-                let deadline = Instant::now() + Duration::from_millis(200);
-                let (mut flag_at, mut cq_at) = (None, None);
-                while Instant::now() < deadline && cq_at.is_none() {
-                    if flag_at.is_none() && ring.ring.submission().taskrun() {
-                        flag_at = Some(Instant::now());
-                    }
-                    if !ring.ring.completion().is_empty() {
-                        cq_at = Some(Instant::now());
-                    }
-                    std::hint::spin_loop();
-                }
-                let sent = t.join().expect("signaller");
-                eprintln!(
-                    "same_cpu={same_cpu}: taskrun flag after {:?}, CQ without a syscall after {:?}",
-                    flag_at.map(|a| a.saturating_duration_since(sent)),
-                    cq_at.map(|a| a.saturating_duration_since(sent))
-                );
-            }
-        }
     }
 
     /// Completions until `want` says stop (at most 5 s).
