@@ -293,7 +293,8 @@ impl Driver for Epoll {
                     flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
                     ended: false,
                 }),
-                Kind::Ignore => {}
+                // Never registered here (this driver does not receive datagrams).
+                Kind::Ignore | Kind::RecvNodePort | Kind::RecvFlow => {}
             }
         }
         for (slot, generation) in connected {

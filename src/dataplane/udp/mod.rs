@@ -42,6 +42,8 @@ mod batch;
 
 mod carry;
 
+mod ring;
+
 use super::driver::Driver;
 use super::flow::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, FlowTable, OpenFailure, ProxyHeader,
@@ -95,6 +97,9 @@ pub struct UdpPlane {
     ready_listeners: VecDeque<u32>,
     /// Upstream sockets that may still hold replies.
     ready_flows: VecDeque<FlowId>,
+    /// Datagrams the driver received into its buffers, waiting for the next turn
+    /// (`ring.rs`).
+    held: VecDeque<ring::Held>,
     /// The endpoint choice of new flows (Maglev, ClientIP affinity tables of UDP Services).
     picker: Picker,
     /// The snapshot (its address) the picker last forgot removed Services for.
@@ -136,6 +141,7 @@ impl UdpPlane {
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
+            held: VecDeque::new(),
             picker: Picker::new(seed),
             retained_for: 0,
             stats,
@@ -183,17 +189,23 @@ impl UdpPlane {
 
     /// Sockets wait for a turn: the worker must not sleep.
     pub fn pending(&self) -> bool {
-        !self.paused && (!self.ready_listeners.is_empty() || !self.ready_flows.is_empty())
+        !self.held.is_empty()
+            || !self.paused && (!self.ready_listeners.is_empty() || !self.ready_flows.is_empty())
     }
 
-    /// One turn over the ready sockets: at most [`BATCH`] datagrams each; a socket that may
-    /// hold more goes to the back of its list.
+    /// One turn: the datagrams the driver received (also while paused: they were taken
+    /// from the sockets before the pause stopped the receives), then the ready sockets, at
+    /// most [`BATCH`] datagrams each; a socket that may hold more goes to the back of its
+    /// list.
     pub fn run<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
-        if self.paused {
-            return Ok(());
+        let held = self.run_held(cx);
+        if self.paused || held.is_err() {
+            self.flush_replies(cx);
+            self.stats.flows.active.set(self.table.len() as u64);
+            return held;
         }
         for _ in 0..self.ready_listeners.len() {
             let Some(listener) = self.ready_listeners.pop_front() else {
@@ -244,6 +256,7 @@ impl UdpPlane {
         listener: u32,
     ) -> io::Result<()> {
         self.ready_listeners.retain(|&l| l != listener);
+        self.forget_held(cx.driver, Some(listener));
         // Replies still queued for it (a turn cut short by an error) never leave by the
         // socket that may take its slot.
         let lost = self.replies.forget_listener(listener);
@@ -262,6 +275,7 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
+        self.forget_held(cx.driver, None);
         self.flush_replies(cx);
         self.table.close_all(CloseReason::Shutdown);
         self.execute(cx, Payload::None)?;
@@ -288,8 +302,20 @@ impl UdpPlane {
                 "UDP NodePort receive failed");
             return Ok(false);
         }
+        let more = self.received.len() == BATCH;
+        self.forward_received(cx, listener, bound)?;
+        Ok(more)
+    }
+
+    /// Feed the datagrams of `self.received` (slots of `self.rx`, from NodePort socket
+    /// `listener` bound to `bound`) to the table and send them on, whichever path read them.
+    fn forward_received<D: Driver, L: NodePortSockets + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_, D, L>,
+        listener: u32,
+        bound: SocketAddr,
+    ) -> io::Result<()> {
         let received = std::mem::take(&mut self.received);
-        let more = received.len() == BATCH;
         self.batching = true;
         let mut result = Ok(());
         for &(slot, r) in &received {
@@ -317,9 +343,9 @@ impl UdpPlane {
         self.batching = false;
         let settled = self.settle_upstream(cx);
         self.received = received;
+        self.received.clear();
         result?;
-        settled?;
-        Ok(more)
+        settled
     }
 
     /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
@@ -405,7 +431,11 @@ impl UdpPlane {
                 } => match open_upstream(endpoint, source) {
                     Ok(socket) => {
                         let fd: OwnedFd = socket.into();
-                        cx.driver.watch_flow(flow.token(), fd.as_fd())?;
+                        // While paused, a receive armed now would outlive the pause's
+                        // cancels (`ring.rs`): `resume` arms it.
+                        if !(self.paused && cx.driver.receives_datagrams()) {
+                            cx.driver.watch_flow(flow.token(), fd.as_fd())?;
+                        }
                         let i = flow.index();
                         if self.sockets.len() <= i {
                             self.sockets.resize_with(i + 1, || None);
