@@ -200,7 +200,12 @@ impl Uring {
     }
 
     /// Decode a RECVMSG completion of the buffer ring.
-    fn decode_datagram(&mut self, res: i32, flags: u32, nodeport: bool) -> io::Result<ReceivedDatagram> {
+    fn decode_datagram(
+        &mut self,
+        res: i32,
+        flags: u32,
+        nodeport: bool,
+    ) -> io::Result<ReceivedDatagram> {
         let Some(recv) = self.recv.as_mut() else {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         };
@@ -214,7 +219,9 @@ impl Uring {
         let whole = recv.bufs.get(buf, bufring::STRIDE);
         let Ok(out) = types::RecvMsgOut::parse(whole, msg) else {
             recv.bufs.recycle(buf);
-            return Err(io::Error::other("a received datagram's buffer is too short"));
+            return Err(io::Error::other(
+                "a received datagram's buffer is too short",
+            ));
         };
         let payload = out.payload_data();
         let offset = payload.as_ptr() as usize - whole.as_ptr() as usize;
@@ -744,10 +751,7 @@ impl Drop for Uring {
         if self.recv.is_some() {
             // No receive takes a buffer after this (one still armed fails with ENOBUFS);
             // the buffers are freed with `recv` after it.
-            let _ = self
-                .ring
-                .submitter()
-                .unregister_buf_ring(BUFFER_GROUP);
+            let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
         }
     }
 }
@@ -826,6 +830,103 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "no such completion");
         }
+    }
+
+    /// A NodePort socket's datagrams come through the ring whole (the largest, 65,507
+    /// bytes, too) with the client's address and the node address they were sent to; a
+    /// flow's connected socket gets its reply the same way, and its receive stops with
+    /// ECANCELED when unwatched (nothing left armed).
+    #[test]
+    fn datagrams_arrive_through_the_buffer_ring_with_their_addresses() {
+        use crate::dataplane::sys::udp::set_recv_pktinfo;
+        let mut ring = Uring::new(8).expect("io_uring ring");
+        assert!(ring.receives_datagrams(), "this kernel takes buffer rings");
+        let server = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        server.set_nonblocking(true).expect("nonblocking");
+        set_recv_pktinfo(server.as_fd(), false).expect("pktinfo");
+        let port = server.local_addr().expect("addr").port();
+        ring.watch_datagrams(4, 9, server.as_fd()).expect("watch");
+        let client = std::net::UdpSocket::bind("127.0.0.5:0").expect("client");
+        let big: Vec<u8> = (0..65_507u32).map(|i| (i % 251) as u8).collect();
+        for payload in [&b"hello"[..], &big] {
+            client.send_to(payload, ("127.0.0.3", port)).expect("send");
+            let c = wait_for(&mut ring, |c| matches!(c, Completion::Datagram { .. }));
+            let Completion::Datagram {
+                source,
+                datagram,
+                ended,
+            } = c
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                source,
+                DatagramSource::NodePort {
+                    listener: 4,
+                    generation: 9
+                }
+            );
+            assert!(!ended, "the receive goes on");
+            let d = datagram.expect("a datagram");
+            assert_eq!((d.len, d.truncated), (payload.len(), false));
+            assert_eq!(d.from, Some(client.local_addr().expect("addr")));
+            assert_eq!(d.to, Some(std::net::IpAddr::from([127, 0, 0, 3])));
+            assert_eq!(&ring.datagram(d.buf)[d.offset..d.offset + d.len], payload);
+            ring.recycle(d.buf);
+        }
+        // A flow: a connected socket, its reply, then the stop.
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        upstream.set_nonblocking(true).expect("nonblocking");
+        upstream
+            .connect(client.local_addr().expect("addr"))
+            .expect("connect");
+        ring.watch_flow(7 << 32 | 3, upstream.as_fd())
+            .expect("watch");
+        client
+            .send_to(b"reply", upstream.local_addr().expect("addr"))
+            .expect("send");
+        let c = wait_for(&mut ring, |c| {
+            matches!(
+                c,
+                Completion::Datagram {
+                    source: DatagramSource::Flow(_),
+                    ..
+                }
+            )
+        });
+        let Completion::Datagram {
+            source, datagram, ..
+        } = c
+        else {
+            unreachable!()
+        };
+        assert_eq!(source, DatagramSource::Flow(7 << 32 | 3));
+        let d = datagram.expect("a reply");
+        assert_eq!(&ring.datagram(d.buf)[d.offset..d.offset + d.len], b"reply");
+        ring.recycle(d.buf);
+        assert_eq!(ring.datagram_receives(), 2);
+        ring.unwatch_flow(7 << 32 | 3).expect("unwatch");
+        ring.unwatch_datagrams(4, 9).expect("unwatch");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut stopped = 0;
+        let mut out = Vec::new();
+        while stopped < 2 {
+            assert!(std::time::Instant::now() < deadline, "not stopped");
+            ring.submit_and_wait(Some(Duration::from_millis(50)))
+                .expect("submit");
+            ring.completions(&mut out);
+            for c in out.drain(..) {
+                if let Completion::Datagram {
+                    datagram, ended, ..
+                } = c
+                {
+                    let e = datagram.expect_err("stopped");
+                    assert_eq!((e.raw_os_error(), ended), (Some(libc::ECANCELED), true));
+                    stopped += 1;
+                }
+            }
+        }
+        assert_eq!(ring.datagram_receives(), 0, "nothing left armed");
     }
 
     /// A socket handed to `close` is closed by the next submit (its peer reads EOF), not

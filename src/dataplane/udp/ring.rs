@@ -150,9 +150,7 @@ impl UdpPlane {
             }
         }
         match bound {
-            Some(bound) if !self.received.is_empty() => {
-                self.forward_received(cx, listener, bound)
-            }
+            Some(bound) if !self.received.is_empty() => self.forward_received(cx, listener, bound),
             _ => Ok(()),
         }
     }
