@@ -13,7 +13,10 @@
 //! costs no close(2) of its own.
 //!
 //! Both report readiness edge-triggered (a completion per wake-up), which is what the
-//! connection core expects. Bytes are moved by the worker with splice(2)/read/write under
+//! connection core expects. UDP is the exception under io_uring: the driver receives the
+//! datagrams of NodePort and flow sockets itself (multishot RECVMSG into a provided-buffer
+//! ring, `bufring.rs`) and reports each as a [`Completion::Datagram`]; see
+//! [`Driver::receives_datagrams`]. Bytes are moved by the worker with splice(2)/read/write under
 //! either driver, and connections are accepted by the worker with accept4(2) when a
 //! listener is reported [`Completion::Acceptable`]: only the worker knows how many more it
 //! may take (`max_connections_per_worker`), so no driver accepts on its own. (A multishot

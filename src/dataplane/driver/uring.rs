@@ -16,6 +16,15 @@
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
 //! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
 //!
+//! UDP datagrams are received by the ring (issue 14): a multishot RECVMSG per NodePort socket
+//! (source address and IP_PKTINFO with each datagram) and per flow's connected upstream
+//! socket, all into one provided-buffer ring per worker (`bufring.rs`: 64 buffers of 68 KiB,
+//! so nothing is cut); each datagram is a [`Completion::Datagram`] naming its buffer, which
+//! the worker recycles after copying the datagram out. A receive is stopped with
+//! ASYNC_CANCEL (before the socket's CLOSE); its last completion (no F_MORE: ECANCELED,
+//! ENOBUFS when the ring ran dry, ECONNREFUSED) tells the worker to arm it again or not.
+//! If the kernel refuses the buffer ring, UDP sockets are polled as before.
+//!
 //! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
 //! now (see [`Uring::new`]).
 //!

@@ -2,10 +2,15 @@
 //! worker's NodePort sockets and the flows' upstream sockets, and executing the table's
 //! [`FlowOp`]s with the UDP syscalls of [`super::sys::udp`], under either driver.
 //!
+//! - **Two receive paths, one flow path.** Under epoll (and under io_uring if the kernel
+//!   refuses a buffer ring) the driver reports readiness and this module reads with
+//!   `recvmmsg`/`recv`; under io_uring the driver receives itself (multishot RECVMSG into
+//!   its provided-buffer ring) and reports each datagram, which `ring.rs` copies into the
+//!   same buffers the syscall path reads into before the same code forwards it.
 //! - **NodePort sockets** are the worker's listeners of protocol UDP (one SO_REUSEPORT
 //!   socket per (address, NodePort) per worker, opened with packet info on): the driver
 //!   reports them readable like a TCP listener (`Completion::Acceptable`), and the worker
-//!   hands them here instead of accepting.
+//!   hands them here instead of accepting (or it reports their datagrams, see above).
 //! - **Upstream sockets**: one nonblocking UDP socket per flow, connected to its endpoint
 //!   (the kernel then delivers only that endpoint's replies to it, so the socket is the
 //!   return path), watched through [`Driver::watch_flow`] with the flow's token.
@@ -32,8 +37,8 @@
 //!   when [`batch::MAX_REPLIES`] or [`batch::MAX_REPLY_BYTES`] are queued) by one
 //!   `sendmmsg(2)` per NodePort socket, each from the node address its client used.
 //!
-//! Every slot and the upstream receive buffer hold 65,536 bytes, so datagrams up to the
-//! largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
+//! Every slot and the upstream receive buffer hold 65,536 bytes (and every ring buffer more),
+//! so datagrams up to the largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
 //! (MSG_TRUNC) and dropped, never forwarded cut. The slots are touched only as far as
 //! datagrams fill them (small datagrams keep a page of each resident). Nothing here panics
 //! on what a client or a pod sends.
