@@ -293,8 +293,7 @@ impl Driver for Epoll {
                     flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
                     ended: false,
                 }),
-                // Never registered here (this driver does not receive datagrams).
-                Kind::Ignore | Kind::RecvNodePort | Kind::RecvFlow => {}
+                Kind::Ignore => {}
             }
         }
         for (slot, generation) in connected {

@@ -13,22 +13,18 @@
 //! costs no close(2) of its own.
 //!
 //! Both report readiness edge-triggered (a completion per wake-up), which is what the
-//! connection core expects. UDP is the exception under io_uring: the driver receives the
-//! datagrams of NodePort and flow sockets itself (multishot RECVMSG into a provided-buffer
-//! ring, `bufring.rs`) and reports each as a [`Completion::Datagram`]; see
-//! [`Driver::receives_datagrams`]. Bytes are moved by the worker with splice(2)/read/write under
+//! connection core expects. Bytes are moved by the worker with splice(2)/read/write under
 //! either driver, and connections are accepted by the worker with accept4(2) when a
 //! listener is reported [`Completion::Acceptable`]: only the worker knows how many more it
 //! may take (`max_connections_per_worker`), so no driver accepts on its own. (A multishot
 //! ACCEPT keeps accepting until it is cancelled — a burst of 2,000 connects was taken whole
 //! with a limit of 200 — and there is no way to give it a budget.)
 
-mod bufring;
 pub mod epoll;
 pub mod uring;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
@@ -49,10 +45,6 @@ pub enum Kind {
     Ignore = 6,
     /// Readiness of a UDP flow's upstream socket.
     Flow = 7,
-    /// Datagrams of a UDP NodePort socket (slot: the listener), received by the driver.
-    RecvNodePort = 8,
-    /// Datagrams of a UDP flow's upstream socket, received by the driver.
-    RecvFlow = 9,
 }
 
 impl Kind {
@@ -92,8 +84,6 @@ impl UserData {
             5 => Kind::Wake,
             6 => Kind::Ignore,
             7 => Kind::Flow,
-            8 => Kind::RecvNodePort,
-            9 => Kind::RecvFlow,
             _ => return None,
         };
         Some(UserData {
@@ -118,32 +108,6 @@ impl DriverChoice {
             DriverChoice::Epoll => "epoll",
         }
     }
-}
-
-/// Whose datagram a [`Completion::Datagram`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatagramSource {
-    /// UDP NodePort socket `listener`, as armed by [`Driver::watch_datagrams`] with
-    /// `generation`.
-    NodePort { listener: u32, generation: u32 },
-    /// A flow's upstream socket, by the token given to [`Driver::watch_flow`].
-    Flow(u64),
-}
-
-/// A datagram the driver received into one of its buffers: the bytes are
-/// [`Driver::datagram`]`(buf)[offset..offset + len]` until [`Driver::recycle`]`(buf)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReceivedDatagram {
-    pub buf: u16,
-    pub offset: usize,
-    /// Bytes in the buffer (the datagram's length when it fit).
-    pub len: usize,
-    /// The datagram was longer than the buffer (MSG_TRUNC): the buffer holds a cut copy.
-    pub truncated: bool,
-    /// The sender (NodePort sockets; `None` on a flow's connected socket).
-    pub from: Option<SocketAddr>,
-    /// The node address it was sent to (packet info; NodePort sockets).
-    pub to: Option<IpAddr>,
 }
 
 /// A decoded completion.
@@ -179,16 +143,6 @@ pub enum Completion {
     /// A UDP flow's upstream socket has replies (or an error) to read; `flow` is the token
     /// given to [`Driver::watch_flow`]; `ended` as for `Ready`.
     FlowReadable { flow: u64, ended: bool },
-    /// A datagram received by the driver itself (io_uring's multishot RECVMSG into its
-    /// buffer ring), or the error that ended the receive (ENOBUFS: the buffers ran out, the
-    /// datagrams wait in the socket; ECONNREFUSED on a flow's socket; ECANCELED once
-    /// stopped). `ended`: the receive stopped and must be armed again to go on. A datagram's
-    /// buffer must be given back with [`Driver::recycle`] whatever becomes of it.
-    Datagram {
-        source: DatagramSource,
-        datagram: io::Result<ReceivedDatagram>,
-        ended: bool,
-    },
 }
 
 /// The operations a worker needs from its event source. Fds passed in must stay open until
@@ -229,48 +183,10 @@ pub trait Driver {
     fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()>;
     /// Report when a UDP flow's upstream socket becomes readable (replies, or an ICMP
     /// error to collect) until `unwatch_flow` (or the fd is closed). `flow` is the flow's
-    /// token: slot in the low 24 bits, generation in the high 32. A driver that
-    /// [`Driver::receives_datagrams`] reads the socket itself and reports each reply as a
-    /// [`Completion::Datagram`] instead.
+    /// token: slot in the low 24 bits, generation in the high 32.
     fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Stop reporting the flow's socket (before it is closed).
     fn unwatch_flow(&mut self, flow: u64) -> io::Result<()>;
-    /// Whether this driver receives UDP datagrams itself ([`Driver::watch_datagrams`],
-    /// [`Driver::watch_flow`] report [`Completion::Datagram`]s) instead of reporting
-    /// readiness for the worker's `recvmmsg(2)`.
-    fn receives_datagrams(&self) -> bool {
-        false
-    }
-    /// Report the datagrams of UDP NodePort socket `listener` (opened with packet info):
-    /// each as a [`Completion::Datagram`] where the driver [`Driver::receives_datagrams`],
-    /// else readiness as [`Driver::watch_listener`] does.
-    fn watch_datagrams(
-        &mut self,
-        listener: u32,
-        generation: u32,
-        fd: BorrowedFd<'_>,
-    ) -> io::Result<()> {
-        self.watch_listener(listener, generation, fd)
-    }
-    /// Stop what [`Driver::watch_datagrams`] started.
-    fn unwatch_datagrams(&mut self, listener: u32, generation: u32) -> io::Result<()> {
-        self.unwatch_listener(listener, generation)
-    }
-    /// Receives of the driver's own still armed or not yet confirmed stopped (their last
-    /// completion has not been collected): 0 when none can deliver another datagram.
-    fn datagram_receives(&self) -> usize {
-        0
-    }
-    /// The bytes of buffer `buf` of a [`Completion::Datagram`] (empty for a driver that
-    /// does not receive datagrams).
-    fn datagram(&self, buf: u16) -> &[u8] {
-        let _ = buf;
-        &[]
-    }
-    /// Give buffer `buf` of a [`Completion::Datagram`] back to the driver.
-    fn recycle(&mut self, buf: u16) {
-        let _ = buf;
-    }
     /// Report when `fd` (the worker's eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Close `fd` after the entries queued before it (the removal of its polls, the cancel
@@ -299,8 +215,6 @@ mod tests {
             Kind::Wake,
             Kind::Ignore,
             Kind::Flow,
-            Kind::RecvNodePort,
-            Kind::RecvFlow,
         ] {
             let u = UserData {
                 kind,

@@ -16,15 +16,6 @@
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
 //! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
 //!
-//! UDP datagrams are received by the ring (issue 14): a multishot RECVMSG per NodePort socket
-//! (source address and IP_PKTINFO with each datagram) and per flow's connected upstream
-//! socket, all into one provided-buffer ring per worker (`bufring.rs`: 64 buffers of 68 KiB,
-//! so nothing is cut); each datagram is a [`Completion::Datagram`] naming its buffer, which
-//! the worker recycles after copying the datagram out. A receive is stopped with
-//! ASYNC_CANCEL (before the socket's CLOSE); its last completion (no F_MORE: ECANCELED,
-//! ENOBUFS when the ring ran dry, ECONNREFUSED) tells the worker to arm it again or not.
-//! If the kernel refuses the buffer ring, UDP sockets are polled as before.
-//!
 //! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
 //! now (see [`Uring::new`]).
 //!
@@ -39,8 +30,7 @@
 
 #![allow(unsafe_code)]
 
-use super::bufring::{self, BufRing};
-use super::{Completion, DatagramSource, Driver, Kind, ReceivedDatagram, UserData};
+use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
@@ -71,32 +61,7 @@ pub struct Uring {
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
-    /// UDP receive (see [`Recv`]); `None` when the kernel refused the buffer ring.
-    recv: Option<Recv>,
 }
-
-/// UDP datagrams received by the ring (issue 14): multishot RECVMSG on NodePort sockets
-/// (with the source address and packet info) and on flows' connected upstream sockets
-/// (payload only), into one provided-buffer ring ([`bufring`], group [`BUFFER_GROUP`]).
-/// The worker copies each datagram out and recycles its buffer in the same loop turn.
-struct Recv {
-    // Field order: the buffers are unregistered in `Uring::drop`, then freed here.
-    bufs: BufRing,
-    /// The receive templates the RECVMSG entries point at (only the name and control
-    /// lengths are read: they lay out each buffer); boxed so that they never move.
-    nodeport: Box<libc::msghdr>,
-    flow: Box<libc::msghdr>,
-    /// Receives armed whose last completion (no F_MORE) has not been collected.
-    armed: usize,
-}
-
-/// The buffer group of the UDP buffer ring.
-const BUFFER_GROUP: u16 = 0;
-/// Room for a source address in a NodePort datagram's buffer (sockaddr_in6 is 28 bytes;
-/// 32 keeps the control data after it 8-byte aligned).
-const NAME_LEN: u32 = 32;
-/// Room for the packet-info control message (IPv6's takes 40 bytes).
-const CONTROL_LEN: usize = 64;
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 
@@ -142,112 +107,9 @@ impl Uring {
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
             sockopts: false,
-            recv: None,
         };
         uring.sockopts = uring.try_ring_sockopt();
-        uring.recv = uring.try_buffer_ring();
         Ok(uring)
-    }
-
-    /// The UDP buffer ring, registered (Linux 5.19+; multishot RECVMSG needs 6.0): `None`,
-    /// and UDP sockets are polled for readiness as before, when the kernel refuses it.
-    fn try_buffer_ring(&mut self) -> Option<Recv> {
-        let bufs = match BufRing::new() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(error = %e, "no memory for the UDP buffer ring: UDP is polled");
-                return None;
-            }
-        };
-        // SAFETY: the ring's memory (a page-aligned mapping of `bufring::COUNT` entries)
-        // lives in `Recv::bufs`, which is unregistered in `Drop for Uring` before it is
-        // freed.
-        let registered = unsafe {
-            self.ring.submitter().register_buf_ring_with_flags(
-                bufs.ring_addr(),
-                bufring::COUNT,
-                BUFFER_GROUP,
-                0,
-            )
-        };
-        if let Err(e) = registered {
-            tracing::debug!(error = %e, "the kernel refused the UDP buffer ring: UDP is polled");
-            return None;
-        }
-        // SAFETY: a zeroed msghdr is valid plain data (null pointers, zero lengths).
-        let mut nodeport: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        nodeport.msg_namelen = NAME_LEN;
-        nodeport.msg_controllen = CONTROL_LEN as _;
-        // SAFETY: as above.
-        let flow: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        Some(Recv {
-            bufs,
-            nodeport,
-            flow,
-            armed: 0,
-        })
-    }
-
-    /// Arm a multishot RECVMSG on `fd` into the buffer ring, reported with `tag`.
-    fn arm_recv(&mut self, tag: u64, fd: BorrowedFd<'_>, nodeport: bool) -> io::Result<()> {
-        let Some(recv) = self.recv.as_mut() else {
-            return Err(io::Error::from(io::ErrorKind::Unsupported));
-        };
-        let msg: *const libc::msghdr = if nodeport {
-            &*recv.nodeport
-        } else {
-            &*recv.flow
-        };
-        let entry = opcode::RecvMsgMulti::new(types::Fd(fd.as_raw_fd()), msg, BUFFER_GROUP)
-            .build()
-            .user_data(tag);
-        self.push(entry)?;
-        if let Some(recv) = self.recv.as_mut() {
-            recv.armed += 1;
-        }
-        Ok(())
-    }
-
-    /// Decode a RECVMSG completion of the buffer ring.
-    fn decode_datagram(
-        &mut self,
-        res: i32,
-        flags: u32,
-        nodeport: bool,
-    ) -> io::Result<ReceivedDatagram> {
-        let Some(recv) = self.recv.as_mut() else {
-            return Err(io::Error::from(io::ErrorKind::Unsupported));
-        };
-        if res < 0 {
-            return Err(io::Error::from_raw_os_error(-res));
-        }
-        let Some(buf) = cqueue::buffer_select(flags) else {
-            return Err(io::Error::other("a received datagram without its buffer"));
-        };
-        let msg = if nodeport { &recv.nodeport } else { &recv.flow };
-        let whole = recv.bufs.get(buf, bufring::STRIDE);
-        let Ok(out) = types::RecvMsgOut::parse(whole, msg) else {
-            recv.bufs.recycle(buf);
-            return Err(io::Error::other(
-                "a received datagram's buffer is too short",
-            ));
-        };
-        let payload = out.payload_data();
-        let offset = payload.as_ptr() as usize - whole.as_ptr() as usize;
-        let (from, to) = if nodeport {
-            crate::dataplane::sys::udp::ring_addresses(out.name_data(), out.control_data())
-        } else {
-            (None, None)
-        };
-        Ok(ReceivedDatagram {
-            buf,
-            offset,
-            len: payload.len(),
-            truncated: out.is_payload_truncated()
-                || out.incoming_payload_len() as usize > payload.len(),
-            from,
-            to,
-        })
     }
 
     /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
@@ -530,12 +392,8 @@ impl Driver for Uring {
         )
     }
 
-    /// Receive a flow's replies (multishot RECVMSG into the buffer ring), or report
-    /// (multishot poll) when its upstream socket is readable or has an error.
+    /// Report (multishot poll) when a flow's upstream socket is readable or has an error.
     fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
-        if self.recv.is_some() {
-            return self.arm_recv(recv_flow_tag(flow), fd, false);
-        }
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -543,70 +401,13 @@ impl Driver for Uring {
         self.push(entry)
     }
 
-    /// Stop the receive (cancel) or the poll of a flow's upstream socket.
+    /// Stop the poll of a flow's upstream socket.
     fn unwatch_flow(&mut self, flow: u64) -> io::Result<()> {
-        if self.recv.is_some() {
-            return self.cancel(recv_flow_tag(flow));
-        }
         let entry = opcode::PollRemove::new(flow_tag(flow))
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(ignore_tag());
         self.push(entry)
-    }
-
-    fn receives_datagrams(&self) -> bool {
-        self.recv.is_some()
-    }
-
-    /// Receive the datagrams of a NodePort socket (multishot RECVMSG with its source address
-    /// and packet info), or poll it as a listener when the ring has no buffers.
-    fn watch_datagrams(
-        &mut self,
-        listener: u32,
-        generation: u32,
-        fd: BorrowedFd<'_>,
-    ) -> io::Result<()> {
-        if self.recv.is_none() {
-            return self.watch_listener(listener, generation, fd);
-        }
-        let tag = UserData {
-            kind: Kind::RecvNodePort,
-            slot: listener,
-            generation,
-        };
-        self.arm_recv(tag.encode(), fd, true)
-    }
-
-    fn unwatch_datagrams(&mut self, listener: u32, generation: u32) -> io::Result<()> {
-        if self.recv.is_none() {
-            return self.unwatch_listener(listener, generation);
-        }
-        self.cancel(
-            UserData {
-                kind: Kind::RecvNodePort,
-                slot: listener,
-                generation,
-            }
-            .encode(),
-        )
-    }
-
-    fn datagram_receives(&self) -> usize {
-        self.recv.as_ref().map_or(0, |r| r.armed)
-    }
-
-    fn datagram(&self, buf: u16) -> &[u8] {
-        match &self.recv {
-            Some(r) => r.bufs.get(buf, bufring::STRIDE),
-            None => &[],
-        }
-    }
-
-    fn recycle(&mut self, buf: u16) {
-        if let Some(r) = self.recv.as_mut() {
-            r.bufs.recycle(buf);
-        }
     }
 
     /// Report when `fd` (an eventfd) becomes readable.
@@ -677,12 +478,11 @@ impl Driver for Uring {
     /// Decode every completion available now into `out` (cleared first).
     fn completions(&mut self, out: &mut Vec<Completion>) {
         out.clear();
-        let mut raw = std::mem::take(&mut self.raw);
-        raw.clear();
+        self.raw.clear();
         for cqe in self.ring.completion() {
-            raw.push((cqe.user_data(), cqe.result(), cqe.flags()));
+            self.raw.push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
-        for &(ud, res, flags) in &raw {
+        for &(ud, res, flags) in &self.raw {
             let Some(tag) = UserData::decode(ud) else {
                 continue;
             };
@@ -721,32 +521,9 @@ impl Driver for Uring {
                     flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
                     ended: !more,
                 },
-                Kind::RecvNodePort | Kind::RecvFlow => {
-                    let nodeport = tag.kind == Kind::RecvNodePort;
-                    if !more {
-                        if let Some(r) = self.recv.as_mut() {
-                            r.armed = r.armed.saturating_sub(1);
-                        }
-                    }
-                    Completion::Datagram {
-                        source: if nodeport {
-                            DatagramSource::NodePort {
-                                listener: tag.slot,
-                                generation: tag.generation,
-                            }
-                        } else {
-                            DatagramSource::Flow(
-                                u64::from(tag.generation) << 32 | u64::from(tag.slot),
-                            )
-                        },
-                        datagram: self.decode_datagram(res, flags, nodeport),
-                        ended: !more,
-                    }
-                }
             };
             out.push(c);
         }
-        self.raw = raw;
     }
 }
 
@@ -757,22 +534,7 @@ impl Drop for Uring {
         if !self.ring.submission().is_empty() {
             let _ = self.ring.submit();
         }
-        if self.recv.is_some() {
-            // No receive takes a buffer after this (one still armed fails with ENOBUFS);
-            // the buffers are freed with `recv` after it.
-            let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
-        }
     }
-}
-
-/// The user data of a flow's receive: its token's slot (low 24 bits) and generation.
-fn recv_flow_tag(flow: u64) -> u64 {
-    UserData {
-        kind: Kind::RecvFlow,
-        slot: (flow as u32) & 0xFF_FFFF,
-        generation: (flow >> 32) as u32,
-    }
-    .encode()
 }
 
 /// The user data of a flow's poll: its token's slot (low 24 bits) and generation.
@@ -839,103 +601,6 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "no such completion");
         }
-    }
-
-    /// A NodePort socket's datagrams come through the ring whole (the largest, 65,507
-    /// bytes, too) with the client's address and the node address they were sent to; a
-    /// flow's connected socket gets its reply the same way, and its receive stops with
-    /// ECANCELED when unwatched (nothing left armed).
-    #[test]
-    fn datagrams_arrive_through_the_buffer_ring_with_their_addresses() {
-        use crate::dataplane::sys::udp::set_recv_pktinfo;
-        let mut ring = Uring::new(8).expect("io_uring ring");
-        assert!(ring.receives_datagrams(), "this kernel takes buffer rings");
-        let server = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        server.set_nonblocking(true).expect("nonblocking");
-        set_recv_pktinfo(server.as_fd(), false).expect("pktinfo");
-        let port = server.local_addr().expect("addr").port();
-        ring.watch_datagrams(4, 9, server.as_fd()).expect("watch");
-        let client = std::net::UdpSocket::bind("127.0.0.5:0").expect("client");
-        let big: Vec<u8> = (0..65_507u32).map(|i| (i % 251) as u8).collect();
-        for payload in [&b"hello"[..], &big] {
-            client.send_to(payload, ("127.0.0.3", port)).expect("send");
-            let c = wait_for(&mut ring, |c| matches!(c, Completion::Datagram { .. }));
-            let Completion::Datagram {
-                source,
-                datagram,
-                ended,
-            } = c
-            else {
-                unreachable!()
-            };
-            assert_eq!(
-                source,
-                DatagramSource::NodePort {
-                    listener: 4,
-                    generation: 9
-                }
-            );
-            assert!(!ended, "the receive goes on");
-            let d = datagram.expect("a datagram");
-            assert_eq!((d.len, d.truncated), (payload.len(), false));
-            assert_eq!(d.from, Some(client.local_addr().expect("addr")));
-            assert_eq!(d.to, Some(std::net::IpAddr::from([127, 0, 0, 3])));
-            assert_eq!(&ring.datagram(d.buf)[d.offset..d.offset + d.len], payload);
-            ring.recycle(d.buf);
-        }
-        // A flow: a connected socket, its reply, then the stop.
-        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        upstream.set_nonblocking(true).expect("nonblocking");
-        upstream
-            .connect(client.local_addr().expect("addr"))
-            .expect("connect");
-        ring.watch_flow(7 << 32 | 3, upstream.as_fd())
-            .expect("watch");
-        client
-            .send_to(b"reply", upstream.local_addr().expect("addr"))
-            .expect("send");
-        let c = wait_for(&mut ring, |c| {
-            matches!(
-                c,
-                Completion::Datagram {
-                    source: DatagramSource::Flow(_),
-                    ..
-                }
-            )
-        });
-        let Completion::Datagram {
-            source, datagram, ..
-        } = c
-        else {
-            unreachable!()
-        };
-        assert_eq!(source, DatagramSource::Flow(7 << 32 | 3));
-        let d = datagram.expect("a reply");
-        assert_eq!(&ring.datagram(d.buf)[d.offset..d.offset + d.len], b"reply");
-        ring.recycle(d.buf);
-        assert_eq!(ring.datagram_receives(), 2);
-        ring.unwatch_flow(7 << 32 | 3).expect("unwatch");
-        ring.unwatch_datagrams(4, 9).expect("unwatch");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut stopped = 0;
-        let mut out = Vec::new();
-        while stopped < 2 {
-            assert!(std::time::Instant::now() < deadline, "not stopped");
-            ring.submit_and_wait(Some(Duration::from_millis(50)))
-                .expect("submit");
-            ring.completions(&mut out);
-            for c in out.drain(..) {
-                if let Completion::Datagram {
-                    datagram, ended, ..
-                } = c
-                {
-                    let e = datagram.expect_err("stopped");
-                    assert_eq!((e.raw_os_error(), ended), (Some(libc::ECANCELED), true));
-                    stopped += 1;
-                }
-            }
-        }
-        assert_eq!(ring.datagram_receives(), 0, "nothing left armed");
     }
 
     /// A socket handed to `close` is closed by the next submit (its peer reads EOF), not

@@ -93,40 +93,6 @@ pub(super) fn pktinfo_destination(msg: &libc::msghdr) -> Option<IpAddr> {
     None
 }
 
-/// The client address and the packet-info destination of a datagram that io_uring's
-/// multishot RECVMSG wrote into a provided buffer: `name` is the raw socket address and
-/// `control` the control messages as the kernel laid them out there (not aligned for
-/// `sockaddr_storage` or `cmsghdr`: both are copied before they are read).
-pub fn ring_addresses(name: &[u8], control: &[u8]) -> (Option<SocketAddr>, Option<IpAddr>) {
-    // SAFETY: a zeroed sockaddr_storage is valid plain data.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let n = name.len().min(size_of::<libc::sockaddr_storage>());
-    // SAFETY: copies `n` bytes, at most the storage's size, from the borrowed slice into the
-    // storage on the stack; the two do not overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            name.as_ptr(),
-            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-            n,
-        );
-    }
-    let from = if n == 0 {
-        None
-    } else {
-        // SAFETY: the storage holds the `n` bytes of address the kernel wrote (any family
-        // fits a sockaddr_storage); `as_socket` reads only IP families.
-        unsafe { socket2::SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
-    };
-    let mut c = Control([0; 64]);
-    let len = control.len().min(c.0.len());
-    c.0[..len].copy_from_slice(&control[..len]);
-    // SAFETY: a zeroed msghdr is valid plain data.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_control = c.0.as_mut_ptr().cast();
-    msg.msg_controllen = len as _;
-    (from, pktinfo_destination(&msg))
-}
-
 /// `to` as a socket of the family `ipv6_socket` says addresses it (an IPv4 client of a
 /// dual-stack socket: IPv4-mapped).
 pub(super) fn socket_form(to: SocketAddr, ipv6_socket: bool) -> socket2::SockAddr {

@@ -19,50 +19,18 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 impl UdpPlane {
-    /// Stops reading (see the module documentation). A driver that receives datagrams
-    /// itself has the flows' receives cancelled (the worker cancels the NodePort sockets'
-    /// and waits until none is left, see `ring.rs`).
-    pub fn pause<D: Driver>(&mut self, driver: &mut D) -> io::Result<()> {
-        if self.paused {
-            return Ok(());
-        }
+    /// Stops reading (see the module documentation).
+    pub fn pause(&mut self) {
         self.paused = true;
-        if driver.receives_datagrams() {
-            for f in self.table.flows() {
-                if let Some(Some(_)) = self.sockets.get(f.id.index()) {
-                    driver.unwatch_flow(f.id.token())?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Paused, while the worker has the driver stop its receives.
-    pub fn is_paused(&self) -> bool {
-        self.paused
     }
 
     /// Reads again after [`Self::pause`]: every socket may hold datagrams. `listeners`: the
-    /// worker's open UDP NodePort sockets (it arms their receives itself when the driver
-    /// receives datagrams; the flows' are armed here).
-    pub fn resume<D: Driver>(
-        &mut self,
-        driver: &mut D,
-        listeners: impl IntoIterator<Item = u32>,
-    ) -> io::Result<()> {
+    /// worker's open UDP NodePort sockets.
+    pub fn resume(&mut self, listeners: impl IntoIterator<Item = u32>) {
         if !self.paused {
-            return Ok(());
+            return;
         }
         self.paused = false;
-        if driver.receives_datagrams() {
-            // A receive's first try reads what is queued: no ready list needed.
-            for f in self.table.flows() {
-                if let Some(Some(fd)) = self.sockets.get(f.id.index()) {
-                    driver.watch_flow(f.id.token(), fd.as_fd())?;
-                }
-            }
-            return Ok(());
-        }
         for l in listeners {
             self.nodeport_readable(l);
         }
@@ -72,7 +40,6 @@ impl UdpPlane {
                 self.ready_flows.push_back(id);
             }
         }
-        Ok(())
     }
 
     /// The live flows of slots `from..` (at most `max`) with a duplicate of each one's
@@ -131,11 +98,8 @@ impl UdpPlane {
                 self.sockets.resize_with(i + 1, || None);
             }
             self.sockets[i] = Some(fd);
-            // Replies may have arrived while no process read them (a receive of the
-            // driver's own reads them when armed).
-            if !cx.driver.receives_datagrams() {
-                self.ready_flows.push_back(id);
-            }
+            // Replies may have arrived while no process read them.
+            self.ready_flows.push_back(id);
             adopted += 1;
         }
         self.stats.flows.active.set(self.table.len() as u64);

@@ -2,15 +2,10 @@
 //! worker's NodePort sockets and the flows' upstream sockets, and executing the table's
 //! [`FlowOp`]s with the UDP syscalls of [`super::sys::udp`], under either driver.
 //!
-//! - **Two receive paths, one flow path.** Under epoll (and under io_uring if the kernel
-//!   refuses a buffer ring) the driver reports readiness and this module reads with
-//!   `recvmmsg`/`recv`; under io_uring the driver receives itself (multishot RECVMSG into
-//!   its provided-buffer ring) and reports each datagram, which `ring.rs` copies into the
-//!   same buffers the syscall path reads into before the same code forwards it.
 //! - **NodePort sockets** are the worker's listeners of protocol UDP (one SO_REUSEPORT
 //!   socket per (address, NodePort) per worker, opened with packet info on): the driver
 //!   reports them readable like a TCP listener (`Completion::Acceptable`), and the worker
-//!   hands them here instead of accepting (or it reports their datagrams, see above).
+//!   hands them here instead of accepting.
 //! - **Upstream sockets**: one nonblocking UDP socket per flow, connected to its endpoint
 //!   (the kernel then delivers only that endpoint's replies to it, so the socket is the
 //!   return path), watched through [`Driver::watch_flow`] with the flow's token.
@@ -37,8 +32,8 @@
 //!   when [`batch::MAX_REPLIES`] or [`batch::MAX_REPLY_BYTES`] are queued) by one
 //!   `sendmmsg(2)` per NodePort socket, each from the node address its client used.
 //!
-//! Every slot and the upstream receive buffer hold 65,536 bytes (and every ring buffer more),
-//! so datagrams up to the largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
+//! Every slot and the upstream receive buffer hold 65,536 bytes, so datagrams up to the
+//! largest UDP payload (65,507 bytes over IPv4) pass whole; a longer one is seen truncated
 //! (MSG_TRUNC) and dropped, never forwarded cut. The slots are touched only as far as
 //! datagrams fill them (small datagrams keep a page of each resident). Nothing here panics
 //! on what a client or a pod sends.
@@ -46,8 +41,6 @@
 mod batch;
 
 mod carry;
-
-mod ring;
 
 use super::driver::Driver;
 use super::flow::{
@@ -102,9 +95,6 @@ pub struct UdpPlane {
     ready_listeners: VecDeque<u32>,
     /// Upstream sockets that may still hold replies.
     ready_flows: VecDeque<FlowId>,
-    /// Datagrams the driver received into its buffers, waiting for the next turn
-    /// (`ring.rs`).
-    held: VecDeque<ring::Held>,
     /// The endpoint choice of new flows (Maglev, ClientIP affinity tables of UDP Services).
     picker: Picker,
     /// The snapshot (its address) the picker last forgot removed Services for.
@@ -146,7 +136,6 @@ impl UdpPlane {
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
             ready_flows: VecDeque::new(),
-            held: VecDeque::new(),
             picker: Picker::new(seed),
             retained_for: 0,
             stats,
@@ -194,23 +183,17 @@ impl UdpPlane {
 
     /// Sockets wait for a turn: the worker must not sleep.
     pub fn pending(&self) -> bool {
-        !self.held.is_empty()
-            || !self.paused && (!self.ready_listeners.is_empty() || !self.ready_flows.is_empty())
+        !self.paused && (!self.ready_listeners.is_empty() || !self.ready_flows.is_empty())
     }
 
-    /// One turn: the datagrams the driver received (also while paused: they were taken
-    /// from the sockets before the pause stopped the receives), then the ready sockets, at
-    /// most [`BATCH`] datagrams each; a socket that may hold more goes to the back of its
-    /// list.
+    /// One turn over the ready sockets: at most [`BATCH`] datagrams each; a socket that may
+    /// hold more goes to the back of its list.
     pub fn run<D: Driver, L: NodePortSockets + ?Sized>(
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
-        let held = self.run_held(cx);
-        if self.paused || held.is_err() {
-            self.flush_replies(cx);
-            self.stats.flows.active.set(self.table.len() as u64);
-            return held;
+        if self.paused {
+            return Ok(());
         }
         for _ in 0..self.ready_listeners.len() {
             let Some(listener) = self.ready_listeners.pop_front() else {
@@ -261,7 +244,6 @@ impl UdpPlane {
         listener: u32,
     ) -> io::Result<()> {
         self.ready_listeners.retain(|&l| l != listener);
-        self.forget_held(cx.driver, Some(listener));
         // Replies still queued for it (a turn cut short by an error) never leave by the
         // socket that may take its slot.
         let lost = self.replies.forget_listener(listener);
@@ -280,7 +262,6 @@ impl UdpPlane {
         &mut self,
         cx: &mut Context<'_, D, L>,
     ) -> io::Result<()> {
-        self.forget_held(cx.driver, None);
         self.flush_replies(cx);
         self.table.close_all(CloseReason::Shutdown);
         self.execute(cx, Payload::None)?;
@@ -307,20 +288,8 @@ impl UdpPlane {
                 "UDP NodePort receive failed");
             return Ok(false);
         }
-        let more = self.received.len() == BATCH;
-        self.forward_received(cx, listener, bound)?;
-        Ok(more)
-    }
-
-    /// Feed the datagrams of `self.received` (slots of `self.rx`, from NodePort socket
-    /// `listener` bound to `bound`) to the table and send them on, whichever path read them.
-    fn forward_received<D: Driver, L: NodePortSockets + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_, D, L>,
-        listener: u32,
-        bound: SocketAddr,
-    ) -> io::Result<()> {
         let received = std::mem::take(&mut self.received);
+        let more = received.len() == BATCH;
         self.batching = true;
         let mut result = Ok(());
         for &(slot, r) in &received {
@@ -348,9 +317,9 @@ impl UdpPlane {
         self.batching = false;
         let settled = self.settle_upstream(cx);
         self.received = received;
-        self.received.clear();
         result?;
-        settled
+        settled?;
+        Ok(more)
     }
 
     /// Read up to [`BATCH`] replies from a flow's upstream socket; true when it may hold
@@ -436,11 +405,7 @@ impl UdpPlane {
                 } => match open_upstream(endpoint, source) {
                     Ok(socket) => {
                         let fd: OwnedFd = socket.into();
-                        // While paused, a receive armed now would outlive the pause's
-                        // cancels (`ring.rs`): `resume` arms it.
-                        if !(self.paused && cx.driver.receives_datagrams()) {
-                            cx.driver.watch_flow(flow.token(), fd.as_fd())?;
-                        }
+                        cx.driver.watch_flow(flow.token(), fd.as_fd())?;
                         let i = flow.index();
                         if self.sockets.len() <= i {
                             self.sockets.resize_with(i + 1, || None);

@@ -41,9 +41,6 @@ pub(super) struct ListenerSlot {
     pub(super) watching: Option<u32>,
     /// Generation the next arm gets.
     pub(super) arms: u32,
-    /// The generation of the first arm of the socket now open: the datagrams of its own
-    /// receives (`arms` since then) are forwarded even after their receive was stopped.
-    pub(super) opened_at: u32,
     /// On the ready list: connections may be waiting (reported, and no EAGAIN since).
     pub(super) ready: bool,
 }
@@ -55,7 +52,6 @@ impl ListenerSlot {
             socket: Some(l.socket),
             watching: None,
             arms: 0,
-            opened_at: 0,
             ready: false,
         }
     }
@@ -83,23 +79,14 @@ impl<D: Driver> Worker<D> {
         Ok(())
     }
 
-    pub(super) fn watch_listener(&mut self, i: usize) -> io::Result<()> {
-        let udp = self.listeners[i].key.protocol == crate::model::Protocol::Udp;
-        if udp && self.udp.is_paused() && self.driver.receives_datagrams() {
-            return Ok(()); // its receive is armed again on resume
-        }
+    fn watch_listener(&mut self, i: usize) -> io::Result<()> {
         let l = &mut self.listeners[i];
         if let (None, Some(socket)) = (l.watching, l.socket.as_ref()) {
             let generation = l.arms;
             l.arms = generation.wrapping_add(1);
             l.watching = Some(generation);
-            if udp {
-                self.driver
-                    .watch_datagrams(i as u32, generation, socket.as_fd())?;
-            } else {
-                self.driver
-                    .watch_listener(i as u32, generation, socket.as_fd())?;
-            }
+            self.driver
+                .watch_listener(i as u32, generation, socket.as_fd())?;
         }
         Ok(())
     }
@@ -107,11 +94,7 @@ impl<D: Driver> Worker<D> {
     /// Stop watching listener `i` and forget that it was ready.
     pub(super) fn unwatch_listener(&mut self, i: usize) -> io::Result<()> {
         if let Some(generation) = self.listeners[i].watching.take() {
-            if self.listeners[i].key.protocol == crate::model::Protocol::Udp {
-                self.driver.unwatch_datagrams(i as u32, generation)?;
-            } else {
-                self.driver.unwatch_listener(i as u32, generation)?;
-            }
+            self.driver.unwatch_listener(i as u32, generation)?;
         }
         // Its entry in the ready list is skipped when its turn comes.
         self.listeners[i].ready = false;
@@ -150,39 +133,6 @@ impl<D: Driver> Worker<D> {
         }
         if ended {
             l.watching = None;
-            self.watch_listener(i)?;
-        }
-        Ok(())
-    }
-
-    /// A completion of NodePort socket `listener`'s receive (a driver that receives
-    /// datagrams): the datagram goes to the UDP side if it came from the socket open in
-    /// that slot (its receive may have been stopped since: it was taken from the socket all
-    /// the same), else its buffer goes back; an ended receive that is still the current one
-    /// is armed again (ENOBUFS: after this turn recycled buffers, in the next submit).
-    pub(super) fn on_nodeport_datagram(
-        &mut self,
-        listener: u32,
-        generation: u32,
-        datagram: io::Result<crate::dataplane::driver::ReceivedDatagram>,
-        ended: bool,
-    ) -> io::Result<()> {
-        let i = listener as usize;
-        let ours = self.listeners.get(i).is_some_and(|l| {
-            l.socket.is_some()
-                && generation.wrapping_sub(l.opened_at) < l.arms.wrapping_sub(l.opened_at)
-        });
-        match datagram {
-            Ok(d) if ours => self.udp.nodeport_datagram(listener, d),
-            Ok(d) => self.driver.recycle(d.buf),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOBUFS | libc::ECANCELED) => {}
-                _ => tracing::debug!(worker = self.index, listener, error = %e,
-                    "UDP NodePort receive failed"),
-            },
-        }
-        if ended && ours && self.listeners[i].watching == Some(generation) {
-            self.listeners[i].watching = None;
             self.watch_listener(i)?;
         }
         Ok(())

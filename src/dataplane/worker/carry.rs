@@ -36,27 +36,12 @@ impl<D: Driver> Worker<D> {
     pub(super) fn on_flow_command(&mut self, command: FlowCommand) -> io::Result<()> {
         match command {
             FlowCommand::Pause { done } => {
-                self.udp.pause(&mut self.driver)?;
-                if self.driver.receives_datagrams() {
-                    // The driver's receives are cancelled; `done` once none is left and
-                    // what they took is forwarded (`udp_paused`).
-                    let udp: Vec<u32> = self.udp_listener_indices().collect();
-                    for i in udp {
-                        self.unwatch_listener(i as usize)?;
-                    }
-                }
-                self.pausing = Some(done);
-                self.udp_paused();
+                self.udp.pause();
+                let _ = done.send(self.index);
             }
             FlowCommand::Resume => {
-                self.pausing = None;
                 let udp: Vec<u32> = self.udp_listener_indices().collect();
-                self.udp.resume(&mut self.driver, udp.iter().copied())?;
-                if self.driver.receives_datagrams() {
-                    for i in udp {
-                        self.watch_listener(i as usize)?;
-                    }
-                }
+                self.udp.resume(udp);
             }
             FlowCommand::Export { from, max, done } => {
                 let (flows, next) = self.udp.carry_out(self.now, from, max);
@@ -88,16 +73,6 @@ impl<D: Driver> Worker<D> {
             }
         }
         Ok(())
-    }
-
-    /// Tell a pending pause done once nothing can deliver another datagram: no receive of
-    /// the driver's own is left armed and nothing received is waiting to be forwarded.
-    pub(super) fn udp_paused(&mut self) {
-        if self.pausing.is_some() && self.driver.datagram_receives() == 0 && !self.udp.holds() {
-            if let Some(done) = self.pausing.take() {
-                let _ = done.send(self.index);
-            }
-        }
     }
 
     /// The slots of the open UDP NodePort sockets.

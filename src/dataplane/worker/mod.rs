@@ -39,7 +39,7 @@ use crate::dataplane::connections::{
     ConnHandle, ConnTable, ListenerKey, Output, TableConfig, WorkerLimits, TICK,
 };
 use crate::dataplane::death::{self, InjectedDeath};
-use crate::dataplane::driver::{Completion, DatagramSource, Driver};
+use crate::dataplane::driver::{Completion, Driver};
 use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::sys;
 use crate::dataplane::udp::{self, UdpPlane};
@@ -166,8 +166,6 @@ pub struct Worker<D: Driver> {
     injected_death: Option<InjectedDeath>,
     /// The UDP NodePorts' flow table and its sockets (`dataplane::udp`).
     udp: UdpPlane,
-    /// A pause of the UDP side waiting for the driver's receives to stop (`carry.rs`).
-    pausing: Option<mpsc::Sender<usize>>,
 }
 
 impl<D: Driver> Worker<D> {
@@ -199,7 +197,6 @@ impl<D: Driver> Worker<D> {
             now: Instant::now(),
             header: Vec::with_capacity(256),
             injected_death: death::injected(setup.index),
-            pausing: None,
             udp: UdpPlane::new(
                 Instant::now(),
                 setup.index,
@@ -251,7 +248,6 @@ impl<D: Driver> Worker<D> {
             self.execute()?;
             self.accept_ready()?;
             self.run_udp(false)?;
-            self.udp_paused();
             self.loop_stats.set_active(u64::from(self.table.active()));
             self.loop_stats.set_accepting(self.table.may_accept());
             if self.exit_now || self.table.drained(self.now) {
@@ -325,20 +321,6 @@ impl<D: Driver> Worker<D> {
             Completion::FlowReadable { flow, ended } => {
                 self.udp.flow_readable(&mut self.driver, flow, ended)?;
             }
-            Completion::Datagram {
-                source,
-                datagram,
-                ended,
-            } => match source {
-                DatagramSource::NodePort {
-                    listener,
-                    generation,
-                } => self.on_nodeport_datagram(listener, generation, datagram, ended)?,
-                DatagramSource::Flow(token) => {
-                    self.udp
-                        .flow_datagram(&mut self.driver, token, datagram, ended)?;
-                }
-            },
             Completion::Wake { ended } => {
                 sys::eventfd_drain(self.wake.as_fd());
                 if ended {
@@ -368,7 +350,6 @@ impl<D: Driver> Worker<D> {
                             let arms = self.listeners[i].arms;
                             self.listeners[i] = ListenerSlot::new(l);
                             self.listeners[i].arms = arms;
-                            self.listeners[i].opened_at = arms;
                         }
                         None => self.listeners.push(ListenerSlot::new(l)),
                     }
