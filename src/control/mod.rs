@@ -31,7 +31,9 @@
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
 //! | `upgrade.rs` | `ctl upgrade` / SIGUSR2: admission, the steps off the loop, what is carried |
+//! | `carried.rs` | counter totals across an upgrade: collected by the old process, applied by the new |
 
+mod carried;
 pub mod client;
 mod daemon;
 pub mod endpoint_health;

@@ -5,16 +5,20 @@
 //! **Old process** ([`Daemon::upgrade`], [`Daemon::hand_over`]): admit the request (one
 //! upgrade at a time, a binary this daemon may run), collect the listening sockets by name
 //! (the data plane's NodePort groups, the control socket, the metrics and health
-//! listeners) and the state worth keeping (overrides, endpoints health holds down), then
+//! listeners) and the state worth keeping (overrides, endpoints health holds down,
+//! counter totals: [`super::carried`]), then
 //! run the blocking steps off the loop ([`stage`]: start the new binary, offer, wait for
 //! ready, go, serving). On success the loop calls [`Daemon::hand_over`] — stop serving the
 //! control socket and the HTTP listeners, forget the control socket file, name the new
-//! main PID to systemd, say "done", answer the client — and then drains as on SIGTERM. On
+//! main PID to systemd, send the final counter totals and "done", answer the client — and
+//! then drains as on SIGTERM. On
 //! an error the new process was stopped and nothing changed here.
 //!
 //! **New process** ([`Successor`]): what `main` inherited ([`handover::Start`]); the daemon
 //! takes its sockets by name while it starts, answers "ready" once everything is open but
-//! nothing accepts, resumes the workers on "go", and waits for "done" off the loop. Any
+//! nothing accepts, resumes the workers on "go", and waits for "done" off the loop (its
+//! HTTP listeners accept once "done" came, with the old process's final counters, or the
+//! wait ended). Any
 //! error before "ready" is sent to the old process as "failed" with the error's text.
 
 use super::daemon::Daemon;
@@ -22,13 +26,14 @@ use super::protocol::{Response, UpgradeOutcome};
 use crate::dataplane::{FlowExporter, ListenerKey};
 use crate::handover::flows::ReceivedFlow;
 use crate::handover::inherit::Session;
-use crate::handover::state::{EndpointHealth, EndpointOverride, PortKey};
+use super::carried::{self, port_key};
+use crate::handover::state::{Counters, EndpointHealth, EndpointOverride, PortKey};
 use crate::handover::upgrade::UpgradeTicket;
 use crate::handover::{
     self, CarriedState, Inherited, SocketKind, SocketName, StartedAs, Timeouts, Upgrade,
     UpgradeError, UpgradeSlot,
 };
-use crate::model::{Protocol, ServiceName, ServicePortKey};
+use crate::model::{Protocol, ServicePortKey};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -268,7 +273,21 @@ impl Daemon {
         store(&sockets);
     }
 
-    /// Operators' overrides and the endpoints health checking holds down.
+    /// Every exported counter's total now ([`carried::collect`]).
+    fn counters_now(&self) -> Counters {
+        let reloads = {
+            let h = super::healthz::lock(&self.health);
+            (h.reloads_ok, h.reloads_failed)
+        };
+        carried::collect(
+            &self.publisher.current(),
+            self.monitor.flow_totals(),
+            reloads,
+            &carried::lock(&self.carried),
+        )
+    }
+
+    /// Operators' overrides, the endpoints health checking holds down, counter totals.
     fn state_to_carry(&self) -> CarriedState {
         let overrides = self
             .overrides
@@ -294,7 +313,7 @@ impl Daemon {
             format: CarriedState::FORMAT,
             overrides,
             health,
-            counters: Default::default(),
+            counters: self.counters_now(),
         }
     }
 
@@ -307,6 +326,8 @@ impl Daemon {
         }
         // Metrics, health, healthCheckNodePorts: stop accepting, finish what is under way.
         let _ = self.handed_over.send(true);
+        // Counted after `/metrics` stopped here: no scrape of this process saw more.
+        let counters = serde_json::to_value(self.counters_now()).ok();
         self.handover_fds.clear();
         super::socket::forget_control_socket();
         let new_pid = up.pid();
@@ -318,7 +339,7 @@ impl Daemon {
                 tracing::warn!(error = %e, "systemd did not confirm the new main PID");
             }
         }
-        up.finish();
+        up.finish(counters);
         let outcome = UpgradeOutcome {
             old_pid: std::process::id(),
             old_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -341,7 +362,8 @@ impl Daemon {
     }
 
     /// Takes over what the previous process carried: its overrides (for endpoints that
-    /// still exist) and the endpoints its health checks held down.
+    /// still exist), the endpoints its health checks held down, its counter totals (for
+    /// Service ports and endpoints that still exist).
     pub(super) fn carry_in(&mut self, state: CarriedState) {
         let keys: HashMap<PortKey, ServicePortKey> = self
             .model
@@ -386,6 +408,13 @@ impl Daemon {
         self.overrides = overrides;
         self.endpoint_health.carry_in(down);
         self.republish();
+        let applied = carried::apply(&self.publisher.current(), &state.counters, &self.carried);
+        tracing::info!(
+            services = applied.services,
+            endpoints = applied.endpoints,
+            dropped = applied.dropped,
+            "counter totals carried over from the previous process"
+        );
     }
 }
 
@@ -408,16 +437,6 @@ pub(super) fn store(sockets: &[(SocketName, OwnedFd)]) {
         Err(e) => {
             tracing::warn!(error = %e, "cannot store the listening sockets in systemd's fd store")
         }
-    }
-}
-
-fn port_key(key: &ServicePortKey) -> PortKey {
-    let ServiceName { namespace, name } = &key.service;
-    PortKey {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        port_name: key.port_name.clone(),
-        protocol: key.protocol.to_string(),
     }
 }
 
@@ -530,6 +549,8 @@ pub struct Successor {
     session: Option<Session>,
     sockets: Inherited,
     state: Option<CarriedState>,
+    /// True once the HTTP listeners may accept (at once, but after `ctl upgrade`).
+    http_open: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Successor {
@@ -556,6 +577,7 @@ impl Successor {
                     session: Some(session),
                     sockets,
                     state: Some(state),
+                    http_open: Some(tokio::sync::watch::Sender::new(false)),
                 }
             }
             handover::Start::FdStore { sockets, rejected } => {
@@ -570,7 +592,20 @@ impl Successor {
                     session: None,
                     sockets,
                     state: None,
+                    http_open: None,
                 }
+            }
+        }
+    }
+
+    /// Resolves when the HTTP listeners (metrics, health) may accept: at once, but after
+    /// `ctl upgrade` once the old process said "done" (with its final counters) or the
+    /// wait for it ended.
+    pub fn http_start(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut open = self.http_open.as_ref().map(|s| s.subscribe());
+        async move {
+            if let Some(open) = open.as_mut() {
+                let _ = open.wait_for(|o| *o).await;
             }
         }
     }
@@ -678,19 +713,44 @@ impl Successor {
     /// After the workers accept: "serving", then waits for "done" off the loop; READY=1
     /// to systemd once done (this process is the main one by then).
     /// `fd_store`: the sockets to put in systemd's fd store once this process is the main
-    /// one.
-    pub fn serving(&mut self, summary: String, fd_store: Vec<(SocketName, OwnedFd)>) {
+    /// one. The old process's final counters (with "done") replace the offer's in
+    /// `metrics`' snapshot and carried totals; then the HTTP listeners accept.
+    pub fn serving(
+        &mut self,
+        summary: String,
+        fd_store: Vec<(SocketName, OwnedFd)>,
+        metrics: &super::metrics::MetricsInputs,
+    ) {
         let Some(session) = self.session.take() else {
             return;
         };
+        let http_open = self.http_open.take();
+        let (publisher, process) = (metrics.publisher.clone(), metrics.carried.clone());
         tokio::task::spawn_blocking(move || match session.serving() {
-            Ok(()) => {
+            Ok(counters) => {
+                if let Some(c) = counters {
+                    match serde_json::from_value::<Counters>(c) {
+                        Ok(c) => {
+                            carried::apply(&publisher.current(), &c, &process);
+                            tracing::info!("final counter totals taken from the previous process");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the previous process's final counters do not parse: keeping those of its offer")
+                        }
+                    }
+                }
+                if let Some(open) = http_open {
+                    open.send_replace(true);
+                }
                 super::socket::claim_adopted_control_socket();
                 tracing::info!("the old process handed over: this one is the daemon");
                 super::notify::Notifier::from_env().ready(&summary);
                 store(&fd_store);
             }
             Err(e) => {
+                if let Some(open) = http_open {
+                    open.send_replace(true);
+                }
                 super::socket::claim_adopted_control_socket();
                 tracing::warn!(error = %e, "hand-over after go; serving on")
             }
@@ -761,7 +821,7 @@ mod tests {
             up.offer(&borrowed, &serde_json::Value::Null)?;
             up.wait_ready()?;
             up.go()?;
-            up.finish();
+            up.finish(None);
             drop(sockets);
             Ok::<(), crate::handover::UpgradeError>(())
         });
