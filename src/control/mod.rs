@@ -266,7 +266,7 @@ async fn serve_as(
                 let u = underway.take().expect("an upgrade was under way");
                 match staged {
                     Ok(Ok((up, admitted))) => {
-                        daemon.hand_over(up, admitted, u);
+                        daemon.hand_over(up, admitted, u).await;
                         break;
                     }
                     Ok(Err(failed)) => u.fail(failed.0.to_string()),

@@ -41,6 +41,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// How long the old process waits for its metrics and health servers to stop before it
+/// takes its final counter totals.
+const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// Bounds of `ready_timeout_seconds`.
 const READY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=600;
 
@@ -319,15 +323,14 @@ impl Daemon {
 
     /// The new process serves: stop accepting on the control socket and the HTTP listeners here
     /// (their sockets live on there), leave the control socket file to it, name it the main
-    /// PID to systemd, say "done", and answer the client. The caller then drains.
-    pub(super) fn hand_over(&mut self, up: Upgrade, admitted: Admitted, underway: Underway) {
+    /// PID to systemd, send the final counter totals once `/metrics` answers nothing more
+    /// here, say "done", and answer the client. The caller then drains.
+    pub(super) async fn hand_over(&mut self, up: Upgrade, admitted: Admitted, underway: Underway) {
         for task in self.servers.drain(..) {
             task.abort();
         }
         // Metrics, health, healthCheckNodePorts: stop accepting, finish what is under way.
         let _ = self.handed_over.send(true);
-        // Counted after `/metrics` stopped here: no scrape of this process saw more.
-        let counters = serde_json::to_value(self.counters_now()).ok();
         self.handover_fds.clear();
         super::socket::forget_control_socket();
         let new_pid = up.pid();
@@ -339,6 +342,10 @@ impl Daemon {
                 tracing::warn!(error = %e, "systemd did not confirm the new main PID");
             }
         }
+        // Counted once `/metrics` answers nothing more here: no scrape of this process saw
+        // more (and the new one answers only after "done").
+        self.http_stopped(HTTP_STOP_WAIT).await;
+        let counters = serde_json::to_value(self.counters_now()).ok();
         up.finish(counters);
         let outcome = UpgradeOutcome {
             old_pid: std::process::id(),
@@ -359,6 +366,26 @@ impl Daemon {
             let _ = reply.send(Response::ok(serde_json::json!(outcome)));
         }
         drop(admitted);
+    }
+
+    /// Waits (at most `bound`) until the metrics and health servers, told to stop, have
+    /// answered what they had read; those still at it stay for [`Daemon::http_finished`].
+    async fn http_stopped(&mut self, bound: Duration) {
+        let mut tasks = std::mem::take(&mut self.http_servers);
+        let all = async {
+            for t in tasks.iter_mut() {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!(
+                ?bound,
+                "metrics requests still under way: a scrape answered by this process may \
+                 show more than the counters the new process starts from"
+            );
+        }
+        tasks.retain(|t| !t.is_finished());
+        self.http_servers = tasks;
     }
 
     /// Takes over what the previous process carried: its overrides (for endpoints that
