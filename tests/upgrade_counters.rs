@@ -188,11 +188,41 @@ fn counters_start_at_the_old_totals_carry_on_and_count_on() {
     let web = "service=\"web\"";
     assert!(get(&before, "sluice_service_connections_total", &[web]) >= 4.0);
     assert!(get(&before, "sluice_service_bytes_total", &[web, "to_client"]) >= 1200.0);
-    assert!(get(&before, "sluice_endpoint_connect_failures_total", &["refused"]) >= 1.0);
-    assert!(get(&before, "sluice_service_connection_failures_total", &["refused"]) >= 1.0);
-    assert!(get(&before, "sluice_service_connection_duration_seconds_count", &[web]) >= 4.0);
-    assert!(get(&before, "sluice_service_datagrams_total", &["dns", "to_backend"]) >= 8.0);
-    assert!(get(&before, "sluice_endpoint_datagrams_total", &["dns", "to_client"]) >= 8.0);
+    assert!(
+        get(
+            &before,
+            "sluice_endpoint_connect_failures_total",
+            &["refused"]
+        ) >= 1.0
+    );
+    assert!(
+        get(
+            &before,
+            "sluice_service_connection_failures_total",
+            &["refused"]
+        ) >= 1.0
+    );
+    assert!(
+        get(
+            &before,
+            "sluice_service_connection_duration_seconds_count",
+            &[web]
+        ) >= 4.0
+    );
+    assert!(
+        get(
+            &before,
+            "sluice_service_datagrams_total",
+            &["dns", "to_backend"]
+        ) >= 8.0
+    );
+    assert!(
+        get(
+            &before,
+            "sluice_endpoint_datagrams_total",
+            &["dns", "to_client"]
+        ) >= 8.0
+    );
     assert!(get(&before, "sluice_udp_flows_created_total", &[]) >= 2.0);
     assert_eq!(get(&before, "sluice_reloads_total", &["success"]), 1.0);
     assert_eq!(get(&before, "sluice_reloads_total", &["failure"]), 1.0);
@@ -225,7 +255,10 @@ fn counters_start_at_the_old_totals_carry_on_and_count_on() {
             ("sluice_endpoint_connections_total", vec![web]),
             ("sluice_service_bytes_total", vec![web, "to_backend"]),
             ("sluice_endpoint_connect_failures_total", vec!["refused"]),
-            ("sluice_service_connection_duration_seconds_count", vec![web]),
+            (
+                "sluice_service_connection_duration_seconds_count",
+                vec![web],
+            ),
             ("sluice_service_datagrams_total", vec!["dns", "to_client"]),
             ("sluice_udp_flows_created_total", vec![]),
         ] {
@@ -282,7 +315,11 @@ fn a_scraper_polling_through_upgrades_under_load_never_sees_a_counter_go_down() 
     stop.store(true, Ordering::Relaxed);
     let round_trips = load.join().unwrap();
     let scrapes = scraper.join().unwrap();
-    assert!(round_trips > 0 && scrapes.len() > 3, "{round_trips} {}", scrapes.len());
+    assert!(
+        round_trips > 0 && scrapes.len() > 3,
+        "{round_trips} {}",
+        scrapes.len()
+    );
     for (i, pair) in scrapes.windows(2).enumerate() {
         for (series, v) in &pair[0] {
             let now = pair[1].get(series).copied();
@@ -296,7 +333,13 @@ fn a_scraper_polling_through_upgrades_under_load_never_sees_a_counter_go_down() 
     eprintln!("{round_trips} round trips, {} scrapes", scrapes.len());
     let first = &scrapes[0];
     let final_ = &scrapes[scrapes.len() - 1];
-    let bytes = |s: &Series| get(s, "sluice_service_bytes_total", &["service=\"web\"", "to_client"]);
+    let bytes = |s: &Series| {
+        get(
+            s,
+            "sluice_service_bytes_total",
+            &["service=\"web\"", "to_client"],
+        )
+    };
     // (What the old processes relayed while they drained the load's connection is not
     // carried: docs/operations.md.)
     assert!(

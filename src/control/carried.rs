@@ -116,7 +116,8 @@ pub struct Applied {
 /// `snapshot` with a carried entry gets it (replacing what an earlier apply set), the
 /// process-wide ones go to `process`.
 pub fn apply(snapshot: &RoutingSnapshot, counters: &Counters, process: &SharedCarried) -> Applied {
-    let services: HashMap<&PortKey, &Totals> = counters.services.iter().map(|(k, t)| (k, t)).collect();
+    let services: HashMap<&PortKey, &Totals> =
+        counters.services.iter().map(|(k, t)| (k, t)).collect();
     let endpoints: HashMap<(&PortKey, SocketAddr), &Totals> = counters
         .endpoints
         .iter()
@@ -136,9 +137,8 @@ pub fn apply(snapshot: &RoutingSnapshot, counters: &Counters, process: &SharedCa
             }
         }
     }
-    applied.dropped = counters.services.len() + counters.endpoints.len()
-        - applied.services
-        - applied.endpoints;
+    applied.dropped =
+        counters.services.len() + counters.endpoints.len() - applied.services - applied.endpoints;
     let f = &counters.udp_flows;
     let mut flows = FlowTotals {
         created: f.created,

@@ -21,12 +21,12 @@
 //! wait ended). Any
 //! error before "ready" is sent to the old process as "failed" with the error's text.
 
+use super::carried::{self, port_key};
 use super::daemon::Daemon;
 use super::protocol::{Response, UpgradeOutcome};
 use crate::dataplane::{FlowExporter, ListenerKey};
 use crate::handover::flows::ReceivedFlow;
 use crate::handover::inherit::Session;
-use super::carried::{self, port_key};
 use crate::handover::state::{Counters, EndpointHealth, EndpointOverride, PortKey};
 use crate::handover::upgrade::UpgradeTicket;
 use crate::handover::{

@@ -239,7 +239,10 @@ mod tests {
         let (s, warning) = CarriedState::from_json(v);
         assert_eq!(warning, None);
         let (_, t) = &s.counters.services[0];
-        assert_eq!((t.opened, t.bytes_to_client, t.datagrams_to_client), (3, 10, 0));
+        assert_eq!(
+            (t.opened, t.bytes_to_client, t.datagrams_to_client),
+            (3, 10, 0)
+        );
         assert_eq!(t.duration, None);
         assert_eq!(s.counters.reloads_ok, 2);
         assert_eq!(s.counters.udp_flows, FlowCounts::default());

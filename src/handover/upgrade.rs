@@ -243,9 +243,11 @@ impl Upgrade {
     /// pid.
     pub fn finish(mut self, counters: Option<serde_json::Value>) -> u32 {
         if let Some(c) = counters.filter(|_| self.takes_final_counters()) {
-            let _ = self
-                .channel
-                .send(&Frame::Counters(c), &[], Deadline::after(Duration::from_secs(1)));
+            let _ = self.channel.send(
+                &Frame::Counters(c),
+                &[],
+                Deadline::after(Duration::from_secs(1)),
+            );
         }
         let _ = self
             .channel
