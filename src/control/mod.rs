@@ -31,6 +31,7 @@
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
 //! | `upgrade.rs` | `ctl upgrade` / SIGUSR2: admission, the steps off the loop, what is carried |
+//! | `successor.rs` | the new process's side of an upgrade or fd-store restart |
 //! | `carried.rs` | counter totals across an upgrade: collected by the old process, applied by the new |
 
 mod carried;
@@ -55,6 +56,7 @@ mod requests;
 mod socket;
 mod source;
 mod source_files;
+mod successor;
 mod upgrade;
 mod views;
 
