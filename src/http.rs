@@ -112,7 +112,11 @@ pub async fn serve(
 
 /// [`serve`] until `stop` resolves: then the listener is closed (this process's copy: a
 /// new process that took the socket over serves on) and the connections under way may
-/// finish for up to [`STOP_GRACE`], so that a request being answered is not cut.
+/// finish for up to [`STOP_GRACE`], so that a request being answered is not cut. They
+/// shut down gracefully: a request under way is answered, then the connection closes; a
+/// new connection's first request is awaited and answered (its bytes may be in flight);
+/// an idle kept-alive one closes at once (its client's next request goes to a new
+/// connection, so to the new process). Once this returns, no request is answered here.
 pub async fn serve_until(
     listener: TcpListener,
     options: Options,
@@ -131,6 +135,7 @@ pub async fn serve_until(
         .auto_date_header(options.date_header)
         .max_buf_size(options.limits.max_head_bytes.max(8192));
     let mut connections = JoinSet::new();
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
@@ -149,11 +154,15 @@ pub async fn serve_until(
         make_room(&table, options.limits.max_connections, &stats).await;
         let _ = stream.set_nodelay(true);
         let id = table.insert();
+        // Told at each request: after `stop`, a connection closes only once it has had one.
+        let requested = Arc::new(tokio::sync::Notify::new());
         let conn = {
             let table = Arc::clone(&table);
             let handler = Arc::clone(&handler);
             let stats = Arc::clone(&stats);
+            let requested = Arc::clone(&requested);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                requested.notify_one();
                 table.set_busy(id);
                 stats.requests.fetch_add(1, Ordering::Relaxed);
                 let (parts, body) = handler(&request).into_parts();
@@ -172,15 +181,37 @@ pub async fn serve_until(
             table: Arc::clone(&table),
             id,
         };
+        let mut stop = stopping_rx.clone();
         let abort = connections.spawn(async move {
             let _guard = guard;
             // Errors (a header-read timeout, a reset, a bad request already answered 400)
             // end only this connection.
+            tokio::pin!(conn);
+            let mut had_request = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = requested.notified(), if !had_request => had_request = true,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            // Stopping. A connection that has not had a request yet may hold one not read
+            // yet (hyper would take it for idle and close it unanswered): wait for it.
+            if !had_request {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = requested.notified() => {}
+                }
+            }
+            // A request under way is answered, then the connection closes; an idle kept-
+            // alive one closes at once.
+            conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         });
         table.set_abort(id, abort);
     }
     drop(listener);
+    stopping.send_replace(true);
     let _ = tokio::time::timeout(STOP_GRACE, async {
         while connections.join_next().await.is_some() {}
     })

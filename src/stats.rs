@@ -9,10 +9,17 @@
 //! connection duration): fixed buckets of the same single-writer counters, so observing
 //! is a few compares and two stores — no lock, no allocation.
 //!
+//! A block may also hold what a previous process counted for the same thing
+//! ([`Carried`], set by the control plane after `sluice ctl upgrade`): the exported totals
+//! ([`StatsBlock::exported_totals`], [`StatsBlock::exported_histograms`]) add it, so
+//! Prometheus counters keep rising across the hand-over; [`StatsBlock::totals`] stays this
+//! process's own (passive health checking compares successive totals).
+//!
 //! This module is a leaf like `model`: std and crossbeam only.
 
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// A monotonically increasing counter with a single writer.
 #[derive(Debug, Default)]
@@ -219,6 +226,24 @@ pub struct ConnTotals {
 }
 
 impl ConnTotals {
+    /// These totals plus the counters of `base` (a previous process's). `closed` grows by
+    /// `base.opened`, so [`Self::active`] stays this process's; the gauge
+    /// `connect_failures_in_row` is not added.
+    pub fn plus_counters(mut self, base: &ConnTotals) -> ConnTotals {
+        self.opened += base.opened;
+        self.closed += base.opened;
+        self.failed += base.failed;
+        self.retries += base.retries;
+        self.bytes_to_backend += base.bytes_to_backend;
+        self.bytes_to_client += base.bytes_to_client;
+        self.datagrams_to_backend += base.datagrams_to_backend;
+        self.datagrams_to_client += base.datagrams_to_client;
+        self.connect_failed += base.connect_failed;
+        self.holds_refused += base.holds_refused;
+        self.source_refused += base.source_refused;
+        self
+    }
+
     /// Connections open right now (opened minus closed; momentarily approximate).
     pub fn active(&self) -> u64 {
         self.opened.saturating_sub(self.closed)
@@ -238,6 +263,31 @@ pub struct StatsBlock {
     /// Service ports only.
     histograms: Option<Box<[CachePadded<ServiceHistograms>]>>,
     shutdown_epoch: CachePadded<AtomicU64>,
+    /// What a previous process counted (control plane only; read at scrape time).
+    carried: Mutex<Carried>,
+}
+
+/// What a previous process counted for one Service port or endpoint: added to the
+/// exported totals. Histograms are per-bucket counts with the same bounds as this
+/// process's (empty when there were none or the bounds differed).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub totals: ConnTotals,
+    pub connect_latency: HistogramTotals,
+    pub duration: HistogramTotals,
+}
+
+impl HistogramTotals {
+    /// Adds `other` bucket by bucket (when it has buckets of the same number).
+    fn add(&mut self, other: &HistogramTotals) {
+        if other.buckets.is_empty() || other.buckets.len() != self.buckets.len() {
+            return;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+    }
 }
 
 impl StatsBlock {
@@ -249,6 +299,7 @@ impl StatsBlock {
                 .collect(),
             histograms: None,
             shutdown_epoch: CachePadded::default(),
+            carried: Mutex::default(),
         }
     }
 
@@ -278,6 +329,37 @@ impl StatsBlock {
             h.connect_latency.add_to(&mut connect);
             h.duration.add_to(&mut duration);
         }
+        Some((connect, duration))
+    }
+
+    /// Sets what a previous process counted (replacing what was set before). Control
+    /// plane only.
+    pub fn set_carried(&self, carried: Carried) {
+        *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = carried;
+    }
+
+    /// What a previous process counted (see [`Self::set_carried`]).
+    pub fn carried(&self) -> Carried {
+        self.carried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// [`Self::totals`] plus what a previous process counted: what `/metrics` and
+    /// `ctl services` show.
+    pub fn exported_totals(&self) -> ConnTotals {
+        let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        self.totals().plus_counters(&carried.totals)
+    }
+
+    /// [`Self::histogram_totals`] plus what a previous process counted (Service ports
+    /// only).
+    pub fn exported_histograms(&self) -> Option<(HistogramTotals, HistogramTotals)> {
+        let (mut connect, mut duration) = self.histogram_totals()?;
+        let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        connect.add(&carried.connect_latency);
+        duration.add(&carried.duration);
         Some((connect, duration))
     }
 
@@ -469,6 +551,45 @@ mod tests {
         assert_eq!(c.count(), 4);
         assert_eq!(c.sum_ns, 80_000 + 100_000 + 2_000_000 + 60_000_000_000);
         assert_eq!((d.count(), d.buckets[14]), (1, 1));
+    }
+
+    #[test]
+    fn exported_totals_add_what_a_previous_process_counted_but_not_its_gauges() {
+        let b = StatsBlock::with_histograms(2);
+        b.worker(0).opened.add(3);
+        b.worker(1).closed.add(1);
+        b.worker(0).count_connect(false);
+        b.histograms(1)
+            .unwrap()
+            .duration
+            .observe(&DURATION_BOUNDS_NS, std::time::Duration::from_millis(2));
+        let mut duration = HistogramTotals {
+            buckets: vec![0; 15],
+            sum_ns: 7,
+        };
+        duration.buckets[1] = 4;
+        b.set_carried(Carried {
+            totals: ConnTotals {
+                opened: 100,
+                closed: 90,
+                bytes_to_client: 1 << 33,
+                connect_failures_in_row: 5,
+                ..ConnTotals::default()
+            },
+            connect_latency: HistogramTotals {
+                buckets: vec![1; 3], // other bounds: not added
+                sum_ns: 1,
+            },
+            duration,
+        });
+        let t = b.exported_totals();
+        assert_eq!((t.opened, t.bytes_to_client), (103, 1 << 33));
+        assert_eq!(t.active(), 2, "the gauge stays this process's");
+        assert_eq!(t.connect_failures_in_row, 1);
+        assert_eq!(b.totals().opened, 3, "totals() stays this process's");
+        let (c, d) = b.exported_histograms().unwrap();
+        assert_eq!(c.count(), 0);
+        assert_eq!((d.count(), d.buckets[1], d.sum_ns), (5, 5, 2_000_007));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(super) struct Daemon {
     pub(super) started_at: SystemTime,
     pub(super) reloads: u64,
     pub(super) last_reload: Option<ReloadOutcome>,
-    health: healthz::SharedProcessHealth,
+    pub(super) health: healthz::SharedProcessHealth,
     notifier: notify::Notifier,
     pub(super) log_filter: Option<LogFilterSetter>,
     /// For background tasks to reach the daemon's loop.
@@ -88,6 +88,8 @@ pub(super) struct Daemon {
     /// A duplicate of the control socket and of each HTTP listener, by name, to pass to a
     /// new process (`ctl upgrade`).
     pub(super) handover_fds: Vec<(crate::handover::SocketName, std::os::fd::OwnedFd)>,
+    /// Process-wide counters a previous process carried over (`ctl upgrade`).
+    pub(super) carried: super::carried::SharedCarried,
 }
 
 /// What start-up has before the daemon exists: the source, its first model, and what the
@@ -258,6 +260,7 @@ impl Daemon {
             health: std::sync::Arc::clone(&health),
             endpoint_health: endpoint_health.shared(),
             source: source_metrics.clone(),
+            carried: Default::default(),
         };
 
         let mut daemon = Daemon {
@@ -287,6 +290,7 @@ impl Daemon {
             http_servers: Vec::new(),
             handed_over,
             handover_fds,
+            carried: sources.carried.clone(),
         };
         daemon.open_remaining_listeners();
         let unused = daemon
@@ -336,6 +340,7 @@ impl Daemon {
                     what,
                     sources.clone(),
                     handed_over_rx.clone(),
+                    successor.http_start(),
                 )));
             }
         }
@@ -354,7 +359,7 @@ impl Daemon {
         if successor.is_upgrade() {
             // READY=1 (and the fd store) once the old process said "done": it named this
             // one the main PID.
-            successor.serving(daemon.summary(), fd_store);
+            successor.serving(daemon.summary(), fd_store, &sources);
         } else {
             super::upgrade::store(&fd_store);
             daemon.notifier.ready(&daemon.summary());

@@ -54,6 +54,8 @@ pub struct MetricsInputs {
     pub endpoint_health: super::endpoint_health::Shared,
     /// With a watched configuration source (`--kubernetes`).
     pub source: Option<SourceMetrics>,
+    /// Process-wide counters a previous process carried over (`ctl upgrade`).
+    pub carried: super::carried::SharedCarried,
 }
 
 /// What a watched configuration source exports: its streams' status, and the latency from
@@ -88,13 +90,17 @@ impl SourceMetrics {
 /// Serves `/metrics` (with [`Endpoints::MetricsAndHealth`]), `/healthz` and `/livez` on
 /// `listener` until the task is dropped, within [`crate::http::Limits::DEFAULT`].
 /// Serves until `stop` turns true (the listener was handed to a new process: requests under
-/// way finish, see `http::serve_until`).
+/// way finish, see `http::serve_until`). Accepts nothing before `start` resolves (a new
+/// process after `ctl upgrade`: until the old one stopped answering and sent its final
+/// counters, so that no scrape sees a counter go down).
 pub async fn serve(
     listener: TcpListener,
     what: Endpoints,
     sources: MetricsInputs,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    start: impl std::future::Future<Output = ()>,
 ) {
+    start.await;
     let handler: http::Handler = Arc::new(move |request| answer(request, what, &sources));
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -190,16 +196,17 @@ pub fn render(sources: &MetricsInputs, format: Format) -> String {
 
     dataplane::register_services(&mut reg, &snapshot, &sources.endpoint_health);
     dataplane::register_workers(&mut reg, &sources.monitor);
-    dataplane::register_flows(&mut reg, &sources.monitor);
+    let carried = super::carried::lock(&sources.carried).clone();
+    dataplane::register_flows(&mut reg, carried.flows_plus(sources.monitor.flow_totals()));
 
     let h = healthz::lock(&sources.health).clone();
     let reloads = counter_family(&mut reg, "sluice_reloads", "Reload attempts by result");
     reloads
         .get_or_create(&vec![("result", "success".to_owned())])
-        .inc_by(h.reloads_ok);
+        .inc_by(h.reloads_ok + carried.reloads_ok);
     reloads
         .get_or_create(&vec![("result", "failure".to_owned())])
-        .inc_by(h.reloads_failed);
+        .inc_by(h.reloads_failed + carried.reloads_failed);
     let last_ok = Gauge::<i64>::default();
     reg.register(
         "sluice_last_reload_success",

@@ -31,7 +31,10 @@
 //! | `fatal.rs` | a dead worker takes the process down |
 //! | [`node`] | this node's addresses |
 //! | `upgrade.rs` | `ctl upgrade` / SIGUSR2: admission, the steps off the loop, what is carried |
+//! | `successor.rs` | the new process's side of an upgrade or fd-store restart |
+//! | `carried.rs` | counter totals across an upgrade: collected by the old process, applied by the new |
 
+mod carried;
 pub mod client;
 mod daemon;
 pub mod endpoint_health;
@@ -53,6 +56,7 @@ mod requests;
 mod socket;
 mod source;
 mod source_files;
+mod successor;
 mod upgrade;
 mod views;
 
@@ -264,7 +268,7 @@ async fn serve_as(
                 let u = underway.take().expect("an upgrade was under way");
                 match staged {
                     Ok(Ok((up, admitted))) => {
-                        daemon.hand_over(up, admitted, u);
+                        daemon.hand_over(up, admitted, u).await;
                         break;
                     }
                     Ok(Err(failed)) => u.fail(failed.0.to_string()),

@@ -5,36 +5,38 @@
 //! **Old process** ([`Daemon::upgrade`], [`Daemon::hand_over`]): admit the request (one
 //! upgrade at a time, a binary this daemon may run), collect the listening sockets by name
 //! (the data plane's NodePort groups, the control socket, the metrics and health
-//! listeners) and the state worth keeping (overrides, endpoints health holds down), then
-//! run the blocking steps off the loop ([`stage`]: start the new binary, offer, wait for
+//! listeners) and the state worth keeping (overrides, endpoints health holds down,
+//! counter totals: [`super::carried`]), then run the blocking steps off the loop ([`stage`]: start the new binary, offer, wait for
 //! ready, go, serving). On success the loop calls [`Daemon::hand_over`] — stop serving the
 //! control socket and the HTTP listeners, forget the control socket file, name the new
-//! main PID to systemd, say "done", answer the client — and then drains as on SIGTERM. On
-//! an error the new process was stopped and nothing changed here.
+//! main PID to systemd, send the final counter totals and "done", answer the client — and
+//! then drains as on SIGTERM. On an error the new process was stopped and nothing changed
+//! here.
 //!
-//! **New process** ([`Successor`]): what `main` inherited ([`handover::Start`]); the daemon
-//! takes its sockets by name while it starts, answers "ready" once everything is open but
-//! nothing accepts, resumes the workers on "go", and waits for "done" off the loop. Any
-//! error before "ready" is sent to the old process as "failed" with the error's text.
+//! **New process**: `successor.rs` ([`Successor`], re-exported here).
 
+use super::carried::{self, port_key};
 use super::daemon::Daemon;
 use super::protocol::{Response, UpgradeOutcome};
 use crate::dataplane::{FlowExporter, ListenerKey};
-use crate::handover::flows::ReceivedFlow;
-use crate::handover::inherit::Session;
-use crate::handover::state::{EndpointHealth, EndpointOverride, PortKey};
+use crate::handover::state::{Counters, EndpointHealth, EndpointOverride, PortKey};
 use crate::handover::upgrade::UpgradeTicket;
 use crate::handover::{
-    self, CarriedState, Inherited, SocketKind, SocketName, StartedAs, Timeouts, Upgrade,
-    UpgradeError, UpgradeSlot,
+    self, CarriedState, SocketKind, SocketName, StartedAs, Timeouts, Upgrade, UpgradeError,
+    UpgradeSlot,
 };
-use crate::model::{Protocol, ServiceName, ServicePortKey};
+use crate::model::{Protocol, ServicePortKey};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+pub(super) use super::successor::{adopt_flows, Successor};
+
+/// How long the old process waits for its metrics and health servers to stop before it
+/// takes its final counter totals.
+const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Bounds of `ready_timeout_seconds`.
 const READY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=600;
@@ -268,7 +270,21 @@ impl Daemon {
         store(&sockets);
     }
 
-    /// Operators' overrides and the endpoints health checking holds down.
+    /// Every exported counter's total now ([`carried::collect`]).
+    fn counters_now(&self) -> Counters {
+        let reloads = {
+            let h = super::healthz::lock(&self.health);
+            (h.reloads_ok, h.reloads_failed)
+        };
+        carried::collect(
+            &self.publisher.current(),
+            self.monitor.flow_totals(),
+            reloads,
+            &carried::lock(&self.carried),
+        )
+    }
+
+    /// Operators' overrides, the endpoints health checking holds down, counter totals.
     fn state_to_carry(&self) -> CarriedState {
         let overrides = self
             .overrides
@@ -294,14 +310,15 @@ impl Daemon {
             format: CarriedState::FORMAT,
             overrides,
             health,
-            counters: Default::default(),
+            counters: self.counters_now(),
         }
     }
 
     /// The new process serves: stop accepting on the control socket and the HTTP listeners here
     /// (their sockets live on there), leave the control socket file to it, name it the main
-    /// PID to systemd, say "done", and answer the client. The caller then drains.
-    pub(super) fn hand_over(&mut self, up: Upgrade, admitted: Admitted, underway: Underway) {
+    /// PID to systemd, send the final counter totals once `/metrics` answers nothing more
+    /// here, say "done", and answer the client. The caller then drains.
+    pub(super) async fn hand_over(&mut self, up: Upgrade, admitted: Admitted, underway: Underway) {
         for task in self.servers.drain(..) {
             task.abort();
         }
@@ -318,7 +335,11 @@ impl Daemon {
                 tracing::warn!(error = %e, "systemd did not confirm the new main PID");
             }
         }
-        up.finish();
+        // Counted once `/metrics` answers nothing more here: no scrape of this process saw
+        // more (and the new one answers only after "done").
+        self.http_stopped(HTTP_STOP_WAIT).await;
+        let counters = serde_json::to_value(self.counters_now()).ok();
+        up.finish(counters);
         let outcome = UpgradeOutcome {
             old_pid: std::process::id(),
             old_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -340,8 +361,29 @@ impl Daemon {
         drop(admitted);
     }
 
+    /// Waits (at most `bound`) until the metrics and health servers, told to stop, have
+    /// answered what they had read; those still at it stay for [`Daemon::http_finished`].
+    async fn http_stopped(&mut self, bound: Duration) {
+        let mut tasks = std::mem::take(&mut self.http_servers);
+        let all = async {
+            for t in tasks.iter_mut() {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!(
+                ?bound,
+                "metrics requests still under way: a scrape answered by this process may \
+                 show more than the counters the new process starts from"
+            );
+        }
+        tasks.retain(|t| !t.is_finished());
+        self.http_servers = tasks;
+    }
+
     /// Takes over what the previous process carried: its overrides (for endpoints that
-    /// still exist) and the endpoints its health checks held down.
+    /// still exist), the endpoints its health checks held down, its counter totals (for
+    /// Service ports and endpoints that still exist).
     pub(super) fn carry_in(&mut self, state: CarriedState) {
         let keys: HashMap<PortKey, ServicePortKey> = self
             .model
@@ -386,6 +428,13 @@ impl Daemon {
         self.overrides = overrides;
         self.endpoint_health.carry_in(down);
         self.republish();
+        let applied = carried::apply(&self.publisher.current(), &state.counters, &self.carried);
+        tracing::info!(
+            services = applied.services,
+            endpoints = applied.endpoints,
+            dropped = applied.dropped,
+            "counter totals carried over from the previous process"
+        );
     }
 }
 
@@ -408,16 +457,6 @@ pub(super) fn store(sockets: &[(SocketName, OwnedFd)]) {
         Err(e) => {
             tracing::warn!(error = %e, "cannot store the listening sockets in systemd's fd store")
         }
-    }
-}
-
-fn port_key(key: &ServicePortKey) -> PortKey {
-    let ServiceName { namespace, name } = &key.service;
-    PortKey {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        port_name: key.port_name.clone(),
-        protocol: key.protocol.to_string(),
     }
 }
 
@@ -501,219 +540,6 @@ fn hand_flows(up: &mut Upgrade, flows: &FlowExporter, wait: Duration) -> Result<
     Ok(())
 }
 
-/// Gives each worker the UDP flows of the old process's worker of the same index (before
-/// the workers read anything: the plane is paused until "go" was answered).
-pub(super) fn adopt_flows(plane: &mut crate::dataplane::Dataplane, flows: Vec<ReceivedFlow>) {
-    if flows.is_empty() {
-        return;
-    }
-    tracing::info!(
-        flows = flows.len(),
-        "UDP flows received from the previous process"
-    );
-    let mut per_worker: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
-    for f in flows {
-        per_worker
-            .entry(f.worker)
-            .or_default()
-            .push((f.flow, f.socket));
-    }
-    for (worker, flows) in per_worker {
-        plane.adopt_flows(worker as usize, flows);
-    }
-}
-
-/// What this process inherited at start, as the daemon uses it while it starts.
-#[derive(Debug, Default)]
-pub struct Successor {
-    /// The channel to the old process (`ctl upgrade`), until "ready".
-    session: Option<Session>,
-    sockets: Inherited,
-    state: Option<CarriedState>,
-}
-
-impl Successor {
-    /// Sorts out what `main` inherited ([`handover::inherit::from_env`]).
-    pub fn new(start: handover::Start) -> Successor {
-        match start {
-            handover::Start::Fresh => Successor::default(),
-            handover::Start::Upgrade {
-                session,
-                sockets,
-                state,
-            } => {
-                tracing::info!(
-                    old_pid = session.predecessor().pid,
-                    old_version = %session.predecessor().version,
-                    sockets = sockets.len(),
-                    "taking over from the running sluice"
-                );
-                let (state, warning) = CarriedState::from_json(state);
-                if let Some(w) = warning {
-                    tracing::warn!("{w}");
-                }
-                Successor {
-                    session: Some(session),
-                    sockets,
-                    state: Some(state),
-                }
-            }
-            handover::Start::FdStore { sockets, rejected } => {
-                for r in &rejected {
-                    tracing::warn!(name = %r.name, reason = %r.reason, "not using a socket from systemd's fd store");
-                }
-                tracing::info!(
-                    sockets = sockets.len(),
-                    "restarting on the listening sockets of systemd's fd store"
-                );
-                Successor {
-                    session: None,
-                    sockets,
-                    state: None,
-                }
-            }
-        }
-    }
-
-    /// Started by `ctl upgrade`: the workers must not accept before "go".
-    pub fn is_upgrade(&self) -> bool {
-        self.session.is_some()
-    }
-
-    /// The previous process's number of workers (socket *i* of a group is worker *i*).
-    pub fn workers(&self) -> Option<usize> {
-        self.sockets.workers()
-    }
-
-    /// The control socket, if passed.
-    pub fn take_control(&mut self) -> Option<OwnedFd> {
-        self.sockets.take(&SocketName::Control)
-    }
-
-    /// A control-plane listener of `kind` for the configured address (a configured port 0
-    /// takes the one passed for that IP).
-    pub fn take_listener(&mut self, kind: SocketKind, configured: SocketAddr) -> Option<OwnedFd> {
-        let name = self.sockets.names().copied().find(|n| match n {
-            SocketName::Bound { kind: k, addr, .. } => {
-                *k == kind
-                    && (*addr == configured
-                        || (configured.port() == 0 && addr.ip() == configured.ip()))
-            }
-            SocketName::Control => false,
-        })?;
-        self.sockets.take(&name)
-    }
-
-    /// Every listener of `kind` (healthCheckNodePorts), by address.
-    pub fn take_all(&mut self, kind: SocketKind) -> Vec<(SocketAddr, OwnedFd)> {
-        let names: Vec<SocketName> = self
-            .sockets
-            .names()
-            .filter(|n| n.kind() == Some(kind))
-            .copied()
-            .collect();
-        names
-            .into_iter()
-            .filter_map(|n| Some((n.addr()?, self.sockets.take(&n)?)))
-            .collect()
-    }
-
-    /// Every complete NodePort group (TCP and UDP), by listener key, socket *i* being
-    /// worker *i*'s.
-    pub fn node_port_groups(&mut self) -> HashMap<ListenerKey, Vec<OwnedFd>> {
-        let groups: std::collections::BTreeSet<(SocketKind, SocketAddr)> = self
-            .sockets
-            .names()
-            .filter_map(|n| match n.kind()? {
-                k @ (SocketKind::Tcp | SocketKind::Udp) => Some((k, n.addr()?)),
-                _ => None,
-            })
-            .collect();
-        let mut out = HashMap::new();
-        for (kind, addr) in groups {
-            let protocol = match kind {
-                SocketKind::Udp => Protocol::Udp,
-                _ => Protocol::Tcp,
-            };
-            if let Some(fds) = self.sockets.take_group(kind, addr) {
-                out.insert(ListenerKey { addr, protocol }, fds);
-            }
-        }
-        out
-    }
-
-    /// The carried state, once.
-    pub fn take_state(&mut self) -> Option<CarriedState> {
-        self.state.take()
-    }
-
-    /// Closes what nobody took (logged).
-    pub fn release_rest(&mut self) {
-        let rest = std::mem::take(&mut self.sockets).into_rest();
-        for (name, _fd) in rest {
-            tracing::info!(socket = %name, "inherited socket not used: closed");
-        }
-    }
-
-    /// Tells the old process this one cannot serve, and why.
-    pub fn failed(&mut self, error: &str) {
-        if let Some(mut s) = self.session.take() {
-            s.failed(error);
-        }
-    }
-
-    /// "Ready", then takes the UDP flows until "go" (blocking, bounded by the step
-    /// timeout); `workers`: this process's (the old one's) number of workers.
-    pub fn ready(&mut self, workers: usize) -> Result<Vec<ReceivedFlow>, handover::InheritError> {
-        let Some(s) = self.session.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let flows = s.ready(workers)?;
-        if let Some(e) = injected_failure_after_flows(flows.len()) {
-            return Err(e);
-        }
-        Ok(flows)
-    }
-
-    /// After the workers accept: "serving", then waits for "done" off the loop; READY=1
-    /// to systemd once done (this process is the main one by then).
-    /// `fd_store`: the sockets to put in systemd's fd store once this process is the main
-    /// one.
-    pub fn serving(&mut self, summary: String, fd_store: Vec<(SocketName, OwnedFd)>) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        tokio::task::spawn_blocking(move || match session.serving() {
-            Ok(()) => {
-                super::socket::claim_adopted_control_socket();
-                tracing::info!("the old process handed over: this one is the daemon");
-                super::notify::Notifier::from_env().ready(&summary);
-                store(&fd_store);
-            }
-            Err(e) => {
-                super::socket::claim_adopted_control_socket();
-                tracing::warn!(error = %e, "hand-over after go; serving on")
-            }
-        });
-    }
-}
-
-/// Test builds only: when `SLUICE_TEST_FAIL_AFTER_FLOWS` names a file that exists, a new
-/// process fails right after it received the UDP flows (and "go"), before it reads
-/// anything, so that tests can show the old process's flows survive that rollback.
-fn injected_failure_after_flows(flows: usize) -> Option<handover::InheritError> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
-    let path = std::env::var_os("SLUICE_TEST_FAIL_AFTER_FLOWS")?;
-    std::path::Path::new(&path)
-        .exists()
-        .then(|| handover::InheritError::Protocol {
-            step: handover::Step::Ready,
-            detail: format!("test: failing after {flows} UDP flows"),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use crate::handover::channel::Channel;
@@ -761,7 +587,7 @@ mod tests {
             up.offer(&borrowed, &serde_json::Value::Null)?;
             up.wait_ready()?;
             up.go()?;
-            up.finish();
+            up.finish(None);
             drop(sockets);
             Ok::<(), crate::handover::UpgradeError>(())
         });

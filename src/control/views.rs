@@ -101,7 +101,7 @@ impl Daemon {
                         } else {
                             report.and_then(|r| r.reason)
                         },
-                        counters: counters(e.stats.totals()),
+                        counters: counters(e.stats.exported_totals()),
                     }
                 })
                 .collect();
@@ -123,7 +123,7 @@ impl Daemon {
                 forwarding: p.forwarding.mode().name().to_owned(),
                 endpoints_usable: endpoints.iter().filter(|e| e.weight > 0).count(),
                 endpoints_total: endpoints.len(),
-                counters: counters(s.stats.totals()),
+                counters: counters(s.stats.exported_totals()),
                 external_ips: p
                     .addresses
                     .external_ips
@@ -142,7 +142,7 @@ impl Daemon {
                     .iter()
                     .map(|c| c.to_string())
                     .collect(),
-                source_ranges_refused: s.stats.totals().source_refused,
+                source_ranges_refused: s.stats.exported_totals().source_refused,
                 endpoints,
                 kubernetes: p.meta.as_deref().map(|m| {
                     let served = served_node_ports

@@ -246,7 +246,7 @@ mod tests {
             }
             up.send_flows(1, w1)?;
             up.go()?;
-            up.finish();
+            up.finish(None);
             Ok::<(), crate::handover::UpgradeError>(())
         });
         let (mut session, _, _) = Session::receive(new, timeouts).unwrap();

@@ -397,18 +397,23 @@ impl Session {
     }
 
     /// "Serving" (the workers accept now), then waits for "done": the old process has
-    /// stopped accepting and, under systemd, made this one the main process. An error here
-    /// comes after this process began to serve: log it and serve on (the old one kills this
-    /// one if it has not heard "serving").
-    pub fn serving(mut self) -> Result<(), InheritError> {
+    /// stopped accepting and, under systemd, made this one the main process. Returns the
+    /// old process's final counter totals when it sent them (a `counters` frame before
+    /// "done"). An error here comes after this process began to serve: log it and serve on
+    /// (the old one kills this one if it has not heard "serving").
+    pub fn serving(mut self) -> Result<Option<serde_json::Value>, InheritError> {
         let step = Step::Serving;
         let deadline = Deadline::after(self.timeouts.step);
         let chan = |cause| InheritError::Channel { step, cause };
         self.send_or_hear(step, &Frame::Serving, deadline)?;
-        match self.channel.recv(deadline, "done").map_err(chan)? {
-            Frame::Done => Ok(()),
-            Frame::Abort(reason) => Err(InheritError::Aborted(reason)),
-            other => Err(unexpected(step, "done", &other)),
+        let mut counters = None;
+        loop {
+            match self.channel.recv(deadline, "done").map_err(chan)? {
+                Frame::Counters(c) if counters.is_none() => counters = Some(c),
+                Frame::Done => return Ok(counters),
+                Frame::Abort(reason) => return Err(InheritError::Aborted(reason)),
+                other => return Err(unexpected(step, "done", &other)),
+            }
         }
     }
 }

@@ -25,7 +25,9 @@
 //!    ◀───────────────────────────────────────── serving
 //!  stop accepting (listeners closed here, open there)
 //!  MAINPID=new, BARRIER=1 (under systemd)
-//!  done ──────────────────────────────────────▶ READY=1, watchdog: it is the daemon
+//!  stop answering /metrics; counters (when the
+//!  new hello says final_counters) ────────────▶ counters start at the old totals
+//!  done ──────────────────────────────────────▶ READY=1, watchdog, /metrics: it is the daemon
 //!  drain live connections (drain_timeout), exit
 //! ```
 //! Every step is bounded ([`STEP_TIMEOUT`], [`upgrade::READY_TIMEOUT`]). Rollback: any
@@ -138,6 +140,7 @@ fn hello() -> wire::Hello {
         protocol: PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
+        final_counters: true,
     }
 }
 

@@ -92,10 +92,14 @@ pub struct EndpointHealth {
     pub reason: Option<String>,
 }
 
-/// Counter totals. The new process starts each counter at these values; what the old
-/// process counts while it drains is not added (counters stay monotonic and may miss the
-/// drain's last bytes). Gauges (active connections) are not carried: the old process's
-/// connections are its own.
+/// Counter totals. The new process starts each counter of a Service port, endpoint or
+/// the UDP flow table at these values (their keys matched by name; a key its configuration
+/// lacks is dropped). Gauges (active connections, live flows, failures in a row) are not
+/// carried: the old process's connections are its own. The `offer` carries the totals when
+/// the upgrade starts; the old process sends them again, final, in a `counters` frame
+/// after it stopped answering `/metrics` (see `handover`'s sequence), and the new one
+/// answers `/metrics` only after that, so no scrape sees a counter go down. What the old
+/// process counts while it drains is not added.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
@@ -103,10 +107,12 @@ pub struct Counters {
     pub endpoints: Vec<(PortKey, SocketAddr, Totals)>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// The UDP flow table's counters, all workers.
+    pub udp_flows: FlowCounts,
 }
 
 /// The monotonic counters of one Service port or endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Totals {
     pub opened: u64,
@@ -116,6 +122,38 @@ pub struct Totals {
     pub bytes_to_client: u64,
     pub connect_failed: u64,
     pub holds_refused: u64,
+    pub source_refused: u64,
+    pub datagrams_to_backend: u64,
+    pub datagrams_to_client: u64,
+    /// Service ports: the backend connect-latency histogram (absent when empty).
+    pub connect_latency: Option<Histogram>,
+    /// Service ports: the connection-duration histogram (absent when empty).
+    pub duration: Option<Histogram>,
+}
+
+/// A histogram's per-bucket (not cumulative) counts, under the bounds they were counted
+/// with: a receiver whose bounds differ drops it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Histogram {
+    /// Upper bounds in nanoseconds (+Inf follows).
+    pub bounds_ns: Vec<u64>,
+    /// One count per bound, then +Inf.
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+/// The UDP flow table's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlowCounts {
+    pub created: u64,
+    pub expired: u64,
+    pub closed: u64,
+    pub refused: u64,
+    /// Datagrams dropped, by reason (the `reason` label); a reason the receiver does not
+    /// know is dropped.
+    pub drops: Vec<(String, u64)>,
 }
 
 #[cfg(test)]
@@ -149,12 +187,22 @@ mod tests {
                     Totals {
                         opened: 10,
                         bytes_to_client: 1 << 40,
+                        duration: Some(Histogram {
+                            bounds_ns: vec![1, 2],
+                            buckets: vec![0, 3, 1],
+                            sum_ns: 7,
+                        }),
                         ..Totals::default()
                     },
                 )],
                 endpoints: vec![(key, ep, Totals::default())],
                 reloads_ok: 4,
                 reloads_failed: 1,
+                udp_flows: FlowCounts {
+                    created: 9,
+                    drops: vec![("no_endpoint".into(), 2)],
+                    ..FlowCounts::default()
+                },
             },
         }
     }
@@ -174,6 +222,30 @@ mod tests {
         assert_eq!(warning, None);
         assert!(s.health.is_empty());
         assert_eq!(s.overrides, sample().overrides);
+    }
+
+    #[test]
+    fn counters_of_an_older_version_read_with_the_new_fields_zero() {
+        // What this version's predecessor sent: Totals without datagrams or histograms,
+        // Counters without udp_flows.
+        let v = serde_json::json!({
+            "format": 1,
+            "counters": {
+                "services": [[{"namespace": "default", "name": "web", "port_name": "http",
+                               "protocol": "TCP"}, {"opened": 3, "bytes_to_client": 10}]],
+                "reloads_ok": 2
+            }
+        });
+        let (s, warning) = CarriedState::from_json(v);
+        assert_eq!(warning, None);
+        let (_, t) = &s.counters.services[0];
+        assert_eq!(
+            (t.opened, t.bytes_to_client, t.datagrams_to_client),
+            (3, 10, 0)
+        );
+        assert_eq!(t.duration, None);
+        assert_eq!(s.counters.reloads_ok, 2);
+        assert_eq!(s.counters.udp_flows, FlowCounts::default());
     }
 
     #[test]

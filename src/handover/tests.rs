@@ -76,7 +76,7 @@ fn old_side(
         up.offer(&borrowed, &state)?;
         up.wait_ready()?;
         up.go()?;
-        up.finish();
+        up.finish(Some(serde_json::json!({"reloads_ok": 3})));
         drop(sockets);
         Ok(())
     })
@@ -109,7 +109,11 @@ fn six_hundred_listeners_pass_in_chunks_and_their_accept_queues_survive() {
     assert_eq!(inherited.workers(), Some(WORKERS));
     assert_eq!(session.predecessor().pid, std::process::id());
     session.ready(1).unwrap();
-    session.serving().unwrap();
+    // The final counters come with "done" (this new process's hello asks for them).
+    assert_eq!(
+        session.serving().unwrap(),
+        Some(serde_json::json!({"reloads_ok": 3}))
+    );
     old.join().unwrap().unwrap();
 
     // The old copies are closed now; the sockets live on here, queues and all.
@@ -389,7 +393,7 @@ fn every_wait_is_bounded() {
         up.wait_ready().unwrap();
         // Silent, then gone.
         std::thread::sleep(Duration::from_millis(600));
-        up.finish();
+        up.finish(None);
     });
     let (mut session, _, _) = Session::receive(new, short(300)).unwrap();
     let e = session.ready(1).unwrap_err();

@@ -232,9 +232,23 @@ impl Upgrade {
         }
     }
 
+    /// Whether the new process reads a `counters` frame before "done".
+    pub fn takes_final_counters(&self) -> bool {
+        self.successor.final_counters
+    }
+
     /// "Done": the new process is the daemon now (call after this one stopped accepting
-    /// and, under systemd, named it the main PID). It is left running; returns its pid.
-    pub fn finish(mut self) -> u32 {
+    /// and, under systemd, named it the main PID). `counters` (this process's final
+    /// totals) go first when the new process takes them. It is left running; returns its
+    /// pid.
+    pub fn finish(mut self, counters: Option<serde_json::Value>) -> u32 {
+        if let Some(c) = counters.filter(|_| self.takes_final_counters()) {
+            let _ = self.channel.send(
+                &Frame::Counters(c),
+                &[],
+                Deadline::after(Duration::from_secs(1)),
+            );
+        }
         let _ = self
             .channel
             .send(&Frame::Done, &[], Deadline::after(Duration::from_secs(1)));

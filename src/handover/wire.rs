@@ -38,6 +38,10 @@ pub enum Frame {
     Go,
     /// new → old: accepting now.
     Serving,
+    /// old → new, right before "done" and only to a new process whose hello says
+    /// [`Hello::final_counters`]: the old process's counter totals once it stopped
+    /// answering `/metrics` (JSON, [`super::state::Counters`]).
+    Counters(serde_json::Value),
     /// old → new: the old process stopped accepting; the new one is the daemon now.
     Done,
     /// old → new: give up (the new process exits without having accepted anything).
@@ -57,6 +61,10 @@ pub struct Hello {
     /// The sluice version (`CARGO_PKG_VERSION`), for the log.
     pub version: String,
     pub pid: u32,
+    /// New process: it reads a `counters` frame before "done" (absent = false: an older
+    /// sluice, which would take the frame for a protocol error).
+    #[serde(default)]
+    pub final_counters: bool,
 }
 
 /// The sockets of a hand-over, by name, in the order their fds follow.
@@ -105,6 +113,7 @@ mod kind {
     pub const DONE: u8 = 10;
     pub const ABORT: u8 = 11;
     pub const FLOWS: u8 = 12;
+    pub const COUNTERS: u8 = 13;
 }
 
 /// The name of a kind byte, for messages.
@@ -122,6 +131,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::DONE => "done",
         kind::ABORT => "abort",
         kind::FLOWS => "flows",
+        kind::COUNTERS => "counters",
         _ => "unknown",
     }
 }
@@ -141,6 +151,7 @@ impl Frame {
             Frame::Done => kind::DONE,
             Frame::Abort(_) => kind::ABORT,
             Frame::Flows(_) => kind::FLOWS,
+            Frame::Counters(_) => kind::COUNTERS,
         }
     }
 
@@ -159,7 +170,7 @@ impl Frame {
                 p.extend_from_slice(&count.to_be_bytes());
                 p
             }
-            Frame::State(v) => json_bytes(v),
+            Frame::State(v) | Frame::Counters(v) => json_bytes(v),
             Frame::Flows(b) => json_bytes(b),
             Frame::Ready { pid } => json_bytes(&ReadyPayload { pid: *pid }),
             Frame::Failed(text) | Frame::Abort(text) => text.as_bytes().to_vec(),
@@ -247,6 +258,7 @@ pub fn decode(k: u8, payload: &[u8]) -> Result<Frame, FrameError> {
         kind::DONE => Frame::Done,
         kind::ABORT => Frame::Abort(text()?),
         kind::FLOWS => Frame::Flows(json(payload).map_err(bad)?),
+        kind::COUNTERS => Frame::Counters(json(payload).map_err(bad)?),
         other => return Err(FrameError::UnknownKind(other)),
     })
 }
@@ -276,6 +288,7 @@ mod tests {
             protocol: 1,
             version: "0.1.0".into(),
             pid: 42,
+            final_counters: true,
         }));
         round_trip(Frame::Manifest(Manifest {
             sockets: vec!["tcp/0.0.0.0/30000/w0".into(), "control".into()],
@@ -291,6 +304,7 @@ mod tests {
         round_trip(Frame::Go);
         round_trip(Frame::Serving);
         round_trip(Frame::Done);
+        round_trip(Frame::Counters(serde_json::json!({"reloads_ok": 3})));
         round_trip(Frame::Abort("timed out".into()));
         round_trip(Frame::Flows(super::super::flows::FlowBatch {
             worker: 1,

@@ -124,7 +124,7 @@ pub(super) fn register_services(
         ];
         // Like a client library's labelled histogram, a series exists from its first
         // observation: idle Services (most, in a large cluster) cost no bucket lines.
-        if let Some((c, d)) = s.stats.histogram_totals() {
+        if let Some((c, d)) = s.stats.exported_histograms() {
             if c.count() > 0 {
                 connect_latency.push(labels.clone(), c);
             }
@@ -132,7 +132,7 @@ pub(super) fn register_services(
                 duration.push(labels.clone(), d);
             }
         }
-        let t = s.stats.totals();
+        let t = s.stats.exported_totals();
         svc_conns.get_or_create(&labels).inc_by(t.opened);
         svc_failed.get_or_create(&labels).inc_by(t.failed);
         svc_retries.get_or_create(&labels).inc_by(t.retries);
@@ -170,7 +170,7 @@ pub(super) fn register_services(
         for e in s.endpoints() {
             let mut l = labels.clone();
             l.push(("endpoint", e.endpoint.addr.to_string()));
-            let t = e.stats.totals();
+            let t = e.stats.exported_totals();
             ep_conns.get_or_create(&l).inc_by(t.opened);
             ep_failed.get_or_create(&l).inc_by(t.failed);
             ep_retries.get_or_create(&l).inc_by(t.retries);
@@ -218,10 +218,9 @@ pub(super) fn register_services(
     );
 }
 
-/// Every worker's families.
 /// The UDP flows of every worker, summed.
-pub(super) fn register_flows(reg: &mut Registry, monitor: &Monitor) {
-    let flows = monitor.flow_totals();
+/// `flows`: the workers' totals plus what a previous process carried.
+pub(super) fn register_flows(reg: &mut Registry, flows: crate::stats::FlowTotals) {
     let udp_active = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     reg.register(
         "sluice_udp_flows_active",
@@ -267,6 +266,7 @@ pub(super) fn register_flows(reg: &mut Registry, monitor: &Monitor) {
     }
 }
 
+/// Every worker's families.
 pub(super) fn register_workers(reg: &mut Registry, monitor: &Monitor) {
     let w_iter = counter_family(
         reg,
