@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 
 /// A client outside the Service's `load_balancer_source_ranges` (applied at the NodePort
 /// with `source_ranges_on_node_ports`) gets nothing: its datagrams never reach a pod, are
-/// counted as dropped (`source_range`) and as refused for the Service; a client inside the
+/// counted as dropped (`source_range`) and as refused for the Service, and logged (rate
+/// limited, naming the client); a client inside the
 /// ranges is served by the same NodePort.
 #[test]
 fn a_datagram_from_outside_the_source_ranges_is_dropped_and_counted() {
@@ -45,6 +46,19 @@ fn a_datagram_from_outside_the_source_ranges_is_dropped_and_counted() {
     assert_eq!(
         setup.metric("sluice_service_source_ranges_refused_total{"),
         5
+    );
+    // Logged, naming the client, once for the five (at most one line per worker per 10 s).
+    let lines: Vec<String> = sluice
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("datagram dropped: the client is outside"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "one rate-limited line: {lines:?}");
+    assert!(
+        lines[0].contains("client=127.0.0.6") && lines[0].contains("refused=1"),
+        "{}",
+        lines[0]
     );
     // The inside client is still served, and the pod never saw an outside datagram.
     assert!(ask(&inside, node, b"again").is_some());

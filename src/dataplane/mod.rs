@@ -36,6 +36,7 @@ mod driver;
 mod flow;
 mod listeners;
 mod live;
+mod refusals;
 mod relay;
 mod select;
 mod sys;

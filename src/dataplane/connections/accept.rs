@@ -2,11 +2,12 @@
 //! connections, not held ones), the backoff after the process ran out of fds, and taking a
 //! new client connection into the slab: the listener's Service in the snapshot published
 //! now (pinned), `loadBalancerSourceRanges` (refused before any backend work, logged at
-//! most once per worker per [`REFUSAL_LOG_EVERY`]), and the connection's first turn.
+//! most once per worker per [`LOG_EVERY`]), and the connection's first turn.
 
 use super::{ConnHandle, ConnTable, ListenerKey, Live, Slot, BACKOFF_MAX, BACKOFF_MIN};
 use crate::dataplane::conn::{Conn, ConnConfig};
 use crate::dataplane::driver::MAX_SLOTS;
+use crate::dataplane::refusals::LOG_EVERY;
 use crate::table::RoutingSnapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +24,6 @@ pub enum Refused {
     /// (counted in the Service's `source_refused`).
     SourceRange,
 }
-
-/// At most one line per worker per this period about clients refused by source ranges.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> ConnTable<R> {
     /// Live connections, held ones included.
@@ -95,22 +93,16 @@ impl<R> ConnTable<R> {
             // loadBalancerSourceRanges: refused before any backend work.
             let entry = snapshot.service(service);
             entry.stats.worker(self.config.worker).source_refused.add(1);
-            self.refused_since_log += 1;
-            if self
-                .last_refusal_log
-                .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY)
-            {
+            if let Some(refused) = self.refusal_log.refused(now) {
                 tracing::warn!(
                     worker = self.config.worker,
                     service = %entry.port.key,
                     client = %client_addr.ip(),
                     listener = %listener.addr,
-                    refused = self.refused_since_log,
+                    refused,
                     "connection refused: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
-                    REFUSAL_LOG_EVERY.as_secs()
+                    LOG_EVERY.as_secs()
                 );
-                self.last_refusal_log = Some(now);
-                self.refused_since_log = 0;
             }
             return Err((Refused::SourceRange, resources));
         }

@@ -46,6 +46,7 @@ pub use accept::Refused;
 pub use connect::{ConnectOutcome, NotStarted, ProxyHeader};
 
 use super::conn::{CloseReason, Conn, ConnEvent, Dir, Op, Side};
+use super::refusals::RefusalLog;
 use super::select::Picker;
 use crate::model::Protocol;
 use crate::table::{EndpointId, RoutingSnapshot, ServiceId};
@@ -259,10 +260,8 @@ pub struct ConnTable<R> {
     next_id: u64,
     /// When the transparent-mode routing hint was last logged (rate limit).
     last_hint: Option<Instant>,
-    /// When a client refused by source ranges was last logged (rate limit), and how many
-    /// were refused since.
-    last_refusal_log: Option<Instant>,
-    refused_since_log: u64,
+    /// Clients refused by source ranges: the rate-limited log line.
+    refusal_log: RefusalLog,
     /// Tried-lists of finished connections, reused (no allocation per connection).
     spare_tried: Vec<Vec<EndpointId>>,
 }
@@ -301,8 +300,7 @@ impl<R> ConnTable<R> {
             backoff: BACKOFF_MIN,
             next_id: 0,
             last_hint: None,
-            last_refusal_log: None,
-            refused_since_log: 0,
+            refusal_log: RefusalLog::default(),
             spare_tried: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@ use super::{
     ClientDatagram, CloseReason, DropReason, FlowId, FlowOp, OpenFailure, ProxyHeader, Source,
     UpstreamError, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, SWEEP_PERIOD, UNIQUE_ID_LEN,
 };
+use crate::dataplane::refusals::{RefusalLog, LOG_EVERY};
 use crate::dataplane::select::Picker;
 use crate::model::{Forwarding, Protocol, TrafficPolicy};
 use crate::stats::StatsBlock;
@@ -121,6 +122,8 @@ pub struct FlowTable {
     pub(super) by_key: HashMap<FlowKey, FlowId, ahash::RandomState>,
     ops: VecDeque<FlowOp>,
     sweep: Sweep,
+    /// Datagrams refused by source ranges: the rate-limited log line.
+    refusal_log: RefusalLog,
 }
 
 impl FlowTable {
@@ -137,6 +140,7 @@ impl FlowTable {
                 cursor: 0,
                 last: now,
             },
+            refusal_log: RefusalLog::default(),
         }
     }
 
@@ -326,8 +330,19 @@ impl FlowTable {
         if !snapshot.admits(reached, d.client.ip()) {
             // loadBalancerSourceRanges: never forwarded, whether a flow exists or not;
             // counted for the Service as a refused TCP connection is.
-            let stats = &snapshot.service(sid).stats;
-            stats.worker(self.worker).source_refused.add(1);
+            let entry = snapshot.service(sid);
+            entry.stats.worker(self.worker).source_refused.add(1);
+            if let Some(refused) = self.refusal_log.refused(now) {
+                tracing::warn!(
+                    worker = self.worker,
+                    service = %entry.port.key,
+                    client = %d.client.ip().to_canonical(),
+                    node = %d.node,
+                    refused,
+                    "datagram dropped: the client is outside the Service's loadBalancerSourceRanges (this worker logs at most one such line per {}s; `refused` counts since its last)",
+                    LOG_EVERY.as_secs()
+                );
+            }
             self.drop_datagram(DropReason::SourceRange, Some(sid));
             return;
         }
