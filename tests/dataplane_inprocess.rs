@@ -10,13 +10,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+// NodePorts from below the kernel's ephemeral range (see its doc): a port from `bind(:0)`
+// is handed out again to the sockets of tests running in parallel once a test closes its
+// listener there — and `udp_flows_end_with_their_node_port_socket` then waited in vain
+// for its closed NodePort to refuse datagrams another test's socket had taken.
+use common::free_port;
 
 /// A backend that answers each connection with its name, after reading the request line.
 fn name_backend(ip: &str, name: &'static str) -> SocketAddr {
