@@ -73,7 +73,9 @@ impl Uring {
     /// with it, a UDP NodePort socket removed by a reload stayed bound (its port never
     /// refused again) in 4 of 5 runs of tests/dataplane_inprocess.rs
     /// `udp_flows_end_with_their_node_port_socket`, with the socket closed by close(2) as
-    /// much as by a ring CLOSE; the cause was not found. [`Uring::with_taskrun`] keeps the
+    /// much as by a ring CLOSE; the cause was not found (that test's ports then came from
+    /// the ephemeral range, a test bug since fixed that also failed it without
+    /// DEFER_TASKRUN: re-measure first). [`Uring::with_taskrun`] keeps the
     /// deferred mode (and its GETEVENTS no-wait submit) for that investigation.
     pub fn new(entries: u32) -> io::Result<Uring> {
         Uring::with_taskrun(entries, false)
