@@ -21,10 +21,7 @@ use std::time::Duration;
 #[test]
 fn flows_stick_to_a_pod_spread_over_pods_and_replies_leave_from_the_address_used() {
     let pod_port = free_udp_port();
-    let pods: Vec<UdpPod> = [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
-        .iter()
-        .map(|(ip, n)| UdpPod::start(pod_addr(ip, pod_port), n, 1))
-        .collect();
+    let pods = three_pods(pod_port);
     let setup = Setup::new();
     let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
     let _sluice = setup.start(&setup.config("", &addrs, ""));
@@ -395,10 +392,7 @@ fn a_burst_from_many_clients_is_all_answered_in_order_from_the_address_used() {
     // replies leave together: a burst from many clients must all be answered, each flow's
     // replies in the order of its datagrams, each from the node address its client used.
     let pod_port = free_udp_port();
-    let pods: Vec<UdpPod> = [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
-        .iter()
-        .map(|(ip, n)| UdpPod::start(pod_addr(ip, pod_port), n, 1))
-        .collect();
+    let pods = three_pods(pod_port);
     let setup = Setup::new();
     let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
     let _sluice = setup.start(&setup.config("", &addrs, ""));

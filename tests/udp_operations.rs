@@ -222,10 +222,7 @@ fn twenty_reloads_under_udp_load_lose_no_datagram_and_move_no_flow() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let pod_port = free_udp_port();
-    let pods: Vec<UdpPod> = [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
-        .iter()
-        .map(|(ip, n)| UdpPod::start(pod_addr(ip, pod_port), n, 1))
-        .collect();
+    let pods = three_pods(pod_port);
     let extra_pod = UdpPod::start(pod_addr("127.0.0.5", pod_port), "d", 1);
     let setup = Setup::new();
     let other_port = free_udp_port();

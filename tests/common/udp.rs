@@ -22,6 +22,14 @@ pub struct UdpPod {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Three pods `a`, `b`, `c` on 127.0.0.2, .3 and .4, all on `port`, one reply per datagram.
+pub fn three_pods(port: u16) -> Vec<UdpPod> {
+    [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")]
+        .iter()
+        .map(|(ip, n)| UdpPod::start(pod_addr(ip, port), n, 1))
+        .collect()
+}
+
 impl UdpPod {
     pub fn start(addr: SocketAddr, name: &str, replies: usize) -> UdpPod {
         let socket = UdpSocket::bind(addr).expect("bind the pod");
