@@ -686,3 +686,85 @@ fn client_ip_steering_sends_every_udp_flow_of_a_client_to_one_worker() {
     assert_eq!(used.len(), 2, "30 client IPs all steered to one worker");
     dp.stop().unwrap();
 }
+
+/// A listener removed while traffic hits it is closed, every time: its port refuses
+/// afterwards. io_uring's POLL_REMOVE fails (EALREADY) when it meets the multishot poll
+/// in the middle of a wake-up; the poll then stayed armed and held the closed socket
+/// open for ever — a removed NodePort went on taking datagrams (and connections) that
+/// nobody read. The driver now cancels polls with ASYNC_CANCEL, which cannot miss.
+#[test]
+fn listeners_removed_under_traffic_close_every_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        let pod = match protocol {
+            Protocol::Udp => udp_echo_pod("127.0.0.9"),
+            _ => echo_backend("127.0.0.9"),
+        };
+        let port = free_port();
+        let mut m = model(port, &[pod], RelayMode::Splice);
+        m.services[0].key.protocol = protocol;
+        let mut reg = StatsRegistry::new(m.settings.workers.unwrap());
+        let publisher = Publisher::new(RoutingSnapshot::build(&m, 1, &mut reg));
+        let mut dp =
+            Dataplane::start(&m.settings, &listeners(&[]).required, &publisher).expect("starts");
+        for round in 0..20 {
+            let plan = dp
+                .prepare_listeners(m.settings.backlog, &listeners(&[(protocol, port)]))
+                .unwrap();
+            dp.commit_listeners(plan);
+            // Traffic at the port while it goes away: bounded in time.
+            let stop = Arc::new(AtomicBool::new(false));
+            let flood = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                        match protocol {
+                            Protocol::Udp => {
+                                let _ = udp.send_to(b"x", ("127.0.0.1", port));
+                            }
+                            _ => {
+                                let _ = TcpStream::connect_timeout(
+                                    &SocketAddr::from(([127, 0, 0, 1], port)),
+                                    Duration::from_millis(100),
+                                );
+                            }
+                        }
+                    }
+                })
+            };
+            std::thread::sleep(Duration::from_millis(20));
+            let plan = dp
+                .prepare_listeners(m.settings.backlog, &listeners(&[]))
+                .unwrap();
+            assert_eq!(plan.removed().len(), 1);
+            dp.commit_listeners(plan);
+            stop.store(true, Ordering::Relaxed);
+            flood.join().unwrap();
+            eventually(
+                &format!("{protocol:?} port is closed (round {round})"),
+                || match protocol {
+                    Protocol::Udp => {
+                        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                        probe.connect(("127.0.0.1", port)).unwrap();
+                        probe
+                            .set_read_timeout(Some(Duration::from_millis(20)))
+                            .unwrap();
+                        let _ = probe.send(b"?");
+                        matches!(probe.recv(&mut [0u8; 8]), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                    }
+                    _ => matches!(
+                        TcpStream::connect_timeout(
+                            &SocketAddr::from(([127, 0, 0, 1], port)),
+                            Duration::from_millis(100)
+                        ),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    ),
+                },
+            );
+        }
+        dp.stop().unwrap();
+    }
+}

@@ -3,14 +3,15 @@
 //!
 //! What it uses, as measured in shared/design/KERNEL.md: multishot POLL for readiness of
 //! connection sockets and listeners (edge-triggered: a CQE per wake-up), CONNECT linked to a
-//! LINK_TIMEOUT for a real connect timeout, POLL_REMOVE / ASYNC_CANCEL to stop them. It does
+//! LINK_TIMEOUT for a real connect timeout, ASYNC_CANCEL to stop them (never POLL_REMOVE: see
+//! `Uring::remove_poll`). It does
 //! NOT use IORING_OP_SPLICE for sockets (executed by io-wq helper threads on this kernel):
 //! bytes are moved by the worker with nonblocking splice(2) when a poll says a socket is ready.
 //! Nor does it use multishot ACCEPT: that takes every connection of a burst before the worker
 //! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
 //! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
 //!
-//! Sockets are closed with CLOSE entries queued behind their POLL_REMOVEs, and a backend
+//! Sockets are closed with CLOSE entries queued behind the cancels of their polls, and a backend
 //! socket's TCP_NODELAY is set with a URING_CMD SETSOCKOPT entry ahead of its CONNECT
 //! (Linux 6.7+; setsockopt(2) otherwise): a new connection makes no close(2) or
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
@@ -189,7 +190,6 @@ impl Uring {
         ring.submitter().register_probe(&mut probe)?;
         for (name, code) in [
             ("POLL_ADD", opcode::PollAdd::CODE),
-            ("POLL_REMOVE", opcode::PollRemove::CODE),
             ("CONNECT", opcode::Connect::CODE),
             ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
             ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
@@ -237,12 +237,14 @@ impl Uring {
     }
 
     /// Remove the poll armed with `tag` (its removal reports nothing).
+    ///
+    /// With ASYNC_CANCEL, never POLL_REMOVE: POLL_REMOVE fails with EALREADY when it meets
+    /// a multishot poll in the middle of a wake-up (`io_poll_disarm` cannot take the
+    /// poll's ownership), and the poll then stays armed for ever, holding its socket open
+    /// after the worker closed the fd — a removed listener went on taking datagrams and
+    /// connections. ASYNC_CANCEL marks the poll cancelled, which its owner honours.
     fn remove_poll(&mut self, tag: UserData) -> io::Result<()> {
-        let entry = opcode::PollRemove::new(tag.encode())
-            .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(ignore_tag());
-        self.push(entry)
+        self.cancel(tag.encode())
     }
 }
 
@@ -405,11 +407,7 @@ impl Driver for Uring {
 
     /// Stop the poll of a flow's upstream socket.
     fn unwatch_flow(&mut self, flow: u64) -> io::Result<()> {
-        let entry = opcode::PollRemove::new(flow_tag(flow))
-            .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(ignore_tag());
-        self.push(entry)
+        self.cancel(flow_tag(flow)) // not POLL_REMOVE: see `remove_poll`
     }
 
     /// Report when `fd` (an eventfd) becomes readable.
