@@ -70,14 +70,11 @@ impl Uring {
     /// A ring with `entries` submission slots (a power of two) and 4× as many completion
     /// slots: `SINGLE_ISSUER + COOP_TASKRUN`.
     ///
-    /// Not `DEFER_TASKRUN` (measured for issue 18: +4% requests per CPU-second on keep-alive):
-    /// with it, a UDP NodePort socket removed by a reload stayed bound (its port never
-    /// refused again) in 4 of 5 runs of tests/dataplane_inprocess.rs
-    /// `udp_flows_end_with_their_node_port_socket`, with the socket closed by close(2) as
-    /// much as by a ring CLOSE; the cause was not found (that test's ports then came from
-    /// the ephemeral range, a test bug since fixed that also failed it without
-    /// DEFER_TASKRUN: re-measure first). [`Uring::with_taskrun`] keeps the
-    /// deferred mode (and its GETEVENTS no-wait submit) for that investigation.
+    /// Not `DEFER_TASKRUN` (measured for issue 18, docs/benchmarks.md): +5–7% per CPU-second
+    /// on new connections and one worker's keep-alive, none on two workers' keep-alive, −8%
+    /// on UDP request/response. (The removed-NodePort failure once blamed on it was
+    /// POLL_REMOVE's race, see [`Uring::remove_poll`].) [`Uring::with_taskrun`] keeps the
+    /// deferred mode (and its GETEVENTS no-wait submit) for whoever takes it further.
     pub fn new(entries: u32) -> io::Result<Uring> {
         Uring::with_taskrun(entries, false)
     }
