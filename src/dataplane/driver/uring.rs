@@ -73,7 +73,7 @@ impl Uring {
     /// Not `DEFER_TASKRUN` (measured for issue 18, docs/benchmarks.md): +5–7% per CPU-second
     /// on new connections and one worker's keep-alive, none on two workers' keep-alive, −8%
     /// on UDP request/response. (The removed-NodePort failure once blamed on it was
-    /// POLL_REMOVE's race, see [`Uring::remove_poll`].) [`Uring::with_taskrun`] keeps the
+    /// POLL_REMOVE's race, see `Uring::remove_poll`.) [`Uring::with_taskrun`] keeps the
     /// deferred mode (and its GETEVENTS no-wait submit) for whoever takes it further.
     pub fn new(entries: u32) -> io::Result<Uring> {
         Uring::with_taskrun(entries, false)
