@@ -10,7 +10,8 @@
 //! the flow cap refuses new flows and never evicts live ones (fds flat under a flood of
 //! source ports); PROXY v2 prepends the exact header to every datagram; the largest
 //! datagrams pass whole; a burst from many clients (read and sent in batches) is answered
-//! whole and in order; an ICMP port-unreachable from a pod never costs the next datagram.
+//! whole and in order; a burst of equal-size datagrams from one client reaches the pod as
+//! exactly those datagrams; an ICMP port-unreachable from a pod never costs the next datagram.
 
 mod common;
 use common::udp::*;
@@ -388,10 +389,11 @@ fn a_datagram_of_65507_bytes_passes_unchanged_without_a_header() {
 
 #[test]
 fn a_burst_of_equal_size_datagrams_reaches_the_pod_as_exactly_those_datagrams() {
-    // A run of equal-size datagrams of one flow in one receive batch leaves by one
-    // segmented send (UDP GSO) that the kernel cuts again: the pod must see exactly the
-    // datagrams the client sent, in order, sizes included; a longer one in the middle and a
-    // shorter one (which may end a segmented run) keep their own sizes too.
+    // The datagrams of one flow read in one batch leave together (sendmmsg; a segmented
+    // send with UDP GSO was measured and not kept, docs/benchmarks.md): the pod must see
+    // exactly the datagrams the client sent, in order, sizes included — a run of equal
+    // sizes, a longer one in the middle and a shorter one (which could end a segmented run)
+    // each keep their own size and bytes.
     let pod_port = free_udp_port();
     let pod = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
     // Room for the whole burst, so that loopback drops nothing at the pod.

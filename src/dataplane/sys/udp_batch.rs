@@ -6,10 +6,6 @@
 //!   from the node address that client used (IP_PKTINFO / IPV6_PKTINFO per message).
 //! - [`send_connected`]: `sendmmsg(2)` of datagrams on a connected upstream socket, each
 //!   made of an optional PROXY v2 header and the payload.
-//! - [`send_segmented`]: one `sendmsg(2)` of several equal-size datagrams on a connected
-//!   socket with a UDP_SEGMENT control message (UDP GSO: the kernel cuts the one message
-//!   into datagrams of the segment size); [`segmentation_supported`] tells whether the
-//!   kernel knows the option at all.
 //!
 //! The message headers, addresses and control buffers live on the stack for one call (at
 //! most [`MAX_BATCH`] messages); the payloads are borrowed. Part of `sys`: the only module
@@ -182,100 +178,6 @@ pub fn send_connected(fd: BorrowedFd<'_>, datagrams: &[(&[u8], &[u8])]) -> io::R
     send_mmsg(fd, &mut msgs[..n])
 }
 
-/// Most datagrams one [`send_segmented`] call may carry (the kernel's UDP_MAX_SEGMENTS was
-/// 64 before it was raised; the lower value holds on every kernel with UDP_SEGMENT).
-pub const MAX_SEGMENTS: usize = 64;
-
-/// Most payload bytes one [`send_segmented`] call may carry: the largest UDP payload over
-/// IPv4 (the kernel refuses a longer message with EMSGSIZE).
-pub const MAX_SEGMENTED_BYTES: usize = 65_507;
-
-/// Whether the kernel knows UDP_SEGMENT (Linux ≥ 4.18), asked of socket `fd` with
-/// getsockopt. A kernel without it would ignore the control message of [`send_segmented`]
-/// and send the whole message as one datagram, so ask before the first segmented send.
-pub fn segmentation_supported(fd: BorrowedFd<'_>) -> bool {
-    let mut size: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the c_int on the stack; the fd is
-    // borrowed, so open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&mut size as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0
-}
-
-/// Send `payloads` as `payloads.len()` datagrams with one `sendmsg(2)` on a connected UDP
-/// socket, using UDP GSO: every payload but the last must be exactly `segment` bytes long and
-/// the last 1..=`segment` bytes; at most [`MAX_SEGMENTS`] payloads of at most
-/// [`MAX_SEGMENTED_BYTES`] together. Anything else is refused (InvalidInput) before any
-/// syscall, so a caller's mistake can never merge datagrams. `Ok(bytes)` when all were sent;
-/// the kernel sends all of them or none. Only for a kernel where [`segmentation_supported`]
-/// said yes. Errors as the kernel gives them: EAGAIN (buffer full), ECONNREFUSED (a pending
-/// ICMP error, consumed), EINVAL / EMSGSIZE / EIO (the path cannot take segments of this size
-/// or has no checksum offload: send them one by one).
-pub fn send_segmented(fd: BorrowedFd<'_>, payloads: &[&[u8]], segment: u16) -> io::Result<usize> {
-    let n = payloads.len();
-    let size = usize::from(segment);
-    let total: usize = payloads.iter().map(|p| p.len()).sum();
-    let well_formed = (2..=MAX_SEGMENTS.min(MAX_BATCH)).contains(&n)
-        && size > 0
-        && total <= MAX_SEGMENTED_BYTES
-        && payloads[..n - 1].iter().all(|p| p.len() == size)
-        && (1..=size).contains(&payloads[n - 1].len());
-    if !well_formed {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a run of equal-size datagrams (the last may be shorter)",
-        ));
-    }
-    // SAFETY: a zeroed iovec array is valid plain data until filled in below.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
-    for (v, p) in iovs.iter_mut().zip(payloads) {
-        v.iov_base = p.as_ptr() as *mut libc::c_void;
-        v.iov_len = p.len();
-    }
-    let mut control = Control([0; 64]);
-    // SAFETY: a zeroed msghdr is valid plain data.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = iovs.as_mut_ptr();
-    msg.msg_iovlen = n as _;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    // SAFETY: the control buffer is 64 bytes, aligned for cmsghdr; CMSG_SPACE of a u16 (≤ 24
-    // bytes) fits, so CMSG_FIRSTHDR is its start and the u16 is written (unaligned) inside it.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
-    }
-    loop {
-        // SAFETY: the message points at the iovecs (each at a borrowed payload, only read)
-        // and the control buffer, all alive and unmoved for the call; the fd is borrowed.
-        let r = unsafe {
-            libc::sendmsg(
-                fd.as_raw_fd(),
-                &msg,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-}
-
 fn send_mmsg(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
     loop {
         // SAFETY: every header points at buffers (addresses, iovecs, payloads, control
@@ -402,35 +304,6 @@ mod tests {
         for want in [&b"headone"[..], b"two", b"", b"h"] {
             let n = b.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], want);
-        }
-    }
-
-    #[test]
-    fn a_segmented_send_arrives_as_the_datagrams_it_was_made_of() {
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        a.connect(b.local_addr().unwrap()).unwrap();
-        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert!(segmentation_supported(a.as_fd()), "this kernel has UDP_SEGMENT");
-        let d: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
-        let last = vec![9u8; 100];
-        let mut parts: Vec<&[u8]> = d.iter().map(|v| &v[..]).collect();
-        parts.push(&last);
-        assert_eq!(send_segmented(a.as_fd(), &parts, 1200).unwrap(), 6100);
-        let mut buf = [0u8; 8192];
-        for want in &parts {
-            let n = b.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], *want);
-        }
-        // Not a run of equal sizes: refused before the kernel could merge anything.
-        for bad in [
-            &[&d[0][..], &last[..], &d[1][..]][..],
-            &[&d[0][..1199], &d[1][..]][..],
-            &[&d[0][..]][..],
-            &[&d[0][..], &[][..]][..],
-        ] {
-            let e = send_segmented(a.as_fd(), bad, 1200).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         }
     }
 }

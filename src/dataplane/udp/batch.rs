@@ -7,7 +7,7 @@ use super::super::driver::Driver;
 use super::super::flow::{DropReason, FlowId, UpstreamError};
 use super::super::sys::udp_batch;
 use super::{
-    gso, Context, NodePortSockets, Payload, UdpPlane, BATCH, BUFFER, ICMP_REFUSED, REPLY_FAILED,
+    Context, NodePortSockets, Payload, UdpPlane, BATCH, BUFFER, ICMP_REFUSED, REPLY_FAILED,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -110,9 +110,8 @@ impl Upstream {
 }
 
 impl UdpPlane {
-    /// Send every queued upstream datagram (one `sendmmsg` per run of a flow's, or one
-    /// segmented `sendmsg` per run of equal sizes: `gso.rs`); failures wait in
-    /// `upstream.failed` for [`UdpPlane::settle_upstream`].
+    /// Send every queued upstream datagram (one `sendmmsg` per run of a flow's); failures
+    /// wait in `upstream.failed` for [`UdpPlane::settle_upstream`].
     pub(super) fn send_upstream_queue(&mut self) {
         let queued = &self.upstream.queued;
         let mut i = 0;
@@ -126,68 +125,21 @@ impl UdpPlane {
                 i = j; // no socket: its Open failed and withdrew the sends (not reached)
                 continue;
             };
-            let failed = |q: &QueuedSend, error| FailedSend {
-                flow,
-                slot: q.slot,
-                len: q.len,
-                error,
-            };
-            // One message per datagram up to where a run of equal sizes starts.
-            let mut end = j;
-            if self.gso.usable(flow, fd.as_fd()) {
-                let n = gso::group(&queued[i..j]);
-                if n >= 2 {
-                    let mut payloads: [&[u8]; BATCH] = [&[]; BATCH];
-                    for (p, q) in payloads.iter_mut().zip(&queued[i..i + n]) {
-                        let start = q.slot * BUFFER;
-                        *p = &self.rx[start..start + q.len];
-                    }
-                    let segment = u16::try_from(queued[i].len).unwrap_or(u16::MAX);
-                    match udp_batch::send_segmented(fd.as_fd(), &payloads[..n], segment) {
-                        Ok(_) => {
-                            i += n;
-                            continue;
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                            for q in &queued[i..j] {
-                                self.upstream
-                                    .failed
-                                    .push(failed(q, UpstreamError::SendFailed));
-                            }
-                            i = j;
-                            continue;
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                            // Only the first met the error (as with sendmmsg); the rest go on.
-                            let f = failed(&queued[i], UpstreamError::RefusedOnSend);
-                            self.upstream.failed.push(f);
-                            i += 1;
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::debug!(worker = self.worker, error = %e,
-                                "UDP GSO refused on a flow's path: one message per datagram");
-                            if gso::Gso::is_refusal(&e) {
-                                self.gso.refuse(flow);
-                            }
-                            // This run goes by sendmmsg below.
-                        }
-                    }
-                } else {
-                    end = (i + 1..j)
-                        .find(|&k| gso::group(&queued[k..j]) >= 2)
-                        .unwrap_or(j);
-                }
-            }
             let mut datagrams: [(&[u8], &[u8]); BATCH] = [(&[], &[]); BATCH];
-            for (d, q) in datagrams.iter_mut().zip(&queued[i..end]) {
+            for (d, q) in datagrams.iter_mut().zip(&queued[i..j]) {
                 let start = q.slot * BUFFER;
                 *d = (
                     &self.upstream.headers[q.header.clone()],
                     &self.rx[start..start + q.len],
                 );
             }
-            match udp_batch::send_connected(fd.as_fd(), &datagrams[..end - i]) {
+            let failed = |q: &QueuedSend, error| FailedSend {
+                flow,
+                slot: q.slot,
+                len: q.len,
+                error,
+            };
+            match udp_batch::send_connected(fd.as_fd(), &datagrams[..j - i]) {
                 Ok(n) if n > 0 => i += n,
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                     // The socket's send buffer is full: the rest of this run is lost.

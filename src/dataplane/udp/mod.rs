@@ -25,8 +25,7 @@
 //!   read to see EAGAIN);
 //! - the datagrams of that batch going to one flow leave by one `sendmmsg(2)` on its
 //!   upstream socket, after the whole batch went through the table (a flow that closes in
-//!   between sends its queue first), and a run of equal-size ones (the last may be
-//!   shorter) by one `sendmsg(2)` with UDP GSO (`gso.rs`); send failures reach the table once it has no ops
+//!   between sends its queue first); send failures reach the table once it has no ops
 //!   pending, and an ECONNREFUSED still costs only the datagram that met it (resent once;
 //!   a second refusal of the same flow in the same batch drops its datagram);
 //! - replies are copied out of the receive buffer and leave at the end of the turn (or
@@ -42,8 +41,6 @@
 mod batch;
 
 mod carry;
-
-mod gso;
 
 use super::driver::Driver;
 use super::flow::{
@@ -92,8 +89,6 @@ pub struct UdpPlane {
     /// Client datagrams of the current receive batch queue their upstream sends.
     batching: bool,
     upstream: batch::Upstream,
-    /// UDP GSO for runs of equal-size datagrams upstream (`gso.rs`).
-    gso: gso::Gso,
     replies: batch::Replies,
     header: Vec<u8>,
     /// NodePort sockets that may still hold datagrams.
@@ -137,7 +132,6 @@ impl UdpPlane {
             received: Vec::with_capacity(BATCH),
             batching: false,
             upstream: batch::Upstream::default(),
-            gso: gso::Gso::default(),
             replies: batch::Replies::default(),
             header: Vec::with_capacity(128),
             ready_listeners: VecDeque::new(),
