@@ -420,7 +420,11 @@ fn a_burst_of_equal_size_datagrams_reaches_the_pod_as_exactly_those_datagrams() 
     }
     let got = pod.wait_for(sent.len());
     let sizes = |v: &[Vec<u8>]| v.iter().map(|d| d.len()).collect::<Vec<_>>();
-    assert_eq!(sizes(&got), sizes(&sent), "the pod saw other datagram sizes");
+    assert_eq!(
+        sizes(&got),
+        sizes(&sent),
+        "the pod saw other datagram sizes"
+    );
     assert!(got == sent, "the pod saw other bytes");
 }
 
