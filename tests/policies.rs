@@ -129,24 +129,28 @@ fn client_ip_affinity_holds_until_the_timeout_then_follows_new_endpoints() {
             port,
             "workers = 2",
             eps,
-            "policy = \"client-ip\"\naffinity_timeout_seconds = 3",
+            "policy = \"client-ip\"\naffinity_timeout_seconds = 6",
         )
     };
     let mut lb = Sluice::run(&service(&eps(&pods)));
     let node = node_addr(port);
     lb.wait_ready_name(node);
     let clients: Vec<IpAddr> = (10..70u8).map(client).collect();
-    let before: Vec<String> = clients.iter().map(|&c| name_from(c, node)).collect();
+    // Every client's timer starts after `started` (the first client's, too: under load the
+    // 60 connections of `before` take a while, and a clock started after them once let the
+    // first client's entry expire inside the check below). 6 s leaves room for a loaded CI
+    // machine to make 120 connections and a reload.
     let started = Instant::now();
+    let before: Vec<String> = clients.iter().map(|&c| name_from(c, node)).collect();
     // A fourth endpoint: Maglev would send about a quarter of the clients there, but they
-    // are remembered for 3 s (each connection restarting the timer).
+    // are remembered for 6 s (each connection restarting the timer).
     pods.push(NameServer::start("127.0.0.5", "pod-d"));
     reload(&mut lb, &service(&eps(&pods)), || {
         (100..140u8).any(|c| name_from(client(c), node) == "pod-d")
     });
     let during: Vec<String> = clients.iter().map(|&c| name_from(c, node)).collect();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(6),
         "too slow to check inside the timeout"
     );
     assert_eq!(
@@ -154,7 +158,7 @@ fn client_ip_affinity_holds_until_the_timeout_then_follows_new_endpoints() {
         "remembered clients must keep their endpoint within the timeout"
     );
     // Idle for longer than the timeout: clients are placed afresh, some on the new endpoint.
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(6500));
     let after: Vec<String> = clients.iter().map(|&c| name_from(c, node)).collect();
     let moved = after.iter().filter(|n| *n == "pod-d").count();
     assert!(
