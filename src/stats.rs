@@ -338,14 +338,6 @@ impl StatsBlock {
         *self.carried.lock().unwrap_or_else(|p| p.into_inner()) = carried;
     }
 
-    /// What a previous process counted (see [`Self::set_carried`]).
-    pub fn carried(&self) -> Carried {
-        self.carried
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// [`Self::totals`] plus what a previous process counted: what `/metrics` and
     /// `ctl services` show.
     pub fn exported_totals(&self) -> ConnTotals {
