@@ -29,6 +29,7 @@ mod accept;
 mod carry;
 mod connect;
 mod listing;
+mod ring;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
@@ -129,6 +130,8 @@ struct Io {
     holders: [Holder; 2],
     /// Per direction: a read filled a whole buffer (`RelayMode::Auto` then uses a pipe).
     bulk: [bool; 2],
+    /// Per side (socket): its input through the io_uring ring (`ring`).
+    ring: [ring::SideRing; 2],
 }
 
 impl Io {
@@ -292,6 +295,7 @@ impl<D: Driver> Worker<D> {
                 writable,
                 hangup,
                 ended,
+                input,
             } => {
                 let conn = ConnHandle::from_parts(slot, generation);
                 let side = if client { Side::Client } else { Side::Backend };
@@ -310,8 +314,53 @@ impl<D: Driver> Worker<D> {
                 }
                 if ended && self.table.is_watching(conn) {
                     let io = self.table.resources(conn).expect("watched connection");
-                    self.driver.watch(slot, generation, client, io.side(side))?;
+                    if input {
+                        self.driver
+                            .watch_input(slot, generation, client, io.side(side))?;
+                    } else if io.ring[side as usize].output_only {
+                        self.driver
+                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                    } else {
+                        self.driver.watch(slot, generation, client, io.side(side))?;
+                    }
                 }
+            }
+            Completion::Received {
+                slot,
+                generation,
+                client,
+                result,
+                buf,
+                ended,
+            } => {
+                let conn = ConnHandle::from_parts(slot, generation);
+                let side = if client { Side::Client } else { Side::Backend };
+                let Some(io) = self.table.resources_mut(conn) else {
+                    // A late completion of a connection that is gone.
+                    if let Some(buf) = buf {
+                        self.driver.recycle(buf);
+                    }
+                    return Ok(());
+                };
+                ring::on_received(
+                    &mut self.driver,
+                    io,
+                    slot,
+                    generation,
+                    side,
+                    result,
+                    buf,
+                    ended,
+                )?;
+                self.table.handle(
+                    self.now,
+                    conn,
+                    ConnEvent::Ready {
+                        side,
+                        readable: true,
+                        writable: false,
+                    },
+                );
             }
             Completion::Connected {
                 slot,
@@ -455,15 +504,37 @@ impl<D: Driver> Worker<D> {
                 transparent_from,
             } => self.start_connect(conn, addr, timeout, transparent_from)?,
             Output::Watch { conn } => {
-                let io = self.table.resources(conn).expect("live connection");
+                let ring = self.driver.receives_streams() && self.pool.copies();
+                let io = self.table.resources_mut(conn).expect("live connection");
                 let (slot, generation) = (conn.slot(), conn.generation());
-                self.driver
-                    .watch(slot, generation, true, io.client.as_fd())?;
-                self.driver
-                    .watch(slot, generation, false, io.side(Side::Backend))?;
+                if ring {
+                    for side in [Side::Client, Side::Backend] {
+                        let r = &mut io.ring[side as usize];
+                        r.state = ring::RingState::Armed;
+                        r.output_only = true;
+                        self.driver.watch_ring(
+                            slot,
+                            generation,
+                            side == Side::Client,
+                            io.side(side),
+                            true,
+                        )?;
+                    }
+                } else {
+                    self.driver
+                        .watch(slot, generation, true, io.client.as_fd())?;
+                    self.driver
+                        .watch(slot, generation, false, io.side(Side::Backend))?;
+                }
             }
             Output::Receive { conn, dir, max } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
+                if io.ring[dir.src() as usize].owns_input() {
+                    let event = ring::receive(&mut self.driver, &mut self.pool, io, dir, max);
+                    self.table.handle(now, conn, event);
+                    self.give_back_if_drained(conn, dir);
+                    return Ok(());
+                }
                 let src = match dir.src() {
                     Side::Client => io.client.as_fd(),
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
@@ -486,6 +557,17 @@ impl<D: Driver> Worker<D> {
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
                 };
                 let event = relay::send(&mut io.holders[dir as usize], dst, dir, held);
+                if let ConnEvent::SendWouldBlock { .. } = event {
+                    // Back-pressure: the source stops being read while bytes are held,
+                    // which a ring receive would not do.
+                    ring::leave(
+                        &mut self.driver,
+                        io,
+                        conn.slot(),
+                        conn.generation(),
+                        dir.src(),
+                    )?;
+                }
                 self.table.handle(now, conn, event);
                 self.give_back_if_drained(conn, dir);
             }
@@ -502,7 +584,8 @@ impl<D: Driver> Worker<D> {
                 let queued = sys::queued_bytes(io.client.as_fd())
                     + io.backend
                         .as_ref()
-                        .map_or(0, |b| sys::queued_bytes(b.as_fd()));
+                        .map_or(0, |b| sys::queued_bytes(b.as_fd()))
+                    + io.ring.iter().map(|r| r.backlog.len()).sum::<usize>();
                 self.table.idle_expired(now, conn, queued > 0);
             }
             Output::Close {
@@ -529,6 +612,17 @@ impl<D: Driver> Worker<D> {
                 if connect_in_flight {
                     self.driver.cancel_connect(slot, generation)?;
                 }
+                for side in [Side::Client, Side::Backend] {
+                    let client = side == Side::Client;
+                    let r = &io.ring[side as usize];
+                    if r.state == ring::RingState::Armed {
+                        self.driver.stop_receive(slot, generation, client)?;
+                    }
+                    if r.input_polled {
+                        self.driver.unwatch_input(slot, generation, client)?;
+                    }
+                }
+                ring::release(&mut self.driver, &mut io);
                 for dir in Dir::BOTH {
                     let h = std::mem::take(&mut io.holders[dir as usize]);
                     self.pool.give(h, held[dir as usize]);

@@ -1,0 +1,248 @@
+//! Small TCP transfers through the io_uring ring (issue 18): a socket whose direction is in
+//! the copy phase (`relay = "auto"` before a receive filled a buffer, or `"copy"`) has a
+//! multishot RECV into the driver's buffer ring instead of input readiness + read(2).
+//!
+//! Each completion's bytes wait in the socket's backlog (ring buffers, in arrival order)
+//! and the side is reported readable; the connection core then asks for `Receive` as
+//! usual, and [`receive`] serves it from the backlog (a copy into the direction's holder,
+//! the ring buffer recycled at once) — no system call. `Send` is unchanged (send(2) from
+//! the holder), so partial sends keep their bytes exactly as before.
+//!
+//! A socket leaves the ring for good (its receive is cancelled and, once the cancel's last
+//! completion came, input readiness is polled as before) when
+//! - a receive filled a whole ring buffer: a large transfer, which goes to splice as a full
+//!   read does today (`bulk`);
+//! - the other side's send would block: back-pressure, the poll path stops reading while
+//!   bytes are held, the ring would keep taking them;
+//! - the buffer ring ran dry (ENOBUFS) or the kernel refused the receive.
+//!
+//! Order is kept: no read(2)/splice(2) of a socket happens before its receive's last
+//! completion was seen and its backlog was served. The FIN (result 0) and errors are
+//! entries of the backlog, served after the bytes before them, as read(2) would report them.
+
+use super::{Driver, Io};
+use crate::dataplane::conn::{ConnEvent, Dir, Side};
+use crate::dataplane::driver::RING_BUFFER_SIZE;
+use crate::dataplane::relay::{Holder, HolderPool};
+use crate::dataplane::sys;
+use std::collections::VecDeque;
+
+/// Where a socket's ring receive is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum RingState {
+    /// Not receiving through the ring (never did, or its receive ended).
+    #[default]
+    Off,
+    /// A multishot receive is armed.
+    Armed,
+    /// Its receive was cancelled; its last completion has not come yet.
+    Leaving,
+}
+
+/// One entry of a socket's backlog.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Chunk {
+    /// `len` bytes at `off` in ring buffer `buf`.
+    Data { buf: u16, off: u32, len: u32 },
+    /// End of stream: 0 for the peer's FIN, -errno for an error.
+    End(i32),
+}
+
+/// The ring receive state of one socket of a connection.
+#[derive(Debug, Default)]
+pub(super) struct SideRing {
+    pub state: RingState,
+    /// Its main poll reports output only (`Driver::watch_ring`): re-armed as such.
+    pub output_only: bool,
+    /// Input readiness is polled (`Driver::watch_input`) since its receive ended.
+    pub input_polled: bool,
+    /// A receive filled a ring buffer: the direction goes to splice once the ring is left.
+    pub to_bulk: bool,
+    pub backlog: VecDeque<Chunk>,
+}
+
+impl SideRing {
+    /// Bytes received by the ring and not yet given to the core, or an end not yet told:
+    /// the source must not be read by a system call meanwhile.
+    pub fn owns_input(&self) -> bool {
+        self.state != RingState::Off || !self.backlog.is_empty()
+    }
+}
+
+/// Give every ring buffer still held by `io`'s backlogs back (the connection closes).
+pub(super) fn release<D: Driver>(driver: &mut D, io: &mut Io) {
+    for r in &mut io.ring {
+        for c in r.backlog.drain(..) {
+            if let Chunk::Data { buf, .. } = c {
+                driver.recycle(buf);
+            }
+        }
+    }
+}
+
+/// Leave the ring on `side`: cancel its receive (its last completion comes later).
+pub(super) fn leave<D: Driver>(
+    driver: &mut D,
+    io: &mut Io,
+    slot: u32,
+    generation: u32,
+    side: Side,
+) -> std::io::Result<()> {
+    let r = &mut io.ring[side as usize];
+    if r.state == RingState::Armed {
+        r.state = RingState::Leaving;
+        driver.stop_receive(slot, generation, side == Side::Client)?;
+    }
+    Ok(())
+}
+
+/// A ring receive completion of `side`: queue its bytes (or end) in the backlog, leave the
+/// ring when the transfer is large, and when the receive ended, poll input if the stream
+/// goes on. The caller then reports the side readable.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_received<D: Driver>(
+    driver: &mut D,
+    io: &mut Io,
+    slot: u32,
+    generation: u32,
+    side: Side,
+    result: i32,
+    buf: Option<u16>,
+    ended: bool,
+) -> std::io::Result<()> {
+    let client = side == Side::Client;
+    let mut stream_ends = false;
+    match (result, buf) {
+        (n, Some(buf)) if n > 0 => {
+            io.ring[side as usize].backlog.push_back(Chunk::Data {
+                buf,
+                off: 0,
+                len: n as u32,
+            });
+            if n as usize >= RING_BUFFER_SIZE {
+                io.ring[side as usize].to_bulk = true;
+                leave(driver, io, slot, generation, side)?;
+            }
+        }
+        (n, None) if n > 0 => {
+            // A receive of the ring always names its buffer; without one the bytes are
+            // lost: the stream cannot go on intact.
+            io.ring[side as usize]
+                .backlog
+                .push_back(Chunk::End(-libc::EIO));
+            stream_ends = true;
+        }
+        (0, _) => {
+            io.ring[side as usize].backlog.push_back(Chunk::End(0));
+            stream_ends = true;
+        }
+        (e, _) if -e == libc::ENOBUFS || -e == libc::ECANCELED || -e == libc::EINVAL => {}
+        (e, _) => {
+            io.ring[side as usize].backlog.push_back(Chunk::End(e));
+            stream_ends = true;
+        }
+    }
+    let r = &mut io.ring[side as usize];
+    if ended {
+        r.state = RingState::Off;
+        if r.backlog.is_empty() && r.to_bulk {
+            r.to_bulk = false;
+            io.bulk[side_dir(side) as usize] = true;
+        }
+        let r = &mut io.ring[side as usize];
+        if !stream_ends && !r.input_polled {
+            r.input_polled = true;
+            driver.watch_input(slot, generation, client, io.side(side))?;
+        }
+    }
+    Ok(())
+}
+
+/// Execute `Op::Receive { dir, max }` for a source socket that owns its input
+/// ([`SideRing::owns_input`]): move bytes from its backlog into the holder.
+pub(super) fn receive<D: Driver>(
+    driver: &mut D,
+    pool: &mut HolderPool,
+    io: &mut Io,
+    dir: Dir,
+    max: usize,
+) -> ConnEvent {
+    let side = dir.src();
+    if matches!(io.holders[dir as usize], Holder::Empty) {
+        io.holders[dir as usize] = pool.take_buffer();
+    }
+    let Holder::Buffer { buf, start, end } = &mut io.holders[dir as usize] else {
+        // A pipe holder only follows the ring (`to_bulk`), never precedes it.
+        return ConnEvent::ReceiveWouldBlock { dir };
+    };
+    if *end == buf.len() && *start > 0 {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    let r = &mut io.ring[side as usize];
+    let room = (buf.len() - *end).min(max);
+    let mut moved = 0;
+    while moved < room {
+        let Some(chunk) = r.backlog.front_mut() else {
+            break;
+        };
+        match chunk {
+            Chunk::Data {
+                buf: id,
+                off,
+                len,
+            } => {
+                let n = (*len as usize).min(room - moved);
+                let data = driver.stream_data(*id, *off as usize + n);
+                buf[*end..*end + n].copy_from_slice(&data[*off as usize..*off as usize + n]);
+                *end += n;
+                moved += n;
+                if n == *len as usize {
+                    let id = *id;
+                    r.backlog.pop_front();
+                    driver.recycle(id);
+                } else {
+                    *off += n as u32;
+                    *len -= n as u32;
+                }
+            }
+            Chunk::End(code) => {
+                if moved > 0 {
+                    break;
+                }
+                let code = *code;
+                r.backlog.pop_front();
+                if code == 0 {
+                    return ConnEvent::Received { dir, bytes: 0 };
+                }
+                return ConnEvent::Failed {
+                    side,
+                    reset: sys::is_reset(&std::io::Error::from_raw_os_error(-code)),
+                };
+            }
+        }
+    }
+    if r.backlog.is_empty() && r.state == RingState::Off && r.to_bulk {
+        r.to_bulk = false;
+        io.bulk[dir as usize] = true;
+    }
+    if moved == 0 {
+        // Nothing came yet, or (room 0) the holder is full.
+        return ConnEvent::ReceiveWouldBlock { dir };
+    }
+    if r.backlog.is_empty() && r.state != RingState::Off {
+        // All the ring had: the next completion reports the side readable again.
+        ConnEvent::ReceivedDrained { dir, bytes: moved }
+    } else {
+        ConnEvent::Received { dir, bytes: moved }
+    }
+}
+
+/// The direction that reads from `side`.
+fn side_dir(side: Side) -> Dir {
+    match side {
+        Side::Client => Dir::ToBackend,
+        Side::Backend => Dir::ToClient,
+    }
+}
