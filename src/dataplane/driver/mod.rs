@@ -233,6 +233,27 @@ pub trait Driver {
     ) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Report, once, input readiness of a socket watched with [`Driver::watch_ring`]
+    /// (`Completion::Ready` with `input`, ended).
+    fn watch_first_input(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Start the ring receive of a socket watched with [`Driver::watch_ring`].
+    fn arm_receive(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Stop the ring receive of a socket (its last completion still reports).
     fn stop_receive(&mut self, _slot: u32, _generation: u32, _client: bool) -> io::Result<()> {
         Ok(())

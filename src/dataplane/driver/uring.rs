@@ -478,17 +478,59 @@ impl Driver for Uring {
         };
         self.poll(tag(Kind::poll(client)), fd, OUTPUT_MASK)?;
         if recv {
-            let kind = if client {
-                Kind::RecvClient
-            } else {
-                Kind::RecvBackend
-            };
-            let entry = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), BUFFER_GROUP)
-                .build()
-                .user_data(tag(kind).encode());
-            self.push(entry)?;
+            self.arm_receive(slot, generation, client, fd)?;
         }
         Ok(())
+    }
+
+    /// A one-shot input poll (tagged as [`Driver::watch_input`]'s).
+    fn watch_first_input(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let kind = if client {
+            Kind::InputClient
+        } else {
+            Kind::InputBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), INPUT_MASK)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
+    }
+
+    fn arm_receive(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        if self.bufs.is_none() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let kind = if client {
+            Kind::RecvClient
+        } else {
+            Kind::RecvBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        let entry = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), BUFFER_GROUP)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
     }
 
     fn stop_receive(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
@@ -637,10 +679,7 @@ impl Driver for Uring {
                     generation: tag.generation,
                     ended: !more,
                 },
-                Kind::PollClient
-                | Kind::PollBackend
-                | Kind::InputClient
-                | Kind::InputBackend => {
+                Kind::PollClient | Kind::PollBackend | Kind::InputClient | Kind::InputBackend => {
                     let mask = if res >= 0 { res as u32 } else { 0 };
                     let err = res < 0 || mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
                     Completion::Ready {

@@ -299,6 +299,13 @@ impl<D: Driver> Worker<D> {
             } => {
                 let conn = ConnHandle::from_parts(slot, generation);
                 let side = if client { Side::Client } else { Side::Backend };
+                if input {
+                    if let Some(io) = self.table.resources_mut(conn) {
+                        if io.ring[side as usize].state == ring::RingState::Waiting {
+                            return ring::first_input(&mut self.driver, io, slot, generation, side);
+                        }
+                    }
+                }
                 let now = self.now;
                 self.table.handle(
                     now,
@@ -510,15 +517,13 @@ impl<D: Driver> Worker<D> {
                 if ring {
                     for side in [Side::Client, Side::Backend] {
                         let r = &mut io.ring[side as usize];
-                        r.state = ring::RingState::Armed;
+                        r.state = ring::RingState::Waiting;
                         r.output_only = true;
-                        self.driver.watch_ring(
-                            slot,
-                            generation,
-                            side == Side::Client,
-                            io.side(side),
-                            true,
-                        )?;
+                        let client = side == Side::Client;
+                        self.driver
+                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                        self.driver
+                            .watch_first_input(slot, generation, client, io.side(side))?;
                     }
                 } else {
                     self.driver
@@ -618,7 +623,7 @@ impl<D: Driver> Worker<D> {
                     if r.state == ring::RingState::Armed {
                         self.driver.stop_receive(slot, generation, client)?;
                     }
-                    if r.input_polled {
+                    if r.input_polled || r.state == ring::RingState::Waiting {
                         self.driver.unwatch_input(slot, generation, client)?;
                     }
                 }

@@ -33,6 +33,9 @@ pub(super) enum RingState {
     /// Not receiving through the ring (never did, or its receive ended).
     #[default]
     Off,
+    /// Waiting for the socket's first input (a one-shot input poll): the receive is armed
+    /// only then, so that it never starts with a try that finds nothing.
+    Waiting,
     /// A multishot receive is armed.
     Armed,
     /// Its receive was cancelled; its last completion has not come yet.
@@ -89,11 +92,33 @@ pub(super) fn leave<D: Driver>(
     side: Side,
 ) -> std::io::Result<()> {
     let r = &mut io.ring[side as usize];
-    if r.state == RingState::Armed {
-        r.state = RingState::Leaving;
-        driver.stop_receive(slot, generation, side == Side::Client)?;
+    match r.state {
+        RingState::Armed => {
+            r.state = RingState::Leaving;
+            driver.stop_receive(slot, generation, side == Side::Client)?;
+        }
+        RingState::Waiting => {
+            // No receive yet: its one-shot input poll becomes the input poll of the
+            // readiness path (re-armed as such when it fires).
+            r.state = RingState::Off;
+            r.input_polled = true;
+        }
+        RingState::Off | RingState::Leaving => {}
     }
     Ok(())
+}
+
+/// The first input poll of a `Waiting` side fired (bytes, FIN or an error): arm its
+/// multishot receive, which reports whichever it was.
+pub(super) fn first_input<D: Driver>(
+    driver: &mut D,
+    io: &mut Io,
+    slot: u32,
+    generation: u32,
+    side: Side,
+) -> std::io::Result<()> {
+    io.ring[side as usize].state = RingState::Armed;
+    driver.arm_receive(slot, generation, side == Side::Client, io.side(side))
 }
 
 /// A ring receive completion of `side`: queue its bytes (or end) in the backlog, leave the
@@ -188,11 +213,7 @@ pub(super) fn receive<D: Driver>(
             break;
         };
         match chunk {
-            Chunk::Data {
-                buf: id,
-                off,
-                len,
-            } => {
+            Chunk::Data { buf: id, off, len } => {
                 let n = (*len as usize).min(room - moved);
                 let data = driver.stream_data(*id, *off as usize + n);
                 buf[*end..*end + n].copy_from_slice(&data[*off as usize..*off as usize + n]);
