@@ -302,7 +302,9 @@ impl Driver for Epoll {
                 | Kind::RecvClient
                 | Kind::RecvBackend
                 | Kind::InputClient
-                | Kind::InputBackend => {}
+                | Kind::InputBackend
+                | Kind::SendClient
+                | Kind::SendBackend => {}
             }
         }
         for &(slot, generation) in &connected {

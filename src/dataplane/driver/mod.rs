@@ -55,6 +55,9 @@ pub enum Kind {
     /// Input readiness of a socket whose ring receive ended (`Driver::watch_input`).
     InputClient = 10,
     InputBackend = 11,
+    /// A ring SEND to a connection's client or backend, from a ring buffer.
+    SendClient = 12,
+    SendBackend = 13,
 }
 
 impl Kind {
@@ -98,6 +101,8 @@ impl UserData {
             9 => Kind::RecvBackend,
             10 => Kind::InputClient,
             11 => Kind::InputBackend,
+            12 => Kind::SendClient,
+            13 => Kind::SendBackend,
             _ => return None,
         };
         Some(UserData {
@@ -150,7 +155,7 @@ pub enum Completion {
         input: bool,
     },
     /// A ring receive of a connection's socket (`client` or backend) completed: `result`
-    /// bytes (> 0) in buffer `buf` (see [`Driver::stream_data`], give it back with
+    /// bytes (> 0) in buffer `buf` (sent by [`Driver::send_ring`], given back with
     /// [`Driver::recycle`]), 0 for the peer's FIN, or -errno (ENOBUFS: the buffer ring ran
     /// dry, ECANCELED: stopped). `ended` when the multishot receive stopped.
     Received {
@@ -160,6 +165,14 @@ pub enum Completion {
         result: i32,
         buf: Option<u16>,
         ended: bool,
+    },
+    /// A ring SEND ([`Driver::send_ring`]) to a connection's `client` or backend socket
+    /// completed: `result` bytes sent (maybe fewer than asked), or -errno.
+    Sent {
+        slot: u32,
+        generation: u32,
+        client: bool,
+        result: i32,
     },
     /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).
     Connected {
@@ -272,9 +285,21 @@ pub trait Driver {
     fn unwatch_input(&mut self, _slot: u32, _generation: u32, _client: bool) -> io::Result<()> {
         Ok(())
     }
-    /// The first `len` bytes of ring buffer `buf` (of a `Completion::Received`).
-    fn stream_data(&self, _buf: u16, _len: usize) -> &[u8] {
-        &[]
+    /// Send `len` bytes at `off` of ring buffer `buf` to the socket (`Completion::Sent`),
+    /// without waiting for room (a full socket answers EAGAIN). The buffer must not be
+    /// recycled before the completion.
+    #[allow(clippy::too_many_arguments)]
+    fn send_ring(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+        _buf: u16,
+        _off: u32,
+        _len: u32,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     /// Give ring buffer `buf` back to the kernel.
     fn recycle(&mut self, _buf: u16) {}
@@ -310,6 +335,8 @@ mod tests {
             Kind::RecvBackend,
             Kind::InputClient,
             Kind::InputBackend,
+            Kind::SendClient,
+            Kind::SendBackend,
         ] {
             let u = UserData {
                 kind,

@@ -582,11 +582,37 @@ impl Driver for Uring {
         })
     }
 
-    fn stream_data(&self, buf: u16, len: usize) -> &[u8] {
-        match &self.bufs {
-            Some(b) => b.get(buf, len),
-            None => &[],
-        }
+    fn send_ring(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+        buf: u16,
+        off: u32,
+        len: u32,
+    ) -> io::Result<()> {
+        let Some(bufs) = &self.bufs else {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        };
+        let data = &bufs.get(buf, (off + len) as usize)[off as usize..];
+        let kind = if client {
+            Kind::SendClient
+        } else {
+            Kind::SendBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        // The kernel reads `data` until the completion: the worker recycles the ring buffer
+        // only after it (or, for a connection closed meanwhile, when it comes).
+        let entry = opcode::Send::new(types::Fd(fd.as_raw_fd()), data.as_ptr(), data.len() as u32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
     }
 
     fn recycle(&mut self, buf: u16) {
@@ -713,6 +739,12 @@ impl Driver for Uring {
                         None
                     },
                     ended: !more,
+                },
+                Kind::SendClient | Kind::SendBackend => Completion::Sent {
+                    slot: tag.slot,
+                    generation: tag.generation,
+                    client: tag.kind == Kind::SendClient,
+                    result: res,
                 },
                 Kind::Wake => Completion::Wake { ended: !more },
                 Kind::Flow => Completion::FlowReadable {

@@ -236,6 +236,7 @@ impl<D: Driver> Worker<D> {
             holders: [Holder::Empty, Holder::Empty],
             bulk: [false; 2],
             ring: Default::default(),
+            out: Default::default(),
         };
         let snapshot = Arc::clone(self.reader.load());
         match self.table.accept(self.now, &snapshot, key, client_addr, io) {

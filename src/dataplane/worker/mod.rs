@@ -132,6 +132,8 @@ struct Io {
     bulk: [bool; 2],
     /// Per side (socket): its input through the io_uring ring (`ring`).
     ring: [ring::SideRing; 2],
+    /// Per direction: bytes taken from the ring, sent by ring SENDs (`ring`).
+    out: [ring::Outgoing; 2],
 }
 
 impl Io {
@@ -161,6 +163,9 @@ pub struct Worker<D: Driver> {
     reader: arc_swap::Cache<Arc<arc_swap::ArcSwap<RoutingSnapshot>>, Arc<RoutingSnapshot>>,
     pool: HolderPool,
     to_close: Vec<OwnedFd>,
+    /// Ring SENDs of closed connections still in flight: (slot, generation, to the
+    /// client, ring buffer), recycled when they complete.
+    orphan_sends: Vec<(u32, u32, bool, u16)>,
     wake: Arc<OwnedFd>,
     now: Instant,
     /// Reused buffer for PROXY headers.
@@ -196,6 +201,7 @@ impl<D: Driver> Worker<D> {
             reader: setup.publisher.reader(),
             pool: HolderPool::new(setup.relay, setup.spare_pipes),
             to_close: Vec::new(),
+            orphan_sends: Vec::new(),
             wake: setup.wake,
             now: Instant::now(),
             header: Vec::with_capacity(256),
@@ -369,6 +375,47 @@ impl<D: Driver> Worker<D> {
                     },
                 );
             }
+            Completion::Sent {
+                slot,
+                generation,
+                client,
+                result,
+            } => {
+                let conn = ConnHandle::from_parts(slot, generation);
+                let (dst, dir) = if client {
+                    (Side::Client, Dir::ToClient)
+                } else {
+                    (Side::Backend, Dir::ToBackend)
+                };
+                let Some(io) = self.table.resources_mut(conn) else {
+                    // The connection closed while its SEND was in flight.
+                    if let Some(i) = self
+                        .orphan_sends
+                        .iter()
+                        .position(|o| (o.0, o.1, o.2) == (slot, generation, client))
+                    {
+                        let (.., buf) = self.orphan_sends.swap_remove(i);
+                        self.driver.recycle(buf);
+                    }
+                    return Ok(());
+                };
+                let (event, writable) =
+                    ring::on_sent(&mut self.driver, io, slot, generation, dir, result)?;
+                let now = self.now;
+                self.table.handle(now, conn, event);
+                if writable {
+                    self.table.handle(
+                        now,
+                        conn,
+                        ConnEvent::Ready {
+                            side: dst,
+                            readable: false,
+                            writable: true,
+                        },
+                    );
+                }
+                self.give_back_if_drained(conn, dir);
+            }
             Completion::Connected {
                 slot,
                 generation,
@@ -535,7 +582,7 @@ impl<D: Driver> Worker<D> {
             Output::Receive { conn, dir, max } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
                 if io.ring[dir.src() as usize].owns_input() {
-                    let event = ring::receive(&mut self.driver, &mut self.pool, io, dir, max);
+                    let event = ring::receive(io, dir, max);
                     self.table.handle(now, conn, event);
                     self.give_back_if_drained(conn, dir);
                     return Ok(());
@@ -557,6 +604,12 @@ impl<D: Driver> Worker<D> {
             }
             Output::Send { conn, dir, held } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
+                if let Some(event) =
+                    ring::send(&mut self.driver, io, conn.slot(), conn.generation(), dir)?
+                {
+                    self.table.handle(now, conn, event);
+                    return Ok(());
+                }
                 let dst = match dir.dst() {
                     Side::Client => io.client.as_fd(),
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
@@ -627,7 +680,13 @@ impl<D: Driver> Worker<D> {
                         self.driver.unwatch_input(slot, generation, client)?;
                     }
                 }
-                ring::release(&mut self.driver, &mut io);
+                let busy = ring::release(&mut self.driver, &mut io);
+                for dir in Dir::BOTH {
+                    if let Some(buf) = busy[dir as usize] {
+                        let client = dir.dst() == Side::Client;
+                        self.orphan_sends.push((slot, generation, client, buf));
+                    }
+                }
                 for dir in Dir::BOTH {
                     let h = std::mem::take(&mut io.holders[dir as usize]);
                     self.pool.give(h, held[dir as usize]);

@@ -4,9 +4,13 @@
 //!
 //! Each completion's bytes wait in the socket's backlog (ring buffers, in arrival order)
 //! and the side is reported readable; the connection core then asks for `Receive` as
-//! usual, and [`receive`] serves it from the backlog (a copy into the direction's holder,
-//! the ring buffer recycled at once) — no system call. `Send` is unchanged (send(2) from
-//! the holder), so partial sends keep their bytes exactly as before.
+//! usual, and [`receive`] serves it from the backlog by moving the pieces of ring buffers
+//! to the direction's outgoing queue ([`Outgoing`]) — no copy, no system call. `Send`
+//! then sends the queue's front piece with a ring SEND straight from the ring buffer
+//! ([`send`]); the core is told "would block" until the SEND completes ([`on_sent`]), and
+//! only then `Sent` with the bytes it took, so its count of held bytes stays exact (a FIN
+//! is passed on only after every held byte was sent). A short SEND puts the rest back at
+//! the queue's front; the buffer returns to the ring when its last piece was sent.
 //!
 //! A socket leaves the ring for good (its receive is cancelled and, once the cancel's last
 //! completion came, input readiness is polled as before) when
@@ -23,7 +27,6 @@
 use super::{Driver, Io};
 use crate::dataplane::conn::{ConnEvent, Dir, Side};
 use crate::dataplane::driver::RING_BUFFER_SIZE;
-use crate::dataplane::relay::{Holder, HolderPool};
 use crate::dataplane::sys;
 use std::collections::VecDeque;
 
@@ -40,6 +43,31 @@ pub(super) enum RingState {
     Armed,
     /// Its receive was cancelled; its last completion has not come yet.
     Leaving,
+}
+
+/// Bytes of a ring buffer on their way to a direction's destination.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Piece {
+    buf: u16,
+    off: u32,
+    len: u32,
+    /// The buffer's last bytes: it goes back to the ring once this piece was sent.
+    last: bool,
+}
+
+/// A direction's bytes taken from the ring: the core counts them as held.
+#[derive(Debug, Default)]
+pub(super) struct Outgoing {
+    queue: VecDeque<Piece>,
+    /// The piece of the SEND in flight.
+    sending: Option<Piece>,
+}
+
+impl Outgoing {
+    /// The ring buffer a SEND in flight reads.
+    pub fn in_flight(&self) -> Option<u16> {
+        self.sending.map(|p| p.buf)
+    }
 }
 
 /// One entry of a socket's backlog.
@@ -72,15 +100,32 @@ impl SideRing {
     }
 }
 
-/// Give every ring buffer still held by `io`'s backlogs back (the connection closes).
-pub(super) fn release<D: Driver>(driver: &mut D, io: &mut Io) {
+/// Give every ring buffer still held by `io`'s backlogs and outgoing queues back (the
+/// connection closes), but those a SEND in flight still reads: per direction, the buffer
+/// of its SEND in flight, for the caller to recycle when that SEND completes.
+pub(super) fn release<D: Driver>(driver: &mut D, io: &mut Io) -> [Option<u16>; 2] {
+    let busy = [io.out[0].in_flight(), io.out[1].in_flight()];
+    let mut give = |buf: u16| {
+        if !busy.contains(&Some(buf)) {
+            driver.recycle(buf);
+        }
+    };
     for r in &mut io.ring {
         for c in r.backlog.drain(..) {
             if let Chunk::Data { buf, .. } = c {
-                driver.recycle(buf);
+                give(buf);
             }
         }
     }
+    for o in &mut io.out {
+        for p in o.queue.drain(..) {
+            if p.last {
+                give(p.buf);
+            }
+        }
+        o.sending = None;
+    }
+    busy
 }
 
 /// Leave the ring on `side`: cancel its receive (its last completion comes later).
@@ -184,45 +229,31 @@ pub(super) fn on_received<D: Driver>(
 }
 
 /// Execute `Op::Receive { dir, max }` for a source socket that owns its input
-/// ([`SideRing::owns_input`]): move bytes from its backlog into the holder.
-pub(super) fn receive<D: Driver>(
-    driver: &mut D,
-    pool: &mut HolderPool,
-    io: &mut Io,
-    dir: Dir,
-    max: usize,
-) -> ConnEvent {
+/// ([`SideRing::owns_input`]): move pieces of its backlog to the direction's outgoing
+/// queue (no copy: the bytes stay in their ring buffers).
+pub(super) fn receive(io: &mut Io, dir: Dir, max: usize) -> ConnEvent {
     let side = dir.src();
-    if matches!(io.holders[dir as usize], Holder::Empty) {
-        io.holders[dir as usize] = pool.take_buffer();
-    }
-    let Holder::Buffer { buf, start, end } = &mut io.holders[dir as usize] else {
-        // A pipe holder only follows the ring (`to_bulk`), never precedes it.
-        return ConnEvent::ReceiveWouldBlock { dir };
-    };
-    if *end == buf.len() && *start > 0 {
-        buf.copy_within(*start..*end, 0);
-        *end -= *start;
-        *start = 0;
-    }
     let r = &mut io.ring[side as usize];
-    let room = (buf.len() - *end).min(max);
+    let out = &mut io.out[dir as usize];
+    let room = max;
     let mut moved = 0;
     while moved < room {
         let Some(chunk) = r.backlog.front_mut() else {
             break;
         };
         match chunk {
-            Chunk::Data { buf: id, off, len } => {
+            Chunk::Data { buf, off, len } => {
                 let n = (*len as usize).min(room - moved);
-                let data = driver.stream_data(*id, *off as usize + n);
-                buf[*end..*end + n].copy_from_slice(&data[*off as usize..*off as usize + n]);
-                *end += n;
+                let whole = n == *len as usize;
+                out.queue.push_back(Piece {
+                    buf: *buf,
+                    off: *off,
+                    len: n as u32,
+                    last: whole,
+                });
                 moved += n;
-                if n == *len as usize {
-                    let id = *id;
+                if whole {
                     r.backlog.pop_front();
-                    driver.recycle(id);
                 } else {
                     *off += n as u32;
                     *len -= n as u32;
@@ -258,6 +289,99 @@ pub(super) fn receive<D: Driver>(
     } else {
         ConnEvent::Received { dir, bytes: moved }
     }
+}
+
+/// Execute `Op::Send { dir }` when the direction has bytes from the ring (queued or in
+/// flight): start a ring SEND of the front piece if none is in flight. The core is told
+/// "would block" until the SEND completes ([`on_sent`]). `None`: nothing from the ring,
+/// the holder's bytes are sent as usual.
+pub(super) fn send<D: Driver>(
+    driver: &mut D,
+    io: &mut Io,
+    slot: u32,
+    generation: u32,
+    dir: Dir,
+) -> std::io::Result<Option<ConnEvent>> {
+    let out = &mut io.out[dir as usize];
+    if out.sending.is_some() {
+        return Ok(Some(ConnEvent::SendWouldBlock { dir }));
+    }
+    let Some(p) = out.queue.pop_front() else {
+        return Ok(None);
+    };
+    out.sending = Some(p);
+    let dst = dir.dst();
+    let fd = io.side(dst);
+    driver.send_ring(
+        slot,
+        generation,
+        dst == Side::Client,
+        fd,
+        p.buf,
+        p.off,
+        p.len,
+    )?;
+    Ok(Some(ConnEvent::SendWouldBlock { dir }))
+}
+
+/// The ring SEND of `dir` completed with `result`: the event for the core, and whether
+/// the destination may take more now (a SEND that took everything).
+pub(super) fn on_sent<D: Driver>(
+    driver: &mut D,
+    io: &mut Io,
+    slot: u32,
+    generation: u32,
+    dir: Dir,
+    result: i32,
+) -> std::io::Result<(ConnEvent, bool)> {
+    let out = &mut io.out[dir as usize];
+    let Some(p) = out.sending.take() else {
+        // Not ours (cannot happen: one SEND per direction, reported once).
+        return Ok((ConnEvent::Sent { dir, bytes: 0 }, false));
+    };
+    if result > 0 && result as u32 >= p.len {
+        if p.last {
+            driver.recycle(p.buf);
+        }
+        return Ok((
+            ConnEvent::Sent {
+                dir,
+                bytes: p.len as usize,
+            },
+            true,
+        ));
+    }
+    if result > 0 {
+        // Short: the socket is full. The rest goes first when it has room again.
+        let n = result as u32;
+        out.queue.push_front(Piece {
+            off: p.off + n,
+            len: p.len - n,
+            ..p
+        });
+        leave(driver, io, slot, generation, dir.src())?;
+        return Ok((
+            ConnEvent::Sent {
+                dir,
+                bytes: n as usize,
+            },
+            false,
+        ));
+    }
+    out.queue.push_front(p);
+    if -result == libc::EAGAIN {
+        // Back-pressure: the source stops being received from while bytes are held.
+        leave(driver, io, slot, generation, dir.src())?;
+        return Ok((ConnEvent::SendWouldBlock { dir }, false));
+    }
+    let code = if result == 0 { -libc::EIO } else { result };
+    Ok((
+        ConnEvent::Failed {
+            side: dir.dst(),
+            reset: sys::is_reset(&std::io::Error::from_raw_os_error(-code)),
+        },
+        false,
+    ))
 }
 
 /// The direction that reads from `side`.
