@@ -314,7 +314,7 @@ impl Dataplane {
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-w{index}"))
                 .spawn(move || match driver {
-                    DriverChoice::Uring => run_worker(setup, tx, || Uring::with_taskrun(1024, true)),
+                    DriverChoice::Uring => run_worker(setup, tx, || Uring::new(1024)),
                     DriverChoice::Epoll => run_worker(setup, tx, Epoll::new),
                 })
                 .map_err(|cause| StartError::Worker { index, cause })?;
