@@ -1,7 +1,8 @@
 //! The io_uring driver's provided-buffer ring for small TCP transfers (issue 18): [`COUNT`]
 //! buffers of [`STRIDE`] bytes that the kernel fills with multishot RECV on connection
 //! sockets in the copy phase of `relay = "auto"`/`"copy"`, and that the worker gives back
-//! ([`BufRing::recycle`]) once it copied the bytes into the direction's holder.
+//! ([`BufRing::recycle`]) once the bytes were sent from it (a ring SEND straight from the
+//! buffer) or dropped with their connection.
 //!
 //! Sizes: 16 KiB buffers (a keep-alive request or reply fits one; a receive that fills one
 //! sends its direction back to readiness + splice, as a full read does), 128 of them: 2 MiB

@@ -69,6 +69,33 @@ impl Kind {
             Kind::PollBackend
         }
     }
+
+    /// The ring receive of a connection's client or backend socket.
+    pub fn recv(client: bool) -> Kind {
+        if client {
+            Kind::RecvClient
+        } else {
+            Kind::RecvBackend
+        }
+    }
+
+    /// The input-only poll of a connection's client or backend socket.
+    pub fn input(client: bool) -> Kind {
+        if client {
+            Kind::InputClient
+        } else {
+            Kind::InputBackend
+        }
+    }
+
+    /// A ring SEND to a connection's client or backend socket.
+    pub fn send(client: bool) -> Kind {
+        if client {
+            Kind::SendClient
+        } else {
+            Kind::SendBackend
+        }
+    }
 }
 
 /// The 64-bit tag of a driver entry (io_uring user_data, epoll token): kind (8 bits) |

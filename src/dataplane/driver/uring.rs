@@ -6,7 +6,11 @@
 //! LINK_TIMEOUT for a real connect timeout, ASYNC_CANCEL to stop them (never POLL_REMOVE: see
 //! `Uring::remove_poll`). It does
 //! NOT use IORING_OP_SPLICE for sockets (executed by io-wq helper threads on this kernel):
-//! bytes are moved by the worker with nonblocking splice(2) when a poll says a socket is ready.
+//! bulk bytes are moved by the worker with nonblocking splice(2) when a poll says a socket is
+//! ready. Small transfers (a direction in the copy phase of `relay = "auto"`/`"copy"`) go
+//! through the ring instead: a multishot RECV into the provided-buffer ring (`bufring`), armed
+//! after a one-shot input poll, and a SEND (`MSG_DONTWAIT`, so it completes at submit and never
+//! waits in the kernel) straight from the ring buffer (the worker's `ring` module decides).
 //! Nor does it use multishot ACCEPT: that takes every connection of a burst before the worker
 //! sees the first one, whatever `max_connections_per_worker` says; the worker accepts with
 //! accept4(2) when a listener's poll fires, as many as it may take (see `driver`).
@@ -491,11 +495,7 @@ impl Driver for Uring {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = if client {
-            Kind::InputClient
-        } else {
-            Kind::InputBackend
-        };
+        let kind = Kind::input(client);
         let tag = UserData {
             kind,
             slot,
@@ -517,11 +517,7 @@ impl Driver for Uring {
         if self.bufs.is_none() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        let kind = if client {
-            Kind::RecvClient
-        } else {
-            Kind::RecvBackend
-        };
+        let kind = Kind::recv(client);
         let tag = UserData {
             kind,
             slot,
@@ -534,11 +530,7 @@ impl Driver for Uring {
     }
 
     fn stop_receive(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        let kind = if client {
-            Kind::RecvClient
-        } else {
-            Kind::RecvBackend
-        };
+        let kind = Kind::recv(client);
         self.cancel(
             UserData {
                 kind,
@@ -556,11 +548,7 @@ impl Driver for Uring {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = if client {
-            Kind::InputClient
-        } else {
-            Kind::InputBackend
-        };
+        let kind = Kind::input(client);
         let tag = UserData {
             kind,
             slot,
@@ -570,11 +558,7 @@ impl Driver for Uring {
     }
 
     fn unwatch_input(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        let kind = if client {
-            Kind::InputClient
-        } else {
-            Kind::InputBackend
-        };
+        let kind = Kind::input(client);
         self.remove_poll(UserData {
             kind,
             slot,
@@ -596,11 +580,7 @@ impl Driver for Uring {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         };
         let data = &bufs.get(buf, (off + len) as usize)[off as usize..];
-        let kind = if client {
-            Kind::SendClient
-        } else {
-            Kind::SendBackend
-        };
+        let kind = Kind::send(client);
         let tag = UserData {
             kind,
             slot,
@@ -792,115 +772,4 @@ fn ignore_tag() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dataplane::sys;
-    use std::os::fd::AsFd;
-
-    /// A completion produced while the worker was busy (the eventfd is signalled after the
-    /// poll was armed, so its wake-up is deferred task work) is collected by a submit that
-    /// does not wait: the worker's no-wait rounds (yielded connections, closes pending) must
-    /// not leave readiness queued in the kernel until the next tick.
-    #[test]
-    fn a_no_wait_submit_collects_deferred_completions() {
-        let mut ring = Uring::with_taskrun(8, true).expect("io_uring ring");
-        assert!(
-            ring.defers_taskrun(),
-            "this kernel (6.1+) takes IORING_SETUP_DEFER_TASKRUN"
-        );
-        let efd = sys::eventfd().expect("eventfd");
-        ring.watch_wake(efd.as_fd()).expect("watch");
-        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-        let mut out = Vec::new();
-        ring.completions(&mut out);
-        assert!(out.is_empty(), "nothing signalled yet: {out:?}");
-        sys::eventfd_signal(efd.as_fd()).expect("signal");
-        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-        ring.completions(&mut out);
-        assert!(
-            matches!(out.as_slice(), [Completion::Wake { ended: false }]),
-            "the wake-up is collected without waiting: {out:?}"
-        );
-    }
-
-    /// Completions until `want` says stop (at most 5 s).
-    fn wait_for(ring: &mut Uring, want: impl Fn(&Completion) -> bool) -> Completion {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut out = Vec::new();
-        loop {
-            ring.submit_and_wait(Some(Duration::from_millis(50)))
-                .expect("submit");
-            ring.completions(&mut out);
-            if let Some(i) = out.iter().position(&want) {
-                return out.swap_remove(i);
-            }
-            assert!(std::time::Instant::now() < deadline, "no such completion");
-        }
-    }
-
-    /// A socket handed to `close` is closed by the next submit (its peer reads EOF), not
-    /// before: entries queued ahead of it (its polls' removal) still name the open socket.
-    #[test]
-    fn close_happens_in_the_next_submit() {
-        use std::io::Read;
-        let mut ring = Uring::new(8).expect("io_uring ring");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        client
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        ring.close(OwnedFd::from(server)).expect("close");
-        let mut buf = [0u8; 1];
-        assert!(
-            client.read(&mut buf).is_err(),
-            "still open until the submit (the read times out)"
-        );
-        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        assert_eq!(client.read(&mut buf).expect("EOF"), 0, "closed: EOF");
-    }
-
-    /// A backend socket connected through the ring has TCP_NODELAY set (through the ring
-    /// where the kernel can, 6.7+, as here).
-    #[test]
-    fn connect_sets_nodelay() {
-        let mut ring = Uring::new(8).expect("io_uring ring");
-        assert!(
-            ring.sets_sockopts(),
-            "this kernel (6.7+) sets options through the ring"
-        );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM.nonblocking(),
-            None,
-        )
-        .expect("socket");
-        assert!(!socket.nodelay().expect("nodelay"));
-        ring.connect(
-            3,
-            7,
-            socket.as_fd(),
-            listener.local_addr().expect("addr"),
-            Duration::from_secs(5),
-        )
-        .expect("connect");
-        let done = wait_for(&mut ring, |c| matches!(c, Completion::Connected { .. }));
-        assert!(
-            matches!(
-                done,
-                Completion::Connected {
-                    slot: 3,
-                    generation: 7,
-                    result: Ok(())
-                }
-            ),
-            "{done:?}"
-        );
-        assert!(socket.nodelay().expect("nodelay"), "TCP_NODELAY set");
-    }
-}
+mod tests;

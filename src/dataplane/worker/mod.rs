@@ -345,77 +345,13 @@ impl<D: Driver> Worker<D> {
                 result,
                 buf,
                 ended,
-            } => {
-                let conn = ConnHandle::from_parts(slot, generation);
-                let side = if client { Side::Client } else { Side::Backend };
-                let Some(io) = self.table.resources_mut(conn) else {
-                    // A late completion of a connection that is gone.
-                    if let Some(buf) = buf {
-                        self.driver.recycle(buf);
-                    }
-                    return Ok(());
-                };
-                ring::on_received(
-                    &mut self.driver,
-                    io,
-                    slot,
-                    generation,
-                    side,
-                    result,
-                    buf,
-                    ended,
-                )?;
-                self.table.handle(
-                    self.now,
-                    conn,
-                    ConnEvent::Ready {
-                        side,
-                        readable: true,
-                        writable: false,
-                    },
-                );
-            }
+            } => self.on_ring_received(slot, generation, client, result, buf, ended)?,
             Completion::Sent {
                 slot,
                 generation,
                 client,
                 result,
-            } => {
-                let conn = ConnHandle::from_parts(slot, generation);
-                let (dst, dir) = if client {
-                    (Side::Client, Dir::ToClient)
-                } else {
-                    (Side::Backend, Dir::ToBackend)
-                };
-                let Some(io) = self.table.resources_mut(conn) else {
-                    // The connection closed while its SEND was in flight.
-                    if let Some(i) = self
-                        .orphan_sends
-                        .iter()
-                        .position(|o| (o.0, o.1, o.2) == (slot, generation, client))
-                    {
-                        let (.., buf) = self.orphan_sends.swap_remove(i);
-                        self.driver.recycle(buf);
-                    }
-                    return Ok(());
-                };
-                let (event, writable) =
-                    ring::on_sent(&mut self.driver, io, slot, generation, dir, result)?;
-                let now = self.now;
-                self.table.handle(now, conn, event);
-                if writable {
-                    self.table.handle(
-                        now,
-                        conn,
-                        ConnEvent::Ready {
-                            side: dst,
-                            readable: false,
-                            writable: true,
-                        },
-                    );
-                }
-                self.give_back_if_drained(conn, dir);
-            }
+            } => self.on_ring_sent(slot, generation, client, result)?,
             Completion::Connected {
                 slot,
                 generation,
@@ -670,23 +606,7 @@ impl<D: Driver> Worker<D> {
                 if connect_in_flight {
                     self.driver.cancel_connect(slot, generation)?;
                 }
-                for side in [Side::Client, Side::Backend] {
-                    let client = side == Side::Client;
-                    let r = &io.ring[side as usize];
-                    if r.state == ring::RingState::Armed {
-                        self.driver.stop_receive(slot, generation, client)?;
-                    }
-                    if r.input_polled || r.state == ring::RingState::Waiting {
-                        self.driver.unwatch_input(slot, generation, client)?;
-                    }
-                }
-                let busy = ring::release(&mut self.driver, &mut io);
-                for dir in Dir::BOTH {
-                    if let Some(buf) = busy[dir as usize] {
-                        let client = dir.dst() == Side::Client;
-                        self.orphan_sends.push((slot, generation, client, buf));
-                    }
-                }
+                self.stop_ring(slot, generation, &mut io)?;
                 for dir in Dir::BOTH {
                     let h = std::mem::take(&mut io.holders[dir as usize]);
                     self.pool.give(h, held[dir as usize]);

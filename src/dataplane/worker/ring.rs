@@ -24,11 +24,13 @@
 //! completion was seen and its backlog was served. The FIN (result 0) and errors are
 //! entries of the backlog, served after the bytes before them, as read(2) would report them.
 
-use super::{Driver, Io};
+use super::{Driver, Io, Worker};
 use crate::dataplane::conn::{ConnEvent, Dir, Side};
+use crate::dataplane::connections::ConnHandle;
 use crate::dataplane::driver::RING_BUFFER_SIZE;
 use crate::dataplane::sys;
 use std::collections::VecDeque;
+use std::io;
 
 /// Where a socket's ring receive is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -385,6 +387,119 @@ pub(super) fn on_sent<D: Driver>(
 }
 
 /// The direction that reads from `side`.
+impl<D: Driver> Worker<D> {
+    /// A ring receive's completion (`Completion::Received`): bytes, FIN or error of the
+    /// connection's `client` or backend socket.
+    pub(super) fn on_ring_received(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        result: i32,
+        buf: Option<u16>,
+        ended: bool,
+    ) -> io::Result<()> {
+        let conn = ConnHandle::from_parts(slot, generation);
+        let side = if client { Side::Client } else { Side::Backend };
+        let Some(io) = self.table.resources_mut(conn) else {
+            // A late completion of a connection that is gone.
+            if let Some(buf) = buf {
+                self.driver.recycle(buf);
+            }
+            return Ok(());
+        };
+        on_received(
+            &mut self.driver,
+            io,
+            slot,
+            generation,
+            side,
+            result,
+            buf,
+            ended,
+        )?;
+        self.table.handle(
+            self.now,
+            conn,
+            ConnEvent::Ready {
+                side,
+                readable: true,
+                writable: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// A ring SEND's completion (`Completion::Sent`) to the connection's `client` or
+    /// backend socket.
+    pub(super) fn on_ring_sent(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        result: i32,
+    ) -> io::Result<()> {
+        let conn = ConnHandle::from_parts(slot, generation);
+        let (dst, dir) = if client {
+            (Side::Client, Dir::ToClient)
+        } else {
+            (Side::Backend, Dir::ToBackend)
+        };
+        let Some(io) = self.table.resources_mut(conn) else {
+            // The connection closed while its SEND was in flight.
+            if let Some(i) = self
+                .orphan_sends
+                .iter()
+                .position(|o| (o.0, o.1, o.2) == (slot, generation, client))
+            {
+                let (.., buf) = self.orphan_sends.swap_remove(i);
+                self.driver.recycle(buf);
+            }
+            return Ok(());
+        };
+        let (event, writable) = on_sent(&mut self.driver, io, slot, generation, dir, result)?;
+        let now = self.now;
+        self.table.handle(now, conn, event);
+        if writable {
+            self.table.handle(
+                now,
+                conn,
+                ConnEvent::Ready {
+                    side: dst,
+                    readable: false,
+                    writable: true,
+                },
+            );
+        }
+        self.give_back_if_drained(conn, dir);
+        Ok(())
+    }
+
+    /// A closing connection's ring state: cancel its receives and input polls, give its
+    /// ring buffers back, and remember the buffers of SENDs still in flight (recycled when
+    /// they complete, [`Self::on_ring_sent`]).
+    pub(super) fn stop_ring(&mut self, slot: u32, generation: u32, io: &mut Io) -> io::Result<()> {
+        for side in [Side::Client, Side::Backend] {
+            let client = side == Side::Client;
+            let r = &io.ring[side as usize];
+            if r.state == RingState::Armed {
+                self.driver.stop_receive(slot, generation, client)?;
+            }
+            if r.input_polled || r.state == RingState::Waiting {
+                self.driver.unwatch_input(slot, generation, client)?;
+            }
+        }
+        let busy = release(&mut self.driver, io);
+        for dir in Dir::BOTH {
+            if let Some(buf) = busy[dir as usize] {
+                let client = dir.dst() == Side::Client;
+                self.orphan_sends.push((slot, generation, client, buf));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn side_dir(side: Side) -> Dir {
     match side {
         Side::Client => Dir::ToBackend,
