@@ -17,8 +17,11 @@
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
 //! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
 //!
-//! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
-//! now (see [`Uring::new`]).
+//! The ring is `SINGLE_ISSUER + DEFER_TASKRUN` (+ `TASKRUN_FLAG`; `COOP_TASKRUN` on kernels
+//! before 6.1): the kernel's completion work (poll wake-ups, connects) runs in batches inside
+//! the worker's `io_uring_enter`, never between its relay syscalls. Since Linux 6.13 an
+//! enter runs at most 2 × 20 such items (`IO_LOCAL_TW_DEFAULT_MAX`), so a submit enters
+//! again without waiting while the kernel flags deferred work left (see [`Uring::new`]).
 //!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
@@ -59,29 +62,44 @@ pub struct Uring {
     /// Built with `IORING_SETUP_DEFER_TASKRUN`: completions are produced only inside an
     /// `io_uring_enter` with GETEVENTS on this thread (see [`Uring::new`]).
     deferred: bool,
+    /// Extra no-wait enters made to run deferred completion work left over
+    /// (`reap_deferred`), for the tests.
+    #[cfg(test)]
+    reaps: u64,
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
 }
 
+/// Deferred completion work one pass of an enter runs at most (the kernel's
+/// `IO_LOCAL_TW_DEFAULT_MAX`, Linux 6.13+); an enter makes at most two passes.
+const TW_PER_PASS: usize = 20;
+/// Extra no-wait enters per submit at most, to run deferred completion work left over
+/// (`Uring::reap_deferred`): up to 64 × 40 completions, so a flood of wake-ups cannot keep
+/// the worker from its other work.
+const MAX_REAPS: usize = 64;
+
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 
 impl Uring {
     /// A ring with `entries` submission slots (a power of two) and 4× as many completion
-    /// slots: `SINGLE_ISSUER + COOP_TASKRUN`.
+    /// slots: `SINGLE_ISSUER + DEFER_TASKRUN + TASKRUN_FLAG` (`COOP_TASKRUN` on kernels
+    /// before 6.1, which refuse DEFER_TASKRUN).
     ///
-    /// Not `DEFER_TASKRUN` (measured for issue 18, docs/benchmarks.md): +5–7% per CPU-second
-    /// on new connections and one worker's keep-alive, none on two workers' keep-alive, −8%
-    /// on UDP request/response. (The removed-NodePort failure once blamed on it was
-    /// POLL_REMOVE's race, see `Uring::remove_poll`.) [`Uring::with_taskrun`] keeps the
-    /// deferred mode (and its GETEVENTS no-wait submit) for whoever takes it further.
+    /// Measured for issue 18 (docs/benchmarks.md, "DEFER_TASKRUN without the UDP loss"):
+    /// ~+6% per LB-CPU-second on new connections and keep-alive requests; UDP
+    /// request/response lost until [`Driver::submit_and_wait`] re-entered for the deferred
+    /// work an enter leaves (2 × 20 items at most per enter since Linux 6.13: with 64
+    /// queries in flight, each flow's poll arm and cancel are two items, and the rest waited
+    /// for the next loop round). (The removed-NodePort failure once blamed on DEFER_TASKRUN
+    /// was POLL_REMOVE's race, see `Uring::remove_poll`.)
     pub fn new(entries: u32) -> io::Result<Uring> {
-        Uring::with_taskrun(entries, false)
+        Uring::with_taskrun(entries, true)
     }
 
-    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` if `deferred` and the kernel takes it
-    /// (6.1+; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
-    /// in one batch inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
+    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` only if `deferred` (and the kernel takes
+    /// it; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
+    /// in batches inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
     /// submission and every wait on the thread that created the ring, and a GETEVENTS on
     /// every enter of [`Driver::submit_and_wait`] (even the one that does not wait).
     pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
@@ -89,7 +107,7 @@ impl Uring {
             let mut b = IoUring::builder();
             b.setup_single_issuer().setup_cqsize(entries * 4);
             if deferred {
-                b.setup_defer_taskrun();
+                b.setup_defer_taskrun().setup_taskrun_flag();
             } else {
                 b.setup_coop_taskrun();
             }
@@ -106,6 +124,8 @@ impl Uring {
             args_free: Vec::new(),
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
+            #[cfg(test)]
+            reaps: 0,
             sockopts: false,
         };
         uring.sockopts = uring.try_ring_sockopt();
@@ -176,6 +196,32 @@ impl Uring {
             )
         }
         .map(|_| ())
+    }
+
+    /// Run the deferred completion work the last enter left: a DEFER_TASKRUN enter runs at
+    /// most [`TW_PER_PASS`] items per pass, two passes (Linux 6.13+), and keeps the rest
+    /// queued for the next enter; the kernel then keeps IORING_SQ_TASKRUN up (it also
+    /// raises it for work that arrived since). Entered again, GETEVENTS without waiting,
+    /// while the flag is up and the completion queue has room, at most [`MAX_REAPS`] times:
+    /// the round then sees every completion ready now, as with COOP_TASKRUN, for the cost
+    /// of one enter per 40 (measured: cheaper than leaving them to the next round, on UDP
+    /// flows and on keep-alive requests).
+    fn reap_deferred(&mut self) -> io::Result<()> {
+        for _ in 0..MAX_REAPS {
+            let room = {
+                let cq = self.ring.completion();
+                cq.capacity() - cq.len()
+            };
+            if room < 2 * TW_PER_PASS || !self.ring.submission().taskrun() {
+                return Ok(());
+            }
+            #[cfg(test)]
+            {
+                self.reaps += 1;
+            }
+            self.submit_and_reap()?;
+        }
+        Ok(())
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
@@ -458,6 +504,10 @@ impl Driver for Uring {
         };
         // Submitted (or failed before reading them): argument buffers may be reused.
         self.args_free.append(&mut self.args_pending);
+        let result = match result {
+            Ok(()) if self.deferred => self.reap_deferred(),
+            other => other,
+        };
         match result {
             Ok(()) => Ok(()),
             Err(e)
@@ -582,6 +632,42 @@ mod tests {
         assert!(
             matches!(out.as_slice(), [Completion::Wake { ended: false }]),
             "the wake-up is collected without waiting: {out:?}"
+        );
+    }
+
+    /// Workers' rings defer the kernel's completion work, and one submit collects all of
+    /// it, not only the 2 × 20 items a DEFER_TASKRUN enter runs (Linux 6.13+): 100 polls
+    /// woken while the worker was busy are all reported by the next no-wait submit.
+    #[test]
+    fn a_submit_collects_more_deferred_work_than_one_enter_runs() {
+        let mut ring = Uring::new(64).expect("io_uring ring");
+        assert!(ring.defers_taskrun(), "workers' rings defer task work");
+        let fds: Vec<OwnedFd> = (0..100).map(|_| sys::eventfd().expect("eventfd")).collect();
+        for (i, fd) in fds.iter().enumerate() {
+            ring.watch_flow(i as u64, fd.as_fd()).expect("watch");
+        }
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert!(out.is_empty(), "nothing signalled yet: {out:?}");
+        for fd in &fds {
+            sys::eventfd_signal(fd.as_fd()).expect("signal");
+        }
+        ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+        ring.completions(&mut out);
+        let mut flows: Vec<u64> = out
+            .iter()
+            .filter_map(|c| match c {
+                Completion::FlowReadable { flow, .. } => Some(*flow),
+                _ => None,
+            })
+            .collect();
+        flows.sort_unstable();
+        assert_eq!(
+            flows,
+            (0..100).collect::<Vec<u64>>(),
+            "every woken poll reported by one submit ({} extra enters)",
+            ring.reaps
         );
     }
 
