@@ -87,11 +87,11 @@ impl Uring {
     /// before 6.1, which refuse DEFER_TASKRUN).
     ///
     /// Measured for issue 18 (docs/benchmarks.md, "DEFER_TASKRUN without the UDP loss"):
-    /// ~+6% per LB-CPU-second on new connections and keep-alive requests; UDP
-    /// request/response lost until [`Driver::submit_and_wait`] re-entered for the deferred
-    /// work an enter leaves (2 × 20 items at most per enter since Linux 6.13: with 64
-    /// queries in flight, each flow's poll arm and cancel are two items, and the rest waited
-    /// for the next loop round). (The removed-NodePort failure once blamed on DEFER_TASKRUN
+    /// +1.5–4.6% per LB-CPU-second on keep-alive requests and new connections, UDP within
+    /// ±2%. Before [`Driver::submit_and_wait`] re-entered for the deferred work an enter
+    /// leaves (20 items per pass, two passes at most, since Linux 6.13), UDP flows did not
+    /// gain: with 64 queries in flight, each flow's poll completion and cancel are two
+    /// items, and those past the cap waited for the next loop round. (The removed-NodePort failure once blamed on DEFER_TASKRUN
     /// was POLL_REMOVE's race, see `Uring::remove_poll`.)
     pub fn new(entries: u32) -> io::Result<Uring> {
         Uring::with_taskrun(entries, true)
