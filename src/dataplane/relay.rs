@@ -128,6 +128,12 @@ impl HolderPool {
                 }
             }
         }
+        self.take_buffer()
+    }
+
+    /// An empty buffer holder, whatever the mode (bytes received by the io_uring ring are
+    /// copied into it).
+    pub fn take_buffer(&mut self) -> Holder {
         let buf = self
             .buffers
             .pop()
@@ -137,6 +143,12 @@ impl HolderPool {
             start: 0,
             end: 0,
         }
+    }
+
+    /// Whether holders may be buffers (`copy`, or `auto` before a direction goes bulk): a
+    /// direction can then take its input from the io_uring ring.
+    pub fn copies(&self) -> bool {
+        self.mode != RelayMode::Splice
     }
 
     /// Give back an empty holder. A holder that still holds bytes is dropped (its pipe

@@ -288,6 +288,7 @@ impl Driver for Epoll {
                         writable: error || event.is_writable() || event.is_write_closed(),
                         hangup: error || event.is_read_closed(),
                         ended: false,
+                        input: false,
                     });
                 }
                 Kind::Connect => connected.push((tag.slot, tag.generation)),
@@ -296,7 +297,14 @@ impl Driver for Epoll {
                     flow: u64::from(tag.generation) << 32 | u64::from(tag.slot),
                     ended: false,
                 }),
-                Kind::Ignore => {}
+                // Ring receives exist only under io_uring.
+                Kind::Ignore
+                | Kind::RecvClient
+                | Kind::RecvBackend
+                | Kind::InputClient
+                | Kind::InputBackend
+                | Kind::SendClient
+                | Kind::SendBackend => {}
             }
         }
         for &(slot, generation) in &connected {

@@ -20,8 +20,12 @@
 //! ACCEPT keeps accepting until it is cancelled — a burst of 2,000 connects was taken whole
 //! with a limit of 200 — and there is no way to give it a budget.)
 
+mod bufring;
 pub mod epoll;
 pub mod uring;
+
+/// Bytes a ring receive takes at most (one buffer of the io_uring driver's buffer ring).
+pub const RING_BUFFER_SIZE: usize = bufring::STRIDE;
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,6 +49,15 @@ pub enum Kind {
     Ignore = 6,
     /// Readiness of a UDP flow's upstream socket.
     Flow = 7,
+    /// Bytes received by the ring (multishot RECV) from a connection's client or backend.
+    RecvClient = 8,
+    RecvBackend = 9,
+    /// Input readiness of a socket whose ring receive ended (`Driver::watch_input`).
+    InputClient = 10,
+    InputBackend = 11,
+    /// A ring SEND to a connection's client or backend, from a ring buffer.
+    SendClient = 12,
+    SendBackend = 13,
 }
 
 impl Kind {
@@ -84,6 +97,12 @@ impl UserData {
             5 => Kind::Wake,
             6 => Kind::Ignore,
             7 => Kind::Flow,
+            8 => Kind::RecvClient,
+            9 => Kind::RecvBackend,
+            10 => Kind::InputClient,
+            11 => Kind::InputBackend,
+            12 => Kind::SendClient,
+            13 => Kind::SendBackend,
             _ => return None,
         };
         Some(UserData {
@@ -131,6 +150,29 @@ pub enum Completion {
         /// The peer shut down sending, or the socket failed (POLLRDHUP/POLLHUP/POLLERR).
         hangup: bool,
         ended: bool,
+        /// From the input poll of [`Driver::watch_input`] (re-armed as such), not the
+        /// socket's main one.
+        input: bool,
+    },
+    /// A ring receive of a connection's socket (`client` or backend) completed: `result`
+    /// bytes (> 0) in buffer `buf` (sent by [`Driver::send_ring`], given back with
+    /// [`Driver::recycle`]), 0 for the peer's FIN, or -errno (ENOBUFS: the buffer ring ran
+    /// dry, ECANCELED: stopped). `ended` when the multishot receive stopped.
+    Received {
+        slot: u32,
+        generation: u32,
+        client: bool,
+        result: i32,
+        buf: Option<u16>,
+        ended: bool,
+    },
+    /// A ring SEND ([`Driver::send_ring`]) to a connection's `client` or backend socket
+    /// completed: `result` bytes sent (maybe fewer than asked), or -errno.
+    Sent {
+        slot: u32,
+        generation: u32,
+        client: bool,
+        result: i32,
     },
     /// A connect finished: `Ok(())` or the error (`TimedOut` when the link timeout fired).
     Connected {
@@ -187,6 +229,80 @@ pub trait Driver {
     fn watch_flow(&mut self, flow: u64, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Stop reporting the flow's socket (before it is closed).
     fn unwatch_flow(&mut self, flow: u64) -> io::Result<()>;
+    /// Whether [`Driver::watch_ring`] works (io_uring with a buffer ring).
+    fn receives_streams(&self) -> bool {
+        false
+    }
+    /// As [`Driver::watch`], but the socket's input comes through the ring: report only
+    /// output readiness (and errors), and, if `recv`, receive its bytes into the buffer
+    /// ring (`Completion::Received`) until [`Driver::stop_receive`] or the end of stream.
+    fn watch_ring(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+        _recv: bool,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Report, once, input readiness of a socket watched with [`Driver::watch_ring`]
+    /// (`Completion::Ready` with `input`, ended).
+    fn watch_first_input(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Start the ring receive of a socket watched with [`Driver::watch_ring`].
+    fn arm_receive(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Stop the ring receive of a socket (its last completion still reports).
+    fn stop_receive(&mut self, _slot: u32, _generation: u32, _client: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// Report input readiness of a socket watched with [`Driver::watch_ring`] whose ring
+    /// receive ended (`Completion::Ready` with `input`), until [`Driver::unwatch_input`].
+    fn watch_input(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    fn unwatch_input(&mut self, _slot: u32, _generation: u32, _client: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// Send `len` bytes at `off` of ring buffer `buf` to the socket (`Completion::Sent`),
+    /// without waiting for room (a full socket answers EAGAIN). The buffer must not be
+    /// recycled before the completion.
+    #[allow(clippy::too_many_arguments)]
+    fn send_ring(
+        &mut self,
+        _slot: u32,
+        _generation: u32,
+        _client: bool,
+        _fd: BorrowedFd<'_>,
+        _buf: u16,
+        _off: u32,
+        _len: u32,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Give ring buffer `buf` back to the kernel.
+    fn recycle(&mut self, _buf: u16) {}
     /// Report when `fd` (the worker's eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Close `fd` after the entries queued before it (the removal of its polls, the cancel
@@ -215,6 +331,12 @@ mod tests {
             Kind::Wake,
             Kind::Ignore,
             Kind::Flow,
+            Kind::RecvClient,
+            Kind::RecvBackend,
+            Kind::InputClient,
+            Kind::InputBackend,
+            Kind::SendClient,
+            Kind::SendBackend,
         ] {
             let u = UserData {
                 kind,

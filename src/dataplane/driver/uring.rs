@@ -34,6 +34,7 @@
 
 #![allow(unsafe_code)]
 
+use super::bufring::{self, BufRing};
 use super::{Completion, Driver, Kind, UserData};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
@@ -69,8 +70,13 @@ pub struct Uring {
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
+    /// The provided-buffer ring of small TCP transfers (group [`BUFFER_GROUP`]); `None`
+    /// when the kernel refused it (sockets are then polled for input as before).
+    bufs: Option<BufRing>,
 }
 
+/// The buffer group of the TCP receive ring.
+const BUFFER_GROUP: u16 = 0;
 /// Deferred completion work one pass of an enter runs at most (the kernel's
 /// `IO_LOCAL_TW_DEFAULT_MAX`, Linux 6.13+); an enter makes at most two passes.
 const TW_PER_PASS: usize = 20;
@@ -80,6 +86,10 @@ const TW_PER_PASS: usize = 20;
 const MAX_REAPS: usize = 64;
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
+/// The main poll of a socket whose input comes through the ring: output (and, always,
+/// errors and hang-ups) only, so that arriving bytes wake the receive, not the poll.
+const OUTPUT_MASK: u32 = libc::POLLOUT as u32;
+const INPUT_MASK: u32 = (libc::POLLIN | libc::POLLRDHUP) as u32;
 
 impl Uring {
     /// A ring with `entries` submission slots (a power of two) and 4× as many completion
@@ -127,9 +137,46 @@ impl Uring {
             #[cfg(test)]
             reaps: 0,
             sockopts: false,
+            bufs: None,
         };
         uring.sockopts = uring.try_ring_sockopt();
+        uring.bufs = uring.try_buffer_ring();
         Ok(uring)
+    }
+
+    /// The TCP buffer ring, registered (Linux 5.19+; multishot RECV needs 6.0): `None`, and
+    /// connection sockets are polled for input as before, when the kernel refuses it.
+    fn try_buffer_ring(&mut self) -> Option<BufRing> {
+        let bufs = match BufRing::new() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "no memory for the TCP buffer ring: input is polled");
+                return None;
+            }
+        };
+        // SAFETY: the ring's memory (a page-aligned mapping of `bufring::COUNT` entries)
+        // lives in `self.bufs`, which is unregistered in `Drop for Uring` before it is freed.
+        let registered = unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufring::COUNT,
+                BUFFER_GROUP,
+                0,
+            )
+        };
+        if let Err(e) = registered {
+            tracing::debug!(error = %e, "the kernel refused the TCP buffer ring: input is polled");
+            return None;
+        }
+        Some(bufs)
+    }
+
+    fn poll(&mut self, tag: UserData, fd: BorrowedFd<'_>, mask: u32) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask)
+            .multi(true)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
     }
 
     /// Whether a TCP_NODELAY set through the ring (URING_CMD SETSOCKOPT) works here: tried
@@ -453,6 +500,172 @@ impl Driver for Uring {
         self.cancel(flow_tag(flow)) // not POLL_REMOVE: see `remove_poll`
     }
 
+    fn receives_streams(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    /// An output-only poll and, if `recv`, a multishot RECV into the buffer ring.
+    fn watch_ring(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+        recv: bool,
+    ) -> io::Result<()> {
+        if self.bufs.is_none() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let tag = |kind| UserData {
+            kind,
+            slot,
+            generation,
+        };
+        self.poll(tag(Kind::poll(client)), fd, OUTPUT_MASK)?;
+        if recv {
+            self.arm_receive(slot, generation, client, fd)?;
+        }
+        Ok(())
+    }
+
+    /// A one-shot input poll (tagged as [`Driver::watch_input`]'s).
+    fn watch_first_input(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let kind = if client {
+            Kind::InputClient
+        } else {
+            Kind::InputBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), INPUT_MASK)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
+    }
+
+    fn arm_receive(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        if self.bufs.is_none() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let kind = if client {
+            Kind::RecvClient
+        } else {
+            Kind::RecvBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        let entry = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), BUFFER_GROUP)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
+    }
+
+    fn stop_receive(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
+        let kind = if client {
+            Kind::RecvClient
+        } else {
+            Kind::RecvBackend
+        };
+        self.cancel(
+            UserData {
+                kind,
+                slot,
+                generation,
+            }
+            .encode(),
+        )
+    }
+
+    fn watch_input(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let kind = if client {
+            Kind::InputClient
+        } else {
+            Kind::InputBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        self.poll(tag, fd, INPUT_MASK)
+    }
+
+    fn unwatch_input(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
+        let kind = if client {
+            Kind::InputClient
+        } else {
+            Kind::InputBackend
+        };
+        self.remove_poll(UserData {
+            kind,
+            slot,
+            generation,
+        })
+    }
+
+    fn send_ring(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        client: bool,
+        fd: BorrowedFd<'_>,
+        buf: u16,
+        off: u32,
+        len: u32,
+    ) -> io::Result<()> {
+        let Some(bufs) = &self.bufs else {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        };
+        let data = &bufs.get(buf, (off + len) as usize)[off as usize..];
+        let kind = if client {
+            Kind::SendClient
+        } else {
+            Kind::SendBackend
+        };
+        let tag = UserData {
+            kind,
+            slot,
+            generation,
+        };
+        // The kernel reads `data` until the completion: the worker recycles the ring buffer
+        // only after it (or, for a connection closed meanwhile, when it comes).
+        let entry = opcode::Send::new(types::Fd(fd.as_raw_fd()), data.as_ptr(), data.len() as u32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(tag.encode());
+        self.push(entry)
+    }
+
+    fn recycle(&mut self, buf: u16) {
+        if let Some(b) = self.bufs.as_mut() {
+            b.recycle(buf);
+        }
+    }
+
     /// Report when `fd` (an eventfd) becomes readable.
     fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
@@ -541,13 +754,14 @@ impl Driver for Uring {
                     generation: tag.generation,
                     ended: !more,
                 },
-                Kind::PollClient | Kind::PollBackend => {
+                Kind::PollClient | Kind::PollBackend | Kind::InputClient | Kind::InputBackend => {
                     let mask = if res >= 0 { res as u32 } else { 0 };
                     let err = res < 0 || mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
                     Completion::Ready {
                         slot: tag.slot,
                         generation: tag.generation,
-                        client: tag.kind == Kind::PollClient,
+                        client: matches!(tag.kind, Kind::PollClient | Kind::InputClient),
+                        input: matches!(tag.kind, Kind::InputClient | Kind::InputBackend),
                         readable: err || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
                         writable: err || mask & libc::POLLOUT as u32 != 0,
                         hangup: err || mask & libc::POLLRDHUP as u32 != 0,
@@ -562,6 +776,24 @@ impl Driver for Uring {
                         r if -r == libc::ECANCELED => Err(io::Error::from(io::ErrorKind::TimedOut)),
                         r => Err(io::Error::from_raw_os_error(-r)),
                     },
+                },
+                Kind::RecvClient | Kind::RecvBackend => Completion::Received {
+                    slot: tag.slot,
+                    generation: tag.generation,
+                    client: tag.kind == Kind::RecvClient,
+                    result: res,
+                    buf: if res > 0 {
+                        cqueue::buffer_select(flags)
+                    } else {
+                        None
+                    },
+                    ended: !more,
+                },
+                Kind::SendClient | Kind::SendBackend => Completion::Sent {
+                    slot: tag.slot,
+                    generation: tag.generation,
+                    client: tag.kind == Kind::SendClient,
+                    result: res,
                 },
                 Kind::Wake => Completion::Wake { ended: !more },
                 Kind::Flow => Completion::FlowReadable {
@@ -580,6 +812,11 @@ impl Drop for Uring {
     fn drop(&mut self) {
         if !self.ring.submission().is_empty() {
             let _ = self.ring.submit();
+        }
+        if self.bufs.is_some() {
+            // No receive takes a buffer after this (one still armed fails with ENOBUFS);
+            // the buffers are freed with `bufs` after it.
+            let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
         }
     }
 }

@@ -235,6 +235,8 @@ impl<D: Driver> Worker<D> {
             backend: None,
             holders: [Holder::Empty, Holder::Empty],
             bulk: [false; 2],
+            ring: Default::default(),
+            out: Default::default(),
         };
         let snapshot = Arc::clone(self.reader.load());
         match self.table.accept(self.now, &snapshot, key, client_addr, io) {

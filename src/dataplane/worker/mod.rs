@@ -29,6 +29,7 @@ mod accept;
 mod carry;
 mod connect;
 mod listing;
+mod ring;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
@@ -129,6 +130,10 @@ struct Io {
     holders: [Holder; 2],
     /// Per direction: a read filled a whole buffer (`RelayMode::Auto` then uses a pipe).
     bulk: [bool; 2],
+    /// Per side (socket): its input through the io_uring ring (`ring`).
+    ring: [ring::SideRing; 2],
+    /// Per direction: bytes taken from the ring, sent by ring SENDs (`ring`).
+    out: [ring::Outgoing; 2],
 }
 
 impl Io {
@@ -158,6 +163,9 @@ pub struct Worker<D: Driver> {
     reader: arc_swap::Cache<Arc<arc_swap::ArcSwap<RoutingSnapshot>>, Arc<RoutingSnapshot>>,
     pool: HolderPool,
     to_close: Vec<OwnedFd>,
+    /// Ring SENDs of closed connections still in flight: (slot, generation, to the
+    /// client, ring buffer), recycled when they complete.
+    orphan_sends: Vec<(u32, u32, bool, u16)>,
     wake: Arc<OwnedFd>,
     now: Instant,
     /// Reused buffer for PROXY headers.
@@ -193,6 +201,7 @@ impl<D: Driver> Worker<D> {
             reader: setup.publisher.reader(),
             pool: HolderPool::new(setup.relay, setup.spare_pipes),
             to_close: Vec::new(),
+            orphan_sends: Vec::new(),
             wake: setup.wake,
             now: Instant::now(),
             header: Vec::with_capacity(256),
@@ -292,9 +301,17 @@ impl<D: Driver> Worker<D> {
                 writable,
                 hangup,
                 ended,
+                input,
             } => {
                 let conn = ConnHandle::from_parts(slot, generation);
                 let side = if client { Side::Client } else { Side::Backend };
+                if input {
+                    if let Some(io) = self.table.resources_mut(conn) {
+                        if io.ring[side as usize].state == ring::RingState::Waiting {
+                            return ring::first_input(&mut self.driver, io, slot, generation, side);
+                        }
+                    }
+                }
                 let now = self.now;
                 self.table.handle(
                     now,
@@ -310,8 +327,94 @@ impl<D: Driver> Worker<D> {
                 }
                 if ended && self.table.is_watching(conn) {
                     let io = self.table.resources(conn).expect("watched connection");
-                    self.driver.watch(slot, generation, client, io.side(side))?;
+                    if input {
+                        self.driver
+                            .watch_input(slot, generation, client, io.side(side))?;
+                    } else if io.ring[side as usize].output_only {
+                        self.driver
+                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                    } else {
+                        self.driver.watch(slot, generation, client, io.side(side))?;
+                    }
                 }
+            }
+            Completion::Received {
+                slot,
+                generation,
+                client,
+                result,
+                buf,
+                ended,
+            } => {
+                let conn = ConnHandle::from_parts(slot, generation);
+                let side = if client { Side::Client } else { Side::Backend };
+                let Some(io) = self.table.resources_mut(conn) else {
+                    // A late completion of a connection that is gone.
+                    if let Some(buf) = buf {
+                        self.driver.recycle(buf);
+                    }
+                    return Ok(());
+                };
+                ring::on_received(
+                    &mut self.driver,
+                    io,
+                    slot,
+                    generation,
+                    side,
+                    result,
+                    buf,
+                    ended,
+                )?;
+                self.table.handle(
+                    self.now,
+                    conn,
+                    ConnEvent::Ready {
+                        side,
+                        readable: true,
+                        writable: false,
+                    },
+                );
+            }
+            Completion::Sent {
+                slot,
+                generation,
+                client,
+                result,
+            } => {
+                let conn = ConnHandle::from_parts(slot, generation);
+                let (dst, dir) = if client {
+                    (Side::Client, Dir::ToClient)
+                } else {
+                    (Side::Backend, Dir::ToBackend)
+                };
+                let Some(io) = self.table.resources_mut(conn) else {
+                    // The connection closed while its SEND was in flight.
+                    if let Some(i) = self
+                        .orphan_sends
+                        .iter()
+                        .position(|o| (o.0, o.1, o.2) == (slot, generation, client))
+                    {
+                        let (.., buf) = self.orphan_sends.swap_remove(i);
+                        self.driver.recycle(buf);
+                    }
+                    return Ok(());
+                };
+                let (event, writable) =
+                    ring::on_sent(&mut self.driver, io, slot, generation, dir, result)?;
+                let now = self.now;
+                self.table.handle(now, conn, event);
+                if writable {
+                    self.table.handle(
+                        now,
+                        conn,
+                        ConnEvent::Ready {
+                            side: dst,
+                            readable: false,
+                            writable: true,
+                        },
+                    );
+                }
+                self.give_back_if_drained(conn, dir);
             }
             Completion::Connected {
                 slot,
@@ -455,15 +558,35 @@ impl<D: Driver> Worker<D> {
                 transparent_from,
             } => self.start_connect(conn, addr, timeout, transparent_from)?,
             Output::Watch { conn } => {
-                let io = self.table.resources(conn).expect("live connection");
+                let ring = self.driver.receives_streams() && self.pool.copies();
+                let io = self.table.resources_mut(conn).expect("live connection");
                 let (slot, generation) = (conn.slot(), conn.generation());
-                self.driver
-                    .watch(slot, generation, true, io.client.as_fd())?;
-                self.driver
-                    .watch(slot, generation, false, io.side(Side::Backend))?;
+                if ring {
+                    for side in [Side::Client, Side::Backend] {
+                        let r = &mut io.ring[side as usize];
+                        r.state = ring::RingState::Waiting;
+                        r.output_only = true;
+                        let client = side == Side::Client;
+                        self.driver
+                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                        self.driver
+                            .watch_first_input(slot, generation, client, io.side(side))?;
+                    }
+                } else {
+                    self.driver
+                        .watch(slot, generation, true, io.client.as_fd())?;
+                    self.driver
+                        .watch(slot, generation, false, io.side(Side::Backend))?;
+                }
             }
             Output::Receive { conn, dir, max } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
+                if io.ring[dir.src() as usize].owns_input() {
+                    let event = ring::receive(io, dir, max);
+                    self.table.handle(now, conn, event);
+                    self.give_back_if_drained(conn, dir);
+                    return Ok(());
+                }
                 let src = match dir.src() {
                     Side::Client => io.client.as_fd(),
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
@@ -481,11 +604,28 @@ impl<D: Driver> Worker<D> {
             }
             Output::Send { conn, dir, held } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
+                if let Some(event) =
+                    ring::send(&mut self.driver, io, conn.slot(), conn.generation(), dir)?
+                {
+                    self.table.handle(now, conn, event);
+                    return Ok(());
+                }
                 let dst = match dir.dst() {
                     Side::Client => io.client.as_fd(),
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
                 };
                 let event = relay::send(&mut io.holders[dir as usize], dst, dir, held);
+                if let ConnEvent::SendWouldBlock { .. } = event {
+                    // Back-pressure: the source stops being read while bytes are held,
+                    // which a ring receive would not do.
+                    ring::leave(
+                        &mut self.driver,
+                        io,
+                        conn.slot(),
+                        conn.generation(),
+                        dir.src(),
+                    )?;
+                }
                 self.table.handle(now, conn, event);
                 self.give_back_if_drained(conn, dir);
             }
@@ -502,7 +642,8 @@ impl<D: Driver> Worker<D> {
                 let queued = sys::queued_bytes(io.client.as_fd())
                     + io.backend
                         .as_ref()
-                        .map_or(0, |b| sys::queued_bytes(b.as_fd()));
+                        .map_or(0, |b| sys::queued_bytes(b.as_fd()))
+                    + io.ring.iter().map(|r| r.backlog.len()).sum::<usize>();
                 self.table.idle_expired(now, conn, queued > 0);
             }
             Output::Close {
@@ -528,6 +669,23 @@ impl<D: Driver> Worker<D> {
                 }
                 if connect_in_flight {
                     self.driver.cancel_connect(slot, generation)?;
+                }
+                for side in [Side::Client, Side::Backend] {
+                    let client = side == Side::Client;
+                    let r = &io.ring[side as usize];
+                    if r.state == ring::RingState::Armed {
+                        self.driver.stop_receive(slot, generation, client)?;
+                    }
+                    if r.input_polled || r.state == ring::RingState::Waiting {
+                        self.driver.unwatch_input(slot, generation, client)?;
+                    }
+                }
+                let busy = ring::release(&mut self.driver, &mut io);
+                for dir in Dir::BOTH {
+                    if let Some(buf) = busy[dir as usize] {
+                        let client = dir.dst() == Side::Client;
+                        self.orphan_sends.push((slot, generation, client, buf));
+                    }
                 }
                 for dir in Dir::BOTH {
                     let h = std::mem::take(&mut io.holders[dir as usize]);
