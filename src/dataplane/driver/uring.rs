@@ -21,8 +21,11 @@
 //! setsockopt(2) call. SHUTDOWN is not used: the kernel always hands it to an io-wq helper
 //! thread (`io_shutdown` refuses the non-blocking issue), the worker calls shutdown(2).
 //!
-//! The ring is `SINGLE_ISSUER + COOP_TASKRUN`; `DEFER_TASKRUN` was measured and is off for
-//! now (see [`Uring::new`]).
+//! The ring is `SINGLE_ISSUER + COOP_TASKRUN`. `DEFER_TASKRUN` (with `TASKRUN_FLAG`) is kept
+//! as a mode ([`Uring::with_taskrun`]) but off: on top of the ring SEND it did not win (see
+//! [`Uring::new`]). In that mode, since Linux 6.13 an enter runs at most 2 × 20 deferred
+//! items (`IO_LOCAL_TW_DEFAULT_MAX`), so a submit enters again without waiting while the
+//! kernel flags deferred work left.
 //!
 //! Every entry carries a [`UserData`]: kind, slot and generation. A slot's generation changes
 //! when the slot is reused, so a completion of an old connection (a late poll CQE, a connect
@@ -64,6 +67,10 @@ pub struct Uring {
     /// Built with `IORING_SETUP_DEFER_TASKRUN`: completions are produced only inside an
     /// `io_uring_enter` with GETEVENTS on this thread (see [`Uring::new`]).
     deferred: bool,
+    /// Extra no-wait enters made to run deferred completion work left over
+    /// (`reap_deferred`), for the tests.
+    #[cfg(test)]
+    reaps: u64,
     /// The ring sets socket options (URING_CMD SETSOCKOPT, Linux 6.7+): TCP_NODELAY of a
     /// backend socket rides the connect's submission instead of a setsockopt(2).
     sockopts: bool,
@@ -74,6 +81,13 @@ pub struct Uring {
 
 /// The buffer group of the TCP receive ring.
 const BUFFER_GROUP: u16 = 0;
+/// Deferred completion work one pass of an enter runs at most (the kernel's
+/// `IO_LOCAL_TW_DEFAULT_MAX`, Linux 6.13+); an enter makes at most two passes.
+const TW_PER_PASS: usize = 20;
+/// Extra no-wait enters per submit at most, to run deferred completion work left over
+/// (`Uring::reap_deferred`): up to 64 × 40 completions, so a flood of wake-ups cannot keep
+/// the worker from its other work.
+const MAX_REAPS: usize = 64;
 
 const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
 /// The main poll of a socket whose input comes through the ring: output (and, always,
@@ -85,18 +99,19 @@ impl Uring {
     /// A ring with `entries` submission slots (a power of two) and 4× as many completion
     /// slots: `SINGLE_ISSUER + COOP_TASKRUN`.
     ///
-    /// Not `DEFER_TASKRUN` (measured for issue 18, docs/benchmarks.md): +5–7% per CPU-second
-    /// on new connections and one worker's keep-alive, none on two workers' keep-alive, −8%
-    /// on UDP request/response. (The removed-NodePort failure once blamed on it was
-    /// POLL_REMOVE's race, see `Uring::remove_poll`.) [`Uring::with_taskrun`] keeps the
-    /// deferred mode (and its GETEVENTS no-wait submit) for whoever takes it further.
+    /// Not `DEFER_TASKRUN` (docs/benchmarks.md, "DEFER_TASKRUN without the UDP loss"): with
+    /// the re-enter of `reap_deferred` (an enter runs at most 20 deferred items per pass,
+    /// two passes, since Linux 6.13) it won 1.5–4.6% on TCP rows with UDP within ±2% before
+    /// the ring SEND; on top of the ring SEND the same A/B was mixed (default row's
+    /// keep-alive 0.965×, new connections 1.01–1.03×, UDP 0.99–1.09×), so the default stays.
+    /// [`Uring::with_taskrun`] keeps the deferred mode, tested, for whoever takes it further.
     pub fn new(entries: u32) -> io::Result<Uring> {
         Uring::with_taskrun(entries, false)
     }
 
-    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` if `deferred` and the kernel takes it
-    /// (6.1+; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
-    /// in one batch inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
+    /// A ring as [`Uring::new`], with `DEFER_TASKRUN` only if `deferred` (and the kernel takes
+    /// it; `COOP_TASKRUN` otherwise): the kernel's completion work is then queued and run
+    /// in batches inside the worker's `io_uring_enter(GETEVENTS)`, which needs every
     /// submission and every wait on the thread that created the ring, and a GETEVENTS on
     /// every enter of [`Driver::submit_and_wait`] (even the one that does not wait).
     pub fn with_taskrun(entries: u32, deferred: bool) -> io::Result<Uring> {
@@ -104,7 +119,7 @@ impl Uring {
             let mut b = IoUring::builder();
             b.setup_single_issuer().setup_cqsize(entries * 4);
             if deferred {
-                b.setup_defer_taskrun();
+                b.setup_defer_taskrun().setup_taskrun_flag();
             } else {
                 b.setup_coop_taskrun();
             }
@@ -121,6 +136,8 @@ impl Uring {
             args_free: Vec::new(),
             raw: Vec::with_capacity(entries as usize * 4),
             deferred,
+            #[cfg(test)]
+            reaps: 0,
             sockopts: false,
             bufs: None,
         };
@@ -228,6 +245,32 @@ impl Uring {
             )
         }
         .map(|_| ())
+    }
+
+    /// Run the deferred completion work the last enter left: a DEFER_TASKRUN enter runs at
+    /// most [`TW_PER_PASS`] items per pass, two passes (Linux 6.13+), and keeps the rest
+    /// queued for the next enter; the kernel then keeps IORING_SQ_TASKRUN up (it also
+    /// raises it for work that arrived since). Entered again, GETEVENTS without waiting,
+    /// while the flag is up and the completion queue has room, at most [`MAX_REAPS`] times:
+    /// the round then sees every completion ready now, as with COOP_TASKRUN, for the cost
+    /// of one enter per 40 (measured: cheaper than leaving them to the next round, on UDP
+    /// flows and on keep-alive requests).
+    fn reap_deferred(&mut self) -> io::Result<()> {
+        for _ in 0..MAX_REAPS {
+            let room = {
+                let cq = self.ring.completion();
+                cq.capacity() - cq.len()
+            };
+            if room < 2 * TW_PER_PASS || !self.ring.submission().taskrun() {
+                return Ok(());
+            }
+            #[cfg(test)]
+            {
+                self.reaps += 1;
+            }
+            self.submit_and_reap()?;
+        }
+        Ok(())
     }
 
     /// Probe that the operations sluice relies on are supported by this kernel.
@@ -652,6 +695,10 @@ impl Driver for Uring {
         };
         // Submitted (or failed before reading them): argument buffers may be reused.
         self.args_free.append(&mut self.args_pending);
+        let result = match result {
+            Ok(()) if self.deferred => self.reap_deferred(),
+            other => other,
+        };
         match result {
             Ok(()) => Ok(()),
             Err(e)

@@ -29,6 +29,45 @@ fn a_no_wait_submit_collects_deferred_completions() {
     );
 }
 
+/// A deferred-taskrun ring's submit collects all the deferred completion work, not only
+/// the 2 × 20 items a DEFER_TASKRUN enter runs (Linux 6.13+): 100 polls woken while the
+/// worker was busy are all reported by the next no-wait submit.
+#[test]
+fn a_submit_collects_more_deferred_work_than_one_enter_runs() {
+    let mut ring = Uring::with_taskrun(64, true).expect("io_uring ring");
+    assert!(
+        ring.defers_taskrun(),
+        "this kernel (6.1+) takes DEFER_TASKRUN"
+    );
+    let fds: Vec<OwnedFd> = (0..100).map(|_| sys::eventfd().expect("eventfd")).collect();
+    for (i, fd) in fds.iter().enumerate() {
+        ring.watch_flow(i as u64, fd.as_fd()).expect("watch");
+    }
+    ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+    let mut out = Vec::new();
+    ring.completions(&mut out);
+    assert!(out.is_empty(), "nothing signalled yet: {out:?}");
+    for fd in &fds {
+        sys::eventfd_signal(fd.as_fd()).expect("signal");
+    }
+    ring.submit_and_wait(Some(Duration::ZERO)).expect("submit");
+    ring.completions(&mut out);
+    let mut flows: Vec<u64> = out
+        .iter()
+        .filter_map(|c| match c {
+            Completion::FlowReadable { flow, .. } => Some(*flow),
+            _ => None,
+        })
+        .collect();
+    flows.sort_unstable();
+    assert_eq!(
+        flows,
+        (0..100).collect::<Vec<u64>>(),
+        "every woken poll reported by one submit ({} extra enters)",
+        ring.reaps
+    );
+}
+
 /// Completions until `want` says stop (at most 5 s).
 fn wait_for(ring: &mut Uring, want: impl Fn(&Completion) -> bool) -> Completion {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
