@@ -109,6 +109,14 @@ pub struct UserData {
 }
 
 impl UserData {
+    pub fn new(kind: Kind, slot: u32, generation: u32) -> UserData {
+        UserData {
+            kind,
+            slot,
+            generation,
+        }
+    }
+
     pub fn encode(self) -> u64 {
         (self.kind as u64) << 56
             | (u64::from(self.slot) & 0xFF_FFFF) << 32

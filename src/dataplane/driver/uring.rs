@@ -351,24 +351,13 @@ impl Driver for Uring {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(
-                UserData {
-                    kind: Kind::Accept,
-                    slot: listener,
-                    generation,
-                }
-                .encode(),
-            );
+            .user_data(UserData::new(Kind::Accept, listener, generation).encode());
         self.push(entry)
     }
 
     /// Stop the poll of `listener` armed as `generation`.
     fn unwatch_listener(&mut self, listener: u32, generation: u32) -> io::Result<()> {
-        self.remove_poll(UserData {
-            kind: Kind::Accept,
-            slot: listener,
-            generation,
-        })
+        self.remove_poll(UserData::new(Kind::Accept, listener, generation))
     }
 
     /// Report readiness of a connection's socket until `unwatch`.
@@ -383,24 +372,13 @@ impl Driver for Uring {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), POLL_MASK)
             .multi(true)
             .build()
-            .user_data(
-                UserData {
-                    kind,
-                    slot,
-                    generation,
-                }
-                .encode(),
-            );
+            .user_data(UserData::new(kind, slot, generation).encode());
         self.push(entry)
     }
 
     /// Stop reporting readiness of a connection's socket.
     fn unwatch(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        self.remove_poll(UserData {
-            kind: Kind::poll(client),
-            slot,
-            generation,
-        })
+        self.remove_poll(UserData::new(Kind::poll(client), slot, generation))
     }
 
     /// Connect `fd` to `addr`, giving up after `timeout`.
@@ -430,14 +408,7 @@ impl Driver for Uring {
         )
         .build()
         .flags(squeue::Flags::IO_LINK)
-        .user_data(
-            UserData {
-                kind: Kind::Connect,
-                slot,
-                generation,
-            }
-            .encode(),
-        );
+        .user_data(UserData::new(Kind::Connect, slot, generation).encode());
         let timeout = opcode::LinkTimeout::new(&args.timeout)
             .build()
             .user_data(ignore_tag());
@@ -478,14 +449,7 @@ impl Driver for Uring {
 
     /// Cancel an in-flight connect of a connection that is going away.
     fn cancel_connect(&mut self, slot: u32, generation: u32) -> io::Result<()> {
-        self.cancel(
-            UserData {
-                kind: Kind::Connect,
-                slot,
-                generation,
-            }
-            .encode(),
-        )
+        self.cancel(UserData::new(Kind::Connect, slot, generation).encode())
     }
 
     /// Report (multishot poll) when a flow's upstream socket is readable or has an error.
@@ -518,11 +482,7 @@ impl Driver for Uring {
         if self.bufs.is_none() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        let tag = |kind| UserData {
-            kind,
-            slot,
-            generation,
-        };
+        let tag = |kind| UserData::new(kind, slot, generation);
         self.poll(tag(Kind::poll(client)), fd, OUTPUT_MASK)?;
         if recv {
             self.arm_receive(slot, generation, client, fd)?;
@@ -538,12 +498,7 @@ impl Driver for Uring {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = Kind::input(client);
-        let tag = UserData {
-            kind,
-            slot,
-            generation,
-        };
+        let tag = UserData::new(Kind::input(client), slot, generation);
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), INPUT_MASK)
             .build()
             .user_data(tag.encode());
@@ -560,12 +515,7 @@ impl Driver for Uring {
         if self.bufs.is_none() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        let kind = Kind::recv(client);
-        let tag = UserData {
-            kind,
-            slot,
-            generation,
-        };
+        let tag = UserData::new(Kind::recv(client), slot, generation);
         let entry = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), BUFFER_GROUP)
             .build()
             .user_data(tag.encode());
@@ -573,15 +523,7 @@ impl Driver for Uring {
     }
 
     fn stop_receive(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        let kind = Kind::recv(client);
-        self.cancel(
-            UserData {
-                kind,
-                slot,
-                generation,
-            }
-            .encode(),
-        )
+        self.cancel(UserData::new(Kind::recv(client), slot, generation).encode())
     }
 
     fn watch_input(
@@ -591,22 +533,12 @@ impl Driver for Uring {
         client: bool,
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let kind = Kind::input(client);
-        let tag = UserData {
-            kind,
-            slot,
-            generation,
-        };
+        let tag = UserData::new(Kind::input(client), slot, generation);
         self.poll(tag, fd, INPUT_MASK)
     }
 
     fn unwatch_input(&mut self, slot: u32, generation: u32, client: bool) -> io::Result<()> {
-        let kind = Kind::input(client);
-        self.remove_poll(UserData {
-            kind,
-            slot,
-            generation,
-        })
+        self.remove_poll(UserData::new(Kind::input(client), slot, generation))
     }
 
     fn send_ring(
@@ -623,12 +555,7 @@ impl Driver for Uring {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         };
         let data = &bufs.get(buf, (off + len) as usize)[off as usize..];
-        let kind = Kind::send(client);
-        let tag = UserData {
-            kind,
-            slot,
-            generation,
-        };
+        let tag = UserData::new(Kind::send(client), slot, generation);
         // The kernel reads `data` until the completion: the worker recycles the ring buffer
         // only after it (or, for a connection closed meanwhile, when it comes).
         let entry = opcode::Send::new(types::Fd(fd.as_raw_fd()), data.as_ptr(), data.len() as u32)
@@ -649,14 +576,7 @@ impl Driver for Uring {
         let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(
-                UserData {
-                    kind: Kind::Wake,
-                    slot: 0,
-                    generation: 0,
-                }
-                .encode(),
-            );
+            .user_data(UserData::new(Kind::Wake, 0, 0).encode());
         self.push(entry)
     }
 
@@ -801,21 +721,11 @@ impl Drop for Uring {
 
 /// The user data of a flow's poll: its token's slot (low 24 bits) and generation.
 fn flow_tag(flow: u64) -> u64 {
-    UserData {
-        kind: Kind::Flow,
-        slot: (flow as u32) & 0xFF_FFFF,
-        generation: (flow >> 32) as u32,
-    }
-    .encode()
+    UserData::new(Kind::Flow, (flow as u32) & 0xFF_FFFF, (flow >> 32) as u32).encode()
 }
 
 fn ignore_tag() -> u64 {
-    UserData {
-        kind: Kind::Ignore,
-        slot: 0,
-        generation: 0,
-    }
-    .encode()
+    UserData::new(Kind::Ignore, 0, 0).encode()
 }
 
 #[cfg(test)]
