@@ -128,12 +128,6 @@ impl HolderPool {
                 }
             }
         }
-        self.take_buffer()
-    }
-
-    /// An empty buffer holder, whatever the mode (bytes received by the io_uring ring are
-    /// copied into it).
-    pub fn take_buffer(&mut self) -> Holder {
         let buf = self
             .buffers
             .pop()

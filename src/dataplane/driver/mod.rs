@@ -269,15 +269,13 @@ pub trait Driver {
         false
     }
     /// As [`Driver::watch`], but the socket's input comes through the ring: report only
-    /// output readiness (and errors), and, if `recv`, receive its bytes into the buffer
-    /// ring (`Completion::Received`) until [`Driver::stop_receive`] or the end of stream.
+    /// output readiness (and errors); its bytes come from [`Driver::arm_receive`].
     fn watch_ring(
         &mut self,
         _slot: u32,
         _generation: u32,
         _client: bool,
         _fd: BorrowedFd<'_>,
-        _recv: bool,
     ) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }

@@ -470,24 +470,19 @@ impl Driver for Uring {
         self.bufs.is_some()
     }
 
-    /// An output-only poll and, if `recv`, a multishot RECV into the buffer ring.
+    /// An output-only poll (the input comes from `arm_receive`).
     fn watch_ring(
         &mut self,
         slot: u32,
         generation: u32,
         client: bool,
         fd: BorrowedFd<'_>,
-        recv: bool,
     ) -> io::Result<()> {
         if self.bufs.is_none() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        let tag = |kind| UserData::new(kind, slot, generation);
-        self.poll(tag(Kind::poll(client)), fd, OUTPUT_MASK)?;
-        if recv {
-            self.arm_receive(slot, generation, client, fd)?;
-        }
-        Ok(())
+        let tag = UserData::new(Kind::poll(client), slot, generation);
+        self.poll(tag, fd, OUTPUT_MASK)
     }
 
     /// A one-shot input poll (tagged as [`Driver::watch_input`]'s).

@@ -332,7 +332,7 @@ impl<D: Driver> Worker<D> {
                             .watch_input(slot, generation, client, io.side(side))?;
                     } else if io.ring[side as usize].output_only {
                         self.driver
-                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                            .watch_ring(slot, generation, client, io.side(side))?;
                     } else {
                         self.driver.watch(slot, generation, client, io.side(side))?;
                     }
@@ -504,7 +504,7 @@ impl<D: Driver> Worker<D> {
                         r.output_only = true;
                         let client = side == Side::Client;
                         self.driver
-                            .watch_ring(slot, generation, client, io.side(side), false)?;
+                            .watch_ring(slot, generation, client, io.side(side))?;
                         self.driver
                             .watch_first_input(slot, generation, client, io.side(side))?;
                     }

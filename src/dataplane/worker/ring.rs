@@ -237,15 +237,14 @@ pub(super) fn receive(io: &mut Io, dir: Dir, max: usize) -> ConnEvent {
     let side = dir.src();
     let r = &mut io.ring[side as usize];
     let out = &mut io.out[dir as usize];
-    let room = max;
     let mut moved = 0;
-    while moved < room {
+    while moved < max {
         let Some(chunk) = r.backlog.front_mut() else {
             break;
         };
         match chunk {
             Chunk::Data { buf, off, len } => {
-                let n = (*len as usize).min(room - moved);
+                let n = (*len as usize).min(max - moved);
                 let whole = n == *len as usize;
                 out.queue.push_back(Piece {
                     buf: *buf,
@@ -386,7 +385,6 @@ pub(super) fn on_sent<D: Driver>(
     ))
 }
 
-/// The direction that reads from `side`.
 impl<D: Driver> Worker<D> {
     /// A ring receive's completion (`Completion::Received`): bytes, FIN or error of the
     /// connection's `client` or backend socket.
@@ -500,6 +498,7 @@ impl<D: Driver> Worker<D> {
     }
 }
 
+/// The direction that reads from `side`.
 fn side_dir(side: Side) -> Dir {
     match side {
         Side::Client => Dir::ToBackend,
