@@ -111,6 +111,15 @@ impl Drop for TempDir {
 /// process-wide counter (starting at a point derived from the PID) keeps the tests of one
 /// binary apart, and the bind check skips ports another process holds.
 pub fn free_port() -> u16 {
+    free_port_where(|port| {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    })
+}
+
+/// A port from the same never-ephemeral range as [`free_port`] that passes `free` (a
+/// bind check the caller chooses, e.g. UDP on every address).
+pub fn free_port_where(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
     const SPAN: u32 = 22_000; // 10000..32000
@@ -123,9 +132,7 @@ pub fn free_port() -> u16 {
     );
     for _ in 0..SPAN {
         let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
-        let tcp = TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
+        if free(port) {
             return port;
         }
     }

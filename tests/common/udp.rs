@@ -80,9 +80,16 @@ impl Drop for UdpPod {
 }
 
 /// A UDP port free on every address (the NodePort and the pods' port).
+///
+/// Not one the kernel picks for `bind(:0)`: that port is in the ephemeral range and is
+/// handed out again to the next client socket of any test running in parallel, which then
+/// holds it when sluice binds it later (a reload once failed with "Address already in
+/// use" that way). [`free_port_where`] picks below the ephemeral range.
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.local_addr().unwrap().port()
+    free_port_where(|port| {
+        let in_use = |r: std::io::Result<UdpSocket>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+        UdpSocket::bind(("0.0.0.0", port)).is_ok() && !in_use(UdpSocket::bind(("::", port)))
+    })
 }
 
 pub fn client(ip: &str) -> UdpSocket {
