@@ -11,6 +11,7 @@
 
 mod backends;
 pub mod fake_api;
+pub mod inprocess;
 pub mod kube;
 pub mod peers;
 pub mod scrape;

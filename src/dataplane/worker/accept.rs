@@ -233,10 +233,7 @@ impl<D: Driver> Worker<D> {
         let io = Io {
             client: fd,
             backend: None,
-            holders: [Holder::Empty, Holder::Empty],
-            bulk: [false; 2],
-            ring: Default::default(),
-            out: Default::default(),
+            flight: self.flights.take(),
         };
         let snapshot = Arc::clone(self.reader.load());
         match self.table.accept(self.now, &snapshot, key, client_addr, io) {
@@ -247,6 +244,7 @@ impl<D: Driver> Worker<D> {
                 if matches!(why, Refused::NotServed | Refused::SourceRange) {
                     let _ = SockRef::from(&io.client).set_linger(Some(Duration::ZERO));
                 }
+                self.flights.give(io.flight);
                 self.to_close.push(io.client);
                 Ok(())
             }

@@ -122,11 +122,23 @@ pub struct WorkerExit {
     pub reset: u64,
 }
 
-/// A connection's IO resources (the table's `R`): its sockets and the holders of its
-/// bytes in flight.
+/// A connection's IO resources (the table's `R`): its sockets and the state of its bytes
+/// in flight.
+///
+/// Small on purpose (16 bytes): the table hands each of its outputs back by value, and
+/// `Output::Close` carries the resources, so their size is copied with every output.
 struct Io {
     client: OwnedFd,
     backend: Option<OwnedFd>,
+    /// From the worker's [`FlightPool`], back there at close.
+    flight: Box<Flight>,
+}
+
+/// The state of a connection's bytes in flight, reused from connection to connection (a
+/// [`FlightPool`]): its ring queues keep their memory, so a new connection allocates
+/// nothing once the worker has warmed up.
+#[derive(Debug, Default)]
+struct Flight {
     holders: [Holder; 2],
     /// Per direction: a read filled a whole buffer (`RelayMode::Auto` then uses a pipe).
     bulk: [bool; 2],
@@ -134,6 +146,41 @@ struct Io {
     ring: [ring::SideRing; 2],
     /// Per direction: bytes taken from the ring, sent by ring SENDs (`ring`).
     out: [ring::Outgoing; 2],
+}
+
+/// Spare [`Flight`]s of a worker's closed connections, for its next ones.
+#[derive(Debug, Default)]
+struct FlightPool {
+    /// Boxed: each goes to a connection's `Io` whole, without a copy or an allocation.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Flight>>,
+}
+
+/// Spare flights a worker keeps at most. Past a surge of connections the rest are freed;
+/// below it, opening and closing connections moves boxes in and out of the pool.
+const SPARE_FLIGHTS_MAX: usize = 1024;
+
+impl FlightPool {
+    fn take(&mut self) -> Box<Flight> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Take back the flight of a closed connection whose holders and ring buffers were
+    /// given back: its state is reset, its queues keep their memory.
+    fn give(&mut self, mut flight: Box<Flight>) {
+        if self.spare.len() >= SPARE_FLIGHTS_MAX {
+            return;
+        }
+        debug_assert!(flight.holders.iter().all(|h| matches!(h, Holder::Empty)));
+        flight.bulk = [false; 2];
+        for r in &mut flight.ring {
+            r.reset();
+        }
+        for o in &mut flight.out {
+            o.reset();
+        }
+        self.spare.push(flight);
+    }
 }
 
 impl Io {
@@ -162,6 +209,7 @@ pub struct Worker<D: Driver> {
     aborted: Option<mpsc::Sender<()>>,
     reader: arc_swap::Cache<Arc<arc_swap::ArcSwap<RoutingSnapshot>>, Arc<RoutingSnapshot>>,
     pool: HolderPool,
+    flights: FlightPool,
     to_close: Vec<OwnedFd>,
     /// Ring SENDs of closed connections still in flight: (slot, generation, to the
     /// client, ring buffer), recycled when they complete.
@@ -200,6 +248,7 @@ impl<D: Driver> Worker<D> {
             aborted: None,
             reader: setup.publisher.reader(),
             pool: HolderPool::new(setup.relay, setup.spare_pipes),
+            flights: FlightPool::default(),
             to_close: Vec::new(),
             orphan_sends: Vec::new(),
             wake: setup.wake,
@@ -307,7 +356,7 @@ impl<D: Driver> Worker<D> {
                 let side = if client { Side::Client } else { Side::Backend };
                 if input {
                     if let Some(io) = self.table.resources_mut(conn) {
-                        if io.ring[side as usize].state == ring::RingState::Waiting {
+                        if io.flight.ring[side as usize].state == ring::RingState::Waiting {
                             return ring::first_input(&mut self.driver, io, slot, generation, side);
                         }
                     }
@@ -330,7 +379,7 @@ impl<D: Driver> Worker<D> {
                     if input {
                         self.driver
                             .watch_input(slot, generation, client, io.side(side))?;
-                    } else if io.ring[side as usize].output_only {
+                    } else if io.flight.ring[side as usize].output_only {
                         self.driver
                             .watch_ring(slot, generation, client, io.side(side))?;
                     } else {
@@ -499,7 +548,7 @@ impl<D: Driver> Worker<D> {
                 let (slot, generation) = (conn.slot(), conn.generation());
                 if ring {
                     for side in [Side::Client, Side::Backend] {
-                        let r = &mut io.ring[side as usize];
+                        let r = &mut io.flight.ring[side as usize];
                         r.state = ring::RingState::Waiting;
                         r.output_only = true;
                         let client = side == Side::Client;
@@ -517,7 +566,7 @@ impl<D: Driver> Worker<D> {
             }
             Output::Receive { conn, dir, max } => {
                 let io = self.table.resources_mut(conn).expect("live connection");
-                if io.ring[dir.src() as usize].owns_input() {
+                if io.flight.ring[dir.src() as usize].owns_input() {
                     let event = ring::receive(io, dir, max);
                     self.table.handle(now, conn, event);
                     self.give_back_if_drained(conn, dir);
@@ -529,8 +578,8 @@ impl<D: Driver> Worker<D> {
                 };
                 let event = relay::receive(
                     &mut self.pool,
-                    &mut io.holders[dir as usize],
-                    &mut io.bulk[dir as usize],
+                    &mut io.flight.holders[dir as usize],
+                    &mut io.flight.bulk[dir as usize],
                     src,
                     dir,
                     max,
@@ -550,7 +599,7 @@ impl<D: Driver> Worker<D> {
                     Side::Client => io.client.as_fd(),
                     Side::Backend => io.backend.as_ref().expect("backend socket").as_fd(),
                 };
-                let event = relay::send(&mut io.holders[dir as usize], dst, dir, held);
+                let event = relay::send(&mut io.flight.holders[dir as usize], dst, dir, held);
                 if let ConnEvent::SendWouldBlock { .. } = event {
                     // Back-pressure: the source stops being read while bytes are held,
                     // which a ring receive would not do.
@@ -579,7 +628,11 @@ impl<D: Driver> Worker<D> {
                     + io.backend
                         .as_ref()
                         .map_or(0, |b| sys::queued_bytes(b.as_fd()))
-                    + io.ring.iter().map(|r| r.backlog.len()).sum::<usize>();
+                    + io.flight
+                        .ring
+                        .iter()
+                        .map(|r| r.backlog.len())
+                        .sum::<usize>();
                 self.table.idle_expired(now, conn, queued > 0);
             }
             Output::Close {
@@ -608,9 +661,10 @@ impl<D: Driver> Worker<D> {
                 }
                 self.stop_ring(slot, generation, &mut io)?;
                 for dir in Dir::BOTH {
-                    let h = std::mem::take(&mut io.holders[dir as usize]);
+                    let h = std::mem::take(&mut io.flight.holders[dir as usize]);
                     self.pool.give(h, held[dir as usize]);
                 }
+                self.flights.give(io.flight);
                 self.to_close.push(io.client);
                 if let Some(b) = io.backend {
                     self.to_close.push(b);
@@ -624,7 +678,7 @@ impl<D: Driver> Worker<D> {
     fn give_back_if_drained(&mut self, conn: ConnHandle, dir: Dir) {
         if self.table.held_bytes(conn, dir) == 0 {
             if let Some(io) = self.table.resources_mut(conn) {
-                let h = std::mem::take(&mut io.holders[dir as usize]);
+                let h = std::mem::take(&mut io.flight.holders[dir as usize]);
                 self.pool.give(h, 0);
             }
         }

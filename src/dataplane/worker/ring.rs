@@ -66,6 +66,12 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
+    /// Empty, for another connection; the queue keeps its memory.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.sending = None;
+    }
+
     /// The ring buffer a SEND in flight reads.
     pub fn in_flight(&self) -> Option<u16> {
         self.sending.map(|p| p.buf)
@@ -95,6 +101,16 @@ pub(super) struct SideRing {
 }
 
 impl SideRing {
+    /// As new, for another connection; the backlog keeps its memory.
+    pub fn reset(&mut self) {
+        let mut backlog = std::mem::take(&mut self.backlog);
+        backlog.clear();
+        *self = SideRing {
+            backlog,
+            ..SideRing::default()
+        };
+    }
+
     /// Bytes received by the ring and not yet given to the core, or an end not yet told:
     /// the source must not be read by a system call meanwhile.
     pub fn owns_input(&self) -> bool {
@@ -106,20 +122,20 @@ impl SideRing {
 /// connection closes), but those a SEND in flight still reads: per direction, the buffer
 /// of its SEND in flight, for the caller to recycle when that SEND completes.
 pub(super) fn release<D: Driver>(driver: &mut D, io: &mut Io) -> [Option<u16>; 2] {
-    let busy = [io.out[0].in_flight(), io.out[1].in_flight()];
+    let busy = [io.flight.out[0].in_flight(), io.flight.out[1].in_flight()];
     let mut give = |buf: u16| {
         if !busy.contains(&Some(buf)) {
             driver.recycle(buf);
         }
     };
-    for r in &mut io.ring {
+    for r in &mut io.flight.ring {
         for c in r.backlog.drain(..) {
             if let Chunk::Data { buf, .. } = c {
                 give(buf);
             }
         }
     }
-    for o in &mut io.out {
+    for o in &mut io.flight.out {
         for p in o.queue.drain(..) {
             if p.last {
                 give(p.buf);
@@ -138,7 +154,7 @@ pub(super) fn leave<D: Driver>(
     generation: u32,
     side: Side,
 ) -> std::io::Result<()> {
-    let r = &mut io.ring[side as usize];
+    let r = &mut io.flight.ring[side as usize];
     match r.state {
         RingState::Armed => {
             r.state = RingState::Leaving;
@@ -164,7 +180,7 @@ pub(super) fn first_input<D: Driver>(
     generation: u32,
     side: Side,
 ) -> std::io::Result<()> {
-    io.ring[side as usize].state = RingState::Armed;
+    io.flight.ring[side as usize].state = RingState::Armed;
     driver.arm_receive(slot, generation, side == Side::Client, io.side(side))
 }
 
@@ -186,42 +202,48 @@ pub(super) fn on_received<D: Driver>(
     let mut stream_ends = false;
     match (result, buf) {
         (n, Some(buf)) if n > 0 => {
-            io.ring[side as usize].backlog.push_back(Chunk::Data {
-                buf,
-                off: 0,
-                len: n as u32,
-            });
+            io.flight.ring[side as usize]
+                .backlog
+                .push_back(Chunk::Data {
+                    buf,
+                    off: 0,
+                    len: n as u32,
+                });
             if n as usize >= RING_BUFFER_SIZE {
-                io.ring[side as usize].to_bulk = true;
+                io.flight.ring[side as usize].to_bulk = true;
                 leave(driver, io, slot, generation, side)?;
             }
         }
         (n, None) if n > 0 => {
             // A receive of the ring always names its buffer; without one the bytes are
             // lost: the stream cannot go on intact.
-            io.ring[side as usize]
+            io.flight.ring[side as usize]
                 .backlog
                 .push_back(Chunk::End(-libc::EIO));
             stream_ends = true;
         }
         (0, _) => {
-            io.ring[side as usize].backlog.push_back(Chunk::End(0));
+            io.flight.ring[side as usize]
+                .backlog
+                .push_back(Chunk::End(0));
             stream_ends = true;
         }
         (e, _) if -e == libc::ENOBUFS || -e == libc::ECANCELED || -e == libc::EINVAL => {}
         (e, _) => {
-            io.ring[side as usize].backlog.push_back(Chunk::End(e));
+            io.flight.ring[side as usize]
+                .backlog
+                .push_back(Chunk::End(e));
             stream_ends = true;
         }
     }
-    let r = &mut io.ring[side as usize];
+    let r = &mut io.flight.ring[side as usize];
     if ended {
         r.state = RingState::Off;
         if r.backlog.is_empty() && r.to_bulk {
             r.to_bulk = false;
-            io.bulk[side_dir(side) as usize] = true;
+            io.flight.bulk[side_dir(side) as usize] = true;
         }
-        let r = &mut io.ring[side as usize];
+        let r = &mut io.flight.ring[side as usize];
         if !stream_ends && !r.input_polled {
             r.input_polled = true;
             driver.watch_input(slot, generation, client, io.side(side))?;
@@ -235,8 +257,8 @@ pub(super) fn on_received<D: Driver>(
 /// queue (no copy: the bytes stay in their ring buffers).
 pub(super) fn receive(io: &mut Io, dir: Dir, max: usize) -> ConnEvent {
     let side = dir.src();
-    let r = &mut io.ring[side as usize];
-    let out = &mut io.out[dir as usize];
+    let r = &mut io.flight.ring[side as usize];
+    let out = &mut io.flight.out[dir as usize];
     let mut moved = 0;
     while moved < max {
         let Some(chunk) = r.backlog.front_mut() else {
@@ -278,7 +300,7 @@ pub(super) fn receive(io: &mut Io, dir: Dir, max: usize) -> ConnEvent {
     }
     if r.backlog.is_empty() && r.state == RingState::Off && r.to_bulk {
         r.to_bulk = false;
-        io.bulk[dir as usize] = true;
+        io.flight.bulk[dir as usize] = true;
     }
     if moved == 0 {
         // Nothing came yet, or (room 0) the holder is full.
@@ -303,7 +325,7 @@ pub(super) fn send<D: Driver>(
     generation: u32,
     dir: Dir,
 ) -> std::io::Result<Option<ConnEvent>> {
-    let out = &mut io.out[dir as usize];
+    let out = &mut io.flight.out[dir as usize];
     if out.sending.is_some() {
         return Ok(Some(ConnEvent::SendWouldBlock { dir }));
     }
@@ -335,7 +357,7 @@ pub(super) fn on_sent<D: Driver>(
     dir: Dir,
     result: i32,
 ) -> std::io::Result<(ConnEvent, bool)> {
-    let out = &mut io.out[dir as usize];
+    let out = &mut io.flight.out[dir as usize];
     let Some(p) = out.sending.take() else {
         // Not ours (cannot happen: one SEND per direction, reported once).
         return Ok((ConnEvent::Sent { dir, bytes: 0 }, false));
@@ -479,7 +501,7 @@ impl<D: Driver> Worker<D> {
     pub(super) fn stop_ring(&mut self, slot: u32, generation: u32, io: &mut Io) -> io::Result<()> {
         for side in [Side::Client, Side::Backend] {
             let client = side == Side::Client;
-            let r = &io.ring[side as usize];
+            let r = &io.flight.ring[side as usize];
             if r.state == RingState::Armed {
                 self.driver.stop_receive(slot, generation, client)?;
             }
