@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--workload", default="keepalive", choices=list(suite.WORKLOADS))
     ap.add_argument("--tool", default="perf", choices=["perf", "strace", "syscalls", "allocs", "none"])
     ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--call-graph", default="fp", choices=["fp", "dwarf"],
+                    help="perf's call graphs: frame pointers, or DWARF unwinding (sees through libc)")
     ap.add_argument("--sluice", default="target/release/sluice")
     ap.add_argument("--out", default="/tmp")
     args = ap.parse_args()
@@ -68,7 +70,7 @@ def main():
             suite.run_wrk(topo, lb.target[0], lb.target[1], suite.WORKLOADS["keepalive"][1], 1)
         base = f"{args.out}/{args.tool}-{args.lb}-{args.workload}"
         if args.tool == "perf":
-            tool = subprocess.Popen(["perf", "record", "-g", "-o", base + ".data", "-p",
+            tool = subprocess.Popen(["perf", "record", "--call-graph", args.call_graph, "-o", base + ".data", "-p",
                                      ",".join(map(str, lb_pids)), "--", "sleep", str(args.duration)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif args.tool == "strace":

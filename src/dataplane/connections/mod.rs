@@ -409,46 +409,48 @@ impl<R> ConnTable<R> {
     /// Run one op of connection `slot`; `None` when it waits, yielded or closed.
     fn step(&mut self, now: Instant, slot: u32) -> Option<Output<R>> {
         let conn = self.handle_of(slot);
-        let mut live = self.slots.get_mut(slot as usize)?.live.take()?;
-        let out = loop {
-            if std::mem::take(&mut live.retry_connect) {
-                match self.start_connect(now, conn, &mut live) {
-                    Some(out) => break Some(out),
-                    None => continue,
-                }
-            }
-            let Some(op) = live.conn.poll_op() else {
-                break None;
+        // The connection stays in its slot while it runs: `Live` is large, and moving it
+        // out and back for each output was a memcpy in every step. Only starting a connect
+        // (which needs the table too) and the close take it out.
+        loop {
+            let live = self.slots.get_mut(slot as usize)?.live.as_mut()?;
+            let op = if std::mem::take(&mut live.retry_connect) {
+                Op::Connect
+            } else {
+                live.conn.poll_op()?
             };
             match op {
-                Op::Connect => match self.start_connect(now, conn, &mut live) {
-                    Some(out) => break Some(out),
-                    None => continue,
-                },
+                Op::Connect => {
+                    let mut live = self.slots[slot as usize].live.take()?;
+                    let out = self.start_connect(now, conn, &mut live);
+                    self.slots[slot as usize].live = Some(live);
+                    if out.is_some() {
+                        return out;
+                    }
+                }
                 Op::Watch => {
                     live.watching = true;
-                    break Some(Output::Watch { conn });
+                    return Some(Output::Watch { conn });
                 }
-                Op::Receive { dir, max } => break Some(Output::Receive { conn, dir, max }),
-                Op::Send { dir, held } => break Some(Output::Send { conn, dir, held }),
-                Op::ShutdownWrite(side) => break Some(Output::ShutdownWrite { conn, side }),
+                Op::Receive { dir, max } => return Some(Output::Receive { conn, dir, max }),
+                Op::Send { dir, held } => return Some(Output::Send { conn, dir, held }),
+                Op::ShutdownWrite(side) => return Some(Output::ShutdownWrite { conn, side }),
                 Op::Yield => {
                     self.yielded.push(slot);
-                    break None;
+                    return None;
                 }
                 Op::Close {
                     reset_client,
                     reset_backend,
                     reason,
                 } => {
+                    let live = self.slots[slot as usize].live.take()?;
                     self.current = None;
                     self.slots[slot as usize].scheduled = false;
                     return Some(self.finish(now, slot, live, reset_client, reset_backend, reason));
                 }
             }
-        };
-        self.slots[slot as usize].live = Some(live);
-        out
+        }
     }
 
     /// Count the end of a closed connection, release its pin and hold, free its slot.
