@@ -8,14 +8,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 mod common;
 use common::free_port;
-use common::inprocess::{model, name_backend, start};
+use common::inprocess::{ask, model, name_backend, start};
 use sluice::model::RelayMode;
 
 /// Allocations (alloc, alloc_zeroed, realloc) made on the workers' threads.
@@ -65,16 +62,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// One request and its whole answer over a new connection through the NodePort.
-fn ask(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[test]
 fn new_connections_allocate_nothing_on_the_workers_after_warm_up() {

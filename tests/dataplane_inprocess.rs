@@ -16,16 +16,7 @@ mod common;
 // listener there — and `udp_flows_end_with_their_node_port_socket` then waited in vain
 // for its closed NodePort to refuse datagrams another test's socket had taken.
 use common::free_port;
-use common::inprocess::{listeners, model, name_backend, start};
-
-fn ask(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+use common::inprocess::{ask, listeners, model, name_backend, start};
 
 #[test]
 fn every_connection_is_answered_by_one_of_the_endpoints_and_counted() {

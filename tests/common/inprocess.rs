@@ -6,7 +6,8 @@ use sluice::model::*;
 use sluice::publish::Publisher;
 use sluice::table::{RoutingSnapshot, StatsRegistry};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 /// A backend that answers each connection with its name, after reading the request line.
 pub fn name_backend(ip: &str, name: &'static str) -> SocketAddr {
@@ -96,4 +97,14 @@ pub fn start(model: &Model) -> (Dataplane, Publisher, StatsRegistry) {
     let dp = Dataplane::start(&model.settings, &listeners(&ports).required, &publisher)
         .expect("data plane starts");
     (dp, publisher, reg)
+}
+
+/// One request and its whole answer over a new connection to 127.0.0.1:`port`.
+pub fn ask(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
