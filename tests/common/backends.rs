@@ -64,10 +64,10 @@ impl Backend {
         Backend::serve(listener, name, handler)
     }
 
-    /// Like [`Backend::start`] on exactly `addr` (e.g. to reopen a closed backend's port).
+    /// Like [`Backend::start`] on exactly `addr` (e.g. to reopen a closed backend's port;
+    /// see [`super::bind_again`]).
     pub fn start_at(addr: SocketAddr, name: &str, handler: Handler) -> Backend {
-        let listener =
-            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
+        let listener = super::bind_again(addr, TcpListener::bind);
         Backend::serve(listener, name, handler)
     }
 

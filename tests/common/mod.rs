@@ -140,6 +140,26 @@ pub fn free_port_where(free: impl Fn(u16) -> bool) -> u16 {
     panic!("no free port in 10000..32000 on 127.0.0.1");
 }
 
+/// Bind `addr` with `bind`, retrying "address in use" for up to 5 s; panics otherwise.
+///
+/// For reopening a port this process just closed (a pod or backend coming back): the
+/// closed socket stays open while a process another test is spawning holds a copy of this
+/// process's fd table, between its fork and its exec (where close-on-exec takes effect). CI
+/// once failed that way; rebinding right after a close while another thread spawns
+/// processes fails about 1 time in 300 here.
+pub fn bind_again<T>(addr: SocketAddr, bind: impl Fn(SocketAddr) -> std::io::Result<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match bind(addr) {
+            Ok(socket) => return socket,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
 /// The node-level lines every test config starts with: serve only on 127.0.0.1, and a
 /// NodePort range holding exactly `node_port`. `extra` is more top-level TOML.
 pub fn node_toml(node_port: u16, extra: &str) -> String {

@@ -32,7 +32,7 @@ pub fn three_pods(port: u16) -> Vec<UdpPod> {
 
 impl UdpPod {
     pub fn start(addr: SocketAddr, name: &str, replies: usize) -> UdpPod {
-        let socket = UdpSocket::bind(addr).expect("bind the pod");
+        let socket = bind_again(addr, UdpSocket::bind);
         let addr = socket.local_addr().unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
