@@ -28,12 +28,14 @@
 mod accept;
 mod carry;
 mod connect;
+mod flight;
 mod listing;
 mod ring;
 
 pub use accept::Listener;
 use accept::ListenerSlot;
 pub use carry::{ExportedFlows, FlowCommand};
+use flight::{Flight, FlightPool};
 
 use crate::dataplane::conn::{ConnEvent, Dir, Side};
 use crate::dataplane::connections::{
@@ -41,7 +43,7 @@ use crate::dataplane::connections::{
 };
 use crate::dataplane::death::{self, InjectedDeath};
 use crate::dataplane::driver::{Completion, Driver};
-use crate::dataplane::relay::{self, Holder, HolderPool, HOLDER_CAPACITY};
+use crate::dataplane::relay::{self, HolderPool, HOLDER_CAPACITY};
 use crate::dataplane::sys;
 use crate::dataplane::udp::{self, UdpPlane};
 use crate::model::{Protocol, RelayMode};
@@ -132,55 +134,6 @@ struct Io {
     backend: Option<OwnedFd>,
     /// From the worker's [`FlightPool`], back there at close.
     flight: Box<Flight>,
-}
-
-/// The state of a connection's bytes in flight, reused from connection to connection (a
-/// [`FlightPool`]): its ring queues keep their memory, so a new connection allocates
-/// nothing once the worker has warmed up.
-#[derive(Debug, Default)]
-struct Flight {
-    holders: [Holder; 2],
-    /// Per direction: a read filled a whole buffer (`RelayMode::Auto` then uses a pipe).
-    bulk: [bool; 2],
-    /// Per side (socket): its input through the io_uring ring (`ring`).
-    ring: [ring::SideRing; 2],
-    /// Per direction: bytes taken from the ring, sent by ring SENDs (`ring`).
-    out: [ring::Outgoing; 2],
-}
-
-/// Spare [`Flight`]s of a worker's closed connections, for its next ones.
-#[derive(Debug, Default)]
-struct FlightPool {
-    /// Boxed: each goes to a connection's `Io` whole, without a copy or an allocation.
-    #[allow(clippy::vec_box)]
-    spare: Vec<Box<Flight>>,
-}
-
-/// Spare flights a worker keeps at most. Past a surge of connections the rest are freed;
-/// below it, opening and closing connections moves boxes in and out of the pool.
-const SPARE_FLIGHTS_MAX: usize = 1024;
-
-impl FlightPool {
-    fn take(&mut self) -> Box<Flight> {
-        self.spare.pop().unwrap_or_default()
-    }
-
-    /// Take back the flight of a closed connection whose holders and ring buffers were
-    /// given back: its state is reset, its queues keep their memory.
-    fn give(&mut self, mut flight: Box<Flight>) {
-        if self.spare.len() >= SPARE_FLIGHTS_MAX {
-            return;
-        }
-        debug_assert!(flight.holders.iter().all(|h| matches!(h, Holder::Empty)));
-        flight.bulk = [false; 2];
-        for r in &mut flight.ring {
-            r.reset();
-        }
-        for o in &mut flight.out {
-            o.reset();
-        }
-        self.spare.push(flight);
-    }
 }
 
 impl Io {
