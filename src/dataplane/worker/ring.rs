@@ -199,42 +199,26 @@ pub(super) fn on_received<D: Driver>(
     ended: bool,
 ) -> std::io::Result<()> {
     let client = side == Side::Client;
-    let mut stream_ends = false;
-    match (result, buf) {
-        (n, Some(buf)) if n > 0 => {
-            io.flight.ring[side as usize]
-                .backlog
-                .push_back(Chunk::Data {
-                    buf,
-                    off: 0,
-                    len: n as u32,
-                });
-            if n as usize >= RING_BUFFER_SIZE {
-                io.flight.ring[side as usize].to_bulk = true;
-                leave(driver, io, slot, generation, side)?;
-            }
-        }
-        (n, None) if n > 0 => {
-            // A receive of the ring always names its buffer; without one the bytes are
-            // lost: the stream cannot go on intact.
-            io.flight.ring[side as usize]
-                .backlog
-                .push_back(Chunk::End(-libc::EIO));
-            stream_ends = true;
-        }
-        (0, _) => {
-            io.flight.ring[side as usize]
-                .backlog
-                .push_back(Chunk::End(0));
-            stream_ends = true;
-        }
-        (e, _) if -e == libc::ENOBUFS || -e == libc::ECANCELED || -e == libc::EINVAL => {}
-        (e, _) => {
-            io.flight.ring[side as usize]
-                .backlog
-                .push_back(Chunk::End(e));
-            stream_ends = true;
-        }
+    let chunk = match (result, buf) {
+        (n, Some(buf)) if n > 0 => Some(Chunk::Data {
+            buf,
+            off: 0,
+            len: n as u32,
+        }),
+        // A receive of the ring always names its buffer; without one the bytes are lost:
+        // the stream cannot go on intact.
+        (n, None) if n > 0 => Some(Chunk::End(-libc::EIO)),
+        (0, _) => Some(Chunk::End(0)),
+        (e, _) if -e == libc::ENOBUFS || -e == libc::ECANCELED || -e == libc::EINVAL => None,
+        (e, _) => Some(Chunk::End(e)),
+    };
+    let stream_ends = matches!(chunk, Some(Chunk::End(_)));
+    if let Some(chunk) = chunk {
+        io.flight.ring[side as usize].backlog.push_back(chunk);
+    }
+    if buf.is_some() && result > 0 && result as usize >= RING_BUFFER_SIZE {
+        io.flight.ring[side as usize].to_bulk = true;
+        leave(driver, io, slot, generation, side)?;
     }
     let r = &mut io.flight.ring[side as usize];
     if ended {
